@@ -1,0 +1,88 @@
+"""Finding images: the Kaggle layout (Training/ and Testing/ of class folders) or
+flat class folders directly under the data dir. Folder names match in any
+letter case. Nothing is read here, only listed."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_prep import contract
+from data_prep.image_io import is_hidden
+
+
+class LayoutError(ValueError):
+    """The data dir does not have a layout prepare understands."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path
+    source: str   # path relative to the data dir, '/'-separated
+    label: int
+    origin: str   # "training" (feeds train/eval) or "testing" (feeds test)
+
+
+@dataclass(frozen=True)
+class Skip:
+    source: str
+    reason: str
+
+
+def _child_dirs(folder: Path) -> dict[str, Path]:
+    return {p.name.lower(): p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name)}
+
+
+def _class_folders(folder: Path) -> list[tuple[int, Path]]:
+    out = []
+    for name, path in sorted(_child_dirs(folder).items()):
+        try:
+            out.append((contract.class_id(name), path))
+        except ValueError:
+            raise LayoutError(
+                f"{path}: unknown class folder {path.name!r}; expected class folders named "
+                f"{', '.join(contract.CLASS_NAMES)}"
+            ) from None
+    if not out:
+        raise LayoutError(
+            f"{folder}: no class folders; expected {', '.join(contract.CLASS_NAMES)}"
+        )
+    return out
+
+
+def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip]]:
+    """Lists image candidates and files skipped by name, sorted for determinism.
+
+    Kaggle layout when a Training/ or Testing/ folder exists (any case), else the
+    data dir's own subfolders are class folders. Other top-level folders of the
+    Kaggle layout are not data (the synthetic generator keeps lesion masks in masks/).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise LayoutError(f"data dir {root} does not exist or is not a folder")
+    top = _child_dirs(root)
+    roots: list[tuple[str, Path]] = []
+    if contract.KAGGLE_TRAINING_DIR.lower() in top or contract.KAGGLE_TESTING_DIR.lower() in top:
+        for name, origin in ((contract.KAGGLE_TRAINING_DIR, "training"),
+                             (contract.KAGGLE_TESTING_DIR, "testing")):
+            if name.lower() in top:
+                roots.append((origin, top[name.lower()]))
+    else:
+        roots.append(("training", root))
+
+    candidates: list[Candidate] = []
+    skips: list[Skip] = []
+    for origin, split_root in roots:
+        for label, class_dir in _class_folders(split_root):
+            for dirpath, dirnames, filenames in os.walk(class_dir):
+                dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+                for name in sorted(filenames):
+                    path = Path(dirpath) / name
+                    source = path.relative_to(root).as_posix()
+                    if is_hidden(name):
+                        skips.append(Skip(source, "hidden or system file"))
+                    elif path.suffix.lower() not in contract.IMAGE_EXTENSIONS:
+                        skips.append(Skip(source, f"unsupported extension {path.suffix or '(none)'}"))
+                    else:
+                        candidates.append(Candidate(path, source, label, origin))
+    return candidates, skips

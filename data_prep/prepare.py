@@ -1,0 +1,222 @@
+"""`btmri prepare`: image folders → validated, split, sharded TFRecords + manifest.
+
+Two passes over the files, streaming (memory holds per-file metadata only):
+  1. read + md5 every candidate (cheap) → deterministic stratified split;
+  2. workers decode/validate/re-encode and hash each image; the main process
+     writes Examples, training images first, so eval/test images can be checked
+     against every training image before they are written.
+Any single bad file is skipped with a reason; only an unusable dataset fails.
+"""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_prep import contract
+from data_prep.discover import Candidate, Skip, find_images
+from data_prep.duplicates import DEFAULT_NEAR_THRESHOLD, DuplicateIndex, Record, perceptual_hash
+from data_prep.image_io import DEFAULT_MAX_PIXELS, ImageError, content_hash, decode_image, read_bytes
+from data_prep.splits import assign_train_eval
+
+# About 100-200 MB per shard for the real set: few enough files for the
+# DirectRunner, enough for parallel reads on Flink/Dataflow.
+DEFAULT_TRAIN_SHARDS = 4
+
+
+class PrepareError(RuntimeError):
+    """The dataset as a whole is unusable (no images, or a class empty in a split)."""
+
+
+@dataclass
+class PrepareOptions:
+    data_dir: str
+    out_dir: str
+    eval_fraction: float = 0.15
+    seed: int = 42
+    workers: int = 0          # 0 = one per core
+    shards: int = DEFAULT_TRAIN_SHARDS
+    drop_cross_split_duplicates: bool = False
+    near_threshold: int = DEFAULT_NEAR_THRESHOLD
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    progress: bool = True
+
+
+def _hash_file(path: Path) -> tuple[str | None, str | None]:
+    """(md5, None) or (None, reason)."""
+    try:
+        return content_hash(read_bytes(path)), None
+    except ImageError as err:
+        return None, str(err)
+
+
+def _convert_file(task: tuple[str, str, int]) -> dict:
+    """Worker: one file → Example fields, or the reason it is skipped.
+
+    Never raises: an unexpected failure in a decoder is a skip too, so one odd
+    file cannot end a 7,000-image run.
+    """
+    path, suffix, max_pixels = task
+    try:
+        data = read_bytes(path)
+        image = decode_image(data, suffix, max_pixels)
+        return {"ok": True, "md5": content_hash(data), "encoded": image.encoded,
+                "height": image.height, "width": image.width, "reencoded": image.reencoded,
+                "phash": perceptual_hash(image.gray_small)}
+    except ImageError as err:
+        return {"ok": False, "reason": str(err)}
+    except Exception as err:  # noqa: BLE001 - reported per file, never fatal
+        return {"ok": False, "reason": f"unexpected {type(err).__name__}: {err}".splitlines()[0]}
+
+
+def _imap(fn, tasks, workers: int):
+    """Ordered map, in worker processes when workers > 1.
+
+    'spawn' keeps TensorFlow (imported by the writer in this process) out of
+    the workers, and avoids forking a process that runs TF threads.
+    """
+    if workers <= 1:
+        yield from map(fn, tasks)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(fn, tasks, chunksize=8)
+
+
+def _shard_counts(expected: Counter, train_shards: int) -> dict[str, int]:
+    n_train = max(expected[contract.TRAIN_SPLIT], 1)
+    return {split: max(1, min(train_shards, math.ceil(train_shards * n / n_train)))
+            for split, n in expected.items() if n}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def prepare(opts: PrepareOptions) -> dict:
+    """Runs the whole preparation; returns the manifest (also written to disk)."""
+    from data_prep.tfrecords import ShardedWriter, make_example  # TF only in this process
+
+    started = time.time()
+    workers = opts.workers or os.cpu_count() or 1
+    out = Path(opts.out_dir)
+    candidates, name_skips = find_images(opts.data_dir)
+    skipped: list[dict] = [asdict(s) for s in name_skips]
+    if not candidates:
+        raise PrepareError(f"no image files found under {opts.data_dir} "
+                           f"(extensions: {', '.join(sorted(contract.IMAGE_EXTENSIONS))})")
+
+    # Pass 1: content hashes decide the split.
+    md5s: dict[str, str] = {}
+    for cand in tqdm(candidates, desc="hashing", unit="file", disable=not opts.progress):
+        md5, reason = _hash_file(cand.path)
+        if md5 is None:
+            skipped.append({"source": cand.source, "reason": reason})
+            _log(f"skip {cand.source}: {reason}")
+        else:
+            md5s[cand.source] = md5
+    readable = [c for c in candidates if c.source in md5s]
+    split_of = assign_train_eval(
+        [(c.source, c.label, md5s[c.source]) for c in readable if c.origin == "training"],
+        opts.eval_fraction, opts.seed)
+    split_of.update({c.source: contract.TEST_SPLIT for c in readable if c.origin == "testing"})
+    order = {s: i for i, s in enumerate(contract.SPLITS)}  # train before eval/test
+    readable.sort(key=lambda c: (order[split_of[c.source]], c.source))
+
+    # Pass 2: convert and write.
+    for split in contract.SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = _shard_counts(Counter(split_of.values()), opts.shards)
+    writers = {s: ShardedWriter(out / s, s, n) for s, n in shards.items()}
+    dups = DuplicateIndex(threshold=opts.near_threshold)
+    counts = {s: Counter() for s in contract.SPLITS}
+    dropped: list[dict] = []
+    reencoded = 0
+    tasks = ((str(c.path), c.path.suffix.lower(), opts.max_pixels) for c in readable)
+    results = _imap(_convert_file, tasks, workers)
+    for cand, res in tqdm(zip(readable, results), total=len(readable), desc="converting",
+                          unit="img", disable=not opts.progress):
+        if not res["ok"]:
+            skipped.append({"source": cand.source, "reason": res["reason"]})
+            _log(f"skip {cand.source}: {res['reason']}")
+            continue
+        split = split_of[cand.source]
+        if split != contract.TRAIN_SPLIT and opts.drop_cross_split_duplicates:
+            match = dups.training_match(res["md5"], res["phash"])
+            if match:
+                kind, train_source, dist = match
+                dropped.append({"source": cand.source, "split": split, "kind": kind,
+                                "duplicates": train_source, "distance_bits": dist})
+                continue
+        writers[split].write(make_example(res["encoded"], cand.label, res["height"],
+                                          res["width"], cand.source))
+        dups.add(Record(cand.source, split, cand.label, res["md5"], res["phash"]))
+        counts[split][contract.CLASS_NAMES[cand.label]] += 1
+        reencoded += res["reencoded"]
+    for writer in writers.values():
+        writer.close()
+
+    manifest = {
+        "data_dir": str(Path(opts.data_dir).resolve()),
+        "arguments": {k: v for k, v in asdict(opts).items() if k != "progress"},
+        "classes": list(contract.CLASS_NAMES),
+        "counts": {s: {c: counts[s][c] for c in contract.CLASS_NAMES}
+                   for s in contract.SPLITS if s in writers},
+        "total_written": sum(sum(c.values()) for c in counts.values()),
+        "reencoded_to_png": reencoded,
+        "shards": {s: [p.name for p in w.paths] for s, w in writers.items()},
+        "skipped": sorted(skipped, key=lambda s: s["source"]),
+        "dropped_cross_split_duplicates": dropped,
+        "duplicates": dups.report(),
+        "seconds": round(time.time() - started, 2),
+    }
+    (out / contract.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    _check_usable(manifest)
+    return manifest
+
+
+def _check_usable(manifest: dict) -> None:
+    if manifest["total_written"] == 0:
+        raise PrepareError("no usable image found: every file was skipped "
+                           f"(see {contract.MANIFEST_NAME} for the reasons)")
+    empty = [f"{split}/{cls}" for split, per_class in manifest["counts"].items()
+             for cls, n in per_class.items() if n == 0]
+    if empty:
+        raise PrepareError(
+            "class empty in a split: " + ", ".join(empty)
+            + " (add images, or lower/raise --eval-fraction so every class has some in each split)")
+
+
+def summary_table(manifest: dict) -> str:
+    """Plain-text table: split × class counts, skipped, dropped, duplicates."""
+    classes = manifest["classes"]
+    width = max(len(c) for c in classes + ["split"]) + 2
+    lines = ["".join(h.ljust(width) for h in ["split", *classes, "total"])]
+    for split, per_class in manifest["counts"].items():
+        row = [split, *(str(per_class[c]) for c in classes), str(sum(per_class.values()))]
+        lines.append("".join(v.ljust(width) for v in row))
+    dup = manifest["duplicates"]
+    reasons = Counter(s["reason"].split(":")[0] for s in manifest["skipped"])
+    lines.append(f"skipped: {len(manifest['skipped'])}"
+                 + "".join(f"\n  {n:5d}  {r}" for r, n in reasons.most_common()))
+    lines.append(f"exact duplicates: {dup['exact']['extra_copies']} extra copies in "
+                 f"{dup['exact']['groups']} groups; within split "
+                 f"{dup['exact']['extra_copies_within_split']}; across splits "
+                 f"{dup['exact']['images_with_copy_in_other_split']}")
+    lines.append(f"near duplicates (<= {dup['near_threshold_bits']} bits): {dup['near']['pairs']} pairs; "
+                 f"within split {dup['near']['pairs_within_split']}; across splits "
+                 f"{dup['near']['pairs_across_splits']}")
+    if manifest["dropped_cross_split_duplicates"]:
+        lines.append(f"dropped eval/test duplicates of training images: "
+                     f"{len(manifest['dropped_cross_split_duplicates'])}")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""The tf.Example contract (DESIGN.md) and sharded TFRecord writing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+from data_prep import contract
+
+
+def make_example(image: bytes, label: int, height: int, width: int, source: str) -> tf.train.Example:
+    def _bytes(v: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def _int(v: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        contract.IMAGE_KEY: _bytes(image),
+        contract.LABEL_KEY: _int(label),
+        contract.HEIGHT_KEY: _int(height),
+        contract.WIDTH_KEY: _int(width),
+        contract.SOURCE_KEY: _bytes(source.encode("utf-8")),
+    }))
+
+
+def parse_example(serialized: bytes) -> dict:
+    """Plain-Python view of one serialized Example (for tests and tools)."""
+    feats = tf.train.Example.FromString(serialized).features.feature
+    return {
+        contract.IMAGE_KEY: feats[contract.IMAGE_KEY].bytes_list.value[0],
+        contract.LABEL_KEY: feats[contract.LABEL_KEY].int64_list.value[0],
+        contract.HEIGHT_KEY: feats[contract.HEIGHT_KEY].int64_list.value[0],
+        contract.WIDTH_KEY: feats[contract.WIDTH_KEY].int64_list.value[0],
+        contract.SOURCE_KEY: feats[contract.SOURCE_KEY].bytes_list.value[0].decode("utf-8"),
+    }
+
+
+def read_split(out_dir: str | Path, split: str) -> list[dict]:
+    """Every Example of one split of a prepared folder, parsed."""
+    files = sorted(str(p) for p in (Path(out_dir) / split).glob(f"*{contract.TFRECORD_SUFFIX}"))
+    return [parse_example(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+
+
+class ShardedWriter:
+    """Writes Examples round-robin into `<dir>/<split>-SSSSS-of-NNNNN.tfrecord`.
+
+    Files are written under a temporary name and renamed on close, so a crashed
+    run never leaves a shard that looks complete.
+    """
+
+    def __init__(self, directory: Path, split: str, num_shards: int):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.paths = [
+            directory / f"{split}-{i:05d}-of-{num_shards:05d}{contract.TFRECORD_SUFFIX}"
+            for i in range(num_shards)
+        ]
+        self._writers = [tf.io.TFRecordWriter(str(p) + ".partial") for p in self.paths]
+        self.count = 0
+
+    def write(self, example: tf.train.Example) -> None:
+        self._writers[self.count % len(self._writers)].write(example.SerializeToString())
+        self.count += 1
+
+    def close(self) -> None:
+        for writer, path in zip(self._writers, self.paths):
+            writer.close()
+            Path(str(path) + ".partial").replace(path)

