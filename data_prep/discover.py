@@ -17,7 +17,7 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True)
 class Candidate:
-    path: Path
+    path: str     # as found on disk
     source: str   # path relative to the data dir, '/'-separated
     label: int
     origin: str   # "training" (feeds train/eval) or "testing" (feeds test)
@@ -76,13 +76,14 @@ def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip
         for label, class_dir in _class_folders(split_root):
             for dirpath, dirnames, filenames in os.walk(class_dir):
                 dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+                rel_dir = Path(dirpath).relative_to(root).as_posix()
                 for name in sorted(filenames):
-                    path = Path(dirpath) / name
-                    source = path.relative_to(root).as_posix()
+                    source = f"{rel_dir}/{name}"
+                    suffix = os.path.splitext(name)[1]
                     if is_hidden(name):
                         skips.append(Skip(source, "hidden or system file"))
-                    elif path.suffix.lower() not in contract.IMAGE_EXTENSIONS:
-                        skips.append(Skip(source, f"unsupported extension {path.suffix or '(none)'}"))
+                    elif suffix.lower() not in contract.IMAGE_EXTENSIONS:
+                        skips.append(Skip(source, f"unsupported extension {suffix or '(none)'}"))
                     else:
-                        candidates.append(Candidate(path, source, label, origin))
+                        candidates.append(Candidate(os.path.join(dirpath, name), source, label, origin))
     return candidates, skips

@@ -15,24 +15,26 @@ import numpy as np
 
 DEFAULT_NEAR_THRESHOLD = 4  # bits of 64; measured in the test on re-encoded/cropped copies
 
-# popcount of every byte value, for vectorised Hamming distances
-_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
-
 
 def perceptual_hash(gray_small: np.ndarray) -> int:
     """64-bit pHash of a 32x32 float32 grayscale thumbnail."""
-    coeffs = cv2.dct(np.asarray(gray_small, np.float32))[:8, :8].flatten()[1:]
-    bits = coeffs > np.median(coeffs)
-    value = 0
-    for bit in bits:
-        value = (value << 1) | int(bit)
-    return value
+    coeffs = cv2.dct(np.asarray(gray_small, np.float32))[:8, :8].ravel()[1:]
+    median = np.partition(coeffs, 31)[31]  # 63 values: the 32nd smallest
+    bits = np.packbits(coeffs > median)  # 63 bits, MSB first, zero-padded
+    return int.from_bytes(bits.tobytes(), "big") >> 1
+
+
+def popcount64(values: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (SWAR: a dozen vectorised ops, no per-byte lookup)."""
+    v = values - ((values >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (v * np.uint64(0x0101010101010101)) >> np.uint64(56)
 
 
 def hamming_to_many(value: int, others: np.ndarray) -> np.ndarray:
     """Hamming distances between one 64-bit hash and a uint64 array of hashes."""
-    xor = np.bitwise_xor(others, np.uint64(value))
-    return _POPCOUNT8[xor.view(np.uint8)].reshape(-1, 8).sum(axis=1)
+    return popcount64(np.bitwise_xor(others, np.uint64(value)))
 
 
 @dataclass
@@ -129,11 +131,10 @@ class DuplicateIndex:
         hashes = np.array([r.phash for r in self.records], np.uint64)
         pairs = []
         for start in range(0, len(hashes), block):
-            rows = hashes[start:start + block]
-            xor = np.bitwise_xor(rows[:, None], hashes[None, :])
-            dist = _POPCOUNT8[xor.view(np.uint8)].reshape(len(rows), len(hashes), 8).sum(axis=2)
+            rows, rest = hashes[start:start + block], hashes[start:]  # upper triangle only
+            dist = popcount64(np.bitwise_xor(rows[:, None], rest[None, :]))
             for i, j in zip(*np.nonzero(dist <= self.threshold)):
-                a, b = start + int(i), int(j)
+                a, b = start + int(i), start + int(j)
                 if a < b and self.records[a].md5 != self.records[b].md5:
                     pairs.append((a, b, int(dist[i, j])))
         return pairs

@@ -14,7 +14,6 @@ import hashlib
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -37,7 +36,7 @@ class ImageError(Exception):
 class DecodedImage:
     """What data_prep keeps of one image."""
     encoded: bytes          # bytes for the tf.Example `image` feature
-    height: int
+    height: int             # of the source image
     width: int
     reencoded: bool         # False when `encoded` is the original file
     gray_small: np.ndarray  # 32x32 float32 grayscale, for the perceptual hash
@@ -55,11 +54,13 @@ def content_hash(data: bytes) -> str:
 
 def read_bytes(path: str | os.PathLike) -> bytes:
     """Reads a file, turning OS failures into one-line reasons."""
-    path = Path(path)
-    if path.is_symlink() and not path.exists():
-        raise ImageError(f"broken symlink (points to {os.readlink(path)})")
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageError(f"broken symlink (points to {os.readlink(path)})") from None
+        raise ImageError("file vanished while reading") from None
     except PermissionError:
         raise ImageError("permission denied") from None
     except IsADirectoryError:
@@ -185,10 +186,24 @@ def _read_dicom(data: bytes) -> np.ndarray:
     return gray
 
 
+def _reduced_gray_flag(width: int, height: int) -> int:
+    """OpenCV flag decoding a JPEG to grayscale at 1/2, 1/4 or 1/8 scale in the DCT
+    domain, as small as keeps >= 64 px on the short side. Every byte of the
+    entropy-coded data is still decoded (corruption is still seen); only the
+    inverse DCT and colour conversion, which a kept JPEG does not need, shrink."""
+    short = min(width, height)
+    for factor, flag in ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                         (2, cv2.IMREAD_REDUCED_GRAYSCALE_2)):
+        if short // factor >= 64:
+            return flag
+    return cv2.IMREAD_GRAYSCALE
+
+
 def decode_image(data: bytes, suffix: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Validates and decodes one file's bytes; raises ImageError with the reason."""
     suffix = suffix.lower()
     keep_original = False
+    size = None  # (width, height) from the header, when known
     if data.startswith(_JPEG_MAGIC):
         width, height, precision, comps = _jpeg_header(data)
         _check_size(width, height, max_pixels)
@@ -196,13 +211,15 @@ def decode_image(data: bytes, suffix: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         if b"\xff\xd9" not in data[-64:]:
             raise ImageError("truncated JPEG (no end-of-image marker)")
         keep_original = precision == 8 and comps in (1, 3)  # CMYK (4) is re-encoded
-        flags = cv2.IMREAD_UNCHANGED if comps == 1 else cv2.IMREAD_COLOR
+        size = (width, height)
+        flags = _reduced_gray_flag(width, height) if keep_original else cv2.IMREAD_COLOR
     elif data.startswith(_PNG_MAGIC):
         width, height, depth, color_type = _png_header(data)
         _check_size(width, height, max_pixels)
         if not data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82"):
             raise ImageError("truncated PNG (no IEND chunk)")
         keep_original = depth == 8 and color_type in (0, 2)  # 8-bit gray or RGB
+        size = (width, height)
         flags = cv2.IMREAD_UNCHANGED
     elif suffix == ".dcm" or data[128:132] == b"DICM":
         pixels = _read_dicom(data)
@@ -217,25 +234,31 @@ def decode_image(data: bytes, suffix: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     except cv2.error as err:
         raise ImageError(f"undecodable image: {str(err).splitlines()[0]}") from None
     if pixels is None or pixels.size == 0:
-        if suffix in (".jpg", ".jpeg", ".png") and not keep_original:
+        if suffix in (".jpg", ".jpeg", ".png") and size is None:
             raise ImageError(f"not a valid image (content is not {suffix[1:].upper()})")
         raise ImageError("not a decodable image")
-    _check_size(pixels.shape[1], pixels.shape[0], max_pixels)
-    return _finish(pixels, data if keep_original else None)
+    if size is None:
+        _check_size(pixels.shape[1], pixels.shape[0], max_pixels)
+    return _finish(pixels, data if keep_original else None, size)
 
 
-def _finish(pixels: np.ndarray, original: bytes | None) -> DecodedImage:
+def _finish(pixels: np.ndarray, original: bytes | None,
+            size: tuple[int, int] | None = None) -> DecodedImage:
+    """`pixels` may be a reduced-scale decode when the original is kept; the
+    stored height/width are then the header's."""
     if original is None:
         pixels = _normalise_channels(pixels)
         encoded = _encode_png(pixels)
+        size = (pixels.shape[1], pixels.shape[0])
     else:
         encoded = original
+        size = size or (pixels.shape[1], pixels.shape[0])
     gray = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
     small = cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     return DecodedImage(
         encoded=encoded,
-        height=int(pixels.shape[0]),
-        width=int(pixels.shape[1]),
+        width=int(size[0]),
+        height=int(size[1]),
         reencoded=original is None,
         gray_small=small,
     )

@@ -2,28 +2,29 @@
 
 Two passes over the files, streaming (memory holds per-file metadata only):
   1. read + md5 every candidate (cheap) → deterministic stratified split;
-  2. workers decode/validate/re-encode and hash each image; the main process
-     writes Examples, training images first, so eval/test images can be checked
+  2. worker threads decode/validate/re-encode and hash each image; the main
+     thread writes Examples, training images first, so eval/test images can be checked
      against every training image before they are written.
 Any single bad file is skipped with a reason; only an unusable dataset fails.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from data_prep import contract
-from data_prep.discover import Candidate, Skip, find_images
+from data_prep.discover import find_images
 from data_prep.duplicates import DEFAULT_NEAR_THRESHOLD, DuplicateIndex, Record, perceptual_hash
 from data_prep.image_io import DEFAULT_MAX_PIXELS, ImageError, content_hash, decode_image, read_bytes
 from data_prep.splits import assign_train_eval
@@ -43,7 +44,7 @@ class PrepareOptions:
     out_dir: str
     eval_fraction: float = 0.15
     seed: int = 42
-    workers: int = 0          # 0 = one per core
+    workers: int = 0          # decoding threads; 0 = one per core
     shards: int = DEFAULT_TRAIN_SHARDS
     drop_cross_split_duplicates: bool = False
     near_threshold: int = DEFAULT_NEAR_THRESHOLD
@@ -51,7 +52,7 @@ class PrepareOptions:
     progress: bool = True
 
 
-def _hash_file(path: Path) -> tuple[str | None, str | None]:
+def _hash_file(path: str) -> tuple[str | None, str | None]:
     """(md5, None) or (None, reason)."""
     try:
         return content_hash(read_bytes(path)), None
@@ -60,7 +61,7 @@ def _hash_file(path: Path) -> tuple[str | None, str | None]:
 
 
 def _convert_file(task: tuple[str, str, int]) -> dict:
-    """Worker: one file → Example fields, or the reason it is skipped.
+    """One file → Example fields, or the reason it is skipped.
 
     Never raises: an unexpected failure in a decoder is a skip too, so one odd
     file cannot end a 7,000-image run.
@@ -78,18 +79,33 @@ def _convert_file(task: tuple[str, str, int]) -> dict:
         return {"ok": False, "reason": f"unexpected {type(err).__name__}: {err}".splitlines()[0]}
 
 
-def _imap(fn, tasks, workers: int):
-    """Ordered map, in worker processes when workers > 1.
+def _ordered_map(fn, items, workers: int, chunk: int = 16, window: int = 8):
+    """Like map(fn, items), on `workers` threads, in order, memory-bounded.
 
-    'spawn' keeps TensorFlow (imported by the writer in this process) out of
-    the workers, and avoids forking a process that runs TF threads.
+    Threads, not processes: reading, md5 and OpenCV decode/encode release the
+    GIL, and for 20 KB images pickling and starting processes cost more than
+    decoding (benchmarks/prepare_throughput.py). Items go to threads in chunks
+    so the per-task overhead does not rival a 70 µs decode; at most `window`
+    chunks are in flight, whatever the size of the folder.
     """
     if workers <= 1:
-        yield from map(fn, tasks)
+        yield from map(fn, items)
         return
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap(fn, tasks, chunksize=8)
+
+    def run_chunk(batch):
+        return [fn(item) for item in batch]
+
+    items = iter(items)
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        while True:
+            batch = list(itertools.islice(items, chunk))
+            if batch:
+                pending.append(pool.submit(run_chunk, batch))
+            if pending and (len(pending) >= window or not batch):
+                yield from pending.popleft().result()
+            elif not batch:
+                return
 
 
 def _shard_counts(expected: Counter, train_shards: int) -> dict[str, int]:
@@ -117,8 +133,9 @@ def prepare(opts: PrepareOptions) -> dict:
 
     # Pass 1: content hashes decide the split.
     md5s: dict[str, str] = {}
-    for cand in tqdm(candidates, desc="hashing", unit="file", disable=not opts.progress):
-        md5, reason = _hash_file(cand.path)
+    hashed = _ordered_map(_hash_file, (c.path for c in candidates), workers)
+    for cand, (md5, reason) in tqdm(zip(candidates, hashed), total=len(candidates),
+                                    desc="hashing", unit="file", disable=not opts.progress):
         if md5 is None:
             skipped.append({"source": cand.source, "reason": reason})
             _log(f"skip {cand.source}: {reason}")
@@ -142,8 +159,8 @@ def prepare(opts: PrepareOptions) -> dict:
     counts = {s: Counter() for s in contract.SPLITS}
     dropped: list[dict] = []
     reencoded = 0
-    tasks = ((str(c.path), c.path.suffix.lower(), opts.max_pixels) for c in readable)
-    results = _imap(_convert_file, tasks, workers)
+    tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels) for c in readable)
+    results = _ordered_map(_convert_file, tasks, workers)
     for cand, res in tqdm(zip(readable, results), total=len(readable), desc="converting",
                           unit="img", disable=not opts.progress):
         if not res["ok"]:

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-fraction", type=float, default=0.15,
                    help="share of Training/ per class held out for eval (default 0.15)")
     p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
-    p.add_argument("--workers", type=int, default=0, help="decoder processes (default: one per core)")
+    p.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
     p.add_argument("--shards", type=int, default=DEFAULT_TRAIN_SHARDS,
                    help=f"TFRecord shards for train; eval/test get proportionally fewer "
                         f"(default {DEFAULT_TRAIN_SHARDS})")
