@@ -1,0 +1,127 @@
+"""Keras models, selectable by name.
+
+Every model maps IMAGE_XF float32 [N, 224, 224, 1] in [0, 1] to class
+probabilities [N, 4], with two named layers the exported signatures rely on:
+GRADCAM_LAYER (the last convolutional feature map) and LOGITS_LAYER (pre-softmax
+scores, used for Grad-CAM and temperature scaling).
+
+Keras 2 (`tf_keras`), so the model and TFT's transform layer share one Keras.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import tf_keras as keras
+from tf_keras import layers
+
+from components.transform.preprocessing import CHANNELS, IMAGE_SIZE, IMAGE_XF
+from data_prep.contract import NUM_CLASSES
+
+GRADCAM_LAYER = "gradcam_features"
+LOGITS_LAYER = "logits"
+PROBABILITIES_LAYER = "probabilities"
+DEFAULT_MODEL = "mri_resnet"
+
+
+def _inputs() -> keras.Input:
+    return keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, CHANNELS), name=IMAGE_XF)
+
+
+def _head(features, inputs, name: str, dropout: float) -> keras.Model:
+    features = layers.Activation("linear", name=GRADCAM_LAYER)(features)
+    x = layers.GlobalAveragePooling2D()(features)
+    x = layers.Dropout(dropout)(x)
+    logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER)(x)
+    probs = layers.Activation("softmax", dtype="float32", name=PROBABILITIES_LAYER)(logits)
+    return keras.Model(inputs, probs, name=name)
+
+
+def seed_cnn() -> keras.Model:
+    """The seed's CNN: 3x (Conv2D + MaxPool) → Flatten → Dense(128) → Dropout(0.5) → softmax.
+
+    Kept as the baseline row of the accuracy table; ~6.4M parameters, almost all in
+    the Dense layer after Flatten.
+    """
+    inputs = _inputs()
+    x = inputs
+    for filters in (32, 32, 64):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+    features = layers.Activation("linear", name=GRADCAM_LAYER)(x)
+    x = layers.Flatten()(features)
+    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER)(x)
+    probs = layers.Activation("softmax", name=PROBABILITIES_LAYER)(logits)
+    return keras.Model(inputs, probs, name="seed_cnn")
+
+
+def _residual_block(x, filters: int, stride: int):
+    """Pre-activation-free basic block: conv-BN-ReLU-conv-BN + shortcut, ReLU."""
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(x)
+        shortcut = layers.BatchNormalization()(shortcut)
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(layers.Add()([shortcut, x]))
+
+
+def mri_resnet(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.3) -> keras.Model:
+    """Default: a small ResNet for CPU training from scratch.
+
+    Early downsampling (stride-2 stem + max-pool: 224 → 56) puts the compute where
+    the features are; batch norm and residual blocks train fast from scratch;
+    global average pooling instead of Flatten → Dense keeps it ~1.2M parameters
+    and makes Grad-CAM maps meaningful (7x7 last feature map).
+    """
+    inputs = _inputs()
+    x = layers.Conv2D(widths[0], 5, strides=2, padding="same", use_bias=False)(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    for i, filters in enumerate(widths):
+        x = _residual_block(x, filters, stride=1 if i == 0 else 2)
+    return _head(x, inputs, "mri_resnet", dropout)
+
+
+def _application(builder: Callable, preprocess: Callable, name: str, weights: str | None) -> keras.Model:
+    """A keras.applications backbone on our 1-channel [0, 1] input (gray → RGB, 0..255)."""
+    inputs = _inputs()
+    x = layers.Concatenate()([inputs, inputs, inputs])
+    x = layers.Lambda(lambda t: preprocess(t * 255.0), name=f"{name}_preprocess")(x)
+    backbone = builder(include_top=False, weights=weights,
+                       input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    return _head(backbone(x), inputs, name, dropout=0.3)
+
+
+def resnet50(weights: str | None = None) -> keras.Model:
+    """Opt-in transfer learning (weights='imagenet' needs internet access)."""
+    from tf_keras.applications import resnet50 as app
+    return _application(app.ResNet50, app.preprocess_input, "resnet50", weights)
+
+
+def efficientnetb0(weights: str | None = None) -> keras.Model:
+    """Opt-in transfer learning (weights='imagenet' needs internet access)."""
+    from tf_keras.applications import efficientnet as app
+    return _application(app.EfficientNetB0, app.preprocess_input, "efficientnetb0", weights)
+
+
+MODELS: dict[str, Callable[..., keras.Model]] = {
+    "seed_cnn": seed_cnn,
+    "mri_resnet": mri_resnet,
+    "resnet50": resnet50,
+    "efficientnetb0": efficientnetb0,
+}
+PRETRAINABLE = {"resnet50", "efficientnetb0"}
+
+
+def build_model(name: str, weights: str | None = None) -> keras.Model:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if weights is not None and name not in PRETRAINABLE:
+        raise ValueError(f"--weights applies to {', '.join(sorted(PRETRAINABLE))}, not {name}")
+    return MODELS[name](weights=weights) if name in PRETRAINABLE else MODELS[name]()

@@ -1,0 +1,1 @@
+"""Transform module code (TFX fingerprints this folder: keep only module code here)."""

@@ -1,0 +1,64 @@
+"""One object holds every path and knob of a pipeline run."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import components
+from components.training.models import DEFAULT_MODEL
+
+COMPONENTS_DIR = Path(components.__file__).resolve().parent
+SCHEMA_FILE = COMPONENTS_DIR / "schema" / "schema.pbtxt"
+TRANSFORM_MODULE = COMPONENTS_DIR / "transform" / "preprocessing.py"
+TRAINER_MODULE = COMPONENTS_DIR / "training" / "trainer.py"
+# Import paths of the same functions, for runners that bake the code into the image.
+PREPROCESSING_FN = "components.transform.preprocessing.preprocessing_fn"
+RUN_FN = "components.training.trainer.run_fn"
+
+DEFAULT_PIPELINE_NAME = "brain-tumor-mri"  # Kubeflow/Vertex names: [a-z0-9][a-z0-9-]*
+DEFAULT_ACCURACY_LOWER_BOUND = 0.80
+
+
+def local_beam_args() -> list[str]:
+    """DirectRunner, one worker process per core (the embedded default)."""
+    return ["--direct_running_mode=multi_processing",
+            f"--direct_num_workers={os.cpu_count() or 1}"]
+
+
+@dataclass
+class PipelineConfig:
+    pipeline_root: str                       # artifacts and ML Metadata live here
+    data_root: str                           # output of `btmri prepare` (train/ eval/ [test/])
+    serving_dir: str                         # TF Serving base path: <serving_dir>/<version>/
+    pipeline_name: str = DEFAULT_PIPELINE_NAME
+    metadata_path: str | None = None         # sqlite; default <pipeline_root>/metadata.sqlite
+    schema_file: str = str(SCHEMA_FILE)
+    model: str = DEFAULT_MODEL
+    weights: str | None = None               # 'imagenet' for resnet50/efficientnetb0 (internet)
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 5
+    augment: bool = True
+    seed: int = 0
+    accuracy_lower_bound: float = DEFAULT_ACCURACY_LOWER_BOUND
+    max_accuracy_regression: float = 0.0     # vs the last blessed model
+    beam_pipeline_args: list[str] = field(default_factory=local_beam_args)
+    enable_cache: bool = True
+    use_module_files: bool = True            # False: reference functions by import path
+
+    def __post_init__(self):
+        if self.metadata_path is None:
+            self.metadata_path = os.path.join(self.pipeline_root, "metadata.sqlite")
+        if not 0.0 <= self.accuracy_lower_bound:
+            raise ValueError("accuracy lower bound must be >= 0")
+
+    @property
+    def has_test_split(self) -> bool:
+        return Path(self.data_root, "test").is_dir() and any(Path(self.data_root, "test").iterdir())
+
+    def trainer_config(self) -> dict:
+        return {"model": self.model, "weights": self.weights, "epochs": self.epochs,
+                "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                "patience": self.patience, "augment": self.augment, "seed": self.seed}

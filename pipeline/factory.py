@@ -1,0 +1,87 @@
+"""`create_pipeline(config)`: the TFX pipeline, independent of where it runs."""
+from __future__ import annotations
+
+import os
+
+from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
+
+from components.evaluation import eval_config
+from components.executors import IdempotentAtomicPusher, StrictExampleValidator
+from data_prep import contract
+from pipeline.config import PREPROCESSING_FN, RUN_FN, TRAINER_MODULE, TRANSFORM_MODULE, PipelineConfig
+
+# Component ids, in run order (the CLI reports progress with them).
+COMPONENT_IDS = ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+                 "Transform", "Trainer", "LatestBlessedModelResolver", "Evaluator", "Pusher")
+
+
+def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    splits = [contract.TRAIN_SPLIT, contract.EVAL_SPLIT]
+    if config.has_test_split:
+        splits.append(contract.TEST_SPLIT)
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=config.data_root,
+        input_config=tfx.proto.Input(splits=[
+            tfx.proto.Input.Split(name=s, pattern=f"{s}/*{contract.TFRECORD_SUFFIX}") for s in splits]))
+
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema_gen.outputs["schema"]
+    ).with_id("ExampleValidator")
+    example_validator.executor_spec = executor_spec.ExecutorClassSpec(StrictExampleValidator)
+
+    code = ({"module_file": str(TRANSFORM_MODULE)} if config.use_module_files
+            else {"preprocessing_fn": PREPROCESSING_FN})
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        materialize=False,           # the Trainer applies the transform graph on the fly
+        splits_config=tfx.proto.SplitsConfig(analyze=[contract.TRAIN_SPLIT]),
+        **code)
+    transform.add_upstream_node(example_validator)  # no Transform on anomalous data
+
+    code = ({"module_file": str(TRAINER_MODULE)} if config.use_module_files else {"run_fn": RUN_FN})
+    trainer = tfx.components.Trainer(
+        examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=[contract.TRAIN_SPLIT]),
+        eval_args=tfx.proto.EvalArgs(splits=[contract.EVAL_SPLIT]),
+        custom_config=config.trainer_config(),
+        **code)
+
+    model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
+
+    evaluate_on = contract.TEST_SPLIT if config.has_test_split else contract.EVAL_SPLIT
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=model_resolver.outputs["model"],
+        example_splits=[evaluate_on],
+        eval_config=eval_config(config.accuracy_lower_bound, config.max_accuracy_regression))
+
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=os.path.abspath(config.serving_dir)
+                if "://" not in config.serving_dir else config.serving_dir)))
+    pusher.executor_spec = executor_spec.ExecutorClassSpec(IdempotentAtomicPusher)
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
+                    trainer, model_resolver, evaluator, pusher],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path),
+        beam_pipeline_args=config.beam_pipeline_args)

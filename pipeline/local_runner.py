@@ -1,0 +1,138 @@
+"""Runs the pipeline on this machine: LocalDagRunner, sqlite ML Metadata, Beam DirectRunner.
+
+Progress: one line per component start/finish on stdout (with elapsed time);
+the full TFX/Beam log goes to <pipeline_root>/logs/run-<time>.log.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from absl import logging as absl_logging
+from tfx import v1 as tfx
+
+from pipeline.config import PipelineConfig
+from pipeline.factory import COMPONENT_IDS, create_pipeline
+
+
+class _ProgressHandler(logging.Handler):
+    """Turns LocalDagRunner's 'Component X is running/finished.' into progress lines."""
+
+    def __init__(self, stream):
+        super().__init__(logging.INFO)
+        self.stream = stream
+        self.started: dict[str, float] = {}
+
+    def emit(self, record):
+        if not isinstance(record.msg, str) or not record.msg.startswith("Component %s is "):
+            return
+        node = record.args[0] if record.args else "?"
+        step = f"[{COMPONENT_IDS.index(node) + 1}/{len(COMPONENT_IDS)}]" if node in COMPONENT_IDS else "[?]"
+        if record.msg.endswith("running."):
+            self.started[node] = time.time()
+            print(f"{step} {node} ...", file=self.stream, flush=True)
+        elif record.msg.endswith("finished."):
+            took = time.time() - self.started.get(node, time.time())
+            print(f"{step} {node} done in {took:.1f} s", file=self.stream, flush=True)
+
+
+@contextmanager
+def _logging_to(log_path: str, progress_stream):
+    # Through absl, not logger.setLevel: TensorFlow's saving code sets absl's
+    # verbosity to FATAL and back to whatever absl's flag says.
+    old_verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    absl_logger = logging.getLogger("absl")
+    file_handler = logging.FileHandler(log_path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    progress = _ProgressHandler(progress_stream)
+    root = logging.getLogger()
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    root.addHandler(file_handler)
+    absl_logger.addHandler(progress)
+    try:
+        yield
+    finally:
+        absl_logger.removeHandler(progress)
+        root.removeHandler(file_handler)
+        file_handler.close()
+        root.setLevel(old_level)
+        absl_logging.set_verbosity(old_verbosity)
+
+
+@dataclass
+class RunSummary:
+    blessed: bool | None = None
+    pushed: bool = False
+    already_pushed: bool = False
+    pushed_to: str | None = None
+    evaluated_split: str | None = None
+    metrics: dict = field(default_factory=dict)        # overall metrics of the candidate
+    thresholds: list = field(default_factory=list)     # failed validations, if any
+    log_path: str | None = None
+    seconds: float = 0.0
+
+
+def run_pipeline(config: PipelineConfig, progress_stream=sys.stdout) -> RunSummary:
+    """Runs every component (cached ones are skipped by TFX) and summarises the result."""
+    logs = os.path.join(config.pipeline_root, "logs")
+    os.makedirs(logs, exist_ok=True)
+    log_path = os.path.join(logs, time.strftime("run-%Y%m%d-%H%M%S.log"))
+    started = time.time()
+    with _logging_to(log_path, progress_stream):
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    summary = summarize(config)
+    summary.log_path = log_path
+    summary.seconds = time.time() - started
+    return summary
+
+
+def summarize(config: PipelineConfig) -> RunSummary:
+    """Reads the latest Evaluator and Pusher outputs from ML Metadata."""
+    import tensorflow_model_analysis as tfma
+
+    from pipeline.metadata import latest_output
+
+    summary = RunSummary()
+    blessing = latest_output(config, "Evaluator", "blessing")
+    evaluation = latest_output(config, "Evaluator", "evaluation")
+    pushed = latest_output(config, "Pusher", "pushed_model")
+    if blessing is not None:
+        summary.blessed = bool(blessing.get_int_custom_property("blessed"))
+    if evaluation is not None:
+        for slice_key, metrics in load_candidate_eval_result(evaluation.uri).slicing_metrics:
+            if slice_key == ():
+                summary.metrics = _flatten(metrics)
+        validation = tfma.load_validation_result(evaluation.uri)
+        summary.thresholds = [str(f) for f in validation.metric_validations_per_slice]
+    if pushed is not None and pushed.get_int_custom_property("pushed"):
+        summary.pushed = True
+        summary.pushed_to = pushed.get_string_custom_property("pushed_destination")
+        summary.already_pushed = bool(pushed.get_int_custom_property("already_pushed"))
+    return summary
+
+
+def load_candidate_eval_result(eval_uri: str):
+    """The candidate's TFMA result: unnamed without a baseline, 'candidate' with one."""
+    import tensorflow_model_analysis as tfma
+    result = tfma.load_eval_result(eval_uri)
+    if not result.slicing_metrics:
+        result = tfma.load_eval_result(eval_uri, model_name="candidate")
+    return result
+
+
+def _flatten(metrics: dict) -> dict:
+    """TFMA's {output: {sub_key: {name: {'doubleValue': v}}}} → {'name[ sub_key]': v}."""
+    flat = {}
+    for per_sub_key in metrics.values():
+        for sub_key, named in per_sub_key.items():
+            for name, value in named.items():
+                key = name if not sub_key else f"{name} {sub_key}"
+                if isinstance(value, dict) and "doubleValue" in value:
+                    flat[key] = value["doubleValue"]
+    return flat
