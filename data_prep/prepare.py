@@ -52,6 +52,25 @@ class PrepareOptions:
     progress: bool = True
 
 
+def input_fingerprint(data_dir: str, found: tuple | None = None) -> str:
+    """Cheap identity of a data folder's content: every candidate's path, size and
+    mtime. Lets `btmri run` reuse prepared TFRecords (and so TFX's cache) when the
+    images have not changed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    candidates, skips = found or find_images(data_dir)
+    for cand in candidates:
+        try:
+            st = os.stat(cand.path)
+            digest.update(f"{cand.source}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{cand.source}\0missing\n".encode())
+    for skip in skips:
+        digest.update(f"{skip.source}\0skipped\n".encode())
+    return digest.hexdigest()
+
+
 def _hash_file(path: str) -> tuple[str | None, str | None]:
     """(md5, None) or (None, reason)."""
     try:
@@ -126,6 +145,7 @@ def prepare(opts: PrepareOptions) -> dict:
     workers = opts.workers or os.cpu_count() or 1
     out = Path(opts.out_dir)
     candidates, name_skips = find_images(opts.data_dir)
+    fingerprint = input_fingerprint(opts.data_dir, (candidates, name_skips))
     skipped: list[dict] = [asdict(s) for s in name_skips]
     if not candidates:
         raise PrepareError(f"no image files found under {opts.data_dir} "
@@ -185,6 +205,7 @@ def prepare(opts: PrepareOptions) -> dict:
 
     manifest = {
         "data_dir": str(Path(opts.data_dir).resolve()),
+        "input_fingerprint": fingerprint,
         "arguments": {k: v for k, v in asdict(opts).items() if k != "progress"},
         "classes": list(contract.CLASS_NAMES),
         "counts": {s: {c: counts[s][c] for c in contract.CLASS_NAMES}

@@ -15,8 +15,9 @@ Each image is a T1-like axial brain slice drawn from simple geometry:
 
 Acquisition variation: image size (each side 200-512 px, rarely square), head size,
 aspect, position and in-plane rotation, bias field, blur, noise level, brightness,
-contrast and gamma. Lesion intensities lie inside the normal tissue range, so global
-intensity statistics barely tell the classes apart; shape and position do.
+contrast and gamma. Lesions enhance like tumours on contrast T1 (as bright as the
+scalp, brighter than white matter) but are small, so global intensity statistics
+barely tell the classes apart; shape and position do.
 
 The slice is rendered directly in a rotated, shifted "brain frame", so the image and
 its mask share exactly the same rotation (the mask is never interpolated). Every image
@@ -87,10 +88,10 @@ def _paint_lesion(kind, patch, x, y, lx, ly, radius, in_skull, rng):
         inside = rel < 1.0
         patch[(rel < 1.5) & ~inside] -= rng.uniform(0.04, 0.12)  # oedema: T1-dark halo
         core = rng.uniform(0.15, 0.4) + 0.08 * _smooth_noise(rng, *shape, 5)  # necrosis
-        tissue = np.where(rel < rng.uniform(0.0, 0.7), core, rng.uniform(0.6, 0.9))  # rim
+        tissue = np.where(rel < rng.uniform(0.0, 0.7), core, rng.uniform(0.72, 0.95))  # enhancing rim
         patch[inside] = tissue[inside]
         return inside
-    value = rng.uniform(0.6, 0.88) + 0.04 * _smooth_noise(rng, *shape, 4)
+    value = rng.uniform(0.72, 0.95) + 0.04 * _smooth_noise(rng, *shape, 4)  # enhancing
     if kind == MENINGIOMA:  # broad base on the dura: clipped at the skull's inner edge
         patch[(d >= 1.0) & (d < 1.15) & in_skull] = 0.1  # CSF cleft around the mass
         inside = (d < 1.0) & in_skull

@@ -7,7 +7,12 @@ the work; heavy imports (TensorFlow, TFX) happen inside the handlers so
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's CUDA/oneDNN start-up notes
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -38,6 +43,113 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     print(summary_table(manifest))
     print(f"wrote {manifest['total_written']} examples to {args.out} "
           f"(manifest: {args.out}/manifest.json) in {manifest['seconds']} s")
+    return 0
+
+
+def _prepare_if_changed(data_dir: str, out: str, **prepare_kw) -> dict:
+    """Runs `prepare` unless `out` already holds the same images prepared with the
+    same arguments: rewriting identical TFRecords would defeat TFX's cache."""
+    from data_prep.prepare import PrepareOptions, input_fingerprint, prepare, summary_table
+
+    opts = PrepareOptions(data_dir=data_dir, out_dir=out, **prepare_kw)
+    manifest_path = Path(out) / "manifest.json"
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        wanted = {k: v for k, v in vars(opts).items() if k != "progress"}
+        if old.get("arguments") == wanted and old.get("input_fingerprint") == input_fingerprint(data_dir):
+            print(f"data unchanged since the last prepare: reusing {out}")
+            return old
+    manifest = prepare(opts)
+    print(summary_table(manifest))
+    return manifest
+
+
+def _synthesize_if_missing(out: str, per_class: int, test_per_class: int, seed: int) -> None:
+    from data_prep.synth import generate_dataset
+
+    marker = Path(out) / "synth.json"
+    wanted = {"per_class": per_class, "test_per_class": test_per_class, "seed": seed}
+    if marker.is_file() and json.loads(marker.read_text()).get("arguments") == wanted:
+        print(f"reusing synthetic dataset in {out}")
+        return
+    summary = generate_dataset(out, **wanted)
+    marker.write_text(json.dumps({"arguments": wanted, "summary": summary}, indent=1))
+
+
+def _pipeline_config(args: argparse.Namespace, data_root: str):
+    from pipeline.config import PipelineConfig, local_beam_args
+
+    return PipelineConfig(
+        pipeline_root=args.pipeline_root, data_root=data_root, serving_dir=args.serving_dir,
+        model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, accuracy_lower_bound=args.accuracy_bound,
+        beam_pipeline_args=args.beam_arg or local_beam_args(), enable_cache=not args.no_cache)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from data_prep.discover import LayoutError
+    from data_prep.prepare import PrepareError
+
+    work = Path(args.work_dir)
+    prepared = str(work / "data" / "prepared")
+    try:
+        if args.data_dir is None:
+            synthetic = str(work / "data" / "synthetic")
+            print(f"no --data-dir: using the synthetic phantom dataset in {synthetic}")
+            _synthesize_if_missing(synthetic, args.synthetic_per_class,
+                                   max(1, args.synthetic_per_class // 4), seed=0)
+            data_dir = synthetic
+        else:
+            data_dir = args.data_dir
+        _prepare_if_changed(data_dir, prepared, progress=True,
+                            drop_cross_split_duplicates=args.drop_cross_split_duplicates)
+    except (PrepareError, LayoutError, ValueError) as err:
+        print(f"btmri run: error: {err}", file=sys.stderr)
+        return 2
+
+    from components.executors import AnomaliesFound
+    from pipeline.local_runner import run_pipeline
+
+    config = _pipeline_config(args, prepared)
+    print(f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
+          f"model {config.model}, {config.epochs} epochs)")
+    try:
+        summary = run_pipeline(config)
+    except AnomaliesFound as err:
+        print(f"btmri run: {err}", file=sys.stderr)
+        return 3
+    except RuntimeError as err:
+        print(f"btmri run: pipeline failed: {err}\n(full log under {config.pipeline_root}/logs)",
+              file=sys.stderr)
+        return 1
+    _print_summary(summary, config)
+    return 0
+
+
+def _print_summary(summary, config) -> None:
+    m = summary.metrics
+    print(f"\nfinished in {summary.seconds / 60:.1f} min; log: {summary.log_path}")
+    if m:
+        print(f"accuracy {m.get('sparse_categorical_accuracy', float('nan')):.4f} "
+              f"on {int(m.get('example_count', 0))} examples (lower bound {config.accuracy_lower_bound})")
+        from data_prep.contract import CLASS_NAMES
+        for name in CLASS_NAMES:
+            print(f"  {name:11s} precision {m.get('precision_' + name, float('nan')):.3f}  "
+                  f"recall {m.get('recall_' + name, float('nan')):.3f}")
+    print(f"blessed: {'yes' if summary.blessed else 'no'}")
+    if summary.pushed and summary.already_pushed:
+        print(f"model already pushed at {summary.pushed_to}: nothing new pushed")
+    elif summary.pushed:
+        print(f"pushed to {summary.pushed_to}")
+    else:
+        print("not pushed")
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from pipeline.kubeflow_runner import compile_pipeline
+
+    path = compile_pipeline(args)
+    print(f"wrote Kubeflow Pipelines / Vertex AI spec to {path}")
     return 0
 
 
@@ -78,6 +190,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refuse images with more pixels than this (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_prepare)
+
+    from components.training.models import DEFAULT_MODEL, MODELS
+    from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND
+
+    def pipeline_args(p, local: bool):
+        p.add_argument("--pipeline-root", default="runs/pipeline" if local else None,
+                       required=not local, help="TFX artifacts (and, locally, ML Metadata)")
+        p.add_argument("--serving-dir", default="runs/serving/brain_tumor" if local else None,
+                       required=not local, help="TF Serving model base path (<dir>/<version>/)")
+        p.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
+        p.add_argument("--weights", default=None,
+                       help="'imagenet' for resnet50/efficientnetb0 (downloads; needs internet)")
+        p.add_argument("--epochs", type=int, default=15)
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--learning-rate", type=float, default=1e-3)
+        p.add_argument("--accuracy-bound", type=float, default=DEFAULT_ACCURACY_LOWER_BOUND,
+                       help="absolute lower bound on accuracy for blessing (default %(default)s)")
+        p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                       help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner); "
+                            "default: DirectRunner, multi-processing, one worker per core")
+
+    p = sub.add_parser("run", help="run the TFX pipeline locally, ending with a pushed model")
+    p.add_argument("--data-dir", default=None,
+                   help="images (Kaggle layout or class folders); default: synthetic phantoms")
+    p.add_argument("--work-dir", default="runs", help="where synthetic and prepared data go")
+    pipeline_args(p, local=True)
+    p.add_argument("--synthetic-per-class", type=int, default=400,
+                   help="training images per class of the synthetic default (test: a quarter)")
+    p.add_argument("--drop-cross-split-duplicates", action="store_true",
+                   help="prepare: leave out eval/test images that duplicate training images")
+    p.add_argument("--no-cache", action="store_true", help="re-run every component")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("compile", help="compile the pipeline to a Kubeflow Pipelines / Vertex AI spec")
+    p.add_argument("--out", default="pipeline.json", help="spec file to write")
+    p.add_argument("--data-root", required=True, help="prepared TFRecords (e.g. gs://bucket/prepared)")
+    p.add_argument("--image", default="brain-tumor-mri-tfx:latest",
+                   help="container image holding this package (see Dockerfile)")
+    p.add_argument("--no-test-split", action="store_true",
+                   help="the prepared data has no test/ split: evaluate on eval")
+    pipeline_args(p, local=False)
+    p.set_defaults(func=_cmd_compile)
     return parser
 
 

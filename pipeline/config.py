@@ -36,7 +36,7 @@ class PipelineConfig:
     schema_file: str = str(SCHEMA_FILE)
     model: str = DEFAULT_MODEL
     weights: str | None = None               # 'imagenet' for resnet50/efficientnetb0 (internet)
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 32
     learning_rate: float = 1e-3
     patience: int = 5
@@ -46,19 +46,25 @@ class PipelineConfig:
     max_accuracy_regression: float = 0.0     # vs the last blessed model
     beam_pipeline_args: list[str] = field(default_factory=local_beam_args)
     enable_cache: bool = True
+    materialize: bool = False                # True: Transform writes transformed examples
     use_module_files: bool = True            # False: reference functions by import path
+    test_split: bool | None = None           # evaluate on test/; None: if data_root has one
 
     def __post_init__(self):
-        if self.metadata_path is None:
+        if self.metadata_path is None:  # "" = no local store (Kubeflow/Vertex bring their own)
             self.metadata_path = os.path.join(self.pipeline_root, "metadata.sqlite")
         if not 0.0 <= self.accuracy_lower_bound:
             raise ValueError("accuracy lower bound must be >= 0")
 
     @property
     def has_test_split(self) -> bool:
-        return Path(self.data_root, "test").is_dir() and any(Path(self.data_root, "test").iterdir())
+        if self.test_split is not None:
+            return self.test_split
+        test_dir = Path(self.data_root, "test")
+        return test_dir.is_dir() and any(test_dir.iterdir())
 
     def trainer_config(self) -> dict:
         return {"model": self.model, "weights": self.weights, "epochs": self.epochs,
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                "patience": self.patience, "augment": self.augment, "seed": self.seed}
+                "patience": self.patience, "augment": self.augment, "seed": self.seed,
+                "materialized": self.materialize}

@@ -38,14 +38,15 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        materialize=False,           # the Trainer applies the transform graph on the fly
+        materialize=config.materialize,  # default False: the Trainer transforms on the fly
         splits_config=tfx.proto.SplitsConfig(analyze=[contract.TRAIN_SPLIT]),
         **code)
     transform.add_upstream_node(example_validator)  # no Transform on anomalous data
 
     code = ({"module_file": str(TRAINER_MODULE)} if config.use_module_files else {"run_fn": RUN_FN})
     trainer = tfx.components.Trainer(
-        examples=example_gen.outputs["examples"],
+        examples=(transform.outputs["transformed_examples"] if config.materialize
+                  else example_gen.outputs["examples"]),
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=[contract.TRAIN_SPLIT]),
@@ -82,6 +83,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
                     trainer, model_resolver, evaluator, pusher],
         enable_cache=config.enable_cache,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path),
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+            if config.metadata_path else None),
         beam_pipeline_args=config.beam_pipeline_args)

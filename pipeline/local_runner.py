@@ -26,6 +26,7 @@ class _ProgressHandler(logging.Handler):
         super().__init__(logging.INFO)
         self.stream = stream
         self.started: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}   # wall time per component, in finish order
 
     def emit(self, record):
         if not isinstance(record.msg, str) or not record.msg.startswith("Component %s is "):
@@ -37,11 +38,12 @@ class _ProgressHandler(logging.Handler):
             print(f"{step} {node} ...", file=self.stream, flush=True)
         elif record.msg.endswith("finished."):
             took = time.time() - self.started.get(node, time.time())
+            self.seconds[node] = took
             print(f"{step} {node} done in {took:.1f} s", file=self.stream, flush=True)
 
 
 @contextmanager
-def _logging_to(log_path: str, progress_stream):
+def _logging_to(log_path: str, progress: _ProgressHandler):
     # Through absl, not logger.setLevel: TensorFlow's saving code sets absl's
     # verbosity to FATAL and back to whatever absl's flag says.
     old_verbosity = absl_logging.get_verbosity()
@@ -49,7 +51,6 @@ def _logging_to(log_path: str, progress_stream):
     absl_logger = logging.getLogger("absl")
     file_handler = logging.FileHandler(log_path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    progress = _ProgressHandler(progress_stream)
     root = logging.getLogger()
     old_level = root.level
     root.setLevel(logging.INFO)
@@ -76,6 +77,7 @@ class RunSummary:
     thresholds: list = field(default_factory=list)     # failed validations, if any
     log_path: str | None = None
     seconds: float = 0.0
+    component_seconds: dict = field(default_factory=dict)
 
 
 def run_pipeline(config: PipelineConfig, progress_stream=sys.stdout) -> RunSummary:
@@ -84,11 +86,13 @@ def run_pipeline(config: PipelineConfig, progress_stream=sys.stdout) -> RunSumma
     os.makedirs(logs, exist_ok=True)
     log_path = os.path.join(logs, time.strftime("run-%Y%m%d-%H%M%S.log"))
     started = time.time()
-    with _logging_to(log_path, progress_stream):
+    progress = _ProgressHandler(progress_stream)
+    with _logging_to(log_path, progress):
         tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
     summary = summarize(config)
     summary.log_path = log_path
     summary.seconds = time.time() - started
+    summary.component_seconds = progress.seconds
     return summary
 
 

@@ -56,17 +56,26 @@ def seed_cnn() -> keras.Model:
     return keras.Model(inputs, probs, name="seed_cnn")
 
 
+# Batch-norm moving statistics follow the data faster than Keras' default 0.99:
+# with a few hundred steps per run the default leaves them stale at eval time.
+BN_MOMENTUM = 0.9
+
+
+def _bn():
+    return layers.BatchNormalization(momentum=BN_MOMENTUM)
+
+
 def _residual_block(x, filters: int, stride: int):
-    """Pre-activation-free basic block: conv-BN-ReLU-conv-BN + shortcut, ReLU."""
+    """Basic block: conv-BN-ReLU-conv-BN + shortcut, ReLU."""
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(x)
-        shortcut = layers.BatchNormalization()(shortcut)
+        shortcut = _bn()(shortcut)
     x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = _bn()(x)
     x = layers.ReLU()(x)
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = _bn()(x)
     return layers.ReLU()(layers.Add()([shortcut, x]))
 
 
@@ -80,7 +89,7 @@ def mri_resnet(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.
     """
     inputs = _inputs()
     x = layers.Conv2D(widths[0], 5, strides=2, padding="same", use_bias=False)(inputs)
-    x = layers.BatchNormalization()(x)
+    x = _bn()(x)
     x = layers.ReLU()(x)
     x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     for i, filters in enumerate(widths):

@@ -1,8 +1,9 @@
 """TFX Trainer entry point (`run_fn`) and the exported signatures.
 
 Training reads the raw Examples and applies the Transform graph on the fly
-(Transform runs with materialize=False): decoded 224x224 float images are ~200 KB
-each, 50x the JPEG, so materialising them costs more disk and I/O than decoding.
+(Transform runs with materialize=False by default): decoded 224x224 float images
+are ~200 KB each, ten times the JPEG, so materialising them costs more disk and
+I/O than decoding (figures: benchmarks/pipeline_components.py, README).
 
 Exported SavedModel signatures (DESIGN.md):
   serving_default(examples: string[N])   serialized tf.Example, only `image` needed
@@ -13,6 +14,7 @@ All return probabilities float32 [N, 4], class_id int64 [N], class_name string [
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import tensorflow as tf
@@ -23,19 +25,20 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from components.training.models import DEFAULT_MODEL, GRADCAM_LAYER, LOGITS_LAYER, build_model
-from components.transform.preprocessing import IMAGE_SIZE, IMAGE_XF, LABEL_XF
+from components.transform.preprocessing import CHANNELS, IMAGE_SIZE, IMAGE_XF, LABEL_XF
 from data_prep import contract
 
 # Trainer custom_config keys and defaults (pipeline.config fills them).
 DEFAULTS = {
     "model": DEFAULT_MODEL,
     "weights": None,
-    "epochs": 20,
+    "epochs": 15,
     "batch_size": 32,
     "learning_rate": 1e-3,
     "patience": 5,
     "augment": True,
     "seed": 0,
+    "materialized": False,   # examples are Transform's output, not raw Examples
 }
 
 # Output names of every signature.
@@ -64,19 +67,30 @@ def _augmenter(seed: int) -> keras.Sequential:
 
 def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor,
              tf_transform_output: tft.TFTransformOutput, batch_size: int,
-             training: bool, augment: bool = False, seed: int = 0) -> tf.data.Dataset:
-    """Raw Examples → (image [B,224,224,1], label [B]) through the Transform graph."""
+             training: bool, augment: bool = False, seed: int = 0,
+             materialized: bool = False) -> tf.data.Dataset:
+    """Examples → (image [B,224,224,1], label [B]).
+
+    Raw Examples go through the Transform graph here; `materialized` examples
+    were transformed by the Transform component already.
+    """
+    metadata = (tf_transform_output.transformed_metadata if materialized
+                else tf_transform_output.raw_metadata)
     dataset = data_accessor.tf_dataset_factory(
         file_pattern,
         tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=training,
                                        shuffle_seed=seed, num_epochs=1,
                                        shuffle_buffer_size=2048),
-        tf_transform_output.raw_metadata.schema)
-    tft_layer = tf_transform_output.transform_features_layer()
+        metadata.schema)
+    if materialized:
+        def transform(xf):
+            return tf.reshape(xf[IMAGE_XF], [-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS]), xf[LABEL_XF]
+    else:
+        tft_layer = tf_transform_output.transform_features_layer()
 
-    def transform(raw):
-        xf = tft_layer(raw)
-        return xf[IMAGE_XF], xf[LABEL_XF]
+        def transform(raw):
+            xf = tft_layer(raw)
+            return xf[IMAGE_XF], xf[LABEL_XF]
 
     dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     if training and augment:
@@ -84,6 +98,14 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
         dataset = dataset.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 1.0), y),
                               num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def cosine_schedule(base_lr: float, epochs: int):
+    """Per-epoch cosine decay from base_lr to ~0: the last epochs settle the weights
+    and batch-norm statistics, which a constant rate leaves jumpy on small data."""
+    def lr(epoch: int, _current=None) -> float:
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+    return lr
 
 
 def _outputs(probs: tf.Tensor) -> dict:
@@ -151,11 +173,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     keras.utils.set_random_seed(int(config["seed"]))
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     batch = int(config["batch_size"])
+    materialized = bool(config["materialized"])
     train_ds = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                         batch, training=True, augment=bool(config["augment"]),
-                        seed=int(config["seed"]))
+                        seed=int(config["seed"]), materialized=materialized)
     eval_ds = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
-                       batch, training=False)
+                       batch, training=False, materialized=materialized)
 
     model = build_model(config["model"], config["weights"])
     model.compile(optimizer=keras.optimizers.Adam(float(config["learning_rate"])),
@@ -168,8 +191,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                          patience=max(1, int(config["patience"]) // 2)),
+        keras.callbacks.LearningRateScheduler(
+            cosine_schedule(float(config["learning_rate"]), int(config["epochs"]))),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(config["patience"]),
                                       restore_best_weights=True),
     ]

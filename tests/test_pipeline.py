@@ -1,0 +1,161 @@
+"""End to end: `btmri run` on tiny synthetic data, through every TFX component.
+
+One module-scoped run (about 2 minutes on 2 cores) feeds most tests; the cache,
+threshold and anomaly tests run the pipeline again against the same store.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.executors import AnomaliesFound, pushed_versions
+from data_prep import contract
+from data_prep.tfrecords import make_example
+from pipeline.cli import main as btmri
+from pipeline.config import PipelineConfig
+from pipeline.factory import COMPONENT_IDS
+from pipeline.local_runner import run_pipeline
+from pipeline.metadata import execution_state_name, node_executions
+
+RUN_ARGS = ["--synthetic-per-class", "12", "--epochs", "1", "--batch-size", "8",
+            "--accuracy-bound", "0.0"]
+
+
+def _run(work: Path, *extra: str) -> int:
+    return btmri(["run", "--work-dir", str(work), "--pipeline-root", str(work / "pipeline"),
+                  "--serving-dir", str(work / "serving"), *RUN_ARGS, *extra])
+
+
+def _config(work: Path) -> PipelineConfig:
+    return PipelineConfig(pipeline_root=str(work / "pipeline"), data_root=str(work / "data" / "prepared"),
+                          serving_dir=str(work / "serving"))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    assert _run(work) == 0
+    return work
+
+
+def test_every_component_executed(first_run):
+    config = _config(first_run)
+    for node in COMPONENT_IDS:
+        states = [execution_state_name(e) for e in node_executions(config, node)]
+        assert states and states[0] == "COMPLETE", (node, states)
+
+
+@pytest.fixture(scope="module")
+def pushed_model(first_run):
+    versions = pushed_versions(str(first_run / "serving"))
+    assert len(versions) == 1
+    version = next(iter(versions))
+    return tf.saved_model.load(str(first_run / "serving" / str(version)))
+
+
+def _test_images(work: Path, n: int = 5) -> list[bytes]:
+    files = sorted((work / "data" / "synthetic" / contract.KAGGLE_TESTING_DIR).rglob("*.png"))
+    return [f.read_bytes() for f in files[::max(1, len(files) // n)][:n]]
+
+
+def test_signatures_names_shapes_dtypes(first_run, pushed_model):
+    sigs = pushed_model.signatures
+    assert set(sigs) == {"serving_default", "predict_images", "gradcam"}
+    assert set(sigs["serving_default"].structured_input_signature[1]) == {"examples"}
+    assert set(sigs["predict_images"].structured_input_signature[1]) == {"image_bytes"}
+    assert set(sigs["gradcam"].structured_input_signature[1]) == {"image_bytes"}
+
+    images = _test_images(first_run)
+    n = len(images)
+    by_bytes = sigs["predict_images"](image_bytes=tf.constant(images))
+    examples = [make_example(b, 0, 1, 1, "x").SerializeToString() for b in images]
+    # only `image` is required in a request
+    image_only = [tf.train.Example(features=tf.train.Features(feature={
+        contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))})).SerializeToString()
+        for b in images]
+    by_example = sigs["serving_default"](examples=tf.constant(examples))
+    by_image_only = sigs["serving_default"](examples=tf.constant(image_only))
+    for out in (by_bytes, by_example, by_image_only):
+        assert set(out) == {"probabilities", "class_id", "class_name"}
+        assert out["probabilities"].dtype == tf.float32 and out["probabilities"].shape == (n, 4)
+        assert out["class_id"].dtype == tf.int64 and out["class_id"].shape == (n,)
+        assert out["class_name"].dtype == tf.string and out["class_name"].shape == (n,)
+        np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
+        names = [contract.CLASS_NAMES[i] for i in out["class_id"].numpy()]
+        assert [s.decode() for s in out["class_name"].numpy()] == names
+    np.testing.assert_allclose(by_bytes["probabilities"], by_example["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(by_bytes["probabilities"], by_image_only["probabilities"], atol=1e-6)
+
+    cam = sigs["gradcam"](image_bytes=tf.constant(images))
+    assert set(cam) == {"heatmap", "class_id", "probabilities"}
+    assert cam["heatmap"].dtype == tf.float32 and cam["heatmap"].shape == (n, 224, 224)
+    heat = cam["heatmap"].numpy()
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    np.testing.assert_array_equal(cam["class_id"], by_bytes["class_id"])
+
+
+def test_undecodable_image_is_an_error_not_a_crash(pushed_model):
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        pushed_model.signatures["predict_images"](image_bytes=tf.constant([b"not an image"]))
+
+
+def test_rerun_is_served_from_cache_and_pushes_nothing_new(first_run, capsys):
+    before = pushed_versions(str(first_run / "serving"))
+    assert _run(first_run) == 0
+    out = capsys.readouterr().out
+    assert "data unchanged since the last prepare" in out
+    assert "nothing new pushed" in out
+    config = _config(first_run)
+    for node in ("ImportExampleGen", "StatisticsGen", "Transform", "Trainer"):
+        states = [execution_state_name(e) for e in node_executions(config, node)]
+        assert states[-1] == "CACHED", (node, states)
+    assert pushed_versions(str(first_run / "serving")) == before
+
+
+def test_unreachable_accuracy_bound_pushes_nothing(first_run, capsys):
+    before = pushed_versions(str(first_run / "serving"))
+    assert _run(first_run, "--accuracy-bound", "1.01") == 0
+    out = capsys.readouterr().out
+    assert "blessed: no" in out and "not pushed" in out
+    assert pushed_versions(str(first_run / "serving")) == before
+
+
+def test_anomalous_data_stops_before_training(tmp_path):
+    data = tmp_path / "prepared"
+    rng = np.random.default_rng(0)
+    good = tf.io.encode_png(rng.integers(0, 255, (32, 32, 1), dtype=np.uint8)).numpy()
+    for split in ("train", "eval"):
+        (data / split).mkdir(parents=True)
+        with tf.io.TFRecordWriter(str(data / split / f"{split}-00000-of-00001.tfrecord")) as w:
+            for i in range(8):
+                w.write(make_example(good, i % 4, 32, 32, f"{split}/{i}.png").SerializeToString())
+            w.write(make_example(good, 7, 32, 32, f"{split}/bad-label.png").SerializeToString())
+            no_image = make_example(good, 1, 32, 32, f"{split}/no-image.png")
+            del no_image.features.feature[contract.IMAGE_KEY]
+            w.write(no_image.SerializeToString())
+    config = PipelineConfig(pipeline_root=str(tmp_path / "root"), data_root=str(data),
+                            serving_dir=str(tmp_path / "serving"),
+                            beam_pipeline_args=["--direct_running_mode=in_memory"])
+    with pytest.raises(AnomaliesFound) as err:
+        run_pipeline(config)
+    message = str(err.value)
+    assert "feature 'label'" in message and "feature 'image'" in message
+    assert not node_executions(config, "Transform") and not node_executions(config, "Trainer")
+    assert not (tmp_path / "serving").exists()
+
+
+def test_compile_writes_a_spec_naming_every_component(tmp_path):
+    out = tmp_path / "pipeline.json"
+    assert btmri(["compile", "--out", str(out), "--data-root", "gs://bucket/prepared",
+                  "--pipeline-root", "gs://bucket/root", "--serving-dir", "gs://bucket/serving"]) == 0
+    spec = json.loads(out.read_text())
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    for node in COMPONENT_IDS:
+        assert any(task.startswith(node) for task in tasks), node
+    text = out.read_text()
+    assert "components.transform.preprocessing.preprocessing_fn" in text
+    assert "components.training.trainer.run_fn" in text
