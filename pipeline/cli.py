@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's CUDA/oneDNN start-up notes
+# Google client libraries warn about Python/grpcio support dates on every import,
+# in every Beam worker too (which inherit the environment).
+os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -126,6 +129,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metric(metrics: dict, name: str) -> float:
+    """A flattened TFMA metric by name, whatever sub-key (class id, top-k) it carries."""
+    for key, value in metrics.items():
+        if key == name or key.startswith(name + " "):
+            return value
+    return float("nan")
+
+
 def _print_summary(summary, config) -> None:
     m = summary.metrics
     print(f"\nfinished in {summary.seconds / 60:.1f} min; log: {summary.log_path}")
@@ -134,8 +145,8 @@ def _print_summary(summary, config) -> None:
               f"on {int(m.get('example_count', 0))} examples (lower bound {config.accuracy_lower_bound})")
         from data_prep.contract import CLASS_NAMES
         for name in CLASS_NAMES:
-            print(f"  {name:11s} precision {m.get('precision_' + name, float('nan')):.3f}  "
-                  f"recall {m.get('recall_' + name, float('nan')):.3f}")
+            print(f"  {name:11s} precision {_metric(m, 'precision_' + name):.3f}  "
+                  f"recall {_metric(m, 'recall_' + name):.3f}")
     print(f"blessed: {'yes' if summary.blessed else 'no'}")
     if summary.pushed and summary.already_pushed:
         print(f"model already pushed at {summary.pushed_to}: nothing new pushed")

@@ -44,25 +44,32 @@ class _ProgressHandler(logging.Handler):
 
 @contextmanager
 def _logging_to(log_path: str, progress: _ProgressHandler):
-    # Through absl, not logger.setLevel: TensorFlow's saving code sets absl's
-    # verbosity to FATAL and back to whatever absl's flag says.
-    old_verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.INFO)
+    """absl (TFX's logger) at INFO into the log file and the progress handler only.
+
+    absl records must not propagate: handlers that libraries add to the root
+    logger mid-run (Beam calls basicConfig) would print the whole INFO flood.
+    Verbosity goes through absl, not logger.setLevel: TensorFlow's saving code
+    sets absl's verbosity to FATAL and back to whatever absl's flag says.
+    """
     absl_logger = logging.getLogger("absl")
     file_handler = logging.FileHandler(log_path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    root.addHandler(file_handler)
-    absl_logger.addHandler(progress)
+    warnings_handler = logging.StreamHandler(sys.stderr)
+    warnings_handler.setLevel(logging.WARNING)
+    warnings_handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    old_verbosity, old_propagate = absl_logging.get_verbosity(), absl_logger.propagate
+    absl_logging.set_verbosity(absl_logging.INFO)
+    absl_logger.propagate = False
+    handlers = (file_handler, warnings_handler, progress)
+    for handler in handlers:
+        absl_logger.addHandler(handler)
     try:
         yield
     finally:
-        absl_logger.removeHandler(progress)
-        root.removeHandler(file_handler)
+        for handler in handlers:
+            absl_logger.removeHandler(handler)
         file_handler.close()
-        root.setLevel(old_level)
+        absl_logger.propagate = old_propagate
         absl_logging.set_verbosity(old_verbosity)
 
 

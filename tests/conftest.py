@@ -21,3 +21,26 @@ def real_data() -> Path:
     if not (REAL_DATA / contract.KAGGLE_TRAINING_DIR).is_dir():
         pytest.skip(f"real dataset not present at {REAL_DATA}")
     return REAL_DATA
+
+
+TINY_RUN_ARGS = ["--synthetic-per-class", "12", "--epochs", "1", "--batch-size", "8",
+                 "--accuracy-bound", "0.0"]
+
+
+def btmri_run(work: Path, *extra: str) -> int:
+    """`btmri run` on tiny synthetic data with everything under `work`."""
+    from pipeline.cli import main
+    return main(["run", "--work-dir", str(work), "--pipeline-root", str(work / "pipeline"),
+                 "--serving-dir", str(work / "serving"), *TINY_RUN_ARGS, *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One blessed, pushed pipeline run on tiny synthetic data (about 2 minutes),
+    shared READ-ONLY by every test module: pipeline, serving, report. Tests that
+    run the pipeline again make a run of their own.
+    Layout: <work>/data/{synthetic,prepared}, <work>/pipeline (root, metadata.sqlite),
+    <work>/serving/<version>/ (the pushed SavedModel)."""
+    work = tmp_path_factory.mktemp("tiny_run")
+    assert btmri_run(work) == 0
+    return work

@@ -1,7 +1,7 @@
 """End to end: `btmri run` on tiny synthetic data, through every TFX component.
 
-One module-scoped run (about 2 minutes on 2 cores) feeds most tests; the cache,
-threshold and anomaly tests run the pipeline again against the same store.
+The session's shared `tiny_run` feeds the read-only tests; the cache and
+threshold tests rerun the pipeline on a run of their own (`own_run`).
 """
 from __future__ import annotations
 
@@ -20,15 +20,7 @@ from pipeline.config import PipelineConfig
 from pipeline.factory import COMPONENT_IDS
 from pipeline.local_runner import run_pipeline
 from pipeline.metadata import execution_state_name, node_executions
-
-RUN_ARGS = ["--synthetic-per-class", "12", "--epochs", "1", "--batch-size", "8",
-            "--accuracy-bound", "0.0"]
-
-
-def _run(work: Path, *extra: str) -> int:
-    return btmri(["run", "--work-dir", str(work), "--pipeline-root", str(work / "pipeline"),
-                  "--serving-dir", str(work / "serving"), *RUN_ARGS, *extra])
-
+from tests.conftest import btmri_run
 
 def _config(work: Path) -> PipelineConfig:
     return PipelineConfig(pipeline_root=str(work / "pipeline"), data_root=str(work / "data" / "prepared"),
@@ -36,25 +28,25 @@ def _config(work: Path) -> PipelineConfig:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
+def own_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
-    assert _run(work) == 0
+    assert btmri_run(work) == 0
     return work
 
 
-def test_every_component_executed(first_run):
-    config = _config(first_run)
+def test_every_component_executed(tiny_run):
+    config = _config(tiny_run)
     for node in COMPONENT_IDS:
         states = [execution_state_name(e) for e in node_executions(config, node)]
         assert states and states[0] == "COMPLETE", (node, states)
 
 
 @pytest.fixture(scope="module")
-def pushed_model(first_run):
-    versions = pushed_versions(str(first_run / "serving"))
+def pushed_model(tiny_run):
+    versions = pushed_versions(str(tiny_run / "serving"))
     assert len(versions) == 1
     version = next(iter(versions))
-    return tf.saved_model.load(str(first_run / "serving" / str(version)))
+    return tf.saved_model.load(str(tiny_run / "serving" / str(version)))
 
 
 def _test_images(work: Path, n: int = 5) -> list[bytes]:
@@ -62,14 +54,14 @@ def _test_images(work: Path, n: int = 5) -> list[bytes]:
     return [f.read_bytes() for f in files[::max(1, len(files) // n)][:n]]
 
 
-def test_signatures_names_shapes_dtypes(first_run, pushed_model):
+def test_signatures_names_shapes_dtypes(tiny_run, pushed_model):
     sigs = pushed_model.signatures
     assert set(sigs) == {"serving_default", "predict_images", "gradcam"}
     assert set(sigs["serving_default"].structured_input_signature[1]) == {"examples"}
     assert set(sigs["predict_images"].structured_input_signature[1]) == {"image_bytes"}
     assert set(sigs["gradcam"].structured_input_signature[1]) == {"image_bytes"}
 
-    images = _test_images(first_run)
+    images = _test_images(tiny_run)
     n = len(images)
     by_bytes = sigs["predict_images"](image_bytes=tf.constant(images))
     examples = [make_example(b, 0, 1, 1, "x").SerializeToString() for b in images]
@@ -103,25 +95,27 @@ def test_undecodable_image_is_an_error_not_a_crash(pushed_model):
         pushed_model.signatures["predict_images"](image_bytes=tf.constant([b"not an image"]))
 
 
-def test_rerun_is_served_from_cache_and_pushes_nothing_new(first_run, capsys):
-    before = pushed_versions(str(first_run / "serving"))
-    assert _run(first_run) == 0
+def test_rerun_is_served_from_cache_and_pushes_nothing_new(own_run, capsys):
+    capsys.readouterr()
+    before = pushed_versions(str(own_run / "serving"))
+    assert btmri_run(own_run) == 0
     out = capsys.readouterr().out
     assert "data unchanged since the last prepare" in out
     assert "nothing new pushed" in out
-    config = _config(first_run)
+    config = _config(own_run)
     for node in ("ImportExampleGen", "StatisticsGen", "Transform", "Trainer"):
         states = [execution_state_name(e) for e in node_executions(config, node)]
         assert states[-1] == "CACHED", (node, states)
-    assert pushed_versions(str(first_run / "serving")) == before
+    assert pushed_versions(str(own_run / "serving")) == before
 
 
-def test_unreachable_accuracy_bound_pushes_nothing(first_run, capsys):
-    before = pushed_versions(str(first_run / "serving"))
-    assert _run(first_run, "--accuracy-bound", "1.01") == 0
+def test_unreachable_accuracy_bound_pushes_nothing(own_run, capsys):
+    capsys.readouterr()
+    before = pushed_versions(str(own_run / "serving"))
+    assert btmri_run(own_run, "--accuracy-bound", "1.01") == 0
     out = capsys.readouterr().out
     assert "blessed: no" in out and "not pushed" in out
-    assert pushed_versions(str(first_run / "serving")) == before
+    assert pushed_versions(str(own_run / "serving")) == before
 
 
 def test_anomalous_data_stops_before_training(tmp_path):
