@@ -17,6 +17,7 @@ import json
 import math
 import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
@@ -24,6 +25,7 @@ from absl import logging
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
+from components.training import calibration
 from components.training.models import DEFAULT_MODEL, GRADCAM_LAYER, LOGITS_LAYER, build_model
 from components.transform.preprocessing import CHANNELS, IMAGE_SIZE, IMAGE_XF, LABEL_XF
 from data_prep import contract
@@ -39,6 +41,7 @@ DEFAULTS = {
     "augment": True,
     "seed": 0,
     "materialized": False,   # examples are Transform's output, not raw Examples
+    "calibrate": True,       # temperature scaling fitted on the eval split
 }
 
 # Output names of every signature.
@@ -161,6 +164,23 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
     }
 
 
+def _calibrate(model: keras.Model, eval_ds: tf.data.Dataset, run_dir: str) -> keras.Model:
+    """Fits the temperature on the eval split (never trained on) and returns the
+    calibrated model; the figures go to calibration.json beside the history."""
+    logits_model = keras.Model(model.inputs, model.get_layer(LOGITS_LAYER).output)
+    logits, labels = [], []
+    for images, batch_labels in eval_ds:
+        logits.append(logits_model(images, training=False).numpy())
+        labels.append(batch_labels.numpy())
+    logits, labels = np.concatenate(logits), np.concatenate(labels).astype(int)
+    temperature = calibration.fit_temperature(logits, labels)
+    report = calibration.calibration_report(logits, labels, temperature)
+    logging.info("Temperature scaling on eval: %s", report)
+    with open(os.path.join(run_dir, "calibration.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return calibration.with_temperature(model, temperature)
+
+
 def _config(fn_args: tfx.components.FnArgs) -> dict:
     config = dict(DEFAULTS)
     config.update({k: v for k, v in (fn_args.custom_config or {}).items() if v is not None})
@@ -202,6 +222,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         json.dump({"config": config, "history": {k: [float(v) for v in vals]
                                                  for k, vals in history.history.items()}}, f, indent=1)
 
+    if config["calibrate"]:
+        model = _calibrate(model, eval_ds, run_dir)
     model.tft_layer = tf_transform_output.transform_features_layer()
     model.save(fn_args.serving_model_dir, save_format="tf",
                signatures=make_signatures(model, tf_transform_output))

@@ -1,0 +1,62 @@
+"""Issue 6 goal on the real Kaggle training images (slow: ~1 hour on 2 cores).
+
+    pytest -m slow tests/test_real_accuracy.py -s
+
+Runs the README's `btmri run --data-dir <Kaggle> --drop-cross-split-duplicates`
+with the defaults, then scores the pushed (served) model on the eval split —
+eval images that duplicate training images removed — with scikit-learn.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+from components.executors import pushed_versions
+from components.training.calibration import expected_calibration_error
+from data_prep import contract
+from data_prep.tfrecords import read_split
+from pipeline.cli import main as btmri
+from pipeline.config import PipelineConfig
+from pipeline.metadata import latest_output
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+
+
+def test_default_model_meets_the_accuracy_goal(real_data, tmp_path):
+    started = time.time()
+    assert btmri(["run", "--data-dir", str(real_data), "--drop-cross-split-duplicates",
+                  "--work-dir", str(tmp_path), "--pipeline-root", str(tmp_path / "pipeline"),
+                  "--serving-dir", str(tmp_path / "serving")]) == 0
+    minutes = (time.time() - started) / 60
+
+    (version,) = pushed_versions(str(tmp_path / "serving"))
+    model = tf.saved_model.load(str(tmp_path / "serving" / str(version)))
+    examples = read_split(tmp_path / "data" / "prepared", contract.EVAL_SPLIT)
+    labels = np.array([ex[contract.LABEL_KEY] for ex in examples])
+    probs = np.concatenate([
+        model.signatures["predict_images"](image_bytes=tf.constant(
+            [ex[contract.IMAGE_KEY] for ex in examples[i:i + 64]]))["probabilities"].numpy()
+        for i in range(0, len(examples), 64)])
+    predicted = probs.argmax(axis=1)
+
+    accuracy = accuracy_score(labels, predicted)
+    macro_f1 = f1_score(labels, predicted, average="macro")
+    meningioma = contract.CLASS_TO_ID["meningioma"]
+    meningioma_recall = recall_score(labels, predicted, labels=[meningioma], average=None)[0]
+    ece = expected_calibration_error(probs, labels)
+    run = latest_output(PipelineConfig(str(tmp_path / "pipeline"), "", ""), "Trainer", "model_run")
+    calibration = json.loads(tf.io.gfile.GFile(f"{run.uri}/calibration.json").read())
+    print(f"\nreal data, eval split de-duplicated ({len(labels)} images): accuracy {accuracy:.4f}, "
+          f"macro F1 {macro_f1:.4f}, meningioma recall {meningioma_recall:.4f}, ECE served "
+          f"{ece:.4f} (before calibration {calibration['ece_before']:.4f}, T "
+          f"{calibration['temperature']:.2f}); whole run {minutes:.1f} min")
+
+    assert accuracy >= 0.97
+    assert macro_f1 >= 0.97
+    assert meningioma_recall >= 0.95
+    assert ece <= 0.03
