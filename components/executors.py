@@ -26,6 +26,8 @@ from tfx.proto import pusher_pb2
 from tfx.utils import proto_utils
 
 DIGEST_FILE = "MODEL_DIGEST"  # written beside saved_model.pb; TF Serving ignores it
+MODEL_CARD_FILE = "MODEL_CARD.md"  # added after the push by `btmri run`
+_NOT_MODEL_FILES = {DIGEST_FILE, MODEL_CARD_FILE}
 
 
 class AnomaliesFound(RuntimeError):
@@ -61,7 +63,7 @@ def model_digest(model_dir: str) -> str:
         files.extend(os.path.join(root, n) for n in names)
     for path in sorted(files):
         rel = os.path.relpath(path, model_dir)
-        if rel == DIGEST_FILE:
+        if rel in _NOT_MODEL_FILES:
             continue
         digest.update(rel.encode() + b"\0")
         with fileio.open(path, "rb") as f:

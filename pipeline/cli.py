@@ -126,6 +126,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     _print_summary(summary, config)
+    if summary.pushed and not summary.already_pushed:
+        from pipeline.report import write_model_card
+        try:
+            card = write_model_card(config, summary.pushed_to)
+            print(f"model card: {card}")
+        except Exception as err:  # noqa: BLE001 - the model is pushed; say what is missing
+            print(f"btmri run: warning: no model card written: {err}", file=sys.stderr)
     return 0
 
 
@@ -202,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_prepare)
 
-    from components.training.models import DEFAULT_MODEL, MODELS
+    from components.model_names import DEFAULT_MODEL, MODEL_NAMES
     from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND
 
     def pipeline_args(p, local: bool):
@@ -210,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                        required=not local, help="TFX artifacts (and, locally, ML Metadata)")
         p.add_argument("--serving-dir", default="runs/serving/brain_tumor" if local else None,
                        required=not local, help="TF Serving model base path (<dir>/<version>/)")
-        p.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
+        p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
         p.add_argument("--weights", default=None,
                        help="'imagenet' for resnet50/efficientnetb0 (downloads; needs internet)")
         p.add_argument("--epochs", type=int, default=15)
@@ -243,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the prepared data has no test/ split: evaluate on eval")
     pipeline_args(p, local=False)
     p.set_defaults(func=_cmd_compile)
+
+    from serving.cli import register as register_serving
+    register_serving(sub)
+    from pipeline.report.cli import register as register_report
+    register_report(sub)
     return parser
 
 

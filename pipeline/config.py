@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import components
-from components.training.models import DEFAULT_MODEL
+from components.model_names import DEFAULT_MODEL
 
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
 SCHEMA_FILE = COMPONENTS_DIR / "schema" / "schema.pbtxt"

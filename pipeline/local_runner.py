@@ -116,7 +116,8 @@ def summarize(config: PipelineConfig) -> RunSummary:
     if blessing is not None:
         summary.blessed = bool(blessing.get_int_custom_property("blessed"))
     if evaluation is not None:
-        for slice_key, metrics in load_candidate_eval_result(evaluation.uri).slicing_metrics:
+        from pipeline.report.tfma_results import load_candidate
+        for slice_key, metrics in load_candidate(evaluation.uri).slicing_metrics:
             if slice_key == ():
                 summary.metrics = _flatten(metrics)
         validation = tfma.load_validation_result(evaluation.uri)
@@ -126,15 +127,6 @@ def summarize(config: PipelineConfig) -> RunSummary:
         summary.pushed_to = pushed.get_string_custom_property("pushed_destination")
         summary.already_pushed = bool(pushed.get_int_custom_property("already_pushed"))
     return summary
-
-
-def load_candidate_eval_result(eval_uri: str):
-    """The candidate's TFMA result: unnamed without a baseline, 'candidate' with one."""
-    import tensorflow_model_analysis as tfma
-    result = tfma.load_eval_result(eval_uri)
-    if not result.slicing_metrics:
-        result = tfma.load_eval_result(eval_uri, model_name="candidate")
-    return result
 
 
 def _flatten(metrics: dict) -> dict:

@@ -1,2 +1,17 @@
-"""TF Serving configuration, the local model server and the clients."""
+"""TF Serving configuration, the local model server and the clients.
+
+The local server follows TF Serving's own split:
+  source.py    which version folders exist (file-system storage path source)
+  loader.py    one SavedModel version → a Servable with callable signatures
+  manager.py   which version serves; load-before-unload swaps; version states
+  batching.py  server-side batching of concurrent requests
+  core.py      request handling shared by both front ends (ServerCore)
+  grpc_api.py, rest_api.py (+ rest_json.py, messages.py)   the two protocols
+  metrics.py   Prometheus text; errors.py   TF Serving's codes and texts
+  server.py    wiring, start/stop; process.py   run it as a child process
+Clients: client.py (gRPC/REST), gradcam.py (drawing); cli.py: the btmri commands.
+config/ and Dockerfile: the official tensorflow/serving image's configuration.
+"""
 import data_prep  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+MODEL_NAME = "brain_tumor"   # the model's name in TF Serving (DESIGN.md); spelled only here

@@ -41,6 +41,12 @@ def test_every_component_executed(tiny_run):
         assert states and states[0] == "COMPLETE", (node, states)
 
 
+def test_pushed_version_has_a_model_card(tiny_run):
+    (version,) = pushed_versions(str(tiny_run / "serving"))
+    card = (tiny_run / "serving" / str(version) / "MODEL_CARD.md").read_text()
+    assert "Intended use" in card and all(name in card for name in contract.CLASS_NAMES)
+
+
 @pytest.fixture(scope="module")
 def pushed_model(tiny_run):
     versions = pushed_versions(str(tiny_run / "serving"))

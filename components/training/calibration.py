@@ -7,6 +7,7 @@ layer, so served probabilities are calibrated without client code.
 from __future__ import annotations
 
 import numpy as np
+from absl import logging
 import tf_keras as keras
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
@@ -21,11 +22,23 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
     return float(-logp[np.arange(len(labels)), labels].mean())
 
 
+T_BOUNDS = (0.05, 20.0)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """T in [0.05, 20] minimising NLL (searched on log T, where the loss is smooth)."""
+    """T in T_BOUNDS minimising NLL (searched on log T, where the loss is smooth).
+
+    A T at a bound means the eval split could not pin it down (too few images, or
+    a model no better than chance); it is logged, not hidden.
+    """
+    low, high = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
     result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, float(np.exp(log_t))),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(result.x))
+                             bounds=(low, high), method="bounded")
+    temperature = float(np.exp(result.x))
+    if min(abs(result.x - low), abs(result.x - high)) < 0.01:
+        logging.warning("temperature %.3f is at the search bound %s (%d eval examples): "
+                        "calibration is unreliable", temperature, T_BOUNDS, len(labels))
+    return temperature
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

@@ -14,13 +14,13 @@ from typing import Callable
 import tf_keras as keras
 from tf_keras import layers
 
+from components.model_names import DEFAULT_MODEL, MODEL_NAMES, PRETRAINABLE
 from components.transform.preprocessing import CHANNELS, IMAGE_SIZE, IMAGE_XF
 from data_prep.contract import NUM_CLASSES
 
 GRADCAM_LAYER = "gradcam_features"
 LOGITS_LAYER = "logits"
 PROBABILITIES_LAYER = "probabilities"
-DEFAULT_MODEL = "mri_resnet"
 
 
 def _inputs() -> keras.Input:
@@ -125,12 +125,12 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "resnet50": resnet50,
     "efficientnetb0": efficientnetb0,
 }
-PRETRAINABLE = {"resnet50", "efficientnetb0"}
+assert set(MODELS) == set(MODEL_NAMES) and DEFAULT_MODEL in MODELS
 
 
 def build_model(name: str, weights: str | None = None) -> keras.Model:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if weights is not None and name not in PRETRAINABLE:
-        raise ValueError(f"--weights applies to {', '.join(sorted(PRETRAINABLE))}, not {name}")
+        raise ValueError(f"--weights applies to {', '.join(PRETRAINABLE)}, not {name}")
     return MODELS[name](weights=weights) if name in PRETRAINABLE else MODELS[name]()

@@ -213,7 +213,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
         keras.callbacks.LearningRateScheduler(
             cosine_schedule(float(config["learning_rate"]), int(config["epochs"]))),
+        # Not before half-way: at the high early learning rates eval loss jumps about
+        # (seen on the real set) and would stop a run that is still improving.
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(config["patience"]),
+                                      start_from_epoch=int(config["epochs"]) // 2,
                                       restore_best_weights=True),
     ]
     history = model.fit(train_ds, validation_data=eval_ds, epochs=int(config["epochs"]),

@@ -1,0 +1,19 @@
+"""Evaluation report (HTML) and model card of a pipeline run.
+
+    build_report(config, out)             → report.html (see build.py)
+    write_model_card(config, version_dir) → <version_dir>/MODEL_CARD.md (see model_card.py)
+
+Both import TensorFlow and TFMA when called, not when this package is imported,
+so `btmri --help` stays fast.
+"""
+from __future__ import annotations
+
+
+def build_report(*args, **kwargs):
+    from pipeline.report.build import build_report as build
+    return build(*args, **kwargs)
+
+
+def write_model_card(config, version_dir: str):
+    from pipeline.report.model_card import write_model_card as write
+    return write(config, version_dir)

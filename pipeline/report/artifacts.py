@@ -1,0 +1,113 @@
+"""Finds the latest run's artifacts in ML Metadata: what the report is built from.
+
+The evaluated model is the one TFMA recorded in its own output (eval_config.json),
+not "the latest Trainer output": the report must describe what was evaluated.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from ml_metadata.proto import metadata_store_pb2
+from tfx.types import artifact_utils
+
+from pipeline.config import PipelineConfig
+from pipeline.metadata import latest_output, node_executions
+
+# Names TFMA gives the two models when a baseline is present (TFX's Evaluator).
+CANDIDATE = "candidate"
+BASELINE = "baseline"
+
+
+class ReportError(RuntimeError):
+    """The pipeline root holds no run a report can be built from."""
+
+
+@dataclass
+class RunArtifacts:
+    config: PipelineConfig
+    examples_uri: str                 # ImportExampleGen output: Split-<name>/ folders
+    splits: list[str]
+    evaluation_uri: str
+    evaluated_split: str
+    model_dir: str                    # the candidate SavedModel TFMA evaluated
+    baseline_model_dir: str | None
+    blessed: bool | None
+    data_root: str | None             # prepared data (manifest.json); None if unknown
+    statistics_uri: str | None = None
+    anomalies_uri: str | None = None
+    model_run_dir: str | None = None  # history.json, TensorBoard logs
+    pushed_to: str | None = None      # serving version folder, when pushed
+    trainer_config: dict = field(default_factory=dict)
+    evaluated_at: int = 0             # ms since epoch (ML Metadata's clock)
+
+    def split_uri(self, split: str) -> str:
+        return os.path.join(self.examples_uri, f"Split-{split}")
+
+
+def _exec_property(config: PipelineConfig, node_id: str, key: str) -> str | None:
+    """An exec property of a node's latest successful or cached execution."""
+    for execution in reversed(node_executions(config, node_id)):
+        if execution.last_known_state in (metadata_store_pb2.Execution.COMPLETE,
+                                          metadata_store_pb2.Execution.CACHED):
+            value = execution.custom_properties.get(key)
+            return value.string_value if value is not None else None
+    return None
+
+
+def _evaluated_models(evaluation_uri: str) -> tuple[str, str | None]:
+    """(candidate, baseline or None) model folders as TFMA recorded them."""
+    from tensorflow_model_analysis.writers.eval_config_writer import load_eval_run
+
+    _, _, _, locations = load_eval_run(evaluation_uri)
+    locations = dict(locations)
+    candidate = locations.get(CANDIDATE) or locations.get("")
+    if candidate is None:
+        raise ReportError(f"no candidate model recorded in {evaluation_uri}/eval_config.json")
+    return candidate, locations.get(BASELINE)
+
+
+def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifacts:
+    """Everything the report reads, from the latest successful execution of each node.
+
+    `data_root` overrides where the prepared data (manifest.json) is looked for;
+    by default it is the folder ImportExampleGen imported.
+    """
+    if not os.path.isfile(config.metadata_path):
+        raise ReportError(f"no ML Metadata store at {config.metadata_path}: run `btmri run` first "
+                          "or pass --pipeline-root")
+    evaluation = latest_output(config, "Evaluator", "evaluation")
+    examples = latest_output(config, "ImportExampleGen", "examples")
+    if evaluation is None or examples is None:
+        raise ReportError(f"no finished Evaluator run in {config.pipeline_root}")
+    splits = json.loads(_exec_property(config, "Evaluator", "example_splits") or "[]")
+    if len(splits) != 1:
+        raise ReportError(f"expected one evaluated split, found {splits}")
+    model_dir, baseline_dir = _evaluated_models(evaluation.uri)
+
+    blessing = latest_output(config, "Evaluator", "blessing")
+    statistics = latest_output(config, "StatisticsGen", "statistics")
+    anomalies = latest_output(config, "ExampleValidator", "anomalies")
+    model_run = latest_output(config, "Trainer", "model_run")
+    pushed = latest_output(config, "Pusher", "pushed_model")
+    trainer_config = json.loads(_exec_property(config, "Trainer", "custom_config") or "{}")
+
+    return RunArtifacts(
+        config=config,
+        examples_uri=examples.uri,
+        splits=artifact_utils.decode_split_names(examples.split_names),
+        evaluation_uri=evaluation.uri,
+        evaluated_split=splits[0],
+        model_dir=model_dir,
+        baseline_model_dir=baseline_dir,
+        blessed=bool(blessing.get_int_custom_property("blessed")) if blessing else None,
+        data_root=data_root or _exec_property(config, "ImportExampleGen", "input_base"),
+        statistics_uri=statistics.uri if statistics else None,
+        anomalies_uri=anomalies.uri if anomalies else None,
+        model_run_dir=model_run.uri if model_run else None,
+        pushed_to=(pushed.get_string_custom_property("pushed_destination")
+                   if pushed and pushed.get_int_custom_property("pushed") else None),
+        trainer_config=trainer_config,
+        evaluated_at=evaluation.mlmd_artifact.create_time_since_epoch,
+    )

@@ -1,0 +1,27 @@
+"""`build_report`: the latest run → one self-contained HTML file."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+
+
+def build_report(config: PipelineConfig, out: str | os.PathLike, data_root: str | None = None,
+                 gallery_per_kind: int = 4):
+    """Writes the report to `out` (atomically: a half-written report never exists)
+    and returns the data it shows."""
+    from pipeline.report.collect import collect
+    from pipeline.report.html_report import render
+
+    data = collect(config, data_root=data_root, gallery_per_kind=gallery_per_kind)
+    text = render(data)
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+    return data

@@ -1,0 +1,43 @@
+"""`btmri report`: argument parsing only; the work happens in pipeline.report.build."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import data_prep  # noqa: F401  (sets the Keras flavour before TensorFlow is imported)
+    from pipeline.config import PipelineConfig
+    from pipeline.report.artifacts import ReportError
+    from pipeline.report.build import build_report
+
+    config = PipelineConfig(pipeline_root=args.pipeline_root, data_root=args.data_root or "",
+                            serving_dir="")
+    try:
+        data = build_report(config, args.out, data_root=args.data_root,
+                            gallery_per_kind=args.gallery)
+    except ReportError as err:
+        print(f"btmri report: error: {err}", file=sys.stderr)
+        return 2
+    verdict = "blessed" if data.run.blessed else "not blessed"
+    print(f"wrote {args.out}: {data.run.evaluated_split} accuracy {data.as_is.accuracy:.4f} "
+          f"({data.as_is.n} images; {data.deduplicated.accuracy:.4f} without the "
+          f"{len(data.duplicates)} duplicates of training images), {verdict}")
+    for check in data.checks:
+        if check.status != "ok":
+            print(f"  {check.status}: {check.name}: {check.detail}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report", help="self-contained HTML evaluation report and model card of the latest run")
+    p.add_argument("--pipeline-root", default="runs/pipeline",
+                   help="pipeline root holding metadata.sqlite (default %(default)s)")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default %(default)s)")
+    p.add_argument("--data-root", default=None,
+                   help="prepared data folder with manifest.json (default: the folder the run "
+                        "imported)")
+    p.add_argument("--gallery", type=int, default=4, metavar="N",
+                   help="Grad-CAM gallery: N correct and N wrong test images (default %(default)s)")
+    p.set_defaults(func=_cmd_report)

@@ -1,0 +1,69 @@
+"""Which evaluated images duplicate a training image, recomputed from the records.
+
+The manifest lists only the first few hundred duplicate pairs, so the test set
+cannot be cleaned from it; the hashes are recomputed here with data_prep's own
+functions (md5 of the stored bytes, DCT perceptual hash) and its threshold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from data_prep.duplicates import hamming_to_many, perceptual_hash
+from data_prep.image_io import ImageError, content_hash, decode_image
+
+
+@dataclass
+class Match:
+    kind: str            # "exact" (same bytes) or "near" (perceptual hash)
+    training_source: str
+    distance_bits: int
+
+
+def _hashes(image: bytes) -> tuple[str, int | None]:
+    try:
+        # The suffix only matters for formats without magic bytes; stored images are JPEG/PNG.
+        return content_hash(image), perceptual_hash(decode_image(image, ".png").gray_small)
+    except ImageError:
+        return content_hash(image), None
+
+
+class TrainingIndex:
+    """md5 and pHash of every training image."""
+
+    def __init__(self, training: Iterable[tuple[str, bytes]]):
+        self._md5: dict[str, str] = {}
+        sources, hashes = [], []
+        for source, image in training:
+            md5, phash = _hashes(image)
+            self._md5.setdefault(md5, source)
+            if phash is not None:
+                sources.append(source)
+                hashes.append(phash)
+        self._sources = sources
+        self._phash = np.asarray(hashes, np.uint64)
+
+    def match(self, image: bytes, threshold: int) -> Match | None:
+        md5, phash = _hashes(image)
+        if md5 in self._md5:
+            return Match("exact", self._md5[md5], 0)
+        if phash is None or not self._phash.size:
+            return None
+        dist = hamming_to_many(phash, self._phash)
+        best = int(np.argmin(dist))
+        if dist[best] <= threshold:
+            return Match("near", self._sources[best], int(dist[best]))
+        return None
+
+
+def training_duplicates(index: TrainingIndex, sources: list[str], images: list[bytes],
+                        threshold: int) -> dict[str, Match]:
+    """Evaluated image source → the training image it duplicates (only those that do)."""
+    matches = {}
+    for source, image in zip(sources, images):
+        found = index.match(image, threshold)
+        if found:
+            matches[source] = found
+    return matches

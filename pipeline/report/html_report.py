@@ -1,0 +1,404 @@
+"""The evaluation report as one self-contained HTML file.
+
+Everything is inline: CSS in a <style> element, plots and images as data URIs,
+no script at all, so the file opens the same in any browser, offline, and can
+be attached to a review.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections import Counter
+
+from data_prep import contract
+from pipeline.report import model_card, plots, tables
+from pipeline.report.collect import ReportData
+from pipeline.report.markup import Bullets, Cell, Paragraph, Table, count, rate, table_html, to_html
+
+TITLE = "Brain tumor MRI classifier: evaluation report"
+LISTED = 200  # longest list shown in a collapsed <details> element
+
+CSS = """
+:root { --ink:#1d2733; --muted:#5b6b7c; --line:#dfe5ec; --bg:#f4f6f9; --card:#fff;
+        --accent:#1f5fa8; --ok:#1e7d45; --ok-bg:#e5f4ea; --bad:#b3261e; --bad-bg:#fbe9e7;
+        --warn:#8a5a00; --warn-bg:#fff4dc; }
+* { box-sizing: border-box; }
+body { margin:0; background:var(--bg); color:var(--ink);
+       font:14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+header { background:#14263d; color:#fff; padding:28px 0 22px; }
+.wrap { max-width:1120px; margin:0 auto; padding:0 28px; }
+header h1 { margin:0 0 4px; font-size:24px; font-weight:600; letter-spacing:.2px; }
+header .meta { color:#b9c7d8; font-size:13px; }
+header .meta span { margin-right:18px; white-space:nowrap; }
+nav { background:#fff; border-bottom:1px solid var(--line); position:sticky; top:0; z-index:1; }
+nav .wrap { display:flex; flex-wrap:wrap; gap:4px 18px; padding-top:9px; padding-bottom:9px; }
+nav a { color:var(--accent); text-decoration:none; font-size:13px; }
+main { padding:22px 0 40px; }
+section { background:var(--card); border:1px solid var(--line); border-radius:8px;
+          padding:18px 24px 20px; margin:0 0 20px; }
+h2 { font-size:18px; margin:0 0 12px; padding-bottom:8px; border-bottom:1px solid var(--line); }
+h3 { font-size:15px; margin:18px 0 8px; }
+h4 { font-size:14px; margin:14px 0 6px; }
+p { margin:6px 0 10px; }
+.muted, caption { color:var(--muted); }
+.decision { display:flex; align-items:center; gap:18px; border-radius:8px; padding:14px 18px;
+            margin:0 0 16px; border:1px solid; }
+.decision.ok { background:var(--ok-bg); border-color:#b5dec3; }
+.decision.bad { background:var(--bad-bg); border-color:#f0c0ba; }
+.decision .verdict { font-size:20px; font-weight:700; letter-spacing:.5px; }
+.decision.ok .verdict { color:var(--ok); } .decision.bad .verdict { color:var(--bad); }
+.notice { background:var(--warn-bg); border:1px solid #f0d9a4; color:var(--warn);
+          border-radius:6px; padding:8px 12px; margin:0 0 14px; }
+.kpis { display:grid; grid-template-columns:repeat(4, 1fr); gap:12px; margin:4px 0 6px; }
+.kpi { border:1px solid var(--line); border-radius:8px; padding:10px 14px; }
+.kpi .label { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.6px; }
+.kpi .value { font-size:26px; font-weight:600; }
+.kpi .sub { color:var(--muted); font-size:12px; }
+.table-wrap { overflow-x:auto; margin:6px 0 12px; }
+table { border-collapse:collapse; font-size:13px; min-width:50%; }
+caption { caption-side:top; text-align:left; font-size:12.5px; padding:0 0 4px; }
+th, td { padding:5px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
+th { background:#eef2f7; font-weight:600; white-space:nowrap; }
+tbody tr:nth-child(even) td { background:#fafbfd; }
+td.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
+td.pass { color:var(--ok); font-weight:600; } td.fail { color:var(--bad); font-weight:700; }
+td.warn { color:var(--warn); font-weight:600; } td.total { font-weight:600; }
+td.path { font-family:ui-monospace, Menlo, Consolas, monospace; font-size:12px; word-break:break-all; }
+.figs { display:flex; flex-wrap:wrap; gap:16px; align-items:flex-start; }
+figure { margin:6px 0 12px; }
+figure img { max-width:100%; height:auto; display:block; }
+figcaption { color:var(--muted); font-size:12.5px; margin-top:4px; max-width:520px; }
+.gallery { display:grid; grid-template-columns:repeat(auto-fill, minmax(230px, 1fr)); gap:14px; }
+.tile { border:1px solid var(--line); border-radius:8px; overflow:hidden; background:#fff; }
+.tile img { width:100%; height:220px; object-fit:contain; display:block; background:#000; }
+.tile .cap { background:#fff; padding:7px 10px; font-size:12.5px; }
+.tile .cap .src { color:var(--muted); font-size:11.5px; word-break:break-all; }
+.tag { display:inline-block; border-radius:10px; padding:0 8px; font-size:11.5px; font-weight:600; }
+.tag.ok { background:var(--ok-bg); color:var(--ok); } .tag.bad { background:var(--bad-bg); color:var(--bad); }
+details { margin:6px 0 12px; } summary { cursor:pointer; color:var(--accent); }
+.card h3:first-child { margin-top:0; }
+code { font-family:ui-monospace, Menlo, Consolas, monospace; font-size:12.5px; background:#eef2f7;
+       padding:0 4px; border-radius:3px; }
+footer { color:var(--muted); font-size:12px; text-align:center; padding:0 0 30px; }
+@media print { nav { display:none; } section { break-inside:avoid-page; } body { background:#fff; } }
+"""
+
+SECTIONS = (("decision", "Decision"), ("figures", "Test figures"), ("plots", "Confusion, ROC, calibration"),
+            ("training", "Training"), ("data", "Data"), ("gradcam", "Grad-CAM"),
+            ("model-card", "Model card"), ("checks", "Cross-checks and provenance"))
+
+
+def _e(text) -> str:
+    return html.escape(str(text))
+
+
+def _figure(uri: str, caption: str, width: int | None = None) -> str:
+    style = f' style="width:{width}px;max-width:100%"' if width else ""
+    return (f'<figure{style}><img src="{uri}" alt="{_e(caption)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _section(section_id: str, title: str, body: str) -> str:
+    return f'<section id="{section_id}"><h2>{_e(title)}</h2>\n{body}\n</section>'
+
+
+def _details(summary: str, body: str) -> str:
+    return f"<details><summary>{_e(summary)}</summary>{body}</details>"
+
+
+def _version(data: ReportData) -> str | None:
+    return data.run.pushed_to.rstrip("/").rsplit("/", 1)[-1] if data.run.pushed_to else None
+
+
+# --- sections ------------------------------------------------------------------
+
+def _decision(data: ReportData) -> str:
+    run, tfma = data.run, data.tfma
+    blessed = bool(run.blessed)
+    version = _version(data)
+    pushed = (f"pushed to TF Serving as version {version}" if version
+              else "not pushed")
+    verdict = {True: "BLESSED", False: "NOT BLESSED"}.get(run.blessed, "NO DECISION")
+    has_baseline = run.baseline_model_dir is not None
+    baseline_text = (f"Baseline: the last blessed model, {run.baseline_model_dir}." if has_baseline
+                     else "No baseline: no model had been blessed before this one, so only the "
+                          "absolute thresholds applied.")
+    body = [f'<div class="decision {"ok" if blessed else "bad"}"><div class="verdict">{verdict}</div>'
+            f"<div>TFMA validation {'passed' if tfma.validation_ok else 'failed'}; model {_e(pushed)}."
+            f"<br><span class=\"muted\">{_e(baseline_text)}</span></div></div>"]
+    problems = [c for c in data.checks if c.status != "ok"]
+    if problems:
+        body.append(f'<div class="notice">{len(problems)} cross-check(s) need attention: '
+                    f"{_e(', '.join(c.name for c in problems))} "
+                    '(see <a href="#checks">Cross-checks</a>).</div>')
+    body.append("<h3>Thresholds</h3>")
+    body.append(to_html([tables.thresholds(tfma.thresholds, has_baseline)]))
+    body.append(_kpis(data))
+    return _section("decision", "Blessing decision", "\n".join(body))
+
+
+def _kpis(data: ReportData) -> str:
+    a, d = data.as_is, data.deduplicated
+
+    def ece(figures):
+        return figures.calibration.ece if figures.calibration else None
+
+    cards = [("accuracy", a.accuracy, d.accuracy), ("macro F1", a.macro_f1, d.macro_f1),
+             ("macro ROC AUC", a.macro_auc, d.macro_auc), ("calibration error (ECE)", ece(a), ece(d))]
+    items = "".join(
+        f'<div class="kpi"><div class="label">{_e(label)}</div><div class="value">{rate(x)}</div>'
+        f'<div class="sub">without duplicates of training images: {rate(y)}</div></div>'
+        for label, x, y in cards)
+    return (f'<h3>Headline on {_e(data.run.evaluated_split)} ({count(a.n)} images)</h3>'
+            f'<div class="kpis">{items}</div>')
+
+
+def _figures(data: ReportData) -> str:
+    split = data.run.evaluated_split
+    n_dup = len(data.duplicates)
+    body = [to_html([
+        Paragraph(f"The Evaluator scored the {split} split ({count(data.as_is.n)} images). "
+                  f"{n_dup} of them duplicate a training image (same bytes, or perceptual hash "
+                  f"within {data.data.near_threshold} bits); the second set of figures leaves "
+                  "them out. Per class: one class against the rest with the top-1 decision; "
+                  "n/a where a ratio is undefined (e.g. no image predicted as that class)."),
+        tables.overall([(f"{split}, as is", data.as_is),
+                        (f"{split}, without duplicates of training images", data.deduplicated)],
+                       "overall"),
+        tables.per_class(data.as_is, "per-class-as-is", f"Per class: {split}, as is"),
+        tables.per_class(data.deduplicated, "per-class-dedup",
+                         f"Per class: {split}, without the {n_dup} duplicates of training images"),
+    ])]
+    if data.duplicates:
+        rows = [[Cell(src, "path"), Cell(m.kind), Cell(m.training_source, "path"),
+                 Cell(str(m.distance_bits), "num")]
+                for src, m in sorted(data.duplicates.items())[:LISTED]]
+        body.append(_details(f"The {n_dup} {split} images left out", table_html(Table(
+            [f"{split} image", "kind", "training image", "distance (bits)"], rows,
+            id="dedup-list"))))
+    return _section("figures", f"Figures on the {split} split", "\n".join(body))
+
+
+def _plots(data: ReportData) -> str:
+    names = contract.CLASS_NAMES
+    a, d = data.as_is, data.deduplicated
+    body = ["<h3>Confusion matrix, as is</h3>",
+            _figure(plots.confusion(a.confusion, names),
+                    "Left: counts (TFMA's MultiClassConfusionMatrixPlot). Right: each row divided "
+                    "by its total; the diagonal is each class's recall.", 820),
+            _details("as a table", to_html([tables.confusion(a, names, "confusion-as-is")]))]
+    if data.duplicates:
+        body += ["<h3>Confusion matrix, without duplicates of training images</h3>",
+                 _figure(plots.confusion(d.confusion, names),
+                         "The same, from the model's predictions on the kept images.", 820),
+                 _details("as a table", to_html([tables.confusion(d, names, "confusion-dedup")]))]
+    else:
+        body.append('<p class="muted">No evaluated image duplicates a training image: the '
+                    "de-duplicated confusion matrix is the one above.</p>")
+    figs = [_figure(plots.roc(a, names), "One class against the rest, from the class "
+                    "probability; computed from the model's predictions (TFMA keeps no curve).",
+                    480)]
+    if a.calibration:
+        figs.append(_figure(plots.reliability(a.calibration),
+                            "Reliability diagram: the share of correct top-1 answers per band of "
+                            "top-1 probability. Bars below the diagonal: over-confident. ECE weighs each gap by the "
+                            "band's share of images.", 480))
+    body += ["<h3>ROC curves and calibration, as is</h3>", f'<div class="figs">{"".join(figs)}</div>',
+             f'<p class="muted">{_e(model_card.temperature_sentence(data.temperature))}</p>']
+    return _section("plots", "Confusion matrix, ROC curves, calibration", "\n".join(body))
+
+
+def _training(data: ReportData) -> str:
+    if not data.history:
+        return _section("training", "Training", '<p class="muted">No history.json in the '
+                        "Trainer's model run folder.</p>")
+    h = data.history.get("history", {})
+    cfg = data.run.trainer_config
+    epochs_run, kept = model_card.epochs_kept(data.history)
+    body = [_figure(plots.training_curves(data.history),
+                    "Per epoch, on the training split (with augmentation) and the eval split. "
+                    "The dotted line marks the epoch whose weights were kept (lowest eval loss).",
+                    820)]
+    rows = [[Cell(k), Cell(str(v))] for k, v in (
+        ("model", cfg.get("model")), ("initial weights", cfg.get("weights") or "random"),
+        ("epochs run / allowed", f"{epochs_run} / {cfg.get('epochs', '?')}"),
+        ("kept epoch", kept), ("batch size", cfg.get("batch_size")),
+        ("learning rate", cfg.get("learning_rate")), ("augmentation", cfg.get("augment")))]
+    if kept:
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if h.get(key):
+                rows.append([Cell(f"{key} at kept epoch"), Cell(f"{h[key][kept - 1]:.4f}", "num")])
+    body.append(to_html([Table(["", ""], rows, id="training")]))
+    return _section("training", "Training", "\n".join(body))
+
+
+def _data(data: ReportData) -> str:
+    names = contract.CLASS_NAMES
+    summary = data.data
+    manifest = summary.manifest or {}
+    body = ["<h3>Images per split and class</h3>",
+            '<p>As imported by the pipeline (ImportExampleGen).'
+            + (" Synthetic phantoms." if summary.synthetic else "") + "</p>",
+            '<div class="figs">', to_html([tables.split_counts(data.split_counts, names)]),
+            _figure(plots.class_counts(data.split_counts, names), "", 520), "</div>"]
+
+    if summary.statistics:
+        rows = []
+        for split, st in summary.statistics.items():
+            h = st.sizes.get(contract.HEIGHT_KEY, (float("nan"),) * 4)
+            w = st.sizes.get(contract.WIDTH_KEY, (float("nan"),) * 4)
+            rows.append([Cell(split), Cell(count(st.examples), "num"),
+                         Cell(f"{h[0]:.0f} / {h[1]:.0f} / {h[3]:.0f}", "num"),
+                         Cell(f"{w[0]:.0f} / {w[1]:.0f} / {w[3]:.0f}", "num"),
+                         Cell(count(sum(st.missing.values())), "num")])
+        body += ["<h3>TFDV statistics</h3>", to_html([Table(
+            ["split", "examples", "height min / median / max", "width min / median / max",
+             "missing feature values"], rows, id="tfdv-statistics")])]
+
+    body.append("<h3>TFDV anomalies (ExampleValidator against the curated schema)</h3>")
+    if summary.anomalies:
+        rows = [[Cell(split), Cell("; ".join(found) or "none", "fail" if found else "pass")]
+                for split, found in summary.anomalies.items()]
+        body.append(to_html([Table(["split", "anomalies"], rows, id="tfdv-anomalies")]))
+    else:
+        body.append('<p class="muted">No anomalies artifact found.</p>')
+
+    if not manifest:
+        body.append(f'<p class="notice">No manifest.json under {_e(data.run.data_root)}: skipped '
+                    "files and the duplicate report are unavailable (pass --data-root).</p>")
+        return _section("data", "Data", "\n".join(body))
+
+    skipped = manifest.get("skipped", [])
+    body.append(f"<h3>Skipped files ({count(len(skipped))})</h3>")
+    if skipped:
+        reasons = Counter(s["reason"].split(":")[0] for s in skipped)
+        body.append(to_html([Table(["reason", "files"], [[Cell(r), Cell(count(n), "num")]
+                                                         for r, n in reasons.most_common()],
+                                   id="skipped-reasons")]))
+        body.append(_details("every skipped file", table_html(Table(
+            ["file", "reason"], [[Cell(s["source"], "path"), Cell(s["reason"])]
+                                 for s in skipped[:LISTED]], id="skipped"))))
+    else:
+        body.append('<p class="muted">None: every file found was usable.</p>')
+    body.append(_duplicates(manifest))
+    return _section("data", "Data", "\n".join(body))
+
+
+def _duplicates(manifest: dict) -> str:
+    dups = manifest.get("duplicates")
+    if not dups:
+        return ""
+    exact, near = dups["exact"], dups["near"]
+
+    def per(mapping: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(mapping.items())) or "none"
+
+    rows = [
+        [Cell("exact (same bytes)"), Cell(f"{exact['extra_copies']} extra copies in {exact['groups']} groups", "num"),
+         Cell(per(exact["extra_copies_within_split"])), Cell(per(exact["images_with_copy_in_other_split"]))],
+        [Cell(f"near (pHash ≤ {dups['near_threshold_bits']} bits)"), Cell(f"{near['pairs']} pairs", "num"),
+         Cell(per(near["pairs_within_split"])), Cell(per(near["pairs_across_splits"]))],
+    ]
+    out = ["<h3>Duplicates and leakage (from data preparation)</h3>",
+           to_html([Table(["kind", "found", "within a split", "across splits (leakage)"], rows,
+                          id="duplicates")])]
+    if exact.get("conflicting_labels"):
+        out.append(f'<p class="notice">{len(exact["conflicting_labels"])} groups of identical '
+                   "images carry different labels.</p>")
+    dropped = manifest.get("dropped_cross_split_duplicates", [])
+    if dropped:
+        out.append(f"<p>{len(dropped)} eval/test images duplicating training images were left out "
+                   "when preparing (--drop-cross-split-duplicates).</p>")
+    if near.get("pairs_listed"):
+        out.append(_details(f"near-duplicate pairs (first {min(len(near['pairs_listed']), LISTED)})",
+                            table_html(Table(["image", "image", "distance (bits)"],
+                                             [[Cell(a, "path"), Cell(b, "path"), Cell(str(d), "num")]
+                                              for a, b, d in near["pairs_listed"][:LISTED]]))))
+    if exact.get("groups_listed"):
+        out.append(_details(f"exact-duplicate groups (first {min(len(exact['groups_listed']), LISTED)})",
+                            to_html([Bullets([", ".join(g) for g in exact["groups_listed"][:LISTED]])])))
+    return "\n".join(out)
+
+
+def _gradcam(data: ReportData) -> str:
+    names = contract.CLASS_NAMES
+    p = data.predictions
+    tiles = {True: [], False: []}
+    for item in data.gallery:
+        i = item.index
+        label, predicted = int(p.labels[i]), int(p.predicted[i])
+        tag = ('<span class="tag ok">correct</span>' if item.correct
+               else '<span class="tag bad">wrong</span>')
+        tiles[item.correct].append(
+            f'<div class="tile"><img src="{plots.image_data_uri(item.overlay)}" '
+            f'alt="Grad-CAM of {_e(p.sources[i])}"><div class="cap">{tag} actual '
+            f"<b>{_e(names[label])}</b>, predicted <b>{_e(names[predicted])}</b> "
+            f"({p.probs[i, predicted]:.2f})<div class=\"src\">{_e(p.sources[i])}</div></div></div>")
+    body = [f"<p>Heatmaps from the model's <code>gradcam</code> signature for the top-1 class, "
+            f"over the {_e(data.run.evaluated_split)} image (red: where the score is most "
+            "sensitive). Correct: the most confident of each class; wrong: the most confident "
+            "mistakes.</p>"]
+    for correct, title in ((True, "Correct"), (False, "Wrong")):
+        body.append(f"<h3>{title} ({len(tiles[correct])})</h3>")
+        body.append(f'<div class="gallery">{"".join(tiles[correct])}</div>' if tiles[correct]
+                    else '<p class="muted">None.</p>')
+    return _section("gradcam", "Grad-CAM gallery", "\n".join(body))
+
+
+def _model_card(data: ReportData) -> str:
+    blocks = model_card.card_blocks(data, _version(data), level=2)[1:]  # the section has the title
+    for block in blocks:
+        if isinstance(block, Table) and block.id:
+            block.id = ""  # the figures section holds the same tables under their ids
+    return _section("model-card", "Model card", f'<div class="card">{to_html(blocks)}</div>')
+
+
+def _checks(data: ReportData) -> str:
+    rows = [[Cell(c.name), Cell(c.status, {"ok": "pass", "warn": "warn"}.get(c.status, "fail")),
+             Cell(c.detail)] for c in data.checks]
+    run = data.run
+    provenance = [(k, v) for k, v in (
+        ("pipeline root", run.config.pipeline_root), ("ML Metadata", run.config.metadata_path),
+        ("examples (ImportExampleGen)", run.examples_uri), ("prepared data", run.data_root),
+        ("manifest", data.data.manifest_path), ("statistics (StatisticsGen)", run.statistics_uri),
+        ("anomalies (ExampleValidator)", run.anomalies_uri), ("evaluated model", run.model_dir),
+        ("model digest (sha256)", data.model_digest), ("baseline model", run.baseline_model_dir),
+        ("evaluation (TFMA)", run.evaluation_uri), ("model run (history, TensorBoard)", run.model_run_dir),
+        ("pushed to", run.pushed_to)) if v]
+    body = ["<p>TFMA's figures against the same figures from the model's predictions on the same "
+            "records.</p>",
+            to_html([Table(["check", "result", "detail"], rows, id="checks")]),
+            "<h3>Artifacts this report was built from</h3>",
+            to_html([Table(["", ""], [[Cell(k), Cell(str(v), "path")] for k, v in provenance],
+                           id="provenance")])]
+    return _section("checks", "Cross-checks and provenance", "\n".join(body))
+
+
+def render(data: ReportData) -> str:
+    run = data.run
+    generated = dt.datetime.fromtimestamp(data.generated_at).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    version = _version(data)
+    meta = [f"pipeline <b>{_e(run.config.pipeline_name)}</b>",
+            f"evaluated on <b>{_e(run.evaluated_split)}</b> ({count(data.as_is.n)} images)",
+            f"model version <b>{_e(version) if version else 'not pushed'}</b>",
+            f"generated {_e(generated)}"]
+    nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in SECTIONS)
+    sections = [_decision(data), _figures(data), _plots(data), _training(data), _data(data),
+                _gradcam(data), _model_card(data), _checks(data)]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(TITLE)}</title>
+<style>{CSS}</style></head>
+<body>
+<header><div class="wrap"><h1>{_e(TITLE)}</h1>
+<div class="meta">{"".join(f"<span>{m}</span>" for m in meta)}</div>
+<div class="meta"><span>Decision support for trained readers, not a diagnostic device.</span></div>
+</div></header>
+<nav><div class="wrap">{nav}</div></nav>
+<main><div class="wrap">
+{chr(10).join(sections)}
+</div></main>
+<footer>Built by <code>btmri report</code> from the pipeline's TFMA, TFDV and ML Metadata artifacts.</footer>
+</body></html>
+"""

@@ -1,0 +1,168 @@
+"""Classification figures from a confusion matrix and from predicted probabilities.
+
+Plain NumPy on purpose: the tests recompute every figure with scikit-learn, so
+the report must not be scikit-learn checking itself.
+
+Conventions (the same as scikit-learn's with `zero_division=nan`): a ratio whose
+denominator is zero is NaN (shown as "n/a"), never a silent 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CALIBRATION_BINS = 15  # as the Trainer's temperature-scaling report counts them
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den else float("nan")
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [actual, predicted]."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (np.asarray(labels, np.int64), np.asarray(predicted, np.int64)), 1)
+    return cm
+
+
+def row_normalised(cm: np.ndarray) -> np.ndarray:
+    """Each row divided by its total (the share of a class's images per predicted class)."""
+    totals = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, totals, out=np.full(cm.shape, np.nan), where=totals > 0)
+
+
+@dataclass
+class ClassFigures:
+    """One class against the rest, with the top-1 decision."""
+    name: str
+    support: int        # images of this class
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+    precision: float
+    recall: float       # sensitivity
+    specificity: float
+    f1: float
+    auc: float = float("nan")  # one-vs-rest ROC AUC, from the probabilities
+
+
+def class_figures(cm: np.ndarray, class_names) -> list[ClassFigures]:
+    total = int(cm.sum())
+    figures = []
+    for k, name in enumerate(class_names):
+        tp = int(cm[k, k])
+        fn = int(cm[k].sum()) - tp
+        fp = int(cm[:, k].sum()) - tp
+        tn = total - tp - fn - fp
+        figures.append(ClassFigures(
+            name=name, support=tp + fn, tp=tp, fp=fp, fn=fn, tn=tn,
+            precision=_ratio(tp, tp + fp), recall=_ratio(tp, tp + fn),
+            specificity=_ratio(tn, tn + fp), f1=_ratio(2 * tp, 2 * tp + fp + fn)))
+    return figures
+
+
+def accuracy(cm: np.ndarray) -> float:
+    return _ratio(np.trace(cm), cm.sum())
+
+
+def macro(values) -> float:
+    """Unweighted mean over classes, leaving out undefined (NaN) ones."""
+    values = np.asarray([v for v in values if not np.isnan(v)], float)
+    return float(values.mean()) if values.size else float("nan")
+
+
+def roc_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct score, from (0, 0) to (1, 1)."""
+    positive = np.asarray(positive, bool)
+    order = np.argsort(-np.asarray(score, float), kind="mergesort")
+    score, positive = np.asarray(score, float)[order], positive[order]
+    # One point per distinct score: the last index of each run of equal scores.
+    last = np.r_[np.nonzero(np.diff(score))[0], score.size - 1]
+    tps = np.cumsum(positive)[last]
+    fps = (last + 1) - tps
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    tpr = np.r_[0.0, tps / n_pos] if n_pos else np.full(last.size + 1, np.nan)
+    fpr = np.r_[0.0, fps / n_neg] if n_neg else np.full(last.size + 1, np.nan)
+    return fpr, tpr
+
+
+def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a random positive outscores a random
+    negative, ties counting half (the Mann-Whitney statistic)."""
+    positive = np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = _average_ranks(np.asarray(score, float))
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their ranks."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(values.size, float)
+    sorted_values = values[order]
+    starts = np.r_[0, np.nonzero(np.diff(sorted_values))[0] + 1]
+    ends = np.r_[starts[1:], values.size]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + 1 + end) / 2.0
+    return ranks
+
+
+@dataclass
+class Calibration:
+    """Reliability of the top-1 probability, in equal-width confidence bins."""
+    edges: np.ndarray       # bins+1 edges over [0, 1]
+    counts: np.ndarray      # images per bin
+    accuracy: np.ndarray    # share correct per bin (NaN when empty)
+    confidence: np.ndarray  # mean top-1 probability per bin (NaN when empty)
+    ece: float              # expected calibration error: sum_b n_b/N * |acc_b - conf_b|
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> Calibration:
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Bins are (lo, hi]; the first also holds 0.
+    which = np.searchsorted(edges[1:-1], confidence, side="left")
+    counts = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(which, weights=correct, minlength=bins) / counts
+        conf = np.bincount(which, weights=confidence, minlength=bins) / counts
+    filled = counts > 0
+    ece = float(np.sum(counts[filled] / counts.sum() * np.abs(acc[filled] - conf[filled]))) \
+        if counts.sum() else float("nan")
+    return Calibration(edges, counts, acc, conf, ece)
+
+
+@dataclass
+class Figures:
+    """Everything the report shows about one set of evaluated images."""
+    n: int
+    confusion: np.ndarray          # counts [actual, predicted]
+    accuracy: float
+    per_class: list[ClassFigures]
+    macro_f1: float
+    macro_auc: float
+    calibration: Calibration | None
+    roc: list[tuple[np.ndarray, np.ndarray]]  # per class (fpr, tpr)
+
+
+def figures(cm: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names) -> Figures:
+    """Counting figures from `cm`; ranking and calibration figures from the probabilities.
+
+    `cm` is passed in, not recomputed, so the as-is figures can come from TFMA's
+    own confusion matrix; `labels`/`probs` are the same images.
+    """
+    per_class = class_figures(cm, class_names)
+    roc = []
+    for k, fig in enumerate(per_class):
+        positive = labels == k
+        fig.auc = roc_auc(positive, probs[:, k]) if len(labels) else float("nan")
+        roc.append(roc_curve(positive, probs[:, k]) if len(labels) else (np.zeros(1), np.zeros(1)))
+    return Figures(
+        n=int(cm.sum()), confusion=cm, accuracy=accuracy(cm), per_class=per_class,
+        macro_f1=macro(f.f1 for f in per_class), macro_auc=macro(f.auc for f in per_class),
+        calibration=calibration(labels, probs) if len(labels) else None, roc=roc)

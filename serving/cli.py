@@ -1,0 +1,146 @@
+"""`btmri serve`, `btmri predict`, `btmri gradcam`.
+
+`register(subparsers)` is called by pipeline/cli.py. Handlers import
+TensorFlow and gRPC only when they run, so `btmri --help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from serving import MODEL_NAME
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    from serving.server import ServerOptions, serve
+
+    if args.batching_parameters_file and not args.enable_batching:
+        print("btmri serve: --batching-parameters-file needs --enable-batching", file=sys.stderr)
+        return 2
+    options = ServerOptions(
+        model_base_path=args.model_base_path, model_name=args.model_name, host=args.host,
+        port=args.port, rest_port=args.rest_port, poll_seconds=args.poll_seconds,
+        enable_batching=args.enable_batching, max_message_mb=args.max_message_mb,
+        grpc_workers=args.grpc_workers)
+    if args.batching_parameters_file:
+        options.batching_parameters_file = args.batching_parameters_file
+    return serve(options)
+
+
+def _client(args: argparse.Namespace):
+    from serving.client import PredictionClient, RestClient
+
+    if getattr(args, "rest", None):
+        return RestClient(args.rest, model_name=args.model_name, timeout=args.timeout)
+    return PredictionClient(args.server, model_name=args.model_name, timeout=args.timeout)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from serving.client import RequestFailed, ServerUnavailable
+
+    failures = 0
+    with _client(args) as client:
+        for path in args.images:
+            record = {"file": path}
+            try:
+                prediction = client.classify_image(Path(path).read_bytes())
+                record.update({"class": prediction.class_name,
+                               "probabilities": prediction.probabilities,
+                               "model_version": prediction.model_version})
+            except OSError as err:
+                record["error"] = f"cannot read: {err.strerror or err}"
+            except RequestFailed as err:
+                record["error"] = str(err)
+            except ServerUnavailable as err:
+                print(f"btmri predict: {err}\n(is the server running? start one with "
+                      f"`btmri serve --model-base-path DIR`)", file=sys.stderr)
+                return 3
+            failures += "error" in record
+            print(json.dumps(record), flush=True)
+    return 1 if failures else 0
+
+
+def _cmd_gradcam(args: argparse.Namespace) -> int:
+    from serving import gradcam
+    from serving.client import RequestFailed, ServerUnavailable
+
+    if not 0.0 <= args.alpha <= 1.0:
+        print(f"btmri gradcam: --alpha must be in [0, 1], got {args.alpha}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    failures = 0
+    with _client(args) as client:
+        for path, stem in zip(args.images, gradcam.unique_stems(args.images)):
+            try:
+                data = Path(path).read_bytes()
+                result = client.gradcam(data)
+                images = gradcam.render(gradcam.decode_image(data), result.heatmap, args.alpha)
+                written = gradcam.write(images, out, stem)
+            except ServerUnavailable as err:
+                print(f"btmri gradcam: {err}\n(is the server running? start one with "
+                      f"`btmri serve --model-base-path DIR`)", file=sys.stderr)
+                return 3
+            except (OSError, ValueError, RequestFailed) as err:
+                print(f"{path}: error: {err}", file=sys.stderr)
+                failures += 1
+                continue
+            print(f"{path}: {result.class_name} (p={result.probability:.3f}, model version "
+                  f"{result.model_version}) -> {written['overlay']}", flush=True)
+    return 1 if failures else 0
+
+
+def register(subparsers) -> None:
+    """Adds `serve`, `predict` and `gradcam` to the `btmri` parser."""
+    p = subparsers.add_parser(
+        "serve", help="local TF-Serving-compatible model server (gRPC + REST)",
+        description="Serves the highest version under --model-base-path with TF Serving's gRPC "
+                    "and REST APIs; polls for new versions and swaps without dropping requests.")
+    p.add_argument("--model-base-path", required=True,
+                   help="TF Serving base path (<dir>/<version>/saved_model.pb)")
+    p.add_argument("--model-name", default=MODEL_NAME, help="served model name (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default %(default)s; 0.0.0.0 exposes the server)")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s)")
+    p.add_argument("--rest-port", type=int, default=8501,
+                   help="REST and metrics port, 0 for none (default %(default)s)")
+    p.add_argument("--poll-seconds", type=float, default=1.0,
+                   help="how often to look for new versions (default %(default)s)")
+    p.add_argument("--enable-batching", action="store_true",
+                   help="merge concurrent requests into batches (serving/config/batching.config)")
+    p.add_argument("--batching-parameters-file", default=None,
+                   help="TF Serving batching parameters file (default: serving/config/batching.config)")
+    p.add_argument("--max-message-mb", type=float, default=64,
+                   help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--grpc-workers", type=int, default=16, help="gRPC handler threads")
+    p.add_argument("--verbose", action="store_true", help="debug logging (one line per REST request)")
+    p.set_defaults(func=_cmd_serve)
+
+    def client_args(p, rest: bool):
+        p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG files")
+        p.add_argument("--server", default="localhost:8500",
+                       help="gRPC address HOST:PORT (default %(default)s)")
+        if rest:
+            p.add_argument("--rest", default=None, metavar="URL",
+                           help="use the REST API at URL (e.g. http://localhost:8501) instead of gRPC")
+        p.add_argument("--model-name", default=MODEL_NAME)
+        p.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds per request (default %(default)s)")
+
+    p = subparsers.add_parser("predict", help="classify images with a running model server",
+                              description="Prints one JSON line per image: file, class, "
+                                          "probabilities, model version.")
+    client_args(p, rest=True)
+    p.set_defaults(func=_cmd_predict)
+
+    p = subparsers.add_parser("gradcam", help="Grad-CAM heatmaps from a running model server",
+                              description="Writes <name>_original.png, <name>_heatmap.png and "
+                                          "<name>_overlay.png per image into --out.")
+    client_args(p, rest=False)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--alpha", type=float, default=0.4, help="heatmap weight in the overlay")
+    p.set_defaults(func=_cmd_gradcam)

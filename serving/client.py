@@ -1,0 +1,199 @@
+"""Clients of a TF Serving model server (the official one or `btmri serve`).
+
+`PredictionClient` speaks gRPC through the official stubs; `RestClient` the REST
+API. Both send the encoded image file as it is (preprocessing lives in the
+model), retry UNAVAILABLE with exponential backoff and raise
+`ServerUnavailable` when the server cannot be reached at all.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from data_prep.contract import CLASS_NAMES
+from serving import signatures as sig
+
+
+class ServerUnavailable(RuntimeError):
+    """The server did not answer (down, wrong address, or unreachable) after all retries."""
+
+
+class RequestFailed(RuntimeError):
+    """The server answered with an error status."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    first_backoff: float = 0.25
+    max_backoff: float = 4.0
+
+    def backoffs(self):
+        """Sleeps between attempts: 0.25, 0.5, 1, 2, ... seconds."""
+        delay = self.first_backoff
+        for _ in range(self.attempts - 1):
+            yield delay
+            delay = min(delay * 2, self.max_backoff)
+
+
+@dataclass
+class ImagePrediction:
+    class_name: str
+    class_id: int
+    probabilities: dict[str, float]
+    model_version: int | None
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[self.class_name]
+
+
+@dataclass
+class GradcamResult(ImagePrediction):
+    heatmap: np.ndarray | None = None     # float32 [224, 224] in [0, 1]
+
+
+def _prediction(class_id: int, probabilities, version: int | None) -> ImagePrediction:
+    probs = {name: float(p) for name, p in zip(CLASS_NAMES, probabilities)}
+    return ImagePrediction(CLASS_NAMES[class_id], class_id, probs, version)
+
+
+class PredictionClient:
+    """gRPC client of TF Serving's PredictionService."""
+
+    def __init__(self, target: str, model_name: str = sig.MODEL_NAME, timeout: float = 30.0,
+                 retry: RetryPolicy = RetryPolicy(), max_message_mb: float = 64):
+        self.target = target
+        self.model_name = model_name
+        self.timeout = timeout
+        self.retry = retry
+        size = int(max_message_mb * 1024 * 1024)
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)])
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def predict(self, signature_name: str, inputs: dict, output_filter=()) -> predict_pb2.PredictResponse:
+        """One Predict call; `inputs` maps input names to arrays or lists."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature_name
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        request.output_filter.extend(output_filter)
+        return self._call(request)
+
+    def _call(self, request) -> predict_pb2.PredictResponse:
+        start, last = time.monotonic(), None
+        for delay in [*self.retry.backoffs(), None]:
+            try:
+                return self._stub.Predict(request, timeout=self.timeout)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise RequestFailed(err.code().name, err.details() or "") from None
+                last = err
+            if delay is not None:
+                time.sleep(delay)
+        raise ServerUnavailable(
+            f"the model server at {self.target} is unavailable ({self.retry.attempts} attempts "
+            f"over {time.monotonic() - start:.1f} s): {last.details()}")
+
+    def classify_image(self, image: bytes) -> ImagePrediction:
+        response = self.predict(sig.PREDICT_IMAGES_SIGNATURE, {sig.IMAGE_BYTES_INPUT: [image]},
+                                output_filter=[sig.CLASS_ID, sig.PROBABILITIES])
+        outputs = response.outputs
+        return _prediction(int(tf.make_ndarray(outputs[sig.CLASS_ID])[0]),
+                           tf.make_ndarray(outputs[sig.PROBABILITIES])[0],
+                           response.model_spec.version.value)
+
+    def gradcam(self, image: bytes) -> GradcamResult:
+        response = self.predict(sig.GRADCAM_SIGNATURE, {sig.IMAGE_BYTES_INPUT: [image]})
+        outputs = response.outputs
+        base = _prediction(int(tf.make_ndarray(outputs[sig.CLASS_ID])[0]),
+                           tf.make_ndarray(outputs[sig.PROBABILITIES])[0],
+                           response.model_spec.version.value)
+        return GradcamResult(**vars(base), heatmap=tf.make_ndarray(outputs[sig.HEATMAP])[0])
+
+
+class RestClient:
+    """REST client (`POST /v1/models/{name}:predict` with a b64 instance)."""
+
+    def __init__(self, base_url: str, model_name: str = sig.MODEL_NAME, timeout: float = 30.0,
+                 retry: RetryPolicy = RetryPolicy()):
+        self.base_url = base_url.rstrip("/")
+        if "://" not in self.base_url:
+            self.base_url = "http://" + self.base_url
+        self.model_name = model_name
+        self.timeout = timeout
+        self.retry = retry
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def request(self, method: str, path: str, document: dict | None = None) -> dict:
+        data = None if document is None else json.dumps(document).encode()
+        start, last = time.monotonic(), None
+        for delay in [*self.retry.backoffs(), None]:
+            req = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                body = err.read()
+                try:
+                    message = json.loads(body).get("error", "")
+                except ValueError:
+                    message = body.decode(errors="replace")
+                if err.code != 503:
+                    raise RequestFailed(f"HTTP {err.code}", message) from None
+                last = f"HTTP 503: {message}"
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+                last = str(getattr(err, "reason", err))
+            if delay is not None:
+                time.sleep(delay)
+        raise ServerUnavailable(
+            f"the model server at {self.base_url} is unavailable ({self.retry.attempts} attempts "
+            f"over {time.monotonic() - start:.1f} s): {last}")
+
+    def model_version(self) -> int | None:
+        """The AVAILABLE version (REST predict answers do not name the version)."""
+        status = self.request("GET", f"/v1/models/{self.model_name}")
+        versions = [int(s["version"]) for s in status.get("model_version_status", [])
+                    if s.get("state") == "AVAILABLE"]
+        return max(versions) if versions else None
+
+    def classify_image(self, image: bytes) -> ImagePrediction:
+        document = {"signature_name": sig.PREDICT_IMAGES_SIGNATURE,
+                    "instances": [{"b64": base64.b64encode(image).decode("ascii")}]}
+        answer = self.request("POST", f"/v1/models/{self.model_name}:predict", document)
+        row = answer["predictions"][0]
+        return _prediction(int(row[sig.CLASS_ID]), row[sig.PROBABILITIES], self.model_version())

@@ -1,0 +1,116 @@
+"""`btmri serve` in a child process on free ports: for tests, benchmarks and scripts.
+
+    with ServerProcess(base_path, "--enable-batching") as server:
+        PredictionClient(server.grpc_target) ...
+
+Ready means gRPC health reports SERVING (a version is loaded). Leaving the
+block sends SIGTERM and waits; a server that does not stop is killed.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from serving import MODEL_NAME
+
+HOST = "127.0.0.1"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free right now (the OS picks them; held open together so they differ)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+class ServerProcess:
+    def __init__(self, base_path: str | Path, *extra_args: str, model_name: str = MODEL_NAME,
+                 log_path: str | Path | None = None, startup_timeout: float = 300.0):
+        self.base_path = str(Path(base_path).resolve())
+        self.extra_args = list(extra_args)
+        self.model_name = model_name
+        self.startup_timeout = startup_timeout
+        self.log_path = Path(log_path) if log_path else Path(
+            tempfile.mkstemp(prefix="btmri-serve-", suffix=".log")[1])
+        self.port = self.rest_port = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{HOST}:{self.rest_port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> "ServerProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        for _ in range(3):   # another process may grab a free port before the server binds it
+            self.port, self.rest_port = free_ports(2)
+            self._spawn()
+            if self._wait_ready():
+                return
+            if "cannot listen" not in self.log_text():
+                break
+        code = self.stop()
+        raise RuntimeError(f"model server did not become ready (exit code {code}); "
+                           f"log {self.log_path}:\n{self.log_text()[-3000:]}")
+
+    def _spawn(self) -> None:
+        command = [sys.executable, "-m", "pipeline", "serve", "--model-base-path", self.base_path,
+                   "--model-name", self.model_name, "--host", HOST, "--port", str(self.port),
+                   "--rest-port", str(self.rest_port), *self.extra_args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + self.startup_timeout
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    return False
+                try:
+                    answer = stub.Check(health_pb2.HealthCheckRequest(service=self.model_name),
+                                        timeout=1.0)
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        return True
+                except grpc.RpcError:
+                    pass   # not listening yet
+                time.sleep(0.25)
+        return False
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode

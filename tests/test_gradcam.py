@@ -1,0 +1,175 @@
+"""The `gradcam` signature: its contract, the model-randomisation sanity check
+(Adebayo et al., 2018: an explanation that survives randomised weights explains
+nothing about the model), and, in the slow run, localisation on phantoms whose
+lesion masks are known."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.stats import spearmanr
+
+from data_prep import contract
+from data_prep.synth import mask_path_for
+from serving import signatures as sig
+
+TUMOR_CLASSES = [c for c in contract.CLASS_NAMES if c != "notumor"]
+
+
+def only_version(serving_dir: Path) -> Path:
+    (folder,) = [p for p in serving_dir.iterdir() if p.name.isdigit()]
+    return folder
+
+
+def tumor_images(synthetic: Path, per_class: int | None = None) -> list[Path]:
+    root = synthetic / contract.KAGGLE_TESTING_DIR
+    return [p for c in TUMOR_CLASSES for p in sorted((root / c).glob("*.png"))[:per_class]]
+
+
+def gradcam(model, files: list[Path], batch: int = 16) -> dict[str, np.ndarray]:
+    parts = []
+    for i in range(0, len(files), batch):
+        data = tf.constant([f.read_bytes() for f in files[i:i + batch]])
+        parts.append({k: v.numpy() for k, v in model.signatures[sig.GRADCAM_SIGNATURE](
+            **{sig.IMAGE_BYTES_INPUT: data}).items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_run) -> Path:
+    return only_version(tiny_run / "serving")
+
+
+@pytest.fixture(scope="module")
+def files(tiny_run) -> list[Path]:
+    return tumor_images(tiny_run / "data" / "synthetic", per_class=3)
+
+
+@pytest.fixture(scope="module")
+def trained(model_dir):
+    return tf.saved_model.load(str(model_dir))
+
+
+def test_heatmap_contract(trained, files):
+    out = gradcam(trained, files)
+    heatmap, probs = out[sig.HEATMAP], out[sig.PROBABILITIES]
+    assert heatmap.shape == (len(files), 224, 224) and heatmap.dtype == np.float32
+    assert heatmap.min() >= 0.0
+    # Normalised per image: the peak is 1 (or the map is all zero when no region helps the class).
+    assert all(np.isclose(h.max(), 1.0) or h.max() == 0.0 for h in heatmap)
+    assert out[sig.CLASS_ID].tolist() == probs.argmax(axis=1).tolist()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # The heatmap explains the class the model answers.
+    plain = trained.signatures[sig.PREDICT_IMAGES_SIGNATURE](
+        **{sig.IMAGE_BYTES_INPUT: tf.constant([f.read_bytes() for f in files])})
+    assert out[sig.CLASS_ID].tolist() == plain[sig.CLASS_ID].numpy().tolist()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "components/training/trainer.py: since temperature scaling (83b65d9) the gradcam signature "
+    "returns softmax(logits) while predict_images/serving_default return softmax(logits / T). "
+    "Remove this mark when gradcam applies the temperature."))
+def test_gradcam_probabilities_are_the_models(trained, files):
+    """The probabilities `btmri gradcam` prints are the ones `btmri predict` prints."""
+    out = gradcam(trained, files)
+    plain = trained.signatures[sig.PREDICT_IMAGES_SIGNATURE](
+        **{sig.IMAGE_BYTES_INPUT: tf.constant([f.read_bytes() for f in files])})
+    np.testing.assert_allclose(out[sig.PROBABILITIES], plain[sig.PROBABILITIES].numpy(), atol=1e-5)
+
+
+def rank_correlations(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """Spearman correlation per image pair; constant maps (undefined rank order) are left out."""
+    return [spearmanr(x.ravel(), y.ravel()).correlation for x, y in zip(a, b)
+            if x.std() > 0 and y.std() > 0]
+
+
+def reinitialise(model, seed: int = 0) -> int:
+    """He-normal re-initialisation of every kernel the gradcam signature uses (conv and dense);
+    norm scales and biases keep their values. Returns how many kernels were replaced."""
+    rng = np.random.default_rng(seed)
+    kernels = [v for v in model.signatures[sig.GRADCAM_SIGNATURE].trainable_variables
+               if len(v.shape) >= 2]
+    for v in kernels:
+        fan_in = int(np.prod(v.shape[:-1]))
+        v.assign(rng.normal(0.0, np.sqrt(2.0 / fan_in), v.shape).astype(np.float32))
+    return len(kernels)
+
+
+def hot_region_overlap(a: np.ndarray, b: np.ndarray, top: float = 0.1) -> float:
+    """Intersection over union of the hottest `top` share of pixels of two maps."""
+    hot_a, hot_b = a >= np.quantile(a, 1 - top), b >= np.quantile(b, 1 - top)
+    return float((hot_a & hot_b).sum() / max((hot_a | hot_b).sum(), 1))
+
+
+def test_heatmap_depends_on_the_learned_weights(model_dir, files):
+    """Model-parameter randomisation (all kernels at once). Random convolutions still
+    respond to the image's own structure, so maps keep some rank correlation even between
+    two random models (median about 0.65 here); what must change is where the map is hot
+    and by how much. Measured on tiny pipeline runs: mean |difference| 0.40-0.50 against
+    0.16 between two random models, hot-region overlap 0.00-0.15."""
+    model = tf.saved_model.load(str(model_dir))   # a private copy: its weights get overwritten
+    trained = gradcam(model, files)[sig.HEATMAP]
+    again = gradcam(model, files)[sig.HEATMAP]
+    np.testing.assert_array_equal(trained, again)  # control: same weights, same maps
+
+    assert reinitialise(model) >= 5
+    randomised = gradcam(model, files)[sig.HEATMAP]
+    rho = rank_correlations(trained, randomised)
+    assert len(rho) >= len(files) // 2, "too many constant heatmaps to compare"
+    # A map that ignored the weights would give rho ~1, difference ~0, overlap ~1.
+    assert np.median(np.abs(rho)) < 0.8, rho
+    assert np.abs(trained - randomised).mean() > 0.25
+    assert np.median([hot_region_overlap(a, b) for a, b in zip(trained, randomised)]) < 0.5
+
+
+POINTING_TOLERANCE = 15   # pixels of the 224x224 model input (the pointing game's usual 15)
+
+
+def peak_distance(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """Distance in model-input pixels from the heatmap's peak to the nearest lesion pixel
+    (0 when the peak is inside). The heatmap covers the whole image resized to 224x224,
+    so the mask is resized the same way; INTER_AREA keeps lesions smaller than a pixel."""
+    small = cv2.resize(mask, heatmap.shape[::-1], interpolation=cv2.INTER_AREA) > 0
+    row, col = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+    ys, xs = np.nonzero(small)
+    return float(np.sqrt((ys - row) ** 2 + (xs - col) ** 2).min())
+
+
+@pytest.mark.slow
+def test_heatmap_peak_falls_inside_the_lesion(tmp_path_factory, record_property):
+    """After a short training on phantoms (about 5 minutes here), Grad-CAM points at the
+    lesion the generator drew. Two figures: the peak strictly inside the mask, and the
+    pointing game (peak within 15 px of it). The last feature map is 7x7, so peaks sit on
+    a 32-px grid and small lesions (pituitary: ~0.2% of the image) are often between nodes:
+    the strict figure is bounded by that resolution, the tolerant one is not."""
+    from pipeline.cli import main
+
+    work = tmp_path_factory.mktemp("gradcam_localisation")
+    assert main(["run", "--work-dir", str(work), "--pipeline-root", str(work / "pipeline"),
+                 "--serving-dir", str(work / "serving"), "--synthetic-per-class", "400",
+                 "--epochs", "15", "--batch-size", "32", "--model", "mri_resnet"]) == 0
+    model = tf.saved_model.load(str(only_version(work / "serving")))
+    files = tumor_images(work / "data" / "synthetic")
+    out = gradcam(model, files)
+    distances: dict[str, list[float]] = {c: [] for c in TUMOR_CLASSES}
+    areas = []
+    for f, heatmap in zip(files, out[sig.HEATMAP]):
+        mask = cv2.imread(str(mask_path_for(f)), cv2.IMREAD_GRAYSCALE)
+        assert mask is not None and mask.any(), f"no lesion mask for {f}"
+        distances[f.parent.name].append(peak_distance(heatmap, mask))
+        areas.append(float((mask > 0).mean()))
+    every = np.array([d for ds in distances.values() for d in ds])
+    inside, pointing, chance = float(np.mean(every == 0)), float(np.mean(every <= POINTING_TOLERANCE)), \
+        float(np.mean(areas))
+    per_class = ", ".join(f"{c} {np.mean(np.array(d) == 0):.0%} / {np.mean(np.array(d) <= POINTING_TOLERANCE):.0%}"
+                          for c, d in distances.items())
+    print(f"\nGrad-CAM on {len(files)} tumour test images: peak inside the lesion {inside:.1%}, "
+          f"within {POINTING_TOLERANCE} px {pointing:.1%} (inside / within per class: {per_class}); "
+          f"a random point would be inside {chance:.1%} of the time")
+    record_property("gradcam_peak_inside_lesion", inside)
+    record_property("gradcam_pointing_game", pointing)
+    assert pointing > 0.5, per_class
+    assert inside > 5 * chance, per_class

@@ -1,0 +1,282 @@
+"""`btmri report` and the model card on the session's tiny pipeline run.
+
+Every count-based figure in the report is recomputed here with scikit-learn from
+the pushed model's own predictions on the prepared test TFRecords (a path of
+its own: `predict_images` on the image bytes, not the report's reader), then
+found, formatted the same way, in the HTML tables.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+
+from components.executors import DIGEST_FILE, pushed_versions
+from components.training.trainer import IMAGE_BYTES_INPUT, PROBABILITIES
+from data_prep import contract
+from data_prep.tfrecords import read_split
+from pipeline.cli import main as btmri
+from pipeline.config import PipelineConfig
+from pipeline.report import collect as collect_module, metrics
+from pipeline.report.build import build_report
+from pipeline.report.markup import rate
+from pipeline.report.model_card import MODEL_CARD_NAME, write_model_card
+
+CHROMIUM = Path("/usr/bin/chromium")
+CLASSES = list(contract.CLASS_NAMES)
+
+
+def _config(work: Path) -> PipelineConfig:
+    return PipelineConfig(pipeline_root=str(work / "pipeline"), data_root="", serving_dir="")
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run, tmp_path_factory):
+    """(report data, HTML path), built once through the CLI's function."""
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    data = build_report(_config(tiny_run), out)
+    return data, out
+
+
+@pytest.fixture(scope="module")
+def version_dir(tiny_run) -> Path:
+    serving = tiny_run / "serving"
+    return serving / str(max(pushed_versions(str(serving))))
+
+
+@pytest.fixture(scope="module")
+def own_predictions(tiny_run, version_dir):
+    """(labels, probabilities, sources) of the pushed model on data/prepared/test."""
+    examples = read_split(tiny_run / "data" / "prepared", contract.TEST_SPLIT)
+    model = tf.saved_model.load(str(version_dir))
+    out = model.signatures["predict_images"](
+        **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])})
+    return (np.array([e[contract.LABEL_KEY] for e in examples]), out[PROBABILITIES].numpy(),
+            [e[contract.SOURCE_KEY] for e in examples])
+
+
+class _Tables(HTMLParser):
+    """Cell texts of every <table id=...>, row by row (header row included)."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table = self._row = self._cell = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and attrs.get("id"):
+            self._table = self.tables.setdefault(attrs["id"], [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+            self._table.append(self._row)
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _expected(labels, probs) -> dict:
+    """Everything the report counts, the scikit-learn way."""
+    predicted = probs.argmax(axis=1)
+    cm = skm.confusion_matrix(labels, predicted, labels=range(len(CLASSES)))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, predicted, labels=range(len(CLASSES)), zero_division=np.nan)
+    per_class = skm.multilabel_confusion_matrix(labels, predicted, labels=range(len(CLASSES)))
+    specificity = [tn / (tn + fp) for (tn, fp), _ in per_class]
+    auc = [skm.roc_auc_score(labels == k, probs[:, k]) for k in range(len(CLASSES))]
+    confidence, correct = probs.max(axis=1), predicted == labels
+    accuracy_in_bin, confidence_in_bin = calibration_curve(
+        correct, confidence, n_bins=metrics.CALIBRATION_BINS, strategy="uniform")
+    edges = np.linspace(0, 1, metrics.CALIBRATION_BINS + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], confidence), minlength=len(edges) - 1)
+    counts = counts[counts > 0]
+    return {
+        "n": len(labels), "confusion": cm, "accuracy": skm.accuracy_score(labels, predicted),
+        "macro_f1": skm.f1_score(labels, predicted, average="macro", zero_division=np.nan),
+        "macro_auc": float(np.mean(auc)),
+        "ece": float(np.sum(counts / counts.sum() * np.abs(accuracy_in_bin - confidence_in_bin))),
+        "per_class": [[name, f"{support[k]:,}", rate(precision[k]), rate(recall[k]),
+                       rate(specificity[k]), rate(f1[k]), rate(auc[k])]
+                      for k, name in enumerate(CLASSES)],
+        "raw": (precision, recall, specificity, f1, support, auc),
+    }
+
+
+def _assert_figures_equal(figures: metrics.Figures, want: dict) -> None:
+    np.testing.assert_array_equal(figures.confusion, want["confusion"])
+    assert figures.n == want["n"]
+    for name in ("accuracy", "macro_f1", "macro_auc"):
+        assert getattr(figures, name) == pytest.approx(want[name], abs=1e-9), name
+    assert figures.calibration.ece == pytest.approx(want["ece"], abs=1e-6)
+    precision, recall, specificity, f1, support, auc = want["raw"]
+    got = np.array([[f.precision, f.recall, f.specificity, f.f1, f.support, f.auc]
+                    for f in figures.per_class])
+    np.testing.assert_allclose(got, np.column_stack([precision, recall, specificity, f1, support, auc]),
+                               rtol=0, atol=1e-6)
+
+
+def _overall_row(name: str, want: dict) -> list[str]:
+    return [name, f"{want['n']:,}", rate(want["accuracy"]), rate(want["macro_f1"]),
+            rate(want["macro_auc"]), rate(want["ece"])]
+
+
+def test_every_count_in_the_report_equals_scikit_learn(report, own_predictions):
+    data, html_path = report
+    labels, probs, sources = own_predictions
+    assert data.run.evaluated_split == contract.TEST_SPLIT
+    want = _expected(labels, probs)
+    _assert_figures_equal(data.as_is, want)
+
+    kept = np.array([s not in data.duplicates for s in sources])
+    want_dedup = _expected(labels[kept], probs[kept])
+    _assert_figures_equal(data.deduplicated, want_dedup)
+
+    tables = _Tables(html_path.read_text())
+    assert tables.tables["per-class-as-is"][1:] == want["per_class"]
+    assert tables.tables["per-class-dedup"][1:] == want_dedup["per_class"]
+    assert tables.tables["overall"][1:] == [_overall_row("test, as is", want),
+                                            _overall_row("test, without duplicates of training images",
+                                                         want_dedup)]
+    shares = want["confusion"] / want["confusion"].sum(axis=1, keepdims=True)
+    assert tables.tables["confusion-as-is"][1:] == [
+        [name, *(f"{want['confusion'][i, j]} ({shares[i, j]:.2f})" for j in range(len(CLASSES))),
+         f"{want['confusion'][i].sum():,}"] for i, name in enumerate(CLASSES)]
+
+
+def test_split_counts_and_thresholds_match_the_run(report, tiny_run):
+    data, html_path = report
+    import json
+    manifest = json.loads((tiny_run / "data" / "prepared" / contract.MANIFEST_NAME).read_text())
+    tables = _Tables(html_path.read_text()).tables
+    assert data.split_counts == manifest["counts"]
+    for row in tables["split-counts"][1:-1]:
+        assert row[1:-1] == [f"{manifest['counts'][row[0]][c]:,}" for c in CLASSES]
+    assert tables["thresholds"][1][0] == "sparse_categorical_accuracy"
+    assert tables["thresholds"][1][-1] == "pass" and data.run.blessed
+    statuses = {c.name: c.status for c in data.checks}
+    # TFMA and the predictions must describe the same records.
+    assert statuses["example count"] == statuses["accuracy"] == statuses["confusion matrix"] == "ok"
+
+
+def test_de_duplicated_figures_leave_out_the_duplicates(tiny_run, monkeypatch, own_predictions):
+    """The tiny synthetic set may hold no test/train duplicate: pretend every third
+    test image is one, and the de-duplicated figures must be those of the rest."""
+    from pipeline.report.dedup import Match
+
+    def every_third(index, sources, images, threshold):
+        return {s: Match("exact", "Training/x.png", 0) for s in sorted(sources)[::3]}
+
+    monkeypatch.setattr(collect_module.dedup, "training_duplicates", every_third)
+    data = collect_module.collect(_config(tiny_run), gallery_per_kind=0)
+    labels, probs, sources = own_predictions
+    kept = np.array([s not in set(sorted(sources)[::3]) for s in sources])
+    assert data.deduplicated.n == kept.sum() < data.as_is.n
+    _assert_figures_equal(data.deduplicated, _expected(labels[kept], probs[kept]))
+
+
+def test_report_is_self_contained(report):
+    page = report[1].read_text()
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["'](https?:|//)""", page)
+    images = re.findall(r"<img [^>]*src=\"([^\"]*)\"", page)
+    assert images and all(src.startswith("data:image/") for src in images)
+    for section in ("Blessing decision", "Figures on the test split", "Confusion matrix",
+                    "ROC", "Reliability", "Training", "TFDV anomalies", "Skipped files",
+                    "Duplicates and leakage", "Grad-CAM gallery", "Model card", "Cross-checks"):
+        assert section in page, section
+
+
+def test_cli_writes_the_report(tiny_run, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert btmri(["report", "--pipeline-root", str(tiny_run / "pipeline"), "--out", str(out),
+                  "--gallery", "1"]) == 0
+    assert out.stat().st_size > 10_000
+    assert "test accuracy" in capsys.readouterr().out
+    assert btmri(["report", "--pipeline-root", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
+def test_model_card_is_written_beside_the_pushed_model(tiny_run, version_dir, tmp_path, report):
+    data = report[0]
+    copy = tmp_path / version_dir.name  # tiny_run is read-only: card a copy of the version
+    shutil.copytree(version_dir, copy)
+    path = write_model_card(_config(tiny_run), str(copy))
+    assert path == copy / MODEL_CARD_NAME
+    card = path.read_text()
+    for heading in ("## Model details", "## Intended use", "## Out-of-scope uses", "## Training data",
+                    "## Evaluation data", "### Known flaws of the data", "## Quantitative analysis",
+                    "## Calibration", "## Limitations", "## Ethical considerations"):
+        assert f"\n{heading}\n" in card, heading
+    assert f"version {version_dir.name}" in card and "Not a diagnostic device" in card
+    for word in ("3D", "anatomy", "Pediatric", "modalities", "synthetic phantoms", "duplicate"):
+        assert word in card, word
+    for f in data.deduplicated.per_class:  # de-duplicated per-class figures, by name
+        assert f"| {f.name} | {f.support} | {rate(f.precision)} | {rate(f.recall)} | " in card
+    assert (copy / DIGEST_FILE).read_text().strip() in card  # the card names the model it describes
+    assert not list(copy.glob(".model-card-*"))
+
+
+def test_model_card_refuses_a_version_of_another_model(tiny_run, version_dir, tmp_path):
+    copy = tmp_path / "7"
+    copy.mkdir()
+    (copy / DIGEST_FILE).write_text("0" * 64 + "\n")
+    with pytest.raises(ValueError, match="does not hold the latest evaluated model"):
+        write_model_card(_config(tiny_run), str(copy))
+    assert not (copy / MODEL_CARD_NAME).exists()
+
+
+def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    profile = tmp_path / "profile"
+    profile.mkdir(exist_ok=True)
+    return subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+         "--hide-scrollbars", *args],
+        capture_output=True, text=True, timeout=120)
+
+
+def _console_messages(stderr: str) -> list[str]:
+    """Page console output (any level: the report has no script, so any is an error)."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason="Debian's chromium is not installed (.ci/run installs it with apt-get "
+                           "when it can): headless browser check skipped")
+def test_report_opens_in_headless_chromium(report, tmp_path):
+    # The console check must be able to fail: a page with a script error is caught.
+    broken = tmp_path / "broken.html"
+    broken.write_text("<html><body><script>console.error('x'); no_such_function();</script></body></html>")
+    assert _console_messages(_chromium([f"--screenshot={tmp_path / 'b.png'}", broken.as_uri()],
+                                       tmp_path).stderr)
+
+    shot = tmp_path / "report.png"
+    run = _chromium(["--window-size=1280,2400", f"--screenshot={shot}", report[1].as_uri()], tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert _console_messages(run.stderr) == []
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[:2] == (2400, 1280)
+    background = np.median(image.reshape(-1, 3), axis=0)
+    drawn = np.abs(image.astype(int) - background).sum(axis=2) > 30
+    assert drawn.mean() > 0.05, "screenshot is (nearly) blank"
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 200  # text, tables and plots, not a flat page
