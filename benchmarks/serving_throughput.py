@@ -28,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TF's start-up notes would bury the table
 
 import data_prep  # noqa: E402,F401  (Keras 2 before TensorFlow)
 

@@ -12,7 +12,7 @@ import json
 
 import tensorflow_model_analysis as tfma
 
-from components.training.trainer import PROBABILITIES
+from components.signature_names import PROBABILITIES
 from data_prep import contract
 
 ACCURACY = "sparse_categorical_accuracy"

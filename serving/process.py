@@ -4,7 +4,9 @@
         PredictionClient(server.grpc_target) ...
 
 Ready means gRPC health reports SERVING (a version is loaded). Leaving the
-block sends SIGTERM and waits; a server that does not stop is killed.
+block sends SIGTERM and waits; a server that does not stop is killed. The
+server's output goes to `log_path` (default: a temp file, kept for reading
+after a failure).
 """
 from __future__ import annotations
 

@@ -68,10 +68,6 @@ def test_heatmap_contract(trained, files):
     assert out[sig.CLASS_ID].tolist() == plain[sig.CLASS_ID].numpy().tolist()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "components/training/trainer.py: since temperature scaling (83b65d9) the gradcam signature "
-    "returns softmax(logits) while predict_images/serving_default return softmax(logits / T). "
-    "Remove this mark when gradcam applies the temperature."))
 def test_gradcam_probabilities_are_the_models(trained, files):
     """The probabilities `btmri gradcam` prints are the ones `btmri predict` prints."""
     out = gradcam(trained, files)

@@ -21,7 +21,7 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
 from components.executors import DIGEST_FILE, pushed_versions
-from components.training.trainer import IMAGE_BYTES_INPUT, PROBABILITIES
+from components.signature_names import IMAGE_BYTES_INPUT, PROBABILITIES
 from data_prep import contract
 from data_prep.tfrecords import read_split
 from pipeline.cli import main as btmri

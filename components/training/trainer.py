@@ -25,6 +25,9 @@ from absl import logging
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
+from components.signature_names import (CLASS_ID, CLASS_NAME, EXAMPLES_INPUT, GRADCAM, HEATMAP,
+                                        IMAGE_BYTES_INPUT, PREDICT_IMAGES, PROBABILITIES,
+                                        SERVING_DEFAULT)
 from components.training import calibration
 from components.training.models import DEFAULT_MODEL, GRADCAM_LAYER, LOGITS_LAYER, build_model
 from components.transform.preprocessing import CHANNELS, IMAGE_SIZE, IMAGE_XF, LABEL_XF
@@ -43,14 +46,6 @@ DEFAULTS = {
     "materialized": False,   # examples are Transform's output, not raw Examples
     "calibrate": True,       # temperature scaling fitted on the eval split
 }
-
-# Output names of every signature.
-PROBABILITIES = "probabilities"
-CLASS_ID = "class_id"
-CLASS_NAME = "class_name"
-HEATMAP = "heatmap"
-EXAMPLES_INPUT = "examples"
-IMAGE_BYTES_INPUT = "image_bytes"
 
 
 def _augmenter(seed: int) -> keras.Sequential:
@@ -154,13 +149,14 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
         cam = tf.image.resize(cam, [IMAGE_SIZE, IMAGE_SIZE], method="bilinear")[..., 0]
         peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
         heatmap = tf.math.divide_no_nan(cam, peak)
-        outputs = _outputs(tf.nn.softmax(logits))
-        return {HEATMAP: heatmap, CLASS_ID: outputs[CLASS_ID], PROBABILITIES: outputs[PROBABILITIES]}
+        # The model's own (calibrated) probabilities, as the other signatures return.
+        probs = model(x, training=False)
+        return {HEATMAP: heatmap, CLASS_ID: class_id, PROBABILITIES: probs}
 
     return {
-        "serving_default": serve_examples.get_concrete_function(),
-        "predict_images": predict_images.get_concrete_function(),
-        "gradcam": gradcam.get_concrete_function(),
+        SERVING_DEFAULT: serve_examples.get_concrete_function(),
+        PREDICT_IMAGES: predict_images.get_concrete_function(),
+        GRADCAM: gradcam.get_concrete_function(),
     }
 
 

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from components.training.trainer import CLASS_ID, HEATMAP, IMAGE_BYTES_INPUT, EXAMPLES_INPUT, PROBABILITIES
+from components.signature_names import CLASS_ID, EXAMPLES_INPUT, HEATMAP, IMAGE_BYTES_INPUT, PROBABILITIES
 from data_prep import contract
 from data_prep.tfrecords import parse_example
 
