@@ -39,7 +39,9 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         materialize=config.materialize,  # default False: the Trainer transforms on the fly
-        splits_config=tfx.proto.SplitsConfig(analyze=[contract.TRAIN_SPLIT]),
+        splits_config=tfx.proto.SplitsConfig(
+            analyze=[contract.TRAIN_SPLIT],
+            transform=[contract.TRAIN_SPLIT, contract.EVAL_SPLIT] if config.materialize else []),
         **code)
     transform.add_upstream_node(example_validator)  # no Transform on anomalous data
 

@@ -159,3 +159,22 @@ def test_compile_writes_a_spec_naming_every_component(tmp_path):
     text = out.read_text()
     assert "components.transform.preprocessing.preprocessing_fn" in text
     assert "components.training.trainer.run_fn" in text
+
+
+@pytest.mark.parametrize("materialize", [False, True])
+def test_materialize_switch_wires_the_trainer_input(tmp_path, materialize):
+    """materialize=True: Transform writes train/eval examples and the Trainer reads them."""
+    from pipeline.factory import create_pipeline
+
+    (tmp_path / "prepared").mkdir()
+    config = PipelineConfig(pipeline_root=str(tmp_path / "root"), data_root=str(tmp_path / "prepared"),
+                            serving_dir=str(tmp_path / "serving"), materialize=materialize)
+    nodes = {c.id: c for c in create_pipeline(config).components}
+    transform, trainer = nodes["Transform"], nodes["Trainer"]
+    assert trainer.inputs["examples"].producer_component_id == (
+        "Transform" if materialize else "ImportExampleGen")
+    splits = json.loads(transform.exec_properties["splits_config"])  # stored as proto JSON
+    assert splits.get("transform", []) == (["train", "eval"] if materialize else [])
+    custom = trainer.exec_properties["custom_config"]
+    custom = json.loads(custom) if isinstance(custom, str) else custom
+    assert custom["materialized"] is materialize
