@@ -63,9 +63,14 @@ def _logging_to(log_path: str, progress: _ProgressHandler):
     handlers = (file_handler, warnings_handler, progress)
     for handler in handlers:
         absl_logger.addHandler(handler)
+    # Beam's job service relays every worker's start-up warnings; keep errors only.
+    beam_logger = logging.getLogger("apache_beam")
+    old_beam_level = beam_logger.level
+    beam_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        beam_logger.setLevel(old_beam_level)
         for handler in handlers:
             absl_logger.removeHandler(handler)
         file_handler.close()
