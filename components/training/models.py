@@ -27,8 +27,9 @@ def _inputs() -> keras.Input:
     return keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, CHANNELS), name=IMAGE_XF)
 
 
-def _head(features, inputs, name: str, dropout: float) -> keras.Model:
-    features = layers.Activation("linear", name=GRADCAM_LAYER)(features)
+def _head(features, inputs, name: str, dropout: float, tag_gradcam: bool = True) -> keras.Model:
+    if tag_gradcam:
+        features = layers.Activation("linear", name=GRADCAM_LAYER)(features)
     x = layers.GlobalAveragePooling2D()(features)
     x = layers.Dropout(dropout)(x)
     logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER)(x)
@@ -94,7 +95,12 @@ def mri_resnet(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.
     x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     for i, filters in enumerate(widths):
         x = _residual_block(x, filters, stride=1 if i == 0 else 2)
-    return _head(x, inputs, "mri_resnet", dropout)
+        if i == len(widths) - 2:
+            # Grad-CAM from the 14x14 stage: the last (7x7) map puts every peak on a
+            # 32-px grid, coarser than a pituitary lesion; gradients still flow
+            # through the last stage, so the map explains the same decision.
+            x = layers.Activation("linear", name=GRADCAM_LAYER)(x)
+    return _head(x, inputs, "mri_resnet", dropout, tag_gradcam=False)
 
 
 def _application(builder: Callable, preprocess: Callable, name: str, weights: str | None) -> keras.Model:
