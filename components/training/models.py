@@ -86,7 +86,7 @@ def mri_resnet(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.
     Early downsampling (stride-2 stem + max-pool: 224 → 56) puts the compute where
     the features are; batch norm and residual blocks train fast from scratch;
     global average pooling instead of Flatten → Dense keeps it ~1.2M parameters
-    and makes Grad-CAM maps meaningful (7x7 last feature map).
+    and makes Grad-CAM maps meaningful (taken from the 14x14 stage, see below).
     """
     inputs = _inputs()
     x = layers.Conv2D(widths[0], 5, strides=2, padding="same", use_bias=False)(inputs)
