@@ -53,13 +53,17 @@ class DuplicateIndex:
     threshold: int = DEFAULT_NEAR_THRESHOLD
     records: list[Record] = field(default_factory=list)
     _train_hashes: list[int] = field(default_factory=list)
+    _train_sources: list[str] = field(default_factory=list)   # parallel to _train_hashes
     _train_md5: dict[str, str] = field(default_factory=dict)
+    _train_array: np.ndarray | None = None                     # _train_hashes as uint64, cached
 
     def add(self, record: Record) -> None:
         self.records.append(record)
         if record.split == "train":
             self._train_hashes.append(record.phash)
+            self._train_sources.append(record.source)
             self._train_md5.setdefault(record.md5, record.source)
+            self._train_array = None
 
     def training_match(self, md5: str, phash: int) -> tuple[str, str, int] | None:
         """The training image an incoming image duplicates, as (kind, source, distance),
@@ -68,11 +72,12 @@ class DuplicateIndex:
             return "exact", self._train_md5[md5], 0
         if not self._train_hashes:
             return None
-        dist = hamming_to_many(phash, np.array(self._train_hashes, np.uint64))
+        if self._train_array is None:  # built once: all train records come first
+            self._train_array = np.array(self._train_hashes, np.uint64)
+        dist = hamming_to_many(phash, self._train_array)
         best = int(np.argmin(dist))
         if dist[best] <= self.threshold:
-            train_sources = [r.source for r in self.records if r.split == "train"]
-            return "near", train_sources[best], int(dist[best])
+            return "near", self._train_sources[best], int(dist[best])
         return None
 
     def report(self, max_listed: int = 200) -> dict:

@@ -79,14 +79,14 @@ def _synthesize_if_missing(out: str, per_class: int, test_per_class: int, seed: 
     marker.write_text(json.dumps({"arguments": wanted, "summary": summary}, indent=1))
 
 
-def _pipeline_config(args: argparse.Namespace, data_root: str):
-    from pipeline.config import PipelineConfig, local_beam_args
+def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
+    """PipelineConfig from the arguments `run` and `compile` share (pipeline_args)."""
+    from pipeline.config import PipelineConfig
 
     return PipelineConfig(
         pipeline_root=args.pipeline_root, data_root=data_root, serving_dir=args.serving_dir,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, accuracy_lower_bound=args.accuracy_bound,
-        beam_pipeline_args=args.beam_arg or local_beam_args(), enable_cache=not args.no_cache)
+        learning_rate=args.learning_rate, accuracy_lower_bound=args.accuracy_bound, **overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -113,7 +113,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from components.executors import AnomaliesFound
     from pipeline.local_runner import run_pipeline
 
-    config = _pipeline_config(args, prepared)
+    from pipeline.config import local_beam_args
+
+    config = _pipeline_config(args, prepared, enable_cache=not args.no_cache,
+                              beam_pipeline_args=args.beam_arg or local_beam_args())
     print(f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
           f"model {config.model}, {config.epochs} epochs)")
     try:
@@ -166,7 +169,12 @@ def _print_summary(summary, config) -> None:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from pipeline.kubeflow_runner import compile_pipeline
 
-    path = compile_pipeline(args)
+    # Functions by import path (code baked into the image); Kubeflow/Vertex bring
+    # their own ML Metadata.
+    config = _pipeline_config(args, args.data_root, beam_pipeline_args=list(args.beam_arg),
+                              use_module_files=False, metadata_path="",
+                              test_split=not args.no_test_split)
+    path = compile_pipeline(config, args.out, args.image)
     print(f"wrote Kubeflow Pipelines / Vertex AI spec to {path}")
     return 0
 

@@ -6,7 +6,6 @@ compiler does not try to build and upload a user-code wheel.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
@@ -15,16 +14,12 @@ from pipeline.config import PipelineConfig
 from pipeline.factory import create_pipeline
 
 
-def compile_pipeline(args: argparse.Namespace) -> str:
-    config = PipelineConfig(
-        pipeline_root=args.pipeline_root, data_root=args.data_root, serving_dir=args.serving_dir,
-        model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, accuracy_lower_bound=args.accuracy_bound,
-        beam_pipeline_args=list(args.beam_arg), use_module_files=False,
-        metadata_path="", test_split=not args.no_test_split)
-    out = os.path.abspath(args.out)
+def compile_pipeline(config: PipelineConfig, out: str, image: str) -> str:
+    """Writes the spec of `config`'s pipeline to `out`; returns its absolute path.
+    `config` should have use_module_files=False and no metadata_path."""
+    out = os.path.abspath(out)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
-        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=args.image),
+        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image),
         output_dir=os.path.dirname(out), output_filename=os.path.basename(out))
     runner.run(create_pipeline(config))
     return out
