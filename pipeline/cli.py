@@ -86,7 +86,9 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
     return PipelineConfig(
         pipeline_root=args.pipeline_root, data_root=data_root, serving_dir=args.serving_dir,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, accuracy_lower_bound=args.accuracy_bound, **overrides)
+        learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, patience=args.early_stopping, precision=args.precision,
+        accuracy_lower_bound=args.accuracy_bound, **overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -218,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_prepare)
 
     from components.model_names import DEFAULT_MODEL, MODEL_NAMES
-    from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND
+    from pipeline.config import (DEFAULT_ACCURACY_LOWER_BOUND, DEFAULT_EPOCHS, TRAINING_PRECISIONS,
+                                 PipelineConfig)
 
     def pipeline_args(p, local: bool):
         p.add_argument("--pipeline-root", default="runs/pipeline" if local else None,
@@ -228,9 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
         p.add_argument("--weights", default=None,
                        help="'imagenet' for resnet50/efficientnetb0 (downloads; needs internet)")
-        p.add_argument("--epochs", type=int, default=15)
+        p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--learning-rate", type=float, default=1e-3)
+        p.add_argument("--weight-decay", type=float, default=PipelineConfig.weight_decay,
+                       help="AdamW decoupled weight decay (0: Adam); default %(default)s")
+        p.add_argument("--label-smoothing", type=float, default=PipelineConfig.label_smoothing,
+                       help="default %(default)s")
+        p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                       help="stop after PATIENCE epochs without a better eval loss (from half-way) "
+                            "and keep the best epoch; default 0: train the whole schedule")
+        p.add_argument("--precision", default="auto", choices=TRAINING_PRECISIONS,
+                       help="training arithmetic; auto: bfloat16 where the CPU has it "
+                            "(AVX512-BF16/AMX), else float32. Exported models are float32")
         p.add_argument("--accuracy-bound", type=float, default=DEFAULT_ACCURACY_LOWER_BOUND,
                        help="absolute lower bound on accuracy for blessing (default %(default)s)")
         p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",

@@ -100,12 +100,20 @@ def hot_region_overlap(a: np.ndarray, b: np.ndarray, top: float = 0.1) -> float:
     return float((hot_a & hot_b).sum() / max((hot_a | hot_b).sum(), 1))
 
 
+def total_variation(a: np.ndarray, b: np.ndarray) -> float:
+    """Distance between two maps read as distributions of attention: 0 same, 1 disjoint.
+    Unlike a mean pixel difference it does not shrink when the maps are sparse."""
+    p, q = a / max(a.sum(), 1e-12), b / max(b.sum(), 1e-12)
+    return float(0.5 * np.abs(p - q).sum())
+
+
 def test_heatmap_depends_on_the_learned_weights(model_dir, files):
     """Model-parameter randomisation (all kernels at once). Random convolutions still
     respond to the image's own structure, so maps keep some rank correlation even between
-    two random models (median about 0.65 here); what must change is where the map is hot
-    and by how much. Measured on tiny pipeline runs: mean |difference| 0.40-0.50 against
-    0.16 between two random models, hot-region overlap 0.00-0.15."""
+    two random models; what must change is where the map is hot and how its attention
+    is spread. Measured on the tiny pipeline run: total-variation distance trained vs
+    randomised 0.46-0.59 (median 0.55) against 0.21-0.27 between two random models,
+    rank correlation 0.13-0.47, hot-region overlap 0.05-0.15."""
     model = tf.saved_model.load(str(model_dir))   # a private copy: its weights get overwritten
     trained = gradcam(model, files)[sig.HEATMAP]
     again = gradcam(model, files)[sig.HEATMAP]
@@ -117,7 +125,8 @@ def test_heatmap_depends_on_the_learned_weights(model_dir, files):
     assert len(rho) >= len(files) // 2, "too many constant heatmaps to compare"
     # A map that ignored the weights would give rho ~1, difference ~0, overlap ~1.
     assert np.median(np.abs(rho)) < 0.8, rho
-    assert np.abs(trained - randomised).mean() > 0.25
+    tv = [total_variation(a, b) for a, b in zip(trained, randomised)]
+    assert np.median(tv) > 0.4, tv
     assert np.median([hot_region_overlap(a, b) for a, b in zip(trained, randomised)]) < 0.5
 
 
@@ -138,10 +147,11 @@ def peak_distance(heatmap: np.ndarray, mask: np.ndarray) -> float:
 def test_heatmap_peak_falls_inside_the_lesion(tmp_path_factory, record_property):
     """After a short training on phantoms (about 5 minutes here), Grad-CAM points at the
     lesion the generator drew. Two figures: the peak strictly inside the mask, and the
-    pointing game (peak within 15 px of it). The Grad-CAM map is 14x14, so peaks sit on
-    a 16-px grid and small lesions (pituitary: ~0.2% of the image) are often between nodes:
-    the strict figure is bounded by that resolution, the tolerant one is not. Measured:
-    48.7% inside (glioma 72%, meningioma 73%, pituitary 1%), 76.3% within 15 px."""
+    pointing game (peak within 15 px of it). Grad-CAM at 14x14 alone puts peaks on a
+    16-px grid, coarser than a pituitary lesion (~0.2% of the image); the signature
+    sharpens it with a 56x56 LayerCAM (components/training/gradcam.py). Measured: 80.0%
+    inside (glioma 93%, meningioma 75%, pituitary 72%), 97.3% within 15 px; a random
+    point is inside 0.6% of the time. (14x14 Grad-CAM alone: 33-61% inside.)"""
     from pipeline.cli import main
 
     work = tmp_path_factory.mktemp("gradcam_localisation")
@@ -168,5 +178,6 @@ def test_heatmap_peak_falls_inside_the_lesion(tmp_path_factory, record_property)
           f"a random point would be inside {chance:.1%} of the time")
     record_property("gradcam_peak_inside_lesion", inside)
     record_property("gradcam_pointing_game", pointing)
-    assert pointing > 0.5, per_class
-    assert inside > 5 * chance, per_class
+    assert inside > 0.5, per_class     # the issue: inside the mask for most tumour images
+    assert pointing > 0.8, per_class
+    assert inside > 20 * chance, per_class

@@ -4,12 +4,15 @@
 
 Runs the README's `btmri run --data-dir <Kaggle> --drop-cross-split-duplicates`
 with the defaults, then scores the pushed (served) model on the eval split —
-eval images that duplicate training images removed — with scikit-learn.
+eval images that duplicate training images removed — with scikit-learn. The goals
+are asserted on that de-duplicated split; the plain figure (the dropped duplicates
+put back, as a split without de-duplication would have them) is printed beside it.
 """
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +30,7 @@ from pipeline.metadata import latest_output
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 
+@pytest.mark.timeout(80 * 60)  # the run's budget is 60 minutes; scoring and slack on top
 def test_default_model_meets_the_accuracy_goal(real_data, tmp_path):
     started = time.time()
     assert btmri(["run", "--data-dir", str(real_data), "--drop-cross-split-duplicates",
@@ -44,6 +48,18 @@ def test_default_model_meets_the_accuracy_goal(real_data, tmp_path):
         for i in range(0, len(examples), 64)])
     predicted = probs.argmax(axis=1)
 
+    manifest = json.loads((tmp_path / "data" / "prepared" / "manifest.json").read_text())
+    dropped = [d["source"] for d in manifest["dropped_cross_split_duplicates"]
+               if d["split"] == contract.EVAL_SPLIT]
+    assert dropped, "the Kaggle training images have near duplicates across the split"
+    dropped_labels = np.array([contract.CLASS_TO_ID[Path(s).parent.name] for s in dropped])
+    dropped_predicted = np.concatenate([
+        model.signatures["predict_images"](image_bytes=tf.constant(
+            [(real_data / s).read_bytes() for s in dropped[i:i + 64]]))["class_id"].numpy()
+        for i in range(0, len(dropped), 64)])
+    plain_accuracy = accuracy_score(np.concatenate([labels, dropped_labels]),
+                                    np.concatenate([predicted, dropped_predicted]))
+
     accuracy = accuracy_score(labels, predicted)
     macro_f1 = f1_score(labels, predicted, average="macro")
     meningioma = contract.CLASS_TO_ID["meningioma"]
@@ -51,7 +67,8 @@ def test_default_model_meets_the_accuracy_goal(real_data, tmp_path):
     ece = expected_calibration_error(probs, labels)
     run = latest_output(PipelineConfig(str(tmp_path / "pipeline"), "", ""), "Trainer", "model_run")
     calibration = json.loads(tf.io.gfile.GFile(f"{run.uri}/calibration.json").read())
-    print(f"\nreal data, eval split de-duplicated ({len(labels)} images): accuracy {accuracy:.4f}, "
+    print(f"\nreal data, eval split de-duplicated ({len(labels)} images): accuracy {accuracy:.4f} "
+          f"(plain, with the {len(dropped)} dropped duplicates: {plain_accuracy:.4f}), "
           f"macro F1 {macro_f1:.4f}, meningioma recall {meningioma_recall:.4f}, ECE served "
           f"{ece:.4f} (before calibration {calibration['ece_before']:.4f}, T "
           f"{calibration['temperature']:.2f}); whole run {minutes:.1f} min")
@@ -60,3 +77,4 @@ def test_default_model_meets_the_accuracy_goal(real_data, tmp_path):
     assert macro_f1 >= 0.97
     assert meningioma_recall >= 0.95
     assert ece <= 0.03
+    assert minutes <= 60

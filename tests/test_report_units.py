@@ -8,7 +8,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from pipeline.report import metrics
+from pipeline.report import metrics, model_card
 from pipeline.report.dedup import TrainingIndex, training_duplicates
 from pipeline.report.gradcam import choose, overlay
 from pipeline.report.markup import Bullets, Cell, Heading, Paragraph, Table, to_html, to_markdown
@@ -153,3 +153,14 @@ def test_thresholds_read_from_the_eval_config_with_tfmas_verdicts():
     assert (change.candidate, change.baseline, change.message) == (0.85, 0.9, "dropped against the baseline")
     # Without a baseline TFMA checks the absolute bound only.
     assert [t.kind for t in _thresholds(config, {ACCURACY: 0.85}, None, validation)] == ["value"]
+
+
+def test_kept_epoch_is_the_last_unless_the_trainer_early_stopped():
+    history = {"history": {"loss": [0.9, 0.5, 0.4, 0.3], "val_loss": [0.8, 0.3, 0.5, 0.4]}}
+    whole_schedule = dict(history, config={"patience": 0})
+    early_stopped = dict(history, config={"patience": 2})
+    assert model_card.epochs_kept(whole_schedule) == (4, 4)
+    assert model_card.kept_reason(whole_schedule) == "end of the schedule"
+    assert model_card.epochs_kept(early_stopped) == (4, 2)
+    assert model_card.kept_reason(early_stopped) == "lowest eval loss"
+    assert model_card.epochs_kept(None) == (0, None)

@@ -2,8 +2,10 @@
 
 Every model maps IMAGE_XF float32 [N, 224, 224, 1] in [0, 1] to class
 probabilities [N, 4], with two named layers the exported signatures rely on:
-GRADCAM_LAYER (the last convolutional feature map) and LOGITS_LAYER (pre-softmax
-scores, used for Grad-CAM and temperature scaling).
+GRADCAM_LAYER (the convolutional feature map Grad-CAM explains) and LOGITS_LAYER
+(pre-softmax scores, used for Grad-CAM and temperature scaling). A model may also
+tag GRADCAM_FINE_LAYER, an early high-resolution map that sharpens the heatmap
+(components/training/gradcam.py).
 
 Keras 2 (`tf_keras`), so the model and TFT's transform layer share one Keras.
 """
@@ -19,6 +21,7 @@ from components.transform.preprocessing import CHANNELS, IMAGE_SIZE, IMAGE_XF
 from data_prep.contract import NUM_CLASSES
 
 GRADCAM_LAYER = "gradcam_features"
+GRADCAM_FINE_LAYER = "gradcam_fine_features"
 LOGITS_LAYER = "logits"
 PROBABILITIES_LAYER = "probabilities"
 
@@ -53,7 +56,7 @@ def seed_cnn() -> keras.Model:
     x = layers.Dense(128, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
     logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER)(x)
-    probs = layers.Activation("softmax", name=PROBABILITIES_LAYER)(logits)
+    probs = layers.Activation("softmax", dtype="float32", name=PROBABILITIES_LAYER)(logits)
     return keras.Model(inputs, probs, name="seed_cnn")
 
 
@@ -86,7 +89,8 @@ def mri_resnet(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.
     Early downsampling (stride-2 stem + max-pool: 224 → 56) puts the compute where
     the features are; batch norm and residual blocks train fast from scratch;
     global average pooling instead of Flatten → Dense keeps it ~1.2M parameters
-    and makes Grad-CAM maps meaningful (taken from the 14x14 stage, see below).
+    and makes Grad-CAM maps meaningful (from the 14x14 stage, sharpened by the
+    56x56 one; see below and components/training/gradcam.py).
     """
     inputs = _inputs()
     x = layers.Conv2D(widths[0], 5, strides=2, padding="same", use_bias=False)(inputs)
@@ -95,6 +99,8 @@ def mri_resnet(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.
     x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
     for i, filters in enumerate(widths):
         x = _residual_block(x, filters, stride=1 if i == 0 else 2)
+        if i == 0:  # 56x56: sharpens the heatmap to lesion scale
+            x = layers.Activation("linear", name=GRADCAM_FINE_LAYER)(x)
         if i == len(widths) - 2:
             # Grad-CAM from the 14x14 stage: the last (7x7) map puts every peak on a
             # 32-px grid, coarser than a pituitary lesion; gradients still flow

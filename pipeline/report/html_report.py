@@ -215,15 +215,18 @@ def _training(data: ReportData) -> str:
     h = data.history.get("history", {})
     cfg = data.run.trainer_config
     epochs_run, kept = model_card.epochs_kept(data.history)
-    body = [_figure(plots.training_curves(data.history),
+    body = [_figure(plots.training_curves(data.history, kept),
                     "Per epoch, on the training split (with augmentation) and the eval split. "
-                    "The dotted line marks the epoch whose weights were kept (lowest eval loss).",
+                    "The dotted line marks the epoch whose weights were kept "
+                    f"({model_card.kept_reason(data.history)}).",
                     820)]
     rows = [[Cell(k), Cell(str(v))] for k, v in (
         ("model", cfg.get("model")), ("initial weights", cfg.get("weights") or "random"),
         ("epochs run / allowed", f"{epochs_run} / {cfg.get('epochs', '?')}"),
         ("kept epoch", kept), ("batch size", cfg.get("batch_size")),
-        ("learning rate", cfg.get("learning_rate")), ("augmentation", cfg.get("augment")))]
+        ("learning rate", cfg.get("learning_rate")), ("weight decay", cfg.get("weight_decay")),
+        ("label smoothing", cfg.get("label_smoothing")), ("augmentation", cfg.get("augment")),
+        ("training precision", (data.history or {}).get("precision_policy")))]
     if kept:
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             if h.get(key):

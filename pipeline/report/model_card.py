@@ -22,12 +22,24 @@ def _date(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def early_stopping(history: dict | None) -> bool:
+    """Whether the Trainer early-stopped and restored its best epoch (patience > 0)."""
+    return int(((history or {}).get("config") or {}).get("patience") or 0) > 0
+
+
 def epochs_kept(history: dict | None) -> tuple[int, int | None]:
-    """(epochs run, epoch whose weights were kept: the lowest eval loss)."""
+    """(epochs run, epoch whose weights were exported): the lowest eval loss when the
+    Trainer early-stopped, else the last epoch."""
     h = (history or {}).get("history", {})
     run = len(h.get("loss", []))
+    if not early_stopping(history):
+        return run, run or None
     kept = int(np.argmin(h["val_loss"])) + 1 if h.get("val_loss") else None
     return run, kept
+
+
+def kept_reason(history: dict | None) -> str:
+    return "lowest eval loss" if early_stopping(history) else "end of the schedule"
 
 
 def _calibration_sentence(name: str, figures) -> str:
@@ -116,9 +128,10 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
             "grayscale image scaled to [0, 1]; preprocessing is the TFX Transform graph inside "
             "the SavedModel.",
             f"Training: {epochs_run} epochs run (of {cfg.get('epochs', '?')} allowed), weights of "
-            f"epoch {kept if kept else '?'} kept (lowest eval loss); batch {cfg.get('batch_size', '?')}, "
-            f"learning rate {cfg.get('learning_rate', '?')} with cosine decay, augmentation "
-            f"{'on' if cfg.get('augment') else 'off'}.",
+            f"epoch {kept if kept else '?'} kept ({kept_reason(data.history)}); batch {cfg.get('batch_size', '?')}, "
+            f"learning rate {cfg.get('learning_rate', '?')} with cosine decay, weight decay "
+            f"{cfg.get('weight_decay', 0)}, label smoothing {cfg.get('label_smoothing', 0)}, "
+            f"augmentation {'on' if cfg.get('augment') else 'off'}.",
             "Outputs: class probabilities, the top-1 class, and a Grad-CAM heatmap (signature "
             "`gradcam`) showing which image regions drove the top-1 score.",
             f"Evaluated {_date(run.evaluated_at)} by the TFX Evaluator (TFMA); blessed: "
@@ -192,9 +205,10 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
             "Mixed, unrecorded sources and sequences: the model may have learned where an image "
             "came from rather than what it shows. Validate on local data before any use.",
             "Single slices: no context from neighbouring slices, other sequences or prior studies.",
-            "Grad-CAM shows where the top-1 score is sensitive, on the last convolutional "
-            "feature map (7×7 for the default model): coarse, and no proof that the model "
-            "looked at the lesion for the right reason.",
+            "Grad-CAM shows where the top-1 score is sensitive (for the default model: "
+            "Grad-CAM on the 14×14 feature map sharpened by a LayerCAM of the 56×56 one): "
+            "a coarse pointer, and no proof that the model looked at the lesion for the "
+            "right reason.",
             "Small classes and small test sets make per-class figures uncertain; no confidence "
             "intervals are given.",
         ]),

@@ -109,19 +109,19 @@ def reliability(cal: metrics.Calibration) -> str:
     return data_uri(fig)
 
 
-def training_curves(history: dict) -> str:
-    """Loss and accuracy per epoch, training vs eval; the kept (best eval loss) epoch marked."""
+def training_curves(history: dict, kept: int | None = None) -> str:
+    """Loss and accuracy per epoch, training vs eval; the epoch whose weights were
+    exported (`kept`, 1-based) marked."""
     h = history.get("history", history)
     epochs = np.arange(1, len(h.get("loss", [])) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.2))
-    best = int(np.argmin(h["val_loss"])) + 1 if h.get("val_loss") else None
     for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
         if h.get(key):
             ax.plot(epochs, h[key], marker="o", ms=3, color=TRAIN_COLOUR, label="train")
         if h.get(f"val_{key}"):
             ax.plot(epochs, h[f"val_{key}"], marker="o", ms=3, color=EVAL_COLOUR, label="eval")
-        if best:
-            ax.axvline(best, color="#999", lw=0.8, ls=":", label=f"kept epoch ({best})")
+        if kept:
+            ax.axvline(kept, color="#999", lw=0.8, ls=":", label=f"kept epoch ({kept})")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -1,0 +1,44 @@
+"""The heatmap of the exported `gradcam` signature.
+
+Grad-CAM (Selvaraju et al. 2017) weights a feature map's channels by the mean
+gradient of the predicted class's logit: class-discriminative, but only as sharp as
+the map (16 px per cell at 14x14, coarser than a small pituitary lesion). Where the
+model also tags an early, fine map (mri_resnet: 56x56), the coarse Grad-CAM is
+multiplied by a LayerCAM of that map (Jiang et al. 2021: activations weighted by
+their own positive gradients, which stays meaningful at shallow layers), the way
+Guided Grad-CAM sharpens Grad-CAM with a fine-grained map. Both factors come from
+the gradient of the same class score, so the product still explains that decision.
+
+On synthetic phantoms this put the peak inside the drawn lesion for 63%, 63% and 80%
+of tumour images on three separately trained models, against 33-61% for Grad-CAM at
+14x14 alone on the same models (tests/test_gradcam.py measures it; README, Serving).
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def grad_cam(features: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+    """[N, h, w, C] features and d(score)/d(features) → [N, h, w, 1], >= 0."""
+    weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
+    return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
+
+
+def layer_cam(features: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
+    """[N, h, w, C] → [N, h, w, 1], >= 0 (features are post-ReLU)."""
+    return tf.nn.relu(tf.reduce_sum(tf.nn.relu(grads) * features, axis=-1, keepdims=True))
+
+
+def _upsample_unit_peak(cam: tf.Tensor, size: int) -> tf.Tensor:
+    cam = tf.image.resize(cam, [size, size], method="bilinear")[..., 0]
+    return tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))
+
+
+def heatmap(size: int, coarse: tf.Tensor, coarse_grads: tf.Tensor,
+            fine: tf.Tensor | None = None, fine_grads: tf.Tensor | None = None) -> tf.Tensor:
+    """[N, size, size] in [0, 1], peak 1 (all zeros when nothing supports the class)."""
+    cam = _upsample_unit_peak(grad_cam(coarse, coarse_grads), size)
+    if fine is not None:
+        cam = cam * _upsample_unit_peak(layer_cam(fine, fine_grads), size)
+        cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))
+    return cam

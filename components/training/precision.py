@@ -1,0 +1,37 @@
+"""Training precision: float32, or mixed bfloat16 where the CPU computes it natively.
+
+On a CPU with AVX512-BF16 (or AMX) oneDNN runs bfloat16 convolutions about twice
+as fast as float32 (benchmarks/training_throughput.py --precision). Variables
+stay float32 under Keras' mixed policy, and the exported model is rebuilt in
+float32, so serving never depends on the training machine's CPU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+CHOICES = ("auto", "float32", "bfloat16")
+_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool(_BF16_CPU_FLAGS & set(line.split(":", 1)[1].split()))
+    return False
+
+
+def keras_policy(setting: str) -> str:
+    """'auto' | 'float32' | 'bfloat16' → a Keras mixed-precision policy name."""
+    if setting not in CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(CHOICES)}, not {setting!r}")
+    if setting == "auto":
+        import tensorflow as tf  # here, so the pipeline config can import CHOICES without TF
+
+        # GPUs are left to float32 here: their fast path is float16 with loss scaling.
+        use_bf16 = cpu_has_bf16() and not tf.config.list_physical_devices("GPU")
+        setting = "bfloat16" if use_bf16 else "float32"
+    return "mixed_bfloat16" if setting == "bfloat16" else "float32"
