@@ -1,4 +1,4 @@
-"""Issue 6 goal on the real Kaggle training images (slow: ~1 hour on 2 cores).
+"""Issue 6 goal on the real Kaggle training images (slow: ~25 minutes on 2 cores).
 
     pytest -m slow tests/test_real_accuracy.py -s
 
