@@ -9,9 +9,9 @@ their own positive gradients, which stays meaningful at shallow layers), the way
 Guided Grad-CAM sharpens Grad-CAM with a fine-grained map. Both factors come from
 the gradient of the same class score, so the product still explains that decision.
 
-On synthetic phantoms this put the peak inside the drawn lesion for 63%, 63% and 80%
-of tumour images on three separately trained models, against 33-61% for Grad-CAM at
-14x14 alone on the same models (tests/test_gradcam.py measures it; README, Serving).
+On synthetic phantoms this put the peak inside the drawn lesion for 63-80% of tumour
+images on four separately trained models, against 33-61% for Grad-CAM at 14x14
+alone on the models where both were measured (tests/test_gradcam.py measures it; README, Serving).
 """
 from __future__ import annotations
 
