@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import data_prep  # noqa: E402,F401  (Keras 2 before TensorFlow)
+from components.training import precision  # noqa: E402  (TF-free until a policy is chosen)
 
 
 def _fit_rate(model, dataset, steps: int, batch_size: int) -> float:
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--precision", default="auto", choices=precision.CHOICES)
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -50,7 +51,6 @@ def main() -> None:
     from tfx.components.util import tfxio_utils
     from tfx.types import artifact_utils
 
-    from components.training import precision
     from components.training.models import DEFAULT_MODEL, build_model
     from components.training.trainer import input_fn
     from pipeline.config import PipelineConfig
@@ -70,9 +70,8 @@ def main() -> None:
     policy = precision.keras_policy(args.precision)
 
     def fresh_model(policy_name: str = policy):
-        keras.mixed_precision.set_global_policy(policy_name)
-        model = build_model(args.model or DEFAULT_MODEL)
-        keras.mixed_precision.set_global_policy("float32")
+        with precision.keras_policy_scope(policy_name):
+            model = build_model(args.model or DEFAULT_MODEL)
         model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy())
         return model
 

@@ -86,20 +86,30 @@ def _double(inputs):
     return {"y": x * 2, "n": np.full(len(x), len(x))}
 
 
-def test_batching_merges_concurrent_requests_and_splits_answers():
-    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000,
-                                                  num_batch_threads=1))
-    results, barrier = {}, threading.Barrier(6)
+def _run_together(client, n: int) -> None:
+    """Calls client(0..n-1) on n threads released at the same moment, and waits for them."""
+    barrier = threading.Barrier(n)
 
-    def client(i):
+    def released(i):
         barrier.wait()
-        results[i] = scheduler.run("key", {"x": np.array([i, 100 + i])}, 2, _double)
+        client(i)
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    threads = [threading.Thread(target=released, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
+
+
+def test_batching_merges_concurrent_requests_and_splits_answers():
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000,
+                                                  num_batch_threads=1))
+    results = {}
+
+    def client(i):
+        results[i] = scheduler.run("key", {"x": np.array([i, 100 + i])}, 2, _double)
+
+    _run_together(client, 6)
     scheduler.stop()
     for i in range(6):
         assert results[i]["y"].tolist() == [2 * i, 2 * (100 + i)]
@@ -111,20 +121,15 @@ def test_batching_merges_concurrent_requests_and_splits_answers():
 def test_a_bad_request_in_a_batch_fails_alone():
     scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000,
                                                   num_batch_threads=1))
-    outcome, barrier = {}, threading.Barrier(4)
+    outcome = {}
 
     def client(i):
-        barrier.wait()
         try:
             outcome[i] = scheduler.run("key", {"x": np.array([-1 if i == 2 else i])}, 1, _double)
         except ServingError as err:
             outcome[i] = err
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    _run_together(client, 4)
     scheduler.stop()
     assert isinstance(outcome[2], ServingError) and outcome[2].message == "negative input"
     for i in (0, 1, 3):

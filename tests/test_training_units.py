@@ -9,7 +9,6 @@ import pytest
 
 import data_prep  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
-import tf_keras as keras
 
 from components.training import augment, precision
 from components.model_names import PRETRAINABLE
@@ -96,11 +95,8 @@ def test_precision_settings_map_to_keras_policies():
 
 
 def test_float32_copy_of_a_mixed_precision_model_predicts_the_same_in_float32():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with precision.keras_policy_scope("mixed_bfloat16"):
         mixed = build_model("mri_resnet")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     assert mixed.get_layer("logits").compute_dtype == "bfloat16"
     copy = _float32_copy(mixed, "mri_resnet")
     assert all(layer.compute_dtype == "float32" for layer in copy.layers

@@ -29,16 +29,18 @@ def layer_cam(features: tf.Tensor, grads: tf.Tensor) -> tf.Tensor:
     return tf.nn.relu(tf.reduce_sum(tf.nn.relu(grads) * features, axis=-1, keepdims=True))
 
 
-def _upsample_unit_peak(cam: tf.Tensor, size: int) -> tf.Tensor:
-    cam = tf.image.resize(cam, [size, size], method="bilinear")[..., 0]
+def _unit_peak(cam: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))
 
 
-def heatmap(size: int, coarse: tf.Tensor, coarse_grads: tf.Tensor,
-            fine: tf.Tensor | None = None, fine_grads: tf.Tensor | None = None) -> tf.Tensor:
-    """[N, size, size] in [0, 1], peak 1 (all zeros when nothing supports the class)."""
-    cam = _upsample_unit_peak(grad_cam(coarse, coarse_grads), size)
-    if fine is not None:
-        cam = cam * _upsample_unit_peak(layer_cam(fine, fine_grads), size)
-        cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))
+def _upsampled(cam: tf.Tensor, size: int) -> tf.Tensor:
+    return _unit_peak(tf.image.resize(cam, [size, size], method="bilinear")[..., 0])
+
+
+def heatmap(size: int, features: list[tf.Tensor], grads: list[tf.Tensor]) -> tf.Tensor:
+    """[N, size, size] in [0, 1], peak 1 (all zeros when nothing supports the class).
+    `features`/`grads`: the coarse map, then optionally the fine one, with their gradients."""
+    cam = _upsampled(grad_cam(features[0], grads[0]), size)
+    if len(features) > 1:
+        cam = _unit_peak(cam * _upsampled(layer_cam(features[1], grads[1]), size))
     return cam

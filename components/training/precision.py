@@ -7,6 +7,7 @@ float32, so serving never depends on the training machine's CPU.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 CHOICES = ("auto", "float32", "bfloat16")
@@ -35,3 +36,16 @@ def keras_policy(setting: str) -> str:
         use_bf16 = cpu_has_bf16() and not tf.config.list_physical_devices("GPU")
         setting = "bfloat16" if use_bf16 else "float32"
     return "mixed_bfloat16" if setting == "bfloat16" else "float32"
+
+
+@contextlib.contextmanager
+def keras_policy_scope(policy: str):
+    """Layers built inside compute under `policy`; the global policy is float32 again
+    afterwards, so nothing built later (the float32 export copy) inherits it."""
+    import tf_keras as keras
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -146,9 +146,7 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
             features, logits = grad_model(x, training=False)
             class_id = tf.argmax(logits, axis=1, output_type=tf.int64)
             score = tf.gather(logits, class_id, batch_dims=1)  # pre-softmax class score
-        grads = tape.gradient(score, features)
-        heatmap = cam.heatmap(IMAGE_SIZE, features[0], grads[0],
-                              *((features[1], grads[1]) if len(features) > 1 else ()))
+        heatmap = cam.heatmap(IMAGE_SIZE, features, tape.gradient(score, features))
         # The model's own (calibrated) probabilities, as the other signatures return.
         probs = model(x, training=False)
         return {HEATMAP: heatmap, CLASS_ID: class_id, PROBABILITIES: probs}
@@ -220,11 +218,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
     policy = precision.keras_policy(str(config["precision"]))
     logging.info("Training precision: %s", policy)
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+    with precision.keras_policy_scope(policy):
         model = build_model(config["model"], config["weights"])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     model.compile(optimizer=_optimizer(config),
                   loss=smoothed_sparse_crossentropy(float(config["label_smoothing"])),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
