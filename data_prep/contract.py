@@ -17,6 +17,11 @@ LABEL_KEY = "label"      # int64: index into CLASS_NAMES
 HEIGHT_KEY = "height"    # int64: source image height in pixels
 WIDTH_KEY = "width"      # int64: source image width in pixels
 SOURCE_KEY = "source"    # bytes: path relative to the data dir
+# float [4]: the tumour's box (ymin, xmin, ymax, xmax in [0, 1]) where a box folder
+# knows this slice, else NO_BOX. Training-only: it guides what the model looks at.
+LESION_BOX_KEY = "lesion_box"
+NO_BOX: tuple[float, ...] = (-1.0, -1.0, -1.0, -1.0)
+NOTUMOR_ID = 2  # CLASS_NAMES.index("notumor"): the label of a slice with its lesion removed
 
 # Split names of the TFRecord output (directory names under the output folder).
 TRAIN_SPLIT = "train"
@@ -33,6 +38,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 
 MANIFEST_NAME = "manifest.json"
 TFRECORD_SUFFIX = ".tfrecord"  # uncompressed: JPEG/PNG bytes do not shrink
+
+
+assert CLASS_NAMES[NOTUMOR_ID] == "notumor"
 
 
 def class_id(name: str) -> int:

@@ -49,6 +49,7 @@ class PrepareOptions:
     drop_cross_split_duplicates: bool = False
     near_threshold: int = DEFAULT_NEAR_THRESHOLD
     max_pixels: int = DEFAULT_MAX_PIXELS
+    box_dir: str | None = None  # tumour boxes (data_prep/lesion_boxes.py) to attach to matching images
     progress: bool = True
 
 
@@ -91,7 +92,7 @@ def _convert_file(task: tuple[str, str, int]) -> dict:
         image = decode_image(data, suffix, max_pixels)
         return {"ok": True, "md5": content_hash(data), "encoded": image.encoded,
                 "height": image.height, "width": image.width, "reencoded": image.reencoded,
-                "phash": perceptual_hash(image.gray_small)}
+                "phash": perceptual_hash(image.gray_small), "gray_small": image.gray_small}
     except ImageError as err:
         return {"ok": False, "reason": str(err)}
     except Exception as err:  # noqa: BLE001 - reported per file, never fatal
@@ -179,6 +180,7 @@ def prepare(opts: PrepareOptions) -> dict:
     counts = {s: Counter() for s in contract.SPLITS}
     dropped: list[dict] = []
     reencoded = 0
+    boxes = _BoxAttacher(opts.box_dir)
     tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels) for c in readable)
     results = _ordered_map(_convert_file, tasks, workers)
     for cand, res in tqdm(zip(readable, results), total=len(readable), desc="converting",
@@ -196,7 +198,8 @@ def prepare(opts: PrepareOptions) -> dict:
                                 "duplicates": train_source, "distance_bits": dist})
                 continue
         writers[split].write(make_example(res["encoded"], cand.label, res["height"],
-                                          res["width"], cand.source))
+                                          res["width"], cand.source,
+                                          boxes.box_for(res["gray_small"], cand.label, split)))
         dups.add(Record(cand.source, split, cand.label, res["md5"], res["phash"]))
         counts[split][contract.CLASS_NAMES[cand.label]] += 1
         reencoded += res["reencoded"]
@@ -216,11 +219,44 @@ def prepare(opts: PrepareOptions) -> dict:
         "skipped": sorted(skipped, key=lambda s: s["source"]),
         "dropped_cross_split_duplicates": dropped,
         "duplicates": dups.report(),
+        "lesion_boxes": boxes.report(),
         "seconds": round(time.time() - started, 2),
     }
     (out / contract.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     _check_usable(manifest)
     return manifest
+
+
+class _BoxAttacher:
+    """Gives each image the tumour box of the boxed slice it is a copy of, if any."""
+
+    def __init__(self, box_dir: str | None):
+        from data_prep.lesion_boxes import BoxMatcher, read_box_folder
+
+        self.box_dir = box_dir
+        self.matcher = None
+        self.skipped: list = []
+        self.matched = {s: Counter() for s in contract.SPLITS}
+        if box_dir:
+            slices, self.skipped = read_box_folder(box_dir)
+            self.matcher = BoxMatcher(slices)
+
+    def box_for(self, gray_small, label: int, split: str):
+        if self.matcher is None:
+            return None
+        found = self.matcher.match(gray_small, label)
+        if found is None:
+            return None
+        self.matched[split][contract.CLASS_NAMES[label]] += 1
+        return found.box
+
+    def report(self) -> dict | None:
+        if self.matcher is None:
+            return None
+        return {"box_dir": str(Path(self.box_dir).resolve()),
+                "slices": len(self.matcher.slices),
+                "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
+                "images_with_box": {s: dict(c) for s, c in self.matched.items() if c}}
 
 
 def _check_usable(manifest: dict) -> None:

@@ -33,10 +33,14 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep.contract import CLASS_NAMES, KAGGLE_TESTING_DIR, KAGGLE_TRAINING_DIR, class_id
+from data_prep.lesion_boxes import format_yolo_box, mask_to_box
 
 # Bind the contract's classes to names; unpacking fails loudly if the contract changes.
 GLIOMA, MENINGIOMA, NOTUMOR, PITUITARY = CLASS_NAMES
 MASKS_DIR = "masks"
+# Every tumour phantom again, with its mask's bounding box, in the layout of a box
+# folder (data_prep/lesion_boxes.py): what the real figshare boxes are to the real set.
+BOXES_DIR = "boxes"
 SPLIT_DIRS = (KAGGLE_TRAINING_DIR, KAGGLE_TESTING_DIR)  # index = split id in the seed
 
 
@@ -175,7 +179,7 @@ def _write_png(path: pathlib.Path, array: np.ndarray) -> None:
 def generate_dataset(out_dir, per_class=100, test_per_class=25, seed=0, progress=True) -> dict:
     """Writes out_dir/Training/<class>/*.png and out_dir/Testing/<class>/*.png, and lesion masks
     OUTSIDE the class folders at out_dir/masks/<Training|Testing>/<class>/<same file name>.png
-    (no mask for notumor). Returns a summary dict (counts per split and class, the out_dir).
+    (no mask for notumor), and a box folder out_dir/boxes/ of every tumour phantom. Returns a summary dict (counts per split and class, the out_dir).
     Deterministic for a seed (same bytes on every run). Uses tqdm for a progress bar when
     progress=True. A split with 0 images per class is not created; existing files with
     other names are left alone."""
@@ -195,6 +199,9 @@ def generate_dataset(out_dir, per_class=100, test_per_class=25, seed=0, progress
         _write_png(out / split / name / file_name, image)
         if mask is not None:
             _write_png(out / MASKS_DIR / split / name / file_name, mask)
+            boxed = out / BOXES_DIR / name / f"{split.lower()}_{file_name}"
+            _write_png(boxed, image)
+            boxed.with_suffix(".txt").write_text(format_yolo_box(mask_to_box(mask)))
             masks += 1
         counts[split][name] += 1
     return {"out_dir": str(out), "seed": seed, "counts": counts,

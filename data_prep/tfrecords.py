@@ -8,7 +8,8 @@ import tensorflow as tf
 from data_prep import contract
 
 
-def make_example(image: bytes, label: int, height: int, width: int, source: str) -> tf.train.Example:
+def make_example(image: bytes, label: int, height: int, width: int, source: str,
+                 lesion_box: tuple[float, ...] | None = None) -> tf.train.Example:
     def _bytes(v: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
@@ -21,6 +22,8 @@ def make_example(image: bytes, label: int, height: int, width: int, source: str)
         contract.HEIGHT_KEY: _int(height),
         contract.WIDTH_KEY: _int(width),
         contract.SOURCE_KEY: _bytes(source.encode("utf-8")),
+        contract.LESION_BOX_KEY: tf.train.Feature(float_list=tf.train.FloatList(
+            value=list(lesion_box or contract.NO_BOX))),
     }))
 
 
@@ -33,6 +36,7 @@ def parse_example(serialized: bytes) -> dict:
         contract.HEIGHT_KEY: feats[contract.HEIGHT_KEY].int64_list.value[0],
         contract.WIDTH_KEY: feats[contract.WIDTH_KEY].int64_list.value[0],
         contract.SOURCE_KEY: feats[contract.SOURCE_KEY].bytes_list.value[0].decode("utf-8"),
+        contract.LESION_BOX_KEY: tuple(feats[contract.LESION_BOX_KEY].float_list.value),
     }
 
 

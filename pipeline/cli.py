@@ -37,7 +37,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         seed=args.seed, workers=args.workers, shards=args.shards,
         drop_cross_split_duplicates=args.drop_cross_split_duplicates,
         near_threshold=args.near_threshold, max_pixels=args.max_pixels,
-        progress=not args.quiet)
+        box_dir=args.boxes_dir, progress=not args.quiet)
     try:
         manifest = prepare(opts)
     except (PrepareError, LayoutError, ValueError) as err:
@@ -68,11 +68,13 @@ def _prepare_if_changed(data_dir: str, out: str, **prepare_kw) -> dict:
 
 
 def _synthesize_if_missing(out: str, per_class: int, test_per_class: int, seed: int) -> None:
-    from data_prep.synth import generate_dataset
+    from data_prep.synth import BOXES_DIR, generate_dataset
 
     marker = Path(out) / "synth.json"
     wanted = {"per_class": per_class, "test_per_class": test_per_class, "seed": seed}
-    if marker.is_file() and json.loads(marker.read_text()).get("arguments") == wanted:
+    # Datasets written before the generator wrote boxes/ are made again.
+    if (marker.is_file() and json.loads(marker.read_text()).get("arguments") == wanted
+            and (Path(out) / BOXES_DIR).is_dir()):
         print(f"reusing synthetic dataset in {out}")
         return
     summary = generate_dataset(out, **wanted)
@@ -88,15 +90,20 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, patience=args.early_stopping, precision=args.precision,
-        accuracy_lower_bound=args.accuracy_bound, **overrides)
+        accuracy_lower_bound=args.accuracy_bound, evidence_weight=args.evidence_weight,
+        lesion_removal_rate=args.lesion_removal_rate, decoy_removal_rate=args.decoy_removal_rate,
+        **overrides)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from data_prep.discover import LayoutError
     from data_prep.prepare import PrepareError
 
+    from data_prep.synth import BOXES_DIR
+
     work = Path(args.work_dir)
     prepared = str(work / "data" / "prepared")
+    box_dir = args.boxes_dir
     try:
         if args.data_dir is None:
             synthetic = str(work / "data" / "synthetic")
@@ -104,9 +111,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             _synthesize_if_missing(synthetic, args.synthetic_per_class,
                                    max(1, args.synthetic_per_class // 4), seed=0)
             data_dir = synthetic
+            box_dir = box_dir or str(Path(synthetic) / BOXES_DIR)
         else:
             data_dir = args.data_dir
-        _prepare_if_changed(data_dir, prepared, progress=True,
+        _prepare_if_changed(data_dir, prepared, progress=True, box_dir=box_dir,
                             drop_cross_split_duplicates=args.drop_cross_split_duplicates)
     except (PrepareError, LayoutError, ValueError) as err:
         print(f"btmri run: error: {err}", file=sys.stderr)
@@ -117,7 +125,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from pipeline.config import local_beam_args
 
-    config = _pipeline_config(args, prepared, enable_cache=not args.no_cache,
+    config = _pipeline_config(args, prepared, enable_cache=not args.no_cache, box_dir=box_dir,
                               beam_pipeline_args=args.beam_arg or local_beam_args())
     print(f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
           f"model {config.model}, {config.epochs} epochs)")
@@ -216,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"duplicate (default {DEFAULT_NEAR_THRESHOLD})")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels than this (default %(default)s)")
+    p.add_argument("--boxes-dir", default=None,
+                   help="folder of tumour slices with boxes (<class>/<id>.jpg + .txt): images that "
+                        "are copies of one get its box, for lesion-guided training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_prepare)
 
@@ -244,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--precision", default="auto", choices=TRAINING_PRECISIONS,
                        help="training arithmetic; auto: bfloat16 where the CPU has it "
                             "(AVX512-BF16/AMX), else float32. Exported models are float32")
+        p.add_argument("--evidence-weight", type=float, default=PipelineConfig.evidence_weight,
+                       help="weight of the loss that keeps the class evidence inside known tumour "
+                            "boxes (0: off); default %(default)s")
+        p.add_argument("--lesion-removal-rate", type=float,
+                       default=PipelineConfig.lesion_removal_rate,
+                       help="share of boxed tumour training images shown with the lesion removed, "
+                            "labelled notumor; default %(default)s")
+        p.add_argument("--decoy-removal-rate", type=float, default=PipelineConfig.decoy_removal_rate,
+                       help="share of training images shown with a lesion-free box removed, "
+                            "label kept; default %(default)s")
         p.add_argument("--accuracy-bound", type=float, default=DEFAULT_ACCURACY_LOWER_BOUND,
                        help="absolute lower bound on accuracy for blessing (default %(default)s)")
         p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
@@ -259,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images per class of the synthetic default (test: a quarter)")
     p.add_argument("--drop-cross-split-duplicates", action="store_true",
                    help="prepare: leave out eval/test images that duplicate training images")
+    p.add_argument("--boxes-dir", default=None,
+                   help="tumour slices with boxes (<class>/<id>.jpg + .txt): lesion-guided training "
+                        "and the lesion audit; default with synthetic data: its own boxes/")
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
     p.set_defaults(func=_cmd_run)
 

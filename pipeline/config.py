@@ -49,6 +49,10 @@ class PipelineConfig:
     precision: str = "auto"                  # float32 | bfloat16 | auto (bf16 if the CPU has it)
     augment: bool = True
     seed: int = 0
+    evidence_weight: float = 1.0             # lesion-evidence loss (boxed training images)
+    lesion_removal_rate: float = 0.25        # counterfactuals: lesion removed → notumor
+    decoy_removal_rate: float = 0.25         # counterfactuals: a lesion-free box removed
+    box_dir: str | None = None               # tumour boxes: the lesion audit's slices
     accuracy_lower_bound: float = DEFAULT_ACCURACY_LOWER_BOUND
     max_accuracy_regression: float = 0.0     # vs the last blessed model
     beam_pipeline_args: list[str] = field(default_factory=local_beam_args)
@@ -77,4 +81,7 @@ class PipelineConfig:
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "weight_decay": self.weight_decay, "label_smoothing": self.label_smoothing,
                 "patience": self.patience, "augment": self.augment, "seed": self.seed,
-                "materialized": self.materialize, "precision": self.precision}
+                "materialized": self.materialize, "precision": self.precision,
+                "evidence_weight": self.evidence_weight,
+                "lesion_removal_rate": self.lesion_removal_rate,
+                "decoy_removal_rate": self.decoy_removal_rate}

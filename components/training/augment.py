@@ -68,14 +68,23 @@ def warp(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
 
 
 def augment_batch(images: tf.Tensor, cfg: AugmentConfig = AugmentConfig(),
-                  seed: int | None = None) -> tf.Tensor:
-    """images float32 [B, H, W, C] in [0, 1] → augmented, same shape, clipped to [0, 1]."""
+                  seed: int | None = None, masks: tf.Tensor | None = None):
+    """images float32 [B, H, W, C] in [0, 1] → augmented, same shape, clipped to [0, 1].
+
+    `masks` [B, H, W, M] (e.g. lesion boxes) move with the images through the same
+    geometry but get no contrast change; then (images, masks) is returned."""
     shape = tf.shape(images)
     batch = shape[0]
     transforms = _random_transforms(batch, tf.cast(shape[1], tf.float32),
                                     tf.cast(shape[2], tf.float32), cfg, seed)
-    warped = warp(images, transforms)
+    if masks is not None:
+        channels = images.shape[-1]
+        both = warp(tf.concat([images, tf.cast(masks, images.dtype)], axis=-1), transforms)
+        warped, masks = both[..., :channels], both[..., channels:]
+    else:
+        warped = warp(images, transforms)
     factor = tf.random.uniform([batch, 1, 1, 1], 1.0 - cfg.max_contrast, 1.0 + cfg.max_contrast,
                                seed=None if seed is None else seed + 5)
     mean = tf.reduce_mean(warped, axis=[1, 2, 3], keepdims=True)
-    return tf.clip_by_value((warped - mean) * factor + mean, 0.0, 1.0)
+    out = tf.clip_by_value((warped - mean) * factor + mean, 0.0, 1.0)
+    return out if masks is None else (out, masks)

@@ -1,9 +1,10 @@
 """Keras models, selectable by name.
 
 Every model maps IMAGE_XF float32 [N, 224, 224, 1] in [0, 1] to class
-probabilities [N, 4], with two named layers the exported signatures rely on:
+probabilities [N, 4], with named layers the exported signatures and the training rely on:
 GRADCAM_LAYER (the convolutional feature map Grad-CAM explains) and LOGITS_LAYER
-(pre-softmax scores, used for Grad-CAM and temperature scaling). A model may also
+(pre-softmax scores, used for Grad-CAM and temperature scaling); models with a
+global-average-pooled head also tag CAM_LAYER, the map it pools. A model may also
 tag GRADCAM_FINE_LAYER, an early high-resolution map that sharpens the heatmap
 (components/training/gradcam.py).
 
@@ -21,6 +22,7 @@ from components.transform.preprocessing import CHANNELS, IMAGE_SIZE, IMAGE_XF
 from data_prep.contract import NUM_CLASSES
 
 GRADCAM_LAYER = "gradcam_features"
+CAM_LAYER = "cam_features"  # the map global average pooling reads (lesion_guidance.py)
 GRADCAM_FINE_LAYER = "gradcam_fine_features"
 LOGITS_LAYER = "logits"
 PROBABILITIES_LAYER = "probabilities"
@@ -33,6 +35,7 @@ def _inputs() -> keras.Input:
 def _head(features, inputs, name: str, dropout: float, tag_gradcam: bool = True) -> keras.Model:
     if tag_gradcam:
         features = layers.Activation("linear", name=GRADCAM_LAYER)(features)
+    features = layers.Activation("linear", name=CAM_LAYER)(features)
     x = layers.GlobalAveragePooling2D()(features)
     x = layers.Dropout(dropout)(x)
     logits = layers.Dense(NUM_CLASSES, name=LOGITS_LAYER)(x)

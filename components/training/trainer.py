@@ -30,9 +30,12 @@ from components.signature_names import (CLASS_ID, CLASS_NAME, EXAMPLES_INPUT, GR
                                         SERVING_DEFAULT)
 from components.training import calibration, gradcam as cam, precision
 from components.training.augment import augment_batch
+from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
+from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
 from components.training.models import (DEFAULT_MODEL, GRADCAM_FINE_LAYER, GRADCAM_LAYER,
                                         LOGITS_LAYER, build_model)
-from components.transform.preprocessing import CHANNELS, IMAGE_SIZE, IMAGE_XF, LABEL_XF
+from components.transform.preprocessing import (CHANNELS, IMAGE_SIZE, IMAGE_XF, LABEL_XF,
+                                                LESION_BOX_XF)
 from data_prep import contract
 
 # Trainer custom_config keys and defaults (pipeline.config fills them).
@@ -51,7 +54,15 @@ DEFAULTS = {
     "calibrate": True,       # temperature scaling fitted on the eval split
     "cache": True,           # keep decoded images in memory across epochs (~200 KB each)
     "precision": "auto",     # float32 | bfloat16 | auto (bfloat16 where the CPU has it)
+    # Lesion guidance, for training images with a known tumour box (counterfactual.py,
+    # lesion_guidance.py); images without one train as before.
+    "evidence_weight": 1.0,  # weight of the lesion-evidence loss; 0: off
+    "lesion_removal_rate": 0.25,  # boxed tumour images shown with the lesion removed, as notumor
+    "decoy_removal_rate": 0.25,   # images shown with a lesion-free box removed, label kept
 }
+
+# The final map of mri_resnet (the CAM the evidence loss constrains) is 7x7.
+CAM_SIZE = 7
 
 # Examples held in the shuffle buffer of the cached training set (each ~200 KB).
 CACHE_SHUFFLE_BUFFER = 8192
@@ -60,8 +71,13 @@ CACHE_SHUFFLE_BUFFER = 8192
 def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor,
              tf_transform_output: tft.TFTransformOutput, batch_size: int,
              training: bool, augment: bool = False, seed: int = 0,
-             materialized: bool = False, cache: bool = False) -> tf.data.Dataset:
-    """Examples → (image [B,224,224,1], label [B]).
+             materialized: bool = False, cache: bool = False,
+             counterfactuals: CounterfactualConfig | None = None) -> tf.data.Dataset:
+    """Examples → (image [B,224,224,1], (label [B], lesion cells [B,7,7,1])).
+
+    Lesion cells mark the CAM cells the tumour box touches (all zero without a box;
+    lesion_guidance.py). `counterfactuals` (training only) removes lesions and decoys
+    before the geometric augmentation, which then moves the box with the image.
 
     Raw Examples go through the Transform graph here; `materialized` examples
     were transformed by the Transform component already. `cache` keeps the
@@ -76,15 +92,22 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
                                        shuffle_seed=seed, num_epochs=1,
                                        shuffle_buffer_size=2048),
         metadata.schema)
+    def boxes_of(xf):
+        if LESION_BOX_XF in xf:
+            return tf.reshape(tf.cast(xf[LESION_BOX_XF], tf.float32), [-1, 4])
+        # Data prepared before boxes existed: no box anywhere.
+        return tf.fill([tf.shape(xf[LABEL_XF])[0], 4], -1.0)
+
     if materialized:
         def transform(xf):
-            return tf.reshape(xf[IMAGE_XF], [-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS]), xf[LABEL_XF]
+            images = tf.reshape(xf[IMAGE_XF], [-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
+            return images, xf[LABEL_XF], boxes_of(xf)
     else:
         tft_layer = tf_transform_output.transform_features_layer()
 
         def transform(raw):
             xf = tft_layer(raw)
-            return xf[IMAGE_XF], xf[LABEL_XF]
+            return xf[IMAGE_XF], xf[LABEL_XF], boxes_of(xf)
 
     dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     if cache and training:
@@ -93,9 +116,17 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
                    .batch(batch_size))
     elif cache:
         dataset = dataset.cache()
-    if training and augment:
-        dataset = dataset.map(lambda x, y: (augment_batch(x, seed=seed), y),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+
+    def finish(images, labels, boxes):
+        if training and counterfactuals is not None:
+            images, labels, boxes = counterfactual_batch(images, labels, boxes, counterfactuals,
+                                                         seed=seed)
+        masks = box_masks(boxes, IMAGE_SIZE, IMAGE_SIZE)
+        if training and augment:
+            images, masks = augment_batch(images, seed=seed, masks=masks)
+        return images, (labels, lesion_cells(masks, CAM_SIZE))
+
+    dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -163,7 +194,7 @@ def _calibrate(model: keras.Model, eval_ds: tf.data.Dataset, run_dir: str) -> ke
     calibrated model; the figures go to calibration.json beside the history."""
     logits_model = keras.Model(model.inputs, model.get_layer(LOGITS_LAYER).output)
     logits, labels = [], []
-    for images, batch_labels in eval_ds:
+    for images, (batch_labels, _) in eval_ds:
         logits.append(logits_model(images, training=False).numpy())
         labels.append(batch_labels.numpy())
     logits, labels = np.concatenate(logits), np.concatenate(labels).astype(int)
@@ -210,9 +241,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     batch = int(config["batch_size"])
     materialized = bool(config["materialized"])
     cache = bool(config["cache"])
+    counterfactuals = CounterfactualConfig(lesion_rate=float(config["lesion_removal_rate"]),
+                                           decoy_rate=float(config["decoy_removal_rate"]))
     train_ds = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                         batch, training=True, augment=bool(config["augment"]),
-                        seed=int(config["seed"]), materialized=materialized, cache=cache)
+                        seed=int(config["seed"]), materialized=materialized, cache=cache,
+                        counterfactuals=counterfactuals)
     eval_ds = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
                        batch, training=False, materialized=materialized, cache=cache)
 
@@ -220,10 +254,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     logging.info("Training precision: %s", policy)
     with precision.keras_policy_scope(policy):
         model = build_model(config["model"], config["weights"])
-    model.compile(optimizer=_optimizer(config),
-                  loss=smoothed_sparse_crossentropy(float(config["label_smoothing"])),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     model.summary(print_fn=logging.info)
+    guided = LesionGuidedModel(model, smoothed_sparse_crossentropy(float(config["label_smoothing"])),
+                               evidence_weight=float(config["evidence_weight"]))
+    guided.compile(optimizer=_optimizer(config))
 
     run_dir = fn_args.model_run_dir
     os.makedirs(run_dir, exist_ok=True)
@@ -241,7 +275,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=int(config["patience"]),
             start_from_epoch=int(config["epochs"]) // 2, restore_best_weights=True))
-    history = model.fit(train_ds, validation_data=eval_ds, epochs=int(config["epochs"]),
+    history = guided.fit(train_ds, validation_data=eval_ds, epochs=int(config["epochs"]),
                         callbacks=callbacks, verbose=2)
     with open(os.path.join(run_dir, "history.json"), "w") as f:
         json.dump({"config": config, "precision_policy": policy,

@@ -12,36 +12,44 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from components.transform.decode import decode_gray_resized
 from data_prep import contract
+from data_prep.image_io import DEFAULT_MAX_PIXELS
 
 IMAGE_SIZE = 224
 CHANNELS = 1
+# Images above this many pixels are refused before decoding: the figure `btmri prepare`
+# uses (one home: data_prep.image_io).
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 
 # Keys of the transformed features (what the Keras model consumes).
 IMAGE_XF = "image_xf"
 LABEL_XF = "label_xf"
+LESION_BOX_XF = "lesion_box_xf"
 
 
-def decode_and_resize(image_bytes: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG strings [N] → float32 [N, IMAGE_SIZE, IMAGE_SIZE, CHANNELS] in [0, 1]."""
-    def _one(data):
-        # channels=1 turns RGB into luma the way TF's decoders do for JPEG and PNG alike.
-        pixels = tf.io.decode_image(data, channels=CHANNELS, expand_animations=False)
-        pixels = tf.image.resize(tf.cast(pixels, tf.float32), [IMAGE_SIZE, IMAGE_SIZE],
-                                 method="bilinear", antialias=True)
-        return tf.clip_by_value(pixels / 255.0, 0.0, 1.0)
+def decode_and_resize(image_bytes: tf.Tensor, max_pixels: int = MAX_PIXELS) -> tf.Tensor:
+    """Encoded JPEG/PNG strings [N] → float32 [N, IMAGE_SIZE, IMAGE_SIZE, CHANNELS] in [0, 1].
 
-    return tf.map_fn(_one, image_bytes, fn_output_signature=tf.TensorSpec(
-        [IMAGE_SIZE, IMAGE_SIZE, CHANNELS], tf.float32))
+    Untrusted input is safe here (components/transform/decode.py): only JPEG and PNG,
+    the size read from the header and refused above `max_pixels` before decoding
+    (InvalidArgumentError "image too large: WxH ..."), large JPEGs decoded downscaled,
+    16-bit and alpha PNGs read the way `btmri prepare` reads them.
+    """
+    return tf.map_fn(lambda data: decode_gray_resized(data, IMAGE_SIZE, max_pixels), image_bytes,
+                     fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, CHANNELS], tf.float32))
 
 
 def preprocessing_fn(inputs: dict) -> dict:
     """tf.Transform entry point: raw Example features → model features.
 
-    `label` is optional so the same graph serves unlabeled requests.
+    `label` and `lesion_box` (training-only: normalised coordinates survive the
+    whole-image resize unchanged) are optional so the same graph serves requests.
     """
     image = tf.reshape(inputs[contract.IMAGE_KEY], [-1])  # [N, 1] from the schema → [N]
     outputs = {IMAGE_XF: decode_and_resize(image)}
     if contract.LABEL_KEY in inputs:
         outputs[LABEL_XF] = tf.reshape(inputs[contract.LABEL_KEY], [-1])
+    if contract.LESION_BOX_KEY in inputs:
+        outputs[LESION_BOX_XF] = tf.reshape(inputs[contract.LESION_BOX_KEY], [-1, 4])
     return outputs

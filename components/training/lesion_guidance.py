@@ -1,0 +1,99 @@
+"""Training that asks the classifier to find its evidence inside the tumour box.
+
+For a global-average-pooled head the class score is the mean over positions of the
+class activation map CAM_c = F · w_c (Zhou et al. 2016), so the decision itself,
+not only an explanation of it, can be constrained: the lesion-evidence loss is the
+share of the true class's positive CAM that lies outside the tumour's cells, for
+training images whose box is known ("right for the right reasons", in the spirit of
+Ross et al. 2017, but on the CAM instead of input gradients: no second-order
+gradients, so it costs almost nothing on a CPU).
+
+`LesionGuidedModel` wraps the classifier for `fit` only; the classifier is what is
+exported. Data elements are (image, (label, lesion_cells)), lesion_cells [B, h, w, 1]
+at the CAM's resolution, all zero where no box is known.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+from components.training.models import CAM_LAYER, LOGITS_LAYER
+
+
+def lesion_cells(masks: tf.Tensor, cam_size: int) -> tf.Tensor:
+    """[B, H, W, 1] box masks → [B, cam_size, cam_size, 1]: 1 for every CAM cell the box touches."""
+    stride = masks.shape[1] // cam_size
+    return tf.nn.max_pool2d(masks, stride, stride, "VALID")
+
+
+def evidence_loss(features: tf.Tensor, kernel: tf.Tensor, labels: tf.Tensor,
+                  cells: tf.Tensor) -> tf.Tensor:
+    """Mean over boxed images of (positive true-class CAM outside the box) / (all of it).
+
+    features [B, h, w, C], kernel [C, K] (the logits layer), labels [B], cells [B, h, w, 1].
+    Images without a box (cells all zero) contribute nothing; 0 when no image has one."""
+    features = tf.cast(features, tf.float32)
+    weights = tf.gather(tf.transpose(tf.cast(kernel, tf.float32)),
+                        tf.cast(tf.reshape(labels, [-1]), tf.int32))          # [B, C]
+    cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", features, weights))
+    cells = cells[..., 0]
+    total = tf.reduce_sum(cam, axis=[1, 2])
+    outside = tf.reduce_sum(cam * (1.0 - cells), axis=[1, 2])
+    boxed = tf.cast(tf.reduce_any(cells > 0, axis=[1, 2]), tf.float32)
+    per_image = tf.math.divide_no_nan(outside, total + 1e-6) * boxed
+    return tf.math.divide_no_nan(tf.reduce_sum(per_image), tf.reduce_sum(boxed))
+
+
+class LesionGuidedModel(keras.Model):
+    """classifier + the lesion-evidence loss (weight 0 or no CAM layer: plain training)."""
+
+    def __init__(self, classifier: keras.Model, classification_loss, evidence_weight: float):
+        super().__init__(name=f"{classifier.name}_lesion_guided")
+        self.classifier = classifier
+        self.classification_loss = classification_loss
+        names = [layer.name for layer in classifier.layers]
+        self.evidence_weight = float(evidence_weight) if CAM_LAYER in names else 0.0
+        self.with_maps = (keras.Model(classifier.inputs,
+                                      [classifier.output, classifier.get_layer(CAM_LAYER).output])
+                          if self.evidence_weight else None)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.evidence_tracker = keras.metrics.Mean(name="evidence_loss")
+        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.evidence_tracker, self.accuracy]
+
+    def call(self, images, training=False):
+        return self.classifier(images, training=training)
+
+    def _step_losses(self, data, training: bool):
+        images, (labels, cells) = data
+        evidence = tf.constant(0.0)
+        if self.with_maps is None:
+            probs = self.classifier(images, training=training)
+            loss = self.classification_loss(labels, probs)
+        else:
+            probs, features = self.with_maps(images, training=training)
+            kernel = self.classifier.get_layer(LOGITS_LAYER).kernel
+            evidence = evidence_loss(features, kernel, labels, cells)
+            loss = self.classification_loss(labels, probs) + self.evidence_weight * evidence
+        if self.classifier.losses:
+            loss = loss + tf.add_n(self.classifier.losses)
+        return loss, evidence, labels, probs
+
+    def _track(self, loss, evidence, labels, probs):
+        self.loss_tracker.update_state(loss)
+        self.evidence_tracker.update_state(evidence)
+        self.accuracy.update_state(labels, probs)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            loss, evidence, labels, probs = self._step_losses(data, training=True)
+        variables = self.classifier.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return self._track(loss, evidence, labels, probs)
+
+    def test_step(self, data):
+        return self._track(*self._step_losses(data, training=False))
