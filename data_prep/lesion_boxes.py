@@ -33,6 +33,13 @@ from data_prep import contract
 from data_prep.image_io import ImageError, decode_image, read_bytes
 
 MATCH_CORRELATION = 0.99
+# Slices with no copy in the dataset are split between training (added as extra
+# training images) and the lesion audit, by groups of consecutive ids: figshare
+# numbers a patient's slices consecutively, so a group rarely spans two patients'
+# worth of neighbours on both sides of the split.
+AUDIT_SHARE = 0.5
+ID_GROUP = 10
+SPLIT_SEED = "lesion-audit-v1"
 BOX_SUFFIXES = (".jpg", ".jpeg", ".png")
 THUMB_SIZE = 32
 # A box folder may hold only these classes: a box needs a tumour.
@@ -112,6 +119,22 @@ def read_box_folder(box_dir: str | os.PathLike) -> tuple[list[BoxedSlice], list[
     return slices, skips
 
 
+def split_group(source: str) -> str:
+    """Group of a slice for the audit/training split: class + id // ID_GROUP for
+    numeric ids (figshare), else the file stem."""
+    cls, name = source.split("/", 1)
+    stem = os.path.splitext(name)[0]
+    return f"{cls}/{int(stem) // ID_GROUP}" if stem.isdigit() else f"{cls}/{stem}"
+
+
+def in_audit_part(source: str) -> bool:
+    """Deterministic, content-free: the same slice is on the same side everywhere."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{SPLIT_SEED}\0{split_group(source)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < AUDIT_SHARE
+
+
 def normalised_thumbnail(gray_small: np.ndarray) -> np.ndarray:
     """32x32 grayscale → zero-mean unit-norm vector (correlation = dot product)."""
     v = np.asarray(gray_small, np.float32).ravel()
@@ -128,8 +151,10 @@ def slice_thumbnail(path: str) -> np.ndarray:
 class BoxMatcher:
     """Finds, for an image's thumbnail, the boxed slice it is a copy of."""
 
-    def __init__(self, slices: list[BoxedSlice], thumbnails: np.ndarray | None = None):
+    def __init__(self, slices: list[BoxedSlice], thumbnails: np.ndarray | None = None,
+                 threshold: float = MATCH_CORRELATION):
         self.slices = slices
+        self.threshold = threshold
         if thumbnails is None:
             thumbnails = np.stack([_thumb_or_zero(s.path) for s in slices])
         self.thumbnails = thumbnails.astype(np.float32)
@@ -150,7 +175,7 @@ class BoxMatcher:
 
     def match(self, gray_small: np.ndarray, label: int) -> BoxedSlice | None:
         found = self.best(gray_small, label)
-        if found is None or found[1] < MATCH_CORRELATION:
+        if found is None or found[1] < self.threshold:
             return None
         return self.slices[found[0]]
 

@@ -203,6 +203,15 @@ def prepare(opts: PrepareOptions) -> dict:
         dups.add(Record(cand.source, split, cand.label, res["md5"], res["phash"]))
         counts[split][contract.CLASS_NAMES[cand.label]] += 1
         reencoded += res["reencoded"]
+    for slice_, res in boxes.extra_training_slices(opts.max_pixels):
+        source = boxes.source_of(slice_)
+        if not res["ok"]:
+            skipped.append({"source": source, "reason": res["reason"]})
+            continue
+        writers[contract.TRAIN_SPLIT].write(make_example(
+            res["encoded"], slice_.label, res["height"], res["width"], source, slice_.box))
+        dups.add(Record(source, contract.TRAIN_SPLIT, slice_.label, res["md5"], res["phash"]))
+        counts[contract.TRAIN_SPLIT][contract.CLASS_NAMES[slice_.label]] += 1
     for writer in writers.values():
         writer.close()
 
@@ -228,7 +237,12 @@ def prepare(opts: PrepareOptions) -> dict:
 
 
 class _BoxAttacher:
-    """Gives each image the tumour box of the boxed slice it is a copy of, if any."""
+    """Tumour boxes for the dataset (data_prep/lesion_boxes.py).
+
+    An image that is a copy of a boxed slice gets its box. Boxed slices with no copy
+    in the dataset are split by `in_audit_part`: one side joins the training split
+    as extra images with their boxes, the other is left for the lesion audit, which
+    then uses every slice with no copy among the training images."""
 
     def __init__(self, box_dir: str | None):
         from data_prep.lesion_boxes import BoxMatcher, read_box_folder
@@ -236,7 +250,9 @@ class _BoxAttacher:
         self.box_dir = box_dir
         self.matcher = None
         self.skipped: list = []
+        self.copied_in: dict[int, str] = {}     # slice index → split holding a copy
         self.matched = {s: Counter() for s in contract.SPLITS}
+        self.added: Counter = Counter()
         if box_dir:
             slices, self.skipped = read_box_folder(box_dir)
             self.matcher = BoxMatcher(slices)
@@ -244,11 +260,29 @@ class _BoxAttacher:
     def box_for(self, gray_small, label: int, split: str):
         if self.matcher is None:
             return None
-        found = self.matcher.match(gray_small, label)
-        if found is None:
+        found = self.matcher.best(gray_small, label)
+        if found is None or found[1] < self.matcher.threshold:
             return None
+        self.copied_in.setdefault(found[0], split)
         self.matched[split][contract.CLASS_NAMES[label]] += 1
-        return found.box
+        return self.matcher.slices[found[0]].box
+
+    def source_of(self, slice_) -> str:
+        return f"{Path(self.box_dir).name}/{slice_.source}"
+
+    def extra_training_slices(self, max_pixels: int):
+        """(slice, converted) for each slice with no copy that falls on the training side."""
+        from data_prep.lesion_boxes import in_audit_part
+
+        if self.matcher is None:
+            return
+        for i, slice_ in enumerate(self.matcher.slices):
+            if i in self.copied_in or in_audit_part(slice_.source):
+                continue
+            res = _convert_file((slice_.path, os.path.splitext(slice_.path)[1], max_pixels))
+            if res["ok"]:
+                self.added[contract.CLASS_NAMES[slice_.label]] += 1
+            yield slice_, res
 
     def report(self) -> dict | None:
         if self.matcher is None:
@@ -256,7 +290,8 @@ class _BoxAttacher:
         return {"box_dir": str(Path(self.box_dir).resolve()),
                 "slices": len(self.matcher.slices),
                 "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
-                "images_with_box": {s: dict(c) for s, c in self.matched.items() if c}}
+                "images_with_box": {s: dict(c) for s, c in self.matched.items() if c},
+                "slices_added_to_train": dict(self.added)}
 
 
 def _check_usable(manifest: dict) -> None:
