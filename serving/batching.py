@@ -8,7 +8,10 @@ waited `batch_timeout_micros`. Rows are concatenated along dimension 0 and
 the outputs split back per request.
 
 A failing batch is re-run request by request, so one client's bad image
-fails only that client's request.
+fails only that client's request. A request with more rows than
+`max_batch_size` is refused as TF Serving refuses it ("Task size N is larger
+than maximum input batch size M", INVALID_ARGUMENT); requests cancelled or past
+their deadline while queued are dropped before their batch runs.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from typing import Callable, Hashable
 import grpc
 import numpy as np
 
-from serving.errors import ServingError
+from serving.errors import ServingError, invalid_argument
+from serving.limits import NO_CONTEXT, RequestContext
 
 log = logging.getLogger("serving")
 
@@ -62,11 +66,12 @@ Outputs = dict[str, np.ndarray]
 
 
 class _Task:
-    __slots__ = ("inputs", "rows", "enqueued", "done", "result", "error")
+    __slots__ = ("inputs", "rows", "context", "enqueued", "done", "result", "error")
 
-    def __init__(self, inputs: dict[str, np.ndarray], rows: int):
+    def __init__(self, inputs: dict[str, np.ndarray], rows: int, context: RequestContext):
         self.inputs = inputs
         self.rows = rows
+        self.context = context
         self.enqueued = time.monotonic()
         self.done = threading.Event()
         self.result: Outputs | None = None
@@ -92,11 +97,16 @@ class BatchScheduler:
             t.start()
 
     def run(self, key: Hashable, inputs: dict[str, np.ndarray], rows: int,
-            run: Callable[[dict[str, np.ndarray]], Outputs]) -> Outputs:
+            run: Callable[[dict[str, np.ndarray]], Outputs],
+            context: RequestContext = NO_CONTEXT) -> Outputs:
         """Runs `run` on these inputs, batched with concurrent tasks of the same key."""
-        if rows == 0 or rows > self.params.max_batch_size:
-            return run(inputs)   # nothing to gain, or too big to share a batch
-        task = _Task(inputs, rows)
+        if rows > self.params.max_batch_size:
+            raise invalid_argument(f"Task size {rows} is larger than maximum input batch size "
+                                   f"{self.params.max_batch_size}")
+        context.check()
+        if rows == 0:
+            return run(inputs)   # nothing to batch
+        task = _Task(inputs, rows, context)
         with self._cond:
             if self._stopping:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
@@ -139,18 +149,28 @@ class BatchScheduler:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-                batch, rows = [], 0
+                batch, rows, dropped = [], 0, []
                 while queue and rows + queue[0].rows <= self.params.max_batch_size:
                     task = queue.popleft()
+                    self._queued_rows -= task.rows
+                    if task.context.cancelled or task.context.expired():
+                        dropped.append(task)     # nobody waits for this answer any more
+                        continue
                     batch.append(task)
                     rows += task.rows
                 if not queue:
                     del self._queues[key]
-                self._queued_rows -= rows
                 self._forming.discard(key)
                 self._cond.notify_all()
-            self._on_batch(rows)
-            self._process(run, batch)
+            for task in dropped:
+                try:
+                    task.context.check()
+                except ServingError as err:
+                    task.error = err
+                task.done.set()
+            if batch:
+                self._on_batch(rows)
+                self._process(run, batch)
 
     def _next_key(self) -> Hashable | None:
         for key in self._queues:   # oldest first

@@ -26,7 +26,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_base_path=args.model_base_path, model_name=args.model_name, host=args.host,
         port=args.port, rest_port=args.rest_port, poll_seconds=args.poll_seconds,
         enable_batching=args.enable_batching, max_message_mb=args.max_message_mb,
-        grpc_workers=args.grpc_workers)
+        grpc_workers=args.grpc_workers, max_rows=args.max_rows,
+        max_response_mb=args.max_response_mb, max_json_values=args.max_json_values,
+        client_timeout_seconds=args.client_timeout_seconds,
+        max_connections=args.max_connections, max_load_retries=args.max_load_retries,
+        load_retry_interval_seconds=args.load_retry_interval_seconds)
     if args.batching_parameters_file:
         options.batching_parameters_file = args.batching_parameters_file
     return serve(options)
@@ -116,7 +120,29 @@ def register(subparsers) -> None:
                    help="TF Serving batching parameters file (default: serving/config/batching.config)")
     p.add_argument("--max-message-mb", type=float, default=64,
                    help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default %(default)s)")
-    p.add_argument("--grpc-workers", type=int, default=16, help="gRPC handler threads")
+    p.add_argument("--max-rows", type=int, default=64,
+                   help="most rows (images) per request; more get INVALID_ARGUMENT / HTTP 400 "
+                        "(default %(default)s)")
+    p.add_argument("--max-response-mb", type=float, default=16,
+                   help="largest response in MiB (JSON for REST); larger ones get "
+                        "RESOURCE_EXHAUSTED / HTTP 429 (default %(default)s)")
+    p.add_argument("--max-json-values", type=int, default=1_000_000,
+                   help="most values in one REST body, counted before parsing; more get HTTP 400 "
+                        "(default %(default)s)")
+    p.add_argument("--client-timeout-seconds", type=float, default=30.0,
+                   help="a client must send its request (REST head, then body; gRPC message) and "
+                        "take its response within this; idle REST connections close after it "
+                        "(default %(default)s)")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open REST connections and gRPC calls in progress, each; more are refused "
+                        "(default %(default)s)")
+    p.add_argument("--max-load-retries", type=int, default=5,
+                   help="tries again for a version that failed to load while its files stay "
+                        "unchanged (changed files always get a new try) (default %(default)s)")
+    p.add_argument("--load-retry-interval-seconds", type=float, default=60.0,
+                   help="wait between those tries (default %(default)s)")
+    p.add_argument("--grpc-workers", type=int, default=16,
+                   help="threads that run requests, gRPC and REST (default %(default)s)")
     p.add_argument("--verbose", action="store_true", help="debug logging (one line per REST request)")
     p.set_defaults(func=_cmd_serve)
 

@@ -6,6 +6,7 @@ as from the official `tensorflow_model_server`.
 """
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 import grpc
@@ -70,3 +71,32 @@ def servable_not_found(model_name: str, version: int | None) -> ServingError:
 def signature_not_found(signature_name: str) -> ServingError:
     return ServingError(Code.FAILED_PRECONDITION,
                         f'Serving signature key "{signature_name}" not found.')
+
+
+# Absolute paths in texts that reach clients: a model's own errors (TensorFlow's,
+# the loader's) may name server folders; clients get `<path>` instead.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/>-])/(?:[\w.@+=,~-]+/)*[\w.@+=,~-]+/?")
+MAX_CLIENT_MESSAGE_CHARS = 2000
+
+
+def redact_paths(text: str, roots: dict[str, str] | None = None) -> str:
+    """`text` without absolute server paths: each of `roots` (path → placeholder, e.g.
+    the model base path → '<model base path>') is replaced first, then any other
+    absolute path by '<path>'."""
+    for root, placeholder in sorted((roots or {}).items(), key=lambda item: -len(item[0])):
+        if root:
+            text = text.replace(root, placeholder)
+    return _ABSOLUTE_PATH.sub("<path>", text)
+
+
+def client_text(text: str) -> str:
+    """A message bounded in length for a client (and for the one-line server log)."""
+    if len(text) > MAX_CLIENT_MESSAGE_CHARS:
+        return text[:MAX_CLIENT_MESSAGE_CHARS] + f"... ({len(text)} characters)"
+    return text
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """For the server log: one line, bounded."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."

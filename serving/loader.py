@@ -17,7 +17,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from serving.errors import ServingError, code_from_number, invalid_argument, signature_not_found
+from serving.errors import (ServingError, client_text, code_from_number, invalid_argument,
+                            redact_paths, signature_not_found)
+from serving.limits import NO_CONTEXT, RequestContext
 
 log = logging.getLogger("serving")
 
@@ -28,10 +30,23 @@ SERVE_TAG = "serve"
 # Serving's session-based errors do not have; clients get the core message.
 _TF_PREAMBLE = re.compile(r"^Graph execution error:.*?<stack traces unavailable>\n", re.S)
 _TF_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]\s*$")
+# Graph node references (`[[{{node decode_image/DecodeImage}}]]`) are graph internals.
+_TF_NODE_REF = re.compile(r"\s*\[\[\{\{(?:function_)?node [^\]]*\]\]")
+
+
+# tf.debugging.Assert's wrapper around the model's own message: `assertion failed: [text]`.
+_TF_ASSERT = re.compile(r"^assertion failed: \[(.*)\]$", re.S)
 
 
 def clean_tf_message(message: str) -> str:
-    return _TF_OP_SUFFIX.sub("", _TF_PREAMBLE.sub("", message)).strip()
+    """A TensorFlow error as a client should see it: the core message, without the
+    eager preamble, op and node references, assertion wrapper, or server paths;
+    bounded in length."""
+    text = _TF_NODE_REF.sub("", _TF_OP_SUFFIX.sub("", _TF_PREAMBLE.sub("", message))).strip()
+    assertion = _TF_ASSERT.match(text)
+    if assertion and "] [" not in assertion.group(1):
+        text = assertion.group(1)
+    return client_text(redact_paths(text))
 
 
 def dtype_of(array: np.ndarray) -> tf.DType:
@@ -49,6 +64,7 @@ class Signature:
     inputs: dict[str, tf.TensorSpec]
     outputs: tuple[str, ...]
     batchable: bool                       # every input and output has a leading batch dim
+    output_specs: dict = None             # alias → tf.TensorSpec
 
     def check_request(self, inputs: dict[str, np.ndarray], output_filter) -> list[str]:
         """Validates a request as TF Serving does; returns the output aliases to answer."""
@@ -85,8 +101,11 @@ class Signature:
             aliases.append(alias)
         return aliases or sorted(self.outputs)
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs the signature on checked inputs; TF errors become the matching status."""
+    def run(self, inputs: dict[str, np.ndarray],
+            context: RequestContext = NO_CONTEXT) -> dict[str, np.ndarray]:
+        """Runs the signature on checked inputs; TF errors become the matching status.
+        A cancelled or expired request stops here, before the model runs."""
+        context.check()
         tensors = {alias: tf.constant(array, dtype=self.inputs[alias].dtype)
                    for alias, array in inputs.items()}
         try:
@@ -94,8 +113,18 @@ class Signature:
         except tf.errors.OpError as err:
             raise ServingError(code_from_number(err.error_code), clean_tf_message(err.message))
         except (ValueError, TypeError) as err:   # a call the function's own checks reject
-            raise invalid_argument(str(err))
+            raise invalid_argument(clean_tf_message(str(err)))
         return {name: value.numpy() for name, value in outputs.items()}
+
+    def per_row_elements(self, alias: str) -> int | None:
+        """Elements per row of an output when its shape is known beyond the batch dim."""
+        spec = (self.output_specs or {}).get(alias)
+        if spec is None or spec.shape.rank is None or spec.shape.rank < 1:
+            return None
+        dims = spec.shape.as_list()[1:]
+        if any(d is None for d in dims):
+            return None
+        return int(np.prod(dims, dtype=np.int64)) if dims else 1
 
 
 class Servable:
@@ -147,7 +176,7 @@ def load_servable(name: str, version: int, path: str) -> Servable:
         inputs = dict(function.structured_input_signature[1])
         outputs = dict(function.structured_outputs)
         signatures[key] = Signature(key, function, inputs, tuple(outputs),
-                                    _batchable(inputs, outputs))
+                                    _batchable(inputs, outputs), output_specs=outputs)
     if not signatures:
         raise ValueError(f"{path}: the SavedModel has no serving signatures")
     log.debug("read %s version %d in %.1f s", name, version, time.monotonic() - start)

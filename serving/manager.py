@@ -2,18 +2,28 @@
 
 Like TF Serving's AspiredVersionsManager with the availability-preserving
 latest-version policy:
-- the aspired version is the highest integer folder under the base path;
-- a new version is loaded while the old one keeps serving, becomes available,
-  and only then is the old one unloaded, so no request sees a gap;
-- a version that fails to load is marked END with its error and never replaces
-  a working one (it is retried only if its folder is replaced);
+- the aspired version is the highest version folder under the base path
+  (source.py says which names are versions);
+- a folder whose files changed since the last poll is still being written: it is
+  loaded once it has stayed unchanged for one poll (a fresh folder whose files are
+  older than `settle_seconds` is loaded at once, e.g. at start-up);
+- a new version is loaded while the old one keeps serving, must answer a canary
+  request correctly, becomes available, and only then is the old one unloaded,
+  so no request sees a gap;
+- a version that fails to load or fails its canary is marked END with its error
+  and never replaces a working one. It is tried again when its files change (and
+  then stay unchanged for a poll), and otherwise up to `max_retries` times,
+  `retry_interval_seconds` apart (TF Serving's max_num_load_retries and
+  load_retry_interval_micros);
 - requests hold a handle; unloading waits until in-flight requests on the old
   version have finished.
+Errors reported to clients (GetModelStatus) never name server paths.
 """
 from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import logging
 import os
 import threading
@@ -23,9 +33,9 @@ from typing import Callable, Iterator
 
 import grpc
 
-from serving.errors import ServingError, servable_not_found
+from serving.errors import ServingError, client_text, one_line, redact_paths, servable_not_found
 from serving.loader import Servable, load_servable
-from serving.source import aspired_version
+from serving.source import VersionDir, VersionSource
 
 log = logging.getLogger("serving")
 
@@ -56,21 +66,80 @@ class _Loaded:
     in_flight: int = 0
 
 
+@dataclass(frozen=True)
+class LoadPolicy:
+    """When folders are loaded and failed loads tried again."""
+    max_retries: int = 5                 # TF Serving's --max_num_load_retries
+    retry_interval_seconds: float = 60.0  # TF Serving's --load_retry_interval_micros, in seconds
+    settle_seconds: float = 2.0          # files newer than this: wait one poll for them to settle
+
+
+@dataclass
+class _Track:
+    """What the poller knows of one version folder."""
+    seen: str                            # fingerprint at the last poll
+    failed: str | None = None            # fingerprint when its last load failed
+    retries: int = 0
+    next_retry: float = 0.0
+
+
+_WAIT, _SKIP, _LOAD = "wait", "skip", "load"
+_MAX_FINGERPRINT_ENTRIES = 10_000
+
+
+def folder_fingerprint(path: str) -> tuple[str, float]:
+    """(digest of every entry's relative path, size and mtime; newest mtime) of a folder:
+    changes while files are copied in, written or replaced."""
+    digest = hashlib.sha1()
+    newest = 0.0
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing", 0.0
+    digest.update(f"{st.st_ino} {st.st_mtime_ns}\n".encode())
+    newest = st.st_mtime
+    count = 0
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            count += 1
+            if count > _MAX_FINGERPRINT_ENTRIES:
+                digest.update(b"...")
+                return digest.hexdigest(), newest
+            full = os.path.join(root, name)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            rel = os.path.relpath(full, path)
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode(errors="replace"))
+            newest = max(newest, st.st_mtime)
+    return digest.hexdigest(), newest
+
+
 class ServableManager:
     """Serves one model from a base path; thread-safe."""
 
     def __init__(self, model_name: str, base_path: str,
                  loader: Callable[[str, int, str], Servable] = load_servable,
-                 on_change: Callable[["ServableManager"], None] | None = None):
+                 on_change: Callable[["ServableManager"], None] | None = None,
+                 policy: LoadPolicy = LoadPolicy(),
+                 canary: Callable[[Servable], None] | None = None):
         self.model_name = model_name
         self.base_path = base_path
+        self.policy = policy
         self._loader = loader
+        self._canary = canary
         self._on_change = on_change
+        self._source = VersionSource(base_path)
         self._lock = threading.Condition()
         self._loaded: dict[int, _Loaded] = {}          # versions that take requests
         self._status: dict[int, VersionStatus] = {}    # every version ever aspired
-        self._failed: dict[int, tuple] = {}            # version → folder identity at failure
+        self._tracks: dict[int, _Track] = {}           # version folders seen by the poller
         self._warned_empty = False
+        self._redactions = {root: "<model base path>"
+                            for root in {base_path, os.path.abspath(base_path),
+                                         os.path.realpath(base_path)}}
 
     # ---- requests -------------------------------------------------------------
 
@@ -106,23 +175,56 @@ class ServableManager:
     # ---- version management ---------------------------------------------------
 
     def poll(self) -> None:
-        """One reconciliation step: load the aspired version if it is new, then unload the rest."""
-        target = aspired_version(self.base_path, exclude=self._still_failed())
+        """One reconciliation step: load the aspired version if it is new and ready, then
+        unload the rest."""
+        candidates = self._source.versions()
+        present = {c.version for c in candidates}
+        for version in [v for v in self._tracks if v not in present]:
+            del self._tracks[version]          # removed: a folder of that name later is new
         with self._lock:
             current = max(self._loaded) if self._loaded else None
-        if target is None:
+        if not candidates:
             if not self._warned_empty:
                 log.warning("no servable versions of %s under %s%s", self.model_name,
                             self.base_path, f"; keeping version {current}" if current else "")
                 self._warned_empty = True
             return
         self._warned_empty = False
-        if target.version == current:
+        for candidate in reversed(candidates):
+            if candidate.version == current:
+                return
+            decision, fingerprint = self._decide(candidate)
+            if decision == _WAIT:
+                return
+            if decision == _SKIP:
+                continue
+            if self._load(candidate, fingerprint):
+                for version in [v for v in self.available_versions() if v != candidate.version]:
+                    self._unload(version)
             return
-        if not self._load(target.version, target.path):
-            return
-        for version in [v for v in self.available_versions() if v != target.version]:
-            self._unload(version)
+
+    def _decide(self, candidate: VersionDir) -> tuple[str, str]:
+        fingerprint, newest = folder_fingerprint(candidate.path)
+        track = self._tracks.get(candidate.version)
+        if track is None:
+            self._tracks[candidate.version] = _Track(seen=fingerprint)
+            if time.time() - newest < self.policy.settle_seconds:
+                log.debug("version %d was just written; loading it once it is unchanged",
+                          candidate.version)
+                return _WAIT, fingerprint
+            return _LOAD, fingerprint
+        if fingerprint != track.seen:          # still being written
+            track.seen = fingerprint
+            return _WAIT, fingerprint
+        if track.failed is None:
+            return _LOAD, fingerprint
+        if fingerprint != track.failed:        # changed since it failed, and now settled
+            track.retries = 0
+            return _LOAD, fingerprint
+        if track.retries < self.policy.max_retries and time.monotonic() >= track.next_retry:
+            track.retries += 1
+            return _LOAD, fingerprint
+        return _SKIP, fingerprint
 
     def run(self, poll_seconds: float, stop: threading.Event) -> None:
         """Polls until `stop` is set; errors in one poll are logged, never fatal."""
@@ -133,19 +235,9 @@ class ServableManager:
                 log.exception("polling %s failed", self.base_path)
             stop.wait(poll_seconds)
 
-    def unload_all(self) -> None:
+    def unload_all(self, wait_seconds: float = 60.0) -> None:
         for version in self.available_versions():
-            self._unload(version)
-
-    def _still_failed(self) -> set[int]:
-        """Failed versions whose folder is unchanged; a replaced folder gets another try."""
-        still = set()
-        for version, identity in list(self._failed.items()):
-            if _folder_identity(os.path.join(self.base_path, str(version))) == identity:
-                still.add(version)
-            else:
-                del self._failed[version]
-        return still
+            self._unload(version, wait_seconds)
 
     def _set_status(self, version: int, status: VersionStatus) -> None:
         with self._lock:
@@ -153,17 +245,30 @@ class ServableManager:
         if self._on_change is not None:
             self._on_change(self)
 
-    def _load(self, version: int, path: str) -> bool:
+    def _load(self, candidate: VersionDir, fingerprint: str) -> bool:
+        version, path = candidate.version, candidate.path
         self._set_status(version, VersionStatus(State.START))
         self._set_status(version, VersionStatus(State.LOADING))
         start = time.monotonic()
         try:
             servable = self._loader(self.model_name, version, path)
         except ServingError as err:
-            return self._fail(version, path, err.code, err.message)
+            return self._fail(version, path, fingerprint, err.code, err.message)
         except Exception as err:  # any reason a folder cannot be served is a load failure
-            return self._fail(version, path, grpc.StatusCode.UNKNOWN,
+            return self._fail(version, path, fingerprint, grpc.StatusCode.UNKNOWN,
                               f"{type(err).__name__}: {err}".strip())
+        if self._canary is not None:
+            try:
+                self._canary(servable)
+            except ServingError as err:
+                return self._fail(version, path, fingerprint, err.code,
+                                  f"canary request failed: {err.message}")
+            except Exception as err:
+                return self._fail(version, path, fingerprint, grpc.StatusCode.UNKNOWN,
+                                  f"canary request failed: {type(err).__name__}: {err}")
+        track = self._tracks.get(version)
+        if track is not None:
+            track.failed, track.retries = None, 0
         with self._lock:
             self._loaded[version] = _Loaded(servable)
         self._set_status(version, VersionStatus(State.AVAILABLE))
@@ -171,22 +276,29 @@ class ServableManager:
                  time.monotonic() - start)
         return True
 
-    def _fail(self, version: int, path: str, code: grpc.StatusCode, message: str) -> bool:
-        self._failed[version] = _folder_identity(path)
-        first_line = message.splitlines()[0] if message else code.name
-        self._set_status(version, VersionStatus(State.END, code, message))
-        log.error("failed to load %s version %d from %s: %s (still serving %s)",
-                  self.model_name, version, path, first_line,
-                  ", ".join(map(str, self.available_versions())) or "nothing")
+    def _fail(self, version: int, path: str, fingerprint: str, code: grpc.StatusCode,
+              message: str) -> bool:
+        track = self._tracks.setdefault(version, _Track(seen=fingerprint))
+        track.failed = fingerprint
+        track.next_retry = time.monotonic() + self.policy.retry_interval_seconds
+        for_client = client_text(redact_paths(message, self._redactions)) or code.name
+        self._set_status(version, VersionStatus(State.END, code, for_client))
+        left = self.policy.max_retries - track.retries
+        retry = (f"next try in {self.policy.retry_interval_seconds:g} s ({left} left) or when its "
+                 f"files change" if left > 0 else "next try when its files change")
+        log.error("failed to load %s version %d from %s: %s (still serving %s; %s)",
+                  self.model_name, version, path, one_line(message.splitlines()[0] if message
+                                                           else code.name),
+                  ", ".join(map(str, self.available_versions())) or "nothing", retry)
         return False
 
-    def _unload(self, version: int) -> None:
+    def _unload(self, version: int, wait_seconds: float = UNLOAD_WAIT_SECONDS) -> None:
         with self._lock:
             entry = self._loaded.pop(version, None)   # new requests no longer find it
             if entry is None:
                 return
         self._set_status(version, VersionStatus(State.UNLOADING))
-        deadline = time.monotonic() + UNLOAD_WAIT_SECONDS
+        deadline = time.monotonic() + wait_seconds
         with self._lock:
             while entry.in_flight and time.monotonic() < deadline:
                 self._lock.wait(deadline - time.monotonic())
@@ -197,10 +309,3 @@ class ServableManager:
         self._set_status(version, VersionStatus(State.END))
         log.info("unloaded %s version %d", self.model_name, version)
 
-
-def _folder_identity(path: str) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns)

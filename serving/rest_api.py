@@ -1,29 +1,34 @@
-"""REST front end: TF Serving's HTTP API and the Prometheus endpoint, on http.server.
+"""REST front end: TF Serving's HTTP API and the Prometheus endpoint (I/O: http_server.py).
 
   GET  /v1/models/{name}[/versions/{v}]            model status
   GET  /v1/models/{name}[/versions/{v}]/metadata   signature defs
   POST /v1/models/{name}[/versions/{v}]:predict    instances / inputs JSON
   GET  {monitoring path}                           Prometheus text format
 Paths, errors (`{"error": "..."}`) and HTTP codes follow TF Serving's
-http_rest_api_handler.cc and http_server.cc.
+http_rest_api_handler.cc and http_server.cc; a version that is not an int64 is
+"Failed to convert version: N to numeric." (400), as there. One log line per
+client error.
 """
 from __future__ import annotations
 
 import logging
 import re
 import time
+from concurrent.futures import Executor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 import grpc
 
 from serving import rest_json
-from serving.core import ModelRef, ServerCore
-from serving.errors import ServingError, invalid_argument
+from serving.core import JSON, ModelRef, ServerCore
+from serving.errors import ServingError, client_text, invalid_argument, one_line, redact_paths
+from serving.http_server import HttpServer, Request, Response, json_error
+from serving.limits import RequestContext
 from serving.messages import (SIGNATURE_DEF_FIELD, metadata_json, metadata_response, status_json,
                               status_response)
 from serving.metrics import ServingMetrics
+from serving.source import INT64_MAX
 
 log = logging.getLogger("serving")
 
@@ -36,128 +41,60 @@ _STATUS_PATH = re.compile(
 _API_PREFIX = re.compile(r"/v1/", re.I)
 
 
-class RestServer(ThreadingHTTPServer):
-    daemon_threads = True
+class RestApi:
+    """Answers one complete HTTP request (in a worker thread); `http_server` does the I/O."""
 
-    def __init__(self, address: tuple[str, int], core: ServerCore, metrics: ServingMetrics,
-                 max_body_bytes: int, monitoring_path: str | None):
+    def __init__(self, core: ServerCore, metrics: ServingMetrics, monitoring_path: str | None,
+                 request_timeout: float | None = None):
         self.core = core
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
         self.monitoring_path = monitoring_path
-        super().__init__(address, RestHandler)
+        self.request_timeout = request_timeout   # TF Serving's --rest_api_timeout_in_ms
 
-
-class RestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"     # keep-alive: clients reuse one connection
-    server: RestServer
-
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_POST(self):
-        self._handle("POST")
-
-    def do_PUT(self):
-        self._handle("PUT")
-
-    def do_DELETE(self):
-        self._handle("DELETE")
-
-    def log_message(self, fmt, *args):   # one line per request is too much at INFO
-        log.debug("REST %s - %s", self.address_string(), fmt % args)
-
-    def _handle(self, method: str) -> None:
-        path = urlsplit(self.path).path
-        if method == "GET" and self.server.monitoring_path and path == self.server.monitoring_path:
-            self._send(HTTPStatus.OK, self.server.metrics.render().encode(),
-                       "text/plain; version=0.0.4; charset=utf-8")
-            return
+    def __call__(self, request: Request) -> Response:
+        method, path = request.method, urlsplit(request.target).path
+        get = method in ("GET", "HEAD")
+        if get and self.monitoring_path and path == self.monitoring_path:
+            return Response(HTTPStatus.OK, self.metrics.render().encode(),
+                            "text/plain; version=0.0.4; charset=utf-8")
         if not _API_PREFIX.match(path):
-            self._discard_body()
-            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"Not found: {method} {path}"})
-            return
+            log.info("REST 404 %s %s from %s", method, one_line(path, 100), request.peer)
+            return json_error(HTTPStatus.NOT_FOUND, f"Not found: {method} {path}")
         start = time.monotonic()
-        model_name, api, failure, bad_route = "", "", None, None
+        model_name, api, failure, payload = "", "", None, b""
         try:
-            api, ref = _route(method, path)
+            api, ref = _route("GET" if method == "HEAD" else method, path)
             model_name = ref.name
-        except ServingError as err:
-            bad_route = err
-        try:
-            body = self._read_body()   # even for a bad path: an unread body would break keep-alive
-            if bad_route is not None:
-                raise bad_route
-            document = self._answer(api, ref, body)
+            payload = self._answer(api, ref, request.body)
         except ServingError as err:
             failure = err
         except Exception as err:   # a bug, not the caller's fault: report it, keep serving
             log.exception("REST %s %s failed", method, path)
-            failure = ServingError(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
-        self.server.metrics.record(model_name, api, "REST",
-                                   failure.code.name if failure else "OK", time.monotonic() - start)
+            failure = ServingError(grpc.StatusCode.INTERNAL,
+                                   client_text(redact_paths(f"{type(err).__name__}: {err}")))
+        finally:
+            request.body = b""     # the body can be large: drop it as soon as it is read
+        self.metrics.record(model_name, api, "REST",
+                            failure.code.name if failure else "OK", time.monotonic() - start)
         if failure is not None:
-            self._send_json(failure.http_status, {"error": failure.message})
-        else:
-            self._send_json(HTTPStatus.OK, document)
+            log.info("REST %d %s %s from %s: %s", failure.http_status, method,
+                     one_line(path, 100), request.peer, one_line(failure.message))
+            return json_error(failure.http_status, failure.message)
+        return Response(HTTPStatus.OK, payload)
 
-    def _answer(self, api: str, ref: ModelRef, body: bytes) -> dict:
-        core = self.server.core
+    def _answer(self, api: str, ref: ModelRef, body) -> bytes:
+        core = self.core
         if api == "predict":
+            context = RequestContext(self.request_timeout)
             signature, inputs, fmt = rest_json.parse_predict_request(
-                body, lambda sig: core.input_dtypes(ref, sig))
-            result = core.predict(ref, signature, inputs)
-            return rest_json.format_predict_response(result.outputs, fmt)
+                body, lambda sig: core.input_dtypes(ref, sig), core.limits)
+            result = core.predict(ref, signature, inputs, context=context, encoding=JSON)
+            return rest_json.encode_predict_response(result.outputs, fmt,
+                                                     core.limits.max_response_bytes)
         if api == "metadata":
-            return metadata_json(metadata_response(core, ref, [SIGNATURE_DEF_FIELD]))
-        return status_json(status_response(core, ref))
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise invalid_argument("chunked request bodies are not supported: send Content-Length")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.close_connection = True
-            raise invalid_argument("Content-Length is not a number")
-        if length > self.server.max_body_bytes:
-            self._skip(length)
-            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"Received message larger than max ({length} vs. "
-                               f"{self.server.max_body_bytes})")
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _discard_body(self) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        self._skip(length)
-
-    def _skip(self, length: int) -> None:
-        """Reads and drops a body we will not use, so the client can read our answer
-        (closing on unread data resets the connection). Huge ones: just close."""
-        if length < 0 or length > 4 * self.server.max_body_bytes:
-            self.close_connection = True
-            return
-        while length > 0:
-            chunk = self.rfile.read(min(length, 1 << 16))
-            if not chunk:
-                break
-            length -= len(chunk)
-
-    def _send_json(self, status: int, document: dict) -> None:
-        self._send(status, rest_json.dumps(document), "application/json")
-
-    def _send(self, status: int, payload: bytes, content_type: str) -> None:
-        self.send_response(int(status))
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
+            return rest_json.dumps(metadata_json(metadata_response(core, ref,
+                                                                   [SIGNATURE_DEF_FIELD])))
+        return rest_json.dumps(status_json(status_response(core, ref)))
 
 
 def _route(method: str, path: str) -> tuple[str, ModelRef]:
@@ -185,12 +122,27 @@ def _route(method: str, path: str) -> tuple[str, ModelRef]:
 
 def _model_ref(name: str, version: str | None, label: str | None) -> ModelRef:
     name = unquote(name or "")
-    return ModelRef(name, int(version) if version else None, unquote(label or ""))
+    return ModelRef(name, _version(version) if version else None, unquote(label or ""))
 
 
-def build_rest_server(core: ServerCore, metrics: ServingMetrics, host: str, port: int,
-                      max_body_bytes: int, monitoring_path: str | None) -> RestServer:
+def _version(text: str) -> int:
+    """A version path segment as TF Serving reads it (absl::SimpleAtoi into int64)."""
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(INT64_MAX)) or int(digits) > INT64_MAX:
+        shown = text if len(text) <= 40 else f"{text[:40]}...({len(text)} digits)"
+        raise invalid_argument(f"Failed to convert version: {shown} to numeric.")
+    return int(digits)
+
+
+async def build_rest_server(core: ServerCore, metrics: ServingMetrics, host: str, port: int,
+                            executor: Executor, monitoring_path: str | None, timeout: float,
+                            max_connections: int) -> HttpServer:
+    """A bound (not yet serving) REST server; raises OSError if it cannot listen."""
+    server = HttpServer(RestApi(core, metrics, monitoring_path, request_timeout=timeout), executor,
+                        core.limits.max_request_bytes, timeout=timeout,
+                        max_connections=max_connections)
     try:
-        return RestServer((host, port), core, metrics, max_body_bytes, monitoring_path)
+        await server.bind(host, port)
     except OSError as err:
         raise OSError(f"cannot listen for REST on {host}:{port}: {err.strerror or err}") from None
+    return server
