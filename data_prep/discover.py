@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep import contract
-from data_prep.image_io import is_hidden
+from data_prep.image_io import is_hidden, printable_path
 
 
 class LayoutError(ValueError):
@@ -18,7 +18,7 @@ class LayoutError(ValueError):
 @dataclass(frozen=True)
 class Candidate:
     path: str     # as found on disk
-    source: str   # path relative to the data dir, '/'-separated
+    source: str   # path relative to the data dir, '/'-separated, valid UTF-8 (see find_images)
     label: int
     origin: str   # "training" (feeds train/eval) or "testing" (feeds test)
 
@@ -56,6 +56,12 @@ def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip
     Kaggle layout when a Training/ or Testing/ folder exists (any case), else the
     data dir's own subfolders are class folders. Other top-level folders of the
     Kaggle layout are not data (the synthetic generator keeps lesion masks in masks/).
+
+    A name that is not valid UTF-8 (a Latin-1 `Tümor.jpg` copied from an old system)
+    is kept: the file is read by its real name, and its `source` (manifest, tf.Example)
+    shows the undecodable bytes as \\xNN escapes (`T\\xfcmor.jpg`), which is valid UTF-8.
+    Should that escaped text equal another file's name, the second one is skipped.
+    Only names are listed here: special files (FIFOs, devices) are refused when read.
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -72,18 +78,25 @@ def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip
 
     candidates: list[Candidate] = []
     skips: list[Skip] = []
+    sources: set[str] = set()
     for origin, split_root in roots:
         for label, class_dir in _class_folders(split_root):
             for dirpath, dirnames, filenames in os.walk(class_dir):
                 dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
                 rel_dir = Path(dirpath).relative_to(root).as_posix()
                 for name in sorted(filenames):
-                    source = f"{rel_dir}/{name}"
+                    source = printable_path(f"{rel_dir}/{name}")
                     suffix = os.path.splitext(name)[1]
+                    if source in sources:
+                        skips.append(Skip(source, "same name as another file once its "
+                                                  "non-UTF-8 bytes are escaped"))
+                        continue
+                    sources.add(source)
                     if is_hidden(name):
                         skips.append(Skip(source, "hidden or system file"))
                     elif suffix.lower() not in contract.IMAGE_EXTENSIONS:
-                        skips.append(Skip(source, f"unsupported extension {suffix or '(none)'}"))
+                        skips.append(Skip(source, "unsupported extension "
+                                                  f"{printable_path(suffix) or '(none)'}"))
                     else:
                         candidates.append(Candidate(os.path.join(dirpath, name), source, label, origin))
     return candidates, skips

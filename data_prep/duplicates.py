@@ -81,7 +81,9 @@ class DuplicateIndex:
         return None
 
     def report(self, max_listed: int = 200) -> dict:
-        """Exact groups and near pairs, summarised per split and per split pair."""
+        """Exact groups and near pairs, summarised per split and per split pair. Every
+        count is exact; at most `max_listed` exact groups and near pairs are listed,
+        and memory never grows with the number of pairs."""
         by_md5: dict[str, list[Record]] = defaultdict(list)
         for rec in self.records:
             by_md5[rec.md5].append(rec)
@@ -99,16 +101,7 @@ class DuplicateIndex:
             if len({r.label for r in group}) > 1:
                 conflicting.append([[r.source, r.label] for r in group])
 
-        near_pairs = self._near_pairs()
-        near_within: dict[str, int] = defaultdict(int)
-        near_cross: dict[str, int] = defaultdict(int)
-        for a, b, _ in near_pairs:
-            ra, rb = self.records[a], self.records[b]
-            if ra.split == rb.split:
-                near_within[ra.split] += 1
-            else:
-                near_cross["-".join(_ordered(ra.split, rb.split))] += 1
-
+        near = self._near_pairs(max_listed)
         return {
             "near_threshold_bits": self.threshold,
             "exact": {
@@ -119,30 +112,92 @@ class DuplicateIndex:
                 "conflicting_labels": conflicting,
                 "groups_listed": [[r.source for r in g] for g in exact_groups[:max_listed]],
             },
-            "near": {
-                "pairs": len(near_pairs),
-                "pairs_within_split": dict(near_within),
-                "pairs_across_splits": dict(near_cross),
-                "pairs_listed": [
-                    [self.records[a].source, self.records[b].source, d]
-                    for a, b, d in near_pairs[:max_listed]
-                ],
-            },
+            "near": near,
         }
 
-    def _near_pairs(self, block: int = 256) -> list[tuple[int, int, int]]:
-        """All pairs within the threshold that are not byte-identical. Brute force in
-        blocks: N=6,000 takes well under a second and memory stays O(block * N)."""
-        hashes = np.array([r.phash for r in self.records], np.uint64)
-        pairs = []
-        for start in range(0, len(hashes), block):
-            rows, rest = hashes[start:start + block], hashes[start:]  # upper triangle only
+    def _near_pairs(self, max_listed: int, block_elements: int = 1 << 21) -> dict:
+        """Pairs within the threshold that are not byte-identical: counted exactly per
+        split and split pair; the first `max_listed` pairs (in record order) listed.
+
+        Memory stays O(records + block_elements), never O(pairs): 100,000 images with
+        one hash make 5 billion pairs, which are counted, not enumerated. Records are
+        grouped by hash: pairs inside a group of equal hashes come from the group's
+        split counts (minus byte-identical pairs: same md5), pairs between groups from
+        a blocked brute force over the distinct hashes (6,000 distinct hashes take
+        well under a second).
+        """
+        records = self.records
+        n = len(records)
+        split_names = sorted({r.split for r in records})
+        n_splits = len(split_names)
+        if n == 0:
+            return {"pairs": 0, "pairs_within_split": {}, "pairs_across_splits": {}, "pairs_listed": []}
+        hashes = np.fromiter((r.phash for r in records), np.uint64, n)
+        split_ids = np.fromiter((split_names.index(r.split) for r in records), np.int64, n)
+        md5_index: dict[str, int] = {}
+        md5_ids = np.fromiter((md5_index.setdefault(r.md5, len(md5_index)) for r in records), np.int64, n)
+        del md5_index
+        uniq, hash_ids = np.unique(hashes, return_inverse=True)
+        hash_ids = hash_ids.reshape(-1)
+        n_uniq = len(uniq)
+        # Images per (distinct hash, split) and per (same file = hash and md5, split).
+        per_hash = np.bincount(hash_ids * n_splits + split_ids,
+                               minlength=n_uniq * n_splits).reshape(n_uniq, n_splits)
+        files, file_ids = np.unique(np.stack([hash_ids, md5_ids]), axis=1, return_inverse=True)
+        per_file = np.bincount(file_ids.reshape(-1) * n_splits + split_ids,
+                               minlength=files.shape[1] * n_splits).reshape(-1, n_splits)
+        # A hash has a partner when two different files share it, or another hash is near.
+        has_partner = np.bincount(files[0], minlength=n_uniq) >= 2
+
+        pairs = np.zeros((n_splits, n_splits), np.int64)   # [s, t]: within s on the diagonal
+        diag, upper = np.diag_indices(n_splits), np.triu_indices(n_splits, 1)
+
+        def add_within(counts: np.ndarray, sign: int) -> None:
+            """Pairs inside each group; `counts` holds one row of split counts per group."""
+            pairs[diag] += sign * (counts * (counts - 1) // 2).sum(axis=0)
+            pairs[upper] += sign * (counts.T @ counts)[upper]
+
+        add_within(per_hash, 1)     # equal hashes (distance 0) ...
+        add_within(per_file, -1)    # ... except byte-identical copies
+        block = max(1, block_elements // n_uniq)
+        for start in range(0, n_uniq, block):
+            rows, rest = uniq[start:start + block], uniq[start + 1:]   # later hashes only
             dist = popcount64(np.bitwise_xor(rows[:, None], rest[None, :]))
-            for i, j in zip(*np.nonzero(dist <= self.threshold)):
-                a, b = start + int(i), start + int(j)
-                if a < b and self.records[a].md5 != self.records[b].md5:
-                    pairs.append((a, b, int(dist[i, j])))
-        return pairs
+            near = dist <= self.threshold
+            near &= np.arange(len(rest))[None, :] >= np.arange(len(rows))[:, None]
+            i, j = np.nonzero(near)
+            if len(i):
+                a, b = per_hash[start + i], per_hash[start + 1 + j]
+                cross = a.T @ b          # [s, t]: image pairs with one in s, the other in t
+                pairs[diag] += np.diag(cross)
+                pairs[upper] += (cross + cross.T)[upper]
+                has_partner[start + i] = True
+                has_partner[start + 1 + j] = True
+
+        within = {split_names[s]: int(pairs[s, s]) for s in range(n_splits) if pairs[s, s]}
+        across: dict[str, int] = defaultdict(int)
+        for s, t in zip(*upper):
+            if pairs[s, t]:
+                across["-".join(_ordered(split_names[s], split_names[t]))] += int(pairs[s, t])
+        return {"pairs": int(pairs[diag].sum() + pairs[upper].sum()), "pairs_within_split": within,
+                "pairs_across_splits": dict(across),
+                "pairs_listed": self._first_pairs(hashes, md5_ids, has_partner[hash_ids], max_listed)}
+
+    def _first_pairs(self, hashes: np.ndarray, md5_ids: np.ndarray, candidate: np.ndarray,
+                     max_listed: int) -> list[list]:
+        """The first `max_listed` near pairs (a < b, in record order), each as
+        [source a, source b, distance]. Only images with a partner are visited, and
+        every visited image adds a pair or has its partner listed already, so at most
+        about 2 x max_listed rows of N distances are computed."""
+        listed: list[list] = []
+        for a in np.flatnonzero(candidate):
+            if len(listed) >= max_listed:
+                break
+            dist = popcount64(np.bitwise_xor(hashes[a + 1:], hashes[a]))
+            match = np.flatnonzero((dist <= self.threshold) & (md5_ids[a + 1:] != md5_ids[a]))
+            for j in match[:max_listed - len(listed)]:
+                listed.append([self.records[a].source, self.records[a + 1 + j].source, int(dist[j])])
+        return listed
 
 
 _SPLIT_ORDER = {"eval": 0, "test": 1, "train": 2}

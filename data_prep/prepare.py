@@ -26,7 +26,8 @@ from tqdm import tqdm
 from data_prep import contract
 from data_prep.discover import find_images
 from data_prep.duplicates import DEFAULT_NEAR_THRESHOLD, DuplicateIndex, Record, perceptual_hash
-from data_prep.image_io import DEFAULT_MAX_PIXELS, ImageError, content_hash, decode_image, read_bytes
+from data_prep.image_io import (DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, ImageError, content_hash,
+                                decode_image, read_bytes)
 from data_prep.splits import assign_train_eval
 
 # About 100-200 MB per shard for the real set: few enough files for the
@@ -49,6 +50,7 @@ class PrepareOptions:
     drop_cross_split_duplicates: bool = False
     near_threshold: int = DEFAULT_NEAR_THRESHOLD
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_mb: float = DEFAULT_MAX_FILE_MB  # larger files are skipped before they are opened
     box_dir: str | None = None  # tumour boxes (data_prep/lesion_boxes.py) to attach to matching images
     progress: bool = True
 
@@ -72,23 +74,24 @@ def input_fingerprint(data_dir: str, found: tuple | None = None) -> str:
     return digest.hexdigest()
 
 
-def _hash_file(path: str) -> tuple[str | None, str | None]:
+def _hash_file(task: tuple[str, int]) -> tuple[str | None, str | None]:
     """(md5, None) or (None, reason)."""
+    path, max_bytes = task
     try:
-        return content_hash(read_bytes(path)), None
+        return content_hash(read_bytes(path, max_bytes)), None
     except ImageError as err:
         return None, str(err)
 
 
-def _convert_file(task: tuple[str, str, int]) -> dict:
+def _convert_file(task: tuple[str, str, int, int]) -> dict:
     """One file → Example fields, or the reason it is skipped.
 
     Never raises: an unexpected failure in a decoder is a skip too, so one odd
     file cannot end a 7,000-image run.
     """
-    path, suffix, max_pixels = task
+    path, suffix, max_pixels, max_bytes = task
     try:
-        data = read_bytes(path)
+        data = read_bytes(path, max_bytes)
         image = decode_image(data, suffix, max_pixels)
         return {"ok": True, "md5": content_hash(data), "encoded": image.encoded,
                 "height": image.height, "width": image.width, "reencoded": image.reencoded,
@@ -154,7 +157,8 @@ def prepare(opts: PrepareOptions) -> dict:
 
     # Pass 1: content hashes decide the split.
     md5s: dict[str, str] = {}
-    hashed = _ordered_map(_hash_file, (c.path for c in candidates), workers)
+    max_bytes = int(opts.max_file_mb * 1024 * 1024)
+    hashed = _ordered_map(_hash_file, ((c.path, max_bytes) for c in candidates), workers)
     for cand, (md5, reason) in tqdm(zip(candidates, hashed), total=len(candidates),
                                     desc="hashing", unit="file", disable=not opts.progress):
         if md5 is None:
@@ -181,7 +185,7 @@ def prepare(opts: PrepareOptions) -> dict:
     dropped: list[dict] = []
     reencoded = 0
     boxes = _BoxAttacher(opts.box_dir)
-    tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels) for c in readable)
+    tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels, max_bytes) for c in readable)
     results = _ordered_map(_convert_file, tasks, workers)
     for cand, res in tqdm(zip(readable, results), total=len(readable), desc="converting",
                           unit="img", disable=not opts.progress):

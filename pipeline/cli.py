@@ -37,6 +37,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         seed=args.seed, workers=args.workers, shards=args.shards,
         drop_cross_split_duplicates=args.drop_cross_split_duplicates,
         near_threshold=args.near_threshold, max_pixels=args.max_pixels,
+        max_file_mb=args.max_file_mb,
         box_dir=args.boxes_dir, progress=not args.quiet)
     try:
         manifest = prepare(opts)
@@ -191,7 +192,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from data_prep.duplicates import DEFAULT_NEAR_THRESHOLD
-    from data_prep.image_io import DEFAULT_MAX_PIXELS
+    from data_prep.image_io import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS
     from data_prep.prepare import DEFAULT_TRAIN_SHARDS
 
     parser = argparse.ArgumentParser(
@@ -224,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"duplicate (default {DEFAULT_NEAR_THRESHOLD})")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels than this (default %(default)s)")
+    p.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,
+                   help="skip files larger than this many MiB before opening them (default %(default)s)")
     p.add_argument("--boxes-dir", default=None,
                    help="folder of tumour slices with boxes (<class>/<id>.jpg + .txt): images that "
                         "are copies of one get its box, for lesion-guided training")

@@ -66,3 +66,10 @@ def png_bomb(width: int = 16384, height: int = 16384) -> bytes:
     row = bytes(width + 1)          # filter byte 0 + a row of zeros
     body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     return header + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
+
+
+def png_bomb_header(width: int, height: int) -> bytes:
+    """A complete PNG (signature, IHDR, one empty IDAT, IEND) declaring width x height
+    with no pixel data: a header-only bomb, built instantly at any size."""
+    header = PNG_MAGIC + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return header + _chunk(b"IDAT", zlib.compress(b"")) + _chunk(b"IEND", b"")

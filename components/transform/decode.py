@@ -37,10 +37,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from data_prep.image_io import DEFAULT_MAX_PIXELS
-
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from data_prep.image_io import DEFAULT_MAX_PIXELS, JPEG_MAGIC, PNG_MAGIC
 
 # A JPEG is decoded at 1/r scale (r = 2, 4, 8) when its decoded short side still has at
 # least this many pixels per output pixel (4 x 224 = 896): the 224x224 result then
@@ -70,15 +67,16 @@ def _check_budget(data: tf.Tensor, width: tf.Tensor, height: tf.Tensor, max_pixe
     """`data` gated on width x height (int64, from the header) being within budget."""
     ok = tf.logical_and(tf.logical_and(width > 0, height > 0), width * height <= max_pixels)
     message = tf.strings.format(
-        "image too large: {}x{} pixels, more than the model's budget of {} pixels "
+        "image too large: {}x{} pixels, over the budget of {} pixels "
         "(refused before decoding)", [width, height, tf.constant(max_pixels, tf.int64)])
     return _after(tf.debugging.Assert(ok, [message]), data)
 
 
 def _resize(gray: tf.Tensor, size: int) -> tf.Tensor:
-    """uint8 [H, W, 1] -> float32 [size, size, 1] in [0, 1] (the model's input)."""
-    pixels = tf.image.resize(tf.cast(gray, tf.float32), [size, size],
-                             method="bilinear", antialias=True)
+    """uint8 [H, W, 1] -> float32 [size, size, 1] in [0, 1] (the model's input).
+    The resize reads uint8 directly (the same values as from a float32 copy, bit for
+    bit, without the 4-bytes-per-pixel copy)."""
+    pixels = tf.image.resize(gray, [size, size], method="bilinear", antialias=True)
     return tf.clip_by_value(pixels / 255.0, 0.0, 1.0)
 
 
@@ -119,34 +117,45 @@ def _png_gray_from_rgb(rgb: tf.Tensor) -> tf.Tensor:
     return tf.cast(gray, tf.uint8)[..., None]
 
 
+# The 16-bit / alpha PNG conversion runs over strips of about this many pixels, so
+# its float32 and int32 temporaries stay small next to the decoded image.
+_STRIP_PIXELS = 1 << 20
+
+
 def _png_native(data: tf.Tensor, deep: tf.Tensor) -> tf.Tensor:
     """16-bit and/or alpha PNG -> uint8 [H, W, 1] as prepare would store and TF then
     read it: colour stretched over its own range (16-bit only), alpha composited over
     black, then libpng's RGB->gray."""
     pixels = tf.io.decode_png(data, channels=0, dtype=tf.uint16)  # 8-bit samples come as v*257
-    channels = tf.shape(pixels)[-1]
+    shape = tf.shape(pixels)
+    height, width, channels = shape[0], shape[1], shape[2]
     has_alpha = tf.logical_or(tf.equal(channels, 2), tf.equal(channels, 4))
     n_colour = channels - tf.cast(has_alpha, tf.int32)
-    colour = pixels[..., :n_colour]
+    # data_prep.image_io._to_uint8's range: min..max over the colour channels (per-channel
+    # reductions first: no copy of the image)
+    lo = tf.cast(tf.reduce_min(tf.reduce_min(pixels, axis=[0, 1])[:n_colour]), tf.float32)
+    hi = tf.cast(tf.reduce_max(tf.reduce_max(pixels, axis=[0, 1])[:n_colour]), tf.float32)
+    scale = tf.math.divide_no_nan(255.0, hi - lo)
 
-    def stretched():  # data_prep.image_io._to_uint8: min..max -> 0..255, rounded
-        lo = tf.cast(tf.reduce_min(colour), tf.float32)
-        hi = tf.cast(tf.reduce_max(colour), tf.float32)
-        scale = tf.math.divide_no_nan(255.0, hi - lo)
-        return tf.round((tf.cast(colour, tf.float32) - lo) * scale)
+    def to_gray(strip):  # uint16 [s, W, C] -> uint8 [s, W, 1]
+        colour = tf.cast(strip[..., :n_colour], tf.float32)
+        colour8 = tf.cond(deep, lambda: tf.round((colour - lo) * scale),  # stretched, rounded
+                          lambda: tf.round(colour / 257.0))               # 8-bit: exact
+        if_alpha = lambda: tf.round(  # noqa: E731  data_prep's _composite_over_black, in float32
+            colour8 * (tf.round(tf.cast(strip[..., n_colour:], tf.float32) / 257.0) / 255.0))
+        colour8 = tf.cast(tf.cond(has_alpha, if_alpha, lambda: colour8), tf.uint8)
+        return tf.cond(tf.equal(n_colour, 3), lambda: _png_gray_from_rgb(colour8),
+                       lambda: colour8[..., :1])
 
-    def plain():  # 8-bit samples (v * 257): exact
-        return tf.round(tf.cast(colour, tf.float32) / 257.0)
-
-    colour8 = tf.cond(deep, stretched, plain)
-
-    def composited():  # data_prep.image_io._drop_alpha, same float32 arithmetic
-        alpha8 = tf.round(tf.cast(pixels[..., n_colour:], tf.float32) / 257.0)
-        return tf.round(colour8 * (alpha8 / 255.0))
-
-    colour8 = tf.cast(tf.cond(has_alpha, composited, lambda: colour8), tf.uint8)
-    return tf.cond(tf.equal(n_colour, 3), lambda: _png_gray_from_rgb(colour8),
-                   lambda: tf.reshape(colour8, tf.concat([tf.shape(colour8)[:2], [1]], 0)))
+    rows = tf.maximum(1, _STRIP_PIXELS // tf.maximum(width, 1))
+    n_strips = (height + rows - 1) // rows
+    strips = tf.TensorArray(tf.uint8, size=n_strips, infer_shape=False,
+                            element_shape=tf.TensorShape([None, None, 1]))
+    _, strips = tf.while_loop(
+        lambda i, _: i < n_strips,
+        lambda i, acc: (i + 1, acc.write(i, to_gray(pixels[i * rows:(i + 1) * rows]))),
+        (tf.constant(0), strips), parallel_iterations=1)
+    return strips.concat()
 
 
 def _decode_png(data: tf.Tensor, size: int, max_pixels: int) -> tf.Tensor:
