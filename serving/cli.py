@@ -44,6 +44,19 @@ def _client(args: argparse.Namespace):
     return PredictionClient(args.server, model_name=args.model_name, timeout=args.timeout)
 
 
+def _payload(path: str) -> bytes:
+    """The bytes to send for an image file, read and converted with prepare's code
+    (serving.client.image_payload); ValueError with the reason when impossible."""
+    from data_prep.image_io import ImageError, read_bytes
+    from serving.client import image_payload
+
+    try:
+        data = read_bytes(path)
+    except ImageError as err:
+        raise ValueError(f"cannot read: {err}") from None
+    return image_payload(data, path)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from serving.client import RequestFailed, ServerUnavailable
 
@@ -52,12 +65,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for path in args.images:
             record = {"file": path}
             try:
-                prediction = client.classify_image(Path(path).read_bytes())
+                prediction = client.classify_image(_payload(path))
                 record.update({"class": prediction.class_name,
                                "probabilities": prediction.probabilities,
                                "model_version": prediction.model_version})
-            except OSError as err:
-                record["error"] = f"cannot read: {err.strerror or err}"
+            except ValueError as err:
+                record["error"] = str(err)
             except RequestFailed as err:
                 record["error"] = str(err)
             except ServerUnavailable as err:
@@ -81,7 +94,7 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for path, stem in zip(args.images, gradcam.unique_stems(args.images)):
             try:
-                data = Path(path).read_bytes()
+                data = _payload(path)  # drawn as sent: a DICOM shows as the model saw it
                 result = client.gradcam(data)
                 images = gradcam.render(gradcam.decode_image(data), result.heatmap, args.alpha)
                 written = gradcam.write(images, out, stem)
@@ -147,7 +160,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=_cmd_serve)
 
     def client_args(p, rest: bool):
-        p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG/PNG files")
+        p.add_argument("images", nargs="+", metavar="IMAGE",
+                       help="JPEG/PNG files; DICOM, TIFF and BMP are converted to PNG first, "
+                            "as btmri prepare converts them")
         p.add_argument("--server", default="localhost:8500",
                        help="gRPC address HOST:PORT (default %(default)s)")
         if rest:

@@ -1,9 +1,14 @@
 """Clients of a TF Serving model server (the official one or `btmri serve`).
 
 `PredictionClient` speaks gRPC through the official stubs; `RestClient` the REST
-API. Both send the encoded image file as it is (preprocessing lives in the
-model), retry UNAVAILABLE with exponential backoff and raise
-`ServerUnavailable` when the server cannot be reached at all.
+API. Both send encoded image bytes (preprocessing lives in the model), retry
+UNAVAILABLE with exponential backoff and raise `ServerUnavailable` when the server
+cannot be reached at all.
+
+`image_payload` turns an image file into the bytes to send: the model reads JPEG
+and PNG only, so DICOM, TIFF and BMP (and CMYK JPEGs, 16-bit or alpha PNGs) are
+converted with the very code `btmri prepare` uses (data_prep.image_io), and the
+served model sees what it was trained on.
 """
 from __future__ import annotations
 
@@ -13,14 +18,48 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from data_prep import image_io
 from data_prep.contract import CLASS_NAMES
 from serving import signatures as sig
+
+
+class ConversionFailed(ValueError):
+    """A DICOM, TIFF or BMP file that cannot be converted; str(err) is the reason."""
+
+
+_MODEL_READS = (image_io.JPEG_MAGIC, image_io.PNG_MAGIC)
+
+
+def image_payload(data: bytes, name: str = "") -> bytes:
+    """The bytes to send for one image file: what `btmri prepare` would store for it.
+
+    - JPEG / PNG content: prepare's bytes (the file itself when it is a plain 8-bit
+      JPEG/PNG, else prepare's 8-bit PNG: CMYK, 16-bit, alpha). When prepare refuses
+      it (damaged, too large), the file goes as it is and the model's own checks
+      answer (INVALID_ARGUMENT naming the reason).
+    - DICOM, TIFF, BMP (by content, DICOM also by a .dcm name): converted to 8-bit
+      PNG exactly as prepare does (DICOM windowing, 16-bit stretch, alpha), within
+      prepare's pixel budget; ConversionFailed when that is impossible.
+    - anything else goes as it is; the model refuses it (INVALID_ARGUMENT).
+    """
+    suffix = Path(name).suffix.lower()
+    converts = (data.startswith(_MODEL_READS) or data[128:132] == b"DICM" or suffix == ".dcm"
+                or data.startswith(image_io.BMP_MAGIC) or data[:4] in image_io.TIFF_MAGICS)
+    if not converts:
+        return data
+    try:
+        return image_io.decode_image(data, suffix).encoded
+    except image_io.ImageError as err:
+        if data.startswith(_MODEL_READS):
+            return data
+        raise ConversionFailed(f"cannot convert {suffix or 'file'} to PNG: {err}") from None
 
 
 class ServerUnavailable(RuntimeError):
