@@ -80,6 +80,7 @@ class RestApi:
             log.info("REST %d %s %s from %s: %s", failure.http_status, method,
                      one_line(path, 100), request.peer, one_line(failure.message))
             return json_error(failure.http_status, failure.message)
+        log.debug("REST 200 %s %s from %s", method, one_line(path, 100), request.peer)
         return Response(HTTPStatus.OK, payload)
 
     def _answer(self, api: str, ref: ModelRef, body) -> bytes:
