@@ -91,6 +91,8 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, patience=args.early_stopping, precision=args.precision,
+        audit_min_pointing=args.audit_min_pointing,
+        audit_min_removed_changed=args.audit_min_removed_changed,
         accuracy_lower_bound=args.accuracy_bound, evidence_weight=args.evidence_weight,
         lesion_removal_rate=args.lesion_removal_rate, decoy_removal_rate=args.decoy_removal_rate,
         **overrides)
@@ -168,13 +170,23 @@ def _print_summary(summary, config) -> None:
         for name in CLASS_NAMES:
             print(f"  {name:11s} precision {_metric(m, 'precision_' + name):.3f}  "
                   f"recall {_metric(m, 'recall_' + name):.3f}")
-    print(f"blessed: {'yes' if summary.blessed else 'no'}")
+    if summary.lesion_audit:
+        _print_audit(summary.lesion_audit)
+    print(f"blessed: {'yes' if summary.blessed else 'no'}"
+          + (f" ({summary.blessing_message})" if summary.blessing_message and not summary.blessed
+             else ""))
     if summary.pushed and summary.already_pushed:
         print(f"model already pushed at {summary.pushed_to}: nothing new pushed")
     elif summary.pushed:
         print(f"pushed to {summary.pushed_to}")
     else:
         print("not pushed")
+
+
+def _print_audit(document: dict) -> None:
+    from components.audit.report_text import audit_lines
+
+    print("\n".join(audit_lines(document)))
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -270,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "label kept; default %(default)s")
         p.add_argument("--accuracy-bound", type=float, default=DEFAULT_ACCURACY_LOWER_BOUND,
                        help="absolute lower bound on accuracy for blessing (default %(default)s)")
+        p.add_argument("--audit-min-pointing", type=float, default=PipelineConfig.audit_min_pointing,
+                       metavar="SHARE", help="refuse to bless a model whose lesion-audit pointing "
+                                             "game is below SHARE (default: off)")
+        p.add_argument("--audit-min-removed-changed", type=float,
+                       default=PipelineConfig.audit_min_removed_changed, metavar="SHARE",
+                       help="refuse to bless a model whose answer changes on fewer than SHARE of the "
+                            "audit's slices once the lesion is removed (default: off)")
         p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                        help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner); "
                             "default: DirectRunner, multi-processing, one worker per core")
@@ -303,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_serving(sub)
     from pipeline.report.cli import register as register_report
     register_report(sub)
+    from pipeline.audit_cli import register as register_audit
+    register_audit(sub)
     return parser
 
 

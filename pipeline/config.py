@@ -53,6 +53,8 @@ class PipelineConfig:
     lesion_removal_rate: float = 0.25        # counterfactuals: lesion removed → notumor
     decoy_removal_rate: float = 0.25         # counterfactuals: a lesion-free box removed
     box_dir: str | None = None               # tumour boxes: the lesion audit's slices
+    audit_min_pointing: float = -1.0         # gate on the audit's pointing game; < 0: off
+    audit_min_removed_changed: float = -1.0  # gate on "lesion removed → class changed"; < 0: off
     accuracy_lower_bound: float = DEFAULT_ACCURACY_LOWER_BOUND
     max_accuracy_regression: float = 0.0     # vs the last blessed model
     beam_pipeline_args: list[str] = field(default_factory=local_beam_args)

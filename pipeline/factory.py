@@ -6,14 +6,22 @@ import os
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
+from components.audit.component import LesionAudit
 from components.evaluation import eval_config
 from components.executors import IdempotentAtomicPusher, StrictExampleValidator
 from data_prep import contract
 from pipeline.config import PREPROCESSING_FN, RUN_FN, TRAINER_MODULE, TRANSFORM_MODULE, PipelineConfig
 
-# Component ids, in run order (the CLI reports progress with them).
+# Component ids, in run order (the CLI reports progress with them). LesionAudit runs
+# only when a box folder is configured.
 COMPONENT_IDS = ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-                 "Transform", "Trainer", "LatestBlessedModelResolver", "Evaluator", "Pusher")
+                 "Transform", "Trainer", "LatestBlessedModelResolver", "Evaluator", "LesionAudit",
+                 "Pusher")
+
+
+def component_ids(config: PipelineConfig) -> tuple[str, ...]:
+    """The ids of the components a pipeline built from `config` has, in run order."""
+    return tuple(c for c in COMPONENT_IDS if c != "LesionAudit" or config.box_dir)
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
@@ -56,10 +64,16 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         custom_config=config.trainer_config(),
         **code)
 
+    # With the lesion audit, the blessing that counts is the audit's (it includes the
+    # Evaluator's): a model the audit refused is never a baseline.
+    blessings = (tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+                                 producer_component_id="LesionAudit", output_key="blessing")
+                 if config.box_dir else
+                 tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing))
     model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        model_blessing=blessings,
     ).with_id("LatestBlessedModelResolver")
 
     evaluate_on = contract.TEST_SPLIT if config.has_test_split else contract.EVAL_SPLIT
@@ -70,9 +84,19 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         example_splits=[evaluate_on],
         eval_config=eval_config(config.accuracy_lower_bound, config.max_accuracy_regression))
 
+    audit = None
+    blessing = evaluator.outputs["blessing"]
+    if config.box_dir:
+        audit = LesionAudit(
+            model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+            model_blessing=evaluator.outputs["blessing"], box_dir=config.box_dir,
+            min_pointing=config.audit_min_pointing,
+            min_removed_changed=config.audit_min_removed_changed).with_id("LesionAudit")
+        blessing = audit.outputs["blessing"]
+
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model_blessing=blessing,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.abspath(config.serving_dir)
@@ -83,7 +107,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
-                    trainer, model_resolver, evaluator, pusher],
+                    trainer, model_resolver, evaluator, *([audit] if audit else []), pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)

@@ -16,15 +16,16 @@ from absl import logging as absl_logging
 from tfx import v1 as tfx
 
 from pipeline.config import PipelineConfig
-from pipeline.factory import COMPONENT_IDS, create_pipeline
+from pipeline.factory import component_ids, create_pipeline
 
 
 class _ProgressHandler(logging.Handler):
     """Turns LocalDagRunner's 'Component X is running/finished.' into progress lines."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, ids: tuple[str, ...]):
         super().__init__(logging.INFO)
         self.stream = stream
+        self.ids = ids
         self.started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}   # wall time per component, in finish order
 
@@ -32,7 +33,7 @@ class _ProgressHandler(logging.Handler):
         if not isinstance(record.msg, str) or not record.msg.startswith("Component %s is "):
             return
         node = record.args[0] if record.args else "?"
-        step = f"[{COMPONENT_IDS.index(node) + 1}/{len(COMPONENT_IDS)}]" if node in COMPONENT_IDS else "[?]"
+        step = f"[{self.ids.index(node) + 1}/{len(self.ids)}]" if node in self.ids else "[?]"
         if record.msg.endswith("running."):
             self.started[node] = time.time()
             print(f"{step} {node} ...", file=self.stream, flush=True)
@@ -90,6 +91,8 @@ class RunSummary:
     log_path: str | None = None
     seconds: float = 0.0
     component_seconds: dict = field(default_factory=dict)
+    blessing_message: str | None = None
+    lesion_audit: dict | None = None                   # lesion_audit.json, without rows
 
 
 def run_pipeline(config: PipelineConfig, progress_stream=sys.stdout) -> RunSummary:
@@ -98,7 +101,7 @@ def run_pipeline(config: PipelineConfig, progress_stream=sys.stdout) -> RunSumma
     os.makedirs(logs, exist_ok=True)
     log_path = os.path.join(logs, time.strftime("run-%Y%m%d-%H%M%S.log"))
     started = time.time()
-    progress = _ProgressHandler(progress_stream)
+    progress = _ProgressHandler(progress_stream, component_ids(config))
     with _logging_to(log_path, progress):
         tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
     summary = summarize(config)
@@ -116,6 +119,15 @@ def summarize(config: PipelineConfig) -> RunSummary:
 
     summary = RunSummary()
     blessing = latest_output(config, "Evaluator", "blessing")
+    if config.box_dir:
+        from components.audit.lesion_audit import read_audit
+
+        audit = latest_output(config, "LesionAudit", "audit")
+        blessing = latest_output(config, "LesionAudit", "blessing")
+        if audit is not None:
+            summary.lesion_audit = read_audit(audit.uri, rows=False)
+        if blessing is not None:
+            summary.blessing_message = blessing.get_string_custom_property("blessing_message")
     evaluation = latest_output(config, "Evaluator", "evaluation")
     pushed = latest_output(config, "Pusher", "pushed_model")
     if blessing is not None:

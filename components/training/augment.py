@@ -67,24 +67,39 @@ def warp(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(warped, images.shape)  # keep static shapes for the model's graph
 
 
+def transform_boxes(boxes: tf.Tensor, transforms: tf.Tensor, height, width) -> tf.Tensor:
+    """Normalised (ymin, xmin, ymax, xmax) boxes [B, 4] → the axis-aligned boxes around
+    their corners after the warp (`transforms`: output→input maps, as `warp` takes them).
+    Boxes with no area (NO_BOX) stay as they are."""
+    l00, l01, a2, l10, l11, b2 = (transforms[:, i] for i in range(6))
+    det = l00 * l11 - l01 * l10
+    ys = tf.stack([boxes[:, 0], boxes[:, 0], boxes[:, 2], boxes[:, 2]], axis=1) * height
+    xs = tf.stack([boxes[:, 1], boxes[:, 3], boxes[:, 1], boxes[:, 3]], axis=1) * width
+    dx, dy = xs - a2[:, None], ys - b2[:, None]
+    out_x = (l11[:, None] * dx - l01[:, None] * dy) / det[:, None]   # inverse of the 2x2 map
+    out_y = (-l10[:, None] * dx + l00[:, None] * dy) / det[:, None]
+    moved = tf.clip_by_value(tf.stack([
+        tf.reduce_min(out_y, 1) / height, tf.reduce_min(out_x, 1) / width,
+        tf.reduce_max(out_y, 1) / height, tf.reduce_max(out_x, 1) / width], axis=1), 0.0, 1.0)
+    real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return tf.where(real[:, None], moved, boxes)
+
+
 def augment_batch(images: tf.Tensor, cfg: AugmentConfig = AugmentConfig(),
-                  seed: int | None = None, masks: tf.Tensor | None = None):
+                  seed: int | None = None, boxes: tf.Tensor | None = None):
     """images float32 [B, H, W, C] in [0, 1] → augmented, same shape, clipped to [0, 1].
 
-    `masks` [B, H, W, M] (e.g. lesion boxes) move with the images through the same
-    geometry but get no contrast change; then (images, masks) is returned."""
+    `boxes` [B, 4] (normalised lesion boxes) follow the same geometry (as the box
+    around the moved corners); then (images, boxes) is returned."""
     shape = tf.shape(images)
     batch = shape[0]
-    transforms = _random_transforms(batch, tf.cast(shape[1], tf.float32),
-                                    tf.cast(shape[2], tf.float32), cfg, seed)
-    if masks is not None:
-        channels = images.shape[-1]
-        both = warp(tf.concat([images, tf.cast(masks, images.dtype)], axis=-1), transforms)
-        warped, masks = both[..., :channels], both[..., channels:]
-    else:
-        warped = warp(images, transforms)
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    transforms = _random_transforms(batch, height, width, cfg, seed)
+    warped = warp(images, transforms)
+    if boxes is not None:
+        boxes = transform_boxes(tf.cast(boxes, tf.float32), transforms, height, width)
     factor = tf.random.uniform([batch, 1, 1, 1], 1.0 - cfg.max_contrast, 1.0 + cfg.max_contrast,
                                seed=None if seed is None else seed + 5)
     mean = tf.reduce_mean(warped, axis=[1, 2, 3], keepdims=True)
     out = tf.clip_by_value((warped - mean) * factor + mean, 0.0, 1.0)
-    return out if masks is None else (out, masks)
+    return out if boxes is None else (out, boxes)

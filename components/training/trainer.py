@@ -121,10 +121,9 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
         if training and counterfactuals is not None:
             images, labels, boxes = counterfactual_batch(images, labels, boxes, counterfactuals,
                                                          seed=seed)
-        masks = box_masks(boxes, IMAGE_SIZE, IMAGE_SIZE)
         if training and augment:
-            images, masks = augment_batch(images, seed=seed, masks=masks)
-        return images, (labels, lesion_cells(masks, CAM_SIZE))
+            images, boxes = augment_batch(images, seed=seed, boxes=boxes)
+        return images, (labels, lesion_cells(box_masks(boxes, CAM_SIZE * 8, CAM_SIZE * 8), CAM_SIZE))
 
     dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

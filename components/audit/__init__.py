@@ -1,0 +1,1 @@
+"""The lesion audit: does the model look at the tumour, and does its answer depend on it?"""

@@ -1,0 +1,204 @@
+"""`LesionAudit`: a TFX component after the Evaluator.
+
+Inputs: the candidate model, the examples it was trained on and the Evaluator's
+blessing. Parameter: a box folder (data_prep/lesion_boxes.py). The slices audited
+are those with no copy among the training split's images (same matching rule as
+`btmri prepare`), so a slice that trained the model never grades it.
+
+Outputs: a `LesionAudit` artifact (lesion_audit.json: figures with intervals and a
+row per slice; gallery/: a few slices with their heatmaps, for the report)
+and a `ModelBlessing` for the Pusher: blessed when the Evaluator blessed and, if
+bounds are set, the audit passes them.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+from tfx import types
+from tfx.components.evaluator import constants as evaluator_constants
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.utils import io_utils, path_utils
+
+from components.audit import lesion_audit
+from data_prep import contract
+
+GALLERY_PER_KIND = 6
+GALLERY_DIR = "gallery"
+
+
+class LesionAuditResult(types.Artifact):
+    """Figures of the lesion audit (lesion_audit.json) and its gallery."""
+    TYPE_NAME = "LesionAudit"
+
+
+class LesionAuditSpec(types.ComponentSpec):
+    PARAMETERS = {
+        "box_dir": ExecutionParameter(type=str),
+        "tolerance_px": ExecutionParameter(type=float),
+        "min_pointing": ExecutionParameter(type=float),
+        "min_removed_changed": ExecutionParameter(type=float),
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+        "model_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+    OUTPUTS = {
+        "audit": ChannelParameter(type=LesionAuditResult),
+        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+
+
+def split_files(examples_uri: str, split: str = contract.TRAIN_SPLIT) -> list[str]:
+    """The record files of one split of an Examples artifact."""
+    return sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+
+
+def training_thumbnails(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised 32x32 thumbnails [T, 1024], labels [T]) of the images in record files."""
+    import tensorflow as tf
+
+    from data_prep.image_io import ImageError, decode_image
+    from data_prep.lesion_boxes import normalised_thumbnail
+
+    thumbs, labels = [], []
+    for path in files:
+        compression = "GZIP" if path.endswith(".gz") else ""
+        for record in tf.data.TFRecordDataset(path, compression_type=compression):
+            feats = tf.train.Example.FromString(record.numpy()).features.feature
+            try:
+                image = decode_image(feats[contract.IMAGE_KEY].bytes_list.value[0], ".png")
+            except ImageError:
+                continue
+            thumbs.append(normalised_thumbnail(image.gray_small))
+            labels.append(feats[contract.LABEL_KEY].int64_list.value[0])
+    return np.array(thumbs, np.float32).reshape(-1, 32 * 32), np.array(labels)
+
+
+def slices_not_in(slices, thumbs: np.ndarray, labels: np.ndarray):
+    """The slices with no same-class copy among the given thumbnails."""
+    from data_prep.lesion_boxes import MATCH_CORRELATION, slice_thumbnail
+
+    kept = []
+    for s in slices:
+        same = labels == s.label
+        if same.any() and float((thumbs[same] @ slice_thumbnail(s.path)).max()) >= MATCH_CORRELATION:
+            continue
+        kept.append(s)
+    return kept
+
+
+def write_audit(out_dir: str, document: dict, results, gallery: dict[int, tuple[str, np.ndarray]]) -> None:
+    """lesion_audit.json, and gallery/<i>.<ext> + gallery/<i>.npy (the slice and its
+    heatmap) for the kept slices, so the report needs nothing but this folder."""
+    import shutil
+
+    os.makedirs(os.path.join(out_dir, GALLERY_DIR), exist_ok=True)
+    document = dict(document, results=lesion_audit.results_as_dicts(results),
+                    gallery=sorted(gallery))
+    with open(os.path.join(out_dir, lesion_audit.AUDIT_FILE), "w") as f:
+        json.dump(document, f, indent=1)
+    for i, (path, heatmap) in gallery.items():
+        shutil.copyfile(path, gallery_image_path(out_dir, i, path))
+        np.save(os.path.join(out_dir, GALLERY_DIR, f"{i}.npy"), heatmap.astype(np.float16))
+
+
+def gallery_image_path(out_dir: str, index: int, original: str) -> str:
+    return os.path.join(out_dir, GALLERY_DIR, f"{index}{os.path.splitext(original)[1].lower()}")
+
+
+def run_lesion_audit(model_dir: str | None, box_dir: str, training_files: list[str],
+                     tolerance_px: float, bounds: lesion_audit.AuditBounds, out_dir: str,
+                     progress: bool = False, predictor=None) -> dict:
+    """The audit as the component runs it; returns the JSON document written."""
+    from components.audit.predictors import SavedModelPredictor
+    from data_prep.lesion_boxes import read_box_folder
+
+    slices, skipped = read_box_folder(box_dir)
+    audited = slices
+    if training_files:
+        audited = slices_not_in(slices, *training_thumbnails(training_files))
+    predictor = predictor or SavedModelPredictor(model_dir)
+    results, heatmaps = lesion_audit.audit_slices(audited, predictor, tolerance_px=tolerance_px,
+                                                  progress=progress,
+                                                  keep_heatmaps=GALLERY_PER_KIND)
+    summary = lesion_audit.summarise(results)
+    failures = lesion_audit.check(summary, bounds)
+    document = {
+        "box_dir": os.path.abspath(box_dir),
+        "slices_in_folder": len(slices),
+        "slices_skipped": [{"source": s.source, "reason": s.reason} for s in skipped],
+        "slices_in_training": len(slices) - len(audited),
+        "slices_audited": len(audited),
+        "tolerance_px": tolerance_px,
+        "lesion_removal": "box grown by %.2f of the side, inpainted with OpenCV Telea "
+                          "at the slice's resolution" % lesion_audit.REMOVAL_MARGIN,
+        "summary": summary,
+        "bounds": {"min_pointing": bounds.min_pointing,
+                   "min_removed_changed": bounds.min_removed_changed},
+        "failures": failures,
+        "passed": not failures,
+    }
+    write_audit(out_dir, document, results,
+                {i: (audited[i].path, heatmap) for i, heatmap in heatmaps.items()})
+    return document
+
+
+class LesionAuditExecutor(base_executor.BaseExecutor):
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        evaluator_blessing = artifact_utils.get_single_instance(input_dict["model_blessing"])
+        audit = artifact_utils.get_single_instance(output_dict["audit"])
+        blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+
+        bounds = lesion_audit.AuditBounds(float(exec_properties["min_pointing"]),
+                                          float(exec_properties["min_removed_changed"]))
+        document = run_lesion_audit(
+            path_utils.serving_model_path(model.uri), exec_properties["box_dir"],
+            split_files(examples.uri),
+            float(exec_properties["tolerance_px"]), bounds, audit.uri)
+        overall = document["summary"]["overall"]
+        for key in ("pointing", "removed_changed", "removed_notumor"):
+            audit.set_float_custom_property(key, float(overall[key]["value"]))
+        audit.set_int_custom_property("slices_audited", document["slices_audited"])
+
+        evaluator_ok = evaluator_blessing.get_int_custom_property(
+            evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY) == evaluator_constants.BLESSED_VALUE
+        ok = evaluator_ok and document["passed"]
+        blessing.set_string_custom_property(
+            evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+        blessing.set_int_custom_property(
+            evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+        reason = ("blessed" if ok else "the Evaluator did not bless the model" if not evaluator_ok
+                  else "; ".join(document["failures"]))
+        blessing.set_string_custom_property(
+            evaluator_constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, reason)
+        blessing.set_int_custom_property(
+            evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+            evaluator_constants.BLESSED_VALUE if ok else evaluator_constants.NOT_BLESSED_VALUE)
+        io_utils.write_string_file(os.path.join(
+            blessing.uri, evaluator_constants.BLESSED_FILE_NAME if ok
+            else evaluator_constants.NOT_BLESSED_FILE_NAME), "")
+
+
+class LesionAudit(base_component.BaseComponent):
+    SPEC_CLASS = LesionAuditSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(LesionAuditExecutor)
+
+    def __init__(self, model, examples, model_blessing, box_dir: str,
+                 tolerance_px: float = lesion_audit.DEFAULT_TOLERANCE_PX,
+                 min_pointing: float = -1.0, min_removed_changed: float = -1.0):
+        spec = LesionAuditSpec(
+            model=model, examples=examples, model_blessing=model_blessing, box_dir=box_dir,
+            tolerance_px=float(tolerance_px), min_pointing=float(min_pointing),
+            min_removed_changed=float(min_removed_changed),
+            audit=types.Channel(type=LesionAuditResult),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing))
+        super().__init__(spec=spec)

@@ -1,0 +1,35 @@
+"""The lesion audit as plain text: the run summary and `btmri audit` print this."""
+from __future__ import annotations
+
+
+def _share(fig: dict) -> str:
+    lo, hi = fig["ci95"]
+    return f"{fig['value']:.2f} [{lo:.2f}-{hi:.2f}]"
+
+
+COLUMNS = (
+    ("pointing", "peak in box"),
+    ("pointing_tolerant", "peak near box"),
+    ("centre_baseline", "centre in box"),
+    ("mass_in_box", "heat in box"),
+    ("box_area", "box area"),
+    ("removed_changed", "removed: changed"),
+    ("removed_notumor", "removed: notumor"),
+    ("lesion_only_same_class", "lesion only: same"),
+)
+
+
+def audit_lines(document: dict) -> list[str]:
+    """A table: one row per class and overall, each figure with its 95 % interval."""
+    summary = document["summary"]
+    lines = [f"lesion audit: {document['slices_audited']} slices not used in training "
+             f"(of {document['slices_in_folder']} in {document['box_dir']}); 95 % intervals"]
+    width = 21
+    lines.append("class        n     " + "".join(title.ljust(width) for _, title in COLUMNS))
+    rows = [*summary["per_class"].items(), ("overall", summary["overall"])]
+    for name, figures in rows:
+        cells = "".join(_share(figures[key]).ljust(width) for key, _ in COLUMNS)
+        lines.append(f"{name:12s} {figures['slices']:<5d} {cells}")
+    if document.get("failures"):
+        lines.append("audit gate failed: " + "; ".join(document["failures"]))
+    return lines

@@ -1,0 +1,158 @@
+"""Tumour boxes, their matching onto dataset images, counterfactual images and the
+lesion-evidence loss: the parts of lesion-guided training, on small data."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.training.counterfactual import (CounterfactualConfig, box_masks,
+                                                 counterfactual_batch, fill_from_surroundings)
+from components.training.lesion_guidance import evidence_loss, lesion_cells
+from data_prep import contract
+from data_prep.lesion_boxes import (BoxMatcher, format_yolo_box, in_audit_part, mask_to_box,
+                                    parse_yolo_box, read_box_folder, slice_thumbnail, split_group)
+from data_prep.synth import render_phantom
+
+
+def test_yolo_box_round_trip_and_clipping():
+    box = parse_yolo_box("2 0.62 0.25 0.13 0.15\n")
+    assert box == pytest.approx((0.175, 0.555, 0.325, 0.685))
+    assert parse_yolo_box(format_yolo_box(box)) == pytest.approx(box)
+    assert parse_yolo_box("0 0.02 0.5 0.1 0.2")[1] == 0.0          # clipped at the edge
+    for bad in ("", "1 2 3", "0 0.5 0.5 0 0.1", "0 nan 0.5 0.1 0.1"):
+        with pytest.raises(ValueError):
+            parse_yolo_box(bad)
+
+
+def _write_slice(folder, cls, name, image, box_text):
+    (folder / cls).mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / cls / f"{name}.png"), image)
+    if box_text is not None:
+        (folder / cls / f"{name}.txt").write_text(box_text)
+
+
+def test_box_folder_reports_slices_without_a_usable_box(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64), np.uint8)
+    _write_slice(tmp_path, "glioma", "1", image, "0 0.5 0.5 0.2 0.2")
+    _write_slice(tmp_path, "glioma", "2", image, None)
+    _write_slice(tmp_path, "Pituitary", "3", image, "garbage")
+    slices, skips = read_box_folder(tmp_path)
+    assert [s.source for s in slices] == ["glioma/1.png"]
+    assert {s.source: s.reason for s in skips} == {
+        "glioma/2.png": "no box file",
+        "pituitary/3.png": "unusable box file: expected 'k xc yc w h', got 1 fields"}
+    (tmp_path / "notumor").mkdir()
+    with pytest.raises(ValueError, match="tumour classes only"):
+        read_box_folder(tmp_path)
+
+
+def test_matcher_finds_resized_reencoded_copies_but_not_neighbours(tmp_path):
+    """A 224-px JPEG copy of a slice matches it; another phantom of the same class does not."""
+    slices = []
+    for i in range(6):
+        image, mask = render_phantom("meningioma", np.random.default_rng(i))
+        _write_slice(tmp_path, "meningioma", str(i), image, format_yolo_box(mask_to_box(mask)))
+        slices.append(image)
+    matcher = BoxMatcher(read_box_folder(tmp_path)[0])
+    label = contract.CLASS_TO_ID["meningioma"]
+    copy = cv2.imdecode(cv2.imencode(".jpg", cv2.resize(slices[3], (224, 224)),
+                                     [cv2.IMWRITE_JPEG_QUALITY, 80])[1], cv2.IMREAD_GRAYSCALE)
+    small = cv2.resize(copy, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    found = matcher.match(small, label)
+    assert found is not None and found.source == "meningioma/3.png"
+    assert matcher.match(small, contract.CLASS_TO_ID["glioma"]) is None   # class must agree
+    other, _ = render_phantom("meningioma", np.random.default_rng(100))
+    other_small = cv2.resize(other, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert matcher.match(other_small, label) is None
+    assert slice_thumbnail(str(tmp_path / "meningioma" / "3.png")).shape == (1024,)
+
+
+def test_audit_split_is_by_groups_of_consecutive_ids():
+    assert split_group("glioma/1842.jpg") == split_group("glioma/1849.jpg") == "glioma/184"
+    assert in_audit_part("glioma/1842.jpg") == in_audit_part("glioma/1849.jpg")
+    sides = [in_audit_part(f"pituitary/{i}.jpg") for i in range(0, 4000, 10)]
+    assert 0.35 < np.mean(sides) < 0.65
+
+
+def test_box_masks_cover_the_box_and_no_box_is_empty():
+    boxes = tf.constant([[0.25, 0.5, 0.5, 1.0], contract.NO_BOX], tf.float32)
+    masks = box_masks(boxes, 8, 8).numpy()[..., 0]
+    expected = np.zeros((8, 8))
+    expected[2:4, 4:8] = 1
+    np.testing.assert_array_equal(masks[0], expected)
+    assert masks[1].sum() == 0
+
+
+def test_fill_replaces_a_bright_lesion_with_its_surroundings():
+    image = np.full((1, 224, 224, 1), 0.4, np.float32)
+    image[:, 100:130, 90:120] = 1.0                       # the "lesion"
+    mask = box_masks(tf.constant([[95 / 224, 85 / 224, 135 / 224, 125 / 224]]), 224, 224)
+    filled = fill_from_surroundings(tf.constant(image), mask, tf.zeros([1])).numpy()
+    assert abs(filled[0, 100:130, 90:120].mean() - 0.4) < 0.02
+    np.testing.assert_allclose(filled[0, :60], image[0, :60], atol=1e-6)   # far away: untouched
+
+
+def test_counterfactuals_relabel_removed_lesions_only():
+    images = tf.random.uniform([64, 224, 224, 1], seed=3)
+    labels = tf.constant([0, 2] * 32, tf.int64)           # glioma with a box, notumor without
+    boxes = tf.constant([[0.3, 0.3, 0.5, 0.5], contract.NO_BOX] * 32, tf.float32)
+    out_images, out_labels, out_boxes = counterfactual_batch(
+        images, labels, boxes, CounterfactualConfig(lesion_rate=0.5, decoy_rate=0.5), seed=7)
+    out_labels, out_boxes = out_labels.numpy(), out_boxes.numpy()
+    removed = (labels.numpy() == 0) & (out_labels == contract.NOTUMOR_ID)
+    assert 5 < removed.sum() < 27                           # about half of the 32 gliomas
+    assert (out_boxes[removed] == -1).all()                 # nothing left to point at
+    kept_glioma = (labels.numpy() == 0) & ~removed
+    assert (out_labels[kept_glioma] == 0).all()
+    np.testing.assert_array_equal(out_boxes[kept_glioma], boxes.numpy()[kept_glioma])
+    # Decoys edit images without changing labels (notumor stays notumor).
+    changed = np.abs(out_images.numpy() - images.numpy()).reshape(64, -1).max(axis=1) > 0
+    notumor = labels.numpy() == 2
+    assert changed[notumor].any() and (out_labels[notumor] == 2).all()
+    # A kept glioma's decoy never touches its lesion box.
+    diff = np.abs(out_images.numpy() - images.numpy())[..., 0]
+    lesion = box_masks(boxes, 224, 224).numpy()[..., 0] > 0
+    assert diff[kept_glioma][lesion[kept_glioma]].max() < 0.25
+
+
+def test_evidence_loss_is_the_share_of_class_evidence_outside_the_box():
+    features = np.zeros((2, 7, 7, 3), np.float32)
+    features[0, 2, 3, 0] = 1.0      # all evidence in cell (2, 3)
+    features[1, 5, 5, 0] = 1.0
+    features[1, 2, 3, 0] = 1.0      # half of it in (2, 3)
+    kernel = np.zeros((3, 4), np.float32)
+    kernel[0, 1] = 1.0              # channel 0 speaks for class 1
+    cells = np.zeros((2, 7, 7, 1), np.float32)
+    cells[:, 2, 3] = 1.0
+    labels = tf.constant([1, 1])
+    loss = evidence_loss(features, kernel, labels, cells).numpy()
+    assert loss == pytest.approx(0.25, abs=1e-4)            # mean of 0 and 0.5
+    # Images without a box do not count; none at all gives 0.
+    assert evidence_loss(features, kernel, labels, np.zeros_like(cells)).numpy() == 0.0
+
+
+def test_lesion_cells_mark_every_cell_a_box_touches():
+    masks = box_masks(tf.constant([[0.0, 0.0, 0.2, 0.2]]), 224, 224)
+    cells = lesion_cells(masks, 7).numpy()[0, ..., 0]
+    assert cells[:2, :2].all() and cells.sum() == 4
+
+
+def test_boxes_follow_the_augmentation_geometry():
+    """The box moved analytically covers the warped box mask (and not much more)."""
+    from components.training.augment import _random_transforms, transform_boxes, warp
+
+    boxes = tf.constant([[0.2, 0.3, 0.4, 0.6], [0.5, 0.1, 0.9, 0.3], contract.NO_BOX], tf.float32)
+    masks = box_masks(boxes, 224, 224)
+    transforms = _random_transforms(3, 224.0, 224.0, __import__(
+        "components.training.augment", fromlist=["AugmentConfig"]).AugmentConfig(), seed=5)
+    warped = warp(masks, transforms).numpy()[..., 0] > 0.5
+    moved = transform_boxes(boxes, transforms, 224.0, 224.0).numpy()
+    for i in range(2):
+        inside = box_masks(tf.constant(moved[i:i + 1]), 224, 224).numpy()[0, ..., 0] > 0
+        assert warped[i].sum() > 0
+        assert (warped[i] & ~inside).sum() <= 0.02 * warped[i].sum()   # the box covers the mask
+        assert inside.sum() < 1.6 * warped[i].sum()                    # rotation adds corners only
+    np.testing.assert_array_equal(moved[2], contract.NO_BOX)
