@@ -207,7 +207,7 @@ def prepare(opts: PrepareOptions) -> dict:
         dups.add(Record(cand.source, split, cand.label, res["md5"], res["phash"]))
         counts[split][contract.CLASS_NAMES[cand.label]] += 1
         reencoded += res["reencoded"]
-    for slice_, res in boxes.extra_training_slices(opts.max_pixels):
+    for slice_, res in boxes.extra_training_slices(opts.max_pixels, max_bytes):
         source = boxes.source_of(slice_)
         if not res["ok"]:
             skipped.append({"source": source, "reason": res["reason"]})
@@ -274,7 +274,7 @@ class _BoxAttacher:
     def source_of(self, slice_) -> str:
         return f"{Path(self.box_dir).name}/{slice_.source}"
 
-    def extra_training_slices(self, max_pixels: int):
+    def extra_training_slices(self, max_pixels: int, max_bytes: int):
         """(slice, converted) for each slice with no copy that falls on the training side."""
         from data_prep.lesion_boxes import in_audit_part
 
@@ -283,7 +283,8 @@ class _BoxAttacher:
         for i, slice_ in enumerate(self.matcher.slices):
             if i in self.copied_in or in_audit_part(slice_.source):
                 continue
-            res = _convert_file((slice_.path, os.path.splitext(slice_.path)[1], max_pixels))
+            res = _convert_file((slice_.path, os.path.splitext(slice_.path)[1], max_pixels,
+                                 max_bytes))
             if res["ok"]:
                 self.added[contract.CLASS_NAMES[slice_.label]] += 1
             yield slice_, res

@@ -38,7 +38,9 @@ def test_example_round_trip_in_memory():
     ex = make_example(b"\x89PNGfake", 2, 300, 200, "Training/notumor/a b.png")
     parsed = parse_example(ex.SerializeToString())
     assert parsed == {"image": b"\x89PNGfake", "label": 2, "height": 300, "width": 200,
-                      "source": "Training/notumor/a b.png"}
+                      "source": "Training/notumor/a b.png", "lesion_box": contract.NO_BOX}
+    boxed = make_example(b"x", 0, 1, 1, "s", lesion_box=(0.25, 0.5, 0.75, 1.0))
+    assert parse_example(boxed.SerializeToString())["lesion_box"] == (0.25, 0.5, 0.75, 1.0)
 
 
 def test_prepared_examples_follow_contract(tmp_path):

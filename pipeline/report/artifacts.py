@@ -41,6 +41,7 @@ class RunArtifacts:
     pushed_to: str | None = None      # serving version folder, when pushed
     trainer_config: dict = field(default_factory=dict)
     evaluated_at: int = 0             # ms since epoch (ML Metadata's clock)
+    lesion_audit_uri: str | None = None  # LesionAudit output (lesion_audit.json, gallery/)
 
     def split_uri(self, split: str) -> str:
         return os.path.join(self.examples_uri, f"Split-{split}")
@@ -87,6 +88,9 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
     model_dir, baseline_dir = _evaluated_models(evaluation.uri)
 
     blessing = latest_output(config, "Evaluator", "blessing")
+    audit = latest_output(config, "LesionAudit", "audit")
+    if audit is not None:  # with the audit, its blessing (which includes the Evaluator's) decides
+        blessing = latest_output(config, "LesionAudit", "blessing") or blessing
     statistics = latest_output(config, "StatisticsGen", "statistics")
     anomalies = latest_output(config, "ExampleValidator", "anomalies")
     model_run = latest_output(config, "Trainer", "model_run")
@@ -110,4 +114,5 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
                    if pushed and pushed.get_int_custom_property("pushed") else None),
         trainer_config=trainer_config,
         evaluated_at=evaluation.mlmd_artifact.create_time_since_epoch,
+        lesion_audit_uri=audit.uri if audit else None,
     )

@@ -50,6 +50,8 @@ class ReportData:
     model_digest: str                         # as the Pusher records it (MODEL_DIGEST)
     checks: list[Check] = field(default_factory=list)
     gallery: list[GalleryItem] = field(default_factory=list)
+    lesion_audit: dict | None = None          # lesion_audit.json of the run's LesionAudit
+    lesion_gallery: list = field(default_factory=list)   # lesion_audit.AuditTile
     generated_at: float = field(default_factory=time.time)
 
 
@@ -161,6 +163,13 @@ def collect(config: PipelineConfig, data_root: str | None = None,
                         history=_read_json(run.model_run_dir, "history.json"),
                         temperature=_read_json(run.model_run_dir, "calibration.json"),
                         model_digest=model_digest(run.model_dir), checks=_checks(tfma, p, as_is))
+    if run.lesion_audit_uri:
+        from components.audit.lesion_audit import read_audit
+        from pipeline.report.lesion_audit import gallery as audit_gallery
+
+        report.lesion_audit = read_audit(run.lesion_audit_uri)
+        report.lesion_gallery = audit_gallery(run.lesion_audit_uri, report.lesion_audit,
+                                              GALLERY_MAX_SIDE)
     if gallery_per_kind:
         report.gallery = choose(p, gallery_per_kind)
         if report.gallery:

@@ -13,6 +13,7 @@ from collections import Counter
 from data_prep import contract
 from pipeline.report import model_card, plots, tables
 from pipeline.report.collect import ReportData
+from pipeline.report.lesion_audit import audit_blocks, tile_caption
 from pipeline.report.markup import Bullets, Cell, Paragraph, Table, count, rate, table_html, to_html
 
 TITLE = "Brain tumor MRI classifier: evaluation report"
@@ -85,6 +86,7 @@ footer { color:var(--muted); font-size:12px; text-align:center; padding:0 0 30px
 
 SECTIONS = (("decision", "Decision"), ("figures", "Test figures"), ("plots", "Confusion, ROC, calibration"),
             ("training", "Training"), ("data", "Data"), ("gradcam", "Grad-CAM"),
+            ("lesion-audit", "Does it look at the tumour?"),
             ("model-card", "Model card"), ("checks", "Cross-checks and provenance"))
 
 
@@ -348,6 +350,28 @@ def _gradcam(data: ReportData) -> str:
     return _section("gradcam", "Grad-CAM gallery", "\n".join(body))
 
 
+def _lesion_audit(data: ReportData) -> str:
+    body = [to_html(audit_blocks(data.lesion_audit))]
+    tiles = {True: [], False: []}
+    for tile in data.lesion_gallery:
+        hit = bool(tile.row["pointing"])
+        tag = ('<span class="tag ok">peak in box</span>' if hit
+               else '<span class="tag bad">peak outside box</span>')
+        tiles[hit].append(
+            f'<div class="tile"><img src="{plots.image_data_uri(tile.image)}" '
+            f'alt="heatmap and tumour box of {_e(tile.row["source"])}"><div class="cap">{tag} '
+            f'{_e(tile_caption(tile.row))}<div class="src">{_e(tile.row["source"])}</div></div></div>')
+    if data.lesion_audit is not None:
+        body.append("<p>Examples: the heatmap of the <code>gradcam</code> signature with the tumour "
+                    "box in green, the first slices of the audit whose peak fell inside the box "
+                    "and the first whose peak did not.</p>")
+        for hit, title in ((True, "Peak inside the box"), (False, "Peak outside the box")):
+            body.append(f"<h3>{title} ({len(tiles[hit])})</h3>")
+            body.append(f'<div class="gallery">{"".join(tiles[hit])}</div>' if tiles[hit]
+                        else '<p class="muted">None.</p>')
+    return _section("lesion-audit", "Does it look at the tumour?", "\n".join(body))
+
+
 def _model_card(data: ReportData) -> str:
     blocks = model_card.card_blocks(data, _version(data), level=2)[1:]  # the section has the title
     for block in blocks:
@@ -387,7 +411,7 @@ def render(data: ReportData) -> str:
             f"generated {_e(generated)}"]
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in SECTIONS)
     sections = [_decision(data), _figures(data), _plots(data), _training(data), _data(data),
-                _gradcam(data), _model_card(data), _checks(data)]
+                _gradcam(data), _lesion_audit(data), _model_card(data), _checks(data)]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

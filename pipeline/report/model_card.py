@@ -12,6 +12,7 @@ import numpy as np
 from data_prep import contract
 from pipeline.config import PipelineConfig
 from pipeline.report import tables
+from pipeline.report.lesion_audit import audit_blocks
 from pipeline.report.markup import Bullets, Heading, Paragraph, count, to_markdown
 
 from components.executors import MODEL_CARD_FILE as MODEL_CARD_NAME
@@ -197,6 +198,8 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
                  temperature_sentence(data.temperature),
                  "Calibration measured on this data need not hold at another site; do not read "
                  "a probability as the chance that the finding is present without local checks."]),
+        Heading("Does it look at the tumour?", h2),
+        *audit_blocks(data.lesion_audit, "card-lesion-audit"),
         Heading("Limitations", h2),
         Bullets([
             "Duplicates and near duplicates between training and test images inflate the "
@@ -209,8 +212,8 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
             "Grad-CAM on the 14×14 feature map sharpened by a LayerCAM of the 56×56 one): "
             "a coarse pointer, and no proof that the model looked at the lesion for the "
             "right reason.",
-            "Small classes and small test sets make per-class figures uncertain; no confidence "
-            "intervals are given.",
+            "Small classes and small test sets make per-class figures uncertain; the lesion "
+            "audit gives 95 % intervals, the tables above do not yet.",
         ]),
         Heading("Ethical considerations", h2),
         Bullets([
