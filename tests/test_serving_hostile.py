@@ -269,3 +269,37 @@ def defaults(model, tmp_path_factory):
 def test_heavy_hostile_case_at_default_limits(defaults, case):
     process, target = defaults
     _check_case(process, target, case)
+
+
+# ---- without a server ---------------------------------------------------------------------
+
+def test_requests_cancelled_or_past_their_deadline_never_reach_the_model():
+    import numpy as np
+
+    from serving.batching import BatchingParameters, BatchScheduler
+    from serving.errors import ServingError
+    from serving.limits import RequestContext
+
+    calls = []
+
+    def model(inputs):
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=4, batch_timeout_micros=1000,
+                                                  num_batch_threads=1))
+    try:
+        expired, cancelled = RequestContext(timeout=0.0), RequestContext()
+        cancelled.cancel()
+        for context, code in ((expired, grpc.StatusCode.DEADLINE_EXCEEDED),
+                              (cancelled, grpc.StatusCode.CANCELLED)):
+            with pytest.raises(ServingError) as err:
+                scheduler.run("k", {"x": np.ones(2)}, 2, model, context)
+            assert err.value.code == code
+        with pytest.raises(ServingError) as err:
+            scheduler.run("k", {"x": np.ones(5)}, 5, model)
+        assert err.value.message == "Task size 5 is larger than maximum input batch size 4"
+        assert calls == []
+        assert scheduler.run("k", {"x": np.ones(2)}, 2, model)["y"].tolist() == [2.0, 2.0]
+    finally:
+        scheduler.stop()
