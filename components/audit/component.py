@@ -27,7 +27,7 @@ from tfx.utils import io_utils, path_utils
 from components.audit import lesion_audit
 from data_prep import contract
 
-GALLERY_PER_KIND = 6
+GALLERY_PER_KIND = 2   # slices kept per class and outcome (peak in box or not)
 GALLERY_DIR = "gallery"
 
 

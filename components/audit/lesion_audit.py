@@ -111,10 +111,11 @@ def audit_slices(slices: Sequence[BoxedSlice], predictor: Predictor, batch_size:
                  tolerance_px: float = DEFAULT_TOLERANCE_PX, progress: bool = True,
                  keep_heatmaps: int = 0) -> tuple[list[SliceResult], dict[int, np.ndarray]]:
     """Runs every check on every slice. Returns the per-slice results and, for the
-    first `keep_heatmaps` of each kind (hit, miss), their heatmaps (for galleries)."""
+    first `keep_heatmaps` slices of each class and outcome (peak in box or not), their
+    heatmaps (for galleries)."""
     results: list[SliceResult] = []
     kept: dict[int, np.ndarray] = {}
-    kept_count = {True: 0, False: 0}
+    kept_count: dict[tuple[int, bool], int] = {}
     bar = tqdm(total=len(slices), desc="lesion audit", unit="slice", disable=not progress)
     for start in range(0, len(slices), batch_size):
         batch = slices[start:start + batch_size]
@@ -133,9 +134,10 @@ def audit_slices(slices: Sequence[BoxedSlice], predictor: Predictor, batch_size:
                 box_area=fig["box_area"], removed_predicted=int(np.argmax(removed[i])),
                 removed_probability=float(removed[i][s.label]),
                 lesion_only_predicted=int(np.argmax(only[i]))))
-            if kept_count[fig["pointing"]] < keep_heatmaps:
+            kind = (s.label, fig["pointing"])
+            if kept_count.get(kind, 0) < keep_heatmaps:
                 kept[len(results) - 1] = np.asarray(heatmaps[i], np.float32)
-                kept_count[fig["pointing"]] += 1
+                kept_count[kind] = kept_count.get(kind, 0) + 1
         bar.update(len(batch))
     bar.close()
     return results, kept

@@ -363,8 +363,8 @@ def _lesion_audit(data: ReportData) -> str:
             f'{_e(tile_caption(tile.row))}<div class="src">{_e(tile.row["source"])}</div></div></div>')
     if data.lesion_audit is not None:
         body.append("<p>Examples: the heatmap of the <code>gradcam</code> signature with the tumour "
-                    "box in green, the first slices of the audit whose peak fell inside the box "
-                    "and the first whose peak did not.</p>")
+                    "box in green: per class, the first slices of the audit whose peak fell "
+                    "inside the box and the first whose peak did not.</p>")
         for hit, title in ((True, "Peak inside the box"), (False, "Peak outside the box")):
             body.append(f"<h3>{title} ({len(tiles[hit])})</h3>")
             body.append(f'<div class="gallery">{"".join(tiles[hit])}</div>' if tiles[hit]

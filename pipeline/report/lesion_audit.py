@@ -43,7 +43,7 @@ def audit_blocks(document: dict | None, table_id: str = "lesion-audit") -> list:
                  else "failed: " + "; ".join(document.get("failures", [])))
     return [
         Paragraph(
-            f"Real tumour slices with boxes ({document['slices_audited']} of "
+            f"Tumour slices with boxes ({document['slices_audited']} of "
             f"{document['slices_in_folder']}: the slices with no copy among the training images). "
             "Peak in box: the heatmap's maximum falls inside the tumour box (pointing game); "
             f"peak near box: within {document['tolerance_px']:g} px of it on the 224×224 heatmap; "
