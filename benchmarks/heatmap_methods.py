@@ -1,0 +1,116 @@
+"""Which heatmap points at the tumour? Several explanation maps of one trained model,
+scored like the lesion audit (pointing game, mass in box) on box slices.
+
+    python benchmarks/heatmap_methods.py --model runs/serving/brain_tumor \
+        --boxes-dir ../shared/data/figshare-boxes --exclude-training runs/data/prepared
+
+Maps, all for the predicted class, upsampled to 224x224:
+  signature      what the exported `gradcam` signature returns (Grad-CAM 14x14 x LayerCAM 56x56)
+  gradcam14      Grad-CAM on the 14x14 stage alone
+  layercam56     LayerCAM on the 56x56 stage alone
+  cam7           the class activation map of the last (7x7) stage, CAM = F . w_c
+  cam7xlayer56   cam7 x LayerCAM 56x56 (the map lesion guidance constrains, sharpened)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+import data_prep  # noqa: E402,F401  (Keras 2 switch before TensorFlow)
+from components.audit.component import slices_not_in, training_thumbnails  # noqa: E402
+from components.audit.lesion_audit import DEFAULT_TOLERANCE_PX, heatmap_figures, png  # noqa: E402
+from components.audit.predictors import SavedModelPredictor  # noqa: E402
+from data_prep import contract  # noqa: E402
+from data_prep.lesion_boxes import gray_of, read_box_folder  # noqa: E402
+from pipeline.audit_cli import _saved_model_dir  # noqa: E402
+
+
+def maps_model(model_dir: str):
+    import tf_keras as keras
+
+    from components.training.models import (CAM_LAYER, GRADCAM_FINE_LAYER, GRADCAM_LAYER,
+                                            LOGITS_LAYER)
+    model = keras.models.load_model(model_dir, compile=False)
+    names = (GRADCAM_LAYER, GRADCAM_FINE_LAYER, CAM_LAYER)
+    outputs = [model.get_layer(n).output for n in names] + [model.get_layer(LOGITS_LAYER).output]
+    return keras.Model(model.inputs, outputs), model.get_layer(LOGITS_LAYER).kernel
+
+
+def method_maps(grad_model, kernel, images: list[bytes]) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    from components.training import gradcam as cam
+    from components.transform.preprocessing import IMAGE_SIZE, decode_and_resize
+
+    x = decode_and_resize(tf.constant(images))
+    with tf.GradientTape() as tape:
+        coarse, fine, last, logits = grad_model(x, training=False)
+        class_id = tf.argmax(logits, axis=1, output_type=tf.int32)
+        score = tf.gather(logits, class_id, batch_dims=1)
+    g_coarse, g_fine = tape.gradient(score, [coarse, fine])
+
+    def up(m):
+        return cam._upsampled(m, IMAGE_SIZE)
+
+    grad14 = up(cam.grad_cam(coarse, g_coarse))
+    layer56 = up(cam.layer_cam(fine, g_fine))
+    weights = tf.gather(tf.transpose(kernel), class_id)
+    cam7 = up(tf.nn.relu(tf.einsum("bhwc,bc->bhw", last, weights))[..., None])
+    return {"gradcam14": grad14.numpy(), "layercam56": layer56.numpy(), "cam7": cam7.numpy(),
+            "cam7xlayer56": cam._unit_peak(cam7 * layer56).numpy()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="SavedModel or TF Serving base path")
+    parser.add_argument("--boxes-dir", required=True)
+    parser.add_argument("--exclude-training", help="prepared data: skip slices copied in train/")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many slices per class")
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+
+    model_dir = _saved_model_dir(args.model)
+    slices, _ = read_box_folder(args.boxes_dir)
+    if args.exclude_training:
+        files = sorted(str(p) for p in (Path(args.exclude_training) / contract.TRAIN_SPLIT).glob("*"))
+        slices = slices_not_in(slices, *training_thumbnails(files))
+    if args.limit:
+        slices = [s for label in sorted({s.label for s in slices})
+                  for s in [t for t in slices if t.label == label][:args.limit]]
+    grad_model, kernel = maps_model(model_dir)
+    signature = SavedModelPredictor(model_dir)
+    scores: dict[str, dict[str, list]] = {}
+    started = time.time()
+    for start in range(0, len(slices), args.batch):
+        batch = slices[start:start + args.batch]
+        images = [png(gray_of(s.path)) for s in batch]
+        maps = method_maps(grad_model, kernel, images)
+        maps["signature"] = signature.gradcam(images)[0]
+        for name, heat in maps.items():
+            for s, h in zip(batch, heat):
+                fig = heatmap_figures(np.asarray(h, np.float32), s.box, DEFAULT_TOLERANCE_PX)
+                for key in ("pointing", "pointing_tolerant", "mass_in_box"):
+                    scores.setdefault(name, {}).setdefault(key, []).append(
+                        (contract.CLASS_NAMES[s.label], float(fig[key])))
+    print(f"{len(slices)} slices in {time.time() - started:.0f} s "
+          f"(tolerance {DEFAULT_TOLERANCE_PX} px)")
+    classes = sorted({c for c, _ in next(iter(scores.values()))["pointing"]})
+    print(f"{'method':14s} {'figure':18s} {'overall':>8s} " + " ".join(f"{c:>11s}" for c in classes))
+    for name, figures in scores.items():
+        for key, rows in figures.items():
+            overall = np.mean([v for _, v in rows])
+            per = [np.mean([v for c, v in rows if c == cls]) for cls in classes]
+            print(f"{name:14s} {key:18s} {overall:8.3f} " + " ".join(f"{v:11.3f}" for v in per))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
