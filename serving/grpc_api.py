@@ -13,8 +13,9 @@ executor) to build tensors and run the model. Bounds:
 - time: a request message must arrive within `client_timeout` seconds of its
   call's start (else DEADLINE_EXCEEDED); connections without calls close after
   5 minutes; the TLS/HTTP2 handshake must finish within `client_timeout`;
-- concurrency: `max_calls` calls at once (more get RESOURCE_EXHAUSTED), 100
-  streams per connection;
+- concurrency: `max_calls` calls at once (more get RESOURCE_EXHAUSTED). (No
+  per-connection stream limit: grpc's `max_concurrent_streams` made this server
+  refuse streams (RST_STREAM REFUSED_STREAM) under plain concurrent load);
 - a call cancelled by its client, or past its deadline, stops before the model runs.
 Client errors are logged as one line each; no traceback unless the server is at fault.
 """
@@ -41,7 +42,6 @@ from serving.tensors import outputs_to_protos, tensor_to_array  # noqa: F401  (t
 
 log = logging.getLogger("serving")
 
-MAX_STREAMS_PER_CONNECTION = 100
 IDLE_CONNECTION_MS = 5 * 60 * 1000
 _DESERIALIZE_IN_WORKER_BYTES = 256 * 1024   # larger requests are parsed off the event loop
 
@@ -197,7 +197,6 @@ def build_grpc_server(core: ServerCore, metrics: ServingMetrics, address: str,
         options=[("grpc.max_receive_message_length", limits.max_request_bytes),
                  ("grpc.max_send_message_length", max(limits.max_request_bytes,
                                                       limits.max_response_bytes + (1 << 20))),
-                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                  ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
                  ("grpc.server_handshake_timeout_ms", int(client_timeout * 1000)),
                  ("grpc.keepalive_time_ms", 60_000),      # ping quiet connections: find dead peers
