@@ -114,8 +114,14 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE_MB * _
         raise ImageError(f"cannot read file: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "rb") as f:
-            _check_regular(path, os.fstat(f.fileno()), max_bytes)
-            data = f.read(max_bytes + 1)
+            st = os.fstat(f.fileno())
+            _check_regular(path, st, max_bytes)
+            data = f.read(st.st_size + 1)  # sized by fstat: no cap-sized buffer per file
+            while len(data) > st.st_size and len(data) <= max_bytes:  # it grew meanwhile
+                more = f.read(min(1 << 20, max_bytes + 1 - len(data)))
+                if not more:
+                    break
+                data += more
     except OSError as err:
         raise ImageError(f"cannot read file: {err.strerror or err}") from None
     if not data:
