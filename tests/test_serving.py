@@ -185,7 +185,7 @@ PREDICT_ERRORS = [
     ("wrong rank", dict(inputs={"image_bytes": [[b"x"]]}), grpc.StatusCode.INVALID_ARGUMENT,
      r"shape \[1, 1\] is not compatible"),
     ("undecodable image", dict(inputs={"image_bytes": [b"not an image"]}), grpc.StatusCode.INVALID_ARGUMENT,
-     r"Unknown image file format"),
+     r"^unsupported image format: the model reads JPEG and PNG"),
     ("unknown output", dict(output_filter=["logits"]), grpc.StatusCode.INVALID_ARGUMENT,
      r"^output tensor alias not found in signature: logits Outputs expected to be in the set "
      r"\{class_id,class_name,probabilities\}\.$"),
@@ -320,7 +320,8 @@ REST_ERRORS = [
      {"signature_name": "nope", "instances": ["x"]}, 400,
      'Serving signature name: "nope" not found in signature def'),
     ("undecodable image", "POST", "/v1/models/brain_tumor:predict",
-     {"signature_name": "predict_images", "instances": [b64(b"not an image")]}, 400, "Unknown image file format"),
+     {"signature_name": "predict_images", "instances": [b64(b"not an image")]}, 400,
+     "unsupported image format: the model reads JPEG and PNG"),
     ("bad base64", "POST", "/v1/models/brain_tumor:predict",
      {"signature_name": "predict_images", "instances": [{"b64": "@@@"}]}, 400, "Unable to base64 decode"),
     ("no instances", "POST", "/v1/models/brain_tumor:predict", {"signature_name": "predict_images"}, 400,
