@@ -5,8 +5,11 @@ The local server follows TF Serving's own split:
   loader.py    one SavedModel version → a Servable with callable signatures
   manager.py   which version serves; load-before-unload swaps; version states
   batching.py  server-side batching of concurrent requests
+  canary.py    warm-up replay and canary request before a version takes traffic
   core.py      request handling shared by both front ends (ServerCore)
-  grpc_api.py, rest_api.py (+ rest_json.py, messages.py)   the two protocols
+  limits.py    request limits, deadlines and cancellation
+  grpc_api.py (+ tensors.py), rest_api.py (+ http_server.py, rest_json.py, messages.py)
+               the two protocols, both on one asyncio event loop
   metrics.py   Prometheus text; errors.py   TF Serving's codes and texts
   server.py    wiring, start/stop; process.py   run it as a child process
 Clients: client.py (gRPC/REST), gradcam.py (drawing); cli.py: the btmri commands.
