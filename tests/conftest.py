@@ -16,6 +16,17 @@ REAL_DATA = Path(os.environ.get(
     "BTMRI_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "brain-tumor-mri"))
 
 
+REAL_BOXES = Path(os.environ.get(
+    "BTMRI_REAL_BOXES", REPO_ROOT.parent / "shared" / "data" / "figshare-boxes"))
+
+
+@pytest.fixture
+def real_boxes() -> Path:
+    if not REAL_BOXES.is_dir():
+        pytest.skip(f"real tumour boxes not present at {REAL_BOXES}")
+    return REAL_BOXES
+
+
 @pytest.fixture
 def real_data() -> Path:
     if not (REAL_DATA / contract.KAGGLE_TRAINING_DIR).is_dir():

@@ -58,7 +58,7 @@ def test_deterministic_per_seed_and_independent_of_order(tmp_path, dataset):
         return _files(tmp_path / name)
 
     first = run("a", seed=0)
-    assert len(first) == 4 * 4 + 3 * 4  # images + masks
+    assert len(first) == 4 * 4 + 3 * 4 + 3 * 4  # images + masks + the box folder's copies
     assert first == run("b", seed=0)
     # Same bytes as the same names in the big dataset: each image has its own seed.
     big_root, _ = dataset
@@ -148,3 +148,17 @@ def test_learnable_but_not_from_global_statistics(dataset):
     assert global_stats <= 0.40
     assert image_based >= 0.60
     assert image_based >= global_stats + 0.30
+
+
+def test_box_folder_holds_every_tumour_phantom_with_its_mask_box(tmp_path):
+    from data_prep.lesion_boxes import mask_to_box, read_box_folder
+
+    synth.generate_dataset(tmp_path, per_class=2, test_per_class=1, seed=3, progress=False)
+    slices, skips = read_box_folder(tmp_path / synth.BOXES_DIR)
+    assert not skips and len(slices) == 3 * 3       # tumour classes x (2 + 1)
+    for s in slices:
+        split, name = pathlib.Path(s.path).name.split("_", 1)
+        image = tmp_path / split.capitalize() / pathlib.Path(s.path).parent.name / name
+        assert pathlib.Path(s.path).read_bytes() == image.read_bytes()
+        mask = cv2.imread(str(synth.mask_path_for(image)), cv2.IMREAD_GRAYSCALE)
+        assert s.box == pytest.approx(mask_to_box(mask), abs=1e-5)
