@@ -1,12 +1,13 @@
-"""Issue 6 goal on the real Kaggle training images (slow: ~25 minutes on 2 cores).
+"""The real-data goals (slow: ~30 minutes on 2 otherwise idle cores).
 
     pytest -m slow tests/test_real_accuracy.py -s
 
-Runs the README's `btmri run --data-dir <Kaggle> --drop-cross-split-duplicates`
-with the defaults, then scores the pushed (served) model on the eval split —
-eval images that duplicate training images removed — with scikit-learn. The goals
-are asserted on that de-duplicated split; the plain figure (the dropped duplicates
-put back, as a split without de-duplication would have them) is printed beside it.
+Runs the README's `btmri run --data-dir <Kaggle> --drop-cross-split-duplicates
+--boxes-dir <figshare boxes>` with the defaults, then scores the pushed (served)
+model on the eval split — eval images that duplicate training images removed — with
+scikit-learn, and reads the run's lesion audit (the box slices that trained nothing).
+Accuracy goals are asserted on the de-duplicated split; the plain figure (the dropped
+duplicates put back) is printed beside it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
+from components.audit.lesion_audit import read_audit
+from components.audit.report_text import audit_lines
 from components.executors import pushed_versions
 from components.training.calibration import expected_calibration_error
 from data_prep import contract
@@ -29,12 +32,21 @@ from pipeline.metadata import latest_output
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
+ACCURACY_GOAL = 0.98
+# The lesion audit's goals (pointing game >= 0.75, heat in box >= 0.35, lesion removed ->
+# changed >= 0.8) are not reached yet (README, "Does it look at the tumour?"). Asserted
+# here is what lesion guidance does reach, as guards against sliding back: the peak beats
+# the image centre (95 % intervals apart), and removing the lesion changes the answer at
+# least twice as often as it did for the model without lesion guidance (0.075 on the
+# same 864 slices, weighting the old per-class figures by this audit's class counts).
+REMOVED_CHANGED_GUARD = 0.15
+
 
 @pytest.mark.timeout(80 * 60)  # the run's budget is 60 minutes; scoring and slack on top
-def test_default_model_meets_the_accuracy_goal(real_data, tmp_path):
+def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
     started = time.time()
     assert btmri(["run", "--data-dir", str(real_data), "--drop-cross-split-duplicates",
-                  "--work-dir", str(tmp_path), "--pipeline-root", str(tmp_path / "pipeline"),
+                  "--boxes-dir", str(real_boxes), "--work-dir", str(tmp_path), "--pipeline-root", str(tmp_path / "pipeline"),
                   "--serving-dir", str(tmp_path / "serving")]) == 0
     minutes = (time.time() - started) / 60
 
@@ -74,8 +86,19 @@ def test_default_model_meets_the_accuracy_goal(real_data, tmp_path):
           f"{ece:.4f} (before calibration {calibration['ece_before']:.4f}, T "
           f"{calibration['temperature']:.2f}); whole run {minutes:.1f} min")
 
-    assert accuracy >= 0.97
+    audit_artifact = latest_output(PipelineConfig(str(tmp_path / "pipeline"), "", ""),
+                                   "LesionAudit", "audit")
+    audit = read_audit(audit_artifact.uri, rows=False)
+    print("\n".join(audit_lines(audit)))
+
+    assert accuracy >= ACCURACY_GOAL
     assert macro_f1 >= 0.97
     assert meningioma_recall >= 0.95
     assert ece <= 0.03
     assert minutes <= 60
+    overall = audit["summary"]["overall"]
+    assert audit["slices_audited"] >= 500
+    assert overall["pointing"]["ci95"][0] > overall["centre_baseline"]["ci95"][1]
+    assert overall["mass_in_box"]["ci95"][0] > 2 * overall["box_area"]["ci95"][1]
+    assert overall["removed_changed"]["value"] >= REMOVED_CHANGED_GUARD
+    assert overall["removed_notumor"]["value"] > 0.5 * overall["removed_changed"]["value"]
