@@ -21,11 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from data_prep import contract
 from data_prep.discover import find_images
-from data_prep.duplicates import DEFAULT_NEAR_THRESHOLD, DuplicateIndex, Record, perceptual_hash
+from data_prep.duplicates import (DEFAULT_NEAR_THRESHOLD, DuplicateIndex, Record, hamming_to_many,
+                                  perceptual_hash)
 from data_prep.image_io import (DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, ImageError, content_hash,
                                 decode_image, read_bytes)
 from data_prep.splits import assign_train_eval
@@ -207,11 +209,19 @@ def prepare(opts: PrepareOptions) -> dict:
         dups.add(Record(cand.source, split, cand.label, res["md5"], res["phash"]))
         counts[split][contract.CLASS_NAMES[cand.label]] += 1
         reencoded += res["reencoded"]
+    # Extra box slices are no copies of eval/test images (correlation), but may still be
+    # near duplicates by perceptual hash (re-windowed neighbours): those are not added.
+    held_out = np.array([r.phash for r in dups.records if r.split != contract.TRAIN_SPLIT],
+                        np.uint64)
     for slice_, res in boxes.extra_training_slices(opts.max_pixels, max_bytes):
         source = boxes.source_of(slice_)
         if not res["ok"]:
             skipped.append({"source": source, "reason": res["reason"]})
             continue
+        if len(held_out) and int(hamming_to_many(res["phash"], held_out).min()) <= opts.near_threshold:
+            boxes.not_added.append(source)
+            continue
+        boxes.added[contract.CLASS_NAMES[slice_.label]] += 1
         writers[contract.TRAIN_SPLIT].write(make_example(
             res["encoded"], slice_.label, res["height"], res["width"], source, slice_.box))
         dups.add(Record(source, contract.TRAIN_SPLIT, slice_.label, res["md5"], res["phash"]))
@@ -257,6 +267,7 @@ class _BoxAttacher:
         self.copied_in: dict[int, str] = {}     # slice index → split holding a copy
         self.matched = {s: Counter() for s in contract.SPLITS}
         self.added: Counter = Counter()
+        self.not_added: list[str] = []           # near duplicates of eval/test images
         if box_dir:
             slices, self.skipped = read_box_folder(box_dir)
             self.matcher = BoxMatcher(slices)
@@ -283,11 +294,8 @@ class _BoxAttacher:
         for i, slice_ in enumerate(self.matcher.slices):
             if i in self.copied_in or in_audit_part(slice_.source):
                 continue
-            res = _convert_file((slice_.path, os.path.splitext(slice_.path)[1], max_pixels,
-                                 max_bytes))
-            if res["ok"]:
-                self.added[contract.CLASS_NAMES[slice_.label]] += 1
-            yield slice_, res
+            yield slice_, _convert_file((slice_.path, os.path.splitext(slice_.path)[1],
+                                         max_pixels, max_bytes))
 
     def report(self) -> dict | None:
         if self.matcher is None:
@@ -296,7 +304,8 @@ class _BoxAttacher:
                 "slices": len(self.matcher.slices),
                 "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
                 "images_with_box": {s: dict(c) for s, c in self.matched.items() if c},
-                "slices_added_to_train": dict(self.added)}
+                "slices_added_to_train": dict(self.added),
+                "slices_not_added_near_duplicates_of_eval_or_test": self.not_added}
 
 
 def _check_usable(manifest: dict) -> None:

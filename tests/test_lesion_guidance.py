@@ -156,3 +156,30 @@ def test_boxes_follow_the_augmentation_geometry():
         assert (warped[i] & ~inside).sum() <= 0.02 * warped[i].sum()   # the box covers the mask
         assert inside.sum() < 1.6 * warped[i].sum()                    # rotation adds corners only
     np.testing.assert_array_equal(moved[2], contract.NO_BOX)
+
+
+def test_prepare_adds_unmatched_box_slices_but_not_near_duplicates_of_test_images(tmp_path):
+    """A box slice that is a shifted, re-windowed copy of a test image (a near duplicate by
+    perceptual hash, not a copy by correlation) must not join training; an unrelated one does."""
+    import json
+
+    from data_prep import synth
+    from data_prep.prepare import PrepareOptions, prepare
+
+    data = tmp_path / "data"
+    synth.generate_dataset(data, per_class=4, test_per_class=2, seed=1, progress=False)
+    test_image = cv2.imread(str(data / "Testing" / "glioma" / "syn_glioma_0000.png"),
+                            cv2.IMREAD_GRAYSCALE)
+    shifted = (((np.roll(test_image, 8, axis=1) / 255.0) ** 0.5) * 255).astype(np.uint8)
+    other, mask = render_phantom("glioma", np.random.default_rng(99))
+    boxes = tmp_path / "boxes"
+    _write_slice(boxes, "glioma", "0", shifted, "0 0.5 0.5 0.2 0.2")       # training side
+    _write_slice(boxes, "glioma", "10", other, format_yolo_box(mask_to_box(mask)))
+    assert not in_audit_part("glioma/0.png") and not in_audit_part("glioma/10.png")
+    manifest = prepare(PrepareOptions(str(data), str(tmp_path / "out"), box_dir=str(boxes),
+                                      progress=False))
+    report = manifest["lesion_boxes"]
+    assert report["slices_added_to_train"] == {"glioma": 1}
+    assert report["slices_not_added_near_duplicates_of_eval_or_test"] == ["boxes/glioma/0.png"]
+    counts = json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]
+    assert counts["train"]["glioma"] + counts["eval"]["glioma"] == 4 + 1   # Training/ + the slice
