@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import data_prep  # noqa: E402,F401  (Keras 2 switch before TensorFlow)
-from components.audit.component import slices_not_in, training_thumbnails  # noqa: E402
+from components.audit.component import slices_not_in, training_images  # noqa: E402
 from components.audit.lesion_audit import DEFAULT_TOLERANCE_PX, heatmap_figures, png  # noqa: E402
 from components.audit.predictors import SavedModelPredictor  # noqa: E402
 from data_prep import contract  # noqa: E402
@@ -81,7 +81,7 @@ def main() -> int:
     slices, _ = read_box_folder(args.boxes_dir)
     if args.exclude_training:
         files = sorted(str(p) for p in (Path(args.exclude_training) / contract.TRAIN_SPLIT).glob("*"))
-        slices = slices_not_in(slices, *training_thumbnails(files))
+        slices = slices_not_in(slices, training_images(files))
     if args.limit:
         slices = [s for label in sorted({s.label for s in slices})
                   for s in [t for t in slices if t.label == label][:args.limit]]

@@ -59,14 +59,13 @@ def split_files(examples_uri: str, split: str = contract.TRAIN_SPLIT) -> list[st
     return sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
 
 
-def training_thumbnails(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised 32x32 thumbnails [T, 1024], labels [T]) of the images in record files."""
+def training_images(files: list[str]):
+    """(32x32 grayscale thumbnail, label) of each image in record files, decoded as
+    `prepare` decodes them."""
     import tensorflow as tf
 
     from data_prep.image_io import ImageError, decode_image
-    from data_prep.lesion_boxes import normalised_thumbnail
 
-    thumbs, labels = [], []
     for path in files:
         compression = "GZIP" if path.endswith(".gz") else ""
         for record in tf.data.TFRecordDataset(path, compression_type=compression):
@@ -75,22 +74,21 @@ def training_thumbnails(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
                 image = decode_image(feats[contract.IMAGE_KEY].bytes_list.value[0], ".png")
             except ImageError:
                 continue
-            thumbs.append(normalised_thumbnail(image.gray_small))
-            labels.append(feats[contract.LABEL_KEY].int64_list.value[0])
-    return np.array(thumbs, np.float32).reshape(-1, 32 * 32), np.array(labels)
+            yield image.gray_small, feats[contract.LABEL_KEY].int64_list.value[0]
 
 
-def slices_not_in(slices, thumbs: np.ndarray, labels: np.ndarray):
-    """The slices with no same-class copy among the given thumbnails."""
-    from data_prep.lesion_boxes import MATCH_CORRELATION, slice_thumbnail
+def slices_not_in(slices, images):
+    """The slices of which no image is a copy, by prepare's own rule (each image's best
+    same-class slice, if it correlates above the threshold: data_prep/lesion_boxes.py)."""
+    from data_prep.lesion_boxes import BoxMatcher
 
-    kept = []
-    for s in slices:
-        same = labels == s.label
-        if same.any() and float((thumbs[same] @ slice_thumbnail(s.path)).max()) >= MATCH_CORRELATION:
-            continue
-        kept.append(s)
-    return kept
+    matcher = BoxMatcher(slices)
+    copied = set()
+    for gray_small, label in images:
+        found = matcher.best(gray_small, label)
+        if found is not None and found[1] >= matcher.threshold:
+            copied.add(found[0])
+    return [s for i, s in enumerate(slices) if i not in copied]
 
 
 def write_audit(out_dir: str, document: dict, results, gallery: dict[int, tuple[str, np.ndarray]]) -> None:
@@ -122,7 +120,7 @@ def run_lesion_audit(model_dir: str | None, box_dir: str, training_files: list[s
     slices, skipped = read_box_folder(box_dir)
     audited = slices
     if training_files:
-        audited = slices_not_in(slices, *training_thumbnails(training_files))
+        audited = slices_not_in(slices, training_images(training_files))
     predictor = predictor or SavedModelPredictor(model_dir)
     results, heatmaps = lesion_audit.audit_slices(audited, predictor, tolerance_px=tolerance_px,
                                                   progress=progress,
