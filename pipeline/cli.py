@@ -95,6 +95,7 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         audit_min_removed_changed=args.audit_min_removed_changed,
         accuracy_lower_bound=args.accuracy_bound, evidence_weight=args.evidence_weight,
         lesion_removal_rate=args.lesion_removal_rate, decoy_removal_rate=args.decoy_removal_rate,
+        lesion_paste_rate=args.lesion_paste_rate,
         **overrides)
 
 
@@ -280,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--decoy-removal-rate", type=float, default=PipelineConfig.decoy_removal_rate,
                        help="share of training images shown with a lesion-free box removed, "
                             "label kept; default %(default)s")
+        p.add_argument("--lesion-paste-rate", type=float, default=PipelineConfig.lesion_paste_rate,
+                       help="share of notumor training images shown with the lesion of a boxed "
+                            "tumour image pasted in, labelled with its class; default %(default)s")
         p.add_argument("--accuracy-bound", type=float, default=DEFAULT_ACCURACY_LOWER_BOUND,
                        help="absolute lower bound on accuracy for blessing (default %(default)s)")
         p.add_argument("--audit-min-pointing", type=float, default=PipelineConfig.audit_min_pointing,

@@ -52,6 +52,7 @@ class PipelineConfig:
     evidence_weight: float = 1.0             # lesion-evidence loss (boxed training images)
     lesion_removal_rate: float = 0.25        # counterfactuals: lesion removed → notumor
     decoy_removal_rate: float = 0.25         # counterfactuals: a lesion-free box removed
+    lesion_paste_rate: float = 0.25          # counterfactuals: notumor images given a lesion
     box_dir: str | None = None               # tumour boxes: the lesion audit's slices
     audit_min_pointing: float = -1.0         # gate on the audit's pointing game; < 0: off
     audit_min_removed_changed: float = -1.0  # gate on "lesion removed → class changed"; < 0: off
@@ -86,4 +87,5 @@ class PipelineConfig:
                 "materialized": self.materialize, "precision": self.precision,
                 "evidence_weight": self.evidence_weight,
                 "lesion_removal_rate": self.lesion_removal_rate,
-                "decoy_removal_rate": self.decoy_removal_rate}
+                "decoy_removal_rate": self.decoy_removal_rate,
+                "lesion_paste_rate": self.lesion_paste_rate}

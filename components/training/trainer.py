@@ -59,6 +59,7 @@ DEFAULTS = {
     "evidence_weight": 1.0,  # weight of the lesion-evidence loss; 0: off
     "lesion_removal_rate": 0.25,  # boxed tumour images shown with the lesion removed, as notumor
     "decoy_removal_rate": 0.25,   # images shown with a lesion-free box removed, label kept
+    "lesion_paste_rate": 0.25,    # notumor images shown with a batch-mate's lesion, as its class
 }
 
 # The final map of mri_resnet (the CAM the evidence loss constrains) is 7x7.
@@ -241,7 +242,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     materialized = bool(config["materialized"])
     cache = bool(config["cache"])
     counterfactuals = CounterfactualConfig(lesion_rate=float(config["lesion_removal_rate"]),
-                                           decoy_rate=float(config["decoy_removal_rate"]))
+                                           decoy_rate=float(config["decoy_removal_rate"]),
+                                           paste_rate=float(config["lesion_paste_rate"]))
     train_ds = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                         batch, training=True, augment=bool(config["augment"]),
                         seed=int(config["seed"]), materialized=materialized, cache=cache,
