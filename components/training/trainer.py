@@ -34,8 +34,9 @@ from components.training.counterfactual import CounterfactualConfig, box_masks, 
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
 from components.training.models import (DEFAULT_MODEL, GRADCAM_FINE_LAYER, GRADCAM_LAYER,
                                         LOGITS_LAYER, build_model)
-from components.transform.preprocessing import (CHANNELS, IMAGE_SIZE, IMAGE_XF, LABEL_XF,
-                                                LESION_BOX_XF)
+from components.transform.head_framing import maps_to_image
+from components.transform.preprocessing import (CHANNELS, HEAD_BOX_XF, IMAGE_SIZE, IMAGE_XF,
+                                                LABEL_XF, LESION_BOX_XF)
 from data_prep import contract
 
 # Trainer custom_config keys and defaults (pipeline.config fills them).
@@ -157,9 +158,11 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
         maps.append(model.get_layer(GRADCAM_FINE_LAYER).output)
     grad_model = keras.Model(model.inputs, [maps, model.get_layer(LOGITS_LAYER).output])
 
+    def transformed(image_bytes):
+        return model.tft_layer({contract.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
+
     def images_to_model_input(image_bytes):
-        raw = {contract.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])}
-        return model.tft_layer(raw)[IMAGE_XF]
+        return transformed(image_bytes)[IMAGE_XF]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_examples(examples):
@@ -172,12 +175,16 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
     def gradcam(image_bytes):
-        x = images_to_model_input(image_bytes)
+        xf = transformed(image_bytes)
+        x = xf[IMAGE_XF]
         with tf.GradientTape() as tape:
             features, logits = grad_model(x, training=False)
             class_id = tf.argmax(logits, axis=1, output_type=tf.int64)
             score = tf.gather(logits, class_id, batch_dims=1)  # pre-softmax class score
         heatmap = cam.heatmap(IMAGE_SIZE, features, tape.gradient(score, features))
+        if HEAD_BOX_XF in xf:  # the model saw the head crop; clients sent the whole image
+            heatmap = maps_to_image(heatmap, xf[HEAD_BOX_XF], IMAGE_SIZE)
+            heatmap = tf.math.divide_no_nan(heatmap, tf.reduce_max(heatmap, axis=[1, 2], keepdims=True))
         # The model's own (calibrated) probabilities, as the other signatures return.
         probs = model(x, training=False)
         return {HEATMAP: heatmap, CLASS_ID: class_id, PROBABILITIES: probs}
