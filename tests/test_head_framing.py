@@ -75,3 +75,11 @@ def test_preprocessing_fn_returns_the_crop_and_moves_the_lesion_box():
     moved = out[LESION_BOX_XF].numpy()[0]
     side = crop[2] - crop[0]
     np.testing.assert_allclose(moved[:2], (np.array(lesion[:2]) - crop[:2]) / side, atol=1e-5)
+
+
+def test_percentile_ranks_like_a_full_sort():
+    from components.transform.head_framing import _percentile
+    for m in (1, 7, 12544):
+        values = np.random.default_rng(m).random((3, m)).astype(np.float32)
+        expected = np.sort(values, axis=1)[:, int(round(0.99 * (m - 1)))]
+        np.testing.assert_array_equal(_percentile(tf.constant(values), 0.99).numpy(), expected)
