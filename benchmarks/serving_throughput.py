@@ -104,16 +104,16 @@ def in_process_loads(model_dir: Path, images: list[bytes], clients_list) -> dict
     """name → load function(requests) for the SavedModel called in this process."""
     import tensorflow as tf
 
-    from serving import signatures as sig
+    from btmri import spec
 
-    fn = tf.saved_model.load(str(model_dir)).signatures[sig.PREDICT_IMAGES_SIGNATURE]
+    fn = tf.saved_model.load(str(model_dir)).signatures[spec.PREDICT_IMAGES]
 
     def one(c, r):
-        fn(**{sig.IMAGE_BYTES_INPUT: tf.constant([images[(c * 7919 + r) % len(images)]])})
+        fn(**{spec.IMAGE_BYTES_INPUT: tf.constant([images[(c * 7919 + r) % len(images)]])})
 
     def batched(c, r):
         start = (r * BATCH) % len(images)
-        fn(**{sig.IMAGE_BYTES_INPUT: tf.constant((images * 2)[start:start + BATCH])})
+        fn(**{spec.IMAGE_BYTES_INPUT: tf.constant((images * 2)[start:start + BATCH])})
 
     def batched_load(requests):
         result = run_load(1, requests // BATCH, batched)
@@ -135,14 +135,14 @@ def served_loads(server, label: str, images: list[bytes], clients_list) -> dict:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving import signatures as sig
+    from btmri import spec
 
     requests_pb = []
     for image in images:
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = sig.MODEL_NAME
-        request.model_spec.signature_name = sig.PREDICT_IMAGES_SIGNATURE
-        request.inputs[sig.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image]))
+        request.model_spec.name = spec.MODEL_NAME
+        request.model_spec.signature_name = spec.PREDICT_IMAGES
+        request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image]))
         requests_pb.append(request)
     # One channel per client, as separate client processes would have.
     stubs = [prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_target))

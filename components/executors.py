@@ -25,8 +25,8 @@ from tfx.utils import io_utils
 from tfx.proto import pusher_pb2
 from tfx.utils import proto_utils
 
-DIGEST_FILE = "MODEL_DIGEST"  # written beside saved_model.pb; TF Serving ignores it
-MODEL_CARD_FILE = "MODEL_CARD.md"  # added after the push by `btmri run`
+from btmri.layout import DIGEST_FILE, MODEL_CARD_FILE
+
 _NOT_MODEL_FILES = {DIGEST_FILE, MODEL_CARD_FILE}
 
 

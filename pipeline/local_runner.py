@@ -11,12 +11,17 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from absl import logging as absl_logging
 from tfx import v1 as tfx
 
+from btmri.layout import logs_dir
 from pipeline.config import PipelineConfig
 from pipeline.factory import component_ids, create_pipeline
+
+if TYPE_CHECKING:
+    from pipeline.report.tfma_results import TfmaResult
 
 
 class _ProgressHandler(logging.Handler):
@@ -85,37 +90,39 @@ class RunSummary:
     pushed: bool = False
     already_pushed: bool = False
     pushed_to: str | None = None
-    evaluated_split: str | None = None
-    metrics: dict = field(default_factory=dict)        # overall metrics of the candidate
-    thresholds: list = field(default_factory=list)     # failed validations, if any
+    evaluation: TfmaResult | None = None               # the candidate's TFMA figures
     log_path: str | None = None
     seconds: float = 0.0
     component_seconds: dict = field(default_factory=dict)
     blessing_message: str | None = None
     lesion_audit: dict | None = None                   # lesion_audit.json, without rows
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Overall metrics of the candidate (keys: tfma_results.metric_key)."""
+        return self.evaluation.metrics if self.evaluation else {}
+
 
 def run_pipeline(config: PipelineConfig, progress_stream=sys.stdout) -> RunSummary:
     """Runs every component (cached ones are skipped by TFX) and summarises the result."""
-    logs = os.path.join(config.pipeline_root, "logs")
+    logs = logs_dir(config.pipeline_root)
     os.makedirs(logs, exist_ok=True)
     log_path = os.path.join(logs, time.strftime("run-%Y%m%d-%H%M%S.log"))
     started = time.time()
     progress = _ProgressHandler(progress_stream, component_ids(config))
     with _logging_to(log_path, progress):
         tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
-    summary = summarize(config)
+    summary = read_outcome(config)
     summary.log_path = log_path
     summary.seconds = time.time() - started
     summary.component_seconds = progress.seconds
     return summary
 
 
-def summarize(config: PipelineConfig) -> RunSummary:
-    """Reads the latest Evaluator and Pusher outputs from ML Metadata."""
-    import tensorflow_model_analysis as tfma
-
+def read_outcome(config: PipelineConfig) -> RunSummary:
+    """The latest run's outcome from ML Metadata: blessing, TFMA figures, push, audit."""
     from pipeline.metadata import latest_output
+    from pipeline.report import tfma_results
 
     summary = RunSummary()
     blessing = latest_output(config, "Evaluator", "blessing")
@@ -133,26 +140,9 @@ def summarize(config: PipelineConfig) -> RunSummary:
     if blessing is not None:
         summary.blessed = bool(blessing.get_int_custom_property("blessed"))
     if evaluation is not None:
-        from pipeline.report.tfma_results import load_candidate
-        for slice_key, metrics in load_candidate(evaluation.uri).slicing_metrics:
-            if slice_key == ():
-                summary.metrics = _flatten(metrics)
-        validation = tfma.load_validation_result(evaluation.uri)
-        summary.thresholds = [str(f) for f in validation.metric_validations_per_slice]
+        summary.evaluation = tfma_results.load(evaluation.uri)
     if pushed is not None and pushed.get_int_custom_property("pushed"):
         summary.pushed = True
         summary.pushed_to = pushed.get_string_custom_property("pushed_destination")
         summary.already_pushed = bool(pushed.get_int_custom_property("already_pushed"))
     return summary
-
-
-def _flatten(metrics: dict) -> dict:
-    """TFMA's {output: {sub_key: {name: {'doubleValue': v}}}} → {'name[ sub_key]': v}."""
-    flat = {}
-    for per_sub_key in metrics.values():
-        for sub_key, named in per_sub_key.items():
-            for name, value in named.items():
-                key = name if not sub_key else f"{name} {sub_key}"
-                if isinstance(value, dict) and "doubleValue" in value:
-                    flat[key] = value["doubleValue"]
-    return flat

@@ -13,8 +13,7 @@ The local server follows TF Serving's own split:
   metrics.py   Prometheus text; errors.py   TF Serving's codes and texts
   server.py    wiring, start/stop; process.py   run it as a child process
 Clients: client.py (gRPC/REST), gradcam.py (drawing); cli.py: the btmri commands.
+Names (model, signatures, inputs, outputs) and ServerOptions live in btmri/.
 config/ and Dockerfile: the official tensorflow/serving image's configuration.
 """
-import data_prep  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-
-MODEL_NAME = "brain_tumor"   # the model's name in TF Serving (DESIGN.md); spelled only here
+import btmri  # noqa: F401  (selects Keras 2 before TensorFlow loads)

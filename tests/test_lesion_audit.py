@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from components.audit import intervals, lesion_audit
+from btmri.layout import LESION_AUDIT_FILE
+from btmri import intervals
+from components.audit import lesion_audit
 from components.audit.lesion_audit import (AuditBounds, SliceResult, check, heatmap_figures,
                                            lesion_only, remove_lesion, summarise)
 from data_prep import contract
@@ -170,7 +172,7 @@ def test_audit_gate_refuses_to_bless(tiny_run, tmp_path):
     assert blessing.get_int_custom_property("blessed") == 0
     assert "lesion removed, class changed" in blessing.get_string_custom_property("blessing_message")
     assert (tmp_path / "blessing" / "NOT_BLESSED").is_file()
-    assert (tmp_path / "audit" / lesion_audit.AUDIT_FILE).is_file()
+    assert (tmp_path / "audit" / LESION_AUDIT_FILE).is_file()
 
     nodes = {c.id: c for c in create_pipeline(config).components}
     assert nodes["Pusher"].inputs["model_blessing"].producer_component_id == "LesionAudit"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from btmri.layout import MANIFEST_FILE
 from data_prep import contract
 from data_prep.prepare import PrepareError, PrepareOptions, prepare
 from data_prep.tfrecords import make_example, parse_example, read_split
@@ -25,7 +26,7 @@ from tests.imaging import make_class_folders, textured_image, write_jpeg, write_
 
 def run_prepare(data_dir: Path, out: Path, **kw) -> dict:
     kw.setdefault("workers", 1)
-    return prepare(PrepareOptions(str(data_dir), str(out), progress=False, **kw))
+    return prepare(PrepareOptions(str(data_dir), str(out), progress=False, **kw)).to_dict()
 
 
 def skip_reasons(manifest: dict) -> dict[str, str]:
@@ -241,7 +242,7 @@ def test_no_usable_image_fails(tmp_path):
         (tmp_path / "data" / cls / "empty.jpg").write_bytes(b"")
     with pytest.raises(PrepareError, match="no usable image"):
         run_prepare(tmp_path / "data", tmp_path / "out")
-    manifest = json.loads((tmp_path / "out" / contract.MANIFEST_NAME).read_text())
+    manifest = json.loads((tmp_path / "out" / MANIFEST_FILE).read_text())
     assert len(manifest["skipped"]) == 4  # the reasons are kept for the user
 
 

@@ -22,6 +22,7 @@ from sklearn.calibration import calibration_curve
 
 from components.executors import DIGEST_FILE, pushed_versions
 from components.signature_names import IMAGE_BYTES_INPUT, PROBABILITIES
+from btmri.layout import MANIFEST_FILE, MODEL_CARD_FILE
 from data_prep import contract
 from data_prep.tfrecords import read_split
 from pipeline.cli import main as btmri
@@ -29,7 +30,7 @@ from pipeline.config import PipelineConfig
 from pipeline.report import collect as collect_module, metrics
 from pipeline.report.build import build_report
 from pipeline.report.markup import rate
-from pipeline.report.model_card import MODEL_CARD_NAME, write_model_card
+from pipeline.report.model_card import write_model_card
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLASSES = list(contract.CLASS_NAMES)
@@ -166,7 +167,7 @@ def test_every_count_in_the_report_equals_scikit_learn(report, own_predictions):
 def test_split_counts_and_thresholds_match_the_run(report, tiny_run):
     data, html_path = report
     import json
-    manifest = json.loads((tiny_run / "data" / "prepared" / contract.MANIFEST_NAME).read_text())
+    manifest = json.loads((tiny_run / "data" / "prepared" / MANIFEST_FILE).read_text())
     tables = _Tables(html_path.read_text()).tables
     assert data.split_counts == manifest["counts"]
     for row in tables["split-counts"][1:-1]:
@@ -220,7 +221,7 @@ def test_model_card_is_written_beside_the_pushed_model(tiny_run, version_dir, tm
     copy = tmp_path / version_dir.name  # tiny_run is read-only: card a copy of the version
     shutil.copytree(version_dir, copy)
     path = write_model_card(_config(tiny_run), str(copy))
-    assert path == copy / MODEL_CARD_NAME
+    assert path == copy / MODEL_CARD_FILE
     card = path.read_text()
     for heading in ("## Model details", "## Intended use", "## Out-of-scope uses", "## Training data",
                     "## Evaluation data", "### Known flaws of the data", "## Quantitative analysis",
@@ -241,7 +242,7 @@ def test_model_card_refuses_a_version_of_another_model(tiny_run, version_dir, tm
     (copy / DIGEST_FILE).write_text("0" * 64 + "\n")
     with pytest.raises(ValueError, match="does not hold the latest evaluated model"):
         write_model_card(_config(tiny_run), str(copy))
-    assert not (copy / MODEL_CARD_NAME).exists()
+    assert not (copy / MODEL_CARD_FILE).exists()
 
 
 def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

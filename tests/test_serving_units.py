@@ -14,7 +14,8 @@ from serving.batching import BatchingParameters, BatchScheduler
 from serving.errors import Code, ServingError
 from serving.gradcam import render, unique_stems
 from serving.metrics import ServingMetrics
-from serving.server import DEFAULT_BATCHING_FILE, DEFAULT_MONITORING_PATH
+from btmri.documents import DEFAULT_MONITORING_PATH
+from serving.server import DEFAULT_BATCHING_FILE
 from serving.source import aspired_version, list_versions
 
 REPO = Path(__file__).resolve().parents[1]

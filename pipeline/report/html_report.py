@@ -10,7 +10,9 @@ import datetime as dt
 import html
 from collections import Counter
 
-from data_prep import contract
+from btmri.documents import Manifest
+from btmri.layout import MANIFEST_FILE
+from btmri import spec
 from pipeline.report import model_card, plots, tables
 from pipeline.report.collect import ReportData
 from pipeline.report.lesion_audit import audit_blocks, tile_caption
@@ -182,7 +184,7 @@ def _figures(data: ReportData) -> str:
 
 
 def _plots(data: ReportData) -> str:
-    names = contract.CLASS_NAMES
+    names = spec.CLASS_NAMES
     a, d = data.as_is, data.deduplicated
     body = ["<h3>Confusion matrix, as is</h3>",
             _figure(plots.confusion(a.confusion, names),
@@ -238,9 +240,9 @@ def _training(data: ReportData) -> str:
 
 
 def _data(data: ReportData) -> str:
-    names = contract.CLASS_NAMES
+    names = spec.CLASS_NAMES
     summary = data.data
-    manifest = summary.manifest or {}
+    manifest = summary.manifest
     body = ["<h3>Images per split and class</h3>",
             '<p>As imported by the pipeline (ImportExampleGen).'
             + (" Synthetic phantoms." if summary.synthetic else "") + "</p>",
@@ -250,8 +252,8 @@ def _data(data: ReportData) -> str:
     if summary.statistics:
         rows = []
         for split, st in summary.statistics.items():
-            h = st.sizes.get(contract.HEIGHT_KEY, (float("nan"),) * 4)
-            w = st.sizes.get(contract.WIDTH_KEY, (float("nan"),) * 4)
+            h = st.sizes.get(spec.HEIGHT_KEY, (float("nan"),) * 4)
+            w = st.sizes.get(spec.WIDTH_KEY, (float("nan"),) * 4)
             rows.append([Cell(split), Cell(count(st.examples), "num"),
                          Cell(f"{h[0]:.0f} / {h[1]:.0f} / {h[3]:.0f}", "num"),
                          Cell(f"{w[0]:.0f} / {w[1]:.0f} / {w[3]:.0f}", "num"),
@@ -268,12 +270,12 @@ def _data(data: ReportData) -> str:
     else:
         body.append('<p class="muted">No anomalies artifact found.</p>')
 
-    if not manifest:
-        body.append(f'<p class="notice">No manifest.json under {_e(data.run.data_root)}: skipped '
+    if manifest is None:
+        body.append(f'<p class="notice">No {MANIFEST_FILE} under {_e(data.run.data_root)}: skipped '
                     "files and the duplicate report are unavailable (pass --data-root).</p>")
         return _section("data", "Data", "\n".join(body))
 
-    skipped = manifest.get("skipped", [])
+    skipped = manifest.skipped
     body.append(f"<h3>Skipped files ({count(len(skipped))})</h3>")
     if skipped:
         reasons = Counter(s["reason"].split(":")[0] for s in skipped)
@@ -289,8 +291,8 @@ def _data(data: ReportData) -> str:
     return _section("data", "Data", "\n".join(body))
 
 
-def _duplicates(manifest: dict) -> str:
-    dups = manifest.get("duplicates")
+def _duplicates(manifest: Manifest) -> str:
+    dups = manifest.duplicates
     if not dups:
         return ""
     exact, near = dups["exact"], dups["near"]
@@ -310,7 +312,7 @@ def _duplicates(manifest: dict) -> str:
     if exact.get("conflicting_labels"):
         out.append(f'<p class="notice">{len(exact["conflicting_labels"])} groups of identical '
                    "images carry different labels.</p>")
-    dropped = manifest.get("dropped_cross_split_duplicates", [])
+    dropped = manifest.dropped_cross_split_duplicates
     if dropped:
         out.append(f"<p>{len(dropped)} eval/test images duplicating training images were left out "
                    "when preparing (--drop-cross-split-duplicates).</p>")
@@ -326,7 +328,7 @@ def _duplicates(manifest: dict) -> str:
 
 
 def _gradcam(data: ReportData) -> str:
-    names = contract.CLASS_NAMES
+    names = spec.CLASS_NAMES
     p = data.predictions
     tiles = {True: [], False: []}
     for item in data.gallery:

@@ -10,7 +10,7 @@ import numpy as np
 
 from components.audit.component import GALLERY_DIR, gallery_image_path
 from components.audit.report_text import COLUMNS
-from data_prep import contract
+from btmri import spec
 from pipeline.report.gradcam import overlay
 from pipeline.report.markup import Bullets, Cell, Paragraph, Table
 
@@ -96,7 +96,7 @@ def gallery(audit_dir: str, document: dict, max_side: int) -> list[AuditTile]:
 
 
 def tile_caption(row: dict) -> str:
-    names = contract.CLASS_NAMES
+    names = spec.CLASS_NAMES
     return (f"{names[row['label']]} → predicted {names[row['predicted']]} "
             f"({row['probability']:.2f}); lesion removed → {names[row['removed_predicted']]}; "
             f"heat in box {row['mass_in_box']:.2f}")

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import contract
+from btmri.documents import Manifest
+from btmri.layout import MODEL_CARD_FILE
+from btmri.spec import MODEL_NAME
+from btmri import spec
 from pipeline.config import PipelineConfig
 from pipeline.report import tables
 from pipeline.report.lesion_audit import audit_blocks
 from pipeline.report.markup import Bullets, Heading, Paragraph, count, to_markdown
-
-from components.executors import MODEL_CARD_FILE as MODEL_CARD_NAME
-from serving import MODEL_NAME as SERVED_MODEL_NAME
 
 
 def _date(ms: int) -> str:
@@ -67,20 +67,20 @@ def temperature_sentence(temperature: dict | None) -> str:
 
 
 def _data_flaws(data) -> list[str]:
-    manifest = data.data.manifest or {}
+    manifest = data.data.manifest or Manifest()
     flaws = []
     if data.data.synthetic:
         flaws.append("The images are synthetic phantoms from this project's generator, not "
                      "patients: the figures below say nothing about clinical performance.")
     else:
-        flaws.append(f"Images from {manifest.get('data_dir', 'an unrecorded folder')}. The public "
+        flaws.append(f"Images from {manifest.data_dir or 'an unrecorded folder'}. The public "
                      "Kaggle Brain Tumor MRI Dataset, which this project targets, merges earlier "
                      "public collections (figshare, SARTAJ, Br35H). Sources, MRI sequences (T1, contrast T1, T2, "
                      "FLAIR) and planes are mixed and not recorded per image, and the classes do "
                      "not come from the sources in equal shares, so acquisition cues can stand in "
                      "for the diagnosis. Labels are per image, without a recorded reading "
                      "protocol; no patient identifiers exist to keep a patient's slices in one split.")
-    dups = manifest.get("duplicates")
+    dups = manifest.duplicates
     if dups:
         exact, near = dups["exact"], dups["near"]
         flaws.append(
@@ -92,16 +92,16 @@ def _data_flaws(data) -> list[str]:
         if exact.get("conflicting_labels"):
             flaws.append(f"{len(exact['conflicting_labels'])} groups of identical images carry "
                          "different labels.")
-    if manifest.get("dropped_cross_split_duplicates"):
-        flaws.append(f"{len(manifest['dropped_cross_split_duplicates'])} eval/test images that "
+    if manifest.dropped_cross_split_duplicates:
+        flaws.append(f"{len(manifest.dropped_cross_split_duplicates)} eval/test images that "
                      "duplicate training images were left out when the data was prepared.")
     n_dup = len(data.duplicates)
     kinds = {k: sum(m.kind == k for m in data.duplicates.values()) for k in ("exact", "near")}
     flaws.append(
         f"{n_dup} of {data.as_is.n} evaluated images duplicate a training image "
         f"({kinds['exact']} exact, {kinds['near']} near): figures are given with and without them.")
-    if manifest.get("skipped"):
-        flaws.append(f"{len(manifest['skipped'])} files could not be used (unreadable, truncated, "
+    if manifest.skipped:
+        flaws.append(f"{len(manifest.skipped)} files could not be used (unreadable, truncated, "
                      "out of scope) and were skipped.")
     return flaws
 
@@ -113,13 +113,13 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
     cfg = run.trainer_config
     epochs_run, kept = epochs_kept(data.history)
     split = run.evaluated_split
-    train = data.split_counts.get(contract.TRAIN_SPLIT, {})
-    eval_ = data.split_counts.get(contract.EVAL_SPLIT, {})
+    train = data.split_counts.get(spec.TRAIN_SPLIT, {})
+    eval_ = data.split_counts.get(spec.EVAL_SPLIT, {})
     evaluated = data.split_counts.get(split, {})
-    classes = ", ".join(contract.CLASS_NAMES)
+    classes = ", ".join(spec.CLASS_NAMES)
 
     blocks = [
-        Heading(f"Model card: {SERVED_MODEL_NAME}" + (f", version {version}" if version else ""),
+        Heading(f"Model card: {MODEL_NAME}" + (f", version {version}" if version else ""),
                 level),
         Heading("Model details", h2),
         Bullets([
@@ -171,7 +171,7 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
         Paragraph(
             f"The {split} split: {count(sum(evaluated.values()))} images ({_per_class(evaluated)}). "
             + ("It comes from the dataset's separate Testing folder."
-               if split == contract.TEST_SPLIT else
+               if split == spec.TEST_SPLIT else
                "There was no separate test set: the eval split, which also picked the kept "
                "epoch, is the evaluation set, so its figures are optimistic.")),
         Heading("Known flaws of the data", h3),
@@ -231,7 +231,7 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
 
 
 def _per_class(counts: dict[str, int]) -> str:
-    return ", ".join(f"{name} {count(counts.get(name, 0))}" for name in contract.CLASS_NAMES)
+    return ", ".join(f"{name} {count(counts.get(name, 0))}" for name in spec.CLASS_NAMES)
 
 
 def render_markdown(data, version: str | None = None) -> str:
@@ -260,6 +260,6 @@ def write_model_card(config: PipelineConfig, version_dir: str) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.chmod(tmp, 0o644)
-    target = Path(version_dir) / MODEL_CARD_NAME
+    target = Path(version_dir) / MODEL_CARD_FILE
     os.replace(tmp, target)
     return target
