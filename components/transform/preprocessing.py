@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from btmri.spec import CHANNELS, IMAGE_SIZE  # noqa: F401  (re-exported for the model code)
 from components.transform.decode import decode_gray_resized
 from data_prep import contract
 from data_prep.image_io import DEFAULT_MAX_PIXELS
 
-IMAGE_SIZE = 224
-CHANNELS = 1
 # Images above this many pixels are refused before decoding: the figure `btmri prepare`
 # uses (one home: data_prep.image_io).
 MAX_PIXELS = DEFAULT_MAX_PIXELS
