@@ -11,12 +11,14 @@ import html
 from collections import Counter
 
 from btmri.documents import Manifest
+from btmri.intervals import format_interval
 from btmri.layout import MANIFEST_FILE
 from btmri import spec
 from pipeline.report import model_card, plots, tables
 from pipeline.report.collect import ReportData
 from pipeline.report.lesion_audit import audit_blocks, tile_caption
-from pipeline.report.markup import Bullets, Cell, Paragraph, Table, count, rate, table_html, to_html
+from pipeline.report.markup import (Bullets, Cell, Paragraph, Table, count, rate, rate_ci, table_html,
+                                    to_html)
 
 TITLE = "Brain tumor MRI classifier: evaluation report"
 LISTED = 200  # longest list shown in a collapsed <details> element
@@ -144,15 +146,16 @@ def _decision(data: ReportData) -> str:
 def _kpis(data: ReportData) -> str:
     a, d = data.as_is, data.deduplicated
 
-    def ece(figures):
-        return figures.calibration.ece if figures.calibration else None
-
-    cards = [("accuracy", a.accuracy, d.accuracy), ("macro F1", a.macro_f1, d.macro_f1),
-             ("macro ROC AUC", a.macro_auc, d.macro_auc), ("calibration error (ECE)", ece(a), ece(d))]
+    cards = [("accuracy", rate(a.accuracy), rate_ci(d.accuracy, d.accuracy_ci), a.accuracy_ci),
+             ("macro F1", rate(a.macro_f1), rate(d.macro_f1), None),
+             ("macro ROC AUC", rate(a.macro_auc), rate_ci(d.macro_auc, d.macro_auc_ci),
+              a.macro_auc_ci),
+             ("calibration error (ECE)", rate(a.ece), rate_ci(d.ece, d.ece_ci), a.ece_ci)]
     items = "".join(
-        f'<div class="kpi"><div class="label">{_e(label)}</div><div class="value">{rate(x)}</div>'
-        f'<div class="sub">without duplicates of training images: {rate(y)}</div></div>'
-        for label, x, y in cards)
+        f'<div class="kpi"><div class="label">{_e(label)}</div><div class="value">{x}</div>'
+        + (f'<div class="sub">95 % interval {format_interval(ci)}</div>' if ci else "")
+        + f'<div class="sub">without duplicates of training images: {y}</div></div>'
+        for label, x, y, ci in cards)
     return (f'<h3>Headline on {_e(data.run.evaluated_split)} ({count(a.n)} images)</h3>'
             f'<div class="kpis">{items}</div>')
 
@@ -165,7 +168,8 @@ def _figures(data: ReportData) -> str:
                   f"{n_dup} of them duplicate a training image (same bytes, or perceptual hash "
                   f"within {data.data.near_threshold} bits); the second set of figures leaves "
                   "them out. Per class: one class against the rest with the top-1 decision; "
-                  "n/a where a ratio is undefined (e.g. no image predicted as that class)."),
+                  "n/a where a ratio is undefined (e.g. no image predicted as that class). "
+                  + tables.INTERVALS_NOTE),
         tables.overall([(f"{split}, as is", data.as_is),
                         (f"{split}, without duplicates of training images", data.deduplicated)],
                        "overall"),

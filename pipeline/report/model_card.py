@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from btmri.documents import Manifest
+from btmri.intervals import format_with_interval
 from btmri.layout import MODEL_CARD_FILE
 from btmri.spec import MODEL_NAME
 from btmri import spec
@@ -52,8 +53,10 @@ def _calibration_sentence(name: str, figures) -> str:
     gap = confidence - figures.accuracy
     leaning = ("over-confident" if gap > 0.02 else "under-confident" if gap < -0.02
                else "about as confident as it is accurate")
-    return (f"{name}: expected calibration error {cal.ece:.3f}; mean top-1 probability "
-            f"{confidence:.3f} against accuracy {figures.accuracy:.3f} ({leaning}).")
+    return (f"{name}: expected calibration error "
+            f"{format_with_interval(cal.ece, figures.ece_ci)}; mean top-1 probability "
+            f"{confidence:.3f} against accuracy "
+            f"{format_with_interval(figures.accuracy, figures.accuracy_ci)} ({leaning}).")
 
 
 def temperature_sentence(temperature: dict | None) -> str:
@@ -183,7 +186,7 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
             "other images not flagged as it), F1, and ROC AUC from the class probability. "
             "Overall: accuracy, macro F1 (classes weigh equally) and expected calibration error. "
             "A missed tumour (low recall) and a false alarm (low specificity) have different "
-            "costs; read both."),
+            "costs; read both. " + tables.INTERVALS_NOTE),
         Heading("Quantitative analysis", h2),
         tables.overall([(f"{split}, as is", data.as_is),
                         (f"{split}, without duplicates of training images", data.deduplicated)],
@@ -212,8 +215,8 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
             "Grad-CAM on the 14×14 feature map sharpened by a LayerCAM of the 56×56 one): "
             "a coarse pointer, and no proof that the model looked at the lesion for the "
             "right reason.",
-            "Small classes and small test sets make per-class figures uncertain; the lesion "
-            "audit gives 95 % intervals, the tables above do not yet.",
+            "Small classes and small test sets make per-class figures uncertain: read the 95 % "
+            "intervals beside each figure, not the third decimal.",
         ]),
         Heading("Ethical considerations", h2),
         Bullets([
