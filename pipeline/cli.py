@@ -101,7 +101,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
           f"model {config.model}, {config.epochs} epochs)")
     try:
-        summary = run_pipeline(config)
+        summary = run_pipeline(config, verbose=args.verbose)
     except AnomaliesFound as err:
         print(f"btmri run: {err}", file=sys.stderr)
         return 3
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of tumour slices with boxes (<class>/<id>.jpg + .txt): images that "
                         "are copies of one get its box, for lesion-guided training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="keep TensorFlow's start-up notes and library warnings")
     p.set_defaults(func=_cmd_prepare)
 
     from btmri.spec import MODEL_NAMES
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tumour slices with boxes (<class>/<id>.jpg + .txt): lesion-guided training "
                         "and the lesion audit; default with synthetic data: its own boxes/")
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the whole log (TFX, Beam, TensorFlow) on the terminal too")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("compile", help="compile the pipeline to a Kubeflow Pipelines / Vertex AI spec")

@@ -1,13 +1,14 @@
 """Runs the pipeline on this machine: LocalDagRunner, sqlite ML Metadata, Beam DirectRunner.
 
-Progress: one line per component start/finish on stdout (with elapsed time);
-the full TFX/Beam log goes to <pipeline_root>/logs/run-<time>.log.
+Console (btmri.console.CapturedRun): one line per component start/finish (with
+elapsed time) and one per training epoch; everything written to stdout/stderr
+meanwhile (TFX, Beam workers, TensorFlow's C++ logging, pip, Keras) goes to
+<pipeline_root>/logs/run-<time>.log, and to the terminal too when `verbose`.
 """
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from absl import logging as absl_logging
 from tfx import v1 as tfx
 
+from btmri.console import CapturedRun, Terminal
 from btmri.layout import logs_dir
 from pipeline.config import PipelineConfig
 from pipeline.factory import component_ids, create_pipeline
@@ -27,9 +29,9 @@ if TYPE_CHECKING:
 class _ProgressHandler(logging.Handler):
     """Turns LocalDagRunner's 'Component X is running/finished.' into progress lines."""
 
-    def __init__(self, stream, ids: tuple[str, ...]):
+    def __init__(self, terminal: Terminal, ids: tuple[str, ...]):
         super().__init__(logging.INFO)
-        self.stream = stream
+        self.terminal = terminal
         self.ids = ids
         self.started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}   # wall time per component, in finish order
@@ -41,16 +43,17 @@ class _ProgressHandler(logging.Handler):
         step = f"[{self.ids.index(node) + 1}/{len(self.ids)}]" if node in self.ids else "[?]"
         if record.msg.endswith("running."):
             self.started[node] = time.time()
-            print(f"{step} {node} ...", file=self.stream, flush=True)
+            self.terminal.line(f"{step} {node} ...")
         elif record.msg.endswith("finished."):
             took = time.time() - self.started.get(node, time.time())
             self.seconds[node] = took
-            print(f"{step} {node} done in {took:.1f} s", file=self.stream, flush=True)
+            self.terminal.line(f"{step} {node} done in {took:.1f} s")
 
 
 @contextmanager
-def _logging_to(log_path: str, progress: _ProgressHandler):
-    """absl (TFX's logger) at INFO into the log file and the progress handler only.
+def _logging_to(log_path: str, progress: _ProgressHandler, terminal: Terminal | None = None):
+    """absl (TFX's logger) at INFO into the log file and the progress handler only
+    (and the terminal, when given: `btmri run -v`).
 
     absl records must not propagate: handlers that libraries add to the root
     logger mid-run (Beam calls basicConfig) would print the whole INFO flood.
@@ -60,13 +63,14 @@ def _logging_to(log_path: str, progress: _ProgressHandler):
     absl_logger = logging.getLogger("absl")
     file_handler = logging.FileHandler(log_path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    warnings_handler = logging.StreamHandler(sys.stderr)
-    warnings_handler.setLevel(logging.WARNING)
-    warnings_handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handlers = [file_handler, progress]
+    if terminal is not None:
+        echo = logging.StreamHandler(terminal.stream)
+        echo.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handlers.append(echo)
     old_verbosity, old_propagate = absl_logging.get_verbosity(), absl_logger.propagate
     absl_logging.set_verbosity(absl_logging.INFO)
     absl_logger.propagate = False
-    handlers = (file_handler, warnings_handler, progress)
     for handler in handlers:
         absl_logger.addHandler(handler)
     # Beam's job service relays every worker's start-up warnings; keep errors only.
@@ -103,15 +107,16 @@ class RunSummary:
         return self.evaluation.metrics if self.evaluation else {}
 
 
-def run_pipeline(config: PipelineConfig, progress_stream=sys.stdout) -> RunSummary:
+def run_pipeline(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     """Runs every component (cached ones are skipped by TFX) and summarises the result."""
     logs = logs_dir(config.pipeline_root)
     os.makedirs(logs, exist_ok=True)
     log_path = os.path.join(logs, time.strftime("run-%Y%m%d-%H%M%S.log"))
     started = time.time()
-    progress = _ProgressHandler(progress_stream, component_ids(config))
-    with _logging_to(log_path, progress):
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    with CapturedRun(log_path, verbose=verbose) as console:
+        progress = _ProgressHandler(console.terminal, component_ids(config))
+        with _logging_to(log_path, progress, console.terminal if verbose else None):
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
     summary = read_outcome(config)
     summary.log_path = log_path
     summary.seconds = time.time() - started

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from btmri.console import quiet_environment
 from btmri.documents import SERVER_DEFAULTS, ServerOptions
 
 
@@ -154,7 +155,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="wait between those tries (default %(default)s)")
     p.add_argument("--grpc-workers", type=int, default=SERVER_DEFAULTS.grpc_workers,
                    help="threads that run requests, gRPC and REST (default %(default)s)")
-    p.add_argument("--verbose", action="store_true", help="debug logging (one line per REST request)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging (one line per REST request), TensorFlow's start-up notes")
 
 
 def register(subparsers) -> None:
@@ -202,4 +204,5 @@ def main(argv: list[str] | None = None) -> int:
                                                "(gRPC + REST); the same as `btmri serve`.")
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
+    quiet_environment(verbose=args.verbose)
     return _cmd_serve(args)

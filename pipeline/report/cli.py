@@ -41,4 +41,6 @@ def register(subparsers) -> None:
                         "imported)")
     p.add_argument("--gallery", type=int, default=4, metavar="N",
                    help="Grad-CAM gallery: N correct and N wrong test images (default %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="keep TensorFlow's start-up notes and library warnings")
     p.set_defaults(func=_cmd_report)

@@ -12,14 +12,14 @@ from components.audit.component import GALLERY_DIR, gallery_image_path
 from components.audit.report_text import COLUMNS
 from btmri import spec
 from pipeline.report.gradcam import overlay
+from btmri.intervals import format_with_interval
 from pipeline.report.markup import Bullets, Cell, Paragraph, Table
 
 BOX_COLOUR = (60, 220, 60)  # BGR green: the tumour box on every overlay
 
 
 def _cell(fig: dict) -> Cell:
-    lo, hi = fig["ci95"]
-    return Cell(f"{fig['value']:.2f} [{lo:.2f}, {hi:.2f}]", "num")
+    return Cell(format_with_interval(fig["value"], fig["ci95"], digits=2), "num")
 
 
 def audit_table(document: dict, table_id: str = "lesion-audit") -> Table:
