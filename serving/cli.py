@@ -14,6 +14,7 @@ from pathlib import Path
 
 from btmri.console import quiet_environment
 from btmri.documents import SERVER_DEFAULTS, ServerOptions
+from serving.heatmap_overlay import DEFAULT_STRENGTH
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -85,7 +86,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_gradcam(args: argparse.Namespace) -> int:
-    from serving import gradcam
+    from serving import heatmap_overlay
     from serving.client import RequestFailed, ServerUnavailable
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -94,12 +95,13 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
     out = Path(args.out)
     failures = 0
     with _client(args) as client:
-        for path, stem in zip(args.images, gradcam.unique_stems(args.images)):
+        for path, stem in zip(args.images, heatmap_overlay.unique_stems(args.images)):
             try:
                 data = _payload(path)  # drawn as sent: a DICOM shows as the model saw it
                 result = client.gradcam(data)
-                images = gradcam.render(gradcam.decode_image(data), result.heatmap, args.alpha)
-                written = gradcam.write(images, out, stem)
+                images = heatmap_overlay.render(heatmap_overlay.decode_bgr(data), result.heatmap,
+                                                args.alpha)
+                written = heatmap_overlay.write(images, out, stem)
             except ServerUnavailable as err:
                 print(f"btmri gradcam: {err}\n(is the server running? start one with "
                       f"`btmri serve --model-base-path DIR`)", file=sys.stderr)
@@ -193,7 +195,9 @@ def register(subparsers) -> None:
                                           "<name>_overlay.png per image into --out.")
     client_args(p, rest=False)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--alpha", type=float, default=0.4, help="heatmap weight in the overlay")
+    p.add_argument("--alpha", type=float, default=DEFAULT_STRENGTH,
+                   help="heat colour share where the heatmap is 1 (default %(default)s; the "
+                        "report's overlays use the same)")
     p.set_defaults(func=_cmd_gradcam)
 
 

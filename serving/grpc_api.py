@@ -37,7 +37,7 @@ from serving.core import PROTO, ServerCore
 from serving.errors import ServingError, client_text, invalid_argument, one_line, redact_paths
 from serving.limits import RequestContext, RequestLimits
 from serving.messages import metadata_response, model_ref, status_response
-from serving.metrics import ServingMetrics
+from serving.prometheus_metrics import ServingMetrics
 from serving.tensors import outputs_to_protos, tensor_to_array  # noqa: F401  (tensor_to_array: API)
 
 log = logging.getLogger("serving")

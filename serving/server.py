@@ -26,7 +26,7 @@ from serving.core import ServerCore
 from serving.grpc_api import build_grpc_server, set_health
 from serving.limits import RequestLimits
 from serving.manager import LoadPolicy, ServableManager
-from serving.metrics import ServingMetrics
+from serving.prometheus_metrics import ServingMetrics
 from serving.rest_api import build_rest_server
 
 log = logging.getLogger("serving")

@@ -11,9 +11,10 @@ from sklearn.calibration import calibration_curve
 from btmri.spec import ECE_BINS
 from pipeline.report import metrics, model_card
 from pipeline.report.dedup import TrainingIndex, training_duplicates
-from pipeline.report.gradcam import choose, overlay
+from pipeline.report.gallery import choose
 from pipeline.report.markup import Bullets, Cell, Heading, Paragraph, Table, to_html, to_markdown
 from pipeline.report.predictions import Predictions
+from serving.heatmap_overlay import overlay
 from tests.imaging import textured_image
 
 K = 4

@@ -9,14 +9,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components.executors import model_digest
 from btmri import spec
+from components.executors import model_digest
 from pipeline.config import PipelineConfig
 from pipeline.report import dedup, metrics, predictions as preds, tfma_results
 from pipeline.report.artifacts import RunArtifacts, find_run
 from pipeline.report.data_summary import DataSummary, summarize_data
-from pipeline.report.gradcam import GalleryItem, choose, overlay
+from pipeline.report.gallery import GalleryItem, choose
 from pipeline.report.markup import rate
+from serving.heatmap_overlay import overlay
 
 # TFMA's AUC integrates over 10,000 fixed thresholds: close to, not equal to, the exact AUC.
 TFMA_AUC_TOLERANCE = 0.01

@@ -11,7 +11,7 @@ import numpy as np
 from components.audit.component import GALLERY_DIR, gallery_image_path
 from components.audit.report_text import COLUMNS
 from btmri import spec
-from pipeline.report.gradcam import overlay
+from serving.heatmap_overlay import overlay
 from btmri.intervals import format_with_interval
 from pipeline.report.markup import Bullets, Cell, Paragraph, Table
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from btmri.documents import Manifest
+from btmri.documents import Manifest, write_atomic
 from btmri.intervals import format_with_interval
 from btmri.layout import MODEL_CARD_FILE
 from btmri.spec import MODEL_NAME
@@ -259,10 +258,4 @@ def write_model_card(config: PipelineConfig, version_dir: str) -> Path:
                          f"({evaluated}): no model card written")
     data = collect(config, gallery_per_kind=0)
     text = render_markdown(data, os.path.basename(version_dir.rstrip("/")))
-    fd, tmp = tempfile.mkstemp(prefix=".model-card-", dir=version_dir)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    target = Path(version_dir) / MODEL_CARD_FILE
-    os.replace(tmp, target)
-    return target
+    return write_atomic(Path(version_dir) / MODEL_CARD_FILE, text)
