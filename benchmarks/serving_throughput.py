@@ -10,7 +10,7 @@ sends it). Measured, for 1 and 8 concurrent clients:
     also one caller with batches of 8 (what server-side batching can form);
   - `btmri serve` without and with --enable-batching, over gRPC with the
     official stubs, one channel per client.
-Images: --images, else the real Kaggle JPEGs in ../shared/data/brain-tumor-mri
+Images: --images, else the real Kaggle JPEGs in /path/to/brain-tumor-mri
 when present, else synthetic phantoms encoded as JPEG in memory.
 Clients and server share this machine's cores, as they would on one host.
 """
