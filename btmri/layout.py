@@ -4,7 +4,9 @@ A local `btmri run --work-dir runs` keeps everything under one folder:
 
     runs/
       data/synthetic/       the synthetic phantom dataset (when no --data-dir)
-      data/prepared/        TFRecords + manifest.json written by `btmri prepare`
+      data/prepared/<key>/  TFRecords + manifest.json, one folder per dataset and prepare
+                            arguments (key: their fingerprint), so two never share one
+      data/prepared/current -> <key>   the one the last run used
       pipeline/             TFX artifacts, metadata.sqlite, logs/
       serving/brain_tumor/  TF Serving's model base path: <version>/saved_model.pb
 """
@@ -28,6 +30,7 @@ MODEL_CARD_FILE = "MODEL_CARD.md"      # beside saved_model.pb in a pushed versi
 METADATA_FILE = "metadata.sqlite"      # local ML Metadata store, in the pipeline root
 LOGS_DIR = "logs"                      # run logs, in the pipeline root
 REPORT_FILE = "report.html"            # `btmri report`'s default output name
+CURRENT_LINK = "current"               # in data/prepared/: the folder the last run used
 
 # ── The work folder of local runs ─────────────────────────────────────────────────
 DEFAULT_WORK_DIR = "runs"
@@ -43,8 +46,16 @@ class RunLayout:
         return str(Path(self.work_dir, "data", "synthetic"))
 
     @property
-    def prepared_data(self) -> str:
+    def prepared_root(self) -> str:
         return str(Path(self.work_dir, "data", "prepared"))
+
+    def prepared_data(self, key: str) -> str:
+        return str(Path(self.prepared_root, key))
+
+    @property
+    def current_prepared_data(self) -> str:
+        """The link to the prepared data of the last run (CURRENT_LINK)."""
+        return str(Path(self.prepared_root, CURRENT_LINK))
 
     @property
     def pipeline_root(self) -> str:

@@ -81,13 +81,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             box_dir = box_dir or str(Path(data_dir) / BOXES_DIR)
         else:
             data_dir = args.data_dir
-        prepared = prepare_if_changed(data_dir, work.prepared_data, progress=True, box_dir=box_dir,
+        prepared = prepare_if_changed(data_dir, work, progress=True, box_dir=box_dir,
                                       drop_cross_split_duplicates=args.drop_cross_split_duplicates)
     except (PrepareError, LayoutError, ValueError) as err:
         print(f"btmri run: error: {err}", file=sys.stderr)
         return 2
     if prepared.reused:
-        print(f"data unchanged since the last prepare: reusing {work.prepared_data}")
+        print(f"data unchanged since the last prepare: reusing {prepared.path}")
     else:
         print(summary_table(prepared.manifest))
 
@@ -96,7 +96,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.local_runner import run_pipeline
     from pipeline.summary import summary_lines
 
-    config = _pipeline_config(args, work.prepared_data, enable_cache=not args.no_cache,
+    config = _pipeline_config(args, prepared.path, enable_cache=not args.no_cache,
                               box_dir=box_dir, beam_pipeline_args=args.beam_arg or local_beam_args())
     print(f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
           f"model {config.model}, {config.epochs} epochs)")

@@ -8,7 +8,8 @@ from tfx.dsl.components.base import executor_spec
 
 from components.audit.component import LesionAudit
 from components.evaluation import eval_config
-from components.executors import IdempotentAtomicPusher, StrictExampleValidator
+from components.executors import (IdempotentAtomicPusher, ImportExampleGenWithManifest,
+                                  StrictExampleValidator)
 from btmri import spec
 from pipeline.config import PREPROCESSING_FN, RUN_FN, TRAINER_MODULE, TRANSFORM_MODULE, PipelineConfig
 
@@ -32,6 +33,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         input_base=config.data_root,
         input_config=tfx.proto.Input(splits=[
             tfx.proto.Input.Split(name=s, pattern=f"{s}/*{spec.TFRECORD_SUFFIX}") for s in splits]))
+    # The manifest travels with the examples (components/executors.py).
+    example_gen.executor_spec = executor_spec.BeamExecutorSpec(ImportExampleGenWithManifest)
 
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file)

@@ -338,3 +338,24 @@ def test_real_training_images(real_data, tmp_path):
     assert manifest["duplicates"]["exact"]["extra_copies"] == plain_extra_copies
     print(f"real data: {len(files)} files, {plain_extra_copies} exact extra copies, "
           f"near pairs {manifest['duplicates']['near']['pairs']}")
+
+
+def test_run_work_folder_keeps_datasets_apart_and_reuses_each(tmp_path):
+    from btmri.layout import RunLayout
+    from pipeline.workdir import prepare_if_changed
+
+    layout = RunLayout(str(tmp_path / "runs"))
+    make_class_folders(tmp_path / "a", per_class=4)
+    make_class_folders(tmp_path / "b", per_class=4, seed0=50)
+    first = prepare_if_changed(str(tmp_path / "a"), layout, progress=False, workers=1)
+    other = prepare_if_changed(str(tmp_path / "b"), layout, progress=False, workers=1)
+    assert not first.reused and not other.reused and first.path != other.path
+    assert os.path.realpath(layout.current_prepared_data) == os.path.realpath(other.path)
+    # The first dataset's folder still holds its own data, and is reused as it is.
+    again = prepare_if_changed(str(tmp_path / "a"), layout, progress=False, workers=1)
+    assert again.reused and again.path == first.path
+    assert again.manifest.input_fingerprint == first.manifest.input_fingerprint
+    assert os.path.realpath(layout.current_prepared_data) == os.path.realpath(first.path)
+    # Other prepare arguments are another dataset.
+    assert prepare_if_changed(str(tmp_path / "a"), layout, progress=False, workers=1,
+                              eval_fraction=0.5).path not in (first.path, other.path)

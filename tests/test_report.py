@@ -59,7 +59,7 @@ def version_dir(tiny_run) -> Path:
 @pytest.fixture(scope="module")
 def own_predictions(tiny_run, version_dir):
     """(labels, probabilities, sources) of the pushed model on data/prepared/test."""
-    examples = read_split(tiny_run / "data" / "prepared", contract.TEST_SPLIT)
+    examples = read_split(tiny_run / "data" / "prepared" / "current", contract.TEST_SPLIT)
     model = tf.saved_model.load(str(version_dir))
     out = model.signatures["predict_images"](
         **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])})
@@ -184,13 +184,17 @@ def test_every_count_in_the_report_equals_scikit_learn(report, own_predictions):
 def test_split_counts_and_thresholds_match_the_run(report, tiny_run):
     data, html_path = report
     import json
-    manifest = json.loads((tiny_run / "data" / "prepared" / MANIFEST_FILE).read_text())
+    manifest = json.loads((tiny_run / "data" / "prepared" / "current" / MANIFEST_FILE).read_text())
     tables = _Tables(html_path.read_text()).tables
     assert data.split_counts == manifest["counts"]
     for row in tables["split-counts"][1:-1]:
         assert row[1:-1] == [f"{manifest['counts'][row[0]][c]:,}" for c in CLASSES]
     assert tables["thresholds"][1][0] == "sparse_categorical_accuracy"
     assert tables["thresholds"][1][-1] == "pass" and data.run.blessed
+    # The data is described by the manifest that travels with the run's examples, not by
+    # whatever the prepared-data folder holds later.
+    assert data.run.data_root == data.run.examples_uri
+    assert json.loads((Path(data.run.examples_uri) / MANIFEST_FILE).read_text()) == manifest
     statuses = {c.name: c.status for c in data.checks}
     # TFMA and the predictions must describe the same records.
     assert statuses["example count"] == statuses["accuracy"] == statuses["confusion matrix"] == "ok"

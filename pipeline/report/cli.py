@@ -37,8 +37,8 @@ def register(subparsers) -> None:
                    help="pipeline root holding metadata.sqlite (default %(default)s)")
     p.add_argument("--out", default=REPORT_FILE, help="HTML file to write (default %(default)s)")
     p.add_argument("--data-root", default=None,
-                   help="prepared data folder with manifest.json (default: the folder the run "
-                        "imported)")
+                   help="folder with the manifest.json to describe the data by (default: the "
+                        "run's own copy, beside its examples)")
     p.add_argument("--gallery", type=int, default=4, metavar="N",
                    help="Grad-CAM gallery: N correct and N wrong test images (default %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true",

@@ -392,7 +392,7 @@ def _checks(data: ReportData) -> str:
     run = data.run
     provenance = [(k, v) for k, v in (
         ("pipeline root", run.config.pipeline_root), ("ML Metadata", run.config.metadata_path),
-        ("examples (ImportExampleGen)", run.examples_uri), ("prepared data", run.data_root),
+        ("examples (ImportExampleGen)", run.examples_uri), ("manifest (prepare)", run.data_root),
         ("manifest", data.data.manifest_path), ("statistics (StatisticsGen)", run.statistics_uri),
         ("anomalies (ExampleValidator)", run.anomalies_uri), ("evaluated model", run.model_dir),
         ("model digest (sha256)", data.model_digest), ("baseline model", run.baseline_model_dir),
