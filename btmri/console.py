@@ -10,6 +10,7 @@ installs the user-code wheel stay off the terminal. `-v` keeps them.
 run log, the terminal gets the component lines, one progress line per training
 epoch (read from Keras' own epoch lines) and whatever the caller prints after.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,9 @@ import time
 import warnings
 
 QUIET_ENVIRONMENT = {
-    "TF_CPP_MIN_LOG_LEVEL": "3",     # C++ INFO, WARNING and ERROR start-up lines (CUDA probing)
+    "TF_CPP_MIN_LOG_LEVEL": "3",  # C++ INFO, WARNING and ERROR start-up lines (CUDA probing)
     "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
-    "PIP_QUIET": "1",                # TFX's `pip install` of the user-code wheel
+    "PIP_QUIET": "1",  # TFX's `pip install` of the user-code wheel
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     "GRPC_VERBOSITY": "ERROR",
 }
@@ -99,8 +100,11 @@ class EpochProgress:
         shown = [f"{k} {float(figures[k]):.4f}" for k in SHOWN_FIGURES if k in figures]
         elapsed = time.monotonic() - self.started
         left = elapsed / self.epoch * (self.epochs - self.epoch) if self.epoch else 0.0
-        text = (f"{self._bar(self.epoch)}  epoch {self.epoch}/{self.epochs}  " + "  ".join(shown)
-                + f"  ({_minutes(elapsed)} elapsed, ~{_minutes(left)} left)")
+        text = (
+            f"{self._bar(self.epoch)}  epoch {self.epoch}/{self.epochs}  "
+            + "  ".join(shown)
+            + f"  ({_minutes(elapsed)} elapsed, ~{_minutes(left)} left)"
+        )
         # On a TTY the bar updates in place and stays after the last epoch; elsewhere
         # every epoch is one line.
         self.terminal.status(text, final=not self.terminal.tty or self.epoch == self.epochs)
@@ -127,17 +131,19 @@ class CapturedRun:
         self._saved: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "CapturedRun":
+    def __enter__(self) -> CapturedRun:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         self._saved = (os.dup(1), os.dup(2))
-        self.terminal = Terminal(os.fdopen(os.dup(self._saved[0]), "w", buffering=1,
-                                           encoding="utf-8", errors="replace"))
+        self.terminal = Terminal(
+            os.fdopen(os.dup(self._saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+        )
         progress = EpochProgress(self.terminal)
         read_end, write_end = os.pipe()
         log = open(self.log_path, "a", buffering=1, encoding="utf-8", errors="replace")
-        self._thread = threading.Thread(target=self._pump, args=(read_end, log, progress),
-                                        name="run-log", daemon=True)
+        self._thread = threading.Thread(
+            target=self._pump, args=(read_end, log, progress), name="run-log", daemon=True
+        )
         self._thread.start()
         os.dup2(write_end, 1)
         os.dup2(write_end, 2)

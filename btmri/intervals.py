@@ -4,17 +4,18 @@ Proportions (accuracy, per-class recall/precision, shares of the lesion audit) g
 Wilson score interval; statistics that are not a count over a count (ROC AUC, the
 expected calibration error, a mean) get a percentile bootstrap interval over images.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from btmri.spec import CONFIDENCE
 
-Z95 = 1.959963984540054   # two-sided normal quantile for CONFIDENCE
-RESAMPLES = 2000          # bootstrap resamples: the percentiles move by < 0.002 beyond this
+Z95 = 1.959963984540054  # two-sided normal quantile for CONFIDENCE
+RESAMPLES = 2000  # bootstrap resamples: the percentiles move by < 0.002 beyond this
 assert CONFIDENCE == 0.95
 
 Interval = tuple[float, float]
@@ -44,8 +45,9 @@ def bootstrap_mean(values, resamples: int = RESAMPLES, seed: int = 0) -> Interva
     return float(lo), float(hi)
 
 
-def bootstrap(statistic: Callable[..., float], arrays: Sequence[np.ndarray],
-              resamples: int = RESAMPLES, seed: int = 0) -> Interval:
+def bootstrap(
+    statistic: Callable[..., float], arrays: Sequence[np.ndarray], resamples: int = RESAMPLES, seed: int = 0
+) -> Interval:
     """Percentile bootstrap interval of `statistic(*arrays)`, resampling rows (images)
     together across `arrays`. Resamples where the statistic is undefined (NaN, e.g.
     an AUC with one class missing) are left out; (nan, nan) if all are."""
@@ -68,14 +70,21 @@ def bootstrap(statistic: Callable[..., float], arrays: Sequence[np.ndarray],
 
 def proportion(successes: int, n: int) -> dict:
     """{"value", "successes", "n", "ci95"}: one proportion as every report shows it."""
-    return {"value": successes / n if n else float("nan"), "successes": int(successes),
-            "n": int(n), "ci95": list(wilson(successes, n))}
+    return {
+        "value": successes / n if n else float("nan"),
+        "successes": int(successes),
+        "n": int(n),
+        "ci95": list(wilson(successes, n)),
+    }
 
 
 def mean(values) -> dict:
     values = np.asarray(values, np.float64)
-    return {"value": float(values.mean()) if len(values) else float("nan"), "n": int(len(values)),
-            "ci95": list(bootstrap_mean(values))}
+    return {
+        "value": float(values.mean()) if len(values) else float("nan"),
+        "n": int(len(values)),
+        "ci95": list(bootstrap_mean(values)),
+    }
 
 
 def format_interval(interval: Sequence[float], digits: int = 3) -> str:

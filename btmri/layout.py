@@ -10,6 +10,7 @@ A local `btmri run --work-dir runs` keeps everything under one folder:
       pipeline/             TFX artifacts, metadata.sqlite, logs/
       serving/brain_tumor/  TF Serving's model base path: <version>/saved_model.pb
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,19 +19,19 @@ from pathlib import Path
 from btmri.spec import MODEL_NAME
 
 # ── File names (one home each) ─────────────────────────────────────────────────────
-MANIFEST_FILE = "manifest.json"        # beside prepared TFRecords: counts, skips, duplicates
-SYNTH_MARKER_FILE = "synth.json"       # in a synthetic dataset: the generator's arguments
-HISTORY_FILE = "history.json"          # Trainer's model_run dir: configuration + per-epoch figures
-HISTORY_CSV_FILE = "history.csv"       # the same, as Keras' CSVLogger writes it
+MANIFEST_FILE = "manifest.json"  # beside prepared TFRecords: counts, skips, duplicates
+SYNTH_MARKER_FILE = "synth.json"  # in a synthetic dataset: the generator's arguments
+HISTORY_FILE = "history.json"  # Trainer's model_run dir: configuration + per-epoch figures
+HISTORY_CSV_FILE = "history.csv"  # the same, as Keras' CSVLogger writes it
 CALIBRATION_FILE = "calibration.json"  # Trainer's model_run dir: temperature scaling figures
-TENSORBOARD_DIR = "tensorboard"        # Trainer's model_run dir
+TENSORBOARD_DIR = "tensorboard"  # Trainer's model_run dir
 LESION_AUDIT_FILE = "lesion_audit.json"  # LesionAudit artifact
-DIGEST_FILE = "MODEL_DIGEST"           # beside saved_model.pb; TF Serving ignores it
-MODEL_CARD_FILE = "MODEL_CARD.md"      # beside saved_model.pb in a pushed version
-METADATA_FILE = "metadata.sqlite"      # local ML Metadata store, in the pipeline root
-LOGS_DIR = "logs"                      # run logs, in the pipeline root
-REPORT_FILE = "report.html"            # `btmri report`'s default output name
-CURRENT_LINK = "current"               # in data/prepared/: the folder the last run used
+DIGEST_FILE = "MODEL_DIGEST"  # beside saved_model.pb; TF Serving ignores it
+MODEL_CARD_FILE = "MODEL_CARD.md"  # beside saved_model.pb in a pushed version
+METADATA_FILE = "metadata.sqlite"  # local ML Metadata store, in the pipeline root
+LOGS_DIR = "logs"  # run logs, in the pipeline root
+REPORT_FILE = "report.html"  # `btmri report`'s default output name
+CURRENT_LINK = "current"  # in data/prepared/: the folder the last run used
 
 # ── The work folder of local runs ─────────────────────────────────────────────────
 DEFAULT_WORK_DIR = "runs"
@@ -39,6 +40,7 @@ DEFAULT_WORK_DIR = "runs"
 @dataclass(frozen=True)
 class RunLayout:
     """Folders of one local work dir (see the module docstring)."""
+
     work_dir: str = DEFAULT_WORK_DIR
 
     @property

@@ -3,6 +3,7 @@
 Imports nothing heavy, so data tools, clients and the CLI's help stay light.
 Other modules import these names as they are: no renaming on import.
 """
+
 from __future__ import annotations
 
 # ── Classes ────────────────────────────────────────────────────────────────────────
@@ -18,18 +19,16 @@ def class_id(name: str) -> int:
     """Label id of a class folder name (any letter case); ValueError if unknown."""
     key = name.strip().lower()
     if key not in CLASS_TO_ID:
-        raise ValueError(
-            f"unknown class folder {name!r}: expected one of {', '.join(CLASS_NAMES)}"
-        )
+        raise ValueError(f"unknown class folder {name!r}: expected one of {', '.join(CLASS_NAMES)}")
     return CLASS_TO_ID[key]
 
 
 # ── tf.Example written by data_prep (one Example per image) ────────────────────────
-IMAGE_KEY = "image"      # bytes: encoded JPEG/PNG
-LABEL_KEY = "label"      # int64: index into CLASS_NAMES
-HEIGHT_KEY = "height"    # int64: source image height in pixels
-WIDTH_KEY = "width"      # int64: source image width in pixels
-SOURCE_KEY = "source"    # bytes: path relative to the data dir
+IMAGE_KEY = "image"  # bytes: encoded JPEG/PNG
+LABEL_KEY = "label"  # int64: index into CLASS_NAMES
+HEIGHT_KEY = "height"  # int64: source image height in pixels
+WIDTH_KEY = "width"  # int64: source image width in pixels
+SOURCE_KEY = "source"  # bytes: path relative to the data dir
 # float [4]: the tumour's box (ymin, xmin, ymax, xmax in [0, 1]) where a box folder
 # knows this slice, else NO_BOX. Training-only: it guides what the model looks at.
 LESION_BOX_KEY = "lesion_box"
@@ -51,7 +50,7 @@ TFRECORD_SUFFIX = ".tfrecord"  # uncompressed: JPEG/PNG bytes do not shrink
 
 # ── The model's input ─────────────────────────────────────────────────────────────
 IMAGE_SIZE = 224  # square side the Transform graph resizes every image to
-CHANNELS = 1      # grayscale: MRI slices carry no colour
+CHANNELS = 1  # grayscale: MRI slices carry no colour
 
 # ── Models the Trainer can build (components/training/models.py builds them) ───────
 MODEL_NAMES = ("mri_resnet", "seed_cnn", "resnet50", "efficientnetb0")
@@ -63,8 +62,8 @@ SERVING_DEFAULT = "serving_default"
 PREDICT_IMAGES = "predict_images"
 GRADCAM = "gradcam"
 
-EXAMPLES_INPUT = "examples"          # serving_default: serialized tf.Example
-IMAGE_BYTES_INPUT = "image_bytes"    # predict_images, gradcam: encoded JPEG/PNG
+EXAMPLES_INPUT = "examples"  # serving_default: serialized tf.Example
+IMAGE_BYTES_INPUT = "image_bytes"  # predict_images, gradcam: encoded JPEG/PNG
 
 PROBABILITIES = "probabilities"
 CLASS_ID = "class_id"
@@ -75,5 +74,5 @@ HEATMAP = "heatmap"
 MODEL_NAME = "brain_tumor"
 
 # ── Evaluation ─────────────────────────────────────────────────────────────────────
-ECE_BINS = 15          # equal-width confidence bins of the expected calibration error
-CONFIDENCE = 0.95      # every interval the project prints is a 95 % interval
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
+CONFIDENCE = 0.95  # every interval the project prints is a 95 % interval

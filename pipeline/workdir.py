@@ -8,6 +8,7 @@ rewritten would defeat TFX's cache), and two datasets never share a folder.
 `data/prepared/current` points at the one the last run used. Folders follow
 btmri.layout.RunLayout.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,14 +20,14 @@ from pathlib import Path
 from btmri.documents import Manifest, write_atomic
 from btmri.layout import SYNTH_MARKER_FILE, RunLayout
 
-KEY_LENGTH = 16   # hex digits of the fingerprint naming a prepared-data folder
+KEY_LENGTH = 16  # hex digits of the fingerprint naming a prepared-data folder
 
 
 @dataclass
 class PreparedData:
-    path: str                 # data/prepared/<key>
+    path: str  # data/prepared/<key>
     manifest: Manifest
-    reused: bool              # True: the folder already held this data, nothing was written
+    reused: bool  # True: the folder already held this data, nothing was written
 
 
 def synthesize_if_missing(out: str, per_class: int, test_per_class: int, seed: int) -> bool:
@@ -36,8 +37,11 @@ def synthesize_if_missing(out: str, per_class: int, test_per_class: int, seed: i
     marker = Path(out) / SYNTH_MARKER_FILE
     wanted = {"per_class": per_class, "test_per_class": test_per_class, "seed": seed}
     # Datasets written before the generator wrote boxes/ are made again.
-    if (marker.is_file() and json.loads(marker.read_text()).get("arguments") == wanted
-            and (Path(out) / BOXES_DIR).is_dir()):
+    if (
+        marker.is_file()
+        and json.loads(marker.read_text()).get("arguments") == wanted
+        and (Path(out) / BOXES_DIR).is_dir()
+    ):
         return True
     summary = generate_dataset(out, **wanted)
     write_atomic(marker, json.dumps({"arguments": wanted, "summary": summary}, indent=1))
@@ -58,12 +62,13 @@ def prepare_if_changed(data_dir: str, layout: RunLayout, **prepare_kw) -> Prepar
     arguments = PrepareOptions(data_dir=data_dir, out_dir="", **prepare_kw).arguments()
     arguments.pop("out_dir")
     out = layout.prepared_data(dataset_key(input_fingerprint(data_dir), arguments))
-    old = Manifest.read_if_present(out)   # written last: its presence means complete
+    old = Manifest.read_if_present(out)  # written last: its presence means complete
     if old is not None:
         prepared = PreparedData(out, old, reused=True)
     else:
-        prepared = PreparedData(out, prepare(PrepareOptions(data_dir=data_dir, out_dir=out,
-                                                            **prepare_kw)), reused=False)
+        prepared = PreparedData(
+            out, prepare(PrepareOptions(data_dir=data_dir, out_dir=out, **prepare_kw)), reused=False
+        )
     _point_current(layout, out)
     return prepared
 
@@ -73,4 +78,4 @@ def _point_current(layout: RunLayout, target: str) -> None:
     tmp = link.with_name(f".{link.name}.tmp")
     tmp.unlink(missing_ok=True)
     os.symlink(Path(target).name, tmp)
-    os.replace(tmp, link)     # atomic: readers see the old or the new folder
+    os.replace(tmp, link)  # atomic: readers see the old or the new folder

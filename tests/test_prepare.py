@@ -5,8 +5,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -78,6 +76,7 @@ def test_split_is_stratified_and_deterministic_from_content(tmp_path):
     for cls in contract.CLASS_NAMES:
         assert m1["counts"]["eval"][cls] == 10 and m1["counts"]["train"][cls] == 30
     assert _split_by_content(tmp_path / "out1") == _split_by_content(tmp_path / "out2")
+    assert m2["counts"] == m1["counts"]
     m3 = run_prepare(tmp_path / "a", tmp_path / "out3", eval_fraction=0.25, seed=8)
     assert m3["counts"] == m1["counts"]
     assert _split_by_content(tmp_path / "out3") != _split_by_content(tmp_path / "out1")

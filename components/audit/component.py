@@ -135,8 +135,8 @@ def run_lesion_audit(model_dir: str | None, box_dir: str, training_files: list[s
         "slices_in_training": len(slices) - len(audited),
         "slices_audited": len(audited),
         "tolerance_px": tolerance_px,
-        "lesion_removal": "box grown by %.2f of the side, inpainted with OpenCV Telea "
-                          "at the slice's resolution" % lesion_audit.REMOVAL_MARGIN,
+        "lesion_removal": f"box grown by {lesion_audit.REMOVAL_MARGIN:.2f} of the side, "
+                          "inpainted with OpenCV Telea at the slice's resolution",
         "summary": summary,
         "bounds": {"min_pointing": bounds.min_pointing,
                    "min_removed_changed": bounds.min_removed_changed},

@@ -19,7 +19,8 @@ run the same checks.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

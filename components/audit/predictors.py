@@ -1,7 +1,7 @@
 """The two ways the lesion audit reaches a model: in process, or served over gRPC."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

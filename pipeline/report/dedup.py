@@ -7,7 +7,7 @@ functions (md5 of the stored bytes, DCT perceptual hash) and its threshold.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
 from btmri.spec import TRAIN_SPLIT
 from data_prep.duplicates import DuplicateIndex, Record, perceptual_hash

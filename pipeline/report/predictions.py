@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -42,7 +42,7 @@ class Predictions:
     def predicted(self) -> np.ndarray:
         return self.probs.argmax(axis=1)
 
-    def subset(self, keep: np.ndarray) -> "Predictions":
+    def subset(self, keep: np.ndarray) -> Predictions:
         idx = np.flatnonzero(keep)
         return Predictions(self.labels[idx], self.probs[idx],
                            [self.sources[i] for i in idx], [self.images[i] for i in idx])
