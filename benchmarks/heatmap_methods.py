@@ -2,7 +2,7 @@
 scored like the lesion audit (pointing game, mass in box) on box slices.
 
     python benchmarks/heatmap_methods.py --model runs/serving/brain_tumor \
-        --boxes-dir ../shared/data/figshare-boxes --exclude-training runs/data/prepared
+        --boxes-dir /path/to/figshare-boxes --exclude-training runs/data/prepared
 
 Maps, all for the predicted class, upsampled to 224x224:
   signature      what the exported `gradcam` signature returns (Grad-CAM 14x14 x LayerCAM 56x56)

@@ -12,8 +12,7 @@ import json
 
 import tensorflow_model_analysis as tfma
 
-from components.signature_names import PROBABILITIES
-from data_prep import contract
+from btmri import spec
 
 ACCURACY = "sparse_categorical_accuracy"
 
@@ -25,13 +24,13 @@ def eval_config(accuracy_lower_bound: float, max_regression: float = 0.0) -> tfm
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
             absolute={"value": -max_regression - 1e-10}))
-    class_ids = list(range(contract.NUM_CLASSES))
+    class_ids = list(range(spec.NUM_CLASSES))
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default",
-                                    label_key=contract.LABEL_KEY,
-                                    prediction_key=PROBABILITIES)],
+        model_specs=[tfma.ModelSpec(signature_name=spec.SERVING_DEFAULT,
+                                    label_key=spec.LABEL_KEY,
+                                    prediction_key=spec.PROBABILITIES)],
         slicing_specs=[tfma.SlicingSpec(),
-                       tfma.SlicingSpec(feature_keys=[contract.LABEL_KEY])],
+                       tfma.SlicingSpec(feature_keys=[spec.LABEL_KEY])],
         metrics_specs=[
             tfma.MetricsSpec(metrics=[
                 tfma.MetricConfig(class_name="ExampleCount"),
@@ -47,7 +46,7 @@ def eval_config(accuracy_lower_bound: float, max_regression: float = 0.0) -> tfm
             tfma.MetricsSpec(metrics=[
                 tfma.MetricConfig(class_name=metric, config=json.dumps(
                     {"class_id": class_id, "top_k": 1, "name": f"{metric.lower()}_{name}"}))
-                for class_id, name in enumerate(contract.CLASS_NAMES)
+                for class_id, name in enumerate(spec.CLASS_NAMES)
                 for metric in ("Precision", "Recall")]),
             tfma.MetricsSpec(binarize=tfma.BinarizationOptions(class_ids={"values": class_ids}),
                              metrics=[tfma.MetricConfig(class_name="AUC")]),

@@ -25,9 +25,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from btmri import spec
+from btmri.documents import MAX_MESSAGE_MB, REQUEST_TIMEOUT_SECONDS
+from btmri.spec import CLASS_NAMES
 from data_prep import image_io
-from data_prep.contract import CLASS_NAMES
-from serving import signatures as sig
 
 
 class ConversionFailed(ValueError):
@@ -114,8 +115,9 @@ def _prediction(class_id: int, probabilities, version: int | None) -> ImagePredi
 class PredictionClient:
     """gRPC client of TF Serving's PredictionService."""
 
-    def __init__(self, target: str, model_name: str = sig.MODEL_NAME, timeout: float = 30.0,
-                 retry: RetryPolicy = RetryPolicy(), max_message_mb: float = 64):
+    def __init__(self, target: str, model_name: str = spec.MODEL_NAME,
+                 timeout: float = REQUEST_TIMEOUT_SECONDS, retry: RetryPolicy = RetryPolicy(),
+                 max_message_mb: float = MAX_MESSAGE_MB):
         self.target = target
         self.model_name = model_name
         self.timeout = timeout
@@ -160,26 +162,27 @@ class PredictionClient:
             f"over {time.monotonic() - start:.1f} s): {last.details()}")
 
     def classify_image(self, image: bytes) -> ImagePrediction:
-        response = self.predict(sig.PREDICT_IMAGES_SIGNATURE, {sig.IMAGE_BYTES_INPUT: [image]},
-                                output_filter=[sig.CLASS_ID, sig.PROBABILITIES])
+        response = self.predict(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: [image]},
+                                output_filter=[spec.CLASS_ID, spec.PROBABILITIES])
         outputs = response.outputs
-        return _prediction(int(tf.make_ndarray(outputs[sig.CLASS_ID])[0]),
-                           tf.make_ndarray(outputs[sig.PROBABILITIES])[0],
+        return _prediction(int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
+                           tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
                            response.model_spec.version.value)
 
     def gradcam(self, image: bytes) -> GradcamResult:
-        response = self.predict(sig.GRADCAM_SIGNATURE, {sig.IMAGE_BYTES_INPUT: [image]})
+        response = self.predict(spec.GRADCAM, {spec.IMAGE_BYTES_INPUT: [image]})
         outputs = response.outputs
-        base = _prediction(int(tf.make_ndarray(outputs[sig.CLASS_ID])[0]),
-                           tf.make_ndarray(outputs[sig.PROBABILITIES])[0],
+        base = _prediction(int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
+                           tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
                            response.model_spec.version.value)
-        return GradcamResult(**vars(base), heatmap=tf.make_ndarray(outputs[sig.HEATMAP])[0])
+        return GradcamResult(**vars(base), heatmap=tf.make_ndarray(outputs[spec.HEATMAP])[0])
 
 
 class RestClient:
     """REST client (`POST /v1/models/{name}:predict` with a b64 instance)."""
 
-    def __init__(self, base_url: str, model_name: str = sig.MODEL_NAME, timeout: float = 30.0,
+    def __init__(self, base_url: str, model_name: str = spec.MODEL_NAME,
+                 timeout: float = REQUEST_TIMEOUT_SECONDS,
                  retry: RetryPolicy = RetryPolicy()):
         self.base_url = base_url.rstrip("/")
         if "://" not in self.base_url:
@@ -231,8 +234,8 @@ class RestClient:
         return max(versions) if versions else None
 
     def classify_image(self, image: bytes) -> ImagePrediction:
-        document = {"signature_name": sig.PREDICT_IMAGES_SIGNATURE,
+        document = {"signature_name": spec.PREDICT_IMAGES,
                     "instances": [{"b64": base64.b64encode(image).decode("ascii")}]}
         answer = self.request("POST", f"/v1/models/{self.model_name}:predict", document)
         row = answer["predictions"][0]
-        return _prediction(int(row[sig.CLASS_ID]), row[sig.PROBABILITIES], self.model_version())
+        return _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version())

@@ -233,7 +233,7 @@ def test_prepare_adds_unmatched_box_slices_but_not_near_duplicates_of_test_image
     assert not in_audit_part("glioma/0.png") and not in_audit_part("glioma/10.png")
     manifest = prepare(PrepareOptions(str(data), str(tmp_path / "out"), box_dir=str(boxes),
                                       progress=False))
-    report = manifest["lesion_boxes"]
+    report = manifest.lesion_boxes
     assert report["slices_added_to_train"] == {"glioma": 1}
     assert report["slices_not_added_near_duplicates_of_eval_or_test"] == ["boxes/glioma/0.png"]
     counts = json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]

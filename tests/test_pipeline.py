@@ -23,7 +23,7 @@ from pipeline.metadata import execution_state_name, node_executions
 from tests.conftest import btmri_run
 
 def _config(work: Path) -> PipelineConfig:
-    return PipelineConfig(pipeline_root=str(work / "pipeline"), data_root=str(work / "data" / "prepared"),
+    return PipelineConfig(pipeline_root=str(work / "pipeline"), data_root=str(work / "data" / "prepared" / "current"),
                           serving_dir=str(work / "serving"))
 
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from btmri.spec import CHANNELS, IMAGE_SIZE  # noqa: F401  (re-exported for the model code)
 from components.transform.decode import decode_gray_resized
 from components.transform.head_framing import boxes_into_crop, frame_heads
 from data_prep import contract
 from data_prep.image_io import DEFAULT_MAX_PIXELS
 
-IMAGE_SIZE = 224
-CHANNELS = 1
 # Whole images are decoded at this size before the head is cut out of them.
 DECODE_SIZE = 2 * IMAGE_SIZE
 # Images above this many pixels are refused before decoding: the figure `btmri prepare`
