@@ -58,7 +58,7 @@ def _exec_property(config: PipelineConfig, node_id: str, key: str) -> str | None
     return None
 
 
-def _evaluated_models(evaluation_uri: str) -> tuple[str, str | None]:
+def evaluated_models(evaluation_uri: str) -> tuple[str, str | None]:
     """(candidate, baseline or None) model folders as TFMA recorded them."""
     from tensorflow_model_analysis.writers.eval_config_writer import load_eval_run
 
@@ -94,7 +94,7 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
     splits = json.loads(_exec_property(config, "Evaluator", "example_splits") or "[]")
     if len(splits) != 1:
         raise ReportError(f"expected one evaluated split, found {splits}")
-    model_dir, baseline_dir = _evaluated_models(evaluation.uri)
+    model_dir, baseline_dir = evaluated_models(evaluation.uri)
 
     blessing = latest_output(config, "Evaluator", "blessing")
     audit = latest_output(config, "LesionAudit", "audit")
