@@ -118,11 +118,6 @@ class TrainerConfig(_Document):
     lesion_removal_rate: float = 0.25  # boxed tumour images shown with the lesion removed
     decoy_removal_rate: float = 0.25  # images shown with a lesion-free box removed
 
-    @classmethod
-    def with_overrides(cls, custom_config: dict | None) -> TrainerConfig:
-        """Defaults, overridden by every non-None value of a custom_config."""
-        return cls.from_dict({k: v for k, v in (custom_config or {}).items() if v is not None})
-
 
 TRAINER_DEFAULTS = TrainerConfig()
 

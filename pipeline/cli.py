@@ -261,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_environment(verbose=getattr(args, "verbose", False))
+    # A pipeline run keeps TensorFlow's warnings for its log (CapturedRun); the other
+    # commands drop them unless -v.
+    quiet_environment(verbose=getattr(args, "verbose", False), tf_warnings=args.command == "run")
     return args.func(args)
 
 

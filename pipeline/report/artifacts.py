@@ -43,6 +43,7 @@ class RunArtifacts:
     trainer_config: dict = field(default_factory=dict)
     evaluated_at: int = 0             # ms since epoch (ML Metadata's clock)
     lesion_audit_uri: str | None = None  # LesionAudit output (lesion_audit.json, gallery/)
+    before_push: bool = False         # read by the ModelReport step, before the Pusher ran
 
     def split_uri(self, split: str) -> str:
         return os.path.join(self.examples_uri, f"Split-{split}")

@@ -97,6 +97,7 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
         trainer_config=history.config if history else {},
         evaluated_at=evaluation.mlmd_artifact.create_time_since_epoch,
         lesion_audit_uri=audit.uri if audit else None,
+        before_push=True,
     )
 
 
