@@ -11,7 +11,8 @@ setup(
     description="Four-class brain tumor MRI classifier built, evaluated and served with TFX.",
     python_requires=">=3.10,<3.12",
     packages=find_packages(include=["btmri*", "data_prep*", "components*", "pipeline*", "serving*"]),
-    package_data={"components": ["schema/*.pbtxt"], "serving": ["config/*"]},
+    package_data={"components": ["schema/*.pbtxt"], "serving": ["config/*"],
+                  "pipeline": ["report/templates/*"]},
     install_requires=[
         # The TFX 1.16 stack; exact versions come from requirements/constraints.txt.
         "tfx==1.16.0",

@@ -13,6 +13,7 @@ epoch (read from Keras' own epoch lines) and whatever the caller prints after.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -30,14 +31,17 @@ QUIET_ENVIRONMENT = {
 VERBOSE_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "0"}
 
 
-def quiet_environment(verbose: bool = False) -> None:
+def quiet_environment(verbose: bool = False, tf_warnings: bool = True) -> None:
     """Sets the variables above (values the user set win) and the same warning filters
-    in this process."""
+    in this process. Without `tf_warnings`, TensorFlow's Python warnings (deprecation
+    notices from TFMA and the like) are dropped too; `btmri run` keeps them for its log."""
     for name, value in (VERBOSE_ENVIRONMENT if verbose else QUIET_ENVIRONMENT).items():
         os.environ.setdefault(name, value)
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        if not tf_warnings:
+            logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 # ── A run's console: the terminal gets progress, the log gets everything ──────────
@@ -129,6 +133,7 @@ class CapturedRun:
         self.verbose = verbose
         self.terminal: Terminal | None = None
         self._saved: tuple[int, int] | None = None
+        self._streams: tuple | None = None
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> CapturedRun:
@@ -148,6 +153,13 @@ class CapturedRun:
         os.dup2(write_end, 1)
         os.dup2(write_end, 2)
         os.close(write_end)
+        # Python-level writes too, even where sys.stdout is not file descriptor 1 (a
+        # notebook, pytest's capture).
+        self._streams = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = (
+            open(fd, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
+            for fd in (1, 2)
+        )
         return self
 
     def _pump(self, read_end: int, log, progress: EpochProgress) -> None:
@@ -163,9 +175,10 @@ class CapturedRun:
     def __exit__(self, *exc) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
-                stream.flush()
+                stream.close()   # flushes; file descriptors 1 and 2 stay open (closefd=False)
             except (OSError, ValueError):
                 pass
+        sys.stdout, sys.stderr = self._streams
         os.dup2(self._saved[0], 1)
         os.dup2(self._saved[1], 2)
         for fd in self._saved:
@@ -174,3 +187,5 @@ class CapturedRun:
         # open, and its output then still reaches the log.
         self._thread.join(timeout=5.0)
         self.terminal.stream.flush()
+        if not self._thread.is_alive():
+            self.terminal.stream.close()

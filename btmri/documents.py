@@ -119,11 +119,6 @@ class TrainerConfig(_Document):
     decoy_removal_rate: float = 0.25  # images shown with a lesion-free box removed
     lesion_paste_rate: float = 0.25  # notumor images shown with a batch-mate's lesion, as its class
 
-    @classmethod
-    def with_overrides(cls, custom_config: dict | None) -> TrainerConfig:
-        """Defaults, overridden by every non-None value of a custom_config."""
-        return cls.from_dict({k: v for k, v in (custom_config or {}).items() if v is not None})
-
 
 TRAINER_DEFAULTS = TrainerConfig()
 

@@ -30,7 +30,10 @@ DIGEST_FILE = "MODEL_DIGEST"  # beside saved_model.pb; TF Serving ignores it
 MODEL_CARD_FILE = "MODEL_CARD.md"  # beside saved_model.pb in a pushed version
 METADATA_FILE = "metadata.sqlite"  # local ML Metadata store, in the pipeline root
 LOGS_DIR = "logs"  # run logs, in the pipeline root
-REPORT_FILE = "report.html"  # `btmri report`'s default output name
+REPORT_FILE = "report.html"  # `btmri report`'s default output name; in a ModelReport artifact
+SUMMARY_FILE = "summary.json"  # in a ModelReport artifact: the headline figures
+# In a ModelReport artifact's MODEL_CARD.md: the Pusher puts the version folder's name here.
+CARD_VERSION_PLACEHOLDER = "{pushed version}"
 CURRENT_LINK = "current"  # in data/prepared/: the folder the last run used
 
 # ── The work folder of local runs ─────────────────────────────────────────────────

@@ -13,7 +13,9 @@ IdempotentAtomicPusher: TFX's Pusher writes a new timestamped version for every
 blessed run, even of a model it already pushed, and copies files straight into
 the version folder TF Serving watches. This one pushes a model only once
 (identified by the digest of its files), writes to a hidden temporary folder
-and renames it into place, so a server never sees a half-copied version.
+and renames it into place, so a server never sees a half-copied version. Given a
+`model_report` input (pipeline/pusher.py), the model card goes into that folder too,
+before the rename.
 """
 from __future__ import annotations
 
@@ -31,7 +33,9 @@ from tfx.utils import io_utils
 from tfx.proto import pusher_pb2
 from tfx.utils import proto_utils
 
-from btmri.layout import DIGEST_FILE, MANIFEST_FILE, MODEL_CARD_FILE
+from btmri.layout import CARD_VERSION_PLACEHOLDER, DIGEST_FILE, MANIFEST_FILE, MODEL_CARD_FILE
+
+MODEL_REPORT_KEY = "model_report"  # the Pusher's optional ModelReport input (pipeline/pusher.py)
 
 _NOT_MODEL_FILES = {DIGEST_FILE, MODEL_CARD_FILE}
 
@@ -93,6 +97,15 @@ def model_digest(model_dir: str) -> str:
     return digest.hexdigest()
 
 
+def _model_card(input_dict) -> str | None:
+    """MODEL_CARD.md of the `model_report` input (a ModelReport artifact), if any."""
+    reports = input_dict.get(MODEL_REPORT_KEY) or []
+    if not reports:
+        return None
+    path = os.path.join(artifact_utils.get_single_instance(reports).uri, MODEL_CARD_FILE)
+    return path if fileio.exists(path) else None
+
+
 def pushed_versions(serving_dir: str) -> dict[int, str]:
     """Integer version folders of a TF Serving base path → their recorded digest ('' if none)."""
     versions = {}
@@ -137,6 +150,12 @@ class IdempotentAtomicPusher(pusher_executor.Executor):
         io_utils.copy_dir(model_path, staging)
         with fileio.open(os.path.join(staging, DIGEST_FILE), "w") as f:
             f.write(digest + "\n")
+        card = _model_card(input_dict)
+        if card is not None:
+            with fileio.open(card) as f:
+                text = f.read()
+            with fileio.open(os.path.join(staging, MODEL_CARD_FILE), "w") as f:
+                f.write(text.replace(CARD_VERSION_PLACEHOLDER, str(version)))
         fileio.rename(staging, final)
         logging.info("Model pushed to %s.", final)
         model_push.set_int_custom_property("already_pushed", 0)

@@ -111,13 +111,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     print("\n" + "\n".join(summary_lines(summary, config.accuracy_lower_bound)))
-    if summary.pushed and not summary.already_pushed:
-        from pipeline.report import write_model_card
-        try:
-            card = write_model_card(config, summary.pushed_to)
-            print(f"model card: {card}")
-        except Exception as err:  # noqa: BLE001 - the model is pushed; say what is missing
-            print(f"btmri run: warning: no model card written: {err}", file=sys.stderr)
     return 0
 
 
@@ -272,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_environment(verbose=getattr(args, "verbose", False))
+    # A pipeline run keeps TensorFlow's warnings for its log (CapturedRun); the other
+    # commands drop them unless -v.
+    quiet_environment(verbose=getattr(args, "verbose", False), tf_warnings=args.command == "run")
     return args.func(args)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import components
-from btmri.documents import TRAINER_DEFAULTS, TrainerConfig
+from btmri.documents import TRAINER_DEFAULTS
 from btmri.layout import metadata_path
 from components.training.precision import CHOICES as TRAINING_PRECISIONS
 
@@ -91,7 +91,3 @@ class PipelineConfig:
                 "lesion_removal_rate": self.lesion_removal_rate,
                 "decoy_removal_rate": self.decoy_removal_rate,
                 "lesion_paste_rate": self.lesion_paste_rate}
-
-    def trainer(self) -> TrainerConfig:
-        """The same, typed, with the Trainer's defaults for what is not set here."""
-        return TrainerConfig.with_overrides(self.trainer_config())

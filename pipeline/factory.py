@@ -6,18 +6,19 @@ import os
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
+from btmri import spec
 from components.audit.component import LesionAudit
 from components.evaluation import eval_config
-from components.executors import (IdempotentAtomicPusher, ImportExampleGenWithManifest,
-                                  StrictExampleValidator)
-from btmri import spec
+from components.executors import ImportExampleGenWithManifest, StrictExampleValidator
 from pipeline.config import PREPROCESSING_FN, RUN_FN, TRAINER_MODULE, TRANSFORM_MODULE, PipelineConfig
+from pipeline.pusher import CardPusher
+from pipeline.report.component import ModelReport
 
 # Component ids, in run order (the CLI reports progress with them). LesionAudit runs
 # only when a box folder is configured.
 COMPONENT_IDS = ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
                  "Transform", "Trainer", "LatestBlessedModelResolver", "Evaluator", "LesionAudit",
-                 "Pusher")
+                 "ModelReport", "Pusher")
 
 
 def component_ids(config: PipelineConfig) -> tuple[str, ...]:
@@ -97,20 +98,32 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             min_removed_changed=config.audit_min_removed_changed).with_id("LesionAudit")
         blessing = audit.outputs["blessing"]
 
-    pusher = tfx.components.Pusher(
+    # The report and the model card, from this run's artifacts only (pipeline/report/component.py).
+    report = ModelReport(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        evaluation=evaluator.outputs["evaluation"], blessing=blessing,
+        statistics=statistics_gen.outputs["statistics"],
+        anomalies=example_validator.outputs["anomalies"],
+        model_run=trainer.outputs["model_run"],
+        lesion_audit=audit.outputs["audit"] if audit else None,
+        evaluated_split=evaluate_on, pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root).with_id("ModelReport")
+
+    pusher = CardPusher(
         model=trainer.outputs["model"],
         model_blessing=blessing,
+        model_report=report.outputs["report"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.abspath(config.serving_dir)
-                if "://" not in config.serving_dir else config.serving_dir)))
-    pusher.executor_spec = executor_spec.ExecutorClassSpec(IdempotentAtomicPusher)
+                if "://" not in config.serving_dir else config.serving_dir))).with_id("Pusher")
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
-                    trainer, model_resolver, evaluator, *([audit] if audit else []), pusher],
+                    trainer, model_resolver, evaluator, *([audit] if audit else []), report,
+                    pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)

@@ -100,6 +100,7 @@ class RunSummary:
     component_seconds: dict = field(default_factory=dict)
     blessing_message: str | None = None
     lesion_audit: dict | None = None                   # lesion_audit.json, without rows
+    report_dir: str | None = None                      # ModelReport artifact: report.html, card
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -142,6 +143,9 @@ def read_outcome(config: PipelineConfig) -> RunSummary:
             summary.blessing_message = blessing.get_string_custom_property("blessing_message")
     evaluation = latest_output(config, "Evaluator", "evaluation")
     pushed = latest_output(config, "Pusher", "pushed_model")
+    report = latest_output(config, "ModelReport", "report")
+    if report is not None:
+        summary.report_dir = report.uri
     if blessing is not None:
         summary.blessed = bool(blessing.get_int_custom_property("blessed"))
     if evaluation is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 
 from btmri import spec
 from btmri.intervals import format_proportion, format_with_interval
+from btmri.layout import MODEL_CARD_FILE, REPORT_FILE
 
 
 def summary_lines(summary, accuracy_bound: float) -> list[str]:
@@ -26,8 +28,13 @@ def summary_lines(summary, accuracy_bound: float) -> list[str]:
         lines.append(f"model already pushed at {summary.pushed_to}: nothing new pushed")
     elif summary.pushed:
         lines.append(f"pushed to {summary.pushed_to}")
+        card = os.path.join(summary.pushed_to, MODEL_CARD_FILE)
+        if os.path.isfile(card):
+            lines.append(f"model card: {card}")
     else:
         lines.append("not pushed")
+    if summary.report_dir:
+        lines.append(f"report: {os.path.join(summary.report_dir, REPORT_FILE)}")
     return lines
 
 

@@ -208,5 +208,5 @@ def main(argv: list[str] | None = None) -> int:
                                                "(gRPC + REST); the same as `btmri serve`.")
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
-    quiet_environment(verbose=args.verbose)
+    quiet_environment(verbose=args.verbose, tf_warnings=False)
     return _cmd_serve(args)

@@ -24,7 +24,7 @@ from btmri.intervals import format_interval, wilson
 from btmri.spec import ECE_BINS
 from components.executors import DIGEST_FILE, pushed_versions
 from components.signature_names import IMAGE_BYTES_INPUT, PROBABILITIES
-from btmri.layout import MANIFEST_FILE, MODEL_CARD_FILE
+from btmri.layout import CARD_VERSION_PLACEHOLDER, MANIFEST_FILE, MODEL_CARD_FILE
 from data_prep import contract
 from data_prep.tfrecords import read_split
 from pipeline.cli import main as btmri
@@ -303,3 +303,12 @@ def test_report_opens_in_headless_chromium(report, tmp_path):
     drawn = np.abs(image.astype(int) - background).sum(axis=2) > 30
     assert drawn.mean() > 0.05, "screenshot is (nearly) blank"
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 200  # text, tables and plots, not a flat page
+
+
+def test_the_pipeline_pushes_the_card_with_the_model(version_dir, tiny_run, capsys):
+    """The ModelReport component wrote the card; the Pusher put it into the version
+    folder before the rename, with the version filled in."""
+    card = (version_dir / MODEL_CARD_FILE).read_text()
+    assert f"version {version_dir.name}" in card and CARD_VERSION_PLACEHOLDER not in card
+    assert (version_dir / DIGEST_FILE).read_text().strip() in card
+    assert "## Quantitative analysis" in card

@@ -8,6 +8,8 @@ so `btmri --help` stays fast.
 """
 from __future__ import annotations
 
+DEFAULT_GALLERY_PER_KIND = 4   # Grad-CAM gallery: this many correct and this many wrong images
+
 
 def build_report(*args, **kwargs):
     from pipeline.report.build import build_report as build

@@ -43,6 +43,7 @@ class RunArtifacts:
     trainer_config: dict = field(default_factory=dict)
     evaluated_at: int = 0             # ms since epoch (ML Metadata's clock)
     lesion_audit_uri: str | None = None  # LesionAudit output (lesion_audit.json, gallery/)
+    before_push: bool = False         # read by the ModelReport step, before the Pusher ran
 
     def split_uri(self, split: str) -> str:
         return os.path.join(self.examples_uri, f"Split-{split}")
@@ -58,7 +59,7 @@ def _exec_property(config: PipelineConfig, node_id: str, key: str) -> str | None
     return None
 
 
-def _evaluated_models(evaluation_uri: str) -> tuple[str, str | None]:
+def evaluated_models(evaluation_uri: str) -> tuple[str, str | None]:
     """(candidate, baseline or None) model folders as TFMA recorded them."""
     from tensorflow_model_analysis.writers.eval_config_writer import load_eval_run
 
@@ -94,7 +95,7 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
     splits = json.loads(_exec_property(config, "Evaluator", "example_splits") or "[]")
     if len(splits) != 1:
         raise ReportError(f"expected one evaluated split, found {splits}")
-    model_dir, baseline_dir = _evaluated_models(evaluation.uri)
+    model_dir, baseline_dir = evaluated_models(evaluation.uri)
 
     blessing = latest_output(config, "Evaluator", "blessing")
     audit = latest_output(config, "LesionAudit", "audit")

@@ -1,4 +1,9 @@
-"""`build_report`: the latest run → one self-contained HTML file."""
+"""The latest run → one self-contained HTML file.
+
+`report_of_run` copies the report the run's ModelReport component wrote (from the
+run's own artifacts); `build_report` renders one anew from the run's artifacts (other
+options, or runs made before the component existed).
+"""
 from __future__ import annotations
 
 import os
@@ -19,3 +24,25 @@ def build_report(config: PipelineConfig, out: str | os.PathLike, data_root: str 
     text = render(data)
     write_atomic(Path(out).resolve(), text)
     return data
+
+
+def report_of_run(config: PipelineConfig, out: str | os.PathLike) -> dict | None:
+    """Copies the latest ModelReport artifact's report.html to `out` and returns its
+    summary.json; None when the run has no ModelReport."""
+    import json
+    import os.path
+
+    from btmri.layout import REPORT_FILE, SUMMARY_FILE
+    from pipeline.metadata import latest_output
+    from pipeline.report.artifacts import ReportError
+
+    if not os.path.isfile(config.metadata_path):
+        raise ReportError(f"no ML Metadata store at {config.metadata_path}: run `btmri run` "
+                          "first or pass --pipeline-root")
+    report = latest_output(config, "ModelReport", "report")
+    if report is None or not os.path.isfile(os.path.join(report.uri, SUMMARY_FILE)):
+        return None
+    with open(os.path.join(report.uri, REPORT_FILE), encoding="utf-8") as f:
+        write_atomic(Path(out).resolve(), f.read())
+    with open(os.path.join(report.uri, SUMMARY_FILE)) as f:
+        return json.load(f)

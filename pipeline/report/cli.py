@@ -1,33 +1,49 @@
-"""`btmri report`: argument parsing only; the work happens in pipeline.report.build."""
+"""`btmri report`: argument parsing and the printed summary; the work happens in
+pipeline.report.build (and, during a run, pipeline/report/component.py)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from btmri.intervals import format_with_interval
 from btmri.layout import DEFAULT_LAYOUT, REPORT_FILE
+from pipeline.report import DEFAULT_GALLERY_PER_KIND
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from pipeline.config import PipelineConfig
     from pipeline.report.artifacts import ReportError
-    from pipeline.report.build import build_report
+    from pipeline.report.build import build_report, report_of_run
+    from pipeline.report.component import summary_of
 
     config = PipelineConfig(pipeline_root=args.pipeline_root, data_root=args.data_root or "",
                             serving_dir="")
     try:
-        data = build_report(config, args.out, data_root=args.data_root,
-                            gallery_per_kind=args.gallery)
+        summary = None
+        if args.data_root is None and args.gallery == DEFAULT_GALLERY_PER_KIND and not args.render:
+            summary = report_of_run(config, args.out)
+        if summary is None:
+            summary = summary_of(build_report(config, args.out, data_root=args.data_root,
+                                              gallery_per_kind=args.gallery))
     except ReportError as err:
         print(f"btmri report: error: {err}", file=sys.stderr)
         return 2
-    verdict = "blessed" if data.run.blessed else "not blessed"
-    print(f"wrote {args.out}: {data.run.evaluated_split} accuracy {data.as_is.accuracy:.4f} "
-          f"({data.as_is.n} images; {data.deduplicated.accuracy:.4f} without the "
-          f"{len(data.duplicates)} duplicates of training images), {verdict}")
-    for check in data.checks:
-        if check.status != "ok":
-            print(f"  {check.status}: {check.name}: {check.detail}")
+    print("\n".join(summary_text(args.out, summary)))
     return 0
+
+
+def summary_text(out: str, summary: dict) -> list[str]:
+    verdict = "blessed" if summary["blessed"] else "not blessed"
+    lines = [f"wrote {out}: {summary['evaluated_split']} accuracy "
+             f"{format_with_interval(summary['accuracy'], summary['accuracy_ci95'])} "
+             f"({summary['n']} images; "
+             f"{format_with_interval(summary['deduplicated_accuracy'], summary['deduplicated_accuracy_ci95'])}"
+             f" without the {summary['duplicates_of_training_images']} duplicates of training "
+             f"images; 95 % intervals), {verdict}"]
+    for check in summary["checks"]:
+        if check["status"] != "ok":
+            lines.append(f"  {check['status']}: {check['name']}: {check['detail']}")
+    return lines
 
 
 def register(subparsers) -> None:
@@ -39,8 +55,11 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", default=None,
                    help="folder with the manifest.json to describe the data by (default: the "
                         "run's own copy, beside its examples)")
-    p.add_argument("--gallery", type=int, default=4, metavar="N",
+    p.add_argument("--gallery", type=int, default=DEFAULT_GALLERY_PER_KIND, metavar="N",
                    help="Grad-CAM gallery: N correct and N wrong test images (default %(default)s)")
+    p.add_argument("--render", action="store_true",
+                   help="render the report anew from the run's artifacts instead of copying the "
+                        "one the pipeline's ModelReport component wrote")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="keep TensorFlow's start-up notes and library warnings")
     p.set_defaults(func=_cmd_report)

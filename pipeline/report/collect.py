@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from btmri import spec
+from btmri.layout import CALIBRATION_FILE, HISTORY_FILE
 from components.executors import model_digest
 from pipeline.config import PipelineConfig
 from pipeline.report import dedup, metrics, predictions as preds, tfma_results
@@ -139,9 +140,13 @@ def _scan_other_splits(run: RunArtifacts, p: preds.Predictions, near_threshold: 
 
 def collect(config: PipelineConfig, data_root: str | None = None,
             gallery_per_kind: int = 4) -> ReportData:
-    """Reads the run, predicts the evaluated split, finds duplicates of training
-    images in it, and (if gallery_per_kind) computes Grad-CAM for a few images."""
-    run = find_run(config, data_root)
+    """The latest run's report data, its artifacts found in ML Metadata."""
+    return collect_run(find_run(config, data_root), gallery_per_kind)
+
+
+def collect_run(run: RunArtifacts, gallery_per_kind: int = 4) -> ReportData:
+    """Reads the run's artifacts, predicts the evaluated split, finds duplicates of
+    training images in it, and (if gallery_per_kind) computes Grad-CAM for a few images."""
     tfma = tfma_results.load(run.evaluation_uri)
     data = summarize_data(run.data_root, run.splits, run.statistics_uri, run.anomalies_uri)
     model = preds.load_model(run.model_dir)
@@ -161,8 +166,8 @@ def collect(config: PipelineConfig, data_root: str | None = None,
 
     report = ReportData(run=run, tfma=tfma, predictions=p, as_is=as_is, deduplicated=deduplicated,
                         duplicates=duplicates, data=data, split_counts=split_counts,
-                        history=_read_json(run.model_run_dir, "history.json"),
-                        temperature=_read_json(run.model_run_dir, "calibration.json"),
+                        history=_read_json(run.model_run_dir, HISTORY_FILE),
+                        temperature=_read_json(run.model_run_dir, CALIBRATION_FILE),
                         model_digest=model_digest(run.model_dir), checks=_checks(tfma, p, as_is))
     if run.lesion_audit_uri:
         from components.audit.lesion_audit import read_audit

@@ -1,5 +1,8 @@
 """The evaluation report as one self-contained HTML file.
 
+The page frame and the CSS are template files (templates/report.html.j2, report.css,
+rendered with Jinja2); the sections are HTML built here from the report's data.
+
 Everything is inline: CSS in a <style> element, plots and images as data URIs,
 no script at all, so the file opens the same in any browser, offline, and can
 be attached to a review.
@@ -9,6 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections import Counter
+from pathlib import Path
+
+from markupsafe import Markup
 
 from btmri.documents import Manifest
 from btmri.intervals import format_interval
@@ -20,73 +26,11 @@ from pipeline.report.lesion_audit import audit_blocks, tile_caption
 from pipeline.report.markup import (Bullets, Cell, Paragraph, Table, count, rate, rate_ci, table_html,
                                     to_html)
 
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+REPORT_TEMPLATE = "report.html.j2"
 TITLE = "Brain tumor MRI classifier: evaluation report"
 LISTED = 200  # longest list shown in a collapsed <details> element
 
-CSS = """
-:root { --ink:#1d2733; --muted:#5b6b7c; --line:#dfe5ec; --bg:#f4f6f9; --card:#fff;
-        --accent:#1f5fa8; --ok:#1e7d45; --ok-bg:#e5f4ea; --bad:#b3261e; --bad-bg:#fbe9e7;
-        --warn:#8a5a00; --warn-bg:#fff4dc; }
-* { box-sizing: border-box; }
-body { margin:0; background:var(--bg); color:var(--ink);
-       font:14px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-header { background:#14263d; color:#fff; padding:28px 0 22px; }
-.wrap { max-width:1120px; margin:0 auto; padding:0 28px; }
-header h1 { margin:0 0 4px; font-size:24px; font-weight:600; letter-spacing:.2px; }
-header .meta { color:#b9c7d8; font-size:13px; }
-header .meta span { margin-right:18px; white-space:nowrap; }
-nav { background:#fff; border-bottom:1px solid var(--line); position:sticky; top:0; z-index:1; }
-nav .wrap { display:flex; flex-wrap:wrap; gap:4px 18px; padding-top:9px; padding-bottom:9px; }
-nav a { color:var(--accent); text-decoration:none; font-size:13px; }
-main { padding:22px 0 40px; }
-section { background:var(--card); border:1px solid var(--line); border-radius:8px;
-          padding:18px 24px 20px; margin:0 0 20px; }
-h2 { font-size:18px; margin:0 0 12px; padding-bottom:8px; border-bottom:1px solid var(--line); }
-h3 { font-size:15px; margin:18px 0 8px; }
-h4 { font-size:14px; margin:14px 0 6px; }
-p { margin:6px 0 10px; }
-.muted, caption { color:var(--muted); }
-.decision { display:flex; align-items:center; gap:18px; border-radius:8px; padding:14px 18px;
-            margin:0 0 16px; border:1px solid; }
-.decision.ok { background:var(--ok-bg); border-color:#b5dec3; }
-.decision.bad { background:var(--bad-bg); border-color:#f0c0ba; }
-.decision .verdict { font-size:20px; font-weight:700; letter-spacing:.5px; }
-.decision.ok .verdict { color:var(--ok); } .decision.bad .verdict { color:var(--bad); }
-.notice { background:var(--warn-bg); border:1px solid #f0d9a4; color:var(--warn);
-          border-radius:6px; padding:8px 12px; margin:0 0 14px; }
-.kpis { display:grid; grid-template-columns:repeat(4, 1fr); gap:12px; margin:4px 0 6px; }
-.kpi { border:1px solid var(--line); border-radius:8px; padding:10px 14px; }
-.kpi .label { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.6px; }
-.kpi .value { font-size:26px; font-weight:600; }
-.kpi .sub { color:var(--muted); font-size:12px; }
-.table-wrap { overflow-x:auto; margin:6px 0 12px; }
-table { border-collapse:collapse; font-size:13px; min-width:50%; }
-caption { caption-side:top; text-align:left; font-size:12.5px; padding:0 0 4px; }
-th, td { padding:5px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
-th { background:#eef2f7; font-weight:600; white-space:nowrap; }
-tbody tr:nth-child(even) td { background:#fafbfd; }
-td.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
-td.pass { color:var(--ok); font-weight:600; } td.fail { color:var(--bad); font-weight:700; }
-td.warn { color:var(--warn); font-weight:600; } td.total { font-weight:600; }
-td.path { font-family:ui-monospace, Menlo, Consolas, monospace; font-size:12px; word-break:break-all; }
-.figs { display:flex; flex-wrap:wrap; gap:16px; align-items:flex-start; }
-figure { margin:6px 0 12px; }
-figure img { max-width:100%; height:auto; display:block; }
-figcaption { color:var(--muted); font-size:12.5px; margin-top:4px; max-width:520px; }
-.gallery { display:grid; grid-template-columns:repeat(auto-fill, minmax(230px, 1fr)); gap:14px; }
-.tile { border:1px solid var(--line); border-radius:8px; overflow:hidden; background:#fff; }
-.tile img { width:100%; height:220px; object-fit:contain; display:block; background:#000; }
-.tile .cap { background:#fff; padding:7px 10px; font-size:12.5px; }
-.tile .cap .src { color:var(--muted); font-size:11.5px; word-break:break-all; }
-.tag { display:inline-block; border-radius:10px; padding:0 8px; font-size:11.5px; font-weight:600; }
-.tag.ok { background:var(--ok-bg); color:var(--ok); } .tag.bad { background:var(--bad-bg); color:var(--bad); }
-details { margin:6px 0 12px; } summary { cursor:pointer; color:var(--accent); }
-.card h3:first-child { margin-top:0; }
-code { font-family:ui-monospace, Menlo, Consolas, monospace; font-size:12.5px; background:#eef2f7;
-       padding:0 4px; border-radius:3px; }
-footer { color:var(--muted); font-size:12px; text-align:center; padding:0 0 30px; }
-@media print { nav { display:none; } section { break-inside:avoid-page; } body { background:#fff; } }
-"""
 
 SECTIONS = (("decision", "Decision"), ("figures", "Test figures"), ("plots", "Confusion, ROC, calibration"),
             ("training", "Training"), ("data", "Data"), ("gradcam", "Grad-CAM"),
@@ -123,6 +67,7 @@ def _decision(data: ReportData) -> str:
     blessed = bool(run.blessed)
     version = _version(data)
     pushed = (f"pushed to TF Serving as version {version}" if version
+              else "handed to the Pusher (written before the push)" if run.before_push and blessed
               else "not pushed")
     verdict = {True: "BLESSED", False: "NOT BLESSED"}.get(run.blessed, "NO DECISION")
     has_baseline = run.baseline_model_dir is not None
@@ -413,25 +358,21 @@ def render(data: ReportData) -> str:
     version = _version(data)
     meta = [f"pipeline <b>{_e(run.config.pipeline_name)}</b>",
             f"evaluated on <b>{_e(run.evaluated_split)}</b> ({count(data.as_is.n)} images)",
-            f"model version <b>{_e(version) if version else 'not pushed'}</b>",
+            f"model version <b>{_e(version) if version else 'the pushed folder' if run.before_push and run.blessed else 'not pushed'}</b>",
             f"generated {_e(generated)}"]
-    nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in SECTIONS)
+
     sections = [_decision(data), _figures(data), _plots(data), _training(data), _data(data),
                 _gradcam(data), _lesion_audit(data), _model_card(data), _checks(data)]
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(TITLE)}</title>
-<style>{CSS}</style></head>
-<body>
-<header><div class="wrap"><h1>{_e(TITLE)}</h1>
-<div class="meta">{"".join(f"<span>{m}</span>" for m in meta)}</div>
-<div class="meta"><span>Decision support for trained readers, not a diagnostic device.</span></div>
-</div></header>
-<nav><div class="wrap">{nav}</div></nav>
-<main><div class="wrap">
-{chr(10).join(sections)}
-</div></main>
-<footer>Built by <code>btmri report</code> from the pipeline's TFMA, TFDV and ML Metadata artifacts.</footer>
-</body></html>
-"""
+    return _template().render(
+        title=TITLE, meta=[Markup(m) for m in meta], sections_index=SECTIONS,
+        sections=[Markup(section) for section in sections])
+
+
+def _template():
+    """The page frame and its CSS (templates/report.html.j2, report.css); the sections
+    are rendered above."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+                             autoescape=True, keep_trailing_newline=True)
+    return env.get_template(REPORT_TEMPLATE)
