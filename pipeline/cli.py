@@ -121,7 +121,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     # their own ML Metadata.
     config = _pipeline_config(args, args.data_root, beam_pipeline_args=list(args.beam_arg),
                               use_module_files=False, metadata_path="",
-                              test_split=not args.no_test_split)
+                              test_split=not args.no_test_split, box_dir=args.boxes_dir)
     path = compile_pipeline(config, args.out, args.image)
     print(f"wrote Kubeflow Pipelines / Vertex AI spec to {path}")
     return 0
@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="container image holding this package (see Dockerfile)")
     p.add_argument("--no-test-split", action="store_true",
                    help="the prepared data has no test/ split: evaluate on eval")
+    p.add_argument("--boxes-dir", default=None,
+                   help="tumour box folder as the workers see it (e.g. gs://bucket/boxes): "
+                        "adds the LesionAudit step")
     pipeline_args(p, local=False)
     p.set_defaults(func=_cmd_compile)
 

@@ -161,6 +161,17 @@ def test_compile_writes_a_spec_naming_every_component(tmp_path):
     assert "components.training.trainer.run_fn" in text
 
 
+def test_compile_with_a_box_folder_includes_the_lesion_audit(tmp_path):
+    # The Kubeflow v2 compiler refuses custom artifact types without a namespace.
+    out = tmp_path / "pipeline.json"
+    assert btmri(["compile", "--out", str(out), "--data-root", "gs://bucket/prepared",
+                  "--pipeline-root", "gs://bucket/root", "--serving-dir", "gs://bucket/serving",
+                  "--boxes-dir", "gs://bucket/boxes"]) == 0
+    spec = json.loads(out.read_text())
+    assert any(task.startswith("LesionAudit") for task in spec["pipelineSpec"]["root"]["dag"]["tasks"])
+    assert "gs://bucket/boxes" in out.read_text()
+
+
 @pytest.mark.parametrize("materialize", [False, True])
 def test_materialize_switch_wires_the_trainer_input(tmp_path, materialize):
     """materialize=True: Transform writes train/eval examples and the Trainer reads them."""

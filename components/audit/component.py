@@ -34,7 +34,7 @@ GALLERY_DIR = "gallery"
 
 class LesionAuditResult(types.Artifact):
     """Figures of the lesion audit (lesion_audit.json) and its gallery."""
-    TYPE_NAME = "LesionAudit"
+    TYPE_NAME = "btmri.LesionAudit"  # a namespace: the Kubeflow v2 compiler requires one
 
 
 class LesionAuditSpec(types.ComponentSpec):
