@@ -95,6 +95,8 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         audit_min_removed_changed=args.audit_min_removed_changed,
         accuracy_lower_bound=args.accuracy_bound, evidence_weight=args.evidence_weight,
         lesion_removal_rate=args.lesion_removal_rate, decoy_removal_rate=args.decoy_removal_rate,
+        abstention=not args.no_abstention, abstention_accept=args.abstention_accept,
+        abstention_min_acceptance=args.min_acceptance,
         **overrides)
 
 
@@ -170,6 +172,10 @@ def _print_summary(summary, config) -> None:
         for name in CLASS_NAMES:
             print(f"  {name:11s} precision {_metric(m, 'precision_' + name):.3f}  "
                   f"recall {_metric(m, 'recall_' + name):.3f}")
+        if "abstention_acceptance" in m:
+            floor = config.min_acceptance
+            print(f"answered (not abstained) {m['abstention_acceptance']:.4f} of the evaluated split"
+                  + (f" (floor {floor})" if floor is not None else " (not gated)"))
     if summary.lesion_audit:
         _print_audit(summary.lesion_audit)
     print(f"blessed: {'yes' if summary.blessed else 'no'}"
@@ -282,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "label kept; default %(default)s")
         p.add_argument("--accuracy-bound", type=float, default=DEFAULT_ACCURACY_LOWER_BOUND,
                        help="absolute lower bound on accuracy for blessing (default %(default)s)")
+        p.add_argument("--abstention-accept", type=float, default=PipelineConfig.abstention_accept,
+                       metavar="SHARE", help="the exported model's abstention thresholds are fitted "
+                                             "to answer SHARE of the eval split (default %(default)s)")
+        p.add_argument("--min-acceptance", type=float,
+                       default=PipelineConfig.abstention_min_acceptance, metavar="SHARE",
+                       help="refuse to bless a model that abstains on more than 1 - SHARE of the "
+                            "evaluated split (default %(default)s; negative: off)")
+        p.add_argument("--no-abstention", action="store_true",
+                       help="export without ood_score/abstain/abstain_reason (and no acceptance gate)")
         p.add_argument("--audit-min-pointing", type=float, default=PipelineConfig.audit_min_pointing,
                        metavar="SHARE", help="refuse to bless a model whose lesion-audit pointing "
                                              "game is below SHARE (default: off)")

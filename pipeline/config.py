@@ -22,6 +22,9 @@ DEFAULT_ACCURACY_LOWER_BOUND = 0.80
 # The whole cosine schedule on the real Kaggle set fits the 60-minute budget on 2 cores
 # with bfloat16 and the in-memory cache (README, Accuracy on real MRI).
 DEFAULT_EPOCHS = 80
+# Blessing needs the candidate to answer (not abstain on) at least this share of the
+# evaluated split; the thresholds are fitted to answer 95 % of eval (abstention.py).
+DEFAULT_MIN_ACCEPTANCE = 0.90
 
 
 def local_beam_args() -> list[str]:
@@ -56,6 +59,9 @@ class PipelineConfig:
     audit_min_pointing: float = -1.0         # gate on the audit's pointing game; < 0: off
     audit_min_removed_changed: float = -1.0  # gate on "lesion removed → class changed"; < 0: off
     accuracy_lower_bound: float = DEFAULT_ACCURACY_LOWER_BOUND
+    abstention: bool = True                  # fit ood_score/abstain into the exported model
+    abstention_accept: float = 0.95          # share of eval images the fitted thresholds answer
+    abstention_min_acceptance: float = DEFAULT_MIN_ACCEPTANCE  # blessing: share of the evaluated split answered; < 0: off
     max_accuracy_regression: float = 0.0     # vs the last blessed model
     beam_pipeline_args: list[str] = field(default_factory=local_beam_args)
     enable_cache: bool = True
@@ -70,6 +76,15 @@ class PipelineConfig:
             raise ValueError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}")
         if not 0.0 <= self.accuracy_lower_bound:
             raise ValueError("accuracy lower bound must be >= 0")
+        if not 0.0 < self.abstention_accept <= 1.0:
+            raise ValueError("abstention accept share must be in (0, 1]")
+
+    @property
+    def min_acceptance(self) -> float | None:
+        """The acceptance floor the Evaluator gates on (None: not gated)."""
+        if not self.abstention or self.abstention_min_acceptance < 0:
+            return None
+        return self.abstention_min_acceptance
 
     @property
     def has_test_split(self) -> bool:
@@ -86,4 +101,5 @@ class PipelineConfig:
                 "materialized": self.materialize, "precision": self.precision,
                 "evidence_weight": self.evidence_weight,
                 "lesion_removal_rate": self.lesion_removal_rate,
-                "decoy_removal_rate": self.decoy_removal_rate}
+                "decoy_removal_rate": self.decoy_removal_rate,
+                "abstention": self.abstention, "abstention_accept": self.abstention_accept}
