@@ -107,18 +107,22 @@ def _statistics_model() -> keras.Model:
     background) sit in a small region of that space; a blank frame (no spread, no
     edges) and uniform noise (no dark background, huge gradients) lie far outside it
     by construction."""
-    from components.training.models import LOGITS_LAYER
+    from components.training.models import GRADCAM_LAYER, LOGITS_LAYER
     from components.transform.preprocessing import CHANNELS, IMAGE_SIZE, IMAGE_XF
 
     inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, CHANNELS), name=IMAGE_XF)
 
     def statistics(x):
-        dy, dx = tf.image.image_gradients(x)
+        dy, dx = tf.image.image_gradients(x)   # on the 56x56 map
         return tf.stack([tf.reduce_mean(x, [1, 2, 3]), tf.math.reduce_std(x, [1, 2, 3]),
                          tf.reduce_mean(tf.cast(x < 0.1, tf.float32), [1, 2, 3]),
                          tf.reduce_mean(tf.abs(dx) + tf.abs(dy), [1, 2, 3])], axis=1)
 
-    features = keras.layers.Lambda(statistics, name="statistics")(inputs)
+    # The map gradcam reads; a (trainable) 1x1 identity convolution, so a gradient tape
+    # records the path from it to the logits.
+    grid = keras.layers.Activation("linear", name=GRADCAM_LAYER)(keras.layers.Conv2D(
+        1, 1, use_bias=False, kernel_initializer="ones")(keras.layers.AveragePooling2D(4)(inputs)))
+    features = keras.layers.Lambda(statistics, name="statistics")(grid)
     logits = keras.layers.Dense(K, name=LOGITS_LAYER)(features)
     probs = keras.layers.Activation("softmax", name="probabilities")(logits)
     return keras.Model(inputs, probs)
@@ -209,3 +213,85 @@ def test_pushed_model_returns_the_abstention_outputs_and_its_thresholds(tiny_run
         outputs = loaded.signatures[name].structured_outputs
         assert set(ABSTENTION_OUTPUTS) <= set(outputs), name
         assert outputs[ABSTAIN].dtype == tf.bool and outputs[OOD_SCORE].dtype == tf.float32
+
+
+# ---- the Evaluator's gate ------------------------------------------------------------
+
+def test_tfma_acceptance_metric_counts_answers_and_ignores_models_without_abstain():
+    from tensorflow_model_analysis.metrics import metric_types
+
+    from components.evaluation import ACCEPTANCE, _AcceptanceCombiner
+
+    def run(key, elements):
+        combiner = _AcceptanceCombiner(key)
+        halves = [combiner.create_accumulator(), combiner.create_accumulator()]
+        for i, element in enumerate(elements):
+            halves[i % 2] = combiner.add_input(halves[i % 2], element)
+        return combiner.extract_output(combiner.merge_accumulators(halves))[key]
+
+    single = metric_types.MetricKey(name=ACCEPTANCE)
+    elements = [metric_types.StandardMetricInputs({"predictions": {ABSTAIN: np.array([a])}})
+                for a in (False, True, False, False)]
+    assert run(single, elements) == 0.75
+    # With a baseline, predictions are keyed by model; an old baseline has no `abstain`.
+    candidate = metric_types.MetricKey(name=ACCEPTANCE, model_name="candidate")
+    baseline = metric_types.MetricKey(name=ACCEPTANCE, model_name="baseline")
+    both = [metric_types.StandardMetricInputs({"predictions": {
+        "candidate": {ABSTAIN: np.array([a])}, "baseline": {"probabilities": np.ones(4) / 4}}})
+        for a in (True, False)]
+    assert run(candidate, both) == 0.5
+    assert np.isnan(run(baseline, both))
+
+
+def test_gate_threshold_is_in_the_eval_config_only_when_asked():
+    from components.evaluation import ACCEPTANCE, AbstentionAcceptance, eval_config
+
+    def acceptance_configs(config):
+        return [m for spec in config.metrics_specs for m in spec.metrics
+                if m.class_name == AbstentionAcceptance.__name__]
+
+    (gated,) = acceptance_configs(eval_config(0.5, min_acceptance=0.9))
+    (threshold,) = gated.per_slice_thresholds
+    assert threshold.threshold.value_threshold.lower_bound.value == 0.9
+    (reported,) = acceptance_configs(eval_config(0.5))
+    assert not reported.per_slice_thresholds
+    assert AbstentionAcceptance().name == ACCEPTANCE
+
+
+# ---- what clients say -----------------------------------------------------------------
+
+def test_clients_say_abstained_instead_of_a_class():
+    from serving.client import ImagePrediction, _prediction
+
+    probs = [0.1, 0.2, 0.6, 0.1]
+    answered = _prediction(2, probs, 7, {OOD_SCORE: np.float32(0.4), ABSTAIN: np.bool_(False),
+                                         ABSTAIN_REASON: b""})
+    assert answered.answer == "notumor"
+    assert answered.as_record() == {"class": "notumor", "answer": "notumor", "probabilities": {
+        "glioma": 0.1, "meningioma": 0.2, "notumor": 0.6, "pituitary": 0.1}, "model_version": 7,
+        "ood_score": pytest.approx(0.4), "abstain": False, "abstain_reason": ""}
+    out = _prediction(2, probs, 7, {OOD_SCORE: 3.25, ABSTAIN: True, ABSTAIN_REASON: REASON_OUT_OF_DISTRIBUTION})
+    assert out.answer == ("abstained: not recognised as a brain MRI slice like the training images "
+                          "(ood_score 3.25, over 1 is unlike them)")
+    record = out.as_record()
+    assert record["class"] is None and record["abstain"] is True and record["ood_score"] == 3.25
+    assert record["abstain_reason"] == REASON_OUT_OF_DISTRIBUTION
+    low = _prediction(2, probs, 7, {OOD_SCORE: 0.5, ABSTAIN: True, ABSTAIN_REASON: REASON_LOW_CONFIDENCE})
+    assert low.answer == "abstained: low confidence (p=0.600)"
+    # A model exported before abstention: plain answers, no abstention fields.
+    old = _prediction(2, probs, 7, {})
+    assert old.answer == "notumor" and "abstain" not in old.as_record()
+    assert isinstance(old, ImagePrediction)
+
+
+def test_gradcam_images_of_an_abstention_are_marked():
+    from serving import gradcam
+
+    original = np.full((120, 160, 3), 90, np.uint8)
+    images = gradcam.render(original, np.random.default_rng(0).uniform(0, 1, (224, 224)).astype(np.float32))
+    marked = gradcam.mark_abstained(images, REASON_OUT_OF_DISTRIBUTION)
+    np.testing.assert_array_equal(marked.original, original)
+    for kind in ("heatmap", "overlay"):
+        before, after = getattr(images, kind), getattr(marked, kind)
+        assert after.shape == before.shape and not np.array_equal(after, before)
+        np.testing.assert_array_equal(after[20:], before[20:])   # only the banner differs
