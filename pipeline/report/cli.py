@@ -15,7 +15,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
                             serving_dir="")
     try:
         data = build_report(config, args.out, data_root=args.data_root,
-                            gallery_per_kind=args.gallery)
+                            gallery_per_kind=args.gallery,
+                            abstention_benchmark=args.abstention_benchmark)
     except ReportError as err:
         print(f"btmri report: error: {err}", file=sys.stderr)
         return 2
@@ -23,6 +24,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {data.run.evaluated_split} accuracy {data.as_is.accuracy:.4f} "
           f"({data.as_is.n} images; {data.deduplicated.accuracy:.4f} without the "
           f"{len(data.duplicates)} duplicates of training images), {verdict}")
+    if data.abstention is not None:
+        a = data.abstention
+        print(f"  answered {a.acceptance:.4f} of {data.run.evaluated_split} ({a.out_of_distribution} "
+              f"out of distribution, {a.low_confidence} low confidence); accuracy "
+              f"{a.accuracy_answered:.4f} on those, {a.accuracy_all:.4f} on all")
     for check in data.checks:
         if check.status != "ok":
             print(f"  {check.status}: {check.name}: {check.detail}")
@@ -40,4 +46,7 @@ def register(subparsers) -> None:
                         "imported)")
     p.add_argument("--gallery", type=int, default=4, metavar="N",
                    help="Grad-CAM gallery: N correct and N wrong test images (default %(default)s)")
+    p.add_argument("--abstention-benchmark", default=None, metavar="FILE",
+                   help="JSON written by benchmarks/abstention.py --out: abstention per probe "
+                        "family in the report and model card")
     p.set_defaults(func=_cmd_report)

@@ -52,6 +52,7 @@ class ReportData:
     gallery: list[GalleryItem] = field(default_factory=list)
     lesion_audit: dict | None = None          # lesion_audit.json of the run's LesionAudit
     lesion_gallery: list = field(default_factory=list)   # lesion_audit.AuditTile
+    abstention: object = None                 # pipeline.report.abstention.AbstentionSummary
     generated_at: float = field(default_factory=time.time)
 
 
@@ -137,9 +138,10 @@ def _scan_other_splits(run: RunArtifacts, p: preds.Predictions, near_threshold: 
 
 
 def collect(config: PipelineConfig, data_root: str | None = None,
-            gallery_per_kind: int = 4) -> ReportData:
+            gallery_per_kind: int = 4, abstention_benchmark: str | None = None) -> ReportData:
     """Reads the run, predicts the evaluated split, finds duplicates of training
-    images in it, and (if gallery_per_kind) computes Grad-CAM for a few images."""
+    images in it, and (if gallery_per_kind) computes Grad-CAM for a few images.
+    `abstention_benchmark`: JSON written by benchmarks/abstention.py --out."""
     run = find_run(config, data_root)
     tfma = tfma_results.load(run.evaluation_uri)
     data = summarize(run.data_root, run.splits, run.statistics_uri, run.anomalies_uri)
@@ -163,6 +165,11 @@ def collect(config: PipelineConfig, data_root: str | None = None,
                         history=_read_json(run.model_run_dir, "history.json"),
                         temperature=_read_json(run.model_run_dir, "calibration.json"),
                         model_digest=model_digest(run.model_dir), checks=_checks(tfma, p, as_is))
+    from components.training.abstention import read as read_abstention
+    from pipeline.report import abstention
+
+    report.abstention = abstention.summarize(p, read_abstention(run.model_dir),
+                                             abstention.read_benchmark(abstention_benchmark))
     if run.lesion_audit_uri:
         from components.audit.lesion_audit import read_audit
         from pipeline.report.lesion_audit import gallery as audit_gallery
