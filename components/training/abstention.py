@@ -186,11 +186,17 @@ def fit(names: list[str], features: list[np.ndarray], labels: np.ndarray,
     threshold = max(_order_statistic(combined_oof, ood_accept),
                     _order_statistic(combined_in, ood_accept)) * (1 + _MARGIN)
 
+    # The confidence floor takes the rest of the budget. It is chosen so that both the
+    # cross-fitted decision (what a new image meets) and the in-sample one (what the
+    # graph does on these very images) answer at least `accept`: the lower of the two.
     confidence = probabilities.max(axis=1).astype(np.float64)
-    kept = np.sort(confidence[combined_in <= threshold])[::-1]
     needed = math.ceil(accept * n - 1e-9)
-    floor = float(kept[needed - 1]) - _MARGIN if 0 < needed <= len(kept) else 0.0
-    floor = max(floor, 0.0)
+
+    def floor_for(passes: np.ndarray) -> float:
+        kept = np.sort(confidence[passes])[::-1]
+        return float(kept[needed - 1]) - _MARGIN if 0 < needed <= len(kept) else 0.0
+
+    floor = max(min(floor_for(combined_in <= threshold), floor_for(combined_oof <= threshold)), 0.0)
 
     spec = AbstentionSpec(layers, float(threshold), floor, float(accept), float(ood_share),
                           cross_fitted_scores=combined_oof / threshold)
