@@ -2,12 +2,14 @@
 fitted on held-out data and computed inside the exported SavedModel.
 
 The score is the network's own: class-conditional Mahalanobis distance (one shared
-covariance per feature map, Ledoit-Wolf shrinkage) of globally average-pooled
-features at several depths (mri_resnet: the 56x56 stage, the 14x14 stage and the
-pooled features the logits read). A photograph, noise or a blank frame leaves the
-manifold of brain slices at some depth even where the last layer maps it confidently
-onto a class. Each depth's distance is divided by its median on held-out brain
-slices, and the largest of them is the image's distance; `ood_score` is that
+covariance per feature set, Ledoit-Wolf shrinkage) of pooled features. Which features
+is chosen per model by the Trainer (`choose`), among the pooled features the logits
+read alone, those plus the Grad-CAM map pooled to 2x2 (layout), or the globally pooled
+fine, Grad-CAM and last maps: the set whose score best separates the Trainer's own
+generated outliers (outliers.py) from cross-fitted eval slices. A photograph, noise
+or a blank frame lands far from every class mean even where the last layer maps it
+confidently onto a class. Each feature's distance is divided by its median on
+held-out brain slices, the largest is the image's distance, and `ood_score` is that
 divided by the threshold, so
 
     ood_score > 1                                  -> abstain, "out_of_distribution"
@@ -17,9 +19,10 @@ divided by the threshold, so
 Fitting (`fit`) uses the eval split, which never trains the weights (the Trainer
 fits the temperature on it too). The threshold of the score is chosen on
 cross-fitted distances (each eval image scored by statistics fitted without it),
-so it is not flattered by in-sample distances, and so that the share of eval images
-accepted is at least `accept` (default 0.95): a share `ood_share` of the rejection
-budget goes to the distance, the rest to the confidence floor.
+so it is not flattered by in-sample distances: a share `ood_share` of the rejection
+budget (1 - `accept`, default 0.05) goes to the distance, the rest to the confidence
+floor, chosen so that at least `accept` of the eval images are answered both in
+sample (what the graph does on them) and cross-fitted (the estimate for new images).
 
 The fitted numbers go into the graph as constants (`outputs`) and into
 abstention.json beside saved_model.pb (`write`); the serving signatures return
