@@ -114,7 +114,7 @@ def blocks(summary: AbstentionSummary | None, split: str, table_prefix: str = "a
         "slices it was fitted on (`ood_score` over 1: class-conditional Mahalanobis distance of "
         f"its own pooled features; reason `{REASON_OUT_OF_DISTRIBUTION}`) or when its top "
         f"probability is below a floor (`{REASON_LOW_CONFIDENCE}`). Both thresholds were fitted "
-        f"on {fitted.get('fitted_on', 'the eval split')} to answer at least "
+        f"on the {fitted.get('fitted_on', 'eval split')} to answer at least "
         f"{rate(fitted.get('accept'))} of it, and are constants inside the SavedModel "
         "(`abstention.json` beside it)."),
         Table(["", f"{split}"], [
@@ -149,7 +149,8 @@ def blocks(summary: AbstentionSummary | None, split: str, table_prefix: str = "a
             f"Probe benchmark: AUROC of ood_score, in-distribution images against all probes "
             f"{rate(bench.get('auroc'))}; in-distribution images answered {rate(ind.get('accepted'))}, "
             f"accuracy {rate(ind.get('accuracy_accepted'), 4)} on those against "
-            f"{rate(ind.get('accuracy_all'), 4)} on all ({ind.get('source', '')})."))
+            f"{rate(ind.get('accuracy_all'), 4)} on all ({ind.get('source', '')}). Measured on the "
+            f"model at `{bench.get('model', '?')}`, which need not be the one evaluated above."))
     else:
         out.append(Paragraph("No probe benchmark given (`btmri report --abstention-benchmark FILE`, "
                              "written by `benchmarks/abstention.py --out FILE`): abstention on "
