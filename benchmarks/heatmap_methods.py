@@ -2,7 +2,7 @@
 scored like the lesion audit (pointing game, mass in box) on box slices.
 
     python benchmarks/heatmap_methods.py --model runs/serving/brain_tumor \
-        --boxes-dir ../shared/data/figshare-boxes --exclude-training runs/data/prepared
+        --boxes-dir /path/to/figshare-boxes --exclude-training runs/data/prepared
 
 Maps, all for the predicted class, upsampled to 224x224:
   signature      what the exported `gradcam` signature returns (Grad-CAM 14x14 x LayerCAM 56x56)
@@ -48,17 +48,22 @@ def method_maps(grad_model, kernel, images: list[bytes]) -> dict[str, np.ndarray
     import tensorflow as tf
 
     from components.training import gradcam as cam
-    from components.transform.preprocessing import IMAGE_SIZE, decode_and_resize
+    from components.transform.head_framing import maps_to_image
+    from components.transform.preprocessing import (HEAD_BOX_XF, IMAGE_SIZE, IMAGE_XF,
+                                                    preprocessing_fn)
 
-    x = decode_and_resize(tf.constant(images))
+    # This version's Transform (models trained by it): the head crop the model sees.
+    xf = preprocessing_fn({contract.IMAGE_KEY: tf.constant(images)[:, None]})
+    x = xf[IMAGE_XF]
     with tf.GradientTape() as tape:
         coarse, fine, last, logits = grad_model(x, training=False)
         class_id = tf.argmax(logits, axis=1, output_type=tf.int32)
         score = tf.gather(logits, class_id, batch_dims=1)
     g_coarse, g_fine = tape.gradient(score, [coarse, fine])
 
-    def up(m):
-        return cam._upsampled(m, IMAGE_SIZE)
+    def up(m):  # onto the whole image, as the signature's heatmap
+        return cam._unit_peak(maps_to_image(cam._upsampled(m, IMAGE_SIZE), xf[HEAD_BOX_XF],
+                                            IMAGE_SIZE))
 
     grad14 = up(cam.grad_cam(coarse, g_coarse))
     layer56 = up(cam.layer_cam(fine, g_fine))

@@ -4,7 +4,7 @@ the full decode's, for several "decoded pixels per output pixel" thresholds.
 
     python benchmarks/jpeg_ratio_decode.py [--factors 4 2 1]
 
-Images: synthetic phantoms and (when ../shared/data is present) real slices, upscaled
+Images: synthetic phantoms and (when the Kaggle images are present, BTMRI_REAL_DATA) real slices, upscaled
 to 460..6000 px with full-resolution noise, gray and 4:2:0 colour JPEGs, plus pure
 pixel noise as the worst case. Prints the max and mean absolute difference of the
 224x224 output in 1/255 per image and the worst per kind; images the rule leaves at
@@ -32,7 +32,8 @@ from data_prep.synth import render_phantom  # noqa: E402
 SIZE = 224
 SIDES = [(460, 460), (500, 700), (896, 896), (1024, 1024), (1100, 1500), (1800, 1800),
          (2048, 2048), (3000, 4000), (4000, 4000), (6000, 6000)]
-REAL = REPO.parent / "shared" / "data" / "brain-tumor-mri" / "Training"
+REAL = Path(os.environ.get("BTMRI_REAL_DATA",
+                          REPO.parent / "shared" / "data" / "brain-tumor-mri")) / "Training"
 
 
 def full_decode(data: tf.Tensor) -> tf.Tensor:

@@ -1,6 +1,6 @@
 """Benchmark: wall time of every component of `btmri run` on the real training images.
 
-    python benchmarks/pipeline_components.py [--data-dir ../shared/data/brain-tumor-mri]
+    python benchmarks/pipeline_components.py [--data-dir /path/to/brain-tumor-mri]
         [--epochs 1] [--materialize] [--beam-mode multi_processing|in_memory]
 
 Runs the whole pipeline without cache in a fresh pipeline root and prints the

@@ -1,6 +1,6 @@
 """Benchmark: `btmri prepare` vs the limit of reading + decoding the same files.
 
-    python benchmarks/prepare_throughput.py [--data-dir ../shared/data/brain-tumor-mri] [--workers 2]
+    python benchmarks/prepare_throughput.py [--data-dir /path/to/brain-tumor-mri] [--workers 2]
 
 Prints images/s for (a) reading + cv2.imdecode every file with N processes
 (the limit: prepare must at least do this), (b) the full prepare (hash pass,

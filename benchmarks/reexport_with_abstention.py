@@ -25,6 +25,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
+from btmri.documents import TRAINER_DEFAULTS  # noqa: E402
 from components.training import abstention  # noqa: E402
 from components.training.trainer import DEFAULTS, fit_abstention, make_signatures  # noqa: E402
 from components.transform.preprocessing import IMAGE_XF  # noqa: E402
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--transform-graph", required=True, help="the run's Transform graph folder")
     p.add_argument("--eval-records", required=True, help="glob of the eval split's TFRecords")
     p.add_argument("--out", required=True)
-    p.add_argument("--accept", type=float, default=abstention.DEFAULT_ACCEPT)
+    p.add_argument("--accept", type=float, default=TRAINER_DEFAULTS.abstention_accept)
     args = p.parse_args(argv)
 
     xf = tft.TFTransformOutput(args.transform_graph)

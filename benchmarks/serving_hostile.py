@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -220,7 +220,7 @@ def raw_http(target: Target, data: bytes, wait: float = 30.0) -> bytes:
         while time.monotonic() < deadline:
             try:
                 chunk = s.recv(65536)
-            except (socket.timeout, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 break
             if not chunk:
                 break
@@ -432,7 +432,7 @@ def _rest_half_sent(t: Target) -> str:
             s.settimeout(max(0.1, t.client_timeout + 5 - (time.monotonic() - start)))
             try:
                 answers.append(http_status(s.recv(4096)))
-            except (socket.timeout, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 answers.append("no response")
     finally:
         for s in sockets:
@@ -454,7 +454,7 @@ def _rest_connection_cap(t: Target) -> str:
             s.settimeout(2.0)
             try:
                 refused += http_status(s.recv(4096)) == "HTTP 503"
-            except (socket.timeout, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 pass
     finally:
         for s in sockets:

@@ -10,7 +10,7 @@ sends it). Measured, for 1 and 8 concurrent clients:
     also one caller with batches of 8 (what server-side batching can form);
   - `btmri serve` without and with --enable-batching, over gRPC with the
     official stubs, one channel per client.
-Images: --images, else the real Kaggle JPEGs in ../shared/data/brain-tumor-mri
+Images: --images, else the real Kaggle JPEGs in /path/to/brain-tumor-mri
 when present, else synthetic phantoms encoded as JPEG in memory.
 Clients and server share this machine's cores, as they would on one host.
 """
@@ -104,16 +104,16 @@ def in_process_loads(model_dir: Path, images: list[bytes], clients_list) -> dict
     """name → load function(requests) for the SavedModel called in this process."""
     import tensorflow as tf
 
-    from serving import signatures as sig
+    from btmri import spec
 
-    fn = tf.saved_model.load(str(model_dir)).signatures[sig.PREDICT_IMAGES_SIGNATURE]
+    fn = tf.saved_model.load(str(model_dir)).signatures[spec.PREDICT_IMAGES]
 
     def one(c, r):
-        fn(**{sig.IMAGE_BYTES_INPUT: tf.constant([images[(c * 7919 + r) % len(images)]])})
+        fn(**{spec.IMAGE_BYTES_INPUT: tf.constant([images[(c * 7919 + r) % len(images)]])})
 
     def batched(c, r):
         start = (r * BATCH) % len(images)
-        fn(**{sig.IMAGE_BYTES_INPUT: tf.constant((images * 2)[start:start + BATCH])})
+        fn(**{spec.IMAGE_BYTES_INPUT: tf.constant((images * 2)[start:start + BATCH])})
 
     def batched_load(requests):
         result = run_load(1, requests // BATCH, batched)
@@ -135,14 +135,14 @@ def served_loads(server, label: str, images: list[bytes], clients_list) -> dict:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving import signatures as sig
+    from btmri import spec
 
     requests_pb = []
     for image in images:
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = sig.MODEL_NAME
-        request.model_spec.signature_name = sig.PREDICT_IMAGES_SIGNATURE
-        request.inputs[sig.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image]))
+        request.model_spec.name = spec.MODEL_NAME
+        request.model_spec.signature_name = spec.PREDICT_IMAGES
+        request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image]))
         requests_pb.append(request)
     # One channel per client, as separate client processes would have.
     stubs = [prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_target))

@@ -1,2 +1,2 @@
 """TFX module code: preprocessing, models, training and exported signatures."""
-import data_prep  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import btmri  # noqa: F401  (selects Keras 2 before TensorFlow loads)

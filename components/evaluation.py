@@ -18,8 +18,7 @@ import numpy as np
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 
-from components.signature_names import ABSTAIN, PROBABILITIES
-from data_prep import contract
+from btmri import spec
 
 ACCURACY = "sparse_categorical_accuracy"
 ACCEPTANCE = "abstention_acceptance"
@@ -56,8 +55,8 @@ class _AcceptanceCombiner(beam.CombineFn):
         predictions = element.get("predictions") if hasattr(element, "get") else None
         if isinstance(predictions, dict) and self._key.model_name in predictions:
             predictions = predictions[self._key.model_name]
-        if isinstance(predictions, dict) and ABSTAIN in predictions:
-            abstain = np.asarray(predictions[ABSTAIN]).astype(bool).reshape(-1)
+        if isinstance(predictions, dict) and spec.ABSTAIN in predictions:
+            abstain = np.asarray(predictions[spec.ABSTAIN]).astype(bool).reshape(-1)
             accumulator[0] += int((~abstain).sum())
             accumulator[1] += int(abstain.size)
         return accumulator
@@ -82,13 +81,13 @@ def eval_config(accuracy_lower_bound: float, max_regression: float = 0.0,
         change_threshold=tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.HIGHER_IS_BETTER,
             absolute={"value": -max_regression - 1e-10}))
-    class_ids = list(range(contract.NUM_CLASSES))
+    class_ids = list(range(spec.NUM_CLASSES))
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default",
-                                    label_key=contract.LABEL_KEY,
-                                    prediction_key=PROBABILITIES)],
+        model_specs=[tfma.ModelSpec(signature_name=spec.SERVING_DEFAULT,
+                                    label_key=spec.LABEL_KEY,
+                                    prediction_key=spec.PROBABILITIES)],
         slicing_specs=[tfma.SlicingSpec(),
-                       tfma.SlicingSpec(feature_keys=[contract.LABEL_KEY])],
+                       tfma.SlicingSpec(feature_keys=[spec.LABEL_KEY])],
         metrics_specs=[
             tfma.MetricsSpec(metrics=[
                 tfma.MetricConfig(class_name="ExampleCount"),
@@ -111,7 +110,7 @@ def eval_config(accuracy_lower_bound: float, max_regression: float = 0.0,
             tfma.MetricsSpec(metrics=[
                 tfma.MetricConfig(class_name=metric, config=json.dumps(
                     {"class_id": class_id, "top_k": 1, "name": f"{metric.lower()}_{name}"}))
-                for class_id, name in enumerate(contract.CLASS_NAMES)
+                for class_id, name in enumerate(spec.CLASS_NAMES)
                 for metric in ("Precision", "Recall")]),
             tfma.MetricsSpec(binarize=tfma.BinarizationOptions(class_ids={"values": class_ids}),
                              metrics=[tfma.MetricConfig(class_name="AUC")]),

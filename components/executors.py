@@ -1,4 +1,9 @@
-"""Custom executors for two standard components.
+"""Custom executors for three standard components.
+
+ImportExampleGenWithManifest: TFX's ImportExampleGen copies the TFRecords into its
+Examples artifact; this one copies the prepare manifest (manifest.json beside them)
+too, so a run keeps the description of its own data: a later prepare into the same
+folder can never change what an earlier run's report says.
 
 StrictExampleValidator: TFX's ExampleValidator records anomalies but lets the
 pipeline go on; this one fails the run, naming each anomaly, so bad data never
@@ -17,6 +22,7 @@ import os
 import time
 
 from absl import logging
+from tfx.components.example_gen.import_example_gen import executor as import_executor
 from tfx.components.example_validator import executor as validator_executor
 from tfx.components.pusher import executor as pusher_executor
 from tfx.dsl.io import fileio
@@ -25,13 +31,28 @@ from tfx.utils import io_utils
 from tfx.proto import pusher_pb2
 from tfx.utils import proto_utils
 
-DIGEST_FILE = "MODEL_DIGEST"  # written beside saved_model.pb; TF Serving ignores it
-MODEL_CARD_FILE = "MODEL_CARD.md"  # added after the push by `btmri run`
+from btmri.layout import DIGEST_FILE, MANIFEST_FILE, MODEL_CARD_FILE
+
 _NOT_MODEL_FILES = {DIGEST_FILE, MODEL_CARD_FILE}
 
 
 class AnomaliesFound(RuntimeError):
     """The data does not match the curated schema."""
+
+
+class ImportExampleGenWithManifest(import_executor.Executor):
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        result = super().Do(input_dict, output_dict, exec_properties)
+        source = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY],
+                              MANIFEST_FILE)
+        if fileio.exists(source):
+            for examples in output_dict[standard_component_specs.EXAMPLES_KEY]:
+                fileio.copy(source, os.path.join(examples.uri, MANIFEST_FILE), overwrite=True)
+        else:
+            logging.warning("no %s in %s: the run's report will not describe the data",
+                            MANIFEST_FILE, exec_properties[standard_component_specs.INPUT_BASE_KEY])
+        return result
 
 
 class StrictExampleValidator(validator_executor.Executor):

@@ -1,5 +1,3 @@
-"""Names of the selectable models, without importing TensorFlow (the CLI's help
-and argument checks need them; components/training/models.py builds them)."""
-MODEL_NAMES = ("mri_resnet", "seed_cnn", "resnet50", "efficientnetb0")
-DEFAULT_MODEL = "mri_resnet"
-PRETRAINABLE = ("resnet50", "efficientnetb0")  # accept --weights imagenet
+"""Names of the selectable models: re-exported from btmri/spec.py (their one home);
+components/training/models.py builds them."""
+from btmri.spec import DEFAULT_MODEL, MODEL_NAMES, PRETRAINABLE  # noqa: F401

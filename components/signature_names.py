@@ -1,25 +1,4 @@
-"""Names of the exported signatures, their inputs and outputs (DESIGN.md).
-
-TF-free, so clients and the report import them without loading TFX; the Trainer
-exports under exactly these names.
-"""
-SERVING_DEFAULT = "serving_default"
-PREDICT_IMAGES = "predict_images"
-GRADCAM = "gradcam"
-
-EXAMPLES_INPUT = "examples"          # serving_default: serialized tf.Example
-IMAGE_BYTES_INPUT = "image_bytes"    # predict_images, gradcam: encoded JPEG/PNG
-
-PROBABILITIES = "probabilities"
-CLASS_ID = "class_id"
-CLASS_NAME = "class_name"
-HEATMAP = "heatmap"
-
-# Abstention (components/training/abstention.py): every signature also returns these.
-OOD_SCORE = "ood_score"              # float32 [N]: > 1 is out of distribution
-ABSTAIN = "abstain"                  # bool [N]
-ABSTAIN_REASON = "abstain_reason"    # string [N]: "", REASON_OUT_OF_DISTRIBUTION, REASON_LOW_CONFIDENCE
-REASON_OUT_OF_DISTRIBUTION = "out_of_distribution"
-REASON_LOW_CONFIDENCE = "low_confidence"
-ABSTENTION_OUTPUTS = (OOD_SCORE, ABSTAIN, ABSTAIN_REASON)
-ABSTENTION_FILE = "abstention.json"  # beside saved_model.pb: the fitted thresholds
+"""Signature, input and output names of the exported model: re-exported from
+btmri/spec.py (their one home) for the TFX module code."""
+from btmri.spec import (CLASS_ID, CLASS_NAME, EXAMPLES_INPUT, GRADCAM, HEATMAP,  # noqa: F401
+                        IMAGE_BYTES_INPUT, PREDICT_IMAGES, PROBABILITIES, SERVING_DEFAULT)

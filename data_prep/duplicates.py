@@ -44,7 +44,7 @@ class Record:
     split: str
     label: int
     md5: str
-    phash: int
+    phash: int | None        # None: undecodable, matched by its bytes only (never by prepare)
 
 
 @dataclass
@@ -60,23 +60,28 @@ class DuplicateIndex:
     def add(self, record: Record) -> None:
         self.records.append(record)
         if record.split == "train":
-            self._train_hashes.append(record.phash)
-            self._train_sources.append(record.source)
             self._train_md5.setdefault(record.md5, record.source)
-            self._train_array = None
+            if record.phash is not None:
+                self._train_hashes.append(record.phash)
+                self._train_sources.append(record.source)
+                self._train_array = None
 
-    def training_match(self, md5: str, phash: int) -> tuple[str, str, int] | None:
+    def training_match(self, md5: str, phash: int | None,
+                       threshold: int | None = None) -> tuple[str, str, int] | None:
         """The training image an incoming image duplicates, as (kind, source, distance),
-        or None. Train records must have been added first."""
+        or None: the same bytes, else the nearest perceptual hash within `threshold`
+        bits (default: the index's). Train records must have been added first. The one
+        matching rule: prepare drops with it, the report de-duplicates with it."""
+        threshold = self.threshold if threshold is None else threshold
         if md5 in self._train_md5:
             return "exact", self._train_md5[md5], 0
-        if not self._train_hashes:
+        if phash is None or not self._train_hashes:
             return None
         if self._train_array is None:  # built once: all train records come first
             self._train_array = np.array(self._train_hashes, np.uint64)
         dist = hamming_to_many(phash, self._train_array)
         best = int(np.argmin(dist))
-        if dist[best] <= self.threshold:
+        if dist[best] <= threshold:
             return "near", self._train_sources[best], int(dist[best])
         return None
 

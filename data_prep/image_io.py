@@ -1,6 +1,6 @@
 """Reading one image file robustly into the bytes the tf.Example contract stores.
 
-Rule (DESIGN.md): a plain 8-bit JPEG (gray or YCbCr/RGB) or 8-bit PNG that
+Rule (docs/architecture.md, Contracts): a plain 8-bit JPEG (gray or YCbCr/RGB) or 8-bit PNG that
 TensorFlow's decoders read as it is keeps its original bytes; everything else
 (DICOM, TIFF, BMP, 16-bit, CMYK, alpha) is re-encoded to 8-bit PNG. A file that
 cannot be read becomes an `ImageError` whose message is the one-line reason

@@ -161,7 +161,7 @@ class BoxMatcher:
         self.labels = np.array([s.label for s in slices])
 
     @classmethod
-    def from_folder(cls, box_dir: str | os.PathLike) -> "BoxMatcher":
+    def from_folder(cls, box_dir: str | os.PathLike) -> BoxMatcher:
         return cls(read_box_folder(box_dir)[0])
 
     def best(self, gray_small: np.ndarray, label: int) -> tuple[int, float] | None:

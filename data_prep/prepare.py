@@ -10,7 +10,6 @@ Any single bad file is skipped with a reason; only an unusable dataset fails.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import shutil
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from btmri.documents import Manifest
+from btmri.layout import MANIFEST_FILE
 from data_prep import contract
 from data_prep.discover import find_images
 from data_prep.duplicates import (DEFAULT_NEAR_THRESHOLD, DuplicateIndex, Record, hamming_to_many,
@@ -55,6 +56,10 @@ class PrepareOptions:
     max_file_mb: float = DEFAULT_MAX_FILE_MB  # larger files are skipped before they are opened
     box_dir: str | None = None  # tumour boxes (data_prep/lesion_boxes.py) to attach to matching images
     progress: bool = True
+
+    def arguments(self) -> dict:
+        """The options that decide the output (all but `progress`), as the manifest records them."""
+        return {k: v for k, v in asdict(self).items() if k != "progress"}
 
 
 def input_fingerprint(data_dir: str, found: tuple | None = None) -> str:
@@ -143,7 +148,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def prepare(opts: PrepareOptions) -> dict:
+def prepare(opts: PrepareOptions) -> Manifest:
     """Runs the whole preparation; returns the manifest (also written to disk)."""
     from data_prep.tfrecords import ShardedWriter, make_example  # TF only in this process
 
@@ -229,23 +234,23 @@ def prepare(opts: PrepareOptions) -> dict:
     for writer in writers.values():
         writer.close()
 
-    manifest = {
-        "data_dir": str(Path(opts.data_dir).resolve()),
-        "input_fingerprint": fingerprint,
-        "arguments": {k: v for k, v in asdict(opts).items() if k != "progress"},
-        "classes": list(contract.CLASS_NAMES),
-        "counts": {s: {c: counts[s][c] for c in contract.CLASS_NAMES}
-                   for s in contract.SPLITS if s in writers},
-        "total_written": sum(sum(c.values()) for c in counts.values()),
-        "reencoded_to_png": reencoded,
-        "shards": {s: [p.name for p in w.paths] for s, w in writers.items()},
-        "skipped": sorted(skipped, key=lambda s: s["source"]),
-        "dropped_cross_split_duplicates": dropped,
-        "duplicates": dups.report(),
-        "lesion_boxes": boxes.report(),
-        "seconds": round(time.time() - started, 2),
-    }
-    (out / contract.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    manifest = Manifest(
+        data_dir=str(Path(opts.data_dir).resolve()),
+        input_fingerprint=fingerprint,
+        arguments=opts.arguments(),
+        classes=list(contract.CLASS_NAMES),
+        counts={s: {c: counts[s][c] for c in contract.CLASS_NAMES}
+                for s in contract.SPLITS if s in writers},
+        total_written=sum(sum(c.values()) for c in counts.values()),
+        reencoded_to_png=reencoded,
+        shards={s: [p.name for p in w.paths] for s, w in writers.items()},
+        skipped=sorted(skipped, key=lambda s: s["source"]),
+        dropped_cross_split_duplicates=dropped,
+        duplicates=dups.report(),
+        lesion_boxes=boxes.report(),
+        seconds=round(time.time() - started, 2),
+    )
+    manifest.write(out)
     _check_usable(manifest)
     return manifest
 
@@ -308,11 +313,11 @@ class _BoxAttacher:
                 "slices_not_added_near_duplicates_of_eval_or_test": self.not_added}
 
 
-def _check_usable(manifest: dict) -> None:
-    if manifest["total_written"] == 0:
+def _check_usable(manifest: Manifest) -> None:
+    if manifest.total_written == 0:
         raise PrepareError("no usable image found: every file was skipped "
-                           f"(see {contract.MANIFEST_NAME} for the reasons)")
-    empty = [f"{split}/{cls}" for split, per_class in manifest["counts"].items()
+                           f"(see {MANIFEST_FILE} for the reasons)")
+    empty = [f"{split}/{cls}" for split, per_class in manifest.counts.items()
              for cls, n in per_class.items() if n == 0]
     if empty:
         raise PrepareError(
@@ -320,17 +325,17 @@ def _check_usable(manifest: dict) -> None:
             + " (add images, or lower/raise --eval-fraction so every class has some in each split)")
 
 
-def summary_table(manifest: dict) -> str:
+def summary_table(manifest: Manifest) -> str:
     """Plain-text table: split × class counts, skipped, dropped, duplicates."""
-    classes = manifest["classes"]
+    classes = manifest.classes
     width = max(len(c) for c in classes + ["split"]) + 2
     lines = ["".join(h.ljust(width) for h in ["split", *classes, "total"])]
-    for split, per_class in manifest["counts"].items():
+    for split, per_class in manifest.counts.items():
         row = [split, *(str(per_class[c]) for c in classes), str(sum(per_class.values()))]
         lines.append("".join(v.ljust(width) for v in row))
-    dup = manifest["duplicates"]
-    reasons = Counter(s["reason"].split(":")[0] for s in manifest["skipped"])
-    lines.append(f"skipped: {len(manifest['skipped'])}"
+    dup = manifest.duplicates
+    reasons = Counter(s["reason"].split(":")[0] for s in manifest.skipped)
+    lines.append(f"skipped: {len(manifest.skipped)}"
                  + "".join(f"\n  {n:5d}  {r}" for r, n in reasons.most_common()))
     lines.append(f"exact duplicates: {dup['exact']['extra_copies']} extra copies in "
                  f"{dup['exact']['groups']} groups; within split "
@@ -339,7 +344,7 @@ def summary_table(manifest: dict) -> str:
     lines.append(f"near duplicates (<= {dup['near_threshold_bits']} bits): {dup['near']['pairs']} pairs; "
                  f"within split {dup['near']['pairs_within_split']}; across splits "
                  f"{dup['near']['pairs_across_splits']}")
-    if manifest["dropped_cross_split_duplicates"]:
+    if manifest.dropped_cross_split_duplicates:
         lines.append(f"dropped eval/test duplicates of training images: "
-                     f"{len(manifest['dropped_cross_split_duplicates'])}")
+                     f"{len(manifest.dropped_cross_split_duplicates)}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The tf.Example contract (DESIGN.md) and sharded TFRecord writing."""
+"""The tf.Example contract (docs/architecture.md, Contracts) and sharded TFRecord writing."""
 from __future__ import annotations
 
 from pathlib import Path

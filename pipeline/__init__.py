@@ -1,2 +1,2 @@
 """The TFX pipeline factory, its runners and the btmri command line."""
-import data_prep  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import btmri  # noqa: F401  (selects Keras 2 before TensorFlow loads)

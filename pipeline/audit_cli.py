@@ -11,7 +11,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from components.audit.component import run_lesion_audit
     from components.audit.lesion_audit import AuditBounds
     from components.audit.report_text import audit_lines
-    from data_prep import contract
+    from btmri import spec
 
     predictor = None
     model_dir = None
@@ -26,11 +26,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             return 2
     training = []
     if args.exclude_training:
-        training = sorted(str(p) for p in (Path(args.exclude_training) / contract.TRAIN_SPLIT)
-                          .glob(f"*{contract.TFRECORD_SUFFIX}"))
+        training = sorted(str(p) for p in (Path(args.exclude_training) / spec.TRAIN_SPLIT)
+                          .glob(f"*{spec.TFRECORD_SUFFIX}"))
         if not training:
             print(f"btmri audit: error: no training records under {args.exclude_training}/"
-                  f"{contract.TRAIN_SPLIT}/", file=sys.stderr)
+                  f"{spec.TRAIN_SPLIT}/", file=sys.stderr)
             return 2
     bounds = AuditBounds(args.min_pointing, args.min_removed_changed)
     try:
@@ -62,7 +62,7 @@ def _saved_model_dir(path: str) -> str | None:
 
 def register(sub) -> None:
     from components.audit.lesion_audit import DEFAULT_TOLERANCE_PX
-    from serving import MODEL_NAME
+    from btmri.spec import MODEL_NAME
 
     p = sub.add_parser("audit", help="does the model look at the tumour? (slices with boxes)")
     p.add_argument("box_dir", metavar="DIR",

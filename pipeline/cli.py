@@ -7,15 +7,12 @@ the work; heavy imports (TensorFlow, TFX) happen inside the handlers so
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's CUDA/oneDNN start-up notes
-# Google client libraries warn about Python/grpcio support dates on every import,
-# in every Beam worker too (which inherit the environment).
-os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+from btmri.console import quiet_environment
+from btmri.documents import TRAINER_DEFAULTS
+from btmri.layout import DEFAULT_LAYOUT, MANIFEST_FILE, RunLayout
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -45,41 +42,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         print(f"btmri prepare: error: {err}", file=sys.stderr)
         return 2
     print(summary_table(manifest))
-    print(f"wrote {manifest['total_written']} examples to {args.out} "
-          f"(manifest: {args.out}/manifest.json) in {manifest['seconds']} s")
+    print(f"wrote {manifest.total_written} examples to {args.out} "
+          f"(manifest: {Path(args.out) / MANIFEST_FILE}) in {manifest.seconds} s")
     return 0
-
-
-def _prepare_if_changed(data_dir: str, out: str, **prepare_kw) -> dict:
-    """Runs `prepare` unless `out` already holds the same images prepared with the
-    same arguments: rewriting identical TFRecords would defeat TFX's cache."""
-    from data_prep.prepare import PrepareOptions, input_fingerprint, prepare, summary_table
-
-    opts = PrepareOptions(data_dir=data_dir, out_dir=out, **prepare_kw)
-    manifest_path = Path(out) / "manifest.json"
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        wanted = {k: v for k, v in vars(opts).items() if k != "progress"}
-        if old.get("arguments") == wanted and old.get("input_fingerprint") == input_fingerprint(data_dir):
-            print(f"data unchanged since the last prepare: reusing {out}")
-            return old
-    manifest = prepare(opts)
-    print(summary_table(manifest))
-    return manifest
-
-
-def _synthesize_if_missing(out: str, per_class: int, test_per_class: int, seed: int) -> None:
-    from data_prep.synth import BOXES_DIR, generate_dataset
-
-    marker = Path(out) / "synth.json"
-    wanted = {"per_class": per_class, "test_per_class": test_per_class, "seed": seed}
-    # Datasets written before the generator wrote boxes/ are made again.
-    if (marker.is_file() and json.loads(marker.read_text()).get("arguments") == wanted
-            and (Path(out) / BOXES_DIR).is_dir()):
-        print(f"reusing synthetic dataset in {out}")
-        return
-    summary = generate_dataset(out, **wanted)
-    marker.write_text(json.dumps({"arguments": wanted, "summary": summary}, indent=1))
 
 
 def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
@@ -95,6 +60,7 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         audit_min_removed_changed=args.audit_min_removed_changed,
         accuracy_lower_bound=args.accuracy_bound, evidence_weight=args.evidence_weight,
         lesion_removal_rate=args.lesion_removal_rate, decoy_removal_rate=args.decoy_removal_rate,
+        lesion_paste_rate=args.lesion_paste_rate,
         abstention=not args.no_abstention, abstention_accept=args.abstention_accept,
         abstention_min_acceptance=args.min_acceptance,
         **overrides)
@@ -102,40 +68,43 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from data_prep.discover import LayoutError
-    from data_prep.prepare import PrepareError
-
+    from data_prep.prepare import PrepareError, summary_table
     from data_prep.synth import BOXES_DIR
+    from pipeline.workdir import prepare_if_changed, synthesize_if_missing
 
-    work = Path(args.work_dir)
-    prepared = str(work / "data" / "prepared")
+    work = RunLayout(args.work_dir)
     box_dir = args.boxes_dir
     try:
         if args.data_dir is None:
-            synthetic = str(work / "data" / "synthetic")
-            print(f"no --data-dir: using the synthetic phantom dataset in {synthetic}")
-            _synthesize_if_missing(synthetic, args.synthetic_per_class,
-                                   max(1, args.synthetic_per_class // 4), seed=0)
-            data_dir = synthetic
-            box_dir = box_dir or str(Path(synthetic) / BOXES_DIR)
+            data_dir = work.synthetic_data
+            print(f"no --data-dir: using the synthetic phantom dataset in {data_dir}")
+            if synthesize_if_missing(data_dir, args.synthetic_per_class,
+                                     max(1, args.synthetic_per_class // 4), seed=0):
+                print(f"reusing synthetic dataset in {data_dir}")
+            box_dir = box_dir or str(Path(data_dir) / BOXES_DIR)
         else:
             data_dir = args.data_dir
-        _prepare_if_changed(data_dir, prepared, progress=True, box_dir=box_dir,
-                            drop_cross_split_duplicates=args.drop_cross_split_duplicates)
+        prepared = prepare_if_changed(data_dir, work, progress=True, box_dir=box_dir,
+                                      drop_cross_split_duplicates=args.drop_cross_split_duplicates)
     except (PrepareError, LayoutError, ValueError) as err:
         print(f"btmri run: error: {err}", file=sys.stderr)
         return 2
+    if prepared.reused:
+        print(f"data unchanged since the last prepare: reusing {prepared.path}")
+    else:
+        print(summary_table(prepared.manifest))
 
     from components.executors import AnomaliesFound
-    from pipeline.local_runner import run_pipeline
-
     from pipeline.config import local_beam_args
+    from pipeline.local_runner import run_pipeline
+    from pipeline.summary import summary_lines
 
-    config = _pipeline_config(args, prepared, enable_cache=not args.no_cache, box_dir=box_dir,
-                              beam_pipeline_args=args.beam_arg or local_beam_args())
+    config = _pipeline_config(args, prepared.path, enable_cache=not args.no_cache,
+                              box_dir=box_dir, beam_pipeline_args=args.beam_arg or local_beam_args())
     print(f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
           f"model {config.model}, {config.epochs} epochs)")
     try:
-        summary = run_pipeline(config)
+        summary = run_pipeline(config, verbose=args.verbose)
     except AnomaliesFound as err:
         print(f"btmri run: {err}", file=sys.stderr)
         return 3
@@ -143,7 +112,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"btmri run: pipeline failed: {err}\n(full log under {config.pipeline_root}/logs)",
               file=sys.stderr)
         return 1
-    _print_summary(summary, config)
+    print("\n" + "\n".join(summary_lines(summary, config.accuracy_lower_bound, config.min_acceptance)))
     if summary.pushed and not summary.already_pushed:
         from pipeline.report import write_model_card
         try:
@@ -152,47 +121,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except Exception as err:  # noqa: BLE001 - the model is pushed; say what is missing
             print(f"btmri run: warning: no model card written: {err}", file=sys.stderr)
     return 0
-
-
-def _metric(metrics: dict, name: str) -> float:
-    """A flattened TFMA metric by name, whatever sub-key (class id, top-k) it carries."""
-    for key, value in metrics.items():
-        if key == name or key.startswith(name + " "):
-            return value
-    return float("nan")
-
-
-def _print_summary(summary, config) -> None:
-    m = summary.metrics
-    print(f"\nfinished in {summary.seconds / 60:.1f} min; log: {summary.log_path}")
-    if m:
-        print(f"accuracy {m.get('sparse_categorical_accuracy', float('nan')):.4f} "
-              f"on {int(m.get('example_count', 0))} examples (lower bound {config.accuracy_lower_bound})")
-        from data_prep.contract import CLASS_NAMES
-        for name in CLASS_NAMES:
-            print(f"  {name:11s} precision {_metric(m, 'precision_' + name):.3f}  "
-                  f"recall {_metric(m, 'recall_' + name):.3f}")
-        if "abstention_acceptance" in m:
-            floor = config.min_acceptance
-            print(f"answered (not abstained) {m['abstention_acceptance']:.4f} of the evaluated split"
-                  + (f" (floor {floor})" if floor is not None else " (not gated)"))
-    if summary.lesion_audit:
-        _print_audit(summary.lesion_audit)
-    print(f"blessed: {'yes' if summary.blessed else 'no'}"
-          + (f" ({summary.blessing_message})" if summary.blessing_message and not summary.blessed
-             else ""))
-    if summary.pushed and summary.already_pushed:
-        print(f"model already pushed at {summary.pushed_to}: nothing new pushed")
-    elif summary.pushed:
-        print(f"pushed to {summary.pushed_to}")
-    else:
-        print("not pushed")
-
-
-def _print_audit(document: dict) -> None:
-    from components.audit.report_text import audit_lines
-
-    print("\n".join(audit_lines(document)))
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -249,46 +177,54 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of tumour slices with boxes (<class>/<id>.jpg + .txt): images that "
                         "are copies of one get its box, for lesion-guided training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="keep TensorFlow's start-up notes and library warnings")
     p.set_defaults(func=_cmd_prepare)
 
-    from components.model_names import DEFAULT_MODEL, MODEL_NAMES
-    from pipeline.config import (DEFAULT_ACCURACY_LOWER_BOUND, DEFAULT_EPOCHS, TRAINING_PRECISIONS,
-                                 PipelineConfig)
+    from btmri.spec import MODEL_NAMES
+    from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND, TRAINING_PRECISIONS, PipelineConfig
 
     def pipeline_args(p, local: bool):
-        p.add_argument("--pipeline-root", default="runs/pipeline" if local else None,
+        p.add_argument("--pipeline-root", default=DEFAULT_LAYOUT.pipeline_root if local else None,
                        required=not local, help="TFX artifacts (and, locally, ML Metadata)")
-        p.add_argument("--serving-dir", default="runs/serving/brain_tumor" if local else None,
+        p.add_argument("--serving-dir", default=DEFAULT_LAYOUT.serving_dir if local else None,
                        required=not local, help="TF Serving model base path (<dir>/<version>/)")
-        p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
+        p.add_argument("--model", default=TRAINER_DEFAULTS.model, choices=MODEL_NAMES)
         p.add_argument("--weights", default=None,
                        help="'imagenet' for resnet50/efficientnetb0 (downloads; needs internet)")
-        p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--learning-rate", type=float, default=1e-3)
-        p.add_argument("--weight-decay", type=float, default=PipelineConfig.weight_decay,
-                       help="AdamW decoupled weight decay (0: Adam); default %(default)s")
-        p.add_argument("--label-smoothing", type=float, default=PipelineConfig.label_smoothing,
+        p.add_argument("--epochs", type=int, default=TRAINER_DEFAULTS.epochs,
                        help="default %(default)s")
-        p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+        p.add_argument("--batch-size", type=int, default=TRAINER_DEFAULTS.batch_size,
+                       help="default %(default)s")
+        p.add_argument("--learning-rate", type=float, default=TRAINER_DEFAULTS.learning_rate,
+                       help="peak of the cosine schedule; default %(default)s")
+        p.add_argument("--weight-decay", type=float, default=TRAINER_DEFAULTS.weight_decay,
+                       help="AdamW decoupled weight decay (0: Adam); default %(default)s")
+        p.add_argument("--label-smoothing", type=float, default=TRAINER_DEFAULTS.label_smoothing,
+                       help="default %(default)s")
+        p.add_argument("--early-stopping", type=int, default=TRAINER_DEFAULTS.patience,
+                       metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a better eval loss (from half-way) "
                             "and keep the best epoch; default 0: train the whole schedule")
-        p.add_argument("--precision", default="auto", choices=TRAINING_PRECISIONS,
+        p.add_argument("--precision", default=TRAINER_DEFAULTS.precision, choices=TRAINING_PRECISIONS,
                        help="training arithmetic; auto: bfloat16 where the CPU has it "
                             "(AVX512-BF16/AMX), else float32. Exported models are float32")
-        p.add_argument("--evidence-weight", type=float, default=PipelineConfig.evidence_weight,
+        p.add_argument("--evidence-weight", type=float, default=TRAINER_DEFAULTS.evidence_weight,
                        help="weight of the loss that keeps the class evidence inside known tumour "
                             "boxes (0: off); default %(default)s")
         p.add_argument("--lesion-removal-rate", type=float,
-                       default=PipelineConfig.lesion_removal_rate,
+                       default=TRAINER_DEFAULTS.lesion_removal_rate,
                        help="share of boxed tumour training images shown with the lesion removed, "
                             "labelled notumor; default %(default)s")
-        p.add_argument("--decoy-removal-rate", type=float, default=PipelineConfig.decoy_removal_rate,
+        p.add_argument("--decoy-removal-rate", type=float, default=TRAINER_DEFAULTS.decoy_removal_rate,
                        help="share of training images shown with a lesion-free box removed, "
                             "label kept; default %(default)s")
+        p.add_argument("--lesion-paste-rate", type=float, default=PipelineConfig.lesion_paste_rate,
+                       help="share of notumor training images shown with the lesion of a boxed "
+                            "tumour image pasted in, labelled with its class; default %(default)s")
         p.add_argument("--accuracy-bound", type=float, default=DEFAULT_ACCURACY_LOWER_BOUND,
                        help="absolute lower bound on accuracy for blessing (default %(default)s)")
-        p.add_argument("--abstention-accept", type=float, default=PipelineConfig.abstention_accept,
+        p.add_argument("--abstention-accept", type=float, default=TRAINER_DEFAULTS.abstention_accept,
                        metavar="SHARE", help="the exported model's abstention thresholds are fitted "
                                              "to answer SHARE of the eval split (default %(default)s)")
         p.add_argument("--min-acceptance", type=float,
@@ -311,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the TFX pipeline locally, ending with a pushed model")
     p.add_argument("--data-dir", default=None,
                    help="images (Kaggle layout or class folders); default: synthetic phantoms")
-    p.add_argument("--work-dir", default="runs", help="where synthetic and prepared data go")
+    p.add_argument("--work-dir", default=DEFAULT_LAYOUT.work_dir,
+                   help="where synthetic and prepared data go (default %(default)s)")
     pipeline_args(p, local=True)
     p.add_argument("--synthetic-per-class", type=int, default=400,
                    help="training images per class of the synthetic default (test: a quarter)")
@@ -321,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tumour slices with boxes (<class>/<id>.jpg + .txt): lesion-guided training "
                         "and the lesion audit; default with synthetic data: its own boxes/")
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the whole log (TFX, Beam, TensorFlow) on the terminal too")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("compile", help="compile the pipeline to a Kubeflow Pipelines / Vertex AI spec")
@@ -344,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_environment(verbose=getattr(args, "verbose", False))
     return args.func(args)
 
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import components
-from components.model_names import DEFAULT_MODEL
+from btmri.documents import TRAINER_DEFAULTS, TrainerConfig
+from btmri.layout import metadata_path
+from btmri.spec import MIN_ACCEPTANCE
 from components.training.precision import CHOICES as TRAINING_PRECISIONS
 
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
@@ -19,12 +21,6 @@ RUN_FN = "components.training.trainer.run_fn"
 
 DEFAULT_PIPELINE_NAME = "brain-tumor-mri"  # Kubeflow/Vertex names: [a-z0-9][a-z0-9-]*
 DEFAULT_ACCURACY_LOWER_BOUND = 0.80
-# The whole cosine schedule on the real Kaggle set fits the 60-minute budget on 2 cores
-# with bfloat16 and the in-memory cache (README, Accuracy on real MRI).
-DEFAULT_EPOCHS = 80
-# Blessing needs the candidate to answer (not abstain on) at least this share of the
-# evaluated split; the thresholds are fitted to answer 95 % of eval (abstention.py).
-DEFAULT_MIN_ACCEPTANCE = 0.90
 
 
 def local_beam_args() -> list[str]:
@@ -41,27 +37,29 @@ class PipelineConfig:
     pipeline_name: str = DEFAULT_PIPELINE_NAME
     metadata_path: str | None = None         # sqlite; default <pipeline_root>/metadata.sqlite
     schema_file: str = str(SCHEMA_FILE)
-    model: str = DEFAULT_MODEL
-    weights: str | None = None               # 'imagenet' for resnet50/efficientnetb0 (internet)
-    epochs: int = DEFAULT_EPOCHS
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.05               # AdamW; 0: plain Adam
-    label_smoothing: float = 0.1
-    patience: int = 0                        # > 0: early stopping on eval loss; 0: whole schedule
-    precision: str = "auto"                  # float32 | bfloat16 | auto (bf16 if the CPU has it)
-    augment: bool = True
-    seed: int = 0
-    evidence_weight: float = 1.0             # lesion-evidence loss (boxed training images)
-    lesion_removal_rate: float = 0.25        # counterfactuals: lesion removed → notumor
-    decoy_removal_rate: float = 0.25         # counterfactuals: a lesion-free box removed
+    # Training: the defaults (and what each knob means) are btmri.documents.TrainerConfig's.
+    model: str = TRAINER_DEFAULTS.model
+    weights: str | None = TRAINER_DEFAULTS.weights
+    epochs: int = TRAINER_DEFAULTS.epochs
+    batch_size: int = TRAINER_DEFAULTS.batch_size
+    learning_rate: float = TRAINER_DEFAULTS.learning_rate
+    weight_decay: float = TRAINER_DEFAULTS.weight_decay
+    label_smoothing: float = TRAINER_DEFAULTS.label_smoothing
+    patience: int = TRAINER_DEFAULTS.patience
+    precision: str = TRAINER_DEFAULTS.precision
+    augment: bool = TRAINER_DEFAULTS.augment
+    seed: int = TRAINER_DEFAULTS.seed
+    evidence_weight: float = TRAINER_DEFAULTS.evidence_weight
+    lesion_removal_rate: float = TRAINER_DEFAULTS.lesion_removal_rate
+    decoy_removal_rate: float = TRAINER_DEFAULTS.decoy_removal_rate
+    lesion_paste_rate: float = TRAINER_DEFAULTS.lesion_paste_rate
     box_dir: str | None = None               # tumour boxes: the lesion audit's slices
     audit_min_pointing: float = -1.0         # gate on the audit's pointing game; < 0: off
     audit_min_removed_changed: float = -1.0  # gate on "lesion removed → class changed"; < 0: off
     accuracy_lower_bound: float = DEFAULT_ACCURACY_LOWER_BOUND
-    abstention: bool = True                  # fit ood_score/abstain into the exported model
-    abstention_accept: float = 0.95          # share of eval images the fitted thresholds answer
-    abstention_min_acceptance: float = DEFAULT_MIN_ACCEPTANCE  # blessing: share of the evaluated split answered; < 0: off
+    abstention: bool = TRAINER_DEFAULTS.abstention  # fit ood_score/abstain into the exported model
+    abstention_accept: float = TRAINER_DEFAULTS.abstention_accept
+    abstention_min_acceptance: float = MIN_ACCEPTANCE  # blessing: share of the evaluated split answered; < 0: off
     max_accuracy_regression: float = 0.0     # vs the last blessed model
     beam_pipeline_args: list[str] = field(default_factory=local_beam_args)
     enable_cache: bool = True
@@ -71,7 +69,7 @@ class PipelineConfig:
 
     def __post_init__(self):
         if self.metadata_path is None:  # "" = no local store (Kubeflow/Vertex bring their own)
-            self.metadata_path = os.path.join(self.pipeline_root, "metadata.sqlite")
+            self.metadata_path = metadata_path(self.pipeline_root)
         if self.precision not in TRAINING_PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}")
         if not 0.0 <= self.accuracy_lower_bound:
@@ -94,6 +92,9 @@ class PipelineConfig:
         return test_dir.is_dir() and any(test_dir.iterdir())
 
     def trainer_config(self) -> dict:
+        """The Trainer's custom_config: the TrainerConfig fields this configuration sets
+        (calibrate and cache keep the Trainer's defaults, so they are not passed and the
+        component's cache key is unchanged)."""
         return {"model": self.model, "weights": self.weights, "epochs": self.epochs,
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "weight_decay": self.weight_decay, "label_smoothing": self.label_smoothing,
@@ -102,4 +103,9 @@ class PipelineConfig:
                 "evidence_weight": self.evidence_weight,
                 "lesion_removal_rate": self.lesion_removal_rate,
                 "decoy_removal_rate": self.decoy_removal_rate,
+                "lesion_paste_rate": self.lesion_paste_rate,
                 "abstention": self.abstention, "abstention_accept": self.abstention_accept}
+
+    def trainer(self) -> TrainerConfig:
+        """The same, typed, with the Trainer's defaults for what is not set here."""
+        return TrainerConfig.with_overrides(self.trainer_config())

@@ -8,8 +8,9 @@ from tfx.dsl.components.base import executor_spec
 
 from components.audit.component import LesionAudit
 from components.evaluation import eval_config
-from components.executors import IdempotentAtomicPusher, StrictExampleValidator
-from data_prep import contract
+from components.executors import (IdempotentAtomicPusher, ImportExampleGenWithManifest,
+                                  StrictExampleValidator)
+from btmri import spec
 from pipeline.config import PREPROCESSING_FN, RUN_FN, TRAINER_MODULE, TRANSFORM_MODULE, PipelineConfig
 
 # Component ids, in run order (the CLI reports progress with them). LesionAudit runs
@@ -25,13 +26,15 @@ def component_ids(config: PipelineConfig) -> tuple[str, ...]:
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
-    splits = [contract.TRAIN_SPLIT, contract.EVAL_SPLIT]
+    splits = [spec.TRAIN_SPLIT, spec.EVAL_SPLIT]
     if config.has_test_split:
-        splits.append(contract.TEST_SPLIT)
+        splits.append(spec.TEST_SPLIT)
     example_gen = tfx.components.ImportExampleGen(
         input_base=config.data_root,
         input_config=tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name=s, pattern=f"{s}/*{contract.TFRECORD_SUFFIX}") for s in splits]))
+            tfx.proto.Input.Split(name=s, pattern=f"{s}/*{spec.TFRECORD_SUFFIX}") for s in splits]))
+    # The manifest travels with the examples (components/executors.py).
+    example_gen.executor_spec = executor_spec.BeamExecutorSpec(ImportExampleGenWithManifest)
 
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_file)
@@ -48,8 +51,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         schema=schema_gen.outputs["schema"],
         materialize=config.materialize,  # default False: the Trainer transforms on the fly
         splits_config=tfx.proto.SplitsConfig(
-            analyze=[contract.TRAIN_SPLIT],
-            transform=[contract.TRAIN_SPLIT, contract.EVAL_SPLIT] if config.materialize else []),
+            analyze=[spec.TRAIN_SPLIT],
+            transform=[spec.TRAIN_SPLIT, spec.EVAL_SPLIT] if config.materialize else []),
         **code)
     transform.add_upstream_node(example_validator)  # no Transform on anomalous data
 
@@ -59,8 +62,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
                   else example_gen.outputs["examples"]),
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=[contract.TRAIN_SPLIT]),
-        eval_args=tfx.proto.EvalArgs(splits=[contract.EVAL_SPLIT]),
+        train_args=tfx.proto.TrainArgs(splits=[spec.TRAIN_SPLIT]),
+        eval_args=tfx.proto.EvalArgs(splits=[spec.EVAL_SPLIT]),
         custom_config=config.trainer_config(),
         **code)
 
@@ -76,7 +79,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         model_blessing=blessings,
     ).with_id("LatestBlessedModelResolver")
 
-    evaluate_on = contract.TEST_SPLIT if config.has_test_split else contract.EVAL_SPLIT
+    evaluate_on = spec.TEST_SPLIT if config.has_test_split else spec.EVAL_SPLIT
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],

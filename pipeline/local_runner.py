@@ -1,30 +1,37 @@
 """Runs the pipeline on this machine: LocalDagRunner, sqlite ML Metadata, Beam DirectRunner.
 
-Progress: one line per component start/finish on stdout (with elapsed time);
-the full TFX/Beam log goes to <pipeline_root>/logs/run-<time>.log.
+Console (btmri.console.CapturedRun): one line per component start/finish (with
+elapsed time) and one per training epoch; everything written to stdout/stderr
+meanwhile (TFX, Beam workers, TensorFlow's C++ logging, pip, Keras) goes to
+<pipeline_root>/logs/run-<time>.log, and to the terminal too when `verbose`.
 """
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from absl import logging as absl_logging
 from tfx import v1 as tfx
 
+from btmri.console import CapturedRun, Terminal
+from btmri.layout import logs_dir
 from pipeline.config import PipelineConfig
 from pipeline.factory import component_ids, create_pipeline
+
+if TYPE_CHECKING:
+    from pipeline.report.tfma_results import TfmaResult
 
 
 class _ProgressHandler(logging.Handler):
     """Turns LocalDagRunner's 'Component X is running/finished.' into progress lines."""
 
-    def __init__(self, stream, ids: tuple[str, ...]):
+    def __init__(self, terminal: Terminal, ids: tuple[str, ...]):
         super().__init__(logging.INFO)
-        self.stream = stream
+        self.terminal = terminal
         self.ids = ids
         self.started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}   # wall time per component, in finish order
@@ -36,16 +43,17 @@ class _ProgressHandler(logging.Handler):
         step = f"[{self.ids.index(node) + 1}/{len(self.ids)}]" if node in self.ids else "[?]"
         if record.msg.endswith("running."):
             self.started[node] = time.time()
-            print(f"{step} {node} ...", file=self.stream, flush=True)
+            self.terminal.line(f"{step} {node} ...")
         elif record.msg.endswith("finished."):
             took = time.time() - self.started.get(node, time.time())
             self.seconds[node] = took
-            print(f"{step} {node} done in {took:.1f} s", file=self.stream, flush=True)
+            self.terminal.line(f"{step} {node} done in {took:.1f} s")
 
 
 @contextmanager
-def _logging_to(log_path: str, progress: _ProgressHandler):
-    """absl (TFX's logger) at INFO into the log file and the progress handler only.
+def _logging_to(log_path: str, progress: _ProgressHandler, terminal: Terminal | None = None):
+    """absl (TFX's logger) at INFO into the log file and the progress handler only
+    (and the terminal, when given: `btmri run -v`).
 
     absl records must not propagate: handlers that libraries add to the root
     logger mid-run (Beam calls basicConfig) would print the whole INFO flood.
@@ -55,13 +63,14 @@ def _logging_to(log_path: str, progress: _ProgressHandler):
     absl_logger = logging.getLogger("absl")
     file_handler = logging.FileHandler(log_path)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    warnings_handler = logging.StreamHandler(sys.stderr)
-    warnings_handler.setLevel(logging.WARNING)
-    warnings_handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handlers = [file_handler, progress]
+    if terminal is not None:
+        echo = logging.StreamHandler(terminal.stream)
+        echo.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handlers.append(echo)
     old_verbosity, old_propagate = absl_logging.get_verbosity(), absl_logger.propagate
     absl_logging.set_verbosity(absl_logging.INFO)
     absl_logger.propagate = False
-    handlers = (file_handler, warnings_handler, progress)
     for handler in handlers:
         absl_logger.addHandler(handler)
     # Beam's job service relays every worker's start-up warnings; keep errors only.
@@ -85,37 +94,40 @@ class RunSummary:
     pushed: bool = False
     already_pushed: bool = False
     pushed_to: str | None = None
-    evaluated_split: str | None = None
-    metrics: dict = field(default_factory=dict)        # overall metrics of the candidate
-    thresholds: list = field(default_factory=list)     # failed validations, if any
+    evaluation: TfmaResult | None = None               # the candidate's TFMA figures
     log_path: str | None = None
     seconds: float = 0.0
     component_seconds: dict = field(default_factory=dict)
     blessing_message: str | None = None
     lesion_audit: dict | None = None                   # lesion_audit.json, without rows
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Overall metrics of the candidate (keys: tfma_results.metric_key)."""
+        return self.evaluation.metrics if self.evaluation else {}
 
-def run_pipeline(config: PipelineConfig, progress_stream=sys.stdout) -> RunSummary:
+
+def run_pipeline(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     """Runs every component (cached ones are skipped by TFX) and summarises the result."""
-    logs = os.path.join(config.pipeline_root, "logs")
+    logs = logs_dir(config.pipeline_root)
     os.makedirs(logs, exist_ok=True)
     log_path = os.path.join(logs, time.strftime("run-%Y%m%d-%H%M%S.log"))
     started = time.time()
-    progress = _ProgressHandler(progress_stream, component_ids(config))
-    with _logging_to(log_path, progress):
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
-    summary = summarize(config)
+    with CapturedRun(log_path, verbose=verbose) as console:
+        progress = _ProgressHandler(console.terminal, component_ids(config))
+        with _logging_to(log_path, progress, console.terminal if verbose else None):
+            tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    summary = read_outcome(config)
     summary.log_path = log_path
     summary.seconds = time.time() - started
     summary.component_seconds = progress.seconds
     return summary
 
 
-def summarize(config: PipelineConfig) -> RunSummary:
-    """Reads the latest Evaluator and Pusher outputs from ML Metadata."""
-    import tensorflow_model_analysis as tfma
-
+def read_outcome(config: PipelineConfig) -> RunSummary:
+    """The latest run's outcome from ML Metadata: blessing, TFMA figures, push, audit."""
     from pipeline.metadata import latest_output
+    from pipeline.report import tfma_results
 
     summary = RunSummary()
     blessing = latest_output(config, "Evaluator", "blessing")
@@ -133,26 +145,9 @@ def summarize(config: PipelineConfig) -> RunSummary:
     if blessing is not None:
         summary.blessed = bool(blessing.get_int_custom_property("blessed"))
     if evaluation is not None:
-        from pipeline.report.tfma_results import load_candidate
-        for slice_key, metrics in load_candidate(evaluation.uri).slicing_metrics:
-            if slice_key == ():
-                summary.metrics = _flatten(metrics)
-        validation = tfma.load_validation_result(evaluation.uri)
-        summary.thresholds = [str(f) for f in validation.metric_validations_per_slice]
+        summary.evaluation = tfma_results.load(evaluation.uri)
     if pushed is not None and pushed.get_int_custom_property("pushed"):
         summary.pushed = True
         summary.pushed_to = pushed.get_string_custom_property("pushed_destination")
         summary.already_pushed = bool(pushed.get_int_custom_property("already_pushed"))
     return summary
-
-
-def _flatten(metrics: dict) -> dict:
-    """TFMA's {output: {sub_key: {name: {'doubleValue': v}}}} → {'name[ sub_key]': v}."""
-    flat = {}
-    for per_sub_key in metrics.values():
-        for sub_key, named in per_sub_key.items():
-            for name, value in named.items():
-                key = name if not sub_key else f"{name} {sub_key}"
-                if isinstance(value, dict) and "doubleValue" in value:
-                    flat[key] = value["doubleValue"]
-    return flat

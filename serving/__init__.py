@@ -10,11 +10,11 @@ The local server follows TF Serving's own split:
   limits.py    request limits, deadlines and cancellation
   grpc_api.py (+ tensors.py), rest_api.py (+ http_server.py, rest_json.py, messages.py)
                the two protocols, both on one asyncio event loop
-  metrics.py   Prometheus text; errors.py   TF Serving's codes and texts
+  prometheus_metrics.py   Prometheus text; errors.py   TF Serving's codes and texts
   server.py    wiring, start/stop; process.py   run it as a child process
-Clients: client.py (gRPC/REST), gradcam.py (drawing); cli.py: the btmri commands.
+Clients: client.py (gRPC/REST), heatmap_overlay.py (drawing a Grad-CAM heatmap; the
+report draws with it too); cli.py: the btmri commands; __main__: python -m serving.
+Names (model, signatures, inputs, outputs) and ServerOptions live in btmri/.
 config/ and Dockerfile: the official tensorflow/serving image's configuration.
 """
-import data_prep  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-
-MODEL_NAME = "brain_tumor"   # the model's name in TF Serving (DESIGN.md); spelled only here
+import btmri  # noqa: F401  (selects Keras 2 before TensorFlow loads)

@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, fields
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 import grpc
 import numpy as np
@@ -41,7 +41,7 @@ class BatchingParameters:
     num_batch_threads: int = 2
 
     @classmethod
-    def from_file(cls, path: str) -> "BatchingParameters":
+    def from_file(cls, path: str) -> BatchingParameters:
         """Reads the text-proto file TF Serving takes (`name { value: N }` lines)."""
         values = {}
         known = {f.name for f in fields(cls)}

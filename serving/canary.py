@@ -20,7 +20,7 @@ import os
 import grpc
 import numpy as np
 
-from serving import signatures as sig
+from btmri import spec
 from serving.errors import ServingError
 from serving.limits import RequestLimits
 from serving.loader import Servable
@@ -29,8 +29,8 @@ log = logging.getLogger("serving")
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000          # TF Serving reads at most this many
-PREDICT_IMAGES, IMAGE_BYTES = sig.PREDICT_IMAGES_SIGNATURE, sig.IMAGE_BYTES_INPUT
-PROBABILITIES, CLASS_ID = sig.PROBABILITIES, sig.CLASS_ID
+PREDICT_IMAGES, IMAGE_BYTES = spec.PREDICT_IMAGES, spec.IMAGE_BYTES_INPUT
+PROBABILITIES, CLASS_ID = spec.PROBABILITIES, spec.CLASS_ID
 
 
 def _failed(message: str) -> ServingError:

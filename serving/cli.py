@@ -1,7 +1,8 @@
-"""`btmri serve`, `btmri predict`, `btmri gradcam`.
+"""`btmri serve`, `btmri predict`, `btmri gradcam` (and `python -m serving`).
 
-`register(subparsers)` is called by pipeline/cli.py. Handlers import
-TensorFlow and gRPC only when they run, so `btmri --help` stays instant.
+`register(subparsers)` is called by pipeline/cli.py; `main()` is `python -m serving`,
+the server alone. Handlers import TensorFlow and gRPC only when they run, so
+`btmri --help` stays instant. Defaults come from btmri.documents.ServerOptions.
 """
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import logging
 import sys
 from pathlib import Path
 
-from serving import MODEL_NAME
+from btmri.console import quiet_environment
+from btmri.documents import SERVER_DEFAULTS, ServerOptions
+from serving.heatmap_overlay import DEFAULT_STRENGTH
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    from serving.server import ServerOptions, serve
+    from serving.server import serve
 
     if args.batching_parameters_file and not args.enable_batching:
         print("btmri serve: --batching-parameters-file needs --enable-batching", file=sys.stderr)
@@ -80,7 +83,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_gradcam(args: argparse.Namespace) -> int:
-    from serving import gradcam
+    from serving import heatmap_overlay
     from serving.client import RequestFailed, ServerUnavailable
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -89,14 +92,15 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
     out = Path(args.out)
     failures = 0
     with _client(args) as client:
-        for path, stem in zip(args.images, gradcam.unique_stems(args.images)):
+        for path, stem in zip(args.images, heatmap_overlay.unique_stems(args.images)):
             try:
                 data = _payload(path)  # drawn as sent: a DICOM shows as the model saw it
                 result = client.gradcam(data)
-                images = gradcam.render(gradcam.decode_image(data), result.heatmap, args.alpha)
+                images = heatmap_overlay.render(heatmap_overlay.decode_bgr(data), result.heatmap,
+                                                args.alpha)
                 if result.abstain:
-                    images = gradcam.mark_abstained(images, result.abstain_reason)
-                written = gradcam.write(images, out, stem)
+                    images = heatmap_overlay.mark_abstained(images, result.abstain_reason)
+                written = heatmap_overlay.write(images, out, stem)
             except ServerUnavailable as err:
                 print(f"btmri gradcam: {err}\n(is the server running? start one with "
                       f"`btmri serve --model-base-path DIR`)", file=sys.stderr)
@@ -115,65 +119,73 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The server's options; defaults from btmri.documents.ServerOptions."""
+    p.add_argument("--model-base-path", required=True,
+                   help="TF Serving base path (<dir>/<version>/saved_model.pb)")
+    p.add_argument("--model-name", default=SERVER_DEFAULTS.model_name, help="served model name (default %(default)s)")
+    p.add_argument("--host", default=SERVER_DEFAULTS.host,
+                   help="address to bind (default %(default)s; 0.0.0.0 exposes the server)")
+    p.add_argument("--port", type=int, default=SERVER_DEFAULTS.port, help="gRPC port (default %(default)s)")
+    p.add_argument("--rest-port", type=int, default=SERVER_DEFAULTS.rest_port,
+                   help="REST and metrics port, 0 for none (default %(default)s)")
+    p.add_argument("--poll-seconds", type=float, default=SERVER_DEFAULTS.poll_seconds,
+                   help="how often to look for new versions (default %(default)s)")
+    p.add_argument("--enable-batching", action="store_true",
+                   help="merge concurrent requests into batches (serving/config/batching.config)")
+    p.add_argument("--batching-parameters-file", default=None,
+                   help="TF Serving batching parameters file (default: serving/config/batching.config)")
+    p.add_argument("--max-message-mb", type=float, default=SERVER_DEFAULTS.max_message_mb,
+                   help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default %(default)s)")
+    p.add_argument("--max-rows", type=int, default=SERVER_DEFAULTS.max_rows,
+                   help="most rows (images) per request; more get INVALID_ARGUMENT / HTTP 400 "
+                        "(default %(default)s)")
+    p.add_argument("--max-response-mb", type=float, default=SERVER_DEFAULTS.max_response_mb,
+                   help="largest response in MiB (JSON for REST); larger ones get "
+                        "RESOURCE_EXHAUSTED / HTTP 429 (default %(default)s)")
+    p.add_argument("--max-json-values", type=int, default=SERVER_DEFAULTS.max_json_values,
+                   help="most values in one REST body, counted before parsing; more get HTTP 400 "
+                        "(default %(default)s)")
+    p.add_argument("--client-timeout-seconds", type=float, default=SERVER_DEFAULTS.client_timeout_seconds,
+                   help="a client must send its request (REST head, then body; gRPC message) and "
+                        "take its response within this; idle REST connections close after it "
+                        "(default %(default)s)")
+    p.add_argument("--max-connections", type=int, default=SERVER_DEFAULTS.max_connections,
+                   help="open REST connections and gRPC calls in progress, each; more are refused "
+                        "(default %(default)s)")
+    p.add_argument("--max-load-retries", type=int, default=SERVER_DEFAULTS.max_load_retries,
+                   help="tries again for a version that failed to load while its files stay "
+                        "unchanged (changed files always get a new try) (default %(default)s)")
+    p.add_argument("--load-retry-interval-seconds", type=float,
+                   default=SERVER_DEFAULTS.load_retry_interval_seconds,
+                   help="wait between those tries (default %(default)s)")
+    p.add_argument("--grpc-workers", type=int, default=SERVER_DEFAULTS.grpc_workers,
+                   help="threads that run requests, gRPC and REST (default %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging (one line per REST request), TensorFlow's start-up notes")
+
+
 def register(subparsers) -> None:
     """Adds `serve`, `predict` and `gradcam` to the `btmri` parser."""
     p = subparsers.add_parser(
         "serve", help="local TF-Serving-compatible model server (gRPC + REST)",
         description="Serves the highest version under --model-base-path with TF Serving's gRPC "
                     "and REST APIs; polls for new versions and swaps without dropping requests.")
-    p.add_argument("--model-base-path", required=True,
-                   help="TF Serving base path (<dir>/<version>/saved_model.pb)")
-    p.add_argument("--model-name", default=MODEL_NAME, help="served model name (default %(default)s)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default %(default)s; 0.0.0.0 exposes the server)")
-    p.add_argument("--port", type=int, default=8500, help="gRPC port (default %(default)s)")
-    p.add_argument("--rest-port", type=int, default=8501,
-                   help="REST and metrics port, 0 for none (default %(default)s)")
-    p.add_argument("--poll-seconds", type=float, default=1.0,
-                   help="how often to look for new versions (default %(default)s)")
-    p.add_argument("--enable-batching", action="store_true",
-                   help="merge concurrent requests into batches (serving/config/batching.config)")
-    p.add_argument("--batching-parameters-file", default=None,
-                   help="TF Serving batching parameters file (default: serving/config/batching.config)")
-    p.add_argument("--max-message-mb", type=float, default=64,
-                   help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default %(default)s)")
-    p.add_argument("--max-rows", type=int, default=64,
-                   help="most rows (images) per request; more get INVALID_ARGUMENT / HTTP 400 "
-                        "(default %(default)s)")
-    p.add_argument("--max-response-mb", type=float, default=16,
-                   help="largest response in MiB (JSON for REST); larger ones get "
-                        "RESOURCE_EXHAUSTED / HTTP 429 (default %(default)s)")
-    p.add_argument("--max-json-values", type=int, default=1_000_000,
-                   help="most values in one REST body, counted before parsing; more get HTTP 400 "
-                        "(default %(default)s)")
-    p.add_argument("--client-timeout-seconds", type=float, default=30.0,
-                   help="a client must send its request (REST head, then body; gRPC message) and "
-                        "take its response within this; idle REST connections close after it "
-                        "(default %(default)s)")
-    p.add_argument("--max-connections", type=int, default=256,
-                   help="open REST connections and gRPC calls in progress, each; more are refused "
-                        "(default %(default)s)")
-    p.add_argument("--max-load-retries", type=int, default=5,
-                   help="tries again for a version that failed to load while its files stay "
-                        "unchanged (changed files always get a new try) (default %(default)s)")
-    p.add_argument("--load-retry-interval-seconds", type=float, default=60.0,
-                   help="wait between those tries (default %(default)s)")
-    p.add_argument("--grpc-workers", type=int, default=16,
-                   help="threads that run requests, gRPC and REST (default %(default)s)")
-    p.add_argument("--verbose", action="store_true", help="debug logging (one line per REST request)")
+    add_serve_arguments(p)
     p.set_defaults(func=_cmd_serve)
 
     def client_args(p, rest: bool):
         p.add_argument("images", nargs="+", metavar="IMAGE",
                        help="JPEG/PNG files; DICOM, TIFF and BMP are converted to PNG first, "
                             "as btmri prepare converts them")
-        p.add_argument("--server", default="localhost:8500",
+        p.add_argument("--server", default=f"localhost:{SERVER_DEFAULTS.port}",
                        help="gRPC address HOST:PORT (default %(default)s)")
         if rest:
             p.add_argument("--rest", default=None, metavar="URL",
-                           help="use the REST API at URL (e.g. http://localhost:8501) instead of gRPC")
-        p.add_argument("--model-name", default=MODEL_NAME)
-        p.add_argument("--timeout", type=float, default=30.0,
+                           help=f"use the REST API at URL (e.g. http://localhost:{SERVER_DEFAULTS.rest_port}) "
+                                "instead of gRPC")
+        p.add_argument("--model-name", default=SERVER_DEFAULTS.model_name)
+        p.add_argument("--timeout", type=float, default=SERVER_DEFAULTS.client_timeout_seconds,
                        help="seconds per request (default %(default)s)")
 
     p = subparsers.add_parser("predict", help="classify images with a running model server",
@@ -189,5 +201,18 @@ def register(subparsers) -> None:
                                           "<name>_overlay.png per image into --out.")
     client_args(p, rest=False)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--alpha", type=float, default=0.4, help="heatmap weight in the overlay")
+    p.add_argument("--alpha", type=float, default=DEFAULT_STRENGTH,
+                   help="heat colour share where the heatmap is 1 (default %(default)s; the "
+                        "report's overlays use the same)")
     p.set_defaults(func=_cmd_gradcam)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m serving`: the model server alone (what serving/process.py starts)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving", description="Local TF-Serving-compatible model server "
+                                               "(gRPC + REST); the same as `btmri serve`.")
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    quiet_environment(verbose=args.verbose)
+    return _cmd_serve(args)

@@ -25,9 +25,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from btmri import spec
+from btmri.documents import MAX_MESSAGE_MB, REQUEST_TIMEOUT_SECONDS
+from btmri.spec import CLASS_NAMES
 from data_prep import image_io
-from data_prep.contract import CLASS_NAMES
-from serving import signatures as sig
 
 
 class ConversionFailed(ValueError):
@@ -113,10 +114,10 @@ class ImagePrediction:
         """The class name, or "abstained: ..." saying why the model does not answer."""
         if not self.abstain:
             return self.class_name
-        if self.abstain_reason == sig.REASON_OUT_OF_DISTRIBUTION:
+        if self.abstain_reason == spec.REASON_OUT_OF_DISTRIBUTION:
             score = "" if self.ood_score is None else f" (ood_score {self.ood_score:.2f}, over 1 is unlike them)"
             return f"abstained: {ABSTAINED_OUT_OF_DISTRIBUTION}{score}"
-        if self.abstain_reason == sig.REASON_LOW_CONFIDENCE:
+        if self.abstain_reason == spec.REASON_LOW_CONFIDENCE:
             return f"abstained: {ABSTAINED_LOW_CONFIDENCE} (p={self.probability:.3f})"
         return f"abstained: {self.abstain_reason or 'no reason given'}"
 
@@ -126,8 +127,8 @@ class ImagePrediction:
         record = {"class": None if self.abstain else self.class_name, "answer": self.answer,
                   "probabilities": self.probabilities, "model_version": self.model_version}
         if self.ood_score is not None:
-            record.update({sig.OOD_SCORE: self.ood_score, sig.ABSTAIN: self.abstain,
-                           sig.ABSTAIN_REASON: self.abstain_reason})
+            record.update({spec.OOD_SCORE: self.ood_score, spec.ABSTAIN: self.abstain,
+                           spec.ABSTAIN_REASON: self.abstain_reason})
         return record
 
 
@@ -146,23 +147,24 @@ def _prediction(class_id: int, probabilities, version: int | None,
     exported before abstention: then the prediction never abstains)."""
     probs = {name: float(p) for name, p in zip(CLASS_NAMES, probabilities)}
     prediction = ImagePrediction(CLASS_NAMES[class_id], class_id, probs, version)
-    if abstention and sig.ABSTAIN in abstention:
-        prediction.ood_score = float(abstention[sig.OOD_SCORE])
-        prediction.abstain = bool(abstention[sig.ABSTAIN])
-        prediction.abstain_reason = _text(abstention.get(sig.ABSTAIN_REASON, ""))
+    if abstention and spec.ABSTAIN in abstention:
+        prediction.ood_score = float(abstention[spec.OOD_SCORE])
+        prediction.abstain = bool(abstention[spec.ABSTAIN])
+        prediction.abstain_reason = _text(abstention.get(spec.ABSTAIN_REASON, ""))
     return prediction
 
 
 def _grpc_abstention(outputs) -> dict:
-    return {name: tf.make_ndarray(outputs[name])[0] for name in sig.ABSTENTION_OUTPUTS
+    return {name: tf.make_ndarray(outputs[name])[0] for name in spec.ABSTENTION_OUTPUTS
             if name in outputs}
 
 
 class PredictionClient:
     """gRPC client of TF Serving's PredictionService."""
 
-    def __init__(self, target: str, model_name: str = sig.MODEL_NAME, timeout: float = 30.0,
-                 retry: RetryPolicy = RetryPolicy(), max_message_mb: float = 64):
+    def __init__(self, target: str, model_name: str = spec.MODEL_NAME,
+                 timeout: float = REQUEST_TIMEOUT_SECONDS, retry: RetryPolicy = RetryPolicy(),
+                 max_message_mb: float = MAX_MESSAGE_MB):
         self.target = target
         self.model_name = model_name
         self.timeout = timeout
@@ -209,25 +211,26 @@ class PredictionClient:
     def classify_image(self, image: bytes) -> ImagePrediction:
         # No output filter: a model exported before abstention has no such outputs, and
         # naming one it lacks is an error.
-        response = self.predict(sig.PREDICT_IMAGES_SIGNATURE, {sig.IMAGE_BYTES_INPUT: [image]})
+        response = self.predict(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: [image]})
         outputs = response.outputs
-        return _prediction(int(tf.make_ndarray(outputs[sig.CLASS_ID])[0]),
-                           tf.make_ndarray(outputs[sig.PROBABILITIES])[0],
+        return _prediction(int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
+                           tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
                            response.model_spec.version.value, _grpc_abstention(outputs))
 
     def gradcam(self, image: bytes) -> GradcamResult:
-        response = self.predict(sig.GRADCAM_SIGNATURE, {sig.IMAGE_BYTES_INPUT: [image]})
+        response = self.predict(spec.GRADCAM, {spec.IMAGE_BYTES_INPUT: [image]})
         outputs = response.outputs
-        base = _prediction(int(tf.make_ndarray(outputs[sig.CLASS_ID])[0]),
-                           tf.make_ndarray(outputs[sig.PROBABILITIES])[0],
+        base = _prediction(int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
+                           tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
                            response.model_spec.version.value, _grpc_abstention(outputs))
-        return GradcamResult(**vars(base), heatmap=tf.make_ndarray(outputs[sig.HEATMAP])[0])
+        return GradcamResult(**vars(base), heatmap=tf.make_ndarray(outputs[spec.HEATMAP])[0])
 
 
 class RestClient:
     """REST client (`POST /v1/models/{name}:predict` with a b64 instance)."""
 
-    def __init__(self, base_url: str, model_name: str = sig.MODEL_NAME, timeout: float = 30.0,
+    def __init__(self, base_url: str, model_name: str = spec.MODEL_NAME,
+                 timeout: float = REQUEST_TIMEOUT_SECONDS,
                  retry: RetryPolicy = RetryPolicy()):
         self.base_url = base_url.rstrip("/")
         if "://" not in self.base_url:
@@ -279,8 +282,8 @@ class RestClient:
         return max(versions) if versions else None
 
     def classify_image(self, image: bytes) -> ImagePrediction:
-        document = {"signature_name": sig.PREDICT_IMAGES_SIGNATURE,
+        document = {"signature_name": spec.PREDICT_IMAGES,
                     "instances": [{"b64": base64.b64encode(image).decode("ascii")}]}
         answer = self.request("POST", f"/v1/models/{self.model_name}:predict", document)
         row = answer["predictions"][0]
-        return _prediction(int(row[sig.CLASS_ID]), row[sig.PROBABILITIES], self.model_version(), row)
+        return _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row)

@@ -29,15 +29,14 @@ from concurrent.futures import Executor
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
+from tensorflow_serving.apis import (model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from serving.core import PROTO, ServerCore
 from serving.errors import ServingError, client_text, invalid_argument, one_line, redact_paths
 from serving.limits import RequestContext, RequestLimits
 from serving.messages import metadata_response, model_ref, status_response
-from serving.metrics import ServingMetrics
+from serving.prometheus_metrics import ServingMetrics
 from serving.tensors import outputs_to_protos, tensor_to_array  # noqa: F401  (tensor_to_array: API)
 
 log = logging.getLogger("serving")

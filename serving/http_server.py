@@ -25,7 +25,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Callable
+from collections.abc import Callable
 
 from serving.errors import one_line
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from btmri.documents import SERVER_DEFAULTS
 from serving.errors import ServingError, invalid_argument
 
 MAX_TENSOR_DIMS = 32          # numpy's limit; TensorFlow's is 254, no model here needs more
@@ -19,10 +20,10 @@ MAX_TENSOR_DIMS = 32          # numpy's limit; TensorFlow's is 254, no model her
 
 @dataclass(frozen=True)
 class RequestLimits:
-    max_rows: int = 64                      # rows (dimension 0) per input per request
-    max_request_bytes: int = 64 << 20       # gRPC message / REST body
-    max_response_bytes: int = 16 << 20      # serialized response (JSON for REST)
-    max_json_values: int = 1_000_000        # values in one REST body
+    max_rows: int = SERVER_DEFAULTS.max_rows                   # rows (dimension 0) per input
+    max_request_bytes: int = SERVER_DEFAULTS.max_message_bytes   # gRPC message / REST body
+    max_response_bytes: int = SERVER_DEFAULTS.max_response_bytes  # serialized response
+    max_json_values: int = SERVER_DEFAULTS.max_json_values     # values in one REST body
     max_json_depth: int = MAX_TENSOR_DIMS + 4   # object, inputs/instances, row object, b64 object
     rows_per_call: int = 16                 # larger requests run the model in slices of this many
 

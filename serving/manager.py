@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -122,7 +122,7 @@ class ServableManager:
 
     def __init__(self, model_name: str, base_path: str,
                  loader: Callable[[str, int, str], Servable] = load_servable,
-                 on_change: Callable[["ServableManager"], None] | None = None,
+                 on_change: Callable[[ServableManager], None] | None = None,
                  policy: LoadPolicy = LoadPolicy(),
                  canary: Callable[[Servable], None] | None = None):
         self.model_name = model_name

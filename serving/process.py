@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from serving import MODEL_NAME
+from btmri.spec import MODEL_NAME
 
 HOST = "127.0.0.1"
 
@@ -60,7 +60,7 @@ class ServerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self.start()
         return self
 
@@ -80,7 +80,7 @@ class ServerProcess:
                            f"log {self.log_path}:\n{self.log_text()[-3000:]}")
 
     def _spawn(self) -> None:
-        command = [sys.executable, "-m", "pipeline", "serve", "--model-base-path", self.base_path,
+        command = [sys.executable, "-m", "serving", "--model-base-path", self.base_path,
                    "--model-name", self.model_name, "--host", HOST, "--port", str(self.port),
                    "--rest-port", str(self.rest_port), *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")

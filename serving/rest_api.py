@@ -27,7 +27,7 @@ from serving.http_server import HttpServer, Request, Response, json_error
 from serving.limits import RequestContext
 from serving.messages import (SIGNATURE_DEF_FIELD, metadata_json, metadata_response, status_json,
                               status_response)
-from serving.metrics import ServingMetrics
+from serving.prometheus_metrics import ServingMetrics
 from serving.source import INT64_MAX
 
 log = logging.getLogger("serving")

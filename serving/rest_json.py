@@ -19,7 +19,7 @@ import base64
 import binascii
 import json
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf

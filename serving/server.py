@@ -17,70 +17,30 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from serving import MODEL_NAME
+from btmri.documents import ServerOptions
 from serving.batching import BatchingParameters, BatchScheduler
 from serving.canary import check_servable
 from serving.core import ServerCore
 from serving.grpc_api import build_grpc_server, set_health
 from serving.limits import RequestLimits
 from serving.manager import LoadPolicy, ServableManager
-from serving.metrics import ServingMetrics
+from serving.prometheus_metrics import ServingMetrics
 from serving.rest_api import build_rest_server
 
 log = logging.getLogger("serving")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 DEFAULT_BATCHING_FILE = CONFIG_DIR / "batching.config"
-DEFAULT_MONITORING_PATH = "/monitoring/prometheus/metrics"
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
-@dataclass
-class ServerOptions:
-    model_base_path: str
-    model_name: str = MODEL_NAME
-    host: str = "127.0.0.1"
-    port: int = 8500
-    rest_port: int = 8501                       # 0: no REST listener
-    poll_seconds: float = 1.0
-    enable_batching: bool = False
-    batching_parameters_file: str = str(DEFAULT_BATCHING_FILE)
-    max_message_mb: float = 64
-    grpc_workers: int = 16                      # worker threads, shared by gRPC and REST
-    monitoring_path: str | None = DEFAULT_MONITORING_PATH
-    max_rows: int = 64
-    max_response_mb: float = 16
-    max_json_values: int = 1_000_000
-    client_timeout_seconds: float = 30.0
-    max_connections: int = 256                  # REST connections; gRPC calls in progress
-    max_load_retries: int = 5
-    load_retry_interval_seconds: float = 60.0
-    canary: bool = True
-
-    @property
-    def max_message_bytes(self) -> int:
-        return int(self.max_message_mb * 1024 * 1024)
-
-    @property
-    def limits(self) -> RequestLimits:
-        return RequestLimits(max_rows=self.max_rows, max_request_bytes=self.max_message_bytes,
-                             max_response_bytes=int(self.max_response_mb * 1024 * 1024),
-                             max_json_values=self.max_json_values)
-
-    def check(self) -> None:
-        for name in ("max_rows", "max_connections", "grpc_workers", "max_json_values"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("max_message_mb", "max_response_mb", "client_timeout_seconds",
-                     "poll_seconds"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
-        if self.max_load_retries < 0 or self.load_retry_interval_seconds < 0:
-            raise ValueError("--max-load-retries and --load-retry-interval-seconds must not be "
-                             "negative")
+def request_limits(options: ServerOptions) -> RequestLimits:
+    """The per-request limits the options ask for."""
+    return RequestLimits(max_rows=options.max_rows, max_request_bytes=options.max_message_bytes,
+                         max_response_bytes=options.max_response_bytes,
+                         max_json_values=options.max_json_values)
 
 
 class ModelServer:
@@ -89,7 +49,7 @@ class ModelServer:
         if not os.path.isdir(options.model_base_path):
             raise FileNotFoundError(f"model base path {options.model_base_path} is not a directory")
         self.options = options
-        limits = options.limits
+        limits = request_limits(options)
         self.metrics = ServingMetrics(options.model_name)
         self.metrics.loaded_version.set(options.model_name, value=0)
         self._health = None
@@ -102,7 +62,8 @@ class ModelServer:
                                        canary=canary)
         self.batcher = None
         if options.enable_batching:
-            params = BatchingParameters.from_file(options.batching_parameters_file)
+            params = BatchingParameters.from_file(
+                options.batching_parameters_file or str(DEFAULT_BATCHING_FILE))
             self.batcher = BatchScheduler(params, on_batch=self.metrics.batch_size.observe)
             log.info("batching on: %s", params)
         self.core = ServerCore(self.manager, self.batcher, limits)

@@ -31,20 +31,20 @@ def main(model_dir: str) -> None:
 
     from data_prep.image_io import decode_image
     from data_prep.tfrecords import make_example
-    from serving import signatures as sig
+    from btmri import spec
     from tests.hostile_files import jpeg_bomb_header, png_bomb, png_bytes
     from tests.imaging import textured_image
 
     model = tf.saved_model.load(model_dir)
-    images = model.signatures[sig.PREDICT_IMAGES_SIGNATURE]
-    examples = model.signatures[sig.DEFAULT_SIGNATURE]
+    images = model.signatures[spec.PREDICT_IMAGES]
+    examples = model.signatures[spec.SERVING_DEFAULT]
 
     def by_bytes(data: bytes):
-        return images(**{sig.IMAGE_BYTES_INPUT: tf.constant([data])})[sig.PROBABILITIES].numpy()[0]
+        return images(**{spec.IMAGE_BYTES_INPUT: tf.constant([data])})[spec.PROBABILITIES].numpy()[0]
 
     def by_example(data: bytes):
         serialized = make_example(data, 0, 1, 1, "probe.png").SerializeToString()
-        return examples(**{sig.EXAMPLES_INPUT: tf.constant([serialized])})[sig.PROBABILITIES].numpy()[0]
+        return examples(**{spec.EXAMPLES_INPUT: tf.constant([serialized])})[spec.PROBABILITIES].numpy()[0]
 
     normal = cv2.imencode(".png", textured_image(1, 256, 256))[1].tobytes()
     by_bytes(normal), by_example(normal)          # warm-up: every graph loaded and run once

@@ -12,16 +12,16 @@ import cv2
 import numpy as np
 import pytest
 
-import data_prep  # noqa: F401  (Keras 2 before TensorFlow)
+import btmri  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 import tf_keras as keras
 
-from components.signature_names import (ABSTAIN, ABSTAIN_REASON, ABSTENTION_FILE,
-                                        ABSTENTION_OUTPUTS, OOD_SCORE, REASON_LOW_CONFIDENCE,
-                                        REASON_OUT_OF_DISTRIBUTION)
+from btmri import spec
+from btmri.layout import ABSTENTION_FILE
+from btmri.spec import (ABSTAIN, ABSTAIN_REASON, ABSTENTION_OUTPUTS, OOD_SCORE, REASON_LOW_CONFIDENCE,
+                        REASON_OUT_OF_DISTRIBUTION)
 from components.training import abstention, outliers
 from data_prep import contract
-from serving import signatures as sig
 
 K = contract.NUM_CLASSES
 
@@ -179,9 +179,9 @@ def test_constructed_model_abstains_on_blank_and_noise_through_every_signature(c
     examples = [tf.train.Example(features=tf.train.Features(feature={contract.IMAGE_KEY: tf.train.Feature(
         bytes_list=tf.train.BytesList(value=[b]))})).SerializeToString() for b in probes + brains]
     calls = {
-        sig.PREDICT_IMAGES_SIGNATURE: {sig.IMAGE_BYTES_INPUT: tf.constant(probes + brains)},
-        sig.GRADCAM_SIGNATURE: {sig.IMAGE_BYTES_INPUT: tf.constant(probes + brains)},
-        sig.DEFAULT_SIGNATURE: {sig.EXAMPLES_INPUT: tf.constant(examples)},
+        spec.PREDICT_IMAGES: {spec.IMAGE_BYTES_INPUT: tf.constant(probes + brains)},
+        spec.GRADCAM: {spec.IMAGE_BYTES_INPUT: tf.constant(probes + brains)},
+        spec.SERVING_DEFAULT: {spec.EXAMPLES_INPUT: tf.constant(examples)},
     }
     answers = {}
     for name, inputs in calls.items():
@@ -191,7 +191,7 @@ def test_constructed_model_abstains_on_blank_and_noise_through_every_signature(c
         assert out[OOD_SCORE].shape == (n,) and out[OOD_SCORE].dtype == np.float32
         assert out[ABSTAIN].shape == (n,) and out[ABSTAIN].dtype == np.bool_
         assert out[ABSTAIN_REASON].shape == (n,)
-        assert out[sig.PROBABILITIES].shape == (n, K)      # the existing outputs stay
+        assert out[spec.PROBABILITIES].shape == (n, K)      # the existing outputs stay
         reasons = [r.decode() for r in out[ABSTAIN_REASON]]
         assert reasons[:len(probes)] == [REASON_OUT_OF_DISTRIBUTION] * len(probes), (name, out[OOD_SCORE])
         assert out[ABSTAIN][:len(probes)].all()
@@ -199,8 +199,8 @@ def test_constructed_model_abstains_on_blank_and_noise_through_every_signature(c
         # Phantoms of the other split are mostly answered.
         assert out[ABSTAIN][len(probes):].mean() <= 0.25, out[OOD_SCORE][len(probes):]
         answers[name] = out[OOD_SCORE]
-    np.testing.assert_allclose(answers[sig.PREDICT_IMAGES_SIGNATURE], answers[sig.GRADCAM_SIGNATURE], rtol=1e-5)
-    np.testing.assert_allclose(answers[sig.PREDICT_IMAGES_SIGNATURE], answers[sig.DEFAULT_SIGNATURE], rtol=1e-5)
+    np.testing.assert_allclose(answers[spec.PREDICT_IMAGES], answers[spec.GRADCAM], rtol=1e-5)
+    np.testing.assert_allclose(answers[spec.PREDICT_IMAGES], answers[spec.SERVING_DEFAULT], rtol=1e-5)
     written = json.loads((constructed_model / ABSTENTION_FILE).read_text())
     assert written["accepted_share"] >= written["accept"] == 0.95
 
@@ -214,7 +214,7 @@ def test_pushed_model_returns_the_abstention_outputs_and_its_thresholds(tiny_run
     assert written["feature_choice"]["chosen"] == written["features"]
     assert {c["features"][-1] for c in written["feature_choice"]["candidates"]} == {abstention.PENULTIMATE}
     loaded = tf.saved_model.load(str(version))
-    for name in (sig.DEFAULT_SIGNATURE, sig.PREDICT_IMAGES_SIGNATURE, sig.GRADCAM_SIGNATURE):
+    for name in (spec.SERVING_DEFAULT, spec.PREDICT_IMAGES, spec.GRADCAM):
         outputs = loaded.signatures[name].structured_outputs
         assert set(ABSTENTION_OUTPUTS) <= set(outputs), name
         assert outputs[ABSTAIN].dtype == tf.bool and outputs[OOD_SCORE].dtype == tf.float32
@@ -290,11 +290,11 @@ def test_clients_say_abstained_instead_of_a_class():
 
 
 def test_gradcam_images_of_an_abstention_are_marked():
-    from serving import gradcam
+    from serving import heatmap_overlay
 
     original = np.full((120, 160, 3), 90, np.uint8)
-    images = gradcam.render(original, np.random.default_rng(0).uniform(0, 1, (224, 224)).astype(np.float32))
-    marked = gradcam.mark_abstained(images, REASON_OUT_OF_DISTRIBUTION)
+    images = heatmap_overlay.render(original, np.random.default_rng(0).uniform(0, 1, (224, 224)).astype(np.float32))
+    marked = heatmap_overlay.mark_abstained(images, REASON_OUT_OF_DISTRIBUTION)
     np.testing.assert_array_equal(marked.original, original)
     for kind in ("heatmap", "overlay"):
         before, after = getattr(images, kind), getattr(marked, kind)

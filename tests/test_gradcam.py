@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from data_prep import contract
 from data_prep.synth import mask_path_for
-from serving import signatures as sig
+from btmri import spec
 
 TUMOR_CLASSES = [c for c in contract.CLASS_NAMES if c != "notumor"]
 
@@ -33,8 +33,8 @@ def gradcam(model, files: list[Path], batch: int = 16) -> dict[str, np.ndarray]:
     parts = []
     for i in range(0, len(files), batch):
         data = tf.constant([f.read_bytes() for f in files[i:i + batch]])
-        parts.append({k: v.numpy() for k, v in model.signatures[sig.GRADCAM_SIGNATURE](
-            **{sig.IMAGE_BYTES_INPUT: data}).items()})
+        parts.append({k: v.numpy() for k, v in model.signatures[spec.GRADCAM](
+            **{spec.IMAGE_BYTES_INPUT: data}).items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -55,25 +55,25 @@ def trained(model_dir):
 
 def test_heatmap_contract(trained, files):
     out = gradcam(trained, files)
-    heatmap, probs = out[sig.HEATMAP], out[sig.PROBABILITIES]
+    heatmap, probs = out[spec.HEATMAP], out[spec.PROBABILITIES]
     assert heatmap.shape == (len(files), 224, 224) and heatmap.dtype == np.float32
     assert heatmap.min() >= 0.0
     # Normalised per image: the peak is 1 (or the map is all zero when no region helps the class).
     assert all(np.isclose(h.max(), 1.0) or h.max() == 0.0 for h in heatmap)
-    assert out[sig.CLASS_ID].tolist() == probs.argmax(axis=1).tolist()
+    assert out[spec.CLASS_ID].tolist() == probs.argmax(axis=1).tolist()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     # The heatmap explains the class the model answers.
-    plain = trained.signatures[sig.PREDICT_IMAGES_SIGNATURE](
-        **{sig.IMAGE_BYTES_INPUT: tf.constant([f.read_bytes() for f in files])})
-    assert out[sig.CLASS_ID].tolist() == plain[sig.CLASS_ID].numpy().tolist()
+    plain = trained.signatures[spec.PREDICT_IMAGES](
+        **{spec.IMAGE_BYTES_INPUT: tf.constant([f.read_bytes() for f in files])})
+    assert out[spec.CLASS_ID].tolist() == plain[spec.CLASS_ID].numpy().tolist()
 
 
 def test_gradcam_probabilities_are_the_models(trained, files):
     """The probabilities `btmri gradcam` prints are the ones `btmri predict` prints."""
     out = gradcam(trained, files)
-    plain = trained.signatures[sig.PREDICT_IMAGES_SIGNATURE](
-        **{sig.IMAGE_BYTES_INPUT: tf.constant([f.read_bytes() for f in files])})
-    np.testing.assert_allclose(out[sig.PROBABILITIES], plain[sig.PROBABILITIES].numpy(), atol=1e-5)
+    plain = trained.signatures[spec.PREDICT_IMAGES](
+        **{spec.IMAGE_BYTES_INPUT: tf.constant([f.read_bytes() for f in files])})
+    np.testing.assert_allclose(out[spec.PROBABILITIES], plain[spec.PROBABILITIES].numpy(), atol=1e-5)
 
 
 def rank_correlations(a: np.ndarray, b: np.ndarray) -> list[float]:
@@ -86,7 +86,7 @@ def reinitialise(model, seed: int = 0) -> int:
     """He-normal re-initialisation of every kernel the gradcam signature uses (conv and dense);
     norm scales and biases keep their values. Returns how many kernels were replaced."""
     rng = np.random.default_rng(seed)
-    kernels = [v for v in model.signatures[sig.GRADCAM_SIGNATURE].trainable_variables
+    kernels = [v for v in model.signatures[spec.GRADCAM].trainable_variables
                if len(v.shape) >= 2]
     for v in kernels:
         fan_in = int(np.prod(v.shape[:-1]))
@@ -117,12 +117,12 @@ def test_heatmap_depends_on_the_learned_weights(model_dir, files):
     between two random models; rank correlation 0.13-0.47, hot-region overlap 0.05-0.15.
     A map that ignored the weights would give distance 0, correlation 1, overlap 1."""
     model = tf.saved_model.load(str(model_dir))   # a private copy: its weights get overwritten
-    trained = gradcam(model, files)[sig.HEATMAP]
-    again = gradcam(model, files)[sig.HEATMAP]
+    trained = gradcam(model, files)[spec.HEATMAP]
+    again = gradcam(model, files)[spec.HEATMAP]
     np.testing.assert_array_equal(trained, again)  # control: same weights, same maps
 
     assert reinitialise(model) >= 5
-    randomised = gradcam(model, files)[sig.HEATMAP]
+    randomised = gradcam(model, files)[spec.HEATMAP]
     rho = rank_correlations(trained, randomised)
     assert len(rho) >= len(files) // 2, "too many constant heatmaps to compare"
     # A map that ignored the weights would give rho ~1, difference ~0, overlap ~1.
@@ -166,7 +166,7 @@ def test_heatmap_peak_falls_inside_the_lesion(tmp_path_factory, record_property)
     out = gradcam(model, files)
     distances: dict[str, list[float]] = {c: [] for c in TUMOR_CLASSES}
     areas = []
-    for f, heatmap in zip(files, out[sig.HEATMAP]):
+    for f, heatmap in zip(files, out[spec.HEATMAP]):
         mask = cv2.imread(str(mask_path_for(f)), cv2.IMREAD_GRAYSCALE)
         assert mask is not None and mask.any(), f"no lesion mask for {f}"
         distances[f.parent.name].append(peak_distance(heatmap, mask))

@@ -190,7 +190,7 @@ def deadline(seconds: int):
 def run_prepare(data_dir, out, **kw) -> dict:
     kw.setdefault("workers", 1)
     with deadline(120):
-        return prepare(PrepareOptions(str(data_dir), str(out), progress=False, **kw))
+        return prepare(PrepareOptions(str(data_dir), str(out), progress=False, **kw)).to_dict()
 
 
 def test_special_files_odd_names_and_big_files_never_stop_prepare(tmp_path, capsys, monkeypatch):

@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from components.audit import intervals, lesion_audit
+from btmri.layout import LESION_AUDIT_FILE
+from btmri import intervals
+from components.audit import lesion_audit
 from components.audit.lesion_audit import (AuditBounds, SliceResult, check, heatmap_figures,
                                            lesion_only, remove_lesion, summarise)
 from data_prep import contract
@@ -79,7 +81,7 @@ def test_summary_counts_and_gate():
 
 def _config(work):
     return PipelineConfig(pipeline_root=str(work / "pipeline"),
-                          data_root=str(work / "data" / "prepared"), serving_dir=str(work / "serving"),
+                          data_root=str(work / "data" / "prepared" / "current"), serving_dir=str(work / "serving"),
                           box_dir=str(work / "data" / "synthetic" / "boxes"))
 
 
@@ -92,7 +94,7 @@ def audit_document(tiny_run):
 
 def test_pipeline_audits_only_slices_that_did_not_train(tiny_run, audit_document):
     uri, document = audit_document
-    manifest = json.loads((tiny_run / "data" / "prepared" / "manifest.json").read_text())
+    manifest = json.loads((tiny_run / "data" / "prepared" / "current" / "manifest.json").read_text())
     boxed_in_train = sum(manifest["lesion_boxes"]["images_with_box"]["train"].values())
     slices, _ = read_box_folder(tiny_run / "data" / "synthetic" / "boxes")
     assert document["slices_in_folder"] == len(slices)
@@ -116,7 +118,7 @@ def test_btmri_audit_in_process_and_over_grpc_agree_with_the_pipeline(tiny_run, 
 
     _, document = audit_document
     boxes = str(tiny_run / "data" / "synthetic" / "boxes")
-    prepared = str(tiny_run / "data" / "prepared")
+    prepared = str(tiny_run / "data" / "prepared" / "current")
     common = [boxes, "--exclude-training", prepared, "--quiet", "--json"]
     assert main(["audit", "--model", str(tiny_run / "serving"), *common,
                  "--out", str(tmp_path / "local")]) == 0
@@ -170,7 +172,7 @@ def test_audit_gate_refuses_to_bless(tiny_run, tmp_path):
     assert blessing.get_int_custom_property("blessed") == 0
     assert "lesion removed, class changed" in blessing.get_string_custom_property("blessing_message")
     assert (tmp_path / "blessing" / "NOT_BLESSED").is_file()
-    assert (tmp_path / "audit" / lesion_audit.AUDIT_FILE).is_file()
+    assert (tmp_path / "audit" / LESION_AUDIT_FILE).is_file()
 
     nodes = {c.id: c for c in create_pipeline(config).components}
     assert nodes["Pusher"].inputs["model_blessing"].producer_component_id == "LesionAudit"

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from components.training.counterfactual import (CounterfactualConfig, box_masks,
-                                                 counterfactual_batch, fill_from_surroundings)
+                                                 counterfactual_batch, fill_from_surroundings,
+                                                 transplant_sources)
 from components.training.lesion_guidance import evidence_loss, lesion_cells
 from data_prep import contract
 from data_prep.lesion_boxes import (BoxMatcher, format_yolo_box, in_audit_part, mask_to_box,
@@ -100,7 +101,8 @@ def test_counterfactuals_relabel_removed_lesions_only():
     labels = tf.constant([0, 2] * 32, tf.int64)           # glioma with a box, notumor without
     boxes = tf.constant([[0.3, 0.3, 0.5, 0.5], contract.NO_BOX] * 32, tf.float32)
     out_images, out_labels, out_boxes = counterfactual_batch(
-        images, labels, boxes, CounterfactualConfig(lesion_rate=0.5, decoy_rate=0.5), seed=7)
+        images, labels, boxes, CounterfactualConfig(lesion_rate=0.5, decoy_rate=0.5, paste_rate=0.0),
+        seed=7)
     out_labels, out_boxes = out_labels.numpy(), out_boxes.numpy()
     removed = (labels.numpy() == 0) & (out_labels == contract.NOTUMOR_ID)
     assert 5 < removed.sum() < 27                           # about half of the 32 gliomas
@@ -116,6 +118,59 @@ def test_counterfactuals_relabel_removed_lesions_only():
     diff = np.abs(out_images.numpy() - images.numpy())[..., 0]
     lesion = box_masks(boxes, 224, 224).numpy()[..., 0] > 0
     assert diff[kept_glioma][lesion[kept_glioma]].max() < 0.25
+
+
+def test_pasted_lesions_bring_their_class_and_box_to_notumor_images():
+    images = np.full((8, 224, 224, 1), 0.3, np.float32)
+    images[:4] = 0.5
+    images[:4, 60:90, 60:90] = 1.0                         # the gliomas' lesion
+    images[7] = 0.0                                        # a notumor image that is all background
+    labels = tf.constant([0, 0, 0, 0, 2, 2, 2, 2], tf.int64)
+    box = [50 / 224, 50 / 224, 100 / 224, 100 / 224]
+    boxes = tf.constant([box] * 4 + [contract.NO_BOX] * 4, tf.float32)
+    out, out_labels, out_boxes = counterfactual_batch(
+        tf.constant(images), labels, boxes,
+        CounterfactualConfig(lesion_rate=0.0, decoy_rate=0.0, paste_rate=1.0), seed=1)
+    out, out_labels, out_boxes = out.numpy(), out_labels.numpy(), out_boxes.numpy()
+    np.testing.assert_array_equal(out_labels, [0, 0, 0, 0, 0, 0, 0, 2])  # background: skipped
+    np.testing.assert_allclose(out_boxes[4:7], [box] * 3, atol=1e-6)
+    # The lesion arrives 0.5 above its surroundings, as it was in the donor.
+    assert out[4:7, 65:85, 65:85].mean() == pytest.approx(0.8, abs=0.03)
+    np.testing.assert_allclose(out[4:7, 150:], images[4:7, 150:])      # elsewhere: untouched
+    np.testing.assert_array_equal(out[7], images[7])
+    np.testing.assert_array_equal(out[:4], images[:4])                 # donors keep theirs
+
+
+def test_transplant_fill_takes_tissue_from_the_mirror_side_not_the_lesion():
+    rng = np.random.default_rng(0)
+    tissue = rng.uniform(0.3, 0.6, (224, 224)).astype(np.float32)
+    images = tissue[None, :, :, None].copy()
+    images[0, 60:100, 40:80] = 1.0                         # lesion on the left
+    box = [55 / 224, 35 / 224, 105 / 224, 85 / 224]
+    boxes = tf.constant([box], tf.float32)
+    transforms, found = transplant_sources(tf.constant([box]), boxes, 224, 224)
+    assert found.numpy()[0] and transforms.numpy()[0, 0] == -1.0   # the mirror image fits
+    out, out_labels, _ = counterfactual_batch(
+        tf.constant(images), tf.constant([0], tf.int64), boxes,
+        CounterfactualConfig(lesion_rate=1.0, decoy_rate=0.0, paste_rate=0.0,
+                             transplant_share=1.0, margin=0.0), seed=2)
+    filled = out.numpy()[0, 70:90, 50:70, 0]
+    assert out_labels.numpy()[0] == contract.NOTUMOR_ID
+    assert filled.max() < 0.9                                        # the lesion is gone
+    mirrored = tissue[70:90, ::-1][:, 50:70]
+    # Textured tissue from the other side (not a smooth blob), brought to the local mean.
+    assert np.corrcoef(filled.ravel(), mirrored.ravel())[0, 1] > 0.9
+
+
+def test_transplant_source_avoids_a_midline_lesion():
+    box = tf.constant([[0.4, 0.45, 0.55, 0.55]])          # the mirror image is the lesion itself
+    transforms, found = transplant_sources(box, box, 224, 224, seed=3, tries=8)
+    assert found.numpy()[0] and transforms.numpy()[0, 0] == 1.0    # a shifted copy instead
+    dy, dx = transforms.numpy()[0, 5] / 224, transforms.numpy()[0, 2] / 224
+    source = np.array([0.4 + dy, 0.45 + dx, 0.55 + dy, 0.55 + dx])
+    assert (source >= 0.1).all() and (source <= 0.9).all()
+    apart = (source[2] < 0.38 or source[0] > 0.57 or source[3] < 0.43 or source[1] > 0.57)
+    assert apart
 
 
 def test_evidence_loss_is_the_share_of_class_evidence_outside_the_box():
@@ -178,7 +233,7 @@ def test_prepare_adds_unmatched_box_slices_but_not_near_duplicates_of_test_image
     assert not in_audit_part("glioma/0.png") and not in_audit_part("glioma/10.png")
     manifest = prepare(PrepareOptions(str(data), str(tmp_path / "out"), box_dir=str(boxes),
                                       progress=False))
-    report = manifest["lesion_boxes"]
+    report = manifest.lesion_boxes
     assert report["slices_added_to_train"] == {"glioma": 1}
     assert report["slices_not_added_near_duplicates_of_eval_or_test"] == ["boxes/glioma/0.png"]
     counts = json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]

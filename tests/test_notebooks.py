@@ -27,7 +27,7 @@ def test_notebook_is_committed_without_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path, tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv("BTMRI_PIPELINE_ROOT", str(tiny_run / "pipeline"))
-    monkeypatch.setenv("BTMRI_DATA_ROOT", str(tiny_run / "data" / "prepared"))
+    monkeypatch.setenv("BTMRI_DATA_ROOT", str(tiny_run / "data" / "prepared" / "current"))
     monkeypatch.setenv("BTMRI_SERVING_DIR", str(tiny_run / "serving"))
     book = nbformat.read(path, as_version=4)
     # The kernel: ipykernel's python3, which jupyter_client runs with this interpreter (the venv).

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from components.executors import AnomaliesFound, pushed_versions
-from components.signature_names import ABSTENTION_OUTPUTS
+from btmri.spec import ABSTENTION_OUTPUTS
 from data_prep import contract
 from data_prep.tfrecords import make_example
 from pipeline.cli import main as btmri
@@ -25,7 +25,7 @@ from pipeline.metadata import execution_state_name, node_executions
 from tests.conftest import btmri_run
 
 def _config(work: Path) -> PipelineConfig:
-    return PipelineConfig(pipeline_root=str(work / "pipeline"), data_root=str(work / "data" / "prepared"),
+    return PipelineConfig(pipeline_root=str(work / "pipeline"), data_root=str(work / "data" / "prepared" / "current"),
                           serving_dir=str(work / "serving"))
 
 
@@ -136,7 +136,8 @@ def test_acceptance_below_the_floor_refuses_blessing(own_run, capsys):
     before = pushed_versions(str(own_run / "serving"))
     assert btmri_run(own_run, "--min-acceptance", "1.01") == 0
     out = capsys.readouterr().out
-    assert re.search(r"answered \(not abstained\) [01]\.\d{4} of the evaluated split \(floor 1\.01\)", out), out
+    assert re.search(r"answered \(not abstained\) [01]\.\d{3} \[[01]\.\d{3}, [01]\.\d{3}\] \(\d+/\d+\) "
+                     r"of the evaluated split \(floor 1\.01\)", out), out
     assert "blessed: no" in out and "not pushed" in out
     assert pushed_versions(str(own_run / "serving")) == before
     summary = summarize(_config(own_run))

@@ -5,8 +5,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from btmri.layout import MANIFEST_FILE
 from data_prep import contract
 from data_prep.prepare import PrepareError, PrepareOptions, prepare
 from data_prep.tfrecords import make_example, parse_example, read_split
@@ -25,7 +24,7 @@ from tests.imaging import make_class_folders, textured_image, write_jpeg, write_
 
 def run_prepare(data_dir: Path, out: Path, **kw) -> dict:
     kw.setdefault("workers", 1)
-    return prepare(PrepareOptions(str(data_dir), str(out), progress=False, **kw))
+    return prepare(PrepareOptions(str(data_dir), str(out), progress=False, **kw)).to_dict()
 
 
 def skip_reasons(manifest: dict) -> dict[str, str]:
@@ -77,6 +76,7 @@ def test_split_is_stratified_and_deterministic_from_content(tmp_path):
     for cls in contract.CLASS_NAMES:
         assert m1["counts"]["eval"][cls] == 10 and m1["counts"]["train"][cls] == 30
     assert _split_by_content(tmp_path / "out1") == _split_by_content(tmp_path / "out2")
+    assert m2["counts"] == m1["counts"]
     m3 = run_prepare(tmp_path / "a", tmp_path / "out3", eval_fraction=0.25, seed=8)
     assert m3["counts"] == m1["counts"]
     assert _split_by_content(tmp_path / "out3") != _split_by_content(tmp_path / "out1")
@@ -241,7 +241,7 @@ def test_no_usable_image_fails(tmp_path):
         (tmp_path / "data" / cls / "empty.jpg").write_bytes(b"")
     with pytest.raises(PrepareError, match="no usable image"):
         run_prepare(tmp_path / "data", tmp_path / "out")
-    manifest = json.loads((tmp_path / "out" / contract.MANIFEST_NAME).read_text())
+    manifest = json.loads((tmp_path / "out" / MANIFEST_FILE).read_text())
     assert len(manifest["skipped"]) == 4  # the reasons are kept for the user
 
 
@@ -337,3 +337,24 @@ def test_real_training_images(real_data, tmp_path):
     assert manifest["duplicates"]["exact"]["extra_copies"] == plain_extra_copies
     print(f"real data: {len(files)} files, {plain_extra_copies} exact extra copies, "
           f"near pairs {manifest['duplicates']['near']['pairs']}")
+
+
+def test_run_work_folder_keeps_datasets_apart_and_reuses_each(tmp_path):
+    from btmri.layout import RunLayout
+    from pipeline.workdir import prepare_if_changed
+
+    layout = RunLayout(str(tmp_path / "runs"))
+    make_class_folders(tmp_path / "a", per_class=4)
+    make_class_folders(tmp_path / "b", per_class=4, seed0=50)
+    first = prepare_if_changed(str(tmp_path / "a"), layout, progress=False, workers=1)
+    other = prepare_if_changed(str(tmp_path / "b"), layout, progress=False, workers=1)
+    assert not first.reused and not other.reused and first.path != other.path
+    assert os.path.realpath(layout.current_prepared_data) == os.path.realpath(other.path)
+    # The first dataset's folder still holds its own data, and is reused as it is.
+    again = prepare_if_changed(str(tmp_path / "a"), layout, progress=False, workers=1)
+    assert again.reused and again.path == first.path
+    assert again.manifest.input_fingerprint == first.manifest.input_fingerprint
+    assert os.path.realpath(layout.current_prepared_data) == os.path.realpath(first.path)
+    # Other prepare arguments are another dataset.
+    assert prepare_if_changed(str(tmp_path / "a"), layout, progress=False, workers=1,
+                              eval_fraction=0.5).path not in (first.path, other.path)

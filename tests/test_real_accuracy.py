@@ -52,7 +52,7 @@ def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
 
     (version,) = pushed_versions(str(tmp_path / "serving"))
     model = tf.saved_model.load(str(tmp_path / "serving" / str(version)))
-    examples = read_split(tmp_path / "data" / "prepared", contract.EVAL_SPLIT)
+    examples = read_split(tmp_path / "data" / "prepared" / "current", contract.EVAL_SPLIT)
     labels = np.array([ex[contract.LABEL_KEY] for ex in examples])
 
     def probabilities(images: list[bytes]) -> np.ndarray:
@@ -64,7 +64,7 @@ def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
     probs = probabilities([ex[contract.IMAGE_KEY] for ex in examples])
     predicted = probs.argmax(axis=1)
 
-    manifest = json.loads((tmp_path / "data" / "prepared" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "data" / "prepared" / "current" / "manifest.json").read_text())
     dropped = [d["source"] for d in manifest["dropped_cross_split_duplicates"]
                if d["split"] == contract.EVAL_SPLIT]
     assert dropped, "the Kaggle training images have near duplicates across the split"

@@ -20,16 +20,19 @@ import tensorflow as tf
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
+from btmri.intervals import format_interval, wilson
+from btmri.spec import ECE_BINS
 from components.executors import DIGEST_FILE, pushed_versions
 from components.signature_names import IMAGE_BYTES_INPUT, PROBABILITIES
+from btmri.layout import MANIFEST_FILE, MODEL_CARD_FILE
 from data_prep import contract
 from data_prep.tfrecords import read_split
 from pipeline.cli import main as btmri
 from pipeline.config import PipelineConfig
 from pipeline.report import collect as collect_module, metrics
 from pipeline.report.build import build_report
-from pipeline.report.markup import rate
-from pipeline.report.model_card import MODEL_CARD_NAME, write_model_card
+from pipeline.report.markup import rate, rate_ci
+from pipeline.report.model_card import write_model_card
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLASSES = list(contract.CLASS_NAMES)
@@ -56,7 +59,7 @@ def version_dir(tiny_run) -> Path:
 @pytest.fixture(scope="module")
 def own_predictions(tiny_run, version_dir):
     """(labels, probabilities, sources) of the pushed model on data/prepared/test."""
-    examples = read_split(tiny_run / "data" / "prepared", contract.TEST_SPLIT)
+    examples = read_split(tiny_run / "data" / "prepared" / "current", contract.TEST_SPLIT)
     model = tf.saved_model.load(str(version_dir))
     out = model.signatures["predict_images"](
         **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])})
@@ -106,8 +109,8 @@ def _expected(labels, probs) -> dict:
     auc = [skm.roc_auc_score(labels == k, probs[:, k]) for k in range(len(CLASSES))]
     confidence, correct = probs.max(axis=1), predicted == labels
     accuracy_in_bin, confidence_in_bin = calibration_curve(
-        correct, confidence, n_bins=metrics.CALIBRATION_BINS, strategy="uniform")
-    edges = np.linspace(0, 1, metrics.CALIBRATION_BINS + 1)
+        correct, confidence, n_bins=ECE_BINS, strategy="uniform")
+    edges = np.linspace(0, 1, ECE_BINS + 1)
     counts = np.bincount(np.searchsorted(edges[1:-1], confidence), minlength=len(edges) - 1)
     counts = counts[counts > 0]
     return {
@@ -135,6 +138,11 @@ def _assert_figures_equal(figures: metrics.Figures, want: dict) -> None:
                                rtol=0, atol=1e-6)
 
 
+def _values(rows: list[list[str]]) -> list[list[str]]:
+    """Table cells without their 95 % interval ('0.873 [0.842, 0.899]' -> '0.873')."""
+    return [[cell.split(" [")[0] for cell in row] for row in rows]
+
+
 def _overall_row(name: str, want: dict) -> list[str]:
     return [name, f"{want['n']:,}", rate(want["accuracy"]), rate(want["macro_f1"]),
             rate(want["macro_auc"]), rate(want["ece"])]
@@ -152,22 +160,32 @@ def test_every_count_in_the_report_equals_scikit_learn(report, own_predictions):
     _assert_figures_equal(data.deduplicated, want_dedup)
 
     tables = _Tables(html_path.read_text())
-    assert tables.tables["per-class-as-is"][1:] == want["per_class"]
-    assert tables.tables["per-class-dedup"][1:] == want_dedup["per_class"]
-    assert tables.tables["overall"][1:] == [_overall_row("test, as is", want),
-                                            _overall_row("test, without duplicates of training images",
-                                                         want_dedup)]
+    assert _values(tables.tables["per-class-as-is"][1:]) == want["per_class"]
+    assert _values(tables.tables["per-class-dedup"][1:]) == want_dedup["per_class"]
+    assert _values(tables.tables["overall"][1:]) == [
+        _overall_row("test, as is", want),
+        _overall_row("test, without duplicates of training images", want_dedup)]
+    # Proportions carry the Wilson interval of scikit-learn's counts.
+    cm = want["confusion"]
+    for k, row in enumerate(tables.tables["per-class-as-is"][1:]):
+        tp = int(cm[k, k])
+        assert row[2].endswith(format_interval(wilson(tp, int(cm[:, k].sum())))), row
+        assert row[3].endswith(format_interval(wilson(tp, int(cm[k].sum())))), row
+    accuracy_cell = tables.tables["overall"][1][2]
+    assert accuracy_cell.endswith(format_interval(wilson(int(np.trace(cm)), int(cm.sum()))))
+    lo, hi = data.as_is.macro_auc_ci   # bootstrap: around the figure
+    assert lo <= data.as_is.macro_auc + 1e-9 and hi >= data.as_is.macro_auc - 0.2
     shares = want["confusion"] / want["confusion"].sum(axis=1, keepdims=True)
     assert tables.tables["confusion-as-is"][1:] == [
         [name, *(f"{want['confusion'][i, j]} ({shares[i, j]:.2f})" for j in range(len(CLASSES))),
          f"{want['confusion'][i].sum():,}"] for i, name in enumerate(CLASSES)]
 
 
-def test_abstention_on_the_evaluated_split_matches_the_model(report, version_dir):
+def test_abstention_on_the_evaluated_split_matches_the_model(report, tiny_run, version_dir):
     """The report's abstention table counts what the pushed model's own `abstain` says on
     the test split, and the risk–coverage curve ends at the plain accuracy."""
     data, html_path = report
-    examples = read_split(version_dir.parent.parent / "data" / "prepared", contract.TEST_SPLIT)
+    examples = read_split(tiny_run / "data" / "prepared" / "current", contract.TEST_SPLIT)
     out = tf.saved_model.load(str(version_dir)).signatures["predict_images"](
         **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])})
     abstain = out["abstain"].numpy()
@@ -187,13 +205,17 @@ def test_abstention_on_the_evaluated_split_matches_the_model(report, version_dir
 def test_split_counts_and_thresholds_match_the_run(report, tiny_run):
     data, html_path = report
     import json
-    manifest = json.loads((tiny_run / "data" / "prepared" / contract.MANIFEST_NAME).read_text())
+    manifest = json.loads((tiny_run / "data" / "prepared" / "current" / MANIFEST_FILE).read_text())
     tables = _Tables(html_path.read_text()).tables
     assert data.split_counts == manifest["counts"]
     for row in tables["split-counts"][1:-1]:
         assert row[1:-1] == [f"{manifest['counts'][row[0]][c]:,}" for c in CLASSES]
     assert tables["thresholds"][1][0] == "sparse_categorical_accuracy"
     assert tables["thresholds"][1][-1] == "pass" and data.run.blessed
+    # The data is described by the manifest that travels with the run's examples, not by
+    # whatever the prepared-data folder holds later.
+    assert data.run.data_root == data.run.examples_uri
+    assert json.loads((Path(data.run.examples_uri) / MANIFEST_FILE).read_text()) == manifest
     statuses = {c.name: c.status for c in data.checks}
     # TFMA and the predictions must describe the same records.
     assert statuses["example count"] == statuses["accuracy"] == statuses["confusion matrix"] == "ok"
@@ -242,7 +264,7 @@ def test_model_card_is_written_beside_the_pushed_model(tiny_run, version_dir, tm
     copy = tmp_path / version_dir.name  # tiny_run is read-only: card a copy of the version
     shutil.copytree(version_dir, copy)
     path = write_model_card(_config(tiny_run), str(copy))
-    assert path == copy / MODEL_CARD_NAME
+    assert path == copy / MODEL_CARD_FILE
     card = path.read_text()
     for heading in ("## Model details", "## Intended use", "## Out-of-scope uses", "## Training data",
                     "## Evaluation data", "### Known flaws of the data", "## Quantitative analysis",
@@ -253,7 +275,8 @@ def test_model_card_is_written_beside_the_pushed_model(tiny_run, version_dir, tm
     for word in ("3D", "anatomy", "Pediatric", "modalities", "synthetic phantoms", "duplicate"):
         assert word in card, word
     for f in data.deduplicated.per_class:  # de-duplicated per-class figures, by name
-        assert f"| {f.name} | {f.support} | {rate(f.precision)} | {rate(f.recall)} | " in card
+        assert (f"| {f.name} | {f.support} | {rate_ci(f.precision, f.precision_ci)} | "
+                f"{rate_ci(f.recall, f.recall_ci)} | ") in card
     assert (copy / DIGEST_FILE).read_text().strip() in card  # the card names the model it describes
     assert not list(copy.glob(".model-card-*"))
 
@@ -264,7 +287,7 @@ def test_model_card_refuses_a_version_of_another_model(tiny_run, version_dir, tm
     (copy / DIGEST_FILE).write_text("0" * 64 + "\n")
     with pytest.raises(ValueError, match="does not hold the latest evaluated model"):
         write_model_card(_config(tiny_run), str(copy))
-    assert not (copy / MODEL_CARD_NAME).exists()
+    assert not (copy / MODEL_CARD_FILE).exists()
 
 
 def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

@@ -8,11 +8,13 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
+from btmri.spec import ECE_BINS
 from pipeline.report import metrics, model_card
 from pipeline.report.dedup import TrainingIndex, training_duplicates
-from pipeline.report.gradcam import choose, overlay
+from pipeline.report.gallery import choose
 from pipeline.report.markup import Bullets, Cell, Heading, Paragraph, Table, to_html, to_markdown
 from pipeline.report.predictions import Predictions
+from serving.heatmap_overlay import overlay
 from tests.imaging import textured_image
 
 K = 4
@@ -69,7 +71,7 @@ def test_figures_equal_scikit_learn(seed, never):
     assert figs.macro_auc == pytest.approx(
         skm.roc_auc_score(np.eye(K)[labels], probs, average="macro"), abs=1e-12)
     assert figs.calibration.ece == pytest.approx(
-        _sklearn_ece(labels, probs, metrics.CALIBRATION_BINS), abs=1e-12)
+        _sklearn_ece(labels, probs, ECE_BINS), abs=1e-12)
     assert figs.calibration.counts.sum() == len(labels)
 
 
@@ -78,7 +80,7 @@ def test_ece_matches_the_trainers_temperature_report():
 
     labels, probs = _random_predictions(7)
     assert metrics.calibration(labels, probs).ece == pytest.approx(
-        expected_calibration_error(probs, labels, bins=metrics.CALIBRATION_BINS), abs=1e-12)
+        expected_calibration_error(probs, labels, bins=ECE_BINS), abs=1e-12)
 
 
 def test_row_normalised_leaves_empty_rows_undefined():

@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from data_prep import contract
-from serving import signatures as sig
+from btmri import spec
 from serving.client import PredictionClient, RestClient
 from serving.process import ServerProcess, free_ports
 
@@ -86,13 +86,13 @@ def rpc_error(call, request) -> grpc.RpcError:
 # ---- gRPC: PredictionService ----------------------------------------------------------
 
 def test_predict_images_signature(predict_stub, images, version):
-    response = predict_stub.Predict(predict_request(inputs={sig.IMAGE_BYTES_INPUT: images}), timeout=60)
+    response = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60)
     assert response.model_spec.name == "brain_tumor"
     assert response.model_spec.version.value == version
     assert response.model_spec.signature_name == "predict_images"
-    probs = tf.make_ndarray(response.outputs[sig.PROBABILITIES])
-    class_id = tf.make_ndarray(response.outputs[sig.CLASS_ID])
-    class_name = tf.make_ndarray(response.outputs[sig.CLASS_NAME])
+    probs = tf.make_ndarray(response.outputs[spec.PROBABILITIES])
+    class_id = tf.make_ndarray(response.outputs[spec.CLASS_ID])
+    class_name = tf.make_ndarray(response.outputs[spec.CLASS_NAME])
     assert probs.shape == (len(images), contract.NUM_CLASSES)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert class_id.tolist() == probs.argmax(axis=1).tolist()
@@ -111,62 +111,62 @@ def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server
     batch = images[:2] + _probe_images()
     answers = {}
     for name in ("predict_images", "gradcam"):
-        response = predict_stub.Predict(predict_request(name, {sig.IMAGE_BYTES_INPUT: batch}), timeout=60)
-        answers[name] = {k: tf.make_ndarray(response.outputs[k]) for k in sig.ABSTENTION_OUTPUTS}
+        response = predict_stub.Predict(predict_request(name, {spec.IMAGE_BYTES_INPUT: batch}), timeout=60)
+        answers[name] = {k: tf.make_ndarray(response.outputs[k]) for k in spec.ABSTENTION_OUTPUTS}
     examples = [tf.train.Example(features=tf.train.Features(feature={
         contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
         .SerializeToString() for image in batch]
-    response = predict_stub.Predict(predict_request("serving_default", {sig.EXAMPLES_INPUT: examples}),
+    response = predict_stub.Predict(predict_request("serving_default", {spec.EXAMPLES_INPUT: examples}),
                                     timeout=60)
-    answers["serving_default"] = {k: tf.make_ndarray(response.outputs[k]) for k in sig.ABSTENTION_OUTPUTS}
+    answers["serving_default"] = {k: tf.make_ndarray(response.outputs[k]) for k in spec.ABSTENTION_OUTPUTS}
     reference = answers["predict_images"]
-    assert reference[sig.OOD_SCORE].dtype == np.float32 and reference[sig.OOD_SCORE].shape == (len(batch),)
-    assert reference[sig.ABSTAIN].dtype == np.bool_
-    reasons = [r.decode() for r in reference[sig.ABSTAIN_REASON]]
-    assert set(reasons) <= {"", sig.REASON_OUT_OF_DISTRIBUTION, sig.REASON_LOW_CONFIDENCE}
-    assert [r != "" for r in reasons] == reference[sig.ABSTAIN].tolist()
+    assert reference[spec.OOD_SCORE].dtype == np.float32 and reference[spec.OOD_SCORE].shape == (len(batch),)
+    assert reference[spec.ABSTAIN].dtype == np.bool_
+    reasons = [r.decode() for r in reference[spec.ABSTAIN_REASON]]
+    assert set(reasons) <= {"", spec.REASON_OUT_OF_DISTRIBUTION, spec.REASON_LOW_CONFIDENCE}
+    assert [r != "" for r in reasons] == reference[spec.ABSTAIN].tolist()
     for other in answers.values():
-        np.testing.assert_allclose(other[sig.OOD_SCORE], reference[sig.OOD_SCORE], rtol=1e-5)
-        np.testing.assert_array_equal(other[sig.ABSTAIN_REASON], reference[sig.ABSTAIN_REASON])
+        np.testing.assert_allclose(other[spec.OOD_SCORE], reference[spec.OOD_SCORE], rtol=1e-5)
+        np.testing.assert_array_equal(other[spec.ABSTAIN_REASON], reference[spec.ABSTAIN_REASON])
     # output_filter can ask for them alone.
-    only = predict_stub.Predict(predict_request(inputs={sig.IMAGE_BYTES_INPUT: batch},
-                                                output_filter=[sig.ABSTAIN]), timeout=60)
-    assert set(only.outputs) == {sig.ABSTAIN}
+    only = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: batch},
+                                                output_filter=[spec.ABSTAIN]), timeout=60)
+    assert set(only.outputs) == {spec.ABSTAIN}
     # REST: JSON booleans, numbers and strings, the same values.
     code, body = rest(server, "POST", "/v1/models/brain_tumor:predict",
                       {"signature_name": "predict_images", "instances": [b64(i) for i in batch]})
     assert code == 200, body
     rows = body["predictions"]
-    assert [r[sig.ABSTAIN] for r in rows] == reference[sig.ABSTAIN].tolist()
-    assert all(isinstance(r[sig.ABSTAIN], bool) for r in rows)
-    assert [r[sig.ABSTAIN_REASON] for r in rows] == reasons
-    np.testing.assert_allclose([r[sig.OOD_SCORE] for r in rows], reference[sig.OOD_SCORE], rtol=1e-5)
+    assert [r[spec.ABSTAIN] for r in rows] == reference[spec.ABSTAIN].tolist()
+    assert all(isinstance(r[spec.ABSTAIN], bool) for r in rows)
+    assert [r[spec.ABSTAIN_REASON] for r in rows] == reasons
+    np.testing.assert_allclose([r[spec.OOD_SCORE] for r in rows], reference[spec.OOD_SCORE], rtol=1e-5)
 
 
 def test_default_signature_takes_serialized_examples(predict_stub, images):
     examples = [tf.train.Example(features=tf.train.Features(feature={
         contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
         .SerializeToString() for image in images]
-    by_example = predict_stub.Predict(predict_request(signature="", inputs={sig.EXAMPLES_INPUT: examples}),
+    by_example = predict_stub.Predict(predict_request(signature="", inputs={spec.EXAMPLES_INPUT: examples}),
                                       timeout=60)
-    by_bytes = predict_stub.Predict(predict_request(inputs={sig.IMAGE_BYTES_INPUT: images}), timeout=60)
+    by_bytes = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60)
     assert by_example.model_spec.signature_name == "serving_default"
-    np.testing.assert_allclose(tf.make_ndarray(by_example.outputs[sig.PROBABILITIES]),
-                               tf.make_ndarray(by_bytes.outputs[sig.PROBABILITIES]), atol=1e-6)
+    np.testing.assert_allclose(tf.make_ndarray(by_example.outputs[spec.PROBABILITIES]),
+                               tf.make_ndarray(by_bytes.outputs[spec.PROBABILITIES]), atol=1e-6)
 
 
 def test_output_filter_and_explicit_version(predict_stub, images, version):
-    response = predict_stub.Predict(predict_request(inputs={sig.IMAGE_BYTES_INPUT: images[:1]},
-                                                    version=version, output_filter=[sig.CLASS_NAME]),
+    response = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]},
+                                                    version=version, output_filter=[spec.CLASS_NAME]),
                                     timeout=60)
-    assert set(response.outputs) == {sig.CLASS_NAME}
+    assert set(response.outputs) == {spec.CLASS_NAME}
     assert response.model_spec.version.value == version
 
 
 def test_gradcam_signature_over_grpc(predict_stub, images):
-    response = predict_stub.Predict(predict_request("gradcam", {sig.IMAGE_BYTES_INPUT: images[:2]}),
+    response = predict_stub.Predict(predict_request("gradcam", {spec.IMAGE_BYTES_INPUT: images[:2]}),
                                     timeout=60)
-    heatmap = tf.make_ndarray(response.outputs[sig.HEATMAP])
+    heatmap = tf.make_ndarray(response.outputs[spec.HEATMAP])
     assert heatmap.shape == (2, 224, 224) and heatmap.dtype == np.float32
     assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
 
@@ -180,15 +180,15 @@ def test_get_model_metadata(predict_stub, version):
     assert response.metadata["signature_def"].Unpack(signature_map)
     defs = signature_map.signature_def
     assert {"serving_default", "predict_images", "gradcam"} <= set(defs)
-    assert set(defs["predict_images"].inputs) == {sig.IMAGE_BYTES_INPUT}
-    assert defs["predict_images"].inputs[sig.IMAGE_BYTES_INPUT].dtype == tf.string.as_datatype_enum
-    assert set(defs["gradcam"].outputs) == {sig.HEATMAP, sig.CLASS_ID, sig.PROBABILITIES,
-                                            *sig.ABSTENTION_OUTPUTS}
+    assert set(defs["predict_images"].inputs) == {spec.IMAGE_BYTES_INPUT}
+    assert defs["predict_images"].inputs[spec.IMAGE_BYTES_INPUT].dtype == tf.string.as_datatype_enum
+    assert set(defs["gradcam"].outputs) == {spec.HEATMAP, spec.CLASS_ID, spec.PROBABILITIES,
+                                             *spec.ABSTENTION_OUTPUTS}
     for name in ("serving_default", "predict_images", "gradcam"):
         outputs = defs[name].outputs
-        assert outputs[sig.ABSTAIN].dtype == tf.bool.as_datatype_enum
-        assert outputs[sig.OOD_SCORE].dtype == tf.float32.as_datatype_enum
-        assert outputs[sig.ABSTAIN_REASON].dtype == tf.string.as_datatype_enum
+        assert outputs[spec.ABSTAIN].dtype == tf.bool.as_datatype_enum
+        assert outputs[spec.OOD_SCORE].dtype == tf.float32.as_datatype_enum
+        assert outputs[spec.ABSTAIN_REASON].dtype == tf.string.as_datatype_enum
     assert defs["serving_default"].method_name == "tensorflow/serving/predict"
 
 
@@ -249,7 +249,7 @@ PREDICT_ERRORS = [
 @pytest.mark.parametrize("case, fields, code, message", PREDICT_ERRORS, ids=[c[0] for c in PREDICT_ERRORS])
 def test_predict_errors(predict_stub, images, case, fields, code, message):
     fields = dict(fields)
-    fields.setdefault("inputs", {sig.IMAGE_BYTES_INPUT: images[:1]})
+    fields.setdefault("inputs", {spec.IMAGE_BYTES_INPUT: images[:1]})
     err = rpc_error(predict_stub.Predict, predict_request(**fields))
     assert err.code() == code, err.details()
     assert re.search(message, err.details()), err.details()
@@ -257,7 +257,7 @@ def test_predict_errors(predict_stub, images, case, fields, code, message):
 
 def test_a_tensor_declaring_a_huge_shape_is_refused(predict_stub):
     request = predict_request()
-    tensor = request.inputs[sig.IMAGE_BYTES_INPUT]
+    tensor = request.inputs[spec.IMAGE_BYTES_INPUT]
     tensor.dtype = tf.string.as_datatype_enum
     tensor.tensor_shape.dim.add().size = 10 ** 12   # a few bytes on the wire, terabytes if filled
     tensor.string_val.append(b"x")
@@ -267,7 +267,7 @@ def test_a_tensor_declaring_a_huge_shape_is_refused(predict_stub):
 
 
 def test_version_label_is_refused(predict_stub, images):
-    request = predict_request(inputs={sig.IMAGE_BYTES_INPUT: images[:1]})
+    request = predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]})
     request.model_spec.version_label = "stable"
     err = rpc_error(predict_stub.Predict, request)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "version_label" in err.details()
@@ -302,11 +302,11 @@ def test_metadata_and_status_errors(predict_stub, model_stub):
 
 def test_a_request_above_the_size_limit_is_refused(predict_stub, images):
     too_big = bytes(int(1.5 * MAX_MESSAGE_MB * 1024 * 1024))
-    err = rpc_error(predict_stub.Predict, predict_request(inputs={sig.IMAGE_BYTES_INPUT: [too_big]}))
+    err = rpc_error(predict_stub.Predict, predict_request(inputs={spec.IMAGE_BYTES_INPUT: [too_big]}))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
     # ... and the server carries on.
-    response = predict_stub.Predict(predict_request(inputs={sig.IMAGE_BYTES_INPUT: images[:1]}), timeout=60)
-    assert response.outputs[sig.CLASS_ID].int64_val
+    response = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]}), timeout=60)
+    assert response.outputs[spec.CLASS_ID].int64_val
 
 
 # ---- REST -----------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def test_rest_status_and_metadata(server, version):
     code, body = rest(server, "GET", "/v1/models/brain_tumor/metadata")
     assert code == 200 and body["model_spec"]["version"] == str(version)
     inputs = body["metadata"]["signature_def"]["signature_def"]["predict_images"]["inputs"]
-    assert inputs[sig.IMAGE_BYTES_INPUT]["dtype"] == "DT_STRING"
+    assert inputs[spec.IMAGE_BYTES_INPUT]["dtype"] == "DT_STRING"
 
 
 def test_rest_row_format_matches_grpc(server, predict_stub, images):
@@ -344,21 +344,21 @@ def test_rest_row_format_matches_grpc(server, predict_stub, images):
     assert code == 200, body
     rows = body["predictions"]
     assert len(rows) == len(images)
-    assert set(rows[0]) == {sig.PROBABILITIES, sig.CLASS_ID, sig.CLASS_NAME, *sig.ABSTENTION_OUTPUTS}
+    assert set(rows[0]) == {spec.PROBABILITIES, spec.CLASS_ID, spec.CLASS_NAME, *spec.ABSTENTION_OUTPUTS}
     grpc_probs = tf.make_ndarray(predict_stub.Predict(
-        predict_request(inputs={sig.IMAGE_BYTES_INPUT: images}), timeout=60).outputs[sig.PROBABILITIES])
-    np.testing.assert_allclose([r[sig.PROBABILITIES] for r in rows], grpc_probs, atol=1e-6)
-    assert all(r[sig.CLASS_NAME] == contract.CLASS_NAMES[r[sig.CLASS_ID]] for r in rows)
+        predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60).outputs[spec.PROBABILITIES])
+    np.testing.assert_allclose([r[spec.PROBABILITIES] for r in rows], grpc_probs, atol=1e-6)
+    assert all(r[spec.CLASS_NAME] == contract.CLASS_NAMES[r[spec.CLASS_ID]] for r in rows)
 
 
 def test_rest_columnar_format_and_version_path(server, images, version):
     code, body = rest(server, "POST", f"/v1/models/brain_tumor/versions/{version}:predict",
                       {"signature_name": "predict_images",
-                       "inputs": {sig.IMAGE_BYTES_INPUT: [b64(i) for i in images[:3]]}})
+                       "inputs": {spec.IMAGE_BYTES_INPUT: [b64(i) for i in images[:3]]}})
     assert code == 200, body
     outputs = body["outputs"]
-    assert set(outputs) == {sig.PROBABILITIES, sig.CLASS_ID, sig.CLASS_NAME, *sig.ABSTENTION_OUTPUTS}
-    assert len(outputs[sig.CLASS_ID]) == 3 and len(outputs[sig.PROBABILITIES][0]) == contract.NUM_CLASSES
+    assert set(outputs) == {spec.PROBABILITIES, spec.CLASS_ID, spec.CLASS_NAME, *spec.ABSTENTION_OUTPUTS}
+    assert len(outputs[spec.CLASS_ID]) == 3 and len(outputs[spec.PROBABILITIES][0]) == contract.NUM_CLASSES
 
 
 REST_ERRORS = [
@@ -397,7 +397,7 @@ def test_rest_malformed_json_and_size_limit(server):
 
 
 def test_prometheus_metrics(server, predict_stub, images, version):
-    predict_stub.Predict(predict_request(inputs={sig.IMAGE_BYTES_INPUT: images[:1]}), timeout=60)
+    predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]}), timeout=60)
     with urllib.request.urlopen(server.rest_url + "/monitoring/prometheus/metrics", timeout=60) as r:
         text = r.read().decode()
     ok = re.search(r'^:tensorflow:serving:request_count\{model_name="brain_tumor",status="OK"\} (\d+)$',
@@ -429,12 +429,12 @@ def test_btmri_predict_prints_one_json_line_per_image(server, tiny_run, capsys, 
         for line in lines:
             assert line["model_version"] == version
             assert set(line["probabilities"]) == set(contract.CLASS_NAMES)
-            assert isinstance(line[sig.ABSTAIN], bool) and isinstance(line[sig.OOD_SCORE], float)
-            if line[sig.ABSTAIN]:
+            assert isinstance(line[spec.ABSTAIN], bool) and isinstance(line[spec.OOD_SCORE], float)
+            if line[spec.ABSTAIN]:
                 assert line["class"] is None and line["answer"].startswith("abstained: ")
             else:
                 assert line["class"] in contract.CLASS_NAMES and line["answer"] == line["class"]
-                assert line[sig.ABSTAIN_REASON] == ""
+                assert line[spec.ABSTAIN_REASON] == ""
 
 
 def test_btmri_predict_reports_bad_files_and_a_down_server(server, tmp_path, capsys):

@@ -56,7 +56,7 @@ def model(tiny_run) -> Path:
     return folder
 
 
-def _target(process: ServerProcess, **limits) -> "hostile.Target":
+def _target(process: ServerProcess, **limits) -> hostile.Target:
     target = hostile.Target(process.grpc_target, process.rest_port, process.process.pid,
                             hostile.small_image(), **limits)
     assert hostile.valid_predict(target) == "OK"        # warm up before measuring

@@ -18,7 +18,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
                                      prediction_service_pb2_grpc)
 
 from data_prep import contract
-from serving import signatures as sig
+from btmri import spec
 from serving.process import ServerProcess
 
 CLIENTS = 8
@@ -87,7 +87,7 @@ def predict_version(server, image: bytes) -> int:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "brain_tumor"
     request.model_spec.signature_name = "predict_images"
-    request.inputs[sig.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image]))
+    request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image]))
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         return stub.Predict(request, timeout=60).model_spec.version.value
@@ -111,7 +111,7 @@ def test_hot_swap_under_load_drops_nothing(server, base, model, images):
                 request = predict_pb2.PredictRequest()
                 request.model_spec.name = "brain_tumor"
                 request.model_spec.signature_name = "predict_images"
-                request.inputs[sig.IMAGE_BYTES_INPUT].CopyFrom(
+                request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(
                     tf.make_tensor_proto([images[k % len(images)]]))
                 k += 1
                 try:

@@ -12,9 +12,10 @@ import pytest
 from serving import rest_json
 from serving.batching import BatchingParameters, BatchScheduler
 from serving.errors import Code, ServingError
-from serving.gradcam import render, unique_stems
-from serving.metrics import ServingMetrics
-from serving.server import DEFAULT_BATCHING_FILE, DEFAULT_MONITORING_PATH
+from serving.heatmap_overlay import render, unique_stems
+from serving.prometheus_metrics import ServingMetrics
+from btmri.documents import DEFAULT_MONITORING_PATH
+from serving.server import DEFAULT_BATCHING_FILE
 from serving.source import aspired_version, list_versions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,7 +219,7 @@ def test_overlay_is_drawn_at_the_original_size():
     original = np.full((300, 200, 3), 128, np.uint8)
     heatmap = np.zeros((224, 224), np.float32)
     heatmap[:112] = 1.0                           # hot top half
-    images = render(original, heatmap, alpha=0.5)
+    images = render(original, heatmap, strength=0.5)
     assert images.heatmap.shape == images.overlay.shape == (300, 200, 3)
     # JET: 1.0 is dark red (BGR: red channel high), 0.0 dark blue.
     assert images.heatmap[10, 100, 2] > 100 and images.heatmap[10, 100, 0] < 50

@@ -24,8 +24,9 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
+from btmri import spec
+from btmri.layout import LESION_AUDIT_FILE
 from components.audit import lesion_audit
-from data_prep import contract
 
 GALLERY_PER_KIND = 2   # slices kept per class and outcome (peak in box or not)
 GALLERY_DIR = "gallery"
@@ -54,7 +55,7 @@ class LesionAuditSpec(types.ComponentSpec):
     }
 
 
-def split_files(examples_uri: str, split: str = contract.TRAIN_SPLIT) -> list[str]:
+def split_files(examples_uri: str, split: str = spec.TRAIN_SPLIT) -> list[str]:
     """The record files of one split of an Examples artifact."""
     return sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
 
@@ -71,10 +72,10 @@ def training_images(files: list[str]):
         for record in tf.data.TFRecordDataset(path, compression_type=compression):
             feats = tf.train.Example.FromString(record.numpy()).features.feature
             try:
-                image = decode_image(feats[contract.IMAGE_KEY].bytes_list.value[0], ".png")
+                image = decode_image(feats[spec.IMAGE_KEY].bytes_list.value[0], ".png")
             except ImageError:
                 continue
-            yield image.gray_small, feats[contract.LABEL_KEY].int64_list.value[0]
+            yield image.gray_small, feats[spec.LABEL_KEY].int64_list.value[0]
 
 
 def slices_not_in(slices, images):
@@ -99,7 +100,7 @@ def write_audit(out_dir: str, document: dict, results, gallery: dict[int, tuple[
     os.makedirs(os.path.join(out_dir, GALLERY_DIR), exist_ok=True)
     document = dict(document, results=lesion_audit.results_as_dicts(results),
                     gallery=sorted(gallery))
-    with open(os.path.join(out_dir, lesion_audit.AUDIT_FILE), "w") as f:
+    with open(os.path.join(out_dir, LESION_AUDIT_FILE), "w") as f:
         json.dump(document, f, indent=1)
     for i, (path, heatmap) in gallery.items():
         shutil.copyfile(path, gallery_image_path(out_dir, i, path))
@@ -134,8 +135,8 @@ def run_lesion_audit(model_dir: str | None, box_dir: str, training_files: list[s
         "slices_in_training": len(slices) - len(audited),
         "slices_audited": len(audited),
         "tolerance_px": tolerance_px,
-        "lesion_removal": "box grown by %.2f of the side, inpainted with OpenCV Telea "
-                          "at the slice's resolution" % lesion_audit.REMOVAL_MARGIN,
+        "lesion_removal": f"box grown by {lesion_audit.REMOVAL_MARGIN:.2f} of the side, "
+                          "inpainted with OpenCV Telea at the slice's resolution",
         "summary": summary,
         "bounds": {"min_pointing": bounds.min_pointing,
                    "min_removed_changed": bounds.min_removed_changed},
@@ -193,10 +194,10 @@ class LesionAudit(base_component.BaseComponent):
     def __init__(self, model, examples, model_blessing, box_dir: str,
                  tolerance_px: float = lesion_audit.DEFAULT_TOLERANCE_PX,
                  min_pointing: float = -1.0, min_removed_changed: float = -1.0):
-        spec = LesionAuditSpec(
+        component_spec = LesionAuditSpec(
             model=model, examples=examples, model_blessing=model_blessing, box_dir=box_dir,
             tolerance_px=float(tolerance_px), min_pointing=float(min_pointing),
             min_removed_changed=float(min_removed_changed),
             audit=types.Channel(type=LesionAuditResult),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing))
-        super().__init__(spec=spec)
+        super().__init__(spec=component_spec)

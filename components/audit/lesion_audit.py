@@ -19,17 +19,18 @@ run the same checks.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from components.audit import intervals
-from data_prep import contract
+from btmri import spec
+from btmri.layout import LESION_AUDIT_FILE
+from btmri import intervals
 from data_prep.lesion_boxes import BoxedSlice, box_mask, gray_of
 
-AUDIT_FILE = "lesion_audit.json"
 DEFAULT_TOLERANCE_PX = 8      # on the 224x224 heatmap: half a 14x14 Grad-CAM cell
 REMOVAL_MARGIN = 0.02         # boxes are loose or tight by a few pixels: grow before editing
 HEATMAP_SIZE = 224
@@ -159,7 +160,7 @@ def _figures(rows: list[SliceResult]) -> dict:
         "box_area": intervals.mean([r.box_area for r in rows]),
         "removed_same_class": share(lambda r: r.removed_predicted == r.label),
         "removed_changed": share(lambda r: r.removed_predicted != r.label),
-        "removed_notumor": share(lambda r: r.removed_predicted == contract.NOTUMOR_ID),
+        "removed_notumor": share(lambda r: r.removed_predicted == spec.NOTUMOR_ID),
         "lesion_only_same_class": share(lambda r: r.lesion_only_predicted == r.label),
     }
 
@@ -173,7 +174,7 @@ def summarise(results: list[SliceResult]) -> dict:
     """Figures overall and per tumour class present."""
     per_class = {}
     for label in sorted({r.label for r in results}):
-        per_class[contract.CLASS_NAMES[label]] = _figures([r for r in results if r.label == label])
+        per_class[spec.CLASS_NAMES[label]] = _figures([r for r in results if r.label == label])
     return {"overall": _figures(results), "per_class": per_class}
 
 
@@ -207,7 +208,7 @@ def read_audit(folder: str, rows: bool = True) -> dict:
     import json
     import os
 
-    with open(os.path.join(folder, AUDIT_FILE)) as f:
+    with open(os.path.join(folder, LESION_AUDIT_FILE)) as f:
         document = json.load(f)
     if not rows:
         document.pop("results", None)

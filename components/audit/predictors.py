@@ -1,11 +1,11 @@
 """The two ways the lesion audit reaches a model: in process, or served over gRPC."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from components import signature_names as sig
+from btmri import spec
 
 
 class SavedModelPredictor:
@@ -16,16 +16,16 @@ class SavedModelPredictor:
 
         self._tf = tf
         self._model = tf.saved_model.load(model_dir)
-        self._gradcam = self._model.signatures[sig.GRADCAM]
-        self._predict = self._model.signatures[sig.PREDICT_IMAGES]
+        self._gradcam = self._model.signatures[spec.GRADCAM]
+        self._predict = self._model.signatures[spec.PREDICT_IMAGES]
 
     def gradcam(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        out = self._gradcam(**{sig.IMAGE_BYTES_INPUT: self._tf.constant(list(images))})
-        return out[sig.HEATMAP].numpy(), out[sig.PROBABILITIES].numpy()
+        out = self._gradcam(**{spec.IMAGE_BYTES_INPUT: self._tf.constant(list(images))})
+        return out[spec.HEATMAP].numpy(), out[spec.PROBABILITIES].numpy()
 
     def predict(self, images: Sequence[bytes]) -> np.ndarray:
-        out = self._predict(**{sig.IMAGE_BYTES_INPUT: self._tf.constant(list(images))})
-        return out[sig.PROBABILITIES].numpy()
+        out = self._predict(**{spec.IMAGE_BYTES_INPUT: self._tf.constant(list(images))})
+        return out[spec.PROBABILITIES].numpy()
 
 
 class ServedPredictor:
@@ -42,14 +42,14 @@ class ServedPredictor:
     def _outputs(self, signature: str, images: Sequence[bytes], names: list[str]) -> list[np.ndarray]:
         import tensorflow as tf
 
-        response = self._client.predict(signature, {sig.IMAGE_BYTES_INPUT: list(images)},
+        response = self._client.predict(signature, {spec.IMAGE_BYTES_INPUT: list(images)},
                                         output_filter=names)
         return [tf.make_ndarray(response.outputs[name]) for name in names]
 
     def gradcam(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        heatmaps, probs = self._outputs(sig.GRADCAM, images, [sig.HEATMAP, sig.PROBABILITIES])
+        heatmaps, probs = self._outputs(spec.GRADCAM, images, [spec.HEATMAP, spec.PROBABILITIES])
         return heatmaps, probs
 
     def predict(self, images: Sequence[bytes]) -> np.ndarray:
-        (probs,) = self._outputs(sig.PREDICT_IMAGES, images, [sig.PROBABILITIES])
+        (probs,) = self._outputs(spec.PREDICT_IMAGES, images, [spec.PROBABILITIES])
         return probs

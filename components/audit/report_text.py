@@ -1,10 +1,11 @@
 """The lesion audit as plain text: the run summary and `btmri audit` print this."""
 from __future__ import annotations
 
+from btmri.intervals import format_with_interval
+
 
 def _share(fig: dict) -> str:
-    lo, hi = fig["ci95"]
-    return f"{fig['value']:.2f} [{lo:.2f}-{hi:.2f}]"
+    return format_with_interval(fig["value"], fig["ci95"], digits=2)
 
 
 COLUMNS = (
@@ -24,7 +25,7 @@ def audit_lines(document: dict) -> list[str]:
     summary = document["summary"]
     lines = [f"lesion audit: {document['slices_audited']} slices not used in training "
              f"(of {document['slices_in_folder']} in {document['box_dir']}); 95 % intervals"]
-    width = 21
+    width = 22
     lines.append("class        n     " + "".join(title.ljust(width) for _, title in COLUMNS))
     rows = [*summary["per_class"].items(), ("overall", summary["overall"])]
     for name, figures in rows:

@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from components.signature_names import (ABSTAIN, ABSTAIN_REASON, ABSTENTION_FILE, OOD_SCORE,
-                                        REASON_LOW_CONFIDENCE, REASON_OUT_OF_DISTRIBUTION)
+from btmri.documents import TRAINER_DEFAULTS
+from btmri.layout import ABSTENTION_FILE
+from btmri.spec import (ABSTAIN, ABSTAIN_REASON, OOD_SCORE, REASON_LOW_CONFIDENCE,
+                        REASON_OUT_OF_DISTRIBUTION)
 
-DEFAULT_ACCEPT = 0.95
-DEFAULT_OOD_SHARE = 0.6   # of the rejection budget (1 - accept) spent on the distance
 DEFAULT_FOLDS = 5
 EIGEN_FLOOR = 1e-6        # relative to the largest eigenvalue of a shrunk covariance
 # The graph computes in float32 what `fit` computes in float64; an image exactly at
@@ -167,8 +167,8 @@ def cross_fitted_distances(names: list[str], features: list[np.ndarray], labels:
 
 
 def fit(names: list[str], features: list[np.ndarray], labels: np.ndarray,
-        probabilities: np.ndarray, accept: float = DEFAULT_ACCEPT,
-        ood_share: float = DEFAULT_OOD_SHARE, folds: int = DEFAULT_FOLDS,
+        probabilities: np.ndarray, accept: float = TRAINER_DEFAULTS.abstention_accept,
+        ood_share: float = TRAINER_DEFAULTS.abstention_ood_share, folds: int = DEFAULT_FOLDS,
         seed: int = 0) -> AbstentionSpec:
     """Fits the detector on held-out in-distribution data: pooled `features` per layer
     ([N, d_l]), true `labels` [N] and the served (calibrated) `probabilities` [N, K].

@@ -12,6 +12,7 @@ import tf_keras as keras
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from btmri.spec import ECE_BINS
 from components.training.models import LOGITS_LAYER
 
 CALIBRATED_PROBABILITIES_LAYER = "calibrated_probabilities"
@@ -41,7 +42,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return temperature
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Top-label ECE: |accuracy - confidence| averaged over equal-width confidence bins,
     weighted by the share of examples in each bin."""
     confidence = probs.max(axis=1)

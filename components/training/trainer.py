@@ -27,6 +27,8 @@ from absl import logging
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
+from btmri.documents import TRAINER_DEFAULTS
+from btmri.layout import CALIBRATION_FILE, HISTORY_CSV_FILE, HISTORY_FILE, TENSORBOARD_DIR
 from components.signature_names import (CLASS_ID, CLASS_NAME, EXAMPLES_INPUT, GRADCAM, HEATMAP,
                                         IMAGE_BYTES_INPUT, PREDICT_IMAGES, PROBABILITIES,
                                         SERVING_DEFAULT)
@@ -34,39 +36,15 @@ from components.training import abstention, calibration, gradcam as cam, outlier
 from components.training.augment import augment_batch
 from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
-from components.training.models import (DEFAULT_MODEL, GRADCAM_FINE_LAYER, GRADCAM_LAYER,
+from components.training.models import (GRADCAM_FINE_LAYER, GRADCAM_LAYER,
                                         LOGITS_LAYER, build_model)
-from components.transform.preprocessing import (CHANNELS, IMAGE_SIZE, IMAGE_XF, LABEL_XF,
-                                                LESION_BOX_XF)
+from components.transform.head_framing import maps_to_image
+from components.transform.preprocessing import (CHANNELS, HEAD_BOX_XF, IMAGE_SIZE, IMAGE_XF,
+                                                LABEL_XF, LESION_BOX_XF)
 from data_prep import contract
 
-# Trainer custom_config keys and defaults (pipeline.config fills them).
-DEFAULTS = {
-    "model": DEFAULT_MODEL,
-    "weights": None,
-    "epochs": 80,
-    "batch_size": 32,
-    "learning_rate": 1e-3,
-    "weight_decay": 0.05,    # AdamW, decoupled; not on batch-norm scales/offsets or biases
-    "label_smoothing": 0.1,
-    "patience": 0,           # > 0: early stopping on eval loss (see run_fn)
-    "augment": True,
-    "seed": 0,
-    "materialized": False,   # examples are Transform's output, not raw Examples
-    "calibrate": True,       # temperature scaling fitted on the eval split
-    "cache": True,           # keep decoded images in memory across epochs (~200 KB each)
-    "precision": "auto",     # float32 | bfloat16 | auto (bfloat16 where the CPU has it)
-    # Lesion guidance, for training images with a known tumour box (counterfactual.py,
-    # lesion_guidance.py); images without one train as before.
-    "evidence_weight": 1.0,  # weight of the lesion-evidence loss; 0: off
-    "lesion_removal_rate": 0.25,  # boxed tumour images shown with the lesion removed, as notumor
-    "decoy_removal_rate": 0.25,   # images shown with a lesion-free box removed, label kept
-    # Abstention (abstention.py), fitted on the eval split after calibration.
-    "abstention": True,
-    "abstention_accept": abstention.DEFAULT_ACCEPT,        # share of eval images answered
-    "abstention_ood_share": abstention.DEFAULT_OOD_SHARE,  # of the rejection budget
-    "abstention_outliers_per_kind": 24,  # generated outliers per kind (outliers.py)
-}
+# Trainer custom_config keys and defaults (pipeline.config fills them): TrainerConfig's.
+DEFAULTS = TRAINER_DEFAULTS.to_dict()
 
 # The final map of mri_resnet (the CAM the evidence loss constrains) is 7x7.
 CAM_SIZE = 7
@@ -176,9 +154,11 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
         probs, *features = scorer(x, training=False)
         return probs, abstention.outputs(abstention_spec, probs, features)
 
+    def transformed(image_bytes):
+        return model.tft_layer({contract.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
+
     def images_to_model_input(image_bytes):
-        raw = {contract.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])}
-        return model.tft_layer(raw)[IMAGE_XF]
+        return transformed(image_bytes)[IMAGE_XF]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_examples(examples):
@@ -193,12 +173,16 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
     def gradcam(image_bytes):
-        x = images_to_model_input(image_bytes)
+        xf = transformed(image_bytes)
+        x = xf[IMAGE_XF]
         with tf.GradientTape() as tape:
             features, logits = grad_model(x, training=False)
             class_id = tf.argmax(logits, axis=1, output_type=tf.int64)
             score = tf.gather(logits, class_id, batch_dims=1)  # pre-softmax class score
         heatmap = cam.heatmap(IMAGE_SIZE, features, tape.gradient(score, features))
+        if HEAD_BOX_XF in xf:  # the model saw the head crop; clients sent the whole image
+            heatmap = maps_to_image(heatmap, xf[HEAD_BOX_XF], IMAGE_SIZE)
+            heatmap = tf.math.divide_no_nan(heatmap, tf.reduce_max(heatmap, axis=[1, 2], keepdims=True))
         # The model's own (calibrated) probabilities, as the other signatures return.
         probs, abstained = scored(x)
         return {HEATMAP: heatmap, CLASS_ID: class_id, PROBABILITIES: probs, **abstained}
@@ -222,7 +206,7 @@ def _calibrate(model: keras.Model, eval_ds: tf.data.Dataset, run_dir: str) -> ke
     temperature = calibration.fit_temperature(logits, labels)
     report = calibration.calibration_report(logits, labels, temperature)
     logging.info("Temperature scaling on eval: %s", report)
-    with open(os.path.join(run_dir, "calibration.json"), "w") as f:
+    with open(os.path.join(run_dir, CALIBRATION_FILE), "w") as f:
         json.dump(report, f, indent=1)
     return calibration.with_temperature(model, temperature)
 
@@ -263,7 +247,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     materialized = bool(config["materialized"])
     cache = bool(config["cache"])
     counterfactuals = CounterfactualConfig(lesion_rate=float(config["lesion_removal_rate"]),
-                                           decoy_rate=float(config["decoy_removal_rate"]))
+                                           decoy_rate=float(config["decoy_removal_rate"]),
+                                           paste_rate=float(config["lesion_paste_rate"]))
     train_ds = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                         batch, training=True, augment=bool(config["augment"]),
                         seed=int(config["seed"]), materialized=materialized, cache=cache,
@@ -283,8 +268,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     run_dir = fn_args.model_run_dir
     os.makedirs(run_dir, exist_ok=True)
     callbacks = [
-        keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "tensorboard")),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
+        keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, TENSORBOARD_DIR)),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_CSV_FILE)),
         keras.callbacks.LearningRateScheduler(
             cosine_schedule(float(config["learning_rate"]), int(config["epochs"]))),
     ]
@@ -298,7 +283,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             start_from_epoch=int(config["epochs"]) // 2, restore_best_weights=True))
     history = guided.fit(train_ds, validation_data=eval_ds, epochs=int(config["epochs"]),
                         callbacks=callbacks, verbose=2)
-    with open(os.path.join(run_dir, "history.json"), "w") as f:
+    with open(os.path.join(run_dir, HISTORY_FILE), "w") as f:
         json.dump({"config": config, "precision_policy": policy,
                    "history": {k: [float(v) for v in vals]
                                for k, vals in history.history.items()}}, f, indent=1)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.signature_names import REASON_LOW_CONFIDENCE, REASON_OUT_OF_DISTRIBUTION
+from btmri.spec import REASON_LOW_CONFIDENCE, REASON_OUT_OF_DISTRIBUTION
 from pipeline.report.markup import Bullets, Cell, Paragraph, Table, count, rate
 
 

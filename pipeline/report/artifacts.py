@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import artifact_utils
 
+from btmri.layout import MANIFEST_FILE
 from pipeline.config import PipelineConfig
 from pipeline.metadata import latest_output, node_executions
 
@@ -34,7 +35,7 @@ class RunArtifacts:
     model_dir: str                    # the candidate SavedModel TFMA evaluated
     baseline_model_dir: str | None
     blessed: bool | None
-    data_root: str | None             # prepared data (manifest.json); None if unknown
+    data_root: str | None             # the folder holding manifest.json; None if unknown
     statistics_uri: str | None = None
     anomalies_uri: str | None = None
     model_run_dir: str | None = None  # history.json, TensorBoard logs
@@ -69,11 +70,19 @@ def _evaluated_models(evaluation_uri: str) -> tuple[str, str | None]:
     return candidate, locations.get(BASELINE)
 
 
+def _manifest_dir(config: PipelineConfig, examples_uri: str) -> str | None:
+    """Where the run's manifest is: in its Examples artifact (ImportExampleGen copies
+    it there), else, for runs made before that, the folder ImportExampleGen read."""
+    if os.path.isfile(os.path.join(examples_uri, MANIFEST_FILE)):
+        return examples_uri
+    return _exec_property(config, "ImportExampleGen", "input_base")
+
+
 def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifacts:
     """Everything the report reads, from the latest successful execution of each node.
 
-    `data_root` overrides where the prepared data (manifest.json) is looked for;
-    by default it is the folder ImportExampleGen imported.
+    `data_root` overrides where the prepare manifest (manifest.json) is looked for;
+    by default it is the run's own copy in the Examples artifact.
     """
     if not os.path.isfile(config.metadata_path):
         raise ReportError(f"no ML Metadata store at {config.metadata_path}: run `btmri run` first "
@@ -106,7 +115,7 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
         model_dir=model_dir,
         baseline_model_dir=baseline_dir,
         blessed=bool(blessing.get_int_custom_property("blessed")) if blessing else None,
-        data_root=data_root or _exec_property(config, "ImportExampleGen", "input_base"),
+        data_root=data_root or _manifest_dir(config, examples.uri),
         statistics_uri=statistics.uri if statistics else None,
         anomalies_uri=anomalies.uri if anomalies else None,
         model_run_dir=model_run.uri if model_run else None,

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from btmri.documents import write_atomic
 from pipeline.config import PipelineConfig
 
 
@@ -18,11 +18,5 @@ def build_report(config: PipelineConfig, out: str | os.PathLike, data_root: str 
     data = collect(config, data_root=data_root, gallery_per_kind=gallery_per_kind,
                    abstention_benchmark=abstention_benchmark)
     text = render(data)
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
+    write_atomic(Path(out).resolve(), text)
     return data

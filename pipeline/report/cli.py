@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from btmri.layout import DEFAULT_LAYOUT, REPORT_FILE
+
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    import data_prep  # noqa: F401  (sets the Keras flavour before TensorFlow is imported)
     from pipeline.config import PipelineConfig
     from pipeline.report.artifacts import ReportError
     from pipeline.report.build import build_report
@@ -38,15 +39,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report", help="self-contained HTML evaluation report and model card of the latest run")
-    p.add_argument("--pipeline-root", default="runs/pipeline",
+    p.add_argument("--pipeline-root", default=DEFAULT_LAYOUT.pipeline_root,
                    help="pipeline root holding metadata.sqlite (default %(default)s)")
-    p.add_argument("--out", default="report.html", help="HTML file to write (default %(default)s)")
+    p.add_argument("--out", default=REPORT_FILE, help="HTML file to write (default %(default)s)")
     p.add_argument("--data-root", default=None,
-                   help="prepared data folder with manifest.json (default: the folder the run "
-                        "imported)")
+                   help="folder with the manifest.json to describe the data by (default: the "
+                        "run's own copy, beside its examples)")
     p.add_argument("--gallery", type=int, default=4, metavar="N",
                    help="Grad-CAM gallery: N correct and N wrong test images (default %(default)s)")
     p.add_argument("--abstention-benchmark", default=None, metavar="FILE",
                    help="JSON written by benchmarks/abstention.py --out: abstention per probe "
                         "family in the report and model card")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="keep TensorFlow's start-up notes and library warnings")
     p.set_defaults(func=_cmd_report)

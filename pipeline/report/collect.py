@@ -9,14 +9,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from btmri import spec
 from components.executors import model_digest
-from data_prep import contract
 from pipeline.config import PipelineConfig
 from pipeline.report import dedup, metrics, predictions as preds, tfma_results
 from pipeline.report.artifacts import RunArtifacts, find_run
-from pipeline.report.data_summary import DataSummary, summarize
-from pipeline.report.gradcam import GalleryItem, choose, overlay
+from pipeline.report.data_summary import DataSummary, summarize_data
+from pipeline.report.gallery import GalleryItem, choose
 from pipeline.report.markup import rate
+from serving.heatmap_overlay import overlay
 
 # TFMA's AUC integrates over 10,000 fixed thresholds: close to, not equal to, the exact AUC.
 TFMA_AUC_TOLERANCE = 0.01
@@ -58,7 +59,7 @@ class ReportData:
 
 def _count(labels) -> dict[str, int]:
     tally = Counter(int(label) for label in labels)
-    return {name: tally.get(k, 0) for k, name in enumerate(contract.CLASS_NAMES)}
+    return {name: tally.get(k, 0) for k, name in enumerate(spec.CLASS_NAMES)}
 
 
 def _read_json(folder: str | None, name: str) -> dict | None:
@@ -71,7 +72,7 @@ def _read_json(folder: str | None, name: str) -> dict | None:
 
 def _checks(tfma: tfma_results.TfmaResult, p: preds.Predictions,
             as_is: metrics.Figures) -> list[Check]:
-    own_cm = metrics.confusion_matrix(p.labels, p.predicted, contract.NUM_CLASSES)
+    own_cm = metrics.confusion_matrix(p.labels, p.predicted, spec.NUM_CLASSES)
     tfma_n, tfma_acc = tfma.get("example_count"), tfma.get("sparse_categorical_accuracy")
     same_cm = tfma.confusion is not None and np.array_equal(tfma.confusion, own_cm) \
         and not tfma.unpredicted
@@ -125,10 +126,10 @@ def _scan_other_splits(run: RunArtifacts, p: preds.Predictions, near_threshold: 
 
         def images(split=split, labels=labels):
             for _, example in preds.read_examples(run.split_uri(split)):
-                labels.append(example[contract.LABEL_KEY])
-                yield example[contract.SOURCE_KEY], example[contract.IMAGE_KEY]
+                labels.append(example[spec.LABEL_KEY])
+                yield example[spec.SOURCE_KEY], example[spec.IMAGE_KEY]
 
-        if split == contract.TRAIN_SPLIT:
+        if split == spec.TRAIN_SPLIT:
             index = dedup.TrainingIndex(images())
             duplicates = dedup.training_duplicates(index, p.sources, p.images, near_threshold)
         else:
@@ -144,7 +145,7 @@ def collect(config: PipelineConfig, data_root: str | None = None,
     `abstention_benchmark`: JSON written by benchmarks/abstention.py --out."""
     run = find_run(config, data_root)
     tfma = tfma_results.load(run.evaluation_uri)
-    data = summarize(run.data_root, run.splits, run.statistics_uri, run.anomalies_uri)
+    data = summarize_data(run.data_root, run.splits, run.statistics_uri, run.anomalies_uri)
     model = preds.load_model(run.model_dir)
     p = preds.predict_split(model, run.split_uri(run.evaluated_split))
 
@@ -152,13 +153,13 @@ def collect(config: PipelineConfig, data_root: str | None = None,
     split_counts = {s: _count(p.labels) if s == run.evaluated_split else other_counts[s]
                     for s in run.splits}
 
-    cm_own = metrics.confusion_matrix(p.labels, p.predicted, contract.NUM_CLASSES)
+    cm_own = metrics.confusion_matrix(p.labels, p.predicted, spec.NUM_CLASSES)
     as_is = metrics.figures(tfma.confusion if tfma.confusion is not None else cm_own,
-                            p.labels, p.probs, contract.CLASS_NAMES)
+                            p.labels, p.probs, spec.CLASS_NAMES)
     kept = p.subset(np.array([s not in duplicates for s in p.sources], bool))
     deduplicated = metrics.figures(
-        metrics.confusion_matrix(kept.labels, kept.predicted, contract.NUM_CLASSES),
-        kept.labels, kept.probs, contract.CLASS_NAMES)
+        metrics.confusion_matrix(kept.labels, kept.predicted, spec.NUM_CLASSES),
+        kept.labels, kept.probs, spec.CLASS_NAMES)
 
     report = ReportData(run=run, tfma=tfma, predictions=p, as_is=as_is, deduplicated=deduplicated,
                         duplicates=duplicates, data=data, split_counts=split_counts,

@@ -2,15 +2,16 @@
 duplicates) and the TFDV statistics and anomalies the pipeline computed."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep import contract
+from btmri.documents import Manifest
+from btmri.layout import MANIFEST_FILE, SYNTH_MARKER_FILE
+from btmri import spec
 from data_prep.duplicates import DEFAULT_NEAR_THRESHOLD
 
-SIZE_FEATURES = (contract.HEIGHT_KEY, contract.WIDTH_KEY)
+SIZE_FEATURES = (spec.HEIGHT_KEY, spec.WIDTH_KEY)
 
 
 @dataclass
@@ -23,7 +24,7 @@ class SplitStatistics:
 
 @dataclass
 class DataSummary:
-    manifest: dict | None
+    manifest: Manifest | None
     manifest_path: str | None
     statistics: dict[str, SplitStatistics] = field(default_factory=dict)
     anomalies: dict[str, list[str]] = field(default_factory=dict)  # split → descriptions
@@ -31,13 +32,13 @@ class DataSummary:
 
     @property
     def counts(self) -> dict[str, dict[str, int]]:
-        return (self.manifest or {}).get("counts", {})
+        return self.manifest.counts if self.manifest else {}
 
     @property
     def near_threshold(self) -> int:
         """The perceptual-hash distance prepare counted as a near duplicate."""
-        return int((self.manifest or {}).get("duplicates", {}).get(
-            "near_threshold_bits", DEFAULT_NEAR_THRESHOLD))
+        duplicates = (self.manifest.duplicates if self.manifest else None) or {}
+        return int(duplicates.get("near_threshold_bits", DEFAULT_NEAR_THRESHOLD))
 
 
 def _is_synthetic(data_dir: str | None) -> bool:
@@ -45,7 +46,7 @@ def _is_synthetic(data_dir: str | None) -> bool:
     if not data_dir:
         return False
     from data_prep.synth import MASKS_DIR
-    return (Path(data_dir) / "synth.json").is_file() or (Path(data_dir) / MASKS_DIR).is_dir()
+    return (Path(data_dir) / SYNTH_MARKER_FILE).is_file() or (Path(data_dir) / MASKS_DIR).is_dir()
 
 
 def _split_statistics(stats_uri: str, split: str) -> SplitStatistics | None:
@@ -83,17 +84,15 @@ def _split_anomalies(anomalies_uri: str, split: str) -> list[str] | None:
     return found
 
 
-def summarize(data_root: str | None, splits: list[str], statistics_uri: str | None,
+def summarize_data(data_root: str | None, splits: list[str], statistics_uri: str | None,
               anomalies_uri: str | None) -> DataSummary:
     manifest, manifest_path = None, None
     if data_root:
-        path = os.path.join(data_root, contract.MANIFEST_NAME)
-        if os.path.isfile(path):
-            manifest_path = path
-            with open(path) as f:
-                manifest = json.load(f)
+        manifest = Manifest.read_if_present(data_root)
+        if manifest is not None:
+            manifest_path = os.path.join(data_root, MANIFEST_FILE)
     summary = DataSummary(manifest, manifest_path,
-                          synthetic=_is_synthetic((manifest or {}).get("data_dir")))
+                          synthetic=_is_synthetic(manifest.data_dir if manifest else None))
     for split in splits:
         if statistics_uri and (stats := _split_statistics(statistics_uri, split)):
             summary.statistics[split] = stats

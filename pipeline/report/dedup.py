@@ -7,11 +7,10 @@ functions (md5 of the stored bytes, DCT perceptual hash) and its threshold.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from collections.abc import Iterable
 
-import numpy as np
-
-from data_prep.duplicates import hamming_to_many, perceptual_hash
+from btmri.spec import TRAIN_SPLIT
+from data_prep.duplicates import DuplicateIndex, Record, perceptual_hash
 from data_prep.image_io import ImageError, content_hash, decode_image
 
 
@@ -31,31 +30,18 @@ def _hashes(image: bytes) -> tuple[str, int | None]:
 
 
 class TrainingIndex:
-    """md5 and pHash of every training image."""
+    """md5 and pHash of every training image, matched with prepare's own rule
+    (data_prep.duplicates.DuplicateIndex.training_match)."""
 
     def __init__(self, training: Iterable[tuple[str, bytes]]):
-        self._md5: dict[str, str] = {}
-        sources, hashes = [], []
+        self._index = DuplicateIndex()
         for source, image in training:
             md5, phash = _hashes(image)
-            self._md5.setdefault(md5, source)
-            if phash is not None:
-                sources.append(source)
-                hashes.append(phash)
-        self._sources = sources
-        self._phash = np.asarray(hashes, np.uint64)
+            self._index.add(Record(source, TRAIN_SPLIT, -1, md5, phash))
 
     def match(self, image: bytes, threshold: int) -> Match | None:
-        md5, phash = _hashes(image)
-        if md5 in self._md5:
-            return Match("exact", self._md5[md5], 0)
-        if phash is None or not self._phash.size:
-            return None
-        dist = hamming_to_many(phash, self._phash)
-        best = int(np.argmin(dist))
-        if dist[best] <= threshold:
-            return Match("near", self._sources[best], int(dist[best]))
-        return None
+        found = self._index.training_match(*_hashes(image), threshold=threshold)
+        return Match(*found) if found else None
 
 
 def training_duplicates(index: TrainingIndex, sources: list[str], images: list[bytes],

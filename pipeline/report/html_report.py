@@ -10,11 +10,15 @@ import datetime as dt
 import html
 from collections import Counter
 
-from data_prep import contract
+from btmri.documents import Manifest
+from btmri.intervals import format_interval
+from btmri.layout import MANIFEST_FILE
+from btmri import spec
 from pipeline.report import model_card, plots, tables
 from pipeline.report.collect import ReportData
 from pipeline.report.lesion_audit import audit_blocks, tile_caption
-from pipeline.report.markup import Bullets, Cell, Paragraph, Table, count, rate, table_html, to_html
+from pipeline.report.markup import (Bullets, Cell, Paragraph, Table, count, rate, rate_ci, table_html,
+                                    to_html)
 
 TITLE = "Brain tumor MRI classifier: evaluation report"
 LISTED = 200  # longest list shown in a collapsed <details> element
@@ -143,15 +147,16 @@ def _decision(data: ReportData) -> str:
 def _kpis(data: ReportData) -> str:
     a, d = data.as_is, data.deduplicated
 
-    def ece(figures):
-        return figures.calibration.ece if figures.calibration else None
-
-    cards = [("accuracy", a.accuracy, d.accuracy), ("macro F1", a.macro_f1, d.macro_f1),
-             ("macro ROC AUC", a.macro_auc, d.macro_auc), ("calibration error (ECE)", ece(a), ece(d))]
+    cards = [("accuracy", rate(a.accuracy), rate_ci(d.accuracy, d.accuracy_ci), a.accuracy_ci),
+             ("macro F1", rate(a.macro_f1), rate(d.macro_f1), None),
+             ("macro ROC AUC", rate(a.macro_auc), rate_ci(d.macro_auc, d.macro_auc_ci),
+              a.macro_auc_ci),
+             ("calibration error (ECE)", rate(a.ece), rate_ci(d.ece, d.ece_ci), a.ece_ci)]
     items = "".join(
-        f'<div class="kpi"><div class="label">{_e(label)}</div><div class="value">{rate(x)}</div>'
-        f'<div class="sub">without duplicates of training images: {rate(y)}</div></div>'
-        for label, x, y in cards)
+        f'<div class="kpi"><div class="label">{_e(label)}</div><div class="value">{x}</div>'
+        + (f'<div class="sub">95 % interval {format_interval(ci)}</div>' if ci else "")
+        + f'<div class="sub">without duplicates of training images: {y}</div></div>'
+        for label, x, y, ci in cards)
     return (f'<h3>Headline on {_e(data.run.evaluated_split)} ({count(a.n)} images)</h3>'
             f'<div class="kpis">{items}</div>')
 
@@ -164,7 +169,8 @@ def _figures(data: ReportData) -> str:
                   f"{n_dup} of them duplicate a training image (same bytes, or perceptual hash "
                   f"within {data.data.near_threshold} bits); the second set of figures leaves "
                   "them out. Per class: one class against the rest with the top-1 decision; "
-                  "n/a where a ratio is undefined (e.g. no image predicted as that class)."),
+                  "n/a where a ratio is undefined (e.g. no image predicted as that class). "
+                  + tables.INTERVALS_NOTE),
         tables.overall([(f"{split}, as is", data.as_is),
                         (f"{split}, without duplicates of training images", data.deduplicated)],
                        "overall"),
@@ -183,7 +189,7 @@ def _figures(data: ReportData) -> str:
 
 
 def _plots(data: ReportData) -> str:
-    names = contract.CLASS_NAMES
+    names = spec.CLASS_NAMES
     a, d = data.as_is, data.deduplicated
     body = ["<h3>Confusion matrix, as is</h3>",
             _figure(plots.confusion(a.confusion, names),
@@ -239,9 +245,9 @@ def _training(data: ReportData) -> str:
 
 
 def _data(data: ReportData) -> str:
-    names = contract.CLASS_NAMES
+    names = spec.CLASS_NAMES
     summary = data.data
-    manifest = summary.manifest or {}
+    manifest = summary.manifest
     body = ["<h3>Images per split and class</h3>",
             '<p>As imported by the pipeline (ImportExampleGen).'
             + (" Synthetic phantoms." if summary.synthetic else "") + "</p>",
@@ -251,8 +257,8 @@ def _data(data: ReportData) -> str:
     if summary.statistics:
         rows = []
         for split, st in summary.statistics.items():
-            h = st.sizes.get(contract.HEIGHT_KEY, (float("nan"),) * 4)
-            w = st.sizes.get(contract.WIDTH_KEY, (float("nan"),) * 4)
+            h = st.sizes.get(spec.HEIGHT_KEY, (float("nan"),) * 4)
+            w = st.sizes.get(spec.WIDTH_KEY, (float("nan"),) * 4)
             rows.append([Cell(split), Cell(count(st.examples), "num"),
                          Cell(f"{h[0]:.0f} / {h[1]:.0f} / {h[3]:.0f}", "num"),
                          Cell(f"{w[0]:.0f} / {w[1]:.0f} / {w[3]:.0f}", "num"),
@@ -269,12 +275,12 @@ def _data(data: ReportData) -> str:
     else:
         body.append('<p class="muted">No anomalies artifact found.</p>')
 
-    if not manifest:
-        body.append(f'<p class="notice">No manifest.json under {_e(data.run.data_root)}: skipped '
+    if manifest is None:
+        body.append(f'<p class="notice">No {MANIFEST_FILE} under {_e(data.run.data_root)}: skipped '
                     "files and the duplicate report are unavailable (pass --data-root).</p>")
         return _section("data", "Data", "\n".join(body))
 
-    skipped = manifest.get("skipped", [])
+    skipped = manifest.skipped
     body.append(f"<h3>Skipped files ({count(len(skipped))})</h3>")
     if skipped:
         reasons = Counter(s["reason"].split(":")[0] for s in skipped)
@@ -290,8 +296,8 @@ def _data(data: ReportData) -> str:
     return _section("data", "Data", "\n".join(body))
 
 
-def _duplicates(manifest: dict) -> str:
-    dups = manifest.get("duplicates")
+def _duplicates(manifest: Manifest) -> str:
+    dups = manifest.duplicates
     if not dups:
         return ""
     exact, near = dups["exact"], dups["near"]
@@ -311,7 +317,7 @@ def _duplicates(manifest: dict) -> str:
     if exact.get("conflicting_labels"):
         out.append(f'<p class="notice">{len(exact["conflicting_labels"])} groups of identical '
                    "images carry different labels.</p>")
-    dropped = manifest.get("dropped_cross_split_duplicates", [])
+    dropped = manifest.dropped_cross_split_duplicates
     if dropped:
         out.append(f"<p>{len(dropped)} eval/test images duplicating training images were left out "
                    "when preparing (--drop-cross-split-duplicates).</p>")
@@ -327,7 +333,7 @@ def _duplicates(manifest: dict) -> str:
 
 
 def _gradcam(data: ReportData) -> str:
-    names = contract.CLASS_NAMES
+    names = spec.CLASS_NAMES
     p = data.predictions
     tiles = {True: [], False: []}
     for item in data.gallery:
@@ -399,7 +405,7 @@ def _checks(data: ReportData) -> str:
     run = data.run
     provenance = [(k, v) for k, v in (
         ("pipeline root", run.config.pipeline_root), ("ML Metadata", run.config.metadata_path),
-        ("examples (ImportExampleGen)", run.examples_uri), ("prepared data", run.data_root),
+        ("examples (ImportExampleGen)", run.examples_uri), ("manifest (prepare)", run.data_root),
         ("manifest", data.data.manifest_path), ("statistics (StatisticsGen)", run.statistics_uri),
         ("anomalies (ExampleValidator)", run.anomalies_uri), ("evaluated model", run.model_dir),
         ("model digest (sha256)", data.model_digest), ("baseline model", run.baseline_model_dir),

@@ -10,16 +10,16 @@ import numpy as np
 
 from components.audit.component import GALLERY_DIR, gallery_image_path
 from components.audit.report_text import COLUMNS
-from data_prep import contract
-from pipeline.report.gradcam import overlay
+from btmri import spec
+from serving.heatmap_overlay import overlay
+from btmri.intervals import format_with_interval
 from pipeline.report.markup import Bullets, Cell, Paragraph, Table
 
 BOX_COLOUR = (60, 220, 60)  # BGR green: the tumour box on every overlay
 
 
 def _cell(fig: dict) -> Cell:
-    lo, hi = fig["ci95"]
-    return Cell(f"{fig['value']:.2f} [{lo:.2f}, {hi:.2f}]", "num")
+    return Cell(format_with_interval(fig["value"], fig["ci95"], digits=2), "num")
 
 
 def audit_table(document: dict, table_id: str = "lesion-audit") -> Table:
@@ -96,7 +96,7 @@ def gallery(audit_dir: str, document: dict, max_side: int) -> list[AuditTile]:
 
 
 def tile_caption(row: dict) -> str:
-    names = contract.CLASS_NAMES
+    names = spec.CLASS_NAMES
     return (f"{names[row['label']]} → predicted {names[row['predicted']]} "
             f"({row['probability']:.2f}); lesion removed → {names[row['removed_predicted']]}; "
             f"heat in box {row['mass_in_box']:.2f}")

@@ -7,6 +7,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from btmri.intervals import format_with_interval
+
 
 @dataclass
 class Heading:
@@ -50,6 +52,13 @@ def rate(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}"
+
+
+def rate_ci(value: float | None, interval, digits: int = 3) -> str:
+    """A ratio with its 95 % interval: 0.873 [0.842, 0.899]; n/a when undefined."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format_with_interval(value, interval, digits)
 
 
 def count(value) -> str:

@@ -5,14 +5,21 @@ the report must not be scikit-learn checking itself.
 
 Conventions (the same as scikit-learn's with `zero_division=nan`): a ratio whose
 denominator is zero is NaN (shown as "n/a"), never a silent 0.
+
+Every figure carries its 95 % interval (btmri.intervals): Wilson for proportions
+(accuracy, precision, recall, specificity), a bootstrap over images for ROC AUC and
+the expected calibration error. F1 is neither and is shown without one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-CALIBRATION_BINS = 15  # as the Trainer's temperature-scaling report counts them
+from btmri import intervals
+from btmri.spec import ECE_BINS
+
+NAN_INTERVAL = intervals.NAN_INTERVAL
 
 
 def _ratio(num: float, den: float) -> float:
@@ -46,6 +53,19 @@ class ClassFigures:
     specificity: float
     f1: float
     auc: float = float("nan")  # one-vs-rest ROC AUC, from the probabilities
+    auc_ci: tuple[float, float] = NAN_INTERVAL  # bootstrap over images
+
+    @property
+    def precision_ci(self) -> tuple[float, float]:
+        return intervals.wilson(self.tp, self.tp + self.fp)
+
+    @property
+    def recall_ci(self) -> tuple[float, float]:
+        return intervals.wilson(self.tp, self.tp + self.fn)
+
+    @property
+    def specificity_ci(self) -> tuple[float, float]:
+        return intervals.wilson(self.tn, self.tn + self.fp)
 
 
 def class_figures(cm: np.ndarray, class_names) -> list[ClassFigures]:
@@ -101,14 +121,9 @@ def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks, tied values sharing the mean of their ranks."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(values.size, float)
-    sorted_values = values[order]
-    starts = np.r_[0, np.nonzero(np.diff(sorted_values))[0] + 1]
-    ends = np.r_[starts[1:], values.size]
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + 1 + end) / 2.0
-    return ranks
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    starts = np.cumsum(counts) - counts          # 0-based rank of each distinct value's first copy
+    return (starts + (counts + 1) / 2.0)[inverse]
 
 
 @dataclass
@@ -121,7 +136,11 @@ class Calibration:
     ece: float              # expected calibration error: sum_b n_b/N * |acc_b - conf_b|
 
 
-def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> Calibration:
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    return calibration(labels, probs, bins).ece
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> Calibration:
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -148,6 +167,20 @@ class Figures:
     macro_auc: float
     calibration: Calibration | None
     roc: list[tuple[np.ndarray, np.ndarray]]  # per class (fpr, tpr)
+    macro_auc_ci: tuple[float, float] = NAN_INTERVAL   # bootstrap over images
+    ece_ci: tuple[float, float] = NAN_INTERVAL         # bootstrap over images
+    correct: int = field(init=False, default=0)
+
+    def __post_init__(self):
+        self.correct = int(np.trace(self.confusion))
+
+    @property
+    def accuracy_ci(self) -> tuple[float, float]:
+        return intervals.wilson(self.correct, self.n)
+
+    @property
+    def ece(self) -> float:
+        return self.calibration.ece if self.calibration else float("nan")
 
 
 def figures(cm: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names) -> Figures:
@@ -157,12 +190,23 @@ def figures(cm: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names) 
     own confusion matrix; `labels`/`probs` are the same images.
     """
     per_class = class_figures(cm, class_names)
+    labels, probs = np.asarray(labels), np.asarray(probs)
     roc = []
     for k, fig in enumerate(per_class):
         positive = labels == k
         fig.auc = roc_auc(positive, probs[:, k]) if len(labels) else float("nan")
         roc.append(roc_curve(positive, probs[:, k]) if len(labels) else (np.zeros(1), np.zeros(1)))
+    macro_auc_ci = ece_ci = NAN_INTERVAL
+    if len(labels):
+        for k, fig in enumerate(per_class):
+            fig.auc_ci = intervals.bootstrap(lambda y, p, k=k: roc_auc(y == k, p[:, k]),
+                                             [labels, probs])
+        macro_auc_ci = intervals.bootstrap(
+            lambda y, p: macro(roc_auc(y == k, p[:, k]) for k in range(len(class_names))),
+            [labels, probs])
+        ece_ci = intervals.bootstrap(expected_calibration_error, [labels, probs])
     return Figures(
         n=int(cm.sum()), confusion=cm, accuracy=accuracy(cm), per_class=per_class,
         macro_f1=macro(f.f1 for f in per_class), macro_auc=macro(f.auc for f in per_class),
-        calibration=calibration(labels, probs) if len(labels) else None, roc=roc)
+        calibration=calibration(labels, probs) if len(labels) else None, roc=roc,
+        macro_auc_ci=macro_auc_ci, ece_ci=ece_ci)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from data_prep import contract
+from btmri.documents import Manifest, write_atomic
+from btmri.intervals import format_with_interval
+from btmri.layout import MODEL_CARD_FILE
+from btmri.spec import MODEL_NAME
+from btmri import spec
 from pipeline.config import PipelineConfig
 from pipeline.report import tables
 from pipeline.report.abstention import blocks as abstention_blocks
 from pipeline.report.lesion_audit import audit_blocks
 from pipeline.report.markup import Bullets, Heading, Paragraph, count, to_markdown
-
-from components.executors import MODEL_CARD_FILE as MODEL_CARD_NAME
-from serving import MODEL_NAME as SERVED_MODEL_NAME
 
 
 def _date(ms: int) -> str:
@@ -53,8 +53,10 @@ def _calibration_sentence(name: str, figures) -> str:
     gap = confidence - figures.accuracy
     leaning = ("over-confident" if gap > 0.02 else "under-confident" if gap < -0.02
                else "about as confident as it is accurate")
-    return (f"{name}: expected calibration error {cal.ece:.3f}; mean top-1 probability "
-            f"{confidence:.3f} against accuracy {figures.accuracy:.3f} ({leaning}).")
+    return (f"{name}: expected calibration error "
+            f"{format_with_interval(cal.ece, figures.ece_ci)}; mean top-1 probability "
+            f"{confidence:.3f} against accuracy "
+            f"{format_with_interval(figures.accuracy, figures.accuracy_ci)} ({leaning}).")
 
 
 def temperature_sentence(temperature: dict | None) -> str:
@@ -68,20 +70,20 @@ def temperature_sentence(temperature: dict | None) -> str:
 
 
 def _data_flaws(data) -> list[str]:
-    manifest = data.data.manifest or {}
+    manifest = data.data.manifest or Manifest()
     flaws = []
     if data.data.synthetic:
         flaws.append("The images are synthetic phantoms from this project's generator, not "
                      "patients: the figures below say nothing about clinical performance.")
     else:
-        flaws.append(f"Images from {manifest.get('data_dir', 'an unrecorded folder')}. The public "
+        flaws.append(f"Images from {manifest.data_dir or 'an unrecorded folder'}. The public "
                      "Kaggle Brain Tumor MRI Dataset, which this project targets, merges earlier "
                      "public collections (figshare, SARTAJ, Br35H). Sources, MRI sequences (T1, contrast T1, T2, "
                      "FLAIR) and planes are mixed and not recorded per image, and the classes do "
                      "not come from the sources in equal shares, so acquisition cues can stand in "
                      "for the diagnosis. Labels are per image, without a recorded reading "
                      "protocol; no patient identifiers exist to keep a patient's slices in one split.")
-    dups = manifest.get("duplicates")
+    dups = manifest.duplicates
     if dups:
         exact, near = dups["exact"], dups["near"]
         flaws.append(
@@ -93,16 +95,16 @@ def _data_flaws(data) -> list[str]:
         if exact.get("conflicting_labels"):
             flaws.append(f"{len(exact['conflicting_labels'])} groups of identical images carry "
                          "different labels.")
-    if manifest.get("dropped_cross_split_duplicates"):
-        flaws.append(f"{len(manifest['dropped_cross_split_duplicates'])} eval/test images that "
+    if manifest.dropped_cross_split_duplicates:
+        flaws.append(f"{len(manifest.dropped_cross_split_duplicates)} eval/test images that "
                      "duplicate training images were left out when the data was prepared.")
     n_dup = len(data.duplicates)
     kinds = {k: sum(m.kind == k for m in data.duplicates.values()) for k in ("exact", "near")}
     flaws.append(
         f"{n_dup} of {data.as_is.n} evaluated images duplicate a training image "
         f"({kinds['exact']} exact, {kinds['near']} near): figures are given with and without them.")
-    if manifest.get("skipped"):
-        flaws.append(f"{len(manifest['skipped'])} files could not be used (unreadable, truncated, "
+    if manifest.skipped:
+        flaws.append(f"{len(manifest.skipped)} files could not be used (unreadable, truncated, "
                      "out of scope) and were skipped.")
     return flaws
 
@@ -114,13 +116,13 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
     cfg = run.trainer_config
     epochs_run, kept = epochs_kept(data.history)
     split = run.evaluated_split
-    train = data.split_counts.get(contract.TRAIN_SPLIT, {})
-    eval_ = data.split_counts.get(contract.EVAL_SPLIT, {})
+    train = data.split_counts.get(spec.TRAIN_SPLIT, {})
+    eval_ = data.split_counts.get(spec.EVAL_SPLIT, {})
     evaluated = data.split_counts.get(split, {})
-    classes = ", ".join(contract.CLASS_NAMES)
+    classes = ", ".join(spec.CLASS_NAMES)
 
     blocks = [
-        Heading(f"Model card: {SERVED_MODEL_NAME}" + (f", version {version}" if version else ""),
+        Heading(f"Model card: {MODEL_NAME}" + (f", version {version}" if version else ""),
                 level),
         Heading("Model details", h2),
         Bullets([
@@ -176,7 +178,7 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
         Paragraph(
             f"The {split} split: {count(sum(evaluated.values()))} images ({_per_class(evaluated)}). "
             + ("It comes from the dataset's separate Testing folder."
-               if split == contract.TEST_SPLIT else
+               if split == spec.TEST_SPLIT else
                "There was no separate test set: the eval split, which also picked the kept "
                "epoch, is the evaluation set, so its figures are optimistic.")),
         Heading("Known flaws of the data", h3),
@@ -188,7 +190,7 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
             "other images not flagged as it), F1, and ROC AUC from the class probability. "
             "Overall: accuracy, macro F1 (classes weigh equally) and expected calibration error. "
             "A missed tumour (low recall) and a false alarm (low specificity) have different "
-            "costs; read both."),
+            "costs; read both. " + tables.INTERVALS_NOTE),
         Heading("Quantitative analysis", h2),
         tables.overall([(f"{split}, as is", data.as_is),
                         (f"{split}, without duplicates of training images", data.deduplicated)],
@@ -219,8 +221,8 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
             "Grad-CAM on the 14×14 feature map sharpened by a LayerCAM of the 56×56 one): "
             "a coarse pointer, and no proof that the model looked at the lesion for the "
             "right reason.",
-            "Small classes and small test sets make per-class figures uncertain; the lesion "
-            "audit gives 95 % intervals, the tables above do not yet.",
+            "Small classes and small test sets make per-class figures uncertain: read the 95 % "
+            "intervals beside each figure, not the third decimal.",
         ]),
         Heading("Ethical considerations", h2),
         Bullets([
@@ -238,7 +240,7 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
 
 
 def _per_class(counts: dict[str, int]) -> str:
-    return ", ".join(f"{name} {count(counts.get(name, 0))}" for name in contract.CLASS_NAMES)
+    return ", ".join(f"{name} {count(counts.get(name, 0))}" for name in spec.CLASS_NAMES)
 
 
 def render_markdown(data, version: str | None = None) -> str:
@@ -263,10 +265,4 @@ def write_model_card(config: PipelineConfig, version_dir: str) -> Path:
                          f"({evaluated}): no model card written")
     data = collect(config, gallery_per_kind=0)
     text = render_markdown(data, os.path.basename(version_dir.rstrip("/")))
-    fd, tmp = tempfile.mkstemp(prefix=".model-card-", dir=version_dir)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    target = Path(version_dir) / MODEL_CARD_NAME
-    os.replace(tmp, target)
-    return target
+    return write_atomic(Path(version_dir) / MODEL_CARD_FILE, text)

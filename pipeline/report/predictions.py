@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from components.signature_names import (ABSTAIN, ABSTAIN_REASON, CLASS_ID, EXAMPLES_INPUT, HEATMAP,
-                                        IMAGE_BYTES_INPUT, OOD_SCORE, PROBABILITIES)
-from data_prep import contract
+from btmri.spec import (ABSTAIN, ABSTAIN_REASON, CLASS_ID, EXAMPLES_INPUT, HEATMAP,
+                        IMAGE_BYTES_INPUT, OOD_SCORE, PROBABILITIES)
+from btmri import spec
 from data_prep.tfrecords import parse_example
 
 BATCH_SIZE = 32
@@ -47,7 +47,7 @@ class Predictions:
     def predicted(self) -> np.ndarray:
         return self.probs.argmax(axis=1)
 
-    def subset(self, keep: np.ndarray) -> "Predictions":
+    def subset(self, keep: np.ndarray) -> Predictions:
         idx = np.flatnonzero(keep)
         return Predictions(self.labels[idx], self.probs[idx],
                            [self.sources[i] for i in idx], [self.images[i] for i in idx],
@@ -76,15 +76,15 @@ def predict_split(model, split_uri: str, batch_size: int = BATCH_SIZE) -> Predic
             batch.clear()
 
     for serialized, example in read_examples(split_uri):
-        labels.append(example[contract.LABEL_KEY])
-        sources.append(example[contract.SOURCE_KEY])
-        images.append(example[contract.IMAGE_KEY])
+        labels.append(example[spec.LABEL_KEY])
+        sources.append(example[spec.SOURCE_KEY])
+        images.append(example[spec.IMAGE_KEY])
         batch.append(serialized)
         if len(batch) == batch_size:
             flush()
     flush()
     result = Predictions(np.asarray(labels, np.int64),
-                         np.concatenate(probs) if probs else np.zeros((0, contract.NUM_CLASSES)),
+                         np.concatenate(probs) if probs else np.zeros((0, spec.NUM_CLASSES)),
                          sources, images)
     if has_abstention and probs:
         result.ood_score = np.concatenate(abstention[OOD_SCORE]).astype(np.float64)

@@ -4,11 +4,14 @@ from __future__ import annotations
 import math
 
 from pipeline.report import metrics
-from pipeline.report.markup import Cell, Table, count, rate
+from btmri.spec import ECE_BINS
+from pipeline.report.markup import Cell, Table, count, rate, rate_ci
 from pipeline.report.tfma_results import Threshold
 
 PER_CLASS_HEADER = ["class", "support", "precision", "recall (sensitivity)", "specificity",
                     "F1", "ROC AUC (one vs rest)"]
+INTERVALS_NOTE = ("Brackets: 95 % intervals, Wilson for proportions (accuracy, precision, recall, "
+                  "specificity), a bootstrap over images for ROC AUC and ECE; F1 has none.")
 
 
 def _num(text: str, title: str = "") -> Cell:
@@ -21,23 +24,24 @@ def per_class(figures: metrics.Figures, table_id: str, caption: str = "") -> Tab
         rows.append([
             Cell(f.name),
             _num(count(f.support)),
-            _num(rate(f.precision), f"TP {f.tp} / predicted {f.tp + f.fp}"
+            _num(rate_ci(f.precision, f.precision_ci), f"TP {f.tp} / predicted {f.tp + f.fp}"
                  if f.tp + f.fp else "no image was predicted as this class"),
-            _num(rate(f.recall), f"TP {f.tp} / actual {f.tp + f.fn}"),
-            _num(rate(f.specificity), f"TN {f.tn} / negatives {f.tn + f.fp}"),
+            _num(rate_ci(f.recall, f.recall_ci), f"TP {f.tp} / actual {f.tp + f.fn}"),
+            _num(rate_ci(f.specificity, f.specificity_ci), f"TN {f.tn} / negatives {f.tn + f.fp}"),
             _num(rate(f.f1)),
-            _num(rate(f.auc)),
+            _num(rate_ci(f.auc, f.auc_ci)),
         ])
     return Table(PER_CLASS_HEADER, rows, id=table_id, caption=caption, css="figures")
 
 
 def overall(named: list[tuple[str, metrics.Figures]], table_id: str) -> Table:
     """One row per set of images: n, accuracy, macro F1, macro AUC, ECE."""
-    rows = [[Cell(name), _num(count(f.n)), _num(rate(f.accuracy)), _num(rate(f.macro_f1)),
-             _num(rate(f.macro_auc)), _num(rate(f.calibration.ece if f.calibration else None))]
+    rows = [[Cell(name), _num(count(f.n)), _num(rate_ci(f.accuracy, f.accuracy_ci)),
+             _num(rate(f.macro_f1)), _num(rate_ci(f.macro_auc, f.macro_auc_ci)),
+             _num(rate_ci(f.ece, f.ece_ci))]
             for name, f in named]
     return Table(["images", "n", "accuracy", "macro F1", "macro ROC AUC",
-                  f"ECE ({metrics.CALIBRATION_BINS} bins)"],
+                  f"ECE ({ECE_BINS} bins)"],
                  rows, id=table_id, css="figures")
 
 

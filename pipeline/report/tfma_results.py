@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.writers.eval_config_writer import load_eval_run
 
-from data_prep import contract
+from btmri import spec
 from pipeline.report.artifacts import BASELINE, CANDIDATE
 
 OVERALL = ()  # TFMA's slice key of the whole split
@@ -44,13 +44,20 @@ class TfmaResult:
     def get(self, name: str, sub_key: str = "") -> float:
         return self.metrics.get(metric_key(name, sub_key), float("nan"))
 
+    def named(self, name: str) -> float:
+        """A metric by name, whatever sub-key (class id, top-k) it carries."""
+        for key, value in self.metrics.items():
+            if key == name or key.startswith(name + " ["):
+                return value
+        return float("nan")
+
 
 def metric_key(name: str, sub_key: str = "") -> str:
     """'accuracy', or 'precision_<class> [classId:0 topK:1]' for a sub-keyed metric."""
     return f"{name} [{sub_key}]" if sub_key else name
 
 
-def _flatten(slice_metrics: dict) -> dict[str, float]:
+def flatten_metrics(slice_metrics: dict) -> dict[str, float]:
     flat = {}
     for per_sub_key in slice_metrics.values():          # one output: ''
         for sub_key, named in per_sub_key.items():
@@ -79,7 +86,7 @@ def confusion_from_plots(result) -> tuple[np.ndarray | None, int]:
                 if not matrices:
                     continue
                 matrix = min(matrices, key=lambda m: m.get("threshold", 0.0))
-                cm = np.zeros((contract.NUM_CLASSES, contract.NUM_CLASSES), np.int64)
+                cm = np.zeros((spec.NUM_CLASSES, spec.NUM_CLASSES), np.int64)
                 unpredicted = 0
                 for entry in matrix.get("entries", []):
                     actual = int(entry.get("actualClassId", 0))
@@ -115,8 +122,8 @@ def _thresholds(eval_config, metrics, baseline_metrics, validation) -> list[Thre
             kind = "change" if failure.metric_key.is_diff else "value"
             failures[(failure.metric_key.name, kind)] = failure.message
     rows = []
-    for spec in eval_config.metrics_specs:
-        for metric in spec.metrics:
+    for metrics_spec in eval_config.metrics_specs:
+        for metric in metrics_spec.metrics:
             # A threshold for every slice, or per-slice ones of which the overall slice
             # (an empty SlicingSpec) is what the report's figures describe.
             thresholds = [metric.threshold] if metric.HasField("threshold") else [
@@ -163,11 +170,11 @@ def load(evaluation_uri: str) -> TfmaResult:
     eval_config, _, _, locations = load_eval_run(evaluation_uri)
     has_baseline = BASELINE in locations
     candidate = load_candidate(evaluation_uri)
-    metrics = _flatten(_overall(candidate) or {})
+    metrics = flatten_metrics(_overall(candidate) or {})
     baseline_metrics = None
     if has_baseline:
         baseline = tfma.load_eval_result(evaluation_uri, model_name=BASELINE)
-        baseline_metrics = _flatten(_overall(baseline) or {})
+        baseline_metrics = flatten_metrics(_overall(baseline) or {})
     confusion, unpredicted = confusion_from_plots(candidate)
     validation = tfma.load_validation_result(evaluation_uri)
     return TfmaResult(

@@ -1,0 +1,21 @@
+"""Shared names and documents of the project, free of TensorFlow (docs/architecture.md).
+
+  spec.py       the data and model contract: classes, feature keys, splits, image size,
+                signature/input/output names, model names, evaluation constants
+  layout.py     file names of artifacts and the layout of a run's work folder
+  documents.py  typed JSON documents passed between packages (manifest, trainer
+                configuration and history, server options)
+  intervals.py  95 % intervals (Wilson, bootstrap) for every figure the project reports
+  console.py    the quiet console: what the terminal shows, what only the log gets
+
+Importing this package selects Keras 2 for TensorFlow (the Keras switch below), so
+every package of the project imports it before TensorFlow loads.
+"""
+
+import os
+
+# TFT's transform layer is always Keras 2 (`tf_keras`); TFMA loads models with
+# `tf.keras`. Pointing `tf.keras` at Keras 2 keeps model, transform layer and
+# evaluator in one Keras. It only takes effect before TensorFlow is first imported.
+KERAS_SWITCH = ("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault(*KERAS_SWITCH)

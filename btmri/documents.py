@@ -1,0 +1,220 @@
+"""Typed JSON documents passed between packages (docs/architecture.md, Contracts).
+
+Each document is a dataclass with `to_json`/`from_json` (and `read`/`write` for the
+file it lives in). Their field defaults are the project's defaults: the CLI, the
+pipeline configuration and the Trainer read them from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from btmri import layout, spec
+
+D = TypeVar("D", bound="_Document")
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Writes `text` to `path` through a temporary file in the same folder and a rename,
+    so a reader (a server polling the folder, a concurrent report) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from a server's user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class _Document:
+    """to_dict/from_dict (unknown keys ignored, missing keys take the defaults) + JSON."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[D], data: dict) -> D:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls: type[D], text: str) -> D:
+        return cls.from_dict(json.loads(text))
+
+
+# ── Data: the manifest `btmri prepare` writes beside the TFRecords ────────────────
+@dataclass
+class Manifest(_Document):
+    """What a prepared-data folder holds and how it was made (manifest.json)."""
+
+    data_dir: str = ""
+    input_fingerprint: str = ""
+    arguments: dict = field(default_factory=dict)  # PrepareOptions, without progress
+    classes: list = field(default_factory=lambda: list(spec.CLASS_NAMES))
+    counts: dict = field(default_factory=dict)  # split → class → images written
+    total_written: int = 0
+    reencoded_to_png: int = 0
+    shards: dict = field(default_factory=dict)  # split → shard file names
+    skipped: list = field(default_factory=list)  # {"source", "reason"}
+    dropped_cross_split_duplicates: list = field(default_factory=list)
+    duplicates: dict | None = None  # data_prep.duplicates report
+    lesion_boxes: dict | None = None  # data_prep.lesion_boxes report
+    seconds: float = 0.0
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in spec.SPLITS if s in self.counts]
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        return write_atomic(Path(folder) / layout.MANIFEST_FILE, self.to_json(indent=2))
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> Manifest:
+        return cls.from_json((Path(folder) / layout.MANIFEST_FILE).read_text())
+
+    @classmethod
+    def read_if_present(cls, folder: str | os.PathLike) -> Manifest | None:
+        path = Path(folder) / layout.MANIFEST_FILE
+        return cls.from_json(path.read_text()) if path.is_file() else None
+
+
+# ── Training: the Trainer's configuration and what it writes back ──────────────────
+@dataclass
+class TrainerConfig(_Document):
+    """The Trainer's custom_config; the defaults are the project's training defaults."""
+
+    model: str = spec.DEFAULT_MODEL
+    weights: str | None = None  # 'imagenet' for resnet50/efficientnetb0 (internet)
+    # The whole cosine schedule on the real Kaggle set fits the 60-minute budget on 2
+    # cores with bfloat16 and the in-memory cache (README, Accuracy on real MRI).
+    epochs: int = 80
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05  # AdamW, decoupled; 0: plain Adam
+    label_smoothing: float = 0.1
+    patience: int = 0  # > 0: early stopping on eval loss; 0: whole schedule
+    augment: bool = True
+    seed: int = 0
+    materialized: bool = False  # examples are Transform's output, not raw Examples
+    calibrate: bool = True  # temperature scaling fitted on the eval split
+    cache: bool = True  # keep decoded images in memory across epochs
+    precision: str = "auto"  # float32 | bfloat16 | auto (bf16 if the CPU has it)
+    # Lesion guidance, for training images with a known tumour box.
+    evidence_weight: float = 1.0  # weight of the lesion-evidence loss; 0: off
+    lesion_removal_rate: float = 0.25  # boxed tumour images shown with the lesion removed
+    decoy_removal_rate: float = 0.25  # images shown with a lesion-free box removed
+    lesion_paste_rate: float = 0.25  # notumor images shown with a batch-mate's lesion, as its class
+    # Abstention (components/training/abstention.py), fitted on the eval split after
+    # calibration: ood_score, abstain and abstain_reason in every exported signature.
+    abstention: bool = True
+    abstention_accept: float = 0.95  # share of eval images the fitted thresholds answer
+    abstention_ood_share: float = 0.6  # of the rejection budget (1 - accept) spent on the distance
+    abstention_outliers_per_kind: int = 24  # generated outliers per kind (outliers.py)
+
+    @classmethod
+    def with_overrides(cls, custom_config: dict | None) -> TrainerConfig:
+        """Defaults, overridden by every non-None value of a custom_config."""
+        return cls.from_dict({k: v for k, v in (custom_config or {}).items() if v is not None})
+
+
+TRAINER_DEFAULTS = TrainerConfig()
+
+
+@dataclass
+class TrainingHistory(_Document):
+    """history.json in the Trainer's model_run folder."""
+
+    config: dict = field(default_factory=dict)
+    precision_policy: str | None = None
+    history: dict = field(default_factory=dict)  # Keras metric name → one value per epoch
+
+    @property
+    def epochs_run(self) -> int:
+        return max((len(v) for v in self.history.values()), default=0)
+
+    @classmethod
+    def read_if_present(cls, folder: str | None) -> TrainingHistory | None:
+        if not folder:
+            return None
+        path = Path(folder) / layout.HISTORY_FILE
+        return cls.from_json(path.read_text()) if path.is_file() else None
+
+
+# ── Serving: the local model server's options ──────────────────────────────────────
+GRPC_PORT = 8500
+REST_PORT = 8501
+DEFAULT_HOST = "127.0.0.1"
+MAX_MESSAGE_MB = 64.0
+MAX_RESPONSE_MB = 16.0
+MAX_ROWS = 64
+REQUEST_TIMEOUT_SECONDS = 30.0
+DEFAULT_MONITORING_PATH = "/monitoring/prometheus/metrics"
+
+
+@dataclass
+class ServerOptions(_Document):
+    """Everything `btmri serve` / `python -m serving` can be told."""
+
+    model_base_path: str = ""
+    model_name: str = spec.MODEL_NAME
+    host: str = DEFAULT_HOST
+    port: int = GRPC_PORT
+    rest_port: int = REST_PORT  # 0: no REST listener
+    poll_seconds: float = 1.0
+    enable_batching: bool = False
+    batching_parameters_file: str | None = None  # None: serving/config/batching.config
+    max_message_mb: float = MAX_MESSAGE_MB
+    grpc_workers: int = 16  # worker threads, shared by gRPC and REST
+    monitoring_path: str | None = DEFAULT_MONITORING_PATH
+    max_rows: int = MAX_ROWS
+    max_response_mb: float = MAX_RESPONSE_MB
+    max_json_values: int = 1_000_000
+    client_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS
+    max_connections: int = 256  # REST connections; gRPC calls in progress
+    max_load_retries: int = 5
+    load_retry_interval_seconds: float = 60.0
+    canary: bool = True
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mb * 1024 * 1024)
+
+    @property
+    def max_response_bytes(self) -> int:
+        return int(self.max_response_mb * 1024 * 1024)
+
+    def check(self) -> None:
+        for name in ("max_rows", "max_connections", "grpc_workers", "max_json_values"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("max_message_mb", "max_response_mb", "client_timeout_seconds", "poll_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_load_retries < 0 or self.load_retry_interval_seconds < 0:
+            raise ValueError("--max-load-retries and --load-retry-interval-seconds must not be negative")
+
+
+SERVER_DEFAULTS = ServerOptions()
+
+
+def json_default(value: Any):
+    """json.dumps default= for NumPy scalars and paths in documents."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,80 @@
+"""Where things are: artifact file names and the layout of a run's work folder.
+
+A local `btmri run --work-dir runs` keeps everything under one folder:
+
+    runs/
+      data/synthetic/       the synthetic phantom dataset (when no --data-dir)
+      data/prepared/<key>/  TFRecords + manifest.json, one folder per dataset and prepare
+                            arguments (key: their fingerprint), so two never share one
+      data/prepared/current -> <key>   the one the last run used
+      pipeline/             TFX artifacts, metadata.sqlite, logs/
+      serving/brain_tumor/  TF Serving's model base path: <version>/saved_model.pb
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from btmri.spec import MODEL_NAME
+
+# ── File names (one home each) ─────────────────────────────────────────────────────
+MANIFEST_FILE = "manifest.json"  # beside prepared TFRecords: counts, skips, duplicates
+SYNTH_MARKER_FILE = "synth.json"  # in a synthetic dataset: the generator's arguments
+HISTORY_FILE = "history.json"  # Trainer's model_run dir: configuration + per-epoch figures
+HISTORY_CSV_FILE = "history.csv"  # the same, as Keras' CSVLogger writes it
+CALIBRATION_FILE = "calibration.json"  # Trainer's model_run dir: temperature scaling figures
+TENSORBOARD_DIR = "tensorboard"  # Trainer's model_run dir
+LESION_AUDIT_FILE = "lesion_audit.json"  # LesionAudit artifact
+ABSTENTION_FILE = "abstention.json"  # beside saved_model.pb and in model_run: fitted thresholds
+DIGEST_FILE = "MODEL_DIGEST"  # beside saved_model.pb; TF Serving ignores it
+MODEL_CARD_FILE = "MODEL_CARD.md"  # beside saved_model.pb in a pushed version
+METADATA_FILE = "metadata.sqlite"  # local ML Metadata store, in the pipeline root
+LOGS_DIR = "logs"  # run logs, in the pipeline root
+REPORT_FILE = "report.html"  # `btmri report`'s default output name
+CURRENT_LINK = "current"  # in data/prepared/: the folder the last run used
+
+# ── The work folder of local runs ─────────────────────────────────────────────────
+DEFAULT_WORK_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Folders of one local work dir (see the module docstring)."""
+
+    work_dir: str = DEFAULT_WORK_DIR
+
+    @property
+    def synthetic_data(self) -> str:
+        return str(Path(self.work_dir, "data", "synthetic"))
+
+    @property
+    def prepared_root(self) -> str:
+        return str(Path(self.work_dir, "data", "prepared"))
+
+    def prepared_data(self, key: str) -> str:
+        return str(Path(self.prepared_root, key))
+
+    @property
+    def current_prepared_data(self) -> str:
+        """The link to the prepared data of the last run (CURRENT_LINK)."""
+        return str(Path(self.prepared_root, CURRENT_LINK))
+
+    @property
+    def pipeline_root(self) -> str:
+        return str(Path(self.work_dir, "pipeline"))
+
+    @property
+    def serving_dir(self) -> str:
+        return str(Path(self.work_dir, "serving", MODEL_NAME))
+
+
+DEFAULT_LAYOUT = RunLayout()
+
+
+def metadata_path(pipeline_root: str) -> str:
+    return str(Path(pipeline_root, METADATA_FILE))
+
+
+def logs_dir(pipeline_root: str) -> str:
+    return str(Path(pipeline_root, LOGS_DIR))

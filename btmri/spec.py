@@ -1,0 +1,90 @@
+"""The contract every package shares: one home per name (docs/architecture.md, Contracts).
+
+Imports nothing heavy, so data tools, clients and the CLI's help stay light.
+Other modules import these names as they are: no renaming on import.
+"""
+
+from __future__ import annotations
+
+# ── Classes ────────────────────────────────────────────────────────────────────────
+# Label ids are the positions in this tuple. Never reorder.
+CLASS_NAMES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
+NUM_CLASSES = len(CLASS_NAMES)
+CLASS_TO_ID = {name: i for i, name in enumerate(CLASS_NAMES)}
+NOTUMOR_ID = 2  # CLASS_NAMES.index("notumor"): the label of a slice with its lesion removed
+assert CLASS_NAMES[NOTUMOR_ID] == "notumor"
+
+
+def class_id(name: str) -> int:
+    """Label id of a class folder name (any letter case); ValueError if unknown."""
+    key = name.strip().lower()
+    if key not in CLASS_TO_ID:
+        raise ValueError(f"unknown class folder {name!r}: expected one of {', '.join(CLASS_NAMES)}")
+    return CLASS_TO_ID[key]
+
+
+# ── tf.Example written by data_prep (one Example per image) ────────────────────────
+IMAGE_KEY = "image"  # bytes: encoded JPEG/PNG
+LABEL_KEY = "label"  # int64: index into CLASS_NAMES
+HEIGHT_KEY = "height"  # int64: source image height in pixels
+WIDTH_KEY = "width"  # int64: source image width in pixels
+SOURCE_KEY = "source"  # bytes: path relative to the data dir
+# float [4]: the tumour's box (ymin, xmin, ymax, xmax in [0, 1]) where a box folder
+# knows this slice, else NO_BOX. Training-only: it guides what the model looks at.
+LESION_BOX_KEY = "lesion_box"
+NO_BOX: tuple[float, ...] = (-1.0, -1.0, -1.0, -1.0)
+
+# ── Splits (directory names under a prepared-data folder) ─────────────────────────
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
+TEST_SPLIT = "test"
+SPLITS: tuple[str, ...] = (TRAIN_SPLIT, EVAL_SPLIT, TEST_SPLIT)
+
+# Top-level folders of the Kaggle layout and the splits they feed.
+KAGGLE_TRAINING_DIR = "Training"
+KAGGLE_TESTING_DIR = "Testing"
+
+# Extensions data_prep reads (lower case, with the dot).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"})
+TFRECORD_SUFFIX = ".tfrecord"  # uncompressed: JPEG/PNG bytes do not shrink
+
+# ── The model's input ─────────────────────────────────────────────────────────────
+IMAGE_SIZE = 224  # square side the Transform graph resizes every image to
+CHANNELS = 1  # grayscale: MRI slices carry no colour
+
+# ── Models the Trainer can build (components/training/models.py builds them) ───────
+MODEL_NAMES = ("mri_resnet", "seed_cnn", "resnet50", "efficientnetb0")
+DEFAULT_MODEL = "mri_resnet"
+PRETRAINABLE = ("resnet50", "efficientnetb0")  # accept --weights imagenet
+
+# ── Exported SavedModel signatures, their inputs and outputs ──────────────────────
+SERVING_DEFAULT = "serving_default"
+PREDICT_IMAGES = "predict_images"
+GRADCAM = "gradcam"
+
+EXAMPLES_INPUT = "examples"  # serving_default: serialized tf.Example
+IMAGE_BYTES_INPUT = "image_bytes"  # predict_images, gradcam: encoded JPEG/PNG
+
+PROBABILITIES = "probabilities"
+CLASS_ID = "class_id"
+CLASS_NAME = "class_name"
+HEATMAP = "heatmap"
+
+# Abstention (components/training/abstention.py): every signature also returns these.
+OOD_SCORE = "ood_score"  # float32 [N]: > 1 is out of distribution
+ABSTAIN = "abstain"  # bool [N]
+ABSTAIN_REASON = "abstain_reason"  # string [N]: "", REASON_OUT_OF_DISTRIBUTION, REASON_LOW_CONFIDENCE
+REASON_OUT_OF_DISTRIBUTION = "out_of_distribution"
+REASON_LOW_CONFIDENCE = "low_confidence"
+ABSTENTION_OUTPUTS: tuple[str, ...] = (OOD_SCORE, ABSTAIN, ABSTAIN_REASON)
+
+# The model's name in TF Serving (and the folder under the serving root).
+MODEL_NAME = "brain_tumor"
+
+# ── Evaluation ─────────────────────────────────────────────────────────────────────
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
+CONFIDENCE = 0.95  # every interval the project prints is a 95 % interval
+# Blessing needs the candidate to answer (not abstain on) at least this share of the
+# evaluated split; the Trainer fits its thresholds to answer TrainerConfig.abstention_accept
+# (0.95) of eval (components/training/abstention.py).
+MIN_ACCEPTANCE = 0.90

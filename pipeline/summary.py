@@ -1,0 +1,81 @@
+"""The run summary `btmri run` prints: every proportion with its 95 % Wilson interval."""
+
+from __future__ import annotations
+
+import math
+
+from btmri import spec
+from btmri.intervals import format_proportion, format_with_interval
+
+
+def summary_lines(summary, accuracy_bound: float, min_acceptance: float | None = None) -> list[str]:
+    """Lines for a pipeline.local_runner.RunSummary; `min_acceptance`: the Evaluator's
+    abstention gate (None: not gated)."""
+    lines = [f"finished in {summary.seconds / 60:.1f} min; log: {summary.log_path}"]
+    result = summary.evaluation
+    if result is not None:
+        lines += _figures(result, accuracy_bound)
+        lines += _acceptance(result, min_acceptance)
+    if summary.lesion_audit:
+        from components.audit.report_text import audit_lines
+
+        lines += [""] + audit_lines(summary.lesion_audit)
+    lines.append(
+        f"blessed: {'yes' if summary.blessed else 'no'}"
+        + (f" ({summary.blessing_message})" if summary.blessing_message and not summary.blessed else "")
+    )
+    if summary.pushed and summary.already_pushed:
+        lines.append(f"model already pushed at {summary.pushed_to}: nothing new pushed")
+    elif summary.pushed:
+        lines.append(f"pushed to {summary.pushed_to}")
+    else:
+        lines.append("not pushed")
+    return lines
+
+
+def _figures(result, accuracy_bound: float) -> list[str]:
+    from components.evaluation import ACCURACY
+
+    cm = result.confusion
+    if cm is None:  # no confusion matrix plot: the figures without intervals
+        n = result.named("example_count")
+        lines = [
+            f"accuracy {format_with_interval(result.named(ACCURACY), (math.nan, math.nan))} "
+            f"on {0 if math.isnan(n) else int(n)} examples (lower bound {accuracy_bound})"
+        ]
+        for name in spec.CLASS_NAMES:
+            lines.append(
+                f"  {name:11s} precision {result.named('precision_' + name):.3f}  "
+                f"recall {result.named('recall_' + name):.3f}"
+            )
+        return lines
+    total = int(cm.sum())
+    lines = [
+        f"accuracy {format_proportion(int(cm.trace()), total)} "
+        f"(95 % Wilson interval; lower bound {accuracy_bound})"
+    ]
+    for k, name in enumerate(spec.CLASS_NAMES):
+        tp = int(cm[k, k])
+        lines.append(
+            f"  {name:11s} precision {format_proportion(tp, int(cm[:, k].sum()))}  "
+            f"recall {format_proportion(tp, int(cm[k].sum()))}"
+        )
+    return lines
+
+
+def _acceptance(result, min_acceptance: float | None) -> list[str]:
+    """The share of the evaluated split the model answered (did not abstain on), for a
+    model exported with abstention; nothing for one without."""
+    from components.evaluation import ACCEPTANCE
+
+    share = result.named(ACCEPTANCE)
+    if math.isnan(share):
+        return []
+    n = int(result.confusion.sum()) if result.confusion is not None else result.named("example_count")
+    floor = f"floor {min_acceptance}" if min_acceptance is not None else "not gated"
+    if isinstance(n, float) and math.isnan(n):
+        return [f"answered (not abstained) {share:.3f} of the evaluated split ({floor})"]
+    return [
+        f"answered (not abstained) {format_proportion(round(share * int(n)), int(n))} "
+        f"of the evaluated split ({floor})"
+    ]
