@@ -166,10 +166,10 @@ def collect(config: PipelineConfig, data_root: str | None = None,
                         history=_read_json(run.model_run_dir, "history.json"),
                         temperature=_read_json(run.model_run_dir, "calibration.json"),
                         model_digest=model_digest(run.model_dir), checks=_checks(tfma, p, as_is))
-    from components.training.abstention import read as read_abstention
+    import components.training.abstention
     from pipeline.report import abstention
 
-    report.abstention = abstention.summarize(p, read_abstention(run.model_dir),
+    report.abstention = abstention.summarize(p, components.training.abstention.read(run.model_dir),
                                              abstention.read_benchmark(abstention_benchmark))
     if run.lesion_audit_uri:
         from components.audit.lesion_audit import read_audit
