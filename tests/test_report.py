@@ -20,7 +20,7 @@ import tensorflow as tf
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from btmri.intervals import format_interval, wilson
+from btmri.intervals import format_interval, format_with_interval, wilson
 from btmri.spec import ECE_BINS
 from components.executors import DIGEST_FILE, pushed_versions
 from components.signature_names import IMAGE_BYTES_INPUT, PROBABILITIES
@@ -197,7 +197,8 @@ def test_abstention_on_the_evaluated_split_matches_the_model(report, tiny_run, v
     assert summary.by_confidence.accuracy[-1] == pytest.approx(summary.accuracy_all)
     assert summary.by_ood_score.coverage[-1] == pytest.approx(1.0)
     rows = dict((r[0], r[1]) for r in _Tables(html_path.read_text()).tables["abstention-split"][1:])
-    assert rows["answered"] == f"{summary.answered:,} ({summary.answered / summary.n:.3f})"
+    share = format_with_interval(summary.acceptance, wilson(summary.answered, summary.n))
+    assert rows["answered"] == f"{summary.answered:,} ({share})"
     assert rows["abstained: out of distribution"] == str(summary.out_of_distribution)
     assert summary.fitted["accepted_share"] >= summary.fitted["accept"]
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from btmri.intervals import wilson
 from btmri.spec import REASON_LOW_CONFIDENCE, REASON_OUT_OF_DISTRIBUTION
-from pipeline.report.markup import Bullets, Cell, Paragraph, Table, count, rate
+from pipeline.report.markup import Bullets, Cell, Paragraph, Table, count, rate, rate_ci
 
 
 @dataclass
@@ -35,6 +36,8 @@ class AbstentionSummary:
     low_confidence: int
     accuracy_all: float
     accuracy_answered: float
+    correct_all: int
+    correct_answered: int
     by_confidence: RiskCoverage
     by_ood_score: RiskCoverage
     fitted: dict | None             # abstention.json of the evaluated model
@@ -59,6 +62,7 @@ def summarize(predictions, fitted: dict | None, benchmark: dict | None = None) -
         low_confidence=int((reasons == REASON_LOW_CONFIDENCE).sum()),
         accuracy_all=float(correct.mean()),
         accuracy_answered=float(correct[answered].mean()) if answered.any() else float("nan"),
+        correct_all=int(correct.sum()), correct_answered=int(correct[answered].sum()),
         by_confidence=risk_coverage(correct, -p.probs.max(axis=1)),
         by_ood_score=risk_coverage(correct, p.ood_score),
         fitted=fitted, benchmark=benchmark)
@@ -119,12 +123,18 @@ def blocks(summary: AbstentionSummary | None, split: str, table_prefix: str = "a
         "(`abstention.json` beside it)."),
         Table(["", f"{split}"], [
             [Cell("images"), Cell(count(summary.n), "num")],
-            [Cell("answered"), Cell(f"{count(summary.answered)} ({rate(summary.acceptance)})", "num")],
+            [Cell("answered"), Cell(f"{count(summary.answered)} "
+                                    f"({rate_ci(summary.acceptance, wilson(summary.answered, summary.n))})",
+                                    "num")],
             [Cell("abstained: out of distribution"), Cell(count(summary.out_of_distribution), "num")],
             [Cell("abstained: low confidence"), Cell(count(summary.low_confidence), "num")],
-            [Cell("accuracy, all images"), Cell(rate(summary.accuracy_all, 4), "num")],
-            [Cell("accuracy, answered images"), Cell(rate(summary.accuracy_answered, 4), "num")],
-        ], id=f"{table_prefix}-split", caption="abstention on the evaluated split")]
+            [Cell("accuracy, all images"),
+             Cell(rate_ci(summary.accuracy_all, wilson(summary.correct_all, summary.n)), "num")],
+            [Cell("accuracy, answered images"),
+             Cell(rate_ci(summary.accuracy_answered, wilson(summary.correct_answered, summary.answered)),
+                  "num")],
+        ], id=f"{table_prefix}-split",
+            caption="abstention on the evaluated split (95 % Wilson intervals)")]
     facts = []
     if fitted:
         facts.append(f"Fitted thresholds: ood_score threshold {rate(fitted.get('ood_threshold'), 3)} "
