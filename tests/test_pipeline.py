@@ -20,7 +20,7 @@ from data_prep.tfrecords import make_example
 from pipeline.cli import main as btmri
 from pipeline.config import PipelineConfig
 from pipeline.factory import COMPONENT_IDS
-from pipeline.local_runner import run_pipeline, summarize
+from pipeline.local_runner import read_outcome, run_pipeline
 from pipeline.metadata import execution_state_name, node_executions
 from tests.conftest import btmri_run
 
@@ -140,8 +140,9 @@ def test_acceptance_below_the_floor_refuses_blessing(own_run, capsys):
                      r"of the evaluated split \(floor 1\.01\)", out), out
     assert "blessed: no" in out and "not pushed" in out
     assert pushed_versions(str(own_run / "serving")) == before
-    summary = summarize(_config(own_run))
-    assert any("abstention_acceptance" in failure for failure in summary.thresholds)
+    evaluation = read_outcome(_config(own_run)).evaluation
+    assert not evaluation.validation_ok
+    assert any(t.metric == "abstention_acceptance" and not t.passed for t in evaluation.thresholds)
 
 
 def test_anomalous_data_stops_before_training(tmp_path):
