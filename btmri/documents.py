@@ -118,6 +118,12 @@ class TrainerConfig(_Document):
     lesion_removal_rate: float = 0.25  # boxed tumour images shown with the lesion removed
     decoy_removal_rate: float = 0.25  # images shown with a lesion-free box removed
     lesion_paste_rate: float = 0.25  # notumor images shown with a batch-mate's lesion, as its class
+    # Abstention (components/training/abstention.py), fitted on the eval split after
+    # calibration: ood_score, abstain and abstain_reason in every exported signature.
+    abstention: bool = True
+    abstention_accept: float = 0.95  # share of eval images the fitted thresholds answer
+    abstention_ood_share: float = 0.6  # of the rejection budget (1 - accept) spent on the distance
+    abstention_outliers_per_kind: int = 24  # generated outliers per kind (outliers.py)
 
 
 TRAINER_DEFAULTS = TrainerConfig()

@@ -26,6 +26,7 @@ HISTORY_CSV_FILE = "history.csv"  # the same, as Keras' CSVLogger writes it
 CALIBRATION_FILE = "calibration.json"  # Trainer's model_run dir: temperature scaling figures
 TENSORBOARD_DIR = "tensorboard"  # Trainer's model_run dir
 LESION_AUDIT_FILE = "lesion_audit.json"  # LesionAudit artifact
+ABSTENTION_FILE = "abstention.json"  # beside saved_model.pb and in model_run: fitted thresholds
 DIGEST_FILE = "MODEL_DIGEST"  # beside saved_model.pb; TF Serving ignores it
 MODEL_CARD_FILE = "MODEL_CARD.md"  # beside saved_model.pb in a pushed version
 METADATA_FILE = "metadata.sqlite"  # local ML Metadata store, in the pipeline root

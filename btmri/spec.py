@@ -70,9 +70,21 @@ CLASS_ID = "class_id"
 CLASS_NAME = "class_name"
 HEATMAP = "heatmap"
 
+# Abstention (components/training/abstention.py): every signature also returns these.
+OOD_SCORE = "ood_score"  # float32 [N]: > 1 is out of distribution
+ABSTAIN = "abstain"  # bool [N]
+ABSTAIN_REASON = "abstain_reason"  # string [N]: "", REASON_OUT_OF_DISTRIBUTION, REASON_LOW_CONFIDENCE
+REASON_OUT_OF_DISTRIBUTION = "out_of_distribution"
+REASON_LOW_CONFIDENCE = "low_confidence"
+ABSTENTION_OUTPUTS: tuple[str, ...] = (OOD_SCORE, ABSTAIN, ABSTAIN_REASON)
+
 # The model's name in TF Serving (and the folder under the serving root).
 MODEL_NAME = "brain_tumor"
 
 # ── Evaluation ─────────────────────────────────────────────────────────────────────
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
 CONFIDENCE = 0.95  # every interval the project prints is a 95 % interval
+# Blessing needs the candidate to answer (not abstain on) at least this share of the
+# evaluated split; the Trainer fits its thresholds to answer TrainerConfig.abstention_accept
+# (0.95) of eval (components/training/abstention.py).
+MIN_ACCEPTANCE = 0.90

@@ -61,6 +61,8 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         accuracy_lower_bound=args.accuracy_bound, evidence_weight=args.evidence_weight,
         lesion_removal_rate=args.lesion_removal_rate, decoy_removal_rate=args.decoy_removal_rate,
         lesion_paste_rate=args.lesion_paste_rate,
+        abstention=not args.no_abstention, abstention_accept=args.abstention_accept,
+        abstention_min_acceptance=args.min_acceptance,
         **overrides)
 
 
@@ -110,7 +112,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"btmri run: pipeline failed: {err}\n(full log under {config.pipeline_root}/logs)",
               file=sys.stderr)
         return 1
-    print("\n" + "\n".join(summary_lines(summary, config.accuracy_lower_bound)))
+    print("\n" + "\n".join(summary_lines(summary, config.accuracy_lower_bound, config.min_acceptance)))
     return 0
 
 
@@ -215,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "tumour image pasted in, labelled with its class; default %(default)s")
         p.add_argument("--accuracy-bound", type=float, default=DEFAULT_ACCURACY_LOWER_BOUND,
                        help="absolute lower bound on accuracy for blessing (default %(default)s)")
+        p.add_argument("--abstention-accept", type=float, default=TRAINER_DEFAULTS.abstention_accept,
+                       metavar="SHARE", help="the exported model's abstention thresholds are fitted "
+                                             "to answer SHARE of the eval split (default %(default)s)")
+        p.add_argument("--min-acceptance", type=float,
+                       default=PipelineConfig.abstention_min_acceptance, metavar="SHARE",
+                       help="refuse to bless a model that abstains on more than 1 - SHARE of the "
+                            "evaluated split (default %(default)s; negative: off)")
+        p.add_argument("--no-abstention", action="store_true",
+                       help="export without ood_score/abstain/abstain_reason (and no acceptance gate)")
         p.add_argument("--audit-min-pointing", type=float, default=PipelineConfig.audit_min_pointing,
                        metavar="SHARE", help="refuse to bless a model whose lesion-audit pointing "
                                              "game is below SHARE (default: off)")

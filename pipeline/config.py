@@ -8,6 +8,7 @@ from pathlib import Path
 import components
 from btmri.documents import TRAINER_DEFAULTS
 from btmri.layout import metadata_path
+from btmri.spec import MIN_ACCEPTANCE
 from components.training.precision import CHOICES as TRAINING_PRECISIONS
 
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
@@ -56,6 +57,9 @@ class PipelineConfig:
     audit_min_pointing: float = -1.0         # gate on the audit's pointing game; < 0: off
     audit_min_removed_changed: float = -1.0  # gate on "lesion removed → class changed"; < 0: off
     accuracy_lower_bound: float = DEFAULT_ACCURACY_LOWER_BOUND
+    abstention: bool = TRAINER_DEFAULTS.abstention  # fit ood_score/abstain into the exported model
+    abstention_accept: float = TRAINER_DEFAULTS.abstention_accept
+    abstention_min_acceptance: float = MIN_ACCEPTANCE  # blessing: share of the evaluated split answered; < 0: off
     max_accuracy_regression: float = 0.0     # vs the last blessed model
     beam_pipeline_args: list[str] = field(default_factory=local_beam_args)
     enable_cache: bool = True
@@ -70,6 +74,15 @@ class PipelineConfig:
             raise ValueError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}")
         if not 0.0 <= self.accuracy_lower_bound:
             raise ValueError("accuracy lower bound must be >= 0")
+        if not 0.0 < self.abstention_accept <= 1.0:
+            raise ValueError("abstention accept share must be in (0, 1]")
+
+    @property
+    def min_acceptance(self) -> float | None:
+        """The acceptance floor the Evaluator gates on (None: not gated)."""
+        if not self.abstention or self.abstention_min_acceptance < 0:
+            return None
+        return self.abstention_min_acceptance
 
     @property
     def has_test_split(self) -> bool:
@@ -90,4 +103,5 @@ class PipelineConfig:
                 "evidence_weight": self.evidence_weight,
                 "lesion_removal_rate": self.lesion_removal_rate,
                 "decoy_removal_rate": self.decoy_removal_rate,
-                "lesion_paste_rate": self.lesion_paste_rate}
+                "lesion_paste_rate": self.lesion_paste_rate,
+                "abstention": self.abstention, "abstention_accept": self.abstention_accept}

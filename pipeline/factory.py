@@ -86,7 +86,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"],
         example_splits=[evaluate_on],
-        eval_config=eval_config(config.accuracy_lower_bound, config.max_accuracy_regression))
+        eval_config=eval_config(config.accuracy_lower_bound, config.max_accuracy_regression,
+                                config.min_acceptance))
 
     audit = None
     blessing = evaluator.outputs["blessing"]

@@ -10,12 +10,14 @@ from btmri.intervals import format_proportion, format_with_interval
 from btmri.layout import MODEL_CARD_FILE, REPORT_FILE
 
 
-def summary_lines(summary, accuracy_bound: float) -> list[str]:
-    """Lines for a pipeline.local_runner.RunSummary."""
+def summary_lines(summary, accuracy_bound: float, min_acceptance: float | None = None) -> list[str]:
+    """Lines for a pipeline.local_runner.RunSummary; `min_acceptance`: the Evaluator's
+    abstention gate (None: not gated)."""
     lines = [f"finished in {summary.seconds / 60:.1f} min; log: {summary.log_path}"]
     result = summary.evaluation
     if result is not None:
         lines += _figures(result, accuracy_bound)
+        lines += _acceptance(result, min_acceptance)
     if summary.lesion_audit:
         from components.audit.report_text import audit_lines
 
@@ -66,3 +68,21 @@ def _figures(result, accuracy_bound: float) -> list[str]:
             f"recall {format_proportion(tp, int(cm[k].sum()))}"
         )
     return lines
+
+
+def _acceptance(result, min_acceptance: float | None) -> list[str]:
+    """The share of the evaluated split the model answered (did not abstain on), for a
+    model exported with abstention; nothing for one without."""
+    from components.evaluation import ACCEPTANCE
+
+    share = result.named(ACCEPTANCE)
+    if math.isnan(share):
+        return []
+    n = int(result.confusion.sum()) if result.confusion is not None else result.named("example_count")
+    floor = f"floor {min_acceptance}" if min_acceptance is not None else "not gated"
+    if isinstance(n, float) and math.isnan(n):
+        return [f"answered (not abstained) {share:.3f} of the evaluated split ({floor})"]
+    return [
+        f"answered (not abstained) {format_proportion(round(share * int(n)), int(n))} "
+        f"of the evaluated split ({floor})"
+    ]

@@ -68,10 +68,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for path in args.images:
             record = {"file": path}
             try:
-                prediction = client.classify_image(_payload(path))
-                record.update({"class": prediction.class_name,
-                               "probabilities": prediction.probabilities,
-                               "model_version": prediction.model_version})
+                record.update(client.classify_image(_payload(path)).as_record())
             except ValueError as err:
                 record["error"] = str(err)
             except RequestFailed as err:
@@ -101,6 +98,8 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
                 result = client.gradcam(data)
                 images = heatmap_overlay.render(heatmap_overlay.decode_bgr(data), result.heatmap,
                                                 args.alpha)
+                if result.abstain:
+                    images = heatmap_overlay.mark_abstained(images, result.abstain_reason)
                 written = heatmap_overlay.write(images, out, stem)
             except ServerUnavailable as err:
                 print(f"btmri gradcam: {err}\n(is the server running? start one with "
@@ -110,8 +109,13 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
                 print(f"{path}: error: {err}", file=sys.stderr)
                 failures += 1
                 continue
-            print(f"{path}: {result.class_name} (p={result.probability:.3f}, model version "
-                  f"{result.model_version}) -> {written['overlay']}", flush=True)
+            if result.abstain:
+                print(f"{path}: {result.answer} (model's top class {result.class_name}, "
+                      f"p={result.probability:.3f}, model version {result.model_version}; heatmap "
+                      f"marked ABSTAINED) -> {written['overlay']}", flush=True)
+            else:
+                print(f"{path}: {result.class_name} (p={result.probability:.3f}, model version "
+                      f"{result.model_version}) -> {written['overlay']}", flush=True)
     return 1 if failures else 0
 
 
@@ -185,8 +189,10 @@ def register(subparsers) -> None:
                        help="seconds per request (default %(default)s)")
 
     p = subparsers.add_parser("predict", help="classify images with a running model server",
-                              description="Prints one JSON line per image: file, class, "
-                                          "probabilities, model version.")
+                              description="Prints one JSON line per image: file, class (null when "
+                                          "the model abstains), answer (the class, or 'abstained: "
+                                          "...' with the reason), probabilities, model version, "
+                                          "ood_score, abstain, abstain_reason.")
     client_args(p, rest=True)
     p.set_defaults(func=_cmd_predict)
 

@@ -90,16 +90,46 @@ class RetryPolicy:
             delay = min(delay * 2, self.max_backoff)
 
 
+# What a client says instead of a class when the model abstains (abstain_reason → text).
+ABSTAINED_OUT_OF_DISTRIBUTION = "not recognised as a brain MRI slice like the training images"
+ABSTAINED_LOW_CONFIDENCE = "low confidence"
+
+
 @dataclass
 class ImagePrediction:
-    class_name: str
+    class_name: str                       # the model's most probable class, even when it abstains
     class_id: int
     probabilities: dict[str, float]
     model_version: int | None
+    ood_score: float | None = None        # None: a model exported without abstention
+    abstain: bool = False
+    abstain_reason: str = ""
 
     @property
     def probability(self) -> float:
         return self.probabilities[self.class_name]
+
+    @property
+    def answer(self) -> str:
+        """The class name, or "abstained: ..." saying why the model does not answer."""
+        if not self.abstain:
+            return self.class_name
+        if self.abstain_reason == spec.REASON_OUT_OF_DISTRIBUTION:
+            score = "" if self.ood_score is None else f" (ood_score {self.ood_score:.2f}, over 1 is unlike them)"
+            return f"abstained: {ABSTAINED_OUT_OF_DISTRIBUTION}{score}"
+        if self.abstain_reason == spec.REASON_LOW_CONFIDENCE:
+            return f"abstained: {ABSTAINED_LOW_CONFIDENCE} (p={self.probability:.3f})"
+        return f"abstained: {self.abstain_reason or 'no reason given'}"
+
+    def as_record(self) -> dict:
+        """The JSON fields `btmri predict` prints: class (None when abstaining), answer,
+        probabilities, model version, and the abstention fields when the model has them."""
+        record = {"class": None if self.abstain else self.class_name, "answer": self.answer,
+                  "probabilities": self.probabilities, "model_version": self.model_version}
+        if self.ood_score is not None:
+            record.update({spec.OOD_SCORE: self.ood_score, spec.ABSTAIN: self.abstain,
+                           spec.ABSTAIN_REASON: self.abstain_reason})
+        return record
 
 
 @dataclass
@@ -107,9 +137,26 @@ class GradcamResult(ImagePrediction):
     heatmap: np.ndarray | None = None     # float32 [224, 224] in [0, 1]
 
 
-def _prediction(class_id: int, probabilities, version: int | None) -> ImagePrediction:
+def _text(value) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _prediction(class_id: int, probabilities, version: int | None,
+                abstention: dict | None = None) -> ImagePrediction:
+    """`abstention`: the row's ood_score/abstain/abstain_reason (absent for models
+    exported before abstention: then the prediction never abstains)."""
     probs = {name: float(p) for name, p in zip(CLASS_NAMES, probabilities)}
-    return ImagePrediction(CLASS_NAMES[class_id], class_id, probs, version)
+    prediction = ImagePrediction(CLASS_NAMES[class_id], class_id, probs, version)
+    if abstention and spec.ABSTAIN in abstention:
+        prediction.ood_score = float(abstention[spec.OOD_SCORE])
+        prediction.abstain = bool(abstention[spec.ABSTAIN])
+        prediction.abstain_reason = _text(abstention.get(spec.ABSTAIN_REASON, ""))
+    return prediction
+
+
+def _grpc_abstention(outputs) -> dict:
+    return {name: tf.make_ndarray(outputs[name])[0] for name in spec.ABSTENTION_OUTPUTS
+            if name in outputs}
 
 
 class PredictionClient:
@@ -162,19 +209,20 @@ class PredictionClient:
             f"over {time.monotonic() - start:.1f} s): {last.details()}")
 
     def classify_image(self, image: bytes) -> ImagePrediction:
-        response = self.predict(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: [image]},
-                                output_filter=[spec.CLASS_ID, spec.PROBABILITIES])
+        # No output filter: a model exported before abstention has no such outputs, and
+        # naming one it lacks is an error.
+        response = self.predict(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: [image]})
         outputs = response.outputs
         return _prediction(int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
                            tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
-                           response.model_spec.version.value)
+                           response.model_spec.version.value, _grpc_abstention(outputs))
 
     def gradcam(self, image: bytes) -> GradcamResult:
         response = self.predict(spec.GRADCAM, {spec.IMAGE_BYTES_INPUT: [image]})
         outputs = response.outputs
         base = _prediction(int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
                            tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
-                           response.model_spec.version.value)
+                           response.model_spec.version.value, _grpc_abstention(outputs))
         return GradcamResult(**vars(base), heatmap=tf.make_ndarray(outputs[spec.HEATMAP])[0])
 
 
@@ -238,4 +286,4 @@ class RestClient:
                     "instances": [{"b64": base64.b64encode(image).decode("ascii")}]}
         answer = self.request("POST", f"/v1/models/{self.model_name}:predict", document)
         row = answer["predictions"][0]
-        return _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version())
+        return _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row)

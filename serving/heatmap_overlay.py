@@ -63,6 +63,26 @@ def overlay(
     return render(base, heatmap, strength).overlay
 
 
+def mark_abstained(images: GradcamImages, reason: str) -> GradcamImages:
+    """Heatmap and overlay with a banner saying the model abstained (and why): the
+    heatmap of an answer the model did not give must not pass for an explanation.
+    The original stays as it was."""
+
+    def banner(image: np.ndarray) -> np.ndarray:
+        marked = image.copy()
+        bar = max(12, marked.shape[0] // 12)
+        marked[:bar] = (0, 0, 160)
+        text = "ABSTAINED" + (f": {reason.replace('_', ' ')}" if reason else "")
+        scale = max(0.3, bar / 30)
+        cv2.putText(
+            marked, text, (4, int(bar * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+            (255, 255, 255), max(1, int(scale * 2)), cv2.LINE_AA,
+        )
+        return marked
+
+    return GradcamImages(images.original, banner(images.heatmap), banner(images.overlay))
+
+
 def write(images: GradcamImages, out_dir: Path, stem: str) -> dict[str, Path]:
     """Writes <stem>_original.png, <stem>_heatmap.png, <stem>_overlay.png."""
     out_dir.mkdir(parents=True, exist_ok=True)

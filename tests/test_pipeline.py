@@ -6,6 +6,7 @@ threshold tests rerun the pipeline on a run of their own (`own_run`).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,13 @@ import pytest
 import tensorflow as tf
 
 from components.executors import AnomaliesFound, pushed_versions
+from btmri.spec import ABSTENTION_OUTPUTS
 from data_prep import contract
 from data_prep.tfrecords import make_example
 from pipeline.cli import main as btmri
 from pipeline.config import PipelineConfig
 from pipeline.factory import COMPONENT_IDS
-from pipeline.local_runner import run_pipeline
+from pipeline.local_runner import read_outcome, run_pipeline
 from pipeline.metadata import execution_state_name, node_executions
 from tests.conftest import btmri_run
 
@@ -78,7 +80,7 @@ def test_signatures_names_shapes_dtypes(tiny_run, pushed_model):
     by_example = sigs["serving_default"](examples=tf.constant(examples))
     by_image_only = sigs["serving_default"](examples=tf.constant(image_only))
     for out in (by_bytes, by_example, by_image_only):
-        assert set(out) == {"probabilities", "class_id", "class_name"}
+        assert set(out) == {"probabilities", "class_id", "class_name", *ABSTENTION_OUTPUTS}
         assert out["probabilities"].dtype == tf.float32 and out["probabilities"].shape == (n, 4)
         assert out["class_id"].dtype == tf.int64 and out["class_id"].shape == (n,)
         assert out["class_name"].dtype == tf.string and out["class_name"].shape == (n,)
@@ -89,7 +91,10 @@ def test_signatures_names_shapes_dtypes(tiny_run, pushed_model):
     np.testing.assert_allclose(by_bytes["probabilities"], by_image_only["probabilities"], atol=1e-6)
 
     cam = sigs["gradcam"](image_bytes=tf.constant(images))
-    assert set(cam) == {"heatmap", "class_id", "probabilities"}
+    assert set(cam) == {"heatmap", "class_id", "probabilities", *ABSTENTION_OUTPUTS}
+    for out in (by_bytes, by_example, cam):   # abstention: the same decision everywhere
+        assert out["abstain"].dtype == tf.bool and out["ood_score"].shape == (n,)
+        np.testing.assert_array_equal(out["abstain_reason"], by_bytes["abstain_reason"])
     assert cam["heatmap"].dtype == tf.float32 and cam["heatmap"].shape == (n, 224, 224)
     heat = cam["heatmap"].numpy()
     assert heat.min() >= 0.0 and heat.max() <= 1.0
@@ -122,6 +127,22 @@ def test_unreachable_accuracy_bound_pushes_nothing(own_run, capsys):
     out = capsys.readouterr().out
     assert "blessed: no" in out and "not pushed" in out
     assert pushed_versions(str(own_run / "serving")) == before
+
+
+def test_acceptance_below_the_floor_refuses_blessing(own_run, capsys):
+    """The Evaluator's abstention gate: a model answering less than --min-acceptance of
+    the evaluated split is not blessed (1.01 cannot be reached: the share is at most 1)."""
+    capsys.readouterr()
+    before = pushed_versions(str(own_run / "serving"))
+    assert btmri_run(own_run, "--min-acceptance", "1.01") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"answered \(not abstained\) [01]\.\d{3} \[[01]\.\d{3}, [01]\.\d{3}\] \(\d+/\d+\) "
+                     r"of the evaluated split \(floor 1\.01\)", out), out
+    assert "blessed: no" in out and "not pushed" in out
+    assert pushed_versions(str(own_run / "serving")) == before
+    evaluation = read_outcome(_config(own_run)).evaluation
+    assert not evaluation.validation_ok
+    assert any(t.metric == "abstention_acceptance" and not t.passed for t in evaluation.thresholds)
 
 
 def test_anomalous_data_stops_before_training(tmp_path):

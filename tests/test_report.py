@@ -20,7 +20,7 @@ import tensorflow as tf
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from btmri.intervals import format_interval, wilson
+from btmri.intervals import format_interval, format_with_interval, wilson
 from btmri.spec import ECE_BINS
 from components.executors import DIGEST_FILE, pushed_versions
 from components.signature_names import IMAGE_BYTES_INPUT, PROBABILITIES
@@ -181,6 +181,28 @@ def test_every_count_in_the_report_equals_scikit_learn(report, own_predictions):
          f"{want['confusion'][i].sum():,}"] for i, name in enumerate(CLASSES)]
 
 
+def test_abstention_on_the_evaluated_split_matches_the_model(report, tiny_run, version_dir):
+    """The report's abstention table counts what the pushed model's own `abstain` says on
+    the test split, and the risk–coverage curve ends at the plain accuracy."""
+    data, html_path = report
+    examples = read_split(tiny_run / "data" / "prepared" / "current", contract.TEST_SPLIT)
+    out = tf.saved_model.load(str(version_dir)).signatures["predict_images"](
+        **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])})
+    abstain = out["abstain"].numpy()
+    reasons = [r.decode() for r in out["abstain_reason"].numpy()]
+    summary = data.abstention
+    assert summary.n == len(examples) and summary.answered == int((~abstain).sum())
+    assert summary.out_of_distribution == reasons.count("out_of_distribution")
+    assert summary.low_confidence == reasons.count("low_confidence")
+    assert summary.by_confidence.accuracy[-1] == pytest.approx(summary.accuracy_all)
+    assert summary.by_ood_score.coverage[-1] == pytest.approx(1.0)
+    rows = dict((r[0], r[1]) for r in _Tables(html_path.read_text()).tables["abstention-split"][1:])
+    share = format_with_interval(summary.acceptance, wilson(summary.answered, summary.n))
+    assert rows["answered"] == f"{summary.answered:,} ({share})"
+    assert rows["abstained: out of distribution"] == str(summary.out_of_distribution)
+    assert summary.fitted["accepted_share"] >= summary.fitted["accept"]
+
+
 def test_split_counts_and_thresholds_match_the_run(report, tiny_run):
     data, html_path = report
     import json
@@ -224,7 +246,8 @@ def test_report_is_self_contained(report):
     assert images and all(src.startswith("data:image/") for src in images)
     for section in ("Blessing decision", "Figures on the test split", "Confusion matrix",
                     "ROC", "Reliability", "Training", "TFDV anomalies", "Skipped files",
-                    "Duplicates and leakage", "Grad-CAM gallery", "Model card", "Cross-checks"):
+                    "Duplicates and leakage", "Grad-CAM gallery", "When it does not answer",
+                    "Risk–coverage", "Model card", "Cross-checks"):
         assert section in page, section
 
 
@@ -246,7 +269,8 @@ def test_model_card_is_written_beside_the_pushed_model(tiny_run, version_dir, tm
     card = path.read_text()
     for heading in ("## Model details", "## Intended use", "## Out-of-scope uses", "## Training data",
                     "## Evaluation data", "### Known flaws of the data", "## Quantitative analysis",
-                    "## Calibration", "## Limitations", "## Ethical considerations"):
+                    "## Calibration", "## When it does not answer", "## Limitations",
+                    "## Ethical considerations"):
         assert f"\n{heading}\n" in card, heading
     assert f"version {version_dir.name}" in card and "Not a diagnostic device" in card
     for word in ("3D", "anatomy", "Pediatric", "modalities", "synthetic phantoms", "duplicate"):

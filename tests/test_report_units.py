@@ -166,3 +166,13 @@ def test_kept_epoch_is_the_last_unless_the_trainer_early_stopped():
     assert model_card.epochs_kept(early_stopped) == (4, 2)
     assert model_card.kept_reason(early_stopped) == "lowest eval loss"
     assert model_card.epochs_kept(None) == (0, None)
+
+
+def test_risk_coverage_refuses_the_most_doubtful_first():
+    from pipeline.report.abstention import risk_coverage
+
+    correct = np.array([True, False, True, True, False])
+    doubt = np.array([0.1, 0.9, 0.2, 0.3, 0.5])    # both mistakes are the most doubtful
+    curve = risk_coverage(correct, doubt)
+    np.testing.assert_allclose(curve.coverage, [0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(curve.accuracy, [1, 1, 1, 0.75, 0.6])

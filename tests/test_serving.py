@@ -99,6 +99,50 @@ def test_predict_images_signature(predict_stub, images, version):
     assert [n.decode() for n in class_name] == [contract.CLASS_NAMES[i] for i in class_id]
 
 
+def _probe_images() -> list[bytes]:
+    """A blank, a ramp and noise: what the abstention outputs exist for."""
+    rng = np.random.default_rng(0)
+    ramp = np.tile(np.linspace(0, 255, 200).astype(np.uint8), (120, 1))
+    return [cv2.imencode(".png", a)[1].tobytes() for a in
+            (np.zeros((64, 64), np.uint8), ramp, rng.integers(0, 256, (96, 96), dtype=np.uint8))]
+
+
+def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server, predict_stub, images):
+    batch = images[:2] + _probe_images()
+    answers = {}
+    for name in ("predict_images", "gradcam"):
+        response = predict_stub.Predict(predict_request(name, {spec.IMAGE_BYTES_INPUT: batch}), timeout=60)
+        answers[name] = {k: tf.make_ndarray(response.outputs[k]) for k in spec.ABSTENTION_OUTPUTS}
+    examples = [tf.train.Example(features=tf.train.Features(feature={
+        contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
+        .SerializeToString() for image in batch]
+    response = predict_stub.Predict(predict_request("serving_default", {spec.EXAMPLES_INPUT: examples}),
+                                    timeout=60)
+    answers["serving_default"] = {k: tf.make_ndarray(response.outputs[k]) for k in spec.ABSTENTION_OUTPUTS}
+    reference = answers["predict_images"]
+    assert reference[spec.OOD_SCORE].dtype == np.float32 and reference[spec.OOD_SCORE].shape == (len(batch),)
+    assert reference[spec.ABSTAIN].dtype == np.bool_
+    reasons = [r.decode() for r in reference[spec.ABSTAIN_REASON]]
+    assert set(reasons) <= {"", spec.REASON_OUT_OF_DISTRIBUTION, spec.REASON_LOW_CONFIDENCE}
+    assert [r != "" for r in reasons] == reference[spec.ABSTAIN].tolist()
+    for other in answers.values():
+        np.testing.assert_allclose(other[spec.OOD_SCORE], reference[spec.OOD_SCORE], rtol=1e-5)
+        np.testing.assert_array_equal(other[spec.ABSTAIN_REASON], reference[spec.ABSTAIN_REASON])
+    # output_filter can ask for them alone.
+    only = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: batch},
+                                                output_filter=[spec.ABSTAIN]), timeout=60)
+    assert set(only.outputs) == {spec.ABSTAIN}
+    # REST: JSON booleans, numbers and strings, the same values.
+    code, body = rest(server, "POST", "/v1/models/brain_tumor:predict",
+                      {"signature_name": "predict_images", "instances": [b64(i) for i in batch]})
+    assert code == 200, body
+    rows = body["predictions"]
+    assert [r[spec.ABSTAIN] for r in rows] == reference[spec.ABSTAIN].tolist()
+    assert all(isinstance(r[spec.ABSTAIN], bool) for r in rows)
+    assert [r[spec.ABSTAIN_REASON] for r in rows] == reasons
+    np.testing.assert_allclose([r[spec.OOD_SCORE] for r in rows], reference[spec.OOD_SCORE], rtol=1e-5)
+
+
 def test_default_signature_takes_serialized_examples(predict_stub, images):
     examples = [tf.train.Example(features=tf.train.Features(feature={
         contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
@@ -138,7 +182,13 @@ def test_get_model_metadata(predict_stub, version):
     assert {"serving_default", "predict_images", "gradcam"} <= set(defs)
     assert set(defs["predict_images"].inputs) == {spec.IMAGE_BYTES_INPUT}
     assert defs["predict_images"].inputs[spec.IMAGE_BYTES_INPUT].dtype == tf.string.as_datatype_enum
-    assert set(defs["gradcam"].outputs) == {spec.HEATMAP, spec.CLASS_ID, spec.PROBABILITIES}
+    assert set(defs["gradcam"].outputs) == {spec.HEATMAP, spec.CLASS_ID, spec.PROBABILITIES,
+                                             *spec.ABSTENTION_OUTPUTS}
+    for name in ("serving_default", "predict_images", "gradcam"):
+        outputs = defs[name].outputs
+        assert outputs[spec.ABSTAIN].dtype == tf.bool.as_datatype_enum
+        assert outputs[spec.OOD_SCORE].dtype == tf.float32.as_datatype_enum
+        assert outputs[spec.ABSTAIN_REASON].dtype == tf.string.as_datatype_enum
     assert defs["serving_default"].method_name == "tensorflow/serving/predict"
 
 
@@ -188,7 +238,7 @@ PREDICT_ERRORS = [
      r"^unsupported image format: the model reads JPEG and PNG"),
     ("unknown output", dict(output_filter=["logits"]), grpc.StatusCode.INVALID_ARGUMENT,
      r"^output tensor alias not found in signature: logits Outputs expected to be in the set "
-     r"\{class_id,class_name,probabilities\}\.$"),
+     r"\{abstain,abstain_reason,class_id,class_name,ood_score,probabilities\}\.$"),
     ("duplicate output", dict(output_filter=["class_id", "class_id"]), grpc.StatusCode.INVALID_ARGUMENT,
      r"^duplicate output tensor alias: class_id$"),
     ("no model name", dict(name=""), grpc.StatusCode.INVALID_ARGUMENT,
@@ -294,7 +344,7 @@ def test_rest_row_format_matches_grpc(server, predict_stub, images):
     assert code == 200, body
     rows = body["predictions"]
     assert len(rows) == len(images)
-    assert set(rows[0]) == {spec.PROBABILITIES, spec.CLASS_ID, spec.CLASS_NAME}
+    assert set(rows[0]) == {spec.PROBABILITIES, spec.CLASS_ID, spec.CLASS_NAME, *spec.ABSTENTION_OUTPUTS}
     grpc_probs = tf.make_ndarray(predict_stub.Predict(
         predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60).outputs[spec.PROBABILITIES])
     np.testing.assert_allclose([r[spec.PROBABILITIES] for r in rows], grpc_probs, atol=1e-6)
@@ -307,7 +357,7 @@ def test_rest_columnar_format_and_version_path(server, images, version):
                        "inputs": {spec.IMAGE_BYTES_INPUT: [b64(i) for i in images[:3]]}})
     assert code == 200, body
     outputs = body["outputs"]
-    assert set(outputs) == {spec.PROBABILITIES, spec.CLASS_ID, spec.CLASS_NAME}
+    assert set(outputs) == {spec.PROBABILITIES, spec.CLASS_ID, spec.CLASS_NAME, *spec.ABSTENTION_OUTPUTS}
     assert len(outputs[spec.CLASS_ID]) == 3 and len(outputs[spec.PROBABILITIES][0]) == contract.NUM_CLASSES
 
 
@@ -377,8 +427,14 @@ def test_btmri_predict_prints_one_json_line_per_image(server, tiny_run, capsys, 
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [line["file"] for line in lines] == list(map(str, files))
         for line in lines:
-            assert line["class"] in contract.CLASS_NAMES and line["model_version"] == version
+            assert line["model_version"] == version
             assert set(line["probabilities"]) == set(contract.CLASS_NAMES)
+            assert isinstance(line[spec.ABSTAIN], bool) and isinstance(line[spec.OOD_SCORE], float)
+            if line[spec.ABSTAIN]:
+                assert line["class"] is None and line["answer"].startswith("abstained: ")
+            else:
+                assert line["class"] in contract.CLASS_NAMES and line["answer"] == line["class"]
+                assert line[spec.ABSTAIN_REASON] == ""
 
 
 def test_btmri_predict_reports_bad_files_and_a_down_server(server, tmp_path, capsys):
@@ -403,7 +459,11 @@ def test_btmri_gradcam_writes_original_heatmap_and_overlay(server, tiny_run, tmp
     out = tmp_path / "cams"
     assert main(["gradcam", "--server", server.grpc_target, *map(str, files), "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 2 and all(re.search(r": \w+ \(p=0\.\d{3}, model version \d+\)", p) for p in printed)
+    answered = r": \w+ \(p=0\.\d{3}, model version \d+\) -> "
+    abstained = (r": abstained: (not recognised as a brain MRI slice like the training images "
+                 r"\(ood_score \d+\.\d\d, over 1 is unlike them\)|low confidence \(p=0\.\d{3}\)) "
+                 r"\(model's top class \w+, p=0\.\d{3}, model version \d+; heatmap marked ABSTAINED\) -> ")
+    assert len(printed) == 2 and all(re.search(answered, p) or re.search(abstained, p) for p in printed)
     for f in files:
         original = cv2.imread(str(f), cv2.IMREAD_COLOR)
         written = {kind: cv2.imread(str(out / f"{f.stem}_{kind}.png"), cv2.IMREAD_COLOR)

@@ -9,7 +9,9 @@ Exported SavedModel signatures (DESIGN.md):
   serving_default(examples: string[N])   serialized tf.Example, only `image` needed
   predict_images(image_bytes: string[N]) encoded JPEG/PNG
   gradcam(image_bytes: string[N])        + heatmap float32 [N, 224, 224] in [0, 1]
-All return probabilities float32 [N, 4], class_id int64 [N], class_name string [N].
+All return probabilities float32 [N, 4], class_id int64 [N], class_name string [N]
+(gradcam: not class_name), and, with abstention fitted (the default), ood_score
+float32 [N], abstain bool [N] and abstain_reason string [N] (abstention.py).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from btmri.layout import CALIBRATION_FILE, HISTORY_CSV_FILE, HISTORY_FILE, TENSO
 from components.signature_names import (CLASS_ID, CLASS_NAME, EXAMPLES_INPUT, GRADCAM, HEATMAP,
                                         IMAGE_BYTES_INPUT, PREDICT_IMAGES, PROBABILITIES,
                                         SERVING_DEFAULT)
-from components.training import calibration, gradcam as cam, precision
+from components.training import abstention, calibration, gradcam as cam, outliers, precision
 from components.training.augment import augment_batch
 from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
@@ -129,8 +131,11 @@ def _outputs(probs: tf.Tensor) -> dict:
     }
 
 
-def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput) -> dict:
-    """The three serving signatures; `model.tft_layer` must be set (it is tracked with the model)."""
+def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
+                    abstention_spec: abstention.AbstentionSpec | None = None) -> dict:
+    """The three serving signatures; `model.tft_layer` must be set (it is tracked with the model).
+    With `abstention_spec`, each also returns ood_score, abstain and abstain_reason, from
+    the same forward pass that gives the probabilities."""
     raw_spec = tf_transform_output.raw_feature_spec()
     image_only_spec = {contract.IMAGE_KEY: raw_spec[contract.IMAGE_KEY]}
     layer_names = [l.name for l in model.layers]
@@ -138,6 +143,16 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
     if GRADCAM_FINE_LAYER in layer_names:
         maps.append(model.get_layer(GRADCAM_FINE_LAYER).output)
     grad_model = keras.Model(model.inputs, [maps, model.get_layer(LOGITS_LAYER).output])
+    scorer = None
+    if abstention_spec is not None:
+        scorer, _ = abstention.scoring_model(model, abstention_spec.features)
+
+    def scored(x) -> tuple[tf.Tensor, dict]:
+        """(probabilities, abstention outputs) of model inputs, in one pass."""
+        if scorer is None:
+            return model(x, training=False), {}
+        probs, *features = scorer(x, training=False)
+        return probs, abstention.outputs(abstention_spec, probs, features)
 
     def transformed(image_bytes):
         return model.tft_layer({contract.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
@@ -148,11 +163,13 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_examples(examples):
         parsed = tf.io.parse_example(examples, image_only_spec)
-        return _outputs(model(model.tft_layer(parsed)[IMAGE_XF], training=False))
+        probs, abstained = scored(model.tft_layer(parsed)[IMAGE_XF])
+        return {**_outputs(probs), **abstained}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
     def predict_images(image_bytes):
-        return _outputs(model(images_to_model_input(image_bytes), training=False))
+        probs, abstained = scored(images_to_model_input(image_bytes))
+        return {**_outputs(probs), **abstained}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
     def gradcam(image_bytes):
@@ -167,8 +184,8 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
             heatmap = maps_to_image(heatmap, xf[HEAD_BOX_XF], IMAGE_SIZE)
             heatmap = tf.math.divide_no_nan(heatmap, tf.reduce_max(heatmap, axis=[1, 2], keepdims=True))
         # The model's own (calibrated) probabilities, as the other signatures return.
-        probs = model(x, training=False)
-        return {HEATMAP: heatmap, CLASS_ID: class_id, PROBABILITIES: probs}
+        probs, abstained = scored(x)
+        return {HEATMAP: heatmap, CLASS_ID: class_id, PROBABILITIES: probs, **abstained}
 
     return {
         SERVING_DEFAULT: serve_examples.get_concrete_function(),
@@ -275,9 +292,40 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         model = _float32_copy(model, config["model"])
     if config["calibrate"]:
         model = _calibrate(model, eval_ds, run_dir)
+    spec = None
+    if config["abstention"]:
+        spec = fit_abstention(model, eval_ds, tf_transform_output, config)
     model.tft_layer = tf_transform_output.transform_features_layer()
     model.save(fn_args.serving_model_dir, save_format="tf",
-               signatures=make_signatures(model, tf_transform_output))
+               signatures=make_signatures(model, tf_transform_output, spec))
+    if spec is not None:
+        abstention.write(spec, fn_args.serving_model_dir)
+        abstention.write(spec, run_dir)
+
+
+def fit_abstention(model: keras.Model, eval_ds: tf.data.Dataset,
+                   tf_transform_output: tft.TFTransformOutput, config: dict) -> abstention.AbstentionSpec:
+    """Fits the abstention detector on the eval split (never trained on; the served,
+    calibrated probabilities), choosing its features with generated outliers."""
+    scorer, names = abstention.scoring_model(model)
+    images, labels = [], []
+    for batch_images, (batch_labels, _) in eval_ds:
+        images.append(batch_images)
+        labels.append(batch_labels.numpy())
+    probs, features = abstention.collect(scorer, images)
+    labels = np.concatenate(labels).astype(int)
+    tft_layer = tf_transform_output.transform_features_layer()
+    outlier_features = {}
+    per_kind = int(config["abstention_outliers_per_kind"])
+    if per_kind > 0:
+        for kind, pngs in outliers.outlier_images(per_kind, seed=int(config["seed"])).items():
+            batch = tft_layer({contract.IMAGE_KEY: tf.reshape(tf.constant(pngs), [-1, 1])})[IMAGE_XF]
+            outlier_features[kind] = dict(zip(names, abstention.collect(scorer, [batch])[1]))
+    spec = abstention.choose(dict(zip(names, features)), labels, probs, outlier_features,
+                             accept=float(config["abstention_accept"]),
+                             ood_share=float(config["abstention_ood_share"]), seed=int(config["seed"]))
+    logging.info("Abstention fitted on eval: %s", json.dumps(spec.to_json())[:2000])
+    return spec
 
 
 def _float32_copy(model: keras.Model, name: str) -> keras.Model:

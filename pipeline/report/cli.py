@@ -20,11 +20,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
                             serving_dir="")
     try:
         summary = None
-        if args.data_root is None and args.gallery == DEFAULT_GALLERY_PER_KIND and not args.render:
+        if (args.data_root is None and args.gallery == DEFAULT_GALLERY_PER_KIND
+                and not args.render and not args.abstention_benchmark):
             summary = report_of_run(config, args.out)
         if summary is None:
             summary = summary_of(build_report(config, args.out, data_root=args.data_root,
-                                              gallery_per_kind=args.gallery))
+                                              gallery_per_kind=args.gallery,
+                                              abstention_benchmark=args.abstention_benchmark))
     except ReportError as err:
         print(f"btmri report: error: {err}", file=sys.stderr)
         return 2
@@ -40,6 +42,13 @@ def summary_text(out: str, summary: dict) -> list[str]:
              f"{format_with_interval(summary['deduplicated_accuracy'], summary['deduplicated_accuracy_ci95'])}"
              f" without the {summary['duplicates_of_training_images']} duplicates of training "
              f"images; 95 % intervals), {verdict}"]
+    abstention = summary.get("abstention")
+    if abstention:
+        lines.append(f"  answered {abstention['acceptance']:.4f} of {summary['evaluated_split']} "
+                     f"({abstention['out_of_distribution']} out of distribution, "
+                     f"{abstention['low_confidence']} low confidence); accuracy "
+                     f"{abstention['accuracy_answered']:.4f} on those, "
+                     f"{abstention['accuracy_all']:.4f} on all")
     for check in summary["checks"]:
         if check["status"] != "ok":
             lines.append(f"  {check['status']}: {check['name']}: {check['detail']}")
@@ -60,6 +69,9 @@ def register(subparsers) -> None:
     p.add_argument("--render", action="store_true",
                    help="render the report anew from the run's artifacts instead of copying the "
                         "one the pipeline's ModelReport component wrote")
+    p.add_argument("--abstention-benchmark", default=None, metavar="FILE",
+                   help="JSON written by benchmarks/abstention.py --out: abstention per probe "
+                        "family in the report and model card")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="keep TensorFlow's start-up notes and library warnings")
     p.set_defaults(func=_cmd_report)

@@ -54,6 +54,7 @@ class ReportData:
     gallery: list[GalleryItem] = field(default_factory=list)
     lesion_audit: dict | None = None          # lesion_audit.json of the run's LesionAudit
     lesion_gallery: list = field(default_factory=list)   # lesion_audit.AuditTile
+    abstention: object = None                 # pipeline.report.abstention.AbstentionSummary
     generated_at: float = field(default_factory=time.time)
 
 
@@ -139,12 +140,14 @@ def _scan_other_splits(run: RunArtifacts, p: preds.Predictions, near_threshold: 
 
 
 def collect(config: PipelineConfig, data_root: str | None = None,
-            gallery_per_kind: int = 4) -> ReportData:
-    """The latest run's report data, its artifacts found in ML Metadata."""
-    return collect_run(find_run(config, data_root), gallery_per_kind)
+            gallery_per_kind: int = 4, abstention_benchmark: str | None = None) -> ReportData:
+    """The latest run's report data, its artifacts found in ML Metadata.
+    `abstention_benchmark`: JSON written by benchmarks/abstention.py --out."""
+    return collect_run(find_run(config, data_root), gallery_per_kind, abstention_benchmark)
 
 
-def collect_run(run: RunArtifacts, gallery_per_kind: int = 4) -> ReportData:
+def collect_run(run: RunArtifacts, gallery_per_kind: int = 4,
+                abstention_benchmark: str | None = None) -> ReportData:
     """Reads the run's artifacts, predicts the evaluated split, finds duplicates of
     training images in it, and (if gallery_per_kind) computes Grad-CAM for a few images."""
     tfma = tfma_results.load(run.evaluation_uri)
@@ -169,6 +172,11 @@ def collect_run(run: RunArtifacts, gallery_per_kind: int = 4) -> ReportData:
                         history=_read_json(run.model_run_dir, HISTORY_FILE),
                         temperature=_read_json(run.model_run_dir, CALIBRATION_FILE),
                         model_digest=model_digest(run.model_dir), checks=_checks(tfma, p, as_is))
+    import components.training.abstention  # the fitted thresholds beside the model
+    from pipeline.report import abstention
+
+    report.abstention = abstention.summarize(p, components.training.abstention.read(run.model_dir),
+                                             abstention.read_benchmark(abstention_benchmark))
     if run.lesion_audit_uri:
         from components.audit.lesion_audit import read_audit
         from pipeline.report.lesion_audit import gallery as audit_gallery

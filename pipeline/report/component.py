@@ -113,6 +113,12 @@ def summary_of(data) -> dict:
         "duplicates_of_training_images": len(data.duplicates),
         "blessed": data.run.blessed,
         "checks": [{"name": c.name, "status": c.status, "detail": c.detail} for c in data.checks],
+        "abstention": None if getattr(data, "abstention", None) is None else {
+            "acceptance": data.abstention.acceptance,
+            "out_of_distribution": data.abstention.out_of_distribution,
+            "low_confidence": data.abstention.low_confidence,
+            "accuracy_answered": data.abstention.accuracy_answered,
+            "accuracy_all": data.abstention.accuracy_all},
     }
 
 

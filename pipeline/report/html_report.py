@@ -35,6 +35,7 @@ LISTED = 200  # longest list shown in a collapsed <details> element
 SECTIONS = (("decision", "Decision"), ("figures", "Test figures"), ("plots", "Confusion, ROC, calibration"),
             ("training", "Training"), ("data", "Data"), ("gradcam", "Grad-CAM"),
             ("lesion-audit", "Does it look at the tumour?"),
+            ("abstention", "When it does not answer"),
             ("model-card", "Model card"), ("checks", "Cross-checks and provenance"))
 
 
@@ -323,6 +324,18 @@ def _lesion_audit(data: ReportData) -> str:
     return _section("lesion-audit", "Does it look at the tumour?", "\n".join(body))
 
 
+def _abstention(data: ReportData) -> str:
+    from pipeline.report import abstention
+
+    body = [to_html(abstention.blocks(data.abstention, data.run.evaluated_split))]
+    if data.abstention is not None:
+        body.append(_figure(abstention.plot(data.abstention),
+                            "Risk–coverage: accuracy of the answered images as the share answered shrinks, "
+                            "refusing by top probability or by ood_score; the dot is what the "
+                            "served thresholds do.", 560))
+    return _section("abstention", "When it does not answer", "\n".join(body))
+
+
 def _model_card(data: ReportData) -> str:
     blocks = model_card.card_blocks(data, _version(data), level=2)[1:]  # the section has the title
     for block in blocks:
@@ -362,7 +375,8 @@ def render(data: ReportData) -> str:
             f"generated {_e(generated)}"]
 
     sections = [_decision(data), _figures(data), _plots(data), _training(data), _data(data),
-                _gradcam(data), _lesion_audit(data), _model_card(data), _checks(data)]
+                _gradcam(data), _lesion_audit(data), _abstention(data), _model_card(data),
+                _checks(data)]
     return _template().render(
         title=TITLE, meta=[Markup(m) for m in meta], sections_index=SECTIONS,
         sections=[Markup(section) for section in sections])

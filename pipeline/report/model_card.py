@@ -14,7 +14,7 @@ from btmri.layout import MODEL_CARD_FILE
 from btmri.spec import MODEL_NAME
 from btmri import spec
 from pipeline.config import PipelineConfig
-from pipeline.report import tables
+from pipeline.report import abstention, tables
 from pipeline.report.lesion_audit import audit_blocks
 from pipeline.report.markup import Bullets, Heading, Paragraph, count, to_markdown
 
@@ -135,8 +135,10 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
             f"learning rate {cfg.get('learning_rate', '?')} with cosine decay, weight decay "
             f"{cfg.get('weight_decay', 0)}, label smoothing {cfg.get('label_smoothing', 0)}, "
             f"augmentation {'on' if cfg.get('augment') else 'off'}.",
-            "Outputs: class probabilities, the top-1 class, and a Grad-CAM heatmap (signature "
-            "`gradcam`) showing which image regions drove the top-1 score.",
+            "Outputs: class probabilities, the top-1 class, a Grad-CAM heatmap (signature "
+            "`gradcam`) showing which image regions drove the top-1 score, and whether the "
+            "model abstains (`abstain`, `abstain_reason`, `ood_score`): an image unlike the "
+            "training slices, or a low top probability, gets no answer.",
             f"Evaluated {_date(run.evaluated_at)} by the TFX Evaluator (TFMA); blessed: "
             f"{'yes' if run.blessed else 'no' if run.blessed is not None else 'unknown'}.",
             f"Evaluated SavedModel: {run.model_dir} (sha256 of its files {data.model_digest}).",
@@ -155,7 +157,9 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
         Bullets([
             "3D studies or series read as a whole: the model sees one slice at a time "
             "(multi-frame DICOM is refused when data is prepared).",
-            "Other anatomy than the brain; other modalities than MRI (CT, X-ray, PET, ultrasound).",
+            "Other anatomy than the brain; other modalities than MRI (CT, X-ray, PET, ultrasound). "
+            "The model abstains on many such images (see below), but the detector is fitted to "
+            "brain slices like its eval split and is no guarantee against every foreign image.",
             "Pediatric patients: no data on children was used or checked.",
             "Tumour types and findings outside the four classes (metastases, lymphoma, stroke, "
             "haemorrhage, post-operative changes): the model will still answer with one of the "
@@ -202,6 +206,8 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
                  "a probability as the chance that the finding is present without local checks."]),
         Heading("Does it look at the tumour?", h2),
         *audit_blocks(data.lesion_audit, "card-lesion-audit"),
+        Heading("When it does not answer", h2),
+        *abstention.blocks(getattr(data, "abstention", None), split, "card-abstention"),
         Heading("Limitations", h2),
         Bullets([
             "Duplicates and near duplicates between training and test images inflate the "

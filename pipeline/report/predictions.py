@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from btmri.spec import CLASS_ID, EXAMPLES_INPUT, HEATMAP, IMAGE_BYTES_INPUT, PROBABILITIES
+from btmri.spec import (ABSTAIN, ABSTAIN_REASON, CLASS_ID, EXAMPLES_INPUT, HEATMAP,
+                        IMAGE_BYTES_INPUT, OOD_SCORE, PROBABILITIES)
 from btmri import spec
 from data_prep.tfrecords import parse_example
 
@@ -37,6 +38,10 @@ class Predictions:
     probs: np.ndarray         # float [N, classes]
     sources: list[str]        # path of each image relative to the data folder
     images: list[bytes]       # encoded image of each example
+    # The model's abstention outputs (None: a model exported without abstention).
+    ood_score: np.ndarray | None = None       # float [N]
+    abstain: np.ndarray | None = None         # bool [N]
+    abstain_reason: list[str] | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -45,7 +50,10 @@ class Predictions:
     def subset(self, keep: np.ndarray) -> Predictions:
         idx = np.flatnonzero(keep)
         return Predictions(self.labels[idx], self.probs[idx],
-                           [self.sources[i] for i in idx], [self.images[i] for i in idx])
+                           [self.sources[i] for i in idx], [self.images[i] for i in idx],
+                           None if self.ood_score is None else self.ood_score[idx],
+                           None if self.abstain is None else self.abstain[idx],
+                           None if self.abstain_reason is None else [self.abstain_reason[i] for i in idx])
 
 
 def load_model(model_dir: str):
@@ -55,11 +63,16 @@ def load_model(model_dir: str):
 def predict_split(model, split_uri: str, batch_size: int = BATCH_SIZE) -> Predictions:
     serving = model.signatures["serving_default"]
     labels, sources, images, probs, batch = [], [], [], [], []
+    abstention = {OOD_SCORE: [], ABSTAIN: [], ABSTAIN_REASON: []}
+    has_abstention = ABSTAIN in serving.structured_outputs
 
     def flush():
         if batch:
             out = serving(**{EXAMPLES_INPUT: tf.constant(batch)})
             probs.append(out[PROBABILITIES].numpy())
+            if has_abstention:
+                for key, values in abstention.items():
+                    values.append(out[key].numpy())
             batch.clear()
 
     for serialized, example in read_examples(split_uri):
@@ -70,9 +83,14 @@ def predict_split(model, split_uri: str, batch_size: int = BATCH_SIZE) -> Predic
         if len(batch) == batch_size:
             flush()
     flush()
-    return Predictions(np.asarray(labels, np.int64),
-                       np.concatenate(probs) if probs else np.zeros((0, spec.NUM_CLASSES)),
-                       sources, images)
+    result = Predictions(np.asarray(labels, np.int64),
+                         np.concatenate(probs) if probs else np.zeros((0, spec.NUM_CLASSES)),
+                         sources, images)
+    if has_abstention and probs:
+        result.ood_score = np.concatenate(abstention[OOD_SCORE]).astype(np.float64)
+        result.abstain = np.concatenate(abstention[ABSTAIN]).astype(bool)
+        result.abstain_reason = [r.decode() for r in np.concatenate(abstention[ABSTAIN_REASON])]
+    return result
 
 
 def gradcam(model, images: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,73 @@
+"""Re-exports an already trained SavedModel with the abstention outputs, by the Trainer's
+own code (fit_abstention on the eval split, make_signatures), without training again.
+
+For models pushed before abstention existed, so benchmarks/abstention.py can measure
+them:
+
+    python benchmarks/reexport_with_abstention.py --model runs/serving/brain_tumor/N \\
+        --transform-graph runs/pipeline/Transform/transform_graph/ID \\
+        --eval-records 'runs/data/prepared/eval/*.tfrecord' --out /tmp/with_abstention
+
+The weights, the calibrated probabilities and the Transform graph are the model's own;
+the abstention detector is fitted on the eval records exactly as the Trainer fits it.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import data_prep  # noqa: E402,F401  (Keras 2 before TensorFlow)
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+from btmri.documents import TRAINER_DEFAULTS  # noqa: E402
+from components.training import abstention  # noqa: E402
+from components.training.trainer import DEFAULTS, fit_abstention, make_signatures  # noqa: E402
+from components.transform.preprocessing import IMAGE_XF  # noqa: E402
+from data_prep import contract  # noqa: E402
+
+
+def eval_dataset(pattern: str, tft_layer, batch: int = 32) -> tf.data.Dataset:
+    images, labels = [], []
+    for path in sorted(glob.glob(pattern)):
+        for record in tf.data.TFRecordDataset(path):
+            feats = tf.train.Example.FromString(record.numpy()).features.feature
+            images.append(feats[contract.IMAGE_KEY].bytes_list.value[0])
+            labels.append(feats[contract.LABEL_KEY].int64_list.value[0])
+    decoded = [tft_layer({contract.IMAGE_KEY: tf.reshape(tf.constant(images[i:i + batch]), [-1, 1])})[IMAGE_XF]
+               for i in range(0, len(images), batch)]
+    batches = [(x, (tf.constant(labels[i * batch:(i + 1) * batch]), tf.zeros([len(x), 1])))
+               for i, x in enumerate(decoded)]
+    return batches
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="SavedModel exported by the Trainer (Keras)")
+    p.add_argument("--transform-graph", required=True, help="the run's Transform graph folder")
+    p.add_argument("--eval-records", required=True, help="glob of the eval split's TFRecords")
+    p.add_argument("--out", required=True)
+    p.add_argument("--accept", type=float, default=TRAINER_DEFAULTS.abstention_accept)
+    args = p.parse_args(argv)
+
+    xf = tft.TFTransformOutput(args.transform_graph)
+    model = keras.models.load_model(args.model, compile=False)
+    eval_ds = eval_dataset(args.eval_records, xf.transform_features_layer())
+    config = dict(DEFAULTS, abstention_accept=args.accept)
+    spec = fit_abstention(model, eval_ds, xf, config)
+    model.tft_layer = xf.transform_features_layer()
+    model.save(args.out, save_format="tf", signatures=make_signatures(model, xf, spec))
+    abstention.write(spec, args.out, {"reexported_from": str(Path(args.model).resolve())})
+    print(f"wrote {args.out}: features {spec.features}, ood threshold {spec.ood_threshold:.4f}, "
+          f"confidence floor {spec.confidence_floor:.4f}, eval answered "
+          f"{spec.fit_report['accepted_share']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

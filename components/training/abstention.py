@@ -1,0 +1,362 @@
+"""Knowing when not to answer: an out-of-distribution score and a confidence floor,
+fitted on held-out data and computed inside the exported SavedModel.
+
+The score is the network's own: class-conditional Mahalanobis distance (one shared
+covariance per feature set, Ledoit-Wolf shrinkage) of pooled features. Which features
+is chosen per model by the Trainer (`choose`), among the pooled features the logits
+read alone, those plus the Grad-CAM map pooled to 2x2 (layout), or the globally pooled
+fine, Grad-CAM and last maps: the set whose score best separates the Trainer's own
+generated outliers (outliers.py) from cross-fitted eval slices. A photograph, noise
+or a blank frame lands far from every class mean even where the last layer maps it
+confidently onto a class. Each feature's distance is divided by its median on
+held-out brain slices, the largest is the image's distance, and `ood_score` is that
+divided by the threshold, so
+
+    ood_score > 1                                  -> abstain, "out_of_distribution"
+    else top (calibrated) probability < floor      -> abstain, "low_confidence"
+    else                                           -> answer ("")
+
+Fitting (`fit`) uses the eval split, which never trains the weights (the Trainer
+fits the temperature on it too). The threshold of the score is chosen on
+cross-fitted distances (each eval image scored by statistics fitted without it),
+so it is not flattered by in-sample distances: a share `ood_share` of the rejection
+budget (1 - `accept`, default 0.05) goes to the distance, the rest to the confidence
+floor, chosen so that at least `accept` of the eval images are answered both in
+sample (what the graph does on them) and cross-fitted (the estimate for new images).
+
+The fitted numbers go into the graph as constants (`outputs`) and into
+abstention.json beside saved_model.pb (`write`); the serving signatures return
+`ood_score`, `abstain` and `abstain_reason` next to the usual outputs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from btmri.documents import TRAINER_DEFAULTS
+from btmri.layout import ABSTENTION_FILE
+from btmri.spec import (ABSTAIN, ABSTAIN_REASON, OOD_SCORE, REASON_LOW_CONFIDENCE,
+                        REASON_OUT_OF_DISTRIBUTION)
+
+DEFAULT_FOLDS = 5
+EIGEN_FLOOR = 1e-6        # relative to the largest eigenvalue of a shrunk covariance
+# The graph computes in float32 what `fit` computes in float64; an image exactly at
+# a threshold must not flip, or the eval acceptance could drop by one image.
+_MARGIN = 1e-4
+
+
+@dataclass
+class LayerStats:
+    """Whitening of one pooled feature map and the class means in whitened space."""
+    name: str
+    whitening: np.ndarray      # [d, d]: z = f @ whitening has identity covariance
+    means: np.ndarray          # [K, d]: whitened class means (classes seen in the fit)
+    scale: float = 1.0         # median cross-fitted distance on held-out brain slices
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """[N, d] → [N]: sqrt(min over classes of squared distance / d) / scale."""
+        z = features.astype(np.float64) @ self.whitening
+        d2 = ((z[:, None, :] - self.means[None]) ** 2).sum(-1).min(axis=1)
+        return np.sqrt(d2 / z.shape[1]) / self.scale
+
+
+@dataclass
+class AbstentionSpec:
+    layers: list[LayerStats]
+    ood_threshold: float              # on the combined distance; ood_score = combined / this
+    confidence_floor: float           # top probability below this: low_confidence
+    accept: float
+    ood_share: float
+    fit_report: dict = field(default_factory=dict)
+    cross_fitted_scores: np.ndarray | None = None   # ood_score of each fitting example, cross-fitted
+
+    @property
+    def features(self) -> list[str]:
+        return [l.name for l in self.layers]
+
+    def combined(self, features: list[np.ndarray]) -> np.ndarray:
+        return np.max([layer.distances(f) for layer, f in zip(self.layers, features)], axis=0)
+
+    def ood_scores(self, features: list[np.ndarray]) -> np.ndarray:
+        return self.combined(features) / self.ood_threshold
+
+    def decide(self, probabilities: np.ndarray, features: list[np.ndarray]):
+        """The graph's decision in NumPy: (ood_score, abstain, reason) per image."""
+        score = self.ood_scores(features)
+        out = ~(score <= 1.0)
+        low = ~out & (probabilities.max(axis=1) < self.confidence_floor)
+        reason = np.where(out, REASON_OUT_OF_DISTRIBUTION, np.where(low, REASON_LOW_CONFIDENCE, ""))
+        return score, out | low, reason
+
+    def to_json(self) -> dict:
+        return {
+            "method": "class-conditional Mahalanobis distance, shared Ledoit-Wolf covariance per "
+                      "layer, on globally average-pooled features; per-layer distance divided by "
+                      "its cross-fitted median on the fitting split; the largest over layers, "
+                      "divided by the threshold, is ood_score (> 1: out_of_distribution); then "
+                      "top probability < confidence_floor: low_confidence",
+            "accept": self.accept,
+            "ood_share": self.ood_share,
+            "ood_threshold": self.ood_threshold,
+            "confidence_floor": self.confidence_floor,
+            "features": [l.name for l in self.layers],
+            "layers": [{"name": l.name, "dims": int(l.whitening.shape[0]),
+                        "classes": int(l.means.shape[0]), "scale": l.scale} for l in self.layers],
+            **self.fit_report,
+        }
+
+
+# ---- fitting -------------------------------------------------------------------------
+
+def _whitening(residuals: np.ndarray) -> np.ndarray:
+    """W with W^T Σ W = I for the Ledoit-Wolf shrunk covariance Σ of centred residuals."""
+    from sklearn.covariance import ledoit_wolf
+
+    cov, _ = ledoit_wolf(residuals, assume_centered=True)
+    values, vectors = np.linalg.eigh(cov)
+    values = np.maximum(values, EIGEN_FLOOR * max(float(values.max()), 1e-12))
+    return vectors / np.sqrt(values)[None, :]
+
+
+def _layer_stats(name: str, features: np.ndarray, labels: np.ndarray) -> LayerStats:
+    features = features.astype(np.float64)
+    classes = np.unique(labels)
+    means = np.stack([features[labels == k].mean(axis=0) for k in classes])
+    residuals = features - means[np.searchsorted(classes, labels)]
+    whitening = _whitening(residuals)
+    return LayerStats(name, whitening, means @ whitening)
+
+
+def _folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index per example, classes spread over the folds."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), int)
+    for k in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        fold[idx] = (np.arange(len(idx)) + rng.integers(folds)) % folds
+    return fold
+
+
+def _order_statistic(values: np.ndarray, share: float) -> float:
+    """The smallest value v with at least `share` of `values` <= v."""
+    ordered = np.sort(values)
+    k = min(len(ordered), max(1, math.ceil(share * len(ordered) - 1e-9)))
+    return float(ordered[k - 1])
+
+
+def cross_fitted_distances(names: list[str], features: list[np.ndarray], labels: np.ndarray,
+                           folds: int = DEFAULT_FOLDS, seed: int = 0) -> list[np.ndarray]:
+    """Per layer, each example's distance under statistics fitted without its fold
+    (unscaled). With fewer than two examples per fold, in-sample distances."""
+    folds = min(folds, len(labels) // 2)
+    if folds < 2:
+        return [_layer_stats(n, f, labels).distances(f) for n, f in zip(names, features)]
+    fold = _folds(labels, folds, seed)
+    out = [np.empty(len(labels)) for _ in names]
+    for i in range(folds):
+        held, rest = fold == i, fold != i
+        if not held.any():
+            continue
+        for j, (name, f) in enumerate(zip(names, features)):
+            out[j][held] = _layer_stats(name, f[rest], labels[rest]).distances(f[held])
+    return out
+
+
+def fit(names: list[str], features: list[np.ndarray], labels: np.ndarray,
+        probabilities: np.ndarray, accept: float = TRAINER_DEFAULTS.abstention_accept,
+        ood_share: float = TRAINER_DEFAULTS.abstention_ood_share, folds: int = DEFAULT_FOLDS,
+        seed: int = 0) -> AbstentionSpec:
+    """Fits the detector on held-out in-distribution data: pooled `features` per layer
+    ([N, d_l]), true `labels` [N] and the served (calibrated) `probabilities` [N, K].
+    At least `accept` of these examples are accepted by the returned spec."""
+    if not 0.0 < accept <= 1.0 or not 0.0 <= ood_share <= 1.0:
+        raise ValueError(f"accept must be in (0, 1] and ood_share in [0, 1], got {accept}, {ood_share}")
+    labels = np.asarray(labels).astype(int).reshape(-1)
+    n = len(labels)
+    if n == 0:
+        raise ValueError("no examples to fit abstention on")
+    oof = cross_fitted_distances(names, features, labels, folds, seed)
+    layers = [_layer_stats(name, f, labels) for name, f in zip(names, features)]
+    for layer, d in zip(layers, oof):
+        layer.scale = max(float(np.median(d)), 1e-12)
+    combined_oof = np.max([d / l.scale for l, d in zip(layers, oof)], axis=0)
+    combined_in = np.max([l.distances(f) for l, f in zip(layers, features)], axis=0)
+    ood_accept = 1.0 - ood_share * (1.0 - accept)
+    threshold = max(_order_statistic(combined_oof, ood_accept),
+                    _order_statistic(combined_in, ood_accept)) * (1 + _MARGIN)
+
+    # The confidence floor takes the rest of the budget. It is chosen so that both the
+    # cross-fitted decision (what a new image meets) and the in-sample one (what the
+    # graph does on these very images) answer at least `accept`: the lower of the two.
+    confidence = probabilities.max(axis=1).astype(np.float64)
+    needed = math.ceil(accept * n - 1e-9)
+
+    def floor_for(passes: np.ndarray) -> float:
+        kept = np.sort(confidence[passes])[::-1]
+        return float(kept[needed - 1]) - _MARGIN if 0 < needed <= len(kept) else 0.0
+
+    floor = max(min(floor_for(combined_in <= threshold), floor_for(combined_oof <= threshold)), 0.0)
+
+    spec = AbstentionSpec(layers, float(threshold), floor, float(accept), float(ood_share),
+                          cross_fitted_scores=combined_oof / threshold)
+    _, abstain, reason = spec.decide(probabilities, features)
+    correct = probabilities.argmax(axis=1) == labels
+    oof_accept = float(np.mean((combined_oof <= threshold) & (confidence >= floor)))
+    spec.fit_report = {
+        "fitted_on": "eval split (held out from training the weights)",
+        "examples": int(n),
+        "per_class": {int(k): int((labels == k).sum()) for k in np.unique(labels)},
+        "accepted_share": float(1 - abstain.mean()),
+        "accepted_share_cross_fitted": oof_accept,
+        "abstained_out_of_distribution": int((reason == REASON_OUT_OF_DISTRIBUTION).sum()),
+        "abstained_low_confidence": int((reason == REASON_LOW_CONFIDENCE).sum()),
+        "accuracy_all": float(correct.mean()),
+        "accuracy_accepted": float(correct[~abstain].mean()) if (~abstain).any() else None,
+    }
+    return spec
+
+
+# ---- the graph -----------------------------------------------------------------------
+
+def outputs(spec: AbstentionSpec, probabilities, features: list) -> dict:
+    """The three serving outputs from the model's (calibrated) probabilities [N, K] and
+    its pooled features (one [N, d_l] tensor per layer), the fitted numbers as constants."""
+    import tensorflow as tf
+
+    combined = None
+    for layer, f in zip(spec.layers, features):
+        z = tf.matmul(tf.cast(f, tf.float32), tf.constant(layer.whitening, tf.float32))
+        d2 = tf.reduce_sum(tf.square(z[:, None, :] - tf.constant(layer.means, tf.float32)[None]), -1)
+        dist = tf.sqrt(tf.reduce_min(d2, axis=1) / float(layer.whitening.shape[1])) / layer.scale
+        combined = dist if combined is None else tf.maximum(combined, dist)
+    score = combined / spec.ood_threshold
+    out = tf.logical_not(score <= 1.0)              # NaN counts as out of distribution
+    low = tf.logical_and(tf.logical_not(out),
+                         tf.reduce_max(probabilities, axis=1) < spec.confidence_floor)
+    empty = tf.fill(tf.shape(score), "")
+    reason = tf.where(out, tf.fill(tf.shape(score), REASON_OUT_OF_DISTRIBUTION),
+                      tf.where(low, tf.fill(tf.shape(score), REASON_LOW_CONFIDENCE), empty))
+    return {OOD_SCORE: score, ABSTAIN: tf.logical_or(out, low), ABSTAIN_REASON: reason}
+
+
+# ---- the Keras side: which features, collected how ----------------------------------
+
+PENULTIMATE = "penultimate"          # the pooled features the logits read
+SPATIAL = "spatial_2x2"              # the Grad-CAM map average-pooled to 2x2 (layout)
+FINE_MEAN = "fine_mean"              # the fine map, globally pooled
+COARSE_MEAN = "coarse_mean"          # the Grad-CAM map, globally pooled
+# Candidate feature sets, simplest first; the Trainer keeps the one that best separates
+# its own generated outliers from cross-fitted eval slices (`choose`).
+CANDIDATES = ((PENULTIMATE,), (SPATIAL, PENULTIMATE), (FINE_MEAN, COARSE_MEAN, PENULTIMATE))
+MAX_SPATIAL_DIMS = 1024              # a 2x2 pooling of a wider map is left out
+
+
+def feature_tensors(model) -> dict[str, object]:
+    """Every candidate feature the model offers: name → pooled [N, d] Keras tensor."""
+    from tf_keras import layers
+
+    from components.training.models import GRADCAM_FINE_LAYER, GRADCAM_LAYER, LOGITS_LAYER
+
+    names = {l.name for l in model.layers}
+    found = {}
+    if GRADCAM_LAYER in names:
+        grid = model.get_layer(GRADCAM_LAYER).output
+        if len(grid.shape) == 4:
+            if 4 * grid.shape[-1] <= MAX_SPATIAL_DIMS and min(grid.shape[1:3]) >= 2:
+                pool = (grid.shape[1] // 2, grid.shape[2] // 2)
+                found[SPATIAL] = layers.Flatten(name="ood_spatial_flat")(
+                    layers.AveragePooling2D(pool, strides=pool, name="ood_spatial_pool")(grid))
+            found[COARSE_MEAN] = layers.GlobalAveragePooling2D(name="ood_coarse_pool")(grid)
+    if GRADCAM_FINE_LAYER in names:
+        fine = model.get_layer(GRADCAM_FINE_LAYER).output
+        if len(fine.shape) == 4:
+            found[FINE_MEAN] = layers.GlobalAveragePooling2D(name="ood_fine_pool")(fine)
+    found[PENULTIMATE] = model.get_layer(LOGITS_LAYER).input
+    return found
+
+
+def candidate_sets(available) -> list[tuple[str, ...]]:
+    return [c for c in CANDIDATES if all(n in available for n in c)]
+
+
+def scoring_model(model, names=None):
+    """(keras.Model: image → [probabilities, pooled feature per name] in one pass, names).
+    Without `names`: every candidate feature."""
+    import tf_keras as keras
+
+    tensors = feature_tensors(model)
+    names = list(tensors) if names is None else list(names)
+    return keras.Model(model.inputs, [model.output, *[tensors[n] for n in names]],
+                       name="abstention_features"), names
+
+
+def collect(scorer, batches) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(probabilities, features per layer) over an iterable of image batches."""
+    probs, feats = [], None
+    for images in batches:
+        out = scorer(images, training=False)
+        probs.append(np.asarray(out[0], np.float32))
+        arrays = [np.asarray(t, np.float32) for t in out[1:]]
+        feats = [[a] for a in arrays] if feats is None else [f + [a] for f, a in zip(feats, arrays)]
+    return np.concatenate(probs), [np.concatenate(f) for f in feats]
+
+
+def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
+    """P(an outlier scores above an in-distribution image), ties counted half."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([inside, outside]))
+    n_in, n_out = len(inside), len(outside)
+    return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
+
+
+def choose(features: dict[str, np.ndarray], labels: np.ndarray, probabilities: np.ndarray,
+           outliers: dict[str, list[np.ndarray]] | None, **fit_kw) -> AbstentionSpec:
+    """Fits every candidate feature set and keeps the one whose score best separates the
+    outliers (name → features per kind) from the fitting data's cross-fitted scores
+    (first wins ties; without outliers, the first candidate). The comparison goes into
+    the spec's fit report."""
+    sets = candidate_sets(features)
+    tried, best = [], None
+    for names in sets:
+        spec = fit(list(names), [features[n] for n in names], labels, probabilities, **fit_kw)
+        row = {"features": list(names)}
+        if outliers:
+            scores = {k: spec.ood_scores([f[n] for n in names]) for k, f in outliers.items()}
+            row["auroc"] = auroc(spec.cross_fitted_scores, np.concatenate(list(scores.values())))
+            row["abstained_per_kind"] = {k: float(np.mean(~(s <= 1.0))) for k, s in scores.items()}
+        tried.append(row)
+        if best is None or row.get("auroc", -1) > best[1].get("auroc", -1):
+            best = (spec, row)
+    spec, row = best
+    spec.fit_report["feature_choice"] = {
+        "chosen": row["features"],
+        "by": "AUROC of ood_score, cross-fitted eval images vs the Trainer's own generated "
+              "outliers (components/training/outliers.py)" if outliers else "first candidate",
+        "candidates": tried}
+    return spec
+
+
+def write(spec: AbstentionSpec, model_dir: str, extra: dict | None = None) -> str:
+    """abstention.json beside saved_model.pb (TF Serving ignores it)."""
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, ABSTENTION_FILE)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps({**spec.to_json(), **(extra or {})}, indent=1))
+    return path
+
+
+def read(model_dir: str) -> dict | None:
+    """abstention.json of an exported model, or None for a model exported before it."""
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, ABSTENTION_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
