@@ -189,8 +189,27 @@ def test_compile_with_a_box_folder_includes_the_lesion_audit(tmp_path):
                   "--pipeline-root", "gs://bucket/root", "--serving-dir", "gs://bucket/serving",
                   "--boxes-dir", "gs://bucket/boxes"]) == 0
     spec = json.loads(out.read_text())
-    assert any(task.startswith("LesionAudit") for task in spec["pipelineSpec"]["root"]["dag"]["tasks"])
-    assert "gs://bucket/boxes" in out.read_text()
+    assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/root"
+    # kfp's own loader accepts the pipeline spec (as it would a compiled pipeline).
+    import yaml
+    from kfp import components
+
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec["pipelineSpec"]))
+    assert components.load_component_from_file(str(tmp_path / "spec.yaml")).name
+
+    def constant(task: str, name: str):
+        value = tasks[task]["inputs"]["parameters"][name]["runtimeValue"]["constantValue"]
+        return next(iter(value.values()))
+
+    tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert constant("LesionAudit", "box_dir") == "gs://bucket/boxes"
+    assert constant("ImportExampleGen", "input_base") == "gs://bucket/prepared"
+    custom = json.loads(constant("Trainer", "custom_config"))
+    assert custom["epochs"] == 80 and custom["lesion_paste_rate"] == 0.25
+    executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
+    images = {e["container"]["image"] for name, e in executors.items()
+              if "resolver" not in name.lower()}
+    assert images == {"brain-tumor-mri-tfx:latest"}   # every component runs in the project image
 
 
 @pytest.mark.parametrize("materialize", [False, True])
