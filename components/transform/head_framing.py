@@ -6,10 +6,9 @@ can name the collection, and so the class, from those alone. Inside the Transfor
 graph (so serving does the same) every slice is therefore
 
 * cropped to a square around the head: the bounding box of the foreground (pixels
-  above the background level, read in the corners, by FOREGROUND of the way to the
-  image's bright level, after an erosion that drops thin text and ruler marks),
-  grown by CROP_MARGIN, made square about its centre; parts of the square outside
-  the image take the background level;
+  above FOREGROUND x the image's bright level, after an erosion that drops thin
+  text and ruler marks), grown by CROP_MARGIN, made square about its centre; parts
+  of the square outside the image are black;
 * standardised: scaled so that the foreground's BRIGHT_PERCENTILE maps to
   BRIGHT_LEVEL, clipped to [0, 1] (the gain is capped, so a near-black image is
   not turned into amplified noise).
@@ -32,7 +31,6 @@ MAX_GAIN = 8.0            # standardisation never multiplies by more than this
 MIN_LINE_SHARE = 0.03     # rows/columns with fewer foreground pixels are background
 CROP_MARGIN = 0.04        # of the head box's side, on every side
 _ANALYSIS_SIZE = 112      # the foreground is found on a downscaled copy
-_CORNER = 8               # corner patches (of the analysis copy) that give the background
 
 
 def _percentile(values: tf.Tensor, q: float) -> tf.Tensor:
@@ -45,22 +43,13 @@ def _percentile(values: tf.Tensor, q: float) -> tf.Tensor:
     return top[:, -1]
 
 
-def _background(small: tf.Tensor) -> tf.Tensor:
-    """[N, S, S, 1] → [N]: the darkest of the four corner patches' means (the corners of
-    a slice are background; black for most scanners, noise for some)."""
-    c = _CORNER
-    corners = [small[:, :c, :c], small[:, :c, -c:], small[:, -c:, :c], small[:, -c:, -c:]]
-    return tf.reduce_min(tf.stack([tf.reduce_mean(k, axis=[1, 2, 3]) for k in corners], 1), 1)
-
-
-def _analyse(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(crop boxes [N, 4], background level [N]) of whole images [N, H, W, 1]."""
+def head_boxes(images: tf.Tensor) -> tf.Tensor:
+    """[N, H, W, 1] in [0, 1] → [N, 4] square (ymin, xmin, ymax, xmax) around each head,
+    normalised to the image; the whole image where no foreground is found."""
     small = tf.image.resize(images, [_ANALYSIS_SIZE, _ANALYSIS_SIZE], method="area")
     flat = tf.reshape(small, [tf.shape(small)[0], -1])
-    background = _background(small)
-    bright = tf.maximum(_percentile(flat, BRIGHT_PERCENTILE), background + 1e-3)
-    level = background + FOREGROUND * (bright - background)
-    mask = tf.cast(small > level[:, None, None, None], tf.float32)
+    bright = tf.maximum(_percentile(flat, BRIGHT_PERCENTILE), 1e-3)
+    mask = tf.cast(small > FOREGROUND * bright[:, None, None, None], tf.float32)
     mask = -tf.nn.max_pool2d(-mask, 3, 1, "SAME")  # erosion: thin strokes vanish
     rows = tf.reduce_mean(mask, axis=[2, 3]) >= MIN_LINE_SHARE        # [N, S]
     cols = tf.reduce_mean(mask, axis=[1, 3]) >= MIN_LINE_SHARE
@@ -78,14 +67,7 @@ def _analyse(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     x0, x1 = extent(cols)
     side = tf.maximum(y1 - y0, x1 - x0) * (1.0 + 2.0 * CROP_MARGIN)
     cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
-    boxes = tf.stack([cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2], axis=1)
-    return boxes, background
-
-
-def head_boxes(images: tf.Tensor) -> tf.Tensor:
-    """[N, H, W, 1] in [0, 1] → [N, 4] square (ymin, xmin, ymax, xmax) around each head,
-    normalised to the image; the whole image where no foreground is found."""
-    return _analyse(images)[0]
+    return tf.stack([cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2], axis=1)
 
 
 def standardise(images: tf.Tensor) -> tf.Tensor:
@@ -98,15 +80,10 @@ def standardise(images: tf.Tensor) -> tf.Tensor:
 
 def frame_heads(images: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
     """[N, H, W, 1] whole images → ([N, size, size, 1] framed and standardised, [N, 4] crop boxes)."""
-    boxes, background = _analyse(images)
+    boxes = head_boxes(images)
     n = tf.shape(images)[0]
     crops = tf.image.crop_and_resize(images, boxes, tf.range(n), [size, size],
                                      method="bilinear", extrapolation_value=0.0)
-    # Where the square reaches past the image, the background level, not black: a black
-    # margin on a noisy background is an edge the heatmap (and the model) latch onto.
-    inside = tf.image.crop_and_resize(tf.ones_like(images), boxes, tf.range(n),
-                                      [size, size], method="bilinear", extrapolation_value=0.0)
-    crops = crops + (1.0 - inside) * background[:, None, None, None]
     return standardise(crops), boxes
 
 
