@@ -195,13 +195,12 @@ FAMILIES = {
 def read_records(pattern: str) -> tuple[list[bytes], np.ndarray]:
     import tensorflow as tf
 
-    images, labels = [], []
-    for path in sorted(glob.glob(pattern)):
-        for record in tf.data.TFRecordDataset(path):
-            feats = tf.train.Example.FromString(record.numpy()).features.feature
-            images.append(feats[contract.IMAGE_KEY].bytes_list.value[0])
-            labels.append(feats[contract.LABEL_KEY].int64_list.value[0])
-    return images, np.asarray(labels)
+    from data_prep.tfrecords import parse_example
+
+    examples = [parse_example(record.numpy())
+                for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern)))]
+    return ([e[contract.IMAGE_KEY] for e in examples],
+            np.asarray([e[contract.LABEL_KEY] for e in examples]))
 
 
 def run(signature, images: list[bytes], batch: int = 32) -> dict[str, np.ndarray]:

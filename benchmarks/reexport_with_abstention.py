@@ -30,15 +30,14 @@ from components.training import abstention  # noqa: E402
 from components.training.trainer import DEFAULTS, fit_abstention, make_signatures  # noqa: E402
 from components.transform.preprocessing import IMAGE_XF  # noqa: E402
 from data_prep import contract  # noqa: E402
+from data_prep.tfrecords import parse_example  # noqa: E402
 
 
 def eval_dataset(pattern: str, tft_layer, batch: int = 32) -> tf.data.Dataset:
-    images, labels = [], []
-    for path in sorted(glob.glob(pattern)):
-        for record in tf.data.TFRecordDataset(path):
-            feats = tf.train.Example.FromString(record.numpy()).features.feature
-            images.append(feats[contract.IMAGE_KEY].bytes_list.value[0])
-            labels.append(feats[contract.LABEL_KEY].int64_list.value[0])
+    examples = [parse_example(record.numpy())
+                for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern)))]
+    images = [e[contract.IMAGE_KEY] for e in examples]
+    labels = [e[contract.LABEL_KEY] for e in examples]
     decoded = [tft_layer({contract.IMAGE_KEY: tf.reshape(tf.constant(images[i:i + batch]), [-1, 1])})[IMAGE_XF]
                for i in range(0, len(images), batch)]
     batches = [(x, (tf.constant(labels[i * batch:(i + 1) * batch]), tf.zeros([len(x), 1])))
