@@ -58,6 +58,51 @@ class _Document:
 
 # ── Data: the manifest `btmri prepare` writes beside the TFRecords ────────────────
 @dataclass
+class ExactDuplicates(_Document):
+    """Byte-identical images (same MD5)."""
+
+    groups: int = 0
+    extra_copies: int = 0
+    extra_copies_within_split: dict = field(default_factory=dict)  # split → copies beyond the first
+    images_with_copy_in_other_split: dict = field(default_factory=dict)  # "eval-train" → images
+    conflicting_labels: list = field(default_factory=list)  # groups: [[source, label], ...]
+    groups_listed: list = field(default_factory=list)  # the first groups' sources
+
+    @property
+    def across_splits(self) -> int:
+        return sum(self.images_with_copy_in_other_split.values())
+
+
+@dataclass
+class NearDuplicates(_Document):
+    """Pairs within the perceptual-hash threshold that are not byte-identical."""
+
+    pairs: int = 0
+    pairs_within_split: dict = field(default_factory=dict)  # split → pairs
+    pairs_across_splits: dict = field(default_factory=dict)  # "eval-train" → pairs
+    pairs_listed: list = field(default_factory=list)
+
+    @property
+    def across_splits(self) -> int:
+        return sum(self.pairs_across_splits.values())
+
+
+@dataclass
+class DuplicateReport(_Document):
+    """What data_prep.duplicates found while preparing (the manifest's `duplicates`)."""
+
+    near_threshold_bits: int = 0
+    exact: ExactDuplicates = field(default_factory=ExactDuplicates)
+    near: NearDuplicates = field(default_factory=NearDuplicates)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DuplicateReport:
+        return cls(near_threshold_bits=int(data.get("near_threshold_bits", 0)),
+                   exact=ExactDuplicates.from_dict(data.get("exact") or {}),
+                   near=NearDuplicates.from_dict(data.get("near") or {}))
+
+
+@dataclass
 class Manifest(_Document):
     """What a prepared-data folder holds and how it was made (manifest.json)."""
 
@@ -71,9 +116,16 @@ class Manifest(_Document):
     shards: dict = field(default_factory=dict)  # split → shard file names
     skipped: list = field(default_factory=list)  # {"source", "reason"}
     dropped_cross_split_duplicates: list = field(default_factory=list)
-    duplicates: dict | None = None  # data_prep.duplicates report
+    duplicates: DuplicateReport | None = None
     lesion_boxes: dict | None = None  # data_prep.lesion_boxes report
     seconds: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Manifest:
+        manifest = super().from_dict(data)
+        if isinstance(manifest.duplicates, dict):
+            manifest.duplicates = DuplicateReport.from_dict(manifest.duplicates)
+        return manifest
 
     @property
     def splits(self) -> list[str]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from btmri.documents import DuplicateReport, ExactDuplicates, NearDuplicates
+
 DEFAULT_NEAR_THRESHOLD = 4  # bits of 64; measured in the test on re-encoded/cropped copies
 
 
@@ -85,7 +87,7 @@ class DuplicateIndex:
             return "near", self._train_sources[best], int(dist[best])
         return None
 
-    def report(self, max_listed: int = 200) -> dict:
+    def report(self, max_listed: int = 200) -> DuplicateReport:
         """Exact groups and near pairs, summarised per split and per split pair. Every
         count is exact; at most `max_listed` exact groups and near pairs are listed,
         and memory never grows with the number of pairs."""
@@ -106,19 +108,16 @@ class DuplicateIndex:
             if len({r.label for r in group}) > 1:
                 conflicting.append([[r.source, r.label] for r in group])
 
-        near = self._near_pairs(max_listed)
-        return {
-            "near_threshold_bits": self.threshold,
-            "exact": {
-                "groups": len(exact_groups),
-                "extra_copies": sum(len(g) - 1 for g in exact_groups),
-                "extra_copies_within_split": dict(exact_within),
-                "images_with_copy_in_other_split": dict(exact_cross),
-                "conflicting_labels": conflicting,
-                "groups_listed": [[r.source for r in g] for g in exact_groups[:max_listed]],
-            },
-            "near": near,
-        }
+        return DuplicateReport(
+            near_threshold_bits=self.threshold,
+            exact=ExactDuplicates(
+                groups=len(exact_groups),
+                extra_copies=sum(len(g) - 1 for g in exact_groups),
+                extra_copies_within_split=dict(exact_within),
+                images_with_copy_in_other_split=dict(exact_cross),
+                conflicting_labels=conflicting,
+                groups_listed=[[r.source for r in g] for g in exact_groups[:max_listed]]),
+            near=NearDuplicates(**self._near_pairs(max_listed)))
 
     def _near_pairs(self, max_listed: int, block_elements: int = 1 << 21) -> dict:
         """Pairs within the threshold that are not byte-identical: counted exactly per

@@ -337,13 +337,13 @@ def summary_table(manifest: Manifest) -> str:
     reasons = Counter(s["reason"].split(":")[0] for s in manifest.skipped)
     lines.append(f"skipped: {len(manifest.skipped)}"
                  + "".join(f"\n  {n:5d}  {r}" for r, n in reasons.most_common()))
-    lines.append(f"exact duplicates: {dup['exact']['extra_copies']} extra copies in "
-                 f"{dup['exact']['groups']} groups; within split "
-                 f"{dup['exact']['extra_copies_within_split']}; across splits "
-                 f"{dup['exact']['images_with_copy_in_other_split']}")
-    lines.append(f"near duplicates (<= {dup['near_threshold_bits']} bits): {dup['near']['pairs']} pairs; "
-                 f"within split {dup['near']['pairs_within_split']}; across splits "
-                 f"{dup['near']['pairs_across_splits']}")
+    lines.append(f"exact duplicates: {dup.exact.extra_copies} extra copies in "
+                 f"{dup.exact.groups} groups; within split "
+                 f"{dup.exact.extra_copies_within_split}; across splits "
+                 f"{dup.exact.images_with_copy_in_other_split}")
+    lines.append(f"near duplicates (<= {dup.near_threshold_bits} bits): {dup.near.pairs} pairs; "
+                 f"within split {dup.near.pairs_within_split}; across splits "
+                 f"{dup.near.pairs_across_splits}")
     if manifest.dropped_cross_split_duplicates:
         lines.append(f"dropped eval/test duplicates of training images: "
                      f"{len(manifest.dropped_cross_split_duplicates)}")

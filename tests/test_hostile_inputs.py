@@ -331,15 +331,15 @@ def test_duplicate_report_counts_5_billion_pairs_in_bounded_memory():
     report = index.report(max_listed=listed)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    near = report["near"]
+    near = report.near
     per = [len(range(k, n, 3)) for k in range(3)]            # train, eval, test
-    assert near["pairs"] == n * (n - 1) // 2 == 4_999_950_000
-    assert near["pairs_within_split"] == {s: c * (c - 1) // 2 for s, c in zip(splits, per)}
-    assert near["pairs_across_splits"] == {"eval-train": per[0] * per[1], "test-train": per[0] * per[2],
+    assert near.pairs == n * (n - 1) // 2 == 4_999_950_000
+    assert near.pairs_within_split == {s: c * (c - 1) // 2 for s, c in zip(splits, per)}
+    assert near.pairs_across_splits == {"eval-train": per[0] * per[1], "test-train": per[0] * per[2],
                                            "eval-test": per[1] * per[2]}
-    assert near["pairs_listed"][:2] == [["Training/glioma/000000.jpg", "Training/glioma/000001.jpg", 0],
+    assert near.pairs_listed[:2] == [["Training/glioma/000000.jpg", "Training/glioma/000001.jpg", 0],
                                         ["Training/glioma/000000.jpg", "Training/glioma/000002.jpg", 0]]
-    assert len(near["pairs_listed"]) == listed
+    assert len(near.pairs_listed) == listed
     assert peak < 64 * 2**20, f"report peak {peak / 2**20:.0f} MiB"
 
 
@@ -349,7 +349,7 @@ def test_byte_identical_copies_are_not_near_pairs_at_any_scale():
     for i in range(n):   # two files, 50,000 copies each, same hash
         index.add(Record(f"s{i}", "train", 0, "a" * 32 if i % 2 else "b" * 32, 42))
     report = index.report(max_listed=10)
-    assert report["near"]["pairs"] == (n // 2) ** 2          # only pairs across the two files
-    assert report["exact"]["extra_copies"] == n - 2
+    assert report.near.pairs == (n // 2) ** 2          # only pairs across the two files
+    assert report.exact.extra_copies == n - 2
     assert all(index.records[int(a[1:])].md5 != index.records[int(b[1:])].md5
-               for a, b, _ in report["near"]["pairs_listed"])
+               for a, b, _ in report.near.pairs_listed)

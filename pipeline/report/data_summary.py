@@ -37,8 +37,8 @@ class DataSummary:
     @property
     def near_threshold(self) -> int:
         """The perceptual-hash distance prepare counted as a near duplicate."""
-        duplicates = (self.manifest.duplicates if self.manifest else None) or {}
-        return int(duplicates.get("near_threshold_bits", DEFAULT_NEAR_THRESHOLD))
+        duplicates = self.manifest.duplicates if self.manifest else None
+        return duplicates.near_threshold_bits if duplicates else DEFAULT_NEAR_THRESHOLD
 
 
 def _is_synthetic(data_dir: str | None) -> bool:

@@ -245,35 +245,35 @@ def _duplicates(manifest: Manifest) -> str:
     dups = manifest.duplicates
     if not dups:
         return ""
-    exact, near = dups["exact"], dups["near"]
+    exact, near = dups.exact, dups.near
 
     def per(mapping: dict) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(mapping.items())) or "none"
 
     rows = [
-        [Cell("exact (same bytes)"), Cell(f"{exact['extra_copies']} extra copies in {exact['groups']} groups", "num"),
-         Cell(per(exact["extra_copies_within_split"])), Cell(per(exact["images_with_copy_in_other_split"]))],
-        [Cell(f"near (pHash ≤ {dups['near_threshold_bits']} bits)"), Cell(f"{near['pairs']} pairs", "num"),
-         Cell(per(near["pairs_within_split"])), Cell(per(near["pairs_across_splits"]))],
+        [Cell("exact (same bytes)"), Cell(f"{exact.extra_copies} extra copies in {exact.groups} groups", "num"),
+         Cell(per(exact.extra_copies_within_split)), Cell(per(exact.images_with_copy_in_other_split))],
+        [Cell(f"near (pHash ≤ {dups.near_threshold_bits} bits)"), Cell(f"{near.pairs} pairs", "num"),
+         Cell(per(near.pairs_within_split)), Cell(per(near.pairs_across_splits))],
     ]
     out = ["<h3>Duplicates and leakage (from data preparation)</h3>",
            to_html([Table(["kind", "found", "within a split", "across splits (leakage)"], rows,
                           id="duplicates")])]
-    if exact.get("conflicting_labels"):
-        out.append(f'<p class="notice">{len(exact["conflicting_labels"])} groups of identical '
+    if exact.conflicting_labels:
+        out.append(f'<p class="notice">{len(exact.conflicting_labels)} groups of identical '
                    "images carry different labels.</p>")
     dropped = manifest.dropped_cross_split_duplicates
     if dropped:
         out.append(f"<p>{len(dropped)} eval/test images duplicating training images were left out "
                    "when preparing (--drop-cross-split-duplicates).</p>")
-    if near.get("pairs_listed"):
-        out.append(_details(f"near-duplicate pairs (first {min(len(near['pairs_listed']), LISTED)})",
+    if near.pairs_listed:
+        out.append(_details(f"near-duplicate pairs (first {min(len(near.pairs_listed), LISTED)})",
                             table_html(Table(["image", "image", "distance (bits)"],
                                              [[Cell(a, "path"), Cell(b, "path"), Cell(str(d), "num")]
-                                              for a, b, d in near["pairs_listed"][:LISTED]]))))
-    if exact.get("groups_listed"):
-        out.append(_details(f"exact-duplicate groups (first {min(len(exact['groups_listed']), LISTED)})",
-                            to_html([Bullets([", ".join(g) for g in exact["groups_listed"][:LISTED]])])))
+                                              for a, b, d in near.pairs_listed[:LISTED]]))))
+    if exact.groups_listed:
+        out.append(_details(f"exact-duplicate groups (first {min(len(exact.groups_listed), LISTED)})",
+                            to_html([Bullets([", ".join(g) for g in exact.groups_listed[:LISTED]])])))
     return "\n".join(out)
 
 

@@ -84,15 +84,14 @@ def _data_flaws(data) -> list[str]:
                      "protocol; no patient identifiers exist to keep a patient's slices in one split.")
     dups = manifest.duplicates
     if dups:
-        exact, near = dups["exact"], dups["near"]
+        exact, near = dups.exact, dups.near
         flaws.append(
-            f"Duplicates found while preparing: {exact['extra_copies']} extra exact copies in "
-            f"{exact['groups']} groups, {near['pairs']} near-duplicate pairs (perceptual hash "
-            f"within {dups['near_threshold_bits']} bits), of which across splits: exact "
-            f"{sum(exact['images_with_copy_in_other_split'].values())}, near "
-            f"{sum(near['pairs_across_splits'].values())}.")
-        if exact.get("conflicting_labels"):
-            flaws.append(f"{len(exact['conflicting_labels'])} groups of identical images carry "
+            f"Duplicates found while preparing: {exact.extra_copies} extra exact copies in "
+            f"{exact.groups} groups, {near.pairs} near-duplicate pairs (perceptual hash "
+            f"within {dups.near_threshold_bits} bits), of which across splits: exact "
+            f"{exact.across_splits}, near {near.across_splits}.")
+        if exact.conflicting_labels:
+            flaws.append(f"{len(exact.conflicting_labels)} groups of identical images carry "
                          "different labels.")
     if manifest.dropped_cross_split_duplicates:
         flaws.append(f"{len(manifest.dropped_cross_split_duplicates)} eval/test images that "
