@@ -6,16 +6,20 @@ can name the collection, and so the class, from those alone. Inside the Transfor
 graph (so serving does the same) every slice is therefore
 
 * cropped to a square around the head: the bounding box of the foreground (pixels
-  above FOREGROUND x the image's bright level, after an erosion that drops thin
-  text and ruler marks), grown by CROP_MARGIN, made square about its centre; parts
-  of the square outside the image are black;
+  brighter than the background by FOREGROUND x the head's contrast, after an
+  erosion that drops thin text and ruler marks), grown by CROP_MARGIN, made square
+  about its centre, then moved (and if need be shrunk) to lie inside the image.
+  The crop never reaches past the image: a black margin would be an edge the
+  network can learn from, and its heatmap then lands on it. The background level
+  is a low quantile of the image's border ring, so scanners (and phantoms) whose
+  background is grey noise rather than black still get a head box;
 * standardised: scaled so that the foreground's BRIGHT_PERCENTILE maps to
   BRIGHT_LEVEL, clipped to [0, 1] (the gain is capped, so a near-black image is
   not turned into amplified noise).
 
 The crop is cut from a decode at DECODE_SIZE (twice the model input), so a head
 filling half the frame still gets full resolution. The crop box (normalised to the
-whole image, may reach outside [0, 1]) is a Transform output: tumour boxes are
+whole image, always inside it) is a Transform output: tumour boxes are
 moved into the crop's frame for training, and the `gradcam` signature maps its
 heatmap back to the whole image, so clients and the lesion audit see heatmaps in
 the frame of the image they sent.
@@ -24,7 +28,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-FOREGROUND = 0.1          # x the bright level: above scanner background noise
+FOREGROUND = 0.1          # x (bright level - background level): above background noise
+BACKGROUND_QUANTILE = 0.25  # of the border ring: background while >= a quarter of it is
+MAX_BACKGROUND = 0.5      # x the bright level: a "background" brighter than this is tissue
+BORDER = 6                # px of the analysis copy that make the border ring
 BRIGHT_PERCENTILE = 0.99  # the "bright level" of an image (robust to a few hot pixels)
 BRIGHT_LEVEL = 0.9        # where that level lands after standardisation
 MAX_GAIN = 8.0            # standardisation never multiplies by more than this
@@ -45,11 +52,13 @@ def _percentile(values: tf.Tensor, q: float) -> tf.Tensor:
 
 def head_boxes(images: tf.Tensor) -> tf.Tensor:
     """[N, H, W, 1] in [0, 1] → [N, 4] square (ymin, xmin, ymax, xmax) around each head,
-    normalised to the image; the whole image where no foreground is found."""
+    normalised to the image and inside it; the whole image where no foreground is found."""
     small = tf.image.resize(images, [_ANALYSIS_SIZE, _ANALYSIS_SIZE], method="area")
     flat = tf.reshape(small, [tf.shape(small)[0], -1])
     bright = tf.maximum(_percentile(flat, BRIGHT_PERCENTILE), 1e-3)
-    mask = tf.cast(small > FOREGROUND * bright[:, None, None, None], tf.float32)
+    background = tf.minimum(_background_level(small), MAX_BACKGROUND * bright)
+    threshold = background + FOREGROUND * (bright - background)
+    mask = tf.cast(small > threshold[:, None, None, None], tf.float32)
     mask = -tf.nn.max_pool2d(-mask, 3, 1, "SAME")  # erosion: thin strokes vanish
     rows = tf.reduce_mean(mask, axis=[2, 3]) >= MIN_LINE_SHARE        # [N, S]
     cols = tf.reduce_mean(mask, axis=[1, 3]) >= MIN_LINE_SHARE
@@ -65,9 +74,21 @@ def head_boxes(images: tf.Tensor) -> tf.Tensor:
 
     y0, y1 = extent(rows)
     x0, x1 = extent(cols)
-    side = tf.maximum(y1 - y0, x1 - x0) * (1.0 + 2.0 * CROP_MARGIN)
-    cy, cx = (y0 + y1) / 2.0, (x0 + x1) / 2.0
-    return tf.stack([cy - side / 2, cx - side / 2, cy + side / 2, cx + side / 2], axis=1)
+    side = tf.minimum(tf.maximum(y1 - y0, x1 - x0) * (1.0 + 2.0 * CROP_MARGIN), 1.0)
+    # Centre on the head, then slide the square back inside the image.
+    top = tf.clip_by_value((y0 + y1 - side) / 2.0, 0.0, 1.0 - side)
+    left = tf.clip_by_value((x0 + x1 - side) / 2.0, 0.0, 1.0 - side)
+    return tf.stack([top, left, top + side, left + side], axis=1)
+
+
+def _background_level(small: tf.Tensor) -> tf.Tensor:
+    """[N, S, S, 1] → [N]: a low quantile of the border ring, the scanner's background level
+    (0 for the usual black background; a frame-filling head is capped by MAX_BACKGROUND)."""
+    n = tf.shape(small)[0]
+    ring = tf.concat([tf.reshape(small[:, :BORDER], [n, -1]), tf.reshape(small[:, -BORDER:], [n, -1]),
+                      tf.reshape(small[:, BORDER:-BORDER, :BORDER], [n, -1]),
+                      tf.reshape(small[:, BORDER:-BORDER, -BORDER:], [n, -1])], axis=1)
+    return -_percentile(-ring, 1.0 - BACKGROUND_QUANTILE)
 
 
 def standardise(images: tf.Tensor) -> tf.Tensor:
