@@ -30,6 +30,8 @@ setup(
         "scikit-learn",
         "pydicom",
         "tqdm",
+        "jinja2",      # the report's page frame and the model card are templates
+        "markdown",    # the card's Markdown, shown inside the HTML report
         "numpy<2",
     ],
     extras_require={

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections import Counter
-from pathlib import Path
 
 from markupsafe import Markup
 
@@ -23,10 +22,9 @@ from btmri import spec
 from pipeline.report import model_card, plots, tables
 from pipeline.report.collect import ReportData
 from pipeline.report.lesion_audit import audit_blocks, tile_caption
-from pipeline.report.markup import (Bullets, Cell, Paragraph, Table, count, rate, rate_ci, table_html,
+from pipeline.report.markup import (TEMPLATES_DIR, Bullets, Cell, Paragraph, Table, count, rate, rate_ci, table_html,
                                     to_html)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 REPORT_TEMPLATE = "report.html.j2"
 TITLE = "Brain tumor MRI classifier: evaluation report"
 LISTED = 200  # longest list shown in a collapsed <details> element
@@ -337,11 +335,14 @@ def _abstention(data: ReportData) -> str:
 
 
 def _model_card(data: ReportData) -> str:
-    blocks = model_card.card_blocks(data, _version(data), level=2)[1:]  # the section has the title
-    for block in blocks:
-        if isinstance(block, Table) and block.id:
-            block.id = ""  # the figures section holds the same tables under their ids
-    return _section("model-card", "Model card", f'<div class="card">{to_html(blocks)}</div>')
+    """MODEL_CARD.md as the Pusher ships it, one heading level down (the section has the title)."""
+    import markdown
+
+    text = model_card.render_markdown(data, _version(data), level=2)
+    body = text.split("\n", 1)[1]  # the title line
+    # Figures and paths in the card come from the run's files: no HTML passes through.
+    card = markdown.markdown(html.escape(body, quote=False), extensions=["tables"], output_format="html")
+    return _section("model-card", "Model card", f'<div class="card">{card}</div>')
 
 
 def _checks(data: ReportData) -> str:

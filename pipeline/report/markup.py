@@ -6,8 +6,11 @@ import html
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from btmri.intervals import format_with_interval
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"  # the page frame, CSS, the card
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from btmri import spec
 from pipeline.config import PipelineConfig
 from pipeline.report import abstention, tables
 from pipeline.report.lesion_audit import audit_blocks
-from pipeline.report.markup import Bullets, Heading, Paragraph, count, to_markdown
+from pipeline.report.markup import TEMPLATES_DIR, count, to_markdown
 
 
 def _date(ms: int) -> str:
@@ -107,142 +108,59 @@ def _data_flaws(data) -> list[str]:
     return flaws
 
 
-def card_blocks(data, version: str | None = None, level: int = 1) -> list:
-    """The card's content; `level` is the heading level of its title."""
+CARD_TEMPLATE = "model_card.md.j2"  # in templates/, beside the report's page frame
+
+
+def card_context(data, version: str | None = None) -> dict:
+    """What templates/model_card.md.j2 fills in: figures, counts and pre-rendered tables."""
     run = data.run
-    h2, h3 = level + 1, level + 2
-    cfg = run.trainer_config
     epochs_run, kept = epochs_kept(data.history)
     split = run.evaluated_split
     train = data.split_counts.get(spec.TRAIN_SPLIT, {})
     eval_ = data.split_counts.get(spec.EVAL_SPLIT, {})
     evaluated = data.split_counts.get(split, {})
-    classes = ", ".join(spec.CLASS_NAMES)
-
-    blocks = [
-        Heading(f"Model card: {MODEL_NAME}" + (f", version {version}" if version else ""),
-                level),
-        Heading("Model details", h2),
-        Bullets([
-            f"Four-class classifier of single 2D brain MRI slices: {classes}.",
-            f"Architecture: {cfg.get('model', 'unknown')} (convolutional network, "
-            f"{'ImageNet' if cfg.get('weights') else 'random'} initial weights), input a 224×224 "
-            "grayscale image scaled to [0, 1]; preprocessing is the TFX Transform graph inside "
-            "the SavedModel.",
-            f"Training: {epochs_run} epochs run (of {cfg.get('epochs', '?')} allowed), weights of "
-            f"epoch {kept if kept else '?'} kept ({kept_reason(data.history)}); batch {cfg.get('batch_size', '?')}, "
-            f"learning rate {cfg.get('learning_rate', '?')} with cosine decay, weight decay "
-            f"{cfg.get('weight_decay', 0)}, label smoothing {cfg.get('label_smoothing', 0)}, "
-            f"augmentation {'on' if cfg.get('augment') else 'off'}.",
-            "Outputs: class probabilities, the top-1 class, a Grad-CAM heatmap (signature "
-            "`gradcam`) showing which image regions drove the top-1 score, and whether the "
-            "model abstains (`abstain`, `abstain_reason`, `ood_score`): an image unlike the "
-            "training slices, or a low top probability, gets no answer.",
-            f"Evaluated {_date(run.evaluated_at)} by the TFX Evaluator (TFMA); blessed: "
-            f"{'yes' if run.blessed else 'no' if run.blessed is not None else 'unknown'}.",
-            f"Evaluated SavedModel: {run.model_dir} (sha256 of its files {data.model_digest}).",
-        ]),
-        Heading("Intended use", h2),
-        Bullets([
-            "Decision support for trained readers (radiologists, neuroradiology trainees) "
-            "reviewing 2D MRI slices of the adult brain: a second look and a pointer to the "
-            "region that drove the suggestion.",
-            "Not a diagnostic device. It is not cleared or approved by any regulator; every "
-            "output must be confirmed by a qualified reader who has the whole study and the "
-            "clinical context.",
-            "Research, teaching and engineering of ML pipelines for medical images.",
-        ]),
-        Heading("Out-of-scope uses", h2),
-        Bullets([
-            "3D studies or series read as a whole: the model sees one slice at a time "
-            "(multi-frame DICOM is refused when data is prepared).",
-            "Other anatomy than the brain; other modalities than MRI (CT, X-ray, PET, ultrasound). "
-            "The model abstains on many such images (see below), but the detector is fitted to "
-            "brain slices like its eval split and is no guarantee against every foreign image.",
-            "Pediatric patients: no data on children was used or checked.",
-            "Tumour types and findings outside the four classes (metastases, lymphoma, stroke, "
-            "haemorrhage, post-operative changes): the model will still answer with one of the "
-            "four classes.",
-            "Autonomous decisions, triage without a reader, screening populations, grading, "
-            "segmentation or treatment planning.",
-        ]),
-        Heading("Training data", h2),
-        Paragraph(
-            f"{count(sum(train.values()))} training images ({_per_class(train)}) and "
-            f"{count(sum(eval_.values()))} eval images ({_per_class(eval_)}), used for early "
-            "stopping and to pick the kept epoch. The split between them is stratified per "
-            "class and decided by each file's content hash, so byte-identical copies share a split."),
-        Heading("Evaluation data", h2),
-        Paragraph(
-            f"The {split} split: {count(sum(evaluated.values()))} images ({_per_class(evaluated)}). "
-            + ("It comes from the dataset's separate Testing folder."
-               if split == spec.TEST_SPLIT else
-               "There was no separate test set: the eval split, which also picked the kept "
-               "epoch, is the evaluation set, so its figures are optimistic.")),
-        Heading("Known flaws of the data", h3),
-        Bullets(_data_flaws(data)),
-        Heading("Metrics", h2),
-        Paragraph(
-            "Per class, one class against the rest with the top-1 decision: precision, recall "
-            "(sensitivity: the share of that class's images found), specificity (the share of the "
-            "other images not flagged as it), F1, and ROC AUC from the class probability. "
-            "Overall: accuracy, macro F1 (classes weigh equally) and expected calibration error. "
-            "A missed tumour (low recall) and a false alarm (low specificity) have different "
-            "costs; read both. " + tables.INTERVALS_NOTE),
-        Heading("Quantitative analysis", h2),
-        tables.overall([(f"{split}, as is", data.as_is),
-                        (f"{split}, without duplicates of training images", data.deduplicated)],
-                       "card-overall"),
-        tables.per_class(data.as_is, "card-per-class-as-is", f"{split}, as is"),
-        tables.per_class(data.deduplicated, "card-per-class-dedup",
-                         f"{split}, without the {len(data.duplicates)} images that duplicate "
-                         "training images"),
-        Heading("Calibration", h2),
-        Bullets([_calibration_sentence("As is", data.as_is),
-                 _calibration_sentence("Without duplicates", data.deduplicated),
-                 temperature_sentence(data.temperature),
-                 "Calibration measured on this data need not hold at another site; do not read "
-                 "a probability as the chance that the finding is present without local checks."]),
-        Heading("Does it look at the tumour?", h2),
-        *audit_blocks(data.lesion_audit, "card-lesion-audit"),
-        Heading("When it does not answer", h2),
-        *abstention.blocks(getattr(data, "abstention", None), split, "card-abstention"),
-        Heading("Limitations", h2),
-        Bullets([
-            "Duplicates and near duplicates between training and test images inflate the "
-            "as-is figures; the de-duplicated figures are the better estimate, and still "
-            "optimistic for a new site.",
-            "Mixed, unrecorded sources and sequences: the model may have learned where an image "
-            "came from rather than what it shows. Validate on local data before any use.",
-            "Single slices: no context from neighbouring slices, other sequences or prior studies.",
-            "Grad-CAM shows where the top-1 score is sensitive (for the default model: "
-            "Grad-CAM on the 14×14 feature map sharpened by a LayerCAM of the 56×56 one): "
-            "a coarse pointer, and no proof that the model looked at the lesion for the "
-            "right reason.",
-            "Small classes and small test sets make per-class figures uncertain: read the 95 % "
-            "intervals beside each figure, not the third decimal.",
-        ]),
-        Heading("Ethical considerations", h2),
-        Bullets([
-            "Automation bias: a confident suggestion can sway a reader; show it after the "
-            "reader's own first impression where possible.",
-            "A missed tumour can delay care; a false tumour finding can cause anxiety and "
-            "further imaging. Neither error rate is zero (see the per-class table).",
-            "The training data carries no demographic information (age, sex, ethnicity, "
-            "scanner, site): performance for any subgroup is unknown.",
-            "Train and evaluate only on de-identified images you are allowed to use; the "
-            "model and its heatmaps must not be used to re-identify anyone.",
-        ]),
-    ]
-    return blocks
+    return {
+        "model_name": MODEL_NAME, "version": version, "classes": spec.CLASS_NAMES,
+        "image_size": spec.IMAGE_SIZE, "cfg": run.trainer_config,
+        "epochs_run": epochs_run, "epoch_kept": kept, "kept_reason": kept_reason(data.history),
+        "evaluated_at": _date(run.evaluated_at),
+        "blessed": "yes" if run.blessed else "no" if run.blessed is not None else "unknown",
+        "model_dir": run.model_dir, "model_digest": data.model_digest,
+        "train_count": count(sum(train.values())), "train_per_class": _per_class(train),
+        "eval_count": count(sum(eval_.values())), "eval_per_class": _per_class(eval_),
+        "split": split, "separate_test_set": split == spec.TEST_SPLIT,
+        "evaluated_count": count(sum(evaluated.values())), "evaluated_per_class": _per_class(evaluated),
+        "data_flaws": _data_flaws(data),
+        "intervals_note": tables.INTERVALS_NOTE,
+        "overall_table": to_markdown([tables.overall(
+            [(f"{split}, as is", data.as_is),
+             (f"{split}, without duplicates of training images", data.deduplicated)], "card-overall")]),
+        "per_class_as_is": to_markdown([tables.per_class(data.as_is, "card-per-class-as-is",
+                                                         f"{split}, as is")]),
+        "per_class_deduplicated": to_markdown([tables.per_class(
+            data.deduplicated, "card-per-class-dedup",
+            f"{split}, without the {len(data.duplicates)} images that duplicate training images")]),
+        "calibration": [_calibration_sentence("As is", data.as_is),
+                        _calibration_sentence("Without duplicates", data.deduplicated),
+                        temperature_sentence(data.temperature)],
+        "lesion_audit": to_markdown(audit_blocks(data.lesion_audit, "card-lesion-audit")),
+        "abstention": to_markdown(abstention.blocks(getattr(data, "abstention", None), split,
+                                                    "card-abstention")),
+    }
 
 
 def _per_class(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {count(counts.get(name, 0))}" for name in spec.CLASS_NAMES)
 
 
-def render_markdown(data, version: str | None = None) -> str:
-    return to_markdown(card_blocks(data, version))
+def render_markdown(data, version: str | None = None, level: int = 1) -> str:
+    """The card as Markdown; `level` is the heading level of its title."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=False,
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    text = env.get_template(CARD_TEMPLATE).render(level=level, **card_context(data, version))
+    return re.sub(r"\n{3,}", "\n\n", text)
 
 
 def write_model_card(config: PipelineConfig, version_dir: str) -> Path:
