@@ -14,7 +14,7 @@ from btmri.layout import MODEL_CARD_FILE
 from btmri.spec import MODEL_NAME
 from btmri import spec
 from pipeline.config import PipelineConfig
-from pipeline.report import abstention, tables
+from pipeline.report import abstention, serving_validation, tables
 from pipeline.report.lesion_audit import audit_blocks
 from pipeline.report.markup import Bullets, Heading, Paragraph, count, to_markdown
 
@@ -208,6 +208,8 @@ def card_blocks(data, version: str | None = None, level: int = 1) -> list:
         *audit_blocks(data.lesion_audit, "card-lesion-audit"),
         Heading("When it does not answer", h2),
         *abstention.blocks(getattr(data, "abstention", None), split, "card-abstention"),
+        Heading("Serving validation", h2),
+        *serving_validation.blocks(getattr(data, "infra_validation", None), "card-serving-validation"),
         Heading("Limitations", h2),
         Bullets([
             "Duplicates and near duplicates between training and test images inflate the "
