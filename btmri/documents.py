@@ -200,6 +200,7 @@ class ServerOptions(_Document):
     # TF Serving's ModelServerConfig text file: several models, version policies and
     # labels (serving/model_config.py); instead of model_base_path/model_name.
     model_config_file: str | None = None
+    model_config_file_poll_wait_seconds: float = 0.0  # > 0: reread the config file this often
     allow_version_labels_for_unavailable_models: bool = False
     host: str = DEFAULT_HOST
     port: int = GRPC_PORT

@@ -31,6 +31,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     options = ServerOptions(
         model_base_path=args.model_base_path or "", model_name=args.model_name,
         model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         host=args.host,
         port=args.port, rest_port=args.rest_port, poll_seconds=args.poll_seconds,
@@ -136,6 +137,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="TF Serving ModelServerConfig text file: several models, version policies "
                         "(latest N, all, specific) and version labels (e.g. serving/config/"
                         "canary.config); instead of --model-base-path/--model-name")
+    p.add_argument("--model-config-file-poll-wait-seconds", type=float,
+                   default=SERVER_DEFAULTS.model_config_file_poll_wait_seconds,
+                   help="reread --model-config-file this often and apply changes (models, "
+                        "policies, labels); 0: read once (default %(default)s)")
     p.add_argument("--allow-version-labels-for-unavailable-models", action="store_true",
                    help="a label not assigned yet may point at a version that is not loaded "
                         "(TF Serving's flag of that name)")

@@ -46,7 +46,7 @@ class ModelSet:
     def __init__(self, managers: list[ServableManager],
                  labels: dict[str, dict[str, int]] | None = None,
                  allow_unavailable: bool = False):
-        self._managers = {m.model_name: m for m in managers}
+        self._managers = {m.model_name: m for m in managers}   # replaced whole on reconfigure
         self._wanted = {name: dict(v) for name, v in (labels or {}).items() if v}
         self._installed: dict[str, dict[str, int]] = {}
         self._allow_unavailable = allow_unavailable
@@ -143,6 +143,39 @@ class ModelSet:
             log.info("version labels of %s: %s", name,
                      ", ".join(f"{k} -> {v}" for k, v in sorted(labels.items())))
         return True
+
+    def reconfigure(self, configs, make_manager) -> list[str]:
+        """Takes a new model config (TF Serving's ReloadConfig): new models get a manager
+        (`make_manager(config)`), models no longer listed are unloaded, listed ones take
+        the new version policy (a new base path: a new manager), and the new labels are
+        assigned as soon as they can be. Returns the names of the removed models."""
+        wanted = {c.name: c for c in configs}
+        managers = dict(self._managers)     # swapped in whole: request threads read it
+        removed = [name for name in managers if name not in wanted]
+        replaced = []
+        for name, config in wanted.items():
+            manager = managers.get(name)
+            if manager is not None and manager.base_path == config.base_path:
+                if manager.versions != config.policy:
+                    log.info("model %s: now serving %s", name, config.policy.describe())
+                    manager.versions = config.policy
+                continue
+            if manager is not None:
+                replaced.append(manager)
+            managers[name] = make_manager(config)
+            log.info("model %s: serving %s from %s", name, config.policy.describe(), config.base_path)
+        for name in removed:
+            replaced.append(managers.pop(name))
+            log.info("model %s: no longer in the model config; unloading it", name)
+        self._managers = managers
+        with self._lock:
+            self._wanted = {c.name: dict(c.labels) for c in configs if c.labels}
+            self._installed = {name: labels for name, labels in self._installed.items()
+                               if name in wanted}
+        for manager in replaced:
+            manager.unload_all()
+        self.update_labels()
+        return removed
 
     def unload_all(self, wait_seconds: float = 60.0) -> None:
         for manager in self._managers.values():

@@ -74,9 +74,11 @@ class ModelServer:
                             retry_interval_seconds=options.load_retry_interval_seconds,
                             settle_seconds=max(2.0, 2 * options.poll_seconds))
         canary = (lambda servable: check_servable(servable, limits)) if options.canary else None
+        self._load_policy, self._canary_check = policy, canary
+        self._config_text = (open(options.model_config_file, encoding="utf-8").read()
+                             if options.model_config_file else None)
         self.models = ModelSet(
-            [ServableManager(c.name, c.base_path, on_change=self._version_changed, policy=policy,
-                             canary=canary, versions=c.policy) for c in self.configs],
+            [self._make_manager(c) for c in self.configs],
             labels={c.name: c.labels for c in self.configs},
             allow_unavailable=options.allow_version_labels_for_unavailable_models)
         self.batcher = None
@@ -87,8 +89,7 @@ class ModelServer:
             log.info("batching on: %s", params)
         self.core = ServerCore(self.models, self.batcher, limits)
         self._stop_polling = threading.Event()
-        self._poller = threading.Thread(target=self.models.run, name="version-poller",
-                                        args=(options.poll_seconds, self._stop_polling), daemon=True)
+        self._poller = threading.Thread(target=self._poll, name="version-poller", daemon=True)
         self._executor = ThreadPoolExecutor(max_workers=options.grpc_workers,
                                             thread_name_prefix="request")
         self._loop = asyncio.new_event_loop()
@@ -162,6 +163,59 @@ class ModelServer:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(timeout=5)
+
+    def _make_manager(self, config: ModelConfig) -> ServableManager:
+        return ServableManager(config.name, config.base_path, on_change=self._version_changed,
+                               policy=self._load_policy, canary=self._canary_check,
+                               versions=config.policy)
+
+    def _poll(self) -> None:
+        """Versions every --poll-seconds; the model config file every
+        --model-config-file-poll-wait-seconds (0: read once, at start-up)."""
+        wait = self.options.model_config_file_poll_wait_seconds
+        next_reload = time.monotonic() + wait
+        while not self._stop_polling.is_set():
+            if self.options.model_config_file and wait > 0 and time.monotonic() >= next_reload:
+                next_reload = time.monotonic() + wait
+                try:
+                    self.reload_config()
+                except Exception:   # a bad edit must not end version management
+                    log.exception("reloading %s failed", self.options.model_config_file)
+            self.models.poll()
+            self._stop_polling.wait(self.options.poll_seconds)
+
+    def reload_config(self) -> bool:
+        """Applies the model config file if it changed; a file that does not parse, or
+        names a missing base path, is logged and the running config kept (as TF Serving
+        does). True when a new config was applied."""
+        path = self.options.model_config_file
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as err:
+            log.error("cannot read the model config file %s: %s; keeping the running config",
+                      path, err.strerror or err)
+            return False
+        if text == self._config_text:
+            return False
+        self._config_text = text
+        try:
+            configs = model_configs(self.options)
+        except (OSError, ValueError) as err:
+            log.error("%s; keeping the running config", err)
+            return False
+        log.info("model config %s changed: applying it", path)
+        self.metrics.model_names = tuple(dict.fromkeys(
+            [*self.metrics.model_names, *(c.name for c in configs)]))
+        removed = self.models.reconfigure(configs, self._make_manager)
+        self.configs = configs
+        for name in removed:
+            self.metrics.loaded_version.set(name, value=0)
+            if self._health is not None and self._loop.is_running():
+                asyncio.run_coroutine_threadsafe(
+                    set_health(self._health, name, serving=False,
+                               whole_server=self._all_models_serving()), self._loop)
+        return True
 
     def _version_changed(self, manager: ServableManager) -> None:
         versions = manager.available_versions()

@@ -7,8 +7,11 @@ labels resolved over gRPC and REST, unknown labels refused with TF Serving's cod
 text, `btmri predict --label`."""
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -18,6 +21,7 @@ from serving.errors import ServingError
 from serving.manager import LoadPolicy, ServableManager, State
 from serving.model_config import ALL, LATEST, SPECIFIC, parse_model_config, read_model_config_file
 from serving.models import ModelSet
+from serving.process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "serving" / "config"
@@ -165,3 +169,149 @@ def test_allow_unavailable_assigns_new_labels_to_versions_not_loaded(tmp_path):
             pass
     assert (err.value.code, err.value.message) == (grpc.StatusCode.NOT_FOUND,
                                                    "Servable not found for request: Specific(m, 3)")
+
+
+# ---- `btmri serve --model-config-file` on the tiny pipeline model ---------------------
+
+STABLE, CANARY, NOT_IN_POLICY, SECOND = 1, 2, 3, 5
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run) -> Path:
+    (folder,) = [p for p in (tiny_run / "serving").iterdir() if p.name.isdigit()]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    """brain_tumor: versions 1, 2 and 3 on disk, the policy serves 1 and 2, labelled
+    stable and canary; a second model serves every version of its own base path."""
+    root = tmp_path_factory.mktemp("labels")
+    for name, versions in (("brain_tumor", (STABLE, CANARY, NOT_IN_POLICY)), ("second", (SECOND,))):
+        (root / name).mkdir()
+        for v in versions:
+            os.symlink(model, root / name / str(v))
+    config = root / "models.config"
+    config.write_text(f"""model_config_list {{
+      config {{ name: "brain_tumor" base_path: "{root / 'brain_tumor'}" model_platform: "tensorflow"
+        model_version_policy {{ specific {{ versions: {STABLE} versions: {CANARY} }} }}
+        version_labels {{ key: "stable" value: {STABLE} }}
+        version_labels {{ key: "canary" value: {CANARY} }} }}
+      config {{ name: "second" base_path: "{root / 'second'}" model_version_policy {{ all {{}} }} }}
+    }}""")
+    with ServerProcess(None, "--model-config-file", str(config), "--poll-seconds", "0.2",
+                       "--model-config-file-poll-wait-seconds", "0.2",
+                       log_path=root / "server.log") as process:
+        process.config_path = config
+        deadline = time.monotonic() + 120
+        while "version labels of brain_tumor" not in process.log_text():
+            assert time.monotonic() < deadline, process.log_text()[-2000:]
+            time.sleep(0.2)
+        yield process
+
+
+@pytest.fixture(scope="module")
+def image(tiny_run) -> bytes:
+    return next((tiny_run / "data" / "synthetic" / "Testing").glob("*/*.png")).read_bytes()
+
+
+def _predict(server, image: bytes, name="brain_tumor", label=None, version=None):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.model_spec.signature_name = "predict_images"
+    if label is not None:
+        request.model_spec.version_label = label
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image]))
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+
+
+def _rest(server, method: str, path: str, document=None) -> tuple[int, dict]:
+    data = None if document is None else json.dumps(document).encode()
+    request = urllib.request.Request(server.rest_url + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_grpc_labels_resolve_and_unknown_labels_are_refused_as_tf_serving_does(server, image):
+    assert _predict(server, image, label="canary").model_spec.version.value == CANARY
+    assert _predict(server, image, label="stable").model_spec.version.value == STABLE
+    assert _predict(server, image).model_spec.version.value == CANARY      # no label: the latest
+    with pytest.raises(grpc.RpcError) as err:
+        _predict(server, image, label="beta")
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                       "Unrecognized servable version label: beta")
+    with pytest.raises(grpc.RpcError) as err:                # labels belong to their model
+        _predict(server, image, name="second", label="stable")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:                # on disk, outside the policy
+        _predict(server, image, version=NOT_IN_POLICY)
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific(brain_tumor, {NOT_IN_POLICY})")
+    assert _predict(server, image, name="second").model_spec.version.value == SECOND
+
+
+def test_rest_labels_paths(server, image):
+    import base64
+
+    document = {"signature_name": "predict_images",
+                "instances": [{"b64": base64.b64encode(image).decode()}]}
+    code, answer = _rest(server, "POST", "/v1/models/brain_tumor/labels/stable:predict", document)
+    assert code == 200 and len(answer["predictions"]) == 1
+    code, status = _rest(server, "GET", "/v1/models/brain_tumor/labels/stable")
+    assert code == 200
+    assert [(s["version"], s["state"]) for s in status["model_version_status"]] == [(str(STABLE), "AVAILABLE")]
+    code, status = _rest(server, "GET", "/v1/models/brain_tumor")
+    assert sorted(int(s["version"]) for s in status["model_version_status"]) == [STABLE, CANARY]
+    code, metadata = _rest(server, "GET", "/v1/models/brain_tumor/labels/canary/metadata")
+    assert code == 200 and metadata["model_spec"]["version"] == str(CANARY)
+    code, error = _rest(server, "POST", "/v1/models/brain_tumor/labels/beta:predict", document)
+    assert (code, error) == (400, {"error": "Unrecognized servable version label: beta"})
+
+
+def test_btmri_predict_targets_a_label(server, tiny_run, capsys):
+    from pipeline.cli import main as btmri
+
+    path = str(next((tiny_run / "data" / "synthetic" / "Testing").glob("*/*.png")))
+    capsys.readouterr()
+    assert btmri(["predict", "--server", server.grpc_target, "--label", "stable", path]) == 0
+    assert btmri(["predict", "--rest", server.rest_url, "--label", "canary", path]) == 0
+    grpc_line, rest_line = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert (grpc_line["model_version"], rest_line["model_version"]) == (STABLE, CANARY)
+    assert btmri(["predict", "--server", server.grpc_target, "--label", "beta", path]) == 1
+    assert "Unrecognized servable version label: beta" in capsys.readouterr().out
+
+
+def test_promoting_the_canary_by_editing_the_config(server, image):
+    """The README's workflow: stable moves to the canary's version, the canary label goes,
+    the old version leaves the policy and is unloaded; read from the edited file while
+    serving (--model-config-file-poll-wait-seconds)."""
+    config = server.config_path
+    text = config.read_text()
+    promoted = (text.replace(f"versions: {STABLE} versions: {CANARY}", f"versions: {CANARY}")
+                .replace(f'key: "stable" value: {STABLE}', f'key: "stable" value: {CANARY}')
+                .replace(f'version_labels {{ key: "canary" value: {CANARY} }}', ""))
+    assert promoted.count("version_labels") == 1
+    config.write_text(promoted)
+    deadline = time.monotonic() + 120
+    while _predict(server, image, label="stable").model_spec.version.value != CANARY:
+        assert time.monotonic() < deadline, server.log_text()[-2000:]
+        time.sleep(0.2)
+    with pytest.raises(grpc.RpcError) as err:
+        _predict(server, image, label="canary")
+    assert err.value.details() == "Unrecognized servable version label: canary"
+    while _rest(server, "GET", "/v1/models/brain_tumor")[1]["model_version_status"][-1]["state"] != "END":
+        assert time.monotonic() < deadline, server.log_text()[-2000:]
+        time.sleep(0.2)
+    states = {int(s["version"]): s["state"]
+              for s in _rest(server, "GET", "/v1/models/brain_tumor")[1]["model_version_status"]}
+    assert states == {STABLE: "END", CANARY: "AVAILABLE"}
+    assert "model config" in server.log_text() and "changed: applying it" in server.log_text()
