@@ -306,7 +306,7 @@ def validate_serving(model_dir: str, images: list[bytes], work_dir: str,
             signature_map = get_model_metadata_pb2.SignatureDefMap()
             metadata.metadata["signature_def"].Unpack(signature_map)
             served = dict(signature_map.signature_def)
-            result.signatures = sorted(served)
+            result.signatures = sorted(k for k in served if not k.startswith("__"))
 
             loaded = tf.saved_model.load(model_dir)
             expected = {}

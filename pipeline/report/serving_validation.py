@@ -3,6 +3,7 @@ model card: one verdict, the checks it ran and the served latency, shared by bot
 from __future__ import annotations
 
 from btmri.layout import WARMUP_PATH
+from btmri.spec import ANSWER_TOLERANCE
 from pipeline.report.markup import Cell, Paragraph, Table
 
 
@@ -22,8 +23,8 @@ def verdict(validation) -> str:
                 "The Pusher requires this validation to pass.")
     return ("The model was served by `btmri serve` before the push (the local TF-Serving-compatible "
             f"server, a subprocess on loopback ports), answered {validation.images} images of the "
-            "evaluated split through every signature over gRPC and REST exactly as the in-process "
-            f"SavedModel does, and passed every check below. Its warm-up file ({WARMUP_PATH}, "
+            "evaluated split through every signature over gRPC and REST as the in-process "
+            f"SavedModel does (floats within {ANSWER_TOLERANCE:g}), and passed every check below. Its warm-up file ({WARMUP_PATH}, "
             f"{validation.warmup_records} requests) was replayed before it took traffic and ships "
             "in the pushed version.")
 
