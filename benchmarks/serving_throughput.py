@@ -1,7 +1,9 @@
-"""Benchmark: gRPC serving throughput and latency against the in-process limit.
+"""Benchmark: gRPC serving throughput and latency against the in-process limit, and the
+first request after a version swap with and without the warm-up file.
 
     python benchmarks/serving_throughput.py --model-base-path runs/serving/brain_tumor \
-        [--images DIR] [--requests 400] [--clients 1 8]
+        [--images DIR] [--requests 400] [--clients 1 8] [--swaps 3]
+    python benchmarks/serving_throughput.py --model-config-file F --label canary   # a label's version
 
 Every request carries one JPEG (the `predict_images` signature, as `btmri predict`
 sends it). Measured, for 1 and 8 concurrent clients:
@@ -10,6 +12,13 @@ sends it). Measured, for 1 and 8 concurrent clients:
     also one caller with batches of 8 (what server-side batching can form);
   - `btmri serve` without and with --enable-batching, over gRPC with the
     official stubs, one channel per client.
+With --model-config-file and --label the servers serve that config and every request
+asks for the label (the in-process figures use the version the label names).
+First request after a swap (--swaps N, 0: skip): a server on a temporary base path
+is given new versions of the same model, alternately without and with TF Serving's
+warm-up file (assets.extra/tf_serving_warmup_requests, written as the InfraValidator
+writes it), and the first predict_images and gradcam requests on each new version are
+timed once it is AVAILABLE (the warm-up is replayed before that).
 Images: --images, else the real Kaggle JPEGs in /path/to/brain-tumor-mri
 when present, else synthetic phantoms encoded as JPEG in memory.
 Clients and server share this machine's cores, as they would on one host.
@@ -129,7 +138,8 @@ def in_process_loads(model_dir: Path, images: list[bytes], clients_list) -> dict
     return loads
 
 
-def served_loads(server, label: str, images: list[bytes], clients_list) -> dict:
+def served_loads(server, label: str, images: list[bytes], clients_list,
+                 version_label: str | None = None) -> dict:
     """name → load function(requests) for a running server, over gRPC."""
     import grpc
     import tensorflow as tf
@@ -141,6 +151,8 @@ def served_loads(server, label: str, images: list[bytes], clients_list) -> dict:
     for image in images:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = spec.MODEL_NAME
+        if version_label:
+            request.model_spec.version_label = version_label
         request.model_spec.signature_name = spec.PREDICT_IMAGES
         request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image]))
         requests_pb.append(request)
@@ -158,9 +170,109 @@ def served_loads(server, label: str, images: list[bytes], clients_list) -> dict:
             for n in clients_list}
 
 
+def _push(source: Path, base: Path, version: int) -> None:
+    """As the Pusher does: a hidden copy renamed into place."""
+    import shutil
+
+    staging = base / f".staging-{version}"
+    shutil.copytree(source, staging)
+    staging.rename(base / str(version))
+
+
+def _wait_available(server, version: int, limit: float = 600.0) -> None:
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    from btmri import spec
+
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = spec.MODEL_NAME
+    request.model_spec.version.value = version
+    deadline = time.monotonic() + limit
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                (status,) = stub.GetModelStatus(request, timeout=10).model_version_status
+                if status.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE:
+                    return
+                if status.state == get_model_status_pb2.ModelVersionStatus.END:
+                    sys.exit(f"version {version} failed to load: {status.status.error_message}")
+            except grpc.RpcError:
+                pass   # not seen yet
+            time.sleep(0.01)
+    sys.exit(f"version {version} not AVAILABLE after {limit:.0f} s")
+
+
+def first_requests_after_swap(model_dir: Path, images: list[bytes], swaps: int) -> dict:
+    """{'without'|'with': {signature: [ms of the first request on each new version]}}."""
+    import shutil
+
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from btmri import spec
+    from btmri.layout import WARMUP_DIR
+    from pipeline.infra_validator import warmup_logs, write_warmup
+    from serving.process import ServerProcess
+
+    work = Path(tempfile.mkdtemp(prefix="serving-bench-swap-"))
+    plain, warm, base = work / "plain", work / "warm", work / spec.MODEL_NAME
+    shutil.copytree(model_dir, plain, ignore=shutil.ignore_patterns(WARMUP_DIR))
+    shutil.copytree(plain, warm)
+    write_warmup(str(warm), warmup_logs(images))
+    base.mkdir()
+    _push(plain, base, 1)
+    times = {"without": {spec.PREDICT_IMAGES: [], spec.GRADCAM: []},
+             "with": {spec.PREDICT_IMAGES: [], spec.GRADCAM: []}}
+    version = 1
+    with ServerProcess(base, "--poll-seconds", "0.1", log_path=work / "server.log") as server, \
+            grpc.insecure_channel(server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for swap in range(swaps):
+            for kind, source in (("without", plain), ("with", warm)):
+                version += 1
+                _push(source, base, version)
+                _wait_available(server, version)
+                for signature in (spec.PREDICT_IMAGES, spec.GRADCAM):
+                    request = predict_pb2.PredictRequest()
+                    request.model_spec.name = spec.MODEL_NAME
+                    request.model_spec.version.value = version
+                    request.model_spec.signature_name = signature
+                    request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(
+                        tf.make_tensor_proto([images[(swap + version) % len(images)]]))
+                    start = time.perf_counter()
+                    stub.Predict(request, timeout=600)
+                    times[kind][signature].append(1000 * (time.perf_counter() - start))
+    shutil.rmtree(work, ignore_errors=True)
+    return times
+
+
+def _labelled_version(config_file: str, label: str) -> Path:
+    from btmri import spec
+    from serving.model_config import read_model_config_file
+    from serving.source import list_versions
+
+    for model in read_model_config_file(config_file):
+        if model.name == spec.MODEL_NAME:
+            if label not in model.labels:
+                sys.exit(f"{config_file}: model {model.name} has no label {label!r}")
+            for candidate in list_versions(model.base_path):
+                if candidate.version == model.labels[label]:
+                    return Path(candidate.path)
+            sys.exit(f"version {model.labels[label]} ({label}) is not under {model.base_path}")
+    sys.exit(f"{config_file} does not list model {spec.MODEL_NAME}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-base-path", required=True, help="TF Serving base path (<dir>/<version>/)")
+    parser.add_argument("--model-base-path", default=None, help="TF Serving base path (<dir>/<version>/)")
+    parser.add_argument("--model-config-file", default=None,
+                        help="serve this TF Serving model config instead (with --label)")
+    parser.add_argument("--label", default=None, help="every request asks for this version label")
+    parser.add_argument("--swaps", type=int, default=3,
+                        help="version swaps without and with the warm-up file each (0: skip)")
     parser.add_argument("--images", default=None, help="folder of JPEG/PNG images")
     parser.add_argument("--requests", type=int, default=400, help="requests per measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
@@ -173,16 +285,27 @@ def main() -> None:
     from serving.process import ServerProcess
     from serving.source import aspired_version
 
-    base = Path(args.model_base_path)
-    latest = aspired_version(str(base))
-    if latest is None:
-        sys.exit(f"no model version under {base}")
+    if bool(args.model_base_path) == bool(args.model_config_file):
+        sys.exit("give --model-base-path or --model-config-file (with --label)")
+    if args.model_config_file:
+        if not args.label:
+            sys.exit("--model-config-file needs --label (the version to measure)")
+        model_dir, serve_args = _labelled_version(args.model_config_file, args.label), \
+            ["--model-config-file", args.model_config_file]
+        base = None
+    else:
+        base = Path(args.model_base_path)
+        latest = aspired_version(str(base))
+        if latest is None:
+            sys.exit(f"no model version under {base}")
+        model_dir, serve_args = Path(latest.path), []
     images, source = load_images(args.images, 64)
-    print(f"model {latest.path}; {len(images)} JPEGs from {source} "
+    print(f"model {model_dir}{f' (label {args.label})' if args.label else ''}; "
+          f"{len(images)} JPEGs from {source} "
           f"(mean {statistics.mean(map(len, images)) / 1024:.0f} KiB); {args.requests} requests "
           f"per measurement, best of {args.rounds} rounds")
 
-    loads = in_process_loads(Path(latest.path), images, args.clients)
+    loads = in_process_loads(model_dir, images, args.clients)
     batching = ["--enable-batching"]
     if args.batching_parameters_file:
         batching += ["--batching-parameters-file", args.batching_parameters_file]
@@ -191,8 +314,9 @@ def main() -> None:
     configs["btmri serve --enable-batching"] = batching
     with contextlib.ExitStack() as stack:
         for i, (label, extra) in enumerate(configs.items()):
-            server = stack.enter_context(ServerProcess(base, *extra, log_path=logs / f"server{i}.log"))
-            loads.update(served_loads(server, label, images, args.clients))
+            server = stack.enter_context(ServerProcess(base, *serve_args, *extra,
+                                                       log_path=logs / f"server{i}.log"))
+            loads.update(served_loads(server, label, images, args.clients, args.label))
         # Other jobs share this machine: alternate the measurements over several
         # rounds and keep each one's best round.
         runs: dict[str, list[dict]] = {name: [] for name in loads}
@@ -217,6 +341,15 @@ def main() -> None:
                   f"in-process at the same concurrency ({r['images_per_s'] / best['images_per_s']:.2f}x "
                   f"the best in-process figure); CPU efficiency "
                   f"{same['cpu_ms_per_image'] / r['cpu_ms_per_image']:.2f}")
+
+    if args.swaps > 0:
+        times = first_requests_after_swap(model_dir, images, args.swaps)
+        print(f"\nfirst request on a version just swapped in (ms; {args.swaps} swaps each, "
+              f"median [min, max]); steady state: the p50 rows above")
+        for kind in ("without", "with"):
+            cells = [f"{sig} {statistics.median(v):.1f} [{min(v):.1f}, {max(v):.1f}]"
+                     for sig, v in times[kind].items()]
+            print(f"  {kind + ' warm-up file':25s} " + ";  ".join(cells))
 
 
 if __name__ == "__main__":

@@ -201,6 +201,37 @@ class TrainingHistory(_Document):
         return cls.from_json(path.read_text()) if path.is_file() else None
 
 
+# ── Serving validation: what the InfraValidator found (infra_validation.json) ──────
+@dataclass
+class InfraValidation(_Document):
+    """The result of serving the candidate with `btmri serve` before the push, in the
+    InfraBlessing artifact (layout.INFRA_VALIDATION_FILE); the report and card show it."""
+
+    blessed: bool = False
+    validated: bool = False  # False: not tried (the model was not blessed)
+    reason: str = ""  # why not blessed; "" when blessed
+    checks: list = field(default_factory=list)  # {"name", "passed", "detail"} in the order run
+    signatures: list = field(default_factory=list)  # served signature keys
+    images: int = 0  # evaluated-split images per signature and protocol
+    warmup_records: int = 0  # PredictionLogs written to the warm-up file
+    warmup_replayed: int = 0  # as the server's log reports them
+    startup_seconds: float = 0.0  # server start until the version was AVAILABLE (warm-up included)
+    latency_requests: int = 0  # one-image predict_images requests timed per protocol
+    grpc_p50_ms: float | None = None
+    grpc_p99_ms: float | None = None
+    rest_p50_ms: float | None = None
+    rest_p99_ms: float | None = None
+    seconds: float = 0.0  # the whole validation
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        return write_atomic(Path(folder) / layout.INFRA_VALIDATION_FILE, self.to_json())
+
+    @classmethod
+    def read_if_present(cls, folder: str | None) -> InfraValidation | None:
+        path = Path(folder or "", layout.INFRA_VALIDATION_FILE)
+        return cls.from_json(path.read_text()) if folder and path.is_file() else None
+
+
 # ── Serving: the local model server's options ──────────────────────────────────────
 GRPC_PORT = 8500
 REST_PORT = 8501
@@ -218,6 +249,11 @@ class ServerOptions(_Document):
 
     model_base_path: str = ""
     model_name: str = spec.MODEL_NAME
+    # TF Serving's ModelServerConfig text file: several models, version policies and
+    # labels (serving/model_config.py); instead of model_base_path/model_name.
+    model_config_file: str | None = None
+    model_config_file_poll_wait_seconds: float = 0.0  # > 0: reread the config file this often
+    allow_version_labels_for_unavailable_models: bool = False
     host: str = DEFAULT_HOST
     port: int = GRPC_PORT
     rest_port: int = REST_PORT  # 0: no REST listener
@@ -245,6 +281,8 @@ class ServerOptions(_Document):
         return int(self.max_response_mb * 1024 * 1024)
 
     def check(self) -> None:
+        if bool(self.model_base_path) == bool(self.model_config_file):
+            raise ValueError("give either --model-base-path or --model-config-file")
         for name in ("max_rows", "max_connections", "grpc_workers", "max_json_values"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")

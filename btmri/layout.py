@@ -36,6 +36,16 @@ SUMMARY_FILE = "summary.json"  # in a ModelReport artifact: the headline figures
 # In a ModelReport artifact's MODEL_CARD.md: the Pusher puts the version folder's name here.
 CARD_VERSION_PLACEHOLDER = "{pushed version}"
 CURRENT_LINK = "current"  # in data/prepared/: the folder the last run used
+# TF Serving's warm-up requests inside a SavedModel version folder (a TFRecord file of
+# PredictionLog protos), replayed before a version takes traffic; the InfraValidator writes it.
+WARMUP_DIR = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
+WARMUP_PATH = f"{WARMUP_DIR}/{WARMUP_FILE}"  # relative to the version folder
+# In an InfraBlessing artifact: the serving validation's result (InfraValidation document)
+# and TFX's own marker files (what the standard InfraValidator writes).
+INFRA_VALIDATION_FILE = "infra_validation.json"
+INFRA_BLESSED_FILE = "INFRA_BLESSED"
+INFRA_NOT_BLESSED_FILE = "INFRA_NOT_BLESSED"
 
 # ── The work folder of local runs ─────────────────────────────────────────────────
 DEFAULT_WORK_DIR = "runs"

@@ -81,6 +81,26 @@ ABSTENTION_OUTPUTS: tuple[str, ...] = (OOD_SCORE, ABSTAIN, ABSTAIN_REASON)
 # The model's name in TF Serving (and the folder under the serving root).
 MODEL_NAME = "brain_tumor"
 
+# The serving contract the InfraValidator checks on the served metadata: every signature,
+# its one input (name, dtype) and the outputs it must have (ABSTENTION_OUTPUTS too when
+# the model was exported with abstention).
+SIGNATURE_CONTRACT: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    SERVING_DEFAULT: (EXAMPLES_INPUT, "DT_STRING", (PROBABILITIES, CLASS_ID, CLASS_NAME)),
+    PREDICT_IMAGES: (IMAGE_BYTES_INPUT, "DT_STRING", (PROBABILITIES, CLASS_ID, CLASS_NAME)),
+    GRADCAM: (IMAGE_BYTES_INPUT, "DT_STRING", (HEATMAP, CLASS_ID, PROBABILITIES)),
+}
+
+# ── Serving warm-up and validation (the InfraValidator, TF Serving's warm-up file) ──
+MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many warm-up records
+# Batch sizes the warm-up file holds one request of, per signature: what clients send
+# (one image) and the largest batch server-side batching forms (max_batch_size in
+# serving/config/batching.config; a test checks they agree).
+WARMUP_BATCH_SIZES: tuple[int, ...] = (1, 16)
+VALIDATION_IMAGES = 4  # images of the evaluated split sent per signature and protocol
+LATENCY_REQUESTS = 40  # one-image predict_images requests timed per protocol (p50/p99)
+VALIDATION_TIMEOUT_SECONDS = 300.0  # the served model must be AVAILABLE within this
+ANSWER_TOLERANCE = 1e-4  # served float outputs may differ from in-process ones by this (abs. and rel.)
+
 # ── Evaluation ─────────────────────────────────────────────────────────────────────
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
 CONFIDENCE = 0.95  # every interval the project prints is a 95 % interval

@@ -33,7 +33,7 @@ from tfx.utils import io_utils
 from tfx.proto import pusher_pb2
 from tfx.utils import proto_utils
 
-from btmri.layout import CARD_VERSION_PLACEHOLDER, DIGEST_FILE, MANIFEST_FILE, MODEL_CARD_FILE
+from btmri.layout import CARD_VERSION_PLACEHOLDER, DIGEST_FILE, MANIFEST_FILE, MODEL_CARD_FILE, WARMUP_DIR
 
 MODEL_REPORT_KEY = "model_report"  # the Pusher's optional ModelReport input (pipeline/pusher.py)
 
@@ -81,14 +81,17 @@ class StrictExampleValidator(validator_executor.Executor):
 
 
 def model_digest(model_dir: str) -> str:
-    """sha256 over the relative names and contents of every file of a SavedModel."""
+    """sha256 over the relative names and contents of every file of a SavedModel, but
+    the digest and card files and assets.extra/ (TF Serving's warm-up requests, which
+    the InfraValidator adds): the trained model's identity, the same before and after
+    validation."""
     digest = hashlib.sha256()
     files = []
     for root, _, names in fileio.walk(model_dir):
         files.extend(os.path.join(root, n) for n in names)
     for path in sorted(files):
         rel = os.path.relpath(path, model_dir)
-        if rel in _NOT_MODEL_FILES:
+        if rel in _NOT_MODEL_FILES or rel.split(os.sep, 1)[0] == WARMUP_DIR:
             continue
         digest.update(rel.encode() + b"\0")
         with fileio.open(path, "rb") as f:

@@ -11,6 +11,7 @@ from components.audit.component import LesionAudit
 from components.evaluation import eval_config
 from components.executors import ImportExampleGenWithManifest, StrictExampleValidator
 from pipeline.config import PREPROCESSING_FN, RUN_FN, TRAINER_MODULE, TRANSFORM_MODULE, PipelineConfig
+from pipeline.infra_validator import VALIDATED_MODEL_KEY, InfraValidator
 from pipeline.pusher import CardPusher
 from pipeline.report.component import ModelReport
 
@@ -18,7 +19,7 @@ from pipeline.report.component import ModelReport
 # only when a box folder is configured.
 COMPONENT_IDS = ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
                  "Transform", "Trainer", "LatestBlessedModelResolver", "Evaluator", "LesionAudit",
-                 "ModelReport", "Pusher")
+                 "InfraValidator", "ModelReport", "Pusher")
 
 
 def component_ids(config: PipelineConfig) -> tuple[str, ...]:
@@ -99,6 +100,13 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             min_removed_changed=config.audit_min_removed_changed).with_id("LesionAudit")
         blessing = audit.outputs["blessing"]
 
+    # Serving validation: `btmri serve` on the candidate, answers against the in-process
+    # model, latency; writes the warm-up file into the copy the Pusher pushes
+    # (pipeline/infra_validator.py). Only a blessed candidate is served.
+    infra_validator = InfraValidator(
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        model_blessing=blessing, evaluated_split=evaluate_on).with_id("InfraValidator")
+
     # The report and the model card, from this run's artifacts only (pipeline/report/component.py).
     report = ModelReport(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
@@ -107,12 +115,16 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         anomalies=example_validator.outputs["anomalies"],
         model_run=trainer.outputs["model_run"],
         lesion_audit=audit.outputs["audit"] if audit else None,
+        infra_blessing=infra_validator.outputs["blessing"],
         evaluated_split=evaluate_on, pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root).with_id("ModelReport")
 
+    # The Pusher pushes the validated copy (the candidate plus its warm-up file), and only
+    # when both the model and its serving were blessed.
     pusher = CardPusher(
-        model=trainer.outputs["model"],
+        model=infra_validator.outputs[VALIDATED_MODEL_KEY],
         model_blessing=blessing,
+        infra_blessing=infra_validator.outputs["blessing"],
         model_report=report.outputs["report"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
@@ -123,8 +135,8 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
-                    trainer, model_resolver, evaluator, *([audit] if audit else []), report,
-                    pusher],
+                    trainer, model_resolver, evaluator, *([audit] if audit else []),
+                    infra_validator, report, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)

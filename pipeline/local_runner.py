@@ -101,6 +101,7 @@ class RunSummary:
     blessing_message: str | None = None
     lesion_audit: dict | None = None                   # lesion_audit.json, without rows
     report_dir: str | None = None                      # ModelReport artifact: report.html, card
+    serving_validation: object = None                  # btmri.documents.InfraValidation
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -143,6 +144,11 @@ def read_outcome(config: PipelineConfig) -> RunSummary:
             summary.blessing_message = blessing.get_string_custom_property("blessing_message")
     evaluation = latest_output(config, "Evaluator", "evaluation")
     pushed = latest_output(config, "Pusher", "pushed_model")
+    infra = latest_output(config, "InfraValidator", "blessing")
+    if infra is not None:
+        from btmri.documents import InfraValidation
+
+        summary.serving_validation = InfraValidation.read_if_present(infra.uri)
     report = latest_output(config, "ModelReport", "report")
     if report is not None:
         summary.report_dir = report.uri

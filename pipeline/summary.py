@@ -22,6 +22,10 @@ def summary_lines(summary, accuracy_bound: float, min_acceptance: float | None =
         from components.audit.report_text import audit_lines
 
         lines += [""] + audit_lines(summary.lesion_audit)
+    if getattr(summary, "serving_validation", None) is not None:
+        from pipeline.report.cli import serving_line
+
+        lines.append(serving_line(summary.serving_validation.to_dict()))
     lines.append(
         f"blessed: {'yes' if summary.blessed else 'no'}"
         + (f" ({summary.blessing_message})" if summary.blessing_message and not summary.blessed else "")

@@ -2,8 +2,10 @@
 
 The local server follows TF Serving's own split:
   source.py    which version folders exist (file-system storage path source)
+  model_config.py   ModelServerConfig files: models, version policies, version labels
   loader.py    one SavedModel version → a Servable with callable signatures
-  manager.py   which version serves; load-before-unload swaps; version states
+  manager.py   which versions of a model serve (its policy); load-before-unload swaps; states
+  models.py    the models of one server and their version labels
   batching.py  server-side batching of concurrent requests
   canary.py    warm-up replay and canary request before a version takes traffic
   core.py      request handling shared by both front ends (ServerCore)

@@ -21,14 +21,15 @@ import grpc
 import numpy as np
 
 from btmri import spec
+from btmri.layout import WARMUP_PATH
 from serving.errors import ServingError
 from serving.limits import RequestLimits
 from serving.loader import Servable
 
 log = logging.getLogger("serving")
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-MAX_WARMUP_RECORDS = 1000          # TF Serving reads at most this many
+WARMUP_FILE = WARMUP_PATH
+MAX_WARMUP_RECORDS = spec.MAX_WARMUP_RECORDS
 PREDICT_IMAGES, IMAGE_BYTES = spec.PREDICT_IMAGES, spec.IMAGE_BYTES_INPUT
 PROBABILITIES, CLASS_ID = spec.PROBABILITIES, spec.CLASS_ID
 

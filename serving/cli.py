@@ -25,8 +25,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.batching_parameters_file and not args.enable_batching:
         print("btmri serve: --batching-parameters-file needs --enable-batching", file=sys.stderr)
         return 2
+    if bool(args.model_base_path) == bool(args.model_config_file):
+        print("btmri serve: give either --model-base-path or --model-config-file", file=sys.stderr)
+        return 2
     options = ServerOptions(
-        model_base_path=args.model_base_path, model_name=args.model_name, host=args.host,
+        model_base_path=args.model_base_path or "", model_name=args.model_name,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        host=args.host,
         port=args.port, rest_port=args.rest_port, poll_seconds=args.poll_seconds,
         enable_batching=args.enable_batching, max_message_mb=args.max_message_mb,
         grpc_workers=args.grpc_workers, max_rows=args.max_rows,
@@ -43,8 +50,10 @@ def _client(args: argparse.Namespace):
     from serving.client import PredictionClient, RestClient
 
     if getattr(args, "rest", None):
-        return RestClient(args.rest, model_name=args.model_name, timeout=args.timeout)
-    return PredictionClient(args.server, model_name=args.model_name, timeout=args.timeout)
+        return RestClient(args.rest, model_name=args.model_name, timeout=args.timeout,
+                          version_label=args.label)
+    return PredictionClient(args.server, model_name=args.model_name, timeout=args.timeout,
+                            version_label=args.label)
 
 
 def _payload(path: str) -> bytes:
@@ -121,9 +130,20 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The server's options; defaults from btmri.documents.ServerOptions."""
-    p.add_argument("--model-base-path", required=True,
-                   help="TF Serving base path (<dir>/<version>/saved_model.pb)")
+    p.add_argument("--model-base-path", default=None,
+                   help="TF Serving base path (<dir>/<version>/saved_model.pb); or --model-config-file")
     p.add_argument("--model-name", default=SERVER_DEFAULTS.model_name, help="served model name (default %(default)s)")
+    p.add_argument("--model-config-file", default=None, metavar="FILE",
+                   help="TF Serving ModelServerConfig text file: several models, version policies "
+                        "(latest N, all, specific) and version labels (e.g. serving/config/"
+                        "canary.config); instead of --model-base-path/--model-name")
+    p.add_argument("--model-config-file-poll-wait-seconds", type=float,
+                   default=SERVER_DEFAULTS.model_config_file_poll_wait_seconds,
+                   help="reread --model-config-file this often and apply changes (models, "
+                        "policies, labels); 0: read once (default %(default)s)")
+    p.add_argument("--allow-version-labels-for-unavailable-models", action="store_true",
+                   help="a label not assigned yet may point at a version that is not loaded "
+                        "(TF Serving's flag of that name)")
     p.add_argument("--host", default=SERVER_DEFAULTS.host,
                    help="address to bind (default %(default)s; 0.0.0.0 exposes the server)")
     p.add_argument("--port", type=int, default=SERVER_DEFAULTS.port, help="gRPC port (default %(default)s)")
@@ -169,8 +189,9 @@ def register(subparsers) -> None:
     """Adds `serve`, `predict` and `gradcam` to the `btmri` parser."""
     p = subparsers.add_parser(
         "serve", help="local TF-Serving-compatible model server (gRPC + REST)",
-        description="Serves the highest version under --model-base-path with TF Serving's gRPC "
-                    "and REST APIs; polls for new versions and swaps without dropping requests.")
+        description="Serves the highest version under --model-base-path (or the models, version "
+                    "policies and labels of --model-config-file) with TF Serving's gRPC and REST "
+                    "APIs; polls for new versions and swaps without dropping requests.")
     add_serve_arguments(p)
     p.set_defaults(func=_cmd_serve)
 
@@ -185,6 +206,9 @@ def register(subparsers) -> None:
                            help=f"use the REST API at URL (e.g. http://localhost:{SERVER_DEFAULTS.rest_port}) "
                                 "instead of gRPC")
         p.add_argument("--model-name", default=SERVER_DEFAULTS.model_name)
+        p.add_argument("--label", default=None, metavar="LABEL",
+                       help="ask the version with this version label (e.g. canary) instead of "
+                            "the latest")
         p.add_argument("--timeout", type=float, default=SERVER_DEFAULTS.client_timeout_seconds,
                        help="seconds per request (default %(default)s)")
 

@@ -16,6 +16,7 @@ import base64
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,9 +165,10 @@ class PredictionClient:
 
     def __init__(self, target: str, model_name: str = spec.MODEL_NAME,
                  timeout: float = REQUEST_TIMEOUT_SECONDS, retry: RetryPolicy = RetryPolicy(),
-                 max_message_mb: float = MAX_MESSAGE_MB):
+                 max_message_mb: float = MAX_MESSAGE_MB, version_label: str | None = None):
         self.target = target
         self.model_name = model_name
+        self.version_label = version_label   # None: the latest version
         self.timeout = timeout
         self.retry = retry
         size = int(max_message_mb * 1024 * 1024)
@@ -187,6 +189,8 @@ class PredictionClient:
         """One Predict call; `inputs` maps input names to arrays or lists."""
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
+        if self.version_label:
+            request.model_spec.version_label = self.version_label
         request.model_spec.signature_name = signature_name
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
@@ -231,13 +235,22 @@ class RestClient:
 
     def __init__(self, base_url: str, model_name: str = spec.MODEL_NAME,
                  timeout: float = REQUEST_TIMEOUT_SECONDS,
-                 retry: RetryPolicy = RetryPolicy()):
+                 retry: RetryPolicy = RetryPolicy(), version_label: str | None = None):
         self.base_url = base_url.rstrip("/")
         if "://" not in self.base_url:
             self.base_url = "http://" + self.base_url
         self.model_name = model_name
+        self.version_label = version_label   # None: the latest version
         self.timeout = timeout
         self.retry = retry
+
+    @property
+    def model_path(self) -> str:
+        """/v1/models/{name}[/labels/{label}]"""
+        path = f"/v1/models/{urllib.parse.quote(self.model_name, safe='')}"
+        if self.version_label:
+            path += f"/labels/{urllib.parse.quote(self.version_label, safe='')}"
+        return path
 
     def close(self) -> None:
         pass
@@ -276,7 +289,7 @@ class RestClient:
 
     def model_version(self) -> int | None:
         """The AVAILABLE version (REST predict answers do not name the version)."""
-        status = self.request("GET", f"/v1/models/{self.model_name}")
+        status = self.request("GET", self.model_path)
         versions = [int(s["version"]) for s in status.get("model_version_status", [])
                     if s.get("state") == "AVAILABLE"]
         return max(versions) if versions else None
@@ -284,6 +297,6 @@ class RestClient:
     def classify_image(self, image: bytes) -> ImagePrediction:
         document = {"signature_name": spec.PREDICT_IMAGES,
                     "instances": [{"b64": base64.b64encode(image).decode("ascii")}]}
-        answer = self.request("POST", f"/v1/models/{self.model_name}:predict", document)
+        answer = self.request("POST", f"{self.model_path}:predict", document)
         row = answer["predictions"][0]
         return _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row)

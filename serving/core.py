@@ -19,7 +19,8 @@ from serving.batching import BatchScheduler
 from serving.errors import ServingError, invalid_argument
 from serving.limits import NO_CONTEXT, RequestContext, RequestLimits, response_too_large
 from serving.loader import DEFAULT_SIGNATURE, Signature, dtype_of
-from serving.manager import ServableManager, VersionStatus
+from serving.manager import VersionStatus
+from serving.models import ModelSet
 
 PROTO, JSON = "proto", "json"
 # Fewest bytes one element takes in a JSON response, separator included ("0.0, ").
@@ -36,9 +37,6 @@ class ModelRef:
     def check(self) -> None:
         if not self.name:
             raise invalid_argument("ModelSpec has no name specified.")
-        if self.version_label:
-            raise invalid_argument(
-                "ModelSpec has 'version_label' set, but it is not currently allowed by the server.")
 
 
 @dataclass
@@ -49,9 +47,9 @@ class PredictResult:
 
 
 class ServerCore:
-    def __init__(self, manager: ServableManager, batcher: BatchScheduler | None = None,
+    def __init__(self, models: ModelSet, batcher: BatchScheduler | None = None,
                  limits: RequestLimits = RequestLimits()):
-        self.manager = manager
+        self.models = models
         self.batcher = batcher
         self.limits = limits
 
@@ -63,7 +61,7 @@ class ServerCore:
             if array.ndim:
                 self.limits.check_rows(alias, array.shape[0])
         signature_name = signature_name or DEFAULT_SIGNATURE
-        with self.manager.servable(model.name, model.version) as servable:
+        with self.models.servable(model.name, model.version, model.version_label) as servable:
             signature = servable.signature(signature_name)
             aliases = signature.check_request(inputs, list(output_filter))
             self._check_response_size(signature, aliases, inputs, encoding)
@@ -122,7 +120,7 @@ class ServerCore:
         """
         model.check()
         key = signature_name or DEFAULT_SIGNATURE
-        with self.manager.servable(model.name, model.version) as servable:
+        with self.models.servable(model.name, model.version, model.version_label) as servable:
             if key not in servable.signatures:
                 raise invalid_argument(f'Serving signature name: "{key}" not found in signature def')
             return dict(servable.signatures[key].inputs)
@@ -135,19 +133,20 @@ class ServerCore:
             if field != "signature_def":
                 raise invalid_argument(f"Metadata field {field} is not supported")
         model.check()
-        with self.manager.servable(model.name, model.version) as servable:
+        with self.models.servable(model.name, model.version, model.version_label) as servable:
             return servable.version, servable.signature_defs
 
     def status(self, model: ModelRef) -> list[tuple[int, VersionStatus]]:
         """Version states for GetModelStatus, highest version first (as TF Serving lists them)."""
         if not model.name:
             raise invalid_argument("ModelSpec has no name specified.")
-        statuses = self.manager.statuses() if model.name == self.manager.model_name else {}
-        if model.version is not None:
-            if model.version not in statuses:
+        statuses = self.models.statuses(model.name)
+        version = self.models.resolve(model.name, model.version, model.version_label)
+        if version is not None:
+            if version not in statuses:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Could not find version {model.version} of model {model.name}")
-            return [(model.version, statuses[model.version])]
+                                   f"Could not find version {version} of model {model.name}")
+            return [(version, statuses[version])]
         if not statuses:
             raise ServingError(grpc.StatusCode.NOT_FOUND,
                                f"Could not find any versions of model {model.name}")

@@ -217,9 +217,11 @@ def build_grpc_server(core: ServerCore, metrics: ServingMetrics, address: str,
     return server, health_servicer
 
 
-async def set_health(health_servicer, model_name: str, serving: bool) -> None:
-    """'' (the whole server) and the model name report SERVING once a version is available."""
-    status = (health_pb2.HealthCheckResponse.SERVING if serving
-              else health_pb2.HealthCheckResponse.NOT_SERVING)
-    for service in ("", model_name):
-        await health_servicer.set(service, status)
+async def set_health(health_servicer, model_name: str, serving: bool,
+                     whole_server: bool | None = None) -> None:
+    """A model's name reports SERVING once one of its versions is available; '' (the whole
+    server) once every model has one (`whole_server`; default: the same as `serving`)."""
+    def status(up: bool):
+        return health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+    await health_servicer.set(model_name, status(serving))
+    await health_servicer.set("", status(serving if whole_server is None else whole_server))

@@ -1,15 +1,18 @@
 """The manager: which version is loaded, and safe swaps between versions.
 
-Like TF Serving's AspiredVersionsManager with the availability-preserving
-latest-version policy:
-- the aspired version is the highest version folder under the base path
-  (source.py says which names are versions);
+Like TF Serving's AspiredVersionsManager with the availability-preserving policy:
+- the aspired versions are chosen among the version folders under the base path
+  (source.py says which names are versions) by the model's version policy
+  (model_config.py): the highest one (the default), the latest N, all, or specific
+  ones. With the latest-N policy a version that failed to load does not count, so
+  the next lower one is served instead;
 - a folder whose files changed since the last poll is still being written: it is
   loaded once it has stayed unchanged for one poll (a fresh folder whose files are
   older than `settle_seconds` is loaded at once, e.g. at start-up);
-- a new version is loaded while the old one keeps serving, must answer a canary
-  request correctly, becomes available, and only then is the old one unloaded,
-  so no request sees a gap;
+- a new version is loaded while the old one keeps serving, must replay its warm-up
+  requests and answer a canary request correctly, becomes available, and only then
+  are versions no longer aspired unloaded (when at least one aspired version is
+  available), so no request sees a gap;
 - a version that fails to load or fails its canary is marked END with its error
   and never replaces a working one. It is tried again when its files change (and
   then stay unchanged for a poll), and otherwise up to `max_retries` times,
@@ -35,6 +38,7 @@ import grpc
 
 from serving.errors import ServingError, client_text, one_line, redact_paths, servable_not_found
 from serving.loader import Servable, load_servable
+from serving.model_config import ALL, LATEST_ONE, SPECIFIC, VersionPolicy
 from serving.source import VersionDir, VersionSource
 
 log = logging.getLogger("serving")
@@ -124,10 +128,12 @@ class ServableManager:
                  loader: Callable[[str, int, str], Servable] = load_servable,
                  on_change: Callable[[ServableManager], None] | None = None,
                  policy: LoadPolicy = LoadPolicy(),
-                 canary: Callable[[Servable], None] | None = None):
+                 canary: Callable[[Servable], None] | None = None,
+                 versions: VersionPolicy = LATEST_ONE):
         self.model_name = model_name
         self.base_path = base_path
         self.policy = policy
+        self.versions = versions
         self._loader = loader
         self._canary = canary
         self._on_change = on_change
@@ -175,33 +181,49 @@ class ServableManager:
     # ---- version management ---------------------------------------------------
 
     def poll(self) -> None:
-        """One reconciliation step: load the aspired version if it is new and ready, then
-        unload the rest."""
+        """One reconciliation step: load the aspired versions that are new and ready, then
+        unload the versions no longer aspired (once an aspired one is available)."""
         candidates = self._source.versions()
         present = {c.version for c in candidates}
         for version in [v for v in self._tracks if v not in present]:
             del self._tracks[version]          # removed: a folder of that name later is new
-        with self._lock:
-            current = max(self._loaded) if self._loaded else None
+        loaded = set(self.available_versions())
         if not candidates:
             if not self._warned_empty:
                 log.warning("no servable versions of %s under %s%s", self.model_name,
-                            self.base_path, f"; keeping version {current}" if current else "")
+                            self.base_path, f"; keeping versions {sorted(loaded)}" if loaded else "")
                 self._warned_empty = True
             return
         self._warned_empty = False
-        for candidate in reversed(candidates):
-            if candidate.version == current:
-                return
-            decision, fingerprint = self._decide(candidate)
-            if decision == _WAIT:
-                return
-            if decision == _SKIP:
-                continue
-            if self._load(candidate, fingerprint):
-                for version in [v for v in self.available_versions() if v != candidate.version]:
-                    self._unload(version)
-            return
+        if self.versions.kind in (ALL, SPECIFIC):
+            wanted = [c for c in candidates
+                      if self.versions.kind == ALL or c.version in self.versions.versions]
+            aspired = {c.version for c in wanted}
+            for candidate in reversed(wanted):
+                if candidate.version not in loaded:
+                    self._try(candidate)
+        else:
+            aspired = set()
+            for candidate in reversed(candidates):   # highest first
+                if len(aspired) >= self.versions.num_versions:
+                    break
+                if candidate.version in loaded:
+                    aspired.add(candidate.version)
+                    continue
+                outcome = self._try(candidate)
+                if outcome != _SKIP:   # loaded, or still being written: it counts
+                    aspired.add(candidate.version)
+        available = set(self.available_versions())
+        if available & aspired:
+            for version in sorted(available - aspired):
+                self._unload(version)
+
+    def _try(self, candidate: VersionDir) -> str:
+        """Loads a candidate if it is ready: _LOAD (loaded), _WAIT (not yet), _SKIP (failed)."""
+        decision, fingerprint = self._decide(candidate)
+        if decision != _LOAD:
+            return decision
+        return _LOAD if self._load(candidate, fingerprint) else _SKIP
 
     def _decide(self, candidate: VersionDir) -> tuple[str, str]:
         fingerprint, newest = folder_fingerprint(candidate.path)

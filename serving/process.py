@@ -3,10 +3,14 @@
     with ServerProcess(base_path, "--enable-batching") as server:
         PredictionClient(server.grpc_target) ...
 
-Ready means gRPC health reports SERVING (a version is loaded). Leaving the
-block sends SIGTERM and waits; a server that does not stop is killed. The
-server's output goes to `log_path` (default: a temp file, kept for reading
-after a failure).
+    with ServerProcess(None, "--model-config-file", "models.config") as server: ...
+
+Ready means gRPC health reports SERVING (a version is loaded; with a model config
+file, a version of every model). With `fail_on_load_error` a version that fails to
+load (GetModelStatus: END with an error) ends the wait at once with
+`ModelLoadFailed`, its message the server's reason. Leaving the block sends
+SIGTERM and waits; a server that does not stop is killed. The server's output
+goes to `log_path` (default: a temp file, kept for reading after a failure).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from btmri.spec import MODEL_NAME
 
@@ -37,13 +42,20 @@ def free_ports(count: int) -> list[int]:
         return [s.getsockname()[1] for s in sockets]
 
 
+class ModelLoadFailed(RuntimeError):
+    """The server is up but a version of the model failed to load (or its warm-up or canary)."""
+
+
 class ServerProcess:
-    def __init__(self, base_path: str | Path, *extra_args: str, model_name: str = MODEL_NAME,
-                 log_path: str | Path | None = None, startup_timeout: float = 300.0):
-        self.base_path = str(Path(base_path).resolve())
+    def __init__(self, base_path: str | Path | None, *extra_args: str, model_name: str = MODEL_NAME,
+                 log_path: str | Path | None = None, startup_timeout: float = 300.0,
+                 fail_on_load_error: bool = False):
+        """`base_path` None: the models come from a --model-config-file in `extra_args`."""
+        self.base_path = str(Path(base_path).resolve()) if base_path is not None else None
         self.extra_args = list(extra_args)
         self.model_name = model_name
         self.startup_timeout = startup_timeout
+        self.fail_on_load_error = fail_on_load_error
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkstemp(prefix="btmri-serve-", suffix=".log")[1])
         self.port = self.rest_port = None
@@ -80,8 +92,9 @@ class ServerProcess:
                            f"log {self.log_path}:\n{self.log_text()[-3000:]}")
 
     def _spawn(self) -> None:
-        command = [sys.executable, "-m", "serving", "--model-base-path", self.base_path,
-                   "--model-name", self.model_name, "--host", HOST, "--port", str(self.port),
+        model = (["--model-base-path", self.base_path, "--model-name", self.model_name]
+                 if self.base_path is not None else [])
+        command = [sys.executable, "-m", "serving", *model, "--host", HOST, "--port", str(self.port),
                    "--rest-port", str(self.rest_port), *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
         with open(self.log_path, "ab") as log:
@@ -89,20 +102,38 @@ class ServerProcess:
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.startup_timeout
+        service = self.model_name if self.base_path is not None else ""
         with grpc.insecure_channel(self.grpc_target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     return False
                 try:
-                    answer = stub.Check(health_pb2.HealthCheckRequest(service=self.model_name),
+                    answer = stub.Check(health_pb2.HealthCheckRequest(service=service),
                                         timeout=1.0)
                     if answer.status == health_pb2.HealthCheckResponse.SERVING:
                         return True
+                    if self.fail_on_load_error:
+                        self._raise_load_error(channel)
                 except grpc.RpcError:
                     pass   # not listening yet
                 time.sleep(0.25)
         return False
+
+    def _raise_load_error(self, channel) -> None:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        try:
+            answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                request, timeout=1.0)
+        except grpc.RpcError:
+            return   # no version seen yet
+        for status in answer.model_version_status:
+            if (status.state == get_model_status_pb2.ModelVersionStatus.END
+                    and status.status.error_code != 0):
+                self.stop()
+                raise ModelLoadFailed(f"version {status.version} of {self.model_name} failed to "
+                                      f"load: {status.status.error_message}")
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""

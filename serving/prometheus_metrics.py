@@ -111,8 +111,8 @@ def exponential_buckets(scale: float, growth: float, count: int) -> list[float]:
 class ServingMetrics:
     """The metrics one model server exports."""
 
-    def __init__(self, model_name: str):
-        self.model_name = model_name
+    def __init__(self, model_names: str | tuple[str, ...]):
+        self.model_names = (model_names,) if isinstance(model_names, str) else tuple(model_names)
         self.request_count = Counter(
             ":tensorflow:serving:request_count", "The total number of requests.",
             ("model_name", "status"))
@@ -131,7 +131,7 @@ class ServingMetrics:
     def record(self, model_name: str, api: str, entrypoint: str, status: str,
                seconds: float) -> None:
         # Names come from requests: arbitrary ones must not grow the label sets without bound.
-        if model_name != self.model_name:
+        if model_name not in self.model_names:
             model_name = "_unknown_model_" if model_name else ""
         self.request_count.inc(model_name, status)
         self.request_latency.observe(seconds * 1e6, model_name, api, entrypoint)

@@ -49,6 +49,33 @@ def test_pushed_version_has_a_model_card(tiny_run):
     assert "Intended use" in card and all(name in card for name in contract.CLASS_NAMES)
 
 
+def test_the_pushed_version_was_served_before_the_push_and_carries_its_warmup(tiny_run):
+    """The InfraValidator served the candidate (blessed, with latency), the Pusher pushed
+    its validated copy: the warm-up file is TF Serving's TFRecord of PredictionLogs, and
+    the report and card show the validation."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from btmri import spec
+    from btmri.layout import WARMUP_PATH
+
+    outcome = read_outcome(_config(tiny_run))
+    validation = outcome.serving_validation
+    assert validation.blessed and validation.validated, validation.reason
+    assert all(check["passed"] for check in validation.checks)
+    assert validation.signatures == sorted(spec.SIGNATURE_CONTRACT)
+    assert 0 < validation.grpc_p50_ms <= validation.grpc_p99_ms
+    (version,) = pushed_versions(str(tiny_run / "serving"))
+    folder = tiny_run / "serving" / str(version)
+    logs = [prediction_log_pb2.PredictionLog.FromString(r)
+            for r in tf.data.TFRecordDataset(str(folder / WARMUP_PATH)).as_numpy_iterator()]
+    assert len(logs) == validation.warmup_replayed == len(spec.SIGNATURE_CONTRACT) * len(spec.WARMUP_BATCH_SIZES)
+    assert {log.predict_log.request.model_spec.signature_name for log in logs} == set(spec.SIGNATURE_CONTRACT)
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "## Serving validation" in card and f"| gRPC | {validation.latency_requests} |" in card
+    report = (Path(outcome.report_dir) / "report.html").read_text()
+    assert 'id="serving-validation"' in report and "warm-up file" in report
+
+
 @pytest.fixture(scope="module")
 def pushed_model(tiny_run):
     versions = pushed_versions(str(tiny_run / "serving"))
@@ -126,6 +153,7 @@ def test_unreachable_accuracy_bound_pushes_nothing(own_run, capsys):
     assert btmri_run(own_run, "--accuracy-bound", "1.01") == 0
     out = capsys.readouterr().out
     assert "blessed: no" in out and "not pushed" in out
+    assert "serving validation: not run (not validated: the model was not blessed)" in out
     assert pushed_versions(str(own_run / "serving")) == before
 
 

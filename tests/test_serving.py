@@ -266,11 +266,14 @@ def test_a_tensor_declaring_a_huge_shape_is_refused(predict_stub):
     assert err.details().startswith("tensor parsing error: image_bytes")
 
 
-def test_version_label_is_refused(predict_stub, images):
+def test_a_label_the_server_was_not_given_is_unrecognized(predict_stub, images):
+    """--model-base-path assigns no labels: TF Serving's INVALID_ARGUMENT for any label
+    (labels from a model config file: test_serving_labels.py)."""
     request = predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]})
     request.model_spec.version_label = "stable"
     err = rpc_error(predict_stub.Predict, request)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "version_label" in err.details()
+    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                           "Unrecognized servable version label: stable")
 
 
 def test_metadata_and_status_errors(predict_stub, model_stub):

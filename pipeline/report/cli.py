@@ -49,10 +49,24 @@ def summary_text(out: str, summary: dict) -> list[str]:
                      f"{abstention['low_confidence']} low confidence); accuracy "
                      f"{abstention['accuracy_answered']:.4f} on those, "
                      f"{abstention['accuracy_all']:.4f} on all")
+    served = summary.get("serving_validation")
+    if served:
+        lines.append("  " + serving_line(served))
     for check in summary["checks"]:
         if check["status"] != "ok":
             lines.append(f"  {check['status']}: {check['name']}: {check['detail']}")
     return lines
+
+
+def serving_line(validation: dict) -> str:
+    """The serving validation in one line (summary.json's `serving_validation`)."""
+    if not validation.get("validated"):
+        return f"serving validation: not run ({validation.get('reason', '')})"
+    if not validation.get("blessed"):
+        return f"serving validation: FAILED, not pushed: {validation.get('reason', '')}"
+    return (f"serving validation: passed ({validation['warmup_records']} warm-up requests; "
+            f"predict_images p50/p99 gRPC {validation['grpc_p50_ms']:.1f}/{validation['grpc_p99_ms']:.1f} ms, "
+            f"REST {validation['rest_p50_ms']:.1f}/{validation['rest_p99_ms']:.1f} ms)")
 
 
 def register(subparsers) -> None:

@@ -55,6 +55,7 @@ class ReportData:
     lesion_audit: dict | None = None          # lesion_audit.json of the run's LesionAudit
     lesion_gallery: list = field(default_factory=list)   # lesion_audit.AuditTile
     abstention: object = None                 # pipeline.report.abstention.AbstentionSummary
+    infra_validation: object = None           # btmri.documents.InfraValidation of the InfraValidator
     generated_at: float = field(default_factory=time.time)
 
 
@@ -177,6 +178,9 @@ def collect_run(run: RunArtifacts, gallery_per_kind: int = 4,
 
     report.abstention = abstention.summarize(p, components.training.abstention.read(run.model_dir),
                                              abstention.read_benchmark(abstention_benchmark))
+    from btmri.documents import InfraValidation
+
+    report.infra_validation = InfraValidation.read_if_present(run.infra_validation_uri)
     if run.lesion_audit_uri:
         from components.audit.lesion_audit import read_audit
         from pipeline.report.lesion_audit import gallery as audit_gallery

@@ -1,9 +1,10 @@
 """`ModelReport`: the evaluation report and the model card as pipeline artifacts.
 
-Runs after the Evaluator (and the LesionAudit, when there is one) and reads only its
-inputs, the run's own artifacts: the examples (with the prepare manifest that travels
-with them), the model, TFMA's evaluation, the blessing, statistics, anomalies, the
-Trainer's model_run folder and the lesion audit. Nothing outside the run can change
+Runs after the Evaluator (and the LesionAudit, when there is one) and the
+InfraValidator, and reads only its inputs, the run's own artifacts: the examples
+(with the prepare manifest that travels with them), the model, TFMA's evaluation, the
+blessing, statistics, anomalies, the Trainer's model_run folder, the lesion audit and
+the serving validation (InfraBlessing). Nothing outside the run can change
 what it writes, and Kubeflow/Vertex runs get it the same way as local ones.
 
 Output: a `ModelReport` artifact holding report.html, MODEL_CARD.md (with a version
@@ -49,6 +50,7 @@ class ModelReportSpec(types.ComponentSpec):
         "anomalies": ChannelParameter(type=standard_artifacts.ExampleAnomalies, optional=True),
         "model_run": ChannelParameter(type=standard_artifacts.ModelRun, optional=True),
         "lesion_audit": ChannelParameter(type=LesionAuditResult, optional=True),
+        "infra_blessing": ChannelParameter(type=standard_artifacts.InfraBlessing, optional=True),
     }
     OUTPUTS = {
         "report": ChannelParameter(type=ModelReportResult),
@@ -72,6 +74,7 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
     blessing = _single(input_dict, "blessing")
     model_run = _single(input_dict, "model_run")
     audit = _single(input_dict, "lesion_audit")
+    infra = _single(input_dict, "infra_blessing")
     statistics = _single(input_dict, "statistics")
     anomalies = _single(input_dict, "anomalies")
     model_dir, baseline_dir = evaluated_models(evaluation.uri)
@@ -97,6 +100,7 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
         trainer_config=history.config if history else {},
         evaluated_at=evaluation.mlmd_artifact.create_time_since_epoch,
         lesion_audit_uri=audit.uri if audit else None,
+        infra_validation_uri=infra.uri if infra else None,
         before_push=True,
     )
 
@@ -119,6 +123,8 @@ def summary_of(data) -> dict:
             "low_confidence": data.abstention.low_confidence,
             "accuracy_answered": data.abstention.accuracy_answered,
             "accuracy_all": data.abstention.accuracy_all},
+        "serving_validation": None if getattr(data, "infra_validation", None) is None
+        else data.infra_validation.to_dict(),
     }
 
 
@@ -153,12 +159,13 @@ class ModelReport(base_component.BaseComponent):
 
     def __init__(self, examples, model, evaluation, blessing, evaluated_split: str,
                  pipeline_name: str, pipeline_root: str, statistics=None, anomalies=None,
-                 model_run=None, lesion_audit=None,
+                 model_run=None, lesion_audit=None, infra_blessing=None,
                  gallery_per_kind: int = DEFAULT_GALLERY_PER_KIND):
         component_spec = ModelReportSpec(
             examples=examples, model=model, evaluation=evaluation, blessing=blessing,
             statistics=statistics, anomalies=anomalies, model_run=model_run,
-            lesion_audit=lesion_audit, evaluated_split=evaluated_split,
+            lesion_audit=lesion_audit, infra_blessing=infra_blessing,
+            evaluated_split=evaluated_split,
             gallery_per_kind=int(gallery_per_kind), pipeline_name=pipeline_name,
             pipeline_root=pipeline_root, report=types.Channel(type=ModelReportResult))
         super().__init__(spec=component_spec)

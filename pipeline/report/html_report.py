@@ -34,6 +34,7 @@ SECTIONS = (("decision", "Decision"), ("figures", "Test figures"), ("plots", "Co
             ("training", "Training"), ("data", "Data"), ("gradcam", "Grad-CAM"),
             ("lesion-audit", "Does it look at the tumour?"),
             ("abstention", "When it does not answer"),
+            ("serving-validation", "Serving validation"),
             ("model-card", "Model card"), ("checks", "Cross-checks and provenance"))
 
 
@@ -334,6 +335,13 @@ def _abstention(data: ReportData) -> str:
     return _section("abstention", "When it does not answer", "\n".join(body))
 
 
+def _serving_validation(data: ReportData) -> str:
+    from pipeline.report import serving_validation
+
+    return _section("serving-validation", "Serving validation",
+                    to_html(serving_validation.blocks(getattr(data, "infra_validation", None))))
+
+
 def _model_card(data: ReportData) -> str:
     """MODEL_CARD.md as the Pusher ships it, one heading level down (the section has the title)."""
     import markdown
@@ -376,7 +384,8 @@ def render(data: ReportData) -> str:
             f"generated {_e(generated)}"]
 
     sections = [_decision(data), _figures(data), _plots(data), _training(data), _data(data),
-                _gradcam(data), _lesion_audit(data), _abstention(data), _model_card(data),
+                _gradcam(data), _lesion_audit(data), _abstention(data), _serving_validation(data),
+                _model_card(data),
                 _checks(data)]
     return _template().render(
         title=TITLE, meta=[Markup(m) for m in meta], sections_index=SECTIONS,
