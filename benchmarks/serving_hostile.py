@@ -29,7 +29,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 
@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import data_prep  # noqa: E402,F401  (Keras 2 before TensorFlow)
+from btmri.documents import ServerOptions  # noqa: E402
 
 HOST = "127.0.0.1"
 MODEL_NAME = "brain_tumor"
@@ -52,28 +53,16 @@ class Target:
     rest_port: int
     pid: int
     image: bytes                       # a small valid image
-    max_rows: int = 64
-    max_message_mb: float = 64
-    max_response_mb: float = 16
-    client_timeout: float = 30.0
-    max_connections: int = 256
-    max_json_values: int = 1_000_000
+    limits: ServerOptions = field(default_factory=ServerOptions)
     batching_max: int | None = None    # max_batch_size when batching is on
 
-    @property
-    def max_message_bytes(self) -> int:
-        return int(self.max_message_mb * 1024 * 1024)
-
-    @property
-    def max_response_bytes(self) -> int:
-        return int(self.max_response_mb * 1024 * 1024)
-
     def args(self) -> list[str]:
-        return ["--max-rows", str(self.max_rows), "--max-message-mb", str(self.max_message_mb),
-                "--max-response-mb", str(self.max_response_mb),
-                "--client-timeout-seconds", str(self.client_timeout),
-                "--max-connections", str(self.max_connections),
-                "--max-json-values", str(self.max_json_values)]
+        o = self.limits
+        return ["--max-rows", str(o.max_rows), "--max-message-mb", str(o.max_message_mb),
+                "--max-response-mb", str(o.max_response_mb),
+                "--client-timeout-seconds", str(o.client_timeout_seconds),
+                "--max-connections", str(o.max_connections),
+                "--max-json-values", str(o.max_json_values)]
 
 
 # ---- memory -------------------------------------------------------------------------
@@ -281,7 +270,7 @@ def _grpc_broadcast(t: Target) -> str:
     request = predict_request()
     tensor = request.inputs["image_bytes"]
     tensor.dtype = 7                                   # DT_STRING
-    tensor.tensor_shape.dim.add().size = max(1024, 16 * t.max_rows)
+    tensor.tensor_shape.dim.add().size = max(1024, 16 * t.limits.max_rows)
     tensor.string_val.append(t.image)                  # one value, broadcast to every row
     return grpc_code(t, request)
 
@@ -338,7 +327,7 @@ def _grpc_stalled_streams(t: Target) -> str:
 
 
 def _grpc_expired_deadline(t: Target) -> str:
-    return grpc_code(t, predict_request(images=[t.image] * min(8, t.max_rows)), timeout=0.001)
+    return grpc_code(t, predict_request(images=[t.image] * min(8, t.limits.max_rows)), timeout=0.001)
 
 
 # A heatmap value in [0, 1] takes at least 5 bytes of JSON ("0.0, ": a model that puts
@@ -348,7 +337,7 @@ JSON_BYTES_PER_HEATMAP_VALUE = 4
 
 
 def _gradcam_rows(t: Target, bytes_per_value: int) -> int:
-    return min(t.max_rows, math.ceil((t.max_response_bytes + 1) / (HEATMAP_VALUES * bytes_per_value)))
+    return min(t.limits.max_rows, math.ceil((t.limits.max_response_bytes + 1) / (HEATMAP_VALUES * bytes_per_value)))
 
 
 def _grpc_gradcam(t: Target) -> str:
@@ -356,12 +345,12 @@ def _grpc_gradcam(t: Target) -> str:
 
 
 def _grpc_gradcam_expect(t: Target) -> str:
-    return ("RESOURCE_EXHAUSTED" if _gradcam_rows(t, 4) * HEATMAP_VALUES * 4 > t.max_response_bytes
+    return ("RESOURCE_EXHAUSTED" if _gradcam_rows(t, 4) * HEATMAP_VALUES * 4 > t.limits.max_response_bytes
             else "OK")
 
 
 def _grpc_oversized(t: Target) -> str:
-    return grpc_code(t, predict_request(images=[bytes(t.max_message_bytes + (1 << 20))]))
+    return grpc_code(t, predict_request(images=[bytes(t.limits.max_message_bytes + (1 << 20))]))
 
 
 def _bomb_png() -> bytes:
@@ -404,7 +393,7 @@ def _rest_dims(t: Target) -> str:
 
 
 def _rest_json_values(t: Target) -> str:
-    count = t.max_json_values + 1
+    count = t.limits.max_json_values + 1
     return post(t, PREDICT_PATH, b'{"inputs": [[' + b'"",' * (count - 1) + b'""]]}')
 
 
@@ -417,7 +406,7 @@ def _rest_gradcam(t: Target) -> str:
 def _rest_half_sent(t: Target) -> str:
     """40 connections that send half a request head: a valid request is answered at once
     while they wait, and each of them gets 408 within the client timeout."""
-    count = min(40, t.max_connections // 2)
+    count = min(40, t.limits.max_connections // 2)
     sockets = []
     try:
         for _ in range(count):
@@ -429,7 +418,7 @@ def _rest_half_sent(t: Target) -> str:
         valid_s = time.monotonic() - start
         answers = []
         for s in sockets:
-            s.settimeout(max(0.1, t.client_timeout + 5 - (time.monotonic() - start)))
+            s.settimeout(max(0.1, t.limits.client_timeout_seconds + 5 - (time.monotonic() - start)))
             try:
                 answers.append(http_status(s.recv(4096)))
             except (TimeoutError, ConnectionError):
@@ -446,7 +435,7 @@ def _rest_connection_cap(t: Target) -> str:
     """Idle connections beyond the cap are refused with 503; the cap frees up when they close."""
     sockets, refused = [], 0
     try:
-        for _ in range(t.max_connections + 10):
+        for _ in range(t.limits.max_connections + 10):
             s = socket.create_connection((HOST, t.rest_port), timeout=5)
             sockets.append(s)
         time.sleep(0.5)
@@ -474,13 +463,13 @@ def _rest_vanish(t: Target) -> str:
 
 
 def _rest_big_body_expect_continue(t: Target) -> str:
-    head = (f"POST {PREDICT_PATH} HTTP/1.1\r\nContent-Length: {t.max_message_bytes + 1}\r\n"
+    head = (f"POST {PREDICT_PATH} HTTP/1.1\r\nContent-Length: {t.limits.max_message_bytes + 1}\r\n"
             f"Expect: 100-continue\r\n\r\n").encode()
     return http_status(raw_http(t, head))
 
 
 def _rest_big_body(t: Target) -> str:
-    return post(t, PREDICT_PATH, b" " * (t.max_message_bytes + (1 << 20)))
+    return post(t, PREDICT_PATH, b" " * (t.limits.max_message_bytes + (1 << 20)))
 
 
 CASES = [
@@ -489,7 +478,7 @@ CASES = [
     Case("gRPC: shape of 10^12 values, one carried", _grpc_huge_shape, lambda t: "INVALID_ARGUMENT"),
     Case("gRPC: 40 dimensions", _grpc_many_dims, lambda t: "INVALID_ARGUMENT"),
     Case("gRPC: max_rows + 1 real images", lambda t: grpc_code(
-        t, predict_request(images=[t.image] * (t.max_rows + 1))), lambda t: "INVALID_ARGUMENT"),
+        t, predict_request(images=[t.image] * (t.limits.max_rows + 1))), lambda t: "INVALID_ARGUMENT"),
     Case("gRPC: 1,024 real images", lambda t: grpc_code(
         t, predict_request(images=[t.image] * 1024)), lambda t: "INVALID_ARGUMENT"),
     Case("gRPC: junk bytes as the message", _grpc_junk_message, lambda t: "INVALID_ARGUMENT"),
@@ -499,7 +488,7 @@ CASES = [
     Case("gRPC: deadline expired on arrival", _grpc_expired_deadline,
          lambda t: "DEADLINE_EXCEEDED"),
     Case("gRPC: gradcam response over the cap", _grpc_gradcam, _grpc_gradcam_expect),
-    Case("REST: max_rows + 1 instances", lambda t: _rest_rows(t, t.max_rows + 1),
+    Case("REST: max_rows + 1 instances", lambda t: _rest_rows(t, t.limits.max_rows + 1),
          lambda t: "HTTP 400"),
     Case("REST: 1,024 instances", lambda t: _rest_rows(t, 1024), lambda t: "HTTP 400"),
     Case("REST: JSON nested 100,000 deep", _rest_nested, lambda t: "HTTP 400"),
@@ -525,7 +514,7 @@ CASES = [
          lambda t: "HTTP 429"),
     Case("REST: gradcam response over the cap", _rest_gradcam,
          lambda t: "HTTP 429" if (_gradcam_rows(t, JSON_BYTES_PER_HEATMAP_VALUE) * HEATMAP_VALUES
-                                  * JSON_BYTES_PER_HEATMAP_VALUE > t.max_response_bytes)
+                                  * JSON_BYTES_PER_HEATMAP_VALUE > t.limits.max_response_bytes)
          else "HTTP 200"),
     Case("REST: 40 half-sent requests", _rest_half_sent, lambda t: "OK"),
     Case("REST: connections beyond the cap", _rest_connection_cap, lambda t: "HTTP 503"),

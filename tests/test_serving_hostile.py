@@ -25,6 +25,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc,
                                      prediction_log_pb2, prediction_service_pb2_grpc)
 
+from btmri.documents import ServerOptions
 from serving.process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +38,8 @@ RSS_BOUND_MB = hostile.RSS_GOAL_MB
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
 # Small limits keep every case quick; the hostile-marked cases use the defaults.
-SMALL = dict(max_rows=16, max_message_mb=2, max_response_mb=1.5, client_timeout=2.0,
-             max_connections=64, max_json_values=20_000)
+SMALL = ServerOptions(max_rows=16, max_message_mb=2, max_response_mb=1.5, client_timeout_seconds=2.0,
+                      max_connections=64, max_json_values=20_000)
 
 
 def wait_until(condition, what: str, limit: float = 120.0) -> None:
@@ -69,9 +70,9 @@ def small(model, tmp_path_factory):
     base = tmp_path_factory.mktemp("hostile") / "brain_tumor"
     base.mkdir()
     shutil.copytree(model, base / model.name)
-    limits = hostile.Target("", 0, 0, b"", **SMALL).args()
+    limits = hostile.Target("", 0, 0, b"", SMALL).args()
     with ServerProcess(base, *limits, log_path=base.parent / "server.log") as process:
-        yield process, _target(process, **SMALL)
+        yield process, _target(process, limits=SMALL)
 
 
 def _check_case(process: ServerProcess, target, case) -> dict:
@@ -102,7 +103,7 @@ def test_client_errors_are_one_log_line_each_without_paths(small):
     assert re.search(r"^\S+ \S+ INFO gRPC Predict INVALID_ARGUMENT from \S+: tensor parsing error", log,
                      re.M)
     # Half-sent requests: one line each, no more.
-    assert log.count("request head not received within") <= 3 * SMALL["max_connections"]
+    assert log.count("request head not received within") <= 3 * SMALL.max_connections
 
 
 def test_a_decompression_bomb_is_invalid_argument_without_graph_text(small):
