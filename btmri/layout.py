@@ -36,6 +36,20 @@ SUMMARY_FILE = "summary.json"  # in a ModelReport artifact: the headline figures
 # In a ModelReport artifact's MODEL_CARD.md: the Pusher puts the version folder's name here.
 CARD_VERSION_PLACEHOLDER = "{pushed version}"
 CURRENT_LINK = "current"  # in data/prepared/: the folder the last run used
+# Request logs (`btmri serve --request-log DIR`): closed files are
+# requests-<UTC start>-<pid>-<n>.tfrecord; the one being written has a leading dot.
+REQUEST_LOG_PREFIX = "requests-"
+REQUEST_LOG_SUFFIX = ".tfrecord"
+# `btmri monitor`: one folder per run under <request log>/MONITOR_DIR (or --out), holding
+# the served statistics, TFDV's anomalies, an HTML page and the window's files.
+MONITOR_DIR = "monitor"
+MONITOR_STATISTICS_FILE = "statistics.pb"  # DatasetFeatureStatisticsList, binary
+MONITOR_ANOMALIES_FILE = "anomalies.pbtxt"  # tensorflow_metadata Anomalies, text format
+MONITOR_REPORT_FILE = "monitor.html"
+MONITOR_WINDOW_FILE = "window.json"  # the log files and record counts of the window
+# RequestBaseline artifacts: TFDV's names, as StatisticsGen and SchemaGen write them.
+STATISTICS_FILE = "FeatureStats.pb"  # in <ExampleStatistics uri>/Split-<split>/
+SCHEMA_FILE = "schema.pbtxt"  # in a Schema artifact
 
 # ── The work folder of local runs ─────────────────────────────────────────────────
 DEFAULT_WORK_DIR = "runs"
