@@ -113,7 +113,9 @@ FORMAT_JPEG, FORMAT_PNG, FORMAT_OTHER = "jpeg", "png", "other"
 LOG_PAYLOAD_NONE, LOG_PAYLOAD_FEATURES, LOG_PAYLOAD_IMAGES = "none", "features", "images"
 LOG_PAYLOADS: tuple[str, ...] = (LOG_PAYLOAD_NONE, LOG_PAYLOAD_FEATURES, LOG_PAYLOAD_IMAGES)
 
-# The split the pipeline's monitoring baseline is computed on: held out from training,
-# so the model's answers on it (class mix, top probability, ood_score) are what it
-# answers on unseen images of the training distribution (on `train` they are optimistic).
-BASELINE_SPLIT = EVAL_SPLIT
+# The pipeline's monitoring baseline (RequestBaseline) is computed on the split the
+# Evaluator scores (test when the data has one, else eval): the one split nothing was
+# fitted on. The model's answers (class mix, top probability, ood_score) are flattered
+# on train (the weights) and on eval (temperature, abstention thresholds and the OOD
+# statistics are fitted there), so a baseline on either would report skew for every
+# healthy stream of new images.

@@ -44,6 +44,7 @@ class RunArtifacts:
     evaluated_at: int = 0             # ms since epoch (ML Metadata's clock)
     lesion_audit_uri: str | None = None  # LesionAudit output (lesion_audit.json, gallery/)
     before_push: bool = False         # read by the ModelReport step, before the Pusher ran
+    request_baseline_uri: str | None = None  # RequestBaseline statistics (monitoring baseline)
 
     def split_uri(self, split: str) -> str:
         return os.path.join(self.examples_uri, f"Split-{split}")
@@ -105,6 +106,7 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
     anomalies = latest_output(config, "ExampleValidator", "anomalies")
     model_run = latest_output(config, "Trainer", "model_run")
     pushed = latest_output(config, "Pusher", "pushed_model")
+    request_baseline = latest_output(config, "RequestBaseline", "statistics")
     trainer_config = json.loads(_exec_property(config, "Trainer", "custom_config") or "{}")
 
     return RunArtifacts(
@@ -125,4 +127,5 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
         trainer_config=trainer_config,
         evaluated_at=evaluation.mlmd_artifact.create_time_since_epoch,
         lesion_audit_uri=audit.uri if audit else None,
+        request_baseline_uri=request_baseline.uri if request_baseline else None,
     )

@@ -49,6 +49,10 @@ def summary_text(out: str, summary: dict) -> list[str]:
                      f"{abstention['low_confidence']} low confidence); accuracy "
                      f"{abstention['accuracy_answered']:.4f} on those, "
                      f"{abstention['accuracy_all']:.4f} on all")
+    baseline = summary.get("request_baseline")
+    if baseline:
+        lines.append(f"  monitoring baseline recorded: request-feature statistics of "
+                     f"{baseline['examples']} {baseline['split']} images (btmri monitor)")
     for check in summary["checks"]:
         if check["status"] != "ok":
             lines.append(f"  {check['status']}: {check['name']}: {check['detail']}")

@@ -55,6 +55,7 @@ class ReportData:
     lesion_audit: dict | None = None          # lesion_audit.json of the run's LesionAudit
     lesion_gallery: list = field(default_factory=list)   # lesion_audit.AuditTile
     abstention: object = None                 # pipeline.report.abstention.AbstentionSummary
+    request_baseline: object = None           # pipeline.report.request_baseline.BaselineSummary
     generated_at: float = field(default_factory=time.time)
 
 
@@ -177,6 +178,9 @@ def collect_run(run: RunArtifacts, gallery_per_kind: int = 4,
 
     report.abstention = abstention.summarize(p, components.training.abstention.read(run.model_dir),
                                              abstention.read_benchmark(abstention_benchmark))
+    from pipeline.report import request_baseline
+
+    report.request_baseline = request_baseline.summarize(run.request_baseline_uri)
     if run.lesion_audit_uri:
         from components.audit.lesion_audit import read_audit
         from pipeline.report.lesion_audit import gallery as audit_gallery

@@ -49,6 +49,8 @@ class ModelReportSpec(types.ComponentSpec):
         "anomalies": ChannelParameter(type=standard_artifacts.ExampleAnomalies, optional=True),
         "model_run": ChannelParameter(type=standard_artifacts.ModelRun, optional=True),
         "lesion_audit": ChannelParameter(type=LesionAuditResult, optional=True),
+        "request_baseline": ChannelParameter(type=standard_artifacts.ExampleStatistics,
+                                             optional=True),
     }
     OUTPUTS = {
         "report": ChannelParameter(type=ModelReportResult),
@@ -74,6 +76,7 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
     audit = _single(input_dict, "lesion_audit")
     statistics = _single(input_dict, "statistics")
     anomalies = _single(input_dict, "anomalies")
+    request_baseline = _single(input_dict, "request_baseline")
     model_dir, baseline_dir = evaluated_models(evaluation.uri)
     history = TrainingHistory.read_if_present(model_run.uri if model_run else None)
     config = PipelineConfig(pipeline_root=exec_properties["pipeline_root"], data_root="",
@@ -97,6 +100,7 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
         trainer_config=history.config if history else {},
         evaluated_at=evaluation.mlmd_artifact.create_time_since_epoch,
         lesion_audit_uri=audit.uri if audit else None,
+        request_baseline_uri=request_baseline.uri if request_baseline else None,
         before_push=True,
     )
 
@@ -119,6 +123,8 @@ def summary_of(data) -> dict:
             "low_confidence": data.abstention.low_confidence,
             "accuracy_answered": data.abstention.accuracy_answered,
             "accuracy_all": data.abstention.accuracy_all},
+        "request_baseline": None if getattr(data, "request_baseline", None) is None else {
+            "split": data.request_baseline.split, "examples": data.request_baseline.examples},
     }
 
 
@@ -153,12 +159,13 @@ class ModelReport(base_component.BaseComponent):
 
     def __init__(self, examples, model, evaluation, blessing, evaluated_split: str,
                  pipeline_name: str, pipeline_root: str, statistics=None, anomalies=None,
-                 model_run=None, lesion_audit=None,
+                 model_run=None, lesion_audit=None, request_baseline=None,
                  gallery_per_kind: int = DEFAULT_GALLERY_PER_KIND):
         component_spec = ModelReportSpec(
             examples=examples, model=model, evaluation=evaluation, blessing=blessing,
             statistics=statistics, anomalies=anomalies, model_run=model_run,
-            lesion_audit=lesion_audit, evaluated_split=evaluated_split,
+            lesion_audit=lesion_audit, request_baseline=request_baseline,
+            evaluated_split=evaluated_split,
             gallery_per_kind=int(gallery_per_kind), pipeline_name=pipeline_name,
             pipeline_root=pipeline_root, report=types.Channel(type=ModelReportResult))
         super().__init__(spec=component_spec)

@@ -35,7 +35,7 @@ LISTED = 200  # longest list shown in a collapsed <details> element
 SECTIONS = (("decision", "Decision"), ("figures", "Test figures"), ("plots", "Confusion, ROC, calibration"),
             ("training", "Training"), ("data", "Data"), ("gradcam", "Grad-CAM"),
             ("lesion-audit", "Does it look at the tumour?"),
-            ("abstention", "When it does not answer"),
+            ("abstention", "When it does not answer"), ("monitoring", "Monitoring baseline"),
             ("model-card", "Model card"), ("checks", "Cross-checks and provenance"))
 
 
@@ -336,6 +336,13 @@ def _abstention(data: ReportData) -> str:
     return _section("abstention", "When it does not answer", "\n".join(body))
 
 
+def _monitoring(data: ReportData) -> str:
+    from pipeline.report import request_baseline
+
+    return _section("monitoring", "Monitoring baseline",
+                    to_html(request_baseline.blocks(data.request_baseline)))
+
+
 def _model_card(data: ReportData) -> str:
     blocks = model_card.card_blocks(data, _version(data), level=2)[1:]  # the section has the title
     for block in blocks:
@@ -355,7 +362,8 @@ def _checks(data: ReportData) -> str:
         ("anomalies (ExampleValidator)", run.anomalies_uri), ("evaluated model", run.model_dir),
         ("model digest (sha256)", data.model_digest), ("baseline model", run.baseline_model_dir),
         ("evaluation (TFMA)", run.evaluation_uri), ("model run (history, TensorBoard)", run.model_run_dir),
-        ("pushed to", run.pushed_to)) if v]
+        ("pushed to", run.pushed_to),
+        ("monitoring baseline (RequestBaseline)", run.request_baseline_uri)) if v]
     body = ["<p>TFMA's figures against the same figures from the model's predictions on the same "
             "records.</p>",
             to_html([Table(["check", "result", "detail"], rows, id="checks")]),
@@ -375,7 +383,8 @@ def render(data: ReportData) -> str:
             f"generated {_e(generated)}"]
 
     sections = [_decision(data), _figures(data), _plots(data), _training(data), _data(data),
-                _gradcam(data), _lesion_audit(data), _abstention(data), _model_card(data),
+                _gradcam(data), _lesion_audit(data), _abstention(data), _monitoring(data),
+                _model_card(data),
                 _checks(data)]
     return _template().render(
         title=TITLE, meta=[Markup(m) for m in meta], sections_index=SECTIONS,
