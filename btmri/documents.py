@@ -271,6 +271,15 @@ class ServerOptions(_Document):
     max_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
     canary: bool = True
+    # Request logging (serving/request_log.py): off unless request_log_dir is set.
+    request_log_dir: str | None = None
+    log_sampling_rate: float = 1.0  # share of successful Predict calls logged
+    log_payload: str = spec.LOG_PAYLOAD_FEATURES  # spec.LOG_PAYLOADS
+    log_max_mb: float = 256.0  # the folder's budget: oldest files are deleted beyond it
+    log_file_mb: float = 16.0  # a file is closed at this size (or a quarter of the budget)
+    log_rotate_seconds: float = 60.0  # ... or this long after its first record
+    log_queue_records: int = 1024  # records waiting for the writer; more are dropped
+    log_queue_mb: float = 64.0  # bytes they may hold (images, with --log-payload features/images)
 
     @property
     def max_message_bytes(self) -> int:
@@ -291,6 +300,16 @@ class ServerOptions(_Document):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.max_load_retries < 0 or self.load_retry_interval_seconds < 0:
             raise ValueError("--max-load-retries and --load-retry-interval-seconds must not be negative")
+        if self.request_log_dir is not None:
+            if not 0.0 < self.log_sampling_rate <= 1.0:
+                raise ValueError("--log-sampling-rate must be in (0, 1]")
+            if self.log_payload not in spec.LOG_PAYLOADS:
+                raise ValueError(f"--log-payload must be one of {', '.join(spec.LOG_PAYLOADS)}")
+            for name in ("log_max_mb", "log_file_mb", "log_rotate_seconds", "log_queue_mb"):
+                if not getattr(self, name) > 0:
+                    raise ValueError(f"--{name.replace('_', '-')} must be positive")
+            if self.log_queue_records < 1:
+                raise ValueError("--log-queue-records must be at least 1")
 
 
 SERVER_DEFAULTS = ServerOptions()

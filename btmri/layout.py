@@ -46,6 +46,20 @@ WARMUP_PATH = f"{WARMUP_DIR}/{WARMUP_FILE}"  # relative to the version folder
 INFRA_VALIDATION_FILE = "infra_validation.json"
 INFRA_BLESSED_FILE = "INFRA_BLESSED"
 INFRA_NOT_BLESSED_FILE = "INFRA_NOT_BLESSED"
+# Request logs (`btmri serve --request-log DIR`): closed files are
+# requests-<UTC start>-<pid>-<n>.tfrecord; the one being written has a leading dot.
+REQUEST_LOG_PREFIX = "requests-"
+REQUEST_LOG_SUFFIX = ".tfrecord"
+# `btmri monitor`: one folder per run under <request log>/MONITOR_DIR (or --out), holding
+# the served statistics, TFDV's anomalies, an HTML page and the window's files.
+MONITOR_DIR = "monitor"
+MONITOR_STATISTICS_FILE = "statistics.pb"  # DatasetFeatureStatisticsList, binary
+MONITOR_ANOMALIES_FILE = "anomalies.pbtxt"  # tensorflow_metadata Anomalies, text format
+MONITOR_REPORT_FILE = "monitor.html"
+MONITOR_WINDOW_FILE = "window.json"  # the log files and record counts of the window
+# RequestBaseline artifacts: TFDV's names, as StatisticsGen and SchemaGen write them.
+STATISTICS_FILE = "FeatureStats.pb"  # in <ExampleStatistics uri>/Split-<split>/
+SCHEMA_FILE = "schema.pbtxt"  # in a Schema artifact
 
 # ── The work folder of local runs ─────────────────────────────────────────────────
 DEFAULT_WORK_DIR = "runs"

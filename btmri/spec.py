@@ -108,3 +108,34 @@ CONFIDENCE = 0.95  # every interval the project prints is a 95 % interval
 # evaluated split; the Trainer fits its thresholds to answer TrainerConfig.abstention_accept
 # (0.95) of eval (components/training/abstention.py).
 MIN_ACCEPTANCE = 0.90
+
+# ── Request features (monitoring: docs/architecture.md, Monitoring) ────────────────
+# Derived from a request's image and the model's answer by one function
+# (data_prep/request_features.py): the server's request log records them, the
+# pipeline's RequestBaseline computes them over a split, `btmri monitor` compares the two.
+FEATURE_IMAGE_WIDTH = "image_width"  # int64: pixels of the image as sent
+FEATURE_IMAGE_HEIGHT = "image_height"  # int64
+FEATURE_IMAGE_FORMAT = "image_format"  # string: FORMAT_JPEG, FORMAT_PNG or FORMAT_OTHER
+FEATURE_INTENSITY_MEAN = "intensity_mean"  # float: mean 8-bit gray level (0..255)
+FEATURE_INTENSITY_STD = "intensity_std"  # float: its standard deviation
+FEATURE_PREDICTED_CLASS = "predicted_class"  # string: the model's top class (also when abstaining)
+FEATURE_TOP_PROBABILITY = "top_probability"  # float: that class's probability
+FEATURE_OOD_SCORE = OOD_SCORE  # float: the model's own out-of-distribution score
+IMAGE_FEATURES: tuple[str, ...] = (FEATURE_IMAGE_WIDTH, FEATURE_IMAGE_HEIGHT, FEATURE_IMAGE_FORMAT,
+                                   FEATURE_INTENSITY_MEAN, FEATURE_INTENSITY_STD)
+ANSWER_FEATURES: tuple[str, ...] = (FEATURE_PREDICTED_CLASS, FEATURE_TOP_PROBABILITY,
+                                    FEATURE_OOD_SCORE)
+REQUEST_FEATURES: tuple[str, ...] = IMAGE_FEATURES + ANSWER_FEATURES
+FORMAT_JPEG, FORMAT_PNG, FORMAT_OTHER = "jpeg", "png", "other"
+
+# What a request log keeps of a request (`btmri serve --log-payload`): nothing but the
+# answer, the derived features instead of the image (default), or the whole request.
+LOG_PAYLOAD_NONE, LOG_PAYLOAD_FEATURES, LOG_PAYLOAD_IMAGES = "none", "features", "images"
+LOG_PAYLOADS: tuple[str, ...] = (LOG_PAYLOAD_NONE, LOG_PAYLOAD_FEATURES, LOG_PAYLOAD_IMAGES)
+
+# The pipeline's monitoring baseline (RequestBaseline) is computed on the split the
+# Evaluator scores (test when the data has one, else eval): the one split nothing was
+# fitted on. The model's answers (class mix, top probability, ood_score) are flattered
+# on train (the weights) and on eval (temperature, abstention thresholds and the OOD
+# statistics are fitted there), so a baseline on either would report skew for every
+# healthy stream of new images.

@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_report(sub)
     from pipeline.audit_cli import register as register_audit
     register_audit(sub)
+    from pipeline.monitor_cli import register as register_monitor
+    register_monitor(sub)
     return parser
 
 

@@ -13,6 +13,8 @@ from components.training.precision import CHOICES as TRAINING_PRECISIONS
 
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
 SCHEMA_FILE = COMPONENTS_DIR / "schema" / "schema.pbtxt"
+# The derived request features' schema: drift/skew comparators and thresholds (RequestBaseline).
+REQUEST_SCHEMA_FILE = COMPONENTS_DIR / "schema" / "request_features.pbtxt"
 TRANSFORM_MODULE = COMPONENTS_DIR / "transform" / "preprocessing.py"
 TRAINER_MODULE = COMPONENTS_DIR / "training" / "trainer.py"
 # Import paths of the same functions, for runners that bake the code into the image.
@@ -37,6 +39,7 @@ class PipelineConfig:
     pipeline_name: str = DEFAULT_PIPELINE_NAME
     metadata_path: str | None = None         # sqlite; default <pipeline_root>/metadata.sqlite
     schema_file: str = str(SCHEMA_FILE)
+    request_schema_file: str = str(REQUEST_SCHEMA_FILE)
     # Training: the defaults (and what each knob means) are btmri.documents.TrainerConfig's.
     model: str = TRAINER_DEFAULTS.model
     weights: str | None = TRAINER_DEFAULTS.weights

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from btmri import spec
 from components.audit.component import LesionAudit
+from components.baseline.component import RequestBaseline
 from components.evaluation import eval_config
 from components.executors import ImportExampleGenWithManifest, StrictExampleValidator
 from pipeline.config import PREPROCESSING_FN, RUN_FN, TRAINER_MODULE, TRANSFORM_MODULE, PipelineConfig
@@ -19,7 +21,7 @@ from pipeline.report.component import ModelReport
 # only when a box folder is configured.
 COMPONENT_IDS = ("ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
                  "Transform", "Trainer", "LatestBlessedModelResolver", "Evaluator", "LesionAudit",
-                 "InfraValidator", "ModelReport", "Pusher")
+                 "RequestBaseline", "InfraValidator", "ModelReport", "Pusher")
 
 
 def component_ids(config: PipelineConfig) -> tuple[str, ...]:
@@ -106,6 +108,14 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     infra_validator = InfraValidator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         model_blessing=blessing, evaluated_split=evaluate_on).with_id("InfraValidator")
+    # The monitoring baseline (components/baseline/): request-feature statistics of the
+    # evaluated split (nothing was fitted on it) as this model answers it, and the schema
+    # `btmri monitor` validates served traffic with. Needs only the model: it runs
+    # beside the Evaluator.
+    baseline = RequestBaseline(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        schema_text=Path(config.request_schema_file).read_text(),
+        split=evaluate_on).with_id("RequestBaseline")
 
     # The report and the model card, from this run's artifacts only (pipeline/report/component.py).
     report = ModelReport(
@@ -116,6 +126,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         model_run=trainer.outputs["model_run"],
         lesion_audit=audit.outputs["audit"] if audit else None,
         infra_blessing=infra_validator.outputs["blessing"],
+        request_baseline=baseline.outputs["statistics"],
         evaluated_split=evaluate_on, pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root).with_id("ModelReport")
 
@@ -135,7 +146,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
-                    trainer, model_resolver, evaluator, *([audit] if audit else []),
+                    trainer, model_resolver, evaluator, *([audit] if audit else []), baseline,
                     infra_validator, report, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from btmri.console import quiet_environment
 from btmri.documents import SERVER_DEFAULTS, ServerOptions
+from btmri.spec import LOG_PAYLOADS
 from serving.heatmap_overlay import DEFAULT_STRENGTH
 
 
@@ -40,7 +41,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_response_mb=args.max_response_mb, max_json_values=args.max_json_values,
         client_timeout_seconds=args.client_timeout_seconds,
         max_connections=args.max_connections, max_load_retries=args.max_load_retries,
-        load_retry_interval_seconds=args.load_retry_interval_seconds)
+        load_retry_interval_seconds=args.load_retry_interval_seconds,
+        request_log_dir=args.request_log, log_sampling_rate=args.log_sampling_rate,
+        log_payload=args.log_payload, log_max_mb=args.log_max_mb, log_file_mb=args.log_file_mb,
+        log_rotate_seconds=args.log_rotate_seconds, log_queue_records=args.log_queue_records,
+        log_queue_mb=args.log_queue_mb)
     if args.batching_parameters_file:
         options.batching_parameters_file = args.batching_parameters_file
     return serve(options)
@@ -181,6 +186,28 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="wait between those tries (default %(default)s)")
     p.add_argument("--grpc-workers", type=int, default=SERVER_DEFAULTS.grpc_workers,
                    help="threads that run requests, gRPC and REST (default %(default)s)")
+    g = p.add_argument_group("request logging (TF Serving PredictionLog TFRecords; see README)")
+    g.add_argument("--request-log", default=None, metavar="DIR",
+                   help="log sampled successful Predict calls into DIR (default: no logging)")
+    g.add_argument("--log-sampling-rate", type=float, default=SERVER_DEFAULTS.log_sampling_rate,
+                   metavar="R", help="share of calls logged, in (0, 1] (default %(default)s)")
+    g.add_argument("--log-payload", default=SERVER_DEFAULTS.log_payload, choices=LOG_PAYLOADS,
+                   help="what of the request is kept: none (response and metadata only), features "
+                        "(derived image features instead of the image) or images (the whole "
+                        "request) (default %(default)s)")
+    g.add_argument("--log-max-mb", type=float, default=SERVER_DEFAULTS.log_max_mb, metavar="N",
+                   help="size budget of DIR in MiB; the oldest files are deleted beyond it "
+                        "(default %(default)s)")
+    g.add_argument("--log-file-mb", type=float, default=SERVER_DEFAULTS.log_file_mb,
+                   help="a log file is closed at this size, at most a quarter of the budget "
+                        "(default %(default)s)")
+    g.add_argument("--log-rotate-seconds", type=float, default=SERVER_DEFAULTS.log_rotate_seconds,
+                   help="... or this long after its first record (default %(default)s)")
+    g.add_argument("--log-queue-records", type=int, default=SERVER_DEFAULTS.log_queue_records,
+                   help="records waiting for the log writer; more are dropped and counted "
+                        "(default %(default)s)")
+    g.add_argument("--log-queue-mb", type=float, default=SERVER_DEFAULTS.log_queue_mb,
+                   help="MiB those records may hold (default %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logging (one line per REST request), TensorFlow's start-up notes")
 

@@ -48,10 +48,11 @@ class PredictResult:
 
 class ServerCore:
     def __init__(self, models: ModelSet, batcher: BatchScheduler | None = None,
-                 limits: RequestLimits = RequestLimits()):
+                 limits: RequestLimits = RequestLimits(), request_log=None):
         self.models = models
         self.batcher = batcher
         self.limits = limits
+        self.request_log = request_log   # serving.request_log.RequestLog: offer() never blocks
 
     def predict(self, model: ModelRef, signature_name: str, inputs: dict[str, np.ndarray],
                 output_filter=(), context: RequestContext = NO_CONTEXT,
@@ -66,8 +67,12 @@ class ServerCore:
             aliases = signature.check_request(inputs, list(output_filter))
             self._check_response_size(signature, aliases, inputs, encoding)
             outputs = self._run(servable, signature, inputs, context)
-            return PredictResult(servable.version, signature_name,
-                                 {alias: outputs[alias] for alias in aliases})
+            result = PredictResult(servable.version, signature_name,
+                                   {alias: outputs[alias] for alias in aliases})
+        if self.request_log is not None:   # successful calls only, as TF Serving logs them
+            self.request_log.offer(model.name, signature_name, inputs, result.version,
+                                   result.outputs)
+        return result
 
     def _check_response_size(self, signature: Signature, aliases, inputs, encoding: str) -> None:
         """Refuses before running when the outputs' known shapes already exceed the cap."""

@@ -7,6 +7,9 @@ exporter spells them), so one dashboard reads either server:
 The official server has no metric for the loaded version; this one adds
   btmri_serving_loaded_version{model_name}   (0 while nothing is loaded)
   btmri_serving_batch_size                   (rows per batched model call)
+and, with a request log (serving/request_log.py),
+  btmri_serving_request_log_written_total    (records written)
+  btmri_serving_request_log_dropped_total{reason}  (queue_full, too_large, error)
 """
 from __future__ import annotations
 
@@ -51,6 +54,10 @@ class Counter(_Metric):
     def inc(self, *labels: str, amount: float = 1) -> None:
         with self._lock:
             self._values[labels] = self._values.get(labels, 0) + amount
+
+    def value_count(self) -> int:
+        with self._lock:
+            return len(self._values)
 
     def value(self, *labels: str) -> float:
         with self._lock:
@@ -127,6 +134,12 @@ class ServingMetrics:
         self.loaded_version = Gauge(
             "btmri_serving_loaded_version",
             "Version of the model that takes requests (0: none loaded).", ("model_name",))
+        self.request_log_written = Counter(
+            "btmri_serving_request_log_written_total", "Requests written to the request log.", ())
+        self.request_log_dropped = Counter(
+            "btmri_serving_request_log_dropped_total",
+            "Sampled requests the request log dropped (queue full, too large, write error).",
+            ("reason",))
 
     def record(self, model_name: str, api: str, entrypoint: str, status: str,
                seconds: float) -> None:
@@ -138,6 +151,9 @@ class ServingMetrics:
 
     def render(self) -> str:
         lines = []
-        for metric in (self.request_count, self.request_latency, self.batch_size, self.loaded_version):
+        metrics = [self.request_count, self.request_latency, self.batch_size, self.loaded_version]
+        if self.request_log_written.value_count():   # request logging is on (RequestLog sets 0)
+            metrics += [self.request_log_written, self.request_log_dropped]
+        for metric in metrics:
             lines += metric.render()
         return "\n".join(lines) + "\n"

@@ -87,7 +87,11 @@ class ModelServer:
                 options.batching_parameters_file or str(DEFAULT_BATCHING_FILE))
             self.batcher = BatchScheduler(params, on_batch=self.metrics.batch_size.observe)
             log.info("batching on: %s", params)
-        self.core = ServerCore(self.models, self.batcher, limits)
+        self.request_log = None
+        if options.request_log_dir:
+            from serving.request_log import RequestLog
+            self.request_log = RequestLog(options, self.metrics)
+        self.core = ServerCore(self.models, self.batcher, limits, self.request_log)
         self._stop_polling = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="version-poller", daemon=True)
         self._executor = ThreadPoolExecutor(max_workers=options.grpc_workers,
@@ -148,6 +152,8 @@ class ModelServer:
             self.batcher.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.models.unload_all(wait_seconds=max(0.0, deadline - time.monotonic()))
+        if self.request_log is not None:   # what is queued is written, the open file closed
+            self.request_log.close(timeout=max(1.0, deadline - time.monotonic()))
         self._close_loop()
         log.info("server stopped")
 

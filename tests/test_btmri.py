@@ -49,6 +49,9 @@ def test_cli_defaults_come_from_the_documents():
     assert (serve.port, serve.rest_port, serve.max_message_mb, serve.grpc_workers) == (
         SERVER_DEFAULTS.port, SERVER_DEFAULTS.rest_port, SERVER_DEFAULTS.max_message_mb,
         SERVER_DEFAULTS.grpc_workers)
+    assert serve.request_log is None and (serve.log_payload, serve.log_sampling_rate, serve.log_max_mb) == (
+        SERVER_DEFAULTS.log_payload, SERVER_DEFAULTS.log_sampling_rate, SERVER_DEFAULTS.log_max_mb)
+    assert SERVER_DEFAULTS.log_payload == spec.LOG_PAYLOAD_FEATURES   # privacy by default
 
 
 def test_intervals_format_and_bootstrap():

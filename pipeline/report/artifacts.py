@@ -45,6 +45,7 @@ class RunArtifacts:
     lesion_audit_uri: str | None = None  # LesionAudit output (lesion_audit.json, gallery/)
     infra_validation_uri: str | None = None  # InfraValidator's InfraBlessing (infra_validation.json)
     before_push: bool = False         # read by the ModelReport step, before the Pusher ran
+    request_baseline_uri: str | None = None  # RequestBaseline statistics (monitoring baseline)
 
     def split_uri(self, split: str) -> str:
         return os.path.join(self.examples_uri, f"Split-{split}")
@@ -107,6 +108,7 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
     model_run = latest_output(config, "Trainer", "model_run")
     pushed = latest_output(config, "Pusher", "pushed_model")
     infra = latest_output(config, "InfraValidator", "blessing")
+    request_baseline = latest_output(config, "RequestBaseline", "statistics")
     trainer_config = json.loads(_exec_property(config, "Trainer", "custom_config") or "{}")
 
     return RunArtifacts(
@@ -128,4 +130,5 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
         evaluated_at=evaluation.mlmd_artifact.create_time_since_epoch,
         lesion_audit_uri=audit.uri if audit else None,
         infra_validation_uri=infra.uri if infra else None,
+        request_baseline_uri=request_baseline.uri if request_baseline else None,
     )

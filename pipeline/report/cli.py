@@ -52,6 +52,10 @@ def summary_text(out: str, summary: dict) -> list[str]:
     served = summary.get("serving_validation")
     if served:
         lines.append("  " + serving_line(served))
+    baseline = summary.get("request_baseline")
+    if baseline:
+        lines.append(f"  monitoring baseline recorded: request-feature statistics of "
+                     f"{baseline['examples']} {baseline['split']} images (btmri monitor)")
     for check in summary["checks"]:
         if check["status"] != "ok":
             lines.append(f"  {check['status']}: {check['name']}: {check['detail']}")

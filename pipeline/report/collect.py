@@ -56,6 +56,7 @@ class ReportData:
     lesion_gallery: list = field(default_factory=list)   # lesion_audit.AuditTile
     abstention: object = None                 # pipeline.report.abstention.AbstentionSummary
     infra_validation: object = None           # btmri.documents.InfraValidation of the InfraValidator
+    request_baseline: object = None           # pipeline.report.request_baseline.BaselineSummary
     generated_at: float = field(default_factory=time.time)
 
 
@@ -179,8 +180,10 @@ def collect_run(run: RunArtifacts, gallery_per_kind: int = 4,
     report.abstention = abstention.summarize(p, components.training.abstention.read(run.model_dir),
                                              abstention.read_benchmark(abstention_benchmark))
     from btmri.documents import InfraValidation
+    from pipeline.report import request_baseline
 
     report.infra_validation = InfraValidation.read_if_present(run.infra_validation_uri)
+    report.request_baseline = request_baseline.summarize(run.request_baseline_uri)
     if run.lesion_audit_uri:
         from components.audit.lesion_audit import read_audit
         from pipeline.report.lesion_audit import gallery as audit_gallery

@@ -51,6 +51,8 @@ class ModelReportSpec(types.ComponentSpec):
         "model_run": ChannelParameter(type=standard_artifacts.ModelRun, optional=True),
         "lesion_audit": ChannelParameter(type=LesionAuditResult, optional=True),
         "infra_blessing": ChannelParameter(type=standard_artifacts.InfraBlessing, optional=True),
+        "request_baseline": ChannelParameter(type=standard_artifacts.ExampleStatistics,
+                                             optional=True),
     }
     OUTPUTS = {
         "report": ChannelParameter(type=ModelReportResult),
@@ -77,6 +79,7 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
     infra = _single(input_dict, "infra_blessing")
     statistics = _single(input_dict, "statistics")
     anomalies = _single(input_dict, "anomalies")
+    request_baseline = _single(input_dict, "request_baseline")
     model_dir, baseline_dir = evaluated_models(evaluation.uri)
     history = TrainingHistory.read_if_present(model_run.uri if model_run else None)
     config = PipelineConfig(pipeline_root=exec_properties["pipeline_root"], data_root="",
@@ -101,6 +104,7 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
         evaluated_at=evaluation.mlmd_artifact.create_time_since_epoch,
         lesion_audit_uri=audit.uri if audit else None,
         infra_validation_uri=infra.uri if infra else None,
+        request_baseline_uri=request_baseline.uri if request_baseline else None,
         before_push=True,
     )
 
@@ -125,6 +129,8 @@ def summary_of(data) -> dict:
             "accuracy_all": data.abstention.accuracy_all},
         "serving_validation": None if getattr(data, "infra_validation", None) is None
         else data.infra_validation.to_dict(),
+        "request_baseline": None if getattr(data, "request_baseline", None) is None else {
+            "split": data.request_baseline.split, "examples": data.request_baseline.examples},
     }
 
 
@@ -159,12 +165,13 @@ class ModelReport(base_component.BaseComponent):
 
     def __init__(self, examples, model, evaluation, blessing, evaluated_split: str,
                  pipeline_name: str, pipeline_root: str, statistics=None, anomalies=None,
-                 model_run=None, lesion_audit=None, infra_blessing=None,
+                 model_run=None, lesion_audit=None, infra_blessing=None, request_baseline=None,
                  gallery_per_kind: int = DEFAULT_GALLERY_PER_KIND):
         component_spec = ModelReportSpec(
             examples=examples, model=model, evaluation=evaluation, blessing=blessing,
             statistics=statistics, anomalies=anomalies, model_run=model_run,
             lesion_audit=lesion_audit, infra_blessing=infra_blessing,
+            request_baseline=request_baseline,
             evaluated_split=evaluated_split,
             gallery_per_kind=int(gallery_per_kind), pipeline_name=pipeline_name,
             pipeline_root=pipeline_root, report=types.Channel(type=ModelReportResult))

@@ -34,7 +34,7 @@ SECTIONS = (("decision", "Decision"), ("figures", "Test figures"), ("plots", "Co
             ("training", "Training"), ("data", "Data"), ("gradcam", "Grad-CAM"),
             ("lesion-audit", "Does it look at the tumour?"),
             ("abstention", "When it does not answer"),
-            ("serving-validation", "Serving validation"),
+            ("serving-validation", "Serving validation"), ("monitoring", "Monitoring baseline"),
             ("model-card", "Model card"), ("checks", "Cross-checks and provenance"))
 
 
@@ -340,6 +340,11 @@ def _serving_validation(data: ReportData) -> str:
 
     return _section("serving-validation", "Serving validation",
                     to_html(serving_validation.blocks(getattr(data, "infra_validation", None))))
+def _monitoring(data: ReportData) -> str:
+    from pipeline.report import request_baseline
+
+    return _section("monitoring", "Monitoring baseline",
+                    to_html(request_baseline.blocks(data.request_baseline)))
 
 
 def _model_card(data: ReportData) -> str:
@@ -364,7 +369,8 @@ def _checks(data: ReportData) -> str:
         ("anomalies (ExampleValidator)", run.anomalies_uri), ("evaluated model", run.model_dir),
         ("model digest (sha256)", data.model_digest), ("baseline model", run.baseline_model_dir),
         ("evaluation (TFMA)", run.evaluation_uri), ("model run (history, TensorBoard)", run.model_run_dir),
-        ("pushed to", run.pushed_to)) if v]
+        ("pushed to", run.pushed_to),
+        ("monitoring baseline (RequestBaseline)", run.request_baseline_uri)) if v]
     body = ["<p>TFMA's figures against the same figures from the model's predictions on the same "
             "records.</p>",
             to_html([Table(["check", "result", "detail"], rows, id="checks")]),
@@ -385,7 +391,7 @@ def render(data: ReportData) -> str:
 
     sections = [_decision(data), _figures(data), _plots(data), _training(data), _data(data),
                 _gradcam(data), _lesion_audit(data), _abstention(data), _serving_validation(data),
-                _model_card(data),
+                _monitoring(data), _model_card(data),
                 _checks(data)]
     return _template().render(
         title=TITLE, meta=[Markup(m) for m in meta], sections_index=SECTIONS,

@@ -1,0 +1,1 @@
+"""The monitoring baseline: request-feature statistics of a held-out split (RequestBaseline)."""

@@ -1,0 +1,136 @@
+"""monitor.html: one self-contained page per `btmri monitor` run (pipeline/monitor.py).
+
+Per feature: the served window's histogram over the baseline's (and the previous
+window's), TFDV's drift and skew measurements with their thresholds, and the
+anomalies. Plots are inline PNGs; no script.
+"""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+from btmri import spec
+from pipeline.report.plots import data_uri, plt
+
+SERVED, BASELINE, PREVIOUS = "#d62728", "#1f77b4", "#7f7f7f"
+
+
+def _features(statistics) -> dict:
+    if statistics is None or not statistics.datasets:
+        return {}
+    return {f.path.step[0]: f for f in statistics.datasets[0].features if f.path.step}
+
+
+def _numeric(ax, feature, colour, label):
+    stats = feature.num_stats
+    if not stats.common_stats.num_non_missing:
+        return
+    histogram = next((h for h in stats.histograms if h.type == h.STANDARD), None)
+    if histogram is None or not histogram.buckets:
+        return
+    lows = np.array([b.low_value for b in histogram.buckets])
+    highs = np.array([b.high_value for b in histogram.buckets])
+    counts = np.array([b.sample_count for b in histogram.buckets])
+    widths = np.maximum(highs - lows, 1e-9)
+    density = counts / max(counts.sum(), 1e-9) / widths
+    edges = np.append(lows, highs[-1])
+    ax.stairs(density, edges, color=colour, label=label, linewidth=1.6)
+
+
+def _categorical(ax, features: list, colours, labels):
+    values: list[str] = []
+    shares = []
+    for feature in features:
+        s = feature.string_stats if feature is not None else None
+        total = max(1, s.common_stats.num_non_missing) if s else 1
+        share = {v.value: v.frequency / total for v in (s.top_values if s else [])}
+        shares.append(share)
+        values += [v for v in share if v not in values]
+    x = np.arange(len(values))
+    width = 0.8 / max(1, len(features))
+    for i, (share, colour, label) in enumerate(zip(shares, colours, labels)):
+        ax.bar(x + i * width, [share.get(v, 0) for v in values], width, color=colour, label=label)
+    ax.set_xticks(x + width * (len(features) - 1) / 2, values, rotation=20)
+    ax.set_ylabel("share")
+
+
+def _plot(name: str, served, baseline, previous) -> str:
+    fig, ax = plt.subplots(figsize=(4.2, 2.6))
+    present = [(f, c, label) for f, c, label in ((served.get(name), SERVED, "served"),
+                                                 (baseline.get(name), BASELINE, "baseline"),
+                                                 (previous.get(name), PREVIOUS, "previous window"))
+               if f is not None]
+    if present and present[0][0].HasField("num_stats"):
+        for feature, colour, label in present:
+            _numeric(ax, feature, colour, label)
+        ax.set_ylabel("density")
+    else:
+        _categorical(ax, [p[0] for p in present], [p[1] for p in present], [p[2] for p in present])
+    ax.set_title(name)
+    ax.legend(fontsize=7)
+    return data_uri(fig)
+
+
+def _measurements(anomalies) -> dict:
+    out = {}
+    for info in anomalies.drift_skew_info:
+        name = info.path.step[0] if info.path.step else ""
+        out[name] = {"drift": [(m.value, m.threshold) for m in info.drift_measurements],
+                     "skew": [(m.value, m.threshold) for m in info.skew_measurements]}
+    return out
+
+
+def _measure(values) -> str:
+    return "; ".join(f"{'<b>' if v > t else ''}{v:.3f}{'</b>' if v > t else ''} (threshold {t:g})"
+                     for v, t in values) or "–"
+
+
+def render(result, served, baseline, previous) -> str:
+    e = html.escape
+    served_f, baseline_f, previous_f = _features(served), _features(baseline), _features(previous)
+    measured = _measurements(result.anomalies)
+    window = result.window
+    rows = []
+    for name in spec.REQUEST_FEATURES:
+        info = result.anomalies.anomaly_info.get(name)
+        reasons = "<br>".join(e(r.description) for r in info.reason) if info else "none"
+        m = measured.get(name, {})
+        rows.append(f"<tr><td>{e(name)}</td><td>{_measure(m.get('skew', []))}</td>"
+                    f"<td>{_measure(m.get('drift', []))}</td>"
+                    f"<td class=\"{'bad' if info else 'ok'}\">{reasons}</td></tr>")
+    plots = "".join(f'<img alt="{e(name)}" src="{_plot(name, served_f, baseline_f, previous_f)}">'
+                    for name in spec.REQUEST_FEATURES if name in served_f or name in baseline_f)
+    verdict = ("<p class=\"bad\">Anomalies: see the table.</p>" if result.anomalous
+               else "<p class=\"ok\">No anomaly: served traffic matches the baseline"
+                    + (" and the previous window" if result.drift_against else "") + ".</p>")
+    notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
+    facts = [("rows (images)", window.get("rows")), ("records (calls)", window.get("records")),
+             ("model versions", window.get("versions")), ("payloads", window.get("payloads")),
+             ("first / last record (UTC s)", f"{window.get('first')} / {window.get('last')}"),
+             ("files", len(window.get("files", []))),
+             ("baseline statistics", window.get("baseline_statistics")),
+             ("schema (thresholds)", window.get("schema")),
+             ("previous window (drift)", result.drift_against or "none: first report")]
+    fact_rows = "".join(f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in facts)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Request monitoring</title>
+<style>
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222 }}
+table {{ border-collapse: collapse; margin: 1em 0 }} td, th {{ border: 1px solid #ccc; padding: 4px 8px;
+  vertical-align: top; text-align: left }} .bad {{ color: #b00020 }} .ok {{ color: #1b7f3a }}
+img {{ margin: 4px }}
+</style></head><body>
+<h1>Request monitoring</h1>
+{verdict}
+<ul>{notes}</ul>
+<table id="window">{fact_rows}</table>
+<h2>Skew (against the baseline) and drift (against the previous window)</h2>
+<p>TFDV: approximate Jensen–Shannon divergence for numeric features, L-infinity distance for
+categorical ones; thresholds from the schema. Bold: above its threshold.</p>
+<table id="anomalies"><tr><th>feature</th><th>skew</th><th>drift</th><th>anomalies</th></tr>
+{''.join(rows)}</table>
+<h2>Served ({SERVED}) against the baseline ({BASELINE}) and the previous window</h2>
+<div>{plots}</div>
+</body></html>
+"""
