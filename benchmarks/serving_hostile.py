@@ -15,7 +15,7 @@ growth. Goal: no case grows the server's peak RSS by more than 300 MB.
 `--heavy` adds the 64 MB messages and the decompression bomb.
 
 Traffic goes to 127.0.0.1 only; every loop is bounded in count and time.
-`tests/test_serving_hostile.py` runs the same cases (`CASES`) and asserts their answers.
+`tests/serving/test_serving_hostile.py` runs the same cases (`CASES`) and asserts their answers.
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Shared fixtures: the real-data path; test logs without TF noise."""
+"""Fixtures every area shares: the real-data paths, the tiny pipeline run and its pushed
+version; test logs without TF noise. Each area's folder (prepare, model, pipeline,
+serving, report) has its own conftest.py for what only it uses."""
 from __future__ import annotations
 
 import os
@@ -55,3 +57,9 @@ def tiny_run(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("tiny_run")
     assert btmri_run(work) == 0
     return work
+
+
+def only_version(serving_dir: Path) -> Path:
+    """The one version folder a run pushed under `serving_dir`."""
+    (folder,) = [p for p in serving_dir.iterdir() if p.name.isdigit()]
+    return folder

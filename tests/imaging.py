@@ -39,3 +39,26 @@ def make_class_folders(root: Path, per_class: int, seed0: int = 0, ext: str = ".
             target = root / name / f"{name}_{i:03d}{ext}"
             (write_jpeg if ext == ".jpg" else write_png)(target, pixels)
     return {name: per_class for name in contract.CLASS_NAMES}
+
+
+def write_dicom(path: Path, pixels: np.ndarray, center: float, width: float,
+                 photometric: str = "MONOCHROME2") -> None:
+    """A one-frame 12-bit MR DICOM file with the given window."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.WindowCenter, ds.WindowWidth = center, width
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)

@@ -44,12 +44,6 @@ def push(source: Path, base: Path, version: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_run) -> Path:
-    (folder,) = [p for p in (tiny_run / "serving").iterdir() if p.name.isdigit()]
-    return folder
-
-
-@pytest.fixture(scope="module")
 def base(model, tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("hotswap") / "brain_tumor"
     base.mkdir()

@@ -28,7 +28,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
 from btmri.documents import ServerOptions
 from serving.process import ServerProcess
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("serving_hostile", REPO / "benchmarks" / "serving_hostile.py")
 hostile = importlib.util.module_from_spec(_spec)
 sys.modules["serving_hostile"] = hostile
@@ -49,12 +49,6 @@ def wait_until(condition, what: str, limit: float = 120.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"gave up waiting for {what} after {limit:.0f} s")
         time.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_run) -> Path:
-    (folder,) = [p for p in (tiny_run / "serving").iterdir() if p.name.isdigit()]
-    return folder
 
 
 def _target(process: ServerProcess, **limits) -> hostile.Target:

@@ -15,13 +15,10 @@ from scipy.stats import spearmanr
 from data_prep import contract
 from data_prep.synth import mask_path_for
 from btmri import spec
+from tests.conftest import only_version
 
 TUMOR_CLASSES = [c for c in contract.CLASS_NAMES if c != "notumor"]
 
-
-def only_version(serving_dir: Path) -> Path:
-    (folder,) = [p for p in serving_dir.iterdir() if p.name.isdigit()]
-    return folder
 
 
 def tumor_images(synthetic: Path, per_class: int | None = None) -> list[Path]:

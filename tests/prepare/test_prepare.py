@@ -19,7 +19,7 @@ from data_prep import contract
 from data_prep.prepare import PrepareError, PrepareOptions, prepare
 from data_prep.tfrecords import make_example, parse_example, read_split
 from pipeline.cli import main as btmri
-from tests.imaging import make_class_folders, textured_image, write_jpeg, write_png
+from tests.imaging import make_class_folders, textured_image, write_dicom, write_jpeg, write_png
 
 
 def run_prepare(data_dir: Path, out: Path, **kw) -> dict:
@@ -84,28 +84,6 @@ def test_split_is_stratified_and_deterministic_from_content(tmp_path):
 
 # --- bad input -------------------------------------------------------------------
 
-def _write_dicom(path: Path, pixels: np.ndarray, center: float, width: float,
-                 photometric: str = "MONOCHROME2") -> None:
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.WindowCenter, ds.WindowWidth = center, width
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
-
-
 def _build_messy_folder(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Good images + every bad case. Returns ({source: expected skip reason part},
     {source: expected stored format 'original' | 'png'})."""
@@ -153,7 +131,7 @@ def _build_messy_folder(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     cv2.imwrite(str(m / "scan16.tif"), textured_image(94).astype(np.uint16) * 256)
     keep["Training/meningioma/scan16.tif"] = "png"
     ramp = np.tile(np.linspace(0, 4000, 70), (50, 1))
-    _write_dicom(m / "slice.dcm", ramp, center=1000, width=1000)
+    write_dicom(m / "slice.dcm", ramp, center=1000, width=1000)
     keep["Training/meningioma/slice.dcm"] = "png"
     return skip, keep
 

@@ -273,9 +273,9 @@ def _tiff_header(width: int, height: int, order: str = "<", big: bool = False) -
 
 
 def _dicom_header(rows: int, columns: int, tmp_path) -> bytes:
-    from tests.test_prepare import _write_dicom
+    from tests.imaging import write_dicom
 
-    _write_dicom(tmp_path / "small.dcm", np.zeros((4, 4)), center=0, width=1)
+    write_dicom(tmp_path / "small.dcm", np.zeros((4, 4)), center=0, width=1)
     import pydicom
     ds = pydicom.dcmread(tmp_path / "small.dcm")
     ds.Rows, ds.Columns = rows, columns   # pixel data still 4x4: a header bomb

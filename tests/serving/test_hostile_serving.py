@@ -18,24 +18,20 @@ import pytest
 from data_prep.image_io import decode_image
 from serving.client import PredictionClient, RequestFailed, image_payload
 from serving.process import ServerProcess
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, only_version
 from tests.hostile_files import jpeg_bomb_header, png_bytes
 from tests.imaging import textured_image
-from tests.test_prepare import _write_dicom
+from tests.imaging import write_dicom
 
 # Peak-memory growth allowed for refusing a bomb; decoding one costs ~1.3 GB.
 MAX_GROWTH_MB = 100
 
 
-def only_version(serving_dir: Path) -> Path:
-    (version,) = [p for p in serving_dir.iterdir() if p.name.isdigit()]
-    return version
-
 
 @pytest.fixture(scope="module")
 def probe(tiny_run) -> dict:
-    """tests/hostile_probe.py against the pushed SavedModel, in a fresh process."""
-    done = subprocess.run([sys.executable, "-m", "tests.hostile_probe", str(only_version(tiny_run / "serving"))],
+    """tests/serving/hostile_probe.py against the pushed SavedModel, in a fresh process."""
+    done = subprocess.run([sys.executable, "-m", "tests.serving.hostile_probe", str(only_version(tiny_run / "serving"))],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -79,7 +75,7 @@ def converted_files(tiny_run, tmp_path_factory) -> dict[str, Path]:
     gray = cv2.imread(str(source), cv2.IMREAD_GRAYSCALE)
     files = {"dicom": folder / "slice.dcm", "tiff": folder / "slice.tif", "bmp": folder / "slice.bmp",
              "png16": folder / "slice16.png", "cmyk": folder / "slice_cmyk.jpg"}
-    _write_dicom(files["dicom"], gray.astype(np.float64) * 16, center=2040, width=4080)
+    write_dicom(files["dicom"], gray.astype(np.float64) * 16, center=2040, width=4080)
     assert cv2.imwrite(str(files["tiff"]), gray.astype(np.uint16) * 256)
     assert cv2.imwrite(str(files["bmp"]), gray)
     files["png16"].write_bytes(png_bytes(gray.astype(np.uint16) * 16))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted(p for p in REPO.rglob("Dockerfile*")
                      if ".venv" not in p.parts and "runs" not in p.parts)
 

@@ -18,7 +18,7 @@ from btmri.documents import DEFAULT_MONITORING_PATH
 from serving.server import DEFAULT_BATCHING_FILE
 from serving.source import aspired_version, list_versions
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "serving" / "config"
 
 

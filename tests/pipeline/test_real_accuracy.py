@@ -1,6 +1,6 @@
 """The real-data goals (slow: ~30 minutes on 2 otherwise idle cores).
 
-    pytest -m slow tests/test_real_accuracy.py -s
+    pytest -m slow tests/pipeline/test_real_accuracy.py -s
 
 Runs the README's `btmri run --data-dir <Kaggle> --drop-cross-split-duplicates
 --boxes-dir <figshare boxes>` with the defaults, then scores the pushed (served)

@@ -23,7 +23,7 @@ from serving.model_config import ALL, LATEST, SPECIFIC, parse_model_config, read
 from serving.models import ModelSet
 from serving.process import ServerProcess
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "serving" / "config"
 
 
@@ -174,12 +174,6 @@ def test_allow_unavailable_assigns_new_labels_to_versions_not_loaded(tmp_path):
 # ---- `btmri serve --model-config-file` on the tiny pipeline model ---------------------
 
 STABLE, CANARY, NOT_IN_POLICY, SECOND = 1, 2, 3, 5
-
-
-@pytest.fixture(scope="module")
-def model(tiny_run) -> Path:
-    (folder,) = [p for p in (tiny_run / "serving").iterdir() if p.name.isdigit()]
-    return folder
 
 
 @pytest.fixture(scope="module")
