@@ -33,6 +33,10 @@ def local_beam_args(workers: int | None = None) -> list[str]:
 IN_MEMORY = "in_memory"
 EXTERNAL_PREFIX = "external:"
 EMBEDDED_JOB_SERVICE = "embed"  # PortableRunner's own in-process job service
+# PortableRunner puts its job-service request timeout (Beam's default: 60 s) on the job's
+# state and message streams too, so a job running longer fails with DEADLINE_EXCEEDED
+# although the job service is fine (Beam 2.60). One day instead.
+JOB_SERVER_TIMEOUT_SECONDS = 24 * 3600
 
 
 def beam_args(workers: str | None = None, job_endpoint: str | None = None) -> list[str]:
@@ -59,6 +63,7 @@ def beam_args(workers: str | None = None, job_endpoint: str | None = None) -> li
         if not host or not port.isdigit():
             raise ValueError(f"--beam-workers {workers!r}: expected external:HOST:PORT")
         return ["--runner=PortableRunner", f"--job_endpoint={job_endpoint or EMBEDDED_JOB_SERVICE}",
+                f"--job_server_timeout={JOB_SERVER_TIMEOUT_SECONDS}",
                 "--environment_type=EXTERNAL", f"--environment_config={address}"]
     if job_endpoint:
         raise ValueError("--beam-job-endpoint needs --beam-workers external:HOST:PORT")

@@ -28,6 +28,20 @@ def component_ids(config: PipelineConfig) -> tuple[str, ...]:
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=pipeline_components(config),
+        enable_cache=config.enable_cache,
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+            if config.metadata_path else None),
+        beam_pipeline_args=config.beam_pipeline_args)
+
+
+def pipeline_components(config: PipelineConfig) -> list:
+    """The components of `config`'s pipeline, in run order, not yet in a Pipeline (so a
+    subset can make a pipeline of its own: pipeline/portable.py)."""
     splits = [spec.TRAIN_SPLIT, spec.EVAL_SPLIT]
     if config.has_test_split:
         splits.append(spec.TEST_SPLIT)
@@ -132,15 +146,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     components = [example_gen, statistics_gen, schema_gen, example_validator, transform,
                   trainer, model_resolver, evaluator, *([audit] if audit else []), report, pusher]
     with_component_beam_args(components, config.component_beam_args)
-    return tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
-        components=components,
-        enable_cache=config.enable_cache,
-        metadata_connection_config=(
-            tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
-            if config.metadata_path else None),
-        beam_pipeline_args=config.beam_pipeline_args)
+    return components
 
 
 def with_component_beam_args(components, args_by_id: dict[str, list[str]]) -> None:

@@ -106,16 +106,16 @@ def portable_services(log_dir: str | os.PathLike, pythonpath: str = str(REPO),
 
 def beam_stage_pipeline(config: PipelineConfig, model_uri: str | None = None,
                         evaluate_on: str | None = None):
-    """The pipeline's own components up to Transform (create_pipeline's, unchanged) and,
+    """The pipeline's own components up to Transform (the factory's, unchanged) and,
     with `model_uri`, an Evaluator of that imported model with the project's EvalConfig:
     every Beam component, without training. No cache, so every component runs."""
     from tfx import v1 as tfx
 
     from btmri import spec
     from components.evaluation import eval_config
-    from pipeline.factory import create_pipeline, with_component_beam_args
+    from pipeline.factory import pipeline_components, with_component_beam_args
 
-    nodes = {c.id: c for c in create_pipeline(config).components}
+    nodes = {c.id: c for c in pipeline_components(config)}
     components = [nodes[n] for n in BEAM_STAGE]
     if model_uri is not None:
         model = tfx.dsl.Importer(source_uri=model_uri,

@@ -50,7 +50,8 @@ def test_beam_workers_spec_gives_the_runner_options():
     assert beam_args("2") == ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     assert beam_args("in_memory") == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
     assert beam_args("external:localhost:50000") == [
-        "--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+        "--runner=PortableRunner", "--job_endpoint=embed", "--job_server_timeout=86400",
+        "--environment_type=EXTERNAL",
         "--environment_config=localhost:50000"]
     assert "--job_endpoint=10.0.0.2:8099" in beam_args("external:10.0.0.9:50000", "10.0.0.2:8099")
     for bad in ("external:50000", "0", "two", "external:host:port"):
