@@ -76,7 +76,8 @@ def run_setup(name: str, beam: list[str], prepared: str, work: Path) -> tuple[di
 
     config = PipelineConfig(pipeline_root=str(work / name.replace(" ", "_") / "root"),
                             data_root=prepared, serving_dir=str(work / "unused"),
-                            beam_pipeline_args=beam, enable_cache=False)
+                            beam_pipeline_args=beam, enable_cache=False,
+                            use_module_files=False)  # external workers import the project
     started = time.time()
     tfx.orchestration.LocalDagRunner().run(beam_stage_pipeline(config))
     return component_seconds(config), time.time() - started

@@ -97,15 +97,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(summary_table(prepared.manifest))
 
     from components.executors import AnomaliesFound
-    from pipeline.config import beam_args
+    from pipeline.config import beam_args, runs_beyond_this_process
     from pipeline.local_runner import run_pipeline
     from pipeline.summary import summary_lines
 
     try:
         beam = (beam_args(args.beam_workers, args.beam_job_endpoint) + args.beam_arg
                 if args.beam_workers or not args.beam_arg else args.beam_arg)
+        # Workers of other runners import the project's code rather than TFX's staged
+        # module-file wheels: functions by import path.
         config = _pipeline_config(args, prepared.path, enable_cache=not args.no_cache,
-                                  box_dir=box_dir, beam_pipeline_args=beam)
+                                  box_dir=box_dir, beam_pipeline_args=beam,
+                                  use_module_files=not runs_beyond_this_process(beam))
     except ValueError as err:
         print(f"btmri run: error: {err}", file=sys.stderr)
         return 2

@@ -75,6 +75,14 @@ def beam_args(workers: str | None = None, job_endpoint: str | None = None) -> li
                      f"{IN_MEMORY} or external:HOST:PORT")
 
 
+def runs_beyond_this_process(beam: list[str]) -> bool:
+    """True when Beam options send work to SDK workers that do not install the module
+    files TFX stages (PortableRunner with external workers, Flink, Spark, Dataflow):
+    the pipeline must then name its functions by import path (use_module_files=False)."""
+    runners = [a.split("=", 1)[1] for a in beam if a.startswith("--runner=")]
+    return bool(runners) and runners[-1] not in ("DirectRunner", "direct", "BundleBasedDirectRunner")
+
+
 def component_beam_args(pairs: list[str]) -> dict[str, list[str]]:
     """`--component-beam-arg ID=ARG` values → {component id: [ARG, ...]}, in order."""
     out: dict[str, list[str]] = {}
@@ -129,7 +137,9 @@ class PipelineConfig:
     vertex: VertexOptions | None = None
     enable_cache: bool = True
     materialize: bool = False                # True: Transform writes transformed examples
-    use_module_files: bool = True            # False: reference functions by import path
+    # False: reference functions by import path (compiled specs, non-direct Beam runners:
+    # their SDK workers import the project; TFX's cache then does not see code changes).
+    use_module_files: bool = True
     test_split: bool | None = None           # evaluate on test/; None: if data_root has one
 
     def __post_init__(self):

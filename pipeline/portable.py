@@ -80,11 +80,14 @@ def _stop(proc: subprocess.Popen) -> None:
 def portable_services(log_dir: str | os.PathLike, pythonpath: str = str(REPO),
                       start_seconds: float = 120) -> Iterator[PortableServices]:
     """Starts a job service and a worker pool on free loopback ports; stops both (and the
-    pool's workers) on exit. The workers import this project from `pythonpath`."""
+    pool's workers) on exit. The workers import this project from `pythonpath` and run
+    under this interpreter (the pool starts them as `python` from PATH)."""
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p)}
+    # The pool starts each SDK worker as `python -c ...` from PATH: this interpreter's first.
+    env = {**os.environ,
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+           "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p)}
     job_port, pool_port = free_port(), free_port()
     job_log, pool_log = log_dir / "job_service.log", log_dir / "worker_pool.log"
     started = []

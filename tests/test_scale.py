@@ -17,7 +17,7 @@ import pytest
 from btmri.documents import TRAINER_DEFAULTS
 from btmri.spec import DISTRIBUTION_NONE
 from pipeline.cli import main as btmri
-from pipeline.config import PipelineConfig, beam_args, component_beam_args
+from pipeline.config import PipelineConfig, beam_args, component_beam_args, runs_beyond_this_process
 
 REPO = Path(__file__).resolve().parent.parent
 ROOTS = ["--data-root", "gs://bucket/prepared", "--pipeline-root", "gs://bucket/root",
@@ -59,6 +59,10 @@ def test_beam_workers_spec_gives_the_runner_options():
             beam_args(bad)
     with pytest.raises(ValueError, match="--beam-job-endpoint"):
         beam_args("2", "localhost:8099")
+    assert runs_beyond_this_process(beam_args("external:localhost:50000"))
+    assert runs_beyond_this_process(["--runner=FlinkRunner", "--flink_master=h:8081"])
+    assert not runs_beyond_this_process(beam_args("2") + ["--runner=DirectRunner"])
+    assert not runs_beyond_this_process(beam_args(None))
     assert component_beam_args(["Evaluator=--direct_num_workers=1", "Evaluator=--x=1"]) == {
         "Evaluator": ["--direct_num_workers=1", "--x=1"]}
     with pytest.raises(ValueError, match="COMPONENT=--option"):

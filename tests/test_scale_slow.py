@@ -66,7 +66,7 @@ def test_beam_components_on_the_portable_runner_equal_the_direct_runner(tiny_run
     direct = _tiny_config(tiny_run)        # the session's run: DirectRunner, multi-processing
     portable = PipelineConfig(
         pipeline_root=str(tmp_path / "root"), data_root=direct.data_root,
-        serving_dir=str(tmp_path / "serving"), accuracy_lower_bound=0.0,
+        serving_dir=str(tmp_path / "serving"), accuracy_lower_bound=0.0, use_module_files=False,
         beam_pipeline_args=beam_args(beam_services.workers_spec, beam_services.job_endpoint))
     model = latest_output(direct, "Trainer", "model")
     started = time.time()
