@@ -95,10 +95,14 @@ def portable_services(log_dir: str | os.PathLike, pythonpath: str = str(REPO),
         started.append(subprocess.Popen(
             [sys.executable, "-m", JOB_SERVICE_MODULE, "--port", str(job_port),
              "--staging_dir", str(log_dir / "staging")],
-            stdout=job_log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            stdout=job_log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=log_dir,
+            start_new_session=True))
+        # The workers run `python -c`: their first import path is the current folder,
+        # before PYTHONPATH, so it must hold no other copy of the project.
         started.append(subprocess.Popen(
             [sys.executable, "-m", WORKER_POOL_MODULE, "--service_port", str(pool_port)],
-            stdout=pool_log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            stdout=pool_log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=log_dir,
+            start_new_session=True))
         _wait_for_port(job_port, started[0], job_log, start_seconds)
         _wait_for_port(pool_port, started[1], pool_log, start_seconds)
         yield PortableServices(f"localhost:{job_port}", f"localhost:{pool_port}", pool_log)
