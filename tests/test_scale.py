@@ -111,6 +111,23 @@ def test_strategy_choice_and_input_sharding():
     with pytest.raises(ValueError, match="TF_CONFIG"):
         os.environ.pop("TF_CONFIG", None)
         distribution.make_strategy("multi_worker")
+    # Who is chief: Vertex AI's TF_CONFIG names a chief task; a plain TFJob may not (worker 0).
+    def strategy(cluster: dict, task_type: str, task_id: int):
+        class Fake:  # only the cluster resolver is read
+            cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+                tf.train.ClusterSpec(cluster), task_type=task_type, task_id=task_id)
+        return Fake()
+    vertex = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
+    assert distribution.is_chief(strategy(vertex, "chief", 0))
+    assert not distribution.is_chief(strategy(vertex, "worker", 0))
+    plain = {"worker": ["a:1", "b:1"]}
+    assert distribution.is_chief(strategy(plain, "worker", 0))
+    worker1 = strategy(plain, "worker", 1)
+    assert not distribution.is_chief(worker1)
+    scratch = distribution.write_dir("/real", worker1)
+    assert scratch != "/real" and "worker1" in os.path.basename(scratch) and os.path.isdir(scratch)
+    os.rmdir(scratch)
+
     dataset = tf.data.Dataset.range(4)
     policy = tf.data.experimental.AutoShardPolicy
     assert distribution.sharded(dataset, "file").options().experimental_distribute.auto_shard_policy == policy.FILE
