@@ -114,7 +114,7 @@ def main() -> int:
     images = {"StatisticsGen": manifest.total_written,
               "Transform": sum(manifest.counts[TRAIN_SPLIT].values())}
     print(f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cores  "
-          f"{platform.processor() or platform.machine()}")
+          f"{platform.processor() or platform.machine()}  load average {os.getloadavg()[0]:.1f}")
     print(f"data: {manifest.total_written} real training images sampled from {data_dir} "
           f"({', '.join(f'{k} {v}' for k, v in counts.items())}); StatisticsGen reads all "
           f"{images['StatisticsGen']}, Transform decodes the {images['Transform']} of train")
