@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterator
 
+from btmri import KERAS_SWITCH
 from pipeline.config import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,9 @@ def portable_services(log_dir: str | os.PathLike, pythonpath: str = str(REPO),
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     # The pool starts each SDK worker as `python -c ...` from PATH: this interpreter's first.
-    env = {**os.environ,
+    # Workers load models in TFMA before importing anything of the project: Keras 2 by
+    # environment (btmri.KERAS_SWITCH), or TFMA's loader takes Keras 3 and fails.
+    env = {**os.environ, KERAS_SWITCH[0]: KERAS_SWITCH[1],
            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
            "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p)}
     job_port, pool_port = free_port(), free_port()
