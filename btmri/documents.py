@@ -176,9 +176,53 @@ class TrainerConfig(_Document):
     abstention_accept: float = 0.95  # share of eval images the fitted thresholds answer
     abstention_ood_share: float = 0.6  # of the rejection budget (1 - accept) spent on the distance
     abstention_outliers_per_kind: int = 24  # generated outliers per kind (outliers.py)
+    # Scale-out (README, Running at scale). batch_size is the global batch: replicas
+    # split it, gradients are averaged over all of it, so learning_rate keeps its
+    # meaning and is not rescaled; a larger global batch is chosen with batch_size
+    # (and, by the linear rule, learning_rate scaled by the same factor) by hand.
+    distribution: str = spec.DISTRIBUTION_NONE  # none | mirrored | multi_worker
+    input_sharding: str = spec.INPUT_SHARDING_FILE  # multi_worker: file | data (spec.INPUT_SHARDING)
 
 
 TRAINER_DEFAULTS = TrainerConfig()
+
+
+# ── Cloud: `btmri compile --target vertex` ────────────────────────────────────────
+@dataclass
+class VertexOptions(_Document):
+    """The Vertex AI training job (TFX's Vertex Trainer extension) and, with an endpoint
+    name, the push to a Vertex AI endpoint (TFX's Vertex Pusher: upload to the Model
+    Registry, then deploy). Compiled into the spec; nothing is contacted at compile time."""
+
+    project: str = ""  # GCP project of the training job and the endpoint (required)
+    image: str = ""  # the project's container image every training replica runs (compile --image)
+    region: str = "us-central1"
+    machine_type: str = "n1-standard-8"  # every training replica
+    accelerator_type: str | None = None  # e.g. NVIDIA_TESLA_T4; None: CPU only
+    accelerator_count: int = 0  # per replica
+    replicas: int = 1  # training machines: 1 chief + (replicas - 1) workers
+    endpoint_name: str | None = None  # None: the project's filesystem Pusher (--serving-dir)
+    serving_image: str | None = None  # Vertex prebuilt TF prediction image; required with an endpoint
+    serving_machine_type: str = "n1-standard-4"
+
+    def check(self, distribution: str) -> None:
+        if not self.project:
+            raise ValueError("--vertex-project is required for --target vertex")
+        if self.replicas < 1 or self.accelerator_count < 0:
+            raise ValueError("--vertex-replicas must be at least 1 and --vertex-accelerator-count not negative")
+        if self.replicas > 1 and distribution != spec.DISTRIBUTION_MULTI_WORKER:
+            raise ValueError(f"{self.replicas} training replicas need --distribution "
+                             f"{spec.DISTRIBUTION_MULTI_WORKER} (got {distribution})")
+        if distribution == spec.DISTRIBUTION_MULTI_WORKER and self.replicas < 2:
+            raise ValueError("--distribution multi_worker on Vertex needs --vertex-replicas 2 or more")
+        if bool(self.accelerator_type) != (self.accelerator_count > 0):
+            raise ValueError("give --vertex-accelerator-type and --vertex-accelerator-count together")
+        if self.endpoint_name and not self.serving_image:
+            raise ValueError("--vertex-endpoint needs --vertex-serving-image (a Vertex AI prebuilt "
+                             "TensorFlow prediction image matching TF 2.16)")
+
+
+VERTEX_DEFAULTS = VertexOptions()
 
 
 @dataclass
@@ -188,6 +232,7 @@ class TrainingHistory(_Document):
     config: dict = field(default_factory=dict)
     precision_policy: str | None = None
     history: dict = field(default_factory=dict)  # Keras metric name → one value per epoch
+    distribution: dict | None = None  # with a strategy: its name, replicas_in_sync, the task
 
     @property
     def epochs_run(self) -> int:

@@ -139,3 +139,20 @@ LOG_PAYLOADS: tuple[str, ...] = (LOG_PAYLOAD_NONE, LOG_PAYLOAD_FEATURES, LOG_PAY
 # on train (the weights) and on eval (temperature, abstention thresholds and the OOD
 # statistics are fitted there), so a baseline on either would report skew for every
 # healthy stream of new images.
+# ── Scale-out (README, Running at scale) ──────────────────────────────────────────
+# tf.distribute strategy the Trainer builds its model under (TrainerConfig.distribution):
+# none = the default single-device path; mirrored = every local GPU (or every logical
+# CPU device when there is no GPU) of one host; multi_worker = the hosts TF_CONFIG names.
+DISTRIBUTION_NONE = "none"
+DISTRIBUTION_MIRRORED = "mirrored"
+DISTRIBUTION_MULTI_WORKER = "multi_worker"
+DISTRIBUTIONS: tuple[str, ...] = (DISTRIBUTION_NONE, DISTRIBUTION_MIRRORED, DISTRIBUTION_MULTI_WORKER)
+# How a multi-worker input pipeline is split between workers (tf.data auto-shard):
+# file = each worker reads its own TFRecord files; data = every worker reads every
+# file and keeps its share of the examples (for fewer files than workers).
+INPUT_SHARDING_FILE = "file"
+INPUT_SHARDING_DATA = "data"
+INPUT_SHARDING: tuple[str, ...] = (INPUT_SHARDING_FILE, INPUT_SHARDING_DATA)
+# Where `btmri compile` targets: Kubeflow Pipelines v2, or Vertex AI Pipelines with
+# the Trainer as a Vertex AI training job and the Pusher to a Vertex AI endpoint.
+COMPILE_TARGETS: tuple[str, ...] = ("kubeflow", "vertex")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from btmri.console import quiet_environment
-from btmri.documents import TRAINER_DEFAULTS
+from btmri.documents import TRAINER_DEFAULTS, VERTEX_DEFAULTS
 from btmri.layout import DEFAULT_LAYOUT, MANIFEST_FILE, RunLayout
 
 
@@ -49,7 +49,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
     """PipelineConfig from the arguments `run` and `compile` share (pipeline_args)."""
-    from pipeline.config import PipelineConfig
+    from pipeline.config import PipelineConfig, component_beam_args
 
     return PipelineConfig(
         pipeline_root=args.pipeline_root, data_root=data_root, serving_dir=args.serving_dir,
@@ -63,6 +63,8 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         lesion_paste_rate=args.lesion_paste_rate,
         abstention=not args.no_abstention, abstention_accept=args.abstention_accept,
         abstention_min_acceptance=args.min_acceptance,
+        distribution=args.distribution, input_sharding=args.input_sharding,
+        component_beam_args=component_beam_args(args.component_beam_arg),
         **overrides)
 
 
@@ -95,12 +97,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(summary_table(prepared.manifest))
 
     from components.executors import AnomaliesFound
-    from pipeline.config import local_beam_args
+    from pipeline.config import beam_args, runs_beyond_this_process
     from pipeline.local_runner import run_pipeline
     from pipeline.summary import summary_lines
 
-    config = _pipeline_config(args, prepared.path, enable_cache=not args.no_cache,
-                              box_dir=box_dir, beam_pipeline_args=args.beam_arg or local_beam_args())
+    try:
+        beam = (beam_args(args.beam_workers, args.beam_job_endpoint) + args.beam_arg
+                if args.beam_workers or not args.beam_arg else args.beam_arg)
+        # Workers of other runners import the project's code rather than TFX's staged
+        # module-file wheels: functions by import path.
+        config = _pipeline_config(args, prepared.path, enable_cache=not args.no_cache,
+                                  box_dir=box_dir, beam_pipeline_args=beam,
+                                  use_module_files=not runs_beyond_this_process(beam))
+    except ValueError as err:
+        print(f"btmri run: error: {err}", file=sys.stderr)
+        return 2
     print(f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
           f"model {config.model}, {config.epochs} epochs)")
     try:
@@ -119,13 +130,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from pipeline.kubeflow_runner import compile_pipeline
 
+    from btmri.documents import VertexOptions
+    from btmri.spec import DISTRIBUTION_MULTI_WORKER
+
+    vertex = None
+    if args.target == "vertex":
+        vertex = VertexOptions(
+            project=args.vertex_project or "", image=args.image, region=args.vertex_region,
+            machine_type=args.vertex_machine_type, accelerator_type=args.vertex_accelerator_type,
+            accelerator_count=args.vertex_accelerator_count, replicas=args.vertex_replicas,
+            endpoint_name=args.vertex_endpoint, serving_image=args.vertex_serving_image,
+            serving_machine_type=args.vertex_serving_machine_type)
     # Functions by import path (code baked into the image); Kubeflow/Vertex bring
     # their own ML Metadata.
-    config = _pipeline_config(args, args.data_root, beam_pipeline_args=list(args.beam_arg),
-                              use_module_files=False, metadata_path="",
-                              test_split=not args.no_test_split, box_dir=args.boxes_dir)
+    try:
+        if args.target == "kubeflow" and args.distribution == DISTRIBUTION_MULTI_WORKER:
+            raise ValueError("--distribution multi_worker needs --target vertex: Kubeflow Pipelines "
+                             "runs the Trainer in one pod (mirrored uses that pod's GPUs)")
+        config = _pipeline_config(args, args.data_root, beam_pipeline_args=list(args.beam_arg),
+                                  use_module_files=False, metadata_path="",
+                                  test_split=not args.no_test_split, box_dir=args.boxes_dir,
+                                  vertex=vertex)
+    except ValueError as err:
+        print(f"btmri compile: error: {err}", file=sys.stderr)
+        return 2
     path = compile_pipeline(config, args.out, args.image)
-    print(f"wrote Kubeflow Pipelines / Vertex AI spec to {path}")
+    print(f"wrote {'Vertex AI' if vertex else 'Kubeflow Pipelines v2'} spec to {path}")
     return 0
 
 
@@ -174,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep TensorFlow's start-up notes and library warnings")
     p.set_defaults(func=_cmd_prepare)
 
-    from btmri.spec import MODEL_NAMES
+    from btmri.spec import COMPILE_TARGETS, DISTRIBUTIONS, INPUT_SHARDING, MODEL_NAMES
     from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND, TRAINING_PRECISIONS, PipelineConfig
 
     def pipeline_args(p, local: bool):
@@ -236,6 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                        help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner); "
                             "default: DirectRunner, multi-processing, one worker per core")
+        p.add_argument("--component-beam-arg", action="append", default=[], metavar="ID=ARG",
+                       help="Beam option for one Beam component only, after the pipeline's, "
+                            "repeatable (e.g. --component-beam-arg Evaluator=--direct_num_workers=1)")
+        p.add_argument("--distribution", default=TRAINER_DEFAULTS.distribution, choices=DISTRIBUTIONS,
+                       help="tf.distribute strategy of the Trainer: none; mirrored (all local GPUs "
+                            "of one host); multi_worker (the hosts TF_CONFIG names). --batch-size "
+                            "is the global batch; the learning rate is not rescaled")
+        p.add_argument("--input-sharding", default=TRAINER_DEFAULTS.input_sharding,
+                       choices=INPUT_SHARDING,
+                       help="multi_worker: workers split the training TFRecords by file (needs at "
+                            "least one file per worker) or by example; default %(default)s")
 
     p = sub.add_parser("run", help="run the TFX pipeline locally, ending with a pushed model")
     p.add_argument("--data-dir", default=None,
@@ -243,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=DEFAULT_LAYOUT.work_dir,
                    help="where synthetic and prepared data go (default %(default)s)")
     pipeline_args(p, local=True)
+    p.add_argument("--beam-workers", default=None, metavar="SPEC",
+                   help="Beam workers of StatisticsGen, Transform, Evaluator, ...: N (DirectRunner, "
+                        "N processes; default one per core), in_memory, or external:HOST:PORT "
+                        "(PortableRunner; SDK workers from the Beam worker pool at HOST:PORT). "
+                        "--beam-arg options come after and win")
+    p.add_argument("--beam-job-endpoint", default=None, metavar="HOST:PORT",
+                   help="with --beam-workers external:...: a running Beam job service "
+                        "(default: one inside this process)")
     p.add_argument("--synthetic-per-class", type=int, default=400,
                    help="training images per class of the synthetic default (test: a quarter)")
     p.add_argument("--drop-cross-split-duplicates", action="store_true",
@@ -265,6 +314,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boxes-dir", default=None,
                    help="tumour box folder as the workers see it (e.g. gs://bucket/boxes): "
                         "adds the LesionAudit step")
+    p.add_argument("--target", default=COMPILE_TARGETS[0], choices=COMPILE_TARGETS,
+                   help="kubeflow: every component in the project image; vertex: the Trainer as a "
+                        "Vertex AI training job (and, with --vertex-endpoint, the push to Vertex AI)")
+    v = VERTEX_DEFAULTS
+    p.add_argument("--vertex-project", default=None, help="--target vertex: GCP project (required)")
+    p.add_argument("--vertex-region", default=v.region, help="default %(default)s")
+    p.add_argument("--vertex-machine-type", default=v.machine_type,
+                   help="every training replica; default %(default)s")
+    p.add_argument("--vertex-accelerator-type", default=v.accelerator_type,
+                   help="e.g. NVIDIA_TESLA_T4; default: none")
+    p.add_argument("--vertex-accelerator-count", type=int, default=v.accelerator_count,
+                   help="accelerators per replica")
+    p.add_argument("--vertex-replicas", type=int, default=v.replicas,
+                   help="training machines: one chief + N-1 workers (N > 1 needs --distribution "
+                        "multi_worker); default %(default)s")
+    p.add_argument("--vertex-endpoint", default=v.endpoint_name, metavar="NAME",
+                   help="push the blessed model to this Vertex AI endpoint (Model Registry upload "
+                        "+ deploy) instead of --serving-dir")
+    p.add_argument("--vertex-serving-image", default=v.serving_image,
+                   help="with --vertex-endpoint: a Vertex AI prebuilt TensorFlow prediction image")
+    p.add_argument("--vertex-serving-machine-type", default=v.serving_machine_type,
+                   help="with --vertex-endpoint; default %(default)s")
     pipeline_args(p, local=False)
     p.set_defaults(func=_cmd_compile)
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import components
-from btmri.documents import TRAINER_DEFAULTS
+from btmri.documents import TRAINER_DEFAULTS, VertexOptions
 from btmri.layout import metadata_path
-from btmri.spec import MIN_ACCEPTANCE
+from btmri.spec import DISTRIBUTIONS, INPUT_SHARDING, MIN_ACCEPTANCE
 from components.training.precision import CHOICES as TRAINING_PRECISIONS
 
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
@@ -25,10 +25,75 @@ DEFAULT_PIPELINE_NAME = "brain-tumor-mri"  # Kubeflow/Vertex names: [a-z0-9][a-z
 DEFAULT_ACCURACY_LOWER_BOUND = 0.80
 
 
-def local_beam_args() -> list[str]:
-    """DirectRunner, one worker process per core (the embedded default)."""
+def local_beam_args(workers: int | None = None) -> list[str]:
+    """DirectRunner, `workers` worker processes (default: one per core; the embedded default)."""
     return ["--direct_running_mode=multi_processing",
-            f"--direct_num_workers={os.cpu_count() or 1}"]
+            f"--direct_num_workers={workers or os.cpu_count() or 1}"]
+
+
+# `btmri run --beam-workers SPEC` (README, Running at scale).
+IN_MEMORY = "in_memory"
+EXTERNAL_PREFIX = "external:"
+EMBEDDED_JOB_SERVICE = "embed"  # PortableRunner's own in-process job service
+# PortableRunner puts its job-service request timeout (Beam's default: 60 s) on the job's
+# state and message streams too, so a job running longer fails with DEADLINE_EXCEEDED
+# although the job service is fine (Beam 2.60). One day instead.
+JOB_SERVER_TIMEOUT_SECONDS = 24 * 3600
+
+
+def beam_args(workers: str | None = None, job_endpoint: str | None = None) -> list[str]:
+    """Beam pipeline options for a `--beam-workers` SPEC:
+
+    - None: DirectRunner, multi-processing, one worker process per core (the default);
+    - `N`: the same with N worker processes;
+    - `in_memory`: DirectRunner inside the driver process (no worker processes);
+    - `external:HOST:PORT`: Beam's portability layer, as Flink, Spark and Dataflow drive
+      it: PortableRunner, a job service (`job_endpoint` HOST:PORT of
+      `python -m apache_beam.runners.portability.local_job_service_main`; default: one
+      inside this process) and SDK workers started by the worker pool at HOST:PORT
+      (`python -m apache_beam.runners.worker.worker_pool_main --service_port PORT`,
+      environment EXTERNAL). The pool's workers import this project's code: start it
+      where the project is installed or on PYTHONPATH.
+    """
+    if workers is None or workers == "":
+        if job_endpoint:
+            raise ValueError("--beam-job-endpoint needs --beam-workers external:HOST:PORT")
+        return local_beam_args()
+    if workers.startswith(EXTERNAL_PREFIX):
+        address = workers[len(EXTERNAL_PREFIX):]
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--beam-workers {workers!r}: expected external:HOST:PORT")
+        return ["--runner=PortableRunner", f"--job_endpoint={job_endpoint or EMBEDDED_JOB_SERVICE}",
+                f"--job_server_timeout={JOB_SERVER_TIMEOUT_SECONDS}",
+                "--environment_type=EXTERNAL", f"--environment_config={address}"]
+    if job_endpoint:
+        raise ValueError("--beam-job-endpoint needs --beam-workers external:HOST:PORT")
+    if workers == IN_MEMORY:
+        return ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    if workers.isdigit() and int(workers) > 0:
+        return local_beam_args(int(workers))
+    raise ValueError(f"--beam-workers {workers!r}: expected a number of worker processes, "
+                     f"{IN_MEMORY} or external:HOST:PORT")
+
+
+def runs_beyond_this_process(beam: list[str]) -> bool:
+    """True when Beam options send work to SDK workers that do not install the module
+    files TFX stages (PortableRunner with external workers, Flink, Spark, Dataflow):
+    the pipeline must then name its functions by import path (use_module_files=False)."""
+    runners = [a.split("=", 1)[1] for a in beam if a.startswith("--runner=")]
+    return bool(runners) and runners[-1] not in ("DirectRunner", "direct", "BundleBasedDirectRunner")
+
+
+def component_beam_args(pairs: list[str]) -> dict[str, list[str]]:
+    """`--component-beam-arg ID=ARG` values → {component id: [ARG, ...]}, in order."""
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        node, sep, arg = pair.partition("=")
+        if not sep or not node or not arg.startswith("--"):
+            raise ValueError(f"--component-beam-arg {pair!r}: expected COMPONENT=--option[=value]")
+        out.setdefault(node, []).append(arg)
+    return out
 
 
 @dataclass
@@ -65,9 +130,19 @@ class PipelineConfig:
     abstention_min_acceptance: float = MIN_ACCEPTANCE  # blessing: share of the evaluated split answered; < 0: off
     max_accuracy_regression: float = 0.0     # vs the last blessed model
     beam_pipeline_args: list[str] = field(default_factory=local_beam_args)
+    # Beam options of one component, after (so overriding) the pipeline's: {component id: [args]}.
+    component_beam_args: dict[str, list[str]] = field(default_factory=dict)
+    # Training under a tf.distribute strategy (components/training/distribution.py).
+    distribution: str = TRAINER_DEFAULTS.distribution
+    input_sharding: str = TRAINER_DEFAULTS.input_sharding
+    # Compile target vertex: the Trainer runs as a Vertex AI training job (and, with an
+    # endpoint name, the Pusher pushes to Vertex AI); None: the portable components.
+    vertex: VertexOptions | None = None
     enable_cache: bool = True
     materialize: bool = False                # True: Transform writes transformed examples
-    use_module_files: bool = True            # False: reference functions by import path
+    # False: reference functions by import path (compiled specs, non-direct Beam runners:
+    # their SDK workers import the project; TFX's cache then does not see code changes).
+    use_module_files: bool = True
     test_split: bool | None = None           # evaluate on test/; None: if data_root has one
 
     def __post_init__(self):
@@ -79,6 +154,12 @@ class PipelineConfig:
             raise ValueError("accuracy lower bound must be >= 0")
         if not 0.0 < self.abstention_accept <= 1.0:
             raise ValueError("abstention accept share must be in (0, 1]")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}")
+        if self.input_sharding not in INPUT_SHARDING:
+            raise ValueError(f"input sharding must be one of {', '.join(INPUT_SHARDING)}")
+        if self.vertex is not None:
+            self.vertex.check(self.distribution)
 
     @property
     def min_acceptance(self) -> float | None:
@@ -97,8 +178,14 @@ class PipelineConfig:
     def trainer_config(self) -> dict:
         """The Trainer's custom_config: the TrainerConfig fields this configuration sets
         (calibrate and cache keep the Trainer's defaults, so they are not passed and the
-        component's cache key is unchanged)."""
-        return {"model": self.model, "weights": self.weights, "epochs": self.epochs,
+        component's cache key is unchanged; distribution and input_sharding are passed
+        only when not the default, for the same reason)."""
+        scale = {}
+        if self.distribution != TRAINER_DEFAULTS.distribution:
+            scale["distribution"] = self.distribution
+        if self.input_sharding != TRAINER_DEFAULTS.input_sharding:
+            scale["input_sharding"] = self.input_sharding
+        return {**scale, "model": self.model, "weights": self.weights, "epochs": self.epochs,
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "weight_decay": self.weight_decay, "label_smoothing": self.label_smoothing,
                 "patience": self.patience, "augment": self.augment, "seed": self.seed,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base.base_beam_component import BaseBeamComponent
 
 from btmri import spec
 from components.audit.component import LesionAudit
@@ -30,6 +31,20 @@ def component_ids(config: PipelineConfig) -> tuple[str, ...]:
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=pipeline_components(config),
+        enable_cache=config.enable_cache,
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+            if config.metadata_path else None),
+        beam_pipeline_args=config.beam_pipeline_args)
+
+
+def pipeline_components(config: PipelineConfig) -> list:
+    """The components of `config`'s pipeline, in run order, not yet in a Pipeline (so a
+    subset can make a pipeline of its own: pipeline/portable.py)."""
     splits = [spec.TRAIN_SPLIT, spec.EVAL_SPLIT]
     if config.has_test_split:
         splits.append(spec.TEST_SPLIT)
@@ -61,14 +76,19 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     transform.add_upstream_node(example_validator)  # no Transform on anomalous data
 
     code = ({"module_file": str(TRAINER_MODULE)} if config.use_module_files else {"run_fn": RUN_FN})
-    trainer = tfx.components.Trainer(
+    trainer_class, trainer_config = tfx.components.Trainer, config.trainer_config()
+    if config.vertex is not None:  # the same run_fn, as a Vertex AI training job (pipeline/vertex.py)
+        from pipeline import vertex
+        trainer_class = tfx.extensions.google_cloud_ai_platform.Trainer
+        trainer_config = {**trainer_config, **vertex.training_config(config)}
+    trainer = trainer_class(
         examples=(transform.outputs["transformed_examples"] if config.materialize
                   else example_gen.outputs["examples"]),
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=[spec.TRAIN_SPLIT]),
         eval_args=tfx.proto.EvalArgs(splits=[spec.EVAL_SPLIT]),
-        custom_config=config.trainer_config(),
+        custom_config=trainer_config,
         **code)
 
     # With the lesion audit, the blessing that counts is the audit's (it includes the
@@ -130,26 +150,36 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         evaluated_split=evaluate_on, pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root).with_id("ModelReport")
 
-    # The Pusher pushes the validated copy (the candidate plus its warm-up file), and only
-    # when both the model and its serving were blessed.
-    pusher = CardPusher(
-        model=infra_validator.outputs[VALIDATED_MODEL_KEY],
-        model_blessing=blessing,
-        infra_blessing=infra_validator.outputs["blessing"],
-        model_report=report.outputs["report"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.abspath(config.serving_dir)
-                if "://" not in config.serving_dir else config.serving_dir))).with_id("Pusher")
+    if config.vertex is not None and config.vertex.endpoint_name:
+        from pipeline import vertex
+        pusher = vertex.pusher(config, trainer.outputs["model"], blessing)
+    else:
+        # The Pusher pushes the validated copy (the candidate plus its warm-up file), and
+        # only when both the model and its serving were blessed.
+        pusher = CardPusher(
+            model=infra_validator.outputs[VALIDATED_MODEL_KEY],
+            model_blessing=blessing,
+            infra_blessing=infra_validator.outputs["blessing"],
+            model_report=report.outputs["report"],
+            push_destination=tfx.proto.PushDestination(
+                filesystem=tfx.proto.PushDestination.Filesystem(
+                    base_directory=os.path.abspath(config.serving_dir)
+                    if "://" not in config.serving_dir else config.serving_dir))).with_id("Pusher")
 
-    return tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, transform,
-                    trainer, model_resolver, evaluator, *([audit] if audit else []), baseline,
-                    infra_validator, report, pusher],
-        enable_cache=config.enable_cache,
-        metadata_connection_config=(
-            tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
-            if config.metadata_path else None),
-        beam_pipeline_args=config.beam_pipeline_args)
+    components = [example_gen, statistics_gen, schema_gen, example_validator, transform,
+                  trainer, model_resolver, evaluator, *([audit] if audit else []), baseline,
+                  infra_validator, report, pusher]
+    with_component_beam_args(components, config.component_beam_args)
+    return components
+
+
+def with_component_beam_args(components, args_by_id: dict[str, list[str]]) -> None:
+    """Adds each component's own Beam options (`--component-beam-arg ID=ARG`) after the
+    pipeline's, so they override them for that component only (TFX's
+    with_beam_pipeline_args). Only Beam components take them."""
+    beam = {c.id: c for c in components if isinstance(c, BaseBeamComponent)}
+    for node, args in args_by_id.items():
+        if node not in beam:
+            raise ValueError(f"--component-beam-arg: {node!r} is not a Beam component of this pipeline "
+                             f"(those are {', '.join(beam)})")
+        beam[node].with_beam_pipeline_args(list(args))

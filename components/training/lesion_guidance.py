@@ -45,12 +45,22 @@ def evidence_loss(features: tf.Tensor, kernel: tf.Tensor, labels: tf.Tensor,
 
 
 class LesionGuidedModel(keras.Model):
-    """classifier + the lesion-evidence loss (weight 0 or no CAM layer: plain training)."""
+    """classifier + the lesion-evidence loss (weight 0 or no CAM layer: plain training).
 
-    def __init__(self, classifier: keras.Model, classification_loss, evidence_weight: float):
+    `distributed` (built under a tf.distribute strategy): `classification_loss` returns
+    one loss per example, and each replica's gradient is taken of its share of the
+    global-batch mean (sum of its per-example losses / global batch; the evidence and
+    regularisation terms / replicas), so the gradients the strategy sums are the
+    gradient of the mean over the global batch. The evidence term is then the mean of
+    the replicas' means over their boxed images. The loss reported is the replica mean,
+    as on one device. Not distributed: the single-device code, unchanged."""
+
+    def __init__(self, classifier: keras.Model, classification_loss, evidence_weight: float,
+                 distributed: bool = False):
         super().__init__(name=f"{classifier.name}_lesion_guided")
         self.classifier = classifier
         self.classification_loss = classification_loss
+        self.distributed = bool(distributed)
         names = [layer.name for layer in classifier.layers]
         self.evidence_weight = float(evidence_weight) if CAM_LAYER in names else 0.0
         self.with_maps = (keras.Model(classifier.inputs,
@@ -82,6 +92,26 @@ class LesionGuidedModel(keras.Model):
             loss = loss + tf.add_n(self.classifier.losses)
         return loss, evidence, labels, probs
 
+    def _distributed_losses(self, data, training: bool):
+        """(reported loss, loss to differentiate, evidence, labels, probabilities) on one replica."""
+        images, (labels, cells) = data
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        evidence = tf.constant(0.0)
+        rest = tf.constant(0.0)
+        if self.with_maps is None:
+            probs = self.classifier(images, training=training)
+        else:
+            probs, features = self.with_maps(images, training=training)
+            kernel = self.classifier.get_layer(LOGITS_LAYER).kernel
+            evidence = evidence_loss(features, kernel, labels, cells)
+            rest = self.evidence_weight * evidence
+        if self.classifier.losses:
+            rest = rest + tf.add_n(self.classifier.losses)
+        per_example = tf.reshape(tf.cast(self.classification_loss(labels, probs), tf.float32), [-1])
+        reported = tf.reduce_mean(per_example) + rest
+        scaled = tf.nn.compute_average_loss(per_example) + rest / replicas
+        return reported, scaled, evidence, labels, probs
+
     def _track(self, loss, evidence, labels, probs):
         self.loss_tracker.update_state(loss)
         self.evidence_tracker.update_state(evidence)
@@ -89,6 +119,12 @@ class LesionGuidedModel(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
+        if self.distributed:
+            with tf.GradientTape() as tape:
+                loss, scaled, evidence, labels, probs = self._distributed_losses(data, training=True)
+            variables = self.classifier.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+            return self._track(loss, evidence, labels, probs)
         with tf.GradientTape() as tape:
             loss, evidence, labels, probs = self._step_losses(data, training=True)
         variables = self.classifier.trainable_variables
@@ -96,4 +132,7 @@ class LesionGuidedModel(keras.Model):
         return self._track(loss, evidence, labels, probs)
 
     def test_step(self, data):
+        if self.distributed:
+            loss, _, evidence, labels, probs = self._distributed_losses(data, training=False)
+            return self._track(loss, evidence, labels, probs)
         return self._track(*self._step_losses(data, training=False))

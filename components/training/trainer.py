@@ -15,6 +15,7 @@ float32 [N], abstain bool [N] and abstain_reason string [N] (abstention.py).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,11 +29,12 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from btmri.documents import TRAINER_DEFAULTS
+from btmri.spec import DISTRIBUTION_MULTI_WORKER, INPUT_SHARDING_DATA
 from btmri.layout import CALIBRATION_FILE, HISTORY_CSV_FILE, HISTORY_FILE, TENSORBOARD_DIR
 from components.signature_names import (CLASS_ID, CLASS_NAME, EXAMPLES_INPUT, GRADCAM, HEATMAP,
                                         IMAGE_BYTES_INPUT, PREDICT_IMAGES, PROBABILITIES,
                                         SERVING_DEFAULT)
-from components.training import abstention, calibration, gradcam as cam, outliers, precision
+from components.training import abstention, calibration, distribution, gradcam as cam, outliers, precision
 from components.training.augment import augment_batch
 from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
@@ -57,7 +59,8 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
              tf_transform_output: tft.TFTransformOutput, batch_size: int,
              training: bool, augment: bool = False, seed: int = 0,
              materialized: bool = False, cache: bool = False,
-             counterfactuals: CounterfactualConfig | None = None) -> tf.data.Dataset:
+             counterfactuals: CounterfactualConfig | None = None,
+             shard_policy: str | None = None) -> tf.data.Dataset:
     """Examples → (image [B,224,224,1], (label [B], lesion cells [B,7,7,1])).
 
     Lesion cells mark the CAM cells the tumour box touches (all zero without a box;
@@ -68,6 +71,9 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
     were transformed by the Transform component already. `cache` keeps the
     transformed images in memory after the first pass (~200 KB each), so later
     epochs neither read nor decode; training then reshuffles every epoch.
+
+    `shard_policy` (multi-worker training only): how workers split the dataset,
+    distribution.sharded; the batches stay global batches, the strategy splits them.
     """
     metadata = (tf_transform_output.transformed_metadata if materialized
                 else tf_transform_output.raw_metadata)
@@ -111,6 +117,8 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
         return images, (labels, lesion_cells(box_masks(boxes, CAM_SIZE * 8, CAM_SIZE * 8), CAM_SIZE))
 
     dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    if shard_policy is not None:
+        dataset = distribution.sharded(dataset, shard_policy)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -211,11 +219,15 @@ def _calibrate(model: keras.Model, eval_ds: tf.data.Dataset, run_dir: str) -> ke
     return calibration.with_temperature(model, temperature)
 
 
-def smoothed_sparse_crossentropy(smoothing: float):
+def smoothed_sparse_crossentropy(smoothing: float, per_example: bool = False):
     """Cross-entropy on integer labels with label smoothing (Keras' sparse loss has none).
     Smoothing keeps the network from driving training images to probability 1, which
-    it otherwise does by mid-schedule on the real set (train accuracy 0.998)."""
-    categorical = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+    it otherwise does by mid-schedule on the real set (train accuracy 0.998).
+    `per_example`: one loss per example (under a tf.distribute strategy, where the
+    training step averages over the global batch itself); else their mean."""
+    categorical = (keras.losses.CategoricalCrossentropy(
+        label_smoothing=smoothing, reduction=keras.losses.Reduction.NONE) if per_example
+        else keras.losses.CategoricalCrossentropy(label_smoothing=smoothing))
 
     def loss(labels, probabilities):
         one_hot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), contract.NUM_CLASSES)
@@ -239,8 +251,16 @@ def _config(fn_args: tfx.components.FnArgs) -> dict:
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """Trains the whole schedule (or early-stops, if asked), exports the SavedModel."""
+    """Trains the whole schedule (or early-stops, if asked), exports the SavedModel.
+
+    With a distribution (TrainerConfig.distribution; components/training/distribution.py)
+    the model and optimizer are built in the strategy's scope and Keras distributes the
+    datasets; multi-worker: training files are split by file (input_sharding), eval by
+    example, and only the chief writes serving_model_dir and model_run_dir."""
     config = _config(fn_args)
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow's first operation.
+    strategy = distribution.make_strategy(str(config["distribution"]))
+    multi_worker = config["distribution"] == DISTRIBUTION_MULTI_WORKER
     keras.utils.set_random_seed(int(config["seed"]))
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     batch = int(config["batch_size"])
@@ -252,20 +272,27 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     train_ds = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                         batch, training=True, augment=bool(config["augment"]),
                         seed=int(config["seed"]), materialized=materialized, cache=cache,
-                        counterfactuals=counterfactuals)
+                        counterfactuals=counterfactuals,
+                        shard_policy=str(config["input_sharding"]) if multi_worker else None)
+    # Eval has few files (prepare writes proportionally fewer): split by example.
     eval_ds = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
-                       batch, training=False, materialized=materialized, cache=cache)
+                       batch, training=False, materialized=materialized, cache=cache,
+                       shard_policy=INPUT_SHARDING_DATA if multi_worker else None)
 
     policy = precision.keras_policy(str(config["precision"]))
     logging.info("Training precision: %s", policy)
-    with precision.keras_policy_scope(policy):
-        model = build_model(config["model"], config["weights"])
-    model.summary(print_fn=logging.info)
-    guided = LesionGuidedModel(model, smoothed_sparse_crossentropy(float(config["label_smoothing"])),
-                               evidence_weight=float(config["evidence_weight"]))
-    guided.compile(optimizer=_optimizer(config))
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        with precision.keras_policy_scope(policy):
+            model = build_model(config["model"], config["weights"])
+        model.summary(print_fn=logging.info)
+        guided = LesionGuidedModel(
+            model, smoothed_sparse_crossentropy(float(config["label_smoothing"]),
+                                                per_example=strategy is not None),
+            evidence_weight=float(config["evidence_weight"]), distributed=strategy is not None)
+        guided.compile(optimizer=_optimizer(config))
 
-    run_dir = fn_args.model_run_dir
+    run_dir = distribution.write_dir(fn_args.model_run_dir, strategy)
+    serving_model_dir = distribution.write_dir(fn_args.serving_model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, TENSORBOARD_DIR)),
@@ -283,12 +310,18 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             start_from_epoch=int(config["epochs"]) // 2, restore_best_weights=True))
     history = guided.fit(train_ds, validation_data=eval_ds, epochs=int(config["epochs"]),
                         callbacks=callbacks, verbose=2)
+    record = {"config": config, "precision_policy": policy,
+              "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
+    if strategy is not None:
+        record["distribution"] = {"strategy": str(config["distribution"]),
+                                  "replicas_in_sync": int(strategy.num_replicas_in_sync),
+                                  "task": distribution.task_name(strategy)}
     with open(os.path.join(run_dir, HISTORY_FILE), "w") as f:
-        json.dump({"config": config, "precision_policy": policy,
-                   "history": {k: [float(v) for v in vals]
-                               for k, vals in history.history.items()}}, f, indent=1)
+        json.dump(record, f, indent=1)
 
-    if policy != "float32":
+    # The export copy holds plain float32 variables (no distributed ones): calibration,
+    # abstention and the SavedModel are then the same code with or without a strategy.
+    if policy != "float32" or strategy is not None:
         model = _float32_copy(model, config["model"])
     if config["calibrate"]:
         model = _calibrate(model, eval_ds, run_dir)
@@ -296,11 +329,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if config["abstention"]:
         spec = fit_abstention(model, eval_ds, tf_transform_output, config)
     model.tft_layer = tf_transform_output.transform_features_layer()
-    model.save(fn_args.serving_model_dir, save_format="tf",
+    model.save(serving_model_dir, save_format="tf",
                signatures=make_signatures(model, tf_transform_output, spec))
     if spec is not None:
-        abstention.write(spec, fn_args.serving_model_dir)
+        abstention.write(spec, serving_model_dir)
         abstention.write(spec, run_dir)
+    distribution.finish(strategy, serving_model_dir, run_dir)
 
 
 def fit_abstention(model: keras.Model, eval_ds: tf.data.Dataset,
