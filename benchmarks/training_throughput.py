@@ -1,7 +1,7 @@
 """Benchmark: training images/s through the real input function vs in-memory tensors.
 
     python benchmarks/training_throughput.py --pipeline-root ROOT [--steps 40] [--batch-size 32]
-        [--precision auto|float32|bfloat16]
+        [--compute-dtype auto|float32|bfloat16]
 
 Uses the latest ImportExampleGen and Transform outputs of a pipeline run (e.g.
 the one benchmarks/pipeline_components.py leaves behind). Times model.fit of
@@ -11,7 +11,7 @@ the default model for the same number of steps fed three ways:
   3. the same without augmentation and without the cache,
   4. one in-memory batch of already transformed tensors, repeated (the limit:
      no reading, decoding or augmentation at all).
-Then the limit once more in float32 if the chosen precision was not float32.
+Then the limit once more in float32 if the chosen compute dtype was not float32.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import data_prep  # noqa: E402,F401  (Keras 2 before TensorFlow)
-from components.training import precision  # noqa: E402  (TF-free until a policy is chosen)
+from components.training import compute_dtype  # noqa: E402  (TF-free until a policy is chosen)
 
 
 def _fit_rate(model, dataset, steps: int, batch_size: int) -> float:
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--precision", default="auto", choices=precision.CHOICES)
+    parser.add_argument("--compute-dtype", default="auto", choices=compute_dtype.CHOICES)
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -67,10 +67,10 @@ def main() -> None:
     files = [os.path.join(artifact_utils.get_split_uri([examples], "train"), "*")]
     tft_output = tft.TFTransformOutput(graph.uri)
 
-    policy = precision.keras_policy(args.precision)
+    policy = compute_dtype.keras_policy(args.compute_dtype)
 
     def fresh_model(policy_name: str = policy):
-        with precision.keras_policy_scope(policy_name):
+        with compute_dtype.keras_policy_scope(policy_name):
             model = build_model(args.model or DEFAULT_MODEL)
         model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy())
         return model

@@ -164,7 +164,7 @@ class TrainerConfig(_Document):
     materialized: bool = False  # examples are Transform's output, not raw Examples
     calibrate: bool = True  # temperature scaling fitted on the eval split
     cache: bool = True  # keep decoded images in memory across epochs
-    precision: str = "auto"  # float32 | bfloat16 | auto (bf16 if the CPU has it)
+    compute_dtype: str = "auto"  # float32 | bfloat16 | auto (bf16 if the CPU has it)
     # Lesion guidance, for training images with a known tumour box.
     evidence_weight: float = 1.0  # weight of the lesion-evidence loss; 0: off
     lesion_removal_rate: float = 0.25  # boxed tumour images shown with the lesion removed
@@ -230,7 +230,7 @@ class TrainingHistory(_Document):
     """history.json in the Trainer's model_run folder."""
 
     config: dict = field(default_factory=dict)
-    precision_policy: str | None = None
+    compute_dtype_policy: str | None = None  # the Keras policy the Trainer used
     history: dict = field(default_factory=dict)  # Keras metric name → one value per epoch
     distribution: dict | None = None  # with a strategy: its name, replicas_in_sync, the task
 

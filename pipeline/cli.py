@@ -55,7 +55,7 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         pipeline_root=args.pipeline_root, data_root=data_root, serving_dir=args.serving_dir,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, patience=args.early_stopping, precision=args.precision,
+        label_smoothing=args.label_smoothing, patience=args.early_stopping, compute_dtype=args.compute_dtype,
         audit_min_pointing=args.audit_min_pointing,
         audit_min_removed_changed=args.audit_min_removed_changed,
         accuracy_lower_bound=args.accuracy_bound, evidence_weight=args.evidence_weight,
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_prepare)
 
     from btmri.spec import COMPILE_TARGETS, DISTRIBUTIONS, INPUT_SHARDING, MODEL_NAMES
-    from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND, TRAINING_PRECISIONS, PipelineConfig
+    from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND, COMPUTE_DTYPES, PipelineConfig
 
     def pipeline_args(p, local: bool):
         p.add_argument("--pipeline-root", default=DEFAULT_LAYOUT.pipeline_root if local else None,
@@ -229,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a better eval loss (from half-way) "
                             "and keep the best epoch; default 0: train the whole schedule")
-        p.add_argument("--precision", default=TRAINER_DEFAULTS.precision, choices=TRAINING_PRECISIONS,
-                       help="training arithmetic; auto: bfloat16 where the CPU has it "
+        p.add_argument("--compute-dtype", "--precision", dest="compute_dtype",
+                       default=TRAINER_DEFAULTS.compute_dtype, choices=COMPUTE_DTYPES,
+                       help="training arithmetic (--precision is the old name); auto: bfloat16 where the CPU has it "
                             "(AVX512-BF16/AMX), else float32. Exported models are float32")
         p.add_argument("--evidence-weight", type=float, default=TRAINER_DEFAULTS.evidence_weight,
                        help="weight of the loss that keeps the class evidence inside known tumour "

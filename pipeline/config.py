@@ -9,7 +9,7 @@ import components
 from btmri.documents import TRAINER_DEFAULTS, VertexOptions
 from btmri.layout import metadata_path
 from btmri.spec import DISTRIBUTIONS, INPUT_SHARDING, MIN_ACCEPTANCE
-from components.training.precision import CHOICES as TRAINING_PRECISIONS
+from components.training.compute_dtype import CHOICES as COMPUTE_DTYPES
 
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
 SCHEMA_FILE = COMPONENTS_DIR / "schema" / "schema.pbtxt"
@@ -114,7 +114,7 @@ class PipelineConfig:
     weight_decay: float = TRAINER_DEFAULTS.weight_decay
     label_smoothing: float = TRAINER_DEFAULTS.label_smoothing
     patience: int = TRAINER_DEFAULTS.patience
-    precision: str = TRAINER_DEFAULTS.precision
+    compute_dtype: str = TRAINER_DEFAULTS.compute_dtype
     augment: bool = TRAINER_DEFAULTS.augment
     seed: int = TRAINER_DEFAULTS.seed
     evidence_weight: float = TRAINER_DEFAULTS.evidence_weight
@@ -148,8 +148,8 @@ class PipelineConfig:
     def __post_init__(self):
         if self.metadata_path is None:  # "" = no local store (Kubeflow/Vertex bring their own)
             self.metadata_path = metadata_path(self.pipeline_root)
-        if self.precision not in TRAINING_PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(TRAINING_PRECISIONS)}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}")
         if not 0.0 <= self.accuracy_lower_bound:
             raise ValueError("accuracy lower bound must be >= 0")
         if not 0.0 < self.abstention_accept <= 1.0:
@@ -189,7 +189,7 @@ class PipelineConfig:
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "weight_decay": self.weight_decay, "label_smoothing": self.label_smoothing,
                 "patience": self.patience, "augment": self.augment, "seed": self.seed,
-                "materialized": self.materialize, "precision": self.precision,
+                "materialized": self.materialize, "compute_dtype": self.compute_dtype,
                 "evidence_weight": self.evidence_weight,
                 "lesion_removal_rate": self.lesion_removal_rate,
                 "decoy_removal_rate": self.decoy_removal_rate,

@@ -34,7 +34,7 @@ from btmri.layout import CALIBRATION_FILE, HISTORY_CSV_FILE, HISTORY_FILE, TENSO
 from components.signature_names import (CLASS_ID, CLASS_NAME, EXAMPLES_INPUT, GRADCAM, HEATMAP,
                                         IMAGE_BYTES_INPUT, PREDICT_IMAGES, PROBABILITIES,
                                         SERVING_DEFAULT)
-from components.training import abstention, calibration, distribution, gradcam as cam, outliers, precision
+from components.training import abstention, calibration, distribution, gradcam as cam, outliers, compute_dtype
 from components.training.augment import augment_batch
 from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
@@ -279,10 +279,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                        batch, training=False, materialized=materialized, cache=cache,
                        shard_policy=INPUT_SHARDING_DATA if multi_worker else None)
 
-    policy = precision.keras_policy(str(config["precision"]))
-    logging.info("Training precision: %s", policy)
+    policy = compute_dtype.keras_policy(str(config["compute_dtype"]))
+    logging.info("Training compute dtype: %s", policy)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        with precision.keras_policy_scope(policy):
+        with compute_dtype.keras_policy_scope(policy):
             model = build_model(config["model"], config["weights"])
         model.summary(print_fn=logging.info)
         guided = LesionGuidedModel(
@@ -310,7 +310,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             start_from_epoch=int(config["epochs"]) // 2, restore_best_weights=True))
     history = guided.fit(train_ds, validation_data=eval_ds, epochs=int(config["epochs"]),
                         callbacks=callbacks, verbose=2)
-    record = {"config": config, "precision_policy": policy,
+    record = {"config": config, "compute_dtype_policy": policy,
               "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
     if strategy is not None:
         record["distribution"] = {"strategy": str(config["distribution"]),

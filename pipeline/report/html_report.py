@@ -179,7 +179,7 @@ def _training(data: ReportData) -> str:
         ("kept epoch", kept), ("batch size", cfg.get("batch_size")),
         ("learning rate", cfg.get("learning_rate")), ("weight decay", cfg.get("weight_decay")),
         ("label smoothing", cfg.get("label_smoothing")), ("augmentation", cfg.get("augment")),
-        ("training precision", (data.history or {}).get("precision_policy")))]
+        ("training compute dtype", (data.history or {}).get("compute_dtype_policy")))]
     if kept:
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             if h.get(key):

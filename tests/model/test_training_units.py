@@ -1,4 +1,4 @@
-"""Training helpers without a pipeline: augmentation geometry, precision choice, and the
+"""Training helpers without a pipeline: augmentation geometry, compute dtype choice, and the
 float32 copy the Trainer exports after mixed-precision training."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import data_prep  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
-from components.training import augment, precision
+from components.training import augment, compute_dtype
 from components.model_names import PRETRAINABLE
 from components.training.models import GRADCAM_LAYER, LOGITS_LAYER, build_model
 from components.training.trainer import _float32_copy
@@ -81,21 +81,21 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path):
     with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16\n")
     without = tmp_path / "without"
     without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
-    assert precision.cpu_has_bf16(str(with_bf16))
-    assert not precision.cpu_has_bf16(str(without))
-    assert not precision.cpu_has_bf16(str(tmp_path / "missing"))
+    assert compute_dtype.cpu_has_bf16(str(with_bf16))
+    assert not compute_dtype.cpu_has_bf16(str(without))
+    assert not compute_dtype.cpu_has_bf16(str(tmp_path / "missing"))
 
 
-def test_precision_settings_map_to_keras_policies():
-    assert precision.keras_policy("float32") == "float32"
-    assert precision.keras_policy("bfloat16") == "mixed_bfloat16"
-    assert precision.keras_policy("auto") in ("float32", "mixed_bfloat16")
-    with pytest.raises(ValueError, match="precision must be one of"):
-        precision.keras_policy("float16")
+def test_compute_dtype_settings_map_to_keras_policies():
+    assert compute_dtype.keras_policy("float32") == "float32"
+    assert compute_dtype.keras_policy("bfloat16") == "mixed_bfloat16"
+    assert compute_dtype.keras_policy("auto") in ("float32", "mixed_bfloat16")
+    with pytest.raises(ValueError, match="compute dtype must be one of"):
+        compute_dtype.keras_policy("float16")
 
 
 def test_float32_copy_of_a_mixed_precision_model_predicts_the_same_in_float32():
-    with precision.keras_policy_scope("mixed_bfloat16"):
+    with compute_dtype.keras_policy_scope("mixed_bfloat16"):
         mixed = build_model("mri_resnet")
     assert mixed.get_layer("logits").compute_dtype == "bfloat16"
     copy = _float32_copy(mixed, "mri_resnet")

@@ -262,11 +262,11 @@ def test_materialize_switch_wires_the_trainer_input(tmp_path, materialize):
 def test_training_options_reach_the_trainer_config(tmp_path):
     from pipeline.cli import _pipeline_config, build_parser
 
-    args = build_parser().parse_args(["run", "--precision", "float32", "--early-stopping", "4",
+    args = build_parser().parse_args(["run", "--compute-dtype", "float32", "--early-stopping", "4",
                                       "--epochs", "7", "--pipeline-root", str(tmp_path)])
     custom = _pipeline_config(args, str(tmp_path)).trainer_config()
-    assert (custom["precision"], custom["patience"], custom["epochs"]) == ("float32", 4, 7)
+    assert (custom["compute_dtype"], custom["patience"], custom["epochs"]) == ("float32", 4, 7)
     defaults = _pipeline_config(build_parser().parse_args(["run"]), str(tmp_path)).trainer_config()
-    assert (defaults["precision"], defaults["patience"]) == ("auto", 0)
-    with pytest.raises(ValueError, match="precision must be one of"):
-        PipelineConfig(pipeline_root="r", data_root="d", serving_dir="s", precision="float16")
+    assert (defaults["compute_dtype"], defaults["patience"]) == ("auto", 0)
+    with pytest.raises(ValueError, match="compute dtype must be one of"):
+        PipelineConfig(pipeline_root="r", data_root="d", serving_dir="s", compute_dtype="float16")

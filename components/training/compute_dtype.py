@@ -1,7 +1,7 @@
-"""Training precision: float32, or mixed bfloat16 where the CPU computes it natively.
+"""Training compute dtype: float32, or mixed bfloat16 where the CPU computes it natively.
 
 On a CPU with AVX512-BF16 (or AMX) oneDNN runs bfloat16 convolutions about twice
-as fast as float32 (benchmarks/training_throughput.py --precision). Variables
+as fast as float32 (benchmarks/training_throughput.py --compute-dtype). Variables
 stay float32 under Keras' mixed policy, and the exported model is rebuilt in
 float32, so serving never depends on the training machine's CPU.
 """
@@ -28,7 +28,7 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 def keras_policy(setting: str) -> str:
     """'auto' | 'float32' | 'bfloat16' → a Keras mixed-precision policy name."""
     if setting not in CHOICES:
-        raise ValueError(f"precision must be one of {', '.join(CHOICES)}, not {setting!r}")
+        raise ValueError(f"compute dtype must be one of {', '.join(CHOICES)}, not {setting!r}")
     if setting == "auto":
         import tensorflow as tf  # here, so the pipeline config can import CHOICES without TF
 
