@@ -1,11 +1,20 @@
 """Small read-only queries on the pipeline's ML Metadata store."""
 from __future__ import annotations
 
+import os
+
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import artifact_utils
 
 from pipeline.config import PipelineConfig
+
+
+def missing_store_message(config: PipelineConfig) -> str | None:
+    """Why the run's ML Metadata store cannot be read (for the caller's own error), or None."""
+    if os.path.isfile(config.metadata_path):
+        return None
+    return f"no ML Metadata store at {config.metadata_path}: run `btmri run` first or pass --pipeline-root"
 
 
 def open_store(config: PipelineConfig) -> metadata_store.MetadataStore:

@@ -80,12 +80,11 @@ def find_baseline(pipeline_root: str) -> Baseline:
     import tensorflow_data_validation as tfdv
 
     from pipeline.config import PipelineConfig
-    from pipeline.metadata import latest_output
+    from pipeline.metadata import latest_output, missing_store_message
 
     config = PipelineConfig(pipeline_root=pipeline_root, data_root="", serving_dir="")
-    if not os.path.isfile(config.metadata_path):
-        raise MonitorError(f"no ML Metadata store at {config.metadata_path}: run `btmri run` first "
-                           "or pass --pipeline-root")
+    if missing := missing_store_message(config):
+        raise MonitorError(missing)
     statistics = latest_output(config, "RequestBaseline", "statistics")
     schema = latest_output(config, "RequestBaseline", "schema")
     if statistics is None or schema is None:

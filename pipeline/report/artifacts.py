@@ -14,7 +14,7 @@ from tfx.types import artifact_utils
 
 from btmri.layout import MANIFEST_FILE
 from pipeline.config import PipelineConfig
-from pipeline.metadata import latest_output, node_executions
+from pipeline.metadata import latest_output, missing_store_message, node_executions
 
 # Names TFMA gives the two models when a baseline is present (TFX's Evaluator).
 CANDIDATE = "candidate"
@@ -87,9 +87,8 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
     `data_root` overrides where the prepare manifest (manifest.json) is looked for;
     by default it is the run's own copy in the Examples artifact.
     """
-    if not os.path.isfile(config.metadata_path):
-        raise ReportError(f"no ML Metadata store at {config.metadata_path}: run `btmri run` first "
-                          "or pass --pipeline-root")
+    if missing := missing_store_message(config):
+        raise ReportError(missing)
     evaluation = latest_output(config, "Evaluator", "evaluation")
     examples = latest_output(config, "ImportExampleGen", "examples")
     if evaluation is None or examples is None:

@@ -34,12 +34,11 @@ def report_of_run(config: PipelineConfig, out: str | os.PathLike) -> dict | None
     import os.path
 
     from btmri.layout import REPORT_FILE, SUMMARY_FILE
-    from pipeline.metadata import latest_output
+    from pipeline.metadata import latest_output, missing_store_message
     from pipeline.report.artifacts import ReportError
 
-    if not os.path.isfile(config.metadata_path):
-        raise ReportError(f"no ML Metadata store at {config.metadata_path}: run `btmri run` "
-                          "first or pass --pipeline-root")
+    if missing := missing_store_message(config):
+        raise ReportError(missing)
     report = latest_output(config, "ModelReport", "report")
     if report is None or not os.path.isfile(os.path.join(report.uri, SUMMARY_FILE)):
         return None

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -22,6 +20,7 @@ from serving.manager import LoadPolicy, ServableManager, State
 from serving.model_config import ALL, LATEST, SPECIFIC, parse_model_config, read_model_config_file
 from serving.models import ModelSet
 from serving.process import ServerProcess
+from tests.serving.test_serving import rest
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "serving" / "config"
@@ -225,14 +224,6 @@ def _predict(server, image: bytes, name="brain_tumor", label=None, version=None)
         return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
 
 
-def _rest(server, method: str, path: str, document=None) -> tuple[int, dict]:
-    data = None if document is None else json.dumps(document).encode()
-    request = urllib.request.Request(server.rest_url + path, data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def test_grpc_labels_resolve_and_unknown_labels_are_refused_as_tf_serving_does(server, image):
@@ -258,16 +249,16 @@ def test_rest_labels_paths(server, image):
 
     document = {"signature_name": "predict_images",
                 "instances": [{"b64": base64.b64encode(image).decode()}]}
-    code, answer = _rest(server, "POST", "/v1/models/brain_tumor/labels/stable:predict", document)
+    code, answer = rest(server, "POST", "/v1/models/brain_tumor/labels/stable:predict", document)
     assert code == 200 and len(answer["predictions"]) == 1
-    code, status = _rest(server, "GET", "/v1/models/brain_tumor/labels/stable")
+    code, status = rest(server, "GET", "/v1/models/brain_tumor/labels/stable")
     assert code == 200
     assert [(s["version"], s["state"]) for s in status["model_version_status"]] == [(str(STABLE), "AVAILABLE")]
-    code, status = _rest(server, "GET", "/v1/models/brain_tumor")
+    code, status = rest(server, "GET", "/v1/models/brain_tumor")
     assert sorted(int(s["version"]) for s in status["model_version_status"]) == [STABLE, CANARY]
-    code, metadata = _rest(server, "GET", "/v1/models/brain_tumor/labels/canary/metadata")
+    code, metadata = rest(server, "GET", "/v1/models/brain_tumor/labels/canary/metadata")
     assert code == 200 and metadata["model_spec"]["version"] == str(CANARY)
-    code, error = _rest(server, "POST", "/v1/models/brain_tumor/labels/beta:predict", document)
+    code, error = rest(server, "POST", "/v1/models/brain_tumor/labels/beta:predict", document)
     assert (code, error) == (400, {"error": "Unrecognized servable version label: beta"})
 
 
@@ -302,10 +293,10 @@ def test_promoting_the_canary_by_editing_the_config(server, image):
     with pytest.raises(grpc.RpcError) as err:
         _predict(server, image, label="canary")
     assert err.value.details() == "Unrecognized servable version label: canary"
-    while _rest(server, "GET", "/v1/models/brain_tumor")[1]["model_version_status"][-1]["state"] != "END":
+    while rest(server, "GET", "/v1/models/brain_tumor")[1]["model_version_status"][-1]["state"] != "END":
         assert time.monotonic() < deadline, server.log_text()[-2000:]
         time.sleep(0.2)
     states = {int(s["version"]): s["state"]
-              for s in _rest(server, "GET", "/v1/models/brain_tumor")[1]["model_version_status"]}
+              for s in rest(server, "GET", "/v1/models/brain_tumor")[1]["model_version_status"]}
     assert states == {STABLE: "END", CANARY: "AVAILABLE"}
     assert "model config" in server.log_text() and "changed: applying it" in server.log_text()
