@@ -63,3 +63,9 @@ def only_version(serving_dir: Path) -> Path:
     """The one version folder a run pushed under `serving_dir`."""
     (folder,) = [p for p in serving_dir.iterdir() if p.name.isdigit()]
     return folder
+
+
+@pytest.fixture(scope="session")
+def pushed_version(tiny_run) -> Path:
+    """The version folder the tiny run pushed (read-only: copy it to change it)."""
+    return only_version(tiny_run / "serving")

@@ -35,9 +35,6 @@ def gradcam(model, files: list[Path], batch: int = 16) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_run) -> Path:
-    return only_version(tiny_run / "serving")
 
 
 @pytest.fixture(scope="module")

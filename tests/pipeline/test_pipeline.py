@@ -76,12 +76,6 @@ def test_the_pushed_version_was_served_before_the_push_and_carries_its_warmup(ti
     assert 'id="serving-validation"' in report and "warm-up file" in report
 
 
-@pytest.fixture(scope="module")
-def pushed_model(tiny_run):
-    versions = pushed_versions(str(tiny_run / "serving"))
-    assert len(versions) == 1
-    version = next(iter(versions))
-    return tf.saved_model.load(str(tiny_run / "serving" / str(version)))
 
 
 def _test_images(work: Path, n: int = 5) -> list[bytes]:

@@ -22,7 +22,7 @@ from sklearn.calibration import calibration_curve
 
 from btmri.intervals import format_interval, format_with_interval, wilson
 from btmri.spec import ECE_BINS
-from components.executors import DIGEST_FILE, pushed_versions
+from components.executors import DIGEST_FILE
 from components.signature_names import IMAGE_BYTES_INPUT, PROBABILITIES
 from btmri.layout import CARD_VERSION_PLACEHOLDER, MANIFEST_FILE, MODEL_CARD_FILE
 from data_prep import contract
@@ -50,10 +50,6 @@ def report(tiny_run, tmp_path_factory):
     return data, out
 
 
-@pytest.fixture(scope="module")
-def version_dir(tiny_run) -> Path:
-    serving = tiny_run / "serving"
-    return serving / str(max(pushed_versions(str(serving))))
 
 
 @pytest.fixture(scope="module")

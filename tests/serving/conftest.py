@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import only_version
-
 
 @pytest.fixture(scope="session")
-def model(tiny_run) -> Path:
+def model(pushed_version) -> Path:
     """The version folder the tiny pipeline run pushed."""
-    return only_version(tiny_run / "serving")
+    return pushed_version
