@@ -76,7 +76,7 @@ class AbstentionSpec:
 
     @property
     def features(self) -> list[str]:
-        return [l.name for l in self.layers]
+        return [layer.name for layer in self.layers]
 
     def combined(self, features: list[np.ndarray]) -> np.ndarray:
         return np.max([layer.distances(f) for layer, f in zip(self.layers, features)], axis=0)
@@ -103,9 +103,9 @@ class AbstentionSpec:
             "ood_share": self.ood_share,
             "ood_threshold": self.ood_threshold,
             "confidence_floor": self.confidence_floor,
-            "features": [l.name for l in self.layers],
-            "layers": [{"name": l.name, "dims": int(l.whitening.shape[0]),
-                        "classes": int(l.means.shape[0]), "scale": l.scale} for l in self.layers],
+            "features": [layer.name for layer in self.layers],
+            "layers": [{"name": layer.name, "dims": int(layer.whitening.shape[0]),
+                        "classes": int(layer.means.shape[0]), "scale": layer.scale} for layer in self.layers],
             **self.fit_report,
         }
 
@@ -183,8 +183,8 @@ def fit(names: list[str], features: list[np.ndarray], labels: np.ndarray,
     layers = [_layer_stats(name, f, labels) for name, f in zip(names, features)]
     for layer, d in zip(layers, oof):
         layer.scale = max(float(np.median(d)), 1e-12)
-    combined_oof = np.max([d / l.scale for l, d in zip(layers, oof)], axis=0)
-    combined_in = np.max([l.distances(f) for l, f in zip(layers, features)], axis=0)
+    combined_oof = np.max([d / layer.scale for layer, d in zip(layers, oof)], axis=0)
+    combined_in = np.max([layer.distances(f) for layer, f in zip(layers, features)], axis=0)
     ood_accept = 1.0 - ood_share * (1.0 - accept)
     threshold = max(_order_statistic(combined_oof, ood_accept),
                     _order_statistic(combined_in, ood_accept)) * (1 + _MARGIN)
@@ -261,7 +261,7 @@ def feature_tensors(model) -> dict[str, object]:
 
     from components.training.models import GRADCAM_FINE_LAYER, GRADCAM_LAYER, LOGITS_LAYER
 
-    names = {l.name for l in model.layers}
+    names = {layer.name for layer in model.layers}
     found = {}
     if GRADCAM_LAYER in names:
         grid = model.get_layer(GRADCAM_LAYER).output

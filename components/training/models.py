@@ -12,7 +12,7 @@ Keras 2 (`tf_keras`), so the model and TFT's transform layer share one Keras.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tf_keras as keras
 from tf_keras import layers

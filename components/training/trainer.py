@@ -146,7 +146,7 @@ def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutp
     the same forward pass that gives the probabilities."""
     raw_spec = tf_transform_output.raw_feature_spec()
     image_only_spec = {contract.IMAGE_KEY: raw_spec[contract.IMAGE_KEY]}
-    layer_names = [l.name for l in model.layers]
+    layer_names = [layer.name for layer in model.layers]
     maps = [model.get_layer(GRADCAM_LAYER).output]
     if GRADCAM_FINE_LAYER in layer_names:
         maps.append(model.get_layer(GRADCAM_FINE_LAYER).output)
