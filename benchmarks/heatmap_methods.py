@@ -11,6 +11,7 @@ Maps, all for the predicted class, upsampled to 224x224:
   cam7           the class activation map of the last (7x7) stage, CAM = F . w_c
   cam7xlayer56   cam7 x LayerCAM 56x56 (the map lesion guidance constrains, sharpened)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,8 @@ from pipeline.audit_cli import _saved_model_dir  # noqa: E402
 def maps_model(model_dir: str):
     import tf_keras as keras
 
-    from components.training.models import (CAM_LAYER, GRADCAM_FINE_LAYER, GRADCAM_LAYER,
-                                            LOGITS_LAYER)
+    from components.training.models import CAM_LAYER, GRADCAM_FINE_LAYER, GRADCAM_LAYER, LOGITS_LAYER
+
     model = keras.models.load_model(model_dir, compile=False)
     names = (GRADCAM_LAYER, GRADCAM_FINE_LAYER, CAM_LAYER)
     outputs = [model.get_layer(n).output for n in names] + [model.get_layer(LOGITS_LAYER).output]
@@ -49,8 +50,7 @@ def method_maps(grad_model, kernel, images: list[bytes]) -> dict[str, np.ndarray
 
     from components.training import gradcam as cam
     from components.transform.head_framing import maps_to_image
-    from components.transform.preprocessing import (HEAD_BOX_XF, IMAGE_SIZE, IMAGE_XF,
-                                                    preprocessing_fn)
+    from components.transform.preprocessing import HEAD_BOX_XF, IMAGE_SIZE, IMAGE_XF, preprocessing_fn
 
     # This version's Transform (models trained by it): the head crop the model sees.
     xf = preprocessing_fn({contract.IMAGE_KEY: tf.constant(images)[:, None]})
@@ -62,15 +62,18 @@ def method_maps(grad_model, kernel, images: list[bytes]) -> dict[str, np.ndarray
     g_coarse, g_fine = tape.gradient(score, [coarse, fine])
 
     def up(m):  # onto the whole image, as the signature's heatmap
-        return cam._unit_peak(maps_to_image(cam._upsampled(m, IMAGE_SIZE), xf[HEAD_BOX_XF],
-                                            IMAGE_SIZE))
+        return cam._unit_peak(maps_to_image(cam._upsampled(m, IMAGE_SIZE), xf[HEAD_BOX_XF], IMAGE_SIZE))
 
     grad14 = up(cam.grad_cam(coarse, g_coarse))
     layer56 = up(cam.layer_cam(fine, g_fine))
     weights = tf.gather(tf.transpose(kernel), class_id)
     cam7 = up(tf.nn.relu(tf.einsum("bhwc,bc->bhw", last, weights))[..., None])
-    return {"gradcam14": grad14.numpy(), "layercam56": layer56.numpy(), "cam7": cam7.numpy(),
-            "cam7xlayer56": cam._unit_peak(cam7 * layer56).numpy()}
+    return {
+        "gradcam14": grad14.numpy(),
+        "layercam56": layer56.numpy(),
+        "cam7": cam7.numpy(),
+        "cam7xlayer56": cam._unit_peak(cam7 * layer56).numpy(),
+    }
 
 
 def main() -> int:
@@ -88,14 +91,17 @@ def main() -> int:
         files = sorted(str(p) for p in (Path(args.exclude_training) / contract.TRAIN_SPLIT).glob("*"))
         slices = slices_not_in(slices, training_images(files))
     if args.limit:
-        slices = [s for label in sorted({s.label for s in slices})
-                  for s in [t for t in slices if t.label == label][:args.limit]]
+        slices = [
+            s
+            for label in sorted({s.label for s in slices})
+            for s in [t for t in slices if t.label == label][: args.limit]
+        ]
     grad_model, kernel = maps_model(model_dir)
     signature = SavedModelPredictor(model_dir)
     scores: dict[str, dict[str, list]] = {}
     started = time.time()
     for start in range(0, len(slices), args.batch):
-        batch = slices[start:start + args.batch]
+        batch = slices[start : start + args.batch]
         images = [png(gray_of(s.path)) for s in batch]
         maps = method_maps(grad_model, kernel, images)
         maps["signature"] = signature.gradcam(images)[0]
@@ -104,9 +110,9 @@ def main() -> int:
                 fig = heatmap_figures(np.asarray(h, np.float32), s.box, DEFAULT_TOLERANCE_PX)
                 for key in ("pointing", "pointing_tolerant", "mass_in_box"):
                     scores.setdefault(name, {}).setdefault(key, []).append(
-                        (contract.CLASS_NAMES[s.label], float(fig[key])))
-    print(f"{len(slices)} slices in {time.time() - started:.0f} s "
-          f"(tolerance {DEFAULT_TOLERANCE_PX} px)")
+                        (contract.CLASS_NAMES[s.label], float(fig[key]))
+                    )
+    print(f"{len(slices)} slices in {time.time() - started:.0f} s (tolerance {DEFAULT_TOLERANCE_PX} px)")
     classes = sorted({c for c, _ in next(iter(scores.values()))["pointing"]})
     print(f"{'method':14s} {'figure':18s} {'overall':>8s} " + " ".join(f"{c:>11s}" for c in classes))
     for name, figures in scores.items():

@@ -10,6 +10,7 @@ pixel noise as the worst case. Prints the max and mean absolute difference of th
 224x224 output in 1/255 per image and the worst per kind; images the rule leaves at
 full scale are identical by construction and not printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,21 @@ from data_prep.contract import CLASS_NAMES  # noqa: E402
 from data_prep.synth import render_phantom  # noqa: E402
 
 SIZE = 224
-SIDES = [(460, 460), (500, 700), (896, 896), (1024, 1024), (1100, 1500), (1800, 1800),
-         (2048, 2048), (3000, 4000), (4000, 4000), (6000, 6000)]
-REAL = Path(os.environ.get("BTMRI_REAL_DATA",
-                          REPO.parent / "shared" / "data" / "brain-tumor-mri")) / "Training"
+SIDES = [
+    (460, 460),
+    (500, 700),
+    (896, 896),
+    (1024, 1024),
+    (1100, 1500),
+    (1800, 1800),
+    (2048, 2048),
+    (3000, 4000),
+    (4000, 4000),
+    (6000, 6000),
+]
+REAL = (
+    Path(os.environ.get("BTMRI_REAL_DATA", REPO.parent / "shared" / "data" / "brain-tumor-mri")) / "Training"
+)
 
 
 def full_decode(data: tf.Tensor) -> tf.Tensor:
@@ -62,8 +74,13 @@ def cases(rng: np.random.Generator):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--factors", type=int, nargs="+", default=[4, 2, 1],
-                        help="decoded pixels per output pixel required before downscaling")
+    parser.add_argument(
+        "--factors",
+        type=int,
+        nargs="+",
+        default=[4, 2, 1],
+        help="decoded pixels per output pixel required before downscaling",
+    )
     args = parser.parse_args()
     images = list(cases(np.random.default_rng(0)))
     default = dec.JPEG_MIN_DECODED_PER_OUTPUT_PIXEL
@@ -74,13 +91,22 @@ def main() -> None:
             index = int(dec._jpeg_ratio_index(tf.constant(h, tf.int64), tf.constant(w, tf.int64), SIZE))
             if index == 0:
                 continue
-            diff = np.abs(dec.decode_gray_resized(tf.constant(data), SIZE).numpy()
-                          - full_decode(tf.constant(data)).numpy()) * 255
+            diff = (
+                np.abs(
+                    dec.decode_gray_resized(tf.constant(data), SIZE).numpy()
+                    - full_decode(tf.constant(data)).numpy()
+                )
+                * 255
+            )
             worst[kind] = max(worst.get(kind, 0.0), float(diff.max()))
-            print(f"factor {factor}: {kind:15s} {h}x{w} ratio {dec._JPEG_RATIOS[index]}: "
-                  f"max {diff.max():.2f}/255, mean {diff.mean():.3f}/255")
-        print(f"factor {factor}{' (default)' if factor == default else ''}: worst max difference "
-              + ", ".join(f"{k} {v:.1f}/255" for k, v in worst.items()))
+            print(
+                f"factor {factor}: {kind:15s} {h}x{w} ratio {dec._JPEG_RATIOS[index]}: "
+                f"max {diff.max():.2f}/255, mean {diff.mean():.3f}/255"
+            )
+        print(
+            f"factor {factor}{' (default)' if factor == default else ''}: worst max difference "
+            + ", ".join(f"{k} {v:.1f}/255" for k, v in worst.items())
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ seconds per component. With --materialize, Transform writes transformed
 examples and the Trainer reads them; the size of those on disk is printed too,
 to compare with on-the-fly transformation (the default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,15 +48,23 @@ def main() -> None:
     manifest = prepare(PrepareOptions(args.data_dir, prepared, progress=False))
     prepare_s = time.time() - started
     beam = [f"--direct_running_mode={args.beam_mode}", f"--direct_num_workers={os.cpu_count()}"]
-    config = PipelineConfig(pipeline_root=os.path.join(work, "root"), data_root=prepared,
-                            serving_dir=os.path.join(work, "serving"), epochs=args.epochs,
-                            accuracy_lower_bound=0.0, enable_cache=False,
-                            materialize=args.materialize, beam_pipeline_args=beam)
+    config = PipelineConfig(
+        pipeline_root=os.path.join(work, "root"),
+        data_root=prepared,
+        serving_dir=os.path.join(work, "serving"),
+        epochs=args.epochs,
+        accuracy_lower_bound=0.0,
+        enable_cache=False,
+        materialize=args.materialize,
+        beam_pipeline_args=beam,
+    )
     summary = run_pipeline(config, progress_stream=open(os.devnull, "w"))
 
-    print(f"data: {manifest['total_written']} images {manifest['counts']}; "
-          f"{args.epochs} epoch(s); Beam DirectRunner {args.beam_mode}, {os.cpu_count()} workers; "
-          f"materialize={args.materialize}")
+    print(
+        f"data: {manifest['total_written']} images {manifest['counts']}; "
+        f"{args.epochs} epoch(s); Beam DirectRunner {args.beam_mode}, {os.cpu_count()} workers; "
+        f"materialize={args.materialize}"
+    )
     print(f"{'btmri prepare':28s}{prepare_s:8.1f} s")
     for node, seconds in summary.component_seconds.items():
         print(f"{node:28s}{seconds:8.1f} s")
@@ -65,8 +74,10 @@ def main() -> None:
     if args.materialize:
         transformed = latest_output(config, "Transform", "transformed_examples")
         print(f"Transform materialized output on disk: {_du(transformed.uri) / 1e6:.0f} MB")
-    print(f"eval accuracy after {args.epochs} epoch(s): "
-          f"{summary.metrics.get('sparse_categorical_accuracy', float('nan')):.3f}")
+    print(
+        f"eval accuracy after {args.epochs} epoch(s): "
+        f"{summary.metrics.get('sparse_categorical_accuracy', float('nan')):.3f}"
+    )
     print(f"artifacts in {work}")
 
 

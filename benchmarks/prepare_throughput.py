@@ -8,6 +8,7 @@ decode/validate, pHash, Example writing, duplicate report), the ratio b/a, and
 the peak resident memory of the main process and of the largest worker.
 Each measurement runs twice on a warm page cache and the better run counts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,7 +88,9 @@ def main() -> None:
     limits = {
         "1 thread": max(limit_images_per_s(paths, 1, "threads") for _ in range(2)),
         f"{args.workers} threads": max(limit_images_per_s(paths, args.workers, "threads") for _ in range(2)),
-        f"{args.workers} processes": max(limit_images_per_s(paths, args.workers, "processes") for _ in range(2)),
+        f"{args.workers} processes": max(
+            limit_images_per_s(paths, args.workers, "processes") for _ in range(2)
+        ),
     }
     best = max(limits, key=limits.get)
     # For transparency: prepare decodes kept 8-bit JPEGs to grayscale only (it
@@ -98,11 +101,15 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for name, value in limits.items():
         print(f"limit, read + cv2.imdecode, {name:12s}: {value:8.0f} images/s")
-    print(f"btmri prepare --workers {args.workers}               : {rate:8.0f} images/s "
-          f"({manifest['total_written']} written, {len(manifest['skipped'])} skipped)")
+    print(
+        f"btmri prepare --workers {args.workers}               : {rate:8.0f} images/s "
+        f"({manifest['total_written']} written, {len(manifest['skipped'])} skipped)"
+    )
     print(f"ratio prepare / best limit ({best})   : {rate / limits[best]:8.2f}  (target >= 0.70)")
-    print(f"(read + grayscale-only decode, 1 thread: {gray_1:.0f} images/s; "
-          f"prepare / that = {rate / gray_1:.2f})")
+    print(
+        f"(read + grayscale-only decode, 1 thread: {gray_1:.0f} images/s; "
+        f"prepare / that = {rate / gray_1:.2f})"
+    )
     print(f"peak RSS of this process: {peak_mb:.0f} MB (TensorFlow alone is ~600 MB of it)")
 
 

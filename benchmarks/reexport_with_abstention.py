@@ -11,6 +11,7 @@ them:
 The weights, the calibrated probabilities and the Transform graph are the model's own;
 the abstention detector is fitted on the eval records exactly as the Trainer fits it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,19 @@ from data_prep.tfrecords import parse_example  # noqa: E402
 
 
 def eval_dataset(pattern: str, tft_layer, batch: int = 32) -> tf.data.Dataset:
-    examples = [parse_example(record.numpy())
-                for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern)))]
+    examples = [
+        parse_example(record.numpy()) for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern)))
+    ]
     images = [e[contract.IMAGE_KEY] for e in examples]
     labels = [e[contract.LABEL_KEY] for e in examples]
-    decoded = [tft_layer({contract.IMAGE_KEY: tf.reshape(tf.constant(images[i:i + batch]), [-1, 1])})[IMAGE_XF]
-               for i in range(0, len(images), batch)]
-    batches = [(x, (tf.constant(labels[i * batch:(i + 1) * batch]), tf.zeros([len(x), 1])))
-               for i, x in enumerate(decoded)]
+    decoded = [
+        tft_layer({contract.IMAGE_KEY: tf.reshape(tf.constant(images[i : i + batch]), [-1, 1])})[IMAGE_XF]
+        for i in range(0, len(images), batch)
+    ]
+    batches = [
+        (x, (tf.constant(labels[i * batch : (i + 1) * batch]), tf.zeros([len(x), 1])))
+        for i, x in enumerate(decoded)
+    ]
     return batches
 
 
@@ -62,9 +68,11 @@ def main(argv=None) -> int:
     model.tft_layer = xf.transform_features_layer()
     model.save(args.out, save_format="tf", signatures=make_signatures(model, xf, spec))
     abstention.write(spec, args.out, {"reexported_from": str(Path(args.model).resolve())})
-    print(f"wrote {args.out}: features {spec.features}, ood threshold {spec.ood_threshold:.4f}, "
-          f"confidence floor {spec.confidence_floor:.4f}, eval answered "
-          f"{spec.fit_report['accepted_share']:.4f}")
+    print(
+        f"wrote {args.out}: features {spec.features}, ood threshold {spec.ood_threshold:.4f}, "
+        f"confidence floor {spec.confidence_floor:.4f}, eval answered "
+        f"{spec.fit_report['accepted_share']:.4f}"
+    )
     return 0
 
 

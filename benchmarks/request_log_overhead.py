@@ -10,6 +10,7 @@ what the log holds afterwards. Then times `RequestLog.offer` alone in this proce
 the only logging work a request thread does (the sample draw and a queue put).
 Latencies on a shared machine are noisy: compare medians, repeat.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ def _latencies(base: str, images: list[bytes], requests: int, *args: str) -> lis
 
     with ServerProcess(base, *args) as server, PredictionClient(server.grpc_target) as client:
         for image in images[:5]:
-            client.classify_image(image)                     # warm-up
+            client.classify_image(image)  # warm-up
         out = []
         for i in range(requests):
             start = time.perf_counter()
@@ -45,17 +46,22 @@ def _offer_cost(images: list[bytes], payload: str, calls: int = 2000) -> float:
     from btmri.documents import ServerOptions
     from serving.request_log import RequestLog
 
-    outputs = {spec.PROBABILITIES: np.full((1, spec.NUM_CLASSES), 0.25, np.float32),
-               spec.CLASS_NAME: np.array([b"glioma"], object),
-               spec.OOD_SCORE: np.array([0.5], np.float32)}
+    outputs = {
+        spec.PROBABILITIES: np.full((1, spec.NUM_CLASSES), 0.25, np.float32),
+        spec.CLASS_NAME: np.array([b"glioma"], object),
+        spec.OOD_SCORE: np.array([0.5], np.float32),
+    }
     with tempfile.TemporaryDirectory() as folder:
-        logger = RequestLog(ServerOptions(model_base_path="-", request_log_dir=folder,
-                                          log_payload=payload))
+        logger = RequestLog(ServerOptions(model_base_path="-", request_log_dir=folder, log_payload=payload))
         start = time.perf_counter()
         for i in range(calls):
-            logger.offer(spec.MODEL_NAME, spec.PREDICT_IMAGES,
-                         {spec.IMAGE_BYTES_INPUT: np.array([images[i % len(images)]], object)}, 1,
-                         outputs)
+            logger.offer(
+                spec.MODEL_NAME,
+                spec.PREDICT_IMAGES,
+                {spec.IMAGE_BYTES_INPUT: np.array([images[i % len(images)]], object)},
+                1,
+                outputs,
+            )
         took = (time.perf_counter() - start) / calls
         logger.close(timeout=60)
     return took
@@ -76,19 +82,34 @@ def main(argv=None) -> int:
 
     plain = _latencies(args.model_base_path, images, args.requests)
     with tempfile.TemporaryDirectory() as log_dir:
-        logged = _latencies(args.model_base_path, images, args.requests, "--request-log", log_dir,
-                            "--log-payload", args.payload)
+        logged = _latencies(
+            args.model_base_path,
+            images,
+            args.requests,
+            "--request-log",
+            log_dir,
+            "--log-payload",
+            args.payload,
+        )
         files = log_files(log_dir)
         size = sum(f.stat().st_size for f in files)
     for name, values in (("no logging", plain), (f"logging ({args.payload})", logged)):
-        print(f"{name:>22}: median {statistics.median(values) * 1e3:7.2f} ms, "
-              f"mean {statistics.fmean(values) * 1e3:7.2f} ms over {len(values)} requests")
-    print(f"{'difference':>22}: median {(statistics.median(logged) - statistics.median(plain)) * 1e3:+7.2f} ms, "
-          f"mean {(statistics.fmean(logged) - statistics.fmean(plain)) * 1e3:+7.2f} ms")
-    print(f"{'log':>22}: {len(files)} files, {size / 1024:.1f} KiB "
-          f"({size / max(1, args.requests + 5):.0f} bytes per request)")
-    print(f"{'RequestLog.offer':>22}: {_offer_cost(images, args.payload) * 1e6:.1f} µs per call "
-          "(the request thread's share)")
+        print(
+            f"{name:>22}: median {statistics.median(values) * 1e3:7.2f} ms, "
+            f"mean {statistics.fmean(values) * 1e3:7.2f} ms over {len(values)} requests"
+        )
+    print(
+        f"{'difference':>22}: median {(statistics.median(logged) - statistics.median(plain)) * 1e3:+7.2f} ms, "
+        f"mean {(statistics.fmean(logged) - statistics.fmean(plain)) * 1e3:+7.2f} ms"
+    )
+    print(
+        f"{'log':>22}: {len(files)} files, {size / 1024:.1f} KiB "
+        f"({size / max(1, args.requests + 5):.0f} bytes per request)"
+    )
+    print(
+        f"{'RequestLog.offer':>22}: {_offer_cost(images, args.payload) * 1e6:.1f} µs per call "
+        "(the request thread's share)"
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ growth. Goal: no case grows the server's peak RSS by more than 300 MB.
 Traffic goes to 127.0.0.1 only; every loop is bounded in count and time.
 `tests/serving/test_serving_hostile.py` runs the same cases (`CASES`) and asserts their answers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,23 +50,34 @@ RSS_GOAL_MB = 300
 @dataclass
 class Target:
     """A running server and the limits it was started with (`btmri serve` options)."""
+
     grpc_target: str
     rest_port: int
     pid: int
-    image: bytes                       # a small valid image
+    image: bytes  # a small valid image
     limits: ServerOptions = field(default_factory=ServerOptions)
-    batching_max: int | None = None    # max_batch_size when batching is on
+    batching_max: int | None = None  # max_batch_size when batching is on
 
     def args(self) -> list[str]:
         o = self.limits
-        return ["--max-rows", str(o.max_rows), "--max-message-mb", str(o.max_message_mb),
-                "--max-response-mb", str(o.max_response_mb),
-                "--client-timeout-seconds", str(o.client_timeout_seconds),
-                "--max-connections", str(o.max_connections),
-                "--max-json-values", str(o.max_json_values)]
+        return [
+            "--max-rows",
+            str(o.max_rows),
+            "--max-message-mb",
+            str(o.max_message_mb),
+            "--max-response-mb",
+            str(o.max_response_mb),
+            "--client-timeout-seconds",
+            str(o.client_timeout_seconds),
+            "--max-connections",
+            str(o.max_connections),
+            "--max-json-values",
+            str(o.max_json_values),
+        ]
 
 
 # ---- memory -------------------------------------------------------------------------
+
 
 def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -85,18 +97,21 @@ def reset_peak_rss(pid: int) -> float:
     try:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
         return _status_mb(pid, "VmRSS")
-    except OSError:                      # not allowed here: growth is then above the old peak
+    except OSError:  # not allowed here: growth is then above the old peak
         return peak_rss_mb(pid)
 
 
 # ---- gRPC helpers -------------------------------------------------------------------
 
+
 def _stub(target: Target):
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    channel = grpc.insecure_channel(target.grpc_target, options=[
-        ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    channel = grpc.insecure_channel(
+        target.grpc_target,
+        options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
+    )
     return channel, prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
@@ -135,7 +150,8 @@ def health_check(target: Target, timeout: float = 2.0) -> str:
     with grpc.insecure_channel(target.grpc_target) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=MODEL_NAME), timeout=timeout)
+                health_pb2.HealthCheckRequest(service=MODEL_NAME), timeout=timeout
+            )
             return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
         except grpc.RpcError as err:
             return err.code().name
@@ -157,20 +173,30 @@ def _hpack_int(value: int) -> bytes:
 
 def _hpack_literal(name: str, value: str) -> bytes:
     """Literal header field without indexing, new name, no Huffman coding (RFC 7541 6.2.2)."""
-    return (b"\x00" + _hpack_int(len(name)) + name.encode() + _hpack_int(len(value))
-            + value.encode())
+    return b"\x00" + _hpack_int(len(name)) + name.encode() + _hpack_int(len(value)) + value.encode()
 
 
-def open_stalled_grpc_streams(target: Target, count: int, per_connection: int = 8,
-                              path: str = "/tensorflow.serving.PredictionService/Predict"):
+def open_stalled_grpc_streams(
+    target: Target,
+    count: int,
+    per_connection: int = 8,
+    path: str = "/tensorflow.serving.PredictionService/Predict",
+):
     """Raw HTTP/2 connections whose streams send a gRPC call's headers and never its
     message. Returns the sockets (close them when done)."""
     host, port = target.grpc_target.rsplit(":", 1)
     sockets = []
-    headers = b"".join(_hpack_literal(n, v) for n, v in [
-        (":method", "POST"), (":scheme", "http"), (":path", path),
-        (":authority", target.grpc_target), ("content-type", "application/grpc"),
-        ("te", "trailers")])
+    headers = b"".join(
+        _hpack_literal(n, v)
+        for n, v in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", target.grpc_target),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
     for c in range(math.ceil(count / per_connection)):
         s = socket.create_connection((host, int(port)), timeout=5)
         sockets.append(s)
@@ -178,7 +204,7 @@ def open_stalled_grpc_streams(target: Target, count: int, per_connection: int = 
         deadline = time.monotonic() + 5
         buffer = b""
         acked = False
-        for _ in range(20):                          # the server's SETTINGS: acknowledge it
+        for _ in range(20):  # the server's SETTINGS: acknowledge it
             while len(buffer) < 9 and time.monotonic() < deadline:
                 buffer += s.recv(65536)
             if len(buffer) < 9:
@@ -186,7 +212,7 @@ def open_stalled_grpc_streams(target: Target, count: int, per_connection: int = 
             length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
             while len(buffer) < 9 + length and time.monotonic() < deadline:
                 buffer += s.recv(65536)
-            buffer = buffer[9 + length:]
+            buffer = buffer[9 + length :]
             if kind == 4 and not flags & 1:
                 s.sendall(_h2_frame(4, 1, 0))
                 acked = True
@@ -199,6 +225,7 @@ def open_stalled_grpc_streams(target: Target, count: int, per_connection: int = 
 
 
 # ---- REST helpers -------------------------------------------------------------------
+
 
 def raw_http(target: Target, data: bytes, wait: float = 30.0) -> bytes:
     """Sends raw bytes to the REST port; returns what comes back until close or `wait`."""
@@ -234,14 +261,17 @@ def http_status(reply: bytes) -> str:
 
 
 def post(target: Target, path: str, body: bytes, wait: float = 120.0) -> str:
-    head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
     return http_status(raw_http(target, head + body, wait))
 
 
 def get(target: Target, path: str, wait: float = 30.0) -> str:
-    return http_status(raw_http(target, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n"
-                                        f"Connection: close\r\n\r\n".encode(), wait))
+    return http_status(
+        raw_http(target, f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode(), wait)
+    )
 
 
 def b64(data: bytes) -> dict:
@@ -258,20 +288,21 @@ PREDICT_PATH = f"/v1/models/{MODEL_NAME}:predict"
 
 # ---- the cases ------------------------------------------------------------------------
 
+
 @dataclass
 class Case:
     name: str
-    run: Callable[[Target], str]            # → the answer: a gRPC code, "HTTP nnn", or "OK"
-    expect: Callable[[Target], str]          # the answer the server should give
-    heavy: bool = False                      # minutes or gigabytes of client work
+    run: Callable[[Target], str]  # → the answer: a gRPC code, "HTTP nnn", or "OK"
+    expect: Callable[[Target], str]  # the answer the server should give
+    heavy: bool = False  # minutes or gigabytes of client work
 
 
 def _grpc_broadcast(t: Target) -> str:
     request = predict_request()
     tensor = request.inputs["image_bytes"]
-    tensor.dtype = 7                                   # DT_STRING
+    tensor.dtype = 7  # DT_STRING
     tensor.tensor_shape.dim.add().size = max(1024, 16 * t.limits.max_rows)
-    tensor.string_val.append(t.image)                  # one value, broadcast to every row
+    tensor.string_val.append(t.image)  # one value, broadcast to every row
     return grpc_code(t, request)
 
 
@@ -279,7 +310,7 @@ def _grpc_huge_shape(t: Target) -> str:
     request = predict_request()
     tensor = request.inputs["image_bytes"]
     tensor.dtype = 7
-    tensor.tensor_shape.dim.add().size = 10 ** 12
+    tensor.tensor_shape.dim.add().size = 10**12
     tensor.string_val.append(b"x")
     return grpc_code(t, request)
 
@@ -337,7 +368,9 @@ JSON_BYTES_PER_HEATMAP_VALUE = 4
 
 
 def _gradcam_rows(t: Target, bytes_per_value: int) -> int:
-    return min(t.limits.max_rows, math.ceil((t.limits.max_response_bytes + 1) / (HEATMAP_VALUES * bytes_per_value)))
+    return min(
+        t.limits.max_rows, math.ceil((t.limits.max_response_bytes + 1) / (HEATMAP_VALUES * bytes_per_value))
+    )
 
 
 def _grpc_gradcam(t: Target) -> str:
@@ -345,8 +378,11 @@ def _grpc_gradcam(t: Target) -> str:
 
 
 def _grpc_gradcam_expect(t: Target) -> str:
-    return ("RESOURCE_EXHAUSTED" if _gradcam_rows(t, 4) * HEATMAP_VALUES * 4 > t.limits.max_response_bytes
-            else "OK")
+    return (
+        "RESOURCE_EXHAUSTED"
+        if _gradcam_rows(t, 4) * HEATMAP_VALUES * 4 > t.limits.max_response_bytes
+        else "OK"
+    )
 
 
 def _grpc_oversized(t: Target) -> str:
@@ -356,13 +392,14 @@ def _grpc_oversized(t: Target) -> str:
 def _bomb_png() -> bytes:
     """A PNG of 20,000 × 20,000 black pixels: ~400 KB on the wire, 400 MB decoded."""
     import zlib
+
     width = height = 20_000
     row = b"\x00" + bytes(width)
     raw = zlib.compress(row * height, 9)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (len(data).to_bytes(4, "big") + kind + data
-                + zlib.crc32(kind + data).to_bytes(4, "big"))
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
@@ -456,15 +493,18 @@ def _rest_vanish(t: Target) -> str:
     """Clients that send a head and part of the body, then go away."""
     for _ in range(5):
         with socket.create_connection((HOST, t.rest_port), timeout=5) as s:
-            s.sendall(f"POST {PREDICT_PATH} HTTP/1.1\r\nContent-Length: 10000\r\n\r\n".encode()
-                      + b'{"instances": [')
+            s.sendall(
+                f"POST {PREDICT_PATH} HTTP/1.1\r\nContent-Length: 10000\r\n\r\n".encode() + b'{"instances": ['
+            )
     time.sleep(0.3)
     return "closed" if valid_rest(t) == "HTTP 200" else "server did not answer afterwards"
 
 
 def _rest_big_body_expect_continue(t: Target) -> str:
-    head = (f"POST {PREDICT_PATH} HTTP/1.1\r\nContent-Length: {t.limits.max_message_bytes + 1}\r\n"
-            f"Expect: 100-continue\r\n\r\n").encode()
+    head = (
+        f"POST {PREDICT_PATH} HTTP/1.1\r\nContent-Length: {t.limits.max_message_bytes + 1}\r\n"
+        f"Expect: 100-continue\r\n\r\n"
+    ).encode()
     return http_status(raw_http(t, head))
 
 
@@ -473,57 +513,91 @@ def _rest_big_body(t: Target) -> str:
 
 
 CASES = [
-    Case("gRPC: one value declared as 1,024+ rows (broadcast)", _grpc_broadcast,
-         lambda t: "INVALID_ARGUMENT"),
+    Case(
+        "gRPC: one value declared as 1,024+ rows (broadcast)", _grpc_broadcast, lambda t: "INVALID_ARGUMENT"
+    ),
     Case("gRPC: shape of 10^12 values, one carried", _grpc_huge_shape, lambda t: "INVALID_ARGUMENT"),
     Case("gRPC: 40 dimensions", _grpc_many_dims, lambda t: "INVALID_ARGUMENT"),
-    Case("gRPC: max_rows + 1 real images", lambda t: grpc_code(
-        t, predict_request(images=[t.image] * (t.limits.max_rows + 1))), lambda t: "INVALID_ARGUMENT"),
-    Case("gRPC: 1,024 real images", lambda t: grpc_code(
-        t, predict_request(images=[t.image] * 1024)), lambda t: "INVALID_ARGUMENT"),
+    Case(
+        "gRPC: max_rows + 1 real images",
+        lambda t: grpc_code(t, predict_request(images=[t.image] * (t.limits.max_rows + 1))),
+        lambda t: "INVALID_ARGUMENT",
+    ),
+    Case(
+        "gRPC: 1,024 real images",
+        lambda t: grpc_code(t, predict_request(images=[t.image] * 1024)),
+        lambda t: "INVALID_ARGUMENT",
+    ),
     Case("gRPC: junk bytes as the message", _grpc_junk_message, lambda t: "INVALID_ARGUMENT"),
-    Case("gRPC: undecodable image", lambda t: grpc_code(
-        t, predict_request(images=[b"not an image"])), lambda t: "INVALID_ARGUMENT"),
+    Case(
+        "gRPC: undecodable image",
+        lambda t: grpc_code(t, predict_request(images=[b"not an image"])),
+        lambda t: "INVALID_ARGUMENT",
+    ),
     Case("gRPC: 24 stalled streams, then Predict + health", _grpc_stalled_streams, lambda t: "OK"),
-    Case("gRPC: deadline expired on arrival", _grpc_expired_deadline,
-         lambda t: "DEADLINE_EXCEEDED"),
+    Case("gRPC: deadline expired on arrival", _grpc_expired_deadline, lambda t: "DEADLINE_EXCEEDED"),
     Case("gRPC: gradcam response over the cap", _grpc_gradcam, _grpc_gradcam_expect),
-    Case("REST: max_rows + 1 instances", lambda t: _rest_rows(t, t.limits.max_rows + 1),
-         lambda t: "HTTP 400"),
+    Case(
+        "REST: max_rows + 1 instances", lambda t: _rest_rows(t, t.limits.max_rows + 1), lambda t: "HTTP 400"
+    ),
     Case("REST: 1,024 instances", lambda t: _rest_rows(t, 1024), lambda t: "HTTP 400"),
     Case("REST: JSON nested 100,000 deep", _rest_nested, lambda t: "HTTP 400"),
     Case("REST: 40-dimensional columnar input", _rest_dims, lambda t: "HTTP 400"),
     Case("REST: more JSON values than allowed", _rest_json_values, lambda t: "HTTP 400"),
-    Case("REST: 4,400-digit version", lambda t: post(
-        t, f"/v1/models/{MODEL_NAME}/versions/{'9' * 4400}:predict", b"{}"), lambda t: "HTTP 400"),
-    Case("REST: version beyond int64", lambda t: get(
-        t, f"/v1/models/{MODEL_NAME}/versions/99999999999999999999"), lambda t: "HTTP 400"),
-    Case("REST: version 0", lambda t: get(t, f"/v1/models/{MODEL_NAME}/versions/0"),
-         lambda t: "HTTP 404"),
-    Case("REST: HTTP/0.9 request", lambda t: http_status(raw_http(t, b"GET /\r\n", 10)),
-         lambda t: "HTTP 400"),
-    Case("REST: binary junk", lambda t: http_status(raw_http(
-        t, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64) + b"\r\n\r\n", 10)),
-        lambda t: "HTTP 400"),
-    Case("REST: HTTP/2 preface on the REST port", lambda t: http_status(raw_http(
-        t, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 10)), lambda t: "HTTP 505"),
-    Case("REST: header line of 100 KB", lambda t: http_status(raw_http(
-        t, b"GET / HTTP/1.1\r\nX: " + b"a" * 100_000 + b"\r\n\r\n", 10)), lambda t: "HTTP 431"),
+    Case(
+        "REST: 4,400-digit version",
+        lambda t: post(t, f"/v1/models/{MODEL_NAME}/versions/{'9' * 4400}:predict", b"{}"),
+        lambda t: "HTTP 400",
+    ),
+    Case(
+        "REST: version beyond int64",
+        lambda t: get(t, f"/v1/models/{MODEL_NAME}/versions/99999999999999999999"),
+        lambda t: "HTTP 400",
+    ),
+    Case("REST: version 0", lambda t: get(t, f"/v1/models/{MODEL_NAME}/versions/0"), lambda t: "HTTP 404"),
+    Case(
+        "REST: HTTP/0.9 request", lambda t: http_status(raw_http(t, b"GET /\r\n", 10)), lambda t: "HTTP 400"
+    ),
+    Case(
+        "REST: binary junk",
+        lambda t: http_status(
+            raw_http(t, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64) + b"\r\n\r\n", 10)
+        ),
+        lambda t: "HTTP 400",
+    ),
+    Case(
+        "REST: HTTP/2 preface on the REST port",
+        lambda t: http_status(raw_http(t, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 10)),
+        lambda t: "HTTP 505",
+    ),
+    Case(
+        "REST: header line of 100 KB",
+        lambda t: http_status(raw_http(t, b"GET / HTTP/1.1\r\nX: " + b"a" * 100_000 + b"\r\n\r\n", 10)),
+        lambda t: "HTTP 431",
+    ),
     Case("REST: clients vanishing mid-body", _rest_vanish, lambda t: "closed"),
-    Case("REST: body over the cap, Expect: 100-continue", _rest_big_body_expect_continue,
-         lambda t: "HTTP 429"),
-    Case("REST: gradcam response over the cap", _rest_gradcam,
-         lambda t: "HTTP 429" if (_gradcam_rows(t, JSON_BYTES_PER_HEATMAP_VALUE) * HEATMAP_VALUES
-                                  * JSON_BYTES_PER_HEATMAP_VALUE > t.limits.max_response_bytes)
-         else "HTTP 200"),
+    Case(
+        "REST: body over the cap, Expect: 100-continue", _rest_big_body_expect_continue, lambda t: "HTTP 429"
+    ),
+    Case(
+        "REST: gradcam response over the cap",
+        _rest_gradcam,
+        lambda t: (
+            "HTTP 429"
+            if (
+                _gradcam_rows(t, JSON_BYTES_PER_HEATMAP_VALUE) * HEATMAP_VALUES * JSON_BYTES_PER_HEATMAP_VALUE
+                > t.limits.max_response_bytes
+            )
+            else "HTTP 200"
+        ),
+    ),
     Case("REST: 40 half-sent requests", _rest_half_sent, lambda t: "OK"),
     Case("REST: connections beyond the cap", _rest_connection_cap, lambda t: "HTTP 503"),
-    Case("gRPC: message over the size cap", _grpc_oversized, lambda t: "RESOURCE_EXHAUSTED",
-         heavy=True),
-    Case("REST: body over the size cap, sent whole", _rest_big_body, lambda t: "HTTP 429",
-         heavy=True),
-    Case("gRPC: PNG decompression bomb (20,000 x 20,000)", _grpc_bomb,
-         lambda t: "INVALID_ARGUMENT", heavy=True),
+    Case("gRPC: message over the size cap", _grpc_oversized, lambda t: "RESOURCE_EXHAUSTED", heavy=True),
+    Case("REST: body over the size cap, sent whole", _rest_big_body, lambda t: "HTTP 429", heavy=True),
+    Case(
+        "gRPC: PNG decompression bomb (20,000 x 20,000)", _grpc_bomb, lambda t: "INVALID_ARGUMENT", heavy=True
+    ),
 ]
 
 
@@ -543,20 +617,27 @@ def run_case(case: Case, target: Target) -> dict:
     start = time.monotonic()
     try:
         answer = case.run(target)
-    except Exception as err:   # a client-side failure is a result too
+    except Exception as err:  # a client-side failure is a result too
         answer = f"client error: {type(err).__name__}: {err}"
     seconds = time.monotonic() - start
     growth = peak_rss_mb(target.pid) - before
     alive = valid_predict(target) == "OK"
-    return {"case": case.name, "answer": answer, "expected": case.expect(target),
-            "seconds": seconds, "rss_growth_mb": growth, "alive": alive}
+    return {
+        "case": case.name,
+        "answer": answer,
+        "expected": case.expect(target),
+        "seconds": seconds,
+        "rss_growth_mb": growth,
+        "alive": alive,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-base-path", required=True, help="TF Serving base path (<dir>/<version>/)")
-    parser.add_argument("--heavy", action="store_true",
-                        help="also the 64 MB messages and the decompression bomb")
+    parser.add_argument(
+        "--heavy", action="store_true", help="also the 64 MB messages and the decompression bomb"
+    )
     args = parser.parse_args()
 
     from serving.process import ServerProcess
@@ -572,36 +653,49 @@ def main() -> None:
     target = Target("", 0, 0, small_image())
     print(f"model {latest.path} (copied to {base}); server log {work / 'server.log'}")
     results = []
-    with ServerProcess(base, *target.args(), "--poll-seconds", "0.5",
-                       log_path=work / "server.log") as server:
-        target.grpc_target, target.rest_port, target.pid = (server.grpc_target, server.rest_port,
-                                                            server.process.pid)
-        valid_predict(target)                          # warm up
+    with ServerProcess(base, *target.args(), "--poll-seconds", "0.5", log_path=work / "server.log") as server:
+        target.grpc_target, target.rest_port, target.pid = (
+            server.grpc_target,
+            server.rest_port,
+            server.process.pid,
+        )
+        valid_predict(target)  # warm up
         valid_rest(target)
-        print(f"server peak RSS after warm-up: {peak_rss_mb(target.pid):.0f} MB; growth below "
-              f"is each case's peak RSS minus the RSS before it\n")
+        print(
+            f"server peak RSS after warm-up: {peak_rss_mb(target.pid):.0f} MB; growth below "
+            f"is each case's peak RSS minus the RSS before it\n"
+        )
         print(f"{'case':52s} {'answer':22s} {'expected':20s} {'s':>6s} {'+RSS MB':>8s} alive")
         for case in CASES:
             if case.heavy and not args.heavy:
                 continue
             r = run_case(case, target)
             results.append(r)
-            print(f"{r['case']:52s} {r['answer'][:22]:22s} {r['expected']:20s} {r['seconds']:6.2f} "
-                  f"{r['rss_growth_mb']:8.1f} {'yes' if r['alive'] else 'NO'}", flush=True)
-        for name in ("99999999999999999999", "v2", "1.5"):     # odd version folders
+            print(
+                f"{r['case']:52s} {r['answer'][:22]:22s} {r['expected']:20s} {r['seconds']:6.2f} "
+                f"{r['rss_growth_mb']:8.1f} {'yes' if r['alive'] else 'NO'}",
+                flush=True,
+            )
+        for name in ("99999999999999999999", "v2", "1.5"):  # odd version folders
             shutil.copytree(latest.path, base / name)
         time.sleep(3)
         statuses = grpc_status_versions(target)
-        print(f"{'versions: 99999999999999999999, v2, 1.5 beside ' + str(latest.version):52s} "
-              f"{'serving ' + str(statuses):22s}")
+        print(
+            f"{'versions: 99999999999999999999, v2, 1.5 beside ' + str(latest.version):52s} "
+            f"{'serving ' + str(statuses):22s}"
+        )
         peak = peak_rss_mb(target.pid)
     log = (work / "server.log").read_text(errors="replace")
     worst = max(results, key=lambda r: r["rss_growth_mb"])
     wrong = [r["case"] for r in results if r["answer"] != r["expected"] or not r["alive"]]
-    print(f"\nserver peak RSS {peak:.0f} MB; tracebacks in the server log: "
-          f"{log.count('Traceback')}; answers not as expected: {wrong or 'none'}")
-    print(f"worst RSS growth: {worst['rss_growth_mb']:.1f} MB ({worst['case']}); goal "
-          f"< {RSS_GOAL_MB} MB per request: {'met' if worst['rss_growth_mb'] < RSS_GOAL_MB else 'NOT met'}")
+    print(
+        f"\nserver peak RSS {peak:.0f} MB; tracebacks in the server log: "
+        f"{log.count('Traceback')}; answers not as expected: {wrong or 'none'}"
+    )
+    print(
+        f"worst RSS growth: {worst['rss_growth_mb']:.1f} MB ({worst['case']}); goal "
+        f"< {RSS_GOAL_MB} MB per request: {'met' if worst['rss_growth_mb'] < RSS_GOAL_MB else 'NOT met'}"
+    )
 
 
 def grpc_status_versions(target: Target) -> list[int]:
@@ -612,8 +706,7 @@ def grpc_status_versions(target: Target) -> list[int]:
     request.model_spec.name = MODEL_NAME
     with grpc.insecure_channel(target.grpc_target) as channel:
         try:
-            response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
-                request, timeout=10)
+            response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
         except grpc.RpcError as err:
             return [err.code().name]
     return [s.version for s in response.model_version_status if s.state == 30]

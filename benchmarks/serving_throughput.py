@@ -23,6 +23,7 @@ Images: --images, else the real Kaggle JPEGs in /path/to/brain-tumor-mri
 when present, else synthetic phantoms encoded as JPEG in memory.
 Clients and server share this machine's cores, as they would on one host.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TF's start-up notes would bury the table
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up notes would bury the table
 
 import data_prep  # noqa: E402,F401  (Keras 2 before TensorFlow)
 
-BATCH = 8   # in-process batch: what batching can form from 8 clients
+BATCH = 8  # in-process batch: what batching can form from 8 clients
 REAL_DATA = REPO.parent / "shared" / "data" / "brain-tumor-mri" / "Training"
 
 
@@ -52,7 +53,7 @@ def load_images(folder: str | None, count: int) -> tuple[list[bytes], str]:
     if folder or REAL_DATA.is_dir():
         root = Path(folder) if folder else REAL_DATA
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        files = files[:: max(1, len(files) // count)][:count]   # spread over classes
+        files = files[:: max(1, len(files) // count)][:count]  # spread over classes
         images = []
         for f in files:
             data = f.read_bytes()
@@ -65,8 +66,9 @@ def load_images(folder: str | None, count: int) -> tuple[list[bytes], str]:
     from data_prep.synth import render_phantom
 
     rng = np.random.default_rng(0)
-    images = [cv2.imencode(".jpg", render_phantom(CLASS_NAMES[i % 4], rng)[0])[1].tobytes()
-              for i in range(count)]
+    images = [
+        cv2.imencode(".jpg", render_phantom(CLASS_NAMES[i % 4], rng)[0])[1].tobytes() for i in range(count)
+    ]
     return images, "synthetic phantoms"
 
 
@@ -103,10 +105,12 @@ def run_load(clients: int, requests: int, call, server_pid: int | None = None) -
     wall = time.perf_counter() - start
     cpu = time.process_time() + (process_cpu_seconds(server_pid) if server_pid else 0.0) - cpu
     latencies.sort()
-    return {"images_per_s": len(latencies) / wall,
-            "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-            "cpu_ms_per_image": 1000 * cpu / len(latencies)}
+    return {
+        "images_per_s": len(latencies) / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "cpu_ms_per_image": 1000 * cpu / len(latencies),
+    }
 
 
 def in_process_loads(model_dir: Path, images: list[bytes], clients_list) -> dict:
@@ -122,7 +126,7 @@ def in_process_loads(model_dir: Path, images: list[bytes], clients_list) -> dict
 
     def batched(c, r):
         start = (r * BATCH) % len(images)
-        fn(**{spec.IMAGE_BYTES_INPUT: tf.constant((images * 2)[start:start + BATCH])})
+        fn(**{spec.IMAGE_BYTES_INPUT: tf.constant((images * 2)[start : start + BATCH])})
 
     def batched_load(requests):
         result = run_load(1, requests // BATCH, batched)
@@ -131,15 +135,17 @@ def in_process_loads(model_dir: Path, images: list[bytes], clients_list) -> dict
         return result
 
     for r in range(10):
-        one(0, r)                                                  # warm up
-    loads = {f"in process, {n} caller(s), batch 1": (lambda q, n=n: run_load(n, q, one))
-             for n in clients_list}
+        one(0, r)  # warm up
+    loads = {
+        f"in process, {n} caller(s), batch 1": (lambda q, n=n: run_load(n, q, one)) for n in clients_list
+    }
     loads[f"in process, 1 caller, batch {BATCH}"] = batched_load
     return loads
 
 
-def served_loads(server, label: str, images: list[bytes], clients_list,
-                 version_label: str | None = None) -> dict:
+def served_loads(
+    server, label: str, images: list[bytes], clients_list, version_label: str | None = None
+) -> dict:
     """name → load function(requests) for a running server, over gRPC."""
     import grpc
     import tensorflow as tf
@@ -157,17 +163,21 @@ def served_loads(server, label: str, images: list[bytes], clients_list,
         request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image]))
         requests_pb.append(request)
     # One channel per client, as separate client processes would have.
-    stubs = [prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_target))
-             for _ in range(max(clients_list))]
+    stubs = [
+        prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_target))
+        for _ in range(max(clients_list))
+    ]
 
     def one(c, r):
         stubs[c].Predict(requests_pb[(c * 7919 + r) % len(requests_pb)], timeout=60)
 
     for c in range(len(stubs)):
         for r in range(3):
-            one(c, r)                                              # connect and warm up
-    return {f"{label}, {n} client(s)": (lambda q, n=n: run_load(n, q, one, server.process.pid))
-            for n in clients_list}
+            one(c, r)  # connect and warm up
+    return {
+        f"{label}, {n} client(s)": (lambda q, n=n: run_load(n, q, one, server.process.pid))
+        for n in clients_list
+    }
 
 
 def _push(source: Path, base: Path, version: int) -> None:
@@ -199,7 +209,7 @@ def _wait_available(server, version: int, limit: float = 600.0) -> None:
                 if status.state == get_model_status_pb2.ModelVersionStatus.END:
                     sys.exit(f"version {version} failed to load: {status.status.error_message}")
             except grpc.RpcError:
-                pass   # not seen yet
+                pass  # not seen yet
             time.sleep(0.01)
     sys.exit(f"version {version} not AVAILABLE after {limit:.0f} s")
 
@@ -224,11 +234,15 @@ def first_requests_after_swap(model_dir: Path, images: list[bytes], swaps: int) 
     write_warmup(str(warm), warmup_logs(images))
     base.mkdir()
     _push(plain, base, 1)
-    times = {"without": {spec.PREDICT_IMAGES: [], spec.GRADCAM: []},
-             "with": {spec.PREDICT_IMAGES: [], spec.GRADCAM: []}}
+    times = {
+        "without": {spec.PREDICT_IMAGES: [], spec.GRADCAM: []},
+        "with": {spec.PREDICT_IMAGES: [], spec.GRADCAM: []},
+    }
     version = 1
-    with ServerProcess(base, "--poll-seconds", "0.1", log_path=work / "server.log") as server, \
-            grpc.insecure_channel(server.grpc_target) as channel:
+    with (
+        ServerProcess(base, "--poll-seconds", "0.1", log_path=work / "server.log") as server,
+        grpc.insecure_channel(server.grpc_target) as channel,
+    ):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         for swap in range(swaps):
             for kind, source in (("without", plain), ("with", warm)):
@@ -241,7 +255,8 @@ def first_requests_after_swap(model_dir: Path, images: list[bytes], swaps: int) 
                     request.model_spec.version.value = version
                     request.model_spec.signature_name = signature
                     request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(
-                        tf.make_tensor_proto([images[(swap + version) % len(images)]]))
+                        tf.make_tensor_proto([images[(swap + version) % len(images)]])
+                    )
                     start = time.perf_counter()
                     stub.Predict(request, timeout=600)
                     times[kind][signature].append(1000 * (time.perf_counter() - start))
@@ -268,16 +283,21 @@ def _labelled_version(config_file: str, label: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-base-path", default=None, help="TF Serving base path (<dir>/<version>/)")
-    parser.add_argument("--model-config-file", default=None,
-                        help="serve this TF Serving model config instead (with --label)")
+    parser.add_argument(
+        "--model-config-file", default=None, help="serve this TF Serving model config instead (with --label)"
+    )
     parser.add_argument("--label", default=None, help="every request asks for this version label")
-    parser.add_argument("--swaps", type=int, default=3,
-                        help="version swaps without and with the warm-up file each (0: skip)")
+    parser.add_argument(
+        "--swaps", type=int, default=3, help="version swaps without and with the warm-up file each (0: skip)"
+    )
     parser.add_argument("--images", default=None, help="folder of JPEG/PNG images")
     parser.add_argument("--requests", type=int, default=400, help="requests per measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--batching-parameters-file", default=None,
-                        help="for the batching run (default: serving/config/batching.config)")
+    parser.add_argument(
+        "--batching-parameters-file",
+        default=None,
+        help="for the batching run (default: serving/config/batching.config)",
+    )
     parser.add_argument("--skip-unbatched", action="store_true", help="only the batching run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the best of each is kept")
     args = parser.parse_args()
@@ -290,8 +310,10 @@ def main() -> None:
     if args.model_config_file:
         if not args.label:
             sys.exit("--model-config-file needs --label (the version to measure)")
-        model_dir, serve_args = _labelled_version(args.model_config_file, args.label), \
-            ["--model-config-file", args.model_config_file]
+        model_dir, serve_args = (
+            _labelled_version(args.model_config_file, args.label),
+            ["--model-config-file", args.model_config_file],
+        )
         base = None
     else:
         base = Path(args.model_base_path)
@@ -300,10 +322,12 @@ def main() -> None:
             sys.exit(f"no model version under {base}")
         model_dir, serve_args = Path(latest.path), []
     images, source = load_images(args.images, 64)
-    print(f"model {model_dir}{f' (label {args.label})' if args.label else ''}; "
-          f"{len(images)} JPEGs from {source} "
-          f"(mean {statistics.mean(map(len, images)) / 1024:.0f} KiB); {args.requests} requests "
-          f"per measurement, best of {args.rounds} rounds")
+    print(
+        f"model {model_dir}{f' (label {args.label})' if args.label else ''}; "
+        f"{len(images)} JPEGs from {source} "
+        f"(mean {statistics.mean(map(len, images)) / 1024:.0f} KiB); {args.requests} requests "
+        f"per measurement, best of {args.rounds} rounds"
+    )
 
     loads = in_process_loads(model_dir, images, args.clients)
     batching = ["--enable-batching"]
@@ -314,8 +338,9 @@ def main() -> None:
     configs["btmri serve --enable-batching"] = batching
     with contextlib.ExitStack() as stack:
         for i, (label, extra) in enumerate(configs.items()):
-            server = stack.enter_context(ServerProcess(base, *serve_args, *extra,
-                                                       log_path=logs / f"server{i}.log"))
+            server = stack.enter_context(
+                ServerProcess(base, *serve_args, *extra, log_path=logs / f"server{i}.log")
+            )
             loads.update(served_loads(server, label, images, args.clients, args.label))
         # Other jobs share this machine: alternate the measurements over several
         # rounds and keep each one's best round.
@@ -327,28 +352,39 @@ def main() -> None:
 
     print(f"\n{'configuration':48s} {'images/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'CPU ms/img':>11s}")
     for name, r in rows.items():
-        print(f"{name:48s} {r['images_per_s']:9.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
-              f"{r['cpu_ms_per_image']:11.2f}")
-    print("\nserved / in-process (throughput; CPU efficiency = in-process CPU per image / "
-          "server + client CPU per image):")
+        print(
+            f"{name:48s} {r['images_per_s']:9.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
+            f"{r['cpu_ms_per_image']:11.2f}"
+        )
+    print(
+        "\nserved / in-process (throughput; CPU efficiency = in-process CPU per image / "
+        "server + client CPU per image):"
+    )
     for n in args.clients:
         same = rows[f"in process, {n} caller(s), batch 1"]
-        best = max((r for name, r in rows.items() if name.startswith("in process")),
-                   key=lambda r: r["images_per_s"])
+        best = max(
+            (r for name, r in rows.items() if name.startswith("in process")), key=lambda r: r["images_per_s"]
+        )
         for label in configs:
             r = rows[f"{label}, {n} client(s)"]
-            print(f"  {label}, {n} client(s): {r['images_per_s'] / same['images_per_s']:.2f}x "
-                  f"in-process at the same concurrency ({r['images_per_s'] / best['images_per_s']:.2f}x "
-                  f"the best in-process figure); CPU efficiency "
-                  f"{same['cpu_ms_per_image'] / r['cpu_ms_per_image']:.2f}")
+            print(
+                f"  {label}, {n} client(s): {r['images_per_s'] / same['images_per_s']:.2f}x "
+                f"in-process at the same concurrency ({r['images_per_s'] / best['images_per_s']:.2f}x "
+                f"the best in-process figure); CPU efficiency "
+                f"{same['cpu_ms_per_image'] / r['cpu_ms_per_image']:.2f}"
+            )
 
     if args.swaps > 0:
         times = first_requests_after_swap(model_dir, images, args.swaps)
-        print(f"\nfirst request on a version just swapped in (ms; {args.swaps} swaps each, "
-              f"median [min, max]); steady state: the p50 rows above")
+        print(
+            f"\nfirst request on a version just swapped in (ms; {args.swaps} swaps each, "
+            f"median [min, max]); steady state: the p50 rows above"
+        )
         for kind in ("without", "with"):
-            cells = [f"{sig} {statistics.median(v):.1f} [{min(v):.1f}, {max(v):.1f}]"
-                     for sig, v in times[kind].items()]
+            cells = [
+                f"{sig} {statistics.median(v):.1f} [{min(v):.1f}, {max(v):.1f}]"
+                for sig, v in times[kind].items()
+            ]
             print(f"  {kind + ' warm-up file':25s} " + ";  ".join(cells))
 
 

@@ -13,6 +13,7 @@ the default model for the same number of steps fed three ways:
      no reading, decoding or augmentation at all).
 Then the limit once more in float32 if the chosen compute dtype was not float32.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ from components.training import compute_dtype  # noqa: E402  (TF-free until a po
 
 
 def _fit_rate(model, dataset, steps: int, batch_size: int) -> float:
-    model.fit(dataset.take(3), epochs=1, verbose=0)             # build + warm up
+    model.fit(dataset.take(3), epochs=1, verbose=0)  # build + warm up
     start = time.perf_counter()
     model.fit(dataset.take(steps), epochs=1, verbose=0)
     return steps * batch_size / (time.perf_counter() - start)
@@ -63,7 +64,9 @@ def main() -> None:
         sys.exit(f"no ImportExampleGen/Transform output in {args.pipeline_root}: run the pipeline first")
     accessor = tfx.components.DataAccessor(
         tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], []),
-        record_batch_factory=None, data_view_decode_fn=None)
+        record_batch_factory=None,
+        data_view_decode_fn=None,
+    )
     files = [os.path.join(artifact_utils.get_split_uri([examples], "train"), "*")]
     tft_output = tft.TFTransformOutput(graph.uri)
 
@@ -76,8 +79,9 @@ def main() -> None:
         return model
 
     def dataset(augment: bool, cache: bool = False):
-        return input_fn(files, accessor, tft_output, args.batch_size, training=True,
-                        augment=augment, cache=cache)
+        return input_fn(
+            files, accessor, tft_output, args.batch_size, training=True, augment=augment, cache=cache
+        )
 
     with_aug = _fit_rate(fresh_model(), dataset(True).repeat(), args.steps, args.batch_size)
     cached = dataset(True, cache=True)
@@ -89,16 +93,20 @@ def main() -> None:
     in_memory = tf.data.Dataset.from_tensors((images, labels)).repeat()
     limit = _fit_rate(fresh_model(), in_memory, args.steps, args.batch_size)
 
-    print(f"model {args.model or DEFAULT_MODEL}, batch {args.batch_size}, {args.steps} steps, "
-          f"{os.cpu_count()} cores, policy {policy}")
+    print(
+        f"model {args.model or DEFAULT_MODEL}, batch {args.batch_size}, {args.steps} steps, "
+        f"{os.cpu_count()} cores, policy {policy}"
+    )
     print(f"input_fn with augmentation     : {with_aug:7.1f} images/s  ({with_aug / limit:.2f} x limit)")
     print(f"  ... from the filled cache    : {with_cache:7.1f} images/s  ({with_cache / limit:.2f} x limit)")
     print(f"input_fn without augmentation  : {no_aug:7.1f} images/s  ({no_aug / limit:.2f} x limit)")
     print(f"in-memory tensors (the limit)  : {limit:7.1f} images/s")
     if policy != "float32":
         limit32 = _fit_rate(fresh_model("float32"), in_memory, args.steps, args.batch_size)
-        print(f"in-memory tensors, float32     : {limit32:7.1f} images/s  "
-              f"({policy} is {limit / limit32:.2f} x faster)")
+        print(
+            f"in-memory tensors, float32     : {limit32:7.1f} images/s  "
+            f"({policy} is {limit / limit32:.2f} x faster)"
+        )
 
 
 if __name__ == "__main__":

@@ -157,8 +157,7 @@ class CapturedRun:
         # notebook, pytest's capture).
         self._streams = (sys.stdout, sys.stderr)
         sys.stdout, sys.stderr = (
-            open(fd, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")
-            for fd in (1, 2)
+            open(fd, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace") for fd in (1, 2)
         )
         return self
 
@@ -175,7 +174,7 @@ class CapturedRun:
     def __exit__(self, *exc) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
-                stream.close()   # flushes; file descriptors 1 and 2 stay open (closefd=False)
+                stream.close()  # flushes; file descriptors 1 and 2 stay open (closefd=False)
             except (OSError, ValueError):
                 pass
         sys.stdout, sys.stderr = self._streams

@@ -97,9 +97,11 @@ class DuplicateReport(_Document):
 
     @classmethod
     def from_dict(cls, data: dict) -> DuplicateReport:
-        return cls(near_threshold_bits=int(data.get("near_threshold_bits", 0)),
-                   exact=ExactDuplicates.from_dict(data.get("exact") or {}),
-                   near=NearDuplicates.from_dict(data.get("near") or {}))
+        return cls(
+            near_threshold_bits=int(data.get("near_threshold_bits", 0)),
+            exact=ExactDuplicates.from_dict(data.get("exact") or {}),
+            near=NearDuplicates.from_dict(data.get("near") or {}),
+        )
 
 
 @dataclass
@@ -209,17 +211,23 @@ class VertexOptions(_Document):
         if not self.project:
             raise ValueError("--vertex-project is required for --target vertex")
         if self.replicas < 1 or self.accelerator_count < 0:
-            raise ValueError("--vertex-replicas must be at least 1 and --vertex-accelerator-count not negative")
+            raise ValueError(
+                "--vertex-replicas must be at least 1 and --vertex-accelerator-count not negative"
+            )
         if self.replicas > 1 and distribution != spec.DISTRIBUTION_MULTI_WORKER:
-            raise ValueError(f"{self.replicas} training replicas need --distribution "
-                             f"{spec.DISTRIBUTION_MULTI_WORKER} (got {distribution})")
+            raise ValueError(
+                f"{self.replicas} training replicas need --distribution "
+                f"{spec.DISTRIBUTION_MULTI_WORKER} (got {distribution})"
+            )
         if distribution == spec.DISTRIBUTION_MULTI_WORKER and self.replicas < 2:
             raise ValueError("--distribution multi_worker on Vertex needs --vertex-replicas 2 or more")
         if bool(self.accelerator_type) != (self.accelerator_count > 0):
             raise ValueError("give --vertex-accelerator-type and --vertex-accelerator-count together")
         if self.endpoint_name and not self.serving_image:
-            raise ValueError("--vertex-endpoint needs --vertex-serving-image (a Vertex AI prebuilt "
-                             "TensorFlow prediction image matching TF 2.16)")
+            raise ValueError(
+                "--vertex-endpoint needs --vertex-serving-image (a Vertex AI prebuilt "
+                "TensorFlow prediction image matching TF 2.16)"
+            )
 
 
 VERTEX_DEFAULTS = VertexOptions()

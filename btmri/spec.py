@@ -121,10 +121,14 @@ FEATURE_INTENSITY_STD = "intensity_std"  # float: its standard deviation
 FEATURE_PREDICTED_CLASS = "predicted_class"  # string: the model's top class (also when abstaining)
 FEATURE_TOP_PROBABILITY = "top_probability"  # float: that class's probability
 FEATURE_OOD_SCORE = OOD_SCORE  # float: the model's own out-of-distribution score
-IMAGE_FEATURES: tuple[str, ...] = (FEATURE_IMAGE_WIDTH, FEATURE_IMAGE_HEIGHT, FEATURE_IMAGE_FORMAT,
-                                   FEATURE_INTENSITY_MEAN, FEATURE_INTENSITY_STD)
-ANSWER_FEATURES: tuple[str, ...] = (FEATURE_PREDICTED_CLASS, FEATURE_TOP_PROBABILITY,
-                                    FEATURE_OOD_SCORE)
+IMAGE_FEATURES: tuple[str, ...] = (
+    FEATURE_IMAGE_WIDTH,
+    FEATURE_IMAGE_HEIGHT,
+    FEATURE_IMAGE_FORMAT,
+    FEATURE_INTENSITY_MEAN,
+    FEATURE_INTENSITY_STD,
+)
+ANSWER_FEATURES: tuple[str, ...] = (FEATURE_PREDICTED_CLASS, FEATURE_TOP_PROBABILITY, FEATURE_OOD_SCORE)
 REQUEST_FEATURES: tuple[str, ...] = IMAGE_FEATURES + ANSWER_FEATURES
 FORMAT_JPEG, FORMAT_PNG, FORMAT_OTHER = "jpeg", "png", "other"
 

@@ -8,6 +8,7 @@ blessed model, and (models exported with abstention) the share of the evaluated
 split the model answers (`abstain` false) at least a floor: a detector that refuses
 brain slices it should answer is a regression too.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,13 +36,24 @@ class AbstentionAcceptance(metric_types.Metric):
 metric_types.register_metric(AbstentionAcceptance)
 
 
-def _acceptance(name: str = ACCEPTANCE, eval_config=None, model_name: str = "",
-                output_name: str = "", sub_key=None, aggregation_type=None,
-                class_weights=None, example_weighted: bool = False):
-    key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name,
-                                 sub_key=sub_key, example_weighted=example_weighted)
-    return [metric_types.MetricComputation(keys=[key], preprocessors=None,
-                                           combiner=_AcceptanceCombiner(key))]
+def _acceptance(
+    name: str = ACCEPTANCE,
+    eval_config=None,
+    model_name: str = "",
+    output_name: str = "",
+    sub_key=None,
+    aggregation_type=None,
+    class_weights=None,
+    example_weighted: bool = False,
+):
+    key = metric_types.MetricKey(
+        name=name,
+        model_name=model_name,
+        output_name=output_name,
+        sub_key=sub_key,
+        example_weighted=example_weighted,
+    )
+    return [metric_types.MetricComputation(keys=[key], preprocessors=None, combiner=_AcceptanceCombiner(key))]
 
 
 class _AcceptanceCombiner(beam.CombineFn):
@@ -49,7 +61,7 @@ class _AcceptanceCombiner(beam.CombineFn):
         self._key = key
 
     def create_accumulator(self):
-        return [0, 0]   # answered, seen (examples with an `abstain` output)
+        return [0, 0]  # answered, seen (examples with an `abstain` output)
 
     def add_input(self, accumulator, element):
         predictions = element.get("predictions") if hasattr(element, "get") else None
@@ -71,47 +83,77 @@ class _AcceptanceCombiner(beam.CombineFn):
         return {self._key: accumulator[0] / accumulator[1] if accumulator[1] else math.nan}
 
 
-def eval_config(accuracy_lower_bound: float, max_regression: float = 0.0,
-                min_acceptance: float | None = None) -> tfma.EvalConfig:
+def eval_config(
+    accuracy_lower_bound: float, max_regression: float = 0.0, min_acceptance: float | None = None
+) -> tfma.EvalConfig:
     """`max_regression`: how much accuracy may drop against the baseline (0 = none).
     `min_acceptance`: the smallest share of the evaluated split the candidate must answer
     (not abstain on); None: the share is reported, not gated."""
     accuracy_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_lower_bound}),
         change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -max_regression - 1e-10}))
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -max_regression - 1e-10}
+        ),
+    )
     class_ids = list(range(spec.NUM_CLASSES))
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name=spec.SERVING_DEFAULT,
-                                    label_key=spec.LABEL_KEY,
-                                    prediction_key=spec.PROBABILITIES)],
-        slicing_specs=[tfma.SlicingSpec(),
-                       tfma.SlicingSpec(feature_keys=[spec.LABEL_KEY])],
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name=spec.SERVING_DEFAULT,
+                label_key=spec.LABEL_KEY,
+                prediction_key=spec.PROBABILITIES,
+            )
+        ],
+        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[spec.LABEL_KEY])],
         metrics_specs=[
-            tfma.MetricsSpec(metrics=[
-                tfma.MetricConfig(class_name="ExampleCount"),
-                # The bound gates overall accuracy; per-class slices are reported, not gated.
-                tfma.MetricConfig(class_name="SparseCategoricalAccuracy",
-                                  per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                                      slicing_specs=[tfma.SlicingSpec()],
-                                      threshold=accuracy_threshold)]),
-                tfma.MetricConfig(class_name="SparseCategoricalCrossentropy"),
-                tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
-                tfma.MetricConfig(
-                    class_name=AbstentionAcceptance.__name__, module=__name__,
-                    per_slice_thresholds=[] if min_acceptance is None else [
-                        tfma.PerSliceMetricThreshold(
-                            slicing_specs=[tfma.SlicingSpec()],
-                            threshold=tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-                                lower_bound={"value": min_acceptance})))]),
-            ]),
+            tfma.MetricsSpec(
+                metrics=[
+                    tfma.MetricConfig(class_name="ExampleCount"),
+                    # The bound gates overall accuracy; per-class slices are reported, not gated.
+                    tfma.MetricConfig(
+                        class_name="SparseCategoricalAccuracy",
+                        per_slice_thresholds=[
+                            tfma.PerSliceMetricThreshold(
+                                slicing_specs=[tfma.SlicingSpec()], threshold=accuracy_threshold
+                            )
+                        ],
+                    ),
+                    tfma.MetricConfig(class_name="SparseCategoricalCrossentropy"),
+                    tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
+                    tfma.MetricConfig(
+                        class_name=AbstentionAcceptance.__name__,
+                        module=__name__,
+                        per_slice_thresholds=[]
+                        if min_acceptance is None
+                        else [
+                            tfma.PerSliceMetricThreshold(
+                                slicing_specs=[tfma.SlicingSpec()],
+                                threshold=tfma.MetricThreshold(
+                                    value_threshold=tfma.GenericValueThreshold(
+                                        lower_bound={"value": min_acceptance}
+                                    )
+                                ),
+                            )
+                        ],
+                    ),
+                ]
+            ),
             # Per class, by name: one-vs-rest with the top-1 (argmax) decision.
-            tfma.MetricsSpec(metrics=[
-                tfma.MetricConfig(class_name=metric, config=json.dumps(
-                    {"class_id": class_id, "top_k": 1, "name": f"{metric.lower()}_{name}"}))
-                for class_id, name in enumerate(spec.CLASS_NAMES)
-                for metric in ("Precision", "Recall")]),
-            tfma.MetricsSpec(binarize=tfma.BinarizationOptions(class_ids={"values": class_ids}),
-                             metrics=[tfma.MetricConfig(class_name="AUC")]),
-        ])
+            tfma.MetricsSpec(
+                metrics=[
+                    tfma.MetricConfig(
+                        class_name=metric,
+                        config=json.dumps(
+                            {"class_id": class_id, "top_k": 1, "name": f"{metric.lower()}_{name}"}
+                        ),
+                    )
+                    for class_id, name in enumerate(spec.CLASS_NAMES)
+                    for metric in ("Precision", "Recall")
+                ]
+            ),
+            tfma.MetricsSpec(
+                binarize=tfma.BinarizationOptions(class_ids={"values": class_ids}),
+                metrics=[tfma.MetricConfig(class_name="AUC")],
+            ),
+        ],
+    )

@@ -17,6 +17,7 @@ and renames it into place, so a server never sees a half-copied version. Given a
 `model_report` input (pipeline/pusher.py), the model card goes into that folder too,
 before the rename.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,22 +46,22 @@ class AnomaliesFound(RuntimeError):
 
 
 class ImportExampleGenWithManifest(import_executor.Executor):
-
     def Do(self, input_dict, output_dict, exec_properties):
         result = super().Do(input_dict, output_dict, exec_properties)
-        source = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY],
-                              MANIFEST_FILE)
+        source = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], MANIFEST_FILE)
         if fileio.exists(source):
             for examples in output_dict[standard_component_specs.EXAMPLES_KEY]:
                 fileio.copy(source, os.path.join(examples.uri, MANIFEST_FILE), overwrite=True)
         else:
-            logging.warning("no %s in %s: the run's report will not describe the data",
-                            MANIFEST_FILE, exec_properties[standard_component_specs.INPUT_BASE_KEY])
+            logging.warning(
+                "no %s in %s: the run's report will not describe the data",
+                MANIFEST_FILE,
+                exec_properties[standard_component_specs.INPUT_BASE_KEY],
+            )
         return result
 
 
 class StrictExampleValidator(validator_executor.Executor):
-
     def _Validate(self, inputs, outputs):
         anomalies = super()._Validate(inputs, outputs)
         for name, info in anomalies.anomaly_info.items():
@@ -76,7 +77,8 @@ class StrictExampleValidator(validator_executor.Executor):
         if self._found:
             raise AnomaliesFound(
                 "data anomalies found, pipeline stopped before Transform/Trainer:\n  "
-                + "\n  ".join(self._found))
+                + "\n  ".join(self._found)
+            )
         return result
 
 
@@ -118,24 +120,22 @@ def pushed_versions(serving_dir: str) -> dict[int, str]:
         name = name.rstrip("/")
         if name.isdigit():
             marker = os.path.join(serving_dir, name, DIGEST_FILE)
-            versions[int(name)] = (fileio.open(marker).read().strip()
-                                   if fileio.exists(marker) else "")
+            versions[int(name)] = fileio.open(marker).read().strip() if fileio.exists(marker) else ""
     return versions
 
 
 class IdempotentAtomicPusher(pusher_executor.Executor):
-
     def Do(self, input_dict, output_dict, exec_properties):
         self._log_startup(input_dict, output_dict, exec_properties)
         model_push = artifact_utils.get_single_instance(
-            output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+            output_dict[standard_component_specs.PUSHED_MODEL_KEY]
+        )
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
             return
         model_path = self.GetModelPath(input_dict)
         destination = pusher_pb2.PushDestination()
-        proto_utils.json_to_proto(
-            exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         serving_dir = destination.filesystem.base_directory
         digest = model_digest(model_path)
         existing = pushed_versions(serving_dir)

@@ -3,7 +3,26 @@
 The names live in btmri/spec.py (TF-free, one home); this module re-exports the
 ones the data side uses, unchanged.
 """
-from btmri.spec import (CLASS_NAMES, CLASS_TO_ID, EVAL_SPLIT, HEIGHT_KEY,  # noqa: F401
-                        IMAGE_EXTENSIONS, IMAGE_KEY, KAGGLE_TESTING_DIR, KAGGLE_TRAINING_DIR,
-                        LABEL_KEY, LESION_BOX_KEY, NO_BOX, NOTUMOR_ID, NUM_CLASSES, SOURCE_KEY,
-                        SPLITS, TEST_SPLIT, TFRECORD_SUFFIX, TRAIN_SPLIT, WIDTH_KEY, class_id)
+
+from btmri.spec import (
+    CLASS_NAMES,
+    CLASS_TO_ID,
+    EVAL_SPLIT,
+    HEIGHT_KEY,
+    IMAGE_EXTENSIONS,
+    IMAGE_KEY,
+    KAGGLE_TESTING_DIR,
+    KAGGLE_TRAINING_DIR,
+    LABEL_KEY,
+    LESION_BOX_KEY,
+    NO_BOX,
+    NOTUMOR_ID,
+    NUM_CLASSES,
+    SOURCE_KEY,
+    SPLITS,
+    TEST_SPLIT,
+    TFRECORD_SUFFIX,
+    TRAIN_SPLIT,
+    WIDTH_KEY,
+    class_id,
+)

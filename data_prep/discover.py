@@ -1,6 +1,7 @@
 """Finding images: the Kaggle layout (Training/ and Testing/ of class folders) or
 flat class folders directly under the data dir. Folder names match in any
 letter case. Nothing is read here, only listed."""
+
 from __future__ import annotations
 
 import os
@@ -17,10 +18,10 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True)
 class Candidate:
-    path: str     # as found on disk
-    source: str   # path relative to the data dir, '/'-separated, valid UTF-8 (see find_images)
+    path: str  # as found on disk
+    source: str  # path relative to the data dir, '/'-separated, valid UTF-8 (see find_images)
     label: int
-    origin: str   # "training" (feeds train/eval) or "testing" (feeds test)
+    origin: str  # "training" (feeds train/eval) or "testing" (feeds test)
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,7 @@ def _class_folders(folder: Path) -> list[tuple[int, Path]]:
                 f"{', '.join(contract.CLASS_NAMES)}"
             ) from None
     if not out:
-        raise LayoutError(
-            f"{folder}: no class folders; expected {', '.join(contract.CLASS_NAMES)}"
-        )
+        raise LayoutError(f"{folder}: no class folders; expected {', '.join(contract.CLASS_NAMES)}")
     return out
 
 
@@ -69,8 +68,10 @@ def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip
     top = _child_dirs(root)
     roots: list[tuple[str, Path]] = []
     if contract.KAGGLE_TRAINING_DIR.lower() in top or contract.KAGGLE_TESTING_DIR.lower() in top:
-        for name, origin in ((contract.KAGGLE_TRAINING_DIR, "training"),
-                             (contract.KAGGLE_TESTING_DIR, "testing")):
+        for name, origin in (
+            (contract.KAGGLE_TRAINING_DIR, "training"),
+            (contract.KAGGLE_TESTING_DIR, "testing"),
+        ):
             if name.lower() in top:
                 roots.append((origin, top[name.lower()]))
     else:
@@ -88,15 +89,17 @@ def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip
                     source = printable_path(f"{rel_dir}/{name}")
                     suffix = os.path.splitext(name)[1]
                     if source in sources:
-                        skips.append(Skip(source, "same name as another file once its "
-                                                  "non-UTF-8 bytes are escaped"))
+                        skips.append(
+                            Skip(source, "same name as another file once its non-UTF-8 bytes are escaped")
+                        )
                         continue
                     sources.add(source)
                     if is_hidden(name):
                         skips.append(Skip(source, "hidden or system file"))
                     elif suffix.lower() not in contract.IMAGE_EXTENSIONS:
-                        skips.append(Skip(source, "unsupported extension "
-                                                  f"{printable_path(suffix) or '(none)'}"))
+                        skips.append(
+                            Skip(source, f"unsupported extension {printable_path(suffix) or '(none)'}")
+                        )
                     else:
                         candidates.append(Candidate(os.path.join(dirpath, name), source, label, origin))
     return candidates, skips

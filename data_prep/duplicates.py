@@ -5,6 +5,7 @@ resized, slightly cropped copies) share a perceptual hash up to a small Hamming
 distance. The hash is the classic DCT pHash: 32x32 grayscale, 2-D DCT, the 8x8
 lowest frequencies without DC, each bit = coefficient above the median.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -42,22 +43,24 @@ def hamming_to_many(value: int, others: np.ndarray) -> np.ndarray:
 @dataclass
 class Record:
     """What the duplicate finder needs to know about one kept image."""
+
     source: str
     split: str
     label: int
     md5: str
-    phash: int | None        # None: undecodable, matched by its bytes only (never by prepare)
+    phash: int | None  # None: undecodable, matched by its bytes only (never by prepare)
 
 
 @dataclass
 class DuplicateIndex:
     """Collects records as they are written; reports at the end."""
+
     threshold: int = DEFAULT_NEAR_THRESHOLD
     records: list[Record] = field(default_factory=list)
     _train_hashes: list[int] = field(default_factory=list)
-    _train_sources: list[str] = field(default_factory=list)   # parallel to _train_hashes
+    _train_sources: list[str] = field(default_factory=list)  # parallel to _train_hashes
     _train_md5: dict[str, str] = field(default_factory=dict)
-    _train_array: np.ndarray | None = None                     # _train_hashes as uint64, cached
+    _train_array: np.ndarray | None = None  # _train_hashes as uint64, cached
 
     def add(self, record: Record) -> None:
         self.records.append(record)
@@ -68,8 +71,9 @@ class DuplicateIndex:
                 self._train_sources.append(record.source)
                 self._train_array = None
 
-    def training_match(self, md5: str, phash: int | None,
-                       threshold: int | None = None) -> tuple[str, str, int] | None:
+    def training_match(
+        self, md5: str, phash: int | None, threshold: int | None = None
+    ) -> tuple[str, str, int] | None:
         """The training image an incoming image duplicates, as (kind, source, distance),
         or None: the same bytes, else the nearest perceptual hash within `threshold`
         bits (default: the index's). Train records must have been added first. The one
@@ -96,8 +100,8 @@ class DuplicateIndex:
             by_md5[rec.md5].append(rec)
         exact_groups = [g for g in by_md5.values() if len(g) > 1]
 
-        exact_within: dict[str, int] = defaultdict(int)   # extra copies inside a split
-        exact_cross: dict[str, int] = defaultdict(int)    # images with a copy in another split
+        exact_within: dict[str, int] = defaultdict(int)  # extra copies inside a split
+        exact_cross: dict[str, int] = defaultdict(int)  # images with a copy in another split
         conflicting = []
         for group in exact_groups:
             for split, n in Counter(r.split for r in group).items():
@@ -116,8 +120,10 @@ class DuplicateIndex:
                 extra_copies_within_split=dict(exact_within),
                 images_with_copy_in_other_split=dict(exact_cross),
                 conflicting_labels=conflicting,
-                groups_listed=[[r.source for r in g] for g in exact_groups[:max_listed]]),
-            near=NearDuplicates(**self._near_pairs(max_listed)))
+                groups_listed=[[r.source for r in g] for g in exact_groups[:max_listed]],
+            ),
+            near=NearDuplicates(**self._near_pairs(max_listed)),
+        )
 
     def _near_pairs(self, max_listed: int, block_elements: int = 1 << 21) -> dict:
         """Pairs within the threshold that are not byte-identical: counted exactly per
@@ -145,15 +151,17 @@ class DuplicateIndex:
         hash_ids = hash_ids.reshape(-1)
         n_uniq = len(uniq)
         # Images per (distinct hash, split) and per (same file = hash and md5, split).
-        per_hash = np.bincount(hash_ids * n_splits + split_ids,
-                               minlength=n_uniq * n_splits).reshape(n_uniq, n_splits)
+        per_hash = np.bincount(hash_ids * n_splits + split_ids, minlength=n_uniq * n_splits).reshape(
+            n_uniq, n_splits
+        )
         files, file_ids = np.unique(np.stack([hash_ids, md5_ids]), axis=1, return_inverse=True)
-        per_file = np.bincount(file_ids.reshape(-1) * n_splits + split_ids,
-                               minlength=files.shape[1] * n_splits).reshape(-1, n_splits)
+        per_file = np.bincount(
+            file_ids.reshape(-1) * n_splits + split_ids, minlength=files.shape[1] * n_splits
+        ).reshape(-1, n_splits)
         # A hash has a partner when two different files share it, or another hash is near.
         has_partner = np.bincount(files[0], minlength=n_uniq) >= 2
 
-        pairs = np.zeros((n_splits, n_splits), np.int64)   # [s, t]: within s on the diagonal
+        pairs = np.zeros((n_splits, n_splits), np.int64)  # [s, t]: within s on the diagonal
         diag, upper = np.diag_indices(n_splits), np.triu_indices(n_splits, 1)
 
         def add_within(counts: np.ndarray, sign: int) -> None:
@@ -161,18 +169,18 @@ class DuplicateIndex:
             pairs[diag] += sign * (counts * (counts - 1) // 2).sum(axis=0)
             pairs[upper] += sign * (counts.T @ counts)[upper]
 
-        add_within(per_hash, 1)     # equal hashes (distance 0) ...
-        add_within(per_file, -1)    # ... except byte-identical copies
+        add_within(per_hash, 1)  # equal hashes (distance 0) ...
+        add_within(per_file, -1)  # ... except byte-identical copies
         block = max(1, block_elements // n_uniq)
         for start in range(0, n_uniq, block):
-            rows, rest = uniq[start:start + block], uniq[start + 1:]   # later hashes only
+            rows, rest = uniq[start : start + block], uniq[start + 1 :]  # later hashes only
             dist = popcount64(np.bitwise_xor(rows[:, None], rest[None, :]))
             near = dist <= self.threshold
             near &= np.arange(len(rest))[None, :] >= np.arange(len(rows))[:, None]
             i, j = np.nonzero(near)
             if len(i):
                 a, b = per_hash[start + i], per_hash[start + 1 + j]
-                cross = a.T @ b          # [s, t]: image pairs with one in s, the other in t
+                cross = a.T @ b  # [s, t]: image pairs with one in s, the other in t
                 pairs[diag] += np.diag(cross)
                 pairs[upper] += (cross + cross.T)[upper]
                 has_partner[start + i] = True
@@ -183,12 +191,16 @@ class DuplicateIndex:
         for s, t in zip(*upper):
             if pairs[s, t]:
                 across["-".join(_ordered(split_names[s], split_names[t]))] += int(pairs[s, t])
-        return {"pairs": int(pairs[diag].sum() + pairs[upper].sum()), "pairs_within_split": within,
-                "pairs_across_splits": dict(across),
-                "pairs_listed": self._first_pairs(hashes, md5_ids, has_partner[hash_ids], max_listed)}
+        return {
+            "pairs": int(pairs[diag].sum() + pairs[upper].sum()),
+            "pairs_within_split": within,
+            "pairs_across_splits": dict(across),
+            "pairs_listed": self._first_pairs(hashes, md5_ids, has_partner[hash_ids], max_listed),
+        }
 
-    def _first_pairs(self, hashes: np.ndarray, md5_ids: np.ndarray, candidate: np.ndarray,
-                     max_listed: int) -> list[list]:
+    def _first_pairs(
+        self, hashes: np.ndarray, md5_ids: np.ndarray, candidate: np.ndarray, max_listed: int
+    ) -> list[list]:
         """The first `max_listed` near pairs (a < b, in record order), each as
         [source a, source b, distance]. Only images with a partner are visited, and
         every visited image adds a pair or has its partner listed already, so at most
@@ -197,9 +209,9 @@ class DuplicateIndex:
         for a in np.flatnonzero(candidate):
             if len(listed) >= max_listed:
                 break
-            dist = popcount64(np.bitwise_xor(hashes[a + 1:], hashes[a]))
-            match = np.flatnonzero((dist <= self.threshold) & (md5_ids[a + 1:] != md5_ids[a]))
-            for j in match[:max_listed - len(listed)]:
+            dist = popcount64(np.bitwise_xor(hashes[a + 1 :], hashes[a]))
+            match = np.flatnonzero((dist <= self.threshold) & (md5_ids[a + 1 :] != md5_ids[a]))
+            for j in match[: max_listed - len(listed)]:
                 listed.append([self.records[a].source, self.records[a + 1 + j].source, int(dist[j])])
         return listed
 
@@ -214,4 +226,4 @@ def _ordered(a: str, b: str) -> tuple[str, str]:
 
 def _split_pairs(splits: set[str]) -> list[str]:
     ordered = sorted(splits, key=lambda s: _SPLIT_ORDER.get(s, 9))
-    return ["-".join((a, b)) for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+    return ["-".join((a, b)) for i, a in enumerate(ordered) for b in ordered[i + 1 :]]

@@ -8,6 +8,7 @@ reported in the manifest, so the caller skips it and carries on.
 
 No TensorFlow here: workers stay light and start fast.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BMP_MAGIC = b"BM"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 # Formats prepare does not read, named in the reason when a file holds one.
-_OTHER_MAGICS = ((b"GIF8", "GIF"), (b"RIFF", "WebP/RIFF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-                 (b"\xff\x4f\xff\x51", "JPEG 2000"), (b"%PDF", "PDF"), (b"PK\x03\x04", "ZIP"))
+_OTHER_MAGICS = (
+    (b"GIF8", "GIF"),
+    (b"RIFF", "WebP/RIFF"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"%PDF", "PDF"),
+    (b"PK\x03\x04", "ZIP"),
+)
 
 
 class ImageError(Exception):
@@ -46,10 +53,11 @@ class ImageError(Exception):
 @dataclass
 class DecodedImage:
     """What data_prep keeps of one image."""
-    encoded: bytes          # bytes for the tf.Example `image` feature
-    height: int             # of the source image
+
+    encoded: bytes  # bytes for the tf.Example `image` feature
+    height: int  # of the source image
     width: int
-    reencoded: bool         # False when `encoded` is the original file
+    reencoded: bool  # False when `encoded` is the original file
     gray_small: np.ndarray  # 32x32 float32 grayscale, for the perceptual hash
 
 
@@ -70,9 +78,13 @@ def printable_path(path: str | os.PathLike) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "FIFO (named pipe)"),
-               (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-               (stat.S_ISSOCK, "socket"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "is a directory"),
+    (stat.S_ISFIFO, "FIFO (named pipe)"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
 
 
 def _check_regular(path, st: os.stat_result, max_bytes: int) -> None:
@@ -88,8 +100,7 @@ def _check_regular(path, st: os.stat_result, max_bytes: int) -> None:
     if st.st_size == 0:
         raise ImageError("empty file (0 bytes)")
     if st.st_size > max_bytes:
-        raise ImageError(f"file too large: {st.st_size:,} bytes, more than the "
-                         f"{max_bytes / _MB:g} MB limit")
+        raise ImageError(f"file too large: {st.st_size:,} bytes, more than the {max_bytes / _MB:g} MB limit")
 
 
 def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE_MB * _MB) -> bytes:
@@ -102,8 +113,9 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE_MB * _
     """
     try:
         _check_regular(path, os.stat(path), max_bytes)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(
+            path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+        )
     except FileNotFoundError:
         if os.path.islink(path):
             raise ImageError(f"broken symlink (points to {printable_path(os.readlink(path))})") from None
@@ -133,6 +145,7 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE_MB * _
 
 # --- header inspection ------------------------------------------------------
 
+
 def _png_header(data: bytes) -> tuple[int, int, int, int]:
     """(width, height, bit depth, color type) from the IHDR chunk."""
     if len(data) < 33 or data[12:16] != b"IHDR":
@@ -154,12 +167,12 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int, int]:
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             pos += 2
             continue
-        (seg_len,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        (seg_len,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         # SOF0..SOF15 except DHT (C4), JPG (C8), DAC (CC)
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if pos + 10 > len(data):
                 break
-            precision, height, width, comps = struct.unpack(">BHHB", data[pos + 4:pos + 10])
+            precision, height, width, comps = struct.unpack(">BHHB", data[pos + 4 : pos + 10])
             return width, height, precision, comps
         if marker == 0xDA:  # start of scan before any frame header
             break
@@ -192,19 +205,21 @@ def _tiff_header(data: bytes) -> tuple[int, int]:
     try:
         if big:
             (ifd,) = struct.unpack(order + "Q", data[8:16])
-            (count,) = struct.unpack(order + "Q", data[ifd:ifd + 8])
+            (count,) = struct.unpack(order + "Q", data[ifd : ifd + 8])
             entry, first, value_at = 20, ifd + 8, 12
         else:
             (ifd,) = struct.unpack(order + "I", data[4:8])
-            (count,) = struct.unpack(order + "H", data[ifd:ifd + 2])
+            (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
             entry, first, value_at = 12, ifd + 2, 8
         fields = {}
         for i in range(min(count, 4096)):
             pos = first + i * entry
-            tag, kind = struct.unpack(order + "HH", data[pos:pos + 4])
+            tag, kind = struct.unpack(order + "HH", data[pos : pos + 4])
             if tag in (_TIFF_WIDTH, _TIFF_LENGTH) and kind in _TIFF_INT_TYPES:
                 fmt = order + _TIFF_INT_TYPES[kind]
-                (fields[tag],) = struct.unpack(fmt, data[pos + value_at:pos + value_at + struct.calcsize(fmt)])
+                (fields[tag],) = struct.unpack(
+                    fmt, data[pos + value_at : pos + value_at + struct.calcsize(fmt)]
+                )
     except struct.error:
         raise ImageError("TIFF header is damaged (truncated directory)") from None
     if _TIFF_WIDTH not in fields or _TIFF_LENGTH not in fields:
@@ -216,12 +231,11 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"invalid image size {width}x{height}")
     if width * height > max_pixels:
-        raise ImageError(
-            f"image too large: {width}x{height} exceeds {max_pixels:,} pixels"
-        )
+        raise ImageError(f"image too large: {width}x{height} exceeds {max_pixels:,} pixels")
 
 
 # --- decoding ---------------------------------------------------------------
+
 
 def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     """Scales any integer/float array to 8 bits over its own range (min..max).
@@ -265,14 +279,16 @@ def _normalise_channels(pixels: np.ndarray) -> np.ndarray:
     range and composited over black.
     """
     if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
-        pixels = _composite_over_black(_to_uint8(pixels[:, :, :-1]),
-                                       _alpha_to_uint8(pixels[:, :, -1:]))
+        pixels = _composite_over_black(_to_uint8(pixels[:, :, :-1]), _alpha_to_uint8(pixels[:, :, -1:]))
     else:
         pixels = _to_uint8(pixels)
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
-    if pixels.ndim == 3 and np.array_equal(pixels[:, :, 0], pixels[:, :, 1]) \
-            and np.array_equal(pixels[:, :, 1], pixels[:, :, 2]):
+    if (
+        pixels.ndim == 3
+        and np.array_equal(pixels[:, :, 0], pixels[:, :, 1])
+        and np.array_equal(pixels[:, :, 1], pixels[:, :, 2])
+    ):
         pixels = pixels[:, :, 0]
     return pixels
 
@@ -324,8 +340,11 @@ def _reduced_gray_flag(width: int, height: int) -> int:
     entropy-coded data is still decoded (corruption is still seen); only the
     inverse DCT and colour conversion, which a kept JPEG does not need, shrink."""
     short = min(width, height)
-    for factor, flag in ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
-                         (2, cv2.IMREAD_REDUCED_GRAYSCALE_2)):
+    for factor, flag in (
+        (8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+        (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+        (2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+    ):
         if short // factor >= 64:
             return flag
     return cv2.IMREAD_GRAYSCALE
@@ -335,8 +354,14 @@ def _not_an_image(data: bytes, suffix: str) -> ImageError:
     """The reason for content that is none of the formats prepare reads."""
     other = next((name for magic, name in _OTHER_MAGICS if data.startswith(magic)), None)
     named = f"; it is {other}" if other else ""
-    expected = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF",
-                ".tiff": "TIFF"}.get(suffix)
+    expected = {
+        ".jpg": "JPEG",
+        ".jpeg": "JPEG",
+        ".png": "PNG",
+        ".bmp": "BMP",
+        ".tif": "TIFF",
+        ".tiff": "TIFF",
+    }.get(suffix)
     if expected:
         return ImageError(f"not a valid image (content is not {expected}{named})")
     return ImageError(f"not a valid image (not JPEG, PNG, BMP, TIFF or DICOM{named})")
@@ -395,8 +420,7 @@ def decode_image(data: bytes, suffix: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     return _finish(pixels, data if keep_original else None, (width, height))
 
 
-def _finish(pixels: np.ndarray, original: bytes | None,
-            size: tuple[int, int] | None = None) -> DecodedImage:
+def _finish(pixels: np.ndarray, original: bytes | None, size: tuple[int, int] | None = None) -> DecodedImage:
     """`pixels` may be a reduced-scale decode when the original is kept; the
     stored height/width are then the header's."""
     if original is None:

@@ -20,6 +20,7 @@ Kaggle tumour training images correlates >= 0.995 for 1,299 of them, 0.98-0.99 f
 9, and nothing falls between 0.99 and 0.995). The rule is "same class and
 correlation >= MATCH_CORRELATION".
 """
+
 from __future__ import annotations
 
 import os
@@ -48,10 +49,10 @@ TUMOUR_CLASSES = tuple(c for c in contract.CLASS_NAMES if c != "notumor")
 
 @dataclass(frozen=True)
 class BoxedSlice:
-    path: str                                  # image file
-    source: str                                # "<class>/<file name>"
+    path: str  # image file
+    source: str  # "<class>/<file name>"
     label: int
-    box: tuple[float, float, float, float]     # ymin, xmin, ymax, xmax in [0, 1]
+    box: tuple[float, float, float, float]  # ymin, xmin, ymax, xmax in [0, 1]
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,7 @@ def parse_yolo_box(text: str) -> tuple[float, float, float, float]:
 def format_yolo_box(box: tuple[float, float, float, float], k: int = 0) -> str:
     """The inverse of parse_yolo_box, for writers of box folders."""
     ymin, xmin, ymax, xmax = box
-    return (f"{k} {(xmin + xmax) / 2:.6f} {(ymin + ymax) / 2:.6f} "
-            f"{xmax - xmin:.6f} {ymax - ymin:.6f}\n")
+    return f"{k} {(xmin + xmax) / 2:.6f} {(ymin + ymax) / 2:.6f} {xmax - xmin:.6f} {ymax - ymin:.6f}\n"
 
 
 def read_box_folder(box_dir: str | os.PathLike) -> tuple[list[BoxedSlice], list[BoxSkip]]:
@@ -96,8 +96,10 @@ def read_box_folder(box_dir: str | os.PathLike) -> tuple[list[BoxedSlice], list[
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         name = folder.name.lower()
         if name not in TUMOUR_CLASSES:
-            raise ValueError(f"{folder}: a box folder holds tumour classes only "
-                             f"({', '.join(TUMOUR_CLASSES)}), not {folder.name!r}")
+            raise ValueError(
+                f"{folder}: a box folder holds tumour classes only "
+                f"({', '.join(TUMOUR_CLASSES)}), not {folder.name!r}"
+            )
         label = contract.CLASS_TO_ID[name]
         for image in sorted(folder.iterdir()):
             if image.suffix.lower() not in BOX_SUFFIXES or image.name.startswith("."):
@@ -114,8 +116,10 @@ def read_box_folder(box_dir: str | os.PathLike) -> tuple[list[BoxedSlice], list[
                 continue
             slices.append(BoxedSlice(str(image), source, label, box))
     if not slices:
-        raise ValueError(f"box folder {box_dir} holds no slice with a box "
-                         f"(expected <class>/<id>.jpg with <class>/<id>.txt)")
+        raise ValueError(
+            f"box folder {box_dir} holds no slice with a box "
+            f"(expected <class>/<id>.jpg with <class>/<id>.txt)"
+        )
     return slices, skips
 
 
@@ -132,7 +136,7 @@ def in_audit_part(source: str) -> bool:
     import hashlib
 
     digest = hashlib.sha256(f"{SPLIT_SEED}\0{split_group(source)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < AUDIT_SHARE
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < AUDIT_SHARE
 
 
 def normalised_thumbnail(gray_small: np.ndarray) -> np.ndarray:
@@ -151,8 +155,12 @@ def slice_thumbnail(path: str) -> np.ndarray:
 class BoxMatcher:
     """Finds, for an image's thumbnail, the boxed slice it is a copy of."""
 
-    def __init__(self, slices: list[BoxedSlice], thumbnails: np.ndarray | None = None,
-                 threshold: float = MATCH_CORRELATION):
+    def __init__(
+        self,
+        slices: list[BoxedSlice],
+        thumbnails: np.ndarray | None = None,
+        threshold: float = MATCH_CORRELATION,
+    ):
         self.slices = slices
         self.threshold = threshold
         if thumbnails is None:

@@ -7,6 +7,7 @@ Two passes over the files, streaming (memory holds per-file metadata only):
      against every training image before they are written.
 Any single bad file is skipped with a reason; only an unusable dataset fails.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,10 +28,21 @@ from btmri.documents import Manifest
 from btmri.layout import MANIFEST_FILE
 from data_prep import contract
 from data_prep.discover import find_images
-from data_prep.duplicates import (DEFAULT_NEAR_THRESHOLD, DuplicateIndex, Record, hamming_to_many,
-                                  perceptual_hash)
-from data_prep.image_io import (DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS, ImageError, content_hash,
-                                decode_image, read_bytes)
+from data_prep.duplicates import (
+    DEFAULT_NEAR_THRESHOLD,
+    DuplicateIndex,
+    Record,
+    hamming_to_many,
+    perceptual_hash,
+)
+from data_prep.image_io import (
+    DEFAULT_MAX_FILE_MB,
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    content_hash,
+    decode_image,
+    read_bytes,
+)
 from data_prep.splits import assign_train_eval
 
 # About 100-200 MB per shard for the real set: few enough files for the
@@ -48,7 +60,7 @@ class PrepareOptions:
     out_dir: str
     eval_fraction: float = 0.15
     seed: int = 42
-    workers: int = 0          # decoding threads; 0 = one per core
+    workers: int = 0  # decoding threads; 0 = one per core
     shards: int = DEFAULT_TRAIN_SHARDS
     drop_cross_split_duplicates: bool = False
     near_threshold: int = DEFAULT_NEAR_THRESHOLD
@@ -100,9 +112,16 @@ def _convert_file(task: tuple[str, str, int, int]) -> dict:
     try:
         data = read_bytes(path, max_bytes)
         image = decode_image(data, suffix, max_pixels)
-        return {"ok": True, "md5": content_hash(data), "encoded": image.encoded,
-                "height": image.height, "width": image.width, "reencoded": image.reencoded,
-                "phash": perceptual_hash(image.gray_small), "gray_small": image.gray_small}
+        return {
+            "ok": True,
+            "md5": content_hash(data),
+            "encoded": image.encoded,
+            "height": image.height,
+            "width": image.width,
+            "reencoded": image.reencoded,
+            "phash": perceptual_hash(image.gray_small),
+            "gray_small": image.gray_small,
+        }
     except ImageError as err:
         return {"ok": False, "reason": str(err)}
     except Exception as err:  # noqa: BLE001 - reported per file, never fatal
@@ -140,8 +159,11 @@ def _ordered_map(fn, items, workers: int, chunk: int = 16, window: int = 8):
 
 def _shard_counts(expected: Counter, train_shards: int) -> dict[str, int]:
     n_train = max(expected[contract.TRAIN_SPLIT], 1)
-    return {split: max(1, min(train_shards, math.ceil(train_shards * n / n_train)))
-            for split, n in expected.items() if n}
+    return {
+        split: max(1, min(train_shards, math.ceil(train_shards * n / n_train)))
+        for split, n in expected.items()
+        if n
+    }
 
 
 def _log(msg: str) -> None:
@@ -159,15 +181,18 @@ def prepare(opts: PrepareOptions) -> Manifest:
     fingerprint = input_fingerprint(opts.data_dir, (candidates, name_skips))
     skipped: list[dict] = [asdict(s) for s in name_skips]
     if not candidates:
-        raise PrepareError(f"no image files found under {opts.data_dir} "
-                           f"(extensions: {', '.join(sorted(contract.IMAGE_EXTENSIONS))})")
+        raise PrepareError(
+            f"no image files found under {opts.data_dir} "
+            f"(extensions: {', '.join(sorted(contract.IMAGE_EXTENSIONS))})"
+        )
 
     # Pass 1: content hashes decide the split.
     md5s: dict[str, str] = {}
     max_bytes = int(opts.max_file_mb * 1024 * 1024)
     hashed = _ordered_map(_hash_file, ((c.path, max_bytes) for c in candidates), workers)
-    for cand, (md5, reason) in tqdm(zip(candidates, hashed), total=len(candidates),
-                                    desc="hashing", unit="file", disable=not opts.progress):
+    for cand, (md5, reason) in tqdm(
+        zip(candidates, hashed), total=len(candidates), desc="hashing", unit="file", disable=not opts.progress
+    ):
         if md5 is None:
             skipped.append({"source": cand.source, "reason": reason})
             _log(f"skip {cand.source}: {reason}")
@@ -176,7 +201,9 @@ def prepare(opts: PrepareOptions) -> Manifest:
     readable = [c for c in candidates if c.source in md5s]
     split_of = assign_train_eval(
         [(c.source, c.label, md5s[c.source]) for c in readable if c.origin == "training"],
-        opts.eval_fraction, opts.seed)
+        opts.eval_fraction,
+        opts.seed,
+    )
     split_of.update({c.source: contract.TEST_SPLIT for c in readable if c.origin == "testing"})
     order = {s: i for i, s in enumerate(contract.SPLITS)}  # train before eval/test
     readable.sort(key=lambda c: (order[split_of[c.source]], c.source))
@@ -194,8 +221,9 @@ def prepare(opts: PrepareOptions) -> Manifest:
     boxes = _BoxAttacher(opts.box_dir)
     tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels, max_bytes) for c in readable)
     results = _ordered_map(_convert_file, tasks, workers)
-    for cand, res in tqdm(zip(readable, results), total=len(readable), desc="converting",
-                          unit="img", disable=not opts.progress):
+    for cand, res in tqdm(
+        zip(readable, results), total=len(readable), desc="converting", unit="img", disable=not opts.progress
+    ):
         if not res["ok"]:
             skipped.append({"source": cand.source, "reason": res["reason"]})
             _log(f"skip {cand.source}: {res['reason']}")
@@ -205,19 +233,32 @@ def prepare(opts: PrepareOptions) -> Manifest:
             match = dups.training_match(res["md5"], res["phash"])
             if match:
                 kind, train_source, dist = match
-                dropped.append({"source": cand.source, "split": split, "kind": kind,
-                                "duplicates": train_source, "distance_bits": dist})
+                dropped.append(
+                    {
+                        "source": cand.source,
+                        "split": split,
+                        "kind": kind,
+                        "duplicates": train_source,
+                        "distance_bits": dist,
+                    }
+                )
                 continue
-        writers[split].write(make_example(res["encoded"], cand.label, res["height"],
-                                          res["width"], cand.source,
-                                          boxes.box_for(res["gray_small"], cand.label, split)))
+        writers[split].write(
+            make_example(
+                res["encoded"],
+                cand.label,
+                res["height"],
+                res["width"],
+                cand.source,
+                boxes.box_for(res["gray_small"], cand.label, split),
+            )
+        )
         dups.add(Record(cand.source, split, cand.label, res["md5"], res["phash"]))
         counts[split][contract.CLASS_NAMES[cand.label]] += 1
         reencoded += res["reencoded"]
     # Extra box slices are no copies of eval/test images (correlation), but may still be
     # near duplicates by perceptual hash (re-windowed neighbours): those are not added.
-    held_out = np.array([r.phash for r in dups.records if r.split != contract.TRAIN_SPLIT],
-                        np.uint64)
+    held_out = np.array([r.phash for r in dups.records if r.split != contract.TRAIN_SPLIT], np.uint64)
     for slice_, res in boxes.extra_training_slices(opts.max_pixels, max_bytes):
         source = boxes.source_of(slice_)
         if not res["ok"]:
@@ -227,8 +268,9 @@ def prepare(opts: PrepareOptions) -> Manifest:
             boxes.not_added.append(source)
             continue
         boxes.added[contract.CLASS_NAMES[slice_.label]] += 1
-        writers[contract.TRAIN_SPLIT].write(make_example(
-            res["encoded"], slice_.label, res["height"], res["width"], source, slice_.box))
+        writers[contract.TRAIN_SPLIT].write(
+            make_example(res["encoded"], slice_.label, res["height"], res["width"], source, slice_.box)
+        )
         dups.add(Record(source, contract.TRAIN_SPLIT, slice_.label, res["md5"], res["phash"]))
         counts[contract.TRAIN_SPLIT][contract.CLASS_NAMES[slice_.label]] += 1
     for writer in writers.values():
@@ -239,8 +281,7 @@ def prepare(opts: PrepareOptions) -> Manifest:
         input_fingerprint=fingerprint,
         arguments=opts.arguments(),
         classes=list(contract.CLASS_NAMES),
-        counts={s: {c: counts[s][c] for c in contract.CLASS_NAMES}
-                for s in contract.SPLITS if s in writers},
+        counts={s: {c: counts[s][c] for c in contract.CLASS_NAMES} for s in contract.SPLITS if s in writers},
         total_written=sum(sum(c.values()) for c in counts.values()),
         reencoded_to_png=reencoded,
         shards={s: [p.name for p in w.paths] for s, w in writers.items()},
@@ -269,10 +310,10 @@ class _BoxAttacher:
         self.box_dir = box_dir
         self.matcher = None
         self.skipped: list = []
-        self.copied_in: dict[int, str] = {}     # slice index → split holding a copy
+        self.copied_in: dict[int, str] = {}  # slice index → split holding a copy
         self.matched = {s: Counter() for s in contract.SPLITS}
         self.added: Counter = Counter()
-        self.not_added: list[str] = []           # near duplicates of eval/test images
+        self.not_added: list[str] = []  # near duplicates of eval/test images
         if box_dir:
             slices, self.skipped = read_box_folder(box_dir)
             self.matcher = BoxMatcher(slices)
@@ -299,30 +340,41 @@ class _BoxAttacher:
         for i, slice_ in enumerate(self.matcher.slices):
             if i in self.copied_in or in_audit_part(slice_.source):
                 continue
-            yield slice_, _convert_file((slice_.path, os.path.splitext(slice_.path)[1],
-                                         max_pixels, max_bytes))
+            yield (
+                slice_,
+                _convert_file((slice_.path, os.path.splitext(slice_.path)[1], max_pixels, max_bytes)),
+            )
 
     def report(self) -> dict | None:
         if self.matcher is None:
             return None
-        return {"box_dir": str(Path(self.box_dir).resolve()),
-                "slices": len(self.matcher.slices),
-                "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
-                "images_with_box": {s: dict(c) for s, c in self.matched.items() if c},
-                "slices_added_to_train": dict(self.added),
-                "slices_not_added_near_duplicates_of_eval_or_test": self.not_added}
+        return {
+            "box_dir": str(Path(self.box_dir).resolve()),
+            "slices": len(self.matcher.slices),
+            "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
+            "images_with_box": {s: dict(c) for s, c in self.matched.items() if c},
+            "slices_added_to_train": dict(self.added),
+            "slices_not_added_near_duplicates_of_eval_or_test": self.not_added,
+        }
 
 
 def _check_usable(manifest: Manifest) -> None:
     if manifest.total_written == 0:
-        raise PrepareError("no usable image found: every file was skipped "
-                           f"(see {MANIFEST_FILE} for the reasons)")
-    empty = [f"{split}/{cls}" for split, per_class in manifest.counts.items()
-             for cls, n in per_class.items() if n == 0]
+        raise PrepareError(
+            f"no usable image found: every file was skipped (see {MANIFEST_FILE} for the reasons)"
+        )
+    empty = [
+        f"{split}/{cls}"
+        for split, per_class in manifest.counts.items()
+        for cls, n in per_class.items()
+        if n == 0
+    ]
     if empty:
         raise PrepareError(
-            "class empty in a split: " + ", ".join(empty)
-            + " (add images, or lower/raise --eval-fraction so every class has some in each split)")
+            "class empty in a split: "
+            + ", ".join(empty)
+            + " (add images, or lower/raise --eval-fraction so every class has some in each split)"
+        )
 
 
 def summary_table(manifest: Manifest) -> str:
@@ -335,16 +387,22 @@ def summary_table(manifest: Manifest) -> str:
         lines.append("".join(v.ljust(width) for v in row))
     dup = manifest.duplicates
     reasons = Counter(s["reason"].split(":")[0] for s in manifest.skipped)
-    lines.append(f"skipped: {len(manifest.skipped)}"
-                 + "".join(f"\n  {n:5d}  {r}" for r, n in reasons.most_common()))
-    lines.append(f"exact duplicates: {dup.exact.extra_copies} extra copies in "
-                 f"{dup.exact.groups} groups; within split "
-                 f"{dup.exact.extra_copies_within_split}; across splits "
-                 f"{dup.exact.images_with_copy_in_other_split}")
-    lines.append(f"near duplicates (<= {dup.near_threshold_bits} bits): {dup.near.pairs} pairs; "
-                 f"within split {dup.near.pairs_within_split}; across splits "
-                 f"{dup.near.pairs_across_splits}")
+    lines.append(
+        f"skipped: {len(manifest.skipped)}" + "".join(f"\n  {n:5d}  {r}" for r, n in reasons.most_common())
+    )
+    lines.append(
+        f"exact duplicates: {dup.exact.extra_copies} extra copies in "
+        f"{dup.exact.groups} groups; within split "
+        f"{dup.exact.extra_copies_within_split}; across splits "
+        f"{dup.exact.images_with_copy_in_other_split}"
+    )
+    lines.append(
+        f"near duplicates (<= {dup.near_threshold_bits} bits): {dup.near.pairs} pairs; "
+        f"within split {dup.near.pairs_within_split}; across splits "
+        f"{dup.near.pairs_across_splits}"
+    )
     if manifest.dropped_cross_split_duplicates:
-        lines.append(f"dropped eval/test duplicates of training images: "
-                     f"{len(manifest.dropped_cross_split_duplicates)}")
+        lines.append(
+            f"dropped eval/test duplicates of training images: {len(manifest.dropped_cross_split_duplicates)}"
+        )
     return "\n".join(lines)

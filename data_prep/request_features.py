@@ -18,6 +18,7 @@ A feature that cannot be computed (an image OpenCV cannot decode, an output the
 client filtered away) is None: the statistics count it as missing.
 NumPy and OpenCV only, so the server's logger thread stays light.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -30,10 +31,13 @@ from data_prep.image_io import JPEG_MAGIC, PNG_MAGIC
 
 # Python type of each feature's values (the statistics' column types come from it).
 FEATURE_TYPES: dict[str, type] = {
-    spec.FEATURE_IMAGE_WIDTH: int, spec.FEATURE_IMAGE_HEIGHT: int,
+    spec.FEATURE_IMAGE_WIDTH: int,
+    spec.FEATURE_IMAGE_HEIGHT: int,
     spec.FEATURE_IMAGE_FORMAT: str,
-    spec.FEATURE_INTENSITY_MEAN: float, spec.FEATURE_INTENSITY_STD: float,
-    spec.FEATURE_PREDICTED_CLASS: str, spec.FEATURE_TOP_PROBABILITY: float,
+    spec.FEATURE_INTENSITY_MEAN: float,
+    spec.FEATURE_INTENSITY_STD: float,
+    spec.FEATURE_PREDICTED_CLASS: str,
+    spec.FEATURE_TOP_PROBABILITY: float,
     spec.FEATURE_OOD_SCORE: float,
 }
 assert tuple(FEATURE_TYPES) == spec.REQUEST_FEATURES
@@ -57,10 +61,14 @@ def image_features(data: bytes) -> dict:
         gray = None
     if gray is not None and gray.size:
         mean, std = cv2.meanStdDev(gray)
-        features.update({spec.FEATURE_IMAGE_HEIGHT: int(gray.shape[0]),
-                          spec.FEATURE_IMAGE_WIDTH: int(gray.shape[1]),
-                          spec.FEATURE_INTENSITY_MEAN: float(mean[0, 0]),
-                          spec.FEATURE_INTENSITY_STD: float(std[0, 0])})
+        features.update(
+            {
+                spec.FEATURE_IMAGE_HEIGHT: int(gray.shape[0]),
+                spec.FEATURE_IMAGE_WIDTH: int(gray.shape[1]),
+                spec.FEATURE_INTENSITY_MEAN: float(mean[0, 0]),
+                spec.FEATURE_INTENSITY_STD: float(std[0, 0]),
+            }
+        )
     return features
 
 
@@ -97,9 +105,11 @@ def request_features(images: list[bytes] | None, outputs: Mapping[str, np.ndarra
     rows = len(images) if images is not None else rows_of_outputs(outputs)
     result = []
     for row in range(rows):
-        features = (image_features(images[row]) if images is not None
-                    else dict.fromkeys(spec.IMAGE_FEATURES))
-        features.update(answer_features(outputs, row) if row < rows_of_outputs(outputs)
-                        else dict.fromkeys(spec.ANSWER_FEATURES))
+        features = image_features(images[row]) if images is not None else dict.fromkeys(spec.IMAGE_FEATURES)
+        features.update(
+            answer_features(outputs, row)
+            if row < rows_of_outputs(outputs)
+            else dict.fromkeys(spec.ANSWER_FEATURES)
+        )
         result.append(features)
     return result

@@ -6,6 +6,7 @@ contents and the seed, so the same data gives the same split on any machine, in
 any listing order; byte-identical copies (same class) always share a split, so
 exact duplicates never leak from train into eval.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,7 @@ def split_key(md5: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{md5}".encode()).hexdigest()
 
 
-def assign_train_eval(items: list[tuple[str, int, str]], eval_fraction: float, seed: int
-                      ) -> dict[str, str]:
+def assign_train_eval(items: list[tuple[str, int, str]], eval_fraction: float, seed: int) -> dict[str, str]:
     """items: (source, label, md5). Returns source -> 'train' | 'eval'."""
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval fraction must be in [0, 1), got {eval_fraction}")

@@ -24,6 +24,7 @@ its mask share exactly the same rotation (the mask is never interpolated). Every
 has its own seed (seed, split, class, index): a file does not depend on which other
 files are generated, nor in which order.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -105,9 +106,7 @@ def _paint_lesion(kind, patch, x, y, lx, ly, radius, in_skull, rng):
     return inside
 
 
-def render_phantom(
-    class_name: str, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray | None]:
+def render_phantom(class_name: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
     """Returns (image uint8 HxW, lesion mask uint8 HxW with 0/255, or None for notumor)."""
     kind = CLASS_NAMES[class_id(class_name)]  # validates the name
     h, w = (int(n) for n in rng.integers(200, 513, 2))
@@ -145,8 +144,9 @@ def render_phantom(
     septum = np.abs(xr) > rng.uniform(1.0, 2.5)  # thin septum pellucidum on the midline
     for sign in (-1, 1):
         for lobe, dy, grow in ((1, -0.8, 1.0), (-1, 0.8, 1.4)):  # frontal horn, atrium
-            vent = _ellipse(xr / a, yr / b, sign * dx * grow, vy + dy * vay,
-                            vax * grow, vay, sign * lobe * tilt)
+            vent = _ellipse(
+                xr / a, yr / b, sign * dx * grow, vy + dy * vay, vax * grow, vay, sign * lobe * tilt
+            )
             img[(vent < 1.0 + 0.15 * folds) & septum] = csf
 
     mask = None
@@ -154,10 +154,11 @@ def render_phantom(
         lx, ly, radius = _place_lesion(kind, a, b, inner, brain_edge, rng)
         # Paint only a box around the lesion (image coords of its centre, +- reach).
         ix, iy, reach = cx + c * lx - s * ly, cy + s * lx + c * ly, 2.2 * radius
-        box = (slice(max(int(iy - reach), 0), min(int(iy + reach) + 2, h)),
-               slice(max(int(ix - reach), 0), min(int(ix + reach) + 2, w)))
-        inside = _paint_lesion(kind, img[box], xr[box], yr[box], lx, ly, radius,
-                               r[box] < skull_in[box], rng)
+        box = (
+            slice(max(int(iy - reach), 0), min(int(iy + reach) + 2, h)),
+            slice(max(int(ix - reach), 0), min(int(ix + reach) + 2, w)),
+        )
+        inside = _paint_lesion(kind, img[box], xr[box], yr[box], lx, ly, radius, r[box] < skull_in[box], rng)
         mask = np.zeros((h, w), np.uint8)
         mask[box][inside] = 255
 
@@ -184,11 +185,17 @@ def generate_dataset(out_dir, per_class=100, test_per_class=25, seed=0, progress
     progress=True. A split with 0 images per class is not created; existing files with
     other names are left alone."""
     out = pathlib.Path(out_dir)
-    jobs = [(split_id, name, i)
-            for split_id, n in enumerate((per_class, test_per_class))
-            for name in CLASS_NAMES for i in range(n)]
-    counts = {SPLIT_DIRS[sid]: {name: 0 for name in CLASS_NAMES}
-              for sid, n in enumerate((per_class, test_per_class)) if n > 0}
+    jobs = [
+        (split_id, name, i)
+        for split_id, n in enumerate((per_class, test_per_class))
+        for name in CLASS_NAMES
+        for i in range(n)
+    ]
+    counts = {
+        SPLIT_DIRS[sid]: {name: 0 for name in CLASS_NAMES}
+        for sid, n in enumerate((per_class, test_per_class))
+        if n > 0
+    }
     masks = 0
     for split_id, name, i in tqdm(jobs, desc="synthetic MRI", unit="img", disable=not progress):
         # Own seed per image: independent of generation order and of the other counts.
@@ -204,8 +211,7 @@ def generate_dataset(out_dir, per_class=100, test_per_class=25, seed=0, progress
             boxed.with_suffix(".txt").write_text(format_yolo_box(mask_to_box(mask)))
             masks += 1
         counts[split][name] += 1
-    return {"out_dir": str(out), "seed": seed, "counts": counts,
-            "images": len(jobs), "masks": masks}
+    return {"out_dir": str(out), "seed": seed, "counts": counts, "images": len(jobs), "masks": masks}
 
 
 def mask_path_for(image_path) -> pathlib.Path | None:

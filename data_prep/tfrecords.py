@@ -1,4 +1,5 @@
 """The tf.Example contract (docs/architecture.md, Contracts) and sharded TFRecord writing."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,23 +9,34 @@ import tensorflow as tf
 from data_prep import contract
 
 
-def make_example(image: bytes, label: int, height: int, width: int, source: str,
-                 lesion_box: tuple[float, ...] | None = None) -> tf.train.Example:
+def make_example(
+    image: bytes,
+    label: int,
+    height: int,
+    width: int,
+    source: str,
+    lesion_box: tuple[float, ...] | None = None,
+) -> tf.train.Example:
     def _bytes(v: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
     def _int(v: int) -> tf.train.Feature:
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
 
-    return tf.train.Example(features=tf.train.Features(feature={
-        contract.IMAGE_KEY: _bytes(image),
-        contract.LABEL_KEY: _int(label),
-        contract.HEIGHT_KEY: _int(height),
-        contract.WIDTH_KEY: _int(width),
-        contract.SOURCE_KEY: _bytes(source.encode("utf-8")),
-        contract.LESION_BOX_KEY: tf.train.Feature(float_list=tf.train.FloatList(
-            value=list(lesion_box or contract.NO_BOX))),
-    }))
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                contract.IMAGE_KEY: _bytes(image),
+                contract.LABEL_KEY: _int(label),
+                contract.HEIGHT_KEY: _int(height),
+                contract.WIDTH_KEY: _int(width),
+                contract.SOURCE_KEY: _bytes(source.encode("utf-8")),
+                contract.LESION_BOX_KEY: tf.train.Feature(
+                    float_list=tf.train.FloatList(value=list(lesion_box or contract.NO_BOX))
+                ),
+            }
+        )
+    )
 
 
 def parse_example(serialized: bytes) -> dict:

@@ -1,4 +1,5 @@
 """`python -m pipeline` is the same as `btmri`."""
+
 import sys
 
 from pipeline.cli import main

@@ -1,4 +1,5 @@
 """`btmri audit`: the lesion audit against a served model or a SavedModel."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,25 +18,40 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     model_dir = None
     if args.server:
         from components.audit.predictors import ServedPredictor
+
         predictor = ServedPredictor(args.server, args.model_name)
     else:
         model_dir = _saved_model_dir(args.model)
         if model_dir is None:
-            print(f"btmri audit: error: no SavedModel in {args.model} "
-                  f"(expected saved_model.pb there or in a numbered version folder)", file=sys.stderr)
+            print(
+                f"btmri audit: error: no SavedModel in {args.model} "
+                f"(expected saved_model.pb there or in a numbered version folder)",
+                file=sys.stderr,
+            )
             return 2
     training = []
     if args.exclude_training:
-        training = sorted(str(p) for p in (Path(args.exclude_training) / spec.TRAIN_SPLIT)
-                          .glob(f"*{spec.TFRECORD_SUFFIX}"))
+        training = sorted(
+            str(p) for p in (Path(args.exclude_training) / spec.TRAIN_SPLIT).glob(f"*{spec.TFRECORD_SUFFIX}")
+        )
         if not training:
-            print(f"btmri audit: error: no training records under {args.exclude_training}/"
-                  f"{spec.TRAIN_SPLIT}/", file=sys.stderr)
+            print(
+                f"btmri audit: error: no training records under {args.exclude_training}/{spec.TRAIN_SPLIT}/",
+                file=sys.stderr,
+            )
             return 2
     bounds = AuditBounds(args.min_pointing, args.min_removed_changed)
     try:
-        document = run_lesion_audit(model_dir, args.box_dir, training, args.tolerance_px, bounds,
-                                    args.out, progress=not args.quiet, predictor=predictor)
+        document = run_lesion_audit(
+            model_dir,
+            args.box_dir,
+            training,
+            args.tolerance_px,
+            bounds,
+            args.out,
+            progress=not args.quiet,
+            predictor=predictor,
+        )
     except ValueError as err:
         print(f"btmri audit: error: {err}", file=sys.stderr)
         return 2
@@ -55,8 +71,11 @@ def _saved_model_dir(path: str) -> str | None:
     root = Path(path)
     if (root / "saved_model.pb").is_file():
         return str(root)
-    versions = [p for p in root.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()] \
-        if root.is_dir() else []
+    versions = (
+        [p for p in root.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+        if root.is_dir()
+        else []
+    )
     return str(max(versions, key=lambda p: int(p.name))) if versions else None
 
 
@@ -65,21 +84,40 @@ def register(sub) -> None:
     from btmri.spec import MODEL_NAME
 
     p = sub.add_parser("audit", help="does the model look at the tumour? (slices with boxes)")
-    p.add_argument("box_dir", metavar="DIR",
-                   help="tumour slices with boxes: <class>/<id>.jpg + <class>/<id>.txt (YOLO)")
+    p.add_argument(
+        "box_dir", metavar="DIR", help="tumour slices with boxes: <class>/<id>.jpg + <class>/<id>.txt (YOLO)"
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--server", metavar="HOST:PORT", help="gRPC address of TF Serving / btmri serve")
-    where.add_argument("--model", metavar="DIR",
-                       help="a SavedModel, or a TF Serving base path (its latest version)")
+    where.add_argument(
+        "--model", metavar="DIR", help="a SavedModel, or a TF Serving base path (its latest version)"
+    )
     p.add_argument("--model-name", default=MODEL_NAME, help="served model name (default %(default)s)")
-    p.add_argument("--exclude-training", metavar="PREPARED",
-                   help="prepared data (btmri prepare --out): skip slices copied in its train split")
-    p.add_argument("--tolerance-px", type=float, default=DEFAULT_TOLERANCE_PX,
-                   help="pointing-game tolerance on the 224x224 heatmap (default %(default)s)")
-    p.add_argument("--min-pointing", type=float, default=-1.0, metavar="SHARE",
-                   help="exit 1 when the pointing game is below SHARE")
-    p.add_argument("--min-removed-changed", type=float, default=-1.0, metavar="SHARE",
-                   help="exit 1 when fewer than SHARE of answers change with the lesion removed")
+    p.add_argument(
+        "--exclude-training",
+        metavar="PREPARED",
+        help="prepared data (btmri prepare --out): skip slices copied in its train split",
+    )
+    p.add_argument(
+        "--tolerance-px",
+        type=float,
+        default=DEFAULT_TOLERANCE_PX,
+        help="pointing-game tolerance on the 224x224 heatmap (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-pointing",
+        type=float,
+        default=-1.0,
+        metavar="SHARE",
+        help="exit 1 when the pointing game is below SHARE",
+    )
+    p.add_argument(
+        "--min-removed-changed",
+        type=float,
+        default=-1.0,
+        metavar="SHARE",
+        help="exit 1 when fewer than SHARE of answers change with the lesion removed",
+    )
     p.add_argument("--out", default="lesion_audit", help="folder for lesion_audit.json and the gallery")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -4,6 +4,7 @@ Each subcommand parses its arguments here and calls into the package that owns
 the work; heavy imports (TensorFlow, TFX) happen inside the handlers so
 `btmri --help` stays instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,13 @@ from btmri.layout import DEFAULT_LAYOUT, MANIFEST_FILE, RunLayout
 def _cmd_synth(args: argparse.Namespace) -> int:
     from data_prep.synth import generate_dataset
 
-    summary = generate_dataset(args.out, per_class=args.per_class,
-                               test_per_class=args.test_per_class, seed=args.seed,
-                               progress=not args.quiet)
+    summary = generate_dataset(
+        args.out,
+        per_class=args.per_class,
+        test_per_class=args.test_per_class,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     print(f"wrote synthetic dataset to {args.out}: {summary}")
     return 0
 
@@ -30,20 +35,29 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from data_prep.prepare import PrepareError, PrepareOptions, prepare, summary_table
 
     opts = PrepareOptions(
-        data_dir=args.data_dir, out_dir=args.out, eval_fraction=args.eval_fraction,
-        seed=args.seed, workers=args.workers, shards=args.shards,
+        data_dir=args.data_dir,
+        out_dir=args.out,
+        eval_fraction=args.eval_fraction,
+        seed=args.seed,
+        workers=args.workers,
+        shards=args.shards,
         drop_cross_split_duplicates=args.drop_cross_split_duplicates,
-        near_threshold=args.near_threshold, max_pixels=args.max_pixels,
+        near_threshold=args.near_threshold,
+        max_pixels=args.max_pixels,
         max_file_mb=args.max_file_mb,
-        box_dir=args.boxes_dir, progress=not args.quiet)
+        box_dir=args.boxes_dir,
+        progress=not args.quiet,
+    )
     try:
         manifest = prepare(opts)
     except (PrepareError, LayoutError, ValueError) as err:
         print(f"btmri prepare: error: {err}", file=sys.stderr)
         return 2
     print(summary_table(manifest))
-    print(f"wrote {manifest.total_written} examples to {args.out} "
-          f"(manifest: {Path(args.out) / MANIFEST_FILE}) in {manifest.seconds} s")
+    print(
+        f"wrote {manifest.total_written} examples to {args.out} "
+        f"(manifest: {Path(args.out) / MANIFEST_FILE}) in {manifest.seconds} s"
+    )
     return 0
 
 
@@ -52,20 +66,33 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
     from pipeline.config import PipelineConfig, component_beam_args
 
     return PipelineConfig(
-        pipeline_root=args.pipeline_root, data_root=data_root, serving_dir=args.serving_dir,
-        model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, patience=args.early_stopping, compute_dtype=args.compute_dtype,
+        pipeline_root=args.pipeline_root,
+        data_root=data_root,
+        serving_dir=args.serving_dir,
+        model=args.model,
+        weights=args.weights,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        patience=args.early_stopping,
+        compute_dtype=args.compute_dtype,
         audit_min_pointing=args.audit_min_pointing,
         audit_min_removed_changed=args.audit_min_removed_changed,
-        accuracy_lower_bound=args.accuracy_bound, evidence_weight=args.evidence_weight,
-        lesion_removal_rate=args.lesion_removal_rate, decoy_removal_rate=args.decoy_removal_rate,
+        accuracy_lower_bound=args.accuracy_bound,
+        evidence_weight=args.evidence_weight,
+        lesion_removal_rate=args.lesion_removal_rate,
+        decoy_removal_rate=args.decoy_removal_rate,
         lesion_paste_rate=args.lesion_paste_rate,
-        abstention=not args.no_abstention, abstention_accept=args.abstention_accept,
+        abstention=not args.no_abstention,
+        abstention_accept=args.abstention_accept,
         abstention_min_acceptance=args.min_acceptance,
-        distribution=args.distribution, input_sharding=args.input_sharding,
+        distribution=args.distribution,
+        input_sharding=args.input_sharding,
         component_beam_args=component_beam_args(args.component_beam_arg),
-        **overrides)
+        **overrides,
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -80,14 +107,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.data_dir is None:
             data_dir = work.synthetic_data
             print(f"no --data-dir: using the synthetic phantom dataset in {data_dir}")
-            if synthesize_if_missing(data_dir, args.synthetic_per_class,
-                                     max(1, args.synthetic_per_class // 4), seed=0):
+            if synthesize_if_missing(
+                data_dir, args.synthetic_per_class, max(1, args.synthetic_per_class // 4), seed=0
+            ):
                 print(f"reusing synthetic dataset in {data_dir}")
             box_dir = box_dir or str(Path(data_dir) / BOXES_DIR)
         else:
             data_dir = args.data_dir
-        prepared = prepare_if_changed(data_dir, work, progress=True, box_dir=box_dir,
-                                      drop_cross_split_duplicates=args.drop_cross_split_duplicates)
+        prepared = prepare_if_changed(
+            data_dir,
+            work,
+            progress=True,
+            box_dir=box_dir,
+            drop_cross_split_duplicates=args.drop_cross_split_duplicates,
+        )
     except (PrepareError, LayoutError, ValueError) as err:
         print(f"btmri run: error: {err}", file=sys.stderr)
         return 2
@@ -102,26 +135,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.summary import summary_lines
 
     try:
-        beam = (beam_args(args.beam_workers, args.beam_job_endpoint) + args.beam_arg
-                if args.beam_workers or not args.beam_arg else args.beam_arg)
+        beam = (
+            beam_args(args.beam_workers, args.beam_job_endpoint) + args.beam_arg
+            if args.beam_workers or not args.beam_arg
+            else args.beam_arg
+        )
         # Workers of other runners import the project's code rather than TFX's staged
         # module-file wheels: functions by import path.
-        config = _pipeline_config(args, prepared.path, enable_cache=not args.no_cache,
-                                  box_dir=box_dir, beam_pipeline_args=beam,
-                                  use_module_files=not runs_beyond_this_process(beam))
+        config = _pipeline_config(
+            args,
+            prepared.path,
+            enable_cache=not args.no_cache,
+            box_dir=box_dir,
+            beam_pipeline_args=beam,
+            use_module_files=not runs_beyond_this_process(beam),
+        )
     except ValueError as err:
         print(f"btmri run: error: {err}", file=sys.stderr)
         return 2
-    print(f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
-          f"model {config.model}, {config.epochs} epochs)")
+    print(
+        f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
+        f"model {config.model}, {config.epochs} epochs)"
+    )
     try:
         summary = run_pipeline(config, verbose=args.verbose)
     except AnomaliesFound as err:
         print(f"btmri run: {err}", file=sys.stderr)
         return 3
     except RuntimeError as err:
-        print(f"btmri run: pipeline failed: {err}\n(full log under {config.pipeline_root}/logs)",
-              file=sys.stderr)
+        print(
+            f"btmri run: pipeline failed: {err}\n(full log under {config.pipeline_root}/logs)",
+            file=sys.stderr,
+        )
         return 1
     print("\n" + "\n".join(summary_lines(summary, config.accuracy_lower_bound, config.min_acceptance)))
     return 0
@@ -136,21 +181,35 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     vertex = None
     if args.target == "vertex":
         vertex = VertexOptions(
-            project=args.vertex_project or "", image=args.image, region=args.vertex_region,
-            machine_type=args.vertex_machine_type, accelerator_type=args.vertex_accelerator_type,
-            accelerator_count=args.vertex_accelerator_count, replicas=args.vertex_replicas,
-            endpoint_name=args.vertex_endpoint, serving_image=args.vertex_serving_image,
-            serving_machine_type=args.vertex_serving_machine_type)
+            project=args.vertex_project or "",
+            image=args.image,
+            region=args.vertex_region,
+            machine_type=args.vertex_machine_type,
+            accelerator_type=args.vertex_accelerator_type,
+            accelerator_count=args.vertex_accelerator_count,
+            replicas=args.vertex_replicas,
+            endpoint_name=args.vertex_endpoint,
+            serving_image=args.vertex_serving_image,
+            serving_machine_type=args.vertex_serving_machine_type,
+        )
     # Functions by import path (code baked into the image); Kubeflow/Vertex bring
     # their own ML Metadata.
     try:
         if args.target == "kubeflow" and args.distribution == DISTRIBUTION_MULTI_WORKER:
-            raise ValueError("--distribution multi_worker needs --target vertex: Kubeflow Pipelines "
-                             "runs the Trainer in one pod (mirrored uses that pod's GPUs)")
-        config = _pipeline_config(args, args.data_root, beam_pipeline_args=list(args.beam_arg),
-                                  use_module_files=False, metadata_path="",
-                                  test_split=not args.no_test_split, box_dir=args.boxes_dir,
-                                  vertex=vertex)
+            raise ValueError(
+                "--distribution multi_worker needs --target vertex: Kubeflow Pipelines "
+                "runs the Trainer in one pod (mirrored uses that pod's GPUs)"
+            )
+        config = _pipeline_config(
+            args,
+            args.data_root,
+            beam_pipeline_args=list(args.beam_arg),
+            use_module_files=False,
+            metadata_path="",
+            test_split=not args.no_test_split,
+            box_dir=args.boxes_dir,
+            vertex=vertex,
+        )
     except ValueError as err:
         print(f"btmri compile: error: {err}", file=sys.stderr)
         return 2
@@ -165,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     from data_prep.prepare import DEFAULT_TRAIN_SHARDS
 
     parser = argparse.ArgumentParser(
-        prog="btmri", description="Brain tumor MRI classifier: data, TFX pipeline, serving.")
+        prog="btmri", description="Brain tumor MRI classifier: data, TFX pipeline, serving."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic phantom dataset in the Kaggle layout")
@@ -177,176 +237,351 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("prepare", help="images → validated, split TFRecords + manifest.json")
-    p.add_argument("--data-dir", required=True,
-                   help="Kaggle layout (Training/, Testing/) or flat class folders")
+    p.add_argument(
+        "--data-dir", required=True, help="Kaggle layout (Training/, Testing/) or flat class folders"
+    )
     p.add_argument("--out", required=True, help="output folder for train/ eval/ test/ shards")
-    p.add_argument("--eval-fraction", type=float, default=0.15,
-                   help="share of Training/ per class held out for eval (default 0.15)")
+    p.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=0.15,
+        help="share of Training/ per class held out for eval (default 0.15)",
+    )
     p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
     p.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
-    p.add_argument("--shards", type=int, default=DEFAULT_TRAIN_SHARDS,
-                   help=f"TFRecord shards for train; eval/test get proportionally fewer "
-                        f"(default {DEFAULT_TRAIN_SHARDS})")
-    p.add_argument("--drop-cross-split-duplicates", action="store_true",
-                   help="leave out eval/test images that duplicate a training image")
-    p.add_argument("--near-threshold", type=int, default=DEFAULT_NEAR_THRESHOLD,
-                   help=f"perceptual-hash Hamming distance (bits of 64) counted as a near "
-                        f"duplicate (default {DEFAULT_NEAR_THRESHOLD})")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse images with more pixels than this (default %(default)s)")
-    p.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_FILE_MB,
-                   help="skip files larger than this many MiB before opening them (default %(default)s)")
-    p.add_argument("--boxes-dir", default=None,
-                   help="folder of tumour slices with boxes (<class>/<id>.jpg + .txt): images that "
-                        "are copies of one get its box, for lesion-guided training")
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=DEFAULT_TRAIN_SHARDS,
+        help=f"TFRecord shards for train; eval/test get proportionally fewer "
+        f"(default {DEFAULT_TRAIN_SHARDS})",
+    )
+    p.add_argument(
+        "--drop-cross-split-duplicates",
+        action="store_true",
+        help="leave out eval/test images that duplicate a training image",
+    )
+    p.add_argument(
+        "--near-threshold",
+        type=int,
+        default=DEFAULT_NEAR_THRESHOLD,
+        help=f"perceptual-hash Hamming distance (bits of 64) counted as a near "
+        f"duplicate (default {DEFAULT_NEAR_THRESHOLD})",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse images with more pixels than this (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=DEFAULT_MAX_FILE_MB,
+        help="skip files larger than this many MiB before opening them (default %(default)s)",
+    )
+    p.add_argument(
+        "--boxes-dir",
+        default=None,
+        help="folder of tumour slices with boxes (<class>/<id>.jpg + .txt): images that "
+        "are copies of one get its box, for lesion-guided training",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="keep TensorFlow's start-up notes and library warnings")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="keep TensorFlow's start-up notes and library warnings"
+    )
     p.set_defaults(func=_cmd_prepare)
 
     from btmri.spec import COMPILE_TARGETS, DISTRIBUTIONS, INPUT_SHARDING, MODEL_NAMES
     from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND, COMPUTE_DTYPES, PipelineConfig
 
     def pipeline_args(p, local: bool):
-        p.add_argument("--pipeline-root", default=DEFAULT_LAYOUT.pipeline_root if local else None,
-                       required=not local, help="TFX artifacts (and, locally, ML Metadata)")
-        p.add_argument("--serving-dir", default=DEFAULT_LAYOUT.serving_dir if local else None,
-                       required=not local, help="TF Serving model base path (<dir>/<version>/)")
+        p.add_argument(
+            "--pipeline-root",
+            default=DEFAULT_LAYOUT.pipeline_root if local else None,
+            required=not local,
+            help="TFX artifacts (and, locally, ML Metadata)",
+        )
+        p.add_argument(
+            "--serving-dir",
+            default=DEFAULT_LAYOUT.serving_dir if local else None,
+            required=not local,
+            help="TF Serving model base path (<dir>/<version>/)",
+        )
         p.add_argument("--model", default=TRAINER_DEFAULTS.model, choices=MODEL_NAMES)
-        p.add_argument("--weights", default=None,
-                       help="'imagenet' for resnet50/efficientnetb0 (downloads; needs internet)")
-        p.add_argument("--epochs", type=int, default=TRAINER_DEFAULTS.epochs,
-                       help="default %(default)s")
-        p.add_argument("--batch-size", type=int, default=TRAINER_DEFAULTS.batch_size,
-                       help="default %(default)s")
-        p.add_argument("--learning-rate", type=float, default=TRAINER_DEFAULTS.learning_rate,
-                       help="peak of the cosine schedule; default %(default)s")
-        p.add_argument("--weight-decay", type=float, default=TRAINER_DEFAULTS.weight_decay,
-                       help="AdamW decoupled weight decay (0: Adam); default %(default)s")
-        p.add_argument("--label-smoothing", type=float, default=TRAINER_DEFAULTS.label_smoothing,
-                       help="default %(default)s")
-        p.add_argument("--early-stopping", type=int, default=TRAINER_DEFAULTS.patience,
-                       metavar="PATIENCE",
-                       help="stop after PATIENCE epochs without a better eval loss (from half-way) "
-                            "and keep the best epoch; default 0: train the whole schedule")
-        p.add_argument("--compute-dtype", "--precision", dest="compute_dtype",
-                       default=TRAINER_DEFAULTS.compute_dtype, choices=COMPUTE_DTYPES,
-                       help="training arithmetic (--precision is the old name); auto: bfloat16 where the CPU has it "
-                            "(AVX512-BF16/AMX), else float32. Exported models are float32")
-        p.add_argument("--evidence-weight", type=float, default=TRAINER_DEFAULTS.evidence_weight,
-                       help="weight of the loss that keeps the class evidence inside known tumour "
-                            "boxes (0: off); default %(default)s")
-        p.add_argument("--lesion-removal-rate", type=float,
-                       default=TRAINER_DEFAULTS.lesion_removal_rate,
-                       help="share of boxed tumour training images shown with the lesion removed, "
-                            "labelled notumor; default %(default)s")
-        p.add_argument("--decoy-removal-rate", type=float, default=TRAINER_DEFAULTS.decoy_removal_rate,
-                       help="share of training images shown with a lesion-free box removed, "
-                            "label kept; default %(default)s")
-        p.add_argument("--lesion-paste-rate", type=float, default=PipelineConfig.lesion_paste_rate,
-                       help="share of notumor training images shown with the lesion of a boxed "
-                            "tumour image pasted in, labelled with its class; default %(default)s")
-        p.add_argument("--accuracy-bound", type=float, default=DEFAULT_ACCURACY_LOWER_BOUND,
-                       help="absolute lower bound on accuracy for blessing (default %(default)s)")
-        p.add_argument("--abstention-accept", type=float, default=TRAINER_DEFAULTS.abstention_accept,
-                       metavar="SHARE", help="the exported model's abstention thresholds are fitted "
-                                             "to answer SHARE of the eval split (default %(default)s)")
-        p.add_argument("--min-acceptance", type=float,
-                       default=PipelineConfig.abstention_min_acceptance, metavar="SHARE",
-                       help="refuse to bless a model that abstains on more than 1 - SHARE of the "
-                            "evaluated split (default %(default)s; negative: off)")
-        p.add_argument("--no-abstention", action="store_true",
-                       help="export without ood_score/abstain/abstain_reason (and no acceptance gate)")
-        p.add_argument("--audit-min-pointing", type=float, default=PipelineConfig.audit_min_pointing,
-                       metavar="SHARE", help="refuse to bless a model whose lesion-audit pointing "
-                                             "game is below SHARE (default: off)")
-        p.add_argument("--audit-min-removed-changed", type=float,
-                       default=PipelineConfig.audit_min_removed_changed, metavar="SHARE",
-                       help="refuse to bless a model whose answer changes on fewer than SHARE of the "
-                            "audit's slices once the lesion is removed (default: off)")
-        p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
-                       help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner); "
-                            "default: DirectRunner, multi-processing, one worker per core")
-        p.add_argument("--component-beam-arg", action="append", default=[], metavar="ID=ARG",
-                       help="Beam option for one Beam component only, after the pipeline's, "
-                            "repeatable (e.g. --component-beam-arg Evaluator=--direct_num_workers=1)")
-        p.add_argument("--distribution", default=TRAINER_DEFAULTS.distribution, choices=DISTRIBUTIONS,
-                       help="tf.distribute strategy of the Trainer: none; mirrored (all local GPUs "
-                            "of one host); multi_worker (the hosts TF_CONFIG names). --batch-size "
-                            "is the global batch; the learning rate is not rescaled")
-        p.add_argument("--input-sharding", default=TRAINER_DEFAULTS.input_sharding,
-                       choices=INPUT_SHARDING,
-                       help="multi_worker: workers split the training TFRecords by file (needs at "
-                            "least one file per worker) or by example; default %(default)s")
+        p.add_argument(
+            "--weights",
+            default=None,
+            help="'imagenet' for resnet50/efficientnetb0 (downloads; needs internet)",
+        )
+        p.add_argument("--epochs", type=int, default=TRAINER_DEFAULTS.epochs, help="default %(default)s")
+        p.add_argument(
+            "--batch-size", type=int, default=TRAINER_DEFAULTS.batch_size, help="default %(default)s"
+        )
+        p.add_argument(
+            "--learning-rate",
+            type=float,
+            default=TRAINER_DEFAULTS.learning_rate,
+            help="peak of the cosine schedule; default %(default)s",
+        )
+        p.add_argument(
+            "--weight-decay",
+            type=float,
+            default=TRAINER_DEFAULTS.weight_decay,
+            help="AdamW decoupled weight decay (0: Adam); default %(default)s",
+        )
+        p.add_argument(
+            "--label-smoothing",
+            type=float,
+            default=TRAINER_DEFAULTS.label_smoothing,
+            help="default %(default)s",
+        )
+        p.add_argument(
+            "--early-stopping",
+            type=int,
+            default=TRAINER_DEFAULTS.patience,
+            metavar="PATIENCE",
+            help="stop after PATIENCE epochs without a better eval loss (from half-way) "
+            "and keep the best epoch; default 0: train the whole schedule",
+        )
+        p.add_argument(
+            "--compute-dtype",
+            "--precision",
+            dest="compute_dtype",
+            default=TRAINER_DEFAULTS.compute_dtype,
+            choices=COMPUTE_DTYPES,
+            help="training arithmetic (--precision is the old name); auto: bfloat16 where the CPU has it "
+            "(AVX512-BF16/AMX), else float32. Exported models are float32",
+        )
+        p.add_argument(
+            "--evidence-weight",
+            type=float,
+            default=TRAINER_DEFAULTS.evidence_weight,
+            help="weight of the loss that keeps the class evidence inside known tumour "
+            "boxes (0: off); default %(default)s",
+        )
+        p.add_argument(
+            "--lesion-removal-rate",
+            type=float,
+            default=TRAINER_DEFAULTS.lesion_removal_rate,
+            help="share of boxed tumour training images shown with the lesion removed, "
+            "labelled notumor; default %(default)s",
+        )
+        p.add_argument(
+            "--decoy-removal-rate",
+            type=float,
+            default=TRAINER_DEFAULTS.decoy_removal_rate,
+            help="share of training images shown with a lesion-free box removed, "
+            "label kept; default %(default)s",
+        )
+        p.add_argument(
+            "--lesion-paste-rate",
+            type=float,
+            default=PipelineConfig.lesion_paste_rate,
+            help="share of notumor training images shown with the lesion of a boxed "
+            "tumour image pasted in, labelled with its class; default %(default)s",
+        )
+        p.add_argument(
+            "--accuracy-bound",
+            type=float,
+            default=DEFAULT_ACCURACY_LOWER_BOUND,
+            help="absolute lower bound on accuracy for blessing (default %(default)s)",
+        )
+        p.add_argument(
+            "--abstention-accept",
+            type=float,
+            default=TRAINER_DEFAULTS.abstention_accept,
+            metavar="SHARE",
+            help="the exported model's abstention thresholds are fitted "
+            "to answer SHARE of the eval split (default %(default)s)",
+        )
+        p.add_argument(
+            "--min-acceptance",
+            type=float,
+            default=PipelineConfig.abstention_min_acceptance,
+            metavar="SHARE",
+            help="refuse to bless a model that abstains on more than 1 - SHARE of the "
+            "evaluated split (default %(default)s; negative: off)",
+        )
+        p.add_argument(
+            "--no-abstention",
+            action="store_true",
+            help="export without ood_score/abstain/abstain_reason (and no acceptance gate)",
+        )
+        p.add_argument(
+            "--audit-min-pointing",
+            type=float,
+            default=PipelineConfig.audit_min_pointing,
+            metavar="SHARE",
+            help="refuse to bless a model whose lesion-audit pointing game is below SHARE (default: off)",
+        )
+        p.add_argument(
+            "--audit-min-removed-changed",
+            type=float,
+            default=PipelineConfig.audit_min_removed_changed,
+            metavar="SHARE",
+            help="refuse to bless a model whose answer changes on fewer than SHARE of the "
+            "audit's slices once the lesion is removed (default: off)",
+        )
+        p.add_argument(
+            "--beam-arg",
+            action="append",
+            default=[],
+            metavar="ARG",
+            help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner); "
+            "default: DirectRunner, multi-processing, one worker per core",
+        )
+        p.add_argument(
+            "--component-beam-arg",
+            action="append",
+            default=[],
+            metavar="ID=ARG",
+            help="Beam option for one Beam component only, after the pipeline's, "
+            "repeatable (e.g. --component-beam-arg Evaluator=--direct_num_workers=1)",
+        )
+        p.add_argument(
+            "--distribution",
+            default=TRAINER_DEFAULTS.distribution,
+            choices=DISTRIBUTIONS,
+            help="tf.distribute strategy of the Trainer: none; mirrored (all local GPUs "
+            "of one host); multi_worker (the hosts TF_CONFIG names). --batch-size "
+            "is the global batch; the learning rate is not rescaled",
+        )
+        p.add_argument(
+            "--input-sharding",
+            default=TRAINER_DEFAULTS.input_sharding,
+            choices=INPUT_SHARDING,
+            help="multi_worker: workers split the training TFRecords by file (needs at "
+            "least one file per worker) or by example; default %(default)s",
+        )
 
     p = sub.add_parser("run", help="run the TFX pipeline locally, ending with a pushed model")
-    p.add_argument("--data-dir", default=None,
-                   help="images (Kaggle layout or class folders); default: synthetic phantoms")
-    p.add_argument("--work-dir", default=DEFAULT_LAYOUT.work_dir,
-                   help="where synthetic and prepared data go (default %(default)s)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="images (Kaggle layout or class folders); default: synthetic phantoms",
+    )
+    p.add_argument(
+        "--work-dir",
+        default=DEFAULT_LAYOUT.work_dir,
+        help="where synthetic and prepared data go (default %(default)s)",
+    )
     pipeline_args(p, local=True)
-    p.add_argument("--beam-workers", default=None, metavar="SPEC",
-                   help="Beam workers of StatisticsGen, Transform, Evaluator, ...: N (DirectRunner, "
-                        "N processes; default one per core), in_memory, or external:HOST:PORT "
-                        "(PortableRunner; SDK workers from the Beam worker pool at HOST:PORT). "
-                        "--beam-arg options come after and win")
-    p.add_argument("--beam-job-endpoint", default=None, metavar="HOST:PORT",
-                   help="with --beam-workers external:...: a running Beam job service "
-                        "(default: one inside this process)")
-    p.add_argument("--synthetic-per-class", type=int, default=400,
-                   help="training images per class of the synthetic default (test: a quarter)")
-    p.add_argument("--drop-cross-split-duplicates", action="store_true",
-                   help="prepare: leave out eval/test images that duplicate training images")
-    p.add_argument("--boxes-dir", default=None,
-                   help="tumour slices with boxes (<class>/<id>.jpg + .txt): lesion-guided training "
-                        "and the lesion audit; default with synthetic data: its own boxes/")
+    p.add_argument(
+        "--beam-workers",
+        default=None,
+        metavar="SPEC",
+        help="Beam workers of StatisticsGen, Transform, Evaluator, ...: N (DirectRunner, "
+        "N processes; default one per core), in_memory, or external:HOST:PORT "
+        "(PortableRunner; SDK workers from the Beam worker pool at HOST:PORT). "
+        "--beam-arg options come after and win",
+    )
+    p.add_argument(
+        "--beam-job-endpoint",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --beam-workers external:...: a running Beam job service "
+        "(default: one inside this process)",
+    )
+    p.add_argument(
+        "--synthetic-per-class",
+        type=int,
+        default=400,
+        help="training images per class of the synthetic default (test: a quarter)",
+    )
+    p.add_argument(
+        "--drop-cross-split-duplicates",
+        action="store_true",
+        help="prepare: leave out eval/test images that duplicate training images",
+    )
+    p.add_argument(
+        "--boxes-dir",
+        default=None,
+        help="tumour slices with boxes (<class>/<id>.jpg + .txt): lesion-guided training "
+        "and the lesion audit; default with synthetic data: its own boxes/",
+    )
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="show the whole log (TFX, Beam, TensorFlow) on the terminal too")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show the whole log (TFX, Beam, TensorFlow) on the terminal too",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("compile", help="compile the pipeline to a Kubeflow Pipelines / Vertex AI spec")
     p.add_argument("--out", default="pipeline.json", help="spec file to write")
     p.add_argument("--data-root", required=True, help="prepared TFRecords (e.g. gs://bucket/prepared)")
-    p.add_argument("--image", default="brain-tumor-mri-tfx:latest",
-                   help="container image holding this package (see Dockerfile)")
-    p.add_argument("--no-test-split", action="store_true",
-                   help="the prepared data has no test/ split: evaluate on eval")
-    p.add_argument("--boxes-dir", default=None,
-                   help="tumour box folder as the workers see it (e.g. gs://bucket/boxes): "
-                        "adds the LesionAudit step")
-    p.add_argument("--target", default=COMPILE_TARGETS[0], choices=COMPILE_TARGETS,
-                   help="kubeflow: every component in the project image; vertex: the Trainer as a "
-                        "Vertex AI training job (and, with --vertex-endpoint, the push to Vertex AI)")
+    p.add_argument(
+        "--image",
+        default="brain-tumor-mri-tfx:latest",
+        help="container image holding this package (see Dockerfile)",
+    )
+    p.add_argument(
+        "--no-test-split", action="store_true", help="the prepared data has no test/ split: evaluate on eval"
+    )
+    p.add_argument(
+        "--boxes-dir",
+        default=None,
+        help="tumour box folder as the workers see it (e.g. gs://bucket/boxes): adds the LesionAudit step",
+    )
+    p.add_argument(
+        "--target",
+        default=COMPILE_TARGETS[0],
+        choices=COMPILE_TARGETS,
+        help="kubeflow: every component in the project image; vertex: the Trainer as a "
+        "Vertex AI training job (and, with --vertex-endpoint, the push to Vertex AI)",
+    )
     v = VERTEX_DEFAULTS
     p.add_argument("--vertex-project", default=None, help="--target vertex: GCP project (required)")
     p.add_argument("--vertex-region", default=v.region, help="default %(default)s")
-    p.add_argument("--vertex-machine-type", default=v.machine_type,
-                   help="every training replica; default %(default)s")
-    p.add_argument("--vertex-accelerator-type", default=v.accelerator_type,
-                   help="e.g. NVIDIA_TESLA_T4; default: none")
-    p.add_argument("--vertex-accelerator-count", type=int, default=v.accelerator_count,
-                   help="accelerators per replica")
-    p.add_argument("--vertex-replicas", type=int, default=v.replicas,
-                   help="training machines: one chief + N-1 workers (N > 1 needs --distribution "
-                        "multi_worker); default %(default)s")
-    p.add_argument("--vertex-endpoint", default=v.endpoint_name, metavar="NAME",
-                   help="push the blessed model to this Vertex AI endpoint (Model Registry upload "
-                        "+ deploy) instead of --serving-dir")
-    p.add_argument("--vertex-serving-image", default=v.serving_image,
-                   help="with --vertex-endpoint: a Vertex AI prebuilt TensorFlow prediction image")
-    p.add_argument("--vertex-serving-machine-type", default=v.serving_machine_type,
-                   help="with --vertex-endpoint; default %(default)s")
+    p.add_argument(
+        "--vertex-machine-type", default=v.machine_type, help="every training replica; default %(default)s"
+    )
+    p.add_argument(
+        "--vertex-accelerator-type", default=v.accelerator_type, help="e.g. NVIDIA_TESLA_T4; default: none"
+    )
+    p.add_argument(
+        "--vertex-accelerator-count", type=int, default=v.accelerator_count, help="accelerators per replica"
+    )
+    p.add_argument(
+        "--vertex-replicas",
+        type=int,
+        default=v.replicas,
+        help="training machines: one chief + N-1 workers (N > 1 needs --distribution "
+        "multi_worker); default %(default)s",
+    )
+    p.add_argument(
+        "--vertex-endpoint",
+        default=v.endpoint_name,
+        metavar="NAME",
+        help="push the blessed model to this Vertex AI endpoint (Model Registry upload "
+        "+ deploy) instead of --serving-dir",
+    )
+    p.add_argument(
+        "--vertex-serving-image",
+        default=v.serving_image,
+        help="with --vertex-endpoint: a Vertex AI prebuilt TensorFlow prediction image",
+    )
+    p.add_argument(
+        "--vertex-serving-machine-type",
+        default=v.serving_machine_type,
+        help="with --vertex-endpoint; default %(default)s",
+    )
     pipeline_args(p, local=False)
     p.set_defaults(func=_cmd_compile)
 
     from serving.cli import register as register_serving
+
     register_serving(sub)
     from pipeline.report.cli import register as register_report
+
     register_report(sub)
     from pipeline.audit_cli import register as register_audit
+
     register_audit(sub)
     from pipeline.monitor_cli import register as register_monitor
+
     register_monitor(sub)
     return parser
 

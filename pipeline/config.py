@@ -1,4 +1,5 @@
 """One object holds every path and knob of a pipeline run."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,10 @@ DEFAULT_ACCURACY_LOWER_BOUND = 0.80
 
 def local_beam_args(workers: int | None = None) -> list[str]:
     """DirectRunner, `workers` worker processes (default: one per core; the embedded default)."""
-    return ["--direct_running_mode=multi_processing",
-            f"--direct_num_workers={workers or os.cpu_count() or 1}"]
+    return [
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={workers or os.cpu_count() or 1}",
+    ]
 
 
 # `btmri run --beam-workers SPEC` (README, Running at scale).
@@ -60,21 +63,27 @@ def beam_args(workers: str | None = None, job_endpoint: str | None = None) -> li
             raise ValueError("--beam-job-endpoint needs --beam-workers external:HOST:PORT")
         return local_beam_args()
     if workers.startswith(EXTERNAL_PREFIX):
-        address = workers[len(EXTERNAL_PREFIX):]
+        address = workers[len(EXTERNAL_PREFIX) :]
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--beam-workers {workers!r}: expected external:HOST:PORT")
-        return ["--runner=PortableRunner", f"--job_endpoint={job_endpoint or EMBEDDED_JOB_SERVICE}",
-                f"--job_server_timeout={JOB_SERVER_TIMEOUT_SECONDS}",
-                "--environment_type=EXTERNAL", f"--environment_config={address}"]
+        return [
+            "--runner=PortableRunner",
+            f"--job_endpoint={job_endpoint or EMBEDDED_JOB_SERVICE}",
+            f"--job_server_timeout={JOB_SERVER_TIMEOUT_SECONDS}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config={address}",
+        ]
     if job_endpoint:
         raise ValueError("--beam-job-endpoint needs --beam-workers external:HOST:PORT")
     if workers == IN_MEMORY:
         return ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
     if workers.isdigit() and int(workers) > 0:
         return local_beam_args(int(workers))
-    raise ValueError(f"--beam-workers {workers!r}: expected a number of worker processes, "
-                     f"{IN_MEMORY} or external:HOST:PORT")
+    raise ValueError(
+        f"--beam-workers {workers!r}: expected a number of worker processes, "
+        f"{IN_MEMORY} or external:HOST:PORT"
+    )
 
 
 def runs_beyond_this_process(beam: list[str]) -> bool:
@@ -98,11 +107,11 @@ def component_beam_args(pairs: list[str]) -> dict[str, list[str]]:
 
 @dataclass
 class PipelineConfig:
-    pipeline_root: str                       # artifacts and ML Metadata live here
-    data_root: str                           # output of `btmri prepare` (train/ eval/ [test/])
-    serving_dir: str                         # TF Serving base path: <serving_dir>/<version>/
+    pipeline_root: str  # artifacts and ML Metadata live here
+    data_root: str  # output of `btmri prepare` (train/ eval/ [test/])
+    serving_dir: str  # TF Serving base path: <serving_dir>/<version>/
     pipeline_name: str = DEFAULT_PIPELINE_NAME
-    metadata_path: str | None = None         # sqlite; default <pipeline_root>/metadata.sqlite
+    metadata_path: str | None = None  # sqlite; default <pipeline_root>/metadata.sqlite
     schema_file: str = str(SCHEMA_FILE)
     request_schema_file: str = str(REQUEST_SCHEMA_FILE)
     # Training: the defaults (and what each knob means) are btmri.documents.TrainerConfig's.
@@ -121,14 +130,16 @@ class PipelineConfig:
     lesion_removal_rate: float = TRAINER_DEFAULTS.lesion_removal_rate
     decoy_removal_rate: float = TRAINER_DEFAULTS.decoy_removal_rate
     lesion_paste_rate: float = TRAINER_DEFAULTS.lesion_paste_rate
-    box_dir: str | None = None               # tumour boxes: the lesion audit's slices
-    audit_min_pointing: float = -1.0         # gate on the audit's pointing game; < 0: off
+    box_dir: str | None = None  # tumour boxes: the lesion audit's slices
+    audit_min_pointing: float = -1.0  # gate on the audit's pointing game; < 0: off
     audit_min_removed_changed: float = -1.0  # gate on "lesion removed → class changed"; < 0: off
     accuracy_lower_bound: float = DEFAULT_ACCURACY_LOWER_BOUND
     abstention: bool = TRAINER_DEFAULTS.abstention  # fit ood_score/abstain into the exported model
     abstention_accept: float = TRAINER_DEFAULTS.abstention_accept
-    abstention_min_acceptance: float = MIN_ACCEPTANCE  # blessing: share of the evaluated split answered; < 0: off
-    max_accuracy_regression: float = 0.0     # vs the last blessed model
+    abstention_min_acceptance: float = (
+        MIN_ACCEPTANCE  # blessing: share of the evaluated split answered; < 0: off
+    )
+    max_accuracy_regression: float = 0.0  # vs the last blessed model
     beam_pipeline_args: list[str] = field(default_factory=local_beam_args)
     # Beam options of one component, after (so overriding) the pipeline's: {component id: [args]}.
     component_beam_args: dict[str, list[str]] = field(default_factory=dict)
@@ -139,11 +150,11 @@ class PipelineConfig:
     # endpoint name, the Pusher pushes to Vertex AI); None: the portable components.
     vertex: VertexOptions | None = None
     enable_cache: bool = True
-    materialize: bool = False                # True: Transform writes transformed examples
+    materialize: bool = False  # True: Transform writes transformed examples
     # False: reference functions by import path (compiled specs, non-direct Beam runners:
     # their SDK workers import the project; TFX's cache then does not see code changes).
     use_module_files: bool = True
-    test_split: bool | None = None           # evaluate on test/; None: if data_root has one
+    test_split: bool | None = None  # evaluate on test/; None: if data_root has one
 
     def __post_init__(self):
         if self.metadata_path is None:  # "" = no local store (Kubeflow/Vertex bring their own)
@@ -185,13 +196,24 @@ class PipelineConfig:
             scale["distribution"] = self.distribution
         if self.input_sharding != TRAINER_DEFAULTS.input_sharding:
             scale["input_sharding"] = self.input_sharding
-        return {**scale, "model": self.model, "weights": self.weights, "epochs": self.epochs,
-                "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                "weight_decay": self.weight_decay, "label_smoothing": self.label_smoothing,
-                "patience": self.patience, "augment": self.augment, "seed": self.seed,
-                "materialized": self.materialize, "compute_dtype": self.compute_dtype,
-                "evidence_weight": self.evidence_weight,
-                "lesion_removal_rate": self.lesion_removal_rate,
-                "decoy_removal_rate": self.decoy_removal_rate,
-                "lesion_paste_rate": self.lesion_paste_rate,
-                "abstention": self.abstention, "abstention_accept": self.abstention_accept}
+        return {
+            **scale,
+            "model": self.model,
+            "weights": self.weights,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "weight_decay": self.weight_decay,
+            "label_smoothing": self.label_smoothing,
+            "patience": self.patience,
+            "augment": self.augment,
+            "seed": self.seed,
+            "materialized": self.materialize,
+            "compute_dtype": self.compute_dtype,
+            "evidence_weight": self.evidence_weight,
+            "lesion_removal_rate": self.lesion_removal_rate,
+            "decoy_removal_rate": self.decoy_removal_rate,
+            "lesion_paste_rate": self.lesion_paste_rate,
+            "abstention": self.abstention,
+            "abstention_accept": self.abstention_accept,
+        }

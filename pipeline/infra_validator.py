@@ -27,6 +27,7 @@ INFRA_BLESSED / INFRA_NOT_BLESSED marker) and `validated_model` (the validated c
 An unblessed candidate is not served (blessing false, "not validated: ...") and its
 `validated_model` output stays empty.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,9 @@ from btmri.documents import InfraValidation
 from btmri.layout import INFRA_BLESSED_FILE, INFRA_NOT_BLESSED_FILE, WARMUP_DIR, WARMUP_PATH
 
 BLESSED_KEY = "blessed"  # what TFX's Pusher reads (tfx.components.util.model_utils.is_infra_validated)
-REQUEST_TIMEOUT_SECONDS = 60.0   # one request of the validation
-SERVED_VERSION = 1               # the candidate's version in the temporary base path
-VALIDATED_MODEL_KEY = "validated_model"   # output: the candidate + its warm-up file; the Pusher pushes it
+REQUEST_TIMEOUT_SECONDS = 60.0  # one request of the validation
+SERVED_VERSION = 1  # the candidate's version in the temporary base path
+VALIDATED_MODEL_KEY = "validated_model"  # output: the candidate + its warm-up file; the Pusher pushes it
 
 
 class ValidationFailed(Exception):
@@ -64,6 +65,7 @@ class ValidationFailed(Exception):
 
 
 # ---- inputs: images of the evaluated split ---------------------------------------------
+
 
 def evaluated_images(examples_uri: str, split: str, count: int) -> list[bytes]:
     """The first `count` encoded images of a split of an Examples artifact (fewer if
@@ -89,8 +91,10 @@ def example_of(image: bytes) -> bytes:
     (the label and source of an evaluated image never go into a request or the model)."""
     import tensorflow as tf
 
-    return tf.train.Example(features=tf.train.Features(feature={
-        spec.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))})
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={spec.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+        )
     ).SerializeToString()
 
 
@@ -103,8 +107,10 @@ def signature_inputs(signature: str, images: list[bytes]) -> dict[str, np.ndarra
 
 # ---- the warm-up file ------------------------------------------------------------------
 
-def warmup_logs(images: list[bytes], model_name: str = spec.MODEL_NAME,
-                batch_sizes=spec.WARMUP_BATCH_SIZES) -> list:
+
+def warmup_logs(
+    images: list[bytes], model_name: str = spec.MODEL_NAME, batch_sizes=spec.WARMUP_BATCH_SIZES
+) -> list:
     """PredictionLogs: one Predict request per signature and batch size (images repeated
     when the split has fewer)."""
     import tensorflow as tf
@@ -124,8 +130,9 @@ def warmup_logs(images: list[bytes], model_name: str = spec.MODEL_NAME,
                 request.inputs[alias].CopyFrom(tf.make_tensor_proto(array))
             logs.append(log)
     if len(logs) > spec.MAX_WARMUP_RECORDS:
-        raise ValidationFailed(f"{len(logs)} warm-up records: TF Serving reads at most "
-                               f"{spec.MAX_WARMUP_RECORDS}")
+        raise ValidationFailed(
+            f"{len(logs)} warm-up records: TF Serving reads at most {spec.MAX_WARMUP_RECORDS}"
+        )
     return logs
 
 
@@ -142,6 +149,7 @@ def write_warmup(model_dir: str, logs) -> str:
 
 
 # ---- checks ----------------------------------------------------------------------------
+
 
 def contract_problems(signature_defs: dict, abstention: bool) -> list[str]:
     """What the served SignatureDefs lack of the serving contract (empty: none)."""
@@ -174,25 +182,29 @@ def answer_problems(where: str, served: dict, expected: dict[str, np.ndarray]) -
             problems.append(f"{where}: no {name} in the answer")
             continue
         got = np.asarray(served[name])
-        if want.dtype.kind in "OSU":   # strings: bytes in process and over gRPC, text over REST
-            want = np.array([w.decode() if isinstance(w, bytes) else w for w in want.reshape(-1)],
-                            dtype=object).reshape(want.shape)
-            got = np.array([g.decode() if isinstance(g, bytes) else g for g in got.reshape(-1)],
-                           dtype=object).reshape(got.shape)
+        if want.dtype.kind in "OSU":  # strings: bytes in process and over gRPC, text over REST
+            want = np.array(
+                [w.decode() if isinstance(w, bytes) else w for w in want.reshape(-1)], dtype=object
+            ).reshape(want.shape)
+            got = np.array(
+                [g.decode() if isinstance(g, bytes) else g for g in got.reshape(-1)], dtype=object
+            ).reshape(got.shape)
         if got.shape != want.shape:
             problems.append(f"{where}: {name} has shape {list(got.shape)}, in process {list(want.shape)}")
         elif want.dtype.kind == "f":
             diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)), initial=0.0))
             if not np.allclose(got, want, rtol=spec.ANSWER_TOLERANCE, atol=spec.ANSWER_TOLERANCE):
-                problems.append(f"{name} differs from the in-process answer by up to {diff:.3g} "
-                                f"({where})")
+                problems.append(f"{name} differs from the in-process answer by up to {diff:.3g} ({where})")
         elif not np.array_equal(got, want):
-            problems.append(f"{name} differs from the in-process answer ({where}): "
-                            f"{got.reshape(-1)[:4].tolist()} vs {want.reshape(-1)[:4].tolist()}")
+            problems.append(
+                f"{name} differs from the in-process answer ({where}): "
+                f"{got.reshape(-1)[:4].tolist()} vs {want.reshape(-1)[:4].tolist()}"
+            )
     return problems
 
 
 # ---- talking to the server -------------------------------------------------------------
+
 
 def _grpc_predict(stub, model_name: str, signature: str, inputs: dict[str, np.ndarray]) -> dict:
     import tensorflow as tf
@@ -209,24 +221,26 @@ def _grpc_predict(stub, model_name: str, signature: str, inputs: dict[str, np.nd
 
 def _rest(method: str, url: str, document: dict | None = None) -> dict:
     data = None if document is None else json.dumps(document).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as err:
         body = err.read().decode(errors="replace")
-        raise ValidationFailed(f"REST {method} {url.split('/v1/', 1)[-1]}: HTTP {err.code} "
-                               f"{body[:300]}") from None
+        raise ValidationFailed(
+            f"REST {method} {url.split('/v1/', 1)[-1]}: HTTP {err.code} {body[:300]}"
+        ) from None
 
 
-def _rest_predict(base_url: str, model_name: str, signature: str,
-                  inputs: dict[str, np.ndarray]) -> dict:
+def _rest_predict(base_url: str, model_name: str, signature: str, inputs: dict[str, np.ndarray]) -> dict:
     ((alias, array),) = inputs.items()
-    document = {"signature_name": signature,
-                "instances": [{"b64": b64encode(value).decode("ascii")} for value in array]}
-    answer = _rest("POST", f"{base_url}/v1/models/{model_name}/versions/{SERVED_VERSION}:predict",
-                   document)
+    document = {
+        "signature_name": signature,
+        "instances": [{"b64": b64encode(value).decode("ascii")} for value in array],
+    }
+    answer = _rest("POST", f"{base_url}/v1/models/{model_name}/versions/{SERVED_VERSION}:predict", document)
     rows = answer["predictions"]
     names = rows[0].keys() if rows and isinstance(rows[0], dict) else []
     return {name: np.array([row[name] for row in rows]) for name in names}
@@ -249,6 +263,7 @@ def _time_requests(call, images: list[bytes], count: int) -> tuple[float, float]
 
 # ---- the validation --------------------------------------------------------------------
 
+
 class _Checks:
     def __init__(self, result: InfraValidation):
         self.result = result
@@ -259,27 +274,41 @@ class _Checks:
             self.result.reason = f"{name}: {detail}"
 
 
-def validate_serving(model_dir: str, images: list[bytes], work_dir: str,
-                     warmup_records: int = 0, model_name: str = spec.MODEL_NAME,
-                     latency_requests: int = spec.LATENCY_REQUESTS,
-                     startup_timeout: float = spec.VALIDATION_TIMEOUT_SECONDS) -> InfraValidation:
+def validate_serving(
+    model_dir: str,
+    images: list[bytes],
+    work_dir: str,
+    warmup_records: int = 0,
+    model_name: str = spec.MODEL_NAME,
+    latency_requests: int = spec.LATENCY_REQUESTS,
+    startup_timeout: float = spec.VALIDATION_TIMEOUT_SECONDS,
+) -> InfraValidation:
     """Serves `model_dir` (which holds its warm-up file) with `btmri serve` and checks it;
     never raises for a model or server fault: the result says why it is not blessed."""
     import grpc
     import tensorflow as tf
-    from tensorflow_serving.apis import (get_model_metadata_pb2, prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
     from serving.process import ModelLoadFailed, ServerProcess
 
     started = time.monotonic()
-    result = InfraValidation(validated=True, images=len(images), latency_requests=latency_requests,
-                             warmup_records=warmup_records)
+    result = InfraValidation(
+        validated=True, images=len(images), latency_requests=latency_requests, warmup_records=warmup_records
+    )
     checks = _Checks(result)
     base = os.path.join(work_dir, model_name)
     shutil.copytree(model_dir, os.path.join(base, str(SERVED_VERSION)))
-    server = ServerProcess(base, "--poll-seconds", "0.2", "--max-load-retries", "0",
-                           model_name=model_name, log_path=os.path.join(work_dir, "serve.log"),
-                           startup_timeout=startup_timeout, fail_on_load_error=True)
+    server = ServerProcess(
+        base,
+        "--poll-seconds",
+        "0.2",
+        "--max-load-retries",
+        "0",
+        model_name=model_name,
+        log_path=os.path.join(work_dir, "serve.log"),
+        startup_timeout=startup_timeout,
+        fail_on_load_error=True,
+    )
     try:
         t0 = time.monotonic()
         try:
@@ -287,16 +316,19 @@ def validate_serving(model_dir: str, images: list[bytes], work_dir: str,
         except ModelLoadFailed as err:
             checks.add("server start", False, str(err))
             return result
-        except Exception as err:   # never ready, or could not start at all
+        except Exception as err:  # never ready, or could not start at all
             tail = " | ".join(line.strip() for line in server.log_text().splitlines()[-5:])
             checks.add("server start", False, f"{str(err).splitlines()[0]} (server log: {tail})")
             return result
         result.startup_seconds = round(time.monotonic() - t0, 2)
         replayed = re.findall(r"replayed (\d+) warm-up requests", server.log_text())
         result.warmup_replayed = int(replayed[-1]) if replayed else 0
-        checks.add("server start", result.warmup_replayed == result.warmup_records,
-                   f"version {SERVED_VERSION} AVAILABLE after {result.startup_seconds:.1f} s; "
-                   f"{result.warmup_replayed} of {result.warmup_records} warm-up requests replayed")
+        checks.add(
+            "server start",
+            result.warmup_replayed == result.warmup_records,
+            f"version {SERVED_VERSION} AVAILABLE after {result.startup_seconds:.1f} s; "
+            f"{result.warmup_replayed} of {result.warmup_records} warm-up requests replayed",
+        )
 
         with grpc.insecure_channel(server.grpc_target) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -312,55 +344,86 @@ def validate_serving(model_dir: str, images: list[bytes], work_dir: str,
             expected = {}
             for signature in spec.SIGNATURE_CONTRACT:
                 if signature in loaded.signatures:
-                    outputs = loaded.signatures[signature](**{
-                        k: tf.constant(v) for k, v in signature_inputs(signature, images).items()})
+                    outputs = loaded.signatures[signature](
+                        **{k: tf.constant(v) for k, v in signature_inputs(signature, images).items()}
+                    )
                     expected[signature] = {k: v.numpy() for k, v in outputs.items()}
             abstention = any(spec.OOD_SCORE in outputs for outputs in expected.values())
             problems = contract_problems(served, abstention)
-            checks.add("signature contract (gRPC metadata)", not problems,
-                       "; ".join(problems) or f"{', '.join(spec.SIGNATURE_CONTRACT)} as specified"
-                       + (" with the abstention outputs" if abstention else ""))
+            checks.add(
+                "signature contract (gRPC metadata)",
+                not problems,
+                "; ".join(problems)
+                or f"{', '.join(spec.SIGNATURE_CONTRACT)} as specified"
+                + (" with the abstention outputs" if abstention else ""),
+            )
             rest_meta = _rest("GET", f"{server.rest_url}/v1/models/{model_name}/metadata")
             rest_sigs = rest_meta["metadata"]["signature_def"]["signature_def"]
-            same = {k: (sorted(v.get("inputs", {})), sorted(v.get("outputs", {})))
-                    for k, v in rest_sigs.items()} == {
-                k: (sorted(v.inputs), sorted(v.outputs)) for k, v in served.items()}
-            checks.add("REST metadata", same, "the same signatures, inputs and outputs as gRPC"
-                       if same else "REST metadata differs from gRPC's")
+            same = {
+                k: (sorted(v.get("inputs", {})), sorted(v.get("outputs", {}))) for k, v in rest_sigs.items()
+            } == {k: (sorted(v.inputs), sorted(v.outputs)) for k, v in served.items()}
+            checks.add(
+                "REST metadata",
+                same,
+                "the same signatures, inputs and outputs as gRPC"
+                if same
+                else "REST metadata differs from gRPC's",
+            )
 
             for signature, want in expected.items():
                 inputs = signature_inputs(signature, images)
                 for protocol, call in (
-                        ("gRPC", lambda s=signature, i=inputs: _grpc_predict(stub, model_name, s, i)),
-                        ("REST", lambda s=signature, i=inputs: _rest_predict(server.rest_url,
-                                                                             model_name, s, i))):
+                    ("gRPC", lambda s=signature, i=inputs: _grpc_predict(stub, model_name, s, i)),
+                    ("REST", lambda s=signature, i=inputs: _rest_predict(server.rest_url, model_name, s, i)),
+                ):
                     try:
                         problems = answer_problems(f"{signature} over {protocol}", call(), want)
                     except (grpc.RpcError, ValidationFailed, KeyError, ValueError) as err:
-                        detail = (f"{err.code().name}: {err.details()}" if isinstance(err, grpc.RpcError)
-                                  else str(err))
+                        detail = (
+                            f"{err.code().name}: {err.details()}"
+                            if isinstance(err, grpc.RpcError)
+                            else str(err)
+                        )
                         problems = [f"request failed: {detail}"]
-                    checks.add(f"{signature} over {protocol}", not problems,
-                               "; ".join(problems) or f"{len(images)} images: the in-process answers")
+                    checks.add(
+                        f"{signature} over {protocol}",
+                        not problems,
+                        "; ".join(problems) or f"{len(images)} images: the in-process answers",
+                    )
 
             if spec.PREDICT_IMAGES in expected and latency_requests > 0:
                 one = signature_inputs(spec.PREDICT_IMAGES, images[:1])  # connect, first call
                 _grpc_predict(stub, model_name, spec.PREDICT_IMAGES, one)
                 result.grpc_p50_ms, result.grpc_p99_ms = _time_requests(
-                    lambda image: _grpc_predict(stub, model_name, spec.PREDICT_IMAGES,
-                                                signature_inputs(spec.PREDICT_IMAGES, [image])),
-                    images, latency_requests)
+                    lambda image: _grpc_predict(
+                        stub, model_name, spec.PREDICT_IMAGES, signature_inputs(spec.PREDICT_IMAGES, [image])
+                    ),
+                    images,
+                    latency_requests,
+                )
                 result.rest_p50_ms, result.rest_p99_ms = _time_requests(
-                    lambda image: _rest_predict(server.rest_url, model_name, spec.PREDICT_IMAGES,
-                                                signature_inputs(spec.PREDICT_IMAGES, [image])),
-                    images, latency_requests)
-                checks.add("latency", True,
-                           f"{latency_requests} one-image {spec.PREDICT_IMAGES} requests per protocol: "
-                           f"gRPC p50 {result.grpc_p50_ms:.1f} ms, p99 {result.grpc_p99_ms:.1f} ms; "
-                           f"REST p50 {result.rest_p50_ms:.1f} ms, p99 {result.rest_p99_ms:.1f} ms")
-    except Exception as err:   # whatever else went wrong is a reason, not a crash
-        detail = (f"{err.code().name}: {err.details()}" if hasattr(err, "code") and callable(err.code)
-                  and hasattr(err, "details") else f"{type(err).__name__}: {err}")
+                    lambda image: _rest_predict(
+                        server.rest_url,
+                        model_name,
+                        spec.PREDICT_IMAGES,
+                        signature_inputs(spec.PREDICT_IMAGES, [image]),
+                    ),
+                    images,
+                    latency_requests,
+                )
+                checks.add(
+                    "latency",
+                    True,
+                    f"{latency_requests} one-image {spec.PREDICT_IMAGES} requests per protocol: "
+                    f"gRPC p50 {result.grpc_p50_ms:.1f} ms, p99 {result.grpc_p99_ms:.1f} ms; "
+                    f"REST p50 {result.rest_p50_ms:.1f} ms, p99 {result.rest_p99_ms:.1f} ms",
+                )
+    except Exception as err:  # whatever else went wrong is a reason, not a crash
+        detail = (
+            f"{err.code().name}: {err.details()}"
+            if hasattr(err, "code") and callable(err.code) and hasattr(err, "details")
+            else f"{type(err).__name__}: {err}"
+        )
         checks.add("validation", False, detail.splitlines()[0] if detail else type(err).__name__)
     finally:
         server.stop()
@@ -374,6 +437,7 @@ def not_validated(reason: str) -> InfraValidation:
 
 
 # ---- the TFX component -----------------------------------------------------------------
+
 
 class InfraValidatorSpec(types.ComponentSpec):
     PARAMETERS = {
@@ -406,7 +470,6 @@ def record(blessing, result: InfraValidation) -> None:
 
 
 class InfraValidatorExecutor(base_executor.BaseExecutor):
-
     def Do(self, input_dict, output_dict, exec_properties):
         model = artifact_utils.get_single_instance(input_dict["model"])
         examples = artifact_utils.get_single_instance(input_dict["examples"])
@@ -414,29 +477,43 @@ class InfraValidatorExecutor(base_executor.BaseExecutor):
         validated = artifact_utils.get_single_instance(output_dict[VALIDATED_MODEL_KEY])
         upstream = input_dict.get("model_blessing") or []
         if upstream and not artifact_utils.get_single_instance(upstream).get_int_custom_property(
-                evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY):
+            evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY
+        ):
             record(blessing, not_validated("not validated: the model was not blessed"))
             return
         started = time.monotonic()
         target = path_utils.serving_model_path(validated.uri)
-        io_utils.copy_dir(path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model)),
-                          target)
+        io_utils.copy_dir(
+            path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model)), target
+        )
         split = exec_properties["evaluated_split"]
         try:
-            images = evaluated_images(examples.uri, split,
-                                      max(spec.VALIDATION_IMAGES, max(spec.WARMUP_BATCH_SIZES)))
+            images = evaluated_images(
+                examples.uri, split, max(spec.VALIDATION_IMAGES, max(spec.WARMUP_BATCH_SIZES))
+            )
             logs = warmup_logs(images)
             write_warmup(target, logs)
         except ValidationFailed as err:
             record(blessing, not_validated(f"warm-up file: {err}"))
             return
         with tempfile.TemporaryDirectory(prefix="btmri-infra-") as work:
-            result = validate_serving(target, images[:spec.VALIDATION_IMAGES], work, len(logs),
-                                      latency_requests=int(exec_properties["latency_requests"]))
-        result.checks.insert(0, {"name": "warm-up file", "passed": True,
-                                 "detail": f"{len(logs)} PredictionLogs ({len(spec.SIGNATURE_CONTRACT)} "
-                                           f"signatures x batch sizes {list(spec.WARMUP_BATCH_SIZES)}) "
-                                           f"from the {split} split in {WARMUP_PATH}"})
+            result = validate_serving(
+                target,
+                images[: spec.VALIDATION_IMAGES],
+                work,
+                len(logs),
+                latency_requests=int(exec_properties["latency_requests"]),
+            )
+        result.checks.insert(
+            0,
+            {
+                "name": "warm-up file",
+                "passed": True,
+                "detail": f"{len(logs)} PredictionLogs ({len(spec.SIGNATURE_CONTRACT)} "
+                f"signatures x batch sizes {list(spec.WARMUP_BATCH_SIZES)}) "
+                f"from the {split} split in {WARMUP_PATH}",
+            },
+        )
         result.seconds = round(time.monotonic() - started, 2)
         record(blessing, result)
 
@@ -445,11 +522,21 @@ class InfraValidator(base_component.BaseComponent):
     SPEC_CLASS = InfraValidatorSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(InfraValidatorExecutor)
 
-    def __init__(self, model, examples, evaluated_split: str, model_blessing=None,
-                 latency_requests: int = spec.LATENCY_REQUESTS):
+    def __init__(
+        self,
+        model,
+        examples,
+        evaluated_split: str,
+        model_blessing=None,
+        latency_requests: int = spec.LATENCY_REQUESTS,
+    ):
         component_spec = InfraValidatorSpec(
-            model=model, examples=examples, model_blessing=model_blessing,
-            evaluated_split=evaluated_split, latency_requests=int(latency_requests),
+            model=model,
+            examples=examples,
+            model_blessing=model_blessing,
+            evaluated_split=evaluated_split,
+            latency_requests=int(latency_requests),
             blessing=types.Channel(type=standard_artifacts.InfraBlessing),
-            validated_model=types.Channel(type=standard_artifacts.Model))
+            validated_model=types.Channel(type=standard_artifacts.Model),
+        )
         super().__init__(spec=component_spec)

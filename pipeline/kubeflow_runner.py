@@ -4,6 +4,7 @@ No cluster is contacted. The functions are referenced by import path (the code
 is baked into the container image built from the top-level Dockerfile), so the
 compiler does not try to build and upload a user-code wheel.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,8 @@ def compile_pipeline(config: PipelineConfig, out: str, image: str) -> str:
     out = os.path.abspath(out)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
         config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image),
-        output_dir=os.path.dirname(out), output_filename=os.path.basename(out))
+        output_dir=os.path.dirname(out),
+        output_filename=os.path.basename(out),
+    )
     runner.run(create_pipeline(config))
     return out

@@ -5,6 +5,7 @@ elapsed time) and one per training epoch; everything written to stdout/stderr
 meanwhile (TFX, Beam workers, TensorFlow's C++ logging, pip, Keras) goes to
 <pipeline_root>/logs/run-<time>.log, and to the terminal too when `verbose`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,7 @@ class _ProgressHandler(logging.Handler):
         self.terminal = terminal
         self.ids = ids
         self.started: dict[str, float] = {}
-        self.seconds: dict[str, float] = {}   # wall time per component, in finish order
+        self.seconds: dict[str, float] = {}  # wall time per component, in finish order
 
     def emit(self, record):
         if not isinstance(record.msg, str) or not record.msg.startswith("Component %s is "):
@@ -94,14 +95,14 @@ class RunSummary:
     pushed: bool = False
     already_pushed: bool = False
     pushed_to: str | None = None
-    evaluation: TfmaResult | None = None               # the candidate's TFMA figures
+    evaluation: TfmaResult | None = None  # the candidate's TFMA figures
     log_path: str | None = None
     seconds: float = 0.0
     component_seconds: dict = field(default_factory=dict)
     blessing_message: str | None = None
-    lesion_audit: dict | None = None                   # lesion_audit.json, without rows
-    report_dir: str | None = None                      # ModelReport artifact: report.html, card
-    serving_validation: object = None                  # btmri.documents.InfraValidation
+    lesion_audit: dict | None = None  # lesion_audit.json, without rows
+    report_dir: str | None = None  # ModelReport artifact: report.html, card
+    serving_validation: object = None  # btmri.documents.InfraValidation
 
     @property
     def metrics(self) -> dict[str, float]:

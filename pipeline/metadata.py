@@ -1,4 +1,5 @@
 """Small read-only queries on the pipeline's ML Metadata store."""
+
 from __future__ import annotations
 
 import os
@@ -42,12 +43,17 @@ def latest_output(config: PipelineConfig, node_id: str, key: str):
     """The TFX artifact a node's latest successful (or cached) execution output under `key`."""
     store = open_store(config)
     for execution in reversed(node_executions(config, node_id)):
-        if execution.last_known_state not in (metadata_store_pb2.Execution.COMPLETE,
-                                              metadata_store_pb2.Execution.CACHED):
+        if execution.last_known_state not in (
+            metadata_store_pb2.Execution.COMPLETE,
+            metadata_store_pb2.Execution.CACHED,
+        ):
             continue
-        events = [e for e in store.get_events_by_execution_ids([execution.id])
-                  if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
-                  and any(step.key == key for step in e.path.steps)]
+        events = [
+            e
+            for e in store.get_events_by_execution_ids([execution.id])
+            if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+            and any(step.key == key for step in e.path.steps)
+        ]
         if not events:
             continue
         artifacts = store.get_artifacts_by_id([events[0].artifact_id])

@@ -16,6 +16,7 @@
 Exit codes (pipeline/monitor_cli.py): 0 nothing anomalous, 1 anomalies (drift, skew or
 schema), 2 nothing to monitor or no baseline.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,15 @@ import apache_beam as beam
 
 from btmri import spec
 from btmri.documents import write_atomic
-from btmri.layout import (MONITOR_ANOMALIES_FILE, MONITOR_DIR, MONITOR_REPORT_FILE,
-                          MONITOR_STATISTICS_FILE, MONITOR_WINDOW_FILE, SCHEMA_FILE,
-                          STATISTICS_FILE)
+from btmri.layout import (
+    MONITOR_ANOMALIES_FILE,
+    MONITOR_DIR,
+    MONITOR_REPORT_FILE,
+    MONITOR_STATISTICS_FILE,
+    MONITOR_WINDOW_FILE,
+    SCHEMA_FILE,
+    STATISTICS_FILE,
+)
 
 # Below this many rows a window's histograms are noisy against the schema's thresholds
 # (chosen for windows of a few hundred requests): the report says so.
@@ -43,8 +50,8 @@ class MonitorError(RuntimeError):
 
 @dataclass
 class Baseline:
-    statistics: object          # DatasetFeatureStatisticsList
-    schema: object              # tensorflow_metadata Schema
+    statistics: object  # DatasetFeatureStatisticsList
+    schema: object  # tensorflow_metadata Schema
     statistics_uri: str
     schema_uri: str
 
@@ -53,9 +60,9 @@ class Baseline:
 class MonitorResult:
     out_dir: str
     files: list[str]
-    window: dict                  # window.json
-    anomalies: object             # tensorflow_metadata Anomalies
-    drift_against: str | None     # the previous report folder compared with
+    window: dict  # window.json
+    anomalies: object  # tensorflow_metadata Anomalies
+    drift_against: str | None  # the previous report folder compared with
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -75,6 +82,7 @@ class MonitorResult:
 
 # ---- the baseline --------------------------------------------------------------------
 
+
 def find_baseline(pipeline_root: str) -> Baseline:
     """The latest RequestBaseline's statistics and schema in the pipeline's ML Metadata."""
     import tensorflow_data_validation as tfdv
@@ -88,23 +96,29 @@ def find_baseline(pipeline_root: str) -> Baseline:
     statistics = latest_output(config, "RequestBaseline", "statistics")
     schema = latest_output(config, "RequestBaseline", "schema")
     if statistics is None or schema is None:
-        raise MonitorError(f"no RequestBaseline in {pipeline_root}: the run predates monitoring; "
-                           "run `btmri run` again")
+        raise MonitorError(
+            f"no RequestBaseline in {pipeline_root}: the run predates monitoring; run `btmri run` again"
+        )
     files = sorted(Path(statistics.uri).glob(f"Split-*/{STATISTICS_FILE}"))
     if not files:
         raise MonitorError(f"no statistics in {statistics.uri}")
     schema_path = os.path.join(schema.uri, SCHEMA_FILE)
-    return Baseline(tfdv.load_stats_binary(str(files[0])), tfdv.load_schema_text(schema_path),
-                    str(files[0]), schema_path)
+    return Baseline(
+        tfdv.load_stats_binary(str(files[0])), tfdv.load_schema_text(schema_path), str(files[0]), schema_path
+    )
 
 
 # ---- the window ----------------------------------------------------------------------
 
+
 def _reports(out_root: Path) -> list[Path]:
     if not out_root.is_dir():
         return []
-    return sorted(p for p in out_root.iterdir() if (p / MONITOR_WINDOW_FILE).is_file()
-                  and (p / MONITOR_STATISTICS_FILE).is_file())
+    return sorted(
+        p
+        for p in out_root.iterdir()
+        if (p / MONITOR_WINDOW_FILE).is_file() and (p / MONITOR_STATISTICS_FILE).is_file()
+    )
 
 
 def choose_window(log_dir: str, out_root: Path, all_files: bool) -> tuple[list[Path], Path | None]:
@@ -113,9 +127,11 @@ def choose_window(log_dir: str, out_root: Path, all_files: bool) -> tuple[list[P
 
     files = log_files(log_dir)
     if not files:
-        raise MonitorError(f"no request logs in {log_dir} (closed files named "
-                           f"requests-*.tfrecord; a server writes them with --request-log "
-                           f"and closes one every --log-rotate-seconds)")
+        raise MonitorError(
+            f"no request logs in {log_dir} (closed files named "
+            f"requests-*.tfrecord; a server writes them with --request-log "
+            f"and closes one every --log-rotate-seconds)"
+        )
     reports = _reports(out_root)
     previous = reports[-1] if reports else None
     if all_files:
@@ -125,8 +141,10 @@ def choose_window(log_dir: str, out_root: Path, all_files: bool) -> tuple[list[P
         seen.update(json.loads((report / MONITOR_WINDOW_FILE).read_text()).get("files", []))
     new = [f for f in files if f.name not in seen]
     if not new:
-        raise MonitorError(f"no new request logs in {log_dir} since the last report "
-                           f"({previous}); --all checks every retained file again")
+        raise MonitorError(
+            f"no new request logs in {log_dir} since the last report "
+            f"({previous}); --all checks every retained file again"
+        )
     return new, previous
 
 
@@ -156,10 +174,20 @@ def _summary_of(serialized: bytes) -> dict:
     record = prediction_log_pb2.PredictionLog.FromString(serialized)
     meta = record.log_metadata
     inputs = set(record.predict_log.request.inputs)
-    payload = (spec.LOG_PAYLOAD_FEATURES if inputs & set(spec.IMAGE_FEATURES) else
-               spec.LOG_PAYLOAD_IMAGES if inputs else spec.LOG_PAYLOAD_NONE)
-    return {"records": 1, "versions": {str(meta.model_spec.version.value): 1},
-            "payloads": {payload: 1}, "first": meta.timestamp_secs, "last": meta.timestamp_secs}
+    payload = (
+        spec.LOG_PAYLOAD_FEATURES
+        if inputs & set(spec.IMAGE_FEATURES)
+        else spec.LOG_PAYLOAD_IMAGES
+        if inputs
+        else spec.LOG_PAYLOAD_NONE
+    )
+    return {
+        "records": 1,
+        "versions": {str(meta.model_spec.version.value): 1},
+        "payloads": {payload: 1},
+        "first": meta.timestamp_secs,
+        "last": meta.timestamp_secs,
+    }
 
 
 class _MergeSummaries(beam.CombineFn):
@@ -195,24 +223,31 @@ def served_statistics(files: list[Path], schema, out_dir: Path, beam_args: list[
     stats_path = out_dir / MONITOR_STATISTICS_FILE
     summary_path = out_dir / "summary.tmp.json"
     with beam.Pipeline(options=PipelineOptions(beam_args or [])) as pipeline:
-        records = (pipeline
-                   | "Files" >> beam.Create([str(f) for f in files])
-                   | "Read" >> beam.FlatMap(read_log_file)
-                   | "Reshuffle" >> beam.Reshuffle())
-        _ = (records
-             | "Rows" >> beam.FlatMap(_rows_of)
-             | "Statistics" >> RowsToStatistics(schema)
-             | "Write" >> tfdv.WriteStatisticsToBinaryFile(str(stats_path)))
-        _ = (records
-             | "Summaries" >> beam.Map(_summary_of)
-             | "Merge" >> beam.CombineGlobally(_MergeSummaries())
-             | "WriteSummary" >> beam.Map(lambda s: summary_path.write_text(json.dumps(s))))
+        records = (
+            pipeline
+            | "Files" >> beam.Create([str(f) for f in files])
+            | "Read" >> beam.FlatMap(read_log_file)
+            | "Reshuffle" >> beam.Reshuffle()
+        )
+        _ = (
+            records
+            | "Rows" >> beam.FlatMap(_rows_of)
+            | "Statistics" >> RowsToStatistics(schema)
+            | "Write" >> tfdv.WriteStatisticsToBinaryFile(str(stats_path))
+        )
+        _ = (
+            records
+            | "Summaries" >> beam.Map(_summary_of)
+            | "Merge" >> beam.CombineGlobally(_MergeSummaries())
+            | "WriteSummary" >> beam.Map(lambda s: summary_path.write_text(json.dumps(s)))
+        )
     summary = json.loads(summary_path.read_text())
     summary_path.unlink()
     return tfdv.load_stats_binary(str(stats_path)), summary
 
 
 # ---- validation ----------------------------------------------------------------------
+
 
 def _present(statistics) -> set[str]:
     """Features with at least one value in a statistics proto."""
@@ -244,14 +279,22 @@ def validation_schema(schema, served):
 def validate(served, schema, baseline_statistics, previous_statistics=None):
     import tensorflow_data_validation as tfdv
 
-    return tfdv.validate_statistics(served, schema, previous_statistics=previous_statistics,
-                                    serving_statistics=baseline_statistics)
+    return tfdv.validate_statistics(
+        served, schema, previous_statistics=previous_statistics, serving_statistics=baseline_statistics
+    )
 
 
 # ---- the whole run -------------------------------------------------------------------
 
-def monitor(log_dir: str, pipeline_root: str, out: str | None = None, all_files: bool = False,
-            beam_args: list[str] | None = None, baseline: Baseline | None = None) -> MonitorResult:
+
+def monitor(
+    log_dir: str,
+    pipeline_root: str,
+    out: str | None = None,
+    all_files: bool = False,
+    beam_args: list[str] | None = None,
+    baseline: Baseline | None = None,
+) -> MonitorResult:
     import tensorflow_data_validation as tfdv
 
     out_root = Path(out) if out else Path(log_dir) / MONITOR_DIR
@@ -267,8 +310,9 @@ def monitor(log_dir: str, pipeline_root: str, out: str | None = None, all_files:
     staging.mkdir(parents=True)
     served, summary = served_statistics(files, baseline.schema, staging, beam_args)
     rows = int(served.datasets[0].num_examples) if served.datasets else 0
-    previous_statistics = (tfdv.load_stats_binary(str(previous / MONITOR_STATISTICS_FILE))
-                           if previous else None)
+    previous_statistics = (
+        tfdv.load_stats_binary(str(previous / MONITOR_STATISTICS_FILE)) if previous else None
+    )
     schema, skipped = validation_schema(baseline.schema, served)
     anomalies = validate(served, schema, baseline.statistics, previous_statistics)
     notes = []
@@ -276,17 +320,25 @@ def monitor(log_dir: str, pipeline_root: str, out: str | None = None, all_files:
         notes.append(f"not compared (no values in this window): {', '.join(skipped)}")
     if rows < SMALL_WINDOW_ROWS:
         notes.append(f"small window: {rows} rows (the thresholds suit a few hundred; expect noise)")
-    window = dict(summary, files=[f.name for f in files], rows=rows,
-                  baseline_statistics=baseline.statistics_uri, schema=baseline.schema_uri,
-                  previous_report=str(previous) if previous else None, not_compared=skipped,
-                  anomalous_features=sorted(anomalies.anomaly_info))
+    window = dict(
+        summary,
+        files=[f.name for f in files],
+        rows=rows,
+        baseline_statistics=baseline.statistics_uri,
+        schema=baseline.schema_uri,
+        previous_report=str(previous) if previous else None,
+        not_compared=skipped,
+        anomalous_features=sorted(anomalies.anomaly_info),
+    )
     tfdv.write_anomalies_text(anomalies, str(staging / MONITOR_ANOMALIES_FILE))
-    result = MonitorResult(str(out_dir), [str(f) for f in files], window, anomalies,
-                           str(previous) if previous else None, notes)
+    result = MonitorResult(
+        str(out_dir), [str(f) for f in files], window, anomalies, str(previous) if previous else None, notes
+    )
     from pipeline.monitor_page import render
 
-    write_atomic(staging / MONITOR_REPORT_FILE,
-                 render(result, served, baseline.statistics, previous_statistics))
+    write_atomic(
+        staging / MONITOR_REPORT_FILE, render(result, served, baseline.statistics, previous_statistics)
+    )
     write_atomic(staging / MONITOR_WINDOW_FILE, json.dumps(window, indent=1))
     staging.rename(out_dir)
     return result

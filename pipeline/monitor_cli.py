@@ -1,4 +1,5 @@
 """`btmri monitor`: argument parsing and the printed verdict; the work is pipeline/monitor.py."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,43 +14,63 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from pipeline.monitor import MonitorError, monitor
 
     try:
-        result = monitor(args.request_log, args.pipeline_root, out=args.out, all_files=args.all,
-                         beam_args=args.beam_arg)
+        result = monitor(
+            args.request_log, args.pipeline_root, out=args.out, all_files=args.all, beam_args=args.beam_arg
+        )
     except MonitorError as err:
         print(f"btmri monitor: {err}", file=sys.stderr)
         return EXIT_NOTHING
     w = result.window
-    print(f"window: {w['rows']} images in {w['records']} logged calls from {len(w['files'])} "
-          f"files (model versions {', '.join(sorted(w['versions'])) or 'none'}); skew against the "
-          f"baseline, drift against "
-          f"{result.drift_against or 'nothing (first report)'}")
+    print(
+        f"window: {w['rows']} images in {w['records']} logged calls from {len(w['files'])} "
+        f"files (model versions {', '.join(sorted(w['versions'])) or 'none'}); skew against the "
+        f"baseline, drift against "
+        f"{result.drift_against or 'nothing (first report)'}"
+    )
     for note in result.notes:
         print(f"note: {note}")
     for line in result.lines():
         print(f"ANOMALY {line}")
-    print(f"{'anomalies found' if result.anomalous else 'no anomalies'}; report "
-          f"{result.out_dir}/{MONITOR_REPORT_FILE}")
+    print(
+        f"{'anomalies found' if result.anomalous else 'no anomalies'}; report "
+        f"{result.out_dir}/{MONITOR_REPORT_FILE}"
+    )
     return EXIT_ANOMALIES if result.anomalous else EXIT_OK
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "monitor", help="drift and skew of logged requests against the pipeline's baseline (TFDV)",
+        "monitor",
+        help="drift and skew of logged requests against the pipeline's baseline (TFDV)",
         description="Computes TFDV statistics of the request features logged by `btmri serve "
-                    "--request-log DIR` since the last report, validates them against the latest "
-                    "run's request-feature schema (skew against its baseline, drift against the "
-                    "previous report) and writes statistics, anomalies and an HTML page. Exit "
-                    f"code {EXIT_OK}: no anomaly, {EXIT_ANOMALIES}: anomalies, {EXIT_NOTHING}: no "
-                    "(new) logs or no baseline.")
+        "--request-log DIR` since the last report, validates them against the latest "
+        "run's request-feature schema (skew against its baseline, drift against the "
+        "previous report) and writes statistics, anomalies and an HTML page. Exit "
+        f"code {EXIT_OK}: no anomaly, {EXIT_ANOMALIES}: anomalies, {EXIT_NOTHING}: no "
+        "(new) logs or no baseline.",
+    )
     p.add_argument("--request-log", required=True, metavar="DIR", help="the server's --request-log folder")
-    p.add_argument("--pipeline-root", default=DEFAULT_LAYOUT.pipeline_root,
-                   help="pipeline root holding metadata.sqlite (default %(default)s)")
-    p.add_argument("--out", default=None,
-                   help=f"report folders go here, one per run (default DIR/{MONITOR_DIR})")
-    p.add_argument("--all", action="store_true",
-                   help="check every retained log file, not only those no earlier report covered")
-    p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
-                   help="Beam pipeline option, repeatable (default: DirectRunner in process)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="keep TensorFlow's start-up notes and library warnings")
+    p.add_argument(
+        "--pipeline-root",
+        default=DEFAULT_LAYOUT.pipeline_root,
+        help="pipeline root holding metadata.sqlite (default %(default)s)",
+    )
+    p.add_argument(
+        "--out", default=None, help=f"report folders go here, one per run (default DIR/{MONITOR_DIR})"
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="check every retained log file, not only those no earlier report covered",
+    )
+    p.add_argument(
+        "--beam-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="Beam pipeline option, repeatable (default: DirectRunner in process)",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="keep TensorFlow's start-up notes and library warnings"
+    )
     p.set_defaults(func=_cmd_monitor)

@@ -4,6 +4,7 @@ Per feature: the served window's histogram over the baseline's (and the previous
 window's), TFDV's drift and skew measurements with their thresholds, and the
 anomalies. Plots are inline PNGs; no script.
 """
+
 from __future__ import annotations
 
 import html
@@ -57,10 +58,15 @@ def _categorical(ax, features: list, colours, labels):
 
 def _plot(name: str, served, baseline, previous) -> str:
     fig, ax = plt.subplots(figsize=(4.2, 2.6))
-    present = [(f, c, label) for f, c, label in ((served.get(name), SERVED, "served"),
-                                                 (baseline.get(name), BASELINE, "baseline"),
-                                                 (previous.get(name), PREVIOUS, "previous window"))
-               if f is not None]
+    present = [
+        (f, c, label)
+        for f, c, label in (
+            (served.get(name), SERVED, "served"),
+            (baseline.get(name), BASELINE, "baseline"),
+            (previous.get(name), PREVIOUS, "previous window"),
+        )
+        if f is not None
+    ]
     if present and present[0][0].HasField("num_stats"):
         for feature, colour, label in present:
             _numeric(ax, feature, colour, label)
@@ -76,14 +82,20 @@ def _measurements(anomalies) -> dict:
     out = {}
     for info in anomalies.drift_skew_info:
         name = info.path.step[0] if info.path.step else ""
-        out[name] = {"drift": [(m.value, m.threshold) for m in info.drift_measurements],
-                     "skew": [(m.value, m.threshold) for m in info.skew_measurements]}
+        out[name] = {
+            "drift": [(m.value, m.threshold) for m in info.drift_measurements],
+            "skew": [(m.value, m.threshold) for m in info.skew_measurements],
+        }
     return out
 
 
 def _measure(values) -> str:
-    return "; ".join(f"{'<b>' if v > t else ''}{v:.3f}{'</b>' if v > t else ''} (threshold {t:g})"
-                     for v, t in values) or "–"
+    return (
+        "; ".join(
+            f"{'<b>' if v > t else ''}{v:.3f}{'</b>' if v > t else ''} (threshold {t:g})" for v, t in values
+        )
+        or "–"
+    )
 
 
 def render(result, served, baseline, previous) -> str:
@@ -96,22 +108,35 @@ def render(result, served, baseline, previous) -> str:
         info = result.anomalies.anomaly_info.get(name)
         reasons = "<br>".join(e(r.description) for r in info.reason) if info else "none"
         m = measured.get(name, {})
-        rows.append(f"<tr><td>{e(name)}</td><td>{_measure(m.get('skew', []))}</td>"
-                    f"<td>{_measure(m.get('drift', []))}</td>"
-                    f"<td class=\"{'bad' if info else 'ok'}\">{reasons}</td></tr>")
-    plots = "".join(f'<img alt="{e(name)}" src="{_plot(name, served_f, baseline_f, previous_f)}">'
-                    for name in spec.REQUEST_FEATURES if name in served_f or name in baseline_f)
-    verdict = ("<p class=\"bad\">Anomalies: see the table.</p>" if result.anomalous
-               else "<p class=\"ok\">No anomaly: served traffic matches the baseline"
-                    + (" and the previous window" if result.drift_against else "") + ".</p>")
+        rows.append(
+            f"<tr><td>{e(name)}</td><td>{_measure(m.get('skew', []))}</td>"
+            f"<td>{_measure(m.get('drift', []))}</td>"
+            f'<td class="{"bad" if info else "ok"}">{reasons}</td></tr>'
+        )
+    plots = "".join(
+        f'<img alt="{e(name)}" src="{_plot(name, served_f, baseline_f, previous_f)}">'
+        for name in spec.REQUEST_FEATURES
+        if name in served_f or name in baseline_f
+    )
+    verdict = (
+        '<p class="bad">Anomalies: see the table.</p>'
+        if result.anomalous
+        else '<p class="ok">No anomaly: served traffic matches the baseline'
+        + (" and the previous window" if result.drift_against else "")
+        + ".</p>"
+    )
     notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
-    facts = [("rows (images)", window.get("rows")), ("records (calls)", window.get("records")),
-             ("model versions", window.get("versions")), ("payloads", window.get("payloads")),
-             ("first / last record (UTC s)", f"{window.get('first')} / {window.get('last')}"),
-             ("files", len(window.get("files", []))),
-             ("baseline statistics", window.get("baseline_statistics")),
-             ("schema (thresholds)", window.get("schema")),
-             ("previous window (drift)", result.drift_against or "none: first report")]
+    facts = [
+        ("rows (images)", window.get("rows")),
+        ("records (calls)", window.get("records")),
+        ("model versions", window.get("versions")),
+        ("payloads", window.get("payloads")),
+        ("first / last record (UTC s)", f"{window.get('first')} / {window.get('last')}"),
+        ("files", len(window.get("files", []))),
+        ("baseline statistics", window.get("baseline_statistics")),
+        ("schema (thresholds)", window.get("schema")),
+        ("previous window (drift)", result.drift_against or "none: first report"),
+    ]
     fact_rows = "".join(f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in facts)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Request monitoring</title>
@@ -129,7 +154,7 @@ img {{ margin: 4px }}
 <p>TFDV: approximate Jensen–Shannon divergence for numeric features, L-infinity distance for
 categorical ones; thresholds from the schema. Bold: above its threshold.</p>
 <table id="anomalies"><tr><th>feature</th><th>skew</th><th>drift</th><th>anomalies</th></tr>
-{''.join(rows)}</table>
+{"".join(rows)}</table>
 <h2>Served ({SERVED}) against the baseline ({BASELINE}) and the previous window</h2>
 <div>{plots}</div>
 </body></html>

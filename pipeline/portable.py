@@ -9,6 +9,7 @@ runners speak to the same SDK workers. What differs on a cluster is who runs the
 and how many workers it asks for; Beam's local job service runs each stage on one SDK
 worker, whatever `--direct_num_workers` says (measured: benchmarks/beam_scaling.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,8 @@ def free_port() -> int:
 
 @dataclass
 class PortableServices:
-    job_endpoint: str   # HOST:PORT of the job service (--beam-job-endpoint)
-    worker_pool: str    # HOST:PORT of the worker pool (--beam-workers external:HOST:PORT)
+    job_endpoint: str  # HOST:PORT of the job service (--beam-job-endpoint)
+    worker_pool: str  # HOST:PORT of the worker pool (--beam-workers external:HOST:PORT)
     pool_log: Path
 
     @property
@@ -78,8 +79,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def portable_services(log_dir: str | os.PathLike, pythonpath: str = str(REPO),
-                      start_seconds: float = 120) -> Iterator[PortableServices]:
+def portable_services(
+    log_dir: str | os.PathLike, pythonpath: str = str(REPO), start_seconds: float = 120
+) -> Iterator[PortableServices]:
     """Starts a job service and a worker pool on free loopback ports; stops both (and the
     pool's workers) on exit. The workers import this project from `pythonpath` and run
     under this interpreter (the pool starts them as `python` from PATH)."""
@@ -88,24 +90,46 @@ def portable_services(log_dir: str | os.PathLike, pythonpath: str = str(REPO),
     # The pool starts each SDK worker as `python -c ...` from PATH: this interpreter's first.
     # Workers load models in TFMA before importing anything of the project: Keras 2 by
     # environment (btmri.KERAS_SWITCH), or TFMA's loader takes Keras 3 and fails.
-    env = {**os.environ, KERAS_SWITCH[0]: KERAS_SWITCH[1],
-           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
-           "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        KERAS_SWITCH[0]: KERAS_SWITCH[1],
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p),
+    }
     job_port, pool_port = free_port(), free_port()
     job_log, pool_log = log_dir / "job_service.log", log_dir / "worker_pool.log"
     started = []
     try:
-        started.append(subprocess.Popen(
-            [sys.executable, "-m", JOB_SERVICE_MODULE, "--port", str(job_port),
-             "--staging_dir", str(log_dir / "staging")],
-            stdout=job_log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=log_dir,
-            start_new_session=True))
+        started.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    JOB_SERVICE_MODULE,
+                    "--port",
+                    str(job_port),
+                    "--staging_dir",
+                    str(log_dir / "staging"),
+                ],
+                stdout=job_log.open("w"),
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=log_dir,
+                start_new_session=True,
+            )
+        )
         # The workers run `python -c`: their first import path is the current folder,
         # before PYTHONPATH, so it must hold no other copy of the project.
-        started.append(subprocess.Popen(
-            [sys.executable, "-m", WORKER_POOL_MODULE, "--service_port", str(pool_port)],
-            stdout=pool_log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=log_dir,
-            start_new_session=True))
+        started.append(
+            subprocess.Popen(
+                [sys.executable, "-m", WORKER_POOL_MODULE, "--service_port", str(pool_port)],
+                stdout=pool_log.open("w"),
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=log_dir,
+                start_new_session=True,
+            )
+        )
         _wait_for_port(job_port, started[0], job_log, start_seconds)
         _wait_for_port(pool_port, started[1], pool_log, start_seconds)
         yield PortableServices(f"localhost:{job_port}", f"localhost:{pool_port}", pool_log)
@@ -114,8 +138,7 @@ def portable_services(log_dir: str | os.PathLike, pythonpath: str = str(REPO),
             _stop(proc)
 
 
-def beam_stage_pipeline(config: PipelineConfig, model_uri: str | None = None,
-                        evaluate_on: str | None = None):
+def beam_stage_pipeline(config: PipelineConfig, model_uri: str | None = None, evaluate_on: str | None = None):
     """The pipeline's own components up to Transform (the factory's, unchanged) and,
     with `model_uri`, an Evaluator of that imported model with the project's EvalConfig:
     every Beam component, without training. No cache, so every component runs."""
@@ -128,19 +151,28 @@ def beam_stage_pipeline(config: PipelineConfig, model_uri: str | None = None,
     nodes = {c.id: c for c in pipeline_components(config)}
     components = [nodes[n] for n in BEAM_STAGE]
     if model_uri is not None:
-        model = tfx.dsl.Importer(source_uri=model_uri,
-                                 artifact_type=tfx.types.standard_artifacts.Model).with_id("ModelImporter")
+        model = tfx.dsl.Importer(
+            source_uri=model_uri, artifact_type=tfx.types.standard_artifacts.Model
+        ).with_id("ModelImporter")
         evaluator = tfx.components.Evaluator(
-            examples=nodes["ImportExampleGen"].outputs["examples"], model=model.outputs["result"],
+            examples=nodes["ImportExampleGen"].outputs["examples"],
+            model=model.outputs["result"],
             example_splits=[evaluate_on or (spec.TEST_SPLIT if config.has_test_split else spec.EVAL_SPLIT)],
-            eval_config=eval_config(config.accuracy_lower_bound, config.max_accuracy_regression,
-                                    config.min_acceptance))
-        with_component_beam_args([evaluator], {k: v for k, v in config.component_beam_args.items()
-                                               if k == evaluator.id})
+            eval_config=eval_config(
+                config.accuracy_lower_bound, config.max_accuracy_regression, config.min_acceptance
+            ),
+        )
+        with_component_beam_args(
+            [evaluator], {k: v for k, v in config.component_beam_args.items() if k == evaluator.id}
+        )
         components += [model, evaluator]
     return tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name, pipeline_root=config.pipeline_root,
-        components=components, enable_cache=False,
+        pipeline_name=config.pipeline_name,
+        pipeline_root=config.pipeline_root,
+        components=components,
+        enable_cache=False,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path),
-        beam_pipeline_args=config.beam_pipeline_args)
+            config.metadata_path
+        ),
+        beam_pipeline_args=config.beam_pipeline_args,
+    )

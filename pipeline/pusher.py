@@ -7,6 +7,7 @@ Like TFX's Pusher it takes `infra_blessing` (the InfraValidator's InfraBlessing)
 pushes only when that is blessed too (custom property `blessed` = 1): a model that
 did not serve is never pushed. Its `model` is the InfraValidator's validated copy,
 which carries the warm-up file."""
+
 from __future__ import annotations
 
 from tfx import types
@@ -29,10 +30,13 @@ class CardPusher(base_component.BaseComponent):
     SPEC_CLASS = CardPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(IdempotentAtomicPusher)
 
-    def __init__(self, model, model_blessing, push_destination, model_report=None,
-                 infra_blessing=None):
+    def __init__(self, model, model_blessing, push_destination, model_report=None, infra_blessing=None):
         component_spec = CardPusherSpec(
-            model=model, model_blessing=model_blessing, push_destination=push_destination,
-            model_report=model_report, infra_blessing=infra_blessing,
-            pushed_model=types.Channel(type=standard_artifacts.PushedModel))
+            model=model,
+            model_blessing=model_blessing,
+            push_destination=push_destination,
+            model_report=model_report,
+            infra_blessing=infra_blessing,
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel),
+        )
         super().__init__(spec=component_spec)

@@ -13,6 +13,7 @@ TFX's Vertex extensions replace two components, nothing else changes:
   endpoint (created if missing) on a Vertex AI prebuilt TensorFlow prediction image. The
   model card is then not pushed beside the model: it stays in the ModelReport artifact.
 """
+
 from __future__ import annotations
 
 from tfx import v1 as tfx
@@ -27,13 +28,16 @@ def worker_pool_specs(config: PipelineConfig) -> list[dict]:
     options = config.vertex
     machine = {"machine_type": options.machine_type}
     if options.accelerator_type:
-        machine.update(accelerator_type=options.accelerator_type,
-                       accelerator_count=options.accelerator_count)
-    pools = [{"machine_spec": machine, "replica_count": 1,
-              "container_spec": {"image_uri": options.image}}]
+        machine.update(accelerator_type=options.accelerator_type, accelerator_count=options.accelerator_count)
+    pools = [{"machine_spec": machine, "replica_count": 1, "container_spec": {"image_uri": options.image}}]
     if options.replicas > 1:
-        pools.append({"machine_spec": dict(machine), "replica_count": options.replicas - 1,
-                      "container_spec": {"image_uri": options.image}})
+        pools.append(
+            {
+                "machine_spec": dict(machine),
+                "replica_count": options.replicas - 1,
+                "container_spec": {"image_uri": options.image},
+            }
+        )
     return pools
 
 
@@ -54,7 +58,8 @@ def pusher(config: PipelineConfig, model, blessing):
     """TFX's Vertex Pusher: Model Registry upload + deploy to `config.vertex.endpoint_name`."""
     options = config.vertex
     return _platform.Pusher(
-        model=model, model_blessing=blessing,
+        model=model,
+        model_blessing=blessing,
         custom_config={
             _platform.ENABLE_VERTEX_KEY: True,
             _platform.VERTEX_REGION_KEY: options.region,
@@ -64,4 +69,5 @@ def pusher(config: PipelineConfig, model, blessing):
                 "endpoint_name": options.endpoint_name,
                 "machine_type": options.serving_machine_type,
             },
-        }).with_id("Pusher")
+        },
+    ).with_id("Pusher")

@@ -19,4 +19,5 @@ report draws with it too); cli.py: the btmri commands; __main__: python -m servi
 Names (model, signatures, inputs, outputs) and ServerOptions live in btmri/.
 config/ and Dockerfile: the official tensorflow/serving image's configuration.
 """
+
 import btmri  # noqa: F401  (selects Keras 2 before TensorFlow loads)

@@ -13,6 +13,7 @@ fails only that client's request. A request with more rows than
 than maximum input batch size M", INVALID_ARGUMENT); requests cancelled or past
 their deadline while queued are dropped before their batch runs.
 """
+
 from __future__ import annotations
 
 import collections
@@ -35,6 +36,7 @@ log = logging.getLogger("serving")
 @dataclass(frozen=True)
 class BatchingParameters:
     """The subset of TF Serving's BatchingParameters this server honours."""
+
     max_batch_size: int = 32
     batch_timeout_micros: int = 2000
     max_enqueued_batches: int = 100
@@ -54,8 +56,10 @@ class BatchingParameters:
                 log.warning("%s: batching parameter %s is not used by this server", path, name)
         leftover = re.sub(r"(\w+)\s*:?\s*\{\s*value\s*:\s*(\d+)\s*\}", "", text).strip()
         if leftover:
-            raise ValueError(f"{path}: cannot read batching parameters near {leftover[:40]!r}; "
-                             f"expected lines like 'max_batch_size {{ value: 32 }}'")
+            raise ValueError(
+                f"{path}: cannot read batching parameters near {leftover[:40]!r}; "
+                f"expected lines like 'max_batch_size {{ value: 32 }}'"
+            )
         params = cls(**values)
         if min(params.max_batch_size, params.max_enqueued_batches, params.num_batch_threads) < 1:
             raise ValueError(f"{path}: sizes and thread counts must be positive: {params}")
@@ -83,7 +87,7 @@ class BatchScheduler:
 
     def __init__(self, params: BatchingParameters, on_batch: Callable[[int], None] | None = None):
         self.params = params
-        self._on_batch = on_batch or (lambda rows: None)   # e.g. a batch-size metric
+        self._on_batch = on_batch or (lambda rows: None)  # e.g. a batch-size metric
         self._timeout = params.batch_timeout_micros / 1e6
         self._cond = threading.Condition()
         # key → (run function, queued tasks); dict order = age of each queue's oldest task
@@ -91,29 +95,39 @@ class BatchScheduler:
         self._forming: set[Hashable] = set()
         self._queued_rows = 0
         self._stopping = False
-        self._threads = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
-                         for i in range(params.num_batch_threads)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
+            for i in range(params.num_batch_threads)
+        ]
         for t in self._threads:
             t.start()
 
-    def run(self, key: Hashable, inputs: dict[str, np.ndarray], rows: int,
-            run: Callable[[dict[str, np.ndarray]], Outputs],
-            context: RequestContext = NO_CONTEXT) -> Outputs:
+    def run(
+        self,
+        key: Hashable,
+        inputs: dict[str, np.ndarray],
+        rows: int,
+        run: Callable[[dict[str, np.ndarray]], Outputs],
+        context: RequestContext = NO_CONTEXT,
+    ) -> Outputs:
         """Runs `run` on these inputs, batched with concurrent tasks of the same key."""
         if rows > self.params.max_batch_size:
-            raise invalid_argument(f"Task size {rows} is larger than maximum input batch size "
-                                   f"{self.params.max_batch_size}")
+            raise invalid_argument(
+                f"Task size {rows} is larger than maximum input batch size {self.params.max_batch_size}"
+            )
         context.check()
         if rows == 0:
-            return run(inputs)   # nothing to batch
+            return run(inputs)  # nothing to batch
         task = _Task(inputs, rows, context)
         with self._cond:
             if self._stopping:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             limit = self.params.max_enqueued_batches * self.params.max_batch_size
             if self._queued_rows + rows > limit:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                                   "The batch scheduling queue to which this task was submitted is full")
+                raise ServingError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "The batch scheduling queue to which this task was submitted is full",
+                )
             if key not in self._queues:
                 self._queues[key] = (run, collections.deque())
             self._queues[key][1].append(task)
@@ -143,8 +157,7 @@ class BatchScheduler:
                 self._forming.add(key)
                 run, queue = self._queues[key]
                 deadline = queue[0].enqueued + self._timeout
-                while (sum(t.rows for t in queue) < self.params.max_batch_size
-                       and not self._stopping):
+                while sum(t.rows for t in queue) < self.params.max_batch_size and not self._stopping:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -154,7 +167,7 @@ class BatchScheduler:
                     task = queue.popleft()
                     self._queued_rows -= task.rows
                     if task.context.cancelled or task.context.expired():
-                        dropped.append(task)     # nobody waits for this answer any more
+                        dropped.append(task)  # nobody waits for this answer any more
                         continue
                     batch.append(task)
                     rows += task.rows
@@ -173,7 +186,7 @@ class BatchScheduler:
                 self._process(run, batch)
 
     def _next_key(self) -> Hashable | None:
-        for key in self._queues:   # oldest first
+        for key in self._queues:  # oldest first
             if key not in self._forming:
                 return key
         return None
@@ -183,8 +196,7 @@ class BatchScheduler:
         if len(batch) == 1:
             _finish(batch[0], run)
             return
-        merged = {name: np.concatenate([t.inputs[name] for t in batch])
-                  for name in batch[0].inputs}
+        merged = {name: np.concatenate([t.inputs[name] for t in batch]) for name in batch[0].inputs}
         total = sum(t.rows for t in batch)
         try:
             outputs = run(merged)
@@ -198,7 +210,7 @@ class BatchScheduler:
             return
         offset = 0
         for task in batch:
-            task.result = {name: value[offset:offset + task.rows] for name, value in outputs.items()}
+            task.result = {name: value[offset : offset + task.rows] for name, value in outputs.items()}
             offset += task.rows
             task.done.set()
 
@@ -206,6 +218,6 @@ class BatchScheduler:
 def _finish(task: _Task, run: Callable) -> None:
     try:
         task.result = run(task.inputs)
-    except BaseException as err:   # handed to the waiting request thread, which raises it
+    except BaseException as err:  # handed to the waiting request thread, which raises it
         task.error = err
     task.done.set()

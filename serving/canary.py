@@ -11,6 +11,7 @@ available (the old version keeps serving meanwhile):
 Models without that signature skip the canary.
 A failure raises ServingError; the manager reports the version as END with it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,8 +56,13 @@ def check_servable(servable: Servable, limits: RequestLimits = RequestLimits()) 
         replay_warmup(servable, warmup, limits)
     signature = servable.signatures.get(PREDICT_IMAGES)
     if signature is None or IMAGE_BYTES not in signature.inputs or len(signature.inputs) != 1:
-        log.debug("%s version %d has no %s(%s) signature: no canary request", servable.name,
-                  servable.version, PREDICT_IMAGES, IMAGE_BYTES)
+        log.debug(
+            "%s version %d has no %s(%s) signature: no canary request",
+            servable.name,
+            servable.version,
+            PREDICT_IMAGES,
+            IMAGE_BYTES,
+        )
         return
     outputs = signature.run({IMAGE_BYTES: np.array([canary_png()], dtype=object)})
     check_canary_answer(outputs)
@@ -70,17 +76,23 @@ def check_canary_answer(outputs: dict[str, np.ndarray]) -> None:
         return
     probabilities = outputs[PROBABILITIES]
     if probabilities.ndim != 2 or probabilities.shape[0] != 1 or probabilities.shape[1] < 2:
-        raise _failed(f"the canary image got {PROBABILITIES} of shape {list(probabilities.shape)}, "
-                      f"expected [1, classes]")
+        raise _failed(
+            f"the canary image got {PROBABILITIES} of shape {list(probabilities.shape)}, "
+            f"expected [1, classes]"
+        )
     row = probabilities[0].astype(np.float64)
     if row.min() < 0 or row.max() > 1 or abs(row.sum() - 1.0) > 1e-3:
-        raise _failed(f"the canary image got {PROBABILITIES} {np.round(row, 4).tolist()}: not a "
-                      f"probability distribution")
+        raise _failed(
+            f"the canary image got {PROBABILITIES} {np.round(row, 4).tolist()}: not a "
+            f"probability distribution"
+        )
     if CLASS_ID in outputs:
         class_id = np.asarray(outputs[CLASS_ID]).reshape(-1)
         if class_id.shape != (1,) or int(class_id[0]) != int(row.argmax()):
-            raise _failed(f"the canary image got {CLASS_ID} {class_id.tolist()}, expected "
-                          f"[{int(row.argmax())}] (the most probable class)")
+            raise _failed(
+                f"the canary image got {CLASS_ID} {class_id.tolist()}, expected "
+                f"[{int(row.argmax())}] (the most probable class)"
+            )
 
 
 def replay_warmup(servable: Servable, path: str, limits: RequestLimits) -> None:
@@ -91,11 +103,9 @@ def replay_warmup(servable: Servable, path: str, limits: RequestLimits) -> None:
 
     replayed = skipped = 0
     try:
-        records = list(tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS + 1)
-                       .as_numpy_iterator())
+        records = list(tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS + 1).as_numpy_iterator())
     except tf.errors.OpError as err:
-        raise _failed(f"cannot read the warm-up requests ({WARMUP_FILE}): "
-                      f"{err.message.splitlines()[0]}")
+        raise _failed(f"cannot read the warm-up requests ({WARMUP_FILE}): {err.message.splitlines()[0]}")
     if len(records) > MAX_WARMUP_RECORDS:
         raise _failed(f"{WARMUP_FILE} has more than {MAX_WARMUP_RECORDS} records")
     for i, record in enumerate(records):
@@ -110,12 +120,16 @@ def replay_warmup(servable: Servable, path: str, limits: RequestLimits) -> None:
         request = entry.predict_log.request
         try:
             signature = servable.signature(request.model_spec.signature_name)
-            inputs = {alias: tensor_to_array(alias, proto, limits)
-                      for alias, proto in request.inputs.items()}
+            inputs = {alias: tensor_to_array(alias, proto, limits) for alias, proto in request.inputs.items()}
             signature.check_request(inputs, list(request.output_filter))
             signature.run(inputs)
         except ServingError as err:
             raise ServingError(err.code, f"warm-up request {i} failed: {err.message}")
         replayed += 1
-    log.info("%s version %d: replayed %d warm-up requests%s", servable.name, servable.version,
-             replayed, f" (skipped {skipped} that are not Predict)" if skipped else "")
+    log.info(
+        "%s version %d: replayed %d warm-up requests%s",
+        servable.name,
+        servable.version,
+        replayed,
+        f" (skipped {skipped} that are not Predict)" if skipped else "",
+    )

@@ -10,6 +10,7 @@ and PNG only, so DICOM, TIFF and BMP (and CMYK JPEGs, 16-bit or alpha PNGs) are
 converted with the very code `btmri prepare` uses (data_prep.image_io), and the
 served model sees what it was trained on.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,8 +53,13 @@ def image_payload(data: bytes, name: str = "") -> bytes:
     - anything else goes as it is; the model refuses it (INVALID_ARGUMENT).
     """
     suffix = Path(name).suffix.lower()
-    converts = (data.startswith(_MODEL_READS) or data[128:132] == b"DICM" or suffix == ".dcm"
-                or data.startswith(image_io.BMP_MAGIC) or data[:4] in image_io.TIFF_MAGICS)
+    converts = (
+        data.startswith(_MODEL_READS)
+        or data[128:132] == b"DICM"
+        or suffix == ".dcm"
+        or data.startswith(image_io.BMP_MAGIC)
+        or data[:4] in image_io.TIFF_MAGICS
+    )
     if not converts:
         return data
     try:
@@ -98,11 +104,11 @@ ABSTAINED_LOW_CONFIDENCE = "low confidence"
 
 @dataclass
 class ImagePrediction:
-    class_name: str                       # the model's most probable class, even when it abstains
+    class_name: str  # the model's most probable class, even when it abstains
     class_id: int
     probabilities: dict[str, float]
     model_version: int | None
-    ood_score: float | None = None        # None: a model exported without abstention
+    ood_score: float | None = None  # None: a model exported without abstention
     abstain: bool = False
     abstain_reason: str = ""
 
@@ -116,7 +122,9 @@ class ImagePrediction:
         if not self.abstain:
             return self.class_name
         if self.abstain_reason == spec.REASON_OUT_OF_DISTRIBUTION:
-            score = "" if self.ood_score is None else f" (ood_score {self.ood_score:.2f}, over 1 is unlike them)"
+            score = (
+                "" if self.ood_score is None else f" (ood_score {self.ood_score:.2f}, over 1 is unlike them)"
+            )
             return f"abstained: {ABSTAINED_OUT_OF_DISTRIBUTION}{score}"
         if self.abstain_reason == spec.REASON_LOW_CONFIDENCE:
             return f"abstained: {ABSTAINED_LOW_CONFIDENCE} (p={self.probability:.3f})"
@@ -125,25 +133,35 @@ class ImagePrediction:
     def as_record(self) -> dict:
         """The JSON fields `btmri predict` prints: class (None when abstaining), answer,
         probabilities, model version, and the abstention fields when the model has them."""
-        record = {"class": None if self.abstain else self.class_name, "answer": self.answer,
-                  "probabilities": self.probabilities, "model_version": self.model_version}
+        record = {
+            "class": None if self.abstain else self.class_name,
+            "answer": self.answer,
+            "probabilities": self.probabilities,
+            "model_version": self.model_version,
+        }
         if self.ood_score is not None:
-            record.update({spec.OOD_SCORE: self.ood_score, spec.ABSTAIN: self.abstain,
-                           spec.ABSTAIN_REASON: self.abstain_reason})
+            record.update(
+                {
+                    spec.OOD_SCORE: self.ood_score,
+                    spec.ABSTAIN: self.abstain,
+                    spec.ABSTAIN_REASON: self.abstain_reason,
+                }
+            )
         return record
 
 
 @dataclass
 class GradcamResult(ImagePrediction):
-    heatmap: np.ndarray | None = None     # float32 [224, 224] in [0, 1]
+    heatmap: np.ndarray | None = None  # float32 [224, 224] in [0, 1]
 
 
 def _text(value) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _prediction(class_id: int, probabilities, version: int | None,
-                abstention: dict | None = None) -> ImagePrediction:
+def _prediction(
+    class_id: int, probabilities, version: int | None, abstention: dict | None = None
+) -> ImagePrediction:
     """`abstention`: the row's ood_score/abstain/abstain_reason (absent for models
     exported before abstention: then the prediction never abstains)."""
     probs = {name: float(p) for name, p in zip(CLASS_NAMES, probabilities)}
@@ -156,24 +174,31 @@ def _prediction(class_id: int, probabilities, version: int | None,
 
 
 def _grpc_abstention(outputs) -> dict:
-    return {name: tf.make_ndarray(outputs[name])[0] for name in spec.ABSTENTION_OUTPUTS
-            if name in outputs}
+    return {name: tf.make_ndarray(outputs[name])[0] for name in spec.ABSTENTION_OUTPUTS if name in outputs}
 
 
 class PredictionClient:
     """gRPC client of TF Serving's PredictionService."""
 
-    def __init__(self, target: str, model_name: str = spec.MODEL_NAME,
-                 timeout: float = REQUEST_TIMEOUT_SECONDS, retry: RetryPolicy = RetryPolicy(),
-                 max_message_mb: float = MAX_MESSAGE_MB, version_label: str | None = None):
+    def __init__(
+        self,
+        target: str,
+        model_name: str = spec.MODEL_NAME,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+        retry: RetryPolicy = RetryPolicy(),
+        max_message_mb: float = MAX_MESSAGE_MB,
+        version_label: str | None = None,
+    ):
         self.target = target
         self.model_name = model_name
-        self.version_label = version_label   # None: the latest version
+        self.version_label = version_label  # None: the latest version
         self.timeout = timeout
         self.retry = retry
         size = int(max_message_mb * 1024 * 1024)
-        self._channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)])
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+        )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def close(self) -> None:
@@ -210,37 +235,49 @@ class PredictionClient:
                 time.sleep(delay)
         raise ServerUnavailable(
             f"the model server at {self.target} is unavailable ({self.retry.attempts} attempts "
-            f"over {time.monotonic() - start:.1f} s): {last.details()}")
+            f"over {time.monotonic() - start:.1f} s): {last.details()}"
+        )
 
     def classify_image(self, image: bytes) -> ImagePrediction:
         # No output filter: a model exported before abstention has no such outputs, and
         # naming one it lacks is an error.
         response = self.predict(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: [image]})
         outputs = response.outputs
-        return _prediction(int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
-                           tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
-                           response.model_spec.version.value, _grpc_abstention(outputs))
+        return _prediction(
+            int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
+            tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
+            response.model_spec.version.value,
+            _grpc_abstention(outputs),
+        )
 
     def gradcam(self, image: bytes) -> GradcamResult:
         response = self.predict(spec.GRADCAM, {spec.IMAGE_BYTES_INPUT: [image]})
         outputs = response.outputs
-        base = _prediction(int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
-                           tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
-                           response.model_spec.version.value, _grpc_abstention(outputs))
+        base = _prediction(
+            int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
+            tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
+            response.model_spec.version.value,
+            _grpc_abstention(outputs),
+        )
         return GradcamResult(**vars(base), heatmap=tf.make_ndarray(outputs[spec.HEATMAP])[0])
 
 
 class RestClient:
     """REST client (`POST /v1/models/{name}:predict` with a b64 instance)."""
 
-    def __init__(self, base_url: str, model_name: str = spec.MODEL_NAME,
-                 timeout: float = REQUEST_TIMEOUT_SECONDS,
-                 retry: RetryPolicy = RetryPolicy(), version_label: str | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str = spec.MODEL_NAME,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+        retry: RetryPolicy = RetryPolicy(),
+        version_label: str | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         if "://" not in self.base_url:
             self.base_url = "http://" + self.base_url
         self.model_name = model_name
-        self.version_label = version_label   # None: the latest version
+        self.version_label = version_label  # None: the latest version
         self.timeout = timeout
         self.retry = retry
 
@@ -265,8 +302,9 @@ class RestClient:
         data = None if document is None else json.dumps(document).encode()
         start, last = time.monotonic(), None
         for delay in [*self.retry.backoffs(), None]:
-            req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     return json.loads(resp.read())
@@ -285,18 +323,22 @@ class RestClient:
                 time.sleep(delay)
         raise ServerUnavailable(
             f"the model server at {self.base_url} is unavailable ({self.retry.attempts} attempts "
-            f"over {time.monotonic() - start:.1f} s): {last}")
+            f"over {time.monotonic() - start:.1f} s): {last}"
+        )
 
     def model_version(self) -> int | None:
         """The AVAILABLE version (REST predict answers do not name the version)."""
         status = self.request("GET", self.model_path)
-        versions = [int(s["version"]) for s in status.get("model_version_status", [])
-                    if s.get("state") == "AVAILABLE"]
+        versions = [
+            int(s["version"]) for s in status.get("model_version_status", []) if s.get("state") == "AVAILABLE"
+        ]
         return max(versions) if versions else None
 
     def classify_image(self, image: bytes) -> ImagePrediction:
-        document = {"signature_name": spec.PREDICT_IMAGES,
-                    "instances": [{"b64": base64.b64encode(image).decode("ascii")}]}
+        document = {
+            "signature_name": spec.PREDICT_IMAGES,
+            "instances": [{"b64": base64.b64encode(image).decode("ascii")}],
+        }
         answer = self.request("POST", f"{self.model_path}:predict", document)
         row = answer["predictions"][0]
         return _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row)

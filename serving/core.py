@@ -7,6 +7,7 @@ is the backstop), a response that would exceed the response cap is refused
 before the model runs when the output shapes tell, and a request cancelled or
 past its deadline stops before the model runs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ _MIN_JSON_BYTES = {"f": 5, "c": 5, "i": 3, "u": 3, "b": 6}
 @dataclass
 class ModelRef:
     """The fields of a ModelSpec that select a servable."""
+
     name: str
     version: int | None = None
     version_label: str = ""
@@ -47,16 +49,27 @@ class PredictResult:
 
 
 class ServerCore:
-    def __init__(self, models: ModelSet, batcher: BatchScheduler | None = None,
-                 limits: RequestLimits = RequestLimits(), request_log=None):
+    def __init__(
+        self,
+        models: ModelSet,
+        batcher: BatchScheduler | None = None,
+        limits: RequestLimits = RequestLimits(),
+        request_log=None,
+    ):
         self.models = models
         self.batcher = batcher
         self.limits = limits
-        self.request_log = request_log   # serving.request_log.RequestLog: offer() never blocks
+        self.request_log = request_log  # serving.request_log.RequestLog: offer() never blocks
 
-    def predict(self, model: ModelRef, signature_name: str, inputs: dict[str, np.ndarray],
-                output_filter=(), context: RequestContext = NO_CONTEXT,
-                encoding: str = PROTO) -> PredictResult:
+    def predict(
+        self,
+        model: ModelRef,
+        signature_name: str,
+        inputs: dict[str, np.ndarray],
+        output_filter=(),
+        context: RequestContext = NO_CONTEXT,
+        encoding: str = PROTO,
+    ) -> PredictResult:
         model.check()
         for alias, array in inputs.items():
             if array.ndim:
@@ -67,11 +80,11 @@ class ServerCore:
             aliases = signature.check_request(inputs, list(output_filter))
             self._check_response_size(signature, aliases, inputs, encoding)
             outputs = self._run(servable, signature, inputs, context)
-            result = PredictResult(servable.version, signature_name,
-                                   {alias: outputs[alias] for alias in aliases})
-        if self.request_log is not None:   # successful calls only, as TF Serving logs them
-            self.request_log.offer(model.name, signature_name, inputs, result.version,
-                                   result.outputs)
+            result = PredictResult(
+                servable.version, signature_name, {alias: outputs[alias] for alias in aliases}
+            )
+        if self.request_log is not None:  # successful calls only, as TF Serving logs them
+            self.request_log.offer(model.name, signature_name, inputs, result.version, result.outputs)
         return result
 
     def _check_response_size(self, signature: Signature, aliases, inputs, encoding: str) -> None:
@@ -91,29 +104,32 @@ class ServerCore:
         if least > self.limits.max_response_bytes:
             raise response_too_large(least, self.limits.max_response_bytes, exact=False)
 
-    def _run(self, servable, signature: Signature, inputs: dict[str, np.ndarray],
-             context: RequestContext):
+    def _run(self, servable, signature: Signature, inputs: dict[str, np.ndarray], context: RequestContext):
         if self.batcher is None or not signature.batchable:
             return self._run_in_slices(signature, inputs, context)
         rows = {array.shape[0] for array in inputs.values()}
         if len(rows) != 1:
-            return signature.run(inputs, context)   # inconsistent batch sizes: the model says why
+            return signature.run(inputs, context)  # inconsistent batch sizes: the model says why
         # Only requests with the same layout can be concatenated.
-        layout = tuple(sorted((name, array.shape[1:], dtype_of(array).name)
-                              for name, array in inputs.items()))
+        layout = tuple(
+            sorted((name, array.shape[1:], dtype_of(array).name) for name, array in inputs.items())
+        )
         key = (servable.version, signature.name, layout)
         return self.batcher.run(key, inputs, rows.pop(), signature.run, context)
 
-    def _run_in_slices(self, signature: Signature, inputs: dict[str, np.ndarray],
-                       context: RequestContext) -> dict[str, np.ndarray]:
+    def _run_in_slices(
+        self, signature: Signature, inputs: dict[str, np.ndarray], context: RequestContext
+    ) -> dict[str, np.ndarray]:
         """Runs a large request `rows_per_call` rows at a time: the model's working memory
         (e.g. Grad-CAM's activations and gradients) grows with the rows of one call."""
         rows = {array.shape[0] if array.ndim else None for array in inputs.values()}
         step = self.limits.rows_per_call
         if not signature.batchable or len(rows) != 1 or None in rows or (total := rows.pop()) <= step:
             return signature.run(inputs, context)
-        parts = [signature.run({name: array[i:i + step] for name, array in inputs.items()}, context)
-                 for i in range(0, total, step)]
+        parts = [
+            signature.run({name: array[i : i + step] for name, array in inputs.items()}, context)
+            for i in range(0, total, step)
+        ]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def input_dtypes(self, model: ModelRef, signature_name: str) -> dict[str, tf.TensorSpec]:
@@ -149,10 +165,12 @@ class ServerCore:
         version = self.models.resolve(model.name, model.version, model.version_label)
         if version is not None:
             if version not in statuses:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Could not find version {version} of model {model.name}")
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {model.name}"
+                )
             return [(version, statuses[version])]
         if not statuses:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"Could not find any versions of model {model.name}")
+            raise ServingError(
+                grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {model.name}"
+            )
         return sorted(statuses.items(), reverse=True)

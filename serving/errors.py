@@ -4,6 +4,7 @@ Both front ends (gRPC and REST) raise and report the same `ServingError`, so a
 client sees the same code and text whichever protocol it speaks, and the same
 as from the official `tensorflow_model_server`.
 """
+
 from __future__ import annotations
 
 import re
@@ -69,8 +70,7 @@ def servable_not_found(model_name: str, version: int | None) -> ServingError:
 
 
 def signature_not_found(signature_name: str) -> ServingError:
-    return ServingError(Code.FAILED_PRECONDITION,
-                        f'Serving signature key "{signature_name}" not found.')
+    return ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.')
 
 
 # Absolute paths in texts that reach clients: a model's own errors (TensorFlow's,

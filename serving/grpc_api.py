@@ -19,6 +19,7 @@ executor) to build tensors and run the model. Bounds:
 - a call cancelled by its client, or past its deadline, stops before the model runs.
 Client errors are logged as one line each; no traceback unless the server is at fault.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,7 @@ from concurrent.futures import Executor
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tensorflow_serving.apis import (model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
 from serving.core import PROTO, ServerCore
 from serving.errors import ServingError, client_text, invalid_argument, one_line, redact_paths
@@ -42,7 +42,7 @@ from serving.tensors import outputs_to_protos, tensor_to_array  # noqa: F401  (t
 log = logging.getLogger("serving")
 
 IDLE_CONNECTION_MS = 5 * 60 * 1000
-_DESERIALIZE_IN_WORKER_BYTES = 256 * 1024   # larger requests are parsed off the event loop
+_DESERIALIZE_IN_WORKER_BYTES = 256 * 1024  # larger requests are parsed off the event loop
 
 
 class _Calls:
@@ -69,21 +69,22 @@ class _Calls:
                 response = work(request_context)
         except ServingError as err:
             failure = err
-        except asyncio.CancelledError:   # the client went away, or its deadline passed
+        except asyncio.CancelledError:  # the client went away, or its deadline passed
             request_context.cancel()
-            self.metrics.record(model_name, api, self.entrypoint, "CANCELLED",
-                                time.monotonic() - start)
+            self.metrics.record(model_name, api, self.entrypoint, "CANCELLED", time.monotonic() - start)
             log.info("gRPC %s from %s: cancelled by the client", api, context.peer())
             raise
-        except Exception as err:   # a bug here, not the caller's fault: say so, keep serving
+        except Exception as err:  # a bug here, not the caller's fault: say so, keep serving
             log.exception("%s failed", api)
-            failure = ServingError(grpc.StatusCode.INTERNAL,
-                                   client_text(redact_paths(f"{type(err).__name__}: {err}")))
+            failure = ServingError(
+                grpc.StatusCode.INTERNAL, client_text(redact_paths(f"{type(err).__name__}: {err}"))
+            )
         status = failure.code.name if failure else "OK"
         self.metrics.record(model_name, api, self.entrypoint, status, time.monotonic() - start)
         if failure is not None:
-            log.info("gRPC %s %s from %s: %s", api, failure.code.name, context.peer(),
-                     one_line(failure.message))
+            log.info(
+                "gRPC %s %s from %s: %s", api, failure.code.name, context.peer(), one_line(failure.message)
+            )
             await context.abort(failure.code, failure.message)
         return response
 
@@ -98,14 +99,22 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.limits = limits
 
     async def Predict(self, request, context):
-        return await self.calls.run(context, request.model_spec.name, "Predict",
-                                    lambda rc: self._predict(request, rc))
+        return await self.calls.run(
+            context, request.model_spec.name, "Predict", lambda rc: self._predict(request, rc)
+        )
 
     def _predict(self, request, request_context: RequestContext):
-        inputs = {alias: tensor_to_array(alias, proto, self.limits)
-                  for alias, proto in request.inputs.items()}
-        result = self.core.predict(model_ref(request.model_spec), request.model_spec.signature_name,
-                                   inputs, request.output_filter, request_context, PROTO)
+        inputs = {
+            alias: tensor_to_array(alias, proto, self.limits) for alias, proto in request.inputs.items()
+        }
+        result = self.core.predict(
+            model_ref(request.model_spec),
+            request.model_spec.signature_name,
+            inputs,
+            request.output_filter,
+            request_context,
+            PROTO,
+        )
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = result.version
@@ -118,10 +127,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         def work(_):
             if not request.HasField("model_spec"):
                 raise invalid_argument("Missing ModelSpec")
-            return metadata_response(self.core, model_ref(request.model_spec),
-                                     request.metadata_field)
-        return await self.calls.run(context, request.model_spec.name, "GetModelMetadata", work,
-                                    in_worker=False)
+            return metadata_response(self.core, model_ref(request.model_spec), request.metadata_field)
+
+        return await self.calls.run(
+            context, request.model_spec.name, "GetModelMetadata", work, in_worker=False
+        )
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -136,8 +146,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             if not request.HasField("model_spec"):
                 raise invalid_argument("Missing ModelSpec")
             return status_response(self.core, model_ref(request.model_spec))
-        return await self.calls.run(context, request.model_spec.name, "GetModelStatus", work,
-                                    in_worker=False)
+
+        return await self.calls.run(context, request.model_spec.name, "GetModelStatus", work, in_worker=False)
 
 
 class _ReceiveTimeout(grpc.aio.ServerInterceptor):
@@ -161,10 +171,15 @@ class _ReceiveTimeout(grpc.aio.ServerInterceptor):
             try:
                 raw = await asyncio.wait_for(request_iterator.__anext__(), seconds)
             except asyncio.TimeoutError:
-                log.info("gRPC %s from %s: request message not received within %g s", method,
-                         context.peer(), seconds)
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    f"request message not received within {seconds:g} s")
+                log.info(
+                    "gRPC %s from %s: request message not received within %g s",
+                    method,
+                    context.peer(),
+                    seconds,
+                )
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"request message not received within {seconds:g} s"
+                )
             except StopAsyncIteration:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no request message")
             try:
@@ -175,53 +190,72 @@ class _ReceiveTimeout(grpc.aio.ServerInterceptor):
                 else:
                     request = parse(raw)
             except (DecodeError, ValueError, TypeError) as err:
-                log.info("gRPC %s from %s: unparsable request message (%s)", method,
-                         context.peer(), one_line(str(err), 100))
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    "request message cannot be parsed")
+                log.info(
+                    "gRPC %s from %s: unparsable request message (%s)",
+                    method,
+                    context.peer(),
+                    one_line(str(err), 100),
+                )
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request message cannot be parsed")
             return await inner(request, context)
 
         return grpc.stream_unary_rpc_method_handler(
-            behaviour, request_deserializer=None, response_serializer=handler.response_serializer)
+            behaviour, request_deserializer=None, response_serializer=handler.response_serializer
+        )
 
 
-def build_grpc_server(core: ServerCore, metrics: ServingMetrics, address: str,
-                      limits: RequestLimits, executor: Executor, client_timeout: float,
-                      max_calls: int) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def build_grpc_server(
+    core: ServerCore,
+    metrics: ServingMetrics,
+    address: str,
+    limits: RequestLimits,
+    executor: Executor,
+    client_timeout: float,
+    max_calls: int,
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """An aio gRPC server bound to `address` (call from the event loop; start it later);
     raises OSError if it cannot bind."""
     server = grpc.aio.server(
         interceptors=[_ReceiveTimeout(client_timeout, executor)],
         maximum_concurrent_rpcs=max_calls,
-        options=[("grpc.max_receive_message_length", limits.max_request_bytes),
-                 ("grpc.max_send_message_length", max(limits.max_request_bytes,
-                                                      limits.max_response_bytes + (1 << 20))),
-                 ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
-                 ("grpc.server_handshake_timeout_ms", int(client_timeout * 1000)),
-                 ("grpc.keepalive_time_ms", 60_000),      # ping quiet connections: find dead peers
-                 ("grpc.keepalive_timeout_ms", 20_000),
-                 # Without this a second server could silently share the port.
-                 ("grpc.so_reuseport", 0)])
+        options=[
+            ("grpc.max_receive_message_length", limits.max_request_bytes),
+            (
+                "grpc.max_send_message_length",
+                max(limits.max_request_bytes, limits.max_response_bytes + (1 << 20)),
+            ),
+            ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+            ("grpc.server_handshake_timeout_ms", int(client_timeout * 1000)),
+            ("grpc.keepalive_time_ms", 60_000),  # ping quiet connections: find dead peers
+            ("grpc.keepalive_timeout_ms", 20_000),
+            # Without this a second server could silently share the port.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
     calls = _Calls(metrics, executor)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(core, calls, limits), server)
+        PredictionService(core, calls, limits), server
+    )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, calls), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
         port = server.add_insecure_port(address)
-    except RuntimeError as err:   # grpcio raises when the port is taken
+    except RuntimeError as err:  # grpcio raises when the port is taken
         raise OSError(f"cannot listen for gRPC on {address}: {err}") from None
     if port == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     return server, health_servicer
 
 
-async def set_health(health_servicer, model_name: str, serving: bool,
-                     whole_server: bool | None = None) -> None:
+async def set_health(
+    health_servicer, model_name: str, serving: bool, whole_server: bool | None = None
+) -> None:
     """A model's name reports SERVING once one of its versions is available; '' (the whole
     server) once every model has one (`whole_server`; default: the same as `serving`)."""
+
     def status(up: bool):
         return health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+
     await health_servicer.set(model_name, status(serving))
     await health_servicer.set("", status(serving if whole_server is None else whole_server))

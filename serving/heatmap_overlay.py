@@ -75,8 +75,14 @@ def mark_abstained(images: GradcamImages, reason: str) -> GradcamImages:
         text = "ABSTAINED" + (f": {reason.replace('_', ' ')}" if reason else "")
         scale = max(0.3, bar / 30)
         cv2.putText(
-            marked, text, (4, int(bar * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-            (255, 255, 255), max(1, int(scale * 2)), cv2.LINE_AA,
+            marked,
+            text,
+            (4, int(bar * 0.75)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            max(1, int(scale * 2)),
+            cv2.LINE_AA,
         )
         return marked
 

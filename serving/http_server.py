@@ -15,6 +15,7 @@ complete request takes a worker thread (the shared executor) to run the handler.
   is read when the client asked `Expect: 100-continue`.
 - A client that goes away mid-request costs one log line, never a traceback.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -98,8 +99,14 @@ class _Connection:
 
 
 class HttpServer:
-    def __init__(self, handler: Callable[[Request], Response], executor: Executor,
-                 max_body_bytes: int, timeout: float = 30.0, max_connections: int = 256):
+    def __init__(
+        self,
+        handler: Callable[[Request], Response],
+        executor: Executor,
+        max_body_bytes: int,
+        timeout: float = 30.0,
+        max_connections: int = 256,
+    ):
         self.handler = handler
         self.executor = executor
         self.max_body_bytes = max_body_bytes
@@ -112,8 +119,14 @@ class HttpServer:
 
     async def bind(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(
-            self._serve, host, port, limit=MAX_HEAD_BYTES, start_serving=False,
-            reuse_address=True, backlog=128)
+            self._serve,
+            host,
+            port,
+            limit=MAX_HEAD_BYTES,
+            start_serving=False,
+            reuse_address=True,
+            backlog=128,
+        )
 
     async def start(self) -> None:
         await self._server.start_serving()
@@ -141,10 +154,14 @@ class HttpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer(writer)
         if self._closing or len(self._connections) >= self.max_connections:
-            self._refusals.log("REST: refused a connection from %s: %d connections open", peer,
-                               len(self._connections))
-            await self._write(writer, json_error(503, "Too many open connections; try again "
-                                                 "later", close=True), head_only=False)
+            self._refusals.log(
+                "REST: refused a connection from %s: %d connections open", peer, len(self._connections)
+            )
+            await self._write(
+                writer,
+                json_error(503, "Too many open connections; try again later", close=True),
+                head_only=False,
+            )
             await self._close(writer)
             return
         connection = _Connection(writer)
@@ -160,7 +177,7 @@ class HttpServer:
             log.info("REST: connection from %s lost: %s", peer, type(err).__name__)
         except asyncio.CancelledError:
             raise
-        except Exception:   # a server fault, not the client's: keep serving
+        except Exception:  # a server fault, not the client's: keep serving
             log.exception("REST: connection from %s failed", peer)
         finally:
             self._connections.discard(connection)
@@ -173,9 +190,9 @@ class HttpServer:
             try:
                 first = await asyncio.wait_for(reader.readexactly(1), self.timeout)
             except asyncio.TimeoutError:
-                return            # idle keep-alive connection: close quietly
+                return  # idle keep-alive connection: close quietly
             except asyncio.IncompleteReadError:
-                return            # the client closed between requests
+                return  # the client closed between requests
             connection.idle = False
             request = await self._read_request(reader, writer, first, peer)
             if request is None:
@@ -184,8 +201,9 @@ class HttpServer:
             response = await loop.run_in_executor(self.executor, self.handler, request)
             keep_alive = keep_alive and not response.close and not self._closing
             response.close = not keep_alive
-            if not await self._write(writer, response, head_only=request.method == "HEAD",
-                                     http10=request.version == "HTTP/1.0"):
+            if not await self._write(
+                writer, response, head_only=request.method == "HEAD", http10=request.version == "HTTP/1.0"
+            ):
                 return
             if not keep_alive:
                 return
@@ -204,7 +222,7 @@ class HttpServer:
 
         request_line = first + await line()
         blank_lines = 0
-        while request_line in (b"\r\n", b"\n"):   # stray line breaks between requests
+        while request_line in (b"\r\n", b"\n"):  # stray line breaks between requests
             blank_lines += 1
             if blank_lines > 8:
                 raise HttpError(400, "Bad request line")
@@ -237,11 +255,10 @@ class HttpServer:
         if length > self.max_body_bytes:
             message = f"Received message larger than max ({length} vs. {self.max_body_bytes})"
             if expects_continue or length > 4 * self.max_body_bytes:
-                raise HttpError(429, message)          # answer now, never read that body
-            await self._discard(reader, length)        # read it so the client sees the answer
+                raise HttpError(429, message)  # answer now, never read that body
+            await self._discard(reader, length)  # read it so the client sees the answer
             log.info("REST 429 %s %s from %s: %s", method, one_line(target, 100), peer, message)
-            await self._write(writer, json_error(429, message, close=True),
-                              head_only=method == "HEAD")
+            await self._write(writer, json_error(429, message, close=True), head_only=method == "HEAD")
             return None
         if expects_continue and length and version == "HTTP/1.1":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -263,7 +280,7 @@ class HttpServer:
                 raise HttpError(408, f"request body not received within {self.timeout:g} s")
             if not chunk:
                 raise asyncio.IncompleteReadError(bytes(view[:done]), length)
-            view[done:done + len(chunk)] = chunk
+            view[done : done + len(chunk)] = chunk
             done += len(chunk)
         return body
 
@@ -281,16 +298,20 @@ class HttpServer:
                 raise asyncio.IncompleteReadError(b"", length)
             length -= len(chunk)
 
-    async def _write(self, writer: asyncio.StreamWriter, response: Response, head_only: bool,
-                     http10: bool = False) -> bool:
+    async def _write(
+        self, writer: asyncio.StreamWriter, response: Response, head_only: bool, http10: bool = False
+    ) -> bool:
         """Sends a response within `timeout`; False when the client is gone or too slow."""
         status = int(response.status)
         try:
             reason = _REASONS.get(status) or HTTPStatus(status).phrase
         except ValueError:
             reason = "Unknown"
-        head = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {response.content_type}",
-                f"Content-Length: {len(response.body)}"]
+        head = [
+            f"HTTP/1.1 {status} {reason}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+        ]
         head += [f"{name}: {value}" for name, value in response.extra_headers]
         if response.close:
             head.append("Connection: close")
@@ -302,8 +323,7 @@ class HttpServer:
             await asyncio.wait_for(writer.drain(), self.timeout)
             return True
         except asyncio.TimeoutError:
-            log.info("REST: %s did not read its response within %g s; closing", _peer(writer),
-                     self.timeout)
+            log.info("REST: %s did not read its response within %g s; closing", _peer(writer), self.timeout)
         except (ConnectionError, OSError):
             log.info("REST: %s went away before its response was sent", _peer(writer))
         return False

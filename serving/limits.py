@@ -4,6 +4,7 @@ Every limit is checked before the work it protects: rows and value counts before
 a tensor is built, JSON size and depth before it is parsed, response size before
 (when the output shapes tell) and while it is encoded.
 """
+
 from __future__ import annotations
 
 import threading
@@ -15,30 +16,32 @@ import grpc
 from btmri.documents import SERVER_DEFAULTS
 from serving.errors import ServingError, invalid_argument
 
-MAX_TENSOR_DIMS = 32          # numpy's limit; TensorFlow's is 254, no model here needs more
+MAX_TENSOR_DIMS = 32  # numpy's limit; TensorFlow's is 254, no model here needs more
 
 
 @dataclass(frozen=True)
 class RequestLimits:
-    max_rows: int = SERVER_DEFAULTS.max_rows                   # rows (dimension 0) per input
-    max_request_bytes: int = SERVER_DEFAULTS.max_message_bytes   # gRPC message / REST body
+    max_rows: int = SERVER_DEFAULTS.max_rows  # rows (dimension 0) per input
+    max_request_bytes: int = SERVER_DEFAULTS.max_message_bytes  # gRPC message / REST body
     max_response_bytes: int = SERVER_DEFAULTS.max_response_bytes  # serialized response
-    max_json_values: int = SERVER_DEFAULTS.max_json_values     # values in one REST body
-    max_json_depth: int = MAX_TENSOR_DIMS + 4   # object, inputs/instances, row object, b64 object
-    rows_per_call: int = 16                 # larger requests run the model in slices of this many
+    max_json_values: int = SERVER_DEFAULTS.max_json_values  # values in one REST body
+    max_json_depth: int = MAX_TENSOR_DIMS + 4  # object, inputs/instances, row object, b64 object
+    rows_per_call: int = 16  # larger requests run the model in slices of this many
 
     def check_rows(self, alias: str, rows: int) -> None:
         if rows > self.max_rows:
             raise invalid_argument(
                 f"input {alias} has {rows} rows; this server takes at most {self.max_rows} "
-                f"rows per request: send them in several requests")
+                f"rows per request: send them in several requests"
+            )
 
 
 def response_too_large(size: int, limit: int, exact: bool = True) -> ServingError:
     what = f"{size} bytes" if exact else f"at least {size} bytes"
-    return ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"Response larger than max ({what} vs. {limit}): ask for fewer rows per "
-                        f"request")
+    return ServingError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"Response larger than max ({what} vs. {limit}): ask for fewer rows per request",
+    )
 
 
 class RequestContext:

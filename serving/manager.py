@@ -22,6 +22,7 @@ Like TF Serving's AspiredVersionsManager with the availability-preserving policy
   version have finished.
 Errors reported to clients (GetModelStatus) never name server paths.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,6 +50,7 @@ UNLOAD_WAIT_SECONDS = 60.0
 
 class State(enum.IntEnum):
     """ModelVersionStatus.State of tensorflow_serving/apis/get_model_status.proto."""
+
     UNKNOWN = 0
     START = 10
     LOADING = 20
@@ -73,16 +75,18 @@ class _Loaded:
 @dataclass(frozen=True)
 class LoadPolicy:
     """When folders are loaded and failed loads tried again."""
-    max_retries: int = 5                 # TF Serving's --max_num_load_retries
+
+    max_retries: int = 5  # TF Serving's --max_num_load_retries
     retry_interval_seconds: float = 60.0  # TF Serving's --load_retry_interval_micros, in seconds
-    settle_seconds: float = 2.0          # files newer than this: wait one poll for them to settle
+    settle_seconds: float = 2.0  # files newer than this: wait one poll for them to settle
 
 
 @dataclass
 class _Track:
     """What the poller knows of one version folder."""
-    seen: str                            # fingerprint at the last poll
-    failed: str | None = None            # fingerprint when its last load failed
+
+    seen: str  # fingerprint at the last poll
+    failed: str | None = None  # fingerprint when its last load failed
     retries: int = 0
     next_retry: float = 0.0
 
@@ -124,12 +128,16 @@ def folder_fingerprint(path: str) -> tuple[str, float]:
 class ServableManager:
     """Serves one model from a base path; thread-safe."""
 
-    def __init__(self, model_name: str, base_path: str,
-                 loader: Callable[[str, int, str], Servable] = load_servable,
-                 on_change: Callable[[ServableManager], None] | None = None,
-                 policy: LoadPolicy = LoadPolicy(),
-                 canary: Callable[[Servable], None] | None = None,
-                 versions: VersionPolicy = LATEST_ONE):
+    def __init__(
+        self,
+        model_name: str,
+        base_path: str,
+        loader: Callable[[str, int, str], Servable] = load_servable,
+        on_change: Callable[[ServableManager], None] | None = None,
+        policy: LoadPolicy = LoadPolicy(),
+        canary: Callable[[Servable], None] | None = None,
+        versions: VersionPolicy = LATEST_ONE,
+    ):
         self.model_name = model_name
         self.base_path = base_path
         self.policy = policy
@@ -139,13 +147,14 @@ class ServableManager:
         self._on_change = on_change
         self._source = VersionSource(base_path)
         self._lock = threading.Condition()
-        self._loaded: dict[int, _Loaded] = {}          # versions that take requests
-        self._status: dict[int, VersionStatus] = {}    # every version ever aspired
-        self._tracks: dict[int, _Track] = {}           # version folders seen by the poller
+        self._loaded: dict[int, _Loaded] = {}  # versions that take requests
+        self._status: dict[int, VersionStatus] = {}  # every version ever aspired
+        self._tracks: dict[int, _Track] = {}  # version folders seen by the poller
         self._warned_empty = False
-        self._redactions = {root: "<model base path>"
-                            for root in {base_path, os.path.abspath(base_path),
-                                         os.path.realpath(base_path)}}
+        self._redactions = {
+            root: "<model base path>"
+            for root in {base_path, os.path.abspath(base_path), os.path.realpath(base_path)}
+        }
 
     # ---- requests -------------------------------------------------------------
 
@@ -186,32 +195,37 @@ class ServableManager:
         candidates = self._source.versions()
         present = {c.version for c in candidates}
         for version in [v for v in self._tracks if v not in present]:
-            del self._tracks[version]          # removed: a folder of that name later is new
+            del self._tracks[version]  # removed: a folder of that name later is new
         loaded = set(self.available_versions())
         if not candidates:
             if not self._warned_empty:
-                log.warning("no servable versions of %s under %s%s", self.model_name,
-                            self.base_path, f"; keeping versions {sorted(loaded)}" if loaded else "")
+                log.warning(
+                    "no servable versions of %s under %s%s",
+                    self.model_name,
+                    self.base_path,
+                    f"; keeping versions {sorted(loaded)}" if loaded else "",
+                )
                 self._warned_empty = True
             return
         self._warned_empty = False
         if self.versions.kind in (ALL, SPECIFIC):
-            wanted = [c for c in candidates
-                      if self.versions.kind == ALL or c.version in self.versions.versions]
+            wanted = [
+                c for c in candidates if self.versions.kind == ALL or c.version in self.versions.versions
+            ]
             aspired = {c.version for c in wanted}
             for candidate in reversed(wanted):
                 if candidate.version not in loaded:
                     self._try(candidate)
         else:
             aspired = set()
-            for candidate in reversed(candidates):   # highest first
+            for candidate in reversed(candidates):  # highest first
                 if len(aspired) >= self.versions.num_versions:
                     break
                 if candidate.version in loaded:
                     aspired.add(candidate.version)
                     continue
                 outcome = self._try(candidate)
-                if outcome != _SKIP:   # loaded, or still being written: it counts
+                if outcome != _SKIP:  # loaded, or still being written: it counts
                     aspired.add(candidate.version)
         available = set(self.available_versions())
         if available & aspired:
@@ -231,16 +245,15 @@ class ServableManager:
         if track is None:
             self._tracks[candidate.version] = _Track(seen=fingerprint)
             if time.time() - newest < self.policy.settle_seconds:
-                log.debug("version %d was just written; loading it once it is unchanged",
-                          candidate.version)
+                log.debug("version %d was just written; loading it once it is unchanged", candidate.version)
                 return _WAIT, fingerprint
             return _LOAD, fingerprint
-        if fingerprint != track.seen:          # still being written
+        if fingerprint != track.seen:  # still being written
             track.seen = fingerprint
             return _WAIT, fingerprint
         if track.failed is None:
             return _LOAD, fingerprint
-        if fingerprint != track.failed:        # changed since it failed, and now settled
+        if fingerprint != track.failed:  # changed since it failed, and now settled
             track.retries = 0
             return _LOAD, fingerprint
         if track.retries < self.policy.max_retries and time.monotonic() >= track.next_retry:
@@ -253,7 +266,7 @@ class ServableManager:
         while not stop.is_set():
             try:
                 self.poll()
-            except Exception:   # a file-system hiccup must not end version management
+            except Exception:  # a file-system hiccup must not end version management
                 log.exception("polling %s failed", self.base_path)
             stop.wait(poll_seconds)
 
@@ -277,46 +290,61 @@ class ServableManager:
         except ServingError as err:
             return self._fail(version, path, fingerprint, err.code, err.message)
         except Exception as err:  # any reason a folder cannot be served is a load failure
-            return self._fail(version, path, fingerprint, grpc.StatusCode.UNKNOWN,
-                              f"{type(err).__name__}: {err}".strip())
+            return self._fail(
+                version, path, fingerprint, grpc.StatusCode.UNKNOWN, f"{type(err).__name__}: {err}".strip()
+            )
         if self._canary is not None:
             try:
                 self._canary(servable)
             except ServingError as err:
-                return self._fail(version, path, fingerprint, err.code,
-                                  f"canary request failed: {err.message}")
+                return self._fail(
+                    version, path, fingerprint, err.code, f"canary request failed: {err.message}"
+                )
             except Exception as err:
-                return self._fail(version, path, fingerprint, grpc.StatusCode.UNKNOWN,
-                                  f"canary request failed: {type(err).__name__}: {err}")
+                return self._fail(
+                    version,
+                    path,
+                    fingerprint,
+                    grpc.StatusCode.UNKNOWN,
+                    f"canary request failed: {type(err).__name__}: {err}",
+                )
         track = self._tracks.get(version)
         if track is not None:
             track.failed, track.retries = None, 0
         with self._lock:
             self._loaded[version] = _Loaded(servable)
         self._set_status(version, VersionStatus(State.AVAILABLE))
-        log.info("loaded %s version %d from %s in %.1f s", self.model_name, version, path,
-                 time.monotonic() - start)
+        log.info(
+            "loaded %s version %d from %s in %.1f s", self.model_name, version, path, time.monotonic() - start
+        )
         return True
 
-    def _fail(self, version: int, path: str, fingerprint: str, code: grpc.StatusCode,
-              message: str) -> bool:
+    def _fail(self, version: int, path: str, fingerprint: str, code: grpc.StatusCode, message: str) -> bool:
         track = self._tracks.setdefault(version, _Track(seen=fingerprint))
         track.failed = fingerprint
         track.next_retry = time.monotonic() + self.policy.retry_interval_seconds
         for_client = client_text(redact_paths(message, self._redactions)) or code.name
         self._set_status(version, VersionStatus(State.END, code, for_client))
         left = self.policy.max_retries - track.retries
-        retry = (f"next try in {self.policy.retry_interval_seconds:g} s ({left} left) or when its "
-                 f"files change" if left > 0 else "next try when its files change")
-        log.error("failed to load %s version %d from %s: %s (still serving %s; %s)",
-                  self.model_name, version, path, one_line(message.splitlines()[0] if message
-                                                           else code.name),
-                  ", ".join(map(str, self.available_versions())) or "nothing", retry)
+        retry = (
+            f"next try in {self.policy.retry_interval_seconds:g} s ({left} left) or when its files change"
+            if left > 0
+            else "next try when its files change"
+        )
+        log.error(
+            "failed to load %s version %d from %s: %s (still serving %s; %s)",
+            self.model_name,
+            version,
+            path,
+            one_line(message.splitlines()[0] if message else code.name),
+            ", ".join(map(str, self.available_versions())) or "nothing",
+            retry,
+        )
         return False
 
     def _unload(self, version: int, wait_seconds: float = UNLOAD_WAIT_SECONDS) -> None:
         with self._lock:
-            entry = self._loaded.pop(version, None)   # new requests no longer find it
+            entry = self._loaded.pop(version, None)  # new requests no longer find it
             if entry is None:
                 return
         self._set_status(version, VersionStatus(State.UNLOADING))
@@ -326,8 +354,11 @@ class ServableManager:
                 self._lock.wait(deadline - time.monotonic())
             stuck = entry.in_flight
         if stuck:
-            log.warning("%d requests still running on %s version %d; unloading anyway",
-                        stuck, self.model_name, version)
+            log.warning(
+                "%d requests still running on %s version %d; unloading anyway",
+                stuck,
+                self.model_name,
+                version,
+            )
         self._set_status(version, VersionStatus(State.END))
         log.info("unloaded %s version %d", self.model_name, version)
-

@@ -3,6 +3,7 @@
 Both front ends answer status and metadata queries with the same protos: gRPC
 sends them as they are, REST prints them as JSON the way TF Serving does.
 """
+
 from __future__ import annotations
 
 from google.protobuf import json_format
@@ -25,13 +26,14 @@ def status_response(core: ServerCore, ref: ModelRef) -> get_model_status_pb2.Get
         entry = response.model_version_status.add()
         entry.version = version
         entry.state = int(status.state)
-        entry.status.error_code = status.error_code.value[0]   # same numbering as tensorflow.error.Code
+        entry.status.error_code = status.error_code.value[0]  # same numbering as tensorflow.error.Code
         entry.status.error_message = status.error_message
     return response
 
 
-def metadata_response(core: ServerCore, ref: ModelRef,
-                      fields) -> get_model_metadata_pb2.GetModelMetadataResponse:
+def metadata_response(
+    core: ServerCore, ref: ModelRef, fields
+) -> get_model_metadata_pb2.GetModelMetadataResponse:
     version, signature_defs = core.metadata(ref, list(fields))
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.name = ref.name
@@ -53,5 +55,7 @@ def metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> 
     signature_map = get_model_metadata_pb2.SignatureDefMap()
     response.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_map)
     options = dict(including_default_value_fields=True, preserving_proto_field_name=True)
-    return {"model_spec": json_format.MessageToDict(response.model_spec, **options),
-            "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(signature_map, **options)}}
+    return {
+        "model_spec": json_format.MessageToDict(response.model_spec, **options),
+        "metadata": {SIGNATURE_DEF_FIELD: json_format.MessageToDict(signature_map, **options)},
+    }

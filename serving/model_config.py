@@ -21,6 +21,7 @@ Read here: several models (`config` entries), each with `name`, `base_path`,
 Serving's texts where it has one. A relative base_path is taken from the current
 folder, as TF Serving takes it.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,9 +34,10 @@ LATEST, ALL, SPECIFIC = "latest", "all", "specific"
 @dataclass(frozen=True)
 class VersionPolicy:
     """TF Serving's FileSystemStoragePathSourceConfig.ServableVersionPolicy."""
+
     kind: str = LATEST
-    num_versions: int = 1              # LATEST: how many of the highest versions
-    versions: tuple[int, ...] = ()     # SPECIFIC: exactly these
+    num_versions: int = 1  # LATEST: how many of the highest versions
+    versions: tuple[int, ...] = ()  # SPECIFIC: exactly these
 
     def describe(self) -> str:
         if self.kind == ALL:
@@ -51,10 +53,11 @@ LATEST_ONE = VersionPolicy()
 @dataclass(frozen=True)
 class ModelConfig:
     """One model the server serves."""
+
     name: str
     base_path: str
     policy: VersionPolicy = LATEST_ONE
-    labels: dict[str, int] = field(default_factory=dict)   # version label → version
+    labels: dict[str, int] = field(default_factory=dict)  # version label → version
 
 
 def _policy(proto, where: str) -> VersionPolicy:
@@ -98,16 +101,23 @@ def parse_model_config(text: str, source: str = "<model config>") -> list[ModelC
         if not entry.base_path:
             raise ValueError(f"{where}: no base_path")
         if entry.model_platform not in ("", TENSORFLOW_PLATFORM):
-            raise ValueError(f"{where}: Model {entry.name} requested unsupported platform "
-                             f"{entry.model_platform}")
+            raise ValueError(
+                f"{where}: Model {entry.name} requested unsupported platform {entry.model_platform}"
+            )
         labels = dict(entry.version_labels)
         for label, version in labels.items():
             if not label:
                 raise ValueError(f"{where}: a version label has an empty name")
             if version < 1:
                 raise ValueError(f"{where}: label {label!r} points at version {version}")
-        models.append(ModelConfig(entry.name, os.path.abspath(entry.base_path),
-                                  _policy(entry.model_version_policy, where), labels))
+        models.append(
+            ModelConfig(
+                entry.name,
+                os.path.abspath(entry.base_path),
+                _policy(entry.model_version_policy, where),
+                labels,
+            )
+        )
     if not models:
         raise ValueError(f"{source}: the model_config_list lists no model")
     return models

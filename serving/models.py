@@ -17,6 +17,7 @@ UpdateModelVersionLabelMap / GetModelVersionForLabel do:
   at a version that is not available; a label already assigned still moves only to
   an available version, so its requests never hit a version that is loading.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,17 +37,22 @@ def unrecognized_label(label: str):
 
 
 def label_on_unavailable_version(model: str, version: int) -> str:
-    return (f"Request to assign label to version {version} of model {model}, which is not "
-            "currently available for inference")
+    return (
+        f"Request to assign label to version {version} of model {model}, which is not "
+        "currently available for inference"
+    )
 
 
 class ModelSet:
     """Managers by model name, plus the version labels; thread-safe."""
 
-    def __init__(self, managers: list[ServableManager],
-                 labels: dict[str, dict[str, int]] | None = None,
-                 allow_unavailable: bool = False):
-        self._managers = {m.model_name: m for m in managers}   # replaced whole on reconfigure
+    def __init__(
+        self,
+        managers: list[ServableManager],
+        labels: dict[str, dict[str, int]] | None = None,
+        allow_unavailable: bool = False,
+    ):
+        self._managers = {m.model_name: m for m in managers}  # replaced whole on reconfigure
         self._wanted = {name: dict(v) for name, v in (labels or {}).items() if v}
         self._installed: dict[str, dict[str, int]] = {}
         self._allow_unavailable = allow_unavailable
@@ -76,8 +82,7 @@ class ModelSet:
         return found
 
     @contextlib.contextmanager
-    def servable(self, name: str, version: int | None = None,
-                 label: str = "") -> Iterator[Servable]:
+    def servable(self, name: str, version: int | None = None, label: str = "") -> Iterator[Servable]:
         version = self.resolve(name, version, label)
         manager = self._managers.get(name)
         if manager is None:
@@ -106,7 +111,7 @@ class ModelSet:
         for manager in self._managers.values():
             try:
                 manager.poll()
-            except Exception:   # a file-system hiccup must not end version management
+            except Exception:  # a file-system hiccup must not end version management
                 log.exception("polling %s failed", manager.base_path)
         self.update_labels()
 
@@ -140,8 +145,9 @@ class ModelSet:
             self._installed = {name: dict(v) for name, v in self._wanted.items()}
         self._last_label_error = ""
         for name, labels in self._wanted.items():
-            log.info("version labels of %s: %s", name,
-                     ", ".join(f"{k} -> {v}" for k, v in sorted(labels.items())))
+            log.info(
+                "version labels of %s: %s", name, ", ".join(f"{k} -> {v}" for k, v in sorted(labels.items()))
+            )
         return True
 
     def reconfigure(self, configs, make_manager) -> list[str]:
@@ -150,7 +156,7 @@ class ModelSet:
         the new version policy (a new base path: a new manager), and the new labels are
         assigned as soon as they can be. Returns the names of the removed models."""
         wanted = {c.name: c for c in configs}
-        managers = dict(self._managers)     # swapped in whole: request threads read it
+        managers = dict(self._managers)  # swapped in whole: request threads read it
         removed = [name for name in managers if name not in wanted]
         replaced = []
         for name, config in wanted.items():
@@ -170,8 +176,7 @@ class ModelSet:
         self._managers = managers
         with self._lock:
             self._wanted = {c.name: dict(c.labels) for c in configs if c.labels}
-            self._installed = {name: labels for name, labels in self._installed.items()
-                               if name in wanted}
+            self._installed = {name: labels for name, labels in self._installed.items() if name in wanted}
         for manager in replaced:
             manager.unload_all()
         self.update_labels()

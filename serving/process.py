@@ -12,6 +12,7 @@ load (GetModelStatus: END with an error) ends the wait at once with
 SIGTERM and waits; a server that does not stop is killed. The server's output
 goes to `log_path` (default: a temp file, kept for reading after a failure).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,17 +48,24 @@ class ModelLoadFailed(RuntimeError):
 
 
 class ServerProcess:
-    def __init__(self, base_path: str | Path | None, *extra_args: str, model_name: str = MODEL_NAME,
-                 log_path: str | Path | None = None, startup_timeout: float = 300.0,
-                 fail_on_load_error: bool = False):
+    def __init__(
+        self,
+        base_path: str | Path | None,
+        *extra_args: str,
+        model_name: str = MODEL_NAME,
+        log_path: str | Path | None = None,
+        startup_timeout: float = 300.0,
+        fail_on_load_error: bool = False,
+    ):
         """`base_path` None: the models come from a --model-config-file in `extra_args`."""
         self.base_path = str(Path(base_path).resolve()) if base_path is not None else None
         self.extra_args = list(extra_args)
         self.model_name = model_name
         self.startup_timeout = startup_timeout
         self.fail_on_load_error = fail_on_load_error
-        self.log_path = Path(log_path) if log_path else Path(
-            tempfile.mkstemp(prefix="btmri-serve-", suffix=".log")[1])
+        self.log_path = (
+            Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="btmri-serve-", suffix=".log")[1])
+        )
         self.port = self.rest_port = None
         self.process: subprocess.Popen | None = None
 
@@ -80,7 +88,7 @@ class ServerProcess:
         self.stop()
 
     def start(self) -> None:
-        for _ in range(3):   # another process may grab a free port before the server binds it
+        for _ in range(3):  # another process may grab a free port before the server binds it
             self.port, self.rest_port = free_ports(2)
             self._spawn()
             if self._wait_ready():
@@ -88,14 +96,30 @@ class ServerProcess:
             if "cannot listen" not in self.log_text():
                 break
         code = self.stop()
-        raise RuntimeError(f"model server did not become ready (exit code {code}); "
-                           f"log {self.log_path}:\n{self.log_text()[-3000:]}")
+        raise RuntimeError(
+            f"model server did not become ready (exit code {code}); "
+            f"log {self.log_path}:\n{self.log_text()[-3000:]}"
+        )
 
     def _spawn(self) -> None:
-        model = (["--model-base-path", self.base_path, "--model-name", self.model_name]
-                 if self.base_path is not None else [])
-        command = [sys.executable, "-m", "serving", *model, "--host", HOST, "--port", str(self.port),
-                   "--rest-port", str(self.rest_port), *self.extra_args]
+        model = (
+            ["--model-base-path", self.base_path, "--model-name", self.model_name]
+            if self.base_path is not None
+            else []
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "serving",
+            *model,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--rest-port",
+            str(self.rest_port),
+            *self.extra_args,
+        ]
         env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -109,14 +133,13 @@ class ServerProcess:
                 if self.process.poll() is not None:
                     return False
                 try:
-                    answer = stub.Check(health_pb2.HealthCheckRequest(service=service),
-                                        timeout=1.0)
+                    answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
                     if answer.status == health_pb2.HealthCheckResponse.SERVING:
                         return True
                     if self.fail_on_load_error:
                         self._raise_load_error(channel)
                 except grpc.RpcError:
-                    pass   # not listening yet
+                    pass  # not listening yet
                 time.sleep(0.25)
         return False
 
@@ -124,16 +147,16 @@ class ServerProcess:
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = self.model_name
         try:
-            answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
-                request, timeout=1.0)
+            answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=1.0)
         except grpc.RpcError:
-            return   # no version seen yet
+            return  # no version seen yet
         for status in answer.model_version_status:
-            if (status.state == get_model_status_pb2.ModelVersionStatus.END
-                    and status.status.error_code != 0):
+            if status.state == get_model_status_pb2.ModelVersionStatus.END and status.status.error_code != 0:
                 self.stop()
-                raise ModelLoadFailed(f"version {status.version} of {self.model_name} failed to "
-                                      f"load: {status.status.error_message}")
+                raise ModelLoadFailed(
+                    f"version {status.version} of {self.model_name} failed to "
+                    f"load: {status.status.error_message}"
+                )
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""

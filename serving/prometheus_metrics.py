@@ -11,6 +11,7 @@ and, with a request log (serving/request_log.py),
   btmri_serving_request_log_written_total    (records written)
   btmri_serving_request_log_dropped_total{reason}  (queue_full, too_large, error)
 """
+
 from __future__ import annotations
 
 import bisect
@@ -19,7 +20,8 @@ import threading
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
     def escape(v: str) -> str:
-        return str(v).replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+        return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
     parts = [f'{n}="{escape(v)}"' for n, v in zip(names, values)]
     if extra:
         parts.append(extra)
@@ -66,8 +68,7 @@ class Counter(_Metric):
     def render(self) -> list[str]:
         with self._lock:
             items = sorted(self._values.items())
-        return self.header() + [f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
-                                for k, v in items]
+        return self.header() + [f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in items]
 
 
 class Gauge(Counter):
@@ -81,11 +82,10 @@ class Gauge(Counter):
 class Histogram(_Metric):
     kind = "histogram"
 
-    def __init__(self, name: str, help_text: str, label_names: tuple[str, ...],
-                 buckets: list[float]):
+    def __init__(self, name: str, help_text: str, label_names: tuple[str, ...], buckets: list[float]):
         super().__init__(name, help_text, label_names)
         self.buckets = sorted(buckets)
-        self._series: dict[tuple, list] = {}   # labels → [bucket counts..., sum, count]
+        self._series: dict[tuple, list] = {}  # labels → [bucket counts..., sum, count]
 
     def observe(self, value: float, *labels: str) -> None:
         index = bisect.bisect_left(self.buckets, value)
@@ -112,7 +112,7 @@ class Histogram(_Metric):
 
 
 def exponential_buckets(scale: float, growth: float, count: int) -> list[float]:
-    return [scale * growth ** i for i in range(count)]
+    return [scale * growth**i for i in range(count)]
 
 
 class ServingMetrics:
@@ -121,28 +121,36 @@ class ServingMetrics:
     def __init__(self, model_names: str | tuple[str, ...]):
         self.model_names = (model_names,) if isinstance(model_names, str) else tuple(model_names)
         self.request_count = Counter(
-            ":tensorflow:serving:request_count", "The total number of requests.",
-            ("model_name", "status"))
+            ":tensorflow:serving:request_count", "The total number of requests.", ("model_name", "status")
+        )
         # TF Serving's buckets: scale 10 µs, growth 1.8, 33 buckets (~20 minutes).
         self.request_latency = Histogram(
             ":tensorflow:serving:request_latency",
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
-            ("model_name", "API", "entrypoint"), exponential_buckets(10, 1.8, 33))
+            ("model_name", "API", "entrypoint"),
+            exponential_buckets(10, 1.8, 33),
+        )
         self.batch_size = Histogram(
-            "btmri_serving_batch_size", "Rows per model call formed by server-side batching.",
-            (), [1, 2, 4, 8, 16, 32, 64, 128])
+            "btmri_serving_batch_size",
+            "Rows per model call formed by server-side batching.",
+            (),
+            [1, 2, 4, 8, 16, 32, 64, 128],
+        )
         self.loaded_version = Gauge(
             "btmri_serving_loaded_version",
-            "Version of the model that takes requests (0: none loaded).", ("model_name",))
+            "Version of the model that takes requests (0: none loaded).",
+            ("model_name",),
+        )
         self.request_log_written = Counter(
-            "btmri_serving_request_log_written_total", "Requests written to the request log.", ())
+            "btmri_serving_request_log_written_total", "Requests written to the request log.", ()
+        )
         self.request_log_dropped = Counter(
             "btmri_serving_request_log_dropped_total",
             "Sampled requests the request log dropped (queue full, too large, write error).",
-            ("reason",))
+            ("reason",),
+        )
 
-    def record(self, model_name: str, api: str, entrypoint: str, status: str,
-               seconds: float) -> None:
+    def record(self, model_name: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         # Names come from requests: arbitrary ones must not grow the label sets without bound.
         if model_name not in self.model_names:
             model_name = "_unknown_model_" if model_name else ""
@@ -152,7 +160,7 @@ class ServingMetrics:
     def render(self) -> str:
         lines = []
         metrics = [self.request_count, self.request_latency, self.batch_size, self.loaded_version]
-        if self.request_log_written.value_count():   # request logging is on (RequestLog sets 0)
+        if self.request_log_written.value_count():  # request logging is on (RequestLog sets 0)
             metrics += [self.request_log_written, self.request_log_dropped]
         for metric in metrics:
             lines += metric.render()

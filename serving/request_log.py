@@ -30,6 +30,7 @@ is full the record is dropped and counted (btmri_serving_request_log_dropped_tot
 reason "queue_full"); a failed write drops its record (reason "error") and never
 reaches the request.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,10 +55,11 @@ log = logging.getLogger("serving")
 
 _MB = 1024 * 1024
 SAVED_MODEL_TAGS = ("serve",)
-_TFRECORD_FRAMING = 16        # length (8) + its CRC (4) + the data's CRC (4)
+_TFRECORD_FRAMING = 16  # length (8) + its CRC (4) + the data's CRC (4)
 _LOGGED_ONLY_WITH_IMAGES = frozenset({spec.HEATMAP})
-_CLOSED_NAME = re.compile(re.escape(REQUEST_LOG_PREFIX) + r"(\d{8}T\d{6}\.\d{6}Z)-(\d+)-(\d+)"
-                          + re.escape(REQUEST_LOG_SUFFIX))
+_CLOSED_NAME = re.compile(
+    re.escape(REQUEST_LOG_PREFIX) + r"(\d{8}T\d{6}\.\d{6}Z)-(\d+)-(\d+)" + re.escape(REQUEST_LOG_SUFFIX)
+)
 # Stand-ins for a feature that could not be computed, in a logged tensor.
 MISSING = {int: -1, float: float("nan"), str: ""}
 
@@ -77,6 +79,7 @@ def log_files(folder: str | os.PathLike) -> list[Path]:
 
 
 # ---- records -------------------------------------------------------------------------
+
 
 def images_of_inputs(inputs: dict[str, np.ndarray]) -> list[bytes] | None:
     """The encoded images of a request: `image_bytes`, or the `image` feature of each
@@ -105,9 +108,16 @@ def _feature_tensors(rows: list[dict], names) -> dict[str, np.ndarray]:
     return tensors
 
 
-def build_record(payload: str, model_name: str, version: int, signature_name: str,
-                 inputs: dict[str, np.ndarray] | None, outputs: dict[str, np.ndarray],
-                 timestamp: float, sampling_rate: float):
+def build_record(
+    payload: str,
+    model_name: str,
+    version: int,
+    signature_name: str,
+    inputs: dict[str, np.ndarray] | None,
+    outputs: dict[str, np.ndarray],
+    timestamp: float,
+    sampling_rate: float,
+):
     """One call as a PredictionLog (see the module docstring for what each payload keeps)."""
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
@@ -127,8 +137,9 @@ def build_record(payload: str, model_name: str, version: int, signature_name: st
         logged_inputs = inputs or {}
     elif payload == spec.LOG_PAYLOAD_FEATURES and inputs:
         images = images_of_inputs(inputs)
-        logged_inputs = {} if images is None else _feature_tensors(
-            request_features(images, {}), spec.IMAGE_FEATURES)
+        logged_inputs = (
+            {} if images is None else _feature_tensors(request_features(images, {}), spec.IMAGE_FEATURES)
+        )
     else:
         logged_inputs = {}
     for alias, array in logged_inputs.items():
@@ -157,11 +168,22 @@ def record_rows(record) -> list[dict]:
 
     request, response = record.predict_log.request, record.predict_log.response
     outputs = {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
-    logged = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()
-              if alias in spec.IMAGE_FEATURES}
-    images = None if logged else images_of_inputs(
-        {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()
-         if alias in (spec.IMAGE_BYTES_INPUT, spec.EXAMPLES_INPUT)})
+    logged = {
+        alias: tf.make_ndarray(proto)
+        for alias, proto in request.inputs.items()
+        if alias in spec.IMAGE_FEATURES
+    }
+    images = (
+        None
+        if logged
+        else images_of_inputs(
+            {
+                alias: tf.make_ndarray(proto)
+                for alias, proto in request.inputs.items()
+                if alias in (spec.IMAGE_BYTES_INPUT, spec.EXAMPLES_INPUT)
+            }
+        )
+    )
     rows = request_features(images, outputs)
     if logged:
         n = max(len(v) for v in logged.values())
@@ -174,6 +196,7 @@ def record_rows(record) -> list[dict]:
 
 
 # ---- the writer ----------------------------------------------------------------------
+
 
 @dataclass
 class _Call:
@@ -190,8 +213,11 @@ def _array_bytes(arrays: dict[str, np.ndarray] | None) -> int:
     total = 0
     for array in (arrays or {}).values():
         array = np.asarray(array)
-        total += (sum(len(v) if isinstance(v, (bytes, str)) else 8 for v in array.flat)
-                  if array.dtype == object else array.nbytes)
+        total += (
+            sum(len(v) if isinstance(v, (bytes, str)) else 8 for v in array.flat)
+            if array.dtype == object
+            else array.nbytes
+        )
     return total
 
 
@@ -214,7 +240,7 @@ class RequestLog:
         self._count_lock = threading.Lock()
         self._random = random.Random(seed)
         self._stop = threading.Event()
-        self._writer = None           # tf.io.TFRecordWriter of the open file
+        self._writer = None  # tf.io.TFRecordWriter of the open file
         self._open_path: Path | None = None
         self._open_bytes = 0
         self._opened_at = 0.0
@@ -228,13 +254,24 @@ class RequestLog:
         self._seal_leftovers()
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
-        log.info("logging %g of requests to %s (payload %s, budget %g MB)", self.sampling_rate,
-                 self.folder, self.payload, options.log_max_mb)
+        log.info(
+            "logging %g of requests to %s (payload %s, budget %g MB)",
+            self.sampling_rate,
+            self.folder,
+            self.payload,
+            options.log_max_mb,
+        )
 
     # -- request threads: never block, never raise --
 
-    def offer(self, model_name: str, signature_name: str, inputs: dict[str, np.ndarray],
-              version: int, outputs: dict[str, np.ndarray]) -> None:
+    def offer(
+        self,
+        model_name: str,
+        signature_name: str,
+        inputs: dict[str, np.ndarray],
+        version: int,
+        outputs: dict[str, np.ndarray],
+    ) -> None:
         try:
             if self._stop.is_set() or self._random.random() >= self.sampling_rate:
                 return
@@ -246,13 +283,14 @@ class RequestLog:
                     return
                 self._queued_bytes += size
             try:
-                self._queue.put_nowait(_Call(time.time(), model_name, version, signature_name,
-                                             kept_inputs, outputs, size))
+                self._queue.put_nowait(
+                    _Call(time.time(), model_name, version, signature_name, kept_inputs, outputs, size)
+                )
             except queue.Full:
                 with self._lock:
                     self._queued_bytes -= size
                 self._drop("queue_full")
-        except Exception:   # logging must never fail a request
+        except Exception:  # logging must never fail a request
             self._drop("error")
 
     def _drop(self, reason: str) -> None:
@@ -284,8 +322,16 @@ class RequestLog:
         self._close_file()
 
     def _write(self, call: _Call) -> None:
-        record = build_record(self.payload, call.model_name, call.version, call.signature_name,
-                              call.inputs, call.outputs, call.timestamp, self.sampling_rate)
+        record = build_record(
+            self.payload,
+            call.model_name,
+            call.version,
+            call.signature_name,
+            call.inputs,
+            call.outputs,
+            call.timestamp,
+            self.sampling_rate,
+        )
         data = record.SerializeToString()
         size = len(data) + _TFRECORD_FRAMING
         if size > self.file_bytes:
@@ -303,8 +349,9 @@ class RequestLog:
         self._rotate_if_due()
 
     def _rotate_if_due(self) -> None:
-        if self._writer is not None and (self._open_bytes >= self.file_bytes or
-                                         time.monotonic() - self._opened_at >= self.rotate_seconds):
+        if self._writer is not None and (
+            self._open_bytes >= self.file_bytes or time.monotonic() - self._opened_at >= self.rotate_seconds
+        ):
             self._close_file()
 
     def _open_file(self) -> None:
@@ -314,7 +361,7 @@ class RequestLog:
         now = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
         name = f"{REQUEST_LOG_PREFIX}{stamp}-{os.getpid()}-{self._sequence:06d}{REQUEST_LOG_SUFFIX}"
-        self.folder.mkdir(parents=True, exist_ok=True)   # it may have been removed meanwhile
+        self.folder.mkdir(parents=True, exist_ok=True)  # it may have been removed meanwhile
         self._open_path = self.folder / ("." + name)
         self._writer = tf.io.TFRecordWriter(str(self._open_path))
         self._open_bytes = 0

@@ -9,6 +9,7 @@ http_rest_api_handler.cc and http_server.cc; a version that is not an int64 is
 "Failed to convert version: N to numeric." (400), as there. One log line per
 client error.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,13 @@ from serving.core import JSON, ModelRef, ServerCore
 from serving.errors import ServingError, client_text, invalid_argument, one_line, redact_paths
 from serving.http_server import HttpServer, Request, Response, json_error
 from serving.limits import RequestContext
-from serving.messages import (SIGNATURE_DEF_FIELD, metadata_json, metadata_response, status_json,
-                              status_response)
+from serving.messages import (
+    SIGNATURE_DEF_FIELD,
+    metadata_json,
+    metadata_response,
+    status_json,
+    status_response,
+)
 from serving.prometheus_metrics import ServingMetrics
 from serving.source import INT64_MAX
 
@@ -34,29 +40,36 @@ log = logging.getLogger("serving")
 
 # TF Serving's path patterns (http_rest_api_util.cc), case-insensitive.
 _PREDICT_PATH = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
-    re.I)
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I
+)
 _STATUS_PATH = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I
+)
 _API_PREFIX = re.compile(r"/v1/", re.I)
 
 
 class RestApi:
     """Answers one complete HTTP request (in a worker thread); `http_server` does the I/O."""
 
-    def __init__(self, core: ServerCore, metrics: ServingMetrics, monitoring_path: str | None,
-                 request_timeout: float | None = None):
+    def __init__(
+        self,
+        core: ServerCore,
+        metrics: ServingMetrics,
+        monitoring_path: str | None,
+        request_timeout: float | None = None,
+    ):
         self.core = core
         self.metrics = metrics
         self.monitoring_path = monitoring_path
-        self.request_timeout = request_timeout   # TF Serving's --rest_api_timeout_in_ms
+        self.request_timeout = request_timeout  # TF Serving's --rest_api_timeout_in_ms
 
     def __call__(self, request: Request) -> Response:
         method, path = request.method, urlsplit(request.target).path
         get = method in ("GET", "HEAD")
         if get and self.monitoring_path and path == self.monitoring_path:
-            return Response(HTTPStatus.OK, self.metrics.render().encode(),
-                            "text/plain; version=0.0.4; charset=utf-8")
+            return Response(
+                HTTPStatus.OK, self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8"
+            )
         if not _API_PREFIX.match(path):
             log.info("REST 404 %s %s from %s", method, one_line(path, 100), request.peer)
             return json_error(HTTPStatus.NOT_FOUND, f"Not found: {method} {path}")
@@ -68,17 +81,25 @@ class RestApi:
             payload = self._answer(api, ref, request.body)
         except ServingError as err:
             failure = err
-        except Exception as err:   # a bug, not the caller's fault: report it, keep serving
+        except Exception as err:  # a bug, not the caller's fault: report it, keep serving
             log.exception("REST %s %s failed", method, path)
-            failure = ServingError(grpc.StatusCode.INTERNAL,
-                                   client_text(redact_paths(f"{type(err).__name__}: {err}")))
+            failure = ServingError(
+                grpc.StatusCode.INTERNAL, client_text(redact_paths(f"{type(err).__name__}: {err}"))
+            )
         finally:
-            request.body = b""     # the body can be large: drop it as soon as it is read
-        self.metrics.record(model_name, api, "REST",
-                            failure.code.name if failure else "OK", time.monotonic() - start)
+            request.body = b""  # the body can be large: drop it as soon as it is read
+        self.metrics.record(
+            model_name, api, "REST", failure.code.name if failure else "OK", time.monotonic() - start
+        )
         if failure is not None:
-            log.info("REST %d %s %s from %s: %s", failure.http_status, method,
-                     one_line(path, 100), request.peer, one_line(failure.message))
+            log.info(
+                "REST %d %s %s from %s: %s",
+                failure.http_status,
+                method,
+                one_line(path, 100),
+                request.peer,
+                one_line(failure.message),
+            )
             return json_error(failure.http_status, failure.message)
         log.debug("REST 200 %s %s from %s", method, one_line(path, 100), request.peer)
         return Response(HTTPStatus.OK, payload)
@@ -88,13 +109,12 @@ class RestApi:
         if api == "predict":
             context = RequestContext(self.request_timeout)
             signature, inputs, fmt = rest_json.parse_predict_request(
-                body, lambda sig: core.input_dtypes(ref, sig), core.limits)
+                body, lambda sig: core.input_dtypes(ref, sig), core.limits
+            )
             result = core.predict(ref, signature, inputs, context=context, encoding=JSON)
-            return rest_json.encode_predict_response(result.outputs, fmt,
-                                                     core.limits.max_response_bytes)
+            return rest_json.encode_predict_response(result.outputs, fmt, core.limits.max_response_bytes)
         if api == "metadata":
-            return rest_json.dumps(metadata_json(metadata_response(core, ref,
-                                                                   [SIGNATURE_DEF_FIELD])))
+            return rest_json.dumps(metadata_json(metadata_response(core, ref, [SIGNATURE_DEF_FIELD])))
         return rest_json.dumps(status_json(status_response(core, ref)))
 
 
@@ -108,8 +128,10 @@ def _route(method: str, path: str) -> tuple[str, ModelRef]:
         ref = _model_ref(*match.groups()[:3])
         verb = match.group(4).lower()
         if verb != "predict":
-            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                               f"{verb} is not available: the model exports predict signatures only")
+            raise ServingError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{verb} is not available: the model exports predict signatures only",
+            )
         return "predict", ref
     if method == "GET":
         match = _STATUS_PATH.fullmatch(path)
@@ -135,13 +157,24 @@ def _version(text: str) -> int:
     return int(digits)
 
 
-async def build_rest_server(core: ServerCore, metrics: ServingMetrics, host: str, port: int,
-                            executor: Executor, monitoring_path: str | None, timeout: float,
-                            max_connections: int) -> HttpServer:
+async def build_rest_server(
+    core: ServerCore,
+    metrics: ServingMetrics,
+    host: str,
+    port: int,
+    executor: Executor,
+    monitoring_path: str | None,
+    timeout: float,
+    max_connections: int,
+) -> HttpServer:
     """A bound (not yet serving) REST server; raises OSError if it cannot listen."""
-    server = HttpServer(RestApi(core, metrics, monitoring_path, request_timeout=timeout), executor,
-                        core.limits.max_request_bytes, timeout=timeout,
-                        max_connections=max_connections)
+    server = HttpServer(
+        RestApi(core, metrics, monitoring_path, request_timeout=timeout),
+        executor,
+        core.limits.max_request_bytes,
+        timeout=timeout,
+        max_connections=max_connections,
+    )
     try:
         await server.bind(host, port)
     except OSError as err:

@@ -13,6 +13,7 @@ outside strings bound them) and nesting depth are checked against
 have at most 32 dimensions. Responses are encoded row by row and refused
 (RESOURCE_EXHAUSTED) as soon as they pass `max_response_bytes`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -51,8 +52,9 @@ def _is_b64(value) -> bool:
 
 
 def _type_error(value, dtype: tf.DType):
-    return invalid_argument(f"JSON Value: {_debug(value)} Type: {_json_type(value)} "
-                            f"is not of expected type: {dtype.name}")
+    return invalid_argument(
+        f"JSON Value: {_debug(value)} Type: {_json_type(value)} is not of expected type: {dtype.name}"
+    )
 
 
 def _leaf(value, dtype: tf.DType):
@@ -62,8 +64,7 @@ def _leaf(value, dtype: tf.DType):
             return value.encode("utf-8")
         if isinstance(value, dict):
             if not _is_b64(value):
-                raise invalid_argument(
-                    f"JSON Value: {_debug(value)} not formatted correctly for base64 data")
+                raise invalid_argument(f"JSON Value: {_debug(value)} not formatted correctly for base64 data")
             try:
                 return base64.b64decode(value["b64"], validate=True)
             except (binascii.Error, ValueError):
@@ -91,8 +92,7 @@ def _dtype_and_rank(spec) -> tuple[tf.DType, int | None]:
     return spec, None
 
 
-def value_to_array(value, dtype: tf.DType, rank: int | None = None,
-                   name: str = "") -> np.ndarray:
+def value_to_array(value, dtype: tf.DType, rank: int | None = None, name: str = "") -> np.ndarray:
     """A (nested list) JSON value → a dense array; the shape comes from the first elements.
     With `rank`, a value of another rank is refused before any element is converted."""
     shape = []
@@ -100,14 +100,14 @@ def value_to_array(value, dtype: tf.DType, rank: int | None = None,
     while isinstance(probe, list):
         shape.append(len(probe))
         if len(shape) > MAX_TENSOR_DIMS:
-            raise invalid_argument(f"JSON Value: {_debug(value)} has more than {MAX_TENSOR_DIMS} "
-                                   f"dimensions")
+            raise invalid_argument(f"JSON Value: {_debug(value)} has more than {MAX_TENSOR_DIMS} dimensions")
         if not probe:
             break
         probe = probe[0]
     if rank is not None and len(shape) != rank:
-        raise invalid_argument(f"input {name}: shape {shape} is not compatible with the "
-                               f"signature's rank {rank}")
+        raise invalid_argument(
+            f"input {name}: shape {shape} is not compatible with the signature's rank {rank}"
+        )
     flat = []
 
     def fill(v, level: int):
@@ -115,16 +115,17 @@ def value_to_array(value, dtype: tf.DType, rank: int | None = None,
             if level != len(shape):
                 raise invalid_argument(
                     f"JSON Value: {_debug(v)} found at incorrect level: {level + 1} in the JSON DOM. "
-                    f"Expected at level: {len(shape)}")
+                    f"Expected at level: {len(shape)}"
+                )
             flat.append(_leaf(v, dtype))
             return
         if level >= len(shape):
-            raise invalid_argument(
-                f"Encountered list at unexpected level: {level} expected < {len(shape)}")
+            raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
         if len(v) != shape[level]:
             raise invalid_argument(
                 f"Encountered list at unexpected size: {len(v)} at level: {level} "
-                f"expected size: {shape[level]}")
+                f"expected size: {shape[level]}"
+            )
         for item in v:
             fill(item, level + 1)
 
@@ -135,39 +136,48 @@ def value_to_array(value, dtype: tf.DType, rank: int | None = None,
     return array.reshape(shape)
 
 
-def _instances(instances: list, dtypes: dict[str, tf.DType],
-               limits: RequestLimits) -> dict[str, np.ndarray]:
+def _instances(instances: list, dtypes: dict[str, tf.DType], limits: RequestLimits) -> dict[str, np.ndarray]:
     limits.check_rows("instances", len(instances))
     first = instances[0]
     named = isinstance(first, dict) and not _is_b64(first)
     if not named and len(dtypes) > 1:
         raise invalid_argument(
             "instances is a plain list, but expecting list of objects as multiple input "
-            "tensors required as per tensorinfo_map")
+            "tensors required as per tensorinfo_map"
+        )
     columns: dict[str, list[np.ndarray]] = {name: [] for name in dtypes}
     for i, item in enumerate(instances):
         item_named = isinstance(item, dict) and not _is_b64(item)
         if named != item_named:
-            raise invalid_argument(f"Expecting {'object but got list' if named else 'value/list but got object'}"
-                                   f" at item {i} of input list")
+            raise invalid_argument(
+                f"Expecting {'object but got list' if named else 'value/list but got object'}"
+                f" at item {i} of input list"
+            )
         values = item if named else {next(iter(dtypes)): item}
         for name, value in values.items():
             if name not in dtypes:
-                raise invalid_argument(f"Failed to process element: {i} key: {name} of 'instances' "
-                                       f"list. Error: JSON object: does not have named input: {name}")
+                raise invalid_argument(
+                    f"Failed to process element: {i} key: {name} of 'instances' "
+                    f"list. Error: JSON object: does not have named input: {name}"
+                )
             try:
                 dtype, rank = _dtype_and_rank(dtypes[name])
                 array = value_to_array(value, dtype, rank - 1 if rank else None, name)
             except Exception as err:
-                raise invalid_argument(f"Failed to process element: {i} of 'instances' list. "
-                                       f"Error: {getattr(err, 'message', err)}")
+                raise invalid_argument(
+                    f"Failed to process element: {i} of 'instances' list. "
+                    f"Error: {getattr(err, 'message', err)}"
+                )
             if columns[name] and columns[name][0].shape != array.shape:
-                raise invalid_argument(f"Expecting shape {list(columns[name][0].shape)} "
-                                       f"but got: {list(array.shape)}")
+                raise invalid_argument(
+                    f"Expecting shape {list(columns[name][0].shape)} but got: {list(array.shape)}"
+                )
             columns[name].append(array)
         if set(values) != set(dtypes):
-            raise invalid_argument(f"Failed to process element: {i} of 'instances' list. JSON object: "
-                                   f"{_debug(item)} keys must be equal to: {','.join(sorted(dtypes))}")
+            raise invalid_argument(
+                f"Failed to process element: {i} of 'instances' list. JSON object: "
+                f"{_debug(item)} keys must be equal to: {','.join(sorted(dtypes))}"
+            )
     return {name: np.stack(arrays) for name, arrays in columns.items()}
 
 
@@ -176,7 +186,8 @@ def _inputs(inputs, dtypes: dict[str, tf.DType], limits: RequestLimits) -> dict[
         if len(dtypes) > 1:
             raise invalid_argument(
                 "inputs is a plain value/list, but expecting an object as multiple input tensors "
-                "required as per tensorinfo_map")
+                "required as per tensorinfo_map"
+            )
         named = {next(iter(dtypes)): inputs}
     else:
         named = {}
@@ -209,28 +220,33 @@ def check_json_cost(body, limits: RequestLimits) -> None:
     values = body.count(b",") + openers + 1
     if values <= limits.max_json_values and openers <= limits.max_json_depth:
         return
-    strings = (body.count(b'"') - body.count(b'\\"')) // 2   # each string is a value
+    strings = (body.count(b'"') - body.count(b'\\"')) // 2  # each string is a value
     if strings > limits.max_json_values:
-        raise invalid_argument(f"JSON Parse error: the document has at least {strings} values, "
-                               f"more than the {limits.max_json_values} a request may carry")
+        raise invalid_argument(
+            f"JSON Parse error: the document has at least {strings} values, "
+            f"more than the {limits.max_json_values} a request may carry"
+        )
     structure = _JSON_STRING.sub(b"", body).translate(None, _NOT_STRUCTURE)
     values = structure.count(b",") + structure.count(b"[") + structure.count(b"{") + 1
     if values > limits.max_json_values:
-        raise invalid_argument(f"JSON Parse error: the document has about {values} values, more "
-                               f"than the {limits.max_json_values} a request may carry")
+        raise invalid_argument(
+            f"JSON Parse error: the document has about {values} values, more "
+            f"than the {limits.max_json_values} a request may carry"
+        )
     codes = np.frombuffer(structure, np.uint8)
     steps = np.zeros(len(codes), np.int32)
     steps[(codes == ord("[")) | (codes == ord("{"))] = 1
     steps[(codes == ord("]")) | (codes == ord("}"))] = -1
     depth = int(np.cumsum(steps).max()) if len(steps) else 0
     if depth > limits.max_json_depth:
-        raise invalid_argument(f"JSON Parse error: nesting depth {depth} is more than the "
-                               f"{limits.max_json_depth} levels a request may have")
+        raise invalid_argument(
+            f"JSON Parse error: nesting depth {depth} is more than the "
+            f"{limits.max_json_depth} levels a request may have"
+        )
 
 
 def parse_predict_request(
-        body: bytes, input_dtypes: Callable[[str], dict[str, tf.DType]],
-        limits: RequestLimits = RequestLimits()
+    body: bytes, input_dtypes: Callable[[str], dict[str, tf.DType]], limits: RequestLimits = RequestLimits()
 ) -> tuple[str, dict[str, np.ndarray], str]:
     """(signature name, input arrays, ROW|COLUMNAR). `input_dtypes(signature)` looks up the model."""
     if not body.strip():
@@ -246,12 +262,15 @@ def parse_predict_request(
         raise invalid_argument(f"JSON Value: {_debug(doc)} Is not object")
     signature = doc.get("signature_name", "")
     if not isinstance(signature, str):
-        raise invalid_argument(f"JSON Value: {_debug(doc)} not formatted correctly. "
-                               "'signature_name' key must be a string value.")
+        raise invalid_argument(
+            f"JSON Value: {_debug(doc)} not formatted correctly. 'signature_name' key must be a string value."
+        )
     dtypes = input_dtypes(signature)
     if "instances" in doc and "inputs" in doc:
-        raise invalid_argument(f"JSON Value: {_debug(doc)} Not formatted correctly expecting only "
-                               "one of 'inputs' or 'instances' keys to exist ")
+        raise invalid_argument(
+            f"JSON Value: {_debug(doc)} Not formatted correctly expecting only "
+            "one of 'inputs' or 'instances' keys to exist "
+        )
     if "instances" in doc:
         instances = doc["instances"]
         if not isinstance(instances, list):
@@ -270,8 +289,12 @@ def _to_json(name: str, array: np.ndarray):
 
         def convert(v):
             v = v if isinstance(v, bytes) else str(v).encode()
-            return ({"b64": base64.b64encode(v).decode("ascii")} if as_b64
-                    else v.decode("utf-8", errors="replace"))
+            return (
+                {"b64": base64.b64encode(v).decode("ascii")}
+                if as_b64
+                else v.decode("utf-8", errors="replace")
+            )
+
         return np.vectorize(convert, otypes=[object])(array).tolist() if array.size else array.tolist()
     return array.tolist()
 
@@ -286,8 +309,9 @@ def format_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> dict:
     if None in batch:
         raise invalid_argument("Tensor has no shape information")
     if len(batch) > 1:
-        raise invalid_argument("Tensors have inconsistent batch sizes: "
-                               + ", ".join(f"{n}: {len(v)}" for n, v in values.items()))
+        raise invalid_argument(
+            "Tensors have inconsistent batch sizes: " + ", ".join(f"{n}: {len(v)}" for n, v in values.items())
+        )
     rows = batch.pop()
     if len(values) == 1:
         return {"predictions": next(iter(values.values()))}
@@ -363,8 +387,9 @@ def encode_predict_response(outputs: dict[str, np.ndarray], fmt: str, max_bytes:
     if None in batch:
         raise invalid_argument("Tensor has no shape information")
     if len(batch) > 1:
-        raise invalid_argument("Tensors have inconsistent batch sizes: "
-                               + ", ".join(f"{n}: {len(outputs[n])}" for n in names))
+        raise invalid_argument(
+            "Tensors have inconsistent batch sizes: " + ", ".join(f"{n}: {len(outputs[n])}" for n in names)
+        )
     if len(names) == 1:
         out.write('{"predictions": ')
         out.array(names[0], outputs[names[0]])
@@ -372,8 +397,9 @@ def encode_predict_response(outputs: dict[str, np.ndarray], fmt: str, max_bytes:
         return out.bytes()
     out.write('{"predictions": [')
     for i in range(batch.pop()):
-        out.write((", " if i else "") + _dump({name: _to_json(name, _row(outputs[name], i))
-                                                for name in names}))
+        out.write(
+            (", " if i else "") + _dump({name: _to_json(name, _row(outputs[name], i)) for name in names})
+        )
     out.write("]}")
     return out.bytes()
 

@@ -11,6 +11,7 @@ into place), files, names with signs, spaces or other characters, 0, and numbers
 beyond int64. `VersionSource` says so once per ignored name, not on every poll.
 The latest-version policy serves the highest version.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,9 +21,9 @@ from collections.abc import Callable
 
 log = logging.getLogger("serving")
 
-INT64_MAX = 2 ** 63 - 1
-_MAX_DIGITS = len(str(INT64_MAX))       # leading zeros aside, longer numbers cannot fit
-_MAX_REMEMBERED_NAMES = 10_000           # ignored names reported once each, up to this many
+INT64_MAX = 2**63 - 1
+_MAX_DIGITS = len(str(INT64_MAX))  # leading zeros aside, longer numbers cannot fit
+_MAX_REMEMBERED_NAMES = 10_000  # ignored names reported once each, up to this many
 
 
 @dataclass(frozen=True, order=True)
@@ -48,8 +49,7 @@ def _why_not_a_version(name: str) -> str:
     return "not a version number"
 
 
-def list_versions(base_path: str,
-                  ignored: Callable[[str, str], None] | None = None) -> list[VersionDir]:
+def list_versions(base_path: str, ignored: Callable[[str, str], None] | None = None) -> list[VersionDir]:
     """Version folders under `base_path`, lowest first. `ignored(name, reason)` hears
     about every other entry.
 

@@ -5,6 +5,7 @@ TensorFlow (and `tf.make_ndarray`) repeats the last value to fill it, so 67 byte
 on the wire could become 1,024 decoded images. Here the carried values must
 match the declared shape exactly, and rows are capped, before anything is built.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,14 +19,22 @@ from serving.limits import MAX_TENSOR_DIMS, RequestLimits, response_too_large
 
 # dtype → (TensorProto field with the values, proto values per element)
 _VALUE_FIELDS = {
-    types_pb2.DT_FLOAT: ("float_val", 1), types_pb2.DT_DOUBLE: ("double_val", 1),
-    types_pb2.DT_INT32: ("int_val", 1), types_pb2.DT_INT16: ("int_val", 1),
-    types_pb2.DT_INT8: ("int_val", 1), types_pb2.DT_UINT8: ("int_val", 1),
-    types_pb2.DT_UINT16: ("int_val", 1), types_pb2.DT_INT64: ("int64_val", 1),
-    types_pb2.DT_UINT32: ("uint32_val", 1), types_pb2.DT_UINT64: ("uint64_val", 1),
-    types_pb2.DT_BOOL: ("bool_val", 1), types_pb2.DT_STRING: ("string_val", 1),
-    types_pb2.DT_HALF: ("half_val", 1), types_pb2.DT_BFLOAT16: ("half_val", 1),
-    types_pb2.DT_COMPLEX64: ("scomplex_val", 2), types_pb2.DT_COMPLEX128: ("dcomplex_val", 2),
+    types_pb2.DT_FLOAT: ("float_val", 1),
+    types_pb2.DT_DOUBLE: ("double_val", 1),
+    types_pb2.DT_INT32: ("int_val", 1),
+    types_pb2.DT_INT16: ("int_val", 1),
+    types_pb2.DT_INT8: ("int_val", 1),
+    types_pb2.DT_UINT8: ("int_val", 1),
+    types_pb2.DT_UINT16: ("int_val", 1),
+    types_pb2.DT_INT64: ("int64_val", 1),
+    types_pb2.DT_UINT32: ("uint32_val", 1),
+    types_pb2.DT_UINT64: ("uint64_val", 1),
+    types_pb2.DT_BOOL: ("bool_val", 1),
+    types_pb2.DT_STRING: ("string_val", 1),
+    types_pb2.DT_HALF: ("half_val", 1),
+    types_pb2.DT_BFLOAT16: ("half_val", 1),
+    types_pb2.DT_COMPLEX64: ("scomplex_val", 2),
+    types_pb2.DT_COMPLEX128: ("dcomplex_val", 2),
 }
 
 
@@ -38,8 +47,7 @@ def tensor_to_array(alias: str, proto, limits: RequestLimits) -> np.ndarray:
     if any(d < 0 for d in dims):
         raise invalid_argument(f"{parsing_error}: negative dimension in shape {dims}")
     if len(dims) > MAX_TENSOR_DIMS:
-        raise invalid_argument(f"{parsing_error}: {len(dims)} dimensions, more than "
-                               f"{MAX_TENSOR_DIMS}")
+        raise invalid_argument(f"{parsing_error}: {len(dims)} dimensions, more than {MAX_TENSOR_DIMS}")
     elements = math.prod(dims)
     if proto.dtype not in _VALUE_FIELDS:
         raise invalid_argument(f"{parsing_error}: unsupported dtype {proto.dtype}")
@@ -50,14 +58,16 @@ def tensor_to_array(alias: str, proto, limits: RequestLimits) -> np.ndarray:
         if len(proto.tensor_content) != elements * itemsize:
             raise invalid_argument(
                 f"{parsing_error}: shape {dims} needs {elements * itemsize} bytes of "
-                f"tensor_content, got {len(proto.tensor_content)}")
+                f"tensor_content, got {len(proto.tensor_content)}"
+            )
     else:
         field, per_element = _VALUE_FIELDS[proto.dtype]
         carried = len(getattr(proto, field))
         if carried != elements * per_element:
             raise invalid_argument(
                 f"{parsing_error}: shape {dims} declares {elements} values but the tensor "
-                f"carries {carried // per_element}")
+                f"carries {carried // per_element}"
+            )
     if dims:
         limits.check_rows(alias, dims[0])
     try:

@@ -1,6 +1,7 @@
 """Fixtures every area shares: the real-data paths, the tiny pipeline run and its pushed
 version; test logs without TF noise. Each area's folder (prepare, model, pipeline,
 serving, report) has its own conftest.py for what only it uses."""
+
 from __future__ import annotations
 
 import os
@@ -14,12 +15,10 @@ from data_prep import contract
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REAL_DATA = Path(os.environ.get(
-    "BTMRI_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "brain-tumor-mri"))
+REAL_DATA = Path(os.environ.get("BTMRI_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "brain-tumor-mri"))
 
 
-REAL_BOXES = Path(os.environ.get(
-    "BTMRI_REAL_BOXES", REPO_ROOT.parent / "shared" / "data" / "figshare-boxes"))
+REAL_BOXES = Path(os.environ.get("BTMRI_REAL_BOXES", REPO_ROOT.parent / "shared" / "data" / "figshare-boxes"))
 
 
 @pytest.fixture
@@ -36,15 +35,35 @@ def real_data() -> Path:
     return REAL_DATA
 
 
-TINY_RUN_ARGS = ["--synthetic-per-class", "12", "--epochs", "1", "--batch-size", "8",
-                 "--accuracy-bound", "0.0"]
+TINY_RUN_ARGS = [
+    "--synthetic-per-class",
+    "12",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--accuracy-bound",
+    "0.0",
+]
 
 
 def btmri_run(work: Path, *extra: str) -> int:
     """`btmri run` on tiny synthetic data with everything under `work`."""
     from pipeline.cli import main
-    return main(["run", "--work-dir", str(work), "--pipeline-root", str(work / "pipeline"),
-                 "--serving-dir", str(work / "serving"), *TINY_RUN_ARGS, *extra])
+
+    return main(
+        [
+            "run",
+            "--work-dir",
+            str(work),
+            "--pipeline-root",
+            str(work / "pipeline"),
+            "--serving-dir",
+            str(work / "serving"),
+            *TINY_RUN_ARGS,
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Small image builders for tests: distinct textured images, files on disk."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,9 @@ def make_class_folders(root: Path, per_class: int, seed0: int = 0, ext: str = ".
     return {name: per_class for name in contract.CLASS_NAMES}
 
 
-def write_dicom(path: Path, pixels: np.ndarray, center: float, width: float,
-                 photometric: str = "MONOCHROME2") -> None:
+def write_dicom(
+    path: Path, pixels: np.ndarray, center: float, width: float, photometric: str = "MONOCHROME2"
+) -> None:
     """A one-frame 12-bit MR DICOM file with the given window."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset

@@ -10,6 +10,7 @@ row per slice; gallery/: a few slices with their heatmaps, for the report)
 and a `ModelBlessing` for the Pusher: blessed when the Evaluator blessed and, if
 bounds are set, the audit passes them.
 """
+
 from __future__ import annotations
 
 import glob
@@ -28,12 +29,13 @@ from btmri import spec
 from btmri.layout import LESION_AUDIT_FILE
 from components.audit import lesion_audit
 
-GALLERY_PER_KIND = 2   # slices kept per class and outcome (peak in box or not)
+GALLERY_PER_KIND = 2  # slices kept per class and outcome (peak in box or not)
 GALLERY_DIR = "gallery"
 
 
 class LesionAuditResult(types.Artifact):
     """Figures of the lesion audit (lesion_audit.json) and its gallery."""
+
     TYPE_NAME = "btmri.LesionAudit"  # a namespace: the Kubeflow v2 compiler requires one
 
 
@@ -98,8 +100,7 @@ def write_audit(out_dir: str, document: dict, results, gallery: dict[int, tuple[
     import shutil
 
     os.makedirs(os.path.join(out_dir, GALLERY_DIR), exist_ok=True)
-    document = dict(document, results=lesion_audit.results_as_dicts(results),
-                    gallery=sorted(gallery))
+    document = dict(document, results=lesion_audit.results_as_dicts(results), gallery=sorted(gallery))
     with open(os.path.join(out_dir, LESION_AUDIT_FILE), "w") as f:
         json.dump(document, f, indent=1)
     for i, (path, heatmap) in gallery.items():
@@ -111,9 +112,16 @@ def gallery_image_path(out_dir: str, index: int, original: str) -> str:
     return os.path.join(out_dir, GALLERY_DIR, f"{index}{os.path.splitext(original)[1].lower()}")
 
 
-def run_lesion_audit(model_dir: str | None, box_dir: str, training_files: list[str],
-                     tolerance_px: float, bounds: lesion_audit.AuditBounds, out_dir: str,
-                     progress: bool = False, predictor=None) -> dict:
+def run_lesion_audit(
+    model_dir: str | None,
+    box_dir: str,
+    training_files: list[str],
+    tolerance_px: float,
+    bounds: lesion_audit.AuditBounds,
+    out_dir: str,
+    progress: bool = False,
+    predictor=None,
+) -> dict:
     """The audit as the component runs it; returns the JSON document written."""
     from components.audit.predictors import SavedModelPredictor
     from data_prep.lesion_boxes import read_box_folder
@@ -123,9 +131,9 @@ def run_lesion_audit(model_dir: str | None, box_dir: str, training_files: list[s
     if training_files:
         audited = slices_not_in(slices, training_images(training_files))
     predictor = predictor or SavedModelPredictor(model_dir)
-    results, heatmaps = lesion_audit.audit_slices(audited, predictor, tolerance_px=tolerance_px,
-                                                  progress=progress,
-                                                  keep_heatmaps=GALLERY_PER_KIND)
+    results, heatmaps = lesion_audit.audit_slices(
+        audited, predictor, tolerance_px=tolerance_px, progress=progress, keep_heatmaps=GALLERY_PER_KIND
+    )
     summary = lesion_audit.summarise(results)
     failures = lesion_audit.check(summary, bounds)
     document = {
@@ -136,20 +144,19 @@ def run_lesion_audit(model_dir: str | None, box_dir: str, training_files: list[s
         "slices_audited": len(audited),
         "tolerance_px": tolerance_px,
         "lesion_removal": f"box grown by {lesion_audit.REMOVAL_MARGIN:.2f} of the side, "
-                          "inpainted with OpenCV Telea at the slice's resolution",
+        "inpainted with OpenCV Telea at the slice's resolution",
         "summary": summary,
-        "bounds": {"min_pointing": bounds.min_pointing,
-                   "min_removed_changed": bounds.min_removed_changed},
+        "bounds": {"min_pointing": bounds.min_pointing, "min_removed_changed": bounds.min_removed_changed},
         "failures": failures,
         "passed": not failures,
     }
-    write_audit(out_dir, document, results,
-                {i: (audited[i].path, heatmap) for i, heatmap in heatmaps.items()})
+    write_audit(
+        out_dir, document, results, {i: (audited[i].path, heatmap) for i, heatmap in heatmaps.items()}
+    )
     return document
 
 
 class LesionAuditExecutor(base_executor.BaseExecutor):
-
     def Do(self, input_dict, output_dict, exec_properties):
         model = artifact_utils.get_single_instance(input_dict["model"])
         examples = artifact_utils.get_single_instance(input_dict["examples"])
@@ -157,47 +164,77 @@ class LesionAuditExecutor(base_executor.BaseExecutor):
         audit = artifact_utils.get_single_instance(output_dict["audit"])
         blessing = artifact_utils.get_single_instance(output_dict["blessing"])
 
-        bounds = lesion_audit.AuditBounds(float(exec_properties["min_pointing"]),
-                                          float(exec_properties["min_removed_changed"]))
+        bounds = lesion_audit.AuditBounds(
+            float(exec_properties["min_pointing"]), float(exec_properties["min_removed_changed"])
+        )
         document = run_lesion_audit(
-            path_utils.serving_model_path(model.uri), exec_properties["box_dir"],
+            path_utils.serving_model_path(model.uri),
+            exec_properties["box_dir"],
             split_files(examples.uri),
-            float(exec_properties["tolerance_px"]), bounds, audit.uri)
+            float(exec_properties["tolerance_px"]),
+            bounds,
+            audit.uri,
+        )
         overall = document["summary"]["overall"]
         for key in ("pointing", "removed_changed", "removed_notumor"):
             audit.set_float_custom_property(key, float(overall[key]["value"]))
         audit.set_int_custom_property("slices_audited", document["slices_audited"])
 
-        evaluator_ok = evaluator_blessing.get_int_custom_property(
-            evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY) == evaluator_constants.BLESSED_VALUE
+        evaluator_ok = (
+            evaluator_blessing.get_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY)
+            == evaluator_constants.BLESSED_VALUE
+        )
         ok = evaluator_ok and document["passed"]
         blessing.set_string_custom_property(
-            evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
-        blessing.set_int_custom_property(
-            evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
-        reason = ("blessed" if ok else "the Evaluator did not bless the model" if not evaluator_ok
-                  else "; ".join(document["failures"]))
+            evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri
+        )
+        blessing.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+        reason = (
+            "blessed"
+            if ok
+            else "the Evaluator did not bless the model"
+            if not evaluator_ok
+            else "; ".join(document["failures"])
+        )
         blessing.set_string_custom_property(
-            evaluator_constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, reason)
+            evaluator_constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, reason
+        )
         blessing.set_int_custom_property(
             evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY,
-            evaluator_constants.BLESSED_VALUE if ok else evaluator_constants.NOT_BLESSED_VALUE)
-        io_utils.write_string_file(os.path.join(
-            blessing.uri, evaluator_constants.BLESSED_FILE_NAME if ok
-            else evaluator_constants.NOT_BLESSED_FILE_NAME), "")
+            evaluator_constants.BLESSED_VALUE if ok else evaluator_constants.NOT_BLESSED_VALUE,
+        )
+        io_utils.write_string_file(
+            os.path.join(
+                blessing.uri,
+                evaluator_constants.BLESSED_FILE_NAME if ok else evaluator_constants.NOT_BLESSED_FILE_NAME,
+            ),
+            "",
+        )
 
 
 class LesionAudit(base_component.BaseComponent):
     SPEC_CLASS = LesionAuditSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(LesionAuditExecutor)
 
-    def __init__(self, model, examples, model_blessing, box_dir: str,
-                 tolerance_px: float = lesion_audit.DEFAULT_TOLERANCE_PX,
-                 min_pointing: float = -1.0, min_removed_changed: float = -1.0):
+    def __init__(
+        self,
+        model,
+        examples,
+        model_blessing,
+        box_dir: str,
+        tolerance_px: float = lesion_audit.DEFAULT_TOLERANCE_PX,
+        min_pointing: float = -1.0,
+        min_removed_changed: float = -1.0,
+    ):
         component_spec = LesionAuditSpec(
-            model=model, examples=examples, model_blessing=model_blessing, box_dir=box_dir,
-            tolerance_px=float(tolerance_px), min_pointing=float(min_pointing),
+            model=model,
+            examples=examples,
+            model_blessing=model_blessing,
+            box_dir=box_dir,
+            tolerance_px=float(tolerance_px),
+            min_pointing=float(min_pointing),
             min_removed_changed=float(min_removed_changed),
             audit=types.Channel(type=LesionAuditResult),
-            blessing=types.Channel(type=standard_artifacts.ModelBlessing))
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+        )
         super().__init__(spec=component_spec)

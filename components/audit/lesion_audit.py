@@ -16,6 +16,7 @@ reached through a Predictor: the exported SavedModel in-process, or a served mod
 over gRPC (components/audit/predictors.py), so the pipeline and `btmri audit`
 run the same checks.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -31,8 +32,8 @@ from btmri.layout import LESION_AUDIT_FILE
 from btmri import intervals
 from data_prep.lesion_boxes import BoxedSlice, box_mask, gray_of
 
-DEFAULT_TOLERANCE_PX = 8      # on the 224x224 heatmap: half a 14x14 Grad-CAM cell
-REMOVAL_MARGIN = 0.02         # boxes are loose or tight by a few pixels: grow before editing
+DEFAULT_TOLERANCE_PX = 8  # on the 224x224 heatmap: half a 14x14 Grad-CAM cell
+REMOVAL_MARGIN = 0.02  # boxes are loose or tight by a few pixels: grow before editing
 HEATMAP_SIZE = 224
 
 
@@ -51,20 +52,24 @@ class SliceResult:
     box: tuple[float, float, float, float]
     predicted: int
     probability: float
-    peak: tuple[float, float]           # normalised (y, x) of the heatmap's maximum
+    peak: tuple[float, float]  # normalised (y, x) of the heatmap's maximum
     pointing: bool
     pointing_tolerant: bool
     mass_in_box: float
     box_area: float
     removed_predicted: int
-    removed_probability: float          # of the original class, lesion removed
+    removed_probability: float  # of the original class, lesion removed
     lesion_only_predicted: int
 
 
 def grown(box, margin: float = REMOVAL_MARGIN):
     ymin, xmin, ymax, xmax = box
-    return (max(0.0, ymin - margin), max(0.0, xmin - margin),
-            min(1.0, ymax + margin), min(1.0, xmax + margin))
+    return (
+        max(0.0, ymin - margin),
+        max(0.0, xmin - margin),
+        min(1.0, ymax + margin),
+        min(1.0, xmax + margin),
+    )
 
 
 def remove_lesion(gray: np.ndarray, box) -> np.ndarray:
@@ -99,18 +104,32 @@ def heatmap_figures(heatmap: np.ndarray, box, tolerance_px: float) -> dict:
     mask = box_mask(box, h, w)
     total = float(heatmap.sum())
     if total <= 0:  # nothing supports the class: no peak to point with
-        return {"peak": (float("nan"), float("nan")), "pointing": False,
-                "pointing_tolerant": False, "mass_in_box": 0.0, "box_area": float(mask.mean())}
+        return {
+            "peak": (float("nan"), float("nan")),
+            "pointing": False,
+            "pointing_tolerant": False,
+            "mass_in_box": 0.0,
+            "box_area": float(mask.mean()),
+        }
     py, px = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
-    y, x = py + 0.5, px + 0.5   # pixel centre, in heatmap pixels
-    return {"peak": (y / h, x / w), "pointing": bool(mask[py, px]),
-            "pointing_tolerant": _distance_to_box_px(y, x, box, h) <= tolerance_px,
-            "mass_in_box": float(heatmap[mask].sum() / total), "box_area": float(mask.mean())}
+    y, x = py + 0.5, px + 0.5  # pixel centre, in heatmap pixels
+    return {
+        "peak": (y / h, x / w),
+        "pointing": bool(mask[py, px]),
+        "pointing_tolerant": _distance_to_box_px(y, x, box, h) <= tolerance_px,
+        "mass_in_box": float(heatmap[mask].sum() / total),
+        "box_area": float(mask.mean()),
+    }
 
 
-def audit_slices(slices: Sequence[BoxedSlice], predictor: Predictor, batch_size: int = 16,
-                 tolerance_px: float = DEFAULT_TOLERANCE_PX, progress: bool = True,
-                 keep_heatmaps: int = 0) -> tuple[list[SliceResult], dict[int, np.ndarray]]:
+def audit_slices(
+    slices: Sequence[BoxedSlice],
+    predictor: Predictor,
+    batch_size: int = 16,
+    tolerance_px: float = DEFAULT_TOLERANCE_PX,
+    progress: bool = True,
+    keep_heatmaps: int = 0,
+) -> tuple[list[SliceResult], dict[int, np.ndarray]]:
     """Runs every check on every slice. Returns the per-slice results and, for the
     first `keep_heatmaps` slices of each class and outcome (peak in box or not), their
     heatmaps (for galleries)."""
@@ -119,7 +138,7 @@ def audit_slices(slices: Sequence[BoxedSlice], predictor: Predictor, batch_size:
     kept_count: dict[tuple[int, bool], int] = {}
     bar = tqdm(total=len(slices), desc="lesion audit", unit="slice", disable=not progress)
     for start in range(0, len(slices), batch_size):
-        batch = slices[start:start + batch_size]
+        batch = slices[start : start + batch_size]
         grays = [gray_of(s.path) for s in batch]
         originals = [png(g) for g in grays]
         heatmaps, probs = predictor.gradcam(originals)
@@ -127,14 +146,23 @@ def audit_slices(slices: Sequence[BoxedSlice], predictor: Predictor, batch_size:
         only = predictor.predict([png(lesion_only(g, s.box)) for g, s in zip(grays, batch)])
         for i, s in enumerate(batch):
             fig = heatmap_figures(np.asarray(heatmaps[i], np.float32), s.box, tolerance_px)
-            results.append(SliceResult(
-                source=s.source, label=s.label, box=tuple(s.box),
-                predicted=int(np.argmax(probs[i])), probability=float(np.max(probs[i])),
-                peak=fig["peak"], pointing=fig["pointing"],
-                pointing_tolerant=fig["pointing_tolerant"], mass_in_box=fig["mass_in_box"],
-                box_area=fig["box_area"], removed_predicted=int(np.argmax(removed[i])),
-                removed_probability=float(removed[i][s.label]),
-                lesion_only_predicted=int(np.argmax(only[i]))))
+            results.append(
+                SliceResult(
+                    source=s.source,
+                    label=s.label,
+                    box=tuple(s.box),
+                    predicted=int(np.argmax(probs[i])),
+                    probability=float(np.max(probs[i])),
+                    peak=fig["peak"],
+                    pointing=fig["pointing"],
+                    pointing_tolerant=fig["pointing_tolerant"],
+                    mass_in_box=fig["mass_in_box"],
+                    box_area=fig["box_area"],
+                    removed_predicted=int(np.argmax(removed[i])),
+                    removed_probability=float(removed[i][s.label]),
+                    lesion_only_predicted=int(np.argmax(only[i])),
+                )
+            )
             kind = (s.label, fig["pointing"])
             if kept_count.get(kind, 0) < keep_heatmaps:
                 kept[len(results) - 1] = np.asarray(heatmaps[i], np.float32)
@@ -181,6 +209,7 @@ def summarise(results: list[SliceResult]) -> dict:
 @dataclass(frozen=True)
 class AuditBounds:
     """Gate: a bound < 0 is off. Overall pointing (strict) and lesion-removed "changed"."""
+
     min_pointing: float = -1.0
     min_removed_changed: float = -1.0
 
@@ -194,12 +223,15 @@ def check(summary: dict, bounds: AuditBounds) -> list[str]:
     overall = summary["overall"]
     failures = []
     if bounds.min_pointing >= 0 and not overall["pointing"]["value"] >= bounds.min_pointing:
-        failures.append(f"pointing game {overall['pointing']['value']:.3f} "
-                        f"< bound {bounds.min_pointing}")
-    if (bounds.min_removed_changed >= 0
-            and not overall["removed_changed"]["value"] >= bounds.min_removed_changed):
-        failures.append(f"lesion removed, class changed {overall['removed_changed']['value']:.3f} "
-                        f"< bound {bounds.min_removed_changed}")
+        failures.append(f"pointing game {overall['pointing']['value']:.3f} < bound {bounds.min_pointing}")
+    if (
+        bounds.min_removed_changed >= 0
+        and not overall["removed_changed"]["value"] >= bounds.min_removed_changed
+    ):
+        failures.append(
+            f"lesion removed, class changed {overall['removed_changed']['value']:.3f} "
+            f"< bound {bounds.min_removed_changed}"
+        )
     return failures
 
 

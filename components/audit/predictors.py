@@ -1,4 +1,5 @@
 """The two ways the lesion audit reaches a model: in process, or served over gRPC."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -42,8 +43,9 @@ class ServedPredictor:
     def _outputs(self, signature: str, images: Sequence[bytes], names: list[str]) -> list[np.ndarray]:
         import tensorflow as tf
 
-        response = self._client.predict(signature, {spec.IMAGE_BYTES_INPUT: list(images)},
-                                        output_filter=names)
+        response = self._client.predict(
+            signature, {spec.IMAGE_BYTES_INPUT: list(images)}, output_filter=names
+        )
         return [tf.make_ndarray(response.outputs[name]) for name in names]
 
     def gradcam(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
 """The lesion audit as plain text: the run summary and `btmri audit` print this."""
+
 from __future__ import annotations
 
 from btmri.intervals import format_with_interval
@@ -23,8 +24,10 @@ COLUMNS = (
 def audit_lines(document: dict) -> list[str]:
     """A table: one row per class and overall, each figure with its 95 % interval."""
     summary = document["summary"]
-    lines = [f"lesion audit: {document['slices_audited']} slices not used in training "
-             f"(of {document['slices_in_folder']} in {document['box_dir']}); 95 % intervals"]
+    lines = [
+        f"lesion audit: {document['slices_audited']} slices not used in training "
+        f"(of {document['slices_in_folder']} in {document['box_dir']}); 95 % intervals"
+    ]
     width = 22
     lines.append("class        n     " + "".join(title.ljust(width) for _, title in COLUMNS))
     rows = [*summary["per_class"].items(), ("overall", summary["overall"])]

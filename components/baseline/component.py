@@ -23,6 +23,7 @@ It needs only the Trainer's model and the examples: it runs beside the Evaluator
 and the ModelReport records it (so the Pusher waits for it only as long as the
 report waits anyway on orchestrators that run steps in parallel).
 """
+
 from __future__ import annotations
 
 import os
@@ -67,15 +68,17 @@ class _PredictFeatures(beam.DoFn):
     def process(self, batch):
         from tensorflow.core.example import example_pb2
 
-        images = [example_pb2.Example.FromString(serialized).features.feature[spec.IMAGE_KEY]
-                  .bytes_list.value[0] for serialized in batch]
+        images = [
+            example_pb2.Example.FromString(serialized).features.feature[spec.IMAGE_KEY].bytes_list.value[0]
+            for serialized in batch
+        ]
         yield from predict_rows(self._signature, images)
 
 
 class RequestBaselineSpec(types.ComponentSpec):
     PARAMETERS = {
         "split": ExecutionParameter(type=str),
-        "schema_text": ExecutionParameter(type=str),   # the schema itself: no file path to ship
+        "schema_text": ExecutionParameter(type=str),  # the schema itself: no file path to ship
     }
     INPUTS = {
         "examples": ChannelParameter(type=standard_artifacts.Examples),
@@ -88,7 +91,6 @@ class RequestBaselineSpec(types.ComponentSpec):
 
 
 class RequestBaselineExecutor(base_beam_executor.BaseBeamExecutor):
-
     def Do(self, input_dict, output_dict, exec_properties):
         from google.protobuf import text_format
         from tensorflow_metadata.proto.v0 import schema_pb2
@@ -106,19 +108,21 @@ class RequestBaselineExecutor(base_beam_executor.BaseBeamExecutor):
         split_uri = artifact_utils.get_split_uri([examples], split)
         out = os.path.join(statistics.uri, f"Split-{split}", STATISTICS_FILE)
         with self._make_beam_pipeline() as pipeline:
-            _ = (pipeline
-                 | "Read" >> beam.io.ReadFromTFRecord(os.path.join(split_uri, "*"))
-                 | "Batch" >> beam.BatchElements(min_batch_size=BATCH_SIZE,
-                                                 max_batch_size=BATCH_SIZE)
-                 | "Predict" >> beam.ParDo(_PredictFeatures(path_utils.serving_model_path(model.uri)))
-                 | "Statistics" >> RowsToStatistics(schema)
-                 | "Write" >> tfdv.WriteStatisticsToBinaryFile(out))
+            _ = (
+                pipeline
+                | "Read" >> beam.io.ReadFromTFRecord(os.path.join(split_uri, "*"))
+                | "Batch" >> beam.BatchElements(min_batch_size=BATCH_SIZE, max_batch_size=BATCH_SIZE)
+                | "Predict" >> beam.ParDo(_PredictFeatures(path_utils.serving_model_path(model.uri)))
+                | "Statistics" >> RowsToStatistics(schema)
+                | "Write" >> tfdv.WriteStatisticsToBinaryFile(out)
+            )
         statistics.split_names = artifact_utils.encode_split_names([split])
         count = statistics_count(tfdv.load_stats_binary(out))
         statistics.set_int_custom_property("examples", count)
         statistics.set_string_custom_property("split", split)
-        io_utils.write_string_file(os.path.join(schema_artifact.uri, SCHEMA_FILE),
-                                   exec_properties["schema_text"])
+        io_utils.write_string_file(
+            os.path.join(schema_artifact.uri, SCHEMA_FILE), exec_properties["schema_text"]
+        )
 
 
 class RequestBaseline(base_beam_component.BaseBeamComponent):
@@ -127,7 +131,11 @@ class RequestBaseline(base_beam_component.BaseBeamComponent):
 
     def __init__(self, examples, model, schema_text: str, split: str):
         component_spec = RequestBaselineSpec(
-            examples=examples, model=model, split=split, schema_text=schema_text,
+            examples=examples,
+            model=model,
+            split=split,
+            schema_text=schema_text,
             statistics=types.Channel(type=standard_artifacts.ExampleStatistics),
-            schema=types.Channel(type=standard_artifacts.Schema))
+            schema=types.Channel(type=standard_artifacts.Schema),
+        )
         super().__init__(spec=component_spec)

@@ -6,6 +6,7 @@ is a missing value. Every batch carries every feature column, so statistics of
 traffic without images (request logs with --log-payload none) simply count the
 image features as missing.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,10 @@ def to_record_batch(rows: list[dict]) -> pa.RecordBatch:
     columns = []
     for name in spec.REQUEST_FEATURES:
         kind = FEATURE_TYPES[name]
-        values = [None if row.get(name) is None else
-                  [row[name].encode() if kind is str else row[name]] for row in rows]
+        values = [
+            None if row.get(name) is None else [row[name].encode() if kind is str else row[name]]
+            for row in rows
+        ]
         columns.append(pa.array(values, type=pa.list_(_ARROW_TYPES[kind])))
     return pa.RecordBatch.from_arrays(columns, list(spec.REQUEST_FEATURES))
 
@@ -54,10 +57,12 @@ class RowsToStatistics(beam.PTransform):
     def expand(self, rows):
         import tensorflow_data_validation as tfdv
 
-        return (rows
-                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-                | "ToArrow" >> beam.Map(to_record_batch)
-                | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions(schema=self.schema)))
+        return (
+            rows
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+            | "ToArrow" >> beam.Map(to_record_batch)
+            | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions(schema=self.schema))
+        )
 
 
 def statistics_count(statistics) -> int:
@@ -65,13 +70,16 @@ def statistics_count(statistics) -> int:
     return int(statistics.datasets[0].num_examples) if statistics.datasets else 0
 
 
-def statistics_of_rows(rows: list[dict], schema, path: str | os.PathLike,
-                       beam_args: list[str] | None = None):
+def statistics_of_rows(rows: list[dict], schema, path: str | os.PathLike, beam_args: list[str] | None = None):
     """TFDV statistics of rows held in memory (tools and tests), written to `path`."""
     import tensorflow_data_validation as tfdv
     from apache_beam.options.pipeline_options import PipelineOptions
 
     with beam.Pipeline(options=PipelineOptions(beam_args or [])) as pipeline:
-        _ = (pipeline | "Rows" >> beam.Create(rows) | RowsToStatistics(schema)
-             | "Write" >> tfdv.WriteStatisticsToBinaryFile(str(path)))
+        _ = (
+            pipeline
+            | "Rows" >> beam.Create(rows)
+            | RowsToStatistics(schema)
+            | "Write" >> tfdv.WriteStatisticsToBinaryFile(str(path))
+        )
     return tfdv.load_stats_binary(str(path))

@@ -28,6 +28,7 @@ The fitted numbers go into the graph as constants (`outputs`) and into
 abstention.json beside saved_model.pb (`write`); the serving signatures return
 `ood_score`, `abstain` and `abstain_reason` next to the usual outputs.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,11 +40,10 @@ import numpy as np
 
 from btmri.documents import TRAINER_DEFAULTS
 from btmri.layout import ABSTENTION_FILE
-from btmri.spec import (ABSTAIN, ABSTAIN_REASON, OOD_SCORE, REASON_LOW_CONFIDENCE,
-                        REASON_OUT_OF_DISTRIBUTION)
+from btmri.spec import ABSTAIN, ABSTAIN_REASON, OOD_SCORE, REASON_LOW_CONFIDENCE, REASON_OUT_OF_DISTRIBUTION
 
 DEFAULT_FOLDS = 5
-EIGEN_FLOOR = 1e-6        # relative to the largest eigenvalue of a shrunk covariance
+EIGEN_FLOOR = 1e-6  # relative to the largest eigenvalue of a shrunk covariance
 # The graph computes in float32 what `fit` computes in float64; an image exactly at
 # a threshold must not flip, or the eval acceptance could drop by one image.
 _MARGIN = 1e-4
@@ -52,10 +52,11 @@ _MARGIN = 1e-4
 @dataclass
 class LayerStats:
     """Whitening of one pooled feature map and the class means in whitened space."""
+
     name: str
-    whitening: np.ndarray      # [d, d]: z = f @ whitening has identity covariance
-    means: np.ndarray          # [K, d]: whitened class means (classes seen in the fit)
-    scale: float = 1.0         # median cross-fitted distance on held-out brain slices
+    whitening: np.ndarray  # [d, d]: z = f @ whitening has identity covariance
+    means: np.ndarray  # [K, d]: whitened class means (classes seen in the fit)
+    scale: float = 1.0  # median cross-fitted distance on held-out brain slices
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """[N, d] → [N]: sqrt(min over classes of squared distance / d) / scale."""
@@ -67,12 +68,12 @@ class LayerStats:
 @dataclass
 class AbstentionSpec:
     layers: list[LayerStats]
-    ood_threshold: float              # on the combined distance; ood_score = combined / this
-    confidence_floor: float           # top probability below this: low_confidence
+    ood_threshold: float  # on the combined distance; ood_score = combined / this
+    confidence_floor: float  # top probability below this: low_confidence
     accept: float
     ood_share: float
     fit_report: dict = field(default_factory=dict)
-    cross_fitted_scores: np.ndarray | None = None   # ood_score of each fitting example, cross-fitted
+    cross_fitted_scores: np.ndarray | None = None  # ood_score of each fitting example, cross-fitted
 
     @property
     def features(self) -> list[str]:
@@ -95,22 +96,30 @@ class AbstentionSpec:
     def to_json(self) -> dict:
         return {
             "method": "class-conditional Mahalanobis distance, shared Ledoit-Wolf covariance per "
-                      "layer, on globally average-pooled features; per-layer distance divided by "
-                      "its cross-fitted median on the fitting split; the largest over layers, "
-                      "divided by the threshold, is ood_score (> 1: out_of_distribution); then "
-                      "top probability < confidence_floor: low_confidence",
+            "layer, on globally average-pooled features; per-layer distance divided by "
+            "its cross-fitted median on the fitting split; the largest over layers, "
+            "divided by the threshold, is ood_score (> 1: out_of_distribution); then "
+            "top probability < confidence_floor: low_confidence",
             "accept": self.accept,
             "ood_share": self.ood_share,
             "ood_threshold": self.ood_threshold,
             "confidence_floor": self.confidence_floor,
             "features": [layer.name for layer in self.layers],
-            "layers": [{"name": layer.name, "dims": int(layer.whitening.shape[0]),
-                        "classes": int(layer.means.shape[0]), "scale": layer.scale} for layer in self.layers],
+            "layers": [
+                {
+                    "name": layer.name,
+                    "dims": int(layer.whitening.shape[0]),
+                    "classes": int(layer.means.shape[0]),
+                    "scale": layer.scale,
+                }
+                for layer in self.layers
+            ],
             **self.fit_report,
         }
 
 
 # ---- fitting -------------------------------------------------------------------------
+
 
 def _whitening(residuals: np.ndarray) -> np.ndarray:
     """W with W^T Σ W = I for the Ledoit-Wolf shrunk covariance Σ of centred residuals."""
@@ -148,8 +157,13 @@ def _order_statistic(values: np.ndarray, share: float) -> float:
     return float(ordered[k - 1])
 
 
-def cross_fitted_distances(names: list[str], features: list[np.ndarray], labels: np.ndarray,
-                           folds: int = DEFAULT_FOLDS, seed: int = 0) -> list[np.ndarray]:
+def cross_fitted_distances(
+    names: list[str],
+    features: list[np.ndarray],
+    labels: np.ndarray,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+) -> list[np.ndarray]:
     """Per layer, each example's distance under statistics fitted without its fold
     (unscaled). With fewer than two examples per fold, in-sample distances."""
     folds = min(folds, len(labels) // 2)
@@ -166,10 +180,16 @@ def cross_fitted_distances(names: list[str], features: list[np.ndarray], labels:
     return out
 
 
-def fit(names: list[str], features: list[np.ndarray], labels: np.ndarray,
-        probabilities: np.ndarray, accept: float = TRAINER_DEFAULTS.abstention_accept,
-        ood_share: float = TRAINER_DEFAULTS.abstention_ood_share, folds: int = DEFAULT_FOLDS,
-        seed: int = 0) -> AbstentionSpec:
+def fit(
+    names: list[str],
+    features: list[np.ndarray],
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    accept: float = TRAINER_DEFAULTS.abstention_accept,
+    ood_share: float = TRAINER_DEFAULTS.abstention_ood_share,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+) -> AbstentionSpec:
     """Fits the detector on held-out in-distribution data: pooled `features` per layer
     ([N, d_l]), true `labels` [N] and the served (calibrated) `probabilities` [N, K].
     At least `accept` of these examples are accepted by the returned spec."""
@@ -186,8 +206,9 @@ def fit(names: list[str], features: list[np.ndarray], labels: np.ndarray,
     combined_oof = np.max([d / layer.scale for layer, d in zip(layers, oof)], axis=0)
     combined_in = np.max([layer.distances(f) for layer, f in zip(layers, features)], axis=0)
     ood_accept = 1.0 - ood_share * (1.0 - accept)
-    threshold = max(_order_statistic(combined_oof, ood_accept),
-                    _order_statistic(combined_in, ood_accept)) * (1 + _MARGIN)
+    threshold = max(_order_statistic(combined_oof, ood_accept), _order_statistic(combined_in, ood_accept)) * (
+        1 + _MARGIN
+    )
 
     # The confidence floor takes the rest of the budget. It is chosen so that both the
     # cross-fitted decision (what a new image meets) and the in-sample one (what the
@@ -201,8 +222,14 @@ def fit(names: list[str], features: list[np.ndarray], labels: np.ndarray,
 
     floor = max(min(floor_for(combined_in <= threshold), floor_for(combined_oof <= threshold)), 0.0)
 
-    spec = AbstentionSpec(layers, float(threshold), floor, float(accept), float(ood_share),
-                          cross_fitted_scores=combined_oof / threshold)
+    spec = AbstentionSpec(
+        layers,
+        float(threshold),
+        floor,
+        float(accept),
+        float(ood_share),
+        cross_fitted_scores=combined_oof / threshold,
+    )
     _, abstain, reason = spec.decide(probabilities, features)
     correct = probabilities.argmax(axis=1) == labels
     oof_accept = float(np.mean((combined_oof <= threshold) & (confidence >= floor)))
@@ -222,6 +249,7 @@ def fit(names: list[str], features: list[np.ndarray], labels: np.ndarray,
 
 # ---- the graph -----------------------------------------------------------------------
 
+
 def outputs(spec: AbstentionSpec, probabilities, features: list) -> dict:
     """The three serving outputs from the model's (calibrated) probabilities [N, K] and
     its pooled features (one [N, d_l] tensor per layer), the fitted numbers as constants."""
@@ -234,25 +262,27 @@ def outputs(spec: AbstentionSpec, probabilities, features: list) -> dict:
         dist = tf.sqrt(tf.reduce_min(d2, axis=1) / float(layer.whitening.shape[1])) / layer.scale
         combined = dist if combined is None else tf.maximum(combined, dist)
     score = combined / spec.ood_threshold
-    out = tf.logical_not(score <= 1.0)              # NaN counts as out of distribution
-    low = tf.logical_and(tf.logical_not(out),
-                         tf.reduce_max(probabilities, axis=1) < spec.confidence_floor)
+    out = tf.logical_not(score <= 1.0)  # NaN counts as out of distribution
+    low = tf.logical_and(tf.logical_not(out), tf.reduce_max(probabilities, axis=1) < spec.confidence_floor)
     empty = tf.fill(tf.shape(score), "")
-    reason = tf.where(out, tf.fill(tf.shape(score), REASON_OUT_OF_DISTRIBUTION),
-                      tf.where(low, tf.fill(tf.shape(score), REASON_LOW_CONFIDENCE), empty))
+    reason = tf.where(
+        out,
+        tf.fill(tf.shape(score), REASON_OUT_OF_DISTRIBUTION),
+        tf.where(low, tf.fill(tf.shape(score), REASON_LOW_CONFIDENCE), empty),
+    )
     return {OOD_SCORE: score, ABSTAIN: tf.logical_or(out, low), ABSTAIN_REASON: reason}
 
 
 # ---- the Keras side: which features, collected how ----------------------------------
 
-PENULTIMATE = "penultimate"          # the pooled features the logits read
-SPATIAL = "spatial_2x2"              # the Grad-CAM map average-pooled to 2x2 (layout)
-FINE_MEAN = "fine_mean"              # the fine map, globally pooled
-COARSE_MEAN = "coarse_mean"          # the Grad-CAM map, globally pooled
+PENULTIMATE = "penultimate"  # the pooled features the logits read
+SPATIAL = "spatial_2x2"  # the Grad-CAM map average-pooled to 2x2 (layout)
+FINE_MEAN = "fine_mean"  # the fine map, globally pooled
+COARSE_MEAN = "coarse_mean"  # the Grad-CAM map, globally pooled
 # Candidate feature sets, simplest first; the Trainer keeps the one that best separates
 # its own generated outliers from cross-fitted eval slices (`choose`).
 CANDIDATES = ((PENULTIMATE,), (SPATIAL, PENULTIMATE), (FINE_MEAN, COARSE_MEAN, PENULTIMATE))
-MAX_SPATIAL_DIMS = 1024              # a 2x2 pooling of a wider map is left out
+MAX_SPATIAL_DIMS = 1024  # a 2x2 pooling of a wider map is left out
 
 
 def feature_tensors(model) -> dict[str, object]:
@@ -269,7 +299,8 @@ def feature_tensors(model) -> dict[str, object]:
             if 4 * grid.shape[-1] <= MAX_SPATIAL_DIMS and min(grid.shape[1:3]) >= 2:
                 pool = (grid.shape[1] // 2, grid.shape[2] // 2)
                 found[SPATIAL] = layers.Flatten(name="ood_spatial_flat")(
-                    layers.AveragePooling2D(pool, strides=pool, name="ood_spatial_pool")(grid))
+                    layers.AveragePooling2D(pool, strides=pool, name="ood_spatial_pool")(grid)
+                )
             found[COARSE_MEAN] = layers.GlobalAveragePooling2D(name="ood_coarse_pool")(grid)
     if GRADCAM_FINE_LAYER in names:
         fine = model.get_layer(GRADCAM_FINE_LAYER).output
@@ -290,8 +321,9 @@ def scoring_model(model, names=None):
 
     tensors = feature_tensors(model)
     names = list(tensors) if names is None else list(names)
-    return keras.Model(model.inputs, [model.output, *[tensors[n] for n in names]],
-                       name="abstention_features"), names
+    return keras.Model(
+        model.inputs, [model.output, *[tensors[n] for n in names]], name="abstention_features"
+    ), names
 
 
 def collect(scorer, batches) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -314,8 +346,13 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
 
 
-def choose(features: dict[str, np.ndarray], labels: np.ndarray, probabilities: np.ndarray,
-           outliers: dict[str, list[np.ndarray]] | None, **fit_kw) -> AbstentionSpec:
+def choose(
+    features: dict[str, np.ndarray],
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    outliers: dict[str, list[np.ndarray]] | None,
+    **fit_kw,
+) -> AbstentionSpec:
     """Fits every candidate feature set and keeps the one whose score best separates the
     outliers (name → features per kind) from the fitting data's cross-fitted scores
     (first wins ties; without outliers, the first candidate). The comparison goes into
@@ -336,8 +373,11 @@ def choose(features: dict[str, np.ndarray], labels: np.ndarray, probabilities: n
     spec.fit_report["feature_choice"] = {
         "chosen": row["features"],
         "by": "AUROC of ood_score, cross-fitted eval images vs the Trainer's own generated "
-              "outliers (components/training/outliers.py)" if outliers else "first candidate",
-        "candidates": tried}
+        "outliers (components/training/outliers.py)"
+        if outliers
+        else "first candidate",
+        "candidates": tried,
+    }
     return spec
 
 

@@ -8,6 +8,7 @@ that halved training throughput (benchmarks/training_throughput.py).
 Axial slices are roughly left-right symmetric and tumours occur on either side,
 so a horizontal flip makes a new plausible image; vertical flips do not.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,9 @@ import tensorflow as tf
 @dataclass(frozen=True)
 class AugmentConfig:
     max_rotation_deg: float = 15.0
-    max_zoom: float = 0.10            # scale in [1 - z, 1 + z]
-    max_shift: float = 0.06           # fraction of the image side
-    max_contrast: float = 0.20        # factor in [1 - c, 1 + c] around the image mean
+    max_zoom: float = 0.10  # scale in [1 - z, 1 + z]
+    max_shift: float = 0.06  # fraction of the image side
+    max_contrast: float = 0.20  # factor in [1 - c, 1 + c] around the image mean
     flip: bool = True
 
 
@@ -48,8 +49,7 @@ def inverse_affine(theta, scale, tx, ty, flip, height, width) -> tf.Tensor:
 
 def _random_transforms(batch, height, width, cfg: AugmentConfig, seed: int | None) -> tf.Tensor:
     def uniform(low, high, offset):
-        return tf.random.uniform([batch], low, high,
-                                 seed=None if seed is None else seed + offset)
+        return tf.random.uniform([batch], low, high, seed=None if seed is None else seed + offset)
 
     theta = uniform(-1.0, 1.0, 0) * (cfg.max_rotation_deg * math.pi / 180.0)
     scale = uniform(1.0 - cfg.max_zoom, 1.0 + cfg.max_zoom, 1)
@@ -62,8 +62,13 @@ def _random_transforms(batch, height, width, cfg: AugmentConfig, seed: int | Non
 def warp(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     """Resamples each image once through its output→input map (bilinear, zero fill)."""
     warped = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
     return tf.ensure_shape(warped, images.shape)  # keep static shapes for the model's graph
 
 
@@ -76,17 +81,31 @@ def transform_boxes(boxes: tf.Tensor, transforms: tf.Tensor, height, width) -> t
     ys = tf.stack([boxes[:, 0], boxes[:, 0], boxes[:, 2], boxes[:, 2]], axis=1) * height
     xs = tf.stack([boxes[:, 1], boxes[:, 3], boxes[:, 1], boxes[:, 3]], axis=1) * width
     dx, dy = xs - a2[:, None], ys - b2[:, None]
-    out_x = (l11[:, None] * dx - l01[:, None] * dy) / det[:, None]   # inverse of the 2x2 map
+    out_x = (l11[:, None] * dx - l01[:, None] * dy) / det[:, None]  # inverse of the 2x2 map
     out_y = (-l10[:, None] * dx + l00[:, None] * dy) / det[:, None]
-    moved = tf.clip_by_value(tf.stack([
-        tf.reduce_min(out_y, 1) / height, tf.reduce_min(out_x, 1) / width,
-        tf.reduce_max(out_y, 1) / height, tf.reduce_max(out_x, 1) / width], axis=1), 0.0, 1.0)
+    moved = tf.clip_by_value(
+        tf.stack(
+            [
+                tf.reduce_min(out_y, 1) / height,
+                tf.reduce_min(out_x, 1) / width,
+                tf.reduce_max(out_y, 1) / height,
+                tf.reduce_max(out_x, 1) / width,
+            ],
+            axis=1,
+        ),
+        0.0,
+        1.0,
+    )
     real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return tf.where(real[:, None], moved, boxes)
 
 
-def augment_batch(images: tf.Tensor, cfg: AugmentConfig = AugmentConfig(),
-                  seed: int | None = None, boxes: tf.Tensor | None = None):
+def augment_batch(
+    images: tf.Tensor,
+    cfg: AugmentConfig = AugmentConfig(),
+    seed: int | None = None,
+    boxes: tf.Tensor | None = None,
+):
     """images float32 [B, H, W, C] in [0, 1] → augmented, same shape, clipped to [0, 1].
 
     `boxes` [B, 4] (normalised lesion boxes) follow the same geometry (as the box
@@ -98,8 +117,12 @@ def augment_batch(images: tf.Tensor, cfg: AugmentConfig = AugmentConfig(),
     warped = warp(images, transforms)
     if boxes is not None:
         boxes = transform_boxes(tf.cast(boxes, tf.float32), transforms, height, width)
-    factor = tf.random.uniform([batch, 1, 1, 1], 1.0 - cfg.max_contrast, 1.0 + cfg.max_contrast,
-                               seed=None if seed is None else seed + 5)
+    factor = tf.random.uniform(
+        [batch, 1, 1, 1],
+        1.0 - cfg.max_contrast,
+        1.0 + cfg.max_contrast,
+        seed=None if seed is None else seed + 5,
+    )
     mean = tf.reduce_mean(warped, axis=[1, 2, 3], keepdims=True)
     out = tf.clip_by_value((warped - mean) * factor + mean, 0.0, 1.0)
     return out if boxes is None else (out, boxes)

@@ -4,6 +4,7 @@ Fitted on held-out data by minimising the negative log-likelihood; argmax, and
 so accuracy and Grad-CAM, are unchanged. The calibrated model carries T as a
 layer, so served probabilities are calibrated without client code.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,12 +34,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     a model no better than chance); it is logged, not hidden.
     """
     low, high = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
-    result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, float(np.exp(log_t))),
-                             bounds=(low, high), method="bounded")
+    result = minimize_scalar(
+        lambda log_t: negative_log_likelihood(logits, labels, float(np.exp(log_t))),
+        bounds=(low, high),
+        method="bounded",
+    )
     temperature = float(np.exp(result.x))
     if min(abs(result.x - low), abs(result.x - high)) < 0.01:
-        logging.warning("temperature %.3f is at the search bound %s (%d eval examples): "
-                        "calibration is unreliable", temperature, T_BOUNDS, len(labels))
+        logging.warning(
+            "temperature %.3f is at the search bound %s (%d eval examples): calibration is unreliable",
+            temperature,
+            T_BOUNDS,
+            len(labels),
+        )
     return temperature
 
 

@@ -5,6 +5,7 @@ as fast as float32 (benchmarks/training_throughput.py --compute-dtype). Variable
 stay float32 under Keras' mixed policy, and the exported model is rebuilt in
 float32, so serving never depends on the training machine's CPU.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -27,6 +27,7 @@ tumour slices notumor with that fill but 0.24 with Telea inpainting. Both are
 blended in with a feathered edge. The lesion audit removes lesions with OpenCV's
 Telea inpainting at full resolution, a method training never sees.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,12 +40,12 @@ from data_prep import contract
 
 @dataclass(frozen=True)
 class CounterfactualConfig:
-    lesion_rate: float = 0.25     # share of boxed tumour images whose lesion is removed
-    decoy_rate: float = 0.25      # share of eligible images that lose a decoy box
-    paste_rate: float = 0.25      # share of notumor images that receive a batch-mate's lesion
+    lesion_rate: float = 0.25  # share of boxed tumour images whose lesion is removed
+    decoy_rate: float = 0.25  # share of eligible images that lose a decoy box
+    paste_rate: float = 0.25  # share of notumor images that receive a batch-mate's lesion
     transplant_share: float = 0.5  # edited images filled with tissue from elsewhere
-    margin: float = 0.03          # boxes grow by this (normalised) before filling
-    max_noise: float = 0.04       # std of the noise added inside the fill, at most
+    margin: float = 0.03  # boxes grow by this (normalised) before filling
+    max_noise: float = 0.04  # std of the noise added inside the fill, at most
 
 
 def has_box(boxes: tf.Tensor) -> tf.Tensor:
@@ -59,10 +60,12 @@ def box_masks(boxes: tf.Tensor, height: int, width: int, margin: float = 0.0) ->
     ys = (tf.range(height, dtype=tf.float32) + 0.5) / height
     xs = (tf.range(width, dtype=tf.float32) + 0.5) / width
     valid = tf.cast(has_box(boxes), tf.float32)[:, None, None]
-    inside_y = tf.cast((ys[None] >= boxes[:, 0:1] - margin) & (ys[None] <= boxes[:, 2:3] + margin),
-                       tf.float32)
-    inside_x = tf.cast((xs[None] >= boxes[:, 1:2] - margin) & (xs[None] <= boxes[:, 3:4] + margin),
-                       tf.float32)
+    inside_y = tf.cast(
+        (ys[None] >= boxes[:, 0:1] - margin) & (ys[None] <= boxes[:, 2:3] + margin), tf.float32
+    )
+    inside_x = tf.cast(
+        (xs[None] >= boxes[:, 1:2] - margin) & (xs[None] <= boxes[:, 3:4] + margin), tf.float32
+    )
     return (inside_y[:, :, None] * inside_x[:, None, :] * valid)[..., None]
 
 
@@ -80,8 +83,9 @@ def _blend(images: tf.Tensor, fill: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
 
 def _masked_mean(images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     """[B, H, W, 1] x [B, H, W, 1] → [B]: the mean of each image inside its mask."""
-    return tf.math.divide_no_nan(tf.reduce_sum(images * masks, axis=[1, 2, 3]),
-                                 tf.reduce_sum(masks, axis=[1, 2, 3]))
+    return tf.math.divide_no_nan(
+        tf.reduce_sum(images * masks, axis=[1, 2, 3]), tf.reduce_sum(masks, axis=[1, 2, 3])
+    )
 
 
 def smooth_fill(images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
@@ -101,8 +105,9 @@ def smooth_fill(images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     return tf.image.resize(tf.math.divide_no_nan(small, weight), tf.shape(images)[1:3], "bilinear")
 
 
-def fill_from_surroundings(images: tf.Tensor, masks: tf.Tensor, noise_std: tf.Tensor,
-                           seed: int | None = None) -> tf.Tensor:
+def fill_from_surroundings(
+    images: tf.Tensor, masks: tf.Tensor, noise_std: tf.Tensor, seed: int | None = None
+) -> tf.Tensor:
     """images [B, H, W, 1] with the mask's pixels replaced by the smooth fill plus noise."""
     noise = tf.random.normal(tf.shape(images), seed=seed) * noise_std[:, None, None, None]
     return _blend(images, smooth_fill(images, masks) + noise, masks)
@@ -110,13 +115,18 @@ def fill_from_surroundings(images: tf.Tensor, masks: tf.Tensor, noise_std: tf.Te
 
 def _overlaps(a: tf.Tensor, b: tf.Tensor, pad: float = 0.0) -> tf.Tensor:
     """Boxes [..., 4] (broadcast) touch each other, within `pad`. NO_BOX touches nothing."""
-    apart = ((a[..., 2] < b[..., 0] - pad) | (a[..., 0] > b[..., 2] + pad)
-             | (a[..., 3] < b[..., 1] - pad) | (a[..., 1] > b[..., 3] + pad))
+    apart = (
+        (a[..., 2] < b[..., 0] - pad)
+        | (a[..., 0] > b[..., 2] + pad)
+        | (a[..., 3] < b[..., 1] - pad)
+        | (a[..., 1] > b[..., 3] + pad)
+    )
     return ~apart
 
 
-def transplant_sources(holes: tf.Tensor, lesions: tf.Tensor, width: int, height: int,
-                       seed: int | None = None, tries: int = 4):
+def transplant_sources(
+    holes: tf.Tensor, lesions: tf.Tensor, width: int, height: int, seed: int | None = None, tries: int = 4
+):
     """Where each hole's tissue is taken from: the mirror image across the vertical
     midline if that region touches neither the hole nor the lesion, else the first
     of `tries` random shifts that does, inside the central 80 % of the slice.
@@ -127,24 +137,38 @@ def transplant_sources(holes: tf.Tensor, lesions: tf.Tensor, width: int, height:
     mirrored = tf.stack([holes[:, 0], 1.0 - holes[:, 3], holes[:, 2], 1.0 - holes[:, 1]], axis=1)
     shifts = tf.random.uniform([batch, tries, 2], -0.35, 0.35, seed=seed)
     shifted = holes[:, None, :] + tf.concat([shifts, shifts], axis=-1)
-    sources = tf.concat([mirrored[:, None, :], shifted], axis=1)          # [B, 1 + tries, 4]
+    sources = tf.concat([mirrored[:, None, :], shifted], axis=1)  # [B, 1 + tries, 4]
     inside = tf.reduce_all((sources >= 0.1) & (sources <= 0.9), axis=-1)
-    ok = (inside & ~_overlaps(sources, lesions[:, None, :], pad=0.02)
-          & ~_overlaps(sources, holes[:, None, :]))
+    ok = inside & ~_overlaps(sources, lesions[:, None, :], pad=0.02) & ~_overlaps(sources, holes[:, None, :])
     first = tf.argmax(tf.cast(ok, tf.int32), axis=1, output_type=tf.int32)
     shift = tf.gather(tf.concat([tf.zeros([batch, 1, 2]), shifts], axis=1), first, batch_dims=1)
     is_mirror = tf.equal(first, 0)
     ones, zeros = tf.ones([batch]), tf.zeros([batch])
     # Read input x at (W - 1 - x) for the mirror, (x + dx) for a shift.
-    transforms = tf.stack([
-        tf.where(is_mirror, -ones, ones), zeros,
-        tf.where(is_mirror, (width - 1.0) * ones, shift[:, 1] * width),
-        zeros, ones, shift[:, 0] * height, zeros, zeros], axis=1)
+    transforms = tf.stack(
+        [
+            tf.where(is_mirror, -ones, ones),
+            zeros,
+            tf.where(is_mirror, (width - 1.0) * ones, shift[:, 1] * width),
+            zeros,
+            ones,
+            shift[:, 0] * height,
+            zeros,
+            zeros,
+        ],
+        axis=1,
+    )
     return transforms, tf.reduce_any(ok, axis=1)
 
 
-def paste_lesions(images: tf.Tensor, labels: tf.Tensor, boxes: tf.Tensor, rate: float,
-                  margin: float, seed: int | None = None):
+def paste_lesions(
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    boxes: tf.Tensor,
+    rate: float,
+    margin: float,
+    seed: int | None = None,
+):
     """Notumor images (a share `rate` of them) receive the lesion of a random boxed
     tumour image of the same batch, at the same place, feathered and shifted to the
     recipient's intensity around it, with the donor's class and box. Sites that fall
@@ -154,16 +178,18 @@ def paste_lesions(images: tf.Tensor, labels: tf.Tensor, boxes: tf.Tensor, rate: 
     height, width = images.shape[1], images.shape[2]
     donors = has_box(boxes) & ~tf.equal(labels, contract.NOTUMOR_ID)
     logits = tf.where(donors, 0.0, -1e9)
-    donor = tf.random.categorical(tf.tile(logits[None], [batch, 1]), 1,
-                                  seed=seed, dtype=tf.int32)[:, 0]
+    donor = tf.random.categorical(tf.tile(logits[None], [batch, 1]), 1, seed=seed, dtype=tf.int32)[:, 0]
     donor_boxes = tf.gather(boxes, donor)
     masks = box_masks(donor_boxes, height, width, margin=margin)
     ring = box_masks(donor_boxes, height, width, margin=margin + 0.05) - masks
     donor_images = tf.gather(images, donor)
     site = _masked_mean(images, ring)
-    recipients = (tf.equal(labels, contract.NOTUMOR_ID) & tf.reduce_any(donors)
-                  & (site > 0.08)  # tissue around the site, not background
-                  & (tf.random.uniform([batch], seed=None if seed is None else seed + 1) < rate))
+    recipients = (
+        tf.equal(labels, contract.NOTUMOR_ID)
+        & tf.reduce_any(donors)
+        & (site > 0.08)  # tissue around the site, not background
+        & (tf.random.uniform([batch], seed=None if seed is None else seed + 1) < rate)
+    )
     offset = site - _masked_mean(donor_images, ring)
     pasted = _blend(images, donor_images + offset[:, None, None, None], masks)
     images = tf.where(recipients[:, None, None, None], pasted, images)
@@ -179,7 +205,7 @@ def _decoy_boxes(boxes: tf.Tensor, seed: int | None, tries: int = 4) -> tf.Tenso
     size = tf.random.uniform([batch, tries, 2], 0.08, 0.3, seed=seed)
     lo = tf.random.uniform([batch, tries, 2], 0.0, 1.0, seed=None if seed is None else seed + 1)
     lo = 0.15 + lo * (0.7 - size)
-    cand = tf.concat([lo, lo + size], axis=-1)                      # [B, T, 4]
+    cand = tf.concat([lo, lo + size], axis=-1)  # [B, T, 4]
     apart = ~_overlaps(cand, boxes[:, None, :], pad=0.02) | ~has_box(boxes)[:, None]
     first = tf.argmax(tf.cast(apart, tf.int32), axis=1, output_type=tf.int32)
     chosen = tf.gather(cand, first, batch_dims=1)
@@ -191,13 +217,18 @@ def _grow(boxes: tf.Tensor, margin: float) -> tf.Tensor:
     return tf.clip_by_value(boxes + tf.constant([-margin, -margin, margin, margin]), 0.0, 1.0)
 
 
-def counterfactual_batch(images: tf.Tensor, labels: tf.Tensor, boxes: tf.Tensor,
-                         cfg: CounterfactualConfig = CounterfactualConfig(),
-                         seed: int | None = None):
+def counterfactual_batch(
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    boxes: tf.Tensor,
+    cfg: CounterfactualConfig = CounterfactualConfig(),
+    seed: int | None = None,
+):
     """(images, labels, boxes) → the same with some lesions pasted, removed or decoys removed.
 
     Returns boxes with NO_BOX where the lesion was removed (there is nothing left to
     point at), so the lesion-evidence loss skips those images."""
+
     def seeded(offset):
         return None if seed is None else seed + offset
 
@@ -207,19 +238,23 @@ def counterfactual_batch(images: tf.Tensor, labels: tf.Tensor, boxes: tf.Tensor,
     boxes = tf.cast(tf.reshape(boxes, [-1, 4]), tf.float32)
     pasted = tf.zeros([batch], tf.bool)
     if cfg.paste_rate > 0:
-        images, labels, boxes, pasted = paste_lesions(images, labels, boxes, cfg.paste_rate,
-                                                      cfg.margin, seed=seeded(20))
+        images, labels, boxes, pasted = paste_lesions(
+            images, labels, boxes, cfg.paste_rate, cfg.margin, seed=seeded(20)
+        )
     boxed = has_box(boxes)
     is_notumor = tf.equal(labels, contract.NOTUMOR_ID)
     draw = tf.random.uniform([batch], seed=seeded(10))
     remove_lesion = boxed & ~pasted & (draw < cfg.lesion_rate)
-    remove_decoy = ((boxed | is_notumor) & ~remove_lesion
-                    & (tf.random.uniform([batch], seed=seeded(11)) < cfg.decoy_rate))
+    remove_decoy = (
+        (boxed | is_notumor) & ~remove_lesion & (tf.random.uniform([batch], seed=seeded(11)) < cfg.decoy_rate)
+    )
 
     decoys = _decoy_boxes(boxes, seeded(12))
-    fill_boxes = tf.where(remove_lesion[:, None], boxes,
-                          tf.where(remove_decoy[:, None], decoys,
-                                   tf.constant(contract.NO_BOX, tf.float32)[None]))
+    fill_boxes = tf.where(
+        remove_lesion[:, None],
+        boxes,
+        tf.where(remove_decoy[:, None], decoys, tf.constant(contract.NO_BOX, tf.float32)[None]),
+    )
     # Only the images that change are edited (a third of a batch at the defaults).
     changed = tf.where(has_box(fill_boxes))[:, 0]
     holes = tf.gather(fill_boxes, changed)
@@ -230,9 +265,13 @@ def counterfactual_batch(images: tf.Tensor, labels: tf.Tensor, boxes: tf.Tensor,
     smooth = smooth + tf.random.normal(tf.shape(originals), seed=seeded(14)) * noise_std[:, None, None, None]
     fill = smooth
     if cfg.transplant_share > 0:
-        transforms, found = transplant_sources(_grow(holes, cfg.margin),
-                                               _grow(tf.gather(boxes, changed), cfg.margin),
-                                               width, height, seed=seeded(15))
+        transforms, found = transplant_sources(
+            _grow(holes, cfg.margin),
+            _grow(tf.gather(boxes, changed), cfg.margin),
+            width,
+            height,
+            seed=seeded(15),
+        )
         source = warp(originals, transforms)
         source = source + (_masked_mean(smooth, masks) - _masked_mean(source, masks))[:, None, None, None]
         use = found & (tf.random.uniform(tf.shape(changed), seed=seeded(16)) < cfg.transplant_share)

@@ -18,6 +18,7 @@ code, the chief into the real folders, the others into temporary folders that ar
 deleted after a final barrier. The barrier also means no worker returns before the
 chief's SavedModel is in place (TFX's Trainer executor checks for it on every replica).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,13 +39,16 @@ def make_strategy(name: str) -> tf.distribute.Strategy | None:
     if name == spec.DISTRIBUTION_NONE:
         return None
     if name == spec.DISTRIBUTION_MIRRORED:
-        devices = ([d.name for d in tf.config.list_logical_devices("GPU")]
-                   or [d.name for d in tf.config.list_logical_devices("CPU")])
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")
+        ]
         strategy = tf.distribute.MirroredStrategy(devices=devices)
     elif name == spec.DISTRIBUTION_MULTI_WORKER:
         if not json.loads(os.environ.get(TF_CONFIG_ENV) or "{}").get("cluster"):
-            raise ValueError("distribution multi_worker needs the TF_CONFIG environment variable "
-                             "(cluster and task), as Vertex AI and Kubeflow's TFJob set it")
+            raise ValueError(
+                "distribution multi_worker needs the TF_CONFIG environment variable "
+                "(cluster and task), as Vertex AI and Kubeflow's TFJob set it"
+            )
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         raise ValueError(f"distribution must be one of {', '.join(spec.DISTRIBUTIONS)}, not {name!r}")
@@ -99,8 +103,10 @@ def sharded(dataset: tf.data.Dataset, policy: str) -> tf.data.Dataset:
     """Sets how a multi-worker strategy splits `dataset` between workers: `file`, each
     worker reads its own TFRecord files (needs at least as many files as workers);
     `data`, each reads every file and keeps its share of the elements."""
-    policies = {spec.INPUT_SHARDING_FILE: tf.data.experimental.AutoShardPolicy.FILE,
-                spec.INPUT_SHARDING_DATA: tf.data.experimental.AutoShardPolicy.DATA}
+    policies = {
+        spec.INPUT_SHARDING_FILE: tf.data.experimental.AutoShardPolicy.FILE,
+        spec.INPUT_SHARDING_DATA: tf.data.experimental.AutoShardPolicy.DATA,
+    }
     if policy not in policies:
         raise ValueError(f"input sharding must be one of {', '.join(spec.INPUT_SHARDING)}, not {policy!r}")
     options = tf.data.Options()

@@ -13,6 +13,7 @@ On synthetic phantoms this put the peak inside the drawn lesion for 63-80% of tu
 images on four separately trained models, against 33-61% for Grad-CAM at 14x14
 alone on the models where both were measured (tests/test_gradcam.py measures it; README, Serving).
 """
+
 from __future__ import annotations
 
 import tensorflow as tf

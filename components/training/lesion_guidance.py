@@ -12,6 +12,7 @@ gradients, so it costs almost nothing on a CPU).
 exported. Data elements are (image, (label, lesion_cells)), lesion_cells [B, h, w, 1]
 at the CAM's resolution, all zero where no box is known.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -26,15 +27,15 @@ def lesion_cells(masks: tf.Tensor, cam_size: int) -> tf.Tensor:
     return tf.nn.max_pool2d(masks, stride, stride, "VALID")
 
 
-def evidence_loss(features: tf.Tensor, kernel: tf.Tensor, labels: tf.Tensor,
-                  cells: tf.Tensor) -> tf.Tensor:
+def evidence_loss(features: tf.Tensor, kernel: tf.Tensor, labels: tf.Tensor, cells: tf.Tensor) -> tf.Tensor:
     """Mean over boxed images of (positive true-class CAM outside the box) / (all of it).
 
     features [B, h, w, C], kernel [C, K] (the logits layer), labels [B], cells [B, h, w, 1].
     Images without a box (cells all zero) contribute nothing; 0 when no image has one."""
     features = tf.cast(features, tf.float32)
-    weights = tf.gather(tf.transpose(tf.cast(kernel, tf.float32)),
-                        tf.cast(tf.reshape(labels, [-1]), tf.int32))          # [B, C]
+    weights = tf.gather(
+        tf.transpose(tf.cast(kernel, tf.float32)), tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    )  # [B, C]
     cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", features, weights))
     cells = cells[..., 0]
     total = tf.reduce_sum(cam, axis=[1, 2])
@@ -55,17 +56,20 @@ class LesionGuidedModel(keras.Model):
     the replicas' means over their boxed images. The loss reported is the replica mean,
     as on one device. Not distributed: the single-device code, unchanged."""
 
-    def __init__(self, classifier: keras.Model, classification_loss, evidence_weight: float,
-                 distributed: bool = False):
+    def __init__(
+        self, classifier: keras.Model, classification_loss, evidence_weight: float, distributed: bool = False
+    ):
         super().__init__(name=f"{classifier.name}_lesion_guided")
         self.classifier = classifier
         self.classification_loss = classification_loss
         self.distributed = bool(distributed)
         names = [layer.name for layer in classifier.layers]
         self.evidence_weight = float(evidence_weight) if CAM_LAYER in names else 0.0
-        self.with_maps = (keras.Model(classifier.inputs,
-                                      [classifier.output, classifier.get_layer(CAM_LAYER).output])
-                          if self.evidence_weight else None)
+        self.with_maps = (
+            keras.Model(classifier.inputs, [classifier.output, classifier.get_layer(CAM_LAYER).output])
+            if self.evidence_weight
+            else None
+        )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.evidence_tracker = keras.metrics.Mean(name="evidence_loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")

@@ -10,6 +10,7 @@ tag GRADCAM_FINE_LAYER, an early high-resolution map that sharpens the heatmap
 
 Keras 2 (`tf_keras`), so the model and TFT's transform layer share one Keras.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -117,20 +118,21 @@ def _application(builder: Callable, preprocess: Callable, name: str, weights: st
     inputs = _inputs()
     x = layers.Concatenate()([inputs, inputs, inputs])
     x = layers.Lambda(lambda t: preprocess(t * 255.0), name=f"{name}_preprocess")(x)
-    backbone = builder(include_top=False, weights=weights,
-                       input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    backbone = builder(include_top=False, weights=weights, input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
     return _head(backbone(x), inputs, name, dropout=0.3)
 
 
 def resnet50(weights: str | None = None) -> keras.Model:
     """Opt-in transfer learning (weights='imagenet' needs internet access)."""
     from tf_keras.applications import resnet50 as app
+
     return _application(app.ResNet50, app.preprocess_input, "resnet50", weights)
 
 
 def efficientnetb0(weights: str | None = None) -> keras.Model:
     """Opt-in transfer learning (weights='imagenet' needs internet access)."""
     from tf_keras.applications import efficientnet as app
+
     return _application(app.EfficientNetB0, app.preprocess_input, "efficientnetb0", weights)
 
 

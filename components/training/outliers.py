@@ -11,6 +11,7 @@ band-limited (blurred) noise textures, and a head outline without a brain (skull
 and scalp only, dark inside). Every image is 8-bit grayscale, 160-320 px a side,
 returned PNG-encoded so it goes through the model's own decoder.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -68,23 +69,32 @@ def empty_head(rng) -> np.ndarray:
     """Scalp and skull of an axial slice, nothing inside: a head with the brain removed."""
     h, w = _size(rng)
     image = np.clip(rng.normal(8, 4, (h, w)), 0, 255).astype(np.float32)
-    centre = (w // 2 + int(rng.integers(-w // 10, w // 10 + 1)), h // 2 + int(rng.integers(-h // 10, h // 10 + 1)))
+    centre = (
+        w // 2 + int(rng.integers(-w // 10, w // 10 + 1)),
+        h // 2 + int(rng.integers(-h // 10, h // 10 + 1)),
+    )
     axes = (int(w * rng.uniform(0.3, 0.45)), int(h * rng.uniform(0.35, 0.47)))
     angle = float(rng.uniform(-20, 20))
-    cv2.ellipse(image, centre, axes, angle, 0, 360, float(rng.uniform(150, 250)),
-                int(rng.integers(4, 14)))
+    cv2.ellipse(image, centre, axes, angle, 0, 360, float(rng.uniform(150, 250)), int(rng.integers(4, 14)))
     inner = (max(axes[0] - 12, 4), max(axes[1] - 12, 4))
     cv2.ellipse(image, centre, inner, angle, 0, 360, float(rng.uniform(10, 60)), -1)
     return np.clip(cv2.GaussianBlur(image, (0, 0), 1.0), 0, 255).astype(np.uint8)
 
 
-_MAKERS = {"grating": grating, "checkerboard": checkerboard, "shapes": shapes,
-           "texture": texture, "empty_head": empty_head}
+_MAKERS = {
+    "grating": grating,
+    "checkerboard": checkerboard,
+    "shapes": shapes,
+    "texture": texture,
+    "empty_head": empty_head,
+}
 assert set(_MAKERS) == set(KINDS)
 
 
 def outlier_images(per_kind: int = 24, seed: int = 0) -> dict[str, list[bytes]]:
     """PNG bytes per kind, deterministic per seed."""
     rng = np.random.default_rng(seed)
-    return {kind: [cv2.imencode(".png", _MAKERS[kind](rng))[1].tobytes() for _ in range(per_kind)]
-            for kind in KINDS}
+    return {
+        kind: [cv2.imencode(".png", _MAKERS[kind](rng))[1].tobytes() for _ in range(per_kind)]
+        for kind in KINDS
+    }

@@ -13,6 +13,7 @@ All return probabilities float32 [N, 4], class_id int64 [N], class_name string [
 (gradcam: not class_name), and, with abstention fitted (the default), ood_score
 float32 [N], abstain bool [N] and abstain_reason string [N] (abstention.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,18 +32,31 @@ from tfx_bsl.public import tfxio
 from btmri.documents import TRAINER_DEFAULTS
 from btmri.spec import DISTRIBUTION_MULTI_WORKER, INPUT_SHARDING_DATA
 from btmri.layout import CALIBRATION_FILE, HISTORY_CSV_FILE, HISTORY_FILE, TENSORBOARD_DIR
-from components.signature_names import (CLASS_ID, CLASS_NAME, EXAMPLES_INPUT, GRADCAM, HEATMAP,
-                                        IMAGE_BYTES_INPUT, PREDICT_IMAGES, PROBABILITIES,
-                                        SERVING_DEFAULT)
+from components.signature_names import (
+    CLASS_ID,
+    CLASS_NAME,
+    EXAMPLES_INPUT,
+    GRADCAM,
+    HEATMAP,
+    IMAGE_BYTES_INPUT,
+    PREDICT_IMAGES,
+    PROBABILITIES,
+    SERVING_DEFAULT,
+)
 from components.training import abstention, calibration, distribution, gradcam as cam, outliers, compute_dtype
 from components.training.augment import augment_batch
 from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
-from components.training.models import (GRADCAM_FINE_LAYER, GRADCAM_LAYER,
-                                        LOGITS_LAYER, build_model)
+from components.training.models import GRADCAM_FINE_LAYER, GRADCAM_LAYER, LOGITS_LAYER, build_model
 from components.transform.head_framing import maps_to_image
-from components.transform.preprocessing import (CHANNELS, HEAD_BOX_XF, IMAGE_SIZE, IMAGE_XF,
-                                                LABEL_XF, LESION_BOX_XF)
+from components.transform.preprocessing import (
+    CHANNELS,
+    HEAD_BOX_XF,
+    IMAGE_SIZE,
+    IMAGE_XF,
+    LABEL_XF,
+    LESION_BOX_XF,
+)
 from data_prep import contract
 
 # Trainer custom_config keys and defaults (pipeline.config fills them): TrainerConfig's.
@@ -55,12 +69,19 @@ CAM_SIZE = 7
 CACHE_SHUFFLE_BUFFER = 8192
 
 
-def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor,
-             tf_transform_output: tft.TFTransformOutput, batch_size: int,
-             training: bool, augment: bool = False, seed: int = 0,
-             materialized: bool = False, cache: bool = False,
-             counterfactuals: CounterfactualConfig | None = None,
-             shard_policy: str | None = None) -> tf.data.Dataset:
+def input_fn(
+    file_pattern: list[str],
+    data_accessor: tfx.components.DataAccessor,
+    tf_transform_output: tft.TFTransformOutput,
+    batch_size: int,
+    training: bool,
+    augment: bool = False,
+    seed: int = 0,
+    materialized: bool = False,
+    cache: bool = False,
+    counterfactuals: CounterfactualConfig | None = None,
+    shard_policy: str | None = None,
+) -> tf.data.Dataset:
     """Examples → (image [B,224,224,1], (label [B], lesion cells [B,7,7,1])).
 
     Lesion cells mark the CAM cells the tumour box touches (all zero without a box;
@@ -75,14 +96,15 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
     `shard_policy` (multi-worker training only): how workers split the dataset,
     distribution.sharded; the batches stay global batches, the strategy splits them.
     """
-    metadata = (tf_transform_output.transformed_metadata if materialized
-                else tf_transform_output.raw_metadata)
+    metadata = tf_transform_output.transformed_metadata if materialized else tf_transform_output.raw_metadata
     dataset = data_accessor.tf_dataset_factory(
         file_pattern,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, shuffle=training,
-                                       shuffle_seed=seed, num_epochs=1,
-                                       shuffle_buffer_size=2048),
-        metadata.schema)
+        tfxio.TensorFlowDatasetOptions(
+            batch_size=batch_size, shuffle=training, shuffle_seed=seed, num_epochs=1, shuffle_buffer_size=2048
+        ),
+        metadata.schema,
+    )
+
     def boxes_of(xf):
         if LESION_BOX_XF in xf:
             return tf.reshape(tf.cast(xf[LESION_BOX_XF], tf.float32), [-1, 4])
@@ -90,6 +112,7 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
         return tf.fill([tf.shape(xf[LABEL_XF])[0], 4], -1.0)
 
     if materialized:
+
         def transform(xf):
             images = tf.reshape(xf[IMAGE_XF], [-1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
             return images, xf[LABEL_XF], boxes_of(xf)
@@ -102,16 +125,18 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
 
     dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     if cache and training:
-        dataset = (dataset.unbatch().cache()
-                   .shuffle(CACHE_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-                   .batch(batch_size))
+        dataset = (
+            dataset.unbatch()
+            .cache()
+            .shuffle(CACHE_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+        )
     elif cache:
         dataset = dataset.cache()
 
     def finish(images, labels, boxes):
         if training and counterfactuals is not None:
-            images, labels, boxes = counterfactual_batch(images, labels, boxes, counterfactuals,
-                                                         seed=seed)
+            images, labels, boxes = counterfactual_batch(images, labels, boxes, counterfactuals, seed=seed)
         if training and augment:
             images, boxes = augment_batch(images, seed=seed, boxes=boxes)
         return images, (labels, lesion_cells(box_masks(boxes, CAM_SIZE * 8, CAM_SIZE * 8), CAM_SIZE))
@@ -125,8 +150,10 @@ def input_fn(file_pattern: list[str], data_accessor: tfx.components.DataAccessor
 def cosine_schedule(base_lr: float, epochs: int):
     """Per-epoch cosine decay from base_lr to ~0: the last epochs settle the weights
     and batch-norm statistics, which a constant rate leaves jumpy on small data."""
+
     def lr(epoch: int, _current=None) -> float:
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+
     return lr
 
 
@@ -139,8 +166,11 @@ def _outputs(probs: tf.Tensor) -> dict:
     }
 
 
-def make_signatures(model: keras.Model, tf_transform_output: tft.TFTransformOutput,
-                    abstention_spec: abstention.AbstentionSpec | None = None) -> dict:
+def make_signatures(
+    model: keras.Model,
+    tf_transform_output: tft.TFTransformOutput,
+    abstention_spec: abstention.AbstentionSpec | None = None,
+) -> dict:
     """The three serving signatures; `model.tft_layer` must be set (it is tracked with the model).
     With `abstention_spec`, each also returns ood_score, abstain and abstain_reason, from
     the same forward pass that gives the probabilities."""
@@ -225,13 +255,16 @@ def smoothed_sparse_crossentropy(smoothing: float, per_example: bool = False):
     it otherwise does by mid-schedule on the real set (train accuracy 0.998).
     `per_example`: one loss per example (under a tf.distribute strategy, where the
     training step averages over the global batch itself); else their mean."""
-    categorical = (keras.losses.CategoricalCrossentropy(
-        label_smoothing=smoothing, reduction=keras.losses.Reduction.NONE) if per_example
-        else keras.losses.CategoricalCrossentropy(label_smoothing=smoothing))
+    categorical = (
+        keras.losses.CategoricalCrossentropy(label_smoothing=smoothing, reduction=keras.losses.Reduction.NONE)
+        if per_example
+        else keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+    )
 
     def loss(labels, probabilities):
         one_hot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), contract.NUM_CLASSES)
         return categorical(one_hot, probabilities)
+
     return loss
 
 
@@ -266,18 +299,35 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     batch = int(config["batch_size"])
     materialized = bool(config["materialized"])
     cache = bool(config["cache"])
-    counterfactuals = CounterfactualConfig(lesion_rate=float(config["lesion_removal_rate"]),
-                                           decoy_rate=float(config["decoy_removal_rate"]),
-                                           paste_rate=float(config["lesion_paste_rate"]))
-    train_ds = input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
-                        batch, training=True, augment=bool(config["augment"]),
-                        seed=int(config["seed"]), materialized=materialized, cache=cache,
-                        counterfactuals=counterfactuals,
-                        shard_policy=str(config["input_sharding"]) if multi_worker else None)
+    counterfactuals = CounterfactualConfig(
+        lesion_rate=float(config["lesion_removal_rate"]),
+        decoy_rate=float(config["decoy_removal_rate"]),
+        paste_rate=float(config["lesion_paste_rate"]),
+    )
+    train_ds = input_fn(
+        fn_args.train_files,
+        fn_args.data_accessor,
+        tf_transform_output,
+        batch,
+        training=True,
+        augment=bool(config["augment"]),
+        seed=int(config["seed"]),
+        materialized=materialized,
+        cache=cache,
+        counterfactuals=counterfactuals,
+        shard_policy=str(config["input_sharding"]) if multi_worker else None,
+    )
     # Eval has few files (prepare writes proportionally fewer): split by example.
-    eval_ds = input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
-                       batch, training=False, materialized=materialized, cache=cache,
-                       shard_policy=INPUT_SHARDING_DATA if multi_worker else None)
+    eval_ds = input_fn(
+        fn_args.eval_files,
+        fn_args.data_accessor,
+        tf_transform_output,
+        batch,
+        training=False,
+        materialized=materialized,
+        cache=cache,
+        shard_policy=INPUT_SHARDING_DATA if multi_worker else None,
+    )
 
     policy = compute_dtype.keras_policy(str(config["compute_dtype"]))
     logging.info("Training compute dtype: %s", policy)
@@ -286,9 +336,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             model = build_model(config["model"], config["weights"])
         model.summary(print_fn=logging.info)
         guided = LesionGuidedModel(
-            model, smoothed_sparse_crossentropy(float(config["label_smoothing"]),
-                                                per_example=strategy is not None),
-            evidence_weight=float(config["evidence_weight"]), distributed=strategy is not None)
+            model,
+            smoothed_sparse_crossentropy(float(config["label_smoothing"]), per_example=strategy is not None),
+            evidence_weight=float(config["evidence_weight"]),
+            distributed=strategy is not None,
+        )
         guided.compile(optimizer=_optimizer(config))
 
     run_dir = distribution.write_dir(fn_args.model_run_dir, strategy)
@@ -298,24 +350,36 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, TENSORBOARD_DIR)),
         keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_CSV_FILE)),
         keras.callbacks.LearningRateScheduler(
-            cosine_schedule(float(config["learning_rate"]), int(config["epochs"]))),
+            cosine_schedule(float(config["learning_rate"]), int(config["epochs"]))
+        ),
     ]
     # Off by default: the model exported is the end of the cosine schedule, not the
     # epoch that happened to score best on eval, which would flatter the eval figures.
     # On the real set eval loss also jumps about at high learning rates, so when on,
     # stopping does not start before half-way.
     if int(config["patience"]) > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=int(config["patience"]),
-            start_from_epoch=int(config["epochs"]) // 2, restore_best_weights=True))
-    history = guided.fit(train_ds, validation_data=eval_ds, epochs=int(config["epochs"]),
-                        callbacks=callbacks, verbose=2)
-    record = {"config": config, "compute_dtype_policy": policy,
-              "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=int(config["patience"]),
+                start_from_epoch=int(config["epochs"]) // 2,
+                restore_best_weights=True,
+            )
+        )
+    history = guided.fit(
+        train_ds, validation_data=eval_ds, epochs=int(config["epochs"]), callbacks=callbacks, verbose=2
+    )
+    record = {
+        "config": config,
+        "compute_dtype_policy": policy,
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+    }
     if strategy is not None:
-        record["distribution"] = {"strategy": str(config["distribution"]),
-                                  "replicas_in_sync": int(strategy.num_replicas_in_sync),
-                                  "task": distribution.task_name(strategy)}
+        record["distribution"] = {
+            "strategy": str(config["distribution"]),
+            "replicas_in_sync": int(strategy.num_replicas_in_sync),
+            "task": distribution.task_name(strategy),
+        }
     with open(os.path.join(run_dir, HISTORY_FILE), "w") as f:
         json.dump(record, f, indent=1)
 
@@ -329,16 +393,18 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if config["abstention"]:
         spec = fit_abstention(model, eval_ds, tf_transform_output, config)
     model.tft_layer = tf_transform_output.transform_features_layer()
-    model.save(serving_model_dir, save_format="tf",
-               signatures=make_signatures(model, tf_transform_output, spec))
+    model.save(
+        serving_model_dir, save_format="tf", signatures=make_signatures(model, tf_transform_output, spec)
+    )
     if spec is not None:
         abstention.write(spec, serving_model_dir)
         abstention.write(spec, run_dir)
     distribution.finish(strategy, serving_model_dir, run_dir)
 
 
-def fit_abstention(model: keras.Model, eval_ds: tf.data.Dataset,
-                   tf_transform_output: tft.TFTransformOutput, config: dict) -> abstention.AbstentionSpec:
+def fit_abstention(
+    model: keras.Model, eval_ds: tf.data.Dataset, tf_transform_output: tft.TFTransformOutput, config: dict
+) -> abstention.AbstentionSpec:
     """Fits the abstention detector on the eval split (never trained on; the served,
     calibrated probabilities), choosing its features with generated outliers."""
     scorer, names = abstention.scoring_model(model)
@@ -355,9 +421,15 @@ def fit_abstention(model: keras.Model, eval_ds: tf.data.Dataset,
         for kind, pngs in outliers.outlier_images(per_kind, seed=int(config["seed"])).items():
             batch = tft_layer({contract.IMAGE_KEY: tf.reshape(tf.constant(pngs), [-1, 1])})[IMAGE_XF]
             outlier_features[kind] = dict(zip(names, abstention.collect(scorer, [batch])[1]))
-    spec = abstention.choose(dict(zip(names, features)), labels, probs, outlier_features,
-                             accept=float(config["abstention_accept"]),
-                             ood_share=float(config["abstention_ood_share"]), seed=int(config["seed"]))
+    spec = abstention.choose(
+        dict(zip(names, features)),
+        labels,
+        probs,
+        outlier_features,
+        accept=float(config["abstention_accept"]),
+        ood_share=float(config["abstention_ood_share"]),
+        seed=int(config["seed"]),
+    )
     logging.info("Abstention fitted on eval: %s", json.dumps(spec.to_json())[:2000])
     return spec
 

@@ -33,6 +33,7 @@ through it, so it treats its input as hostile.
   Chosen over refusing: these PNGs are common exports of medical viewers, and the
   official TF Serving has no client of ours in front of it to convert them.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -51,9 +52,11 @@ _JPEG_RATIOS = (1, 2, 4, 8)
 # in 1/32768: red 9797, green 19234, blue the rest; the sum is truncated (>> 15).
 _PNG_GRAY_RED, _PNG_GRAY_GREEN, _PNG_GRAY_BLUE = 9797, 19234, 32768 - 9797 - 19234
 
-UNSUPPORTED_FORMAT = ("unsupported image format: the model reads JPEG and PNG (convert BMP, "
-                      "TIFF, DICOM and other formats to PNG first; btmri predict and btmri "
-                      "gradcam do)")
+UNSUPPORTED_FORMAT = (
+    "unsupported image format: the model reads JPEG and PNG (convert BMP, "
+    "TIFF, DICOM and other formats to PNG first; btmri predict and btmri "
+    "gradcam do)"
+)
 
 
 def _after(check: tf.Operation, value: tf.Tensor) -> tf.Tensor:
@@ -67,8 +70,9 @@ def _check_budget(data: tf.Tensor, width: tf.Tensor, height: tf.Tensor, max_pixe
     """`data` gated on width x height (int64, from the header) being within budget."""
     ok = tf.logical_and(tf.logical_and(width > 0, height > 0), width * height <= max_pixels)
     message = tf.strings.format(
-        "image too large: {}x{} pixels, over the budget of {} pixels "
-        "(refused before decoding)", [width, height, tf.constant(max_pixels, tf.int64)])
+        "image too large: {}x{} pixels, over the budget of {} pixels (refused before decoding)",
+        [width, height, tf.constant(max_pixels, tf.int64)],
+    )
     return _after(tf.debugging.Assert(ok, [message]), data)
 
 
@@ -139,29 +143,37 @@ def _png_native(data: tf.Tensor, deep: tf.Tensor) -> tf.Tensor:
 
     def to_gray(strip):  # uint16 [s, W, C] -> uint8 [s, W, 1]
         colour = tf.cast(strip[..., :n_colour], tf.float32)
-        colour8 = tf.cond(deep, lambda: tf.round((colour - lo) * scale),  # stretched, rounded
-                          lambda: tf.round(colour / 257.0))               # 8-bit: exact
-        if_alpha = lambda: tf.round(  # noqa: E731  data_prep's _composite_over_black, in float32
-            colour8 * (tf.round(tf.cast(strip[..., n_colour:], tf.float32) / 257.0) / 255.0))
+        colour8 = tf.cond(
+            deep,
+            lambda: tf.round((colour - lo) * scale),  # stretched, rounded
+            lambda: tf.round(colour / 257.0),  # 8-bit: exact
+        )
+
+        def if_alpha():  # data_prep's _composite_over_black, in float32
+            return tf.round(colour8 * (tf.round(tf.cast(strip[..., n_colour:], tf.float32) / 257.0) / 255.0))
+
         colour8 = tf.cast(tf.cond(has_alpha, if_alpha, lambda: colour8), tf.uint8)
-        return tf.cond(tf.equal(n_colour, 3), lambda: _png_gray_from_rgb(colour8),
-                       lambda: colour8[..., :1])
+        return tf.cond(tf.equal(n_colour, 3), lambda: _png_gray_from_rgb(colour8), lambda: colour8[..., :1])
 
     rows = tf.maximum(1, _STRIP_PIXELS // tf.maximum(width, 1))
     n_strips = (height + rows - 1) // rows
-    strips = tf.TensorArray(tf.uint8, size=n_strips, infer_shape=False,
-                            element_shape=tf.TensorShape([None, None, 1]))
+    strips = tf.TensorArray(
+        tf.uint8, size=n_strips, infer_shape=False, element_shape=tf.TensorShape([None, None, 1])
+    )
     _, strips = tf.while_loop(
         lambda i, _: i < n_strips,
-        lambda i, acc: (i + 1, acc.write(i, to_gray(pixels[i * rows:(i + 1) * rows]))),
-        (tf.constant(0), strips), parallel_iterations=1)
+        lambda i, acc: (i + 1, acc.write(i, to_gray(pixels[i * rows : (i + 1) * rows]))),
+        (tf.constant(0), strips),
+        parallel_iterations=1,
+    )
     return strips.concat()
 
 
 def _decode_png(data: tf.Tensor, size: int, max_pixels: int) -> tf.Tensor:
     head = _padded_head(data, 33)  # signature, IHDR length and type, IHDR fields
-    header_ok = tf.logical_and(tf.strings.length(data) >= 33,
-                               tf.equal(tf.strings.substr(head, 12, 4), b"IHDR"))
+    header_ok = tf.logical_and(
+        tf.strings.length(data) >= 33, tf.equal(tf.strings.substr(head, 12, 4), b"IHDR")
+    )
     data = _after(tf.debugging.Assert(header_ok, ["PNG header is damaged (no IHDR chunk)"]), data)
     # Width and height: big-endian uint32 at bytes 16..23 (read as int32, made unsigned).
     dims = tf.io.decode_raw(tf.strings.substr(head, 16, 8), tf.int32, little_endian=False)
@@ -172,10 +184,12 @@ def _decode_png(data: tf.Tensor, size: int, max_pixels: int) -> tf.Tensor:
     data = _check_budget(data, width, height, max_pixels)
     # Plain 8-bit (or less) gray/RGB: TF's decoder as before, bit for bit. Palette
     # images may carry transparency, which only a decode shows: the native path.
-    native = tf.logical_or(tf.equal(depth, 16),
-                           tf.reduce_any(tf.equal(color_type, tf.constant([3, 4, 6], tf.int64))))
-    gray = tf.cond(native, lambda: _png_native(data, tf.equal(depth, 16)),
-                   lambda: tf.io.decode_png(data, channels=1))
+    native = tf.logical_or(
+        tf.equal(depth, 16), tf.reduce_any(tf.equal(color_type, tf.constant([3, 4, 6], tf.int64)))
+    )
+    gray = tf.cond(
+        native, lambda: _png_native(data, tf.equal(depth, 16)), lambda: tf.io.decode_png(data, channels=1)
+    )
     return _resize(gray, size)
 
 
@@ -188,5 +202,6 @@ def decode_gray_resized(data: tf.Tensor, size: int, max_pixels: int = DEFAULT_MA
     is_jpeg = tf.equal(tf.strings.substr(data, 0, len(JPEG_MAGIC)), JPEG_MAGIC)
     is_png = tf.equal(tf.strings.substr(data, 0, len(PNG_MAGIC)), PNG_MAGIC)
     data = _after(tf.debugging.Assert(tf.logical_or(is_jpeg, is_png), [UNSUPPORTED_FORMAT]), data)
-    return tf.cond(is_jpeg, lambda: _decode_jpeg(data, size, max_pixels),
-                   lambda: _decode_png(data, size, max_pixels))
+    return tf.cond(
+        is_jpeg, lambda: _decode_jpeg(data, size, max_pixels), lambda: _decode_png(data, size, max_pixels)
+    )

@@ -24,20 +24,21 @@ moved into the crop's frame for training, and the `gradcam` signature maps its
 heatmap back to the whole image, so clients and the lesion audit see heatmaps in
 the frame of the image they sent.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
 
-FOREGROUND = 0.1          # x (bright level - background level): above background noise
+FOREGROUND = 0.1  # x (bright level - background level): above background noise
 BACKGROUND_QUANTILE = 0.25  # of the border ring: background while >= a quarter of it is
-MAX_BACKGROUND = 0.5      # x the bright level: a "background" brighter than this is tissue
-BORDER = 6                # px of the analysis copy that make the border ring
+MAX_BACKGROUND = 0.5  # x the bright level: a "background" brighter than this is tissue
+BORDER = 6  # px of the analysis copy that make the border ring
 BRIGHT_PERCENTILE = 0.99  # the "bright level" of an image (robust to a few hot pixels)
-BRIGHT_LEVEL = 0.9        # where that level lands after standardisation
-MAX_GAIN = 8.0            # standardisation never multiplies by more than this
-MIN_LINE_SHARE = 0.03     # rows/columns with fewer foreground pixels are background
-CROP_MARGIN = 0.04        # of the head box's side, on every side
-_ANALYSIS_SIZE = 112      # the foreground is found on a downscaled copy
+BRIGHT_LEVEL = 0.9  # where that level lands after standardisation
+MAX_GAIN = 8.0  # standardisation never multiplies by more than this
+MIN_LINE_SHARE = 0.03  # rows/columns with fewer foreground pixels are background
+CROP_MARGIN = 0.04  # of the head box's side, on every side
+_ANALYSIS_SIZE = 112  # the foreground is found on a downscaled copy
 
 
 def _percentile(values: tf.Tensor, q: float) -> tf.Tensor:
@@ -60,7 +61,7 @@ def head_boxes(images: tf.Tensor) -> tf.Tensor:
     threshold = background + FOREGROUND * (bright - background)
     mask = tf.cast(small > threshold[:, None, None, None], tf.float32)
     mask = -tf.nn.max_pool2d(-mask, 3, 1, "SAME")  # erosion: thin strokes vanish
-    rows = tf.reduce_mean(mask, axis=[2, 3]) >= MIN_LINE_SHARE        # [N, S]
+    rows = tf.reduce_mean(mask, axis=[2, 3]) >= MIN_LINE_SHARE  # [N, S]
     cols = tf.reduce_mean(mask, axis=[1, 3]) >= MIN_LINE_SHARE
 
     def extent(lines):
@@ -85,9 +86,15 @@ def _background_level(small: tf.Tensor) -> tf.Tensor:
     """[N, S, S, 1] → [N]: a low quantile of the border ring, the scanner's background level
     (0 for the usual black background; a frame-filling head is capped by MAX_BACKGROUND)."""
     n = tf.shape(small)[0]
-    ring = tf.concat([tf.reshape(small[:, :BORDER], [n, -1]), tf.reshape(small[:, -BORDER:], [n, -1]),
-                      tf.reshape(small[:, BORDER:-BORDER, :BORDER], [n, -1]),
-                      tf.reshape(small[:, BORDER:-BORDER, -BORDER:], [n, -1])], axis=1)
+    ring = tf.concat(
+        [
+            tf.reshape(small[:, :BORDER], [n, -1]),
+            tf.reshape(small[:, -BORDER:], [n, -1]),
+            tf.reshape(small[:, BORDER:-BORDER, :BORDER], [n, -1]),
+            tf.reshape(small[:, BORDER:-BORDER, -BORDER:], [n, -1]),
+        ],
+        axis=1,
+    )
     return -_percentile(-ring, 1.0 - BACKGROUND_QUANTILE)
 
 
@@ -103,8 +110,9 @@ def frame_heads(images: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
     """[N, H, W, 1] whole images → ([N, size, size, 1] framed and standardised, [N, 4] crop boxes)."""
     boxes = head_boxes(images)
     n = tf.shape(images)[0]
-    crops = tf.image.crop_and_resize(images, boxes, tf.range(n), [size, size],
-                                     method="bilinear", extrapolation_value=0.0)
+    crops = tf.image.crop_and_resize(
+        images, boxes, tf.range(n), [size, size], method="bilinear", extrapolation_value=0.0
+    )
     return standardise(crops), boxes
 
 
@@ -122,8 +130,9 @@ def maps_to_image(maps: tf.Tensor, crops: tf.Tensor, size: int) -> tf.Tensor:
     """[N, h, w] maps over the crop → [N, size, size] over the whole image (0 outside the crop)."""
     origin = tf.concat([crops[:, :2], crops[:, :2]], axis=1)
     extent = tf.concat([crops[:, 2:] - crops[:, :2]] * 2, axis=1)
-    whole = (tf.constant([0.0, 0.0, 1.0, 1.0]) - origin) / extent   # the image, in crop coordinates
+    whole = (tf.constant([0.0, 0.0, 1.0, 1.0]) - origin) / extent  # the image, in crop coordinates
     n = tf.shape(maps)[0]
-    out = tf.image.crop_and_resize(maps[..., None], whole, tf.range(n), [size, size],
-                                   method="bilinear", extrapolation_value=0.0)
+    out = tf.image.crop_and_resize(
+        maps[..., None], whole, tf.range(n), [size, size], method="bilinear", extrapolation_value=0.0
+    )
     return out[..., 0]

@@ -9,6 +9,7 @@ this code; no client preprocesses anything.
 Grayscale: MRI slices carry no colour (the Kaggle JPEGs are RGB copies of gray
 images), and one channel cuts the first convolution's work by 3x.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -29,11 +30,12 @@ MAX_PIXELS = DEFAULT_MAX_PIXELS
 IMAGE_XF = "image_xf"
 LABEL_XF = "label_xf"
 LESION_BOX_XF = "lesion_box_xf"
-HEAD_BOX_XF = "head_box_xf"   # the crop, normalised to the whole image (head_framing.py)
+HEAD_BOX_XF = "head_box_xf"  # the crop, normalised to the whole image (head_framing.py)
 
 
-def decode_and_resize(image_bytes: tf.Tensor, max_pixels: int = MAX_PIXELS,
-                      size: int = IMAGE_SIZE) -> tf.Tensor:
+def decode_and_resize(
+    image_bytes: tf.Tensor, max_pixels: int = MAX_PIXELS, size: int = IMAGE_SIZE
+) -> tf.Tensor:
     """Encoded JPEG/PNG strings [N] → float32 [N, size, size, CHANNELS] in [0, 1], whole images.
 
     Untrusted input is safe here (components/transform/decode.py): only JPEG and PNG,
@@ -41,8 +43,11 @@ def decode_and_resize(image_bytes: tf.Tensor, max_pixels: int = MAX_PIXELS,
     (InvalidArgumentError "image too large: WxH ..."), large JPEGs decoded downscaled,
     16-bit and alpha PNGs read the way `btmri prepare` reads them.
     """
-    return tf.map_fn(lambda data: decode_gray_resized(data, size, max_pixels), image_bytes,
-                     fn_output_signature=tf.TensorSpec([size, size, CHANNELS], tf.float32))
+    return tf.map_fn(
+        lambda data: decode_gray_resized(data, size, max_pixels),
+        image_bytes,
+        fn_output_signature=tf.TensorSpec([size, size, CHANNELS], tf.float32),
+    )
 
 
 def preprocessing_fn(inputs: dict) -> dict:

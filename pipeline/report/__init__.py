@@ -6,16 +6,19 @@
 Both import TensorFlow and TFMA when called, not when this package is imported,
 so `btmri --help` stays fast.
 """
+
 from __future__ import annotations
 
-DEFAULT_GALLERY_PER_KIND = 4   # Grad-CAM gallery: this many correct and this many wrong images
+DEFAULT_GALLERY_PER_KIND = 4  # Grad-CAM gallery: this many correct and this many wrong images
 
 
 def build_report(*args, **kwargs):
     from pipeline.report.build import build_report as build
+
     return build(*args, **kwargs)
 
 
 def write_model_card(config, version_dir: str):
     from pipeline.report.model_card import write_model_card as write
+
     return write(config, version_dir)

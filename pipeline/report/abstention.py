@@ -1,6 +1,7 @@
 """Abstention in the report and the model card: how often the model refuses to answer
 on the evaluated split and why, what answering less buys (risk–coverage), and, when
 given, the abstention benchmark's probe families (benchmarks/abstention.py)."""
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,14 @@ from pipeline.report.markup import Bullets, Cell, Paragraph, Table, count, rate,
 @dataclass
 class RiskCoverage:
     """Accuracy of the answered images as one threshold moves (most doubtful refused first)."""
-    coverage: np.ndarray     # share of images answered, ascending
-    accuracy: np.ndarray     # accuracy of those answered
+
+    coverage: np.ndarray  # share of images answered, ascending
+    accuracy: np.ndarray  # accuracy of those answered
 
 
 def risk_coverage(correct: np.ndarray, doubt: np.ndarray) -> RiskCoverage:
     """`doubt`: higher is refused first (ood_score, or minus the top probability)."""
-    order = np.argsort(doubt, kind="stable")           # most trusted first
+    order = np.argsort(doubt, kind="stable")  # most trusted first
     hits = np.cumsum(correct[order].astype(float))
     answered = np.arange(1, len(order) + 1)
     return RiskCoverage(answered / len(order), hits / answered)
@@ -40,8 +42,8 @@ class AbstentionSummary:
     correct_answered: int
     by_confidence: RiskCoverage
     by_ood_score: RiskCoverage
-    fitted: dict | None             # abstention.json of the evaluated model
-    benchmark: dict | None          # benchmarks/abstention.py --out, when given
+    fitted: dict | None  # abstention.json of the evaluated model
+    benchmark: dict | None  # benchmarks/abstention.py --out, when given
 
     @property
     def acceptance(self) -> float:
@@ -57,15 +59,19 @@ def summarize(predictions, fitted: dict | None, benchmark: dict | None = None) -
     reasons = np.asarray(p.abstain_reason)
     answered = ~p.abstain
     return AbstentionSummary(
-        n=len(p.labels), answered=int(answered.sum()),
+        n=len(p.labels),
+        answered=int(answered.sum()),
         out_of_distribution=int((reasons == REASON_OUT_OF_DISTRIBUTION).sum()),
         low_confidence=int((reasons == REASON_LOW_CONFIDENCE).sum()),
         accuracy_all=float(correct.mean()),
         accuracy_answered=float(correct[answered].mean()) if answered.any() else float("nan"),
-        correct_all=int(correct.sum()), correct_answered=int(correct[answered].sum()),
+        correct_all=int(correct.sum()),
+        correct_answered=int(correct[answered].sum()),
         by_confidence=risk_coverage(correct, -p.probs.max(axis=1)),
         by_ood_score=risk_coverage(correct, p.ood_score),
-        fitted=fitted, benchmark=benchmark)
+        fitted=fitted,
+        benchmark=benchmark,
+    )
 
 
 def read_benchmark(path: str | None) -> dict | None:
@@ -80,12 +86,25 @@ def plot(summary: AbstentionSummary) -> str:
     from pipeline.report.plots import data_uri, plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    ax.plot(summary.by_confidence.coverage, summary.by_confidence.accuracy, lw=1.4,
-            label="refusing the lowest top probability first")
-    ax.plot(summary.by_ood_score.coverage, summary.by_ood_score.accuracy, lw=1.4,
-            label="refusing the highest ood_score first")
-    ax.scatter([summary.acceptance], [summary.accuracy_answered], color="#d62728", zorder=3,
-               label=f"served: {summary.acceptance:.3f} answered, accuracy {summary.accuracy_answered:.3f}")
+    ax.plot(
+        summary.by_confidence.coverage,
+        summary.by_confidence.accuracy,
+        lw=1.4,
+        label="refusing the lowest top probability first",
+    )
+    ax.plot(
+        summary.by_ood_score.coverage,
+        summary.by_ood_score.accuracy,
+        lw=1.4,
+        label="refusing the highest ood_score first",
+    )
+    ax.scatter(
+        [summary.acceptance],
+        [summary.accuracy_answered],
+        color="#d62728",
+        zorder=3,
+        label=f"served: {summary.acceptance:.3f} answered, accuracy {summary.accuracy_answered:.3f}",
+    )
     ax.axhline(summary.accuracy_all, ls="--", lw=0.8, color="#777", label="answering everything")
     ax.set_xlim(0, 1.01)
     ax.set_xlabel("coverage (share of images answered)")
@@ -97,72 +116,126 @@ def plot(summary: AbstentionSummary) -> str:
 
 
 def _benchmark_table(benchmark: dict, table_id: str) -> Table:
-    rows = [[Cell(family), Cell(str(fig["images"]), "num"), Cell(rate(fig["abstained"]), "num"),
-             Cell(rate(fig["out_of_distribution"]), "num"), Cell(rate(fig["median_ood_score"], 2), "num"),
-             Cell(rate(fig["median_top_probability"]), "num"), Cell(fig.get("source", ""))]
-            for family, fig in benchmark["families"].items()]
-    return Table(["probe family", "images", "abstained", "out of distribution", "median ood_score",
-                  "median top probability", "source"], rows, id=table_id,
-                 caption="benchmarks/abstention.py: sources not used to fit or tune the detector")
+    rows = [
+        [
+            Cell(family),
+            Cell(str(fig["images"]), "num"),
+            Cell(rate(fig["abstained"]), "num"),
+            Cell(rate(fig["out_of_distribution"]), "num"),
+            Cell(rate(fig["median_ood_score"], 2), "num"),
+            Cell(rate(fig["median_top_probability"]), "num"),
+            Cell(fig.get("source", "")),
+        ]
+        for family, fig in benchmark["families"].items()
+    ]
+    return Table(
+        [
+            "probe family",
+            "images",
+            "abstained",
+            "out of distribution",
+            "median ood_score",
+            "median top probability",
+            "source",
+        ],
+        rows,
+        id=table_id,
+        caption="benchmarks/abstention.py: sources not used to fit or tune the detector",
+    )
 
 
 def blocks(summary: AbstentionSummary | None, split: str, table_prefix: str = "abstention") -> list:
     """Explanation and tables, shared by the report and the model card."""
     if summary is None:
-        return [Paragraph("This model was exported without abstention outputs: it answers every "
-                          "image, including photographs, noise and blank frames, with one of the "
-                          "four classes.")]
+        return [
+            Paragraph(
+                "This model was exported without abstention outputs: it answers every "
+                "image, including photographs, noise and blank frames, with one of the "
+                "four classes."
+            )
+        ]
     fitted = summary.fitted or {}
-    out = [Paragraph(
-        "The served model refuses to answer (`abstain`) when an image is not like the brain "
-        "slices it was fitted on (`ood_score` over 1: class-conditional Mahalanobis distance of "
-        f"its own pooled features; reason `{REASON_OUT_OF_DISTRIBUTION}`) or when its top "
-        f"probability is below a floor (`{REASON_LOW_CONFIDENCE}`). Both thresholds were fitted "
-        f"on the {fitted.get('fitted_on', 'eval split')} to answer at least "
-        f"{rate(fitted.get('accept'))} of it, and are constants inside the SavedModel "
-        "(`abstention.json` beside it)."),
-        Table(["", f"{split}"], [
-            [Cell("images"), Cell(count(summary.n), "num")],
-            [Cell("answered"), Cell(f"{count(summary.answered)} "
-                                    f"({rate_ci(summary.acceptance, wilson(summary.answered, summary.n))})",
-                                    "num")],
-            [Cell("abstained: out of distribution"), Cell(count(summary.out_of_distribution), "num")],
-            [Cell("abstained: low confidence"), Cell(count(summary.low_confidence), "num")],
-            [Cell("accuracy, all images"),
-             Cell(rate_ci(summary.accuracy_all, wilson(summary.correct_all, summary.n)), "num")],
-            [Cell("accuracy, answered images"),
-             Cell(rate_ci(summary.accuracy_answered, wilson(summary.correct_answered, summary.answered)),
-                  "num")],
-        ], id=f"{table_prefix}-split",
-            caption="abstention on the evaluated split (95 % Wilson intervals)")]
+    out = [
+        Paragraph(
+            "The served model refuses to answer (`abstain`) when an image is not like the brain "
+            "slices it was fitted on (`ood_score` over 1: class-conditional Mahalanobis distance of "
+            f"its own pooled features; reason `{REASON_OUT_OF_DISTRIBUTION}`) or when its top "
+            f"probability is below a floor (`{REASON_LOW_CONFIDENCE}`). Both thresholds were fitted "
+            f"on the {fitted.get('fitted_on', 'eval split')} to answer at least "
+            f"{rate(fitted.get('accept'))} of it, and are constants inside the SavedModel "
+            "(`abstention.json` beside it)."
+        ),
+        Table(
+            ["", f"{split}"],
+            [
+                [Cell("images"), Cell(count(summary.n), "num")],
+                [
+                    Cell("answered"),
+                    Cell(
+                        f"{count(summary.answered)} "
+                        f"({rate_ci(summary.acceptance, wilson(summary.answered, summary.n))})",
+                        "num",
+                    ),
+                ],
+                [Cell("abstained: out of distribution"), Cell(count(summary.out_of_distribution), "num")],
+                [Cell("abstained: low confidence"), Cell(count(summary.low_confidence), "num")],
+                [
+                    Cell("accuracy, all images"),
+                    Cell(rate_ci(summary.accuracy_all, wilson(summary.correct_all, summary.n)), "num"),
+                ],
+                [
+                    Cell("accuracy, answered images"),
+                    Cell(
+                        rate_ci(
+                            summary.accuracy_answered, wilson(summary.correct_answered, summary.answered)
+                        ),
+                        "num",
+                    ),
+                ],
+            ],
+            id=f"{table_prefix}-split",
+            caption="abstention on the evaluated split (95 % Wilson intervals)",
+        ),
+    ]
     facts = []
     if fitted:
-        facts.append(f"Fitted thresholds: ood_score threshold {rate(fitted.get('ood_threshold'), 3)} "
-                     f"on the combined distance (features: {', '.join(fitted.get('features', []))}), "
-                     f"top-probability floor {rate(fitted.get('confidence_floor'))}; "
-                     f"{rate(fitted.get('accepted_share'))} of the fitting images answered "
-                     f"({rate(fitted.get('accepted_share_cross_fitted'))} cross-fitted).")
+        facts.append(
+            f"Fitted thresholds: ood_score threshold {rate(fitted.get('ood_threshold'), 3)} "
+            f"on the combined distance (features: {', '.join(fitted.get('features', []))}), "
+            f"top-probability floor {rate(fitted.get('confidence_floor'))}; "
+            f"{rate(fitted.get('accepted_share'))} of the fitting images answered "
+            f"({rate(fitted.get('accepted_share_cross_fitted'))} cross-fitted)."
+        )
         choice = fitted.get("feature_choice", {})
         for candidate in choice.get("candidates", []):
             if "auroc" in candidate:
                 kinds = ", ".join(f"{k} {rate(v, 2)}" for k, v in candidate["abstained_per_kind"].items())
-                facts.append(f"Features {' + '.join(candidate['features'])}: AUROC {rate(candidate['auroc'])} "
-                             f"against the Trainer's own generated outliers (abstained: {kinds})"
-                             + (" — chosen." if candidate["features"] == choice.get("chosen") else "."))
+                facts.append(
+                    f"Features {' + '.join(candidate['features'])}: AUROC {rate(candidate['auroc'])} "
+                    f"against the Trainer's own generated outliers (abstained: {kinds})"
+                    + (" — chosen." if candidate["features"] == choice.get("chosen") else ".")
+                )
     if facts:
         out.append(Bullets(facts))
     if summary.benchmark:
         bench = summary.benchmark
         out.append(_benchmark_table(bench, f"{table_prefix}-probes"))
         ind = bench.get("in_distribution", {})
-        out.append(Paragraph(
-            f"Probe benchmark: AUROC of ood_score, in-distribution images against all probes "
-            f"{rate(bench.get('auroc'))}; in-distribution images answered {rate(ind.get('accepted'))}, "
-            f"accuracy {rate(ind.get('accuracy_accepted'), 4)} on those against "
-            f"{rate(ind.get('accuracy_all'), 4)} on all ({ind.get('source', '')}). Measured on the "
-            f"model at `{bench.get('model', '?')}`, which need not be the one evaluated above."))
+        out.append(
+            Paragraph(
+                f"Probe benchmark: AUROC of ood_score, in-distribution images against all probes "
+                f"{rate(bench.get('auroc'))}; in-distribution images answered {rate(ind.get('accepted'))}, "
+                f"accuracy {rate(ind.get('accuracy_accepted'), 4)} on those against "
+                f"{rate(ind.get('accuracy_all'), 4)} on all ({ind.get('source', '')}). Measured on the "
+                f"model at `{bench.get('model', '?')}`, which need not be the one evaluated above."
+            )
+        )
     else:
-        out.append(Paragraph("No probe benchmark given (`btmri report --abstention-benchmark FILE`, "
-                             "written by `benchmarks/abstention.py --out FILE`): abstention on "
-                             "non-brain images is not shown here."))
+        out.append(
+            Paragraph(
+                "No probe benchmark given (`btmri report --abstention-benchmark FILE`, "
+                "written by `benchmarks/abstention.py --out FILE`): abstention on "
+                "non-brain images is not shown here."
+            )
+        )
     return out

@@ -3,6 +3,7 @@
 The evaluated model is the one TFMA recorded in its own output (eval_config.json),
 not "the latest Trainer output": the report must describe what was evaluated.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,23 +29,23 @@ class ReportError(RuntimeError):
 @dataclass
 class RunArtifacts:
     config: PipelineConfig
-    examples_uri: str                 # ImportExampleGen output: Split-<name>/ folders
+    examples_uri: str  # ImportExampleGen output: Split-<name>/ folders
     splits: list[str]
     evaluation_uri: str
     evaluated_split: str
-    model_dir: str                    # the candidate SavedModel TFMA evaluated
+    model_dir: str  # the candidate SavedModel TFMA evaluated
     baseline_model_dir: str | None
     blessed: bool | None
-    data_root: str | None             # the folder holding manifest.json; None if unknown
+    data_root: str | None  # the folder holding manifest.json; None if unknown
     statistics_uri: str | None = None
     anomalies_uri: str | None = None
     model_run_dir: str | None = None  # history.json, TensorBoard logs
-    pushed_to: str | None = None      # serving version folder, when pushed
+    pushed_to: str | None = None  # serving version folder, when pushed
     trainer_config: dict = field(default_factory=dict)
-    evaluated_at: int = 0             # ms since epoch (ML Metadata's clock)
+    evaluated_at: int = 0  # ms since epoch (ML Metadata's clock)
     lesion_audit_uri: str | None = None  # LesionAudit output (lesion_audit.json, gallery/)
     infra_validation_uri: str | None = None  # InfraValidator's InfraBlessing (infra_validation.json)
-    before_push: bool = False         # read by the ModelReport step, before the Pusher ran
+    before_push: bool = False  # read by the ModelReport step, before the Pusher ran
     request_baseline_uri: str | None = None  # RequestBaseline statistics (monitoring baseline)
 
     def split_uri(self, split: str) -> str:
@@ -54,8 +55,10 @@ class RunArtifacts:
 def _exec_property(config: PipelineConfig, node_id: str, key: str) -> str | None:
     """An exec property of a node's latest successful or cached execution."""
     for execution in reversed(node_executions(config, node_id)):
-        if execution.last_known_state in (metadata_store_pb2.Execution.COMPLETE,
-                                          metadata_store_pb2.Execution.CACHED):
+        if execution.last_known_state in (
+            metadata_store_pb2.Execution.COMPLETE,
+            metadata_store_pb2.Execution.CACHED,
+        ):
             value = execution.custom_properties.get(key)
             return value.string_value if value is not None else None
     return None
@@ -123,8 +126,11 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
         statistics_uri=statistics.uri if statistics else None,
         anomalies_uri=anomalies.uri if anomalies else None,
         model_run_dir=model_run.uri if model_run else None,
-        pushed_to=(pushed.get_string_custom_property("pushed_destination")
-                   if pushed and pushed.get_int_custom_property("pushed") else None),
+        pushed_to=(
+            pushed.get_string_custom_property("pushed_destination")
+            if pushed and pushed.get_int_custom_property("pushed")
+            else None
+        ),
         trainer_config=trainer_config,
         evaluated_at=evaluation.mlmd_artifact.create_time_since_epoch,
         lesion_audit_uri=audit.uri if audit else None,

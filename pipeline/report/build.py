@@ -4,6 +4,7 @@
 run's own artifacts); `build_report` renders one anew from the run's artifacts (other
 options, or runs made before the component existed).
 """
+
 from __future__ import annotations
 
 import os
@@ -13,15 +14,24 @@ from btmri.documents import write_atomic
 from pipeline.config import PipelineConfig
 
 
-def build_report(config: PipelineConfig, out: str | os.PathLike, data_root: str | None = None,
-                 gallery_per_kind: int = 4, abstention_benchmark: str | None = None):
+def build_report(
+    config: PipelineConfig,
+    out: str | os.PathLike,
+    data_root: str | None = None,
+    gallery_per_kind: int = 4,
+    abstention_benchmark: str | None = None,
+):
     """Writes the report to `out` (atomically: a half-written report never exists)
     and returns the data it shows."""
     from pipeline.report.collect import collect
     from pipeline.report.html_report import render
 
-    data = collect(config, data_root=data_root, gallery_per_kind=gallery_per_kind,
-                   abstention_benchmark=abstention_benchmark)
+    data = collect(
+        config,
+        data_root=data_root,
+        gallery_per_kind=gallery_per_kind,
+        abstention_benchmark=abstention_benchmark,
+    )
     text = render(data)
     write_atomic(Path(out).resolve(), text)
     return data

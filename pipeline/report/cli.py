@@ -1,5 +1,6 @@
 """`btmri report`: argument parsing and the printed summary; the work happens in
 pipeline.report.build (and, during a run, pipeline/report/component.py)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from pipeline.report.build import build_report, report_of_run
     from pipeline.report.component import summary_of
 
-    config = PipelineConfig(pipeline_root=args.pipeline_root, data_root=args.data_root or "",
-                            serving_dir="")
+    config = PipelineConfig(pipeline_root=args.pipeline_root, data_root=args.data_root or "", serving_dir="")
     try:
         summary = None
-        if (args.data_root is None and args.gallery == DEFAULT_GALLERY_PER_KIND
-                and not args.render and not args.abstention_benchmark):
+        if (
+            args.data_root is None
+            and args.gallery == DEFAULT_GALLERY_PER_KIND
+            and not args.render
+            and not args.abstention_benchmark
+        ):
             summary = report_of_run(config, args.out)
         if summary is None:
-            summary = summary_of(build_report(config, args.out, data_root=args.data_root,
-                                              gallery_per_kind=args.gallery,
-                                              abstention_benchmark=args.abstention_benchmark))
+            summary = summary_of(
+                build_report(
+                    config,
+                    args.out,
+                    data_root=args.data_root,
+                    gallery_per_kind=args.gallery,
+                    abstention_benchmark=args.abstention_benchmark,
+                )
+            )
     except ReportError as err:
         print(f"btmri report: error: {err}", file=sys.stderr)
         return 2
@@ -36,26 +46,32 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def summary_text(out: str, summary: dict) -> list[str]:
     verdict = "blessed" if summary["blessed"] else "not blessed"
-    lines = [f"wrote {out}: {summary['evaluated_split']} accuracy "
-             f"{format_with_interval(summary['accuracy'], summary['accuracy_ci95'])} "
-             f"({summary['n']} images; "
-             f"{format_with_interval(summary['deduplicated_accuracy'], summary['deduplicated_accuracy_ci95'])}"
-             f" without the {summary['duplicates_of_training_images']} duplicates of training "
-             f"images; 95 % intervals), {verdict}"]
+    lines = [
+        f"wrote {out}: {summary['evaluated_split']} accuracy "
+        f"{format_with_interval(summary['accuracy'], summary['accuracy_ci95'])} "
+        f"({summary['n']} images; "
+        f"{format_with_interval(summary['deduplicated_accuracy'], summary['deduplicated_accuracy_ci95'])}"
+        f" without the {summary['duplicates_of_training_images']} duplicates of training "
+        f"images; 95 % intervals), {verdict}"
+    ]
     abstention = summary.get("abstention")
     if abstention:
-        lines.append(f"  answered {abstention['acceptance']:.4f} of {summary['evaluated_split']} "
-                     f"({abstention['out_of_distribution']} out of distribution, "
-                     f"{abstention['low_confidence']} low confidence); accuracy "
-                     f"{abstention['accuracy_answered']:.4f} on those, "
-                     f"{abstention['accuracy_all']:.4f} on all")
+        lines.append(
+            f"  answered {abstention['acceptance']:.4f} of {summary['evaluated_split']} "
+            f"({abstention['out_of_distribution']} out of distribution, "
+            f"{abstention['low_confidence']} low confidence); accuracy "
+            f"{abstention['accuracy_answered']:.4f} on those, "
+            f"{abstention['accuracy_all']:.4f} on all"
+        )
     served = summary.get("serving_validation")
     if served:
         lines.append("  " + serving_line(served))
     baseline = summary.get("request_baseline")
     if baseline:
-        lines.append(f"  monitoring baseline recorded: request-feature statistics of "
-                     f"{baseline['examples']} {baseline['split']} images (btmri monitor)")
+        lines.append(
+            f"  monitoring baseline recorded: request-feature statistics of "
+            f"{baseline['examples']} {baseline['split']} images (btmri monitor)"
+        )
     for check in summary["checks"]:
         if check["status"] != "ok":
             lines.append(f"  {check['status']}: {check['name']}: {check['detail']}")
@@ -68,28 +84,50 @@ def serving_line(validation: dict) -> str:
         return f"serving validation: not run ({validation.get('reason', '')})"
     if not validation.get("blessed"):
         return f"serving validation: FAILED, not pushed: {validation.get('reason', '')}"
-    return (f"serving validation: passed ({validation['warmup_records']} warm-up requests; "
-            f"predict_images p50/p99 gRPC {validation['grpc_p50_ms']:.1f}/{validation['grpc_p99_ms']:.1f} ms, "
-            f"REST {validation['rest_p50_ms']:.1f}/{validation['rest_p99_ms']:.1f} ms)")
+    return (
+        f"serving validation: passed ({validation['warmup_records']} warm-up requests; "
+        f"predict_images p50/p99 gRPC {validation['grpc_p50_ms']:.1f}/{validation['grpc_p99_ms']:.1f} ms, "
+        f"REST {validation['rest_p50_ms']:.1f}/{validation['rest_p99_ms']:.1f} ms)"
+    )
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "report", help="self-contained HTML evaluation report and model card of the latest run")
-    p.add_argument("--pipeline-root", default=DEFAULT_LAYOUT.pipeline_root,
-                   help="pipeline root holding metadata.sqlite (default %(default)s)")
+        "report", help="self-contained HTML evaluation report and model card of the latest run"
+    )
+    p.add_argument(
+        "--pipeline-root",
+        default=DEFAULT_LAYOUT.pipeline_root,
+        help="pipeline root holding metadata.sqlite (default %(default)s)",
+    )
     p.add_argument("--out", default=REPORT_FILE, help="HTML file to write (default %(default)s)")
-    p.add_argument("--data-root", default=None,
-                   help="folder with the manifest.json to describe the data by (default: the "
-                        "run's own copy, beside its examples)")
-    p.add_argument("--gallery", type=int, default=DEFAULT_GALLERY_PER_KIND, metavar="N",
-                   help="Grad-CAM gallery: N correct and N wrong test images (default %(default)s)")
-    p.add_argument("--render", action="store_true",
-                   help="render the report anew from the run's artifacts instead of copying the "
-                        "one the pipeline's ModelReport component wrote")
-    p.add_argument("--abstention-benchmark", default=None, metavar="FILE",
-                   help="JSON written by benchmarks/abstention.py --out: abstention per probe "
-                        "family in the report and model card")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="keep TensorFlow's start-up notes and library warnings")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder with the manifest.json to describe the data by (default: the "
+        "run's own copy, beside its examples)",
+    )
+    p.add_argument(
+        "--gallery",
+        type=int,
+        default=DEFAULT_GALLERY_PER_KIND,
+        metavar="N",
+        help="Grad-CAM gallery: N correct and N wrong test images (default %(default)s)",
+    )
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="render the report anew from the run's artifacts instead of copying the "
+        "one the pipeline's ModelReport component wrote",
+    )
+    p.add_argument(
+        "--abstention-benchmark",
+        default=None,
+        metavar="FILE",
+        help="JSON written by benchmarks/abstention.py --out: abstention per probe "
+        "family in the report and model card",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="keep TensorFlow's start-up notes and library warnings"
+    )
     p.set_defaults(func=_cmd_report)

@@ -1,4 +1,5 @@
 """Gathers everything the report and the model card show, from one run."""
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,7 @@ class Check:
     "fail": the report's inputs disagree (the data changed since the run?);
     "warn": a TFMA figure is off, the report's own figure is used instead.
     """
+
     name: str
     status: str  # "ok", "warn" or "fail"
     detail: str
@@ -44,19 +46,19 @@ class ReportData:
     predictions: preds.Predictions
     as_is: metrics.Figures
     deduplicated: metrics.Figures
-    duplicates: dict[str, dedup.Match]        # evaluated image → training image it duplicates
+    duplicates: dict[str, dedup.Match]  # evaluated image → training image it duplicates
     data: DataSummary
-    split_counts: dict[str, dict[str, int]]   # as imported by the pipeline
-    history: dict | None                      # history.json of the Trainer
-    temperature: dict | None                  # calibration.json: the Trainer's temperature scaling
-    model_digest: str                         # as the Pusher records it (MODEL_DIGEST)
+    split_counts: dict[str, dict[str, int]]  # as imported by the pipeline
+    history: dict | None  # history.json of the Trainer
+    temperature: dict | None  # calibration.json: the Trainer's temperature scaling
+    model_digest: str  # as the Pusher records it (MODEL_DIGEST)
     checks: list[Check] = field(default_factory=list)
     gallery: list[GalleryItem] = field(default_factory=list)
-    lesion_audit: dict | None = None          # lesion_audit.json of the run's LesionAudit
-    lesion_gallery: list = field(default_factory=list)   # lesion_audit.AuditTile
-    abstention: object = None                 # pipeline.report.abstention.AbstentionSummary
-    infra_validation: object = None           # btmri.documents.InfraValidation of the InfraValidator
-    request_baseline: object = None           # pipeline.report.request_baseline.BaselineSummary
+    lesion_audit: dict | None = None  # lesion_audit.json of the run's LesionAudit
+    lesion_gallery: list = field(default_factory=list)  # lesion_audit.AuditTile
+    abstention: object = None  # pipeline.report.abstention.AbstentionSummary
+    infra_validation: object = None  # btmri.documents.InfraValidation of the InfraValidator
+    request_baseline: object = None  # pipeline.report.request_baseline.BaselineSummary
     generated_at: float = field(default_factory=time.time)
 
 
@@ -73,25 +75,33 @@ def _read_json(folder: str | None, name: str) -> dict | None:
         return json.load(f)
 
 
-def _checks(tfma: tfma_results.TfmaResult, p: preds.Predictions,
-            as_is: metrics.Figures) -> list[Check]:
+def _checks(tfma: tfma_results.TfmaResult, p: preds.Predictions, as_is: metrics.Figures) -> list[Check]:
     own_cm = metrics.confusion_matrix(p.labels, p.predicted, spec.NUM_CLASSES)
     tfma_n, tfma_acc = tfma.get("example_count"), tfma.get("sparse_categorical_accuracy")
-    same_cm = tfma.confusion is not None and np.array_equal(tfma.confusion, own_cm) \
-        and not tfma.unpredicted
+    same_cm = tfma.confusion is not None and np.array_equal(tfma.confusion, own_cm) and not tfma.unpredicted
 
     def status(ok: bool, otherwise: str = "fail") -> str:
         return "ok" if ok else otherwise
 
     checks = [
-        Check("example count", status(tfma_n == len(p.labels)),
-              f"TFMA {tfma_n:.0f}, predictions {len(p.labels)}"),
-        Check("accuracy", status(abs(tfma_acc - metrics.accuracy(own_cm)) < 1e-6),
-              f"TFMA {tfma_acc:.4f}, predictions {metrics.accuracy(own_cm):.4f}"),
-        Check("confusion matrix", status(same_cm),
-              "TFMA's MultiClassConfusionMatrixPlot equals the predictions' matrix" if same_cm else
-              f"TFMA {None if tfma.confusion is None else tfma.confusion.tolist()} "
-              f"({tfma.unpredicted} without a class), predictions {own_cm.tolist()}"),
+        Check(
+            "example count",
+            status(tfma_n == len(p.labels)),
+            f"TFMA {tfma_n:.0f}, predictions {len(p.labels)}",
+        ),
+        Check(
+            "accuracy",
+            status(abs(tfma_acc - metrics.accuracy(own_cm)) < 1e-6),
+            f"TFMA {tfma_acc:.4f}, predictions {metrics.accuracy(own_cm):.4f}",
+        ),
+        Check(
+            "confusion matrix",
+            status(same_cm),
+            "TFMA's MultiClassConfusionMatrixPlot equals the predictions' matrix"
+            if same_cm
+            else f"TFMA {None if tfma.confusion is None else tfma.confusion.tolist()} "
+            f"({tfma.unpredicted} without a class), predictions {own_cm.tolist()}",
+        ),
     ]
     off = []
     for k, fig in enumerate(as_is.per_class):
@@ -99,21 +109,32 @@ def _checks(tfma: tfma_results.TfmaResult, p: preds.Predictions,
             recorded = tfma.get(f"{stat}_{fig.name}", f"classId:{k} topK:1")
             if not (np.isnan(value) and np.isnan(recorded)) and not abs(recorded - value) < 1e-6:
                 off.append(f"{stat}_{fig.name} {rate(recorded)} (matrix {rate(value)})")
-    checks.append(Check(
-        "TFMA per-class precision/recall (top-1)", status(not off, "warn"),
-        "agree with TFMA's confusion matrix" if not off else
-        "disagree with TFMA's own confusion matrix: " + "; ".join(off)
-        + ". The per-class tables use the confusion matrix."))
+    checks.append(
+        Check(
+            "TFMA per-class precision/recall (top-1)",
+            status(not off, "warn"),
+            "agree with TFMA's confusion matrix"
+            if not off
+            else "disagree with TFMA's own confusion matrix: "
+            + "; ".join(off)
+            + ". The per-class tables use the confusion matrix.",
+        )
+    )
     off = []
     for k, fig in enumerate(as_is.per_class):
         recorded = tfma.get("auc", f"classId:{k}")
         if not abs(recorded - fig.auc) <= TFMA_AUC_TOLERANCE:
             off.append(f"{fig.name} {rate(recorded)} (exact {rate(fig.auc)})")
-    checks.append(Check(
-        "TFMA one-vs-rest AUC", status(not off, "warn"),
-        f"within {TFMA_AUC_TOLERANCE} of the exact AUC" if not off else
-        "differs from the exact AUC: " + "; ".join(off) + ". TFMA bins scores into 10,000 "
-        "thresholds, which merges close scores; the tables show the exact AUC."))
+    checks.append(
+        Check(
+            "TFMA one-vs-rest AUC",
+            status(not off, "warn"),
+            f"within {TFMA_AUC_TOLERANCE} of the exact AUC"
+            if not off
+            else "differs from the exact AUC: " + "; ".join(off) + ". TFMA bins scores into 10,000 "
+            "thresholds, which merges close scores; the tables show the exact AUC.",
+        )
+    )
     return checks
 
 
@@ -141,15 +162,20 @@ def _scan_other_splits(run: RunArtifacts, p: preds.Predictions, near_threshold: 
     return counts, duplicates
 
 
-def collect(config: PipelineConfig, data_root: str | None = None,
-            gallery_per_kind: int = 4, abstention_benchmark: str | None = None) -> ReportData:
+def collect(
+    config: PipelineConfig,
+    data_root: str | None = None,
+    gallery_per_kind: int = 4,
+    abstention_benchmark: str | None = None,
+) -> ReportData:
     """The latest run's report data, its artifacts found in ML Metadata.
     `abstention_benchmark`: JSON written by benchmarks/abstention.py --out."""
     return collect_run(find_run(config, data_root), gallery_per_kind, abstention_benchmark)
 
 
-def collect_run(run: RunArtifacts, gallery_per_kind: int = 4,
-                abstention_benchmark: str | None = None) -> ReportData:
+def collect_run(
+    run: RunArtifacts, gallery_per_kind: int = 4, abstention_benchmark: str | None = None
+) -> ReportData:
     """Reads the run's artifacts, predicts the evaluated split, finds duplicates of
     training images in it, and (if gallery_per_kind) computes Grad-CAM for a few images."""
     tfma = tfma_results.load(run.evaluation_uri)
@@ -158,27 +184,40 @@ def collect_run(run: RunArtifacts, gallery_per_kind: int = 4,
     p = preds.predict_split(model, run.split_uri(run.evaluated_split))
 
     other_counts, duplicates = _scan_other_splits(run, p, data.near_threshold)
-    split_counts = {s: _count(p.labels) if s == run.evaluated_split else other_counts[s]
-                    for s in run.splits}
+    split_counts = {s: _count(p.labels) if s == run.evaluated_split else other_counts[s] for s in run.splits}
 
     cm_own = metrics.confusion_matrix(p.labels, p.predicted, spec.NUM_CLASSES)
-    as_is = metrics.figures(tfma.confusion if tfma.confusion is not None else cm_own,
-                            p.labels, p.probs, spec.CLASS_NAMES)
+    as_is = metrics.figures(
+        tfma.confusion if tfma.confusion is not None else cm_own, p.labels, p.probs, spec.CLASS_NAMES
+    )
     kept = p.subset(np.array([s not in duplicates for s in p.sources], bool))
     deduplicated = metrics.figures(
         metrics.confusion_matrix(kept.labels, kept.predicted, spec.NUM_CLASSES),
-        kept.labels, kept.probs, spec.CLASS_NAMES)
+        kept.labels,
+        kept.probs,
+        spec.CLASS_NAMES,
+    )
 
-    report = ReportData(run=run, tfma=tfma, predictions=p, as_is=as_is, deduplicated=deduplicated,
-                        duplicates=duplicates, data=data, split_counts=split_counts,
-                        history=_read_json(run.model_run_dir, HISTORY_FILE),
-                        temperature=_read_json(run.model_run_dir, CALIBRATION_FILE),
-                        model_digest=model_digest(run.model_dir), checks=_checks(tfma, p, as_is))
+    report = ReportData(
+        run=run,
+        tfma=tfma,
+        predictions=p,
+        as_is=as_is,
+        deduplicated=deduplicated,
+        duplicates=duplicates,
+        data=data,
+        split_counts=split_counts,
+        history=_read_json(run.model_run_dir, HISTORY_FILE),
+        temperature=_read_json(run.model_run_dir, CALIBRATION_FILE),
+        model_digest=model_digest(run.model_dir),
+        checks=_checks(tfma, p, as_is),
+    )
     import components.training.abstention  # the fitted thresholds beside the model
     from pipeline.report import abstention
 
-    report.abstention = abstention.summarize(p, components.training.abstention.read(run.model_dir),
-                                             abstention.read_benchmark(abstention_benchmark))
+    report.abstention = abstention.summarize(
+        p, components.training.abstention.read(run.model_dir), abstention.read_benchmark(abstention_benchmark)
+    )
     from btmri.documents import InfraValidation
     from pipeline.report import request_baseline
 
@@ -189,8 +228,7 @@ def collect_run(run: RunArtifacts, gallery_per_kind: int = 4,
         from pipeline.report.lesion_audit import gallery as audit_gallery
 
         report.lesion_audit = read_audit(run.lesion_audit_uri)
-        report.lesion_gallery = audit_gallery(run.lesion_audit_uri, report.lesion_audit,
-                                              GALLERY_MAX_SIDE)
+        report.lesion_gallery = audit_gallery(run.lesion_audit_uri, report.lesion_audit, GALLERY_MAX_SIDE)
     if gallery_per_kind:
         report.gallery = choose(p, gallery_per_kind)
         if report.gallery:

@@ -12,6 +12,7 @@ placeholder the Pusher fills in: components/executors.py copies the card into it
 staging folder before the rename) and summary.json (the headline figures
 `btmri report` prints).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ from pipeline.report import DEFAULT_GALLERY_PER_KIND
 
 class ModelReportResult(types.Artifact):
     """report.html, MODEL_CARD.md and summary.json of one evaluated model."""
+
     TYPE_NAME = "btmri.ModelReport"  # namespace.Name: Kubeflow V2 schema titles need both
 
 
@@ -51,8 +53,7 @@ class ModelReportSpec(types.ComponentSpec):
         "model_run": ChannelParameter(type=standard_artifacts.ModelRun, optional=True),
         "lesion_audit": ChannelParameter(type=LesionAuditResult, optional=True),
         "infra_blessing": ChannelParameter(type=standard_artifacts.InfraBlessing, optional=True),
-        "request_baseline": ChannelParameter(type=standard_artifacts.ExampleStatistics,
-                                             optional=True),
+        "request_baseline": ChannelParameter(type=standard_artifacts.ExampleStatistics, optional=True),
     }
     OUTPUTS = {
         "report": ChannelParameter(type=ModelReportResult),
@@ -82,9 +83,13 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
     request_baseline = _single(input_dict, "request_baseline")
     model_dir, baseline_dir = evaluated_models(evaluation.uri)
     history = TrainingHistory.read_if_present(model_run.uri if model_run else None)
-    config = PipelineConfig(pipeline_root=exec_properties["pipeline_root"], data_root="",
-                            serving_dir="", pipeline_name=exec_properties["pipeline_name"],
-                            metadata_path="")
+    config = PipelineConfig(
+        pipeline_root=exec_properties["pipeline_root"],
+        data_root="",
+        serving_dir="",
+        pipeline_name=exec_properties["pipeline_name"],
+        metadata_path="",
+    )
     has_manifest = os.path.isfile(os.path.join(examples.uri, MANIFEST_FILE))
     return RunArtifacts(
         config=config,
@@ -94,8 +99,9 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
         evaluated_split=exec_properties["evaluated_split"],
         model_dir=model_dir,
         baseline_model_dir=baseline_dir,
-        blessed=bool(blessing.get_int_custom_property(
-            evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY)) if blessing else None,
+        blessed=bool(blessing.get_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY))
+        if blessing
+        else None,
         data_root=examples.uri if has_manifest else None,
         statistics_uri=statistics.uri if statistics else None,
         anomalies_uri=anomalies.uri if anomalies else None,
@@ -113,7 +119,8 @@ def summary_of(data) -> dict:
     """The headline figures of a report (summary.json)."""
     return {
         "evaluated_split": data.run.evaluated_split,
-        "accuracy": data.as_is.accuracy, "n": data.as_is.n,
+        "accuracy": data.as_is.accuracy,
+        "n": data.as_is.n,
         "accuracy_ci95": list(data.as_is.accuracy_ci),
         "deduplicated_accuracy": data.deduplicated.accuracy,
         "deduplicated_n": data.deduplicated.n,
@@ -121,16 +128,21 @@ def summary_of(data) -> dict:
         "duplicates_of_training_images": len(data.duplicates),
         "blessed": data.run.blessed,
         "checks": [{"name": c.name, "status": c.status, "detail": c.detail} for c in data.checks],
-        "abstention": None if getattr(data, "abstention", None) is None else {
+        "abstention": None
+        if getattr(data, "abstention", None) is None
+        else {
             "acceptance": data.abstention.acceptance,
             "out_of_distribution": data.abstention.out_of_distribution,
             "low_confidence": data.abstention.low_confidence,
             "accuracy_answered": data.abstention.accuracy_answered,
-            "accuracy_all": data.abstention.accuracy_all},
-        "serving_validation": None if getattr(data, "infra_validation", None) is None
+            "accuracy_all": data.abstention.accuracy_all,
+        },
+        "serving_validation": None
+        if getattr(data, "infra_validation", None) is None
         else data.infra_validation.to_dict(),
-        "request_baseline": None if getattr(data, "request_baseline", None) is None else {
-            "split": data.request_baseline.split, "examples": data.request_baseline.examples},
+        "request_baseline": None
+        if getattr(data, "request_baseline", None) is None
+        else {"split": data.request_baseline.split, "examples": data.request_baseline.examples},
     }
 
 
@@ -140,19 +152,18 @@ def write_report(data, out_dir: str) -> None:
     from pipeline.report.model_card import render_markdown
 
     write_atomic(os.path.join(out_dir, REPORT_FILE), render(data))
-    write_atomic(os.path.join(out_dir, MODEL_CARD_FILE),
-                 render_markdown(data, CARD_VERSION_PLACEHOLDER))
+    write_atomic(os.path.join(out_dir, MODEL_CARD_FILE), render_markdown(data, CARD_VERSION_PLACEHOLDER))
     write_atomic(os.path.join(out_dir, SUMMARY_FILE), json.dumps(summary_of(data), indent=1))
 
 
 class ModelReportExecutor(base_executor.BaseExecutor):
-
     def Do(self, input_dict, output_dict, exec_properties):
         from pipeline.report.collect import collect_run
 
         report = artifact_utils.get_single_instance(output_dict["report"])
-        data = collect_run(run_from_artifacts(input_dict, exec_properties),
-                           int(exec_properties["gallery_per_kind"]))
+        data = collect_run(
+            run_from_artifacts(input_dict, exec_properties), int(exec_properties["gallery_per_kind"])
+        )
         write_report(data, report.uri)
         report.set_float_custom_property("accuracy", float(data.as_is.accuracy))
         report.set_float_custom_property("deduplicated_accuracy", float(data.deduplicated.accuracy))
@@ -163,16 +174,38 @@ class ModelReport(base_component.BaseComponent):
     SPEC_CLASS = ModelReportSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(ModelReportExecutor)
 
-    def __init__(self, examples, model, evaluation, blessing, evaluated_split: str,
-                 pipeline_name: str, pipeline_root: str, statistics=None, anomalies=None,
-                 model_run=None, lesion_audit=None, infra_blessing=None, request_baseline=None,
-                 gallery_per_kind: int = DEFAULT_GALLERY_PER_KIND):
+    def __init__(
+        self,
+        examples,
+        model,
+        evaluation,
+        blessing,
+        evaluated_split: str,
+        pipeline_name: str,
+        pipeline_root: str,
+        statistics=None,
+        anomalies=None,
+        model_run=None,
+        lesion_audit=None,
+        infra_blessing=None,
+        request_baseline=None,
+        gallery_per_kind: int = DEFAULT_GALLERY_PER_KIND,
+    ):
         component_spec = ModelReportSpec(
-            examples=examples, model=model, evaluation=evaluation, blessing=blessing,
-            statistics=statistics, anomalies=anomalies, model_run=model_run,
-            lesion_audit=lesion_audit, infra_blessing=infra_blessing,
+            examples=examples,
+            model=model,
+            evaluation=evaluation,
+            blessing=blessing,
+            statistics=statistics,
+            anomalies=anomalies,
+            model_run=model_run,
+            lesion_audit=lesion_audit,
+            infra_blessing=infra_blessing,
             request_baseline=request_baseline,
             evaluated_split=evaluated_split,
-            gallery_per_kind=int(gallery_per_kind), pipeline_name=pipeline_name,
-            pipeline_root=pipeline_root, report=types.Channel(type=ModelReportResult))
+            gallery_per_kind=int(gallery_per_kind),
+            pipeline_name=pipeline_name,
+            pipeline_root=pipeline_root,
+            report=types.Channel(type=ModelReportResult),
+        )
         super().__init__(spec=component_spec)

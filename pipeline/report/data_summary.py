@@ -1,5 +1,6 @@
 """What the data looked like: the prepare manifest (counts, skipped files,
 duplicates) and the TFDV statistics and anomalies the pipeline computed."""
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,10 @@ SIZE_FEATURES = (spec.HEIGHT_KEY, spec.WIDTH_KEY)
 @dataclass
 class SplitStatistics:
     """TFDV's view of one split."""
+
     examples: int
     sizes: dict[str, tuple[float, float, float, float]]  # feature → (min, median, mean, max)
-    missing: dict[str, int]                               # feature → examples without it
+    missing: dict[str, int]  # feature → examples without it
 
 
 @dataclass
@@ -46,6 +48,7 @@ def _is_synthetic(data_dir: str | None) -> bool:
     if not data_dir:
         return False
     from data_prep.synth import MASKS_DIR
+
     return (Path(data_dir) / SYNTH_MARKER_FILE).is_file() or (Path(data_dir) / MASKS_DIR).is_dir()
 
 
@@ -60,8 +63,11 @@ def _split_statistics(stats_uri: str, split: str) -> SplitStatistics | None:
     for feature in dataset.features:
         name = ".".join(feature.path.step)
         stats = feature.num_stats if feature.HasField("num_stats") else None
-        common = stats.common_stats if stats else (
-            feature.string_stats.common_stats if feature.HasField("string_stats") else None)
+        common = (
+            stats.common_stats
+            if stats
+            else (feature.string_stats.common_stats if feature.HasField("string_stats") else None)
+        )
         if common is not None:
             missing[name] = int(common.num_missing)
         if stats is not None and name in SIZE_FEATURES:
@@ -76,23 +82,27 @@ def _split_anomalies(anomalies_uri: str, split: str) -> list[str] | None:
     if not os.path.isfile(path):
         return None
     anomalies = load_anomalies_binary(path)
-    found = [f"{name}: {info.short_description} ({info.description})"
-             for name, info in sorted(anomalies.anomaly_info.items())]
+    found = [
+        f"{name}: {info.short_description} ({info.description})"
+        for name, info in sorted(anomalies.anomaly_info.items())
+    ]
     if anomalies.HasField("dataset_anomaly_info"):
         info = anomalies.dataset_anomaly_info
         found.append(f"dataset: {info.short_description} ({info.description})")
     return found
 
 
-def summarize_data(data_root: str | None, splits: list[str], statistics_uri: str | None,
-              anomalies_uri: str | None) -> DataSummary:
+def summarize_data(
+    data_root: str | None, splits: list[str], statistics_uri: str | None, anomalies_uri: str | None
+) -> DataSummary:
     manifest, manifest_path = None, None
     if data_root:
         manifest = Manifest.read_if_present(data_root)
         if manifest is not None:
             manifest_path = os.path.join(data_root, MANIFEST_FILE)
-    summary = DataSummary(manifest, manifest_path,
-                          synthetic=_is_synthetic(manifest.data_dir if manifest else None))
+    summary = DataSummary(
+        manifest, manifest_path, synthetic=_is_synthetic(manifest.data_dir if manifest else None)
+    )
     for split in splits:
         if statistics_uri and (stats := _split_statistics(statistics_uri, split)):
             summary.statistics[split] = stats

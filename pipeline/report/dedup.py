@@ -4,6 +4,7 @@ The manifest lists only the first few hundred duplicate pairs, so the test set
 cannot be cleaned from it; the hashes are recomputed here with data_prep's own
 functions (md5 of the stored bytes, DCT perceptual hash) and its threshold.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from data_prep.image_io import ImageError, content_hash, decode_image
 
 @dataclass
 class Match:
-    kind: str            # "exact" (same bytes) or "near" (perceptual hash)
+    kind: str  # "exact" (same bytes) or "near" (perceptual hash)
     training_source: str
     distance_bits: int
 
@@ -44,8 +45,9 @@ class TrainingIndex:
         return Match(*found) if found else None
 
 
-def training_duplicates(index: TrainingIndex, sources: list[str], images: list[bytes],
-                        threshold: int) -> dict[str, Match]:
+def training_duplicates(
+    index: TrainingIndex, sources: list[str], images: list[bytes], threshold: int
+) -> dict[str, Match]:
     """Evaluated image source → the training image it duplicates (only those that do)."""
     matches = {}
     for source, image in zip(sources, images):

@@ -2,6 +2,7 @@
 
 The overlays are drawn by serving/heatmap_overlay.py, the same as `btmri gradcam` draws them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,9 +11,10 @@ import numpy as np
 
 from pipeline.report.predictions import Predictions
 
+
 @dataclass
 class GalleryItem:
-    index: int           # position in the predictions
+    index: int  # position in the predictions
     correct: bool
     overlay: np.ndarray | None = None  # BGR, from the model's heatmap of its top-1 class
 
@@ -30,5 +32,4 @@ def choose(predictions: Predictions, per_kind: int = 4) -> list[GalleryItem]:
     rest = [int(i) for i in correct[np.argsort(-confidence[correct], kind="stable")] if i not in chosen]
     chosen = (chosen + rest)[:per_kind]
     mistakes = wrong[np.argsort(-confidence[wrong], kind="stable")][:per_kind]
-    return ([GalleryItem(i, True) for i in chosen]
-            + [GalleryItem(int(i), False) for i in mistakes])
+    return [GalleryItem(i, True) for i in chosen] + [GalleryItem(int(i), False) for i in mistakes]

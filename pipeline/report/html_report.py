@@ -7,6 +7,7 @@ Everything is inline: CSS in a <style> element, plots and images as data URIs,
 no script at all, so the file opens the same in any browser, offline, and can
 be attached to a review.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,20 +23,38 @@ from btmri import spec
 from pipeline.report import model_card, plots, tables
 from pipeline.report.collect import ReportData
 from pipeline.report.lesion_audit import audit_blocks, tile_caption
-from pipeline.report.markup import (TEMPLATES_DIR, Bullets, Cell, Paragraph, Table, count, rate, rate_ci, table_html,
-                                    to_html)
+from pipeline.report.markup import (
+    TEMPLATES_DIR,
+    Bullets,
+    Cell,
+    Paragraph,
+    Table,
+    count,
+    rate,
+    rate_ci,
+    table_html,
+    to_html,
+)
 
 REPORT_TEMPLATE = "report.html.j2"
 TITLE = "Brain tumor MRI classifier: evaluation report"
 LISTED = 200  # longest list shown in a collapsed <details> element
 
 
-SECTIONS = (("decision", "Decision"), ("figures", "Test figures"), ("plots", "Confusion, ROC, calibration"),
-            ("training", "Training"), ("data", "Data"), ("gradcam", "Grad-CAM"),
-            ("lesion-audit", "Does it look at the tumour?"),
-            ("abstention", "When it does not answer"),
-            ("serving-validation", "Serving validation"), ("monitoring", "Monitoring baseline"),
-            ("model-card", "Model card"), ("checks", "Cross-checks and provenance"))
+SECTIONS = (
+    ("decision", "Decision"),
+    ("figures", "Test figures"),
+    ("plots", "Confusion, ROC, calibration"),
+    ("training", "Training"),
+    ("data", "Data"),
+    ("gradcam", "Grad-CAM"),
+    ("lesion-audit", "Does it look at the tumour?"),
+    ("abstention", "When it does not answer"),
+    ("serving-validation", "Serving validation"),
+    ("monitoring", "Monitoring baseline"),
+    ("model-card", "Model card"),
+    ("checks", "Cross-checks and provenance"),
+)
 
 
 def _e(text) -> str:
@@ -44,8 +63,9 @@ def _e(text) -> str:
 
 def _figure(uri: str, caption: str, width: int | None = None) -> str:
     style = f' style="width:{width}px;max-width:100%"' if width else ""
-    return (f'<figure{style}><img src="{uri}" alt="{_e(caption)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return (
+        f'<figure{style}><img src="{uri}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
+    )
 
 
 def _section(section_id: str, title: str, body: str) -> str:
@@ -62,26 +82,38 @@ def _version(data: ReportData) -> str | None:
 
 # --- sections ------------------------------------------------------------------
 
+
 def _decision(data: ReportData) -> str:
     run, tfma = data.run, data.tfma
     blessed = bool(run.blessed)
     version = _version(data)
-    pushed = (f"pushed to TF Serving as version {version}" if version
-              else "handed to the Pusher (written before the push)" if run.before_push and blessed
-              else "not pushed")
+    pushed = (
+        f"pushed to TF Serving as version {version}"
+        if version
+        else "handed to the Pusher (written before the push)"
+        if run.before_push and blessed
+        else "not pushed"
+    )
     verdict = {True: "BLESSED", False: "NOT BLESSED"}.get(run.blessed, "NO DECISION")
     has_baseline = run.baseline_model_dir is not None
-    baseline_text = (f"Baseline: the last blessed model, {run.baseline_model_dir}." if has_baseline
-                     else "No baseline: no model had been blessed before this one, so only the "
-                          "absolute thresholds applied.")
-    body = [f'<div class="decision {"ok" if blessed else "bad"}"><div class="verdict">{verdict}</div>'
-            f"<div>TFMA validation {'passed' if tfma.validation_ok else 'failed'}; model {_e(pushed)}."
-            f"<br><span class=\"muted\">{_e(baseline_text)}</span></div></div>"]
+    baseline_text = (
+        f"Baseline: the last blessed model, {run.baseline_model_dir}."
+        if has_baseline
+        else "No baseline: no model had been blessed before this one, so only the "
+        "absolute thresholds applied."
+    )
+    body = [
+        f'<div class="decision {"ok" if blessed else "bad"}"><div class="verdict">{verdict}</div>'
+        f"<div>TFMA validation {'passed' if tfma.validation_ok else 'failed'}; model {_e(pushed)}."
+        f'<br><span class="muted">{_e(baseline_text)}</span></div></div>'
+    ]
     problems = [c for c in data.checks if c.status != "ok"]
     if problems:
-        body.append(f'<div class="notice">{len(problems)} cross-check(s) need attention: '
-                    f"{_e(', '.join(c.name for c in problems))} "
-                    '(see <a href="#checks">Cross-checks</a>).</div>')
+        body.append(
+            f'<div class="notice">{len(problems)} cross-check(s) need attention: '
+            f"{_e(', '.join(c.name for c in problems))} "
+            '(see <a href="#checks">Cross-checks</a>).</div>'
+        )
     body.append("<h3>Thresholds</h3>")
     body.append(to_html([tables.thresholds(tfma.thresholds, has_baseline)]))
     body.append(_kpis(data))
@@ -91,95 +123,163 @@ def _decision(data: ReportData) -> str:
 def _kpis(data: ReportData) -> str:
     a, d = data.as_is, data.deduplicated
 
-    cards = [("accuracy", rate(a.accuracy), rate_ci(d.accuracy, d.accuracy_ci), a.accuracy_ci),
-             ("macro F1", rate(a.macro_f1), rate(d.macro_f1), None),
-             ("macro ROC AUC", rate(a.macro_auc), rate_ci(d.macro_auc, d.macro_auc_ci),
-              a.macro_auc_ci),
-             ("calibration error (ECE)", rate(a.ece), rate_ci(d.ece, d.ece_ci), a.ece_ci)]
+    cards = [
+        ("accuracy", rate(a.accuracy), rate_ci(d.accuracy, d.accuracy_ci), a.accuracy_ci),
+        ("macro F1", rate(a.macro_f1), rate(d.macro_f1), None),
+        ("macro ROC AUC", rate(a.macro_auc), rate_ci(d.macro_auc, d.macro_auc_ci), a.macro_auc_ci),
+        ("calibration error (ECE)", rate(a.ece), rate_ci(d.ece, d.ece_ci), a.ece_ci),
+    ]
     items = "".join(
         f'<div class="kpi"><div class="label">{_e(label)}</div><div class="value">{x}</div>'
         + (f'<div class="sub">95 % interval {format_interval(ci)}</div>' if ci else "")
         + f'<div class="sub">without duplicates of training images: {y}</div></div>'
-        for label, x, y, ci in cards)
-    return (f'<h3>Headline on {_e(data.run.evaluated_split)} ({count(a.n)} images)</h3>'
-            f'<div class="kpis">{items}</div>')
+        for label, x, y, ci in cards
+    )
+    return (
+        f"<h3>Headline on {_e(data.run.evaluated_split)} ({count(a.n)} images)</h3>"
+        f'<div class="kpis">{items}</div>'
+    )
 
 
 def _figures(data: ReportData) -> str:
     split = data.run.evaluated_split
     n_dup = len(data.duplicates)
-    body = [to_html([
-        Paragraph(f"The Evaluator scored the {split} split ({count(data.as_is.n)} images). "
-                  f"{n_dup} of them duplicate a training image (same bytes, or perceptual hash "
-                  f"within {data.data.near_threshold} bits); the second set of figures leaves "
-                  "them out. Per class: one class against the rest with the top-1 decision; "
-                  "n/a where a ratio is undefined (e.g. no image predicted as that class). "
-                  + tables.INTERVALS_NOTE),
-        tables.overall([(f"{split}, as is", data.as_is),
-                        (f"{split}, without duplicates of training images", data.deduplicated)],
-                       "overall"),
-        tables.per_class(data.as_is, "per-class-as-is", f"Per class: {split}, as is"),
-        tables.per_class(data.deduplicated, "per-class-dedup",
-                         f"Per class: {split}, without the {n_dup} duplicates of training images"),
-    ])]
+    body = [
+        to_html(
+            [
+                Paragraph(
+                    f"The Evaluator scored the {split} split ({count(data.as_is.n)} images). "
+                    f"{n_dup} of them duplicate a training image (same bytes, or perceptual hash "
+                    f"within {data.data.near_threshold} bits); the second set of figures leaves "
+                    "them out. Per class: one class against the rest with the top-1 decision; "
+                    "n/a where a ratio is undefined (e.g. no image predicted as that class). "
+                    + tables.INTERVALS_NOTE
+                ),
+                tables.overall(
+                    [
+                        (f"{split}, as is", data.as_is),
+                        (f"{split}, without duplicates of training images", data.deduplicated),
+                    ],
+                    "overall",
+                ),
+                tables.per_class(data.as_is, "per-class-as-is", f"Per class: {split}, as is"),
+                tables.per_class(
+                    data.deduplicated,
+                    "per-class-dedup",
+                    f"Per class: {split}, without the {n_dup} duplicates of training images",
+                ),
+            ]
+        )
+    ]
     if data.duplicates:
-        rows = [[Cell(src, "path"), Cell(m.kind), Cell(m.training_source, "path"),
-                 Cell(str(m.distance_bits), "num")]
-                for src, m in sorted(data.duplicates.items())[:LISTED]]
-        body.append(_details(f"The {n_dup} {split} images left out", table_html(Table(
-            [f"{split} image", "kind", "training image", "distance (bits)"], rows,
-            id="dedup-list"))))
+        rows = [
+            [
+                Cell(src, "path"),
+                Cell(m.kind),
+                Cell(m.training_source, "path"),
+                Cell(str(m.distance_bits), "num"),
+            ]
+            for src, m in sorted(data.duplicates.items())[:LISTED]
+        ]
+        body.append(
+            _details(
+                f"The {n_dup} {split} images left out",
+                table_html(
+                    Table(
+                        [f"{split} image", "kind", "training image", "distance (bits)"], rows, id="dedup-list"
+                    )
+                ),
+            )
+        )
     return _section("figures", f"Figures on the {split} split", "\n".join(body))
 
 
 def _plots(data: ReportData) -> str:
     names = spec.CLASS_NAMES
     a, d = data.as_is, data.deduplicated
-    body = ["<h3>Confusion matrix, as is</h3>",
-            _figure(plots.confusion(a.confusion, names),
-                    "Left: counts (TFMA's MultiClassConfusionMatrixPlot). Right: each row divided "
-                    "by its total; the diagonal is each class's recall.", 820),
-            _details("as a table", to_html([tables.confusion(a, names, "confusion-as-is")]))]
+    body = [
+        "<h3>Confusion matrix, as is</h3>",
+        _figure(
+            plots.confusion(a.confusion, names),
+            "Left: counts (TFMA's MultiClassConfusionMatrixPlot). Right: each row divided "
+            "by its total; the diagonal is each class's recall.",
+            820,
+        ),
+        _details("as a table", to_html([tables.confusion(a, names, "confusion-as-is")])),
+    ]
     if data.duplicates:
-        body += ["<h3>Confusion matrix, without duplicates of training images</h3>",
-                 _figure(plots.confusion(d.confusion, names),
-                         "The same, from the model's predictions on the kept images.", 820),
-                 _details("as a table", to_html([tables.confusion(d, names, "confusion-dedup")]))]
+        body += [
+            "<h3>Confusion matrix, without duplicates of training images</h3>",
+            _figure(
+                plots.confusion(d.confusion, names),
+                "The same, from the model's predictions on the kept images.",
+                820,
+            ),
+            _details("as a table", to_html([tables.confusion(d, names, "confusion-dedup")])),
+        ]
     else:
-        body.append('<p class="muted">No evaluated image duplicates a training image: the '
-                    "de-duplicated confusion matrix is the one above.</p>")
-    figs = [_figure(plots.roc(a, names), "One class against the rest, from the class "
-                    "probability; computed from the model's predictions (TFMA keeps no curve).",
-                    480)]
+        body.append(
+            '<p class="muted">No evaluated image duplicates a training image: the '
+            "de-duplicated confusion matrix is the one above.</p>"
+        )
+    figs = [
+        _figure(
+            plots.roc(a, names),
+            "One class against the rest, from the class "
+            "probability; computed from the model's predictions (TFMA keeps no curve).",
+            480,
+        )
+    ]
     if a.calibration:
-        figs.append(_figure(plots.reliability(a.calibration),
-                            "Reliability diagram: the share of correct top-1 answers per band of "
-                            "top-1 probability. Bars below the diagonal: over-confident. ECE weighs each gap by the "
-                            "band's share of images.", 480))
-    body += ["<h3>ROC curves and calibration, as is</h3>", f'<div class="figs">{"".join(figs)}</div>',
-             f'<p class="muted">{_e(model_card.temperature_sentence(data.temperature))}</p>']
+        figs.append(
+            _figure(
+                plots.reliability(a.calibration),
+                "Reliability diagram: the share of correct top-1 answers per band of "
+                "top-1 probability. Bars below the diagonal: over-confident. ECE weighs each gap by the "
+                "band's share of images.",
+                480,
+            )
+        )
+    body += [
+        "<h3>ROC curves and calibration, as is</h3>",
+        f'<div class="figs">{"".join(figs)}</div>',
+        f'<p class="muted">{_e(model_card.temperature_sentence(data.temperature))}</p>',
+    ]
     return _section("plots", "Confusion matrix, ROC curves, calibration", "\n".join(body))
 
 
 def _training(data: ReportData) -> str:
     if not data.history:
-        return _section("training", "Training", '<p class="muted">No history.json in the '
-                        "Trainer's model run folder.</p>")
+        return _section(
+            "training", "Training", '<p class="muted">No history.json in the Trainer\'s model run folder.</p>'
+        )
     h = data.history.get("history", {})
     cfg = data.run.trainer_config
     epochs_run, kept = model_card.epochs_kept(data.history)
-    body = [_figure(plots.training_curves(data.history, kept),
-                    "Per epoch, on the training split (with augmentation) and the eval split. "
-                    "The dotted line marks the epoch whose weights were kept "
-                    f"({model_card.kept_reason(data.history)}).",
-                    820)]
-    rows = [[Cell(k), Cell(str(v))] for k, v in (
-        ("model", cfg.get("model")), ("initial weights", cfg.get("weights") or "random"),
-        ("epochs run / allowed", f"{epochs_run} / {cfg.get('epochs', '?')}"),
-        ("kept epoch", kept), ("batch size", cfg.get("batch_size")),
-        ("learning rate", cfg.get("learning_rate")), ("weight decay", cfg.get("weight_decay")),
-        ("label smoothing", cfg.get("label_smoothing")), ("augmentation", cfg.get("augment")),
-        ("training compute dtype", (data.history or {}).get("compute_dtype_policy")))]
+    body = [
+        _figure(
+            plots.training_curves(data.history, kept),
+            "Per epoch, on the training split (with augmentation) and the eval split. "
+            "The dotted line marks the epoch whose weights were kept "
+            f"({model_card.kept_reason(data.history)}).",
+            820,
+        )
+    ]
+    rows = [
+        [Cell(k), Cell(str(v))]
+        for k, v in (
+            ("model", cfg.get("model")),
+            ("initial weights", cfg.get("weights") or "random"),
+            ("epochs run / allowed", f"{epochs_run} / {cfg.get('epochs', '?')}"),
+            ("kept epoch", kept),
+            ("batch size", cfg.get("batch_size")),
+            ("learning rate", cfg.get("learning_rate")),
+            ("weight decay", cfg.get("weight_decay")),
+            ("label smoothing", cfg.get("label_smoothing")),
+            ("augmentation", cfg.get("augment")),
+            ("training compute dtype", (data.history or {}).get("compute_dtype_policy")),
+        )
+    ]
     if kept:
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             if h.get(key):
@@ -192,48 +292,94 @@ def _data(data: ReportData) -> str:
     names = spec.CLASS_NAMES
     summary = data.data
     manifest = summary.manifest
-    body = ["<h3>Images per split and class</h3>",
-            '<p>As imported by the pipeline (ImportExampleGen).'
-            + (" Synthetic phantoms." if summary.synthetic else "") + "</p>",
-            '<div class="figs">', to_html([tables.split_counts(data.split_counts, names)]),
-            _figure(plots.class_counts(data.split_counts, names), "", 520), "</div>"]
+    body = [
+        "<h3>Images per split and class</h3>",
+        "<p>As imported by the pipeline (ImportExampleGen)."
+        + (" Synthetic phantoms." if summary.synthetic else "")
+        + "</p>",
+        '<div class="figs">',
+        to_html([tables.split_counts(data.split_counts, names)]),
+        _figure(plots.class_counts(data.split_counts, names), "", 520),
+        "</div>",
+    ]
 
     if summary.statistics:
         rows = []
         for split, st in summary.statistics.items():
             h = st.sizes.get(spec.HEIGHT_KEY, (float("nan"),) * 4)
             w = st.sizes.get(spec.WIDTH_KEY, (float("nan"),) * 4)
-            rows.append([Cell(split), Cell(count(st.examples), "num"),
-                         Cell(f"{h[0]:.0f} / {h[1]:.0f} / {h[3]:.0f}", "num"),
-                         Cell(f"{w[0]:.0f} / {w[1]:.0f} / {w[3]:.0f}", "num"),
-                         Cell(count(sum(st.missing.values())), "num")])
-        body += ["<h3>TFDV statistics</h3>", to_html([Table(
-            ["split", "examples", "height min / median / max", "width min / median / max",
-             "missing feature values"], rows, id="tfdv-statistics")])]
+            rows.append(
+                [
+                    Cell(split),
+                    Cell(count(st.examples), "num"),
+                    Cell(f"{h[0]:.0f} / {h[1]:.0f} / {h[3]:.0f}", "num"),
+                    Cell(f"{w[0]:.0f} / {w[1]:.0f} / {w[3]:.0f}", "num"),
+                    Cell(count(sum(st.missing.values())), "num"),
+                ]
+            )
+        body += [
+            "<h3>TFDV statistics</h3>",
+            to_html(
+                [
+                    Table(
+                        [
+                            "split",
+                            "examples",
+                            "height min / median / max",
+                            "width min / median / max",
+                            "missing feature values",
+                        ],
+                        rows,
+                        id="tfdv-statistics",
+                    )
+                ]
+            ),
+        ]
 
     body.append("<h3>TFDV anomalies (ExampleValidator against the curated schema)</h3>")
     if summary.anomalies:
-        rows = [[Cell(split), Cell("; ".join(found) or "none", "fail" if found else "pass")]
-                for split, found in summary.anomalies.items()]
+        rows = [
+            [Cell(split), Cell("; ".join(found) or "none", "fail" if found else "pass")]
+            for split, found in summary.anomalies.items()
+        ]
         body.append(to_html([Table(["split", "anomalies"], rows, id="tfdv-anomalies")]))
     else:
         body.append('<p class="muted">No anomalies artifact found.</p>')
 
     if manifest is None:
-        body.append(f'<p class="notice">No {MANIFEST_FILE} under {_e(data.run.data_root)}: skipped '
-                    "files and the duplicate report are unavailable (pass --data-root).</p>")
+        body.append(
+            f'<p class="notice">No {MANIFEST_FILE} under {_e(data.run.data_root)}: skipped '
+            "files and the duplicate report are unavailable (pass --data-root).</p>"
+        )
         return _section("data", "Data", "\n".join(body))
 
     skipped = manifest.skipped
     body.append(f"<h3>Skipped files ({count(len(skipped))})</h3>")
     if skipped:
         reasons = Counter(s["reason"].split(":")[0] for s in skipped)
-        body.append(to_html([Table(["reason", "files"], [[Cell(r), Cell(count(n), "num")]
-                                                         for r, n in reasons.most_common()],
-                                   id="skipped-reasons")]))
-        body.append(_details("every skipped file", table_html(Table(
-            ["file", "reason"], [[Cell(s["source"], "path"), Cell(s["reason"])]
-                                 for s in skipped[:LISTED]], id="skipped"))))
+        body.append(
+            to_html(
+                [
+                    Table(
+                        ["reason", "files"],
+                        [[Cell(r), Cell(count(n), "num")] for r, n in reasons.most_common()],
+                        id="skipped-reasons",
+                    )
+                ]
+            )
+        )
+        body.append(
+            _details(
+                "every skipped file",
+                table_html(
+                    Table(
+                        ["file", "reason"],
+                        [[Cell(s["source"], "path"), Cell(s["reason"])] for s in skipped[:LISTED]],
+                        id="skipped",
+                    )
+                ),
+            )
+        )
     else:
         body.append('<p class="muted">None: every file found was usable.</p>')
     body.append(_duplicates(manifest))
@@ -250,29 +396,58 @@ def _duplicates(manifest: Manifest) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(mapping.items())) or "none"
 
     rows = [
-        [Cell("exact (same bytes)"), Cell(f"{exact.extra_copies} extra copies in {exact.groups} groups", "num"),
-         Cell(per(exact.extra_copies_within_split)), Cell(per(exact.images_with_copy_in_other_split))],
-        [Cell(f"near (pHash ≤ {dups.near_threshold_bits} bits)"), Cell(f"{near.pairs} pairs", "num"),
-         Cell(per(near.pairs_within_split)), Cell(per(near.pairs_across_splits))],
+        [
+            Cell("exact (same bytes)"),
+            Cell(f"{exact.extra_copies} extra copies in {exact.groups} groups", "num"),
+            Cell(per(exact.extra_copies_within_split)),
+            Cell(per(exact.images_with_copy_in_other_split)),
+        ],
+        [
+            Cell(f"near (pHash ≤ {dups.near_threshold_bits} bits)"),
+            Cell(f"{near.pairs} pairs", "num"),
+            Cell(per(near.pairs_within_split)),
+            Cell(per(near.pairs_across_splits)),
+        ],
     ]
-    out = ["<h3>Duplicates and leakage (from data preparation)</h3>",
-           to_html([Table(["kind", "found", "within a split", "across splits (leakage)"], rows,
-                          id="duplicates")])]
+    out = [
+        "<h3>Duplicates and leakage (from data preparation)</h3>",
+        to_html(
+            [Table(["kind", "found", "within a split", "across splits (leakage)"], rows, id="duplicates")]
+        ),
+    ]
     if exact.conflicting_labels:
-        out.append(f'<p class="notice">{len(exact.conflicting_labels)} groups of identical '
-                   "images carry different labels.</p>")
+        out.append(
+            f'<p class="notice">{len(exact.conflicting_labels)} groups of identical '
+            "images carry different labels.</p>"
+        )
     dropped = manifest.dropped_cross_split_duplicates
     if dropped:
-        out.append(f"<p>{len(dropped)} eval/test images duplicating training images were left out "
-                   "when preparing (--drop-cross-split-duplicates).</p>")
+        out.append(
+            f"<p>{len(dropped)} eval/test images duplicating training images were left out "
+            "when preparing (--drop-cross-split-duplicates).</p>"
+        )
     if near.pairs_listed:
-        out.append(_details(f"near-duplicate pairs (first {min(len(near.pairs_listed), LISTED)})",
-                            table_html(Table(["image", "image", "distance (bits)"],
-                                             [[Cell(a, "path"), Cell(b, "path"), Cell(str(d), "num")]
-                                              for a, b, d in near.pairs_listed[:LISTED]]))))
+        out.append(
+            _details(
+                f"near-duplicate pairs (first {min(len(near.pairs_listed), LISTED)})",
+                table_html(
+                    Table(
+                        ["image", "image", "distance (bits)"],
+                        [
+                            [Cell(a, "path"), Cell(b, "path"), Cell(str(d), "num")]
+                            for a, b, d in near.pairs_listed[:LISTED]
+                        ],
+                    )
+                ),
+            )
+        )
     if exact.groups_listed:
-        out.append(_details(f"exact-duplicate groups (first {min(len(exact.groups_listed), LISTED)})",
-                            to_html([Bullets([", ".join(g) for g in exact.groups_listed[:LISTED]])])))
+        out.append(
+            _details(
+                f"exact-duplicate groups (first {min(len(exact.groups_listed), LISTED)})",
+                to_html([Bullets([", ".join(g) for g in exact.groups_listed[:LISTED]])]),
+            )
+        )
     return "\n".join(out)
 
 
@@ -283,21 +458,26 @@ def _gradcam(data: ReportData) -> str:
     for item in data.gallery:
         i = item.index
         label, predicted = int(p.labels[i]), int(p.predicted[i])
-        tag = ('<span class="tag ok">correct</span>' if item.correct
-               else '<span class="tag bad">wrong</span>')
+        tag = '<span class="tag ok">correct</span>' if item.correct else '<span class="tag bad">wrong</span>'
         tiles[item.correct].append(
             f'<div class="tile"><img src="{plots.image_data_uri(item.overlay)}" '
             f'alt="Grad-CAM of {_e(p.sources[i])}"><div class="cap">{tag} actual '
             f"<b>{_e(names[label])}</b>, predicted <b>{_e(names[predicted])}</b> "
-            f"({p.probs[i, predicted]:.2f})<div class=\"src\">{_e(p.sources[i])}</div></div></div>")
-    body = [f"<p>Heatmaps from the model's <code>gradcam</code> signature for the top-1 class, "
-            f"over the {_e(data.run.evaluated_split)} image (red: where the score is most "
-            "sensitive). Correct: the most confident of each class; wrong: the most confident "
-            "mistakes.</p>"]
+            f'({p.probs[i, predicted]:.2f})<div class="src">{_e(p.sources[i])}</div></div></div>'
+        )
+    body = [
+        f"<p>Heatmaps from the model's <code>gradcam</code> signature for the top-1 class, "
+        f"over the {_e(data.run.evaluated_split)} image (red: where the score is most "
+        "sensitive). Correct: the most confident of each class; wrong: the most confident "
+        "mistakes.</p>"
+    ]
     for correct, title in ((True, "Correct"), (False, "Wrong")):
         body.append(f"<h3>{title} ({len(tiles[correct])})</h3>")
-        body.append(f'<div class="gallery">{"".join(tiles[correct])}</div>' if tiles[correct]
-                    else '<p class="muted">None.</p>')
+        body.append(
+            f'<div class="gallery">{"".join(tiles[correct])}</div>'
+            if tiles[correct]
+            else '<p class="muted">None.</p>'
+        )
     return _section("gradcam", "Grad-CAM gallery", "\n".join(body))
 
 
@@ -306,20 +486,29 @@ def _lesion_audit(data: ReportData) -> str:
     tiles = {True: [], False: []}
     for tile in data.lesion_gallery:
         hit = bool(tile.row["pointing"])
-        tag = ('<span class="tag ok">peak in box</span>' if hit
-               else '<span class="tag bad">peak outside box</span>')
+        tag = (
+            '<span class="tag ok">peak in box</span>'
+            if hit
+            else '<span class="tag bad">peak outside box</span>'
+        )
         tiles[hit].append(
             f'<div class="tile"><img src="{plots.image_data_uri(tile.image)}" '
             f'alt="heatmap and tumour box of {_e(tile.row["source"])}"><div class="cap">{tag} '
-            f'{_e(tile_caption(tile.row))}<div class="src">{_e(tile.row["source"])}</div></div></div>')
+            f'{_e(tile_caption(tile.row))}<div class="src">{_e(tile.row["source"])}</div></div></div>'
+        )
     if data.lesion_audit is not None:
-        body.append("<p>Examples: the heatmap of the <code>gradcam</code> signature with the tumour "
-                    "box in green: per class, the first slices of the audit whose peak fell "
-                    "inside the box and the first whose peak did not.</p>")
+        body.append(
+            "<p>Examples: the heatmap of the <code>gradcam</code> signature with the tumour "
+            "box in green: per class, the first slices of the audit whose peak fell "
+            "inside the box and the first whose peak did not.</p>"
+        )
         for hit, title in ((True, "Peak inside the box"), (False, "Peak outside the box")):
             body.append(f"<h3>{title} ({len(tiles[hit])})</h3>")
-            body.append(f'<div class="gallery">{"".join(tiles[hit])}</div>' if tiles[hit]
-                        else '<p class="muted">None.</p>')
+            body.append(
+                f'<div class="gallery">{"".join(tiles[hit])}</div>'
+                if tiles[hit]
+                else '<p class="muted">None.</p>'
+            )
     return _section("lesion-audit", "Does it look at the tumour?", "\n".join(body))
 
 
@@ -328,23 +517,34 @@ def _abstention(data: ReportData) -> str:
 
     body = [to_html(abstention.blocks(data.abstention, data.run.evaluated_split))]
     if data.abstention is not None:
-        body.append(_figure(abstention.plot(data.abstention),
-                            "Risk–coverage: accuracy of the answered images as the share answered shrinks, "
-                            "refusing by top probability or by ood_score; the dot is what the "
-                            "served thresholds do.", 560))
+        body.append(
+            _figure(
+                abstention.plot(data.abstention),
+                "Risk–coverage: accuracy of the answered images as the share answered shrinks, "
+                "refusing by top probability or by ood_score; the dot is what the "
+                "served thresholds do.",
+                560,
+            )
+        )
     return _section("abstention", "When it does not answer", "\n".join(body))
 
 
 def _serving_validation(data: ReportData) -> str:
     from pipeline.report import serving_validation
 
-    return _section("serving-validation", "Serving validation",
-                    to_html(serving_validation.blocks(getattr(data, "infra_validation", None))))
+    return _section(
+        "serving-validation",
+        "Serving validation",
+        to_html(serving_validation.blocks(getattr(data, "infra_validation", None))),
+    )
+
+
 def _monitoring(data: ReportData) -> str:
     from pipeline.report import request_baseline
 
-    return _section("monitoring", "Monitoring baseline",
-                    to_html(request_baseline.blocks(data.request_baseline)))
+    return _section(
+        "monitoring", "Monitoring baseline", to_html(request_baseline.blocks(data.request_baseline))
+    )
 
 
 def _model_card(data: ReportData) -> str:
@@ -359,24 +559,37 @@ def _model_card(data: ReportData) -> str:
 
 
 def _checks(data: ReportData) -> str:
-    rows = [[Cell(c.name), Cell(c.status, {"ok": "pass", "warn": "warn"}.get(c.status, "fail")),
-             Cell(c.detail)] for c in data.checks]
+    rows = [
+        [Cell(c.name), Cell(c.status, {"ok": "pass", "warn": "warn"}.get(c.status, "fail")), Cell(c.detail)]
+        for c in data.checks
+    ]
     run = data.run
-    provenance = [(k, v) for k, v in (
-        ("pipeline root", run.config.pipeline_root), ("ML Metadata", run.config.metadata_path),
-        ("examples (ImportExampleGen)", run.examples_uri), ("manifest (prepare)", run.data_root),
-        ("manifest", data.data.manifest_path), ("statistics (StatisticsGen)", run.statistics_uri),
-        ("anomalies (ExampleValidator)", run.anomalies_uri), ("evaluated model", run.model_dir),
-        ("model digest (sha256)", data.model_digest), ("baseline model", run.baseline_model_dir),
-        ("evaluation (TFMA)", run.evaluation_uri), ("model run (history, TensorBoard)", run.model_run_dir),
-        ("pushed to", run.pushed_to),
-        ("monitoring baseline (RequestBaseline)", run.request_baseline_uri)) if v]
-    body = ["<p>TFMA's figures against the same figures from the model's predictions on the same "
-            "records.</p>",
-            to_html([Table(["check", "result", "detail"], rows, id="checks")]),
-            "<h3>Artifacts this report was built from</h3>",
-            to_html([Table(["", ""], [[Cell(k), Cell(str(v), "path")] for k, v in provenance],
-                           id="provenance")])]
+    provenance = [
+        (k, v)
+        for k, v in (
+            ("pipeline root", run.config.pipeline_root),
+            ("ML Metadata", run.config.metadata_path),
+            ("examples (ImportExampleGen)", run.examples_uri),
+            ("manifest (prepare)", run.data_root),
+            ("manifest", data.data.manifest_path),
+            ("statistics (StatisticsGen)", run.statistics_uri),
+            ("anomalies (ExampleValidator)", run.anomalies_uri),
+            ("evaluated model", run.model_dir),
+            ("model digest (sha256)", data.model_digest),
+            ("baseline model", run.baseline_model_dir),
+            ("evaluation (TFMA)", run.evaluation_uri),
+            ("model run (history, TensorBoard)", run.model_run_dir),
+            ("pushed to", run.pushed_to),
+            ("monitoring baseline (RequestBaseline)", run.request_baseline_uri),
+        )
+        if v
+    ]
+    body = [
+        "<p>TFMA's figures against the same figures from the model's predictions on the same records.</p>",
+        to_html([Table(["check", "result", "detail"], rows, id="checks")]),
+        "<h3>Artifacts this report was built from</h3>",
+        to_html([Table(["", ""], [[Cell(k), Cell(str(v), "path")] for k, v in provenance], id="provenance")]),
+    ]
     return _section("checks", "Cross-checks and provenance", "\n".join(body))
 
 
@@ -384,18 +597,33 @@ def render(data: ReportData) -> str:
     run = data.run
     generated = dt.datetime.fromtimestamp(data.generated_at).astimezone().strftime("%Y-%m-%d %H:%M %Z")
     version = _version(data)
-    meta = [f"pipeline <b>{_e(run.config.pipeline_name)}</b>",
-            f"evaluated on <b>{_e(run.evaluated_split)}</b> ({count(data.as_is.n)} images)",
-            f"model version <b>{_e(version) if version else 'the pushed folder' if run.before_push and run.blessed else 'not pushed'}</b>",
-            f"generated {_e(generated)}"]
+    meta = [
+        f"pipeline <b>{_e(run.config.pipeline_name)}</b>",
+        f"evaluated on <b>{_e(run.evaluated_split)}</b> ({count(data.as_is.n)} images)",
+        f"model version <b>{_e(version) if version else 'the pushed folder' if run.before_push and run.blessed else 'not pushed'}</b>",
+        f"generated {_e(generated)}",
+    ]
 
-    sections = [_decision(data), _figures(data), _plots(data), _training(data), _data(data),
-                _gradcam(data), _lesion_audit(data), _abstention(data), _serving_validation(data),
-                _monitoring(data), _model_card(data),
-                _checks(data)]
+    sections = [
+        _decision(data),
+        _figures(data),
+        _plots(data),
+        _training(data),
+        _data(data),
+        _gradcam(data),
+        _lesion_audit(data),
+        _abstention(data),
+        _serving_validation(data),
+        _monitoring(data),
+        _model_card(data),
+        _checks(data),
+    ]
     return _template().render(
-        title=TITLE, meta=[Markup(m) for m in meta], sections_index=SECTIONS,
-        sections=[Markup(section) for section in sections])
+        title=TITLE,
+        meta=[Markup(m) for m in meta],
+        sections_index=SECTIONS,
+        sections=[Markup(section) for section in sections],
+    )
 
 
 def _template():
@@ -403,6 +631,7 @@ def _template():
     are rendered above."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-                             autoescape=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True, keep_trailing_newline=True
+    )
     return env.get_template(REPORT_TEMPLATE)

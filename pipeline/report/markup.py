@@ -1,5 +1,6 @@
 """A tiny document model rendered to HTML (the report) and Markdown (MODEL_CARD.md),
 so the model card is written once and reads the same in both."""
+
 from __future__ import annotations
 
 import html
@@ -34,8 +35,8 @@ class Bullets:
 @dataclass
 class Cell:
     text: str
-    css: str = ""       # HTML class: e.g. "pass", "fail", "num"
-    title: str = ""     # HTML tooltip
+    css: str = ""  # HTML class: e.g. "pass", "fail", "num"
+    title: str = ""  # HTML tooltip
 
 
 @dataclass
@@ -79,6 +80,7 @@ def _cell(cell: Cell | str) -> Cell:
 
 # --- HTML ---------------------------------------------------------------------
 
+
 def _attrs(**attrs) -> str:
     return "".join(f' {k.rstrip("_")}="{html.escape(v, quote=True)}"' for k, v in attrs.items() if v)
 
@@ -88,13 +90,14 @@ def table_html(table: Table) -> str:
     body = []
     for row in table.rows:
         cells = [_cell(c) for c in row]
-        tds = "".join(f"<td{_attrs(class_=c.css, title=c.title)}>{html.escape(c.text)}</td>"
-                      for c in cells)
+        tds = "".join(f"<td{_attrs(class_=c.css, title=c.title)}>{html.escape(c.text)}</td>" for c in cells)
         body.append(f"<tr>{tds}</tr>")
     caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
     thead = f"<thead><tr>{head}</tr></thead>" if any(table.header) else ""
-    return (f"<table{_attrs(id=table.id, class_=table.css)}>{caption}{thead}"
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return (
+        f"<table{_attrs(id=table.id, class_=table.css)}>{caption}{thead}"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def to_html(blocks: list[Block]) -> str:
@@ -115,6 +118,7 @@ def to_html(blocks: list[Block]) -> str:
 
 # --- Markdown -----------------------------------------------------------------
 
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -134,8 +138,7 @@ def to_markdown(blocks: list[Block]) -> str:
                 lines.append(f"*{block.caption}*\n")
             lines.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
             lines.append("|" + "|".join("---" for _ in block.header) + "|")
-            lines.extend("| " + " | ".join(_md_cell(_cell(c).text) for c in row) + " |"
-                         for row in block.rows)
+            lines.extend("| " + " | ".join(_md_cell(_cell(c).text) for c in row) + " |" for row in block.rows)
             out.append("\n".join(lines))
         else:
             raise TypeError(f"unknown block {block!r}")

@@ -10,6 +10,7 @@ Every figure carries its 95 % interval (btmri.intervals): Wilson for proportions
 (accuracy, precision, recall, specificity), a bootstrap over images for ROC AUC and
 the expected calibration error. F1 is neither and is shown without one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,14 +43,15 @@ def row_normalised(cm: np.ndarray) -> np.ndarray:
 @dataclass
 class ClassFigures:
     """One class against the rest, with the top-1 decision."""
+
     name: str
-    support: int        # images of this class
+    support: int  # images of this class
     tp: int
     fp: int
     fn: int
     tn: int
     precision: float
-    recall: float       # sensitivity
+    recall: float  # sensitivity
     specificity: float
     f1: float
     auc: float = float("nan")  # one-vs-rest ROC AUC, from the probabilities
@@ -76,10 +78,20 @@ def class_figures(cm: np.ndarray, class_names) -> list[ClassFigures]:
         fn = int(cm[k].sum()) - tp
         fp = int(cm[:, k].sum()) - tp
         tn = total - tp - fn - fp
-        figures.append(ClassFigures(
-            name=name, support=tp + fn, tp=tp, fp=fp, fn=fn, tn=tn,
-            precision=_ratio(tp, tp + fp), recall=_ratio(tp, tp + fn),
-            specificity=_ratio(tn, tn + fp), f1=_ratio(2 * tp, 2 * tp + fp + fn)))
+        figures.append(
+            ClassFigures(
+                name=name,
+                support=tp + fn,
+                tp=tp,
+                fp=fp,
+                fn=fn,
+                tn=tn,
+                precision=_ratio(tp, tp + fp),
+                recall=_ratio(tp, tp + fn),
+                specificity=_ratio(tn, tn + fp),
+                f1=_ratio(2 * tp, 2 * tp + fp + fn),
+            )
+        )
     return figures
 
 
@@ -122,18 +134,19 @@ def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
 def _average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks, tied values sharing the mean of their ranks."""
     _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    starts = np.cumsum(counts) - counts          # 0-based rank of each distinct value's first copy
+    starts = np.cumsum(counts) - counts  # 0-based rank of each distinct value's first copy
     return (starts + (counts + 1) / 2.0)[inverse]
 
 
 @dataclass
 class Calibration:
     """Reliability of the top-1 probability, in equal-width confidence bins."""
-    edges: np.ndarray       # bins+1 edges over [0, 1]
-    counts: np.ndarray      # images per bin
-    accuracy: np.ndarray    # share correct per bin (NaN when empty)
+
+    edges: np.ndarray  # bins+1 edges over [0, 1]
+    counts: np.ndarray  # images per bin
+    accuracy: np.ndarray  # share correct per bin (NaN when empty)
     confidence: np.ndarray  # mean top-1 probability per bin (NaN when empty)
-    ece: float              # expected calibration error: sum_b n_b/N * |acc_b - conf_b|
+    ece: float  # expected calibration error: sum_b n_b/N * |acc_b - conf_b|
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -151,24 +164,28 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> 
         acc = np.bincount(which, weights=correct, minlength=bins) / counts
         conf = np.bincount(which, weights=confidence, minlength=bins) / counts
     filled = counts > 0
-    ece = float(np.sum(counts[filled] / counts.sum() * np.abs(acc[filled] - conf[filled]))) \
-        if counts.sum() else float("nan")
+    ece = (
+        float(np.sum(counts[filled] / counts.sum() * np.abs(acc[filled] - conf[filled])))
+        if counts.sum()
+        else float("nan")
+    )
     return Calibration(edges, counts, acc, conf, ece)
 
 
 @dataclass
 class Figures:
     """Everything the report shows about one set of evaluated images."""
+
     n: int
-    confusion: np.ndarray          # counts [actual, predicted]
+    confusion: np.ndarray  # counts [actual, predicted]
     accuracy: float
     per_class: list[ClassFigures]
     macro_f1: float
     macro_auc: float
     calibration: Calibration | None
     roc: list[tuple[np.ndarray, np.ndarray]]  # per class (fpr, tpr)
-    macro_auc_ci: tuple[float, float] = NAN_INTERVAL   # bootstrap over images
-    ece_ci: tuple[float, float] = NAN_INTERVAL         # bootstrap over images
+    macro_auc_ci: tuple[float, float] = NAN_INTERVAL  # bootstrap over images
+    ece_ci: tuple[float, float] = NAN_INTERVAL  # bootstrap over images
     correct: int = field(init=False, default=0)
 
     def __post_init__(self):
@@ -199,14 +216,20 @@ def figures(cm: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names) 
     macro_auc_ci = ece_ci = NAN_INTERVAL
     if len(labels):
         for k, fig in enumerate(per_class):
-            fig.auc_ci = intervals.bootstrap(lambda y, p, k=k: roc_auc(y == k, p[:, k]),
-                                             [labels, probs])
+            fig.auc_ci = intervals.bootstrap(lambda y, p, k=k: roc_auc(y == k, p[:, k]), [labels, probs])
         macro_auc_ci = intervals.bootstrap(
-            lambda y, p: macro(roc_auc(y == k, p[:, k]) for k in range(len(class_names))),
-            [labels, probs])
+            lambda y, p: macro(roc_auc(y == k, p[:, k]) for k in range(len(class_names))), [labels, probs]
+        )
         ece_ci = intervals.bootstrap(expected_calibration_error, [labels, probs])
     return Figures(
-        n=int(cm.sum()), confusion=cm, accuracy=accuracy(cm), per_class=per_class,
-        macro_f1=macro(f.f1 for f in per_class), macro_auc=macro(f.auc for f in per_class),
-        calibration=calibration(labels, probs) if len(labels) else None, roc=roc,
-        macro_auc_ci=macro_auc_ci, ece_ci=ece_ci)
+        n=int(cm.sum()),
+        confusion=cm,
+        accuracy=accuracy(cm),
+        per_class=per_class,
+        macro_f1=macro(f.f1 for f in per_class),
+        macro_auc=macro(f.auc for f in per_class),
+        calibration=calibration(labels, probs) if len(labels) else None,
+        roc=roc,
+        macro_auc_ci=macro_auc_ci,
+        ece_ci=ece_ci,
+    )

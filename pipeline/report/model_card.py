@@ -1,5 +1,6 @@
 """The model card (Mitchell et al., "Model Cards for Model Reporting", 2019):
 in the HTML report and as MODEL_CARD.md beside each pushed model version."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -48,41 +49,53 @@ def _calibration_sentence(name: str, figures) -> str:
     cal = figures.calibration
     if cal is None or not cal.counts.sum():
         return f"{name}: no images."
-    confidence = float(np.sum(cal.counts[cal.counts > 0] * cal.confidence[cal.counts > 0])
-                       / cal.counts.sum())
+    confidence = float(np.sum(cal.counts[cal.counts > 0] * cal.confidence[cal.counts > 0]) / cal.counts.sum())
     gap = confidence - figures.accuracy
-    leaning = ("over-confident" if gap > 0.02 else "under-confident" if gap < -0.02
-               else "about as confident as it is accurate")
-    return (f"{name}: expected calibration error "
-            f"{format_with_interval(cal.ece, figures.ece_ci)}; mean top-1 probability "
-            f"{confidence:.3f} against accuracy "
-            f"{format_with_interval(figures.accuracy, figures.accuracy_ci)} ({leaning}).")
+    leaning = (
+        "over-confident"
+        if gap > 0.02
+        else "under-confident"
+        if gap < -0.02
+        else "about as confident as it is accurate"
+    )
+    return (
+        f"{name}: expected calibration error "
+        f"{format_with_interval(cal.ece, figures.ece_ci)}; mean top-1 probability "
+        f"{confidence:.3f} against accuracy "
+        f"{format_with_interval(figures.accuracy, figures.accuracy_ci)} ({leaning})."
+    )
 
 
 def temperature_sentence(temperature: dict | None) -> str:
     if not temperature:
         return "The probabilities are the network's softmax, not recalibrated."
-    return (f"The probabilities are temperature-scaled (T = {temperature['temperature']:.3f}, fitted "
-            f"on the {temperature.get('examples', '?')} eval images: NLL "
-            f"{temperature['nll_before']:.3f} → {temperature['nll_after']:.3f}, ECE "
-            f"{temperature['ece_before']:.3f} → {temperature['ece_after']:.3f}); the ranking and "
-            "the top-1 class are unchanged by it.")
+    return (
+        f"The probabilities are temperature-scaled (T = {temperature['temperature']:.3f}, fitted "
+        f"on the {temperature.get('examples', '?')} eval images: NLL "
+        f"{temperature['nll_before']:.3f} → {temperature['nll_after']:.3f}, ECE "
+        f"{temperature['ece_before']:.3f} → {temperature['ece_after']:.3f}); the ranking and "
+        "the top-1 class are unchanged by it."
+    )
 
 
 def _data_flaws(data) -> list[str]:
     manifest = data.data.manifest or Manifest()
     flaws = []
     if data.data.synthetic:
-        flaws.append("The images are synthetic phantoms from this project's generator, not "
-                     "patients: the figures below say nothing about clinical performance.")
+        flaws.append(
+            "The images are synthetic phantoms from this project's generator, not "
+            "patients: the figures below say nothing about clinical performance."
+        )
     else:
-        flaws.append(f"Images from {manifest.data_dir or 'an unrecorded folder'}. The public "
-                     "Kaggle Brain Tumor MRI Dataset, which this project targets, merges earlier "
-                     "public collections (figshare, SARTAJ, Br35H). Sources, MRI sequences (T1, contrast T1, T2, "
-                     "FLAIR) and planes are mixed and not recorded per image, and the classes do "
-                     "not come from the sources in equal shares, so acquisition cues can stand in "
-                     "for the diagnosis. Labels are per image, without a recorded reading "
-                     "protocol; no patient identifiers exist to keep a patient's slices in one split.")
+        flaws.append(
+            f"Images from {manifest.data_dir or 'an unrecorded folder'}. The public "
+            "Kaggle Brain Tumor MRI Dataset, which this project targets, merges earlier "
+            "public collections (figshare, SARTAJ, Br35H). Sources, MRI sequences (T1, contrast T1, T2, "
+            "FLAIR) and planes are mixed and not recorded per image, and the classes do "
+            "not come from the sources in equal shares, so acquisition cues can stand in "
+            "for the diagnosis. Labels are per image, without a recorded reading "
+            "protocol; no patient identifiers exist to keep a patient's slices in one split."
+        )
     dups = manifest.duplicates
     if dups:
         exact, near = dups.exact, dups.near
@@ -90,21 +103,28 @@ def _data_flaws(data) -> list[str]:
             f"Duplicates found while preparing: {exact.extra_copies} extra exact copies in "
             f"{exact.groups} groups, {near.pairs} near-duplicate pairs (perceptual hash "
             f"within {dups.near_threshold_bits} bits), of which across splits: exact "
-            f"{exact.across_splits}, near {near.across_splits}.")
+            f"{exact.across_splits}, near {near.across_splits}."
+        )
         if exact.conflicting_labels:
-            flaws.append(f"{len(exact.conflicting_labels)} groups of identical images carry "
-                         "different labels.")
+            flaws.append(
+                f"{len(exact.conflicting_labels)} groups of identical images carry different labels."
+            )
     if manifest.dropped_cross_split_duplicates:
-        flaws.append(f"{len(manifest.dropped_cross_split_duplicates)} eval/test images that "
-                     "duplicate training images were left out when the data was prepared.")
+        flaws.append(
+            f"{len(manifest.dropped_cross_split_duplicates)} eval/test images that "
+            "duplicate training images were left out when the data was prepared."
+        )
     n_dup = len(data.duplicates)
     kinds = {k: sum(m.kind == k for m in data.duplicates.values()) for k in ("exact", "near")}
     flaws.append(
         f"{n_dup} of {data.as_is.n} evaluated images duplicate a training image "
-        f"({kinds['exact']} exact, {kinds['near']} near): figures are given with and without them.")
+        f"({kinds['exact']} exact, {kinds['near']} near): figures are given with and without them."
+    )
     if manifest.skipped:
-        flaws.append(f"{len(manifest.skipped)} files could not be used (unreadable, truncated, "
-                     "out of scope) and were skipped.")
+        flaws.append(
+            f"{len(manifest.skipped)} files could not be used (unreadable, truncated, "
+            "out of scope) and were skipped."
+        )
     return flaws
 
 
@@ -120,34 +140,63 @@ def card_context(data, version: str | None = None) -> dict:
     eval_ = data.split_counts.get(spec.EVAL_SPLIT, {})
     evaluated = data.split_counts.get(split, {})
     return {
-        "model_name": MODEL_NAME, "version": version, "classes": spec.CLASS_NAMES,
-        "image_size": spec.IMAGE_SIZE, "cfg": run.trainer_config,
-        "epochs_run": epochs_run, "epoch_kept": kept, "kept_reason": kept_reason(data.history),
+        "model_name": MODEL_NAME,
+        "version": version,
+        "classes": spec.CLASS_NAMES,
+        "image_size": spec.IMAGE_SIZE,
+        "cfg": run.trainer_config,
+        "epochs_run": epochs_run,
+        "epoch_kept": kept,
+        "kept_reason": kept_reason(data.history),
         "evaluated_at": _date(run.evaluated_at),
         "blessed": "yes" if run.blessed else "no" if run.blessed is not None else "unknown",
-        "model_dir": run.model_dir, "model_digest": data.model_digest,
-        "train_count": count(sum(train.values())), "train_per_class": _per_class(train),
-        "eval_count": count(sum(eval_.values())), "eval_per_class": _per_class(eval_),
-        "split": split, "separate_test_set": split == spec.TEST_SPLIT,
-        "evaluated_count": count(sum(evaluated.values())), "evaluated_per_class": _per_class(evaluated),
+        "model_dir": run.model_dir,
+        "model_digest": data.model_digest,
+        "train_count": count(sum(train.values())),
+        "train_per_class": _per_class(train),
+        "eval_count": count(sum(eval_.values())),
+        "eval_per_class": _per_class(eval_),
+        "split": split,
+        "separate_test_set": split == spec.TEST_SPLIT,
+        "evaluated_count": count(sum(evaluated.values())),
+        "evaluated_per_class": _per_class(evaluated),
         "data_flaws": _data_flaws(data),
         "intervals_note": tables.INTERVALS_NOTE,
-        "overall_table": to_markdown([tables.overall(
-            [(f"{split}, as is", data.as_is),
-             (f"{split}, without duplicates of training images", data.deduplicated)], "card-overall")]),
-        "per_class_as_is": to_markdown([tables.per_class(data.as_is, "card-per-class-as-is",
-                                                         f"{split}, as is")]),
-        "per_class_deduplicated": to_markdown([tables.per_class(
-            data.deduplicated, "card-per-class-dedup",
-            f"{split}, without the {len(data.duplicates)} images that duplicate training images")]),
-        "calibration": [_calibration_sentence("As is", data.as_is),
-                        _calibration_sentence("Without duplicates", data.deduplicated),
-                        temperature_sentence(data.temperature)],
+        "overall_table": to_markdown(
+            [
+                tables.overall(
+                    [
+                        (f"{split}, as is", data.as_is),
+                        (f"{split}, without duplicates of training images", data.deduplicated),
+                    ],
+                    "card-overall",
+                )
+            ]
+        ),
+        "per_class_as_is": to_markdown(
+            [tables.per_class(data.as_is, "card-per-class-as-is", f"{split}, as is")]
+        ),
+        "per_class_deduplicated": to_markdown(
+            [
+                tables.per_class(
+                    data.deduplicated,
+                    "card-per-class-dedup",
+                    f"{split}, without the {len(data.duplicates)} images that duplicate training images",
+                )
+            ]
+        ),
+        "calibration": [
+            _calibration_sentence("As is", data.as_is),
+            _calibration_sentence("Without duplicates", data.deduplicated),
+            temperature_sentence(data.temperature),
+        ],
         "lesion_audit": to_markdown(audit_blocks(data.lesion_audit, "card-lesion-audit")),
-        "abstention": to_markdown(abstention.blocks(getattr(data, "abstention", None), split,
-                                                    "card-abstention")),
-        "serving_validation": to_markdown(serving_validation.blocks(
-            getattr(data, "infra_validation", None), "card-serving-validation")),
+        "abstention": to_markdown(
+            abstention.blocks(getattr(data, "abstention", None), split, "card-abstention")
+        ),
+        "serving_validation": to_markdown(
+            serving_validation.blocks(getattr(data, "infra_validation", None), "card-serving-validation")
+        ),
     }
 
 
@@ -159,8 +208,12 @@ def render_markdown(data, version: str | None = None, level: int = 1) -> str:
     """The card as Markdown; `level` is the heading level of its title."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=False,
-                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=False,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
     text = env.get_template(CARD_TEMPLATE).render(level=level, **card_context(data, version))
     return re.sub(r"\n{3,}", "\n\n", text)
 
@@ -179,8 +232,9 @@ def write_model_card(config: PipelineConfig, version_dir: str) -> Path:
     recorded = Path(version_dir, DIGEST_FILE)
     evaluated = find_run(config).model_dir
     if recorded.is_file() and recorded.read_text().strip() != model_digest(evaluated):
-        raise ValueError(f"{version_dir} does not hold the latest evaluated model "
-                         f"({evaluated}): no model card written")
+        raise ValueError(
+            f"{version_dir} does not hold the latest evaluated model ({evaluated}): no model card written"
+        )
     data = collect(config, gallery_per_kind=0)
     text = render_markdown(data, os.path.basename(version_dir.rstrip("/")))
     return write_atomic(Path(version_dir) / MODEL_CARD_FILE, text)

@@ -1,4 +1,5 @@
 """Matplotlib figures, returned as PNG data URIs so the report needs no other file."""
+
 from __future__ import annotations
 
 import base64
@@ -16,11 +17,19 @@ DPI = 110
 CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")  # one per class, fixed order
 TRAIN_COLOUR, EVAL_COLOUR = "#1f77b4", "#d62728"
 
-plt.rcParams.update({
-    "font.size": 9, "axes.titlesize": 10, "axes.titleweight": "bold",
-    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-    "grid.alpha": 0.25, "legend.frameon": False, "figure.dpi": DPI,
-})
+plt.rcParams.update(
+    {
+        "font.size": 9,
+        "axes.titlesize": 10,
+        "axes.titleweight": "bold",
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "grid.alpha": 0.25,
+        "legend.frameon": False,
+        "figure.dpi": DPI,
+    }
+)
 
 
 def data_uri(fig) -> str:
@@ -33,6 +42,7 @@ def data_uri(fig) -> str:
 def image_data_uri(bgr: np.ndarray, quality: int = 88) -> str:
     """An OpenCV image as an embedded JPEG."""
     import cv2
+
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("could not encode image")
@@ -53,16 +63,29 @@ def _matrix(ax, values, labels, fmt, title, vmax=None):
         for j in range(values.shape[1]):
             v = values[i, j]
             text = "n/a" if np.isnan(v) else fmt(v)
-            ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                    color="white" if not np.isnan(v) and v > 0.55 * limit else "#222")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if not np.isnan(v) and v > 0.55 * limit else "#222",
+            )
 
 
 def confusion(cm: np.ndarray, class_names) -> str:
     """Counts and row-normalised shares side by side."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(8.6, 3.6))
     _matrix(a, cm.astype(float), class_names, lambda v: f"{int(v)}", "Counts")
-    _matrix(b, metrics.row_normalised(cm), class_names, lambda v: f"{v:.2f}",
-            "Row-normalised (recall on the diagonal)", vmax=1.0)
+    _matrix(
+        b,
+        metrics.row_normalised(cm),
+        class_names,
+        lambda v: f"{v:.2f}",
+        "Row-normalised (recall on the diagonal)",
+        vmax=1.0,
+    )
     fig.tight_layout()
     return data_uri(fig)
 
@@ -72,8 +95,14 @@ def roc(figures: metrics.Figures, class_names) -> str:
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#999")
     for k, ((fpr, tpr), name) in enumerate(zip(figures.roc, class_names)):
         auc = figures.per_class[k].auc
-        ax.plot(fpr, tpr, lw=1.8, color=CLASS_COLOURS[k % len(CLASS_COLOURS)],
-                label=f"{name} (AUC {'n/a' if np.isnan(auc) else f'{auc:.3f}'})", drawstyle="default")
+        ax.plot(
+            fpr,
+            tpr,
+            lw=1.8,
+            color=CLASS_COLOURS[k % len(CLASS_COLOURS)],
+            label=f"{name} (AUC {'n/a' if np.isnan(auc) else f'{auc:.3f}'})",
+            drawstyle="default",
+        )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
@@ -87,16 +116,26 @@ def roc(figures: metrics.Figures, class_names) -> str:
 def reliability(cal: metrics.Calibration) -> str:
     """Accuracy per confidence bin against the diagonal, the gap to the bin's mean
     confidence hatched, and the bin counts below."""
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.6, 4.6), sharex=True,
-                                   gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, hist) = plt.subplots(
+        2, 1, figsize=(4.6, 4.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     centres = (cal.edges[:-1] + cal.edges[1:]) / 2
     width = (cal.edges[1] - cal.edges[0]) * 0.9
     filled = cal.counts > 0
     acc, conf = cal.accuracy[filled], cal.confidence[filled]
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="#777", label="ideal")
     ax.bar(centres[filled], acc, width=width, color="#4c72b0", label="accuracy")
-    ax.bar(centres[filled], np.abs(conf - acc), bottom=np.minimum(acc, conf), width=width,
-           facecolor="none", edgecolor="#c44e52", hatch="////", lw=0.8, label="gap to confidence")
+    ax.bar(
+        centres[filled],
+        np.abs(conf - acc),
+        bottom=np.minimum(acc, conf),
+        width=width,
+        facecolor="none",
+        edgecolor="#c44e52",
+        hatch="////",
+        lw=0.8,
+        label="gap to confidence",
+    )
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(f"Reliability of the top-1 probability (ECE {cal.ece:.3f})")
@@ -139,8 +178,13 @@ def class_counts(split_counts: dict[str, dict[str, int]], class_names) -> str:
     x = np.arange(len(splits))
     for k, name in enumerate(class_names):
         values = [split_counts[s].get(name, 0) for s in splits]
-        ax.bar(x + (k - (len(class_names) - 1) / 2) * width, values, width=width,
-               color=CLASS_COLOURS[k % len(CLASS_COLOURS)], label=name)
+        ax.bar(
+            x + (k - (len(class_names) - 1) / 2) * width,
+            values,
+            width=width,
+            color=CLASS_COLOURS[k % len(CLASS_COLOURS)],
+            label=name,
+        )
     ax.set_xticks(x, splits)
     ax.set_ylabel("images")
     ax.set_title("Images per split and class")

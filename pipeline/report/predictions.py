@@ -4,6 +4,7 @@ does not give (ROC curves, calibration, de-duplicated figures, Grad-CAM).
 Examples are read from the ImportExampleGen artifact, the very records the
 Evaluator scored, and go through the `serving_default` signature as TFMA sent them.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,16 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from btmri.spec import (ABSTAIN, ABSTAIN_REASON, CLASS_ID, EXAMPLES_INPUT, HEATMAP,
-                        IMAGE_BYTES_INPUT, OOD_SCORE, PROBABILITIES)
+from btmri.spec import (
+    ABSTAIN,
+    ABSTAIN_REASON,
+    CLASS_ID,
+    EXAMPLES_INPUT,
+    HEATMAP,
+    IMAGE_BYTES_INPUT,
+    OOD_SCORE,
+    PROBABILITIES,
+)
 from btmri import spec
 from data_prep.tfrecords import parse_example
 
@@ -34,13 +43,13 @@ def read_examples(split_uri: str) -> Iterator[tuple[bytes, dict]]:
 
 @dataclass
 class Predictions:
-    labels: np.ndarray        # int [N]
-    probs: np.ndarray         # float [N, classes]
-    sources: list[str]        # path of each image relative to the data folder
-    images: list[bytes]       # encoded image of each example
+    labels: np.ndarray  # int [N]
+    probs: np.ndarray  # float [N, classes]
+    sources: list[str]  # path of each image relative to the data folder
+    images: list[bytes]  # encoded image of each example
     # The model's abstention outputs (None: a model exported without abstention).
-    ood_score: np.ndarray | None = None       # float [N]
-    abstain: np.ndarray | None = None         # bool [N]
+    ood_score: np.ndarray | None = None  # float [N]
+    abstain: np.ndarray | None = None  # bool [N]
     abstain_reason: list[str] | None = None
 
     @property
@@ -49,11 +58,15 @@ class Predictions:
 
     def subset(self, keep: np.ndarray) -> Predictions:
         idx = np.flatnonzero(keep)
-        return Predictions(self.labels[idx], self.probs[idx],
-                           [self.sources[i] for i in idx], [self.images[i] for i in idx],
-                           None if self.ood_score is None else self.ood_score[idx],
-                           None if self.abstain is None else self.abstain[idx],
-                           None if self.abstain_reason is None else [self.abstain_reason[i] for i in idx])
+        return Predictions(
+            self.labels[idx],
+            self.probs[idx],
+            [self.sources[i] for i in idx],
+            [self.images[i] for i in idx],
+            None if self.ood_score is None else self.ood_score[idx],
+            None if self.abstain is None else self.abstain[idx],
+            None if self.abstain_reason is None else [self.abstain_reason[i] for i in idx],
+        )
 
 
 def load_model(model_dir: str):
@@ -83,9 +96,12 @@ def predict_split(model, split_uri: str, batch_size: int = BATCH_SIZE) -> Predic
         if len(batch) == batch_size:
             flush()
     flush()
-    result = Predictions(np.asarray(labels, np.int64),
-                         np.concatenate(probs) if probs else np.zeros((0, spec.NUM_CLASSES)),
-                         sources, images)
+    result = Predictions(
+        np.asarray(labels, np.int64),
+        np.concatenate(probs) if probs else np.zeros((0, spec.NUM_CLASSES)),
+        sources,
+        images,
+    )
     if has_abstention and probs:
         result.ood_score = np.concatenate(abstention[OOD_SCORE]).astype(np.float64)
         result.abstain = np.concatenate(abstention[ABSTAIN]).astype(bool)

@@ -1,4 +1,5 @@
 """The report's "Monitoring baseline" section: what the run's RequestBaseline recorded."""
+
 from __future__ import annotations
 
 import glob
@@ -24,13 +25,16 @@ def _describe(feature) -> tuple[str, str]:
         s = feature.num_stats
         common = s.common_stats
         total = common.num_non_missing + common.num_missing
-        return (f"{common.num_missing / total:.3f}" if total else "n/a",
-                f"mean {s.mean:.4g}, sd {s.std_dev:.4g}, min {s.min:.4g}, max {s.max:.4g}")
+        return (
+            f"{common.num_missing / total:.3f}" if total else "n/a",
+            f"mean {s.mean:.4g}, sd {s.std_dev:.4g}, min {s.min:.4g}, max {s.max:.4g}",
+        )
     s = feature.string_stats
     common = s.common_stats
     total = common.num_non_missing + common.num_missing
-    shares = ", ".join(f"{v.value} {v.frequency / max(1, common.num_non_missing):.3f}"
-                       for v in s.top_values[:6])
+    shares = ", ".join(
+        f"{v.value} {v.frequency / max(1, common.num_non_missing):.3f}" for v in s.top_values[:6]
+    )
     return (f"{common.num_missing / total:.3f}" if total else "n/a", f"{s.unique} values: {shares}")
 
 
@@ -45,7 +49,7 @@ def summarize(uri: str | None) -> BaselineSummary | None:
 
     statistics = tfdv.load_stats_binary(files[0])
     dataset = statistics.datasets[0]
-    split = os.path.basename(os.path.dirname(files[0]))[len("Split-"):]
+    split = os.path.basename(os.path.dirname(files[0]))[len("Split-") :]
     by_name = {f.path.step[0]: f for f in dataset.features if f.path.step}
     rows = [(name, *_describe(by_name[name])) for name in spec.REQUEST_FEATURES if name in by_name]
     return BaselineSummary(uri, split, int(dataset.num_examples), rows)
@@ -53,15 +57,24 @@ def summarize(uri: str | None) -> BaselineSummary | None:
 
 def blocks(summary: BaselineSummary | None) -> list:
     if summary is None:
-        return [Paragraph("This run recorded no monitoring baseline (no RequestBaseline step): "
-                          "`btmri monitor` has nothing to measure served traffic against.")]
+        return [
+            Paragraph(
+                "This run recorded no monitoring baseline (no RequestBaseline step): "
+                "`btmri monitor` has nothing to measure served traffic against."
+            )
+        ]
     return [
-        Paragraph(f"The run recorded the monitoring baseline: TFDV statistics of the request "
-                  f"features of the {count(summary.examples)} images of the {summary.split} split "
-                  f"as this model answers them (the features the server's request log keeps; "
-                  f"`btmri monitor` measures skew against them, with the thresholds of the "
-                  f"schema stored beside them)."),
-        Table(["feature", "missing", "baseline"],
-              [[Cell(name), Cell(missing, "num"), Cell(text)] for name, missing, text in summary.features],
-              id="request-baseline", caption=f"request features, {summary.split} split"),
+        Paragraph(
+            f"The run recorded the monitoring baseline: TFDV statistics of the request "
+            f"features of the {count(summary.examples)} images of the {summary.split} split "
+            f"as this model answers them (the features the server's request log keeps; "
+            f"`btmri monitor` measures skew against them, with the thresholds of the "
+            f"schema stored beside them)."
+        ),
+        Table(
+            ["feature", "missing", "baseline"],
+            [[Cell(name), Cell(missing, "num"), Cell(text)] for name, missing, text in summary.features],
+            id="request-baseline",
+            caption=f"request features, {summary.split} split",
+        ),
     ]

@@ -4,6 +4,7 @@ matrix plot, the thresholds and whether each one passed.
 TFMA writes results as JSON-like dicts in which protobuf omits zero values
 (an entry without `actualClassId` is class 0); the readers here undo that.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,21 +24,22 @@ OVERALL = ()  # TFMA's slice key of the whole split
 @dataclass
 class Threshold:
     """One blessing condition."""
+
     metric: str
-    kind: str                 # "value" (absolute bound) or "change" (against the baseline)
-    condition: str            # e.g. "≥ 0.800"
+    kind: str  # "value" (absolute bound) or "change" (against the baseline)
+    condition: str  # e.g. "≥ 0.800"
     candidate: float
     baseline: float | None
     passed: bool
-    message: str = ""         # TFMA's text when it failed
+    message: str = ""  # TFMA's text when it failed
 
 
 @dataclass
 class TfmaResult:
-    metrics: dict[str, float]              # candidate, overall slice: see `metric_key`
+    metrics: dict[str, float]  # candidate, overall slice: see `metric_key`
     baseline_metrics: dict[str, float] | None
-    confusion: np.ndarray | None           # overall slice, counts [actual, predicted]
-    unpredicted: int                       # examples TFMA put in no class (-1)
+    confusion: np.ndarray | None  # overall slice, counts [actual, predicted]
+    unpredicted: int  # examples TFMA put in no class (-1)
     validation_ok: bool
     thresholds: list[Threshold]
 
@@ -59,7 +61,7 @@ def metric_key(name: str, sub_key: str = "") -> str:
 
 def flatten_metrics(slice_metrics: dict) -> dict[str, float]:
     flat = {}
-    for per_sub_key in slice_metrics.values():          # one output: ''
+    for per_sub_key in slice_metrics.values():  # one output: ''
         for sub_key, named in per_sub_key.items():
             for name, value in named.items():
                 if isinstance(value, dict) and "doubleValue" in value:
@@ -126,23 +128,34 @@ def _thresholds(eval_config, metrics, baseline_metrics, validation) -> list[Thre
         for metric in metrics_spec.metrics:
             # A threshold for every slice, or per-slice ones of which the overall slice
             # (an empty SlicingSpec) is what the report's figures describe.
-            thresholds = [metric.threshold] if metric.HasField("threshold") else [
-                t.threshold for t in metric.per_slice_thresholds
-                if any(s == tfma.SlicingSpec() for s in t.slicing_specs)]
+            thresholds = (
+                [metric.threshold]
+                if metric.HasField("threshold")
+                else [
+                    t.threshold
+                    for t in metric.per_slice_thresholds
+                    if any(s == tfma.SlicingSpec() for s in t.slicing_specs)
+                ]
+            )
             name = _metric_name(metric)
             for threshold, (kind, field) in itertools.product(
-                    thresholds, (("value", "value_threshold"), ("change", "change_threshold"))):
+                thresholds, (("value", "value_threshold"), ("change", "change_threshold"))
+            ):
                 if not threshold.HasField(field):
                     continue
                 if kind == "change" and baseline_metrics is None:
                     continue  # TFMA skips it too: nothing to compare with
-                rows.append(Threshold(
-                    metric=name, kind=kind,
-                    condition=_condition(kind, getattr(threshold, field)),
-                    candidate=metrics.get(name, float("nan")),
-                    baseline=(baseline_metrics or {}).get(name),
-                    passed=(name, kind) not in failures,
-                    message=failures.get((name, kind), "")))
+                rows.append(
+                    Threshold(
+                        metric=name,
+                        kind=kind,
+                        condition=_condition(kind, getattr(threshold, field)),
+                        candidate=metrics.get(name, float("nan")),
+                        baseline=(baseline_metrics or {}).get(name),
+                        passed=(name, kind) not in failures,
+                        message=failures.get((name, kind), ""),
+                    )
+                )
     return rows
 
 
@@ -154,16 +167,17 @@ def _metric_name(metric_config) -> str:
         name = json.loads(metric_config.config).get("name")
         if name:
             return name
-    return "".join(f"_{ch.lower()}" if ch.isupper() and i else ch.lower()
-                   for i, ch in enumerate(metric_config.class_name))
+    return "".join(
+        f"_{ch.lower()}" if ch.isupper() and i else ch.lower()
+        for i, ch in enumerate(metric_config.class_name)
+    )
 
 
 def load_candidate(evaluation_uri: str):
     """The candidate's tfma.EvalResult. With a baseline, TFMA files metrics and plots
     under the model name 'candidate'; without one, under no name."""
     _, _, _, locations = load_eval_run(evaluation_uri)
-    return tfma.load_eval_result(evaluation_uri,
-                                 model_name=CANDIDATE if BASELINE in locations else None)
+    return tfma.load_eval_result(evaluation_uri, model_name=CANDIDATE if BASELINE in locations else None)
 
 
 def load(evaluation_uri: str) -> TfmaResult:
@@ -178,6 +192,10 @@ def load(evaluation_uri: str) -> TfmaResult:
     confusion, unpredicted = confusion_from_plots(candidate)
     validation = tfma.load_validation_result(evaluation_uri)
     return TfmaResult(
-        metrics=metrics, baseline_metrics=baseline_metrics, confusion=confusion,
-        unpredicted=unpredicted, validation_ok=validation.validation_ok,
-        thresholds=_thresholds(eval_config, metrics, baseline_metrics, validation))
+        metrics=metrics,
+        baseline_metrics=baseline_metrics,
+        confusion=confusion,
+        unpredicted=unpredicted,
+        validation_ok=validation.validation_ok,
+        thresholds=_thresholds(eval_config, metrics, baseline_metrics, validation),
+    )

@@ -1,5 +1,6 @@
 """Model-code fixtures: the pushed SavedModel of the tiny run (its graph holds the
 Transform, the signatures, Grad-CAM and abstention)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@ thresholds accept the configured share of the fitting data, the graph decides as
 NumPy reference does, a model whose features make blanks and noise far from brain
 slices by construction abstains on them through every signature, and the model the
 tiny pipeline pushed carries the three outputs and abstention.json."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ import tf_keras as keras
 
 from btmri import spec
 from btmri.layout import ABSTENTION_FILE
-from btmri.spec import (ABSTAIN, ABSTAIN_REASON, ABSTENTION_OUTPUTS, OOD_SCORE, REASON_LOW_CONFIDENCE,
-                        REASON_OUT_OF_DISTRIBUTION)
+from btmri.spec import (
+    ABSTAIN,
+    ABSTAIN_REASON,
+    ABSTENTION_OUTPUTS,
+    OOD_SCORE,
+    REASON_LOW_CONFIDENCE,
+    REASON_OUT_OF_DISTRIBUTION,
+)
 from components.training import abstention, outliers
 from data_prep import contract
 
@@ -63,14 +70,14 @@ def test_the_graph_decides_as_the_numpy_reference():
     rng = np.random.default_rng(7)
     feats, labels, probs = _blobs(rng, 300)
     spec = abstention.fit(["a", "b"], feats, labels, probs)
-    test_feats, _, test_probs = _blobs(np.random.default_rng(7), 300)   # same centres, new noise
+    test_feats, _, test_probs = _blobs(np.random.default_rng(7), 300)  # same centres, new noise
     test_feats = [f + rng.normal(0, 0.5, f.shape) for f in test_feats]
     out = abstention.outputs(spec, tf.constant(test_probs), [tf.constant(f, tf.float32) for f in test_feats])
     score, abstain, reason = spec.decide(test_probs, test_feats)
     assert out[OOD_SCORE].dtype == tf.float32 and out[ABSTAIN].dtype == tf.bool
     assert out[ABSTAIN_REASON].dtype == tf.string
     np.testing.assert_allclose(out[OOD_SCORE].numpy(), score, rtol=1e-3)
-    close = np.abs(score - 1) < 1e-3   # float32 vs float64 may differ right at the threshold
+    close = np.abs(score - 1) < 1e-3  # float32 vs float64 may differ right at the threshold
     assert (out[ABSTAIN].numpy() == abstain)[~close].all()
     assert ([r.decode() for r in out[ABSTAIN_REASON].numpy()] == reason)[~close].all()
     assert 0.02 < abstain.mean() < 0.5
@@ -103,13 +110,20 @@ def test_generated_outliers_are_deterministic_pngs_of_every_kind():
 
 # ---- an exported model, abstaining on blanks and noise by construction ---------------
 
+
 @tf.autograph.experimental.do_not_convert
 def _image_statistics(x):
     """[N, h, w, 1] → [N, 4]: mean, spread, share of dark pixels, mean gradient magnitude."""
     dy, dx = tf.image.image_gradients(x)
-    return tf.stack([tf.reduce_mean(x, [1, 2, 3]), tf.math.reduce_std(x, [1, 2, 3]),
-                     tf.reduce_mean(tf.cast(x < 0.1, tf.float32), [1, 2, 3]),
-                     tf.reduce_mean(tf.abs(dx) + tf.abs(dy), [1, 2, 3])], axis=1)
+    return tf.stack(
+        [
+            tf.reduce_mean(x, [1, 2, 3]),
+            tf.math.reduce_std(x, [1, 2, 3]),
+            tf.reduce_mean(tf.cast(x < 0.1, tf.float32), [1, 2, 3]),
+            tf.reduce_mean(tf.abs(dx) + tf.abs(dy), [1, 2, 3]),
+        ],
+        axis=1,
+    )
 
 
 def _statistics_model() -> keras.Model:
@@ -125,8 +139,11 @@ def _statistics_model() -> keras.Model:
 
     # The map gradcam reads; a (trainable) 1x1 identity convolution, so a gradient tape
     # records the path from it to the logits.
-    grid = keras.layers.Activation("linear", name=GRADCAM_LAYER)(keras.layers.Conv2D(
-        1, 1, use_bias=False, kernel_initializer="ones")(keras.layers.AveragePooling2D(4)(inputs)))
+    grid = keras.layers.Activation("linear", name=GRADCAM_LAYER)(
+        keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones")(
+            keras.layers.AveragePooling2D(4)(inputs)
+        )
+    )
     features = keras.layers.Lambda(_image_statistics, name="statistics")(grid)
     logits = keras.layers.Dense(K, name=LOGITS_LAYER)(features)
     probs = keras.layers.Activation("softmax", name="probabilities")(logits)
@@ -142,8 +159,11 @@ def _transform_output(tiny_run: Path):
 
 def _phantoms(tiny_run: Path, split: str) -> tuple[list[bytes], np.ndarray]:
     root = tiny_run / "data" / "synthetic" / split
-    files = [(p, contract.class_id(name)) for name in contract.CLASS_NAMES
-             for p in sorted((root / name).glob("*.png"))]
+    files = [
+        (p, contract.class_id(name))
+        for name in contract.CLASS_NAMES
+        for p in sorted((root / name).glob("*.png"))
+    ]
     return [p.read_bytes() for p, _ in files], np.array([k for _, k in files])
 
 
@@ -157,8 +177,17 @@ def constructed_model(tiny_run, tmp_path_factory) -> Path:
     tft_layer = xf.transform_features_layer()
     decoded = tft_layer({contract.IMAGE_KEY: tf.reshape(tf.constant(images), [-1, 1])})["image_xf"]
     eval_ds = tf.data.Dataset.from_tensor_slices((decoded, (labels, tf.zeros([len(labels), 1])))).batch(8)
-    spec = fit_abstention(model, eval_ds, xf, {"abstention_outliers_per_kind": 0, "seed": 0,
-                                               "abstention_accept": 0.95, "abstention_ood_share": 0.6})
+    spec = fit_abstention(
+        model,
+        eval_ds,
+        xf,
+        {
+            "abstention_outliers_per_kind": 0,
+            "seed": 0,
+            "abstention_accept": 0.95,
+            "abstention_ood_share": 0.6,
+        },
+    )
     model.tft_layer = xf.transform_features_layer()
     out = tmp_path_factory.mktemp("constructed") / "model"
     model.save(str(out), save_format="tf", signatures=make_signatures(model, xf, spec))
@@ -173,11 +202,21 @@ def _png(array: np.ndarray) -> bytes:
 def test_constructed_model_abstains_on_blank_and_noise_through_every_signature(constructed_model, tiny_run):
     loaded = tf.saved_model.load(str(constructed_model))
     rng = np.random.default_rng(0)
-    probes = [_png(np.zeros((256, 256), np.uint8)), _png(np.full((200, 300), 255, np.uint8)),
-              _png(np.full((256, 256), 128, np.uint8)), _png(rng.integers(0, 256, (256, 256), dtype=np.uint8))]
+    probes = [
+        _png(np.zeros((256, 256), np.uint8)),
+        _png(np.full((200, 300), 255, np.uint8)),
+        _png(np.full((256, 256), 128, np.uint8)),
+        _png(rng.integers(0, 256, (256, 256), dtype=np.uint8)),
+    ]
     brains, _ = _phantoms(tiny_run, contract.KAGGLE_TESTING_DIR)
-    examples = [tf.train.Example(features=tf.train.Features(feature={contract.IMAGE_KEY: tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[b]))})).SerializeToString() for b in probes + brains]
+    examples = [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))}
+            )
+        ).SerializeToString()
+        for b in probes + brains
+    ]
     calls = {
         spec.PREDICT_IMAGES: {spec.IMAGE_BYTES_INPUT: tf.constant(probes + brains)},
         spec.GRADCAM: {spec.IMAGE_BYTES_INPUT: tf.constant(probes + brains)},
@@ -191,13 +230,13 @@ def test_constructed_model_abstains_on_blank_and_noise_through_every_signature(c
         assert out[OOD_SCORE].shape == (n,) and out[OOD_SCORE].dtype == np.float32
         assert out[ABSTAIN].shape == (n,) and out[ABSTAIN].dtype == np.bool_
         assert out[ABSTAIN_REASON].shape == (n,)
-        assert out[spec.PROBABILITIES].shape == (n, K)      # the existing outputs stay
+        assert out[spec.PROBABILITIES].shape == (n, K)  # the existing outputs stay
         reasons = [r.decode() for r in out[ABSTAIN_REASON]]
-        assert reasons[:len(probes)] == [REASON_OUT_OF_DISTRIBUTION] * len(probes), (name, out[OOD_SCORE])
-        assert out[ABSTAIN][:len(probes)].all()
+        assert reasons[: len(probes)] == [REASON_OUT_OF_DISTRIBUTION] * len(probes), (name, out[OOD_SCORE])
+        assert out[ABSTAIN][: len(probes)].all()
         assert all((r == "") != a for r, a in zip(reasons, out[ABSTAIN]))
         # Phantoms of the other split are mostly answered.
-        assert out[ABSTAIN][len(probes):].mean() <= 0.25, out[OOD_SCORE][len(probes):]
+        assert out[ABSTAIN][len(probes) :].mean() <= 0.25, out[OOD_SCORE][len(probes) :]
         answers[name] = out[OOD_SCORE]
     np.testing.assert_allclose(answers[spec.PREDICT_IMAGES], answers[spec.GRADCAM], rtol=1e-5)
     np.testing.assert_allclose(answers[spec.PREDICT_IMAGES], answers[spec.SERVING_DEFAULT], rtol=1e-5)
@@ -206,6 +245,7 @@ def test_constructed_model_abstains_on_blank_and_noise_through_every_signature(c
 
 
 # ---- the model the tiny pipeline pushed ----------------------------------------------
+
 
 def test_pushed_model_returns_the_abstention_outputs_and_its_thresholds(tiny_run):
     (version,) = [p for p in (tiny_run / "serving").iterdir() if p.name.isdigit()]
@@ -222,6 +262,7 @@ def test_pushed_model_returns_the_abstention_outputs_and_its_thresholds(tiny_run
 
 # ---- the Evaluator's gate ------------------------------------------------------------
 
+
 def test_tfma_acceptance_metric_counts_answers_and_ignores_models_without_abstain():
     from tensorflow_model_analysis.metrics import metric_types
 
@@ -235,15 +276,25 @@ def test_tfma_acceptance_metric_counts_answers_and_ignores_models_without_abstai
         return combiner.extract_output(combiner.merge_accumulators(halves))[key]
 
     single = metric_types.MetricKey(name=ACCEPTANCE)
-    elements = [metric_types.StandardMetricInputs({"predictions": {ABSTAIN: np.array([a])}})
-                for a in (False, True, False, False)]
+    elements = [
+        metric_types.StandardMetricInputs({"predictions": {ABSTAIN: np.array([a])}})
+        for a in (False, True, False, False)
+    ]
     assert run(single, elements) == 0.75
     # With a baseline, predictions are keyed by model; an old baseline has no `abstain`.
     candidate = metric_types.MetricKey(name=ACCEPTANCE, model_name="candidate")
     baseline = metric_types.MetricKey(name=ACCEPTANCE, model_name="baseline")
-    both = [metric_types.StandardMetricInputs({"predictions": {
-        "candidate": {ABSTAIN: np.array([a])}, "baseline": {"probabilities": np.ones(4) / 4}}})
-        for a in (True, False)]
+    both = [
+        metric_types.StandardMetricInputs(
+            {
+                "predictions": {
+                    "candidate": {ABSTAIN: np.array([a])},
+                    "baseline": {"probabilities": np.ones(4) / 4},
+                }
+            }
+        )
+        for a in (True, False)
+    ]
     assert run(candidate, both) == 0.5
     assert np.isnan(run(baseline, both))
 
@@ -252,8 +303,12 @@ def test_gate_threshold_is_in_the_eval_config_only_when_asked():
     from components.evaluation import ACCEPTANCE, AbstentionAcceptance, eval_config
 
     def acceptance_configs(config):
-        return [m for spec in config.metrics_specs for m in spec.metrics
-                if m.class_name == AbstentionAcceptance.__name__]
+        return [
+            m
+            for spec in config.metrics_specs
+            for m in spec.metrics
+            if m.class_name == AbstentionAcceptance.__name__
+        ]
 
     (gated,) = acceptance_configs(eval_config(0.5, min_acceptance=0.9))
     (threshold,) = gated.per_slice_thresholds
@@ -265,19 +320,31 @@ def test_gate_threshold_is_in_the_eval_config_only_when_asked():
 
 # ---- what clients say -----------------------------------------------------------------
 
+
 def test_clients_say_abstained_instead_of_a_class():
     from serving.client import ImagePrediction, _prediction
 
     probs = [0.1, 0.2, 0.6, 0.1]
-    answered = _prediction(2, probs, 7, {OOD_SCORE: np.float32(0.4), ABSTAIN: np.bool_(False),
-                                         ABSTAIN_REASON: b""})
+    answered = _prediction(
+        2, probs, 7, {OOD_SCORE: np.float32(0.4), ABSTAIN: np.bool_(False), ABSTAIN_REASON: b""}
+    )
     assert answered.answer == "notumor"
-    assert answered.as_record() == {"class": "notumor", "answer": "notumor", "probabilities": {
-        "glioma": 0.1, "meningioma": 0.2, "notumor": 0.6, "pituitary": 0.1}, "model_version": 7,
-        "ood_score": pytest.approx(0.4), "abstain": False, "abstain_reason": ""}
-    out = _prediction(2, probs, 7, {OOD_SCORE: 3.25, ABSTAIN: True, ABSTAIN_REASON: REASON_OUT_OF_DISTRIBUTION})
-    assert out.answer == ("abstained: not recognised as a brain MRI slice like the training images "
-                          "(ood_score 3.25, over 1 is unlike them)")
+    assert answered.as_record() == {
+        "class": "notumor",
+        "answer": "notumor",
+        "probabilities": {"glioma": 0.1, "meningioma": 0.2, "notumor": 0.6, "pituitary": 0.1},
+        "model_version": 7,
+        "ood_score": pytest.approx(0.4),
+        "abstain": False,
+        "abstain_reason": "",
+    }
+    out = _prediction(
+        2, probs, 7, {OOD_SCORE: 3.25, ABSTAIN: True, ABSTAIN_REASON: REASON_OUT_OF_DISTRIBUTION}
+    )
+    assert out.answer == (
+        "abstained: not recognised as a brain MRI slice like the training images "
+        "(ood_score 3.25, over 1 is unlike them)"
+    )
     record = out.as_record()
     assert record["class"] is None and record["abstain"] is True and record["ood_score"] == 3.25
     assert record["abstain_reason"] == REASON_OUT_OF_DISTRIBUTION
@@ -293,10 +360,12 @@ def test_gradcam_images_of_an_abstention_are_marked():
     from serving import heatmap_overlay
 
     original = np.full((120, 160, 3), 90, np.uint8)
-    images = heatmap_overlay.render(original, np.random.default_rng(0).uniform(0, 1, (224, 224)).astype(np.float32))
+    images = heatmap_overlay.render(
+        original, np.random.default_rng(0).uniform(0, 1, (224, 224)).astype(np.float32)
+    )
     marked = heatmap_overlay.mark_abstained(images, REASON_OUT_OF_DISTRIBUTION)
     np.testing.assert_array_equal(marked.original, original)
     for kind in ("heatmap", "overlay"):
         before, after = getattr(images, kind), getattr(marked, kind)
         assert after.shape == before.shape and not np.array_equal(after, before)
-        np.testing.assert_array_equal(after[20:], before[20:])   # only the banner differs
+        np.testing.assert_array_equal(after[20:], before[20:])  # only the banner differs

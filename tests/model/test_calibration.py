@@ -1,4 +1,5 @@
 """Temperature scaling: fitting, ECE, and the calibrated Keras model."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -2,6 +2,7 @@
 (Adebayo et al., 2018: an explanation that survives randomised weights explains
 nothing about the model), and, in the slow run, localisation on phantoms whose
 lesion masks are known."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,6 @@ from tests.conftest import only_version
 TUMOR_CLASSES = [c for c in contract.CLASS_NAMES if c != "notumor"]
 
 
-
 def tumor_images(synthetic: Path, per_class: int | None = None) -> list[Path]:
     root = synthetic / contract.KAGGLE_TESTING_DIR
     return [p for c in TUMOR_CLASSES for p in sorted((root / c).glob("*.png"))[:per_class]]
@@ -29,12 +29,14 @@ def tumor_images(synthetic: Path, per_class: int | None = None) -> list[Path]:
 def gradcam(model, files: list[Path], batch: int = 16) -> dict[str, np.ndarray]:
     parts = []
     for i in range(0, len(files), batch):
-        data = tf.constant([f.read_bytes() for f in files[i:i + batch]])
-        parts.append({k: v.numpy() for k, v in model.signatures[spec.GRADCAM](
-            **{spec.IMAGE_BYTES_INPUT: data}).items()})
+        data = tf.constant([f.read_bytes() for f in files[i : i + batch]])
+        parts.append(
+            {
+                k: v.numpy()
+                for k, v in model.signatures[spec.GRADCAM](**{spec.IMAGE_BYTES_INPUT: data}).items()
+            }
+        )
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,8 @@ def test_heatmap_contract(trained, files):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     # The heatmap explains the class the model answers.
     plain = trained.signatures[spec.PREDICT_IMAGES](
-        **{spec.IMAGE_BYTES_INPUT: tf.constant([f.read_bytes() for f in files])})
+        **{spec.IMAGE_BYTES_INPUT: tf.constant([f.read_bytes() for f in files])}
+    )
     assert out[spec.CLASS_ID].tolist() == plain[spec.CLASS_ID].numpy().tolist()
 
 
@@ -66,22 +69,21 @@ def test_gradcam_probabilities_are_the_models(trained, files):
     """The probabilities `btmri gradcam` prints are the ones `btmri predict` prints."""
     out = gradcam(trained, files)
     plain = trained.signatures[spec.PREDICT_IMAGES](
-        **{spec.IMAGE_BYTES_INPUT: tf.constant([f.read_bytes() for f in files])})
+        **{spec.IMAGE_BYTES_INPUT: tf.constant([f.read_bytes() for f in files])}
+    )
     np.testing.assert_allclose(out[spec.PROBABILITIES], plain[spec.PROBABILITIES].numpy(), atol=1e-5)
 
 
 def rank_correlations(a: np.ndarray, b: np.ndarray) -> list[float]:
     """Spearman correlation per image pair; constant maps (undefined rank order) are left out."""
-    return [spearmanr(x.ravel(), y.ravel()).correlation for x, y in zip(a, b)
-            if x.std() > 0 and y.std() > 0]
+    return [spearmanr(x.ravel(), y.ravel()).correlation for x, y in zip(a, b) if x.std() > 0 and y.std() > 0]
 
 
 def reinitialise(model, seed: int = 0) -> int:
     """He-normal re-initialisation of every kernel the gradcam signature uses (conv and dense);
     norm scales and biases keep their values. Returns how many kernels were replaced."""
     rng = np.random.default_rng(seed)
-    kernels = [v for v in model.signatures[spec.GRADCAM].trainable_variables
-               if len(v.shape) >= 2]
+    kernels = [v for v in model.signatures[spec.GRADCAM].trainable_variables if len(v.shape) >= 2]
     for v in kernels:
         fan_in = int(np.prod(v.shape[:-1]))
         v.assign(rng.normal(0.0, np.sqrt(2.0 / fan_in), v.shape).astype(np.float32))
@@ -110,7 +112,7 @@ def test_heatmap_depends_on_the_learned_weights(model_dir, files):
     vs randomised had a median of 0.55 in one run and 0.29 in another, against 0.21-0.27
     between two random models; rank correlation 0.13-0.47, hot-region overlap 0.05-0.15.
     A map that ignored the weights would give distance 0, correlation 1, overlap 1."""
-    model = tf.saved_model.load(str(model_dir))   # a private copy: its weights get overwritten
+    model = tf.saved_model.load(str(model_dir))  # a private copy: its weights get overwritten
     trained = gradcam(model, files)[spec.HEATMAP]
     again = gradcam(model, files)[spec.HEATMAP]
     np.testing.assert_array_equal(trained, again)  # control: same weights, same maps
@@ -126,7 +128,7 @@ def test_heatmap_depends_on_the_learned_weights(model_dir, files):
     assert np.median([hot_region_overlap(a, b) for a, b in zip(trained, randomised)]) < 0.5
 
 
-POINTING_TOLERANCE = 15   # pixels of the 224x224 model input (the pointing game's usual 15)
+POINTING_TOLERANCE = 15  # pixels of the 224x224 model input (the pointing game's usual 15)
 
 
 def peak_distance(heatmap: np.ndarray, mask: np.ndarray) -> float:
@@ -153,9 +155,28 @@ def test_heatmap_peak_falls_inside_the_lesion(tmp_path_factory, record_property)
     from pipeline.cli import main
 
     work = tmp_path_factory.mktemp("gradcam_localisation")
-    assert main(["run", "--work-dir", str(work), "--pipeline-root", str(work / "pipeline"),
-                 "--serving-dir", str(work / "serving"), "--synthetic-per-class", "400",
-                 "--epochs", "15", "--batch-size", "32", "--model", "mri_resnet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--work-dir",
+                str(work),
+                "--pipeline-root",
+                str(work / "pipeline"),
+                "--serving-dir",
+                str(work / "serving"),
+                "--synthetic-per-class",
+                "400",
+                "--epochs",
+                "15",
+                "--batch-size",
+                "32",
+                "--model",
+                "mri_resnet",
+            ]
+        )
+        == 0
+    )
     model = tf.saved_model.load(str(only_version(work / "serving")))
     files = tumor_images(work / "data" / "synthetic")
     out = gradcam(model, files)
@@ -167,15 +188,22 @@ def test_heatmap_peak_falls_inside_the_lesion(tmp_path_factory, record_property)
         distances[f.parent.name].append(peak_distance(heatmap, mask))
         areas.append(float((mask > 0).mean()))
     every = np.array([d for ds in distances.values() for d in ds])
-    inside, pointing, chance = float(np.mean(every == 0)), float(np.mean(every <= POINTING_TOLERANCE)), \
-        float(np.mean(areas))
-    per_class = ", ".join(f"{c} {np.mean(np.array(d) == 0):.0%} / {np.mean(np.array(d) <= POINTING_TOLERANCE):.0%}"
-                          for c, d in distances.items())
-    print(f"\nGrad-CAM on {len(files)} tumour test images: peak inside the lesion {inside:.1%}, "
-          f"within {POINTING_TOLERANCE} px {pointing:.1%} (inside / within per class: {per_class}); "
-          f"a random point would be inside {chance:.1%} of the time")
+    inside, pointing, chance = (
+        float(np.mean(every == 0)),
+        float(np.mean(every <= POINTING_TOLERANCE)),
+        float(np.mean(areas)),
+    )
+    per_class = ", ".join(
+        f"{c} {np.mean(np.array(d) == 0):.0%} / {np.mean(np.array(d) <= POINTING_TOLERANCE):.0%}"
+        for c, d in distances.items()
+    )
+    print(
+        f"\nGrad-CAM on {len(files)} tumour test images: peak inside the lesion {inside:.1%}, "
+        f"within {POINTING_TOLERANCE} px {pointing:.1%} (inside / within per class: {per_class}); "
+        f"a random point would be inside {chance:.1%} of the time"
+    )
     record_property("gradcam_peak_inside_lesion", inside)
     record_property("gradcam_pointing_game", pointing)
-    assert inside > 0.5, per_class     # the issue: inside the mask for most tumour images
+    assert inside > 0.5, per_class  # the issue: inside the mask for most tumour images
     assert pointing > 0.8, per_class
     assert inside > 20 * chance, per_class

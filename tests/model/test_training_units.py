@@ -1,5 +1,6 @@
 """Training helpers without a pipeline: augmentation geometry, compute dtype choice, and the
 float32 copy the Trainer exports after mixed-precision training."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ CENTRE = 32  # (SIZE - 1) / 2: a whole pixel, so every expected position below i
 
 def _dot(x: int, y: int) -> tf.Tensor:
     image = np.zeros((1, SIZE, SIZE, 1), np.float32)
-    image[0, y - 1:y + 2, x - 1:x + 2, 0] = 1.0
+    image[0, y - 1 : y + 2, x - 1 : x + 2, 0] = 1.0
     return tf.constant(image)
 
 
@@ -34,19 +35,23 @@ def _centroid(image: tf.Tensor) -> tuple[float, float]:
 
 def _move(x, y, theta=0.0, scale=1.0, tx=0.0, ty=0.0, flip=1.0):
     one = lambda v: tf.constant([float(v)])  # noqa: E731
-    transforms = augment.inverse_affine(one(theta), one(scale), one(tx), one(ty), one(flip),
-                                        float(SIZE), float(SIZE))
+    transforms = augment.inverse_affine(
+        one(theta), one(scale), one(tx), one(ty), one(flip), float(SIZE), float(SIZE)
+    )
     return _centroid(augment.warp(_dot(x, y), transforms))
 
 
-@pytest.mark.parametrize("kwargs, expected", [
-    ({}, (CENTRE + 16, CENTRE)),                                   # identity
-    ({"tx": 5, "ty": -7}, (CENTRE + 21, CENTRE - 7)),              # shift right and up
-    ({"flip": -1.0}, (CENTRE - 16, CENTRE)),                       # mirror left-right
-    ({"scale": 1.5}, (CENTRE + 24, CENTRE)),                       # zoom about the centre
-    ({"theta": math.pi / 2}, (CENTRE, CENTRE - 16)),               # right → up: counter-clockwise
-    ({"theta": math.pi / 2, "flip": -1.0}, (CENTRE, CENTRE + 16)), # mirrored first, then turned
-])
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, (CENTRE + 16, CENTRE)),  # identity
+        ({"tx": 5, "ty": -7}, (CENTRE + 21, CENTRE - 7)),  # shift right and up
+        ({"flip": -1.0}, (CENTRE - 16, CENTRE)),  # mirror left-right
+        ({"scale": 1.5}, (CENTRE + 24, CENTRE)),  # zoom about the centre
+        ({"theta": math.pi / 2}, (CENTRE, CENTRE - 16)),  # right → up: counter-clockwise
+        ({"theta": math.pi / 2, "flip": -1.0}, (CENTRE, CENTRE + 16)),  # mirrored first, then turned
+    ],
+)
 def test_inverse_affine_moves_a_dot_where_the_parameters_say(kwargs, expected):
     assert _move(CENTRE + 16, CENTRE, **kwargs) == pytest.approx(expected, abs=0.3)
 
@@ -64,10 +69,8 @@ def test_augment_batch_keeps_shape_range_and_varies_per_image():
 def test_augment_batch_with_every_range_at_zero_is_the_identity():
     rng = np.random.default_rng(1)
     images = tf.constant(rng.uniform(0, 1, (4, SIZE, SIZE, 1)).astype(np.float32))
-    still = augment.AugmentConfig(max_rotation_deg=0, max_zoom=0, max_shift=0,
-                                  max_contrast=0, flip=False)
-    np.testing.assert_allclose(augment.augment_batch(images, still).numpy(), images.numpy(),
-                               atol=1e-5)
+    still = augment.AugmentConfig(max_rotation_deg=0, max_zoom=0, max_shift=0, max_contrast=0, flip=False)
+    np.testing.assert_allclose(augment.augment_batch(images, still).numpy(), images.numpy(), atol=1e-5)
 
 
 def test_augment_batch_keeps_static_shapes_in_a_graph():
@@ -99,8 +102,7 @@ def test_float32_copy_of_a_mixed_precision_model_predicts_the_same_in_float32():
         mixed = build_model("mri_resnet")
     assert mixed.get_layer("logits").compute_dtype == "bfloat16"
     copy = _float32_copy(mixed, "mri_resnet")
-    assert all(layer.compute_dtype == "float32" for layer in copy.layers
-               if hasattr(layer, "compute_dtype"))
+    assert all(layer.compute_dtype == "float32" for layer in copy.layers if hasattr(layer, "compute_dtype"))
     images = np.random.default_rng(2).uniform(0, 1, (4, 224, 224, 1)).astype(np.float32)
     mixed_probs = mixed(images, training=False).numpy()
     copy_probs = copy(images, training=False).numpy()
@@ -116,8 +118,9 @@ def test_transfer_learning_backbones_build_offline_with_random_weights(name):
     with internet access; here only weights=None can be exercised (no downloads)."""
     model = build_model(name, weights=None)
     assert model.get_layer(GRADCAM_LAYER) is not None and model.get_layer(LOGITS_LAYER) is not None
-    probs = model(np.random.default_rng(3).uniform(0, 1, (2, 224, 224, 1)).astype(np.float32),
-                  training=False).numpy()
+    probs = model(
+        np.random.default_rng(3).uniform(0, 1, (2, 224, 224, 1)).astype(np.float32), training=False
+    ).numpy()
     assert probs.shape == (2, 4)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 

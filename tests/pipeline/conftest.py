@@ -1,4 +1,5 @@
 """Pipeline fixtures: the tiny run's pushed model, loaded."""
+
 from __future__ import annotations
 
 import pytest

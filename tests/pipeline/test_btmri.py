@@ -1,4 +1,5 @@
 """The TensorFlow-free layer: documents, defaults, intervals, the run console."""
+
 from __future__ import annotations
 
 import io
@@ -10,13 +11,22 @@ import pytest
 
 from btmri import intervals, layout, spec
 from btmri.console import CapturedRun, EpochProgress, Terminal
-from btmri.documents import (SERVER_DEFAULTS, TRAINER_DEFAULTS, Manifest, ServerOptions,
-                             TrainerConfig, TrainingHistory, write_atomic)
+from btmri.documents import (
+    SERVER_DEFAULTS,
+    TRAINER_DEFAULTS,
+    Manifest,
+    ServerOptions,
+    TrainerConfig,
+    TrainingHistory,
+    write_atomic,
+)
 
 
 def test_spec_imports_no_tensorflow():
-    code = ("import sys, btmri.spec, btmri.layout, btmri.documents, btmri.intervals, "
-            "btmri.console; print('tensorflow' in sys.modules)")
+    code = (
+        "import sys, btmri.spec, btmri.layout, btmri.documents, btmri.intervals, "
+        "btmri.console; print('tensorflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -33,7 +43,7 @@ def test_documents_round_trip_and_ignore_unknown_keys(tmp_path):
     assert Manifest.read_if_present(tmp_path / "none") is None
     write_atomic(tmp_path / layout.HISTORY_FILE, TrainingHistory(history={"loss": [1.0, 0.5]}).to_json())
     assert TrainingHistory.read_if_present(str(tmp_path)).epochs_run == 2
-    assert not list(tmp_path.glob(".*"))   # no temporary file left behind
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
 
 
 def test_cli_defaults_come_from_the_documents():
@@ -41,17 +51,26 @@ def test_cli_defaults_come_from_the_documents():
 
     run = build_parser().parse_args(["run"])
     assert (run.epochs, run.batch_size, run.learning_rate, run.model) == (
-        TRAINER_DEFAULTS.epochs, TRAINER_DEFAULTS.batch_size, TRAINER_DEFAULTS.learning_rate,
-        TRAINER_DEFAULTS.model)
+        TRAINER_DEFAULTS.epochs,
+        TRAINER_DEFAULTS.batch_size,
+        TRAINER_DEFAULTS.learning_rate,
+        TRAINER_DEFAULTS.model,
+    )
     assert run.pipeline_root == layout.DEFAULT_LAYOUT.pipeline_root
     assert run.serving_dir.endswith(spec.MODEL_NAME)
     serve = build_parser().parse_args(["serve", "--model-base-path", "m"])
     assert (serve.port, serve.rest_port, serve.max_message_mb, serve.grpc_workers) == (
-        SERVER_DEFAULTS.port, SERVER_DEFAULTS.rest_port, SERVER_DEFAULTS.max_message_mb,
-        SERVER_DEFAULTS.grpc_workers)
+        SERVER_DEFAULTS.port,
+        SERVER_DEFAULTS.rest_port,
+        SERVER_DEFAULTS.max_message_mb,
+        SERVER_DEFAULTS.grpc_workers,
+    )
     assert serve.request_log is None and (serve.log_payload, serve.log_sampling_rate, serve.log_max_mb) == (
-        SERVER_DEFAULTS.log_payload, SERVER_DEFAULTS.log_sampling_rate, SERVER_DEFAULTS.log_max_mb)
-    assert SERVER_DEFAULTS.log_payload == spec.LOG_PAYLOAD_FEATURES   # privacy by default
+        SERVER_DEFAULTS.log_payload,
+        SERVER_DEFAULTS.log_sampling_rate,
+        SERVER_DEFAULTS.log_max_mb,
+    )
+    assert SERVER_DEFAULTS.log_payload == spec.LOG_PAYLOAD_FEATURES  # privacy by default
 
 
 def test_intervals_format_and_bootstrap():
@@ -66,10 +85,14 @@ def test_intervals_format_and_bootstrap():
 def test_epoch_progress_prints_one_line_per_epoch():
     out = io.StringIO()
     progress = EpochProgress(Terminal(out))
-    for line in ["Epoch 1/2", "3/3 - 2s - loss: 1.2345 - accuracy: 0.5000 - val_loss: 1.1 - "
-                 "val_accuracy: 0.55 - lr: 0.001 - 2s/epoch", "unrelated line",
-                 "Epoch 2/2", "3/3 - 2s - loss: 1.0 - accuracy: 0.6 - val_loss: 1.0 - "
-                 "val_accuracy: 0.6 - lr: 0.0005"]:
+    for line in [
+        "Epoch 1/2",
+        "3/3 - 2s - loss: 1.2345 - accuracy: 0.5000 - val_loss: 1.1 - "
+        "val_accuracy: 0.55 - lr: 0.001 - 2s/epoch",
+        "unrelated line",
+        "Epoch 2/2",
+        "3/3 - 2s - loss: 1.0 - accuracy: 0.6 - val_loss: 1.0 - val_accuracy: 0.6 - lr: 0.0005",
+    ]:
         progress.feed(line + "\n")
     lines = out.getvalue().splitlines()
     assert len(lines) == 2

@@ -3,6 +3,7 @@
 starts `btmri serve`, talks gRPC and REST to it and writes its artifacts; the Pusher's
 executor then pushes, or not. The whole pipeline's validation of its trained model is
 checked in test_pipeline.py (tiny_run)."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ from btmri import spec
 from btmri.documents import InfraValidation
 from btmri.layout import DIGEST_FILE, INFRA_BLESSED_FILE, INFRA_NOT_BLESSED_FILE, WARMUP_PATH
 from components.executors import IdempotentAtomicPusher, model_digest
-from pipeline.infra_validator import (VALIDATED_MODEL_KEY, InfraValidatorExecutor, answer_problems,
-                                      contract_problems)
+from pipeline.infra_validator import (
+    VALIDATED_MODEL_KEY,
+    InfraValidatorExecutor,
+    answer_problems,
+    contract_problems,
+)
 
 LATENCY_REQUESTS = 5
 
@@ -32,9 +37,11 @@ def save_tiny_model(path: Path, broken_predict_images: bool = False) -> Path:
     blank heatmaps. `broken_predict_images`: that signature fails on every call."""
 
     def answers(n):
-        return {spec.PROBABILITIES: tf.fill([n, spec.NUM_CLASSES], 1.0 / spec.NUM_CLASSES),
-                spec.CLASS_ID: tf.zeros([n], tf.int64),
-                spec.CLASS_NAME: tf.fill([n], spec.CLASS_NAMES[0])}
+        return {
+            spec.PROBABILITIES: tf.fill([n, spec.NUM_CLASSES], 1.0 / spec.NUM_CLASSES),
+            spec.CLASS_ID: tf.zeros([n], tf.int64),
+            spec.CLASS_NAME: tf.fill([n], spec.CLASS_NAMES[0]),
+        }
 
     module = tf.Module()
     module.scale = tf.Variable(1.0)
@@ -55,9 +62,15 @@ def save_tiny_model(path: Path, broken_predict_images: bool = False) -> Path:
         n = tf.shape(image_bytes)[0]
         return {**answers(n), spec.HEATMAP: tf.zeros([n, spec.IMAGE_SIZE, spec.IMAGE_SIZE]) * module.scale}
 
-    tf.saved_model.save(module, str(path), signatures={
-        spec.SERVING_DEFAULT: serving_default, spec.PREDICT_IMAGES: predict_images,
-        spec.GRADCAM: gradcam})
+    tf.saved_model.save(
+        module,
+        str(path),
+        signatures={
+            spec.SERVING_DEFAULT: serving_default,
+            spec.PREDICT_IMAGES: predict_images,
+            spec.GRADCAM: gradcam,
+        },
+    )
     return path
 
 
@@ -72,10 +85,18 @@ def _examples(root: Path, split: str = "eval", n: int = 5):
     folder.mkdir(parents=True)
     with tf.io.TFRecordWriter(str(folder / "data.gz"), options="GZIP") as writer:
         for i in range(n):
-            writer.write(tf.train.Example(features=tf.train.Features(feature={
-                spec.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[_png(30 * i)])),
-                spec.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 4])),
-            })).SerializeToString())
+            writer.write(
+                tf.train.Example(
+                    features=tf.train.Features(
+                        feature={
+                            spec.IMAGE_KEY: tf.train.Feature(
+                                bytes_list=tf.train.BytesList(value=[_png(30 * i)])
+                            ),
+                            spec.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 4])),
+                        }
+                    )
+                ).SerializeToString()
+            )
     artifact = standard_artifacts.Examples()
     artifact.uri = str(root)
     artifact.split_names = json.dumps([split])
@@ -97,17 +118,20 @@ def validate_and_push(tmp_path: Path, broken: bool):
     InfraValidatorExecutor().Do(
         {"model": [model], "examples": [_examples(tmp_path / "examples")]},
         {"blessing": [blessing], VALIDATED_MODEL_KEY: [validated]},
-        {"evaluated_split": "eval", "latency_requests": LATENCY_REQUESTS})
+        {"evaluated_split": "eval", "latency_requests": LATENCY_REQUESTS},
+    )
 
     model_blessing = _artifact(standard_artifacts.ModelBlessing, tmp_path / "model_blessing")
-    model_blessing.set_int_custom_property("blessed", 1)        # the Evaluator blessed it
+    model_blessing.set_int_custom_property("blessed", 1)  # the Evaluator blessed it
     pushed = _artifact(standard_artifacts.PushedModel, tmp_path / "pushed")
     destination = pusher_pb2.PushDestination(
-        filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(tmp_path / "serving")))
+        filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(tmp_path / "serving"))
+    )
     IdempotentAtomicPusher().Do(
         {"model": [validated], "model_blessing": [model_blessing], "infra_blessing": [blessing]},
         {"pushed_model": [pushed]},
-        {"push_destination": proto_utils.proto_to_json(destination)})
+        {"push_destination": proto_utils.proto_to_json(destination)},
+    )
     return blessing, validated, pushed, model
 
 
@@ -131,8 +155,13 @@ def test_a_serving_model_is_blessed_and_pushed_with_its_warmup_file(tmp_path):
     assert blessing.get_int_custom_property("blessed") == 1, document.reason
     assert document.blessed and document.reason == ""
     assert [c["name"] for c in document.checks] == [
-        "warm-up file", "server start", "signature contract (gRPC metadata)", "REST metadata",
-        *(f"{s} over {p}" for s in spec.SIGNATURE_CONTRACT for p in ("gRPC", "REST")), "latency"]
+        "warm-up file",
+        "server start",
+        "signature contract (gRPC metadata)",
+        "REST metadata",
+        *(f"{s} over {p}" for s in spec.SIGNATURE_CONTRACT for p in ("gRPC", "REST")),
+        "latency",
+    ]
     assert all(c["passed"] for c in document.checks)
     assert document.warmup_replayed == document.warmup_records == 3 * len(spec.WARMUP_BATCH_SIZES)
     assert 0 < document.grpc_p50_ms <= document.grpc_p99_ms
@@ -152,20 +181,24 @@ def test_a_serving_model_is_blessed_and_pushed_with_its_warmup_file(tmp_path):
         (alias,) = request.inputs
         assert alias == spec.SIGNATURE_CONTRACT[request.model_spec.signature_name][0]
         assert request.model_spec.name == spec.MODEL_NAME
-        seen.append((request.model_spec.signature_name,
-                     request.inputs[alias].tensor_shape.dim[0].size))
+        seen.append((request.model_spec.signature_name, request.inputs[alias].tensor_shape.dim[0].size))
     assert sorted(seen) == sorted((s, b) for s in spec.SIGNATURE_CONTRACT for b in spec.WARMUP_BATCH_SIZES)
     if spec.EXAMPLES_INPUT in {spec.SIGNATURE_CONTRACT[s][0] for s, _ in seen}:
         # serving_default's examples carry the image only: no label, no source
-        log = next(prediction_log_pb2.PredictionLog.FromString(r) for r in records
-                   if prediction_log_pb2.PredictionLog.FromString(r).predict_log.request
-                   .model_spec.signature_name == spec.SERVING_DEFAULT)
+        log = next(
+            prediction_log_pb2.PredictionLog.FromString(r)
+            for r in records
+            if prediction_log_pb2.PredictionLog.FromString(r).predict_log.request.model_spec.signature_name
+            == spec.SERVING_DEFAULT
+        )
         example = tf.train.Example.FromString(
-            tf.make_ndarray(log.predict_log.request.inputs[spec.EXAMPLES_INPUT])[0])
+            tf.make_ndarray(log.predict_log.request.inputs[spec.EXAMPLES_INPUT])[0]
+        )
         assert set(example.features.feature) == {spec.IMAGE_KEY}
     # The digest is the trained model's: the warm-up file does not change its identity.
     assert (folder / DIGEST_FILE).read_text().strip() == model_digest(
-        os.path.join(model.uri, "Format-Serving"))
+        os.path.join(model.uri, "Format-Serving")
+    )
 
 
 def test_contract_and_answer_checks_name_what_is_wrong():
@@ -179,8 +212,10 @@ def test_contract_and_answer_checks_name_what_is_wrong():
             sig.outputs[name].dtype = 1
         return sig
 
-    good = {name: signature({alias: 7}, [*outputs, *spec.ABSTENTION_OUTPUTS])   # 7: DT_STRING
-            for name, (alias, _, outputs) in spec.SIGNATURE_CONTRACT.items()}
+    good = {
+        name: signature({alias: 7}, [*outputs, *spec.ABSTENTION_OUTPUTS])  # 7: DT_STRING
+        for name, (alias, _, outputs) in spec.SIGNATURE_CONTRACT.items()
+    }
     assert contract_problems(good, abstention=True) == []
     bad = dict(good)
     del bad[spec.GRADCAM]
@@ -190,12 +225,15 @@ def test_contract_and_answer_checks_name_what_is_wrong():
     assert "predict_images input image_bytes is DT_FLOAT, the contract says DT_STRING" in problems
     assert any(p.startswith("predict_images lacks outputs ['class_id', 'class_name'") for p in problems)
 
-    want = {spec.PROBABILITIES: np.array([[0.5, 0.5]], np.float32),
-            spec.CLASS_NAME: np.array([b"glioma"], object)}
-    assert answer_problems("x", {spec.PROBABILITIES: [[0.50001, 0.49999]],
-                                 spec.CLASS_NAME: ["glioma"]}, want) == []
-    problems = answer_problems("x", {spec.PROBABILITIES: [[0.6, 0.4]],
-                                     spec.CLASS_NAME: [b"notumor"]}, want)
+    want = {
+        spec.PROBABILITIES: np.array([[0.5, 0.5]], np.float32),
+        spec.CLASS_NAME: np.array([b"glioma"], object),
+    }
+    assert (
+        answer_problems("x", {spec.PROBABILITIES: [[0.50001, 0.49999]], spec.CLASS_NAME: ["glioma"]}, want)
+        == []
+    )
+    problems = answer_problems("x", {spec.PROBABILITIES: [[0.6, 0.4]], spec.CLASS_NAME: [b"notumor"]}, want)
     assert problems[0].startswith("probabilities differs from the in-process answer by up to 0.1")
     assert problems[1].startswith("class_name differs from the in-process answer (x)")
 

@@ -1,6 +1,7 @@
 """The lesion audit: its figures on hand-made heatmaps and images, the pipeline's
 LesionAudit component on the tiny run, `btmri audit` in process and over gRPC, and
 the audit gate."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,15 @@ import pytest
 from btmri.layout import LESION_AUDIT_FILE
 from btmri import intervals
 from components.audit import lesion_audit
-from components.audit.lesion_audit import (AuditBounds, SliceResult, check, heatmap_figures,
-                                           lesion_only, remove_lesion, summarise)
+from components.audit.lesion_audit import (
+    AuditBounds,
+    SliceResult,
+    check,
+    heatmap_figures,
+    lesion_only,
+    remove_lesion,
+    summarise,
+)
 from data_prep import contract
 from data_prep.lesion_boxes import read_box_folder
 from pipeline.config import PipelineConfig
@@ -22,7 +30,7 @@ from pipeline.metadata import latest_output
 
 def test_wilson_interval_known_values_and_edges():
     lo, hi = intervals.wilson(81, 100)
-    assert (round(lo, 3), round(hi, 3)) == (0.722, 0.875)   # worked by hand
+    assert (round(lo, 3), round(hi, 3)) == (0.722, 0.875)  # worked by hand
     assert intervals.wilson(0, 10)[0] == 0.0 and intervals.wilson(10, 10)[1] == pytest.approx(1.0)
     assert all(np.isnan(intervals.wilson(0, 0)))
     lo, hi = intervals.bootstrap_mean(np.r_[np.zeros(50), np.ones(50)])
@@ -30,24 +38,24 @@ def test_wilson_interval_known_values_and_edges():
 
 
 def test_pointing_and_mass_from_a_heatmap():
-    box = (0.25, 0.5, 0.5, 0.75)                   # rows 56..112, cols 112..168 at 224
+    box = (0.25, 0.5, 0.5, 0.75)  # rows 56..112, cols 112..168 at 224
     heat = np.zeros((224, 224), np.float32)
     heat[80, 140] = 1.0
     fig = heatmap_figures(heat, box, tolerance_px=8)
     assert fig["pointing"] and fig["pointing_tolerant"] and fig["mass_in_box"] == 1.0
     assert fig["box_area"] == pytest.approx(0.0625, abs=0.002)
-    heat[80, 140], heat[80, 172] = 0.5, 1.0        # peak 4 px right of the box
+    heat[80, 140], heat[80, 172] = 0.5, 1.0  # peak 4 px right of the box
     fig = heatmap_figures(heat, box, tolerance_px=8)
     assert not fig["pointing"] and fig["pointing_tolerant"]
     assert fig["mass_in_box"] == pytest.approx(1 / 3)
     assert not heatmap_figures(heat, box, tolerance_px=2)["pointing_tolerant"]
     empty = heatmap_figures(np.zeros((224, 224), np.float32), box, 8)
-    assert not empty["pointing"] and empty["mass_in_box"] == 0.0   # no evidence: no hit
+    assert not empty["pointing"] and empty["mass_in_box"] == 0.0  # no evidence: no hit
 
 
 def test_lesion_removal_and_lesion_only_edit_the_box():
     gray = np.full((200, 200), 90, np.uint8)
-    gray[60:100, 60:100] = 250                      # bright lesion
+    gray[60:100, 60:100] = 250  # bright lesion
     box = (0.3, 0.3, 0.5, 0.5)
     removed = remove_lesion(gray, box)
     assert abs(float(removed[60:100, 60:100].mean()) - 90) < 10
@@ -57,16 +65,25 @@ def test_lesion_removal_and_lesion_only_edit_the_box():
 
 
 def _row(label, pointing, removed, mass=0.5):
-    return SliceResult(source="x", label=label, box=(0.4, 0.4, 0.6, 0.6), predicted=label,
-                       probability=0.9, peak=(0.5, 0.5), pointing=pointing,
-                       pointing_tolerant=pointing, mass_in_box=mass, box_area=0.04,
-                       removed_predicted=removed, removed_probability=0.1,
-                       lesion_only_predicted=label)
+    return SliceResult(
+        source="x",
+        label=label,
+        box=(0.4, 0.4, 0.6, 0.6),
+        predicted=label,
+        probability=0.9,
+        peak=(0.5, 0.5),
+        pointing=pointing,
+        pointing_tolerant=pointing,
+        mass_in_box=mass,
+        box_area=0.04,
+        removed_predicted=removed,
+        removed_probability=0.1,
+        lesion_only_predicted=label,
+    )
 
 
 def test_summary_counts_and_gate():
-    rows = ([_row(0, True, contract.NOTUMOR_ID)] * 3 + [_row(0, False, 0)]
-            + [_row(3, True, 1)] * 2)
+    rows = [_row(0, True, contract.NOTUMOR_ID)] * 3 + [_row(0, False, 0)] + [_row(3, True, 1)] * 2
     summary = summarise(rows)
     assert summary["per_class"]["glioma"]["pointing"]["successes"] == 3
     assert summary["per_class"]["glioma"]["removed_notumor"]["value"] == 0.75
@@ -80,9 +97,12 @@ def test_summary_counts_and_gate():
 
 
 def _config(work):
-    return PipelineConfig(pipeline_root=str(work / "pipeline"),
-                          data_root=str(work / "data" / "prepared" / "current"), serving_dir=str(work / "serving"),
-                          box_dir=str(work / "data" / "synthetic" / "boxes"))
+    return PipelineConfig(
+        pipeline_root=str(work / "pipeline"),
+        data_root=str(work / "data" / "prepared" / "current"),
+        serving_dir=str(work / "serving"),
+        box_dir=str(work / "data" / "synthetic" / "boxes"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +127,14 @@ def test_pipeline_audits_only_slices_that_did_not_train(tiny_run, audit_document
     for key in ("pointing", "removed_changed", "lesion_only_same_class"):
         lo, hi = overall[key]["ci95"]
         assert 0.0 <= lo <= overall[key]["value"] <= hi <= 1.0
-    assert document["gallery"] and all((tiny_run / uri / "gallery" / f"{i}.npy").is_file()
-                                       for i in document["gallery"])
+    assert document["gallery"] and all(
+        (tiny_run / uri / "gallery" / f"{i}.npy").is_file() for i in document["gallery"]
+    )
 
 
-def test_btmri_audit_in_process_and_over_grpc_agree_with_the_pipeline(tiny_run, audit_document,
-                                                                    tmp_path, capsys):
+def test_btmri_audit_in_process_and_over_grpc_agree_with_the_pipeline(
+    tiny_run, audit_document, tmp_path, capsys
+):
     from pipeline.cli import main
     from serving.process import ServerProcess
 
@@ -120,21 +142,39 @@ def test_btmri_audit_in_process_and_over_grpc_agree_with_the_pipeline(tiny_run, 
     boxes = str(tiny_run / "data" / "synthetic" / "boxes")
     prepared = str(tiny_run / "data" / "prepared" / "current")
     common = [boxes, "--exclude-training", prepared, "--quiet", "--json"]
-    assert main(["audit", "--model", str(tiny_run / "serving"), *common,
-                 "--out", str(tmp_path / "local")]) == 0
+    assert (
+        main(["audit", "--model", str(tiny_run / "serving"), *common, "--out", str(tmp_path / "local")]) == 0
+    )
     local = json.loads(capsys.readouterr().out)
     with ServerProcess(tiny_run / "serving") as server:
-        assert main(["audit", "--server", server.grpc_target, *common,
-                     "--out", str(tmp_path / "served")]) == 0
+        assert (
+            main(["audit", "--server", server.grpc_target, *common, "--out", str(tmp_path / "served")]) == 0
+        )
     served = json.loads(capsys.readouterr().out)
     for other in (local, served):
         assert other["slices_audited"] == document["slices_audited"]
         for key in ("accuracy", "pointing", "removed_changed", "lesion_only_same_class"):
-            assert other["summary"]["overall"][key]["successes"] == \
-                document["summary"]["overall"][key]["successes"], key
+            assert (
+                other["summary"]["overall"][key]["successes"]
+                == document["summary"]["overall"][key]["successes"]
+            ), key
     # A bound nobody meets: exit status 1 and the reason printed.
-    assert main(["audit", "--model", str(tiny_run / "serving"), boxes, "--quiet",
-                 "--min-removed-changed", "1.01", "--out", str(tmp_path / "gate")]) == 1
+    assert (
+        main(
+            [
+                "audit",
+                "--model",
+                str(tiny_run / "serving"),
+                boxes,
+                "--quiet",
+                "--min-removed-changed",
+                "1.01",
+                "--out",
+                str(tmp_path / "gate"),
+            ]
+        )
+        == 1
+    )
     assert "audit gate failed: lesion removed, class changed" in capsys.readouterr().out
 
 
@@ -158,16 +198,20 @@ def test_audit_gate_refuses_to_bless(tiny_run, tmp_path):
     from pipeline.factory import create_pipeline
 
     config = _config(tiny_run)
-    inputs = {"model": [latest_output(config, "Trainer", "model")],
-              "examples": [latest_output(config, "ImportExampleGen", "examples")],
-              "model_blessing": [latest_output(config, "Evaluator", "blessing")]}
+    inputs = {
+        "model": [latest_output(config, "Trainer", "model")],
+        "examples": [latest_output(config, "ImportExampleGen", "examples")],
+        "model_blessing": [latest_output(config, "Evaluator", "blessing")],
+    }
     assert inputs["model_blessing"][0].get_int_custom_property("blessed") == 1
     outputs = {"audit": [LesionAuditResult()], "blessing": [standard_artifacts.ModelBlessing()]}
     outputs["audit"][0].uri = str(tmp_path / "audit")
     outputs["blessing"][0].uri = str(tmp_path / "blessing")
-    LesionAuditExecutor().Do(inputs, outputs, {
-        "box_dir": config.box_dir, "tolerance_px": 8.0, "min_pointing": -1.0,
-        "min_removed_changed": 1.01})
+    LesionAuditExecutor().Do(
+        inputs,
+        outputs,
+        {"box_dir": config.box_dir, "tolerance_px": 8.0, "min_pointing": -1.0, "min_removed_changed": 1.01},
+    )
     blessing = outputs["blessing"][0]
     assert blessing.get_int_custom_property("blessed") == 0
     assert "lesion removed, class changed" in blessing.get_string_custom_property("blessing_message")

@@ -15,6 +15,7 @@ instead (an oracle standing in for a model that tells the classes apart).
 End to end: `btmri serve --request-log` on the pushed model, real gRPC and REST
 calls, then `btmri monitor` against the run's own RequestBaseline.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,13 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_
 
 from btmri import spec
 from btmri.documents import ServerOptions
-from btmri.layout import (MONITOR_ANOMALIES_FILE, MONITOR_DIR, MONITOR_REPORT_FILE,
-                          MONITOR_STATISTICS_FILE, MONITOR_WINDOW_FILE)
+from btmri.layout import (
+    MONITOR_ANOMALIES_FILE,
+    MONITOR_DIR,
+    MONITOR_REPORT_FILE,
+    MONITOR_STATISTICS_FILE,
+    MONITOR_WINDOW_FILE,
+)
 from components.baseline.statistics import load_schema, statistics_of_rows
 from data_prep.request_features import request_features
 from data_prep.synth import generate_dataset
@@ -39,8 +45,8 @@ from pipeline.monitor import Baseline, MonitorError, monitor
 from serving.process import ServerProcess
 from serving.request_log import RequestLog, log_files
 
-PER_CLASS = 40          # 20 per class in the baseline, 20 in each window of traffic
-BATCH = 8               # images per logged call
+PER_CLASS = 40  # 20 per class in the baseline, 20 in each window of traffic
+BATCH = 8  # images per logged call
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def model(tiny_run):
 def _answers(model, images: list[bytes]) -> dict[str, np.ndarray]:
     outputs = {}
     for i in range(0, len(images), BATCH):
-        part = model[1](**{spec.IMAGE_BYTES_INPUT: tf.constant(images[i:i + BATCH])})
+        part = model[1](**{spec.IMAGE_BYTES_INPUT: tf.constant(images[i : i + BATCH])})
         for key, value in part.items():
             outputs.setdefault(key, []).append(value.numpy())
     return {k: np.concatenate(v) for k, v in outputs.items()}
@@ -92,9 +98,12 @@ def served(model, phantoms) -> dict[str, tuple[list[bytes], dict, list[str]]]:
     and the traffic 30 % darker and resized to 64x64."""
     base_images, base_labels = map(list, zip(*phantoms["baseline"]))
     images, labels = map(list, zip(*phantoms["traffic"]))
-    sets = {"baseline": (base_images, base_labels), "traffic": (images, labels),
-            "darker": ([_darker(p) for p in images], labels),
-            "resized": ([_resized(p) for p in images], labels)}
+    sets = {
+        "baseline": (base_images, base_labels),
+        "traffic": (images, labels),
+        "darker": ([_darker(p) for p in images], labels),
+        "resized": ([_resized(p) for p in images], labels),
+    }
     return {name: (imgs, _answers(model, imgs), lbls) for name, (imgs, lbls) in sets.items()}
 
 
@@ -105,15 +114,19 @@ def _baseline(images: list[bytes], outputs: dict, folder: Path) -> Baseline:
     return Baseline(stats, schema, str(folder / "FeatureStats.pb"), "request_features.pbtxt")
 
 
-def _log(version: int, log_dir: Path, images: list[bytes], outputs: dict,
-         payload: str = spec.LOG_PAYLOAD_FEATURES) -> None:
+def _log(
+    version: int, log_dir: Path, images: list[bytes], outputs: dict, payload: str = spec.LOG_PAYLOAD_FEATURES
+) -> None:
     """The traffic as the server's logger writes it, BATCH images per call."""
-    logger = RequestLog(ServerOptions(model_base_path="-", request_log_dir=str(log_dir),
-                                      log_payload=payload))
+    logger = RequestLog(ServerOptions(model_base_path="-", request_log_dir=str(log_dir), log_payload=payload))
     for i in range(0, len(images), BATCH):
-        logger.offer(spec.MODEL_NAME, spec.PREDICT_IMAGES,
-                     {spec.IMAGE_BYTES_INPUT: np.array(images[i:i + BATCH], object)}, version,
-                     {k: v[i:i + BATCH] for k, v in outputs.items()})
+        logger.offer(
+            spec.MODEL_NAME,
+            spec.PREDICT_IMAGES,
+            {spec.IMAGE_BYTES_INPUT: np.array(images[i : i + BATCH], object)},
+            version,
+            {k: v[i : i + BATCH] for k, v in outputs.items()},
+        )
     logger.close()
     assert logger.written == -(-len(images) // BATCH) and not logger.dropped
 
@@ -136,8 +149,7 @@ def _kinds(result, feature: str) -> set[str]:
     return kinds
 
 
-def test_traffic_like_the_baseline_raises_nothing_then_darker_images_drift(model, served, baseline,
-                                                                           tmp_path):
+def test_traffic_like_the_baseline_raises_nothing_then_darker_images_drift(model, served, baseline, tmp_path):
     images, outputs, _ = served["traffic"]
     _log(model[0], tmp_path, images, outputs)
     first = monitor(str(tmp_path), "", baseline=baseline)
@@ -147,8 +159,7 @@ def test_traffic_like_the_baseline_raises_nothing_then_darker_images_drift(model
     assert first.window["versions"] == {str(model[0]): len(images) // BATCH}
     out = Path(first.out_dir)
     assert out.parent == tmp_path / MONITOR_DIR
-    for name in (MONITOR_STATISTICS_FILE, MONITOR_ANOMALIES_FILE, MONITOR_REPORT_FILE,
-                 MONITOR_WINDOW_FILE):
+    for name in (MONITOR_STATISTICS_FILE, MONITOR_ANOMALIES_FILE, MONITOR_REPORT_FILE, MONITOR_WINDOW_FILE):
         assert (out / name).is_file(), name
     assert "No anomaly" in (out / MONITOR_REPORT_FILE).read_text()
     with pytest.raises(MonitorError, match="no new request logs"):
@@ -159,8 +170,12 @@ def test_traffic_like_the_baseline_raises_nothing_then_darker_images_drift(model
     assert second.drift_against == first.out_dir
     assert second.window["files"] and not set(second.window["files"]) & set(first.window["files"])
     assert _kinds(second, spec.FEATURE_INTENSITY_MEAN) == {"skew", "drift"}, second.lines()
-    for unaffected in (spec.FEATURE_IMAGE_WIDTH, spec.FEATURE_IMAGE_HEIGHT, spec.FEATURE_IMAGE_FORMAT,
-                       spec.FEATURE_PREDICTED_CLASS):
+    for unaffected in (
+        spec.FEATURE_IMAGE_WIDTH,
+        spec.FEATURE_IMAGE_HEIGHT,
+        spec.FEATURE_IMAGE_FORMAT,
+        spec.FEATURE_PREDICTED_CLASS,
+    ):
         assert not _kinds(second, unaffected), second.lines()
     page = (Path(second.out_dir) / MONITOR_REPORT_FILE).read_text()
     assert "Anomalies" in page and "intensity_mean" in page and page.count("<img") >= 8
@@ -180,9 +195,13 @@ def test_traffic_of_one_class_raises_class_skew(model, served, tmp_path):
     images, outputs, labels = served["traffic"]
     _log(model[0], tmp_path / "balanced", images, _oracle(outputs, labels))
     assert not monitor(str(tmp_path / "balanced"), "", baseline=baseline).anomalous
-    glioma = [i for i, label in enumerate(labels) if label == "glioma"] * 4   # as many rows
-    _log(model[0], tmp_path / "glioma", [images[i] for i in glioma],
-         _oracle({k: v[glioma] for k, v in outputs.items()}, [labels[i] for i in glioma]))
+    glioma = [i for i, label in enumerate(labels) if label == "glioma"] * 4  # as many rows
+    _log(
+        model[0],
+        tmp_path / "glioma",
+        [images[i] for i in glioma],
+        _oracle({k: v[glioma] for k, v in outputs.items()}, [labels[i] for i in glioma]),
+    )
     result = monitor(str(tmp_path / "glioma"), "", baseline=baseline)
     assert _kinds(result, spec.FEATURE_PREDICTED_CLASS) == {"skew"}, result.lines()
     assert "glioma" in result.anomalies.anomaly_info[spec.FEATURE_PREDICTED_CLASS].reason[0].description
@@ -192,7 +211,7 @@ def test_a_log_without_image_features_compares_the_answers_only(model, served, b
     _log(model[0], tmp_path, *served["darker"][:2], payload=spec.LOG_PAYLOAD_NONE)
     result = monitor(str(tmp_path), "", baseline=baseline)
     assert set(result.window["not_compared"]) == set(spec.IMAGE_FEATURES)
-    assert not result.anomalous, result.lines()   # darker, but no image feature was logged
+    assert not result.anomalous, result.lines()  # darker, but no image feature was logged
     assert result.window["payloads"] == {spec.LOG_PAYLOAD_NONE: len(served["darker"][0]) // BATCH}
 
 
@@ -205,6 +224,7 @@ def test_no_logs_is_a_clear_error(tmp_path, capsys):
 
 # ---- end to end: the real server, its log, `btmri monitor`, `btmri report` --------------
 
+
 def _predict(channel, images: list[bytes]) -> None:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = spec.MODEL_NAME
@@ -213,32 +233,51 @@ def _predict(channel, images: list[bytes]) -> None:
     prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=120)
 
 
-def test_served_requests_are_logged_and_monitored_against_the_run_baseline(tiny_run, model, tmp_path,
-                                                                         capsys):
+def test_served_requests_are_logged_and_monitored_against_the_run_baseline(tiny_run, model, tmp_path, capsys):
     import base64
 
     from pipeline.cli import main
 
     log_dir = tmp_path / "requests"
-    images = [p.read_bytes() for p in sorted(
-        (tiny_run / "data" / "synthetic" / spec.KAGGLE_TESTING_DIR).glob("*/*.png"))]
-    with ServerProcess(tiny_run / "serving", "--request-log", str(log_dir),
-                       "--log-rotate-seconds", "1", log_path=tmp_path / "server.log") as server:
+    images = [
+        p.read_bytes()
+        for p in sorted((tiny_run / "data" / "synthetic" / spec.KAGGLE_TESTING_DIR).glob("*/*.png"))
+    ]
+    with ServerProcess(
+        tiny_run / "serving",
+        "--request-log",
+        str(log_dir),
+        "--log-rotate-seconds",
+        "1",
+        log_path=tmp_path / "server.log",
+    ) as server:
         with grpc.insecure_channel(server.grpc_target) as channel:
             for i in range(0, len(images), 4):
-                _predict(channel, images[i:i + 4])
-        body = json.dumps({"signature_name": spec.PREDICT_IMAGES, "instances": [
-            {"b64": base64.b64encode(images[0]).decode()}]}).encode()
-        urllib.request.urlopen(urllib.request.Request(
-            f"{server.rest_url}/v1/models/{spec.MODEL_NAME}:predict", body), timeout=120).read()
-        metrics = urllib.request.urlopen(
-            f"{server.rest_url}/monitoring/prometheus/metrics", timeout=60).read().decode()
+                _predict(channel, images[i : i + 4])
+        body = json.dumps(
+            {
+                "signature_name": spec.PREDICT_IMAGES,
+                "instances": [{"b64": base64.b64encode(images[0]).decode()}],
+            }
+        ).encode()
+        urllib.request.urlopen(
+            urllib.request.Request(f"{server.rest_url}/v1/models/{spec.MODEL_NAME}:predict", body),
+            timeout=120,
+        ).read()
+        metrics = (
+            urllib.request.urlopen(f"{server.rest_url}/monitoring/prometheus/metrics", timeout=60)
+            .read()
+            .decode()
+        )
     calls = -(-len(images) // 4) + 1
     assert "btmri_serving_request_log_written_total" in metrics
     files = log_files(log_dir)
     assert files and not [p for p in log_dir.iterdir() if p.name.startswith(".")]
-    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
-               for f in files for r in tf.data.TFRecordDataset(str(f))]
+    records = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for f in files
+        for r in tf.data.TFRecordDataset(str(f))
+    ]
     assert len(records) == calls
     for record in records:
         assert record.log_metadata.model_spec.name == spec.MODEL_NAME
@@ -249,24 +288,28 @@ def test_served_requests_are_logged_and_monitored_against_the_run_baseline(tiny_
     assert not any(b"\x89PNG" in f.read_bytes() for f in files), "no image byte in the log"
 
     capsys.readouterr()
-    code = main(["monitor", "--request-log", str(log_dir), "--pipeline-root",
-                 str(tiny_run / "pipeline")])
+    code = main(["monitor", "--request-log", str(log_dir), "--pipeline-root", str(tiny_run / "pipeline")])
     out = capsys.readouterr().out
     assert f"window: {len(images) + 1} images in {calls} logged calls" in out
     assert code == (1 if "ANOMALY" in out else 0), out
     (report,) = (log_dir / MONITOR_DIR).iterdir()
     window = json.loads((report / MONITOR_WINDOW_FILE).read_text())
     assert "RequestBaseline" in window["baseline_statistics"]
-    assert main(["monitor", "--request-log", str(log_dir), "--pipeline-root",
-                 str(tiny_run / "pipeline")]) == 2
+    assert (
+        main(["monitor", "--request-log", str(log_dir), "--pipeline-root", str(tiny_run / "pipeline")]) == 2
+    )
 
 
 def test_the_report_shows_the_monitoring_baseline(tiny_run, tmp_path, capsys):
     from pipeline.cli import main
 
     capsys.readouterr()
-    assert main(["report", "--pipeline-root", str(tiny_run / "pipeline"),
-                 "--out", str(tmp_path / "report.html")]) == 0
+    assert (
+        main(
+            ["report", "--pipeline-root", str(tiny_run / "pipeline"), "--out", str(tmp_path / "report.html")]
+        )
+        == 0
+    )
     assert "monitoring baseline recorded: request-feature statistics of" in capsys.readouterr().out
     page = (tmp_path / "report.html").read_text()
     assert 'id="monitoring"' in page and 'id="request-baseline"' in page

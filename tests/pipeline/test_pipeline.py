@@ -3,6 +3,7 @@
 The session's shared `tiny_run` feeds the read-only tests; the cache and
 threshold tests rerun the pipeline on a run of their own (`own_run`).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,13 @@ from pipeline.local_runner import read_outcome, run_pipeline
 from pipeline.metadata import execution_state_name, node_executions
 from tests.conftest import btmri_run
 
+
 def _config(work: Path) -> PipelineConfig:
-    return PipelineConfig(pipeline_root=str(work / "pipeline"), data_root=str(work / "data" / "prepared" / "current"),
-                          serving_dir=str(work / "serving"))
+    return PipelineConfig(
+        pipeline_root=str(work / "pipeline"),
+        data_root=str(work / "data" / "prepared" / "current"),
+        serving_dir=str(work / "serving"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +71,13 @@ def test_the_pushed_version_was_served_before_the_push_and_carries_its_warmup(ti
     assert 0 < validation.grpc_p50_ms <= validation.grpc_p99_ms
     (version,) = pushed_versions(str(tiny_run / "serving"))
     folder = tiny_run / "serving" / str(version)
-    logs = [prediction_log_pb2.PredictionLog.FromString(r)
-            for r in tf.data.TFRecordDataset(str(folder / WARMUP_PATH)).as_numpy_iterator()]
-    assert len(logs) == validation.warmup_replayed == len(spec.SIGNATURE_CONTRACT) * len(spec.WARMUP_BATCH_SIZES)
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(r)
+        for r in tf.data.TFRecordDataset(str(folder / WARMUP_PATH)).as_numpy_iterator()
+    ]
+    assert (
+        len(logs) == validation.warmup_replayed == len(spec.SIGNATURE_CONTRACT) * len(spec.WARMUP_BATCH_SIZES)
+    )
     assert {log.predict_log.request.model_spec.signature_name for log in logs} == set(spec.SIGNATURE_CONTRACT)
     card = (folder / "MODEL_CARD.md").read_text()
     assert "## Serving validation" in card and f"| gRPC | {validation.latency_requests} |" in card
@@ -76,11 +85,9 @@ def test_the_pushed_version_was_served_before_the_push_and_carries_its_warmup(ti
     assert 'id="serving-validation"' in report and "warm-up file" in report
 
 
-
-
 def _test_images(work: Path, n: int = 5) -> list[bytes]:
     files = sorted((work / "data" / "synthetic" / contract.KAGGLE_TESTING_DIR).rglob("*.png"))
-    return [f.read_bytes() for f in files[::max(1, len(files) // n)][:n]]
+    return [f.read_bytes() for f in files[:: max(1, len(files) // n)][:n]]
 
 
 def test_signatures_names_shapes_dtypes(tiny_run, pushed_model):
@@ -95,9 +102,14 @@ def test_signatures_names_shapes_dtypes(tiny_run, pushed_model):
     by_bytes = sigs["predict_images"](image_bytes=tf.constant(images))
     examples = [make_example(b, 0, 1, 1, "x").SerializeToString() for b in images]
     # only `image` is required in a request
-    image_only = [tf.train.Example(features=tf.train.Features(feature={
-        contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))})).SerializeToString()
-        for b in images]
+    image_only = [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))}
+            )
+        ).SerializeToString()
+        for b in images
+    ]
     by_example = sigs["serving_default"](examples=tf.constant(examples))
     by_image_only = sigs["serving_default"](examples=tf.constant(image_only))
     for out in (by_bytes, by_example, by_image_only):
@@ -113,7 +125,7 @@ def test_signatures_names_shapes_dtypes(tiny_run, pushed_model):
 
     cam = sigs["gradcam"](image_bytes=tf.constant(images))
     assert set(cam) == {"heatmap", "class_id", "probabilities", *ABSTENTION_OUTPUTS}
-    for out in (by_bytes, by_example, cam):   # abstention: the same decision everywhere
+    for out in (by_bytes, by_example, cam):  # abstention: the same decision everywhere
         assert out["abstain"].dtype == tf.bool and out["ood_score"].shape == (n,)
         np.testing.assert_array_equal(out["abstain_reason"], by_bytes["abstain_reason"])
     assert cam["heatmap"].dtype == tf.float32 and cam["heatmap"].shape == (n, 224, 224)
@@ -158,8 +170,11 @@ def test_acceptance_below_the_floor_refuses_blessing(own_run, capsys):
     before = pushed_versions(str(own_run / "serving"))
     assert btmri_run(own_run, "--min-acceptance", "1.01") == 0
     out = capsys.readouterr().out
-    assert re.search(r"answered \(not abstained\) [01]\.\d{3} \[[01]\.\d{3}, [01]\.\d{3}\] \(\d+/\d+\) "
-                     r"of the evaluated split \(floor 1\.01\)", out), out
+    assert re.search(
+        r"answered \(not abstained\) [01]\.\d{3} \[[01]\.\d{3}, [01]\.\d{3}\] \(\d+/\d+\) "
+        r"of the evaluated split \(floor 1\.01\)",
+        out,
+    ), out
     assert "blessed: no" in out and "not pushed" in out
     assert pushed_versions(str(own_run / "serving")) == before
     evaluation = read_outcome(_config(own_run)).evaluation
@@ -180,9 +195,12 @@ def test_anomalous_data_stops_before_training(tmp_path):
             no_image = make_example(good, 1, 32, 32, f"{split}/no-image.png")
             del no_image.features.feature[contract.IMAGE_KEY]
             w.write(no_image.SerializeToString())
-    config = PipelineConfig(pipeline_root=str(tmp_path / "root"), data_root=str(data),
-                            serving_dir=str(tmp_path / "serving"),
-                            beam_pipeline_args=["--direct_running_mode=in_memory"])
+    config = PipelineConfig(
+        pipeline_root=str(tmp_path / "root"),
+        data_root=str(data),
+        serving_dir=str(tmp_path / "serving"),
+        beam_pipeline_args=["--direct_running_mode=in_memory"],
+    )
     with pytest.raises(AnomaliesFound) as err:
         run_pipeline(config)
     message = str(err.value)
@@ -193,11 +211,25 @@ def test_anomalous_data_stops_before_training(tmp_path):
 
 def test_compile_writes_a_spec_naming_every_component(tmp_path):
     out = tmp_path / "pipeline.json"
-    assert btmri(["compile", "--out", str(out), "--data-root", "gs://bucket/prepared",
-                  "--pipeline-root", "gs://bucket/root", "--serving-dir", "gs://bucket/serving"]) == 0
+    assert (
+        btmri(
+            [
+                "compile",
+                "--out",
+                str(out),
+                "--data-root",
+                "gs://bucket/prepared",
+                "--pipeline-root",
+                "gs://bucket/root",
+                "--serving-dir",
+                "gs://bucket/serving",
+            ]
+        )
+        == 0
+    )
     spec = json.loads(out.read_text())
     tasks = spec["pipelineSpec"]["root"]["dag"]["tasks"]
-    for node in COMPONENT_IDS:   # no box folder: no LesionAudit
+    for node in COMPONENT_IDS:  # no box folder: no LesionAudit
         assert any(task.startswith(node) for task in tasks) == (node != "LesionAudit"), node
     text = out.read_text()
     assert "components.transform.preprocessing.preprocessing_fn" in text
@@ -207,9 +239,24 @@ def test_compile_writes_a_spec_naming_every_component(tmp_path):
 def test_compile_with_a_box_folder_includes_the_lesion_audit(tmp_path):
     # The Kubeflow v2 compiler refuses custom artifact types without a namespace.
     out = tmp_path / "pipeline.json"
-    assert btmri(["compile", "--out", str(out), "--data-root", "gs://bucket/prepared",
-                  "--pipeline-root", "gs://bucket/root", "--serving-dir", "gs://bucket/serving",
-                  "--boxes-dir", "gs://bucket/boxes"]) == 0
+    assert (
+        btmri(
+            [
+                "compile",
+                "--out",
+                str(out),
+                "--data-root",
+                "gs://bucket/prepared",
+                "--pipeline-root",
+                "gs://bucket/root",
+                "--serving-dir",
+                "gs://bucket/serving",
+                "--boxes-dir",
+                "gs://bucket/boxes",
+            ]
+        )
+        == 0
+    )
     spec = json.loads(out.read_text())
     assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/root"
     # kfp's own loader accepts the pipeline spec (as it would a compiled pipeline).
@@ -229,9 +276,8 @@ def test_compile_with_a_box_folder_includes_the_lesion_audit(tmp_path):
     custom = json.loads(constant("Trainer", "custom_config"))
     assert custom["epochs"] == 80 and custom["lesion_paste_rate"] == 0.25
     executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
-    images = {e["container"]["image"] for name, e in executors.items()
-              if "resolver" not in name.lower()}
-    assert images == {"brain-tumor-mri-tfx:latest"}   # every component runs in the project image
+    images = {e["container"]["image"] for name, e in executors.items() if "resolver" not in name.lower()}
+    assert images == {"brain-tumor-mri-tfx:latest"}  # every component runs in the project image
 
 
 @pytest.mark.parametrize("materialize", [False, True])
@@ -240,12 +286,17 @@ def test_materialize_switch_wires_the_trainer_input(tmp_path, materialize):
     from pipeline.factory import create_pipeline
 
     (tmp_path / "prepared").mkdir()
-    config = PipelineConfig(pipeline_root=str(tmp_path / "root"), data_root=str(tmp_path / "prepared"),
-                            serving_dir=str(tmp_path / "serving"), materialize=materialize)
+    config = PipelineConfig(
+        pipeline_root=str(tmp_path / "root"),
+        data_root=str(tmp_path / "prepared"),
+        serving_dir=str(tmp_path / "serving"),
+        materialize=materialize,
+    )
     nodes = {c.id: c for c in create_pipeline(config).components}
     transform, trainer = nodes["Transform"], nodes["Trainer"]
     assert trainer.inputs["examples"].producer_component_id == (
-        "Transform" if materialize else "ImportExampleGen")
+        "Transform" if materialize else "ImportExampleGen"
+    )
     splits = json.loads(transform.exec_properties["splits_config"])  # stored as proto JSON
     assert splits.get("transform", []) == (["train", "eval"] if materialize else [])
     custom = trainer.exec_properties["custom_config"]
@@ -256,8 +307,19 @@ def test_materialize_switch_wires_the_trainer_input(tmp_path, materialize):
 def test_training_options_reach_the_trainer_config(tmp_path):
     from pipeline.cli import _pipeline_config, build_parser
 
-    args = build_parser().parse_args(["run", "--compute-dtype", "float32", "--early-stopping", "4",
-                                      "--epochs", "7", "--pipeline-root", str(tmp_path)])
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--compute-dtype",
+            "float32",
+            "--early-stopping",
+            "4",
+            "--epochs",
+            "7",
+            "--pipeline-root",
+            str(tmp_path),
+        ]
+    )
     custom = _pipeline_config(args, str(tmp_path)).trainer_config()
     assert (custom["compute_dtype"], custom["patience"], custom["epochs"]) == ("float32", 4, 7)
     defaults = _pipeline_config(build_parser().parse_args(["run"]), str(tmp_path)).trainer_config()

@@ -9,6 +9,7 @@ scikit-learn, and reads the run's lesion audit (the box slices that trained noth
 Accuracy goals are asserted on the de-duplicated split; the plain figure (the dropped
 duplicates put back) is printed beside it.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,9 +49,25 @@ REMOVED_CHANGED_GUARD = 0.45
 @pytest.mark.timeout(80 * 60)  # the run's budget is 60 minutes; scoring and slack on top
 def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
     started = time.time()
-    assert btmri(["run", "--data-dir", str(real_data), "--drop-cross-split-duplicates",
-                  "--boxes-dir", str(real_boxes), "--work-dir", str(tmp_path), "--pipeline-root", str(tmp_path / "pipeline"),
-                  "--serving-dir", str(tmp_path / "serving")]) == 0
+    assert (
+        btmri(
+            [
+                "run",
+                "--data-dir",
+                str(real_data),
+                "--drop-cross-split-duplicates",
+                "--boxes-dir",
+                str(real_boxes),
+                "--work-dir",
+                str(tmp_path),
+                "--pipeline-root",
+                str(tmp_path / "pipeline"),
+                "--serving-dir",
+                str(tmp_path / "serving"),
+            ]
+        )
+        == 0
+    )
     minutes = (time.time() - started) / 60
 
     (version,) = pushed_versions(str(tmp_path / "serving"))
@@ -60,21 +77,28 @@ def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
 
     def probabilities(images: list[bytes]) -> np.ndarray:
         """The served model's calibrated probabilities, 64 images per call."""
-        return np.concatenate([
-            model.signatures["predict_images"](image_bytes=tf.constant(images[i:i + 64]))
-            ["probabilities"].numpy() for i in range(0, len(images), 64)])
+        return np.concatenate(
+            [
+                model.signatures["predict_images"](image_bytes=tf.constant(images[i : i + 64]))[
+                    "probabilities"
+                ].numpy()
+                for i in range(0, len(images), 64)
+            ]
+        )
 
     probs = probabilities([ex[contract.IMAGE_KEY] for ex in examples])
     predicted = probs.argmax(axis=1)
 
     manifest = json.loads((tmp_path / "data" / "prepared" / "current" / "manifest.json").read_text())
-    dropped = [d["source"] for d in manifest["dropped_cross_split_duplicates"]
-               if d["split"] == contract.EVAL_SPLIT]
+    dropped = [
+        d["source"] for d in manifest["dropped_cross_split_duplicates"] if d["split"] == contract.EVAL_SPLIT
+    ]
     assert dropped, "the Kaggle training images have near duplicates across the split"
     dropped_labels = np.array([contract.CLASS_TO_ID[Path(s).parent.name] for s in dropped])
     dropped_predicted = probabilities([(real_data / s).read_bytes() for s in dropped]).argmax(axis=1)
-    plain_accuracy = accuracy_score(np.concatenate([labels, dropped_labels]),
-                                    np.concatenate([predicted, dropped_predicted]))
+    plain_accuracy = accuracy_score(
+        np.concatenate([labels, dropped_labels]), np.concatenate([predicted, dropped_predicted])
+    )
 
     accuracy = accuracy_score(labels, predicted)
     macro_f1 = f1_score(labels, predicted, average="macro")
@@ -83,14 +107,15 @@ def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
     ece = expected_calibration_error(probs, labels)
     run = latest_output(PipelineConfig(str(tmp_path / "pipeline"), "", ""), "Trainer", "model_run")
     calibration = json.loads(tf.io.gfile.GFile(f"{run.uri}/calibration.json").read())
-    print(f"\nreal data, eval split de-duplicated ({len(labels)} images): accuracy {accuracy:.4f} "
-          f"(plain, with the {len(dropped)} dropped duplicates: {plain_accuracy:.4f}), "
-          f"macro F1 {macro_f1:.4f}, meningioma recall {meningioma_recall:.4f}, ECE served "
-          f"{ece:.4f} (before calibration {calibration['ece_before']:.4f}, T "
-          f"{calibration['temperature']:.2f}); whole run {minutes:.1f} min")
+    print(
+        f"\nreal data, eval split de-duplicated ({len(labels)} images): accuracy {accuracy:.4f} "
+        f"(plain, with the {len(dropped)} dropped duplicates: {plain_accuracy:.4f}), "
+        f"macro F1 {macro_f1:.4f}, meningioma recall {meningioma_recall:.4f}, ECE served "
+        f"{ece:.4f} (before calibration {calibration['ece_before']:.4f}, T "
+        f"{calibration['temperature']:.2f}); whole run {minutes:.1f} min"
+    )
 
-    audit_artifact = latest_output(PipelineConfig(str(tmp_path / "pipeline"), "", ""),
-                                   "LesionAudit", "audit")
+    audit_artifact = latest_output(PipelineConfig(str(tmp_path / "pipeline"), "", ""), "LesionAudit", "audit")
     audit = read_audit(audit_artifact.uri, rows=False)
     print("\n".join(audit_lines(audit)))
 

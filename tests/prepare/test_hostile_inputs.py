@@ -2,6 +2,7 @@
 graph; special files, odd names, oversized and header-bomb files in `btmri prepare`;
 duplicate reporting on huge near-identical sets. Fast: no pipeline run here (the
 exported model and the clients are tested in test_hostile_serving.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,9 @@ def graph_error(data: bytes, **kw) -> str:
 @tf.function
 def _reference_graph(data):
     pixels = tf.io.decode_image(data, channels=1, expand_animations=False)
-    pixels = tf.image.resize(tf.cast(pixels, tf.float32), [IMAGE_SIZE, IMAGE_SIZE],
-                             method="bilinear", antialias=True)
+    pixels = tf.image.resize(
+        tf.cast(pixels, tf.float32), [IMAGE_SIZE, IMAGE_SIZE], method="bilinear", antialias=True
+    )
     return tf.clip_by_value(pixels / 255.0, 0.0, 1.0)
 
 
@@ -54,6 +56,7 @@ def reference_decode(data: bytes) -> np.ndarray:
 
 
 # --- the model's decode graph ------------------------------------------------------
+
 
 def test_decompression_bombs_are_refused_before_decoding():
     jpeg, png = jpeg_bomb_header(), png_bomb()
@@ -76,14 +79,17 @@ def test_the_pixel_budget_is_configurable():
             small(tf.constant([data]))
 
 
-@pytest.mark.parametrize("name, data", [
-    ("bmp", cv2.imencode(".bmp", textured_image(2, 20, 20))[1].tobytes()),
-    ("tiff", cv2.imencode(".tiff", textured_image(2, 20, 20))[1].tobytes()),
-    ("gif", b"GIF89a" + bytes(40)),
-    ("dicom", bytes(128) + b"DICM" + bytes(200)),
-    ("text", b"this is not an image"),
-    ("empty", b""),
-])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("bmp", cv2.imencode(".bmp", textured_image(2, 20, 20))[1].tobytes()),
+        ("tiff", cv2.imencode(".tiff", textured_image(2, 20, 20))[1].tobytes()),
+        ("gif", b"GIF89a" + bytes(40)),
+        ("dicom", bytes(128) + b"DICM" + bytes(200)),
+        ("text", b"this is not an image"),
+        ("empty", b""),
+    ],
+)
 def test_formats_other_than_jpeg_and_png_are_refused_by_name(name, data):
     assert "unsupported image format: the model reads JPEG and PNG" in graph_error(data)
 
@@ -100,14 +106,19 @@ def _ordinary_images() -> dict[str, bytes]:
 
     gray = textured_image(3, 230, 310)
     colour = cv2.applyColorMap(gray, cv2.COLORMAP_BONE)
-    out = {"gray.png": cv2.imencode(".png", gray)[1].tobytes(),
-           "gray.jpg": cv2.imencode(".jpg", gray)[1].tobytes(),
-           "rgb.png": cv2.imencode(".png", colour)[1].tobytes(),
-           "rgb.jpg": cv2.imencode(".jpg", colour)[1].tobytes(),
-           "small.jpg": cv2.imencode(".jpg", textured_image(4, 100, 90))[1].tobytes(),
-           "big.jpg": cv2.imencode(".jpg", textured_image(5, 1700, 1790))[1].tobytes()}
-    for name, kw in (("progressive.jpg", {"format": "JPEG", "progressive": True}),
-                     ("palette.png", {"format": "PNG"}), ("onebit.png", {"format": "PNG"})):
+    out = {
+        "gray.png": cv2.imencode(".png", gray)[1].tobytes(),
+        "gray.jpg": cv2.imencode(".jpg", gray)[1].tobytes(),
+        "rgb.png": cv2.imencode(".png", colour)[1].tobytes(),
+        "rgb.jpg": cv2.imencode(".jpg", colour)[1].tobytes(),
+        "small.jpg": cv2.imencode(".jpg", textured_image(4, 100, 90))[1].tobytes(),
+        "big.jpg": cv2.imencode(".jpg", textured_image(5, 1700, 1790))[1].tobytes(),
+    }
+    for name, kw in (
+        ("progressive.jpg", {"format": "JPEG", "progressive": True}),
+        ("palette.png", {"format": "PNG"}),
+        ("onebit.png", {"format": "PNG"}),
+    ):
         image = Image.fromarray(colour[:, :, ::-1])
         image = {"palette.png": image.quantize(100), "onebit.png": image.convert("1")}.get(name, image)
         buf = io.BytesIO()
@@ -120,16 +131,18 @@ def test_ordinary_images_decode_bit_for_bit_as_before():
     """JPEGs up to 1791 px on the short side, 8-bit gray/RGB/palette/1-bit PNGs: the
     same float32 model input as the graph before the budget (tf.io.decode_image)."""
     for name, data in _ordinary_images().items():
-        np.testing.assert_array_equal(decode_graph(tf.constant([data])).numpy()[0],
-                                      reference_decode(data), err_msg=name)
+        np.testing.assert_array_equal(
+            decode_graph(tf.constant([data])).numpy()[0], reference_decode(data), err_msg=name
+        )
 
 
 def test_large_jpegs_are_decoded_downscaled_and_stay_close():
     big = cv2.resize(textured_image(6, 120, 100), (1800, 2000), interpolation=cv2.INTER_CUBIC)
     data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
-    index = graph_decode._jpeg_ratio_index(tf.constant(2000, tf.int64), tf.constant(1800, tf.int64),
-                                           IMAGE_SIZE)
-    assert graph_decode._JPEG_RATIOS[int(index)] == 2       # 900 px short side decoded
+    index = graph_decode._jpeg_ratio_index(
+        tf.constant(2000, tf.int64), tf.constant(1800, tf.int64), IMAGE_SIZE
+    )
+    assert graph_decode._JPEG_RATIOS[int(index)] == 2  # 900 px short side decoded
     diff = np.abs(decode_graph(tf.constant([data])).numpy()[0] - reference_decode(data))
     assert 0 < diff.max() <= 3 / 255 and diff.mean() < 1 / 255
 
@@ -150,8 +163,9 @@ def _png_variants() -> dict[str, bytes]:
         "16-bit gray+alpha": png_bytes(np.dstack([scan12, alpha16])),
         "8-bit gray+alpha": png_bytes(np.dstack([g, alpha])),
         "8-bit RGBA": png_bytes(np.dstack([rgb, alpha])),
-        "palette with transparency": png_bytes(g, color_type=3, palette=palette,
-                                               trns=rng.integers(0, 256, 256).astype(np.uint8).tobytes()),
+        "palette with transparency": png_bytes(
+            g, color_type=3, palette=palette, trns=rng.integers(0, 256, 256).astype(np.uint8).tobytes()
+        ),
         "RGB with tRNS colour key": png_bytes(rgb, trns=struct.pack(">HHH", *rgb[0, 0])),
         "constant 16-bit": png_bytes(np.full((30, 40), 1234, np.uint16)),
     }
@@ -173,11 +187,14 @@ def test_16_bit_and_alpha_pngs_give_what_prepare_trains_on(name):
 
 # --- prepare: special files, names, sizes, header bombs -----------------------------
 
+
 @contextlib.contextmanager
 def deadline(seconds: int):
     """Fails the test instead of hanging (a FIFO used to block prepare forever)."""
+
     def expired(*_):
         raise TimeoutError(f"still running after {seconds} s")
+
     previous = signal.signal(signal.SIGALRM, expired)
     signal.alarm(seconds)
     try:
@@ -195,14 +212,14 @@ def run_prepare(data_dir, out, **kw) -> dict:
 
 def test_special_files_odd_names_and_big_files_never_stop_prepare(tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
-    make_class_folders(data, per_class=20)             # 80 good images
+    make_class_folders(data, per_class=20)  # 80 good images
     g, m = data / "glioma", data / "meningioma"
     latin1 = os.path.join(os.fsencode(g), b"T\xfcmor.jpg")  # Latin-1, not UTF-8
     with open(latin1, "wb") as f:
         f.write(cv2.imencode(".jpg", textured_image(777))[1].tobytes())
     os.mkfifo(g / "pipe.jpg")
     os.symlink("/dev/zero", g / "zero.png")
-    monkeypatch.chdir(m)   # a relative socket path: AF_UNIX paths are limited to 107 bytes
+    monkeypatch.chdir(m)  # a relative socket path: AF_UNIX paths are limited to 107 bytes
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind("s.png")
         write_jpeg(m / "big.jpg", textured_image(5, 300, 300))
@@ -212,13 +229,16 @@ def test_special_files_odd_names_and_big_files_never_stop_prepare(tmp_path, caps
     assert reasons["glioma/pipe.jpg"] == "not a regular file (FIFO (named pipe))"
     assert reasons["glioma/zero.png"] == "not a regular file (character device): symlink to /dev/zero"
     assert reasons["meningioma/s.png"] == "not a regular file (socket)"
-    assert reasons["meningioma/big.jpg"].startswith("file too large: ") and "1 MB limit" in reasons["meningioma/big.jpg"]
+    assert (
+        reasons["meningioma/big.jpg"].startswith("file too large: ")
+        and "1 MB limit" in reasons["meningioma/big.jpg"]
+    )
     assert len(reasons) == 4 and all("\n" not in r for r in reasons.values())
     # the Latin-1 name is kept, its source escaped to valid UTF-8 everywhere
     examples = {ex["source"]: ex for s in ("train", "eval") for ex in read_split(tmp_path / "out", s)}
     assert manifest["total_written"] == len(examples) == 81
     assert "glioma/T\\xfcmor.jpg" in examples
-    json.dumps(manifest, ensure_ascii=False).encode("utf-8")   # no lone surrogates anywhere
+    json.dumps(manifest, ensure_ascii=False).encode("utf-8")  # no lone surrogates anywhere
     capsys.readouterr()
 
 
@@ -231,8 +251,22 @@ def test_btmri_prepare_with_a_latin1_name_and_a_fifo_exits_0(tmp_path, capsys):
         f.write(cv2.imencode(".jpg", textured_image(778))[1].tobytes())
     os.mkfifo(data / "pituitary" / "pipe.jpg")
     with deadline(120):
-        code = main(["prepare", "--data-dir", str(data), "--out", str(tmp_path / "o"),
-                     "--quiet", "--workers", "2", "--eval-fraction", "0.34", "--max-file-mb", "5"])
+        code = main(
+            [
+                "prepare",
+                "--data-dir",
+                str(data),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+                "--workers",
+                "2",
+                "--eval-fraction",
+                "0.34",
+                "--max-file-mb",
+                "5",
+            ]
+        )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "skip pituitary/pipe.jpg: not a regular file (FIFO (named pipe))" in captured.err
@@ -264,11 +298,13 @@ def _tiff_header(width: int, height: int, order: str = "<", big: bool = False) -
     if big:
         head = mark + struct.pack(order + "HHHQ", 43, 8, 0, 16)
         ifd = struct.pack(order + "Q", 2) + b"".join(
-            struct.pack(order + "HHQQ", tag, 16, 1, v) for tag, v in ((256, width), (257, height)))
+            struct.pack(order + "HHQQ", tag, 16, 1, v) for tag, v in ((256, width), (257, height))
+        )
     else:
         head = mark + struct.pack(order + "HI", 42, 8)
         ifd = struct.pack(order + "H", 2) + b"".join(
-            struct.pack(order + "HHIHH", tag, 3, 1, v, 0) for tag, v in ((256, width), (257, height)))
+            struct.pack(order + "HHIHH", tag, 3, 1, v, 0) for tag, v in ((256, width), (257, height))
+        )
     return head + ifd + bytes(16)
 
 
@@ -277,8 +313,9 @@ def _dicom_header(rows: int, columns: int, tmp_path) -> bytes:
 
     write_dicom(tmp_path / "small.dcm", np.zeros((4, 4)), center=0, width=1)
     import pydicom
+
     ds = pydicom.dcmread(tmp_path / "small.dcm")
-    ds.Rows, ds.Columns = rows, columns   # pixel data still 4x4: a header bomb
+    ds.Rows, ds.Columns = rows, columns  # pixel data still 4x4: a header bomb
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
@@ -287,16 +324,20 @@ def _dicom_header(rows: int, columns: int, tmp_path) -> bytes:
 def test_every_format_is_size_checked_from_its_header_before_decoding(tmp_path, monkeypatch):
     def no_decoding(*_a, **_k):
         raise AssertionError("decoded before the size check")
+
     monkeypatch.setattr(image_io.cv2, "imdecode", no_decoding)
     import pydicom.dataset
+
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoding))
-    cases = {".bmp": _bmp_header(30000, 20000),
-             ".tif": _tiff_header(30000, 20000),
-             ".tiff": _tiff_header(30000, 20000, order=">"),
-             ".TIF": _tiff_header(30000, 20000, big=True),
-             ".dcm": _dicom_header(20000, 30000, tmp_path),
-             ".png": png_bomb_header(30000, 20000),
-             ".jpg": jpeg_bomb_header(30000, 20000)}
+    cases = {
+        ".bmp": _bmp_header(30000, 20000),
+        ".tif": _tiff_header(30000, 20000),
+        ".tiff": _tiff_header(30000, 20000, order=">"),
+        ".TIF": _tiff_header(30000, 20000, big=True),
+        ".dcm": _dicom_header(20000, 30000, tmp_path),
+        ".png": png_bomb_header(30000, 20000),
+        ".jpg": jpeg_bomb_header(30000, 20000),
+    }
     for suffix, data in cases.items():
         with pytest.raises(ImageError, match="^image too large: 30000x20000 exceeds 40,000,000 pixels$"):
             decode_image(data, suffix)
@@ -321,24 +362,30 @@ def test_real_bmp_and_tiff_still_convert(tmp_path):
 
 # --- duplicates: bounded memory on huge near-identical sets --------------------------
 
+
 def test_duplicate_report_counts_5_billion_pairs_in_bounded_memory():
     n, listed = 100_000, 50
     index = DuplicateIndex()
     splits = ("train", "eval", "test")
-    for i in range(n):   # one perceptual hash, all different files
+    for i in range(n):  # one perceptual hash, all different files
         index.add(Record(f"Training/glioma/{i:06d}.jpg", splits[i % 3], 0, f"{i:032x}", 0x0123456789ABCDEF))
     tracemalloc.start()
     report = index.report(max_listed=listed)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     near = report.near
-    per = [len(range(k, n, 3)) for k in range(3)]            # train, eval, test
+    per = [len(range(k, n, 3)) for k in range(3)]  # train, eval, test
     assert near.pairs == n * (n - 1) // 2 == 4_999_950_000
     assert near.pairs_within_split == {s: c * (c - 1) // 2 for s, c in zip(splits, per)}
-    assert near.pairs_across_splits == {"eval-train": per[0] * per[1], "test-train": per[0] * per[2],
-                                           "eval-test": per[1] * per[2]}
-    assert near.pairs_listed[:2] == [["Training/glioma/000000.jpg", "Training/glioma/000001.jpg", 0],
-                                        ["Training/glioma/000000.jpg", "Training/glioma/000002.jpg", 0]]
+    assert near.pairs_across_splits == {
+        "eval-train": per[0] * per[1],
+        "test-train": per[0] * per[2],
+        "eval-test": per[1] * per[2],
+    }
+    assert near.pairs_listed[:2] == [
+        ["Training/glioma/000000.jpg", "Training/glioma/000001.jpg", 0],
+        ["Training/glioma/000000.jpg", "Training/glioma/000002.jpg", 0],
+    ]
     assert len(near.pairs_listed) == listed
     assert peak < 64 * 2**20, f"report peak {peak / 2**20:.0f} MiB"
 
@@ -346,10 +393,11 @@ def test_duplicate_report_counts_5_billion_pairs_in_bounded_memory():
 def test_byte_identical_copies_are_not_near_pairs_at_any_scale():
     n = 100_000
     index = DuplicateIndex()
-    for i in range(n):   # two files, 50,000 copies each, same hash
+    for i in range(n):  # two files, 50,000 copies each, same hash
         index.add(Record(f"s{i}", "train", 0, "a" * 32 if i % 2 else "b" * 32, 42))
     report = index.report(max_listed=10)
-    assert report.near.pairs == (n // 2) ** 2          # only pairs across the two files
+    assert report.near.pairs == (n // 2) ** 2  # only pairs across the two files
     assert report.exact.extra_copies == n - 2
-    assert all(index.records[int(a[1:])].md5 != index.records[int(b[1:])].md5
-               for a, b, _ in report.near.pairs_listed)
+    assert all(
+        index.records[int(a[1:])].md5 != index.records[int(b[1:])].md5 for a, b, _ in report.near.pairs_listed
+    )

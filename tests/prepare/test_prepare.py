@@ -1,4 +1,5 @@
 """btmri prepare: the Example contract, splits, bad input, duplicates, real data."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,11 +34,18 @@ def skip_reasons(manifest: dict) -> dict[str, str]:
 
 # --- the Example contract ------------------------------------------------------
 
+
 def test_example_round_trip_in_memory():
     ex = make_example(b"\x89PNGfake", 2, 300, 200, "Training/notumor/a b.png")
     parsed = parse_example(ex.SerializeToString())
-    assert parsed == {"image": b"\x89PNGfake", "label": 2, "height": 300, "width": 200,
-                      "source": "Training/notumor/a b.png", "lesion_box": contract.NO_BOX}
+    assert parsed == {
+        "image": b"\x89PNGfake",
+        "label": 2,
+        "height": 300,
+        "width": 200,
+        "source": "Training/notumor/a b.png",
+        "lesion_box": contract.NO_BOX,
+    }
     boxed = make_example(b"x", 0, 1, 1, "s", lesion_box=(0.25, 0.5, 0.75, 1.0))
     assert parse_example(boxed.SerializeToString())["lesion_box"] == (0.25, 0.5, 0.75, 1.0)
 
@@ -59,16 +67,22 @@ def test_prepared_examples_follow_contract(tmp_path):
 
 # --- splits ----------------------------------------------------------------------
 
+
 def _split_by_content(out: Path) -> dict[str, str]:
-    return {hashlib.md5(ex["image"]).hexdigest(): split
-            for split in ("train", "eval") for ex in read_split(out, split)}
+    return {
+        hashlib.md5(ex["image"]).hexdigest(): split
+        for split in ("train", "eval")
+        for ex in read_split(out, split)
+    }
 
 
 def test_split_is_stratified_and_deterministic_from_content(tmp_path):
     make_class_folders(tmp_path / "a", per_class=40)
     # Same contents under other names (and so another listing order).
     for path in sorted((tmp_path / "a").rglob("*.jpg")):
-        target = tmp_path / "b" / path.parent.name / f"renamed_{hashlib.md5(path.name.encode()).hexdigest()}.jpg"
+        target = (
+            tmp_path / "b" / path.parent.name / f"renamed_{hashlib.md5(path.name.encode()).hexdigest()}.jpg"
+        )
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target)
     m1 = run_prepare(tmp_path / "a", tmp_path / "out1", eval_fraction=0.25, seed=7)
@@ -83,6 +97,7 @@ def test_split_is_stratified_and_deterministic_from_content(tmp_path):
 
 
 # --- bad input -------------------------------------------------------------------
+
 
 def _build_messy_folder(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Good images + every bad case. Returns ({source: expected skip reason part},
@@ -124,6 +139,7 @@ def _build_messy_folder(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     write_png(m / "gray8.PNG", textured_image(97))
     keep["Training/meningioma/gray8.PNG"] = "original"
     from PIL import Image
+
     Image.fromarray(textured_image(96)).convert("CMYK").save(m / "cmyk.jpg", "JPEG")
     keep["Training/meningioma/cmyk.jpg"] = "png"
     cv2.imwrite(str(m / "scan.bmp"), textured_image(95))
@@ -145,8 +161,7 @@ def test_bad_input_is_skipped_with_reason_or_converted(tmp_path):
         assert expected in reasons[source], (source, reasons[source])
         assert "\n" not in reasons[source]
 
-    examples = {ex["source"]: ex for split in ("train", "eval")
-                for ex in read_split(tmp_path / "out", split)}
+    examples = {ex["source"]: ex for split in ("train", "eval") for ex in read_split(tmp_path / "out", split)}
     assert manifest["total_written"] == len(examples) == 32 + len(keep)
     for source, stored in keep.items():
         ex = examples[source]
@@ -183,6 +198,7 @@ def test_unreadable_file_is_skipped(tmp_path):
         return
     # Fork a child that drops to "nobody" and calls the reader; it reports on a pipe.
     from data_prep.image_io import ImageError, read_bytes
+
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
@@ -227,13 +243,24 @@ def test_class_empty_in_a_split_fails(tmp_path, capsys):
     make_class_folders(tmp_path / "data", per_class=10)
     for path in list((tmp_path / "data" / "notumor").iterdir())[1:]:
         path.unlink()
-    code = btmri(["prepare", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "o"),
-                  "--quiet", "--workers", "1"])
+    code = btmri(
+        [
+            "prepare",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 2
     assert "class empty in a split: eval/notumor" in capsys.readouterr().err
 
 
 # --- duplicates ------------------------------------------------------------------
+
 
 def _near_copy(path: Path, target: Path) -> None:
     """Resized and re-encoded at lower quality, as copies in the public set are:
@@ -245,7 +272,11 @@ def _near_copy(path: Path, target: Path) -> None:
 
 
 def _pair_kind(split_a: str, split_b: str) -> str:
-    return split_a if split_a == split_b else "-".join(sorted((split_a, split_b), key="eval test train".split().index))
+    return (
+        split_a
+        if split_a == split_b
+        else "-".join(sorted((split_a, split_b), key="eval test train".split().index))
+    )
 
 
 def test_planted_duplicates_found_within_and_across_splits(tmp_path):
@@ -274,7 +305,9 @@ def test_planted_duplicates_found_within_and_across_splits(tmp_path):
     # a file and its byte copy in the same class always share a split: no eval-train leak
     assert exact_kinds["eval-train"] == 0
     assert dup["exact"]["extra_copies_within_split"] == {k: v for k, v in exact_kinds.items() if "-" not in k}
-    assert dup["exact"]["images_with_copy_in_other_split"] == {k: v for k, v in exact_kinds.items() if "-" in k}
+    assert dup["exact"]["images_with_copy_in_other_split"] == {
+        k: v for k, v in exact_kinds.items() if "-" in k
+    }
     near_kinds = Counter(_pair_kind(split_of[a], split_of[b]) for a, b in near)
     assert dup["near"]["pairs"] == len(near)
     assert dup["near"]["pairs_within_split"] == {k: v for k, v in near_kinds.items() if "-" not in k}
@@ -300,6 +333,7 @@ def test_planted_duplicates_found_within_and_across_splits(tmp_path):
 
 # --- real data ---------------------------------------------------------------------
 
+
 @pytest.mark.realdata
 def test_real_training_images(real_data, tmp_path):
     training = real_data / contract.KAGGLE_TRAINING_DIR
@@ -313,8 +347,10 @@ def test_real_training_images(real_data, tmp_path):
     md5_counts = Counter(hashlib.md5(p.read_bytes()).hexdigest() for p in files)
     plain_extra_copies = sum(n - 1 for n in md5_counts.values())
     assert manifest["duplicates"]["exact"]["extra_copies"] == plain_extra_copies
-    print(f"real data: {len(files)} files, {plain_extra_copies} exact extra copies, "
-          f"near pairs {manifest['duplicates']['near']['pairs']}")
+    print(
+        f"real data: {len(files)} files, {plain_extra_copies} exact extra copies, "
+        f"near pairs {manifest['duplicates']['near']['pairs']}"
+    )
 
 
 def test_run_work_folder_keeps_datasets_apart_and_reuses_each(tmp_path):
@@ -334,5 +370,6 @@ def test_run_work_folder_keeps_datasets_apart_and_reuses_each(tmp_path):
     assert again.manifest.input_fingerprint == first.manifest.input_fingerprint
     assert os.path.realpath(layout.current_prepared_data) == os.path.realpath(first.path)
     # Other prepare arguments are another dataset.
-    assert prepare_if_changed(str(tmp_path / "a"), layout, progress=False, workers=1,
-                              eval_fraction=0.5).path not in (first.path, other.path)
+    assert prepare_if_changed(
+        str(tmp_path / "a"), layout, progress=False, workers=1, eval_fraction=0.5
+    ).path not in (first.path, other.path)

@@ -1,4 +1,5 @@
 """Tests of the synthetic phantom generator (data_prep/synth.py)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -19,14 +20,18 @@ PER_CLASS, TEST_PER_CLASS = 100, 50
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     out = tmp_path_factory.mktemp("synth") / "data"
-    summary = synth.generate_dataset(out, per_class=PER_CLASS, test_per_class=TEST_PER_CLASS,
-                                     seed=0, progress=False)
+    summary = synth.generate_dataset(
+        out, per_class=PER_CLASS, test_per_class=TEST_PER_CLASS, seed=0, progress=False
+    )
     return out, summary
 
 
 def _images(root: pathlib.Path, split: str) -> list[tuple[pathlib.Path, int]]:
-    return [(p, label) for label, name in enumerate(CLASS_NAMES)
-            for p in sorted((root / split / name).glob("*.png"))]
+    return [
+        (p, label)
+        for label, name in enumerate(CLASS_NAMES)
+        for p in sorted((root / split / name).glob("*.png"))
+    ]
 
 
 def _read(path) -> np.ndarray:
@@ -53,8 +58,7 @@ def test_render_phantom_returns_image_and_mask():
 
 def test_deterministic_per_seed_and_independent_of_order(tmp_path, dataset):
     def run(name: str, seed: int) -> dict[str, bytes]:
-        synth.generate_dataset(tmp_path / name, per_class=3, test_per_class=1, seed=seed,
-                               progress=False)
+        synth.generate_dataset(tmp_path / name, per_class=3, test_per_class=1, seed=seed, progress=False)
         return _files(tmp_path / name)
 
     first = run("a", seed=0)
@@ -125,7 +129,7 @@ def _head_hog(image: np.ndarray) -> np.ndarray:
     descriptor that sees shapes and where they are, not only global statistics."""
     _, head = cv2.threshold(image, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     x, y, w, h = cv2.boundingRect(cv2.findNonZero(head))
-    crop = cv2.resize(image[y:y + h, x:x + w], (64, 64), interpolation=cv2.INTER_AREA)
+    crop = cv2.resize(image[y : y + h, x : x + w], (64, 64), interpolation=cv2.INTER_AREA)
     return _HOG.compute(crop).ravel()
 
 
@@ -155,7 +159,7 @@ def test_box_folder_holds_every_tumour_phantom_with_its_mask_box(tmp_path):
 
     synth.generate_dataset(tmp_path, per_class=2, test_per_class=1, seed=3, progress=False)
     slices, skips = read_box_folder(tmp_path / synth.BOXES_DIR)
-    assert not skips and len(slices) == 3 * 3       # tumour classes x (2 + 1)
+    assert not skips and len(slices) == 3 * 3  # tumour classes x (2 + 1)
     for s in slices:
         split, name = pathlib.Path(s.path).name.split("_", 1)
         image = tmp_path / split.capitalize() / pathlib.Path(s.path).parent.name / name

@@ -1,4 +1,5 @@
 """Report fixtures: the version folder whose card and report the tests read."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """The notebooks run top to bottom against the session's tiny pipeline run, and
 are committed without outputs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,12 +32,20 @@ def test_notebook_runs_top_to_bottom(path, tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv("BTMRI_SERVING_DIR", str(tiny_run / "serving"))
     book = nbformat.read(path, as_version=4)
     # The kernel: ipykernel's python3, which jupyter_client runs with this interpreter (the venv).
-    client = NotebookClient(book, kernel_name="python3", timeout=600,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        book, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError, naming the cell, on any error
-    errors = [o for cell in book.cells if cell.cell_type == "code"
-              for o in cell.outputs if o.output_type == "error"]
+    errors = [
+        o for cell in book.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"
+    ]
     assert not errors
-    shown = [kind for cell in book.cells if cell.cell_type == "code" for o in cell.outputs
-             for kind in o.get("data", {}) if kind in ("image/png", "text/html")]
+    shown = [
+        kind
+        for cell in book.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+        for kind in o.get("data", {})
+        if kind in ("image/png", "text/html")
+    ]
     assert shown, "the notebook showed no figure or table"

@@ -5,6 +5,7 @@ the pushed model's own predictions on the prepared test TFRecords (a path of
 its own: `predict_images` on the image bytes, not the report's reader), then
 found, formatted the same way, in the HTML tables.
 """
+
 from __future__ import annotations
 
 import re
@@ -50,17 +51,19 @@ def report(tiny_run, tmp_path_factory):
     return data, out
 
 
-
-
 @pytest.fixture(scope="module")
 def own_predictions(tiny_run, version_dir):
     """(labels, probabilities, sources) of the pushed model on data/prepared/test."""
     examples = read_split(tiny_run / "data" / "prepared" / "current", contract.TEST_SPLIT)
     model = tf.saved_model.load(str(version_dir))
     out = model.signatures["predict_images"](
-        **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])})
-    return (np.array([e[contract.LABEL_KEY] for e in examples]), out[PROBABILITIES].numpy(),
-            [e[contract.SOURCE_KEY] for e in examples])
+        **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])}
+    )
+    return (
+        np.array([e[contract.LABEL_KEY] for e in examples]),
+        out[PROBABILITIES].numpy(),
+        [e[contract.SOURCE_KEY] for e in examples],
+    )
 
 
 class _Tables(HTMLParser):
@@ -99,24 +102,37 @@ def _expected(labels, probs) -> dict:
     predicted = probs.argmax(axis=1)
     cm = skm.confusion_matrix(labels, predicted, labels=range(len(CLASSES)))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        labels, predicted, labels=range(len(CLASSES)), zero_division=np.nan)
+        labels, predicted, labels=range(len(CLASSES)), zero_division=np.nan
+    )
     per_class = skm.multilabel_confusion_matrix(labels, predicted, labels=range(len(CLASSES)))
     specificity = [tn / (tn + fp) for (tn, fp), _ in per_class]
     auc = [skm.roc_auc_score(labels == k, probs[:, k]) for k in range(len(CLASSES))]
     confidence, correct = probs.max(axis=1), predicted == labels
     accuracy_in_bin, confidence_in_bin = calibration_curve(
-        correct, confidence, n_bins=ECE_BINS, strategy="uniform")
+        correct, confidence, n_bins=ECE_BINS, strategy="uniform"
+    )
     edges = np.linspace(0, 1, ECE_BINS + 1)
     counts = np.bincount(np.searchsorted(edges[1:-1], confidence), minlength=len(edges) - 1)
     counts = counts[counts > 0]
     return {
-        "n": len(labels), "confusion": cm, "accuracy": skm.accuracy_score(labels, predicted),
+        "n": len(labels),
+        "confusion": cm,
+        "accuracy": skm.accuracy_score(labels, predicted),
         "macro_f1": skm.f1_score(labels, predicted, average="macro", zero_division=np.nan),
         "macro_auc": float(np.mean(auc)),
         "ece": float(np.sum(counts / counts.sum() * np.abs(accuracy_in_bin - confidence_in_bin))),
-        "per_class": [[name, f"{support[k]:,}", rate(precision[k]), rate(recall[k]),
-                       rate(specificity[k]), rate(f1[k]), rate(auc[k])]
-                      for k, name in enumerate(CLASSES)],
+        "per_class": [
+            [
+                name,
+                f"{support[k]:,}",
+                rate(precision[k]),
+                rate(recall[k]),
+                rate(specificity[k]),
+                rate(f1[k]),
+                rate(auc[k]),
+            ]
+            for k, name in enumerate(CLASSES)
+        ],
         "raw": (precision, recall, specificity, f1, support, auc),
     }
 
@@ -128,10 +144,12 @@ def _assert_figures_equal(figures: metrics.Figures, want: dict) -> None:
         assert getattr(figures, name) == pytest.approx(want[name], abs=1e-9), name
     assert figures.calibration.ece == pytest.approx(want["ece"], abs=1e-6)
     precision, recall, specificity, f1, support, auc = want["raw"]
-    got = np.array([[f.precision, f.recall, f.specificity, f.f1, f.support, f.auc]
-                    for f in figures.per_class])
-    np.testing.assert_allclose(got, np.column_stack([precision, recall, specificity, f1, support, auc]),
-                               rtol=0, atol=1e-6)
+    got = np.array(
+        [[f.precision, f.recall, f.specificity, f.f1, f.support, f.auc] for f in figures.per_class]
+    )
+    np.testing.assert_allclose(
+        got, np.column_stack([precision, recall, specificity, f1, support, auc]), rtol=0, atol=1e-6
+    )
 
 
 def _values(rows: list[list[str]]) -> list[list[str]]:
@@ -140,8 +158,14 @@ def _values(rows: list[list[str]]) -> list[list[str]]:
 
 
 def _overall_row(name: str, want: dict) -> list[str]:
-    return [name, f"{want['n']:,}", rate(want["accuracy"]), rate(want["macro_f1"]),
-            rate(want["macro_auc"]), rate(want["ece"])]
+    return [
+        name,
+        f"{want['n']:,}",
+        rate(want["accuracy"]),
+        rate(want["macro_f1"]),
+        rate(want["macro_auc"]),
+        rate(want["ece"]),
+    ]
 
 
 def test_every_count_in_the_report_equals_scikit_learn(report, own_predictions):
@@ -160,7 +184,8 @@ def test_every_count_in_the_report_equals_scikit_learn(report, own_predictions):
     assert _values(tables.tables["per-class-dedup"][1:]) == want_dedup["per_class"]
     assert _values(tables.tables["overall"][1:]) == [
         _overall_row("test, as is", want),
-        _overall_row("test, without duplicates of training images", want_dedup)]
+        _overall_row("test, without duplicates of training images", want_dedup),
+    ]
     # Proportions carry the Wilson interval of scikit-learn's counts.
     cm = want["confusion"]
     for k, row in enumerate(tables.tables["per-class-as-is"][1:]):
@@ -169,12 +194,17 @@ def test_every_count_in_the_report_equals_scikit_learn(report, own_predictions):
         assert row[3].endswith(format_interval(wilson(tp, int(cm[k].sum())))), row
     accuracy_cell = tables.tables["overall"][1][2]
     assert accuracy_cell.endswith(format_interval(wilson(int(np.trace(cm)), int(cm.sum()))))
-    lo, hi = data.as_is.macro_auc_ci   # bootstrap: around the figure
+    lo, hi = data.as_is.macro_auc_ci  # bootstrap: around the figure
     assert lo <= data.as_is.macro_auc + 1e-9 and hi >= data.as_is.macro_auc - 0.2
     shares = want["confusion"] / want["confusion"].sum(axis=1, keepdims=True)
     assert tables.tables["confusion-as-is"][1:] == [
-        [name, *(f"{want['confusion'][i, j]} ({shares[i, j]:.2f})" for j in range(len(CLASSES))),
-         f"{want['confusion'][i].sum():,}"] for i, name in enumerate(CLASSES)]
+        [
+            name,
+            *(f"{want['confusion'][i, j]} ({shares[i, j]:.2f})" for j in range(len(CLASSES))),
+            f"{want['confusion'][i].sum():,}",
+        ]
+        for i, name in enumerate(CLASSES)
+    ]
 
 
 def test_abstention_on_the_evaluated_split_matches_the_model(report, tiny_run, version_dir):
@@ -183,7 +213,8 @@ def test_abstention_on_the_evaluated_split_matches_the_model(report, tiny_run, v
     data, html_path = report
     examples = read_split(tiny_run / "data" / "prepared" / "current", contract.TEST_SPLIT)
     out = tf.saved_model.load(str(version_dir)).signatures["predict_images"](
-        **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])})
+        **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])}
+    )
     abstain = out["abstain"].numpy()
     reasons = [r.decode() for r in out["abstain_reason"].numpy()]
     summary = data.abstention
@@ -202,6 +233,7 @@ def test_abstention_on_the_evaluated_split_matches_the_model(report, tiny_run, v
 def test_split_counts_and_thresholds_match_the_run(report, tiny_run):
     data, html_path = report
     import json
+
     manifest = json.loads((tiny_run / "data" / "prepared" / "current" / MANIFEST_FILE).read_text())
     tables = _Tables(html_path.read_text()).tables
     assert data.split_counts == manifest["counts"]
@@ -240,17 +272,31 @@ def test_report_is_self_contained(report):
     assert not re.search(r"""(src|href)\s*=\s*["'](https?:|//)""", page)
     images = re.findall(r"<img [^>]*src=\"([^\"]*)\"", page)
     assert images and all(src.startswith("data:image/") for src in images)
-    for section in ("Blessing decision", "Figures on the test split", "Confusion matrix",
-                    "ROC", "Reliability", "Training", "TFDV anomalies", "Skipped files",
-                    "Duplicates and leakage", "Grad-CAM gallery", "When it does not answer",
-                    "Risk–coverage", "Model card", "Cross-checks"):
+    for section in (
+        "Blessing decision",
+        "Figures on the test split",
+        "Confusion matrix",
+        "ROC",
+        "Reliability",
+        "Training",
+        "TFDV anomalies",
+        "Skipped files",
+        "Duplicates and leakage",
+        "Grad-CAM gallery",
+        "When it does not answer",
+        "Risk–coverage",
+        "Model card",
+        "Cross-checks",
+    ):
         assert section in page, section
 
 
 def test_cli_writes_the_report(tiny_run, tmp_path, capsys):
     out = tmp_path / "r.html"
-    assert btmri(["report", "--pipeline-root", str(tiny_run / "pipeline"), "--out", str(out),
-                  "--gallery", "1"]) == 0
+    assert (
+        btmri(["report", "--pipeline-root", str(tiny_run / "pipeline"), "--out", str(out), "--gallery", "1"])
+        == 0
+    )
     assert out.stat().st_size > 10_000
     assert "test accuracy" in capsys.readouterr().out
     assert btmri(["report", "--pipeline-root", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
@@ -263,17 +309,28 @@ def test_model_card_is_written_beside_the_pushed_model(tiny_run, version_dir, tm
     path = write_model_card(_config(tiny_run), str(copy))
     assert path == copy / MODEL_CARD_FILE
     card = path.read_text()
-    for heading in ("## Model details", "## Intended use", "## Out-of-scope uses", "## Training data",
-                    "## Evaluation data", "### Known flaws of the data", "## Quantitative analysis",
-                    "## Calibration", "## When it does not answer", "## Limitations",
-                    "## Ethical considerations"):
+    for heading in (
+        "## Model details",
+        "## Intended use",
+        "## Out-of-scope uses",
+        "## Training data",
+        "## Evaluation data",
+        "### Known flaws of the data",
+        "## Quantitative analysis",
+        "## Calibration",
+        "## When it does not answer",
+        "## Limitations",
+        "## Ethical considerations",
+    ):
         assert f"\n{heading}\n" in card, heading
     assert f"version {version_dir.name}" in card and "Not a diagnostic device" in card
     for word in ("3D", "anatomy", "Pediatric", "modalities", "synthetic phantoms", "duplicate"):
         assert word in card, word
     for f in data.deduplicated.per_class:  # de-duplicated per-class figures, by name
-        assert (f"| {f.name} | {f.support} | {rate_ci(f.precision, f.precision_ci)} | "
-                f"{rate_ci(f.recall, f.recall_ci)} | ") in card
+        assert (
+            f"| {f.name} | {f.support} | {rate_ci(f.precision, f.precision_ci)} | "
+            f"{rate_ci(f.recall, f.recall_ci)} | "
+        ) in card
     assert (copy / DIGEST_FILE).read_text().strip() in card  # the card names the model it describes
     assert not list(copy.glob(".model-card-*"))
 
@@ -291,11 +348,26 @@ def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     profile = tmp_path / "profile"
     profile.mkdir(exist_ok=True)
     return subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-         "--hide-scrollbars", *args],
-        capture_output=True, text=True, timeout=120)
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--hide-scrollbars",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _console_messages(stderr: str) -> list[str]:
@@ -303,15 +375,18 @@ def _console_messages(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(),
-                    reason="Debian's chromium is not installed (.ci/run installs it with apt-get "
-                           "when it can): headless browser check skipped")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="Debian's chromium is not installed (.ci/run installs it with apt-get "
+    "when it can): headless browser check skipped",
+)
 def test_report_opens_in_headless_chromium(report, tmp_path):
     # The console check must be able to fail: a page with a script error is caught.
     broken = tmp_path / "broken.html"
     broken.write_text("<html><body><script>console.error('x'); no_such_function();</script></body></html>")
-    assert _console_messages(_chromium([f"--screenshot={tmp_path / 'b.png'}", broken.as_uri()],
-                                       tmp_path).stderr)
+    assert _console_messages(
+        _chromium([f"--screenshot={tmp_path / 'b.png'}", broken.as_uri()], tmp_path).stderr
+    )
 
     shot = tmp_path / "report.png"
     run = _chromium(["--window-size=1280,2400", f"--screenshot={shot}", report[1].as_uri()], tmp_path)

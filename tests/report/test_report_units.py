@@ -1,5 +1,6 @@
 """Report building blocks without a pipeline run: figures against scikit-learn,
 duplicate matching, gallery choice, the Markdown/HTML renderers."""
+
 from __future__ import annotations
 
 import cv2
@@ -50,15 +51,18 @@ def test_figures_equal_scikit_learn(seed, never):
     figs = metrics.figures(cm, labels, probs, NAMES)
 
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        labels, predicted, labels=range(K), zero_division=np.nan)
+        labels, predicted, labels=range(K), zero_division=np.nan
+    )
     per_class_cm = skm.multilabel_confusion_matrix(labels, predicted, labels=range(K))
     for k, fig in enumerate(figs.per_class):
         (tn, fp), (fn, tp) = per_class_cm[k]
         assert (fig.tp, fig.fp, fig.fn, fig.tn, fig.support) == (tp, fp, fn, tn, support[k])
         np.testing.assert_allclose(
             [fig.precision, fig.recall, fig.f1, fig.specificity, fig.auc],
-            [precision[k], recall[k], f1[k], tn / (tn + fp),
-             skm.roc_auc_score(labels == k, probs[:, k])], rtol=0, atol=1e-12)
+            [precision[k], recall[k], f1[k], tn / (tn + fp), skm.roc_auc_score(labels == k, probs[:, k])],
+            rtol=0,
+            atol=1e-12,
+        )
         fpr, tpr = fig_roc = figs.roc[k]
         assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
         assert np.trapz(tpr, fpr) == pytest.approx(fig.auc, abs=1e-12)  # ties drawn diagonally
@@ -67,11 +71,12 @@ def test_figures_equal_scikit_learn(seed, never):
         assert np.isnan(figs.per_class[never].precision) and figs.per_class[never].recall == 0
     assert figs.accuracy == pytest.approx(skm.accuracy_score(labels, predicted), abs=1e-12)
     assert figs.macro_f1 == pytest.approx(
-        skm.f1_score(labels, predicted, average="macro", zero_division=np.nan), abs=1e-12)
+        skm.f1_score(labels, predicted, average="macro", zero_division=np.nan), abs=1e-12
+    )
     assert figs.macro_auc == pytest.approx(
-        skm.roc_auc_score(np.eye(K)[labels], probs, average="macro"), abs=1e-12)
-    assert figs.calibration.ece == pytest.approx(
-        _sklearn_ece(labels, probs, ECE_BINS), abs=1e-12)
+        skm.roc_auc_score(np.eye(K)[labels], probs, average="macro"), abs=1e-12
+    )
+    assert figs.calibration.ece == pytest.approx(_sklearn_ece(labels, probs, ECE_BINS), abs=1e-12)
     assert figs.calibration.counts.sum() == len(labels)
 
 
@@ -80,7 +85,8 @@ def test_ece_matches_the_trainers_temperature_report():
 
     labels, probs = _random_predictions(7)
     assert metrics.calibration(labels, probs).ece == pytest.approx(
-        expected_calibration_error(probs, labels, bins=ECE_BINS), abs=1e-12)
+        expected_calibration_error(probs, labels, bins=ECE_BINS), abs=1e-12
+    )
 
 
 def test_row_normalised_leaves_empty_rows_undefined():
@@ -97,8 +103,11 @@ def test_duplicates_of_training_images_are_found_exact_and_near():
     train = {f"train/{i}.png": _png(textured_image(i)) for i in range(6)}
     index = TrainingIndex(train.items())
     near_copy = cv2.imencode(".jpg", textured_image(2), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
-    evaluated = {"test/exact.png": train["train/4.png"], "test/near.jpg": near_copy,
-                 "test/new.png": _png(textured_image(100))}
+    evaluated = {
+        "test/exact.png": train["train/4.png"],
+        "test/near.jpg": near_copy,
+        "test/new.png": _png(textured_image(100)),
+    }
     found = training_duplicates(index, list(evaluated), list(evaluated.values()), threshold=4)
     assert set(found) == {"test/exact.png", "test/near.jpg"}
     assert (found["test/exact.png"].kind, found["test/exact.png"].training_source) == ("exact", "train/4.png")
@@ -107,8 +116,16 @@ def test_duplicates_of_training_images_are_found_exact_and_near():
 
 
 def test_gallery_shows_each_class_once_then_the_most_confident_mistakes():
-    probs = np.array([[0.9, 0.1, 0, 0], [0.8, 0.2, 0, 0], [0.1, 0.7, 0.2, 0],
-                      [0.6, 0.4, 0, 0], [0.05, 0.95, 0, 0], [0.3, 0.3, 0.4, 0]])
+    probs = np.array(
+        [
+            [0.9, 0.1, 0, 0],
+            [0.8, 0.2, 0, 0],
+            [0.1, 0.7, 0.2, 0],
+            [0.6, 0.4, 0, 0],
+            [0.05, 0.95, 0, 0],
+            [0.3, 0.3, 0.4, 0],
+        ]
+    )
     labels = np.array([0, 0, 1, 1, 3, 3])
     p = Predictions(labels, probs, [str(i) for i in range(6)], [b""] * 6)
     items = choose(p, per_kind=2)
@@ -121,13 +138,17 @@ def test_overlay_keeps_the_image_size_and_colours_hot_regions():
     heat[:, 112:] = 1.0
     out = overlay(image, heat)
     assert out.shape == (60, 90, 3)
-    assert np.array_equal(out[:, :30], np.full((60, 30, 3), 128))   # cold: the image itself
+    assert np.array_equal(out[:, :30], np.full((60, 30, 3), 128))  # cold: the image itself
     assert (out[:, 70:, 2].astype(int) - out[:, 70:, 0]).min() > 50  # hot: red (BGR)
 
 
 def test_markup_renders_markdown_and_escaped_html():
-    blocks = [Heading("Card", 1), Paragraph("a <b> & `code`"), Bullets(["one", "two"]),
-              Table(["x", "y|z"], [[Cell("1", "num"), "a|b"]], id="t", caption="cap")]
+    blocks = [
+        Heading("Card", 1),
+        Paragraph("a <b> & `code`"),
+        Bullets(["one", "two"]),
+        Table(["x", "y|z"], [[Cell("1", "num"), "a|b"]], id="t", caption="cap"),
+    ]
     md = to_markdown(blocks)
     assert "# Card" in md and "- one\n- two" in md
     assert "| x | y\\|z |\n|---|---|\n| 1 | a\\|b |" in md
@@ -172,7 +193,7 @@ def test_risk_coverage_refuses_the_most_doubtful_first():
     from pipeline.report.abstention import risk_coverage
 
     correct = np.array([True, False, True, True, False])
-    doubt = np.array([0.1, 0.9, 0.2, 0.3, 0.5])    # both mistakes are the most doubtful
+    doubt = np.array([0.1, 0.9, 0.2, 0.3, 0.5])  # both mistakes are the most doubtful
     curve = risk_coverage(correct, doubt)
     np.testing.assert_allclose(curve.coverage, [0.2, 0.4, 0.6, 0.8, 1.0])
     np.testing.assert_allclose(curve.accuracy, [1, 1, 1, 0.75, 0.6])

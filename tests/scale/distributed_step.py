@@ -7,6 +7,7 @@ Prints RESULT:{"replicas": 2, "max_weight_difference": ..., "losses": [...]}: th
 batch of 8 is split 4 + 4, and the weights after the step must equal the single-device
 ones (the gradient is that of the global-batch mean, regularisation counted once).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def main() -> None:
         x = keras.layers.Conv2D(6, 3, padding="same", activation="relu")(inputs)
         x = keras.layers.Activation("linear", name=CAM_LAYER)(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
-        logits = keras.layers.Dense(NUM_CLASSES, name=LOGITS_LAYER,
-                                    kernel_regularizer=keras.regularizers.L2(0.01))(x)
+        logits = keras.layers.Dense(
+            NUM_CLASSES, name=LOGITS_LAYER, kernel_regularizer=keras.regularizers.L2(0.01)
+        )(x)
         return keras.Model(inputs, keras.layers.Softmax()(logits))
 
     rng = np.random.default_rng(0)
@@ -55,8 +57,12 @@ def main() -> None:
     def one_step(distributed: bool):
         model = classifier()
         model.set_weights(start)
-        guided = LesionGuidedModel(model, smoothed_sparse_crossentropy(0.1, per_example=distributed),
-                                   evidence_weight=1.0, distributed=distributed)
+        guided = LesionGuidedModel(
+            model,
+            smoothed_sparse_crossentropy(0.1, per_example=distributed),
+            evidence_weight=1.0,
+            distributed=distributed,
+        )
         guided.compile(optimizer=keras.optimizers.SGD(0.5))
         history = guided.fit(data, epochs=1, verbose=0)
         return model.get_weights(), history.history["loss"][0]
@@ -67,9 +73,18 @@ def main() -> None:
         mirrored, mirrored_loss = one_step(True)
     difference = max(float(np.max(np.abs(a - b))) for a, b in zip(single, mirrored))
     moved = max(float(np.max(np.abs(a - b))) for a, b in zip(single, start))
-    print("RESULT:" + json.dumps({"replicas": strategy.num_replicas_in_sync,
-                                  "max_weight_difference": difference, "max_weight_change": moved,
-                                  "losses": [single_loss, mirrored_loss]}), flush=True)
+    print(
+        "RESULT:"
+        + json.dumps(
+            {
+                "replicas": strategy.num_replicas_in_sync,
+                "max_weight_difference": difference,
+                "max_weight_change": moved,
+                "losses": [single_loss, mirrored_loss],
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Multi-worker: start one process per worker with TF_CONFIG set (cluster + task); 
 them get the same output folders, as every replica of a Vertex AI job does. Prints one
 JSON line starting with RESULT: the task, the training files and the output folders.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,12 @@ def main() -> None:
     parser.add_argument("--pipeline-root", required=True, help="a finished local run's pipeline root")
     parser.add_argument("--out", required=True, help="the Trainer's output folders go here")
     parser.add_argument("--config", default="{}", help="Trainer custom_config (JSON)")
-    parser.add_argument("--logical-cpus", type=int, default=0,
-                        help="split the CPU into this many logical devices (mirrored on a CPU)")
+    parser.add_argument(
+        "--logical-cpus",
+        type=int,
+        default=0,
+        help="split the CPU into this many logical devices (mirrored on a CPU)",
+    )
     args = parser.parse_args()
 
     import data_prep  # noqa: F401  (Keras 2 before TensorFlow)
@@ -35,7 +40,8 @@ def main() -> None:
     if args.logical_cpus > 1:
         (cpu,) = tf.config.list_physical_devices("CPU")
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus
+        )
 
     from tfx.components.trainer.executor import GenericExecutor
     from tfx.types import standard_artifacts
@@ -44,9 +50,11 @@ def main() -> None:
     from pipeline.metadata import latest_output
 
     config = PipelineConfig(pipeline_root=args.pipeline_root, data_root="", serving_dir="")
-    inputs = {"examples": [latest_output(config, "ImportExampleGen", "examples")],
-              "transform_graph": [latest_output(config, "Transform", "transform_graph")],
-              "schema": [latest_output(config, "ImportSchemaGen", "schema")]}
+    inputs = {
+        "examples": [latest_output(config, "ImportExampleGen", "examples")],
+        "transform_graph": [latest_output(config, "Transform", "transform_graph")],
+        "schema": [latest_output(config, "ImportSchemaGen", "schema")],
+    }
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
     model.uri, model_run.uri = os.path.join(args.out, "model"), os.path.join(args.out, "model_run")
     custom_config = json.loads(args.config)
@@ -55,16 +63,25 @@ def main() -> None:
         "eval_args": json.dumps({"splits": ["eval"]}),
         "custom_config": json.dumps(custom_config),
     }
-    fn_args = GenericExecutor()._GetFnArgs(inputs, {"model": [model], "model_run": [model_run]},
-                                           properties)
+    fn_args = GenericExecutor()._GetFnArgs(inputs, {"model": [model], "model_run": [model_run]}, properties)
 
     from components.training.trainer import run_fn
 
     run_fn(fn_args)
     task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
-    print("RESULT:" + json.dumps({"task": task, "train_files": fn_args.train_files,
-                                  "serving_model_dir": fn_args.serving_model_dir,
-                                  "model_run_dir": fn_args.model_run_dir}), flush=True)
+    print(
+        "RESULT:"
+        + json.dumps(
+            {
+                "task": task,
+                "train_files": fn_args.train_files,
+                "serving_model_dir": fn_args.serving_model_dir,
+                "model_run_dir": fn_args.model_run_dir,
+            }
+        ),
+        flush=True,
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@
 - Multi-worker training: two processes of the Trainer's run_fn on loopback with
   TF_CONFIG; the chief exports the SavedModel with the three signatures.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,12 @@ def beam_services(tmp_path_factory):
 
 
 def _tiny_config(work: Path, **kw) -> PipelineConfig:
-    return PipelineConfig(pipeline_root=str(work / "pipeline"),
-                          data_root=str(work / "data" / "prepared" / "current"),
-                          serving_dir=str(work / "serving"), **kw)
+    return PipelineConfig(
+        pipeline_root=str(work / "pipeline"),
+        data_root=str(work / "data" / "prepared" / "current"),
+        serving_dir=str(work / "serving"),
+        **kw,
+    )
 
 
 def _feature_stats(statistics_uri: str, split: str):
@@ -63,11 +67,15 @@ def test_beam_components_on_the_portable_runner_equal_the_direct_runner(tiny_run
     from pipeline.portable import beam_stage_pipeline
     from pipeline.report import tfma_results
 
-    direct = _tiny_config(tiny_run)        # the session's run: DirectRunner, multi-processing
+    direct = _tiny_config(tiny_run)  # the session's run: DirectRunner, multi-processing
     portable = PipelineConfig(
-        pipeline_root=str(tmp_path / "root"), data_root=direct.data_root,
-        serving_dir=str(tmp_path / "serving"), accuracy_lower_bound=0.0, use_module_files=False,
-        beam_pipeline_args=beam_args(beam_services.workers_spec, beam_services.job_endpoint))
+        pipeline_root=str(tmp_path / "root"),
+        data_root=direct.data_root,
+        serving_dir=str(tmp_path / "serving"),
+        accuracy_lower_bound=0.0,
+        use_module_files=False,
+        beam_pipeline_args=beam_args(beam_services.workers_spec, beam_services.job_endpoint),
+    )
     model = latest_output(direct, "Trainer", "model")
     started = time.time()
     tfx.orchestration.LocalDagRunner().run(beam_stage_pipeline(portable, model.uri, "test"))
@@ -88,7 +96,8 @@ def test_beam_components_on_the_portable_runner_equal_the_direct_runner(tiny_run
             if feature.HasField("num_stats"):
                 for name in ("mean", "std_dev", "min", "max", "num_zeros"):
                     assert getattr(feature.num_stats, name) == pytest.approx(
-                        getattr(other.num_stats, name), rel=1e-9, abs=1e-12), (split, feature.path, name)
+                        getattr(other.num_stats, name), rel=1e-9, abs=1e-12
+                    ), (split, feature.path, name)
                 common, other_common = feature.num_stats.common_stats, other.num_stats.common_stats
             elif feature.HasField("bytes_stats"):
                 assert feature.bytes_stats.unique == other.bytes_stats.unique
@@ -99,7 +108,10 @@ def test_beam_components_on_the_portable_runner_equal_the_direct_runner(tiny_run
                 common, other_common = feature.string_stats.common_stats, other.string_stats.common_stats
                 assert feature.string_stats.unique == other.string_stats.unique
             assert (common.num_non_missing, common.num_missing, common.tot_num_values) == (
-                other_common.num_non_missing, other_common.num_missing, other_common.tot_num_values)
+                other_common.num_non_missing,
+                other_common.num_missing,
+                other_common.tot_num_values,
+            )
 
     # Transform graph: the same schema out, the same tensors for the same raw examples.
     ours = tft.TFTransformOutput(latest_output(portable, "Transform", "transform_graph").uri)
@@ -135,19 +147,40 @@ def test_two_worker_training_on_loopback_exports_from_the_chief(tiny_run, tmp_pa
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     out, scratch = tmp_path / "trainer", tmp_path / "scratch"
     scratch.mkdir()
-    config = {"distribution": "multi_worker", "input_sharding": "file", "epochs": 2,
-              "batch_size": 8, "abstention_outliers_per_kind": 4}
+    config = {
+        "distribution": "multi_worker",
+        "input_sharding": "file",
+        "epochs": 2,
+        "batch_size": 8,
+        "abstention_outliers_per_kind": 4,
+    }
     procs, logs = [], []
     for index in range(2):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch),
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "TMPDIR": str(scratch),
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
         log = tmp_path / f"worker{index}.log"
         logs.append(log)
-        procs.append(subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "scale" / "distributed_worker.py"),
-             "--pipeline-root", str(tiny_run / "pipeline"), "--out", str(out),
-             "--config", json.dumps(config)],
-            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(REPO / "tests" / "scale" / "distributed_worker.py"),
+                    "--pipeline-root",
+                    str(tiny_run / "pipeline"),
+                    "--out",
+                    str(out),
+                    "--config",
+                    json.dumps(config),
+                ],
+                stdout=log.open("w"),
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
     try:
         for proc, log in zip(procs, logs):
             assert proc.wait(timeout=1500) == 0, log.read_text()[-5000:]
@@ -156,8 +189,14 @@ def test_two_worker_training_on_loopback_exports_from_the_chief(tiny_run, tmp_pa
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    results = [json.loads(next(line for line in log.read_text().splitlines()
-                               if line.startswith("RESULT:"))[len("RESULT:"):]) for log in logs]
+    results = [
+        json.loads(
+            next(line for line in log.read_text().splitlines() if line.startswith("RESULT:"))[
+                len("RESULT:") :
+            ]
+        )
+        for log in logs
+    ]
     # Two training files: with file sharding each worker reads its own (TF refuses FILE
     # sharding with fewer files than workers, so this run would have failed otherwise).
     assert len(results[0]["train_files"]) == 1

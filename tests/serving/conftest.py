@@ -1,5 +1,6 @@
 """Serving fixtures: the tiny run's pushed version, which the server tests copy into a
 base path of their own (it is shared read-only)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@ growth (VmHWM) since a warm-up request:
 A fresh process, because VmHWM only ever grows: in the test process it would
 still hold the peak of whatever ran before.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,16 +48,19 @@ def main(model_dir: str) -> None:
         return examples(**{spec.EXAMPLES_INPUT: tf.constant([serialized])})[spec.PROBABILITIES].numpy()[0]
 
     normal = cv2.imencode(".png", textured_image(1, 256, 256))[1].tobytes()
-    by_bytes(normal), by_example(normal)          # warm-up: every graph loaded and run once
+    by_bytes(normal), by_example(normal)  # warm-up: every graph loaded and run once
     jpeg_bomb, png_bomb_ = jpeg_bomb_header(), png_bomb()
     scan12 = (textured_image(2, 200, 240).astype(np.uint16) * 16 + 5).astype(np.uint16)
     png16 = png_bytes(scan12)
     report: dict = {"sizes": {"jpeg_bomb": len(jpeg_bomb), "png_bomb": len(png_bomb_)}}
     baseline = peak_rss_mb()
-    cases = {"jpeg_bomb": lambda: by_bytes(jpeg_bomb), "png_bomb": lambda: by_bytes(png_bomb_),
-             "jpeg_bomb_in_example": lambda: by_example(jpeg_bomb),
-             "png_bomb_in_example": lambda: by_example(png_bomb_),
-             "bmp": lambda: by_bytes(cv2.imencode(".bmp", textured_image(3, 50, 50))[1].tobytes())}
+    cases = {
+        "jpeg_bomb": lambda: by_bytes(jpeg_bomb),
+        "png_bomb": lambda: by_bytes(png_bomb_),
+        "jpeg_bomb_in_example": lambda: by_example(jpeg_bomb),
+        "png_bomb_in_example": lambda: by_example(png_bomb_),
+        "bmp": lambda: by_bytes(cv2.imencode(".bmp", textured_image(3, 50, 50))[1].tobytes()),
+    }
     for name, call in cases.items():
         try:
             call()
@@ -64,7 +68,8 @@ def main(model_dir: str) -> None:
         except tf.errors.InvalidArgumentError as err:
             outcome = "INVALID_ARGUMENT: " + next(
                 (line.strip() for line in err.message.splitlines() if "assertion failed" in line),
-                err.message.splitlines()[0])
+                err.message.splitlines()[0],
+            )
         report[name] = {"outcome": outcome, "peak_rss_growth_mb": round(peak_rss_mb() - baseline, 1)}
     # 16-bit PNG straight to the model vs the PNG prepare would store for it
     report["png16_served"] = by_bytes(png16).tolist()

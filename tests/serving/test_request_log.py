@@ -1,6 +1,7 @@
 """The request log (serving/request_log.py) and the derived request features
 (data_prep/request_features.py), without a model: records per payload, rotation,
 the size budget, dropping when full, and never failing a request."""
+
 from __future__ import annotations
 
 import time
@@ -29,10 +30,14 @@ def _png(seed: int, h: int = 120, w: int = 100) -> bytes:
 def _outputs(n: int, with_heatmap: bool = False) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(n)
     probs = rng.dirichlet(np.ones(spec.NUM_CLASSES), n).astype(np.float32)
-    out = {spec.PROBABILITIES: probs, spec.CLASS_ID: probs.argmax(1).astype(np.int64),
-           spec.CLASS_NAME: np.array([spec.CLASS_NAMES[k].encode() for k in probs.argmax(1)], object),
-           spec.OOD_SCORE: rng.uniform(0, 2, n).astype(np.float32),
-           spec.ABSTAIN: np.zeros(n, bool), spec.ABSTAIN_REASON: np.array([b""] * n, object)}
+    out = {
+        spec.PROBABILITIES: probs,
+        spec.CLASS_ID: probs.argmax(1).astype(np.int64),
+        spec.CLASS_NAME: np.array([spec.CLASS_NAMES[k].encode() for k in probs.argmax(1)], object),
+        spec.OOD_SCORE: rng.uniform(0, 2, n).astype(np.float32),
+        spec.ABSTAIN: np.zeros(n, bool),
+        spec.ABSTAIN_REASON: np.array([b""] * n, object),
+    }
     if with_heatmap:
         out[spec.HEATMAP] = rng.uniform(0, 1, (n, 224, 224)).astype(np.float32)
     return out
@@ -43,8 +48,9 @@ def _options(folder: Path, **kw) -> ServerOptions:
 
 
 def _read(path: Path) -> list:
-    return [prediction_log_pb2.PredictionLog.FromString(r.numpy())
-            for r in tf.data.TFRecordDataset(str(path))]
+    return [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))
+    ]
 
 
 def test_image_features_are_computed_from_the_pixels():
@@ -66,9 +72,16 @@ def test_image_features_are_computed_from_the_pixels():
 def test_each_payload_keeps_what_it_says(payload):
     images = [_png(1), _png(2, 200, 64)]
     outputs = _outputs(2, with_heatmap=True)
-    record = build_record(payload, "brain_tumor", 7, "gradcam",
-                          {spec.IMAGE_BYTES_INPUT: np.array(images, object)}, outputs,
-                          1_700_000_000.5, 0.25)
+    record = build_record(
+        payload,
+        "brain_tumor",
+        7,
+        "gradcam",
+        {spec.IMAGE_BYTES_INPUT: np.array(images, object)},
+        outputs,
+        1_700_000_000.5,
+        0.25,
+    )
     meta = record.log_metadata
     assert (meta.model_spec.name, meta.model_spec.version.value) == ("brain_tumor", 7)
     assert meta.model_spec.signature_name == "gradcam"
@@ -81,7 +94,7 @@ def test_each_payload_keeps_what_it_says(payload):
     if payload == spec.LOG_PAYLOAD_IMAGES:
         assert inputs == {spec.IMAGE_BYTES_INPUT} and PNG_MAGIC in serialized
         assert spec.HEATMAP in outputs_logged
-    else:   # no image byte, no image-shaped heatmap leaves the request
+    else:  # no image byte, no image-shaped heatmap leaves the request
         assert PNG_MAGIC not in serialized and spec.HEATMAP not in outputs_logged
         assert inputs == (set(spec.IMAGE_FEATURES) if payload == spec.LOG_PAYLOAD_FEATURES else set())
     assert outputs_logged >= {spec.PROBABILITIES, spec.CLASS_NAME, spec.OOD_SCORE}
@@ -101,11 +114,21 @@ def _same(row: dict, want: dict) -> None:
 
 def test_serving_default_examples_are_logged_by_their_image_feature():
     image = _png(3)
-    example = tf.train.Example(features=tf.train.Features(feature={
-        spec.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
-    record = build_record(spec.LOG_PAYLOAD_FEATURES, "brain_tumor", 1, "serving_default",
-                          {spec.EXAMPLES_INPUT: np.array([example.SerializeToString()], object)},
-                          _outputs(1), time.time(), 1.0)
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={spec.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+        )
+    )
+    record = build_record(
+        spec.LOG_PAYLOAD_FEATURES,
+        "brain_tumor",
+        1,
+        "serving_default",
+        {spec.EXAMPLES_INPUT: np.array([example.SerializeToString()], object)},
+        _outputs(1),
+        time.time(),
+        1.0,
+    )
     (row,) = record_rows(record)
     _same(row, request_features([image], _outputs(1))[0])
     assert row[spec.FEATURE_IMAGE_WIDTH] == 100
@@ -115,14 +138,20 @@ def test_serving_default_examples_are_logged_by_their_image_feature():
 def test_files_rotate_and_the_folder_stays_within_its_budget(tmp_path):
     folder = tmp_path / "log"
     metrics = ServingMetrics("brain_tumor")
-    logger = RequestLog(_options(folder, log_payload=spec.LOG_PAYLOAD_IMAGES, log_max_mb=0.4,
-                                 log_file_mb=0.05), metrics)
-    image = _png(4, 160, 160)   # ~25 KB as PNG noise-like texture
+    logger = RequestLog(
+        _options(folder, log_payload=spec.LOG_PAYLOAD_IMAGES, log_max_mb=0.4, log_file_mb=0.05), metrics
+    )
+    image = _png(4, 160, 160)  # ~25 KB as PNG noise-like texture
     budget = int(0.4 * 1024 * 1024)
     sizes = []
     for i in range(120):
-        logger.offer("brain_tumor", "predict_images",
-                     {spec.IMAGE_BYTES_INPUT: np.array([image], object)}, 3, _outputs(1))
+        logger.offer(
+            "brain_tumor",
+            "predict_images",
+            {spec.IMAGE_BYTES_INPUT: np.array([image], object)},
+            3,
+            _outputs(1),
+        )
         time.sleep(0.002)
         if i % 20 == 19:
             sizes.append(sum(p.stat().st_size for p in folder.iterdir() if p.is_file()))
@@ -139,8 +168,9 @@ def test_files_rotate_and_the_folder_stays_within_its_budget(tmp_path):
 
 def test_time_rotation_closes_an_idle_file(tmp_path):
     logger = RequestLog(_options(tmp_path, log_rotate_seconds=0.3))
-    logger.offer("brain_tumor", "predict_images",
-                 {spec.IMAGE_BYTES_INPUT: np.array([_png(5)], object)}, 1, _outputs(1))
+    logger.offer(
+        "brain_tumor", "predict_images", {spec.IMAGE_BYTES_INPUT: np.array([_png(5)], object)}, 1, _outputs(1)
+    )
     deadline = time.monotonic() + 10
     while not log_files(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -151,8 +181,9 @@ def test_time_rotation_closes_an_idle_file(tmp_path):
 def test_a_full_queue_drops_counts_and_never_waits(tmp_path):
     metrics = ServingMetrics("brain_tumor")
     # 2 KB of queue: each call below holds more, so every one is dropped.
-    logger = RequestLog(_options(tmp_path, log_payload=spec.LOG_PAYLOAD_IMAGES,
-                                 log_queue_mb=2 / 1024), metrics)
+    logger = RequestLog(
+        _options(tmp_path, log_payload=spec.LOG_PAYLOAD_IMAGES, log_queue_mb=2 / 1024), metrics
+    )
     inputs = {spec.IMAGE_BYTES_INPUT: np.array([_png(6, 200, 200)], object)}
     start = time.perf_counter()
     for _ in range(200):
@@ -168,16 +199,14 @@ def test_a_full_queue_drops_counts_and_never_waits(tmp_path):
 def test_a_record_that_cannot_be_built_is_dropped_not_raised(tmp_path):
     metrics = ServingMetrics("brain_tumor")
     logger = RequestLog(_options(tmp_path), metrics)
-    logger.offer("brain_tumor", "predict_images", {spec.IMAGE_BYTES_INPUT: object()}, 1,
-                 {"weird": object()})
+    logger.offer("brain_tumor", "predict_images", {spec.IMAGE_BYTES_INPUT: object()}, 1, {"weird": object()})
     logger.close()
     assert logger.written == 0 and sum(logger.dropped.values()) == 1
-    assert 'btmri_serving_request_log_written_total 0' in metrics.render()
+    assert "btmri_serving_request_log_written_total 0" in metrics.render()
 
 
 def test_sampling_rate_logs_about_that_share(tmp_path):
-    logger = RequestLog(_options(tmp_path, log_sampling_rate=0.25, log_payload=spec.LOG_PAYLOAD_NONE),
-                        seed=1)
+    logger = RequestLog(_options(tmp_path, log_sampling_rate=0.25, log_payload=spec.LOG_PAYLOAD_NONE), seed=1)
     for _ in range(800):
         logger.offer("brain_tumor", "predict_images", {}, 1, _outputs(1))
     logger.close()

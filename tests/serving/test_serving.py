@@ -1,6 +1,7 @@
 """The local model server, end to end: `btmri serve` in a subprocess on the model the
 pipeline pushed (`tiny_run`), driven through TF Serving's official gRPC stubs and its
 REST API, plus the `btmri predict` / `btmri gradcam` clients."""
+
 from __future__ import annotations
 
 import base64
@@ -15,23 +16,28 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from data_prep import contract
 from btmri import spec
 from serving.client import PredictionClient, RestClient
 from serving.process import ServerProcess, free_ports
 
-MAX_MESSAGE_MB = 1   # small, so the size-limit test sends a small request
+MAX_MESSAGE_MB = 1  # small, so the size-limit test sends a small request
 
 
 @pytest.fixture(scope="module")
 def server(tiny_run, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    with ServerProcess(tiny_run / "serving", "--max-message-mb", str(MAX_MESSAGE_MB),
-                       log_path=log) as process:
+    with ServerProcess(
+        tiny_run / "serving", "--max-message-mb", str(MAX_MESSAGE_MB), log_path=log
+    ) as process:
         yield process
 
 
@@ -64,8 +70,9 @@ def model_stub(channel):
     return model_service_pb2_grpc.ModelServiceStub(channel)
 
 
-def predict_request(signature="predict_images", inputs=None, name="brain_tumor", version=None,
-                    output_filter=()):
+def predict_request(
+    signature="predict_images", inputs=None, name="brain_tumor", version=None, output_filter=()
+):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = name
     request.model_spec.signature_name = signature
@@ -85,6 +92,7 @@ def rpc_error(call, request) -> grpc.RpcError:
 
 # ---- gRPC: PredictionService ----------------------------------------------------------
 
+
 def test_predict_images_signature(predict_stub, images, version):
     response = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60)
     assert response.model_spec.name == "brain_tumor"
@@ -103,8 +111,10 @@ def _probe_images() -> list[bytes]:
     """A blank, a ramp and noise: what the abstention outputs exist for."""
     rng = np.random.default_rng(0)
     ramp = np.tile(np.linspace(0, 255, 200).astype(np.uint8), (120, 1))
-    return [cv2.imencode(".png", a)[1].tobytes() for a in
-            (np.zeros((64, 64), np.uint8), ramp, rng.integers(0, 256, (96, 96), dtype=np.uint8))]
+    return [
+        cv2.imencode(".png", a)[1].tobytes()
+        for a in (np.zeros((64, 64), np.uint8), ramp, rng.integers(0, 256, (96, 96), dtype=np.uint8))
+    ]
 
 
 def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server, predict_stub, images):
@@ -113,11 +123,17 @@ def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server
     for name in ("predict_images", "gradcam"):
         response = predict_stub.Predict(predict_request(name, {spec.IMAGE_BYTES_INPUT: batch}), timeout=60)
         answers[name] = {k: tf.make_ndarray(response.outputs[k]) for k in spec.ABSTENTION_OUTPUTS}
-    examples = [tf.train.Example(features=tf.train.Features(feature={
-        contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
-        .SerializeToString() for image in batch]
-    response = predict_stub.Predict(predict_request("serving_default", {spec.EXAMPLES_INPUT: examples}),
-                                    timeout=60)
+    examples = [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+            )
+        ).SerializeToString()
+        for image in batch
+    ]
+    response = predict_stub.Predict(
+        predict_request("serving_default", {spec.EXAMPLES_INPUT: examples}), timeout=60
+    )
     answers["serving_default"] = {k: tf.make_ndarray(response.outputs[k]) for k in spec.ABSTENTION_OUTPUTS}
     reference = answers["predict_images"]
     assert reference[spec.OOD_SCORE].dtype == np.float32 and reference[spec.OOD_SCORE].shape == (len(batch),)
@@ -129,12 +145,17 @@ def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server
         np.testing.assert_allclose(other[spec.OOD_SCORE], reference[spec.OOD_SCORE], rtol=1e-5)
         np.testing.assert_array_equal(other[spec.ABSTAIN_REASON], reference[spec.ABSTAIN_REASON])
     # output_filter can ask for them alone.
-    only = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: batch},
-                                                output_filter=[spec.ABSTAIN]), timeout=60)
+    only = predict_stub.Predict(
+        predict_request(inputs={spec.IMAGE_BYTES_INPUT: batch}, output_filter=[spec.ABSTAIN]), timeout=60
+    )
     assert set(only.outputs) == {spec.ABSTAIN}
     # REST: JSON booleans, numbers and strings, the same values.
-    code, body = rest(server, "POST", "/v1/models/brain_tumor:predict",
-                      {"signature_name": "predict_images", "instances": [b64(i) for i in batch]})
+    code, body = rest(
+        server,
+        "POST",
+        "/v1/models/brain_tumor:predict",
+        {"signature_name": "predict_images", "instances": [b64(i) for i in batch]},
+    )
     assert code == 200, body
     rows = body["predictions"]
     assert [r[spec.ABSTAIN] for r in rows] == reference[spec.ABSTAIN].tolist()
@@ -144,28 +165,41 @@ def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server
 
 
 def test_default_signature_takes_serialized_examples(predict_stub, images):
-    examples = [tf.train.Example(features=tf.train.Features(feature={
-        contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
-        .SerializeToString() for image in images]
-    by_example = predict_stub.Predict(predict_request(signature="", inputs={spec.EXAMPLES_INPUT: examples}),
-                                      timeout=60)
+    examples = [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+            )
+        ).SerializeToString()
+        for image in images
+    ]
+    by_example = predict_stub.Predict(
+        predict_request(signature="", inputs={spec.EXAMPLES_INPUT: examples}), timeout=60
+    )
     by_bytes = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60)
     assert by_example.model_spec.signature_name == "serving_default"
-    np.testing.assert_allclose(tf.make_ndarray(by_example.outputs[spec.PROBABILITIES]),
-                               tf.make_ndarray(by_bytes.outputs[spec.PROBABILITIES]), atol=1e-6)
+    np.testing.assert_allclose(
+        tf.make_ndarray(by_example.outputs[spec.PROBABILITIES]),
+        tf.make_ndarray(by_bytes.outputs[spec.PROBABILITIES]),
+        atol=1e-6,
+    )
 
 
 def test_output_filter_and_explicit_version(predict_stub, images, version):
-    response = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]},
-                                                    version=version, output_filter=[spec.CLASS_NAME]),
-                                    timeout=60)
+    response = predict_stub.Predict(
+        predict_request(
+            inputs={spec.IMAGE_BYTES_INPUT: images[:1]}, version=version, output_filter=[spec.CLASS_NAME]
+        ),
+        timeout=60,
+    )
     assert set(response.outputs) == {spec.CLASS_NAME}
     assert response.model_spec.version.value == version
 
 
 def test_gradcam_signature_over_grpc(predict_stub, images):
-    response = predict_stub.Predict(predict_request("gradcam", {spec.IMAGE_BYTES_INPUT: images[:2]}),
-                                    timeout=60)
+    response = predict_stub.Predict(
+        predict_request("gradcam", {spec.IMAGE_BYTES_INPUT: images[:2]}), timeout=60
+    )
     heatmap = tf.make_ndarray(response.outputs[spec.HEATMAP])
     assert heatmap.shape == (2, 224, 224) and heatmap.dtype == np.float32
     assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
@@ -182,8 +216,12 @@ def test_get_model_metadata(predict_stub, version):
     assert {"serving_default", "predict_images", "gradcam"} <= set(defs)
     assert set(defs["predict_images"].inputs) == {spec.IMAGE_BYTES_INPUT}
     assert defs["predict_images"].inputs[spec.IMAGE_BYTES_INPUT].dtype == tf.string.as_datatype_enum
-    assert set(defs["gradcam"].outputs) == {spec.HEATMAP, spec.CLASS_ID, spec.PROBABILITIES,
-                                             *spec.ABSTENTION_OUTPUTS}
+    assert set(defs["gradcam"].outputs) == {
+        spec.HEATMAP,
+        spec.CLASS_ID,
+        spec.PROBABILITIES,
+        *spec.ABSTENTION_OUTPUTS,
+    }
     for name in ("serving_default", "predict_images", "gradcam"):
         outputs = defs[name].outputs
         assert outputs[spec.ABSTAIN].dtype == tf.bool.as_datatype_enum
@@ -193,6 +231,7 @@ def test_get_model_metadata(predict_stub, version):
 
 
 # ---- gRPC: ModelService and health -------------------------------------------------
+
 
 def test_get_model_status(model_stub, version):
     request = get_model_status_pb2.GetModelStatusRequest()
@@ -216,33 +255,81 @@ def test_health_service(channel):
 # ---- gRPC errors: TF Serving's codes and texts --------------------------------------
 
 PREDICT_ERRORS = [
-    ("unknown model", dict(name="nope"), grpc.StatusCode.NOT_FOUND,
-     r"^Servable not found for request: Latest\(nope\)$"),
-    ("unknown version", dict(version=1), grpc.StatusCode.NOT_FOUND,
-     r"^Servable not found for request: Specific\(brain_tumor, 1\)$"),
-    ("unknown signature", dict(signature="nope"), grpc.StatusCode.FAILED_PRECONDITION,
-     r'^Serving signature key "nope" not found\.$'),
-    ("missing input", dict(inputs={}), grpc.StatusCode.INVALID_ARGUMENT,
-     r"^input size does not match signature: 0!=1 len\(\{\}\) != len\(\{image_bytes\}\)\. "
-     r"Sent extra: \{\}\. Missing but required: \{image_bytes\}\.$"),
-    ("extra input", dict(inputs={"image_bytes": [b"x"], "extra": [b"x"]}), grpc.StatusCode.INVALID_ARGUMENT,
-     r"^input size does not match signature: 2!=1 .*Sent extra: \{extra\}\. Missing but required: \{\}\.$"),
-    ("misnamed input", dict(inputs={"images": [b"x"]}), grpc.StatusCode.INVALID_ARGUMENT,
-     r"^input tensor alias not found in signature: images\. Inputs expected to be in the set "
-     r"\{image_bytes\}\.$"),
-    ("wrong dtype", dict(inputs={"image_bytes": np.zeros(2, np.float32)}), grpc.StatusCode.INVALID_ARGUMENT,
-     r"expected a string tensor but got float32"),
-    ("wrong rank", dict(inputs={"image_bytes": [[b"x"]]}), grpc.StatusCode.INVALID_ARGUMENT,
-     r"shape \[1, 1\] is not compatible"),
-    ("undecodable image", dict(inputs={"image_bytes": [b"not an image"]}), grpc.StatusCode.INVALID_ARGUMENT,
-     r"^unsupported image format: the model reads JPEG and PNG"),
-    ("unknown output", dict(output_filter=["logits"]), grpc.StatusCode.INVALID_ARGUMENT,
-     r"^output tensor alias not found in signature: logits Outputs expected to be in the set "
-     r"\{abstain,abstain_reason,class_id,class_name,ood_score,probabilities\}\.$"),
-    ("duplicate output", dict(output_filter=["class_id", "class_id"]), grpc.StatusCode.INVALID_ARGUMENT,
-     r"^duplicate output tensor alias: class_id$"),
-    ("no model name", dict(name=""), grpc.StatusCode.INVALID_ARGUMENT,
-     r"^ModelSpec has no name specified\.$"),
+    (
+        "unknown model",
+        dict(name="nope"),
+        grpc.StatusCode.NOT_FOUND,
+        r"^Servable not found for request: Latest\(nope\)$",
+    ),
+    (
+        "unknown version",
+        dict(version=1),
+        grpc.StatusCode.NOT_FOUND,
+        r"^Servable not found for request: Specific\(brain_tumor, 1\)$",
+    ),
+    (
+        "unknown signature",
+        dict(signature="nope"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        r'^Serving signature key "nope" not found\.$',
+    ),
+    (
+        "missing input",
+        dict(inputs={}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"^input size does not match signature: 0!=1 len\(\{\}\) != len\(\{image_bytes\}\)\. "
+        r"Sent extra: \{\}\. Missing but required: \{image_bytes\}\.$",
+    ),
+    (
+        "extra input",
+        dict(inputs={"image_bytes": [b"x"], "extra": [b"x"]}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"^input size does not match signature: 2!=1 .*Sent extra: \{extra\}\. Missing but required: \{\}\.$",
+    ),
+    (
+        "misnamed input",
+        dict(inputs={"images": [b"x"]}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"^input tensor alias not found in signature: images\. Inputs expected to be in the set "
+        r"\{image_bytes\}\.$",
+    ),
+    (
+        "wrong dtype",
+        dict(inputs={"image_bytes": np.zeros(2, np.float32)}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"expected a string tensor but got float32",
+    ),
+    (
+        "wrong rank",
+        dict(inputs={"image_bytes": [[b"x"]]}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"shape \[1, 1\] is not compatible",
+    ),
+    (
+        "undecodable image",
+        dict(inputs={"image_bytes": [b"not an image"]}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"^unsupported image format: the model reads JPEG and PNG",
+    ),
+    (
+        "unknown output",
+        dict(output_filter=["logits"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"^output tensor alias not found in signature: logits Outputs expected to be in the set "
+        r"\{abstain,abstain_reason,class_id,class_name,ood_score,probabilities\}\.$",
+    ),
+    (
+        "duplicate output",
+        dict(output_filter=["class_id", "class_id"]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"^duplicate output tensor alias: class_id$",
+    ),
+    (
+        "no model name",
+        dict(name=""),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        r"^ModelSpec has no name specified\.$",
+    ),
 ]
 
 
@@ -259,7 +346,7 @@ def test_a_tensor_declaring_a_huge_shape_is_refused(predict_stub):
     request = predict_request()
     tensor = request.inputs[spec.IMAGE_BYTES_INPUT]
     tensor.dtype = tf.string.as_datatype_enum
-    tensor.tensor_shape.dim.add().size = 10 ** 12   # a few bytes on the wire, terabytes if filled
+    tensor.tensor_shape.dim.add().size = 10**12  # a few bytes on the wire, terabytes if filled
     tensor.string_val.append(b"x")
     err = rpc_error(predict_stub.Predict, request)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -272,8 +359,10 @@ def test_a_label_the_server_was_not_given_is_unrecognized(predict_stub, images):
     request = predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]})
     request.model_spec.version_label = "stable"
     err = rpc_error(predict_stub.Predict, request)
-    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                           "Unrecognized servable version label: stable")
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Unrecognized servable version label: stable",
+    )
 
 
 def test_metadata_and_status_errors(predict_stub, model_stub):
@@ -283,24 +372,35 @@ def test_metadata_and_status_errors(predict_stub, model_stub):
         return rpc_error(predict_stub.GetModelMetadata, request)
 
     err = metadata(fields=())
-    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                           "GetModelMetadataRequest must specify at least one metadata_field")
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "GetModelMetadataRequest must specify at least one metadata_field",
+    )
     err = metadata(fields=("other",))
-    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                           "Metadata field other is not supported")
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Metadata field other is not supported",
+    )
     err = metadata(name="nope")
-    assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND,
-                                           "Servable not found for request: Latest(nope)")
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Servable not found for request: Latest(nope)",
+    )
 
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "nope"
     err = rpc_error(model_stub.GetModelStatus, request)
-    assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "Could not find any versions of model nope")
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Could not find any versions of model nope",
+    )
     request.model_spec.name = "brain_tumor"
     request.model_spec.version.value = 1
     err = rpc_error(model_stub.GetModelStatus, request)
-    assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND,
-                                           "Could not find version 1 of model brain_tumor")
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Could not find version 1 of model brain_tumor",
+    )
 
 
 def test_a_request_above_the_size_limit_is_refused(predict_stub, images):
@@ -313,6 +413,7 @@ def test_a_request_above_the_size_limit_is_refused(predict_stub, images):
 
 
 # ---- REST -----------------------------------------------------------------------------
+
 
 def rest(server, method, path, document=None, raw: bytes | None = None) -> tuple[int, dict]:
     data = raw if raw is not None else (None if document is None else json.dumps(document).encode())
@@ -331,8 +432,15 @@ def b64(data: bytes) -> dict:
 def test_rest_status_and_metadata(server, version):
     code, body = rest(server, "GET", "/v1/models/brain_tumor")
     assert code == 200
-    assert body == {"model_version_status": [{"version": str(version), "state": "AVAILABLE",
-                                              "status": {"error_code": "OK", "error_message": ""}}]}
+    assert body == {
+        "model_version_status": [
+            {
+                "version": str(version),
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ]
+    }
     code, body = rest(server, "GET", f"/v1/models/brain_tumor/versions/{version}")
     assert code == 200 and body["model_version_status"][0]["version"] == str(version)
     code, body = rest(server, "GET", "/v1/models/brain_tumor/metadata")
@@ -342,22 +450,35 @@ def test_rest_status_and_metadata(server, version):
 
 
 def test_rest_row_format_matches_grpc(server, predict_stub, images):
-    code, body = rest(server, "POST", "/v1/models/brain_tumor:predict",
-                      {"signature_name": "predict_images", "instances": [b64(i) for i in images]})
+    code, body = rest(
+        server,
+        "POST",
+        "/v1/models/brain_tumor:predict",
+        {"signature_name": "predict_images", "instances": [b64(i) for i in images]},
+    )
     assert code == 200, body
     rows = body["predictions"]
     assert len(rows) == len(images)
     assert set(rows[0]) == {spec.PROBABILITIES, spec.CLASS_ID, spec.CLASS_NAME, *spec.ABSTENTION_OUTPUTS}
-    grpc_probs = tf.make_ndarray(predict_stub.Predict(
-        predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60).outputs[spec.PROBABILITIES])
+    grpc_probs = tf.make_ndarray(
+        predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60).outputs[
+            spec.PROBABILITIES
+        ]
+    )
     np.testing.assert_allclose([r[spec.PROBABILITIES] for r in rows], grpc_probs, atol=1e-6)
     assert all(r[spec.CLASS_NAME] == contract.CLASS_NAMES[r[spec.CLASS_ID]] for r in rows)
 
 
 def test_rest_columnar_format_and_version_path(server, images, version):
-    code, body = rest(server, "POST", f"/v1/models/brain_tumor/versions/{version}:predict",
-                      {"signature_name": "predict_images",
-                       "inputs": {spec.IMAGE_BYTES_INPUT: [b64(i) for i in images[:3]]}})
+    code, body = rest(
+        server,
+        "POST",
+        f"/v1/models/brain_tumor/versions/{version}:predict",
+        {
+            "signature_name": "predict_images",
+            "inputs": {spec.IMAGE_BYTES_INPUT: [b64(i) for i in images[:3]]},
+        },
+    )
     assert code == 200, body
     outputs = body["outputs"]
     assert set(outputs) == {spec.PROBABILITIES, spec.CLASS_ID, spec.CLASS_NAME, *spec.ABSTENTION_OUTPUTS}
@@ -365,27 +486,62 @@ def test_rest_columnar_format_and_version_path(server, images, version):
 
 
 REST_ERRORS = [
-    ("unknown model", "POST", "/v1/models/nope:predict", {"instances": ["x"]}, 404,
-     "Servable not found for request: Latest(nope)"),
-    ("unknown version", "POST", "/v1/models/brain_tumor/versions/1:predict", {"instances": ["x"]}, 404,
-     "Servable not found for request: Specific(brain_tumor, 1)"),
-    ("unknown signature", "POST", "/v1/models/brain_tumor:predict",
-     {"signature_name": "nope", "instances": ["x"]}, 400,
-     'Serving signature name: "nope" not found in signature def'),
-    ("undecodable image", "POST", "/v1/models/brain_tumor:predict",
-     {"signature_name": "predict_images", "instances": [b64(b"not an image")]}, 400,
-     "unsupported image format: the model reads JPEG and PNG"),
-    ("bad base64", "POST", "/v1/models/brain_tumor:predict",
-     {"signature_name": "predict_images", "instances": [{"b64": "@@@"}]}, 400, "Unable to base64 decode"),
-    ("no instances", "POST", "/v1/models/brain_tumor:predict", {"signature_name": "predict_images"}, 400,
-     "Missing 'inputs' or 'instances' key"),
+    (
+        "unknown model",
+        "POST",
+        "/v1/models/nope:predict",
+        {"instances": ["x"]},
+        404,
+        "Servable not found for request: Latest(nope)",
+    ),
+    (
+        "unknown version",
+        "POST",
+        "/v1/models/brain_tumor/versions/1:predict",
+        {"instances": ["x"]},
+        404,
+        "Servable not found for request: Specific(brain_tumor, 1)",
+    ),
+    (
+        "unknown signature",
+        "POST",
+        "/v1/models/brain_tumor:predict",
+        {"signature_name": "nope", "instances": ["x"]},
+        400,
+        'Serving signature name: "nope" not found in signature def',
+    ),
+    (
+        "undecodable image",
+        "POST",
+        "/v1/models/brain_tumor:predict",
+        {"signature_name": "predict_images", "instances": [b64(b"not an image")]},
+        400,
+        "unsupported image format: the model reads JPEG and PNG",
+    ),
+    (
+        "bad base64",
+        "POST",
+        "/v1/models/brain_tumor:predict",
+        {"signature_name": "predict_images", "instances": [{"b64": "@@@"}]},
+        400,
+        "Unable to base64 decode",
+    ),
+    (
+        "no instances",
+        "POST",
+        "/v1/models/brain_tumor:predict",
+        {"signature_name": "predict_images"},
+        400,
+        "Missing 'inputs' or 'instances' key",
+    ),
     ("unknown status", "GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope"),
     ("malformed path", "GET", "/v1/modelz", None, 400, "Malformed request: GET /v1/modelz"),
 ]
 
 
-@pytest.mark.parametrize("case, method, path, document, http, message", REST_ERRORS,
-                         ids=[c[0] for c in REST_ERRORS])
+@pytest.mark.parametrize(
+    "case, method, path, document, http, message", REST_ERRORS, ids=[c[0] for c in REST_ERRORS]
+)
 def test_rest_errors(server, case, method, path, document, http, message):
     code, body = rest(server, method, path, document)
     assert code == http and message in body["error"], body
@@ -394,8 +550,9 @@ def test_rest_errors(server, case, method, path, document, http, message):
 def test_rest_malformed_json_and_size_limit(server):
     code, body = rest(server, "POST", "/v1/models/brain_tumor:predict", raw=b'{"instances": [')
     assert code == 400 and body["error"].startswith("JSON Parse error")
-    code, body = rest(server, "POST", "/v1/models/brain_tumor:predict",
-                      raw=b" " * int(1.5 * MAX_MESSAGE_MB * 1024 * 1024))
+    code, body = rest(
+        server, "POST", "/v1/models/brain_tumor:predict", raw=b" " * int(1.5 * MAX_MESSAGE_MB * 1024 * 1024)
+    )
     assert code == 429 and "larger than max" in body["error"]
 
 
@@ -403,15 +560,21 @@ def test_prometheus_metrics(server, predict_stub, images, version):
     predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]}), timeout=60)
     with urllib.request.urlopen(server.rest_url + "/monitoring/prometheus/metrics", timeout=60) as r:
         text = r.read().decode()
-    ok = re.search(r'^:tensorflow:serving:request_count\{model_name="brain_tumor",status="OK"\} (\d+)$',
-                   text, re.M)
+    ok = re.search(
+        r'^:tensorflow:serving:request_count\{model_name="brain_tumor",status="OK"\} (\d+)$', text, re.M
+    )
     assert ok and int(ok.group(1)) >= 1
-    assert re.search(r'^:tensorflow:serving:request_latency_bucket\{model_name="brain_tumor",API="Predict",'
-                     r'entrypoint="GRPC",le="\+Inf"\} \d+$', text, re.M)
+    assert re.search(
+        r'^:tensorflow:serving:request_latency_bucket\{model_name="brain_tumor",API="Predict",'
+        r'entrypoint="GRPC",le="\+Inf"\} \d+$',
+        text,
+        re.M,
+    )
     assert f'btmri_serving_loaded_version{{model_name="brain_tumor"}} {version}' in text
 
 
 # ---- clients ------------------------------------------------------------------------
+
 
 def test_grpc_and_rest_clients_agree(server, images, version):
     with PredictionClient(server.grpc_target) as grpc_client, RestClient(server.rest_url) as rest_client:
@@ -449,7 +612,7 @@ def test_btmri_predict_reports_bad_files_and_a_down_server(server, tmp_path, cap
     line = json.loads(capsys.readouterr().out)
     assert line["file"] == str(junk) and line["error"].startswith("INVALID_ARGUMENT")
 
-    (port,) = free_ports(1)   # nothing listens here
+    (port,) = free_ports(1)  # nothing listens here
     assert main(["predict", "--server", f"127.0.0.1:{port}", str(junk)]) == 3
     err = capsys.readouterr().err
     assert f"the model server at 127.0.0.1:{port} is unavailable" in err and "5 attempts" in err
@@ -463,14 +626,18 @@ def test_btmri_gradcam_writes_original_heatmap_and_overlay(server, tiny_run, tmp
     assert main(["gradcam", "--server", server.grpc_target, *map(str, files), "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     answered = r": \w+ \(p=0\.\d{3}, model version \d+\) -> "
-    abstained = (r": abstained: (not recognised as a brain MRI slice like the training images "
-                 r"\(ood_score \d+\.\d\d, over 1 is unlike them\)|low confidence \(p=0\.\d{3}\)) "
-                 r"\(model's top class \w+, p=0\.\d{3}, model version \d+; heatmap marked ABSTAINED\) -> ")
+    abstained = (
+        r": abstained: (not recognised as a brain MRI slice like the training images "
+        r"\(ood_score \d+\.\d\d, over 1 is unlike them\)|low confidence \(p=0\.\d{3}\)) "
+        r"\(model's top class \w+, p=0\.\d{3}, model version \d+; heatmap marked ABSTAINED\) -> "
+    )
     assert len(printed) == 2 and all(re.search(answered, p) or re.search(abstained, p) for p in printed)
     for f in files:
         original = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        written = {kind: cv2.imread(str(out / f"{f.stem}_{kind}.png"), cv2.IMREAD_COLOR)
-                   for kind in ("original", "heatmap", "overlay")}
+        written = {
+            kind: cv2.imread(str(out / f"{f.stem}_{kind}.png"), cv2.IMREAD_COLOR)
+            for kind in ("original", "heatmap", "overlay")
+        }
         for image in written.values():
             assert image is not None and image.shape == original.shape
         np.testing.assert_array_equal(written["original"], original)
@@ -478,6 +645,7 @@ def test_btmri_gradcam_writes_original_heatmap_and_overlay(server, tiny_run, tmp
 
 
 # ---- the server survived everything above, and stops cleanly -------------------------
+
 
 def test_no_internal_errors_and_clean_shutdown_on_sigterm(server):
     # Every bad request above was a user error: none may have become INTERNAL.

@@ -8,6 +8,7 @@ decompression bomb, Grad-CAM at the default limits) are marked `hostile`
 (`pytest -m hostile`). Version folders (odd names, a version copied in file by file,
 a failing warm-up) and SIGTERM with connections open are tested on servers of their own.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,8 +23,12 @@ from pathlib import Path
 import grpc
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc,
-                                     prediction_log_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from btmri.documents import ServerOptions
 from serving.process import ServerProcess
@@ -38,8 +43,14 @@ RSS_BOUND_MB = hostile.RSS_GOAL_MB
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
 # Small limits keep every case quick; the hostile-marked cases use the defaults.
-SMALL = ServerOptions(max_rows=16, max_message_mb=2, max_response_mb=1.5, client_timeout_seconds=2.0,
-                      max_connections=64, max_json_values=20_000)
+SMALL = ServerOptions(
+    max_rows=16,
+    max_message_mb=2,
+    max_response_mb=1.5,
+    client_timeout_seconds=2.0,
+    max_connections=64,
+    max_json_values=20_000,
+)
 
 
 def wait_until(condition, what: str, limit: float = 120.0) -> None:
@@ -52,9 +63,10 @@ def wait_until(condition, what: str, limit: float = 120.0) -> None:
 
 
 def _target(process: ServerProcess, **limits) -> hostile.Target:
-    target = hostile.Target(process.grpc_target, process.rest_port, process.process.pid,
-                            hostile.small_image(), **limits)
-    assert hostile.valid_predict(target) == "OK"        # warm up before measuring
+    target = hostile.Target(
+        process.grpc_target, process.rest_port, process.process.pid, hostile.small_image(), **limits
+    )
+    assert hostile.valid_predict(target) == "OK"  # warm up before measuring
     return target
 
 
@@ -94,8 +106,7 @@ def test_client_errors_are_one_log_line_each_without_paths(small):
     assert "Traceback" not in log
     # e.g. "REST 400 POST /v1/models/brain_tumor:predict from 127.0.0.1:...: JSON Parse error..."
     assert re.search(r"^\S+ \S+ INFO REST 400 POST \S+ from 127\.0\.0\.1:\d+: JSON Parse error", log, re.M)
-    assert re.search(r"^\S+ \S+ INFO gRPC Predict INVALID_ARGUMENT from \S+: tensor parsing error", log,
-                     re.M)
+    assert re.search(r"^\S+ \S+ INFO gRPC Predict INVALID_ARGUMENT from \S+: tensor parsing error", log, re.M)
     # Half-sent requests: one line each, no more.
     assert log.count("request head not received within") <= 3 * SMALL.max_connections
 
@@ -118,13 +129,14 @@ def test_sigterm_stops_within_the_grace_period_with_connections_open(small):
     process, target = small
     idle_rest = socket.create_connection((hostile.HOST, target.rest_port), timeout=5)
     idle_rest.sendall(b"GET /v1/models/brain_tumor HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert idle_rest.recv(65536).startswith(b"HTTP/1.1 200")     # now idle, kept alive
+    assert idle_rest.recv(65536).startswith(b"HTTP/1.1 200")  # now idle, kept alive
     half_sent = socket.create_connection((hostile.HOST, target.rest_port), timeout=5)
     half_sent.sendall(b"POST /v1/models/brain_tumor:predict HTTP/1.1\r\nContent-Length: 99\r\n")
     stalled = hostile.open_stalled_grpc_streams(target, 4)
-    channel = grpc.insecure_channel(target.grpc_target)            # an idle channel
+    channel = grpc.insecure_channel(target.grpc_target)  # an idle channel
     prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-        hostile.predict_request(images=[target.image]), timeout=30)
+        hostile.predict_request(images=[target.image]), timeout=30
+    )
     start = time.monotonic()
     process.process.send_signal(signal.SIGTERM)
     code = process.process.wait(30)
@@ -133,11 +145,12 @@ def test_sigterm_stops_within_the_grace_period_with_connections_open(small):
         s.close()
     channel.close()
     assert code == 0
-    assert took < 5.0 + 3.0, f"stopping took {took:.1f} s"     # 5 s grace, plus slack
+    assert took < 5.0 + 3.0, f"stopping took {took:.1f} s"  # 5 s grace, plus slack
     assert "server stopped" in process.log_text() and "Traceback" not in process.log_text()
 
 
 # ---- version folders ------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def versions(model, tmp_path_factory):
@@ -145,9 +158,17 @@ def versions(model, tmp_path_factory):
     base = tmp_path_factory.mktemp("versions") / "brain_tumor"
     base.mkdir()
     shutil.copytree(model, base / model.name)
-    with ServerProcess(base, "--enable-batching", "--poll-seconds", "0.2",
-                       "--load-retry-interval-seconds", "1", "--max-load-retries", "2",
-                       log_path=base.parent / "server.log") as process:
+    with ServerProcess(
+        base,
+        "--enable-batching",
+        "--poll-seconds",
+        "0.2",
+        "--load-retry-interval-seconds",
+        "1",
+        "--max-load-retries",
+        "2",
+        log_path=base.parent / "server.log",
+    ) as process:
         yield process, base, _target(process)
 
 
@@ -157,15 +178,18 @@ def statuses(process) -> dict[int, tuple[int, int, str]]:
     request.model_spec.name = "brain_tumor"
     with grpc.insecure_channel(process.grpc_target) as channel:
         response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=30)
-    return {s.version: (s.state, s.status.error_code, s.status.error_message)
-            for s in response.model_version_status}
+    return {
+        s.version: (s.state, s.status.error_code, s.status.error_message)
+        for s in response.model_version_status
+    }
 
 
 def served_version(target) -> int:
     channel, stub = hostile._stub(target)
     with channel:
-        return stub.Predict(hostile.predict_request(images=[target.image]),
-                            timeout=30).model_spec.version.value
+        return stub.Predict(
+            hostile.predict_request(images=[target.image]), timeout=30
+        ).model_spec.version.value
 
 
 def test_batching_refuses_more_rows_than_max_batch_size_as_tf_serving_does(versions):
@@ -183,7 +207,7 @@ def test_only_int64_version_names_count_and_others_are_logged_once(versions, mod
     for name in ("99999999999999999999", "v2", "1.5", "-3", "0"):
         (base / name).mkdir()
         shutil.copy(model / "saved_model.pb", base / name / "saved_model.pb")
-    time.sleep(2.0)                                    # about ten polls
+    time.sleep(2.0)  # about ten polls
     assert {v: s[0] for v, s in statuses(process).items()} == {working: AVAILABLE}
     assert served_version(target) == working
     log = process.log_text()
@@ -197,20 +221,21 @@ def test_a_version_copied_in_file_by_file_is_served_once_complete(versions, mode
     old = served_version(target)
     new = old + 1
     (base / str(new)).mkdir()
-    shutil.copy(model / "saved_model.pb", base / str(new) / "saved_model.pb")   # half-written
+    shutil.copy(model / "saved_model.pb", base / str(new) / "saved_model.pb")  # half-written
     wait_until(lambda: statuses(process).get(new, (None,))[0] == END, f"version {new} to fail")
     state, code, message = statuses(process)[new]
     assert code != 0 and str(base) not in message and "/tmp" not in message
     assert served_version(target) == old
-    for item in model.iterdir():                                                # the rest
+    for item in model.iterdir():  # the rest
         if item.is_dir():
             shutil.copytree(item, base / str(new) / item.name, dirs_exist_ok=True)
         elif item.name != "saved_model.pb":
             shutil.copy(item, base / str(new) / item.name)
     wait_until(lambda: statuses(process).get(new, (None,))[0] == AVAILABLE, f"version {new} to load")
     assert served_version(target) == new
-    assert re.search(rf"failed to load brain_tumor version {new} from .*still serving {old}",
-                     process.log_text())
+    assert re.search(
+        rf"failed to load brain_tumor version {new} from .*still serving {old}", process.log_text()
+    )
 
 
 def _warmup_file(folder: Path, image: bytes) -> None:
@@ -230,14 +255,14 @@ def test_a_new_version_serves_only_after_its_warmup_and_canary_pass(versions, mo
     new = old + 1
     staging = base / f".incoming-{new}"
     shutil.copytree(model, staging)
-    _warmup_file(staging, b"not an image")              # a warm-up request that fails
+    _warmup_file(staging, b"not an image")  # a warm-up request that fails
     staging.rename(base / str(new))
     wait_until(lambda: statuses(process).get(new, (None,))[0] == END, f"version {new} to fail")
     state, code, message = statuses(process)[new]
     assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert message.startswith("canary request failed: warm-up request 0 failed:"), message
     assert served_version(target) == old
-    _warmup_file(base / str(new), target.image)          # fixed in place: tried again
+    _warmup_file(base / str(new), target.image)  # fixed in place: tried again
     wait_until(lambda: statuses(process).get(new, (None,))[0] == AVAILABLE, f"version {new} to load")
     assert served_version(target) == new
     assert "replayed 1 warm-up requests" in process.log_text()
@@ -247,7 +272,8 @@ def test_a_new_version_serves_only_after_its_warmup_and_canary_pass(versions, mo
 # ---- heavy cases at the default limits (pytest -m hostile) ------------------------------
 
 HEAVY = [c for c in hostile.CASES if c.heavy] + [
-    c for c in hostile.CASES if c.name.endswith("gradcam response over the cap")]
+    c for c in hostile.CASES if c.name.endswith("gradcam response over the cap")
+]
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +294,7 @@ def test_heavy_hostile_case_at_default_limits(defaults, case):
 
 # ---- without a server ---------------------------------------------------------------------
 
+
 def test_requests_cancelled_or_past_their_deadline_never_reach_the_model():
     import numpy as np
 
@@ -281,13 +308,16 @@ def test_requests_cancelled_or_past_their_deadline_never_reach_the_model():
         calls.append(len(inputs["x"]))
         return {"y": inputs["x"] * 2}
 
-    scheduler = BatchScheduler(BatchingParameters(max_batch_size=4, batch_timeout_micros=1000,
-                                                  num_batch_threads=1))
+    scheduler = BatchScheduler(
+        BatchingParameters(max_batch_size=4, batch_timeout_micros=1000, num_batch_threads=1)
+    )
     try:
         expired, cancelled = RequestContext(timeout=0.0), RequestContext()
         cancelled.cancel()
-        for context, code in ((expired, grpc.StatusCode.DEADLINE_EXCEEDED),
-                              (cancelled, grpc.StatusCode.CANCELLED)):
+        for context, code in (
+            (expired, grpc.StatusCode.DEADLINE_EXCEEDED),
+            (cancelled, grpc.StatusCode.CANCELLED),
+        ):
             with pytest.raises(ServingError) as err:
                 scheduler.run("k", {"x": np.ones(2)}, 2, model, context)
             assert err.value.code == code

@@ -1,6 +1,7 @@
 """Version management of the local model server under load, with batching on:
 a new version swaps in without a single failed request, a version that fails to
 load never replaces the working one, and non-version entries are ignored."""
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,12 @@ import grpc
 import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from data_prep import contract
 from btmri import spec
@@ -57,8 +62,9 @@ def base(model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(base):
-    with ServerProcess(base, "--enable-batching", "--poll-seconds", "0.2",
-                       log_path=base.parent / "server.log") as process:
+    with ServerProcess(
+        base, "--enable-batching", "--poll-seconds", "0.2", log_path=base.parent / "server.log"
+    ) as process:
         yield process
 
 
@@ -94,7 +100,7 @@ def test_serves_the_only_integer_version(server, model):
 def test_hot_swap_under_load_drops_nothing(server, base, model, images):
     old = int(model.name)
     new = old + 1
-    answers: list[list] = [[] for _ in range(CLIENTS)]   # per client: version or the error
+    answers: list[list] = [[] for _ in range(CLIENTS)]  # per client: version or the error
     stop = threading.Event()
 
     def client(i: int) -> None:
@@ -106,7 +112,8 @@ def test_hot_swap_under_load_drops_nothing(server, base, model, images):
                 request.model_spec.name = "brain_tumor"
                 request.model_spec.signature_name = "predict_images"
                 request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(
-                    tf.make_tensor_proto([images[k % len(images)]]))
+                    tf.make_tensor_proto([images[k % len(images)]])
+                )
                 k += 1
                 try:
                     answers[i].append(stub.Predict(request, timeout=120).model_spec.version.value)
@@ -122,8 +129,10 @@ def test_hot_swap_under_load_drops_nothing(server, base, model, images):
     try:
         wait_until(lambda: total() >= 40, "the first answers")
         push(model, base, new)
-        wait_until(lambda: total() >= MIN_REQUESTS and all(a.count(new) >= 5 for a in answers),
-                   f"{MIN_REQUESTS} answers with every client on version {new}")
+        wait_until(
+            lambda: total() >= MIN_REQUESTS and all(a.count(new) >= 5 for a in answers),
+            f"{MIN_REQUESTS} answers with every client on version {new}",
+        )
     finally:
         stop.set()
         for t in threads:
@@ -134,7 +143,7 @@ def test_hot_swap_under_load_drops_nothing(server, base, model, images):
     assert not failures, f"{len(failures)} of {len(everything)} requests failed: {failures[:3]}"
     assert len(everything) >= MIN_REQUESTS
     assert set(everything) == {old, new}
-    for sequence in answers:   # each client moves to the new version once and never back
+    for sequence in answers:  # each client moves to the new version once and never back
         assert sequence == sorted(sequence) and sequence[-1] == new
 
     wait_until(lambda: statuses(server).get(old, (None,))[0] == END, f"version {old} to unload")
@@ -161,15 +170,17 @@ def test_a_version_that_fails_to_load_never_replaces_the_working_one(server, bas
 
     wait_until(lambda: statuses(server).get(broken, (None,))[0] == END, f"version {broken} to fail")
     state, error = statuses(server)[broken]
-    assert error != 0                                     # END with an error, not a clean unload
+    assert error != 0  # END with an error, not a clean unload
     assert statuses(server)[working] == (AVAILABLE, 0)
     assert predict_version(server, images[0]) == working
     with grpc.insecure_channel(server.grpc_target) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="brain_tumor"), timeout=60)
+            health_pb2.HealthCheckRequest(service="brain_tumor"), timeout=60
+        )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
-    assert re.search(rf"failed to load brain_tumor version {broken} from .*still serving {working}",
-                     server.log_text())
+    assert re.search(
+        rf"failed to load brain_tumor version {broken} from .*still serving {working}", server.log_text()
+    )
 
     # Replacing the broken folder with a good model gives the version another chance.
     shutil.rmtree(base / str(broken))

@@ -5,6 +5,7 @@ Units first (the config reader, the policies on a manager with a stand-in loader
 label map), then `btmri serve` in a subprocess on copies of the tiny pipeline model:
 labels resolved over gRPC and REST, unknown labels refused with TF Serving's code and
 text, `btmri predict --label`."""
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ CONFIG = REPO / "serving" / "config"
 
 # ---- the config file ------------------------------------------------------------------
 
+
 def test_shipped_canary_config_is_a_stable_canary_pair():
     (model,) = read_model_config_file(str(CONFIG / "canary.config"))
     assert model.name == "brain_tumor" and model.base_path == "/models/brain_tumor"
@@ -48,18 +50,24 @@ def test_model_config_reader_takes_every_policy_and_refuses_bad_files(tmp_path):
     a, b, c, d = parse_model_config(text)
     assert (a.policy.kind, a.policy.num_versions, a.labels) == (LATEST, 1, {})
     assert (b.policy.kind, b.policy.num_versions) == (LATEST, 3)
-    assert b.base_path == os.path.abspath("rel/b")          # relative to the current folder
+    assert b.base_path == os.path.abspath("rel/b")  # relative to the current folder
     assert c.policy.kind == ALL
     assert (d.policy.kind, d.policy.versions, d.labels) == (SPECIFIC, (5, 7), {"stable": 5, "canary": 7})
 
     for bad, message in [
-        ("model_config_list { config { name: 'a' base_path: '/x' } config { name: 'a' base_path: '/y' } }",
-         "Illegal to list model a multiple times in config list"),
-        ("model_config_list { config { name: 'a' base_path: '/x' model_platform: 'pytorch' } }",
-         "requested unsupported platform pytorch"),
+        (
+            "model_config_list { config { name: 'a' base_path: '/x' } config { name: 'a' base_path: '/y' } }",
+            "Illegal to list model a multiple times in config list",
+        ),
+        (
+            "model_config_list { config { name: 'a' base_path: '/x' model_platform: 'pytorch' } }",
+            "requested unsupported platform pytorch",
+        ),
         ("model_config_list { config { name: 'a' } }", "no base_path"),
-        ("model_config_list { config { name: 'a' base_path: '/x' "
-         "model_version_policy { specific {} } } }", "lists no versions"),
+        (
+            "model_config_list { config { name: 'a' base_path: '/x' model_version_policy { specific {} } } }",
+            "lists no versions",
+        ),
         ("model_config_list { config { name: 'a' base_path: '/x' nonsense: 1 } }", "not a ModelServerConfig"),
         ("", "needs a model_config_list"),
     ]:
@@ -71,6 +79,7 @@ def test_model_config_reader_takes_every_policy_and_refuses_bad_files(tmp_path):
 
 # ---- version policies on a manager (stand-in loader, no TensorFlow) --------------------
 
+
 class _Loaded:
     def __init__(self, name, version, path):
         self.name, self.version, self.path = name, version, path
@@ -81,27 +90,33 @@ def _manager(base: Path, policy, broken=()) -> ServableManager:
         if version in broken:
             raise ValueError("not a SavedModel")
         return _Loaded(name, version, path)
-    parsed = parse_model_config(f"model_config_list {{ config {{ name: 'm' base_path: '{base}' "
-                                f"{policy} }} }}")[0]
-    return ServableManager("m", str(base), loader=loader, versions=parsed.policy,
-                           policy=LoadPolicy(settle_seconds=0.0))
+
+    parsed = parse_model_config(
+        f"model_config_list {{ config {{ name: 'm' base_path: '{base}' {policy} }} }}"
+    )[0]
+    return ServableManager(
+        "m", str(base), loader=loader, versions=parsed.policy, policy=LoadPolicy(settle_seconds=0.0)
+    )
 
 
 def _versions(base: Path, *versions: int) -> None:
     for v in versions:
         (base / str(v)).mkdir(exist_ok=True)
-    old = time.time() - 60   # settled: loaded at the first poll
+    old = time.time() - 60  # settled: loaded at the first poll
     for v in versions:
         os.utime(base / str(v), (old, old))
 
 
-@pytest.mark.parametrize("policy, broken, expected", [
-    ("", (), [4]),
-    ("model_version_policy { latest { num_versions: 2 } }", (), [3, 4]),
-    ("model_version_policy { latest { num_versions: 2 } }", (4,), [2, 3]),   # a failed one does not count
-    ("model_version_policy { all {} }", (), [1, 2, 3, 4]),
-    ("model_version_policy { specific { versions: 2 versions: 9 } }", (), [2]),
-])
+@pytest.mark.parametrize(
+    "policy, broken, expected",
+    [
+        ("", (), [4]),
+        ("model_version_policy { latest { num_versions: 2 } }", (), [3, 4]),
+        ("model_version_policy { latest { num_versions: 2 } }", (4,), [2, 3]),  # a failed one does not count
+        ("model_version_policy { all {} }", (), [1, 2, 3, 4]),
+        ("model_version_policy { specific { versions: 2 versions: 9 } }", (), [2]),
+    ],
+)
 def test_version_policies_choose_what_is_loaded(tmp_path, policy, broken, expected):
     _versions(tmp_path, 1, 2, 3, 4)
     manager = _manager(tmp_path, policy, broken)
@@ -118,11 +133,12 @@ def test_latest_two_keeps_serving_while_the_newest_fails_and_moves_on_when_it_lo
     assert manager.available_versions() == [1, 2]
     _versions(tmp_path, 3)
     manager.poll()
-    assert manager.available_versions() == [2, 3]          # 1 unloaded once 3 was available
+    assert manager.available_versions() == [2, 3]  # 1 unloaded once 3 was available
     assert manager.statuses()[1].state == State.END
 
 
 # ---- labels ---------------------------------------------------------------------------
+
 
 def _model_set(tmp_path, labels, allow_unavailable=False) -> tuple[ModelSet, ServableManager]:
     _versions(tmp_path, 1, 2, 3)
@@ -139,12 +155,14 @@ def test_labels_resolve_to_their_versions_and_unknown_labels_are_invalid_argumen
     with models.servable("m", label="stable") as servable:
         assert servable.version == 1
     with models.servable("m") as servable:
-        assert servable.version == 2                        # no label: the latest
+        assert servable.version == 2  # no label: the latest
     with pytest.raises(ServingError) as err:
         models.resolve("m", None, "nope")
-    assert (err.value.code, err.value.message) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                                   "Unrecognized servable version label: nope")
-    with pytest.raises(ServingError) as err:                # labels belong to their model
+    assert (err.value.code, err.value.message) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Unrecognized servable version label: nope",
+    )
+    with pytest.raises(ServingError) as err:  # labels belong to their model
         models.resolve("other", None, "stable")
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -166,8 +184,10 @@ def test_allow_unavailable_assigns_new_labels_to_versions_not_loaded(tmp_path):
     with pytest.raises(ServingError) as err:
         with models.servable("m", label="canary"):
             pass
-    assert (err.value.code, err.value.message) == (grpc.StatusCode.NOT_FOUND,
-                                                   "Servable not found for request: Specific(m, 3)")
+    assert (err.value.code, err.value.message) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Servable not found for request: Specific(m, 3)",
+    )
 
 
 # ---- `btmri serve --model-config-file` on the tiny pipeline model ---------------------
@@ -186,15 +206,22 @@ def server(model, tmp_path_factory):
             os.symlink(model, root / name / str(v))
     config = root / "models.config"
     config.write_text(f"""model_config_list {{
-      config {{ name: "brain_tumor" base_path: "{root / 'brain_tumor'}" model_platform: "tensorflow"
+      config {{ name: "brain_tumor" base_path: "{root / "brain_tumor"}" model_platform: "tensorflow"
         model_version_policy {{ specific {{ versions: {STABLE} versions: {CANARY} }} }}
         version_labels {{ key: "stable" value: {STABLE} }}
         version_labels {{ key: "canary" value: {CANARY} }} }}
-      config {{ name: "second" base_path: "{root / 'second'}" model_version_policy {{ all {{}} }} }}
+      config {{ name: "second" base_path: "{root / "second"}" model_version_policy {{ all {{}} }} }}
     }}""")
-    with ServerProcess(None, "--model-config-file", str(config), "--poll-seconds", "0.2",
-                       "--model-config-file-poll-wait-seconds", "0.2",
-                       log_path=root / "server.log") as process:
+    with ServerProcess(
+        None,
+        "--model-config-file",
+        str(config),
+        "--poll-seconds",
+        "0.2",
+        "--model-config-file-poll-wait-seconds",
+        "0.2",
+        log_path=root / "server.log",
+    ) as process:
         process.config_path = config
         deadline = time.monotonic() + 120
         while "version labels of brain_tumor" not in process.log_text():
@@ -224,36 +251,39 @@ def _predict(server, image: bytes, name="brain_tumor", label=None, version=None)
         return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
 
 
-
-
 def test_grpc_labels_resolve_and_unknown_labels_are_refused_as_tf_serving_does(server, image):
     assert _predict(server, image, label="canary").model_spec.version.value == CANARY
     assert _predict(server, image, label="stable").model_spec.version.value == STABLE
-    assert _predict(server, image).model_spec.version.value == CANARY      # no label: the latest
+    assert _predict(server, image).model_spec.version.value == CANARY  # no label: the latest
     with pytest.raises(grpc.RpcError) as err:
         _predict(server, image, label="beta")
-    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                                       "Unrecognized servable version label: beta")
-    with pytest.raises(grpc.RpcError) as err:                # labels belong to their model
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Unrecognized servable version label: beta",
+    )
+    with pytest.raises(grpc.RpcError) as err:  # labels belong to their model
         _predict(server, image, name="second", label="stable")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    with pytest.raises(grpc.RpcError) as err:                # on disk, outside the policy
+    with pytest.raises(grpc.RpcError) as err:  # on disk, outside the policy
         _predict(server, image, version=NOT_IN_POLICY)
     assert (err.value.code(), err.value.details()) == (
-        grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific(brain_tumor, {NOT_IN_POLICY})")
+        grpc.StatusCode.NOT_FOUND,
+        f"Servable not found for request: Specific(brain_tumor, {NOT_IN_POLICY})",
+    )
     assert _predict(server, image, name="second").model_spec.version.value == SECOND
 
 
 def test_rest_labels_paths(server, image):
     import base64
 
-    document = {"signature_name": "predict_images",
-                "instances": [{"b64": base64.b64encode(image).decode()}]}
+    document = {"signature_name": "predict_images", "instances": [{"b64": base64.b64encode(image).decode()}]}
     code, answer = rest(server, "POST", "/v1/models/brain_tumor/labels/stable:predict", document)
     assert code == 200 and len(answer["predictions"]) == 1
     code, status = rest(server, "GET", "/v1/models/brain_tumor/labels/stable")
     assert code == 200
-    assert [(s["version"], s["state"]) for s in status["model_version_status"]] == [(str(STABLE), "AVAILABLE")]
+    assert [(s["version"], s["state"]) for s in status["model_version_status"]] == [
+        (str(STABLE), "AVAILABLE")
+    ]
     code, status = rest(server, "GET", "/v1/models/brain_tumor")
     assert sorted(int(s["version"]) for s in status["model_version_status"]) == [STABLE, CANARY]
     code, metadata = rest(server, "GET", "/v1/models/brain_tumor/labels/canary/metadata")
@@ -281,9 +311,11 @@ def test_promoting_the_canary_by_editing_the_config(server, image):
     serving (--model-config-file-poll-wait-seconds)."""
     config = server.config_path
     text = config.read_text()
-    promoted = (text.replace(f"versions: {STABLE} versions: {CANARY}", f"versions: {CANARY}")
-                .replace(f'key: "stable" value: {STABLE}', f'key: "stable" value: {CANARY}')
-                .replace(f'version_labels {{ key: "canary" value: {CANARY} }}', ""))
+    promoted = (
+        text.replace(f"versions: {STABLE} versions: {CANARY}", f"versions: {CANARY}")
+        .replace(f'key: "stable" value: {STABLE}', f'key: "stable" value: {CANARY}')
+        .replace(f'version_labels {{ key: "canary" value: {CANARY} }}', "")
+    )
     assert promoted.count("version_labels") == 1
     config.write_text(promoted)
     deadline = time.monotonic() + 120
@@ -296,7 +328,9 @@ def test_promoting_the_canary_by_editing_the_config(server, image):
     while rest(server, "GET", "/v1/models/brain_tumor")[1]["model_version_status"][-1]["state"] != "END":
         assert time.monotonic() < deadline, server.log_text()[-2000:]
         time.sleep(0.2)
-    states = {int(s["version"]): s["state"]
-              for s in rest(server, "GET", "/v1/models/brain_tumor")[1]["model_version_status"]}
+    states = {
+        int(s["version"]): s["state"]
+        for s in rest(server, "GET", "/v1/models/brain_tumor")[1]["model_version_status"]
+    }
     assert states == {STABLE: "END", CANARY: "AVAILABLE"}
     assert "model config" in server.log_text() and "changed: applying it" in server.log_text()

@@ -1,5 +1,6 @@
 """Serving pieces that need no model server: configs, version source, batching,
 REST JSON formats, metrics text, Grad-CAM drawing."""
+
 from __future__ import annotations
 
 import re
@@ -24,12 +25,14 @@ CONFIG = REPO / "serving" / "config"
 
 # ---- shipped TF Serving configuration --------------------------------------------
 
+
 def test_model_config_is_a_valid_model_server_config():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    config = text_format.Parse((CONFIG / "models.config").read_text(),
-                               model_server_config_pb2.ModelServerConfig())
+    config = text_format.Parse(
+        (CONFIG / "models.config").read_text(), model_server_config_pb2.ModelServerConfig()
+    )
     (model,) = config.model_config_list.config
     assert model.name == "brain_tumor"
     assert model.base_path == "/models/brain_tumor"
@@ -59,14 +62,16 @@ def test_monitoring_config_path_matches_the_local_server():
 def test_serving_image_matches_the_pinned_tensorflow():
     dockerfile = (REPO / "serving" / "Dockerfile").read_text()
     image = re.search(r"^FROM tensorflow/serving:(\d+)\.(\d+)\.\d+\s*$", dockerfile, re.M)
-    pinned = re.search(r"^tensorflow==(\d+)\.(\d+)\.\d+", (REPO / "requirements" / "constraints.txt")
-                       .read_text(), re.M)
+    pinned = re.search(
+        r"^tensorflow==(\d+)\.(\d+)\.\d+", (REPO / "requirements" / "constraints.txt").read_text(), re.M
+    )
     assert image and pinned and image.groups() == pinned.groups()
     for name in ("models.config", "batching.config", "monitoring.config"):
         assert name in dockerfile
 
 
 # ---- version source --------------------------------------------------------------
+
 
 def test_only_positive_integer_folders_are_versions(tmp_path):
     for name in ("3", "12", ".staging-99", "0", "latest", "٣"):
@@ -79,6 +84,7 @@ def test_only_positive_integer_folders_are_versions(tmp_path):
 
 
 # ---- batching ----------------------------------------------------------------------
+
 
 def _double(inputs):
     x = inputs["x"]
@@ -103,8 +109,9 @@ def _run_together(client, n: int) -> None:
 
 
 def test_batching_merges_concurrent_requests_and_splits_answers():
-    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000,
-                                                  num_batch_threads=1))
+    scheduler = BatchScheduler(
+        BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1)
+    )
     results = {}
 
     def client(i):
@@ -120,8 +127,9 @@ def test_batching_merges_concurrent_requests_and_splits_answers():
 
 
 def test_a_bad_request_in_a_batch_fails_alone():
-    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000,
-                                                  num_batch_threads=1))
+    scheduler = BatchScheduler(
+        BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1)
+    )
     outcome = {}
 
     def client(i):
@@ -139,8 +147,10 @@ def test_a_bad_request_in_a_batch_fails_alone():
 
 # ---- REST JSON ---------------------------------------------------------------------
 
+
 def _dtypes(tf_string_names=("image_bytes",)):
     import tensorflow as tf
+
     return lambda signature: {name: tf.string for name in tf_string_names}
 
 
@@ -150,23 +160,27 @@ def test_rest_row_and_columnar_requests_decode_b64():
     assert (signature, fmt) == ("s", rest_json.ROW)
     assert inputs["image_bytes"].tolist() == [b"hello", b"plain"]
     signature, inputs, fmt = rest_json.parse_predict_request(
-        b'{"inputs": {"image_bytes": [{"b64": "aGVsbG8="}]}}', _dtypes())
+        b'{"inputs": {"image_bytes": [{"b64": "aGVsbG8="}]}}', _dtypes()
+    )
     assert (signature, fmt) == ("", rest_json.COLUMNAR)
     assert inputs["image_bytes"].tolist() == [b"hello"]
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"", "JSON Parse error: The document is empty"),
-    (b"[1]", "Is not object"),
-    (b'{"instances": [1]}', "is not of expected type: string"),
-    (b'{"instances": [{"b64": "%%%"}]}', "Unable to base64 decode"),
-    (b'{"instances": []}', "No values in 'instances' array"),
-    (b'{"instances": ["a"], "inputs": ["a"]}', "expecting only one of 'inputs' or 'instances'"),
-    (b'{"instances": [{"other": "a"}]}', "does not have named input: other"),
-    (b'{"inputs": [["a"], "b"]}', "found at incorrect level"),
-    (b'{"signature_name": 3, "inputs": ["a"]}', "'signature_name' key must be a string value"),
-    (b'{"examples": []}', "Missing 'inputs' or 'instances' key"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"", "JSON Parse error: The document is empty"),
+        (b"[1]", "Is not object"),
+        (b'{"instances": [1]}', "is not of expected type: string"),
+        (b'{"instances": [{"b64": "%%%"}]}', "Unable to base64 decode"),
+        (b'{"instances": []}', "No values in 'instances' array"),
+        (b'{"instances": ["a"], "inputs": ["a"]}', "expecting only one of 'inputs' or 'instances'"),
+        (b'{"instances": [{"other": "a"}]}', "does not have named input: other"),
+        (b'{"inputs": [["a"], "b"]}', "found at incorrect level"),
+        (b'{"signature_name": 3, "inputs": ["a"]}', "'signature_name' key must be a string value"),
+        (b'{"examples": []}', "Missing 'inputs' or 'instances' key"),
+    ],
+)
 def test_rest_request_errors_use_tf_serving_texts(body, message):
     with pytest.raises(ServingError) as err:
         rest_json.parse_predict_request(body, _dtypes())
@@ -174,18 +188,23 @@ def test_rest_request_errors_use_tf_serving_texts(body, message):
 
 
 def test_rest_response_formats():
-    outputs = {"probabilities": np.array([[0.25, 0.75]], np.float32),
-               "class_name": np.array([b"glioma"], object),
-               "thumb_bytes": np.array([b"\x00\x01"], object)}
+    outputs = {
+        "probabilities": np.array([[0.25, 0.75]], np.float32),
+        "class_name": np.array([b"glioma"], object),
+        "thumb_bytes": np.array([b"\x00\x01"], object),
+    }
     row = rest_json.format_predict_response(outputs, rest_json.ROW)
-    assert row == {"predictions": [{"class_name": "glioma", "probabilities": [0.25, 0.75],
-                                    "thumb_bytes": {"b64": "AAE="}}]}
-    columnar = rest_json.format_predict_response({"class_name": outputs["class_name"]},
-                                                 rest_json.COLUMNAR)
+    assert row == {
+        "predictions": [
+            {"class_name": "glioma", "probabilities": [0.25, 0.75], "thumb_bytes": {"b64": "AAE="}}
+        ]
+    }
+    columnar = rest_json.format_predict_response({"class_name": outputs["class_name"]}, rest_json.COLUMNAR)
     assert columnar == {"outputs": ["glioma"]}
 
 
 # ---- metrics -----------------------------------------------------------------------
+
 
 def test_metrics_text_format():
     metrics = ServingMetrics("brain_tumor")
@@ -198,8 +217,11 @@ def test_metrics_text_format():
     assert ':tensorflow:serving:request_count{model_name="brain_tumor",status="INVALID_ARGUMENT"} 1' in text
     assert 'btmri_serving_loaded_version{model_name="brain_tumor"} 1795709845' in text
     assert "made-up-name" not in text and 'model_name="_unknown_model_",status="NOT_FOUND"} 1' in text
-    buckets = re.findall(r'request_latency_bucket\{model_name="brain_tumor",API="Predict",'
-                         r'entrypoint="GRPC",le="([^"]+)"\} (\d+)', text)
+    buckets = re.findall(
+        r'request_latency_bucket\{model_name="brain_tumor",API="Predict",'
+        r'entrypoint="GRPC",le="([^"]+)"\} (\d+)',
+        text,
+    )
     counts = [int(c) for _, c in buckets]
     assert buckets[-1] == ("+Inf", "2") and counts == sorted(counts)
     # 2000 µs falls between the 1983.59 and 3570.47 µs bounds of TF Serving's buckets.
@@ -215,10 +237,11 @@ def test_http_status_mapping_follows_tf_serving():
 
 # ---- Grad-CAM drawing --------------------------------------------------------------
 
+
 def test_overlay_is_drawn_at_the_original_size():
     original = np.full((300, 200, 3), 128, np.uint8)
     heatmap = np.zeros((224, 224), np.float32)
-    heatmap[:112] = 1.0                           # hot top half
+    heatmap[:112] = 1.0  # hot top half
     images = render(original, heatmap, strength=0.5)
     assert images.heatmap.shape == images.overlay.shape == (300, 200, 3)
     # JET: 1.0 is dark red (BGR: red channel high), 0.0 dark blue.
