@@ -14,7 +14,10 @@ from btmri.console import CapturedRun, EpochProgress, Terminal
 from btmri.documents import (
     SERVER_DEFAULTS,
     TRAINER_DEFAULTS,
+    DuplicateReport,
+    ExactDuplicates,
     Manifest,
+    NearDuplicates,
     ServerOptions,
     TrainerConfig,
     TrainingHistory,
@@ -32,7 +35,7 @@ def test_spec_imports_no_tensorflow():
 
 
 def test_documents_round_trip_and_ignore_unknown_keys(tmp_path):
-    config = TrainerConfig(epochs=3, precision="float32")
+    config = TrainerConfig(epochs=3, compute_dtype="float32")
     assert TrainerConfig.from_json(config.to_json()) == config
     assert TrainerConfig.from_dict({"epochs": 5, "from_a_newer_version": 1}).epochs == 5
     options = ServerOptions(model_base_path="m", port=9000)
@@ -41,6 +44,13 @@ def test_documents_round_trip_and_ignore_unknown_keys(tmp_path):
     manifest.write(tmp_path)
     assert Manifest.read(tmp_path) == manifest and manifest.splits == ["train"]
     assert Manifest.read_if_present(tmp_path / "none") is None
+    duplicates = DuplicateReport(
+        near_threshold_bits=4,
+        exact=ExactDuplicates(groups=1, extra_copies=2),
+        near=NearDuplicates(pairs=3, pairs_across_splits={"eval-train": 1}),
+    )
+    typed = Manifest.from_json(Manifest(duplicates=duplicates).to_json())
+    assert typed.duplicates == duplicates and typed.duplicates.near.across_splits == 1
     write_atomic(tmp_path / layout.HISTORY_FILE, TrainingHistory(history={"loss": [1.0, 0.5]}).to_json())
     assert TrainingHistory.read_if_present(str(tmp_path)).epochs_run == 2
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
