@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from components.executors import AnomaliesFound, pushed_versions
+from btmri.documents import TRAINER_DEFAULTS
 from btmri.spec import ABSTENTION_OUTPUTS
 from data_prep import contract
 from data_prep.tfrecords import make_example
@@ -274,7 +275,10 @@ def test_compile_with_a_box_folder_includes_the_lesion_audit(tmp_path):
     assert constant("LesionAudit", "box_dir") == "gs://bucket/boxes"
     assert constant("ImportExampleGen", "input_base") == "gs://bucket/prepared"
     custom = json.loads(constant("Trainer", "custom_config"))
-    assert custom["epochs"] == 80 and custom["lesion_paste_rate"] == 0.25
+    assert (custom["epochs"], custom["lesion_removal_rate"]) == (
+        TRAINER_DEFAULTS.epochs,
+        TRAINER_DEFAULTS.lesion_removal_rate,
+    )
     executors = spec["pipelineSpec"]["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for name, e in executors.items() if "resolver" not in name.lower()}
     assert images == {"brain-tumor-mri-tfx:latest"}  # every component runs in the project image
