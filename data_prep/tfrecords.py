@@ -39,6 +39,13 @@ def make_example(
     )
 
 
+def request_example(image: bytes) -> bytes:
+    """A serialized tf.Example holding only the image: what `serving_default` needs in a
+    request (no label, source or box of an evaluated image goes into a request)."""
+    feature = {contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
 def parse_example(serialized: bytes) -> dict:
     """Plain-Python view of one serialized Example (for tests and tools)."""
     feats = tf.train.Example.FromString(serialized).features.feature

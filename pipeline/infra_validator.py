@@ -86,22 +86,12 @@ def evaluated_images(examples_uri: str, split: str, count: int) -> list[bytes]:
     return images
 
 
-def example_of(image: bytes) -> bytes:
-    """A serialized tf.Example holding only the image: what serving_default needs
-    (the label and source of an evaluated image never go into a request or the model)."""
-    import tensorflow as tf
-
-    return tf.train.Example(
-        features=tf.train.Features(
-            feature={spec.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
-        )
-    ).SerializeToString()
-
-
 def signature_inputs(signature: str, images: list[bytes]) -> dict[str, np.ndarray]:
     """The one input of a contract signature for these images."""
+    from data_prep.tfrecords import request_example  # TensorFlow only when a request is built
+
     alias = spec.SIGNATURE_CONTRACT[signature][0]
-    values = [example_of(i) for i in images] if alias == spec.EXAMPLES_INPUT else list(images)
+    values = [request_example(i) for i in images] if alias == spec.EXAMPLES_INPUT else list(images)
     return {alias: np.array(values, dtype=object)}
 
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from btmri import spec
+from data_prep.tfrecords import request_example
 from btmri.layout import ABSTENTION_FILE
 from btmri.spec import (
     ABSTAIN,
@@ -209,14 +210,7 @@ def test_constructed_model_abstains_on_blank_and_noise_through_every_signature(c
         _png(rng.integers(0, 256, (256, 256), dtype=np.uint8)),
     ]
     brains, _ = _phantoms(tiny_run, contract.KAGGLE_TESTING_DIR)
-    examples = [
-        tf.train.Example(
-            features=tf.train.Features(
-                feature={contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))}
-            )
-        ).SerializeToString()
-        for b in probes + brains
-    ]
+    examples = [request_example(b) for b in probes + brains]
     calls = {
         spec.PREDICT_IMAGES: {spec.IMAGE_BYTES_INPUT: tf.constant(probes + brains)},
         spec.GRADCAM: {spec.IMAGE_BYTES_INPUT: tf.constant(probes + brains)},

@@ -18,7 +18,7 @@ from components.executors import AnomaliesFound, pushed_versions
 from btmri.documents import TRAINER_DEFAULTS
 from btmri.spec import ABSTENTION_OUTPUTS
 from data_prep import contract
-from data_prep.tfrecords import make_example
+from data_prep.tfrecords import request_example, make_example
 from pipeline.cli import main as btmri
 from pipeline.config import PipelineConfig
 from pipeline.factory import COMPONENT_IDS
@@ -103,14 +103,7 @@ def test_signatures_names_shapes_dtypes(tiny_run, pushed_model):
     by_bytes = sigs["predict_images"](image_bytes=tf.constant(images))
     examples = [make_example(b, 0, 1, 1, "x").SerializeToString() for b in images]
     # only `image` is required in a request
-    image_only = [
-        tf.train.Example(
-            features=tf.train.Features(
-                feature={contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))}
-            )
-        ).SerializeToString()
-        for b in images
-    ]
+    image_only = [request_example(b) for b in images]
     by_example = sigs["serving_default"](examples=tf.constant(examples))
     by_image_only = sigs["serving_default"](examples=tf.constant(image_only))
     for out in (by_bytes, by_example, by_image_only):

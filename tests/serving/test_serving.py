@@ -26,6 +26,7 @@ from tensorflow_serving.apis import (
 
 from data_prep import contract
 from btmri import spec
+from data_prep.tfrecords import request_example
 from serving.client import PredictionClient, RestClient
 from serving.process import ServerProcess, free_ports
 
@@ -123,14 +124,7 @@ def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server
     for name in ("predict_images", "gradcam"):
         response = predict_stub.Predict(predict_request(name, {spec.IMAGE_BYTES_INPUT: batch}), timeout=60)
         answers[name] = {k: tf.make_ndarray(response.outputs[k]) for k in spec.ABSTENTION_OUTPUTS}
-    examples = [
-        tf.train.Example(
-            features=tf.train.Features(
-                feature={contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
-            )
-        ).SerializeToString()
-        for image in batch
-    ]
+    examples = [request_example(image) for image in batch]
     response = predict_stub.Predict(
         predict_request("serving_default", {spec.EXAMPLES_INPUT: examples}), timeout=60
     )
@@ -165,14 +159,7 @@ def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server
 
 
 def test_default_signature_takes_serialized_examples(predict_stub, images):
-    examples = [
-        tf.train.Example(
-            features=tf.train.Features(
-                feature={contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
-            )
-        ).SerializeToString()
-        for image in images
-    ]
+    examples = [request_example(image) for image in images]
     by_example = predict_stub.Predict(
         predict_request(signature="", inputs={spec.EXAMPLES_INPUT: examples}), timeout=60
     )
