@@ -53,7 +53,7 @@ IMAGE_SIZE = 224  # square side the Transform graph resizes every image to
 CHANNELS = 1  # grayscale: MRI slices carry no colour
 
 # ── Models the Trainer can build (components/training/models.py builds them) ───────
-MODEL_NAMES = ("mri_resnet", "seed_cnn", "resnet50", "efficientnetb0")
+MODEL_NAMES = ("mri_resnet", "mri_resnet_evidence", "seed_cnn", "resnet50", "efficientnetb0")
 DEFAULT_MODEL = "mri_resnet"
 PRETRAINABLE = ("resnet50", "efficientnetb0")  # accept --weights imagenet
 

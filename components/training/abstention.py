@@ -289,7 +289,7 @@ def feature_tensors(model) -> dict[str, object]:
     """Every candidate feature the model offers: name → pooled [N, d] Keras tensor."""
     from tf_keras import layers
 
-    from components.training.models import GRADCAM_FINE_LAYER, GRADCAM_LAYER, LOGITS_LAYER
+    from components.training.models import GRADCAM_FINE_LAYER, GRADCAM_LAYER, LOGITS_LAYER, PENULTIMATE_LAYER
 
     names = {layer.name for layer in model.layers}
     found = {}
@@ -306,7 +306,12 @@ def feature_tensors(model) -> dict[str, object]:
         fine = model.get_layer(GRADCAM_FINE_LAYER).output
         if len(fine.shape) == 4:
             found[FINE_MEAN] = layers.GlobalAveragePooling2D(name="ood_fine_pool")(fine)
-    found[PENULTIMATE] = model.get_layer(LOGITS_LAYER).input
+    if PENULTIMATE_LAYER in names:  # a model whose logits are not a linear head's
+        found[PENULTIMATE] = layers.GlobalAveragePooling2D(name="ood_penultimate_pool")(
+            model.get_layer(PENULTIMATE_LAYER).output
+        )
+    else:
+        found[PENULTIMATE] = model.get_layer(LOGITS_LAYER).input
     return found
 
 

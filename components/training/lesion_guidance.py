@@ -10,7 +10,10 @@ gradients, so it costs almost nothing on a CPU).
 
 `LesionGuidedModel` wraps the classifier for `fit` only; the classifier is what is
 exported. Data elements are (image, (label, lesion_cells)), lesion_cells [B, h, w, 1]
-at the CAM's resolution, all zero where no box is known.
+at the CAM's resolution or a multiple of it, all zero where no box is known.
+
+A model that decides from explicit class evidence maps (models.CLASS_EVIDENCE_LAYER,
+mri_resnet_evidence) has its true class's map constrained the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from components.training.models import CAM_LAYER, LOGITS_LAYER
+from components.training.models import CAM_LAYER, CLASS_EVIDENCE_LAYER, LOGITS_LAYER
 
 
 def lesion_cells(masks: tf.Tensor, cam_size: int) -> tf.Tensor:
@@ -30,13 +33,33 @@ def lesion_cells(masks: tf.Tensor, cam_size: int) -> tf.Tensor:
 def evidence_loss(features: tf.Tensor, kernel: tf.Tensor, labels: tf.Tensor, cells: tf.Tensor) -> tf.Tensor:
     """Mean over boxed images of (positive true-class CAM outside the box) / (all of it).
 
-    features [B, h, w, C], kernel [C, K] (the logits layer), labels [B], cells [B, h, w, 1].
-    Images without a box (cells all zero) contribute nothing; 0 when no image has one."""
+    features [B, h, w, C], kernel [C, K] (the logits layer), labels [B], cells [B, h', w', 1]
+    (h' a multiple of h). Images without a box (cells all zero) contribute nothing; 0
+    when no image has one."""
     features = tf.cast(features, tf.float32)
     weights = tf.gather(
         tf.transpose(tf.cast(kernel, tf.float32)), tf.cast(tf.reshape(labels, [-1]), tf.int32)
     )  # [B, C]
-    cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", features, weights))
+    return _outside_share(tf.einsum("bhwc,bc->bhw", features, weights), cells)
+
+
+def class_map_evidence_loss(maps: tf.Tensor, labels: tf.Tensor, cells: tf.Tensor) -> tf.Tensor:
+    """evidence_loss for a model that tags its class evidence maps [B, h, w, K]
+    (models.CLASS_EVIDENCE_LAYER): the true class's map is the CAM."""
+    maps = tf.cast(maps, tf.float32)
+    cam = tf.gather(
+        tf.transpose(maps, [0, 3, 1, 2]), tf.cast(tf.reshape(labels, [-1]), tf.int32), batch_dims=1
+    )
+    return _outside_share(cam, cells)
+
+
+def _outside_share(cam: tf.Tensor, cells: tf.Tensor) -> tf.Tensor:
+    """cam [B, h, w] (any sign), cells [B, h', w', 1] → mean over boxed images of the
+    share of the positive map outside the cells."""
+    stride = cells.shape[1] // cam.shape[1]
+    if stride > 1:  # the box cells were marked on a finer grid: a coarse cell the box touches
+        cells = tf.nn.max_pool2d(cells, stride, stride, "VALID")
+    cam = tf.nn.relu(cam)
     cells = cells[..., 0]
     total = tf.reduce_sum(cam, axis=[1, 2])
     outside = tf.reduce_sum(cam * (1.0 - cells), axis=[1, 2])
@@ -64,9 +87,11 @@ class LesionGuidedModel(keras.Model):
         self.classification_loss = classification_loss
         self.distributed = bool(distributed)
         names = [layer.name for layer in classifier.layers]
-        self.evidence_weight = float(evidence_weight) if CAM_LAYER in names else 0.0
+        # The class evidence maps themselves, else the map a pooled linear head reads.
+        self.map_layer = next((n for n in (CLASS_EVIDENCE_LAYER, CAM_LAYER) if n in names), None)
+        self.evidence_weight = float(evidence_weight) if self.map_layer else 0.0
         self.with_maps = (
-            keras.Model(classifier.inputs, [classifier.output, classifier.get_layer(CAM_LAYER).output])
+            keras.Model(classifier.inputs, [classifier.output, classifier.get_layer(self.map_layer).output])
             if self.evidence_weight
             else None
         )
@@ -81,6 +106,11 @@ class LesionGuidedModel(keras.Model):
     def call(self, images, training=False):
         return self.classifier(images, training=training)
 
+    def _evidence(self, maps, labels, cells):
+        if self.map_layer == CLASS_EVIDENCE_LAYER:
+            return class_map_evidence_loss(maps, labels, cells)
+        return evidence_loss(maps, self.classifier.get_layer(LOGITS_LAYER).kernel, labels, cells)
+
     def _step_losses(self, data, training: bool):
         images, (labels, cells) = data
         evidence = tf.constant(0.0)
@@ -89,8 +119,7 @@ class LesionGuidedModel(keras.Model):
             loss = self.classification_loss(labels, probs)
         else:
             probs, features = self.with_maps(images, training=training)
-            kernel = self.classifier.get_layer(LOGITS_LAYER).kernel
-            evidence = evidence_loss(features, kernel, labels, cells)
+            evidence = self._evidence(features, labels, cells)
             loss = self.classification_loss(labels, probs) + self.evidence_weight * evidence
         if self.classifier.losses:
             loss = loss + tf.add_n(self.classifier.losses)
@@ -106,8 +135,7 @@ class LesionGuidedModel(keras.Model):
             probs = self.classifier(images, training=training)
         else:
             probs, features = self.with_maps(images, training=training)
-            kernel = self.classifier.get_layer(LOGITS_LAYER).kernel
-            evidence = evidence_loss(features, kernel, labels, cells)
+            evidence = self._evidence(features, labels, cells)
             rest = self.evidence_weight * evidence
         if self.classifier.losses:
             rest = rest + tf.add_n(self.classifier.losses)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import tensorflow as tf
 import tf_keras as keras
 from tf_keras import layers
 
@@ -25,6 +26,11 @@ from data_prep.contract import NUM_CLASSES
 GRADCAM_LAYER = "gradcam_features"
 CAM_LAYER = "cam_features"  # the map global average pooling reads (lesion_guidance.py)
 GRADCAM_FINE_LAYER = "gradcam_fine_features"
+# Models that decide from a map of local class evidence tag it [N, h, w, K]: the
+# lesion-evidence loss constrains it directly (lesion_guidance.py).
+CLASS_EVIDENCE_LAYER = "class_evidence"
+# The pooled features the abstention detector reads, where they are not the logits' input.
+PENULTIMATE_LAYER = "penultimate_features"
 LOGITS_LAYER = "logits"
 PROBABILITIES_LAYER = "probabilities"
 
@@ -113,6 +119,68 @@ def mri_resnet(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.
     return _head(x, inputs, "mri_resnet", dropout, tag_gradcam=False)
 
 
+@keras.utils.register_keras_serializable(package="btmri")
+class TopKMeanPooling(layers.Layer):
+    """[N, h, w, K] evidence maps → [N, K]: the mean of each map's k highest cells.
+
+    A class score that is the mean over the whole image (global average pooling) can
+    be made of context everywhere; the mean of the few highest cells is the strength
+    of the best local evidence, and the only cells a gradient reaches are those."""
+
+    def __init__(self, k: int, **kwargs):
+        super().__init__(**kwargs)
+        self.k = int(k)
+
+    def call(self, maps):
+        maps = tf.cast(maps, tf.float32)
+        flat = tf.transpose(tf.reshape(maps, [tf.shape(maps)[0], -1, maps.shape[-1]]), [0, 2, 1])
+        return tf.reduce_mean(tf.math.top_k(flat, k=self.k, sorted=False).values, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k}
+
+
+# Cells pooled per class: about the area of a typical tumour box (3 % of the
+# 196-cell map) after the head crop enlarges it.
+EVIDENCE_TOP_K = 6
+
+
+def mri_resnet_evidence(
+    widths: tuple[int, ...] = (32, 64, 128, 256), fused: int = 96, dropout: float = 0.3
+) -> keras.Model:
+    """mri_resnet's backbone, deciding from local evidence: the 14x14 stage and the
+    (upsampled) 7x7 stage are fused into a 14x14 map, a 1x1 convolution turns it into
+    one evidence map per class, and each class score is the mean of its map's
+    EVIDENCE_TOP_K highest cells (TopKMeanPooling). "Tumour" then means "some place
+    looks like a tumour": with the lesion removed the evidence has nowhere to come
+    from, the map is what the lesion-evidence loss constrains, and Grad-CAM on it
+    (the signature's coarse map) is that evidence map, 16 px per cell.
+    """
+    inputs = _inputs()
+    x = layers.Conv2D(widths[0], 5, strides=2, padding="same", use_bias=False)(inputs)
+    x = _bn()(x)
+    x = layers.ReLU()(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    stages = []
+    for i, filters in enumerate(widths):
+        x = _residual_block(x, filters, stride=1 if i == 0 else 2)
+        if i == 0:
+            x = layers.Activation("linear", name=GRADCAM_FINE_LAYER)(x)
+        stages.append(x)
+    last = layers.Activation("linear", name=PENULTIMATE_LAYER)(stages[-1])
+    lateral = layers.Conv2D(fused, 1, use_bias=False)(stages[-2])
+    top = layers.UpSampling2D(2, interpolation="bilinear")(layers.Conv2D(fused, 1, use_bias=False)(last))
+    x = layers.ReLU()(_bn()(layers.Add()([lateral, top])))
+    x = layers.Conv2D(fused, 3, padding="same", use_bias=False)(x)
+    x = layers.ReLU()(_bn()(x))
+    x = layers.Dropout(dropout)(x)
+    maps = layers.Conv2D(NUM_CLASSES, 1, name=CLASS_EVIDENCE_LAYER)(x)
+    maps = layers.Activation("linear", name=GRADCAM_LAYER)(maps)
+    logits = TopKMeanPooling(EVIDENCE_TOP_K, name=LOGITS_LAYER)(maps)
+    probs = layers.Activation("softmax", dtype="float32", name=PROBABILITIES_LAYER)(logits)
+    return keras.Model(inputs, probs, name="mri_resnet_evidence")
+
+
 def _application(builder: Callable, preprocess: Callable, name: str, weights: str | None) -> keras.Model:
     """A keras.applications backbone on our 1-channel [0, 1] input (gray → RGB, 0..255)."""
     inputs = _inputs()
@@ -139,6 +207,7 @@ def efficientnetb0(weights: str | None = None) -> keras.Model:
 MODELS: dict[str, Callable[..., keras.Model]] = {
     "seed_cnn": seed_cnn,
     "mri_resnet": mri_resnet,
+    "mri_resnet_evidence": mri_resnet_evidence,
     "resnet50": resnet50,
     "efficientnetb0": efficientnetb0,
 }

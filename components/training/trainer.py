@@ -62,8 +62,9 @@ from data_prep import contract
 # Trainer custom_config keys and defaults (pipeline.config fills them): TrainerConfig's.
 DEFAULTS = TRAINER_DEFAULTS.to_dict()
 
-# The final map of mri_resnet (the CAM the evidence loss constrains) is 7x7.
-CAM_SIZE = 7
+# Tumour boxes are marked on this grid of cells: the evidence maps of
+# mri_resnet_evidence (14x14); the loss pools them to a coarser map (mri_resnet's 7x7).
+CAM_SIZE = 14
 
 # Examples held in the shuffle buffer of the cached training set (each ~200 KB).
 CACHE_SHUFFLE_BUFFER = 8192
@@ -82,7 +83,7 @@ def input_fn(
     counterfactuals: CounterfactualConfig | None = None,
     shard_policy: str | None = None,
 ) -> tf.data.Dataset:
-    """Examples → (image [B,224,224,1], (label [B], lesion cells [B,7,7,1])).
+    """Examples → (image [B,224,224,1], (label [B], lesion cells [B,14,14,1])).
 
     Lesion cells mark the CAM cells the tumour box touches (all zero without a box;
     lesion_guidance.py). `counterfactuals` (training only) removes lesions and decoys
