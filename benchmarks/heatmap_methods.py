@@ -10,6 +10,9 @@ Maps, all for the predicted class, upsampled to 224x224:
   layercam56     LayerCAM on the 56x56 stage alone
   cam7           the class activation map of the last (7x7) stage, CAM = F . w_c
   cam7xlayer56   cam7 x LayerCAM 56x56 (the map lesion guidance constrains, sharpened)
+For a model with class evidence maps (mri_resnet_evidence) the last two are its
+predicted class's 14x14 evidence map as a spatial softmax (evidence14, what lesion guidance constrains and
+what the class score pools) and that map x LayerCAM 56x56.
 """
 
 from __future__ import annotations
@@ -37,15 +40,27 @@ from pipeline.audit_cli import _saved_model_dir  # noqa: E402
 def maps_model(model_dir: str):
     import tf_keras as keras
 
-    from components.training.models import CAM_LAYER, GRADCAM_FINE_LAYER, GRADCAM_LAYER, LOGITS_LAYER
+    from components.training.models import (
+        CAM_LAYER,
+        CLASS_EVIDENCE_LAYER,
+        GRADCAM_FINE_LAYER,
+        GRADCAM_LAYER,
+        LOGITS_LAYER,
+    )
 
     model = keras.models.load_model(model_dir, compile=False)
-    names = (GRADCAM_LAYER, GRADCAM_FINE_LAYER, CAM_LAYER)
+    layer_names = {layer.name for layer in model.layers}
+    # Evidence maps are the class maps themselves: an identity "kernel" picks the class.
+    explicit = CLASS_EVIDENCE_LAYER in layer_names
+    names = (GRADCAM_LAYER, GRADCAM_FINE_LAYER, CLASS_EVIDENCE_LAYER if explicit else CAM_LAYER)
     outputs = [model.get_layer(n).output for n in names] + [model.get_layer(LOGITS_LAYER).output]
-    return keras.Model(model.inputs, outputs), model.get_layer(LOGITS_LAYER).kernel
+    kernel = (
+        np.eye(model.output.shape[-1], dtype=np.float32) if explicit else model.get_layer(LOGITS_LAYER).kernel
+    )
+    return keras.Model(model.inputs, outputs), kernel, explicit
 
 
-def method_maps(grad_model, kernel, images: list[bytes]) -> dict[str, np.ndarray]:
+def method_maps(grad_model, kernel, images: list[bytes], explicit: bool = False) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     from components.training import gradcam as cam
@@ -67,12 +82,16 @@ def method_maps(grad_model, kernel, images: list[bytes]) -> dict[str, np.ndarray
     grad14 = up(cam.grad_cam(coarse, g_coarse))
     layer56 = up(cam.layer_cam(fine, g_fine))
     weights = tf.gather(tf.transpose(kernel), class_id)
-    cam7 = up(tf.nn.relu(tf.einsum("bhwc,bc->bhw", last, weights))[..., None])
+    if explicit:  # the signature's coarse map for such models
+        cam7 = up(cam.evidence_map(last, class_id))
+    else:
+        cam7 = up(tf.nn.relu(tf.einsum("bhwc,bc->bhw", last, weights))[..., None])
+    last_name = "evidence14" if explicit else "cam7"
     return {
         "gradcam14": grad14.numpy(),
         "layercam56": layer56.numpy(),
-        "cam7": cam7.numpy(),
-        "cam7xlayer56": cam._unit_peak(cam7 * layer56).numpy(),
+        last_name: cam7.numpy(),
+        f"{last_name}xlayer56": cam._unit_peak(cam7 * layer56).numpy(),
     }
 
 
@@ -96,14 +115,14 @@ def main() -> int:
             for label in sorted({s.label for s in slices})
             for s in [t for t in slices if t.label == label][: args.limit]
         ]
-    grad_model, kernel = maps_model(model_dir)
+    grad_model, kernel, explicit = maps_model(model_dir)
     signature = SavedModelPredictor(model_dir)
     scores: dict[str, dict[str, list]] = {}
     started = time.time()
     for start in range(0, len(slices), args.batch):
         batch = slices[start : start + args.batch]
         images = [png(gray_of(s.path)) for s in batch]
-        maps = method_maps(grad_model, kernel, images)
+        maps = method_maps(grad_model, kernel, images, explicit)
         maps["signature"] = signature.gradcam(images)[0]
         for name, heat in maps.items():
             for s, h in zip(batch, heat):

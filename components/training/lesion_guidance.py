@@ -13,7 +13,8 @@ exported. Data elements are (image, (label, lesion_cells)), lesion_cells [B, h, 
 at the CAM's resolution or a multiple of it, all zero where no box is known.
 
 A model that decides from explicit class evidence maps (models.CLASS_EVIDENCE_LAYER,
-mri_resnet_evidence) has its true class's map constrained the same way.
+mri_resnet_evidence) has the spatial softmax of its true class's map constrained the
+same way (class_map_evidence_loss).
 """
 
 from __future__ import annotations
@@ -44,23 +45,36 @@ def evidence_loss(features: tf.Tensor, kernel: tf.Tensor, labels: tf.Tensor, cel
 
 
 def class_map_evidence_loss(maps: tf.Tensor, labels: tf.Tensor, cells: tf.Tensor) -> tf.Tensor:
-    """evidence_loss for a model that tags its class evidence maps [B, h, w, K]
-    (models.CLASS_EVIDENCE_LAYER): the true class's map is the CAM."""
+    """For a model that tags its class evidence maps [B, h, w, K] (models.CLASS_EVIDENCE_LAYER):
+    mean over boxed images of the share of the true class's spatial softmax outside the box.
+
+    Not the positive share: those models' logits are pooled maps, so a shift common to
+    every class changes no prediction, and a loss on the positive part is then met by
+    pushing every map below zero. The spatial softmax is shift-invariant, and it is the
+    map the `gradcam` signature shows (gradcam.evidence_heatmap)."""
     maps = tf.cast(maps, tf.float32)
     cam = tf.gather(
         tf.transpose(maps, [0, 3, 1, 2]), tf.cast(tf.reshape(labels, [-1]), tf.int32), batch_dims=1
     )
-    return _outside_share(cam, cells)
+    cells = _on_grid(cells, cam.shape[1])[..., 0]
+    flat = tf.reshape(cam, [tf.shape(cam)[0], -1])
+    share = tf.reshape(tf.nn.softmax(flat, axis=-1), tf.shape(cam))
+    outside = tf.reduce_sum(share * (1.0 - cells), axis=[1, 2])
+    boxed = tf.cast(tf.reduce_any(cells > 0, axis=[1, 2]), tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(outside * boxed), tf.reduce_sum(boxed))
+
+
+def _on_grid(cells: tf.Tensor, size: int) -> tf.Tensor:
+    """Box cells marked on a finer grid → the cells of a `size` grid the box touches."""
+    stride = cells.shape[1] // size
+    return tf.nn.max_pool2d(cells, stride, stride, "VALID") if stride > 1 else cells
 
 
 def _outside_share(cam: tf.Tensor, cells: tf.Tensor) -> tf.Tensor:
     """cam [B, h, w] (any sign), cells [B, h', w', 1] → mean over boxed images of the
     share of the positive map outside the cells."""
-    stride = cells.shape[1] // cam.shape[1]
-    if stride > 1:  # the box cells were marked on a finer grid: a coarse cell the box touches
-        cells = tf.nn.max_pool2d(cells, stride, stride, "VALID")
     cam = tf.nn.relu(cam)
-    cells = cells[..., 0]
+    cells = _on_grid(cells, cam.shape[1])[..., 0]
     total = tf.reduce_sum(cam, axis=[1, 2])
     outside = tf.reduce_sum(cam * (1.0 - cells), axis=[1, 2])
     boxed = tf.cast(tf.reduce_any(cells > 0, axis=[1, 2]), tf.float32)

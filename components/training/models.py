@@ -153,8 +153,8 @@ def mri_resnet_evidence(
     one evidence map per class, and each class score is the mean of its map's
     EVIDENCE_TOP_K highest cells (TopKMeanPooling). "Tumour" then means "some place
     looks like a tumour": with the lesion removed the evidence has nowhere to come
-    from, the map is what the lesion-evidence loss constrains, and Grad-CAM on it
-    (the signature's coarse map) is that evidence map, 16 px per cell.
+    from, the map is what the lesion-evidence loss constrains, and the `gradcam`
+    signature's coarse map is that evidence map (gradcam.evidence_map), 16 px per cell.
     """
     inputs = _inputs()
     x = layers.Conv2D(widths[0], 5, strides=2, padding="same", use_bias=False)(inputs)

@@ -47,7 +47,13 @@ from components.training import abstention, calibration, distribution, gradcam a
 from components.training.augment import augment_batch
 from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
-from components.training.models import GRADCAM_FINE_LAYER, GRADCAM_LAYER, LOGITS_LAYER, build_model
+from components.training.models import (
+    CLASS_EVIDENCE_LAYER,
+    GRADCAM_FINE_LAYER,
+    GRADCAM_LAYER,
+    LOGITS_LAYER,
+    build_model,
+)
 from components.transform.head_framing import maps_to_image
 from components.transform.preprocessing import (
     CHANNELS,
@@ -178,6 +184,9 @@ def make_signatures(
     raw_spec = tf_transform_output.raw_feature_spec()
     image_only_spec = {contract.IMAGE_KEY: raw_spec[contract.IMAGE_KEY]}
     layer_names = [layer.name for layer in model.layers]
+    # A model with class evidence maps tags them as its Grad-CAM layer; its coarse
+    # heatmap is the predicted class's map itself (gradcam.evidence_map).
+    explicit_evidence = CLASS_EVIDENCE_LAYER in layer_names
     maps = [model.get_layer(GRADCAM_LAYER).output]
     if GRADCAM_FINE_LAYER in layer_names:
         maps.append(model.get_layer(GRADCAM_FINE_LAYER).output)
@@ -218,7 +227,8 @@ def make_signatures(
             features, logits = grad_model(x, training=False)
             class_id = tf.argmax(logits, axis=1, output_type=tf.int64)
             score = tf.gather(logits, class_id, batch_dims=1)  # pre-softmax class score
-        heatmap = cam.heatmap(IMAGE_SIZE, features, tape.gradient(score, features))
+        coarse = cam.evidence_map(features[0], class_id) if explicit_evidence else None
+        heatmap = cam.heatmap(IMAGE_SIZE, features, tape.gradient(score, features), coarse=coarse)
         if HEAD_BOX_XF in xf:  # the model saw the head crop; clients sent the whole image
             heatmap = maps_to_image(heatmap, xf[HEAD_BOX_XF], IMAGE_SIZE)
             heatmap = tf.math.divide_no_nan(heatmap, tf.reduce_max(heatmap, axis=[1, 2], keepdims=True))
