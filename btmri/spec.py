@@ -53,8 +53,10 @@ IMAGE_SIZE = 224  # square side the Transform graph resizes every image to
 CHANNELS = 1  # grayscale: MRI slices carry no colour
 
 # ── Models the Trainer can build (components/training/models.py builds them) ───────
-MODEL_NAMES = ("mri_resnet", "mri_resnet_evidence", "seed_cnn", "resnet50", "efficientnetb0")
-DEFAULT_MODEL = "mri_resnet"
+MODEL_NAMES = ("mri_resnet_evidence", "mri_resnet", "seed_cnn", "resnet50", "efficientnetb0")
+# The default decides from local evidence maps: on real tumour slices its evidence lies
+# in the tumour box (README, "Does it look at the tumour?"); mri_resnet pools the whole map.
+DEFAULT_MODEL = "mri_resnet_evidence"
 PRETRAINABLE = ("resnet50", "efficientnetb0")  # accept --weights imagenet
 
 # ── Exported SavedModel signatures, their inputs and outputs ──────────────────────

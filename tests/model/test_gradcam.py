@@ -193,7 +193,7 @@ def test_heatmap_peak_falls_inside_the_lesion(tmp_path_factory, record_property)
                 "--batch-size",
                 "32",
                 "--model",
-                "mri_resnet",
+                spec.DEFAULT_MODEL,
             ]
         )
         == 0

@@ -12,7 +12,7 @@ import data_prep  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
 from components.training import augment, compute_dtype
-from components.model_names import PRETRAINABLE
+from components.model_names import DEFAULT_MODEL, PRETRAINABLE
 from components.training.models import GRADCAM_LAYER, LOGITS_LAYER, build_model
 from components.training.trainer import _float32_copy
 
@@ -99,9 +99,9 @@ def test_compute_dtype_settings_map_to_keras_policies():
 
 def test_float32_copy_of_a_mixed_precision_model_predicts_the_same_in_float32():
     with compute_dtype.keras_policy_scope("mixed_bfloat16"):
-        mixed = build_model("mri_resnet")
+        mixed = build_model(DEFAULT_MODEL)
     assert mixed.get_layer("logits").compute_dtype == "bfloat16"
-    copy = _float32_copy(mixed, "mri_resnet")
+    copy = _float32_copy(mixed, DEFAULT_MODEL)
     assert all(layer.compute_dtype == "float32" for layer in copy.layers if hasattr(layer, "compute_dtype"))
     images = np.random.default_rng(2).uniform(0, 1, (4, 224, 224, 1)).astype(np.float32)
     mixed_probs = mixed(images, training=False).numpy()
