@@ -1,4 +1,4 @@
-"""The real-data goals (slow: ~30 minutes on 2 otherwise idle cores).
+"""The real-data goals (slow: ~55 minutes on 2 otherwise idle cores).
 
     pytest -m slow tests/pipeline/test_real_accuracy.py -s
 
@@ -34,16 +34,13 @@ from pipeline.metadata import latest_output
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 ACCURACY_GOAL = 0.98
-# The lesion audit's goals (pointing game >= 0.75, heat in box >= 0.35, lesion removed ->
-# changed >= 0.8) are not reached yet (README, "Does it look at the tumour?"). Asserted
-# here is what lesion guidance does reach, as guards against sliding back: the peak beats
-# the image centre (95 % intervals apart), and removing the lesion changes the answer at
-# least twice as often as it did for the model with lesion guidance but without head
-# framing (0.28; the current defaults reached 0.60 in one run).
-REMOVED_CHANGED_GUARD = 0.45
-# With the current defaults one run (not through this test) reached ACCURACY_GOAL (0.981)
-# but missed the meningioma-recall goal (0.945; README "Accuracy on real MRI"): this
-# test is expected to fail on that assertion until a configuration reaches it too.
+# The lesion audit's goals (README, "Does it look at the tumour?"): pointing game >= 0.75
+# overall and >= 0.6 per tumour class, heat in box >= 0.35 (one run of the defaults:
+# 0.85, per class 0.82-0.97, and 0.74), and lesion removed -> changed >= 0.8, which is
+# not reached (0.69 in that run): asserted for that one is a guard against sliding
+# back, above the 0.60 of the model before the evidence head.
+POINTING_GOAL, POINTING_PER_CLASS_GOAL, HEAT_IN_BOX_GOAL = 0.75, 0.6, 0.35
+REMOVED_CHANGED_GUARD = 0.62
 
 
 @pytest.mark.timeout(80 * 60)  # the run's budget is 60 minutes; scoring and slack on top
@@ -127,6 +124,9 @@ def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
     overall = audit["summary"]["overall"]
     assert audit["slices_audited"] >= 500
     assert overall["pointing"]["ci95"][0] > overall["centre_baseline"]["ci95"][1]
-    assert overall["mass_in_box"]["ci95"][0] > 2 * overall["box_area"]["ci95"][1]
+    assert overall["pointing"]["value"] >= POINTING_GOAL
+    for name, figures in audit["summary"]["per_class"].items():
+        assert figures["pointing"]["value"] >= POINTING_PER_CLASS_GOAL, name
+    assert overall["mass_in_box"]["value"] >= HEAT_IN_BOX_GOAL
     assert overall["removed_changed"]["value"] >= REMOVED_CHANGED_GUARD
     assert overall["removed_notumor"]["value"] > 0.5 * overall["removed_changed"]["value"]
