@@ -51,6 +51,20 @@ def eval_dataset(pattern: str, tft_layer, batch: int = 32) -> tf.data.Dataset:
     return batches
 
 
+def rebuilt(loaded: keras.Model, name: str) -> keras.Model:
+    """`name` as models.py builds it now, with `loaded`'s weights (tag layers have none,
+    so the order matches) and its temperature scaling."""
+    from components.training.calibration import with_temperature
+    from components.training.models import build_model
+
+    model = build_model(name)
+    model.set_weights(loaded.get_weights())
+    names = {layer.name for layer in loaded.layers}
+    if "temperature" in names:
+        model = with_temperature(model, 1.0 / float(loaded.get_layer("temperature").scale))
+    return model
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="SavedModel exported by the Trainer (Keras)")
@@ -58,10 +72,18 @@ def main(argv=None) -> int:
     p.add_argument("--eval-records", required=True, help="glob of the eval split's TFRecords")
     p.add_argument("--out", required=True)
     p.add_argument("--accept", type=float, default=TRAINER_DEFAULTS.abstention_accept)
+    p.add_argument(
+        "--rebuild",
+        metavar="MODEL_NAME",
+        help="rebuild this architecture as the code defines it now, with the model's weights "
+        "and temperature (for a model whose layer tags changed since it was trained)",
+    )
     args = p.parse_args(argv)
 
     xf = tft.TFTransformOutput(args.transform_graph)
     model = keras.models.load_model(args.model, compile=False)
+    if args.rebuild:
+        model = rebuilt(model, args.rebuild)
     eval_ds = eval_dataset(args.eval_records, xf.transform_features_layer())
     config = dict(DEFAULTS, abstention_accept=args.accept)
     spec = fit_abstention(model, eval_ds, xf, config)

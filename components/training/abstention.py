@@ -289,12 +289,21 @@ def feature_tensors(model) -> dict[str, object]:
     """Every candidate feature the model offers: name → pooled [N, d] Keras tensor."""
     from tf_keras import layers
 
-    from components.training.models import GRADCAM_FINE_LAYER, GRADCAM_LAYER, LOGITS_LAYER, PENULTIMATE_LAYER
+    from components.training.models import (
+        GRADCAM_FINE_LAYER,
+        GRADCAM_LAYER,
+        GRID_FEATURES_LAYER,
+        LOGITS_LAYER,
+        PENULTIMATE_LAYER,
+    )
 
     names = {layer.name for layer in model.layers}
     found = {}
-    if GRADCAM_LAYER in names:
-        grid = model.get_layer(GRADCAM_LAYER).output
+    # The 14x14 stage: tagged GRID_FEATURES_LAYER where the Grad-CAM layer is class
+    # evidence (4 channels say little about what an image is).
+    grid_layer = GRID_FEATURES_LAYER if GRID_FEATURES_LAYER in names else GRADCAM_LAYER
+    if grid_layer in names:
+        grid = model.get_layer(grid_layer).output
         if len(grid.shape) == 4:
             if 4 * grid.shape[-1] <= MAX_SPATIAL_DIMS and min(grid.shape[1:3]) >= 2:
                 pool = (grid.shape[1] // 2, grid.shape[2] // 2)

@@ -31,6 +31,9 @@ GRADCAM_FINE_LAYER = "gradcam_fine_features"
 CLASS_EVIDENCE_LAYER = "class_evidence"
 # The pooled features the abstention detector reads, where they are not the logits' input.
 PENULTIMATE_LAYER = "penultimate_features"
+# The 14x14 feature map the abstention detector reads (pooled), where GRADCAM_LAYER is
+# not a feature map but class evidence (components/training/abstention.py).
+GRID_FEATURES_LAYER = "grid_features"
 LOGITS_LAYER = "logits"
 PROBABILITIES_LAYER = "probabilities"
 
@@ -168,7 +171,8 @@ def mri_resnet_evidence(
             x = layers.Activation("linear", name=GRADCAM_FINE_LAYER)(x)
         stages.append(x)
     last = layers.Activation("linear", name=PENULTIMATE_LAYER)(stages[-1])
-    lateral = layers.Conv2D(fused, 1, use_bias=False)(stages[-2])
+    grid = layers.Activation("linear", name=GRID_FEATURES_LAYER)(stages[-2])
+    lateral = layers.Conv2D(fused, 1, use_bias=False)(grid)
     top = layers.UpSampling2D(2, interpolation="bilinear")(layers.Conv2D(fused, 1, use_bias=False)(last))
     x = layers.ReLU()(_bn()(layers.Add()([lateral, top])))
     x = layers.Conv2D(fused, 3, padding="same", use_bias=False)(x)

@@ -89,3 +89,14 @@ def test_evidence_heatmap_peaks_where_the_class_evidence_is_highest_at_any_level
     heat = evidence_map(maps, tf.constant([2])).numpy()[0, ..., 0]
     assert heat.max() == pytest.approx(1.0) and np.unravel_index(heat.argmax(), heat.shape) == (3, 9)
     assert heat[0, 0] < 1e-3
+
+
+def test_abstention_reads_the_evidence_models_feature_maps_not_its_class_maps():
+    """Its Grad-CAM layer is 4 class maps; the out-of-distribution score needs the 14x14
+    stage's 128 channels (with the class maps, photographs were answered twice as often)."""
+    from components.training import abstention
+
+    tensors = abstention.feature_tensors(build_model("mri_resnet_evidence"))
+    assert tensors[abstention.COARSE_MEAN].shape[-1] == 128
+    assert tensors[abstention.SPATIAL].shape[-1] == 4 * 128
+    assert tensors[abstention.PENULTIMATE].shape[-1] == 256
