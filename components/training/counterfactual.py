@@ -40,8 +40,8 @@ from data_prep import contract
 
 @dataclass(frozen=True)
 class CounterfactualConfig:
-    lesion_rate: float = 0.25  # share of boxed tumour images whose lesion is removed
-    decoy_rate: float = 0.25  # share of eligible images that lose a decoy box
+    lesion_rate: float = 0.5  # share of boxed tumour images whose lesion is removed
+    decoy_rate: float = 0.5  # share of eligible images that lose a decoy box
     paste_rate: float = 0.0  # share of notumor images that receive a batch-mate's lesion (opt-in)
     transplant_share: float = 0.5  # edited images filled with tissue from elsewhere
     margin: float = 0.03  # boxes grow by this (normalised) before filling

@@ -36,11 +36,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 ACCURACY_GOAL = 0.98
 # The lesion audit's goals (README, "Does it look at the tumour?"): pointing game >= 0.75
 # overall and >= 0.6 per tumour class, heat in box >= 0.35 (one run of the defaults:
-# 0.85, per class 0.82-0.97, and 0.74), and lesion removed -> changed >= 0.8, which is
-# not reached (0.69 in that run): asserted for that one is a guard against sliding
-# back, above the 0.60 of the model before the evidence head.
+# 0.83, per class 0.80-0.93, and 0.73), and lesion removed -> changed >= 0.8, which
+# that run missed by a hair (0.79 [0.77, 0.82]): asserted for that one is a guard
+# against sliding back, above the 0.69 of removal and decoys at 0.25 each.
 POINTING_GOAL, POINTING_PER_CLASS_GOAL, HEAT_IN_BOX_GOAL = 0.75, 0.6, 0.35
-REMOVED_CHANGED_GUARD = 0.62
+REMOVED_CHANGED_GUARD = 0.72
 
 
 @pytest.mark.timeout(80 * 60)  # the run's budget is 60 minutes; scoring and slack on top
