@@ -43,7 +43,9 @@ def evidence_map(maps: tf.Tensor, class_id: tf.Tensor) -> tf.Tensor:
     ignores a shift common to all). exp(map - max) keeps the order of the cells, does
     not depend on that level, and is what lesion guidance trains to fall in the box."""
     maps = tf.cast(maps, tf.float32)
-    cam = tf.gather(tf.transpose(maps, [0, 3, 1, 2]), tf.cast(class_id, tf.int32), batch_dims=1)
+    cam = tf.gather(
+        tf.transpose(maps, [0, 3, 1, 2]), tf.cast(tf.reshape(class_id, [-1]), tf.int32), batch_dims=1
+    )
     return tf.exp(cam - tf.reduce_max(cam, axis=[1, 2], keepdims=True))[..., None]
 
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+from components.training.gradcam import evidence_map
 from components.training.models import CAM_LAYER, CLASS_EVIDENCE_LAYER, LOGITS_LAYER
 
 
 def lesion_cells(masks: tf.Tensor, cam_size: int) -> tf.Tensor:
-    """[B, H, W, 1] box masks → [B, cam_size, cam_size, 1]: 1 for every CAM cell the box touches."""
+    """[B, H, W, 1] box masks (or cells of a finer grid) → [B, cam_size, cam_size, 1]: 1 for
+    every CAM cell the box touches."""
     stride = masks.shape[1] // cam_size
     return tf.nn.max_pool2d(masks, stride, stride, "VALID")
 
@@ -41,7 +43,7 @@ def evidence_loss(features: tf.Tensor, kernel: tf.Tensor, labels: tf.Tensor, cel
     weights = tf.gather(
         tf.transpose(tf.cast(kernel, tf.float32)), tf.cast(tf.reshape(labels, [-1]), tf.int32)
     )  # [B, C]
-    return _outside_share(tf.einsum("bhwc,bc->bhw", features, weights), cells)
+    return _mean_share_outside(tf.nn.relu(tf.einsum("bhwc,bc->bhw", features, weights)), cells)
 
 
 def class_map_evidence_loss(maps: tf.Tensor, labels: tf.Tensor, cells: tf.Tensor) -> tf.Tensor:
@@ -51,32 +53,16 @@ def class_map_evidence_loss(maps: tf.Tensor, labels: tf.Tensor, cells: tf.Tensor
     Not the positive share: those models' logits are pooled maps, so a shift common to
     every class changes no prediction, and a loss on the positive part is then met by
     pushing every map below zero. The spatial softmax is shift-invariant, and it is the
-    map the `gradcam` signature shows (gradcam.evidence_heatmap)."""
-    maps = tf.cast(maps, tf.float32)
-    cam = tf.gather(
-        tf.transpose(maps, [0, 3, 1, 2]), tf.cast(tf.reshape(labels, [-1]), tf.int32), batch_dims=1
-    )
-    cells = _on_grid(cells, cam.shape[1])[..., 0]
-    flat = tf.reshape(cam, [tf.shape(cam)[0], -1])
-    share = tf.reshape(tf.nn.softmax(flat, axis=-1), tf.shape(cam))
-    outside = tf.reduce_sum(share * (1.0 - cells), axis=[1, 2])
-    boxed = tf.cast(tf.reduce_any(cells > 0, axis=[1, 2]), tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(outside * boxed), tf.reduce_sum(boxed))
+    map the `gradcam` signature shows (gradcam.evidence_map, exp(map - max))."""
+    return _mean_share_outside(evidence_map(maps, labels)[..., 0], cells)
 
 
-def _on_grid(cells: tf.Tensor, size: int) -> tf.Tensor:
-    """Box cells marked on a finer grid → the cells of a `size` grid the box touches."""
-    stride = cells.shape[1] // size
-    return tf.nn.max_pool2d(cells, stride, stride, "VALID") if stride > 1 else cells
-
-
-def _outside_share(cam: tf.Tensor, cells: tf.Tensor) -> tf.Tensor:
-    """cam [B, h, w] (any sign), cells [B, h', w', 1] → mean over boxed images of the
-    share of the positive map outside the cells."""
-    cam = tf.nn.relu(cam)
-    cells = _on_grid(cells, cam.shape[1])[..., 0]
-    total = tf.reduce_sum(cam, axis=[1, 2])
-    outside = tf.reduce_sum(cam * (1.0 - cells), axis=[1, 2])
+def _mean_share_outside(mass: tf.Tensor, cells: tf.Tensor) -> tf.Tensor:
+    """mass [B, h, w] >= 0, cells [B, h', w', 1] (h' a multiple of h) → mean over boxed
+    images of the share of the mass outside the cells the box touches."""
+    cells = lesion_cells(cells, mass.shape[1])[..., 0]
+    total = tf.reduce_sum(mass, axis=[1, 2])
+    outside = tf.reduce_sum(mass * (1.0 - cells), axis=[1, 2])
     boxed = tf.cast(tf.reduce_any(cells > 0, axis=[1, 2]), tf.float32)
     per_image = tf.math.divide_no_nan(outside, total + 1e-6) * boxed
     return tf.math.divide_no_nan(tf.reduce_sum(per_image), tf.reduce_sum(boxed))
