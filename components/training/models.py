@@ -96,8 +96,26 @@ def _residual_block(x, filters: int, stride: int):
     return layers.ReLU()(layers.Add()([shortcut, x]))
 
 
+def _resnet_stages(inputs, widths: tuple[int, ...], tags: dict[int, str]) -> list:
+    """Stem (stride-2 conv + max-pool: 224 → 56) and one residual block per width, the
+    first at stride 1, the rest at stride 2; returns every stage's output. `tags`: stage
+    index → layer name, a linear layer on that stage's output (in line, so the later
+    stages read it)."""
+    x = layers.Conv2D(widths[0], 5, strides=2, padding="same", use_bias=False)(inputs)
+    x = _bn()(x)
+    x = layers.ReLU()(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    stages = []
+    for i, filters in enumerate(widths):
+        x = _residual_block(x, filters, stride=1 if i == 0 else 2)
+        if i in tags:
+            x = layers.Activation("linear", name=tags[i])(x)
+        stages.append(x)
+    return stages
+
+
 def mri_resnet(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.3) -> keras.Model:
-    """Default: a small ResNet for CPU training from scratch.
+    """A small ResNet for CPU training from scratch (the default before mri_resnet_evidence).
 
     Early downsampling (stride-2 stem + max-pool: 224 → 56) puts the compute where
     the features are; batch norm and residual blocks train fast from scratch;
@@ -106,20 +124,15 @@ def mri_resnet(widths: tuple[int, ...] = (32, 64, 128, 256), dropout: float = 0.
     56x56 one; see below and components/training/gradcam.py).
     """
     inputs = _inputs()
-    x = layers.Conv2D(widths[0], 5, strides=2, padding="same", use_bias=False)(inputs)
-    x = _bn()(x)
-    x = layers.ReLU()(x)
-    x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
-    for i, filters in enumerate(widths):
-        x = _residual_block(x, filters, stride=1 if i == 0 else 2)
-        if i == 0:  # 56x56: sharpens the heatmap to lesion scale
-            x = layers.Activation("linear", name=GRADCAM_FINE_LAYER)(x)
-        if i == len(widths) - 2:
-            # Grad-CAM from the 14x14 stage: the last (7x7) map puts every peak on a
-            # 32-px grid, coarser than a pituitary lesion; gradients still flow
-            # through the last stage, so the map explains the same decision.
-            x = layers.Activation("linear", name=GRADCAM_LAYER)(x)
-    return _head(x, inputs, "mri_resnet", dropout, tag_gradcam=False)
+    stages = _resnet_stages(
+        inputs,
+        widths,
+        # 56x56: sharpens the heatmap to lesion scale. Grad-CAM from the 14x14 stage: the
+        # last (7x7) map puts every peak on a 32-px grid, coarser than a pituitary lesion;
+        # gradients still flow through the last stage, so the map explains the same decision.
+        {0: GRADCAM_FINE_LAYER, len(widths) - 2: GRADCAM_LAYER},
+    )
+    return _head(stages[-1], inputs, "mri_resnet", dropout, tag_gradcam=False)
 
 
 @keras.utils.register_keras_serializable(package="btmri")
@@ -160,18 +173,10 @@ def mri_resnet_evidence(
     signature's coarse map is that evidence map (gradcam.evidence_map), 16 px per cell.
     """
     inputs = _inputs()
-    x = layers.Conv2D(widths[0], 5, strides=2, padding="same", use_bias=False)(inputs)
-    x = _bn()(x)
-    x = layers.ReLU()(x)
-    x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
-    stages = []
-    for i, filters in enumerate(widths):
-        x = _residual_block(x, filters, stride=1 if i == 0 else 2)
-        if i == 0:
-            x = layers.Activation("linear", name=GRADCAM_FINE_LAYER)(x)
-        stages.append(x)
-    last = layers.Activation("linear", name=PENULTIMATE_LAYER)(stages[-1])
-    grid = layers.Activation("linear", name=GRID_FEATURES_LAYER)(stages[-2])
+    n = len(widths)
+    *_, grid, last = _resnet_stages(
+        inputs, widths, {0: GRADCAM_FINE_LAYER, n - 2: GRID_FEATURES_LAYER, n - 1: PENULTIMATE_LAYER}
+    )
     lateral = layers.Conv2D(fused, 1, use_bias=False)(grid)
     top = layers.UpSampling2D(2, interpolation="bilinear")(layers.Conv2D(fused, 1, use_bias=False)(last))
     x = layers.ReLU()(_bn()(layers.Add()([lateral, top])))
