@@ -49,14 +49,11 @@ def maps_model(model_dir: str):
     )
 
     model = keras.models.load_model(model_dir, compile=False)
-    layer_names = {layer.name for layer in model.layers}
-    # Evidence maps are the class maps themselves: an identity "kernel" picks the class.
-    explicit = CLASS_EVIDENCE_LAYER in layer_names
+    # Evidence maps are the class maps themselves: no kernel turns features into them.
+    explicit = CLASS_EVIDENCE_LAYER in {layer.name for layer in model.layers}
     names = (GRADCAM_LAYER, GRADCAM_FINE_LAYER, CLASS_EVIDENCE_LAYER if explicit else CAM_LAYER)
     outputs = [model.get_layer(n).output for n in names] + [model.get_layer(LOGITS_LAYER).output]
-    kernel = (
-        np.eye(model.output.shape[-1], dtype=np.float32) if explicit else model.get_layer(LOGITS_LAYER).kernel
-    )
+    kernel = None if explicit else model.get_layer(LOGITS_LAYER).kernel
     return keras.Model(model.inputs, outputs), kernel, explicit
 
 
@@ -81,10 +78,10 @@ def method_maps(grad_model, kernel, images: list[bytes], explicit: bool = False)
 
     grad14 = up(cam.grad_cam(coarse, g_coarse))
     layer56 = up(cam.layer_cam(fine, g_fine))
-    weights = tf.gather(tf.transpose(kernel), class_id)
     if explicit:  # the signature's coarse map for such models
         cam7 = up(cam.evidence_map(last, class_id))
     else:
+        weights = tf.gather(tf.transpose(kernel), class_id)
         cam7 = up(tf.nn.relu(tf.einsum("bhwc,bc->bhw", last, weights))[..., None])
     last_name = "evidence14" if explicit else "cam7"
     return {

@@ -34,15 +34,17 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from btmri.documents import TRAINER_DEFAULTS
 from components.training.augment import warp
 from data_prep import contract
 
 
 @dataclass(frozen=True)
 class CounterfactualConfig:
-    lesion_rate: float = 0.5  # share of boxed tumour images whose lesion is removed
-    decoy_rate: float = 0.5  # share of eligible images that lose a decoy box
-    paste_rate: float = 0.0  # share of notumor images that receive a batch-mate's lesion (opt-in)
+    # The rates' defaults are the Trainer's (btmri.documents.TrainerConfig).
+    lesion_rate: float = TRAINER_DEFAULTS.lesion_removal_rate  # boxed tumour images whose lesion is removed
+    decoy_rate: float = TRAINER_DEFAULTS.decoy_removal_rate  # eligible images that lose a decoy box
+    paste_rate: float = TRAINER_DEFAULTS.lesion_paste_rate  # notumor images given a batch-mate's lesion
     transplant_share: float = 0.5  # edited images filled with tissue from elsewhere
     margin: float = 0.03  # boxes grow by this (normalised) before filling
     max_noise: float = 0.04  # std of the noise added inside the fill, at most
