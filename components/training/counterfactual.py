@@ -16,16 +16,23 @@ tumour. For training images whose tumour box is known (data_prep/lesion_boxes.py
   with a known box, never to tumour images without one (the fill could hit their
   unknown lesion).
 
-Two fills, half of the edited images each, so that no one texture means "removed":
+Three fills, a third of the edited images each, so that no one texture means "removed":
 * smooth: a normalised convolution at 1/8 resolution (the mean of the nearby pixels
   outside the box, spread inwards in a few passes), with a random amount of noise;
+* rim: the hole's own rim carried straight inwards at full resolution (each pixel
+  the inverse-distance mean of the rim pixels level with it on all four sides),
+  so whatever borders the hole, a bright rim included, streaks into it, as
+  boundary-driven inpainting does;
 * transplant: tissue from elsewhere in the same slice (its mirror image across the
   vertical midline, or a shifted copy) whose source region does not touch the
   lesion, brought to the smooth fill's mean intensity.
 A model trained on the smooth fill alone learnt it: it called 0.68 of held-out
-tumour slices notumor with that fill but 0.24 with Telea inpainting. Both are
-blended in with a feathered edge. The lesion audit removes lesions with OpenCV's
-Telea inpainting at full resolution, a method training never sees.
+tumour slices notumor with that fill but 0.24 with Telea inpainting. With smooth
+and transplant fills it still answered notumor for 0.89 of slices with a ring-mean
+fill but 0.67 with Telea: a rim left outside a tight box comes back into it, and
+no smooth fill shows that. All fills are blended in with a feathered edge. The
+lesion audit removes lesions with OpenCV's Telea inpainting at the slice's own
+resolution, which training never runs.
 """
 
 from __future__ import annotations
@@ -45,9 +52,15 @@ class CounterfactualConfig:
     lesion_rate: float = TRAINER_DEFAULTS.lesion_removal_rate  # boxed tumour images whose lesion is removed
     decoy_rate: float = TRAINER_DEFAULTS.decoy_removal_rate  # eligible images that lose a decoy box
     paste_rate: float = TRAINER_DEFAULTS.lesion_paste_rate  # notumor images given a batch-mate's lesion
-    transplant_share: float = 0.5  # edited images filled with tissue from elsewhere
+    transplant_share: float = 1 / 3  # edited images filled with tissue from elsewhere
+    rim_share: float = 1 / 3  # edited images filled by carrying the rim inwards
     margin: float = 0.03  # boxes grow by this (normalised) before filling
     max_noise: float = 0.04  # std of the noise added inside the fill, at most
+
+    def __post_init__(self):
+        shares = (self.transplant_share, self.rim_share)
+        if min(shares) < 0 or sum(shares) > 1:
+            raise ValueError(f"fill shares must be >= 0 and sum to <= 1, got {shares}")
 
 
 def has_box(boxes: tf.Tensor) -> tf.Tensor:
@@ -105,6 +118,52 @@ def smooth_fill(images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
         small = small * known + num * (1.0 - known)
         weight = weight * known + den * (1.0 - known)
     return tf.image.resize(tf.math.divide_no_nan(small, weight), tf.shape(images)[1:3], "bilinear")
+
+
+def _first_index(flags: tf.Tensor) -> tf.Tensor:
+    """[B, N] of 0/1 → int32 [B]: the first index holding a 1 (0 when none does)."""
+    return tf.argmax(flags, axis=1, output_type=tf.int32)
+
+
+def rim_fill(images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
+    """[B, H, W, 1]: inside each (rectangular) mask, the rim carried straight inwards.
+
+    A pixel gets the inverse-distance-weighted mean of the four rim pixels level
+    with it just outside the hole (left, right, above, below; the rim lightly
+    blurred), so whatever borders the hole, a bright rim included, streaks into it
+    as boundary-driven inpainting does. Closed form: no passes, cheap per batch.
+    Outside the mask: the image."""
+    height, width = images.shape[1], images.shape[2]
+    rows = tf.reduce_max(masks[..., 0], axis=2)  # [B, H]: the hole's rows
+    cols = tf.reduce_max(masks[..., 0], axis=1)  # [B, W]
+    top = _first_index(rows) - 1
+    bottom = height - _first_index(tf.reverse(rows, [1]))
+    left = _first_index(cols) - 1
+    right = width - _first_index(tf.reverse(cols, [1]))
+    rim = _box_blur(images, 3)[..., 0]
+    clip_h = lambda i: tf.clip_by_value(i, 0, height - 1)  # noqa: E731
+    clip_w = lambda i: tf.clip_by_value(i, 0, width - 1)  # noqa: E731
+    above = tf.gather(rim, clip_h(top), axis=1, batch_dims=1)  # [B, W]
+    below = tf.gather(rim, clip_h(bottom), axis=1, batch_dims=1)
+    beside_l = tf.gather(tf.transpose(rim, [0, 2, 1]), clip_w(left), axis=1, batch_dims=1)  # [B, H]
+    beside_r = tf.gather(tf.transpose(rim, [0, 2, 1]), clip_w(right), axis=1, batch_dims=1)
+    ys = tf.range(height, dtype=tf.float32)[None, :, None]
+    xs = tf.range(width, dtype=tf.float32)[None, None, :]
+
+    def weight(distance):
+        return 1.0 / tf.maximum(distance, 1.0)
+
+    w_t = weight(ys - tf.cast(top, tf.float32)[:, None, None])
+    w_b = weight(tf.cast(bottom, tf.float32)[:, None, None] - ys)
+    w_l = weight(xs - tf.cast(left, tf.float32)[:, None, None])
+    w_r = weight(tf.cast(right, tf.float32)[:, None, None] - xs)
+    total = (
+        w_t * above[:, None, :]
+        + w_b * below[:, None, :]
+        + w_l * beside_l[:, :, None]
+        + w_r * beside_r[:, :, None]
+    )
+    return tf.where(masks > 0, (total / (w_t + w_b + w_l + w_r))[..., None], images)
 
 
 def fill_from_surroundings(
@@ -266,6 +325,12 @@ def counterfactual_batch(
     noise_std = tf.random.uniform(tf.shape(changed), 0.0, cfg.max_noise, seed=seeded(13))
     smooth = smooth + tf.random.normal(tf.shape(originals), seed=seeded(14)) * noise_std[:, None, None, None]
     fill = smooth
+    choice = tf.random.uniform(tf.shape(changed), seed=seeded(16))
+    if cfg.rim_share > 0:
+        rim = rim_fill(originals, masks)
+        rim += tf.random.normal(tf.shape(originals), seed=seeded(17)) * noise_std[:, None, None, None]
+        use = choice >= 1.0 - cfg.rim_share
+        fill = tf.where(use[:, None, None, None], rim, fill)
     if cfg.transplant_share > 0:
         transforms, found = transplant_sources(
             _grow(holes, cfg.margin),
@@ -276,8 +341,8 @@ def counterfactual_batch(
         )
         source = warp(originals, transforms)
         source = source + (_masked_mean(smooth, masks) - _masked_mean(source, masks))[:, None, None, None]
-        use = found & (tf.random.uniform(tf.shape(changed), seed=seeded(16)) < cfg.transplant_share)
-        fill = tf.where(use[:, None, None, None], source, smooth)
+        use = found & (choice < cfg.transplant_share)
+        fill = tf.where(use[:, None, None, None], source, fill)
     edited = _blend(originals, fill, masks)
     images = tf.tensor_scatter_nd_update(images, changed[:, None], edited)
     labels = tf.where(remove_lesion, tf.constant(contract.NOTUMOR_ID, tf.int64), labels)

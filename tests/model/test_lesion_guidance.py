@@ -13,6 +13,7 @@ from components.training.counterfactual import (
     box_masks,
     counterfactual_batch,
     fill_from_surroundings,
+    rim_fill,
     transplant_sources,
 )
 from components.training.lesion_guidance import evidence_loss, lesion_cells
@@ -112,6 +113,24 @@ def test_fill_replaces_a_bright_lesion_with_its_surroundings():
     np.testing.assert_allclose(filled[0, :60], image[0, :60], atol=1e-6)  # far away: untouched
 
 
+def test_rim_fill_carries_the_rim_inwards():
+    image = np.full((1, 224, 224, 1), 0.4, np.float32)
+    image[:, 95:135, 80:125] = 1.0  # the lesion, reaching 5 px past its box on the left
+    box = [[90 / 224, 85 / 224, 140 / 224, 135 / 224]]
+    filled = rim_fill(tf.constant(image), box_masks(tf.constant(box), 224, 224)).numpy()[0, ..., 0]
+    assert filled[110:120, 86:90].mean() > 0.8  # the bright rim streaks into the hole ...
+    assert abs(filled[110:120, 128:134].mean() - 0.4) < 0.08  # ... the plain side stays plain
+    assert filled[90:140, 85:135].max() <= 1.0 + 1e-6
+    image[:, 20:40, 20:40] = 0.9  # elsewhere: the image itself
+    filled_again = rim_fill(tf.constant(image), box_masks(tf.constant(box), 224, 224)).numpy()[0, ..., 0]
+    np.testing.assert_allclose(filled_again[:80], image[0, :80, :, 0], atol=1e-6)
+
+
+def test_fill_shares_are_checked():
+    with pytest.raises(ValueError, match="fill shares"):
+        CounterfactualConfig(transplant_share=0.7, rim_share=0.5)
+
+
 def test_counterfactuals_relabel_removed_lesions_only():
     images = tf.random.uniform([64, 224, 224, 1], seed=3)
     labels = tf.constant([0, 2] * 32, tf.int64)  # glioma with a box, notumor without
@@ -175,7 +194,12 @@ def test_transplant_fill_takes_tissue_from_the_mirror_side_not_the_lesion():
         tf.constant([0], tf.int64),
         boxes,
         CounterfactualConfig(
-            lesion_rate=1.0, decoy_rate=0.0, paste_rate=0.0, transplant_share=1.0, margin=0.0
+            lesion_rate=1.0,
+            decoy_rate=0.0,
+            paste_rate=0.0,
+            transplant_share=1.0,
+            rim_share=0.0,
+            margin=0.0,
         ),
         seed=2,
     )
