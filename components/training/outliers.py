@@ -7,8 +7,10 @@ documents, uniform/Gaussian/salt-and-pepper noise, blanks, linear ramps, a chest
 drawing), so nothing that tunes the detector grades it.
 
 Kinds here: sinusoidal gratings, checkerboards, random filled polygons and ellipses,
-band-limited (blurred) noise textures, and a head outline without a brain (skull ring
-and scalp only, dark inside). Every image is 8-bit grayscale, 160-320 px a side,
+band-limited (blurred) noise textures, a head outline without a brain (skull ring
+and scalp only, dark inside), and photograph-like scenes (a frame filled edge to
+edge with 1/f noise, the amplitude spectrum of natural images, under a lighting
+gradient, with shaded, textured objects in front). Every image is 8-bit grayscale, 160-320 px a side,
 returned PNG-encoded so it goes through the model's own decoder.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-KINDS = ("grating", "checkerboard", "shapes", "texture", "empty_head")
+KINDS = ("grating", "checkerboard", "shapes", "texture", "empty_head", "scene")
 
 
 def _size(rng) -> tuple[int, int]:
@@ -81,12 +83,48 @@ def empty_head(rng) -> np.ndarray:
     return np.clip(cv2.GaussianBlur(image, (0, 0), 1.0), 0, 255).astype(np.uint8)
 
 
+def _pink_noise(rng, h: int, w: int) -> np.ndarray:
+    """Zero-mean, unit-std noise whose amplitude falls as 1/f**alpha (natural images: alpha ~ 1-2)."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    radius = np.maximum(np.hypot(fy, fx), 1.0 / max(h, w))
+    spectrum = rng.normal(size=radius.shape) + 1j * rng.normal(size=radius.shape)
+    field = np.fft.irfft2(spectrum / radius ** rng.uniform(1.0, 2.0), s=(h, w)).astype(np.float32)
+    return (field - field.mean()) / (field.std() + 1e-6)
+
+
+def scene(rng) -> np.ndarray:
+    """A photograph-like frame: no dark background, light from one side, objects in front."""
+    h, w = _size(rng)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    light = (x / w - 0.5) * np.cos(angle) + (y / h - 0.5) * np.sin(angle)
+    image = rng.uniform(70, 170) + rng.uniform(20, 60) * _pink_noise(rng, h, w) + rng.uniform(20, 80) * light
+    for _ in range(int(rng.integers(1, 6))):
+        mask = np.zeros((h, w), np.uint8)
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        axes = (int(rng.integers(w // 10, w // 2)), int(rng.integers(h // 10, h // 2)))
+        if rng.random() < 0.5:
+            cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        else:
+            cv2.rectangle(
+                mask, (centre[0] - axes[0], centre[1] - axes[1]), (centre[0] + axes[0], centre[1]), 1, -1
+            )
+        shade = (
+            rng.uniform(30, 220) + rng.uniform(10, 40) * _pink_noise(rng, h, w) + rng.uniform(-60, 60) * light
+        )
+        soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), float(rng.uniform(0.5, 3)))
+        image = image * (1 - soft) + shade * soft
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
 _MAKERS = {
     "grating": grating,
     "checkerboard": checkerboard,
     "shapes": shapes,
     "texture": texture,
     "empty_head": empty_head,
+    "scene": scene,
 }
 assert set(_MAKERS) == set(KINDS)
 

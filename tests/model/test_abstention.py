@@ -109,6 +109,20 @@ def test_generated_outliers_are_deterministic_pngs_of_every_kind():
             assert image.ndim == 2 and image.dtype == np.uint8 and min(image.shape) >= 160
 
 
+def test_photograph_like_scenes_fill_the_frame_with_natural_image_statistics():
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        image = outliers.scene(rng).astype(np.float64)
+        assert (image < 15).mean() < 0.1  # no dark background around an object, unlike a scan
+        # Amplitude falls with frequency (1/f-like): low bands carry more than high ones.
+        amplitude = np.abs(np.fft.fft2(image - image.mean()))
+        fy, fx = np.meshgrid(np.fft.fftfreq(image.shape[0]), np.fft.fftfreq(image.shape[1]), indexing="ij")
+        radius = np.hypot(fy, fx)
+        low = amplitude[(radius > 0.01) & (radius < 0.05)].mean()
+        high = amplitude[(radius > 0.2) & (radius < 0.4)].mean()
+        assert low > 5 * high
+
+
 # ---- an exported model, abstaining on blanks and noise by construction ---------------
 
 
