@@ -147,9 +147,11 @@ class Manifest(_Document):
 
 
 # ── Training: the Trainer's configuration and what it writes back ──────────────────
-@dataclass
-class TrainerConfig(_Document):
-    """The Trainer's custom_config; the defaults are the project's training defaults."""
+@dataclass(kw_only=True)
+class TrainingSettings:
+    """What a run chooses about training: the fields the pipeline's configuration
+    (pipeline/config.py) and the Trainer's custom_config share, with the project's
+    training defaults. Keyword-only, so a subclass may lead with required fields."""
 
     model: str = spec.DEFAULT_MODEL
     weights: str | None = None  # 'imagenet' for resnet50/efficientnetb0 (internet)
@@ -163,9 +165,6 @@ class TrainerConfig(_Document):
     patience: int = 0  # > 0: early stopping on eval loss; 0: whole schedule
     augment: bool = True
     seed: int = 0
-    materialized: bool = False  # examples are Transform's output, not raw Examples
-    calibrate: bool = True  # temperature scaling fitted on the eval split
-    cache: bool = True  # keep decoded images in memory across epochs
     compute_dtype: str = "auto"  # float32 | bfloat16 | auto (bf16 if the CPU has it)
     # Lesion guidance, for training images with a known tumour box.
     evidence_weight: float = 1.0  # weight of the lesion-evidence loss; 0: off
@@ -180,14 +179,27 @@ class TrainerConfig(_Document):
     # calibration: ood_score, abstain and abstain_reason in every exported signature.
     abstention: bool = True
     abstention_accept: float = 0.95  # share of eval images the fitted thresholds answer
-    abstention_ood_share: float = 0.6  # of the rejection budget (1 - accept) spent on the distance
-    abstention_outliers_per_kind: int = 24  # generated outliers per kind (outliers.py)
     # Scale-out (README, Running at scale). batch_size is the global batch: replicas
     # split it, gradients are averaged over all of it, so learning_rate keeps its
     # meaning and is not rescaled; a larger global batch is chosen with batch_size
     # (and, by the linear rule, learning_rate scaled by the same factor) by hand.
     distribution: str = spec.DISTRIBUTION_NONE  # none | mirrored | multi_worker
     input_sharding: str = spec.INPUT_SHARDING_FILE  # multi_worker: file | data (spec.INPUT_SHARDING)
+
+
+TRAINING_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainingSettings))
+
+
+@dataclass(kw_only=True)
+class TrainerConfig(TrainingSettings, _Document):
+    """The Trainer's custom_config: a run's TrainingSettings plus what only the Trainer
+    reads; the defaults are the project's training defaults."""
+
+    materialized: bool = False  # examples are Transform's output, not raw Examples
+    calibrate: bool = True  # temperature scaling fitted on the eval split
+    cache: bool = True  # keep decoded images in memory across epochs
+    abstention_ood_share: float = 0.6  # of the rejection budget (1 - accept) spent on the distance
+    abstention_outliers_per_kind: int = 24  # generated outliers per kind (outliers.py)
 
 
 TRAINER_DEFAULTS = TrainerConfig()

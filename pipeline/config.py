@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import components
-from btmri.documents import TRAINER_DEFAULTS, VertexOptions
+from btmri.documents import TRAINER_DEFAULTS, TRAINING_SETTINGS, TrainingSettings, VertexOptions
 from btmri.layout import metadata_path
 from btmri.spec import DISTRIBUTIONS, INPUT_SHARDING, MIN_ACCEPTANCE
 from components.training.compute_dtype import CHOICES as COMPUTE_DTYPES
@@ -106,7 +106,10 @@ def component_beam_args(pairs: list[str]) -> dict[str, list[str]]:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(TrainingSettings):
+    """One run of the pipeline: where it reads and writes, how it gates, how it scales,
+    and (inherited, keyword-only) its TrainingSettings, passed on to the Trainer."""
+
     pipeline_root: str  # artifacts and ML Metadata live here
     data_root: str  # output of `btmri prepare` (train/ eval/ [test/])
     serving_dir: str  # TF Serving base path: <serving_dir>/<version>/
@@ -114,28 +117,10 @@ class PipelineConfig:
     metadata_path: str | None = None  # sqlite; default <pipeline_root>/metadata.sqlite
     schema_file: str = str(SCHEMA_FILE)
     request_schema_file: str = str(REQUEST_SCHEMA_FILE)
-    # Training: the defaults (and what each knob means) are btmri.documents.TrainerConfig's.
-    model: str = TRAINER_DEFAULTS.model
-    weights: str | None = TRAINER_DEFAULTS.weights
-    epochs: int = TRAINER_DEFAULTS.epochs
-    batch_size: int = TRAINER_DEFAULTS.batch_size
-    learning_rate: float = TRAINER_DEFAULTS.learning_rate
-    weight_decay: float = TRAINER_DEFAULTS.weight_decay
-    label_smoothing: float = TRAINER_DEFAULTS.label_smoothing
-    patience: int = TRAINER_DEFAULTS.patience
-    compute_dtype: str = TRAINER_DEFAULTS.compute_dtype
-    augment: bool = TRAINER_DEFAULTS.augment
-    seed: int = TRAINER_DEFAULTS.seed
-    evidence_weight: float = TRAINER_DEFAULTS.evidence_weight
-    lesion_removal_rate: float = TRAINER_DEFAULTS.lesion_removal_rate
-    decoy_removal_rate: float = TRAINER_DEFAULTS.decoy_removal_rate
-    lesion_paste_rate: float = TRAINER_DEFAULTS.lesion_paste_rate
     box_dir: str | None = None  # tumour boxes: the lesion audit's slices
     audit_min_pointing: float = -1.0  # gate on the audit's pointing game; < 0: off
     audit_min_removed_changed: float = -1.0  # gate on "lesion removed → class changed"; < 0: off
     accuracy_lower_bound: float = DEFAULT_ACCURACY_LOWER_BOUND
-    abstention: bool = TRAINER_DEFAULTS.abstention  # fit ood_score/abstain into the exported model
-    abstention_accept: float = TRAINER_DEFAULTS.abstention_accept
     abstention_min_acceptance: float = (
         MIN_ACCEPTANCE  # blessing: share of the evaluated split answered; < 0: off
     )
@@ -143,9 +128,6 @@ class PipelineConfig:
     beam_pipeline_args: list[str] = field(default_factory=local_beam_args)
     # Beam options of one component, after (so overriding) the pipeline's: {component id: [args]}.
     component_beam_args: dict[str, list[str]] = field(default_factory=dict)
-    # Training under a tf.distribute strategy (components/training/distribution.py).
-    distribution: str = TRAINER_DEFAULTS.distribution
-    input_sharding: str = TRAINER_DEFAULTS.input_sharding
     # Compile target vertex: the Trainer runs as a Vertex AI training job (and, with an
     # endpoint name, the Pusher pushes to Vertex AI); None: the portable components.
     vertex: VertexOptions | None = None
@@ -187,33 +169,12 @@ class PipelineConfig:
         return test_dir.is_dir() and any(test_dir.iterdir())
 
     def trainer_config(self) -> dict:
-        """The Trainer's custom_config: the TrainerConfig fields this configuration sets
-        (calibrate and cache keep the Trainer's defaults, so they are not passed and the
-        component's cache key is unchanged; distribution and input_sharding are passed
-        only when not the default, for the same reason)."""
-        scale = {}
-        if self.distribution != TRAINER_DEFAULTS.distribution:
-            scale["distribution"] = self.distribution
-        if self.input_sharding != TRAINER_DEFAULTS.input_sharding:
-            scale["input_sharding"] = self.input_sharding
-        return {
-            **scale,
-            "model": self.model,
-            "weights": self.weights,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "weight_decay": self.weight_decay,
-            "label_smoothing": self.label_smoothing,
-            "patience": self.patience,
-            "augment": self.augment,
-            "seed": self.seed,
-            "materialized": self.materialize,
-            "compute_dtype": self.compute_dtype,
-            "evidence_weight": self.evidence_weight,
-            "lesion_removal_rate": self.lesion_removal_rate,
-            "decoy_removal_rate": self.decoy_removal_rate,
-            "lesion_paste_rate": self.lesion_paste_rate,
-            "abstention": self.abstention,
-            "abstention_accept": self.abstention_accept,
-        }
+        """The Trainer's custom_config: this run's TrainingSettings and whether the
+        examples are materialised. distribution and input_sharding are passed only when
+        not the default, so the component's cache key does not change for local runs."""
+        config = {name: getattr(self, name) for name in TRAINING_SETTINGS}
+        for name in ("distribution", "input_sharding"):
+            if config[name] == getattr(TRAINER_DEFAULTS, name):
+                del config[name]
+        config["materialized"] = self.materialize
+        return config

@@ -323,3 +323,32 @@ def test_training_options_reach_the_trainer_config(tmp_path):
     assert (defaults["compute_dtype"], defaults["patience"]) == ("auto", 0)
     with pytest.raises(ValueError, match="compute dtype must be one of"):
         PipelineConfig(pipeline_root="r", data_root="d", serving_dir="s", compute_dtype="float16")
+
+
+def test_every_training_setting_of_a_run_reaches_the_trainer():
+    from btmri.documents import TRAINING_SETTINGS, TrainerConfig
+
+    changed = {
+        "model": "mri_resnet",
+        "weights": "imagenet",
+        "epochs": 3,
+        "batch_size": 8,
+        "learning_rate": 0.01,
+        "weight_decay": 0.0,
+        "label_smoothing": 0.0,
+        "patience": 2,
+        "augment": False,
+        "seed": 9,
+        "compute_dtype": "float32",
+        "evidence_weight": 0.5,
+        "lesion_removal_rate": 0.1,
+        "decoy_removal_rate": 0.2,
+        "lesion_paste_rate": 0.3,
+        "abstention": False,
+        "abstention_accept": 0.9,
+        "distribution": "mirrored",
+        "input_sharding": "data",
+    }
+    assert set(changed) == set(TRAINING_SETTINGS)  # a new setting gets a line here
+    received = TrainerConfig.from_dict(PipelineConfig("r", "d", "s", **changed).trainer_config())
+    assert {name: getattr(received, name) for name in changed} == changed
