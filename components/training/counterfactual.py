@@ -331,16 +331,12 @@ def counterfactual_batch(
     holes = tf.gather(fill_boxes, changed)
     originals = tf.gather(images, changed)
     masks = box_masks(holes, height, width, margin=cfg.margin)
-    smooth = smooth_fill(originals, masks)
-    noise = fill_noise(tf.shape(originals), cfg.max_noise, seed=seeded(13))
-    smooth += noise
-    fill = smooth
+    # Which fill each edited image gets: 0 smooth, 1 rim, 2 transplant (where a source
+    # region was found; else smooth). Each fill is computed only for its own images.
     choice = tf.random.uniform(tf.shape(changed), seed=seeded(16))
+    kind = tf.zeros(tf.shape(changed), tf.int32)
     if cfg.rim_share > 0:
-        rim = rim_fill(originals, masks)
-        rim += noise  # the same draw: an image gets one fill or the other
-        use = choice >= 1.0 - cfg.rim_share
-        fill = tf.where(use[:, None, None, None], rim, fill)
+        kind = tf.where(choice >= 1.0 - cfg.rim_share, 1, kind)
     if cfg.transplant_share > 0:
         transforms, found = transplant_sources(
             _grow(holes, cfg.margin),
@@ -349,10 +345,32 @@ def counterfactual_batch(
             height,
             seed=seeded(15),
         )
-        source = warp(originals, transforms)
-        source = source + (_masked_mean(smooth, masks) - _masked_mean(source, masks))[:, None, None, None]
-        use = found & (choice < cfg.transplant_share)
-        fill = tf.where(use[:, None, None, None], source, fill)
+        kind = tf.where(found & (choice < cfg.transplant_share), 2, kind)
+
+    def transplanted(picked, picked_masks, idx):
+        source = warp(picked, tf.gather(transforms, idx))
+        # Brought to the intensity of the tissue around the hole.
+        ring = box_masks(tf.gather(holes, idx), height, width, margin=cfg.margin + 0.05) - picked_masks
+        offset = _masked_mean(picked, ring) - _masked_mean(source, picked_masks)
+        return source + offset[:, None, None, None]
+
+    def noisy(make):
+        def fill_of(picked, picked_masks, idx):
+            noise = fill_noise(tf.shape(picked), cfg.max_noise, seed=seeded(13))
+            return make(picked, picked_masks) + noise
+
+        return fill_of
+
+    fills = [(0, noisy(smooth_fill))]
+    if cfg.rim_share > 0:
+        fills.append((1, noisy(rim_fill)))
+    if cfg.transplant_share > 0:
+        fills.append((2, transplanted))
+    fill = originals
+    for k, make in fills:
+        idx = tf.where(tf.equal(kind, k))[:, 0]
+        made = make(tf.gather(originals, idx), tf.gather(masks, idx), idx)
+        fill = tf.tensor_scatter_nd_update(fill, idx[:, None], made)
     edited = _blend(originals, fill, masks)
     images = tf.tensor_scatter_nd_update(images, changed[:, None], edited)
     labels = tf.where(remove_lesion, tf.constant(contract.NOTUMOR_ID, tf.int64), labels)

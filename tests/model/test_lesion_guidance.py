@@ -126,6 +126,27 @@ def test_rim_fill_carries_the_rim_inwards():
     np.testing.assert_allclose(filled_again[:80], image[0, :80, :, 0], atol=1e-6)
 
 
+def test_counterfactuals_use_the_rim_fill_at_its_share():
+    image = np.full((1, 224, 224, 1), 0.4, np.float32)
+    image[:, 95:135, 80:125] = 1.0  # reaching 5 px past the box on the left
+    box = tf.constant([[90 / 224, 85 / 224, 140 / 224, 135 / 224]])
+
+    def removed(rim_share):
+        cfg = CounterfactualConfig(
+            lesion_rate=1.0,
+            decoy_rate=0.0,
+            transplant_share=0.0,
+            rim_share=rim_share,
+            margin=0.0,
+            max_noise=0.0,
+        )
+        out, out_labels, _ = counterfactual_batch(tf.constant(image), tf.constant([0], tf.int64), box, cfg)
+        assert out_labels.numpy()[0] == contract.NOTUMOR_ID
+        return out.numpy()[0, 110:120, 88:92, 0].mean()
+
+    assert removed(1.0) > 0.75 > removed(0.0)  # the rim streaks in; the smooth fill spreads it
+
+
 def test_fill_shares_are_checked():
     with pytest.raises(ValueError, match="fill shares"):
         CounterfactualConfig(transplant_share=0.7, rim_share=0.5)
