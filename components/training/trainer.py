@@ -300,7 +300,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     With a distribution (TrainerConfig.distribution; components/training/distribution.py)
     the model and optimizer are built in the strategy's scope and Keras distributes the
     datasets; multi-worker: training files are split by file (input_sharding), eval by
-    example, and only the chief writes serving_model_dir and model_run_dir."""
+    example; only the chief calibrates, fits abstention and exports, into the real
+    serving_model_dir and model_run_dir."""
     config = _config(fn_args)
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow's first operation.
     strategy = distribution.make_strategy(str(config["distribution"]))
@@ -394,6 +395,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     with open(os.path.join(run_dir, HISTORY_FILE), "w") as f:
         json.dump(record, f, indent=1)
 
+    if not distribution.is_chief(strategy):
+        # What follows runs on a plain copy of the weights (no collective ops), so it is
+        # the chief's alone; the barrier holds this worker until the chief has exported.
+        logging.info("Task %s: training done; the chief exports", distribution.task_name(strategy))
+        distribution.finish(strategy, serving_model_dir, run_dir)
+        return
     # The export copy holds plain float32 variables (no distributed ones): calibration,
     # abstention and the SavedModel are then the same code with or without a strategy.
     if policy != "float32" or strategy is not None:

@@ -36,6 +36,9 @@ def main() -> None:
 
     import data_prep  # noqa: F401  (Keras 2 before TensorFlow)
     import tensorflow as tf
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO)  # the test reads what each task did from its log
 
     if args.logical_cpus > 1:
         (cpu,) = tf.config.list_physical_devices("CPU")

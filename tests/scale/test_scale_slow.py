@@ -209,5 +209,9 @@ def test_two_worker_training_on_loopback_exports_from_the_chief(tiny_run, tmp_pa
     history = json.loads((Path(results[0]["model_run_dir"]) / HISTORY_FILE).read_text())
     assert history["distribution"] == {"strategy": "multi_worker", "replicas_in_sync": 2, "task": "worker0"}
     assert len(history["history"]["loss"]) == 2 and all(np.isfinite(history["history"]["loss"]))
+    # Only the chief fitted abstention and exported; the other worker went to the barrier.
+    chief_log, other_log = (log.read_text() for log in logs)
+    assert "Abstention fitted on eval" in chief_log and "the chief exports" not in chief_log
+    assert "Abstention fitted on eval" not in other_log and "worker1: training done" in other_log
     # The other worker wrote only to temporary folders, and removed them.
     assert not any(scratch.glob("btmri-worker1-*")), list(scratch.iterdir())
