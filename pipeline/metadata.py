@@ -10,6 +10,10 @@ from tfx.types import artifact_utils
 
 from pipeline.config import PipelineConfig
 
+PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"  # TFX's context of one run of the pipeline
+PUSHER_NODE_ID = "Pusher"  # pipeline/factory.py
+PUSHED_MODEL_KEY = "pushed_model"
+
 
 def missing_store_message(config: PipelineConfig) -> str | None:
     """Why the run's ML Metadata store cannot be read (for the caller's own error), or None."""
@@ -39,24 +43,59 @@ def execution_state_name(execution: metadata_store_pb2.Execution) -> str:
     return metadata_store_pb2.Execution.State.Name(execution.last_known_state)
 
 
+def _output(store, execution_id: int, key: str):
+    """The raw MLMD artifact an execution output under `key`, or None."""
+    events = [
+        e
+        for e in store.get_events_by_execution_ids([execution_id])
+        if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+        and any(step.key == key for step in e.path.steps)
+    ]
+    return store.get_artifacts_by_id([events[0].artifact_id])[0] if events else None
+
+
+def _deserialized(store, artifact):
+    types = store.get_artifact_types_by_id([artifact.type_id])
+    return artifact_utils.deserialize_artifact(types[0], artifact)
+
+
+def _succeeded(execution) -> bool:
+    return execution.last_known_state in (
+        metadata_store_pb2.Execution.COMPLETE,
+        metadata_store_pb2.Execution.CACHED,
+    )
+
+
 def latest_output(config: PipelineConfig, node_id: str, key: str):
     """The TFX artifact a node's latest successful (or cached) execution output under `key`."""
     store = open_store(config)
     for execution in reversed(node_executions(config, node_id)):
-        if execution.last_known_state not in (
-            metadata_store_pb2.Execution.COMPLETE,
-            metadata_store_pb2.Execution.CACHED,
-        ):
+        if not _succeeded(execution):
             continue
-        events = [
-            e
-            for e in store.get_events_by_execution_ids([execution.id])
-            if e.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
-            and any(step.key == key for step in e.path.steps)
-        ]
-        if not events:
+        artifact = _output(store, execution.id, key)
+        if artifact is not None:
+            return _deserialized(store, artifact)
+    return None
+
+
+def output_of_pushing_run(config: PipelineConfig, version: int, node_id: str, key: str):
+    """The TFX artifact `node_id` output under `key` in the latest pipeline run whose
+    Pusher pushed (or found already pushed) serving version `version`; None if no run
+    of this pipeline did."""
+    store = open_store(config)
+    run_type = store.get_context_type(PIPELINE_RUN_CONTEXT_TYPE)
+    node = {e.id: e for e in node_executions(config, node_id) if _succeeded(e)}
+    for pusher in reversed(node_executions(config, PUSHER_NODE_ID)):
+        pushed = _output(store, pusher.id, PUSHED_MODEL_KEY) if _succeeded(pusher) else None
+        if pushed is None:
             continue
-        artifacts = store.get_artifacts_by_id([events[0].artifact_id])
-        types = store.get_artifact_types_by_id([artifacts[0].type_id])
-        return artifact_utils.deserialize_artifact(types[0], artifacts[0])
+        properties = pushed.custom_properties
+        if properties["pushed"].int_value != 1 or properties["pushed_version"].string_value != str(version):
+            continue
+        for run in store.get_contexts_by_execution(pusher.id):
+            if run.type_id != run_type.id:
+                continue
+            for execution in store.get_executions_by_context(run.id):
+                if execution.id in node and (artifact := _output(store, execution.id, key)) is not None:
+                    return _deserialized(store, artifact)
     return None

@@ -2,6 +2,9 @@
 
 1. The window: the closed request log files (serving/request_log.py) that no earlier
    monitor report of the same output folder covered (`all_files`: every retained one).
+   Its baseline is that of the run that pushed the model version the window's
+   requests were answered by (so a newer run that was not blessed, or whose push is
+   not served yet, does not move it); the latest run's if no run here pushed it.
 2. A Beam pipeline reads them (a file cut short by a crash yields the records before
    the cut), turns every logged row into the derived request features (logged
    features as they are, logged images through data_prep/request_features.py) and
@@ -54,6 +57,8 @@ class Baseline:
     schema: object  # tensorflow_metadata Schema
     statistics_uri: str
     schema_uri: str
+    version: int | None = None  # the served version whose pushing run made it; None: the latest run's
+    note: str = ""  # why it is not the served version's own baseline
 
 
 @dataclass
@@ -83,18 +88,32 @@ class MonitorResult:
 # ---- the baseline --------------------------------------------------------------------
 
 
-def find_baseline(pipeline_root: str) -> Baseline:
-    """The latest RequestBaseline's statistics and schema in the pipeline's ML Metadata."""
+def find_baseline(pipeline_root: str, version: int | None = None) -> Baseline:
+    """The RequestBaseline statistics and schema of the run that pushed serving version
+    `version` (the statistics of the split that model was evaluated on); the latest
+    run's when `version` is None or no run of this pipeline pushed it (with a note)."""
     import tensorflow_data_validation as tfdv
 
     from pipeline.config import PipelineConfig
-    from pipeline.metadata import latest_output, missing_store_message
+    from pipeline.metadata import latest_output, missing_store_message, output_of_pushing_run
 
     config = PipelineConfig(pipeline_root=pipeline_root, data_root="", serving_dir="")
     if missing := missing_store_message(config):
         raise MonitorError(missing)
-    statistics = latest_output(config, "RequestBaseline", "statistics")
-    schema = latest_output(config, "RequestBaseline", "schema")
+    note, matched = "", None
+    if version is not None:
+        statistics = output_of_pushing_run(config, version, "RequestBaseline", "statistics")
+        schema = output_of_pushing_run(config, version, "RequestBaseline", "schema")
+        if statistics is not None and schema is not None:
+            matched = version
+        else:
+            note = (
+                f"served version {version} was not pushed by a run of {pipeline_root}: "
+                "compared with the latest run's baseline"
+            )
+    if matched is None:
+        statistics = latest_output(config, "RequestBaseline", "statistics")
+        schema = latest_output(config, "RequestBaseline", "schema")
     if statistics is None or schema is None:
         raise MonitorError(
             f"no RequestBaseline in {pipeline_root}: the run predates monitoring; run `btmri run` again"
@@ -104,8 +123,30 @@ def find_baseline(pipeline_root: str) -> Baseline:
         raise MonitorError(f"no statistics in {statistics.uri}")
     schema_path = os.path.join(schema.uri, SCHEMA_FILE)
     return Baseline(
-        tfdv.load_stats_binary(str(files[0])), tfdv.load_schema_text(schema_path), str(files[0]), schema_path
+        tfdv.load_stats_binary(str(files[0])),
+        tfdv.load_schema_text(schema_path),
+        str(files[0]),
+        schema_path,
+        version=matched,
+        note=note,
     )
+
+
+def served_version(files: list[Path]) -> int | None:
+    """The model version that answered the window: the most common one among the
+    first records of its files (a file is one server's few seconds or minutes; reading
+    one record each keeps this cheap). None when no file holds a record."""
+    from collections import Counter
+
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    versions = Counter()
+    for path in files:
+        first = next(iter(read_log_file(str(path))), None)
+        if first is not None:
+            record = prediction_log_pb2.PredictionLog.FromString(first)
+            versions[int(record.log_metadata.model_spec.version.value)] += 1
+    return versions.most_common(1)[0][0] if versions else None
 
 
 # ---- the window ----------------------------------------------------------------------
@@ -299,7 +340,7 @@ def monitor(
 
     out_root = Path(out) if out else Path(log_dir) / MONITOR_DIR
     files, previous = choose_window(log_dir, out_root, all_files)
-    baseline = baseline or find_baseline(pipeline_root)
+    baseline = baseline or find_baseline(pipeline_root, served_version(files))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out_dir = out_root / stamp
     n = 1
@@ -315,7 +356,13 @@ def monitor(
     )
     schema, skipped = validation_schema(baseline.schema, served)
     anomalies = validate(served, schema, baseline.statistics, previous_statistics)
-    notes = []
+    notes = [baseline.note] if baseline.note else []
+    versions = summary.get("versions", {})
+    if len(versions) > 1:
+        notes.append(
+            f"the window mixes model versions {', '.join(sorted(versions))}: "
+            f"compared with the baseline of {baseline.version or 'the latest run'}"
+        )
     if skipped:
         notes.append(f"not compared (no values in this window): {', '.join(skipped)}")
     if rows < SMALL_WINDOW_ROWS:
@@ -325,6 +372,7 @@ def monitor(
         files=[f.name for f in files],
         rows=rows,
         baseline_statistics=baseline.statistics_uri,
+        baseline_version=baseline.version,
         schema=baseline.schema_uri,
         previous_report=str(previous) if previous else None,
         not_compared=skipped,

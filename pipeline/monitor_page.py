@@ -134,6 +134,7 @@ def render(result, served, baseline, previous) -> str:
         ("first / last record (UTC s)", f"{window.get('first')} / {window.get('last')}"),
         ("files", len(window.get("files", []))),
         ("baseline statistics", window.get("baseline_statistics")),
+        ("baseline of served version", window.get("baseline_version") or "none matched: the latest run's"),
         ("schema (thresholds)", window.get("schema")),
         ("previous window (drift)", result.drift_against or "none: first report"),
     ]

@@ -295,9 +295,20 @@ def test_served_requests_are_logged_and_monitored_against_the_run_baseline(tiny_
     (report,) = (log_dir / MONITOR_DIR).iterdir()
     window = json.loads((report / MONITOR_WINDOW_FILE).read_text())
     assert "RequestBaseline" in window["baseline_statistics"]
+    assert window["baseline_version"] == model[0]  # the pushing run's, found from the served version
     assert (
         main(["monitor", "--request-log", str(log_dir), "--pipeline-root", str(tiny_run / "pipeline")]) == 2
     )
+
+
+def test_a_version_no_run_pushed_falls_back_to_the_latest_baseline_and_says_so(tiny_run, model):
+    from pipeline.monitor import find_baseline
+
+    matched = find_baseline(str(tiny_run / "pipeline"), model[0])
+    assert (matched.version, matched.note) == (model[0], "")
+    stranger = find_baseline(str(tiny_run / "pipeline"), model[0] + 1)
+    assert stranger.version is None and f"served version {model[0] + 1} was not pushed" in stranger.note
+    assert stranger.statistics_uri == matched.statistics_uri  # one run here: the same statistics
 
 
 def test_the_report_shows_the_monitoring_baseline(tiny_run, tmp_path, capsys):
