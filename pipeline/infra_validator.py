@@ -8,16 +8,19 @@ candidate it:
    (`assets.extra/tf_serving_warmup_requests`: one PredictionLog per signature and
    batch size in btmri.spec.WARMUP_BATCH_SIZES, built from images of the evaluated
    split) into the copy: the copy is what the Pusher pushes;
-2. starts `btmri serve` in a subprocess on free loopback ports, on a copy of that
-   model as version 1 of a temporary base path; the server replays the warm-up file
+2. starts `btmri serve --enable-batching` in a subprocess on free loopback ports, on a
+   copy of that model as version 1 of a temporary base path; the server replays the warm-up file
    and its canary before the version is AVAILABLE, and a version that fails to load
    ends the wait at once with the server's reason;
 3. checks the served metadata (gRPC GetModelMetadata, REST /metadata) against the
    signature contract (btmri.spec.SIGNATURE_CONTRACT);
 4. sends images of the evaluated split to every signature over gRPC and REST and
    checks the answers equal the in-process SavedModel's (spec.ANSWER_TOLERANCE);
-5. times one-image `predict_images` requests per protocol (p50/p99);
-6. stops the server (SIGTERM, then SIGKILL; always, in `finally`).
+5. sends the same images again as one-image gRPC requests from 8 threads at once:
+   the server runs with `--enable-batching`, as production does, so these are merged
+   into batches, and every answer must still be the in-process one;
+6. times one-image `predict_images` requests per protocol (p50/p99);
+7. stops the server (SIGTERM, then SIGKILL; always, in `finally`).
 Every wait has a timeout; any failure, the server's included, makes the blessing
 false with the reason, never a hung or failed pipeline.
 
@@ -51,11 +54,13 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
 from btmri import spec
-from btmri.documents import InfraValidation
+from btmri.documents import DEFAULT_MONITORING_PATH, InfraValidation
 from btmri.layout import INFRA_BLESSED_FILE, INFRA_NOT_BLESSED_FILE, WARMUP_DIR, WARMUP_PATH
 
 BLESSED_KEY = "blessed"  # what TFX's Pusher reads (tfx.components.util.model_utils.is_infra_validated)
 REQUEST_TIMEOUT_SECONDS = 60.0  # one request of the validation
+CONCURRENT_CLIENTS = 8  # threads sending one-image requests at once, for the batched path
+CONCURRENT_REQUESTS = 32  # at least this many, the validation images repeated
 SERVED_VERSION = 1  # the candidate's version in the temporary base path
 VALIDATED_MODEL_KEY = "validated_model"  # output: the candidate + its warm-up file; the Pusher pushes it
 
@@ -251,6 +256,51 @@ def _time_requests(call, images: list[bytes], count: int) -> tuple[float, float]
     return _percentiles(seconds)
 
 
+def _batched_rows(rest_url: str) -> tuple[float, float] | None:
+    """(rows, model calls) the server's batching has run so far, from its Prometheus
+    page (btmri_serving_batch_size); None if the page does not say."""
+    try:
+        with urllib.request.urlopen(
+            f"{rest_url}{DEFAULT_MONITORING_PATH}", timeout=REQUEST_TIMEOUT_SECONDS
+        ) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    found = dict(re.findall(r"^btmri_serving_batch_size_(sum|count) ([0-9.eE+]+)$", text, re.M))
+    return (float(found["sum"]), float(found["count"])) if len(found) == 2 else None
+
+
+def _concurrent_check(stub, rest_url: str, model_name: str, images: list[bytes], want: dict):
+    """Every image as its own one-image gRPC request, CONCURRENT_CLIENTS at a time: the
+    server batches them together, and each answer must still be the in-process one.
+    Returns (check name, passed, detail)."""
+    import grpc
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = f"{spec.PREDICT_IMAGES}, {CONCURRENT_CLIENTS} concurrent clients (batched)"
+
+    def one(image: bytes) -> dict:
+        inputs = signature_inputs(spec.PREDICT_IMAGES, [image])
+        return _grpc_predict(stub, model_name, spec.PREDICT_IMAGES, inputs)
+
+    # Enough requests that the clients overlap, whatever the number of images.
+    rounds = -(-CONCURRENT_REQUESTS // max(len(images), 1))
+    want = {key: np.concatenate([value] * rounds) for key, value in want.items()}
+    before = _batched_rows(rest_url)
+    try:
+        with ThreadPoolExecutor(CONCURRENT_CLIENTS) as pool:
+            answers = list(pool.map(one, images * rounds))
+    except grpc.RpcError as err:
+        return name, False, f"request failed: {err.code().name}: {err.details()}"
+    after = _batched_rows(rest_url)
+    served = {key: np.concatenate([a[key] for a in answers]) for key in answers[0]} if answers else {}
+    problems = answer_problems(name, served, want)
+    detail = f"{len(images) * rounds} one-image requests: the in-process answers"
+    if before and after and after[1] > before[1]:
+        detail += f", {(after[0] - before[0]) / (after[1] - before[1]):.1f} images per model call"
+    return name, not problems, "; ".join(problems) or detail
+
+
 # ---- the validation --------------------------------------------------------------------
 
 
@@ -290,6 +340,7 @@ def validate_serving(
     shutil.copytree(model_dir, os.path.join(base, str(SERVED_VERSION)))
     server = ServerProcess(
         base,
+        "--enable-batching",  # as production serves it (serving/config/batching.config)
         "--poll-seconds",
         "0.2",
         "--max-load-retries",
@@ -380,6 +431,10 @@ def validate_serving(
                         not problems,
                         "; ".join(problems) or f"{len(images)} images: the in-process answers",
                     )
+
+            if spec.PREDICT_IMAGES in expected:
+                want = expected[spec.PREDICT_IMAGES]
+                checks.add(*_concurrent_check(stub, server.rest_url, model_name, images, want))
 
             if spec.PREDICT_IMAGES in expected and latency_requests > 0:
                 one = signature_inputs(spec.PREDICT_IMAGES, images[:1])  # connect, first call

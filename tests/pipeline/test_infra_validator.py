@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -160,9 +161,14 @@ def test_a_serving_model_is_blessed_and_pushed_with_its_warmup_file(tmp_path):
         "signature contract (gRPC metadata)",
         "REST metadata",
         *(f"{s} over {p}" for s in spec.SIGNATURE_CONTRACT for p in ("gRPC", "REST")),
+        f"{spec.PREDICT_IMAGES}, 8 concurrent clients (batched)",
         "latency",
     ]
     assert all(c["passed"] for c in document.checks)
+    # The candidate is served with batching, as in production: concurrent one-image
+    # requests were merged into model calls of more than one image.
+    batched = next(c["detail"] for c in document.checks if "concurrent" in c["name"])
+    assert float(re.search(r"([0-9.]+) images per model call", batched).group(1)) > 1.0
     assert document.warmup_replayed == document.warmup_records == 3 * len(spec.WARMUP_BATCH_SIZES)
     assert 0 < document.grpc_p50_ms <= document.grpc_p99_ms
     assert 0 < document.rest_p50_ms <= document.rest_p99_ms
