@@ -13,11 +13,12 @@
 all of it (lesion_guidance.LesionGuidedModel, distributed), so the learning rate keeps
 the meaning it has on one device and is not rescaled here.
 
-Multi-worker output: every worker trains and writes its logs, the chief into the real
-folders, the others into temporary folders deleted after a final barrier. Only the
-chief calibrates, fits abstention and exports: that works on a plain float32 copy of
-the weights, with no collective ops, so the other workers have nothing to add to it and
-go straight to the barrier. The barrier means no worker returns before the chief's
+Multi-worker output: every worker trains, writes its logs (the chief into the real
+folders, the others into temporary folders deleted after a final barrier) and copies
+the weights into a plain float32 model (reading them is collective: batch-norm
+statistics are synchronised on read). Only the chief then calibrates, fits abstention
+and exports: that uses the plain copy alone, with no collective ops, so the other
+workers go straight to the barrier. The barrier means no worker returns before the chief's
 SavedModel is in place (TFX's Trainer executor checks for it on every replica).
 """
 

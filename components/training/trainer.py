@@ -395,16 +395,18 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     with open(os.path.join(run_dir, HISTORY_FILE), "w") as f:
         json.dump(record, f, indent=1)
 
+    # The export copy holds plain float32 variables (no distributed ones): calibration,
+    # abstention and the SavedModel are then the same code with or without a strategy.
+    # Every worker makes it: reading a distributed model's weights is collective (the
+    # batch-norm statistics are synchronised on read).
+    if policy != "float32" or strategy is not None:
+        model = _float32_copy(model, config["model"])
     if not distribution.is_chief(strategy):
-        # What follows runs on a plain copy of the weights (no collective ops), so it is
-        # the chief's alone; the barrier holds this worker until the chief has exported.
+        # What follows uses the plain copy only (no collective ops), so it is the
+        # chief's alone; the barrier holds this worker until the chief has exported.
         logging.info("Task %s: training done; the chief exports", distribution.task_name(strategy))
         distribution.finish(strategy, serving_model_dir, run_dir)
         return
-    # The export copy holds plain float32 variables (no distributed ones): calibration,
-    # abstention and the SavedModel are then the same code with or without a strategy.
-    if policy != "float32" or strategy is not None:
-        model = _float32_copy(model, config["model"])
     if config["calibrate"]:
         model = _calibrate(model, eval_ds, run_dir)
     spec = None
