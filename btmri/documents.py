@@ -169,7 +169,8 @@ class TrainingSettings:
     # Lesion guidance, for training images with a known tumour box.
     evidence_weight: float = 1.0  # weight of the lesion-evidence loss; 0: off
     # Half each: on real data, lesion removed -> answer changes 0.69 at 0.25 / 0.25,
-    # 0.79 at 0.5 / 0.5 (decoys keep the fill itself uninformative; README, lesion audit).
+    # 0.79 at 0.5 / 0.5, 0.81 with the rim fill added (components/training/counterfactual.py;
+    # decoys keep the fill itself uninformative; README, lesion audit).
     lesion_removal_rate: float = 0.5  # boxed tumour images shown with the lesion removed
     decoy_removal_rate: float = 0.5  # images shown with a lesion-free box removed
     # notumor images shown with a batch-mate's lesion, as its class. Off: in the real-data

@@ -65,10 +65,12 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
     """PipelineConfig from the arguments `run` and `compile` share (pipeline_args)."""
     from pipeline.config import PipelineConfig, component_beam_args
 
+    # `run`: the work folder holds the whole run unless told otherwise.
+    work = RunLayout(getattr(args, "work_dir", None) or DEFAULT_LAYOUT.work_dir)
     return PipelineConfig(
-        pipeline_root=args.pipeline_root,
+        pipeline_root=args.pipeline_root or work.pipeline_root,
         data_root=data_root,
-        serving_dir=args.serving_dir,
+        serving_dir=args.serving_dir or work.serving_dir,
         model=args.model,
         weights=args.weights,
         epochs=args.epochs,
@@ -292,21 +294,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_prepare)
 
-    from btmri.spec import COMPILE_TARGETS, DISTRIBUTIONS, INPUT_SHARDING, MODEL_NAMES
+    from btmri.spec import COMPILE_TARGETS, DISTRIBUTIONS, INPUT_SHARDING, MODEL_NAME, MODEL_NAMES
     from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND, COMPUTE_DTYPES, PipelineConfig
 
     def pipeline_args(p, local: bool):
         p.add_argument(
             "--pipeline-root",
-            default=DEFAULT_LAYOUT.pipeline_root if local else None,
+            default=None,
             required=not local,
-            help="TFX artifacts (and, locally, ML Metadata)",
+            help="TFX artifacts (and, locally, ML Metadata)"
+            + (" (default: WORK_DIR/pipeline)" if local else ""),
         )
         p.add_argument(
             "--serving-dir",
-            default=DEFAULT_LAYOUT.serving_dir if local else None,
+            default=None,
             required=not local,
-            help="TF Serving model base path (<dir>/<version>/)",
+            help="TF Serving model base path (<dir>/<version>/)"
+            + (f" (default: WORK_DIR/serving/{MODEL_NAME})" if local else ""),
         )
         p.add_argument("--model", default=TRAINER_DEFAULTS.model, choices=MODEL_NAMES)
         p.add_argument(
@@ -464,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--work-dir",
         default=DEFAULT_LAYOUT.work_dir,
-        help="where synthetic and prepared data go (default %(default)s)",
+        help="the run's folder: data/ (synthetic and prepared), pipeline/, serving/ (default %(default)s)",
     )
     pipeline_args(p, local=True)
     p.add_argument(

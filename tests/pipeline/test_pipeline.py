@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from components.executors import AnomaliesFound, pushed_versions
 from btmri.documents import TRAINER_DEFAULTS
-from btmri.spec import ABSTENTION_OUTPUTS
+from btmri.spec import ABSTENTION_OUTPUTS, MODEL_NAME
 from data_prep import contract
 from data_prep.tfrecords import request_example, make_example
 from pipeline.cli import main as btmri
@@ -352,3 +352,17 @@ def test_every_training_setting_of_a_run_reaches_the_trainer():
     assert set(changed) == set(TRAINING_SETTINGS)  # a new setting gets a line here
     received = TrainerConfig.from_dict(PipelineConfig("r", "d", "s", **changed).trainer_config())
     assert {name: getattr(received, name) for name in changed} == changed
+
+
+def test_the_work_folder_holds_the_whole_run_unless_told_otherwise(tmp_path):
+    from pipeline.cli import _pipeline_config, build_parser
+
+    work = tmp_path / "w"
+    config = _pipeline_config(build_parser().parse_args(["run", "--work-dir", str(work)]), "d")
+    assert (config.pipeline_root, config.serving_dir) == (
+        str(work / "pipeline"),
+        str(work / "serving" / MODEL_NAME),
+    )
+    assert config.metadata_path.startswith(str(work / "pipeline"))
+    args = build_parser().parse_args(["run", "--work-dir", str(work), "--pipeline-root", str(tmp_path / "p")])
+    assert _pipeline_config(args, "d").pipeline_root == str(tmp_path / "p")

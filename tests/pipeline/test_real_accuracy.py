@@ -35,12 +35,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 ACCURACY_GOAL = 0.98
 # The lesion audit's goals (README, "Does it look at the tumour?"): pointing game >= 0.75
-# overall and >= 0.6 per tumour class, heat in box >= 0.35 (one run of the defaults:
-# 0.83, per class 0.80-0.93, and 0.73), and lesion removed -> changed >= 0.8, which
-# that run missed by a hair (0.79 [0.77, 0.82]): asserted for that one is a guard
-# against sliding back, above the 0.69 of removal and decoys at 0.25 each.
+# overall and >= 0.6 per tumour class, heat in box >= 0.35, lesion removed -> changed
+# >= 0.8, most of it to notumor. One run of the defaults: 0.83 (per class 0.81-0.95),
+# 0.73 and 0.81 [0.78, 0.83]; the last is close enough to its goal that a run with
+# another seed may miss it, and then this test says so.
 POINTING_GOAL, POINTING_PER_CLASS_GOAL, HEAT_IN_BOX_GOAL = 0.75, 0.6, 0.35
-REMOVED_CHANGED_GUARD = 0.72
+REMOVED_CHANGED_GOAL = 0.8
 
 
 @pytest.mark.timeout(80 * 60)  # the run's budget is 60 minutes; scoring and slack on top
@@ -128,5 +128,5 @@ def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
     for name, figures in audit["summary"]["per_class"].items():
         assert figures["pointing"]["value"] >= POINTING_PER_CLASS_GOAL, name
     assert overall["mass_in_box"]["value"] >= HEAT_IN_BOX_GOAL
-    assert overall["removed_changed"]["value"] >= REMOVED_CHANGED_GUARD
+    assert overall["removed_changed"]["value"] >= REMOVED_CHANGED_GOAL
     assert overall["removed_notumor"]["value"] > 0.5 * overall["removed_changed"]["value"]
