@@ -66,8 +66,14 @@ def test_cli_defaults_come_from_the_documents():
         TRAINER_DEFAULTS.learning_rate,
         TRAINER_DEFAULTS.model,
     )
-    assert run.pipeline_root == layout.DEFAULT_LAYOUT.pipeline_root
-    assert run.serving_dir.endswith(spec.MODEL_NAME)
+    from pipeline.cli import _pipeline_config
+
+    config = _pipeline_config(run, "d")  # the roots follow --work-dir, whose default is the layout's
+    assert (config.pipeline_root, config.serving_dir) == (
+        layout.DEFAULT_LAYOUT.pipeline_root,
+        layout.DEFAULT_LAYOUT.serving_dir,
+    )
+    assert config.serving_dir.endswith(spec.MODEL_NAME)
     serve = build_parser().parse_args(["serve", "--model-base-path", "m"])
     assert (serve.port, serve.rest_port, serve.max_message_mb, serve.grpc_workers) == (
         SERVER_DEFAULTS.port,
