@@ -78,13 +78,13 @@ def latest_output(config: PipelineConfig, node_id: str, key: str):
     return None
 
 
-def output_of_pushing_run(config: PipelineConfig, version: int, node_id: str, key: str):
-    """The TFX artifact `node_id` output under `key` in the latest pipeline run whose
-    Pusher pushed (or found already pushed) serving version `version`; None if no run
-    of this pipeline did."""
+def outputs_of_pushing_run(config: PipelineConfig, version: int, node_id: str, keys: tuple[str, ...]):
+    """{key: TFX artifact} that `node_id` output in the latest pipeline run whose Pusher
+    pushed (or found already pushed) serving version `version`; None if no run of this
+    pipeline did, or that run's `node_id` lacks one of `keys`."""
     store = open_store(config)
     run_type = store.get_context_type(PIPELINE_RUN_CONTEXT_TYPE)
-    node = {e.id: e for e in node_executions(config, node_id) if _succeeded(e)}
+    node = {e.id for e in node_executions(config, node_id) if _succeeded(e)}
     for pusher in reversed(node_executions(config, PUSHER_NODE_ID)):
         pushed = _output(store, pusher.id, PUSHED_MODEL_KEY) if _succeeded(pusher) else None
         if pushed is None:
@@ -96,6 +96,9 @@ def output_of_pushing_run(config: PipelineConfig, version: int, node_id: str, ke
             if run.type_id != run_type.id:
                 continue
             for execution in store.get_executions_by_context(run.id):
-                if execution.id in node and (artifact := _output(store, execution.id, key)) is not None:
-                    return _deserialized(store, artifact)
+                if execution.id not in node:
+                    continue
+                artifacts = {key: _output(store, execution.id, key) for key in keys}
+                if all(a is not None for a in artifacts.values()):
+                    return {key: _deserialized(store, a) for key, a in artifacts.items()}
     return None

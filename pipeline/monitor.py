@@ -95,17 +95,16 @@ def find_baseline(pipeline_root: str, version: int | None = None) -> Baseline:
     import tensorflow_data_validation as tfdv
 
     from pipeline.config import PipelineConfig
-    from pipeline.metadata import latest_output, missing_store_message, output_of_pushing_run
+    from pipeline.metadata import latest_output, missing_store_message, outputs_of_pushing_run
 
     config = PipelineConfig(pipeline_root=pipeline_root, data_root="", serving_dir="")
     if missing := missing_store_message(config):
         raise MonitorError(missing)
     note, matched = "", None
     if version is not None:
-        statistics = output_of_pushing_run(config, version, "RequestBaseline", "statistics")
-        schema = output_of_pushing_run(config, version, "RequestBaseline", "schema")
-        if statistics is not None and schema is not None:
-            matched = version
+        found = outputs_of_pushing_run(config, version, "RequestBaseline", ("statistics", "schema"))
+        if found is not None:
+            statistics, schema, matched = found["statistics"], found["schema"], version
         else:
             note = (
                 f"served version {version} was not pushed by a run of {pipeline_root}: "
