@@ -120,6 +120,10 @@ class Manifest(_Document):
     dropped_cross_split_duplicates: list = field(default_factory=list)
     duplicates: DuplicateReport | None = None
     lesion_boxes: dict | None = None  # data_prep.lesion_boxes report
+    # What the eval split was drawn by ("patient": whole patients / near-duplicate
+    # groups; "image": by file) and, per split, how many images from how many units.
+    split_unit: str = "image"
+    units: dict = field(default_factory=dict)  # split → {"images", "units", "patients", "groups"}
     seconds: float = 0.0
 
     @classmethod

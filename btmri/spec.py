@@ -33,6 +33,17 @@ SOURCE_KEY = "source"  # bytes: path relative to the data dir
 # knows this slice, else NO_BOX. Training-only: it guides what the model looks at.
 LESION_BOX_KEY = "lesion_box"
 NO_BOX: tuple[float, ...] = (-1.0, -1.0, -1.0, -1.0)
+# bytes: the patient of the image ("patient:<id>" where a box folder's patients.csv
+# knows it), else its group ("group:<md5>": the image with its near-duplicate cluster).
+# Splits, held-out audits and intervals are drawn over these units, never over images.
+PATIENT_KEY = "patient"
+PATIENT_PREFIX = "patient:"
+GROUP_PREFIX = "group:"
+# bytes: the collection an image comes from where it can be told ("figshare" for
+# copies of a box folder's slices, "synthetic" for phantoms: data_prep.lesion_boxes.collection_name), else "unknown".
+COLLECTION_KEY = "collection"
+SPLIT_UNITS = ("patient", "image")  # what `prepare` draws the eval split by; the first is the default
+UNKNOWN_COLLECTION = "unknown"
 
 # ── Splits (directory names under a prepared-data folder) ─────────────────────────
 TRAIN_SPLIT = "train"

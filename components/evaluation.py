@@ -104,7 +104,13 @@ def eval_config(
                 prediction_key=spec.PROBABILITIES,
             )
         ],
-        slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[spec.LABEL_KEY])],
+        # per class, and per collection (figshare copies vs the rest: a gap between them
+        # is a model that learned one collection's look)
+        slicing_specs=[
+            tfma.SlicingSpec(),
+            tfma.SlicingSpec(feature_keys=[spec.LABEL_KEY]),
+            tfma.SlicingSpec(feature_keys=[spec.COLLECTION_KEY]),
+        ],
         metrics_specs=[
             tfma.MetricsSpec(
                 metrics=[

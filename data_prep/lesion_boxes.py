@@ -139,6 +139,28 @@ def in_audit_part(source: str) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0**64 < AUDIT_SHARE
 
 
+def unit_in_audit_part(unit: str) -> bool:
+    """in_audit_part for a whole patient (data_prep/patients.py unit id)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{SPLIT_SEED}\0{unit}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < AUDIT_SHARE
+
+
+def collection_name(box_dir: str | os.PathLike) -> str:
+    """The collection a box folder's slices come from, by its folder name
+    ("figshare-boxes" → "figshare"; a folder named plain "boxes", as `btmri synth`
+    writes it, by its parent: "synthetic/boxes" → "synthetic"): the tag of the images
+    that copy them."""
+    path = Path(box_dir).resolve()
+    name = path.name.lower()
+    for suffix in ("-boxes", "_boxes"):
+        name = name.removesuffix(suffix)
+    if name == "boxes" and path.parent.name:
+        name = path.parent.name.lower()
+    return name
+
+
 def normalised_thumbnail(gray_small: np.ndarray) -> np.ndarray:
     """32x32 grayscale → zero-mean unit-norm vector (correlation = dot product)."""
     v = np.asarray(gray_small, np.float32).ravel()

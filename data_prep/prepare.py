@@ -43,6 +43,17 @@ from data_prep.image_io import (
     decode_image,
     read_bytes,
 )
+from data_prep.lesion_boxes import collection_name
+from data_prep.patients import (
+    Item,
+    assign_train_eval_by_unit,
+    assign_units,
+    describe_units,
+    patient_unit,
+    patients_in_unit,
+    read_patients_csv,
+    unit_counts,
+)
 from data_prep.splits import assign_train_eval
 
 # About 100-200 MB per shard for the real set: few enough files for the
@@ -67,6 +78,9 @@ class PrepareOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_mb: float = DEFAULT_MAX_FILE_MB  # larger files are skipped before they are opened
     box_dir: str | None = None  # tumour boxes (data_prep/lesion_boxes.py) to attach to matching images
+    # "patient": eval drawn by patient / near-duplicate group (data_prep/patients.py);
+    # "image": by file, as before patients were known (kept to measure the difference).
+    split_unit: str = contract.SPLIT_UNITS[0]
     progress: bool = True
 
     def arguments(self) -> dict:
@@ -93,13 +107,12 @@ def input_fingerprint(data_dir: str, found: tuple | None = None) -> str:
     return digest.hexdigest()
 
 
-def _hash_file(task: tuple[str, int]) -> tuple[str | None, str | None]:
-    """(md5, None) or (None, reason)."""
-    path, max_bytes = task
-    try:
-        return content_hash(read_bytes(path, max_bytes)), None
-    except ImageError as err:
-        return None, str(err)
+def _survey_file(task: tuple[str, str, int, int]) -> dict:
+    """What the split needs of one file (md5, perceptual hash, thumbnail), or the reason
+    it is skipped; the encoded image is dropped here and made again when written."""
+    res = _convert_file(task)
+    res.pop("encoded", None)
+    return res
 
 
 def _convert_file(task: tuple[str, str, int, int]) -> dict:
@@ -186,27 +199,58 @@ def prepare(opts: PrepareOptions) -> Manifest:
             f"(extensions: {', '.join(sorted(contract.IMAGE_EXTENSIONS))})"
         )
 
-    # Pass 1: content hashes decide the split.
-    md5s: dict[str, str] = {}
+    # Pass 1: every file decoded once for its hashes; they, and the patients a box
+    # folder knows, decide the units and the split.
     max_bytes = int(opts.max_file_mb * 1024 * 1024)
-    hashed = _ordered_map(_hash_file, ((c.path, max_bytes) for c in candidates), workers)
-    for cand, (md5, reason) in tqdm(
-        zip(candidates, hashed), total=len(candidates), desc="hashing", unit="file", disable=not opts.progress
+    surveyed: dict[str, dict] = {}
+    tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels, max_bytes) for c in candidates)
+    for cand, res in tqdm(
+        zip(candidates, _ordered_map(_survey_file, tasks, workers)),
+        total=len(candidates),
+        desc="surveying",
+        unit="img",
+        disable=not opts.progress,
     ):
-        if md5 is None:
-            skipped.append({"source": cand.source, "reason": reason})
-            _log(f"skip {cand.source}: {reason}")
+        if not res["ok"]:
+            skipped.append({"source": cand.source, "reason": res["reason"]})
+            _log(f"skip {cand.source}: {res['reason']}")
         else:
-            md5s[cand.source] = md5
-    readable = [c for c in candidates if c.source in md5s]
-    split_of = assign_train_eval(
-        [(c.source, c.label, md5s[c.source]) for c in readable if c.origin == "training"],
-        opts.eval_fraction,
-        opts.seed,
+            surveyed[cand.source] = res
+    readable = [c for c in candidates if c.source in surveyed]
+    boxes = _BoxAttacher(opts.box_dir)
+    for cand in readable:
+        boxes.match(cand.source, surveyed[cand.source]["gray_small"], cand.label)
+    unit_of = assign_units(
+        [
+            Item(
+                c.source,
+                c.label,
+                surveyed[c.source]["md5"],
+                surveyed[c.source]["phash"],
+                boxes.patient_of(c.source),
+            )
+            for c in readable
+        ],
+        opts.near_threshold,
     )
+    training = [c for c in readable if c.origin == "training"]
+    if opts.split_unit == contract.SPLIT_UNITS[0]:
+        split_of = assign_train_eval_by_unit(
+            [(c.source, c.label, unit_of[c.source]) for c in training], opts.eval_fraction, opts.seed
+        )
+    elif opts.split_unit == contract.SPLIT_UNITS[1]:
+        split_of = assign_train_eval(
+            [(c.source, c.label, surveyed[c.source]["md5"]) for c in training], opts.eval_fraction, opts.seed
+        )
+    else:
+        raise ValueError(
+            f"split unit must be one of {', '.join(contract.SPLIT_UNITS)}, got {opts.split_unit!r}"
+        )
     split_of.update({c.source: contract.TEST_SPLIT for c in readable if c.origin == "testing"})
+    boxes.note_units(unit_of, split_of)
     order = {s: i for i, s in enumerate(contract.SPLITS)}  # train before eval/test
     readable.sort(key=lambda c: (order[split_of[c.source]], c.source))
+    surveyed = {k: {"md5": v["md5"]} for k, v in surveyed.items()}  # thumbnails no longer needed
 
     # Pass 2: convert and write.
     for split in contract.SPLITS:
@@ -218,7 +262,7 @@ def prepare(opts: PrepareOptions) -> Manifest:
     counts = {s: Counter() for s in contract.SPLITS}
     dropped: list[dict] = []
     reencoded = 0
-    boxes = _BoxAttacher(opts.box_dir)
+    units_written: dict[str, list[str]] = {sp: [] for sp in contract.SPLITS}
     tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels, max_bytes) for c in readable)
     results = _ordered_map(_convert_file, tasks, workers)
     for cand, res in tqdm(
@@ -250,9 +294,12 @@ def prepare(opts: PrepareOptions) -> Manifest:
                 res["height"],
                 res["width"],
                 cand.source,
-                boxes.box_for(res["gray_small"], cand.label, split),
+                boxes.box_of(cand.source, split),
+                patient=unit_of[cand.source],
+                collection=boxes.collection_of(cand.source),
             )
         )
+        units_written[split].append(unit_of[cand.source])
         dups.add(Record(cand.source, split, cand.label, res["md5"], res["phash"]))
         counts[split][contract.CLASS_NAMES[cand.label]] += 1
         reencoded += res["reencoded"]
@@ -261,6 +308,7 @@ def prepare(opts: PrepareOptions) -> Manifest:
     held_out = np.array([r.phash for r in dups.records if r.split != contract.TRAIN_SPLIT], np.uint64)
     for slice_, res in boxes.extra_training_slices(opts.max_pixels, max_bytes):
         source = boxes.source_of(slice_)
+        unit = boxes.unit_of_slice(slice_)
         if not res["ok"]:
             skipped.append({"source": source, "reason": res["reason"]})
             continue
@@ -269,8 +317,18 @@ def prepare(opts: PrepareOptions) -> Manifest:
             continue
         boxes.added[contract.CLASS_NAMES[slice_.label]] += 1
         writers[contract.TRAIN_SPLIT].write(
-            make_example(res["encoded"], slice_.label, res["height"], res["width"], source, slice_.box)
+            make_example(
+                res["encoded"],
+                slice_.label,
+                res["height"],
+                res["width"],
+                source,
+                slice_.box,
+                patient=unit,
+                collection=boxes.collection,
+            )
         )
+        units_written[contract.TRAIN_SPLIT].append(unit)
         dups.add(Record(source, contract.TRAIN_SPLIT, slice_.label, res["md5"], res["phash"]))
         counts[contract.TRAIN_SPLIT][contract.CLASS_NAMES[slice_.label]] += 1
     for writer in writers.values():
@@ -289,6 +347,8 @@ def prepare(opts: PrepareOptions) -> Manifest:
         dropped_cross_split_duplicates=dropped,
         duplicates=dups.report(),
         lesion_boxes=boxes.report(),
+        split_unit=opts.split_unit,
+        units=unit_counts({sp: u for sp, u in units_written.items() if sp in writers}),
         seconds=round(time.time() - started, 2),
     )
     manifest.write(out)
@@ -297,12 +357,14 @@ def prepare(opts: PrepareOptions) -> Manifest:
 
 
 class _BoxAttacher:
-    """Tumour boxes for the dataset (data_prep/lesion_boxes.py).
+    """Tumour boxes and patients for the dataset (data_prep/lesion_boxes.py, patients.py).
 
-    An image that is a copy of a boxed slice gets its box. Boxed slices with no copy
-    in the dataset are split by `in_audit_part`: one side joins the training split
-    as extra images with their boxes, the other is left for the lesion audit, which
-    then uses every slice with no copy among the training images."""
+    An image that is a copy of a boxed slice gets its box, the slice's patient (from the
+    folder's patients.csv) and the folder's collection name. Boxed slices with no copy in
+    the dataset either join the training split as extra images or are left for the
+    lesion audit, a whole patient at a time: a patient with images in training joins it,
+    one with images in eval or test stays out, and one the dataset does not hold is
+    drawn by its id. Without patients.csv the draw is by groups of consecutive ids."""
 
     def __init__(self, box_dir: str | None):
         from data_prep.lesion_boxes import BoxMatcher, read_box_folder
@@ -310,35 +372,81 @@ class _BoxAttacher:
         self.box_dir = box_dir
         self.matcher = None
         self.skipped: list = []
+        self.patients: dict[str, str] = {}  # slice source → patient id
+        self.collection = contract.UNKNOWN_COLLECTION
+        self.slice_of: dict[str, int] = {}  # image source → index of the slice it copies
         self.copied_in: dict[int, str] = {}  # slice index → split holding a copy
+        self.unit_of_patient: dict[str, str] = {}
+        self.splits_of_unit: dict[str, set[str]] = {}
         self.matched = {s: Counter() for s in contract.SPLITS}
         self.added: Counter = Counter()
+        self.held_out_patients: set[str] = set()
         self.not_added: list[str] = []  # near duplicates of eval/test images
         if box_dir:
             slices, self.skipped = read_box_folder(box_dir)
             self.matcher = BoxMatcher(slices)
+            self.patients = read_patients_csv(box_dir)
+            self.collection = collection_name(box_dir)
 
-    def box_for(self, gray_small, label: int, split: str):
+    def match(self, source: str, gray_small, label: int) -> None:
         if self.matcher is None:
-            return None
+            return
         found = self.matcher.best(gray_small, label)
-        if found is None or found[1] < self.matcher.threshold:
+        if found is not None and found[1] >= self.matcher.threshold:
+            self.slice_of[source] = found[0]
+
+    def patient_of(self, source: str) -> str | None:
+        i = self.slice_of.get(source)
+        return None if i is None else self.patients.get(self.matcher.slices[i].source)
+
+    def note_units(self, unit_of: dict[str, str], split_of: dict[str, str]) -> None:
+        """Where each unit's images went, so a patient's other slices follow them."""
+        for source, unit in unit_of.items():
+            self.splits_of_unit.setdefault(unit, set()).add(split_of[source])
+            patient = self.patient_of(source)
+            if patient is not None:
+                self.unit_of_patient[patient] = unit
+            if source in self.slice_of:
+                self.copied_in.setdefault(self.slice_of[source], split_of[source])
+
+    def box_of(self, source: str, split: str):
+        i = self.slice_of.get(source)
+        if i is None:
             return None
-        self.copied_in.setdefault(found[0], split)
-        self.matched[split][contract.CLASS_NAMES[label]] += 1
-        return self.matcher.slices[found[0]].box
+        slice_ = self.matcher.slices[i]
+        self.matched[split][contract.CLASS_NAMES[slice_.label]] += 1
+        return slice_.box
+
+    def collection_of(self, source: str) -> str:
+        return self.collection if source in self.slice_of else contract.UNKNOWN_COLLECTION
 
     def source_of(self, slice_) -> str:
         return f"{Path(self.box_dir).name}/{slice_.source}"
 
+    def unit_of_slice(self, slice_) -> str:
+        patient = self.patients.get(slice_.source)
+        if patient is None:
+            return contract.GROUP_PREFIX + self.source_of(slice_)
+        return self.unit_of_patient.get(patient, patient_unit(patient))
+
+    def _joins_training(self, slice_) -> bool:
+        from data_prep.lesion_boxes import in_audit_part, unit_in_audit_part
+
+        if slice_.source not in self.patients:
+            return not in_audit_part(slice_.source)
+        unit = self.unit_of_slice(slice_)
+        splits = self.splits_of_unit.get(unit)
+        joins = (contract.TRAIN_SPLIT in splits) if splits else not unit_in_audit_part(unit)
+        if not joins:
+            self.held_out_patients.update(patients_in_unit(unit))
+        return joins
+
     def extra_training_slices(self, max_pixels: int, max_bytes: int):
         """(slice, converted) for each slice with no copy that falls on the training side."""
-        from data_prep.lesion_boxes import in_audit_part
-
         if self.matcher is None:
             return
         for i, slice_ in enumerate(self.matcher.slices):
-            if i in self.copied_in or in_audit_part(slice_.source):
+            if i in self.copied_in or not self._joins_training(slice_):
                 continue
             yield (
                 slice_,
@@ -350,7 +458,11 @@ class _BoxAttacher:
             return None
         return {
             "box_dir": str(Path(self.box_dir).resolve()),
+            "collection": self.collection,
             "slices": len(self.matcher.slices),
+            "slices_with_patient": sum(1 for s in self.matcher.slices if s.source in self.patients),
+            "patients": len(set(self.patients.values())),
+            "patients_held_out_for_audit": len(self.held_out_patients),
             "skipped": [{"source": s.source, "reason": s.reason} for s in self.skipped],
             "images_with_box": {s: dict(c) for s, c in self.matched.items() if c},
             "slices_added_to_train": dict(self.added),
@@ -401,6 +513,8 @@ def summary_table(manifest: Manifest) -> str:
         f"within split {dup.near.pairs_within_split}; across splits "
         f"{dup.near.pairs_across_splits}"
     )
+    lines.append(f"split by {manifest.split_unit}")
+    lines.extend("  " + describe_units(split, c) for split, c in manifest.units.items())
     if manifest.dropped_cross_split_duplicates:
         lines.append(
             f"dropped eval/test duplicates of training images: {len(manifest.dropped_cross_split_duplicates)}"

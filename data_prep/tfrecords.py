@@ -16,7 +16,12 @@ def make_example(
     width: int,
     source: str,
     lesion_box: tuple[float, ...] | None = None,
+    patient: str | None = None,
+    collection: str = contract.UNKNOWN_COLLECTION,
 ) -> tf.train.Example:
+    """One image as the contract writes it. `patient`: its unit (data_prep/patients.py);
+    an image written without one is its own unit, named after its source."""
+
     def _bytes(v: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
@@ -34,6 +39,8 @@ def make_example(
                 contract.LESION_BOX_KEY: tf.train.Feature(
                     float_list=tf.train.FloatList(value=list(lesion_box or contract.NO_BOX))
                 ),
+                contract.PATIENT_KEY: _bytes((patient or contract.GROUP_PREFIX + source).encode("utf-8")),
+                contract.COLLECTION_KEY: _bytes(collection.encode("utf-8")),
             }
         )
     )
@@ -56,7 +63,16 @@ def parse_example(serialized: bytes) -> dict:
         contract.WIDTH_KEY: feats[contract.WIDTH_KEY].int64_list.value[0],
         contract.SOURCE_KEY: feats[contract.SOURCE_KEY].bytes_list.value[0].decode("utf-8"),
         contract.LESION_BOX_KEY: tuple(feats[contract.LESION_BOX_KEY].float_list.value),
+        # Absent in data prepared before patients were carried: each image its own unit.
+        contract.PATIENT_KEY: _text(feats, contract.PATIENT_KEY)
+        or contract.GROUP_PREFIX + feats[contract.SOURCE_KEY].bytes_list.value[0].decode("utf-8"),
+        contract.COLLECTION_KEY: _text(feats, contract.COLLECTION_KEY) or contract.UNKNOWN_COLLECTION,
     }
+
+
+def _text(feats, key: str) -> str:
+    values = feats[key].bytes_list.value if key in feats else []
+    return values[0].decode("utf-8") if values else ""
 
 
 def read_split(out_dir: str | Path, split: str) -> list[dict]:

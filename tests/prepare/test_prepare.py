@@ -45,9 +45,16 @@ def test_example_round_trip_in_memory():
         "width": 200,
         "source": "Training/notumor/a b.png",
         "lesion_box": contract.NO_BOX,
+        # written without a patient: the image is its own unit
+        "patient": "group:Training/notumor/a b.png",
+        "collection": "unknown",
     }
-    boxed = make_example(b"x", 0, 1, 1, "s", lesion_box=(0.25, 0.5, 0.75, 1.0))
-    assert parse_example(boxed.SerializeToString())["lesion_box"] == (0.25, 0.5, 0.75, 1.0)
+    boxed = make_example(
+        b"x", 0, 1, 1, "s", lesion_box=(0.25, 0.5, 0.75, 1.0), patient="patient:7", collection="figshare"
+    )
+    parsed = parse_example(boxed.SerializeToString())
+    assert parsed["lesion_box"] == (0.25, 0.5, 0.75, 1.0)
+    assert (parsed["patient"], parsed["collection"]) == ("patient:7", "figshare")
 
 
 def test_prepared_examples_follow_contract(tmp_path):
