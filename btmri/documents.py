@@ -124,6 +124,7 @@ class Manifest(_Document):
     # groups; "image": by file) and, per split, how many images from how many units.
     split_unit: str = "image"
     units: dict = field(default_factory=dict)  # split → {"images", "units", "patients", "groups"}
+    held_out_collection: dict | None = None  # leave one source out: collection, dir, images, units
     seconds: float = 0.0
 
     @classmethod

@@ -26,6 +26,7 @@ HISTORY_CSV_FILE = "history.csv"  # the same, as Keras' CSVLogger writes it
 CALIBRATION_FILE = "calibration.json"  # Trainer's model_run dir: temperature scaling figures
 TENSORBOARD_DIR = "tensorboard"  # Trainer's model_run dir
 LESION_AUDIT_FILE = "lesion_audit.json"  # LesionAudit artifact
+SHORTCUT_CONTROL_FILE = "shortcut_control.json"  # ShortcutControl artifact: the control's figures
 ABSTENTION_FILE = "abstention.json"  # beside saved_model.pb and in model_run: fitted thresholds
 DIGEST_FILE = "MODEL_DIGEST"  # beside saved_model.pb; TF Serving ignores it
 MODEL_CARD_FILE = "MODEL_CARD.md"  # beside saved_model.pb in a pushed version
@@ -86,6 +87,10 @@ class RunLayout:
     def current_prepared_data(self) -> str:
         """The link to the prepared data of the last run (CURRENT_LINK)."""
         return str(Path(self.prepared_root, CURRENT_LINK))
+
+    def held_out_data(self, collection: str) -> str:
+        """Where `run --hold-out-collection` puts the collection's images."""
+        return str(Path(self.work_dir, "data", "held-out", collection))
 
     @property
     def pipeline_root(self) -> str:

@@ -81,6 +81,10 @@ class PrepareOptions:
     # "patient": eval drawn by patient / near-duplicate group (data_prep/patients.py);
     # "image": by file, as before patients were known (kept to measure the difference).
     split_unit: str = contract.SPLIT_UNITS[0]
+    # Leave one source out: the tumour images of this collection (whole patients / groups)
+    # are written to hold_out_dir as class folders, for `btmri evaluate`, and to no split.
+    hold_out_collection: str | None = None
+    hold_out_dir: str | None = None
     progress: bool = True
 
     def arguments(self) -> dict:
@@ -233,6 +237,9 @@ def prepare(opts: PrepareOptions) -> Manifest:
         ],
         opts.near_threshold,
     )
+    left_out = None
+    if opts.hold_out_collection:
+        readable, left_out = _hold_out(readable, unit_of, boxes, opts)
     training = [c for c in readable if c.origin == "training"]
     if opts.split_unit == contract.SPLIT_UNITS[0]:
         split_of = assign_train_eval_by_unit(
@@ -247,7 +254,7 @@ def prepare(opts: PrepareOptions) -> Manifest:
             f"split unit must be one of {', '.join(contract.SPLIT_UNITS)}, got {opts.split_unit!r}"
         )
     split_of.update({c.source: contract.TEST_SPLIT for c in readable if c.origin == "testing"})
-    boxes.note_units(unit_of, split_of)
+    boxes.note_units({c.source: unit_of[c.source] for c in readable}, split_of)
     order = {s: i for i, s in enumerate(contract.SPLITS)}  # train before eval/test
     readable.sort(key=lambda c: (order[split_of[c.source]], c.source))
     surveyed = {k: {"md5": v["md5"]} for k, v in surveyed.items()}  # thumbnails no longer needed
@@ -349,11 +356,49 @@ def prepare(opts: PrepareOptions) -> Manifest:
         lesion_boxes=boxes.report(),
         split_unit=opts.split_unit,
         units=unit_counts({sp: u for sp, u in units_written.items() if sp in writers}),
+        held_out_collection=left_out,
         seconds=round(time.time() - started, 2),
     )
     manifest.write(out)
     _check_usable(manifest)
     return manifest
+
+
+def _hold_out(readable: list, unit_of: dict[str, str], boxes: _BoxAttacher, opts: PrepareOptions):
+    """Leave one source out: every unit holding a tumour image of the collection leaves
+    the dataset; its files are copied to opts.hold_out_dir/<class>/ (flat names), so that
+    `btmri evaluate` can grade a model that never saw that source."""
+    if not opts.hold_out_dir:
+        raise ValueError("--hold-out-collection needs --hold-out-dir (where the held-out images go)")
+    wanted = opts.hold_out_collection
+    units = {
+        unit_of[c.source]
+        for c in readable
+        if c.label != contract.NOTUMOR_ID and boxes.collection_of(c.source) == wanted
+    }
+    if not units:
+        known = sorted({boxes.collection_of(c.source) for c in readable})
+        raise ValueError(f"no tumour image of collection {wanted!r} (collections here: {', '.join(known)})")
+    out = Path(opts.hold_out_dir)
+    shutil.rmtree(out, ignore_errors=True)
+    kept, counts = [], Counter()
+    for cand in readable:
+        if unit_of[cand.source] not in units:
+            kept.append(cand)
+            continue
+        cls = contract.CLASS_NAMES[cand.label]
+        target = out / cls / cand.source.replace("/", "__")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cand.path, target)
+        counts[cls] += 1
+    boxes.hold_out(units, everything=wanted == boxes.collection)
+    _log(f"held out {sum(counts.values())} images of collection {wanted!r} ({len(units)} units) in {out}")
+    return kept, {
+        "collection": wanted,
+        "dir": str(out.resolve()),
+        "images": dict(counts),
+        "units": len(units),
+    }
 
 
 class _BoxAttacher:
@@ -381,6 +426,8 @@ class _BoxAttacher:
         self.matched = {s: Counter() for s in contract.SPLITS}
         self.added: Counter = Counter()
         self.held_out_patients: set[str] = set()
+        self.left_out_patients: set[str] = set()  # left out of the dataset (leave one source out)
+        self.hold_out_all = False  # the box folder's own collection is left out
         self.not_added: list[str] = []  # near duplicates of eval/test images
         if box_dir:
             slices, self.skipped = read_box_folder(box_dir)
@@ -409,6 +456,11 @@ class _BoxAttacher:
             if source in self.slice_of:
                 self.copied_in.setdefault(self.slice_of[source], split_of[source])
 
+    def hold_out(self, units: set[str], everything: bool) -> None:
+        for unit in units:
+            self.left_out_patients.update(patients_in_unit(unit))
+        self.hold_out_all = self.hold_out_all or everything
+
     def box_of(self, source: str, split: str):
         i = self.slice_of.get(source)
         if i is None:
@@ -432,8 +484,12 @@ class _BoxAttacher:
     def _joins_training(self, slice_) -> bool:
         from data_prep.lesion_boxes import in_audit_part, unit_in_audit_part
 
+        if self.hold_out_all:
+            return False
         if slice_.source not in self.patients:
             return not in_audit_part(slice_.source)
+        if self.patients[slice_.source] in self.left_out_patients:
+            return False
         unit = self.unit_of_slice(slice_)
         splits = self.splits_of_unit.get(unit)
         joins = (contract.TRAIN_SPLIT in splits) if splits else not unit_in_audit_part(unit)

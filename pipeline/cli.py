@@ -14,6 +14,7 @@ from pathlib import Path
 from btmri.console import quiet_environment
 from btmri.documents import TRAINER_DEFAULTS, VERTEX_DEFAULTS
 from btmri.layout import DEFAULT_LAYOUT, MANIFEST_FILE, RunLayout
+from btmri.spec import SPLIT_UNITS
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -46,6 +47,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         max_file_mb=args.max_file_mb,
         box_dir=args.boxes_dir,
+        split_unit=args.split_unit,
+        hold_out_collection=args.hold_out_collection,
+        hold_out_dir=args.hold_out_dir,
         progress=not args.quiet,
     )
     try:
@@ -122,6 +126,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             progress=True,
             box_dir=box_dir,
             drop_cross_split_duplicates=args.drop_cross_split_duplicates,
+            split_unit=args.split_unit,
+            hold_out_collection=args.hold_out_collection,
+            hold_out_dir=args.hold_out_collection
+            and (args.hold_out_dir or work.held_out_data(args.hold_out_collection)),
         )
     except (PrepareError, LayoutError, ValueError) as err:
         print(f"btmri run: error: {err}", file=sys.stderr)
@@ -171,6 +179,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return 1
     print("\n" + "\n".join(summary_lines(summary, config.accuracy_lower_bound, config.min_acceptance)))
+    held = prepared.manifest.held_out_collection
+    if held:
+        print(
+            f"held out {sum(held['images'].values())} tumour images of collection {held['collection']!r} "
+            f"({held['units']} patients / groups) in {held['dir']}; grade the model on them with\n"
+            f"  btmri evaluate --data-dir {held['dir']} --model-dir {config.serving_dir}"
+        )
     return 0
 
 
@@ -285,8 +300,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--boxes-dir",
         default=None,
-        help="folder of tumour slices with boxes (<class>/<id>.jpg + .txt): images that "
-        "are copies of one get its box, for lesion-guided training",
+        help="folder of tumour slices with boxes (<class>/<id>.jpg + .txt, and "
+        "patients.csv: id,class,patient): images that are copies of one get its box "
+        "and patient, for lesion-guided training and splits by patient",
+    )
+    p.add_argument(
+        "--split-unit",
+        choices=SPLIT_UNITS,
+        default=SPLIT_UNITS[0],
+        help="draw the eval split by whole patients / near-duplicate groups (patient; "
+        "patients from the box folder's patients.csv) or by file (image, only to measure "
+        "how much an image-level split inflates the figures) (default %(default)s)",
+    )
+    p.add_argument(
+        "--hold-out-collection",
+        default=None,
+        metavar="NAME",
+        help="leave one source out: the tumour images of this collection (e.g. figshare, "
+        "the copies of a box folder's slices, or unknown, the others), whole patients at a "
+        "time, are left out of training and eval and copied to --hold-out-dir for "
+        "`btmri evaluate`",
+    )
+    p.add_argument(
+        "--hold-out-dir",
+        default=None,
+        help="where the held-out images go, as class folders",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
@@ -503,6 +541,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tumour slices with boxes (<class>/<id>.jpg + .txt): lesion-guided training "
         "and the lesion audit; default with synthetic data: its own boxes/",
+    )
+    p.add_argument(
+        "--split-unit",
+        choices=SPLIT_UNITS,
+        default=SPLIT_UNITS[0],
+        help="prepare: draw the eval split by whole patients / near-duplicate groups (patient; "
+        "patients from the box folder's patients.csv) or by file (image, only to measure "
+        "how much an image-level split inflates the figures) (default %(default)s)",
+    )
+    p.add_argument(
+        "--hold-out-collection",
+        default=None,
+        metavar="NAME",
+        help="prepare: leave one source out: the tumour images of this collection (e.g. figshare, "
+        "the copies of a box folder's slices, or unknown, the others), whole patients at a "
+        "time, are left out of training and eval and copied to --hold-out-dir for "
+        "`btmri evaluate`",
+    )
+    p.add_argument(
+        "--hold-out-dir",
+        default=None,
+        help="where the held-out images go, as class folders (default WORK_DIR/data/held-out/NAME)",
     )
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
     p.add_argument(
