@@ -5,16 +5,24 @@ a single affine map and resampled once (bilinear, zero fill), then a random
 contrast change. Keras' Random* layers resample once per layer; on 2 CPU cores
 that halved training throughput (benchmarks/training_throughput.py).
 
+Then, with an AcquisitionConfig, the acquisition-style transforms (bias field,
+resolution, noise, intensity curve, JPEG; `acquisition_batch`), which change how an
+image looks and move nothing (docs/augmentation.md; cost: benchmarks/augmentation_cost.py).
+
 Axial slices are roughly left-right symmetric and tumours occur on either side,
 so a horizontal flip makes a new plausible image; vertical flips do not.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import numpy as np
 import tensorflow as tf
+
+from components.transform.head_framing import BRIGHT_LEVEL, BRIGHT_PERCENTILE, MAX_GAIN, _percentile
 
 
 @dataclass(frozen=True)
@@ -47,12 +55,16 @@ def inverse_affine(theta, scale, tx, ty, flip, height, width) -> tf.Tensor:
     return tf.stack([l00, l01, a2, l10, l11, b2, zeros, zeros], axis=1)
 
 
-def _random_transforms(batch, height, width, cfg: AugmentConfig, seed: int | None) -> tf.Tensor:
+def _random_transforms(
+    batch, height, width, cfg: AugmentConfig, seed: int | None, zoom_out: float = 0.0
+) -> tf.Tensor:
+    """`zoom_out` lowers the zoom's lower bound by that much (AcquisitionConfig.zoom_out)."""
+
     def uniform(low, high, offset):
         return tf.random.uniform([batch], low, high, seed=None if seed is None else seed + offset)
 
     theta = uniform(-1.0, 1.0, 0) * (cfg.max_rotation_deg * math.pi / 180.0)
-    scale = uniform(1.0 - cfg.max_zoom, 1.0 + cfg.max_zoom, 1)
+    scale = uniform(1.0 - cfg.max_zoom - zoom_out, 1.0 + cfg.max_zoom, 1)
     tx = uniform(-cfg.max_shift, cfg.max_shift, 2) * width
     ty = uniform(-cfg.max_shift, cfg.max_shift, 3) * height
     flip = tf.where(uniform(0.0, 1.0, 4) < 0.5, -1.0, 1.0) if cfg.flip else tf.ones([batch])
@@ -105,15 +117,19 @@ def augment_batch(
     cfg: AugmentConfig = AugmentConfig(),
     seed: int | None = None,
     boxes: tf.Tensor | None = None,
+    acquisition: AcquisitionConfig | None = None,
 ):
     """images float32 [B, H, W, C] in [0, 1] → augmented, same shape, clipped to [0, 1].
 
     `boxes` [B, 4] (normalised lesion boxes) follow the same geometry (as the box
-    around the moved corners); then (images, boxes) is returned."""
+    around the moved corners); then (images, boxes) is returned. `acquisition`
+    (single-channel images): its zoom-out joins the affine map, and its transforms
+    (acquisition_batch) follow the contrast change; they move nothing."""
     shape = tf.shape(images)
     batch = shape[0]
     height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    transforms = _random_transforms(batch, height, width, cfg, seed)
+    zoom_out = acquisition.zoom_out * acquisition.strength if acquisition is not None else 0.0
+    transforms = _random_transforms(batch, height, width, cfg, seed, zoom_out=zoom_out)
     warped = warp(images, transforms)
     if boxes is not None:
         boxes = transform_boxes(tf.cast(boxes, tf.float32), transforms, height, width)
@@ -125,4 +141,279 @@ def augment_batch(
     )
     mean = tf.reduce_mean(warped, axis=[1, 2, 3], keepdims=True)
     out = tf.clip_by_value((warped - mean) * factor + mean, 0.0, 1.0)
+    if acquisition is not None:
+        out = acquisition_batch(out, acquisition, seed=seed)
     return out if boxes is None else (out, boxes)
+
+
+# ── Acquisition-style augmentation ─────────────────────────────────────────────────
+# In the Kaggle merge every tumour image is T1 post-contrast while many notumor images
+# come from other collections (other sequences, scanners, sizes, JPEG quality), so the
+# look of an image predicts its class (project issue 22). These transforms change the
+# look and move nothing: boxes and lesion masks stay valid. They come after the
+# counterfactual fills and the geometry, so a filled hole gets the same look as the
+# tissue around it (docs/augmentation.md).
+
+
+@dataclass(frozen=True)
+class AcquisitionConfig:
+    """Acquisition-style augmentation: each transform's probability per image and its
+    magnitude at strength 1; `strength` (the Trainer's acquisition_strength) scales every
+    magnitude, 0 changes nothing.
+
+    Order, as an acquisition and an export would apply them: resolution → bias field →
+    noise → intensity curve (contrast and window as one affine map, clipped; gamma; a
+    smooth monotone curve) → JPEG → the serving graph's standardisation
+    (head_framing's bright level), so the look changes and the overall brightness is
+    what serving would give. The per-pixel steps between resolution and JPEG run as one
+    XLA-fused function (unfused they cost five times as much)."""
+
+    strength: float = 0.5
+    # Resolution: down (area) to a side drawn log-uniformly in [side (min_side / side)^s,
+    # side], back up (bilinear): a coarser acquisition, or a small image upscaled. One
+    # size per batch (tf.image.resize takes one); the images are drawn per image.
+    resolution_p: float = 0.25
+    min_side: int = 64
+    # Multiplicative smooth bias field (coil shading): a bias_grid x bias_grid grid of
+    # gains in [1 - b, 1 + b] interpolated by normalised Gaussian bumps.
+    bias_p: float = 0.5
+    bias: float = 0.5
+    bias_grid: int = 4
+    # Noise, std drawn in [0, noise] (x strength), as a magnitude image has it: |x + n|
+    # (Rician-like: the background gets positive speckle). The noise comes from a fixed
+    # bank of NOISE_BANK Gaussian fields, chosen, flipped and signed per image: a
+    # Gaussian draw per pixel costs ten times as much.
+    noise_p: float = 0.5
+    noise: float = 0.08
+    # Contrast about the image mean: factor in [1 / (1 + c), 1 + c].
+    contrast_p: float = 0.5
+    contrast: float = 1.0
+    # Window: black point in [-window_low, window_low], white point in
+    # [1 - window_high, 1 + window_high / 2] (x strength); values outside are clipped.
+    window_p: float = 0.5
+    window_low: float = 0.3
+    window_high: float = 0.5
+    # Gamma in [exp(-gamma), exp(gamma)] (x strength).
+    gamma_p: float = 0.5
+    gamma: float = 1.0
+    # Smooth monotone curve: a Bernstein polynomial of degree curve_degree whose rising
+    # control points have random steps (each a factor in [exp(-curve), exp(curve)]); it
+    # runs 0 → 1 and keeps the order of intensities.
+    curve_p: float = 0.5
+    curve: float = 1.0
+    curve_degree: int = 5
+    # JPEG re-compression at a quality in [95 - s (95 - min_quality), 95]; about 1 ms an
+    # image on one core, hence the low probability.
+    jpeg_p: float = 0.1
+    min_quality: int = 20
+    # Extra zoom-out (smaller head, more field of view), in augment_batch's affine pass:
+    # the lower scale bound goes down by zoom_out x strength.
+    zoom_out: float = 0.3
+    restandardise: bool = True
+
+    def __post_init__(self):
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"acquisition strength must be in [0, 1], got {self.strength}")
+        probabilities = [getattr(self, f.name) for f in fields(self) if f.name.endswith("_p")]
+        if min(probabilities) < 0 or max(probabilities) > 1:
+            raise ValueError(f"probabilities must be in [0, 1], got {probabilities}")
+        if not (0.0 <= self.bias < 1.0 and 0.0 <= self.window_high < 1.0 and 0.0 <= self.zoom_out < 0.5):
+            raise ValueError("bias and window_high must be in [0, 1), zoom_out in [0, 0.5)")
+        if (
+            self.bias_grid < 2
+            or self.curve_degree < 1
+            or self.min_side < 8
+            or not 1 <= self.min_quality <= 95
+        ):
+            raise ValueError("need bias_grid >= 2, curve_degree >= 1, min_side >= 8, min_quality in [1, 95]")
+
+    @property
+    def active(self) -> bool:
+        return self.strength > 0.0
+
+
+NOISE_BANK = 16  # Gaussian noise fields (x 4 flips x 2 signs) the noise is drawn from
+_NOISE_SEED = 20240622  # the bank is a constant: the same in every run
+
+
+class _Draws:
+    """Random draws with op seeds seed + 100 + i, i counting the draws (as
+    _random_transforms does with seed + i): the same for a seed after
+    tf.random.set_seed, new in every batch of a dataset."""
+
+    def __init__(self, batch, seed: int | None):
+        self.batch, self.seed, self.count = batch, seed, 0
+
+    def uniform(self, shape, low=0.0, high=1.0, dtype=tf.float32):
+        self.count += 1
+        seed = None if self.seed is None else self.seed + 100 + self.count
+        return tf.random.uniform(shape, low, high, dtype=dtype, seed=seed)
+
+    def chosen(self, p: float) -> tf.Tensor:
+        """bool [B]: the images a transform of probability p applies to."""
+        return self.uniform([self.batch]) < p
+
+    def gated(self, p: float, low=-1.0, high=1.0) -> tf.Tensor:
+        """[B]: uniform in [low, high] for the chosen images, 0 for the others."""
+        on = self.chosen(p)
+        return tf.where(on, self.uniform([self.batch], low, high), 0.0)
+
+
+def _bumps(n, points: int) -> tf.Tensor:
+    """[n, points]: normalised Gaussian bumps at `points` evenly spaced centres; each row
+    sums to 1, so a grid of gains interpolates to a smooth field within their range."""
+    pos = (tf.range(n, dtype=tf.float32) + 0.5) / tf.cast(n, tf.float32)
+    centres = tf.linspace(0.0, 1.0, points)
+    w = tf.exp(-0.5 * tf.square((pos[:, None] - centres[None, :]) * ((points - 1) / 0.6)))
+    return w / tf.reduce_sum(w, axis=1, keepdims=True)
+
+
+def bias_field(gains: tf.Tensor, height, width) -> tf.Tensor:
+    """gains [B, G, G] → smooth multiplicative field [B, H, W, 1] (two small matmuls)."""
+    grid = gains.shape[1]
+    rows, cols = _bumps(height, grid), _bumps(width, grid)
+    return tf.matmul(tf.matmul(rows, gains), cols, transpose_b=True)[..., None]
+
+
+def monotone_curve(y: tf.Tensor, control: tf.Tensor) -> tf.Tensor:
+    """Bernstein polynomial with control points `control` [B, n+1] at y [B, H, W, 1] in
+    [0, 1] (de Casteljau): increasing where the control points increase, the identity for
+    evenly spaced ones, smooth, and within [control[0], control[n]]."""
+    points = [control[:, k, None, None, None] for k in range(control.shape[1])]
+    while len(points) > 1:
+        points = [a + y * (b - a) for a, b in zip(points[:-1], points[1:])]
+    return points[0]
+
+
+def curve_controls(steps: tf.Tensor) -> tf.Tensor:
+    """Log-steps [B, n] → rising control points [B, n+1] from 0 to 1 (zeros: evenly spaced)."""
+    rising = tf.cumsum(tf.exp(steps), axis=1)
+    return tf.concat([tf.zeros_like(rising[:, :1]), rising / rising[:, -1:]], axis=1)
+
+
+@tf.function(jit_compile=True)
+def _look(images, gains, rows, cols, bank, pick, flips, sigma, contrast, low, high, gamma, control):
+    """The per-pixel steps, fused by XLA (unfused they cost several times as much): bias
+    field, magnitude noise, contrast about the mean and window (clipped), gamma, the
+    monotone curve. Per-image parameters are [B]; the noise is `bank[pick]`, flipped
+    left-right and up-down where `flips` [B, 2] say, times `sigma` (signed). Returns the
+    images and a 1-in-16 subsample of them (for the bright level). Every argument is a
+    runtime value: a compile-time constant among them would recompile per value."""
+
+    def per_image(v):
+        return v[:, None, None, None]
+
+    field = tf.matmul(tf.matmul(rows, gains), cols, transpose_b=True)[..., None]
+    noise = tf.gather(bank, pick)
+    noise = tf.where(per_image(flips[:, 0]), tf.reverse(noise, axis=[2]), noise)
+    noise = tf.where(per_image(flips[:, 1]), tf.reverse(noise, axis=[1]), noise)
+    x = tf.abs(images * field + noise * per_image(sigma))
+    mean = tf.reduce_mean(tf.minimum(x, 1.0), axis=[1, 2, 3], keepdims=True)
+    scale = per_image(contrast / (high - low))
+    y = tf.clip_by_value((x - mean) * scale + (mean - per_image(low)) / per_image(high - low), 0.0, 1.0)
+    y = tf.where(y > 0.0, tf.exp(per_image(gamma) * tf.math.log(tf.maximum(y, 1e-12))), 0.0)
+    y = monotone_curve(y, control)
+    return y, y[:, 2::4, 2::4]
+
+
+@functools.lru_cache(maxsize=4)
+def _noise_bank_array(height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(_NOISE_SEED)
+    return rng.standard_normal((NOISE_BANK, height, width, 1)).astype(np.float32)
+
+
+def _noise_bank(static_shape, size) -> tf.Tensor:
+    """The constant bank of Gaussian fields (see AcquisitionConfig.noise); without a
+    static image size, fields drawn afresh (slower, but any size)."""
+    height, width = static_shape[1], static_shape[2]
+    if height is None or width is None:
+        return tf.random.normal(tf.concat([[NOISE_BANK], size, [1]], 0))
+    return tf.constant(_noise_bank_array(height, width))
+
+
+def lower_resolution(images: tf.Tensor, factor) -> tf.Tensor:
+    """Down to `factor` of the size (area average), back up (bilinear): what a coarser
+    acquisition matrix, or a small image upscaled, looks like."""
+    size = tf.shape(images)[1:3]
+    small = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32), 1)
+    return tf.image.resize(tf.image.resize(images, small, method="area"), size, method="bilinear")
+
+
+def _some(images: tf.Tensor, chosen: tf.Tensor, fn) -> tf.Tensor:
+    """images with fn applied to the chosen ones only (fn gets those and their indices)."""
+    index = tf.where(chosen)[:, 0]
+
+    def apply():
+        return tf.tensor_scatter_nd_update(images, index[:, None], fn(tf.gather(images, index), index))
+
+    return tf.ensure_shape(tf.cond(tf.size(index) > 0, apply, lambda: images), images.shape)
+
+
+def acquisition_batch(
+    images: tf.Tensor, cfg: AcquisitionConfig = AcquisitionConfig(), seed: int | None = None
+):
+    """images float32 [B, H, W, 1] in [0, 1] → the same with a random acquisition look,
+    in [0, 1]; nothing moves. Strength 0: the images themselves."""
+    if not cfg.active:
+        return images
+    s = cfg.strength
+    shape = tf.shape(images)
+    batch, size = shape[0], shape[1:3]
+    draw = _Draws(batch, seed)
+    x = images
+
+    # Resolution (outside XLA: the area resize has no XLA kernel).
+    side = tf.cast(tf.minimum(size[0], size[1]), tf.float32)
+    factor = tf.pow(tf.minimum(cfg.min_side / side, 1.0), draw.uniform([], 0.0, s))  # log-uniform
+    x = _some(x, draw.chosen(cfg.resolution_p), lambda picked, _: lower_resolution(picked, factor))
+
+    # Per-pixel steps: their parameters, then one fused pass.
+    bias_on = draw.chosen(cfg.bias_p)
+    gains = 1.0 + draw.uniform([batch, cfg.bias_grid, cfg.bias_grid], -1.0, 1.0) * (cfg.bias * s)
+    gains = tf.where(bias_on[:, None, None], gains, 1.0)
+    sigma = draw.gated(cfg.noise_p, 0.0, 1.0) * (cfg.noise * s) * tf.where(draw.chosen(0.5), -1.0, 1.0)
+    pick = draw.uniform([batch], 0, NOISE_BANK, tf.int32)
+    flips = draw.uniform([batch, 2]) < 0.5
+    contrast = tf.exp(draw.gated(cfg.contrast_p) * (math.log1p(cfg.contrast) * s))
+    window_on = draw.chosen(cfg.window_p)
+    low = tf.where(window_on, draw.uniform([batch], -1.0, 1.0) * (cfg.window_low * s), 0.0)
+    high = tf.where(window_on, 1.0 + draw.uniform([batch], -1.0, 0.5) * (cfg.window_high * s), 1.0)
+    gamma = tf.exp(draw.gated(cfg.gamma_p) * (cfg.gamma * s))
+    curve_on = draw.chosen(cfg.curve_p)
+    steps = draw.uniform([batch, cfg.curve_degree], -1.0, 1.0) * (cfg.curve * s)
+    control = curve_controls(tf.where(curve_on[:, None], steps, 0.0))
+    x, sample = _look(
+        x,
+        gains,
+        _bumps(size[0], cfg.bias_grid),
+        _bumps(size[1], cfg.bias_grid),
+        _noise_bank(images.shape, size),
+        pick,
+        flips,
+        sigma,
+        contrast,
+        low,
+        high,
+        gamma,
+        control,
+    )
+
+    # JPEG re-compression (8 bits, blocks, ringing), per image.
+    worst = 95.0 - s * (95.0 - cfg.min_quality)
+    quality = tf.cast(tf.round(draw.uniform([batch], worst, 95.0)), tf.int32)
+
+    def jpeg(picked, index):
+        return tf.map_fn(
+            lambda args: tf.image.adjust_jpeg_quality(args[0], args[1]),
+            (picked, tf.gather(quality, index)),
+            fn_output_signature=tf.TensorSpec(images.shape[1:], tf.float32),
+        )
+
+    x = _some(x, draw.chosen(cfg.jpeg_p), jpeg)
+    if cfg.restandardise:
+        # As head_framing.standardise, the bright level read on a 1-in-16 subsample of
+        # the curve's output (ranking every pixel costs more than the rest together).
+        bright = _percentile(tf.reshape(sample, [batch, -1]), BRIGHT_PERCENTILE)
+        gain = tf.minimum(BRIGHT_LEVEL / tf.maximum(bright, 1e-6), MAX_GAIN)
+        x = x * gain[:, None, None, None]
+    return tf.ensure_shape(tf.clip_by_value(x, 0.0, 1.0), images.shape)

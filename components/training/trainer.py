@@ -44,7 +44,7 @@ from components.signature_names import (
     SERVING_DEFAULT,
 )
 from components.training import abstention, calibration, distribution, gradcam as cam, outliers, compute_dtype
-from components.training.augment import augment_batch
+from components.training.augment import AcquisitionConfig, acquisition_batch, augment_batch
 from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
 from components.training.models import (
@@ -88,12 +88,15 @@ def input_fn(
     cache: bool = False,
     counterfactuals: CounterfactualConfig | None = None,
     shard_policy: str | None = None,
+    acquisition: AcquisitionConfig | None = None,
 ) -> tf.data.Dataset:
     """Examples → (image [B,224,224,1], (label [B], lesion cells [B,14,14,1])).
 
     Lesion cells mark the CAM cells the tumour box touches (all zero without a box;
     lesion_guidance.py). `counterfactuals` (training only) removes lesions and decoys
     before the geometric augmentation, which then moves the box with the image.
+    `acquisition` (training only) changes every image's look after both (filled holes
+    get the same look as the rest) and moves nothing (augment.AcquisitionConfig).
 
     Raw Examples go through the Transform graph here; `materialized` examples
     were transformed by the Transform component already. `cache` keeps the
@@ -145,7 +148,9 @@ def input_fn(
         if training and counterfactuals is not None:
             images, labels, boxes = counterfactual_batch(images, labels, boxes, counterfactuals, seed=seed)
         if training and augment:
-            images, boxes = augment_batch(images, seed=seed, boxes=boxes)
+            images, boxes = augment_batch(images, seed=seed, boxes=boxes, acquisition=acquisition)
+        elif training and acquisition is not None:
+            images = acquisition_batch(images, acquisition, seed=seed)
         return images, (labels, lesion_cells(box_masks(boxes, CAM_SIZE * 8, CAM_SIZE * 8), CAM_SIZE))
 
     dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
@@ -294,6 +299,14 @@ def _config(fn_args: tfx.components.FnArgs) -> dict:
     return config
 
 
+def acquisition_config(config: dict) -> AcquisitionConfig | None:
+    """The acquisition-style augmentation a Trainer config asks for; None when off."""
+    strength = float(config["acquisition_strength"])
+    if not config["acquisition_augment"] or strength <= 0:
+        return None
+    return AcquisitionConfig(strength=strength)
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """Trains the whole schedule (or early-stops, if asked), exports the SavedModel.
 
@@ -328,6 +341,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         cache=cache,
         counterfactuals=counterfactuals,
         shard_policy=str(config["input_sharding"]) if multi_worker else None,
+        acquisition=acquisition_config(config),
     )
     # Eval has few files (prepare writes proportionally fewer): split by example.
     eval_ds = input_fn(
