@@ -47,6 +47,7 @@ class RunArtifacts:
     infra_validation_uri: str | None = None  # InfraValidator's InfraBlessing (infra_validation.json)
     before_push: bool = False  # read by the ModelReport step, before the Pusher ran
     request_baseline_uri: str | None = None  # RequestBaseline statistics (monitoring baseline)
+    shortcut_control_uri: str | None = None  # ShortcutControl output (shortcut_control.json)
 
     def split_uri(self, split: str) -> str:
         return os.path.join(self.examples_uri, f"Split-{split}")
@@ -111,6 +112,7 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
     pushed = latest_output(config, "Pusher", "pushed_model")
     infra = latest_output(config, "InfraValidator", "blessing")
     request_baseline = latest_output(config, "RequestBaseline", "statistics")
+    shortcut = latest_output(config, "ShortcutControl", "control")
     trainer_config = json.loads(_exec_property(config, "Trainer", "custom_config") or "{}")
 
     return RunArtifacts(
@@ -136,4 +138,5 @@ def find_run(config: PipelineConfig, data_root: str | None = None) -> RunArtifac
         lesion_audit_uri=audit.uri if audit else None,
         infra_validation_uri=infra.uri if infra else None,
         request_baseline_uri=request_baseline.uri if request_baseline else None,
+        shortcut_control_uri=shortcut.uri if shortcut else None,
     )

@@ -1,0 +1,1 @@
+"""The shortcut control: what a classifier gets from how the images were collected (ShortcutControl)."""
