@@ -169,6 +169,12 @@ class TrainingSettings:
     label_smoothing: float = 0.1
     patience: int = 0  # > 0: early stopping on eval loss; 0: whole schedule
     augment: bool = True
+    # Acquisition-style augmentation (components/training/augment.py AcquisitionConfig,
+    # docs/augmentation.md): bias field, resolution, noise, intensity curves, JPEG, more
+    # zoom-out, for every class alike, so a collection's look stops predicting the class
+    # (issue 22). strength in [0, 1] scales every magnitude; 0 or off: none.
+    acquisition_augment: bool = True
+    acquisition_strength: float = 0.5
     seed: int = 0
     compute_dtype: str = "auto"  # float32 | bfloat16 | auto (bf16 if the CPU has it)
     # Lesion guidance, for training images with a known tumour box.
@@ -178,9 +184,12 @@ class TrainingSettings:
     # decoys keep the fill itself uninformative; README, lesion audit).
     lesion_removal_rate: float = 0.5  # boxed tumour images shown with the lesion removed
     decoy_removal_rate: float = 0.5  # images shown with a lesion-free box removed
-    # notumor images shown with a batch-mate's lesion, as its class. Off: in the real-data
-    # ablation it cost 1.8 points of accuracy for +0.07 pointing (README, lesion audit).
-    lesion_paste_rate: float = 0.0
+    # notumor images shown with a batch-mate's lesion, as its class (a third of them with
+    # the lesion's contrast turned over). On the Kaggle merge every tumour image is T1
+    # post-contrast while notumor images are of every sequence, so the sequence itself
+    # predicted "no tumour"; pasting tumours into notumor slices of every sequence takes
+    # that cue away (docs/experiments.md, leave one source out).
+    lesion_paste_rate: float = 0.3
     # Abstention (components/training/abstention.py), fitted on the eval split after
     # calibration: ood_score, abstain and abstain_reason in every exported signature.
     abstention: bool = True

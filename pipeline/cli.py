@@ -91,6 +91,8 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         lesion_removal_rate=args.lesion_removal_rate,
         decoy_removal_rate=args.decoy_removal_rate,
         lesion_paste_rate=args.lesion_paste_rate,
+        acquisition_augment=not args.no_acquisition_augment,
+        acquisition_strength=args.acquisition_strength,
         abstention=not args.no_abstention,
         abstention_accept=args.abstention_accept,
         abstention_min_acceptance=args.min_acceptance,
@@ -422,6 +424,20 @@ def build_parser() -> argparse.ArgumentParser:
             default=PipelineConfig.lesion_paste_rate,
             help="share of notumor training images shown with the lesion of a boxed "
             "tumour image pasted in, labelled with its class; default %(default)s",
+        )
+        p.add_argument(
+            "--acquisition-strength",
+            type=float,
+            default=TRAINER_DEFAULTS.acquisition_strength,
+            metavar="S",
+            help="acquisition-style augmentation of every training image (bias field, "
+            "resolution, noise, intensity curves, JPEG; docs/augmentation.md), its magnitudes "
+            "scaled by S in [0, 1] (0: off); default %(default)s",
+        )
+        p.add_argument(
+            "--no-acquisition-augment",
+            action="store_true",
+            help="train without the acquisition-style augmentation",
         )
         p.add_argument(
             "--accuracy-bound",

@@ -55,6 +55,7 @@ class CounterfactualConfig:
     lesion_rate: float = TRAINER_DEFAULTS.lesion_removal_rate  # boxed tumour images whose lesion is removed
     decoy_rate: float = TRAINER_DEFAULTS.decoy_removal_rate  # eligible images that lose a decoy box
     paste_rate: float = TRAINER_DEFAULTS.lesion_paste_rate  # notumor images given a batch-mate's lesion
+    paste_invert_share: float = 1 / 3  # pasted lesions shown darker than their ring, not brighter
     transplant_share: float = 1 / 3  # edited images filled with tissue from elsewhere
     rim_share: float = 1 / 3  # edited images filled by carrying the rim inwards
     margin: float = 0.03  # boxes grow by this (normalised) before filling
@@ -249,12 +250,17 @@ def paste_lesions(
     rate: float,
     margin: float,
     seed: int | None = None,
+    invert_share: float = 0.0,
 ):
     """Notumor images (a share `rate` of them) receive the lesion of a random boxed
     tumour image of the same batch, at the same place, feathered and shifted to the
-    recipient's intensity around it, with the donor's class and box. Sites that fall
-    on the recipient's background are skipped. Returns images, labels, boxes and the
-    bool [B] of recipients."""
+    recipient's intensity around it, with the donor's class and box. A share
+    `invert_share` of the pasted lesions have their contrast against the ring turned
+    over (dark where the donor is bright): the boxed tumours are all post-contrast,
+    bright; on T1 without contrast a tumour is often darker than its surroundings, and
+    the class must follow the mass, not its polarity. Sites that fall on the
+    recipient's background are skipped. Returns images, labels, boxes and the bool [B]
+    of recipients."""
     batch = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
     donors = has_box(boxes) & ~tf.equal(labels, contract.NOTUMOR_ID)
@@ -271,8 +277,11 @@ def paste_lesions(
         & (site > 0.08)  # tissue around the site, not background
         & (tf.random.uniform([batch], seed=None if seed is None else seed + 1) < rate)
     )
-    offset = site - _masked_mean(donor_images, ring)
-    pasted = _blend(images, donor_images + offset[:, None, None, None], masks)
+    lesion = donor_images - _masked_mean(donor_images, ring)[:, None, None, None]
+    inverted = tf.random.uniform([batch], seed=None if seed is None else seed + 2) < invert_share
+    lesion = tf.where(inverted[:, None, None, None], -lesion, lesion)
+    fill = tf.clip_by_value(site[:, None, None, None] + lesion, 0.0, 1.0)
+    pasted = _blend(images, fill, masks)
     images = tf.where(recipients[:, None, None, None], pasted, images)
     labels = tf.where(recipients, tf.gather(labels, donor), labels)
     boxes = tf.where(recipients[:, None], donor_boxes, boxes)
@@ -320,7 +329,13 @@ def counterfactual_batch(
     pasted = tf.zeros([batch], tf.bool)
     if cfg.paste_rate > 0:
         images, labels, boxes, pasted = paste_lesions(
-            images, labels, boxes, cfg.paste_rate, cfg.margin, seed=seeded(20)
+            images,
+            labels,
+            boxes,
+            cfg.paste_rate,
+            cfg.margin,
+            seed=seeded(20),
+            invert_share=cfg.paste_invert_share,
         )
     boxed = has_box(boxes)
     is_notumor = tf.equal(labels, contract.NOTUMOR_ID)

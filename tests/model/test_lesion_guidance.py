@@ -188,7 +188,7 @@ def test_pasted_lesions_bring_their_class_and_box_to_notumor_images():
         tf.constant(images),
         labels,
         boxes,
-        CounterfactualConfig(lesion_rate=0.0, decoy_rate=0.0, paste_rate=1.0),
+        CounterfactualConfig(lesion_rate=0.0, decoy_rate=0.0, paste_rate=1.0, paste_invert_share=0.0),
         seed=1,
     )
     out, out_labels, out_boxes = out.numpy(), out_labels.numpy(), out_boxes.numpy()
@@ -199,6 +199,23 @@ def test_pasted_lesions_bring_their_class_and_box_to_notumor_images():
     np.testing.assert_allclose(out[4:7, 150:], images[4:7, 150:])  # elsewhere: untouched
     np.testing.assert_array_equal(out[7], images[7])
     np.testing.assert_array_equal(out[:4], images[:4])  # donors keep theirs
+
+
+def test_inverted_paste_turns_the_lesion_dark_against_its_ring():
+    """paste_invert_share: the pasted lesion keeps its shape and contrast magnitude but
+    lies below its surroundings (a T1 look), with the donor's class all the same."""
+    images = np.full((4, 224, 224, 1), 0.4, np.float32)
+    images[:2] = 0.5
+    images[:2, 60:90, 60:90] = 0.7  # lesion 0.2 above the ring
+    labels = tf.constant([1, 1, 2, 2], tf.int64)
+    box = [50 / 224, 50 / 224, 100 / 224, 100 / 224]
+    boxes = tf.constant([box] * 2 + [contract.NO_BOX] * 2, tf.float32)
+    cfg = CounterfactualConfig(lesion_rate=0.0, decoy_rate=0.0, paste_rate=1.0, paste_invert_share=1.0)
+    out, out_labels, _ = counterfactual_batch(tf.constant(images), labels, boxes, cfg, seed=3)
+    out = out.numpy()
+    np.testing.assert_array_equal(out_labels.numpy(), [1, 1, 1, 1])
+    assert out[2:, 65:85, 65:85].mean() == pytest.approx(0.2, abs=0.03)  # 0.4 - 0.2
+    np.testing.assert_allclose(out[2:, 150:], images[2:, 150:])
 
 
 def test_transplant_fill_takes_tissue_from_the_mirror_side_not_the_lesion():
