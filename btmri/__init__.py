@@ -5,7 +5,7 @@
   layout.py     file names of artifacts and the layout of a run's work folder
   documents.py  typed JSON documents passed between packages (manifest, trainer
                 configuration and history, server options)
-  intervals.py  95 % intervals (Wilson, bootstrap) for every figure the project reports
+  intervals.py  95 % intervals (Wilson, bootstrap, bootstrap over patients) for every figure the project reports
   console.py    the quiet console: what the terminal shows, what only the log gets
 
 Importing this package selects Keras 2 for TensorFlow (the Keras switch below), so

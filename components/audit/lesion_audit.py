@@ -11,7 +11,10 @@ Checks on real tumour slices with boxes (data_prep/lesion_boxes.py), per class:
   model is asked again: does it keep its class, does it say notumor?
 * lesion only: everything outside the grown box is set to black (reported only).
 
-Proportions carry 95 % Wilson intervals, means a bootstrap interval. The model is
+Every figure carries a 95 % interval over the slices' patients when the box folder's
+patients.csv (data_prep/patients.py) puts more than one audited slice in a patient: a
+bootstrap drawing whole patients (btmri.intervals). Otherwise each slice is its own
+unit: proportions get a Wilson interval, means a bootstrap over slices. The model is
 reached through a Predictor: the exported SavedModel in-process, or a served model
 over gRPC (components/audit/predictors.py), so the pipeline and `btmri audit`
 run the same checks.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Protocol
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -60,6 +63,35 @@ class SliceResult:
     removed_predicted: int
     removed_probability: float  # of the original class, lesion removed
     lesion_only_predicted: int
+    # The slice's patient ("patient:<id>" from the box folder's patients.csv); "" when
+    # unknown: the slice is then its own unit (as in audits written before patients).
+    patient: str = ""
+
+    @property
+    def unit(self) -> str:
+        """What the intervals resample: the patient, else the slice itself."""
+        return self.patient or self.source
+
+
+def result_from_dict(row: dict) -> SliceResult:
+    """A row of lesion_audit.json back as a SliceResult; rows of older audits have no
+    patient (each slice its own unit)."""
+    return SliceResult(
+        source=row["source"],
+        label=int(row["label"]),
+        box=tuple(row["box"]),
+        predicted=int(row["predicted"]),
+        probability=float(row["probability"]),
+        peak=tuple(row["peak"]),
+        pointing=bool(row["pointing"]),
+        pointing_tolerant=bool(row["pointing_tolerant"]),
+        mass_in_box=float(row["mass_in_box"]),
+        box_area=float(row["box_area"]),
+        removed_predicted=int(row["removed_predicted"]),
+        removed_probability=float(row["removed_probability"]),
+        lesion_only_predicted=int(row["lesion_only_predicted"]),
+        patient=row.get("patient") or "",
+    )
 
 
 def grown(box, margin: float = REMOVAL_MARGIN):
@@ -129,10 +161,13 @@ def audit_slices(
     tolerance_px: float = DEFAULT_TOLERANCE_PX,
     progress: bool = True,
     keep_heatmaps: int = 0,
+    patients: Mapping[str, str] | None = None,
 ) -> tuple[list[SliceResult], dict[int, np.ndarray]]:
     """Runs every check on every slice. Returns the per-slice results and, for the
     first `keep_heatmaps` slices of each class and outcome (peak in box or not), their
-    heatmaps (for galleries)."""
+    heatmaps (for galleries). `patients`: slice source → its patient unit
+    ("patient:<id>"); slices it does not name are their own unit."""
+    patients = patients or {}
     results: list[SliceResult] = []
     kept: dict[int, np.ndarray] = {}
     kept_count: dict[tuple[int, bool], int] = {}
@@ -161,6 +196,7 @@ def audit_slices(
                     removed_predicted=int(np.argmax(removed[i])),
                     removed_probability=float(removed[i][s.label]),
                     lesion_only_predicted=int(np.argmax(only[i])),
+                    patient=patients.get(s.source, ""),
                 )
             )
             kind = (s.label, fig["pointing"])
@@ -172,20 +208,25 @@ def audit_slices(
     return results, kept
 
 
-def _figures(rows: list[SliceResult]) -> dict:
-    n = len(rows)
+def _figures(rows: list[SliceResult], method: str) -> dict:
+    """Shares and means of `rows`, every interval by `method` over the rows' units."""
+    units = [r.unit for r in rows]
 
     def share(pred) -> dict:
-        return intervals.proportion(sum(1 for r in rows if pred(r)), n)
+        return intervals.share([bool(pred(r)) for r in rows], units, method)
+
+    def mean(values) -> dict:
+        return intervals.mean(values, units, method)
 
     return {
-        "slices": n,
+        "slices": len(rows),
+        "units": intervals.count_units(units, len(rows)),
         "accuracy": share(lambda r: r.predicted == r.label),
         "pointing": share(lambda r: r.pointing),
         "pointing_tolerant": share(lambda r: r.pointing_tolerant),
         "centre_baseline": share(lambda r: _contains(r.box, 0.5, 0.5)),
-        "mass_in_box": intervals.mean([r.mass_in_box for r in rows]),
-        "box_area": intervals.mean([r.box_area for r in rows]),
+        "mass_in_box": mean([r.mass_in_box for r in rows]),
+        "box_area": mean([r.box_area for r in rows]),
         "removed_same_class": share(lambda r: r.removed_predicted == r.label),
         "removed_changed": share(lambda r: r.removed_predicted != r.label),
         "removed_notumor": share(lambda r: r.removed_predicted == spec.NOTUMOR_ID),
@@ -199,11 +240,36 @@ def _contains(box, y: float, x: float) -> bool:
 
 
 def summarise(results: list[SliceResult]) -> dict:
-    """Figures overall and per tumour class present."""
+    """Figures overall and per tumour class present. One interval method for all:
+    the bootstrap over patients when some patient has more than one audited slice
+    (btmri.intervals.interval_method), else Wilson (shares) and a bootstrap over slices
+    (means). "units": the patients (and unnamed slices) the slices come from."""
+    units = [r.unit for r in results]
+    method = intervals.interval_method(units)
     per_class = {}
     for label in sorted({r.label for r in results}):
-        per_class[spec.CLASS_NAMES[label]] = _figures([r for r in results if r.label == label])
-    return {"overall": _figures(results), "per_class": per_class}
+        per_class[spec.CLASS_NAMES[label]] = _figures([r for r in results if r.label == label], method)
+    return {
+        "overall": _figures(results, method),
+        "per_class": per_class,
+        "interval_method": method,
+        "slices": len(results),
+        "units": intervals.count_units(units, len(results)),
+        "slices_with_patient": sum(1 for r in results if r.patient),
+    }
+
+
+def patient_units(patients: Mapping[str, str]) -> dict[str, str]:
+    """Slice source → patient id (data_prep.patients.read_patients_csv) as the unit
+    ids prepared data carries ("patient:<id>")."""
+    return {source: spec.PATIENT_PREFIX + patient for source, patient in patients.items()}
+
+
+def intervals_statement(summary: dict) -> str:
+    """'412 slices from 87 patients; 95 % intervals: bootstrap over patients'."""
+    from components.audit.report_text import intervals_text
+
+    return intervals_text(summary)
 
 
 @dataclass(frozen=True)

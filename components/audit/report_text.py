@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from btmri.intervals import format_with_interval
+from btmri.intervals import WILSON, format_with_interval, statement
 
 
 def _share(fig: dict) -> str:
@@ -21,12 +21,22 @@ COLUMNS = (
 )
 
 
+def intervals_text(summary: dict) -> str:
+    """'412 slices from 87 patients; 95 % intervals: bootstrap over patients' from an
+    audit's summary; audits written before patients were recorded: each slice its own
+    unit, Wilson over slices."""
+    n = summary.get("slices", summary["overall"]["slices"])
+    method = summary.get("interval_method", WILSON)
+    return statement(n, summary.get("units", n), method, items="slices", unit="patients")
+
+
 def audit_lines(document: dict) -> list[str]:
     """A table: one row per class and overall, each figure with its 95 % interval."""
     summary = document["summary"]
     lines = [
         f"lesion audit: {document['slices_audited']} slices not used in training "
-        f"(of {document['slices_in_folder']} in {document['box_dir']}); 95 % intervals"
+        f"(of {document['slices_in_folder']} in {document['box_dir']})",
+        intervals_text(summary),
     ]
     width = 22
     lines.append("class        n     " + "".join(title.ljust(width) for _, title in COLUMNS))

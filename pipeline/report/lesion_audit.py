@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 
 from components.audit.component import GALLERY_DIR, gallery_image_path
-from components.audit.report_text import COLUMNS
+from components.audit.report_text import COLUMNS, intervals_text
 from btmri import spec
 from serving.heatmap_overlay import overlay
-from btmri.intervals import format_with_interval
+from btmri.intervals import PATIENT_BOOTSTRAP, WILSON, format_with_interval
 from pipeline.report.markup import Bullets, Cell, Paragraph, Table
 
 BOX_COLOUR = (60, 220, 60)  # BGR green: the tumour box on every overlay
@@ -33,7 +33,12 @@ def audit_table(document: dict, table_id: str = "lesion-audit") -> Table:
         ["class", "slices", *(title for _, title in COLUMNS)],
         rows,
         id=table_id,
-        caption="95 % intervals: Wilson for shares, bootstrap for mean heat and box area",
+        caption=intervals_text(summary)
+        + (
+            " (shares widened where needed to hold their Wilson interval over slices)"
+            if summary.get("interval_method", WILSON) == PATIENT_BOOTSTRAP
+            else " for shares, bootstrap over slices for mean heat and box area"
+        ),
     )
 
 

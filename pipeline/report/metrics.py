@@ -6,9 +6,12 @@ the report must not be scikit-learn checking itself.
 Conventions (the same as scikit-learn's with `zero_division=nan`): a ratio whose
 denominator is zero is NaN (shown as "n/a"), never a silent 0.
 
-Every figure carries its 95 % interval (btmri.intervals): Wilson for proportions
-(accuracy, precision, recall, specificity), a bootstrap over images for ROC AUC and
-the expected calibration error. F1 is neither and is shown without one.
+Every figure carries its 95 % interval (btmri.intervals). When the images' patients
+(or near-duplicate groups) are known and some hold more than one image, every interval
+is a bootstrap over patients: a proportion (accuracy, precision, recall, specificity)
+as the ratio of the drawn patients' sums, ROC AUC and the expected calibration error
+recomputed on the drawn patients' images. Otherwise: Wilson for proportions, a
+bootstrap over images for ROC AUC and ECE. F1 is neither and is shown without one.
 """
 
 from __future__ import annotations
@@ -55,19 +58,19 @@ class ClassFigures:
     specificity: float
     f1: float
     auc: float = float("nan")  # one-vs-rest ROC AUC, from the probabilities
-    auc_ci: tuple[float, float] = NAN_INTERVAL  # bootstrap over images
+    auc_ci: tuple[float, float] = NAN_INTERVAL  # bootstrap over images or patients
+    # Proportions' intervals: Wilson over the counts unless given (patient bootstrap).
+    precision_ci: tuple[float, float] | None = None
+    recall_ci: tuple[float, float] | None = None
+    specificity_ci: tuple[float, float] | None = None
 
-    @property
-    def precision_ci(self) -> tuple[float, float]:
-        return intervals.wilson(self.tp, self.tp + self.fp)
-
-    @property
-    def recall_ci(self) -> tuple[float, float]:
-        return intervals.wilson(self.tp, self.tp + self.fn)
-
-    @property
-    def specificity_ci(self) -> tuple[float, float]:
-        return intervals.wilson(self.tn, self.tn + self.fp)
+    def __post_init__(self):
+        if self.precision_ci is None:
+            self.precision_ci = intervals.wilson(self.tp, self.tp + self.fp)
+        if self.recall_ci is None:
+            self.recall_ci = intervals.wilson(self.tp, self.tp + self.fn)
+        if self.specificity_ci is None:
+            self.specificity_ci = intervals.wilson(self.tn, self.tn + self.fp)
 
 
 def class_figures(cm: np.ndarray, class_names) -> list[ClassFigures]:
@@ -184,30 +187,52 @@ class Figures:
     macro_auc: float
     calibration: Calibration | None
     roc: list[tuple[np.ndarray, np.ndarray]]  # per class (fpr, tpr)
-    macro_auc_ci: tuple[float, float] = NAN_INTERVAL  # bootstrap over images
-    ece_ci: tuple[float, float] = NAN_INTERVAL  # bootstrap over images
+    macro_auc_ci: tuple[float, float] = NAN_INTERVAL  # bootstrap over images or patients
+    ece_ci: tuple[float, float] = NAN_INTERVAL  # bootstrap over images or patients
+    accuracy_ci: tuple[float, float] | None = None  # None: Wilson over the images
+    # How every interval was drawn (intervals.WILSON: proportions by Wilson, the rest
+    # by a bootstrap over images; intervals.PATIENT_BOOTSTRAP: all over patients) and
+    # over how many units (patients / groups; n when each image is its own).
+    interval_method: str = intervals.WILSON
+    units: int | None = None
     correct: int = field(init=False, default=0)
 
     def __post_init__(self):
         self.correct = int(np.trace(self.confusion))
+        if self.accuracy_ci is None:
+            self.accuracy_ci = intervals.wilson(self.correct, self.n)
+        if self.units is None:
+            self.units = self.n
 
     @property
-    def accuracy_ci(self) -> tuple[float, float]:
-        return intervals.wilson(self.correct, self.n)
+    def units_text(self) -> str:
+        """'812 images from 143 patients / groups' or '812 images, each its own unit'."""
+        return intervals.units_text(self.n, self.units, self.interval_method)
+
+    @property
+    def intervals_text(self) -> str:
+        """'812 images from 143 patients / groups; 95 % intervals: bootstrap over patients'."""
+        return intervals.statement(self.n, self.units, self.interval_method)
 
     @property
     def ece(self) -> float:
         return self.calibration.ece if self.calibration else float("nan")
 
 
-def figures(cm: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names) -> Figures:
+def figures(cm: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names, patients=None) -> Figures:
     """Counting figures from `cm`; ranking and calibration figures from the probabilities.
 
     `cm` is passed in, not recomputed, so the as-is figures can come from TFMA's
-    own confusion matrix; `labels`/`probs` are the same images.
+    own confusion matrix; `labels`/`probs` are the same images. `patients`: the unit
+    of each image (btmri.spec.PATIENT_KEY); when some unit holds more than one image,
+    every interval is a bootstrap over units (btmri.intervals.interval_method).
     """
     per_class = class_figures(cm, class_names)
     labels, probs = np.asarray(labels), np.asarray(probs)
+    if patients is not None and len(patients) != len(labels):
+        raise ValueError(f"{len(patients)} patients for {len(labels)} images")
+    method = intervals.interval_method(patients)
+    groups = patients if method == intervals.PATIENT_BOOTSTRAP else None
     roc = []
     for k, fig in enumerate(per_class):
         positive = labels == k
@@ -216,11 +241,18 @@ def figures(cm: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names) 
     macro_auc_ci = ece_ci = NAN_INTERVAL
     if len(labels):
         for k, fig in enumerate(per_class):
-            fig.auc_ci = intervals.bootstrap(lambda y, p, k=k: roc_auc(y == k, p[:, k]), [labels, probs])
+            fig.auc_ci = intervals.bootstrap(
+                lambda y, p, k=k: roc_auc(y == k, p[:, k]), [labels, probs], groups=groups
+            )
         macro_auc_ci = intervals.bootstrap(
-            lambda y, p: macro(roc_auc(y == k, p[:, k]) for k in range(len(class_names))), [labels, probs]
+            lambda y, p: macro(roc_auc(y == k, p[:, k]) for k in range(len(class_names))),
+            [labels, probs],
+            groups=groups,
         )
-        ece_ci = intervals.bootstrap(expected_calibration_error, [labels, probs])
+        ece_ci = intervals.bootstrap(expected_calibration_error, [labels, probs], groups=groups)
+    accuracy_ci, units = None, None if patients is None else intervals.count_units(patients, len(labels))
+    if groups is not None:
+        accuracy_ci = _patient_intervals(per_class, labels, probs.argmax(axis=1), groups)
     return Figures(
         n=int(cm.sum()),
         confusion=cm,
@@ -232,4 +264,28 @@ def figures(cm: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names) 
         roc=roc,
         macro_auc_ci=macro_auc_ci,
         ece_ci=ece_ci,
+        accuracy_ci=accuracy_ci,
+        interval_method=method,
+        units=units,
     )
+
+
+def _patient_intervals(
+    per_class: list[ClassFigures], labels: np.ndarray, predicted: np.ndarray, patients
+) -> tuple[float, float]:
+    """Sets the per-class proportions' intervals by the bootstrap over patients and
+    returns accuracy's. Recall of class k: per patient, the correct answers among its
+    images of class k over its images of class k; precision: among the images predicted
+    k; specificity: the images of other classes not predicted k."""
+    method = intervals.PATIENT_BOOTSTRAP
+    codes, units = intervals.unit_codes(patients)
+    correct = predicted == labels
+
+    def ci(hits, mask=None):
+        return intervals.ratio_interval(*intervals.unit_sums(hits, codes, units, mask), method)
+
+    for k, fig in enumerate(per_class):
+        fig.recall_ci = ci(correct, labels == k)
+        fig.precision_ci = ci(correct, predicted == k)
+        fig.specificity_ci = ci(predicted != k, labels != k)
+    return ci(correct)

@@ -51,6 +51,9 @@ class Predictions:
     ood_score: np.ndarray | None = None  # float [N]
     abstain: np.ndarray | None = None  # bool [N]
     abstain_reason: list[str] | None = None
+    # The unit of each image (btmri.spec.PATIENT_KEY: "patient:<id>" or "group:<md5>");
+    # data prepared without units: each image's source, its own unit. None: not read.
+    patients: list[str] | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -66,6 +69,7 @@ class Predictions:
             None if self.ood_score is None else self.ood_score[idx],
             None if self.abstain is None else self.abstain[idx],
             None if self.abstain_reason is None else [self.abstain_reason[i] for i in idx],
+            None if self.patients is None else [self.patients[i] for i in idx],
         )
 
 
@@ -75,7 +79,7 @@ def load_model(model_dir: str):
 
 def predict_split(model, split_uri: str, batch_size: int = BATCH_SIZE) -> Predictions:
     serving = model.signatures["serving_default"]
-    labels, sources, images, probs, batch = [], [], [], [], []
+    labels, sources, images, patients, probs, batch = [], [], [], [], [], []
     abstention = {OOD_SCORE: [], ABSTAIN: [], ABSTAIN_REASON: []}
     has_abstention = ABSTAIN in serving.structured_outputs
 
@@ -92,6 +96,7 @@ def predict_split(model, split_uri: str, batch_size: int = BATCH_SIZE) -> Predic
         labels.append(example[spec.LABEL_KEY])
         sources.append(example[spec.SOURCE_KEY])
         images.append(example[spec.IMAGE_KEY])
+        patients.append(example.get(spec.PATIENT_KEY) or example[spec.SOURCE_KEY])
         batch.append(serialized)
         if len(batch) == batch_size:
             flush()
@@ -101,6 +106,7 @@ def predict_split(model, split_uri: str, batch_size: int = BATCH_SIZE) -> Predic
         np.concatenate(probs) if probs else np.zeros((0, spec.NUM_CLASSES)),
         sources,
         images,
+        patients=patients,
     )
     if has_abstention and probs:
         result.ood_score = np.concatenate(abstention[OOD_SCORE]).astype(np.float64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from btmri import intervals
 from pipeline.report import metrics
 from btmri.spec import ECE_BINS
 from pipeline.report.markup import Cell, Table, count, rate, rate_ci
@@ -22,6 +23,29 @@ INTERVALS_NOTE = (
     "Brackets: 95 % intervals, Wilson for proportions (accuracy, precision, recall, "
     "specificity), a bootstrap over images for ROC AUC and ECE; F1 has none."
 )
+PATIENT_INTERVALS_NOTE = (
+    "Brackets: 95 % intervals from a bootstrap over patients (an image's unit is its "
+    "patient where known, else the image with its near duplicates; slices of one patient "
+    "are near copies, so images are not independent draws): whole units drawn with "
+    "replacement, proportions (accuracy, precision, recall, specificity) as the ratio of "
+    "the drawn units' sums, widened where needed to hold their Wilson interval over "
+    "images; ROC AUC and ECE recomputed on the drawn units' images; F1 has none."
+)
+
+
+def units_caption(named: list[tuple[str, metrics.Figures]]) -> str:
+    """'test, as is: 812 images from 143 patients / groups; 95 % intervals: bootstrap
+    over patients. …': the unit and interval method of each set of images."""
+    return " ".join(f"{name}: {f.intervals_text}." for name, f in named)
+
+
+def intervals_note(figures: list[metrics.Figures]) -> str:
+    """How the intervals of these sets of images were drawn (the methods they used)."""
+    methods = {f.interval_method for f in figures}
+    notes = [PATIENT_INTERVALS_NOTE] if intervals.PATIENT_BOOTSTRAP in methods else []
+    if methods - {intervals.PATIENT_BOOTSTRAP} or not methods:
+        notes.append(INTERVALS_NOTE)
+    return " ".join(notes)
 
 
 def _num(text: str, title: str = "") -> Cell:
@@ -67,6 +91,7 @@ def overall(named: list[tuple[str, metrics.Figures]], table_id: str) -> Table:
         ["images", "n", "accuracy", "macro F1", "macro ROC AUC", f"ECE ({ECE_BINS} bins)"],
         rows,
         id=table_id,
+        caption=units_caption(named),
         css="figures",
     )
 

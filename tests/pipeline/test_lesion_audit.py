@@ -4,6 +4,7 @@ the audit gate."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -94,6 +95,103 @@ def test_summary_counts_and_gate():
     assert check(summary, AuditBounds(min_pointing=0.8, min_removed_changed=0.8)) == []
     failures = check(summary, AuditBounds(min_pointing=0.9, min_removed_changed=0.9))
     assert len(failures) == 2 and "pointing game 0.833" in failures[0]
+
+
+def test_summary_draws_intervals_over_patients():
+    # Patient A: 3 slices, all pointing; patient B: 3 slices, none. Six slices, but two
+    # independent draws: the bootstrap over patients spans [0, 1], Wilson does not.
+    rows = [
+        dataclasses.replace(_row(0, True, 0), source=f"glioma/{i}.png", patient="patient:A") for i in range(3)
+    ]
+    rows += [
+        dataclasses.replace(_row(0, False, 0, mass=0.1), source=f"glioma/{i}.png", patient="patient:B")
+        for i in range(3, 6)
+    ]
+    summary = summarise(rows)
+    assert summary["interval_method"] == intervals.PATIENT_BOOTSTRAP
+    assert (summary["slices"], summary["units"], summary["slices_with_patient"]) == (6, 2, 6)
+    pointing = summary["overall"]["pointing"]
+    assert pointing["method"] == intervals.PATIENT_BOOTSTRAP and pointing["units"] == 2
+    assert (pointing["value"], pointing["ci95"]) == (0.5, [0.0, 1.0])
+    wilson = intervals.wilson(3, 6)
+    assert wilson[0] > 0.1 and wilson[1] < 0.9
+    mass = summary["overall"]["mass_in_box"]
+    assert mass["method"] == intervals.PATIENT_BOOTSTRAP and mass["ci95"] == pytest.approx([0.1, 0.5])
+    assert summary["per_class"]["glioma"]["removed_changed"]["method"] == intervals.PATIENT_BOOTSTRAP
+    assert lesion_audit.intervals_statement(summary) == (
+        "6 slices from 2 patients; 95 % intervals: bootstrap over patients"
+    )
+    # Without patients (an audit written before them, or no patients.csv): each slice
+    # its own unit, Wilson for shares, the interval the audit always gave.
+    alone = summarise([dataclasses.replace(r, patient="") for r in rows])
+    assert alone["interval_method"] == intervals.WILSON and alone["units"] == 6
+    assert alone["overall"]["pointing"]["ci95"] == list(wilson)
+    assert alone["overall"]["mass_in_box"]["method"] == intervals.BOOTSTRAP
+    assert (
+        lesion_audit.intervals_statement(alone)
+        == "6 slices, each its own unit; 95 % intervals: Wilson over slices"
+    )
+
+
+class _BrightnessPredictor:
+    """Points into the box of bright slices and away from it on dark ones; says glioma."""
+
+    def gradcam(self, images):
+        heatmaps = np.zeros((len(images), 224, 224), np.float32)
+        for i, data in enumerate(images):
+            bright = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE).mean() > 100
+            heatmaps[i, (112 if bright else 4), (112 if bright else 4)] = 1.0
+        return heatmaps, self.predict(images)
+
+    def predict(self, images):
+        return np.tile(np.eye(contract.NUM_CLASSES)[0], (len(images), 1))
+
+
+def _box_folder(root, with_patients: bool):
+    (root / "glioma").mkdir(parents=True)
+    for i in range(8):  # slices 0-3 bright (patient A), 4-7 dark (patient B)
+        gray = np.full((64, 64), 200 if i < 4 else 40, np.uint8)
+        gray[24:40, 24:40] = 255
+        cv2.imwrite(str(root / "glioma" / f"{i}.png"), gray)
+        (root / "glioma" / f"{i}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    if with_patients:
+        lines = ["id,class,patient"] + [f"{i},glioma,{'A' if i < 4 else 'B'}" for i in range(8)]
+        (root / "patients.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("with_patients", [True, False])
+def test_audit_takes_the_slices_patients_from_the_box_folder(tmp_path, with_patients):
+    from components.audit.component import run_lesion_audit
+
+    box_dir = _box_folder(tmp_path / "boxes", with_patients)
+    document = run_lesion_audit(
+        None, str(box_dir), [], 8.0, AuditBounds(), str(tmp_path / "audit"), predictor=_BrightnessPredictor()
+    )
+    summary = document["summary"]
+    assert document["slices_audited"] == 8 and summary["overall"]["pointing"]["value"] == 0.5
+    written = json.loads((tmp_path / "audit" / LESION_AUDIT_FILE).read_text())
+    if with_patients:
+        assert summary["interval_method"] == intervals.PATIENT_BOOTSTRAP and summary["units"] == 2
+        assert document["intervals"] == "8 slices from 2 patients; 95 % intervals: bootstrap over patients"
+        assert summary["overall"]["pointing"]["ci95"] == [0.0, 1.0]
+        assert [r["patient"] for r in written["results"]] == ["patient:A"] * 4 + ["patient:B"] * 4
+    else:
+        assert summary["interval_method"] == intervals.WILSON and summary["units"] == 8
+        assert document["intervals"] == "8 slices, each its own unit; 95 % intervals: Wilson over slices"
+        assert summary["overall"]["pointing"]["ci95"] == list(intervals.wilson(4, 8))
+        assert {r["patient"] for r in written["results"]} == {""}
+    # Rows read back give the same summary; rows of older audits (no patient) are their own units.
+    assert summarise([lesion_audit.result_from_dict(r) for r in written["results"]]) == summary
+    old = [
+        lesion_audit.result_from_dict({k: v for k, v in r.items() if k != "patient"})
+        for r in written["results"]
+    ]
+    assert [r.unit for r in old] == [r["source"] for r in written["results"]]
+    assert summarise(old)["interval_method"] == intervals.WILSON
+    from components.audit.report_text import audit_lines
+
+    assert audit_lines(written)[1] == document["intervals"]
 
 
 def _config(work):

@@ -9,6 +9,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
+from btmri import intervals
 from btmri.spec import ECE_BINS
 from pipeline.report import metrics, model_card
 from pipeline.report.dedup import TrainingIndex, training_duplicates
@@ -197,3 +198,185 @@ def test_risk_coverage_refuses_the_most_doubtful_first():
     curve = risk_coverage(correct, doubt)
     np.testing.assert_allclose(curve.coverage, [0.2, 0.4, 0.6, 0.8, 1.0])
     np.testing.assert_allclose(curve.accuracy, [1, 1, 1, 0.75, 0.6])
+
+
+# ── Intervals over patients (btmri.intervals): slices of one patient are not independent ──
+
+
+def _per_unit(hits, units):
+    """(successes, counts) per unit, in sorted unit order, counted by hand."""
+    names = sorted(set(units))
+    successes = [sum(bool(h) for h, u in zip(hits, units) if u == name) for name in names]
+    counts = [sum(1 for u in units if u == name) for name in names]
+    return np.array(successes, float), np.array(counts, float)
+
+
+def _width(interval) -> float:
+    return interval[1] - interval[0]
+
+
+def test_cluster_bootstrap_widens_when_the_same_images_share_patients():
+    # 200 images, 160 right. As 200 patients of one image each, the bootstrap over
+    # patients is about as wide as Wilson's; the same images as 20 patients of 10,
+    # each patient all right or all wrong, leave 20 independent draws, not 200.
+    hits = np.r_[np.ones(160, bool), np.zeros(40, bool)]
+    wilson = intervals.wilson(160, 200)
+    alone = intervals.cluster_bootstrap_ratio(*_per_unit(hits, [f"i{i:03d}" for i in range(200)]))
+    assert abs(_width(alone) - _width(wilson)) < 0.2 * _width(wilson)
+    assert alone[0] < 0.8 < alone[1]
+    grouped_units = [f"p{i // 10:02d}" for i in range(200)]
+    grouped = intervals.cluster_bootstrap_ratio(*_per_unit(hits, grouped_units))
+    assert _width(grouped) > 2.5 * _width(wilson)
+    assert grouped[0] < 0.7 and grouped[1] > 0.9
+    # the same seed, the same interval; clusters without images change nothing
+    s, c = _per_unit(hits, grouped_units)
+    assert intervals.cluster_bootstrap_ratio(s, c) == grouped
+    assert intervals.cluster_bootstrap_ratio(np.r_[s, 0.0], np.r_[c, 0.0]) == grouped
+    # undefined: no images, or no unit with an image
+    assert all(np.isnan(intervals.cluster_bootstrap_ratio([], [])))
+    assert all(np.isnan(intervals.cluster_bootstrap_ratio([0, 0], [0, 0])))
+    assert all(np.isnan(intervals.ratio_interval([0, 0], [0, 0], intervals.PATIENT_BOOTSTRAP)))
+    empty = intervals.share([], [], intervals.PATIENT_BOOTSTRAP)
+    assert np.isnan(empty["value"]) and all(np.isnan(empty["ci95"])) and empty["n"] == 0
+
+
+def test_shares_pick_the_patient_bootstrap_only_when_patients_hold_several_images():
+    hits = np.r_[np.ones(160, bool), np.zeros(40, bool)]
+    assert intervals.interval_method(None) == intervals.WILSON
+    assert intervals.interval_method([f"i{i}" for i in range(200)]) == intervals.WILSON
+    assert intervals.interval_method(["a", "b", "a"]) == intervals.PATIENT_BOOTSTRAP
+
+    plain = intervals.share(hits)
+    alone = intervals.share(hits, [f"i{i}" for i in range(200)])
+    assert plain["method"] == alone["method"] == intervals.WILSON
+    assert (
+        plain["ci95"]
+        == alone["ci95"]
+        == list(intervals.wilson(160, 200))
+        == intervals.proportion(160, 200)["ci95"]
+    )
+    assert (plain["units"], alone["units"]) == (200, 200)
+
+    grouped = intervals.share(hits, [f"p{i // 10:02d}" for i in range(200)])
+    assert grouped["method"] == intervals.PATIENT_BOOTSTRAP and grouped["units"] == 20
+    assert (grouped["value"], grouped["successes"], grouped["n"]) == (0.8, 160, 200)
+    assert _width(grouped["ci95"]) > 2.5 * _width(plain["ci95"])
+    # All right: every draw is 1.0, so the percentile interval is the point [1, 1];
+    # the reported one still holds Wilson's (clustering only adds uncertainty).
+    perfect = intervals.share(np.ones(50, bool), [f"p{i // 5}" for i in range(50)])
+    assert perfect["ci95"] == [intervals.wilson(50, 50)[0], 1.0] and perfect["ci95"][0] < 0.95
+
+    values = np.r_[np.full(50, 0.9), np.full(50, 0.1)]
+    by_patient = intervals.mean(values, [f"p{i // 25}" for i in range(100)])  # 2 high, 2 low patients
+    by_image = intervals.mean(values)
+    assert by_patient["method"] == intervals.PATIENT_BOOTSTRAP and by_image["method"] == intervals.BOOTSTRAP
+    assert by_patient["units"] == 4 and by_image["units"] == 100
+    assert _width(by_patient["ci95"]) > 3 * _width(by_image["ci95"])
+    assert (
+        intervals.statement(812, 143, intervals.PATIENT_BOOTSTRAP)
+        == "812 images from 143 patients / groups; 95 % intervals: bootstrap over patients"
+    )
+    assert intervals.statement(812, 812, intervals.WILSON) == (
+        "812 images, each its own unit; 95 % intervals: Wilson over images"
+    )
+
+
+def test_bootstrap_over_units_draws_whole_units():
+    units = np.repeat(np.arange(10), 3)  # 10 units of 3 rows each
+
+    def whole_units(drawn):
+        return float(np.all(np.bincount(drawn) % 3 == 0))
+
+    assert intervals.bootstrap(whole_units, [units], resamples=200, groups=units) == (1.0, 1.0)
+    assert intervals.bootstrap(whole_units, [units], resamples=200) == (0.0, 0.0)  # rows alone
+
+
+def _clustered_predictions(seed: int, patients: int = 60, per_patient: int = 5):
+    """Every patient's images share its class and whether the model gets it right."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, K, patients)
+    right = rng.random(patients) < 0.8
+    predicted = np.where(right, label, (label + 1) % K)
+    labels = np.repeat(label, per_patient)
+    probs = np.full((len(labels), K), 0.1)
+    probs[np.arange(len(labels)), np.repeat(predicted, per_patient)] = 0.7
+    probs += rng.random(probs.shape) * 0.01  # untied scores
+    ids = [f"patient:{i:03d}" for i in range(patients) for _ in range(per_patient)]
+    return labels, probs, ids
+
+
+def test_figures_draw_intervals_over_patients_when_given():
+    labels, probs, patients = _clustered_predictions(3)
+    predicted = probs.argmax(axis=1)
+    cm = metrics.confusion_matrix(labels, predicted, K)
+    by_image = metrics.figures(cm, labels, probs, NAMES)
+    own_units = metrics.figures(cm, labels, probs, NAMES, patients=[f"group:{i}" for i in range(len(labels))])
+    figs = metrics.figures(cm, labels, probs, NAMES, patients=patients)
+
+    assert by_image.interval_method == own_units.interval_method == intervals.WILSON
+    assert by_image.units == own_units.units == len(labels) == 300
+    assert by_image.accuracy_ci == own_units.accuracy_ci == intervals.wilson(figs.correct, 300)
+    assert figs.interval_method == intervals.PATIENT_BOOTSTRAP and figs.units == 60
+    assert figs.accuracy == by_image.accuracy  # the figures stay; only their intervals move
+
+    correct = predicted == labels
+    method = intervals.PATIENT_BOOTSTRAP
+    assert figs.accuracy_ci == intervals.ratio_interval(*_per_unit(correct, patients), method)
+    assert _width(figs.accuracy_ci) > 1.8 * _width(by_image.accuracy_ci)
+    for k, fig in enumerate(figs.per_class):
+        of_class = labels == k
+        want = _per_unit(correct[of_class], [p for p, m in zip(patients, of_class) if m])
+        assert fig.recall_ci == intervals.ratio_interval(*want, method), fig.name
+        as_k = predicted == k
+        want = _per_unit(correct[as_k], [p for p, m in zip(patients, as_k) if m])
+        assert fig.precision_ci == intervals.ratio_interval(*want, method), fig.name
+        assert fig.recall_ci != by_image.per_class[k].recall_ci
+        assert fig.recall_ci[0] <= fig.recall <= fig.recall_ci[1]
+    assert (
+        figs.intervals_text == "300 images from 60 patients / groups; 95 % intervals: bootstrap over patients"
+    )
+    assert by_image.intervals_text == "300 images, each its own unit; 95 % intervals: Wilson over images"
+
+    from pipeline.report import tables
+
+    caption = tables.overall([("test, as is", figs), ("test, deduplicated", by_image)], "o").caption
+    assert (
+        "test, as is: 300 images from 60 patients / groups; 95 % intervals: bootstrap over patients"
+        in caption
+    )
+    assert "test, deduplicated: 300 images, each its own unit" in caption
+    assert tables.intervals_note([figs]) == tables.PATIENT_INTERVALS_NOTE
+    assert tables.intervals_note([by_image]) == tables.INTERVALS_NOTE
+
+
+def test_predictions_keep_their_patients_through_a_subset():
+    p = Predictions(
+        np.arange(4) % K, np.eye(K)[np.arange(4) % K], ["a", "b", "c", "d"], [b""] * 4, patients=list("xxyz")
+    )
+    kept = p.subset(np.array([False, True, True, False]))
+    assert kept.sources == ["b", "c"] and kept.patients == ["x", "y"]
+    assert Predictions(p.labels, p.probs, p.sources, p.images).subset(np.ones(4, bool)).patients is None
+
+
+def test_report_summary_names_the_unit_and_the_interval_method():
+    from pipeline.report.cli import summary_text
+
+    summary = {
+        "evaluated_split": "eval",
+        "accuracy": 0.9,
+        "accuracy_ci95": [0.85, 0.94],
+        "n": 812,
+        "deduplicated_accuracy": 0.88,
+        "deduplicated_accuracy_ci95": [0.82, 0.93],
+        "duplicates_of_training_images": 3,
+        "blessed": True,
+        "checks": [],
+        "units": 143,
+        "interval_method": intervals.PATIENT_BOOTSTRAP,
+    }
+    lines = summary_text("out.html", summary)
+    assert "  eval: 812 images from 143 patients / groups; 95 % intervals: bootstrap over patients" in lines
+    old = {k: v for k, v in summary.items() if k not in ("units", "interval_method")}  # before units
+    assert "  eval: 812 images, each its own unit; 95 % intervals: Wilson over images" in summary_text(
+        "o", old
+    )
