@@ -14,6 +14,7 @@ from components.audit.component import LesionAudit
 from components.baseline.component import RequestBaseline
 from components.evaluation import eval_config
 from components.executors import ImportExampleGenWithManifest, StrictExampleValidator
+from components.shortcut.component import ShortcutControl
 from pipeline.config import PREPROCESSING_FN, RUN_FN, TRAINER_MODULE, TRANSFORM_MODULE, PipelineConfig
 from pipeline.infra_validator import VALIDATED_MODEL_KEY, InfraValidator
 from pipeline.pusher import CardPusher
@@ -26,6 +27,7 @@ COMPONENT_IDS = (
     "StatisticsGen",
     "ImportSchemaGen",
     "ExampleValidator",
+    "ShortcutControl",
     "Transform",
     "Trainer",
     "LatestBlessedModelResolver",
@@ -97,6 +99,16 @@ def pipeline_components(config: PipelineConfig) -> list:
     )
     transform.add_upstream_node(example_validator)  # no Transform on anomalous data
 
+    evaluate_on = spec.TEST_SPLIT if config.has_test_split else spec.EVAL_SPLIT
+    # The shortcut control (components/shortcut/): gradient-boosted trees on image
+    # statistics (size, format, bytes, gray-level moments, texture), no pixels, fitted
+    # on train and scored on the split the Evaluator scores: what the data offers
+    # without anatomy. Needs no model: it runs beside Transform and the Trainer.
+    shortcut = ShortcutControl(examples=example_gen.outputs["examples"], split=evaluate_on).with_id(
+        "ShortcutControl"
+    )
+    shortcut.add_upstream_node(example_validator)  # no figures of anomalous data
+
     code = {"module_file": str(TRAINER_MODULE)} if config.use_module_files else {"run_fn": RUN_FN}
     trainer_class, trainer_config = tfx.components.Trainer, config.trainer_config()
     if config.vertex is not None:  # the same run_fn, as a Vertex AI training job (pipeline/vertex.py)
@@ -135,7 +147,6 @@ def pipeline_components(config: PipelineConfig) -> list:
         model_blessing=blessings,
     ).with_id("LatestBlessedModelResolver")
 
-    evaluate_on = spec.TEST_SPLIT if config.has_test_split else spec.EVAL_SPLIT
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
@@ -191,6 +202,7 @@ def pipeline_components(config: PipelineConfig) -> list:
         lesion_audit=audit.outputs["audit"] if audit else None,
         infra_blessing=infra_validator.outputs["blessing"],
         request_baseline=baseline.outputs["statistics"],
+        shortcut_control=shortcut.outputs["control"],
         evaluated_split=evaluate_on,
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
@@ -222,6 +234,7 @@ def pipeline_components(config: PipelineConfig) -> list:
         statistics_gen,
         schema_gen,
         example_validator,
+        shortcut,
         transform,
         trainer,
         model_resolver,

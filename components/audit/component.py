@@ -3,7 +3,9 @@
 Inputs: the candidate model, the examples it was trained on and the Evaluator's
 blessing. Parameter: a box folder (data_prep/lesion_boxes.py). The slices audited
 are those with no copy among the training split's images (same matching rule as
-`btmri prepare`), so a slice that trained the model never grades it.
+`btmri prepare`) and, where the folder's patients.csv knows patients, whose patient
+has no image in the training split: neither a slice that trained the model nor its
+neighbour from the same patient grades it.
 
 Outputs: a `LesionAudit` artifact (lesion_audit.json: figures with intervals and a
 row per slice; gallery/: a few slices with their heatmaps, for the report)
@@ -63,8 +65,8 @@ def split_files(examples_uri: str, split: str = spec.TRAIN_SPLIT) -> list[str]:
 
 
 def training_images(files: list[str]):
-    """(32x32 grayscale thumbnail, label) of each image in record files, decoded as
-    `prepare` decodes them."""
+    """(32x32 grayscale thumbnail, label, patient unit) of each image in record files,
+    decoded as `prepare` decodes them."""
     import tensorflow as tf
 
     from data_prep.image_io import ImageError, decode_image
@@ -77,21 +79,34 @@ def training_images(files: list[str]):
                 image = decode_image(feats[spec.IMAGE_KEY].bytes_list.value[0], ".png")
             except ImageError:
                 continue
-            yield image.gray_small, feats[spec.LABEL_KEY].int64_list.value[0]
+            unit = feats[spec.PATIENT_KEY].bytes_list.value if spec.PATIENT_KEY in feats else []
+            yield (
+                image.gray_small,
+                feats[spec.LABEL_KEY].int64_list.value[0],
+                (unit[0].decode() if unit else ""),
+            )
 
 
-def slices_not_in(slices, images):
+def slices_not_in(slices, images, patients: dict[str, str] | None = None):
     """The slices of which no image is a copy, by prepare's own rule (each image's best
-    same-class slice, if it correlates above the threshold: data_prep/lesion_boxes.py)."""
+    same-class slice, if it correlates above the threshold: data_prep/lesion_boxes.py),
+    and, for slices whose patient `patients` (slice source → patient) knows, whose
+    patient has no image among `images`."""
     from data_prep.lesion_boxes import BoxMatcher
+    from data_prep.patients import patients_in_unit
 
     matcher = BoxMatcher(slices)
     copied = set()
-    for gray_small, label in images:
+    seen_patients: set[str] = set()
+    for gray_small, label, unit in images:
         found = matcher.best(gray_small, label)
         if found is not None and found[1] >= matcher.threshold:
             copied.add(found[0])
-    return [s for i, s in enumerate(slices) if i not in copied]
+        seen_patients.update(patients_in_unit(unit))
+    patients = patients or {}
+    return [
+        s for i, s in enumerate(slices) if i not in copied and patients.get(s.source) not in seen_patients
+    ]
 
 
 def write_audit(out_dir: str, document: dict, results, gallery: dict[int, tuple[str, np.ndarray]]) -> None:
@@ -125,14 +140,21 @@ def run_lesion_audit(
     """The audit as the component runs it; returns the JSON document written."""
     from components.audit.predictors import SavedModelPredictor
     from data_prep.lesion_boxes import read_box_folder
+    from data_prep.patients import read_patients_csv
 
     slices, skipped = read_box_folder(box_dir)
+    patients = read_patients_csv(box_dir)
     audited = slices
     if training_files:
-        audited = slices_not_in(slices, training_images(training_files))
+        audited = slices_not_in(slices, training_images(training_files), patients)
     predictor = predictor or SavedModelPredictor(model_dir)
     results, heatmaps = lesion_audit.audit_slices(
-        audited, predictor, tolerance_px=tolerance_px, progress=progress, keep_heatmaps=GALLERY_PER_KIND
+        audited,
+        predictor,
+        tolerance_px=tolerance_px,
+        progress=progress,
+        keep_heatmaps=GALLERY_PER_KIND,
+        patients=lesion_audit.patient_units(patients),
     )
     summary = lesion_audit.summarise(results)
     failures = lesion_audit.check(summary, bounds)
@@ -142,6 +164,8 @@ def run_lesion_audit(
         "slices_skipped": [{"source": s.source, "reason": s.reason} for s in skipped],
         "slices_in_training": len(slices) - len(audited),
         "slices_audited": len(audited),
+        "intervals": lesion_audit.intervals_statement(summary),  # "N slices from M patients; …"
+        "held_out_by": "patient" if patients else "copy",
         "tolerance_px": tolerance_px,
         "lesion_removal": f"box grown by {lesion_audit.REMOVAL_MARGIN:.2f} of the side, "
         "inpainted with OpenCV Telea at the slice's resolution",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from btmri.intervals import format_with_interval
+from btmri.intervals import WILSON, format_with_interval, statement
 from btmri.layout import DEFAULT_LAYOUT, REPORT_FILE
 from pipeline.report import DEFAULT_GALLERY_PER_KIND
 
@@ -46,13 +46,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def summary_text(out: str, summary: dict) -> list[str]:
     verdict = "blessed" if summary["blessed"] else "not blessed"
+    # Summaries written before units were recorded: each image its own unit, Wilson.
+    method = summary.get("interval_method", WILSON)
+    units = summary.get("units", summary["n"])
     lines = [
         f"wrote {out}: {summary['evaluated_split']} accuracy "
         f"{format_with_interval(summary['accuracy'], summary['accuracy_ci95'])} "
         f"({summary['n']} images; "
         f"{format_with_interval(summary['deduplicated_accuracy'], summary['deduplicated_accuracy_ci95'])}"
         f" without the {summary['duplicates_of_training_images']} duplicates of training "
-        f"images; 95 % intervals), {verdict}"
+        f"images), {verdict}",
+        f"  {summary['evaluated_split']}: {statement(summary['n'], units, method)}",
     ]
     abstention = summary.get("abstention")
     if abstention:
@@ -72,10 +76,24 @@ def summary_text(out: str, summary: dict) -> list[str]:
             f"  monitoring baseline recorded: request-feature statistics of "
             f"{baseline['examples']} {baseline['split']} images (btmri monitor)"
         )
+    shortcut = summary.get("shortcut_control")
+    if shortcut:
+        lines.append("  " + shortcut_line(shortcut, summary))
     for check in summary["checks"]:
         if check["status"] != "ok":
             lines.append(f"  {check['status']}: {check['name']}: {check['detail']}")
     return lines
+
+
+def shortcut_line(control: dict, summary: dict) -> str:
+    """The shortcut control in one line (summary.json's `shortcut_control`), beside the CNN."""
+    return (
+        f"shortcut control (trees on {control['features']} image statistics, no pixels): "
+        f"{control['split']} accuracy {format_with_interval(control['accuracy'], control['accuracy_ci95'])} "
+        f"against the CNN's {summary['accuracy']:.3f}; chance "
+        f"{format_with_interval(control['chance_accuracy'], control['chance_accuracy_ci95'])} "
+        f"({control['seconds']:.1f} s)"
+    )
 
 
 def serving_line(validation: dict) -> str:

@@ -59,6 +59,7 @@ class ReportData:
     abstention: object = None  # pipeline.report.abstention.AbstentionSummary
     infra_validation: object = None  # btmri.documents.InfraValidation of the InfraValidator
     request_baseline: object = None  # pipeline.report.request_baseline.BaselineSummary
+    shortcut_control: dict | None = None  # shortcut_control.json of the run's ShortcutControl
     generated_at: float = field(default_factory=time.time)
 
 
@@ -188,7 +189,11 @@ def collect_run(
 
     cm_own = metrics.confusion_matrix(p.labels, p.predicted, spec.NUM_CLASSES)
     as_is = metrics.figures(
-        tfma.confusion if tfma.confusion is not None else cm_own, p.labels, p.probs, spec.CLASS_NAMES
+        tfma.confusion if tfma.confusion is not None else cm_own,
+        p.labels,
+        p.probs,
+        spec.CLASS_NAMES,
+        patients=p.patients,
     )
     kept = p.subset(np.array([s not in duplicates for s in p.sources], bool))
     deduplicated = metrics.figures(
@@ -196,6 +201,7 @@ def collect_run(
         kept.labels,
         kept.probs,
         spec.CLASS_NAMES,
+        patients=kept.patients,
     )
 
     report = ReportData(
@@ -223,6 +229,9 @@ def collect_run(
 
     report.infra_validation = InfraValidation.read_if_present(run.infra_validation_uri)
     report.request_baseline = request_baseline.summarize(run.request_baseline_uri)
+    from components.shortcut import control
+
+    report.shortcut_control = control.read(run.shortcut_control_uri)
     if run.lesion_audit_uri:
         from components.audit.lesion_audit import read_audit
         from pipeline.report.lesion_audit import gallery as audit_gallery

@@ -27,6 +27,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from btmri.documents import write_atomic
 from btmri.layout import CARD_VERSION_PLACEHOLDER, MODEL_CARD_FILE, REPORT_FILE, SUMMARY_FILE
 from components.audit.component import LesionAuditResult
+from components.shortcut.component import ShortcutControlResult
 from pipeline.report import DEFAULT_GALLERY_PER_KIND
 
 
@@ -54,6 +55,7 @@ class ModelReportSpec(types.ComponentSpec):
         "lesion_audit": ChannelParameter(type=LesionAuditResult, optional=True),
         "infra_blessing": ChannelParameter(type=standard_artifacts.InfraBlessing, optional=True),
         "request_baseline": ChannelParameter(type=standard_artifacts.ExampleStatistics, optional=True),
+        "shortcut_control": ChannelParameter(type=ShortcutControlResult, optional=True),
     }
     OUTPUTS = {
         "report": ChannelParameter(type=ModelReportResult),
@@ -81,6 +83,7 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
     statistics = _single(input_dict, "statistics")
     anomalies = _single(input_dict, "anomalies")
     request_baseline = _single(input_dict, "request_baseline")
+    shortcut = _single(input_dict, "shortcut_control")
     model_dir, baseline_dir = evaluated_models(evaluation.uri)
     history = TrainingHistory.read_if_present(model_run.uri if model_run else None)
     config = PipelineConfig(
@@ -111,6 +114,7 @@ def run_from_artifacts(input_dict: dict, exec_properties: dict):
         lesion_audit_uri=audit.uri if audit else None,
         infra_validation_uri=infra.uri if infra else None,
         request_baseline_uri=request_baseline.uri if request_baseline else None,
+        shortcut_control_uri=shortcut.uri if shortcut else None,
         before_push=True,
     )
 
@@ -125,6 +129,11 @@ def summary_of(data) -> dict:
         "deduplicated_accuracy": data.deduplicated.accuracy,
         "deduplicated_n": data.deduplicated.n,
         "deduplicated_accuracy_ci95": list(data.deduplicated.accuracy_ci),
+        # The unit the intervals resampled and how (btmri.intervals).
+        "units": data.as_is.units,
+        "interval_method": data.as_is.interval_method,
+        "deduplicated_units": data.deduplicated.units,
+        "deduplicated_interval_method": data.deduplicated.interval_method,
         "duplicates_of_training_images": len(data.duplicates),
         "blessed": data.run.blessed,
         "checks": [{"name": c.name, "status": c.status, "detail": c.detail} for c in data.checks],
@@ -143,6 +152,24 @@ def summary_of(data) -> dict:
         "request_baseline": None
         if getattr(data, "request_baseline", None) is None
         else {"split": data.request_baseline.split, "examples": data.request_baseline.examples},
+        "shortcut_control": shortcut_summary(getattr(data, "shortcut_control", None)),
+    }
+
+
+def shortcut_summary(document: dict | None) -> dict | None:
+    """The shortcut control's headline figures (summary.json), or None without one."""
+    if document is None:
+        return None
+    return {
+        "split": document["evaluated_split"],
+        "examples": document["evaluated_examples"],
+        "features": len(document["features"]),
+        "accuracy": document["accuracy"]["value"],
+        "accuracy_ci95": document["accuracy"]["ci95"],
+        "chance_accuracy": document["chance"]["accuracy"]["value"],
+        "chance_accuracy_ci95": document["chance"]["accuracy"]["ci95"],
+        "recall": {c["name"]: c["recall"]["value"] for c in document["per_class"]},
+        "seconds": document["seconds"]["total"],
     }
 
 
@@ -189,6 +216,7 @@ class ModelReport(base_component.BaseComponent):
         lesion_audit=None,
         infra_blessing=None,
         request_baseline=None,
+        shortcut_control=None,
         gallery_per_kind: int = DEFAULT_GALLERY_PER_KIND,
     ):
         component_spec = ModelReportSpec(
@@ -202,6 +230,7 @@ class ModelReport(base_component.BaseComponent):
             lesion_audit=lesion_audit,
             infra_blessing=infra_blessing,
             request_baseline=request_baseline,
+            shortcut_control=shortcut_control,
             evaluated_split=evaluated_split,
             gallery_per_kind=int(gallery_per_kind),
             pipeline_name=pipeline_name,

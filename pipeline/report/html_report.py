@@ -44,6 +44,7 @@ LISTED = 200  # longest list shown in a collapsed <details> element
 SECTIONS = (
     ("decision", "Decision"),
     ("figures", "Test figures"),
+    ("shortcut-control", "Shortcut control"),
     ("plots", "Confusion, ROC, calibration"),
     ("training", "Training"),
     ("data", "Data"),
@@ -136,7 +137,7 @@ def _kpis(data: ReportData) -> str:
         for label, x, y, ci in cards
     )
     return (
-        f"<h3>Headline on {_e(data.run.evaluated_split)} ({count(a.n)} images)</h3>"
+        f"<h3>Headline on {_e(data.run.evaluated_split)} ({_e(a.intervals_text)})</h3>"
         f'<div class="kpis">{items}</div>'
     )
 
@@ -153,7 +154,7 @@ def _figures(data: ReportData) -> str:
                     f"within {data.data.near_threshold} bits); the second set of figures leaves "
                     "them out. Per class: one class against the rest with the top-1 decision; "
                     "n/a where a ratio is undefined (e.g. no image predicted as that class). "
-                    + tables.INTERVALS_NOTE
+                    + tables.intervals_note([data.as_is, data.deduplicated])
                 ),
                 tables.overall(
                     [
@@ -192,6 +193,30 @@ def _figures(data: ReportData) -> str:
             )
         )
     return _section("figures", f"Figures on the {split} split", "\n".join(body))
+
+
+def _shortcut_control(data: ReportData) -> str:
+    """The control's rows beside the CNN's (pipeline/report/shortcut_control.py), its
+    permutation importances and confusion matrix."""
+    from pipeline.report import shortcut_control
+
+    document = getattr(data, "shortcut_control", None)
+    body = [to_html(shortcut_control.blocks(document, data.as_is, spec.CLASS_NAMES))]
+    if document is not None:
+        body.append(
+            _details(
+                "which statistics it used, and its confusion matrix",
+                to_html(
+                    [
+                        shortcut_control.importance_table(document),
+                        shortcut_control.confusion_table(document, spec.CLASS_NAMES),
+                    ]
+                ),
+            )
+        )
+    return _section(
+        "shortcut-control", "Shortcut control: what the images give away without anatomy", "\n".join(body)
+    )
 
 
 def _plots(data: ReportData) -> str:
@@ -581,6 +606,7 @@ def _checks(data: ReportData) -> str:
             ("model run (history, TensorBoard)", run.model_run_dir),
             ("pushed to", run.pushed_to),
             ("monitoring baseline (RequestBaseline)", run.request_baseline_uri),
+            ("shortcut control (ShortcutControl)", run.shortcut_control_uri),
         )
         if v
     ]
@@ -607,6 +633,7 @@ def render(data: ReportData) -> str:
     sections = [
         _decision(data),
         _figures(data),
+        _shortcut_control(data),
         _plots(data),
         _training(data),
         _data(data),

@@ -16,7 +16,7 @@ from btmri.layout import MODEL_CARD_FILE
 from btmri.spec import MODEL_NAME
 from btmri import spec
 from pipeline.config import PipelineConfig
-from pipeline.report import abstention, serving_validation, tables
+from pipeline.report import abstention, serving_validation, shortcut_control, tables
 from pipeline.report.lesion_audit import audit_blocks
 from pipeline.report.markup import TEMPLATES_DIR, count, to_markdown
 
@@ -94,7 +94,23 @@ def _data_flaws(data) -> list[str]:
             "FLAIR) and planes are mixed and not recorded per image, and the classes do "
             "not come from the sources in equal shares, so acquisition cues can stand in "
             "for the diagnosis. Labels are per image, without a recorded reading "
-            "protocol; no patient identifiers exist to keep a patient's slices in one split."
+            "protocol."
+        )
+    if manifest.units:
+        from data_prep.patients import describe_units
+
+        known = (manifest.lesion_boxes or {}).get("patients", 0)
+        flaws.append(
+            f"Split by {manifest.split_unit}: "
+            + "; ".join(describe_units(split, c) for split, c in manifest.units.items())
+            + ". Patients are known only for copies of the box folder's slices"
+            + (f" ({known} patients in its patients.csv)" if known else "")
+            + "; every other image forms a group with its exact and near-duplicate copies, "
+            "so neighbouring slices of an unknown patient that are not near copies can still "
+            "fall on both sides."
+            if manifest.split_unit == "patient"
+            else f"Split by {manifest.split_unit}: slices of one patient can fall on both sides, "
+            "so the figures below are optimistic."
         )
     dups = manifest.duplicates
     if dups:
@@ -161,7 +177,7 @@ def card_context(data, version: str | None = None) -> dict:
         "evaluated_count": count(sum(evaluated.values())),
         "evaluated_per_class": _per_class(evaluated),
         "data_flaws": _data_flaws(data),
-        "intervals_note": tables.INTERVALS_NOTE,
+        "intervals_note": tables.intervals_note([data.as_is, data.deduplicated]),
         "overall_table": to_markdown(
             [
                 tables.overall(
@@ -184,6 +200,14 @@ def card_context(data, version: str | None = None) -> dict:
                     f"{split}, without the {len(data.duplicates)} images that duplicate training images",
                 )
             ]
+        ),
+        "shortcut_control": to_markdown(
+            shortcut_control.blocks(
+                getattr(data, "shortcut_control", None),
+                data.as_is,
+                spec.CLASS_NAMES,
+                "card-shortcut-control",
+            )
         ),
         "calibration": [
             _calibration_sentence("As is", data.as_is),

@@ -23,7 +23,7 @@ from pipeline.cli import main as btmri
 from pipeline.config import PipelineConfig
 from pipeline.factory import COMPONENT_IDS
 from pipeline.local_runner import read_outcome, run_pipeline
-from pipeline.metadata import execution_state_name, node_executions
+from pipeline.metadata import execution_state_name, latest_output, node_executions
 from tests.conftest import btmri_run
 
 
@@ -84,6 +84,36 @@ def test_the_pushed_version_was_served_before_the_push_and_carries_its_warmup(ti
     assert "## Serving validation" in card and f"| gRPC | {validation.latency_requests} |" in card
     report = (Path(outcome.report_dir) / "report.html").read_text()
     assert 'id="serving-validation"' in report and "warm-up file" in report
+
+
+def test_the_shortcut_control_scored_the_evaluated_split(tiny_run):
+    """The ShortcutControl ran on the tiny run's examples (no model needed) and its
+    artifact holds the figures: trained on train, scored on the Evaluator's split."""
+    from btmri.layout import SHORTCUT_CONTROL_FILE
+    from components.shortcut.control import FEATURES
+    from data_prep.tfrecords import read_split
+
+    config = _config(tiny_run)
+    artifact = latest_output(config, "ShortcutControl", "control")
+    assert artifact is not None
+    document = json.loads((Path(artifact.uri) / SHORTCUT_CONTROL_FILE).read_text())
+    prepared = tiny_run / "data" / "prepared" / "current"
+    test_labels = [e[contract.LABEL_KEY] for e in read_split(prepared, contract.TEST_SPLIT)]
+    assert document["evaluated_split"] == contract.TEST_SPLIT == artifact.get_string_custom_property("split")
+    assert document["evaluated_examples"] == len(test_labels)
+    assert document["train_examples"] == len(read_split(prepared, contract.TRAIN_SPLIT))
+    confusion = np.array(document["confusion"])
+    assert confusion.shape == (4, 4) and confusion.sum() == len(test_labels)
+    assert confusion.sum(axis=1).tolist() == [test_labels.count(k) for k in range(4)]
+    accuracy = document["accuracy"]
+    assert accuracy["successes"] == np.trace(confusion) and accuracy["n"] == len(test_labels)
+    assert accuracy["ci95"][0] <= accuracy["value"] <= accuracy["ci95"][1]
+    assert artifact.get_float_custom_property("accuracy") == pytest.approx(accuracy["value"])
+    for k, row in enumerate(document["per_class"]):
+        assert row["name"] == contract.CLASS_NAMES[k]
+        assert (row["recall"]["successes"], row["recall"]["n"]) == (confusion[k, k], confusion[k].sum())
+    assert [f["name"] for f in document["features"]] == list(FEATURES)
+    assert 0 < document["seconds"]["total"] <= document["seconds"]["component"] < 60
 
 
 def _test_images(work: Path, n: int = 5) -> list[bytes]:
@@ -299,6 +329,25 @@ def test_materialize_switch_wires_the_trainer_input(tmp_path, materialize):
     custom = trainer.exec_properties["custom_config"]
     custom = json.loads(custom) if isinstance(custom, str) else custom
     assert custom["materialized"] is materialize
+
+
+def test_the_pipeline_runs_the_control_after_example_gen_and_not_after_the_trainer(tmp_path):
+    from pipeline.factory import create_pipeline
+
+    (tmp_path / "prepared").mkdir()
+    config = PipelineConfig(
+        pipeline_root=str(tmp_path / "root"),
+        data_root=str(tmp_path / "prepared"),
+        serving_dir=str(tmp_path / "serving"),
+    )
+    nodes = {c.id: c for c in create_pipeline(config).components}
+    shortcut = nodes["ShortcutControl"]
+    assert shortcut.inputs["examples"].producer_component_id == "ImportExampleGen"
+    assert {n.id for n in shortcut.upstream_nodes} == {"ImportExampleGen", "ExampleValidator"}
+    assert [shortcut.exec_properties["split"]] == json.loads(
+        nodes["Evaluator"].exec_properties["example_splits"]
+    )
+    assert nodes["ModelReport"].inputs["shortcut_control"].producer_component_id == "ShortcutControl"
 
 
 def test_training_options_reach_the_trainer_config(tmp_path):

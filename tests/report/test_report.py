@@ -21,6 +21,7 @@ import tensorflow as tf
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
+from btmri import intervals
 from btmri.intervals import format_interval, format_with_interval, wilson
 from btmri.spec import ECE_BINS
 from components.executors import DIGEST_FILE
@@ -34,6 +35,8 @@ from pipeline.report import collect as collect_module, metrics
 from pipeline.report.build import build_report
 from pipeline.report.markup import rate, rate_ci
 from pipeline.report.model_card import write_model_card
+from pipeline.report import shortcut_control
+from tests.conftest import only_version
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLASSES = list(contract.CLASS_NAMES)
@@ -137,6 +140,17 @@ def _expected(labels, probs) -> dict:
     }
 
 
+def _expected_interval(hits, mask, patients, method):
+    """A proportion's interval as the report must show it: Wilson of the counts, or the
+    bootstrap over patients of each patient's hits among its images in `mask`."""
+    if method == intervals.WILSON:
+        return wilson(int((hits & mask).sum()), int(mask.sum()))
+    units = sorted(set(patients))
+    successes = [sum(bool(h and m) for h, m, p in zip(hits, mask, patients) if p == u) for u in units]
+    counts = [sum(bool(m) for m, p in zip(mask, patients) if p == u) for u in units]
+    return intervals.ratio_interval(successes, counts, method)
+
+
 def _assert_figures_equal(figures: metrics.Figures, want: dict) -> None:
     np.testing.assert_array_equal(figures.confusion, want["confusion"])
     assert figures.n == want["n"]
@@ -186,14 +200,24 @@ def test_every_count_in_the_report_equals_scikit_learn(report, own_predictions):
         _overall_row("test, as is", want),
         _overall_row("test, without duplicates of training images", want_dedup),
     ]
-    # Proportions carry the Wilson interval of scikit-learn's counts.
-    cm = want["confusion"]
+    # Proportions carry the Wilson interval of scikit-learn's counts, or, where the test
+    # images' patients / groups hold several images, the bootstrap over them.
+    patient_of = dict(zip(data.predictions.sources, data.predictions.patients))
+    patients = [patient_of[s] for s in sources]
+    method = intervals.interval_method(patients)
+    assert data.as_is.interval_method == method and data.as_is.units == len(set(patients))
+    assert data.as_is.intervals_text in html_path.read_text()
+    predicted = probs.argmax(axis=1)
+    correct = predicted == labels
     for k, row in enumerate(tables.tables["per-class-as-is"][1:]):
-        tp = int(cm[k, k])
-        assert row[2].endswith(format_interval(wilson(tp, int(cm[:, k].sum())))), row
-        assert row[3].endswith(format_interval(wilson(tp, int(cm[k].sum())))), row
+        precision_ci = _expected_interval(correct, predicted == k, patients, method)
+        recall_ci = _expected_interval(correct, labels == k, patients, method)
+        assert row[2].endswith(format_interval(precision_ci)), row
+        assert row[3].endswith(format_interval(recall_ci)), row
     accuracy_cell = tables.tables["overall"][1][2]
-    assert accuracy_cell.endswith(format_interval(wilson(int(np.trace(cm)), int(cm.sum()))))
+    assert accuracy_cell.endswith(
+        format_interval(_expected_interval(correct, np.ones_like(correct), patients, method))
+    )
     lo, hi = data.as_is.macro_auc_ci  # bootstrap: around the figure
     assert lo <= data.as_is.macro_auc + 1e-9 and hi >= data.as_is.macro_auc - 0.2
     shares = want["confusion"] / want["confusion"].sum(axis=1, keepdims=True)
@@ -298,7 +322,11 @@ def test_cli_writes_the_report(tiny_run, tmp_path, capsys):
         == 0
     )
     assert out.stat().st_size > 10_000
-    assert "test accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed
+    assert re.search(
+        r"\n  shortcut control \(trees on 11 image statistics, no pixels\): test accuracy ", printed
+    )
     assert btmri(["report", "--pipeline-root", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
 
@@ -333,6 +361,44 @@ def test_model_card_is_written_beside_the_pushed_model(tiny_run, version_dir, tm
         ) in card
     assert (copy / DIGEST_FILE).read_text().strip() in card  # the card names the model it describes
     assert not list(copy.glob(".model-card-*"))
+
+
+def test_the_shortcut_control_sits_beside_the_cnn(report, tiny_run):
+    """The control's row in the report and the card: its figures as the ShortcutControl
+    artifact recorded them, beside the CNN's as-is figures, with the explanation."""
+    from components.shortcut import control
+    from pipeline.metadata import latest_output
+
+    data, html_path = report
+    artifact = latest_output(_config(tiny_run), "ShortcutControl", "control")
+    document = control.read(artifact.uri)
+    assert data.shortcut_control == document
+    rows = _Tables(html_path.read_text()).tables["shortcut-control"]
+    cnn_row, control_row, chance_row = rows[1:]
+    figures = data.as_is
+    assert cnn_row[:3] == [
+        shortcut_control.CNN_ROW,
+        f"{figures.n:,}",
+        rate_ci(figures.accuracy, figures.accuracy_ci),
+    ]
+    assert cnn_row[3:] == [rate_ci(f.recall, f.recall_ci) for f in figures.per_class]
+    assert control_row[:3] == [
+        shortcut_control.CONTROL_ROW,
+        f"{document['evaluated_examples']:,}",
+        format_with_interval(document["accuracy"]["value"], document["accuracy"]["ci95"]),
+    ]
+    assert control_row[3:] == [
+        format_with_interval(c["recall"]["value"], c["recall"]["ci95"]) for c in document["per_class"]
+    ]
+    assert chance_row[0] == f"chance: always {document['chance']['predicts']}"
+    page = html_path.read_text()
+    assert "A deliberately dumb classifier beside the CNN" in page and 'id="shortcut-importance"' in page
+    # The card the pipeline's ModelReport wrote from its own inputs, pushed with the model.
+    card = (only_version(tiny_run / "serving") / MODEL_CARD_FILE).read_text()
+    assert "\n## Shortcut control\n" in card
+    assert (
+        f"| {shortcut_control.CONTROL_ROW} | {document['evaluated_examples']:,} | {control_row[2]} |" in card
+    )
 
 
 def test_model_card_refuses_a_version_of_another_model(tiny_run, version_dir, tmp_path):
@@ -389,9 +455,14 @@ def test_report_opens_in_headless_chromium(report, tmp_path):
     )
 
     shot = tmp_path / "report.png"
-    run = _chromium(["--window-size=1280,2400", f"--screenshot={shot}", report[1].as_uri()], tmp_path)
+    run = _chromium(
+        ["--window-size=1280,2400", f"--screenshot={shot}", "--dump-dom", report[1].as_uri()], tmp_path
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert _console_messages(run.stderr) == []
+    # The DOM the browser built holds the shortcut control's row beside the CNN's.
+    rows = _Tables(run.stdout).tables.get("shortcut-control", [])
+    assert [row[0] for row in rows[1:3]] == [shortcut_control.CNN_ROW, shortcut_control.CONTROL_ROW], rows
     image = cv2.imread(str(shot))
     assert image is not None and image.shape[:2] == (2400, 1280)
     background = np.median(image.reshape(-1, 3), axis=0)
