@@ -663,6 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.monitor_cli import register as register_monitor
 
     register_monitor(sub)
+    from pipeline.evaluate_cli import register as register_evaluate
+
+    register_evaluate(sub)
     return parser
 
 

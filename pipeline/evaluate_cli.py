@@ -1,0 +1,227 @@
+"""`btmri evaluate`: the model on a site's own labelled scans, before trusting it.
+
+Argument parsing, the printed table and the files of --out; the images and the
+model are pipeline/site_predict.py's, the figures pipeline/site_evaluation.py's,
+the page pipeline/report/site_evaluation.py's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+PROG = "btmri evaluate"
+
+
+def _error(message) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from data_prep.discover import LayoutError
+    from pipeline import site_evaluation as evaluation
+    from pipeline import site_predict
+
+    # Everything that needs no model first: a wrong pattern or folder costs no model load.
+    try:
+        pattern = evaluation.compile_pattern(args.slice_by_filename) if args.slice_by_filename else None
+        table = evaluation.read_tags_csv(args.tags) if args.tags else {}
+        candidates, skipped = site_predict.find(args.data_dir)
+    except (evaluation.TagError, LayoutError) as err:
+        return _error(err)
+    if not candidates:
+        return _error(f"no image files in {args.data_dir} ({len(skipped)} other files)")
+    if args.batch_size < 1:
+        return _error(f"--batch-size must be at least 1, got {args.batch_size}")
+    for bound in ("min_accuracy", "max_tumour_called_notumor"):
+        if getattr(args, bound) > 1:
+            return _error(f"--{bound.replace('_', '-')} is a share in [0, 1], got {getattr(args, bound)}")
+    notes = []
+    unknown = sorted(set(table) - {c.source for c in candidates} - {s["path"] for s in skipped})
+    if unknown:
+        notes.append(
+            f"{len(unknown)} paths in {args.tags} name no file in {args.data_dir} (first: {unknown[0]})"
+        )
+    for s in skipped:
+        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+
+    from serving.client import ServerUnavailable
+
+    if args.server:
+        predictor = site_predict.ServerPredictor(args.server, args.model_name, args.timeout, args.label)
+    else:
+        model_dir = site_predict.saved_model_dir(args.model_dir)
+        if model_dir is None:
+            return _error(
+                f"no SavedModel in {args.model_dir} (expected saved_model.pb there or in an "
+                "integer version folder)"
+            )
+        try:
+            predictor = site_predict.SavedModelPredictor(model_dir)
+        except (site_predict.ModelError, OSError, ValueError) as err:
+            return _error(f"cannot load the SavedModel {model_dir}: {err}")
+
+    from tqdm import tqdm
+
+    def on_skip(path: str, reason: str) -> None:
+        tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
+
+    try:
+        rows, unreadable = site_predict.predict_folder(
+            candidates,
+            predictor,
+            lambda path: evaluation.image_tags(path, pattern, table),
+            batch_size=args.batch_size,
+            max_pixels=args.max_pixels,
+            max_file_mb=args.max_file_mb,
+            progress=not args.quiet,
+            on_skip=on_skip,
+        )
+    except ServerUnavailable as err:
+        print(
+            f"{PROG}: {err}\n(is the server running? start one with `btmri serve --model-base-path DIR`)",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    except site_predict.ModelError as err:
+        return _error(err)
+    finally:
+        predictor.close()
+    skipped += unreadable
+    if not rows:
+        return _error(
+            f"no image in {args.data_dir} could be evaluated: all {len(skipped)} files were skipped"
+        )
+
+    model = dict(predictor.info, description=_describe(predictor.info))
+    if len(model.get("versions", [])) > 1:
+        notes.append(f"the server answered with several model versions: {model['versions']}")
+    gates = evaluation.Gates(args.min_accuracy, args.max_tumour_called_notumor)
+    document = evaluation.build_document(
+        rows, skipped, data_dir=args.data_dir, model=model, gates=gates, notes=notes
+    )
+    print("\n".join(evaluation.text_lines(document)))
+    if args.out:
+        from btmri.documents import write_atomic
+        from pipeline.report import site_evaluation as page
+
+        out = Path(args.out)
+        write_atomic(out / evaluation.EVALUATION_JSON, json.dumps(evaluation.json_ready(document), indent=1))
+        write_atomic(out / evaluation.EVALUATION_HTML, page.render(document))
+        print(f"wrote {out / evaluation.EVALUATION_JSON} and {out / evaluation.EVALUATION_HTML}")
+    return EXIT_GATE if document["gates"]["failures"] else EXIT_OK
+
+
+def _describe(info: dict) -> str:
+    if info["kind"] == "server":
+        label = f", label {info['label']}" if info.get("label") else ""
+        versions = ", ".join(str(v) for v in info.get("versions", []))
+        return f"model {info['model_name']} served at {info['address']}{label} (version {versions or '?'})"
+    version = f" (version {info['version']})" if info.get("version") is not None else ""
+    return f"SavedModel {info['path']}{version}"
+
+
+def register(sub) -> None:
+    from btmri.documents import SERVER_DEFAULTS
+    from btmri.spec import MODEL_NAME
+    from data_prep.image_io import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS
+    from pipeline.site_predict import BATCH_SIZE
+
+    p = sub.add_parser(
+        "evaluate",
+        help="how the model does on your own labelled scans (accuracy, abstentions, slices)",
+        description="Sends every image of a labelled folder (the Kaggle layout or class folders, "
+        "as btmri prepare reads them; DICOM, TIFF and BMP converted as prepare converts them) "
+        "to a SavedModel or a model server and prints accuracy, per-class recall, abstentions "
+        "and their reasons, wrong-and-confident answers, tumours called notumor and the "
+        "confusion matrix, each share with its 95 % interval, for all images and per tag "
+        "value. Unreadable files are skipped with their reason. Exit code 0: done, 1: a "
+        "--min-accuracy / --max-tumour-called-notumor bound missed, 2: usage error, "
+        "3: the server is unavailable.",
+    )
+    p.add_argument(
+        "data_dir",
+        metavar="DIR",
+        help="labelled images: DIR/Training/<class>/, DIR/Testing/<class>/ or DIR/<class>/",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--model-dir",
+        "--model",
+        dest="model_dir",
+        metavar="DIR",
+        help="a pushed model: a TF Serving base path (its highest integer version) or one version folder",
+    )
+    where.add_argument(
+        "--server", metavar="HOST:PORT", help="gRPC address of TF Serving / btmri serve (e.g. localhost:8500)"
+    )
+    p.add_argument(
+        "--model-name", default=MODEL_NAME, help="--server: served model name (default %(default)s)"
+    )
+    p.add_argument(
+        "--label", default=None, metavar="LABEL", help="--server: ask the version with this version label"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=SERVER_DEFAULTS.client_timeout_seconds,
+        help="--server: seconds per request (default %(default)s)",
+    )
+    p.add_argument(
+        "--slice-by-filename",
+        metavar="REGEX",
+        default=None,
+        help="tags from each image's path relative to DIR: every named group of the first "
+        "match is a tag, e.g. '(?P<sequence>t1c|t1|t2|flair)'",
+    )
+    p.add_argument(
+        "--tags",
+        metavar="CSV",
+        default=None,
+        help="tags from a CSV file: a header line, then the image path relative to DIR and one "
+        "column per tag (its values win over --slice-by-filename's)",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", default=None, help="write evaluation.json and evaluation.html here"
+    )
+    p.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=-1.0,
+        metavar="SHARE",
+        help="exit 1 when the accuracy (abstentions count as wrong) is below SHARE (default: off)",
+    )
+    p.add_argument(
+        "--max-tumour-called-notumor",
+        type=float,
+        default=-1.0,
+        metavar="SHARE",
+        help="exit 1 when more than SHARE of the tumour images are answered notumor (default: off)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE,
+        help="images per call to the model (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="skip images with more pixels than this, as prepare does (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=DEFAULT_MAX_FILE_MB,
+        help="skip files larger than this many MiB, as prepare does (default %(default)s)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="keep TensorFlow's start-up notes and library warnings"
+    )
+    p.set_defaults(func=_cmd_evaluate)
