@@ -186,7 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(
             f"held out {sum(held['images'].values())} tumour images of collection {held['collection']!r} "
             f"({held['units']} patients / groups) in {held['dir']}; grade the model on them with\n"
-            f"  btmri evaluate --data-dir {held['dir']} --model-dir {config.serving_dir}"
+            f"  btmri evaluate {held['dir']} --model-dir {config.serving_dir}"
         )
     return 0
 
