@@ -54,6 +54,8 @@ class Predictions:
     # The unit of each image (btmri.spec.PATIENT_KEY: "patient:<id>" or "group:<md5>");
     # data prepared without units: each image's source, its own unit. None: not read.
     patients: list[str] | None = None
+    # The collection of each image (btmri.spec.COLLECTION_KEY); None: not read.
+    collections: list[str] | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -70,6 +72,7 @@ class Predictions:
             None if self.abstain is None else self.abstain[idx],
             None if self.abstain_reason is None else [self.abstain_reason[i] for i in idx],
             None if self.patients is None else [self.patients[i] for i in idx],
+            None if self.collections is None else [self.collections[i] for i in idx],
         )
 
 
@@ -79,7 +82,7 @@ def load_model(model_dir: str):
 
 def predict_split(model, split_uri: str, batch_size: int = BATCH_SIZE) -> Predictions:
     serving = model.signatures["serving_default"]
-    labels, sources, images, patients, probs, batch = [], [], [], [], [], []
+    labels, sources, images, patients, collections, probs, batch = [], [], [], [], [], [], []
     abstention = {OOD_SCORE: [], ABSTAIN: [], ABSTAIN_REASON: []}
     has_abstention = ABSTAIN in serving.structured_outputs
 
@@ -97,6 +100,7 @@ def predict_split(model, split_uri: str, batch_size: int = BATCH_SIZE) -> Predic
         sources.append(example[spec.SOURCE_KEY])
         images.append(example[spec.IMAGE_KEY])
         patients.append(example.get(spec.PATIENT_KEY) or example[spec.SOURCE_KEY])
+        collections.append(example.get(spec.COLLECTION_KEY) or spec.UNKNOWN_COLLECTION)
         batch.append(serialized)
         if len(batch) == batch_size:
             flush()
@@ -107,6 +111,7 @@ def predict_split(model, split_uri: str, batch_size: int = BATCH_SIZE) -> Predic
         sources,
         images,
         patients=patients,
+        collections=collections,
     )
     if has_abstention and probs:
         result.ood_score = np.concatenate(abstention[OOD_SCORE]).astype(np.float64)

@@ -380,3 +380,29 @@ def test_report_summary_names_the_unit_and_the_interval_method():
     assert "  eval: 812 images, each its own unit; 95 % intervals: Wilson over images" in summary_text(
         "o", old
     )
+
+
+def test_by_collection_table_shows_the_gap_between_collections():
+    """The report's per-collection rows: accuracy and tumours called notumor per
+    collection, over patients; no table for a single collection."""
+    import numpy as np
+
+    from pipeline.report.html_report import _by_collection
+    from pipeline.report.predictions import Predictions
+
+    labels = np.array([0, 0, 1, 1, 2, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 1, 1, 2, 2, 2, 2, 1, 2])  # the second collection: 3 tumours missed
+    probs = np.eye(4)[predicted]
+    collections = ["figshare"] * 5 + ["unknown"] * 5
+    patients = ["patient:a", "patient:a", "patient:b", "patient:b", "group:c"] + [
+        f"group:{i}" for i in range(5)
+    ]
+    p = Predictions(
+        labels, probs, [str(i) for i in range(10)], [b""] * 10, patients=patients, collections=collections
+    )
+    table = _by_collection(p)
+    rows = {r[0].text: [c.text for c in r[1:]] for r in table.rows}
+    assert rows["figshare"][0] == "5 images from 3 patients / groups"
+    assert rows["figshare"][1].startswith("1.000") and rows["figshare"][2].startswith("0.000")
+    assert rows["unknown"][1].startswith("0.400") and rows["unknown"][2].startswith("0.750")
+    assert _by_collection(p.subset(np.arange(10) < 5)) is None
