@@ -1,9 +1,12 @@
 """`btmri prepare`: image folders → validated, split, sharded TFRecords + manifest.
 
 Two passes over the files, streaming (memory holds per-file metadata only):
-  1. read + md5 every candidate (cheap) → deterministic stratified split;
-  2. worker threads decode/validate/re-encode and hash each image; the main
-     thread writes Examples, training images first, so eval/test images can be checked
+  1. survey: worker threads decode each candidate once for its md5, perceptual hash
+     and 32x32 thumbnail; thumbnails find the box folder's slice (and patient) an image
+     copies; images are joined into units (patients, near-duplicate groups:
+     data_prep/patients.py) and the split is drawn by unit, deterministically;
+  2. worker threads decode/validate/re-encode each image again; the main thread
+     writes Examples, training images first, so eval/test images can be checked
      against every training image before they are written.
 Any single bad file is skipped with a reason; only an unusable dataset fails.
 """

@@ -184,7 +184,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     held = prepared.manifest.held_out_collection
     if held:
         print(
-            f"held out {sum(held['images'].values())} tumour images of collection {held['collection']!r} "
+            f"held out {sum(held['images'].values())} images of collection {held['collection']!r} "
             f"({held['units']} patients / groups) in {held['dir']}; grade the model on them with\n"
             f"  btmri evaluate {held['dir']} --model-dir {config.serving_dir}"
         )

@@ -4,17 +4,16 @@
 
 Runs the README's `btmri run --data-dir <Kaggle> --drop-cross-split-duplicates
 --boxes-dir <figshare boxes>` with the defaults, then scores the pushed (served)
-model on the eval split — eval images that duplicate training images removed — with
-scikit-learn, and reads the run's lesion audit (the box slices that trained nothing).
-Accuracy goals are asserted on the de-duplicated split; the plain figure (the dropped
-duplicates put back) is printed beside it.
+model on the eval split with scikit-learn, and reads the run's lesion audit. The eval
+split and the audit are patient-disjoint from training (prepare draws the split by
+patient / near-duplicate group; the audit holds out whole patients): the test checks
+that first, then asserts the goals on those held-out patients.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +32,7 @@ from pipeline.metadata import latest_output
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
-ACCURACY_GOAL = 0.98
+ACCURACY_GOAL = 0.97  # on patient-disjoint eval (the per-file split's goal was 0.98)
 # The lesion audit's goals (README, "Does it look at the tumour?"): pointing game >= 0.75
 # overall and >= 0.6 per tumour class, heat in box >= 0.35, lesion removed -> changed
 # >= 0.8, most of it to notumor. One run of the defaults: 0.83 (per class 0.81-0.95),
@@ -87,15 +86,11 @@ def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
     predicted = probs.argmax(axis=1)
 
     manifest = json.loads((tmp_path / "data" / "prepared" / "current" / "manifest.json").read_text())
-    dropped = [
-        d["source"] for d in manifest["dropped_cross_split_duplicates"] if d["split"] == contract.EVAL_SPLIT
-    ]
-    assert dropped, "the Kaggle training images have near duplicates across the split"
-    dropped_labels = np.array([contract.CLASS_TO_ID[Path(s).parent.name] for s in dropped])
-    dropped_predicted = probabilities([(real_data / s).read_bytes() for s in dropped]).argmax(axis=1)
-    plain_accuracy = accuracy_score(
-        np.concatenate([labels, dropped_labels]), np.concatenate([predicted, dropped_predicted])
-    )
+    assert manifest["split_unit"] == "patient"
+    train_units = {
+        ex[contract.PATIENT_KEY] for ex in read_split(tmp_path / "data" / "prepared" / "current", "train")
+    }
+    assert not train_units & {ex[contract.PATIENT_KEY] for ex in examples}, "a unit on both sides"
 
     accuracy = accuracy_score(labels, predicted)
     macro_f1 = f1_score(labels, predicted, average="macro")
@@ -105,8 +100,8 @@ def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
     run = latest_output(PipelineConfig(str(tmp_path / "pipeline"), "", ""), "Trainer", "model_run")
     calibration = json.loads(tf.io.gfile.GFile(f"{run.uri}/calibration.json").read())
     print(
-        f"\nreal data, eval split de-duplicated ({len(labels)} images): accuracy {accuracy:.4f} "
-        f"(plain, with the {len(dropped)} dropped duplicates: {plain_accuracy:.4f}), "
+        f"\nreal data, patient-disjoint eval split ({len(labels)} images from "
+        f"{manifest['units']['eval']['units']} patients / groups): accuracy {accuracy:.4f}, "
         f"macro F1 {macro_f1:.4f}, meningioma recall {meningioma_recall:.4f}, ECE served "
         f"{ece:.4f} (before calibration {calibration['ece_before']:.4f}, T "
         f"{calibration['temperature']:.2f}); whole run {minutes:.1f} min"
@@ -122,7 +117,7 @@ def test_default_model_meets_the_accuracy_goal(real_data, real_boxes, tmp_path):
     assert ece <= 0.03
     assert minutes <= 60
     overall = audit["summary"]["overall"]
-    assert audit["slices_audited"] >= 500
+    assert audit["held_out_by"] == "patient" and audit["slices_audited"] >= 300
     assert overall["pointing"]["ci95"][0] > overall["centre_baseline"]["ci95"][1]
     assert overall["pointing"]["value"] >= POINTING_GOAL
     for name, figures in audit["summary"]["per_class"].items():
