@@ -173,3 +173,9 @@ INPUT_SHARDING: tuple[str, ...] = (INPUT_SHARDING_FILE, INPUT_SHARDING_DATA)
 # Where `btmri compile` targets: Kubeflow Pipelines v2, or Vertex AI Pipelines with
 # the Trainer as a Vertex AI training job and the Pusher to a Vertex AI endpoint.
 COMPILE_TARGETS: tuple[str, ...] = ("kubeflow", "vertex")
+
+# ── Run console ────────────────────────────────────────────────────────────────────
+# The Trainer logs each of its phases (training, calibration, abstention fitting,
+# export) with this format; the local runner turns the lines into console lines and
+# the run summary's time table.
+TRAINER_PHASE_LOG = "Trainer phase %s done in %.1f s"

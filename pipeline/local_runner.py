@@ -19,6 +19,7 @@ from absl import logging as absl_logging
 from tfx import v1 as tfx
 
 from btmri.console import CapturedRun, Terminal
+from btmri.spec import TRAINER_PHASE_LOG
 from btmri.layout import logs_dir
 from pipeline.config import PipelineConfig
 from pipeline.factory import component_ids, create_pipeline
@@ -36,8 +37,14 @@ class _ProgressHandler(logging.Handler):
         self.ids = ids
         self.started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}  # wall time per component, in finish order
+        self.trainer_phases: dict[str, float] = {}  # the Trainer's own phases (trainer.PHASE_LOG)
 
     def emit(self, record):
+        if record.msg == TRAINER_PHASE_LOG and len(record.args or ()) == 2:
+            name, took = record.args
+            self.trainer_phases[str(name)] = float(took)
+            self.terminal.line(f"      Trainer: {name} done in {float(took):.1f} s")
+            return
         if not isinstance(record.msg, str) or not record.msg.startswith("Component %s is "):
             return
         node = record.args[0] if record.args else "?"
@@ -99,6 +106,7 @@ class RunSummary:
     log_path: str | None = None
     seconds: float = 0.0
     component_seconds: dict = field(default_factory=dict)
+    trainer_phase_seconds: dict = field(default_factory=dict)  # training, calibration, ...
     blessing_message: str | None = None
     lesion_audit: dict | None = None  # lesion_audit.json, without rows
     report_dir: str | None = None  # ModelReport artifact: report.html, card
@@ -124,6 +132,7 @@ def run_pipeline(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     summary.log_path = log_path
     summary.seconds = time.time() - started
     summary.component_seconds = progress.seconds
+    summary.trainer_phase_seconds = progress.trainer_phases
     return summary
 
 

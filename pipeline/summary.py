@@ -41,7 +41,27 @@ def summary_lines(summary, accuracy_bound: float, min_acceptance: float | None =
         lines.append("not pushed")
     if summary.report_dir:
         lines.append(f"report: {os.path.join(summary.report_dir, REPORT_FILE)}")
+    lines += time_lines(summary)
     return lines
+
+
+def time_lines(summary) -> list[str]:
+    """Where the run's time went: each step that ran (cached steps do not appear),
+    longest first, the Trainer's own phases under it."""
+    seconds = getattr(summary, "component_seconds", None) or {}
+    if not seconds:
+        return []
+    lines = ["time per step:"]
+    for node, took in sorted(seconds.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {node:<28}{_duration(took)}")
+        if node == "Trainer":
+            for phase, phase_took in (getattr(summary, "trainer_phase_seconds", None) or {}).items():
+                lines.append(f"    {phase:<26}{_duration(phase_took)}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:6.1f} min" if seconds >= 90 else f"{seconds:6.1f} s"
 
 
 def _figures(result, accuracy_bound: float) -> list[str]:

@@ -17,6 +17,7 @@ float32 [N], abstain bool [N] and abstain_reason string [N] (abstention.py).
 from __future__ import annotations
 
 import contextlib
+import time
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from btmri.documents import TRAINER_DEFAULTS
-from btmri.spec import DISTRIBUTION_MULTI_WORKER, INPUT_SHARDING_DATA
+from btmri.spec import DISTRIBUTION_MULTI_WORKER, INPUT_SHARDING_DATA, TRAINER_PHASE_LOG
 from btmri.layout import CALIBRATION_FILE, HISTORY_CSV_FILE, HISTORY_FILE, TENSORBOARD_DIR
 from components.signature_names import (
     CLASS_ID,
@@ -392,9 +393,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                 restore_best_weights=True,
             )
         )
-    history = guided.fit(
-        train_ds, validation_data=eval_ds, epochs=int(config["epochs"]), callbacks=callbacks, verbose=2
-    )
+    with trainer_phase("training"):
+        history = guided.fit(
+            train_ds, validation_data=eval_ds, epochs=int(config["epochs"]), callbacks=callbacks, verbose=2
+        )
     record = {
         "config": config,
         "compute_dtype_policy": policy,
@@ -422,18 +424,30 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         distribution.finish(strategy, serving_model_dir, run_dir)
         return
     if config["calibrate"]:
-        model = _calibrate(model, eval_ds, run_dir)
+        with trainer_phase("calibration"):
+            model = _calibrate(model, eval_ds, run_dir)
     spec = None
     if config["abstention"]:
-        spec = fit_abstention(model, eval_ds, tf_transform_output, config)
-    model.tft_layer = tf_transform_output.transform_features_layer()
-    model.save(
-        serving_model_dir, save_format="tf", signatures=make_signatures(model, tf_transform_output, spec)
-    )
+        with trainer_phase("abstention fitting"):
+            spec = fit_abstention(model, eval_ds, tf_transform_output, config)
+    with trainer_phase("export"):
+        model.tft_layer = tf_transform_output.transform_features_layer()
+        model.save(
+            serving_model_dir, save_format="tf", signatures=make_signatures(model, tf_transform_output, spec)
+        )
     if spec is not None:
         abstention.write(spec, serving_model_dir)
         abstention.write(spec, run_dir)
     distribution.finish(strategy, serving_model_dir, run_dir)
+
+
+@contextlib.contextmanager
+def trainer_phase(name: str):
+    """Logs how long one phase of the Trainer took (training, calibration, abstention
+    fitting, export): the run's console and summary list them."""
+    started = time.time()
+    yield
+    logging.info(TRAINER_PHASE_LOG, name, time.time() - started)
 
 
 def fit_abstention(
