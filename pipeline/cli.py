@@ -31,6 +31,32 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_split_arguments(p: argparse.ArgumentParser, prefix: str = "", hold_out_default: str = "") -> None:
+    """What `prepare` draws the eval split by, and leave one source out (prepare and run)."""
+    p.add_argument(
+        "--split-unit",
+        choices=SPLIT_UNITS,
+        default=SPLIT_UNITS[0],
+        help=f"{prefix}draw the eval split by whole patients / near-duplicate groups (patient; "
+        "patients from the box folder's patients.csv) or by file (image, only to measure "
+        "how much an image-level split inflates the figures) (default %(default)s)",
+    )
+    p.add_argument(
+        "--hold-out-collection",
+        default=None,
+        metavar="NAME",
+        help=f"{prefix}leave one source out: the tumour images of this collection (e.g. figshare, "
+        "the copies of a box folder's slices, or unknown, the others), whole patients at a "
+        "time, are left out of training and eval and copied to --hold-out-dir for "
+        "`btmri evaluate`",
+    )
+    p.add_argument(
+        "--hold-out-dir",
+        default=None,
+        help=f"where the held-out images go, as class folders{hold_out_default}",
+    )
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from data_prep.discover import LayoutError
     from data_prep.prepare import PrepareError, PrepareOptions, prepare, summary_table
@@ -306,28 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         "patients.csv: id,class,patient): images that are copies of one get its box "
         "and patient, for lesion-guided training and splits by patient",
     )
-    p.add_argument(
-        "--split-unit",
-        choices=SPLIT_UNITS,
-        default=SPLIT_UNITS[0],
-        help="draw the eval split by whole patients / near-duplicate groups (patient; "
-        "patients from the box folder's patients.csv) or by file (image, only to measure "
-        "how much an image-level split inflates the figures) (default %(default)s)",
-    )
-    p.add_argument(
-        "--hold-out-collection",
-        default=None,
-        metavar="NAME",
-        help="leave one source out: the tumour images of this collection (e.g. figshare, "
-        "the copies of a box folder's slices, or unknown, the others), whole patients at a "
-        "time, are left out of training and eval and copied to --hold-out-dir for "
-        "`btmri evaluate`",
-    )
-    p.add_argument(
-        "--hold-out-dir",
-        default=None,
-        help="where the held-out images go, as class folders",
-    )
+    add_split_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "-v", "--verbose", action="store_true", help="keep TensorFlow's start-up notes and library warnings"
@@ -558,28 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tumour slices with boxes (<class>/<id>.jpg + .txt): lesion-guided training "
         "and the lesion audit; default with synthetic data: its own boxes/",
     )
-    p.add_argument(
-        "--split-unit",
-        choices=SPLIT_UNITS,
-        default=SPLIT_UNITS[0],
-        help="prepare: draw the eval split by whole patients / near-duplicate groups (patient; "
-        "patients from the box folder's patients.csv) or by file (image, only to measure "
-        "how much an image-level split inflates the figures) (default %(default)s)",
-    )
-    p.add_argument(
-        "--hold-out-collection",
-        default=None,
-        metavar="NAME",
-        help="prepare: leave one source out: the tumour images of this collection (e.g. figshare, "
-        "the copies of a box folder's slices, or unknown, the others), whole patients at a "
-        "time, are left out of training and eval and copied to --hold-out-dir for "
-        "`btmri evaluate`",
-    )
-    p.add_argument(
-        "--hold-out-dir",
-        default=None,
-        help="where the held-out images go, as class folders (default WORK_DIR/data/held-out/NAME)",
-    )
+    add_split_arguments(p, "prepare: ", " (default WORK_DIR/data/held-out/NAME)")
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
     p.add_argument(
         "-v",
