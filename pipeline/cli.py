@@ -117,7 +117,7 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         lesion_removal_rate=args.lesion_removal_rate,
         decoy_removal_rate=args.decoy_removal_rate,
         lesion_paste_rate=args.lesion_paste_rate,
-        acquisition_augment=not args.no_acquisition_augment,
+        acquisition_augment=args.acquisition_augment,
         acquisition_strength=args.acquisition_strength,
         abstention=not args.no_abstention,
         abstention_accept=args.abstention_accept,
@@ -437,12 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="S",
             help="acquisition-style augmentation of every training image (bias field, "
             "resolution, noise, intensity curves, JPEG; docs/augmentation.md), its magnitudes "
-            "scaled by S in [0, 1] (0: off); default %(default)s",
+            "scaled by S in [0, 1] (0: off), with --acquisition-augment; default %(default)s",
         )
         p.add_argument(
-            "--no-acquisition-augment",
+            "--acquisition-augment",
             action="store_true",
-            help="train without the acquisition-style augmentation",
+            help="train with the acquisition-style augmentation (off by default: "
+            "docs/experiments.md, leave one source out)",
         )
         p.add_argument(
             "--accuracy-bound",

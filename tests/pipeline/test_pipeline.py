@@ -387,7 +387,7 @@ def test_every_training_setting_of_a_run_reaches_the_trainer():
         "label_smoothing": 0.0,
         "patience": 2,
         "augment": False,
-        "acquisition_augment": False,
+        "acquisition_augment": True,
         "acquisition_strength": 0.25,
         "seed": 9,
         "compute_dtype": "float32",
