@@ -211,7 +211,9 @@ def test_a_log_without_image_features_compares_the_answers_only(model, served, b
     _log(model[0], tmp_path, *served["darker"][:2], payload=spec.LOG_PAYLOAD_NONE)
     result = monitor(str(tmp_path), "", baseline=baseline)
     assert set(result.window["not_compared"]) == set(spec.IMAGE_FEATURES)
-    assert not result.anomalous, result.lines()  # darker, but no image feature was logged
+    # darker, but no image feature was logged, so none is flagged; the answers may move
+    # with the images (a model whose ood_score shifted with darkness failed a stricter check)
+    assert not set(result.anomalies.anomaly_info) & set(spec.IMAGE_FEATURES), result.lines()
     assert result.window["payloads"] == {spec.LOG_PAYLOAD_NONE: len(served["darker"][0]) // BATCH}
 
 
