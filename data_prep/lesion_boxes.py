@@ -133,14 +133,11 @@ def split_group(source: str) -> str:
 
 def in_audit_part(source: str) -> bool:
     """Deterministic, content-free: the same slice is on the same side everywhere."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{SPLIT_SEED}\0{split_group(source)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64 < AUDIT_SHARE
+    return unit_in_audit_part(split_group(source))
 
 
 def unit_in_audit_part(unit: str) -> bool:
-    """in_audit_part for a whole patient (data_prep/patients.py unit id)."""
+    """in_audit_part for a whole patient (data_prep/patients.py unit id) or id group."""
     import hashlib
 
     digest = hashlib.sha256(f"{SPLIT_SEED}\0{unit}".encode()).digest()

@@ -260,7 +260,7 @@ def prepare(opts: PrepareOptions) -> Manifest:
     boxes.note_units({c.source: unit_of[c.source] for c in readable}, split_of)
     order = {s: i for i, s in enumerate(contract.SPLITS)}  # train before eval/test
     readable.sort(key=lambda c: (order[split_of[c.source]], c.source))
-    surveyed = {k: {"md5": v["md5"]} for k, v in surveyed.items()}  # thumbnails no longer needed
+    del surveyed  # the thumbnails are not needed past the split
 
     # Pass 2: convert and write.
     for split in contract.SPLITS:
