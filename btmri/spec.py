@@ -156,6 +156,12 @@ LOG_PAYLOADS: tuple[str, ...] = (LOG_PAYLOAD_NONE, LOG_PAYLOAD_FEATURES, LOG_PAY
 # on train (the weights) and on eval (temperature, abstention thresholds and the OOD
 # statistics are fitted there), so a baseline on either would report skew for every
 # healthy stream of new images.
+# ── Training schedule (components/training/schedule.py) ─────────────────────────
+# converge = the base rate until the eval loss stalls, a short anneal, stop;
+# cosine = one cosine decay over every epoch asked for.
+SCHEDULE_CONVERGE = "converge"
+SCHEDULE_COSINE = "cosine"
+SCHEDULES: tuple[str, ...] = (SCHEDULE_CONVERGE, SCHEDULE_COSINE)
 # ── Scale-out (README, Running at scale) ──────────────────────────────────────────
 # tf.distribute strategy the Trainer builds its model under (TrainerConfig.distribution):
 # none = the default single-device path; mirrored = every local GPU (or every logical

@@ -108,7 +108,8 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         learning_rate=args.learning_rate,
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
-        patience=args.early_stopping,
+        schedule=args.schedule,
+        patience=args.patience,
         compute_dtype=args.compute_dtype,
         audit_min_pointing=args.audit_min_pointing,
         audit_min_removed_changed=args.audit_min_removed_changed,
@@ -339,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_prepare)
 
-    from btmri.spec import COMPILE_TARGETS, DISTRIBUTIONS, INPUT_SHARDING, MODEL_NAME, MODEL_NAMES
+    from btmri.spec import COMPILE_TARGETS, DISTRIBUTIONS, INPUT_SHARDING, MODEL_NAME, MODEL_NAMES, SCHEDULES
     from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND, COMPUTE_DTYPES, PipelineConfig
 
     def pipeline_args(p, local: bool):
@@ -386,12 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
             help="default %(default)s",
         )
         p.add_argument(
-            "--early-stopping",
+            "--schedule",
+            default=TRAINER_DEFAULTS.schedule,
+            choices=SCHEDULES,
+            help="converge: the base learning rate until the eval loss is flat for PATIENCE "
+            "epochs, then a cosine anneal over half as many epochs again, then stop (never "
+            "beyond --epochs); cosine: one decay over all --epochs; default %(default)s",
+        )
+        p.add_argument(
+            "--patience",
             type=int,
             default=TRAINER_DEFAULTS.patience,
-            metavar="PATIENCE",
-            help="stop after PATIENCE epochs without a better eval loss (from half-way) "
-            "and keep the best epoch; default 0: train the whole schedule",
+            help="converge schedule: epochs without a 2%% lower eval loss (median of 3) "
+            "before the anneal; default %(default)s",
         )
         p.add_argument(
             "--compute-dtype",

@@ -9,7 +9,7 @@ from pathlib import Path
 import components
 from btmri.documents import TRAINER_DEFAULTS, TRAINING_SETTINGS, TrainingSettings, VertexOptions
 from btmri.layout import metadata_path
-from btmri.spec import DISTRIBUTIONS, INPUT_SHARDING, MIN_ACCEPTANCE
+from btmri.spec import DISTRIBUTIONS, INPUT_SHARDING, MIN_ACCEPTANCE, SCHEDULES
 from components.training.compute_dtype import CHOICES as COMPUTE_DTYPES
 
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
@@ -149,6 +149,10 @@ class PipelineConfig(TrainingSettings):
             raise ValueError("abstention accept share must be in (0, 1]")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if self.epochs < 1 or self.patience < 1:
+            raise ValueError(f"epochs and patience must be >= 1, got {self.epochs} and {self.patience}")
         if self.input_sharding not in INPUT_SHARDING:
             raise ValueError(f"input sharding must be one of {', '.join(INPUT_SHARDING)}")
         if self.vertex is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import time
 import json
-import math
 import os
 
 import numpy as np
@@ -48,6 +47,7 @@ from components.training import abstention, calibration, distribution, gradcam a
 from components.training.augment import AcquisitionConfig, acquisition_batch, augment_batch
 from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
+from components.training.schedule import ScheduleCallback
 from components.training.models import (
     CLASS_EVIDENCE_LAYER,
     GRADCAM_FINE_LAYER,
@@ -158,16 +158,6 @@ def input_fn(
     if shard_policy is not None:
         dataset = distribution.sharded(dataset, shard_policy)
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def cosine_schedule(base_lr: float, epochs: int):
-    """Per-epoch cosine decay from base_lr to ~0: the last epochs settle the weights
-    and batch-norm statistics, which a constant rate leaves jumpy on small data."""
-
-    def lr(epoch: int, _current=None) -> float:
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-
-    return lr
 
 
 def _outputs(probs: tf.Tensor) -> dict:
@@ -309,7 +299,7 @@ def acquisition_config(config: dict) -> AcquisitionConfig | None:
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """Trains the whole schedule (or early-stops, if asked), exports the SavedModel.
+    """Trains on the schedule (components/training/schedule.py), exports the SavedModel.
 
     With a distribution (TrainerConfig.distribution; components/training/distribution.py)
     the model and optimizer are built in the strategy's scope and Keras distributes the
@@ -373,33 +363,26 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     run_dir = distribution.write_dir(fn_args.model_run_dir, strategy)
     serving_model_dir = distribution.write_dir(fn_args.serving_model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
+    schedule = ScheduleCallback(
+        str(config["schedule"]),
+        float(config["learning_rate"]),
+        int(config["epochs"]),
+        int(config["patience"]),
+    )
     callbacks = [
+        schedule,  # first: the epoch's rate is in the logs the others write
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, TENSORBOARD_DIR)),
         keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_CSV_FILE)),
-        keras.callbacks.LearningRateScheduler(
-            cosine_schedule(float(config["learning_rate"]), int(config["epochs"]))
-        ),
     ]
-    # Off by default: the model exported is the end of the cosine schedule, not the
-    # epoch that happened to score best on eval, which would flatter the eval figures.
-    # On the real set eval loss also jumps about at high learning rates, so when on,
-    # stopping does not start before half-way.
-    if int(config["patience"]) > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=int(config["patience"]),
-                start_from_epoch=int(config["epochs"]) // 2,
-                restore_best_weights=True,
-            )
-        )
     with trainer_phase("training"):
         history = guided.fit(
             train_ds, validation_data=eval_ds, epochs=int(config["epochs"]), callbacks=callbacks, verbose=2
         )
+    logging.info("Training schedule: %s", json.dumps(schedule.summary()))
     record = {
         "config": config,
         "compute_dtype_policy": policy,
+        "schedule": schedule.summary(),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
     if strategy is not None:

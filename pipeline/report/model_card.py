@@ -26,13 +26,16 @@ def _date(ms: int) -> str:
 
 
 def early_stopping(history: dict | None) -> bool:
-    """Whether the Trainer early-stopped and restored its best epoch (patience > 0)."""
-    return int(((history or {}).get("config") or {}).get("patience") or 0) > 0
+    """Whether the Trainer restored its best eval epoch: runs from before the schedules
+    (components/training/schedule.py) with patience > 0. Today's runs export the last
+    epoch, the end of their anneal."""
+    history = history or {}
+    return "schedule" not in history and int((history.get("config") or {}).get("patience") or 0) > 0
 
 
 def epochs_kept(history: dict | None) -> tuple[int, int | None]:
-    """(epochs run, epoch whose weights were exported): the lowest eval loss when the
-    Trainer early-stopped, else the last epoch."""
+    """(epochs run, epoch whose weights were exported): the last epoch, or the lowest
+    eval loss for an older run that early-stopped."""
     h = (history or {}).get("history", {})
     run = len(h.get("loss", []))
     if not early_stopping(history):
@@ -42,7 +45,15 @@ def epochs_kept(history: dict | None) -> tuple[int, int | None]:
 
 
 def kept_reason(history: dict | None) -> str:
-    return "lowest eval loss" if early_stopping(history) else "end of the schedule"
+    if early_stopping(history):
+        return "lowest eval loss"
+    schedule = (history or {}).get("schedule") or {}
+    if schedule.get("anneal_start_epoch"):
+        return (
+            f"end of the anneal from epoch {schedule['anneal_start_epoch']} "
+            f"({schedule.get('reason') or 'schedule'})"
+        )
+    return "end of the schedule"
 
 
 def _calibration_sentence(name: str, figures) -> str:

@@ -358,7 +358,9 @@ def test_training_options_reach_the_trainer_config(tmp_path):
             "run",
             "--compute-dtype",
             "float32",
-            "--early-stopping",
+            "--schedule",
+            "cosine",
+            "--patience",
             "4",
             "--epochs",
             "7",
@@ -367,9 +369,14 @@ def test_training_options_reach_the_trainer_config(tmp_path):
         ]
     )
     custom = _pipeline_config(args, str(tmp_path)).trainer_config()
-    assert (custom["compute_dtype"], custom["patience"], custom["epochs"]) == ("float32", 4, 7)
+    assert (custom["compute_dtype"], custom["schedule"], custom["patience"], custom["epochs"]) == (
+        "float32",
+        "cosine",
+        4,
+        7,
+    )
     defaults = _pipeline_config(build_parser().parse_args(["run"]), str(tmp_path)).trainer_config()
-    assert (defaults["compute_dtype"], defaults["patience"]) == ("auto", 0)
+    assert (defaults["compute_dtype"], defaults["schedule"], defaults["patience"]) == ("auto", "converge", 8)
     with pytest.raises(ValueError, match="compute dtype must be one of"):
         PipelineConfig(pipeline_root="r", data_root="d", serving_dir="s", compute_dtype="float16")
 
@@ -385,6 +392,7 @@ def test_every_training_setting_of_a_run_reaches_the_trainer():
         "learning_rate": 0.01,
         "weight_decay": 0.0,
         "label_smoothing": 0.0,
+        "schedule": "cosine",
         "patience": 2,
         "augment": False,
         "acquisition_augment": True,

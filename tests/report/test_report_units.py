@@ -179,14 +179,21 @@ def test_thresholds_read_from_the_eval_config_with_tfmas_verdicts():
     assert [t.kind for t in _thresholds(config, {ACCURACY: 0.85}, None, validation)] == ["value"]
 
 
-def test_kept_epoch_is_the_last_unless_the_trainer_early_stopped():
+def test_kept_epoch_is_the_last_unless_an_older_trainer_restored_its_best():
     history = {"history": {"loss": [0.9, 0.5, 0.4, 0.3], "val_loss": [0.8, 0.3, 0.5, 0.4]}}
     whole_schedule = dict(history, config={"patience": 0})
-    early_stopped = dict(history, config={"patience": 2})
+    early_stopped = dict(history, config={"patience": 2})  # before schedules: best epoch restored
+    annealed = dict(
+        history,
+        config={"patience": 2},
+        schedule={"schedule": "converge", "anneal_start_epoch": 3, "reason": "eval loss flat for 2 epochs"},
+    )
     assert model_card.epochs_kept(whole_schedule) == (4, 4)
     assert model_card.kept_reason(whole_schedule) == "end of the schedule"
     assert model_card.epochs_kept(early_stopped) == (4, 2)
     assert model_card.kept_reason(early_stopped) == "lowest eval loss"
+    assert model_card.epochs_kept(annealed) == (4, 4)
+    assert model_card.kept_reason(annealed) == "end of the anneal from epoch 3 (eval loss flat for 2 epochs)"
     assert model_card.epochs_kept(None) == (0, None)
 
 

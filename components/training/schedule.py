@@ -1,0 +1,145 @@
+"""Learning-rate schedules and when training stops.
+
+`converge` (the default): the base rate while the eval loss still improves; once it
+has not improved for `patience` epochs, the rate anneals to zero along a half cosine
+over a tail of half as many epochs again as were run, and training stops at its end.
+The model exported is the end of that anneal, never the epoch that scored best on
+eval (which would flatter the eval figures). A constant rate and then a short decay
+trains as well as one long cosine (warmup-stable-decay schedules); the decay settles
+the weights and batch-norm statistics. Data that converges fast (the synthetic
+phantoms) stops early; data that keeps improving trains up to `epochs`: the anneal
+starts late enough to end there at the latest.
+
+`cosine`: one cosine decay over all `epochs`, no stopping.
+
+The eval loss of a small network on the real set jumps at high rates (0.45 to 2.57
+and back in one epoch), so the plan tracks the median of the last three epochs.
+`ConvergencePlan` is plain Python (tested without TensorFlow); `ScheduleCallback`
+drives Keras with it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+import tf_keras as keras
+
+from btmri.spec import SCHEDULE_CONVERGE, SCHEDULE_COSINE, SCHEDULES
+
+SMOOTHING_EPOCHS = 3  # the eval loss compared is the median of this many epochs
+MIN_EPOCHS = 10  # no anneal before this many epochs at the base rate
+MIN_DELTA = 0.02  # relative: a smoothed eval loss 2 % below the best so far is better
+TAIL_SHARE = 0.5  # the anneal lasts this share of the epochs run before it
+MIN_TAIL = 4
+
+
+def cosine_decay(base_lr: float, step: float, steps: float) -> float:
+    """Half a cosine from base_lr (step 0) to 0 (step `steps`)."""
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+
+
+@dataclass
+class ConvergencePlan:
+    """The `converge` schedule's state: feed it each epoch's eval loss (`observe`),
+    ask it each epoch's rate (`learning_rate`) and whether to stop (`done`).
+    Epochs count from 0; `anneal_start` is the first epoch of the decay."""
+
+    base_lr: float
+    max_epochs: int
+    patience: int
+    min_epochs: int = MIN_EPOCHS
+    min_delta: float = MIN_DELTA
+    tail_share: float = TAIL_SHARE
+    min_tail: int = MIN_TAIL
+    anneal_start: int | None = None
+    tail: int = 0
+    reason: str = ""
+    losses: list[float] = field(default_factory=list)
+    _best: float = field(default=math.inf, init=False)
+    _since_best: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        if self.max_epochs < 1 or self.patience < 1:
+            raise ValueError(f"epochs and patience must be >= 1, got {self.max_epochs} and {self.patience}")
+
+    def _tail_after(self, epochs_run: int) -> int:
+        return max(self.min_tail, math.ceil(self.tail_share * epochs_run))
+
+    def learning_rate(self, epoch: int) -> float:
+        if self.anneal_start is None or epoch < self.anneal_start:
+            return self.base_lr
+        # The last epoch of the tail still learns a little; the step after it would be 0.
+        return cosine_decay(self.base_lr, epoch - self.anneal_start + 1, self.tail + 1)
+
+    def observe(self, eval_loss: float) -> None:
+        """After each epoch: its eval loss. Starts the anneal when the smoothed loss
+        has stalled, or when waiting longer would run past max_epochs."""
+        self.losses.append(float(eval_loss))
+        smoothed = statistics.median(self.losses[-SMOOTHING_EPOCHS:])
+        if smoothed < self._best * (1.0 - self.min_delta):
+            self._best, self._since_best = smoothed, 0
+        else:
+            self._since_best += 1
+        if self.anneal_start is not None:
+            return
+        run = len(self.losses)
+        if run >= self.min_epochs and self._since_best >= self.patience:
+            self._start(run, self._tail_after(run), f"eval loss flat for {self._since_best} epochs")
+        elif run + self._tail_after(run) >= self.max_epochs:
+            self._start(run, max(1, self.max_epochs - run), f"anneal so as to end by epoch {self.max_epochs}")
+
+    def _start(self, epoch: int, tail: int, reason: str) -> None:
+        self.anneal_start, self.tail, self.reason = epoch, min(tail, self.max_epochs - epoch), reason
+
+    def done(self, epochs_run: int) -> bool:
+        if epochs_run >= self.max_epochs:
+            return True
+        return self.anneal_start is not None and epochs_run >= self.anneal_start + self.tail
+
+    def summary(self) -> dict:
+        """What history.json records of the schedule."""
+        return {
+            "schedule": SCHEDULE_CONVERGE,
+            "epochs_run": len(self.losses),
+            "anneal_start_epoch": None if self.anneal_start is None else self.anneal_start + 1,
+            "anneal_epochs": self.tail,
+            "reason": self.reason,
+        }
+
+
+class ScheduleCallback(keras.callbacks.Callback):
+    """Sets each epoch's learning rate and stops training when the schedule is done."""
+
+    def __init__(self, schedule: str, base_lr: float, max_epochs: int, patience: int):
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+        self.schedule = schedule
+        self.base_lr, self.max_epochs = base_lr, max_epochs
+        self.plan = ConvergencePlan(base_lr, max_epochs, patience) if schedule == SCHEDULE_CONVERGE else None
+
+    def _rate(self, epoch: int) -> float:
+        if self.plan is None:
+            return cosine_decay(self.base_lr, epoch, self.max_epochs)
+        return self.plan.learning_rate(epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        keras.backend.set_value(self.model.optimizer.learning_rate, self._rate(epoch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["lr"] = self._rate(epoch)
+        if self.plan is None:
+            return
+        if "val_loss" not in logs:
+            raise ValueError("the converge schedule needs an eval loss every epoch")
+        self.plan.observe(logs["val_loss"])
+        if self.plan.done(epoch + 1):
+            self.model.stop_training = True
+
+    def summary(self) -> dict:
+        if self.plan is None:
+            return {"schedule": SCHEDULE_COSINE, "epochs_run": None}
+        return self.plan.summary()
