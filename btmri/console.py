@@ -47,6 +47,7 @@ def quiet_environment(verbose: bool = False, tf_warnings: bool = True) -> None:
 # ── A run's console: the terminal gets progress, the log gets everything ──────────
 # Keras' `fit(verbose=2)` lines: "Epoch 3/80", then "12/12 - 9s - loss: 0.81 - ... - lr: 0.001".
 _EPOCH = re.compile(r"^Epoch (\d+)/(\d+)\s*$")
+_ANNEAL = re.compile(r"^Training schedule: annealing over epochs (\d+)-(\d+)")
 _FIGURE = re.compile(r"(\w+): (-?[0-9.]+(?:e[-+]?\d+)?)")
 SHOWN_FIGURES = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -85,16 +86,22 @@ class EpochProgress:
     def __init__(self, terminal: Terminal, width: int = 20):
         self.terminal = terminal
         self.width = width
-        self.epoch = self.epochs = 0
+        self.epoch = self.epochs = self.limit = 0
         self.started = time.monotonic()
 
     def feed(self, line: str) -> None:
         line = line.strip()
         if match := _EPOCH.match(line):
-            self.epoch, self.epochs = int(match[1]), int(match[2])
+            self.epoch, limit = int(match[1]), int(match[2])
             if self.epoch == 1:
                 self.started = time.monotonic()
-            self.terminal.status(self._bar(self.epoch - 1) + f"  epoch {self.epoch}/{self.epochs}")
+                self.epochs, self.limit = limit, limit
+            self.terminal.status(self._bar(self.epoch - 1) + f"  epoch {self._of()}")
+            return
+        if match := _ANNEAL.match(line):
+            # The converge schedule knows its last epoch now (components/training/schedule.py).
+            self.epochs = int(match[2])
+            self.terminal.line("  " + line)
             return
         if not self.epochs or "loss: " not in line:
             return
@@ -104,14 +111,21 @@ class EpochProgress:
         shown = [f"{k} {float(figures[k]):.4f}" for k in SHOWN_FIGURES if k in figures]
         elapsed = time.monotonic() - self.started
         left = elapsed / self.epoch * (self.epochs - self.epoch) if self.epoch else 0.0
+        # Before the converge schedule's anneal only the limit is known: "at most".
+        bound = "~" if self.epochs < self.limit else "at most "
         text = (
-            f"{self._bar(self.epoch)}  epoch {self.epoch}/{self.epochs}  "
+            f"{self._bar(self.epoch)}  epoch {self._of()}  "
             + "  ".join(shown)
-            + f"  ({_minutes(elapsed)} elapsed, ~{_minutes(left)} left)"
+            + f"  ({_minutes(elapsed)} elapsed, {bound}{_minutes(left)} left)"
         )
         # On a TTY the bar updates in place and stays after the last epoch; elsewhere
         # every epoch is one line.
         self.terminal.status(text, final=not self.terminal.tty or self.epoch == self.epochs)
+
+    def _of(self) -> str:
+        if self.epochs < self.limit:
+            return f"{self.epoch}/{self.epochs} (stops early; limit {self.limit})"
+        return f"{self.epoch}/{self.epochs}"
 
     def _bar(self, done: int) -> str:
         filled = round(self.width * done / self.epochs) if self.epochs else 0

@@ -162,6 +162,9 @@ LOG_PAYLOADS: tuple[str, ...] = (LOG_PAYLOAD_NONE, LOG_PAYLOAD_FEATURES, LOG_PAY
 SCHEDULE_CONVERGE = "converge"
 SCHEDULE_COSINE = "cosine"
 SCHEDULES: tuple[str, ...] = (SCHEDULE_CONVERGE, SCHEDULE_COSINE)
+# Printed by the Trainer when the converge schedule starts its anneal; the run's
+# progress line (btmri/console.py) then knows the last epoch.
+SCHEDULE_ANNEAL_LINE = "Training schedule: annealing over epochs {first}-{last}, then stopping ({reason})"
 # ── Scale-out (README, Running at scale) ──────────────────────────────────────────
 # tf.distribute strategy the Trainer builds its model under (TrainerConfig.distribution):
 # none = the default single-device path; mirrored = every local GPU (or every logical

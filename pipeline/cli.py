@@ -14,7 +14,7 @@ from pathlib import Path
 from btmri.console import quiet_environment
 from btmri.documents import TRAINER_DEFAULTS, VERTEX_DEFAULTS
 from btmri.layout import DEFAULT_LAYOUT, MANIFEST_FILE, RunLayout
-from btmri.spec import SPLIT_UNITS
+from btmri.spec import SCHEDULE_CONVERGE, SPLIT_UNITS
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -194,7 +194,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     print(
         f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
-        f"model {config.model}, {config.epochs} epochs)"
+        f"model {config.model}, "
+        + (
+            f"at most {config.epochs} epochs: stops when the eval loss has converged"
+            if config.schedule == SCHEDULE_CONVERGE
+            else f"{config.epochs} epochs"
+        )
+        + ")"
     )
     try:
         summary = run_pipeline(config, verbose=args.verbose)
@@ -391,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=TRAINER_DEFAULTS.schedule,
             choices=SCHEDULES,
             help="converge: the base learning rate until the eval loss is flat for PATIENCE "
-            "epochs, then a cosine anneal over half as many epochs again, then stop (never "
+            "epochs, then a cosine anneal over 3/4 as many epochs again, then stop (never "
             "beyond --epochs); cosine: one decay over all --epochs; default %(default)s",
         )
         p.add_argument(

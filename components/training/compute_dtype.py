@@ -1,7 +1,7 @@
 """Training compute dtype: float32, or mixed bfloat16 where the CPU computes it natively.
 
 On a CPU with AVX512-BF16 (or AMX) oneDNN runs bfloat16 convolutions about twice
-as fast as float32 (benchmarks/training_throughput.py --compute-dtype). Variables
+as fast as float32 (benchmarks/training_cost.py measures the matmul peak of both). Variables
 stay float32 under Keras' mixed policy, and the exported model is rebuilt in
 float32, so serving never depends on the training machine's CPU.
 """

@@ -2,7 +2,7 @@
 
 `converge` (the default): the base rate while the eval loss still improves; once it
 has not improved for `patience` epochs, the rate anneals to zero along a half cosine
-over a tail of half as many epochs again as were run, and training stops at its end.
+over a tail of three quarters as many epochs again as were run, and training stops at its end.
 The model exported is the end of that anneal, never the epoch that scored best on
 eval (which would flatter the eval figures). A constant rate and then a short decay
 trains as well as one long cosine (warmup-stable-decay schedules); the decay settles
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 
 import tf_keras as keras
 
-from btmri.spec import SCHEDULE_CONVERGE, SCHEDULE_COSINE, SCHEDULES
+from btmri.spec import SCHEDULE_ANNEAL_LINE, SCHEDULE_CONVERGE, SCHEDULE_COSINE, SCHEDULES
 
 SMOOTHING_EPOCHS = 3  # the eval loss compared is the median of this many epochs
 MIN_EPOCHS = 10  # no anneal before this many epochs at the base rate
 MIN_DELTA = 0.02  # relative: a smoothed eval loss 2 % below the best so far is better
-TAIL_SHARE = 0.5  # the anneal lasts this share of the epochs run before it
+TAIL_SHARE = 0.75  # the anneal lasts this share of the epochs run before it
 MIN_TAIL = 4
 
 
@@ -135,7 +135,14 @@ class ScheduleCallback(keras.callbacks.Callback):
             return
         if "val_loss" not in logs:
             raise ValueError("the converge schedule needs an eval loss every epoch")
+        annealing = self.plan.anneal_start is not None
         self.plan.observe(logs["val_loss"])
+        if not annealing and self.plan.anneal_start is not None and not self.plan.done(epoch + 1):
+            first = self.plan.anneal_start + 1
+            line = SCHEDULE_ANNEAL_LINE.format(
+                first=first, last=first + self.plan.tail - 1, reason=self.plan.reason
+            )
+            print(line, flush=True)  # beside Keras' epoch lines: the run's progress line reads it
         if self.plan.done(epoch + 1):
             self.model.stop_training = True
 

@@ -116,6 +116,25 @@ def test_epoch_progress_prints_one_line_per_epoch():
     assert "epoch 2/2" in lines[1] and "lr" not in lines[1]
 
 
+def test_epoch_progress_learns_the_last_epoch_when_the_schedule_anneals():
+    from btmri.spec import SCHEDULE_ANNEAL_LINE
+
+    out = io.StringIO()
+    progress = EpochProgress(Terminal(out))
+    figures = "3/3 - 2s - loss: 1.0 - accuracy: 0.6 - val_loss: 1.0 - val_accuracy: 0.6"
+    for epoch in range(1, 4):
+        progress.feed(f"Epoch {epoch}/80")
+        progress.feed(figures)
+        if epoch == 2:
+            progress.feed(SCHEDULE_ANNEAL_LINE.format(first=3, last=3, reason="eval loss flat for 8 epochs"))
+    lines = out.getvalue().splitlines()
+    assert "epoch 1/80" in lines[0] and "at most" in lines[0]
+    assert lines[2].strip().startswith("Training schedule: annealing over epochs 3-3")
+    # The last epoch is now 3, not 80: the bar is full and nothing is left.
+    assert "epoch 3/3 (stops early; limit 80)" in lines[3] and "[" + "#" * 20 + "]" in lines[3]
+    assert "~0 s left" in lines[3]
+
+
 @pytest.mark.parametrize("verbose", [False, True])
 def test_captured_run_keeps_the_terminal_quiet_and_logs_everything(tmp_path, capfd, verbose):
     log = tmp_path / "run.log"
