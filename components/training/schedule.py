@@ -29,7 +29,7 @@ import tf_keras as keras
 from btmri.spec import SCHEDULE_ANNEAL_LINE, SCHEDULE_CONVERGE, SCHEDULE_COSINE, SCHEDULES
 
 SMOOTHING_EPOCHS = 3  # the eval loss compared is the median of this many epochs
-MIN_EPOCHS = 10  # no anneal before this many epochs at the base rate
+MIN_EPOCHS = 24  # no anneal before this many epochs at the base rate
 MIN_DELTA = 0.02  # relative: a smoothed eval loss 2 % below the best so far is better
 TAIL_SHARE = 0.75  # the anneal lasts this share of the epochs run before it
 MIN_TAIL = 4

@@ -22,7 +22,7 @@ def run_plan(plan: ConvergencePlan, losses) -> tuple[int, list[float]]:
 def test_a_flat_eval_loss_starts_the_anneal_and_training_stops_at_its_end():
     improving = [1.0 * 0.9**i for i in range(12)]
     flat = [improving[-1]] * 100
-    plan = ConvergencePlan(base_lr=1e-3, max_epochs=80, patience=5)
+    plan = ConvergencePlan(base_lr=1e-3, max_epochs=80, patience=5, min_epochs=10)
     epochs, rates = run_plan(plan, improving + flat)
     # 12 improving epochs; the median of three still improves on the 13th; 5 more
     # without a better median: the anneal starts after 18, lasts ceil(18 * 3 / 4) = 14
