@@ -339,6 +339,7 @@ def _training(data: ReportData) -> str:
             ("kept epoch", kept),
             ("batch size", cfg.get("batch_size")),
             ("learning rate", cfg.get("learning_rate")),
+            ("schedule", model_card.schedule_text(data.history)),
             ("weight decay", cfg.get("weight_decay")),
             ("label smoothing", cfg.get("label_smoothing")),
             ("augmentation", cfg.get("augment")),

@@ -56,6 +56,16 @@ def kept_reason(history: dict | None) -> str:
     return "end of the schedule"
 
 
+def schedule_text(history: dict | None) -> str:
+    """The learning-rate schedule in words: 'converge (patience 8)' or 'cosine'."""
+    history = history or {}
+    name = (history.get("schedule") or {}).get("schedule") or (history.get("config") or {}).get("schedule")
+    if not name:
+        return "cosine"  # runs from before the schedules
+    patience = (history.get("config") or {}).get("patience")
+    return f"{name} (patience {patience})" if name == "converge" and patience else str(name)
+
+
 def _calibration_sentence(name: str, figures) -> str:
     cal = figures.calibration
     if cal is None or not cal.counts.sum():
@@ -175,6 +185,7 @@ def card_context(data, version: str | None = None) -> dict:
         "epochs_run": epochs_run,
         "epoch_kept": kept,
         "kept_reason": kept_reason(data.history),
+        "schedule": schedule_text(data.history),
         "evaluated_at": _date(run.evaluated_at),
         "blessed": "yes" if run.blessed else "no" if run.blessed is not None else "unknown",
         "model_dir": run.model_dir,

@@ -195,6 +195,8 @@ def test_kept_epoch_is_the_last_unless_an_older_trainer_restored_its_best():
     assert model_card.epochs_kept(annealed) == (4, 4)
     assert model_card.kept_reason(annealed) == "end of the anneal from epoch 3 (eval loss flat for 2 epochs)"
     assert model_card.epochs_kept(None) == (0, None)
+    assert model_card.schedule_text(dict(annealed, config={"patience": 2})) == "converge (patience 2)"
+    assert model_card.schedule_text(whole_schedule) == "cosine"
 
 
 def test_risk_coverage_refuses_the_most_doubtful_first():
