@@ -1,4 +1,6 @@
-"""The run summary `btmri run` prints: every proportion with its 95 % Wilson interval."""
+"""The run summary `btmri run` prints: TFMA's figures with 95 % Wilson intervals over
+images, then the ModelReport's accuracy with its interval by unit (a bootstrap over
+patients / groups where the split knows them, btmri.intervals)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import os
 
 from btmri import spec
 from btmri.intervals import format_proportion, format_with_interval
-from btmri.layout import MODEL_CARD_FILE, REPORT_FILE
+from btmri.intervals import WILSON, statement
+from btmri.layout import MODEL_CARD_FILE, REPORT_FILE, SUMMARY_FILE
 
 
 def summary_lines(summary, accuracy_bound: float, min_acceptance: float | None = None) -> list[str]:
@@ -17,6 +20,8 @@ def summary_lines(summary, accuracy_bound: float, min_acceptance: float | None =
     result = summary.evaluation
     if result is not None:
         lines += _figures(result, accuracy_bound)
+    lines += _by_unit(summary.report_dir)
+    if result is not None:
         lines += _acceptance(result, min_acceptance)
     if summary.lesion_audit:
         from components.audit.report_text import audit_lines
@@ -92,6 +97,27 @@ def _figures(result, accuracy_bound: float) -> list[str]:
             f"recall {format_proportion(tp, int(cm[k].sum()))}"
         )
     return lines
+
+
+def _by_unit(report_dir: str | None) -> list[str]:
+    """The report's accuracy with its interval over patients / groups (images of one
+    patient are near copies, so Wilson over images is too narrow); nothing when the
+    report did not run or each image is its own unit."""
+    import json
+
+    path = os.path.join(report_dir, SUMMARY_FILE) if report_dir else None
+    if not path or not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        report = json.load(f)
+    method = report.get("interval_method", WILSON)
+    if method == WILSON or "accuracy_ci95" not in report:
+        return []
+    return [
+        f"accuracy by patient {format_with_interval(report['accuracy'], report['accuracy_ci95'])} "
+        f"({statement(report['n'], report.get('units', report['n']), method)}; "
+        "per class by patient: the report)"
+    ]
 
 
 def _acceptance(result, min_acceptance: float | None) -> list[str]:

@@ -49,3 +49,24 @@ def test_trainer_phases_reach_the_console_and_the_summary():
     ]
     assert timing[0].endswith("2.5 min") and timing[-1].endswith("30.0 s")
     assert summary_lines(RunSummary(), accuracy_bound=0.5)[-1] == "not pushed"  # nothing ran: no table
+
+
+def test_the_summary_gives_accuracy_by_patient_when_the_report_has_it(tmp_path):
+    import json
+
+    from btmri.intervals import PATIENT_BOOTSTRAP, WILSON
+    from btmri.layout import SUMMARY_FILE
+
+    figures = {"accuracy": 0.979, "accuracy_ci95": [0.967, 0.989], "n": 821, "units": 476}
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps({**figures, "interval_method": PATIENT_BOOTSTRAP}))
+    lines = summary_lines(RunSummary(report_dir=str(tmp_path)), accuracy_bound=0.5)
+    by_patient = [line for line in lines if line.startswith("accuracy by patient")]
+    assert by_patient == [
+        "accuracy by patient 0.979 [0.967, 0.989] (821 images from 476 patients / groups; "
+        "95 % intervals: bootstrap over patients; per class by patient: the report)"
+    ]
+    # Each image its own unit: the Wilson line above says it all.
+    (tmp_path / SUMMARY_FILE).write_text(json.dumps({**figures, "units": 821, "interval_method": WILSON}))
+    assert not [
+        line for line in summary_lines(RunSummary(report_dir=str(tmp_path)), 0.5) if "by patient" in line
+    ]
