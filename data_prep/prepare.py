@@ -548,6 +548,12 @@ def _check_usable(manifest: Manifest) -> None:
         )
 
 
+def _per_split(counts: dict[str, int]) -> str:
+    """{'train': 588, 'eval': 64} → 'train 588, eval 64'; nothing → 'none'."""
+    shown = [f"{name} {n}" for name, n in counts.items() if n]
+    return ", ".join(shown) if shown else "none"
+
+
 def summary_table(manifest: Manifest) -> str:
     """Plain-text table: split × class counts, skipped, dropped, duplicates."""
     classes = manifest.classes
@@ -563,14 +569,14 @@ def summary_table(manifest: Manifest) -> str:
     )
     lines.append(
         f"exact duplicates: {dup.exact.extra_copies} extra copies in "
-        f"{dup.exact.groups} groups; within split "
-        f"{dup.exact.extra_copies_within_split}; across splits "
-        f"{dup.exact.images_with_copy_in_other_split}"
+        f"{dup.exact.groups} groups; within a split: "
+        f"{_per_split(dup.exact.extra_copies_within_split)}; with a copy in another split: "
+        f"{_per_split(dup.exact.images_with_copy_in_other_split)}"
     )
     lines.append(
         f"near duplicates (<= {dup.near_threshold_bits} bits): {dup.near.pairs} pairs; "
-        f"within split {dup.near.pairs_within_split}; across splits "
-        f"{dup.near.pairs_across_splits}"
+        f"within a split: {_per_split(dup.near.pairs_within_split)}; across splits: "
+        f"{_per_split(dup.near.pairs_across_splits)}"
     )
     lines.append(f"split by {manifest.split_unit}")
     lines.extend("  " + describe_units(split, c) for split, c in manifest.units.items())

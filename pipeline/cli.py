@@ -27,7 +27,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    print(f"wrote synthetic dataset to {args.out}: {summary}")
+    print(
+        f"wrote {summary['images']} synthetic images and {summary['masks']} lesion masks to {args.out} (seed {summary['seed']})"
+    )
+    for split, per_class in summary["counts"].items():
+        print(f"  {split}: " + ", ".join(f"{name} {n}" for name, n in per_class.items()))
     return 0
 
 
@@ -270,6 +274,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version (setup.py), or 'not installed' from a bare checkout."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("brain-tumor-mri-tfx")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from data_prep.duplicates import DEFAULT_NEAR_THRESHOLD
     from data_prep.image_io import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS
@@ -278,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="btmri", description="Brain tumor MRI classifier: data, TFX pipeline, serving."
     )
+    parser.add_argument("--version", action="version", version=f"btmri {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic phantom dataset in the Kaggle layout")

@@ -147,3 +147,24 @@ def test_captured_run_keeps_the_terminal_quiet_and_logs_everything(tmp_path, cap
     assert ("child noise" in shown) == verbose and ("a python print" in shown) == verbose
     text = log.read_text()
     assert "a python print" in text and "child noise" in text
+
+
+def test_version_and_the_synth_summary_in_words(tmp_path):
+    from importlib import metadata
+
+    version = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert version == f"btmri {metadata.version('brain-tumor-mri-tfx')}"
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "synth", "--out", str(tmp_path / "s"), "--per-class", "2"]
+        + ["--test-per-class", "1", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.splitlines() == [
+        f"wrote 12 synthetic images and 9 lesion masks to {tmp_path / 's'} (seed 0)",
+        "  Training: glioma 2, meningioma 2, notumor 2, pituitary 2",
+        "  Testing: glioma 1, meningioma 1, notumor 1, pituitary 1",
+    ]

@@ -174,6 +174,8 @@ def test_manifest_states_the_unit(prepared):
     assert manifest.lesion_boxes["patients"] == 18
     table = summary_table(manifest)
     assert f"eval: {manifest.units['eval']['images']} images from {manifest.units['eval']['units']}" in table
+    # Counts per split in words, never a Python dict.
+    assert "{" not in table and "within a split: " in table
 
 
 def test_image_split_is_still_available_and_differs(prepared, tmp_path):
