@@ -49,7 +49,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for s in skipped:
         print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
 
-    from serving.client import ServerUnavailable
+    from serving.client import ServerUnavailable, unavailable_message
 
     if args.server:
         predictor = site_predict.ServerPredictor(args.server, args.model_name, args.timeout, args.label)
@@ -82,10 +82,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             on_skip=on_skip,
         )
     except ServerUnavailable as err:
-        print(
-            f"{PROG}: {err}\n(is the server running? start one with `btmri serve --model-base-path DIR`)",
-            file=sys.stderr,
-        )
+        print(unavailable_message(PROG, err), file=sys.stderr)
         return EXIT_UNAVAILABLE
     except site_predict.ModelError as err:
         return _error(err)

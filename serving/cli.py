@@ -93,7 +93,7 @@ def _payload(path: str) -> bytes:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from serving.client import RequestFailed, ServerUnavailable
+    from serving.client import RequestFailed, ServerUnavailable, unavailable_message
 
     failures = 0
     with _client(args) as client:
@@ -106,11 +106,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             except RequestFailed as err:
                 record["error"] = str(err)
             except ServerUnavailable as err:
-                print(
-                    f"btmri predict: {err}\n(is the server running? start one with "
-                    f"`btmri serve --model-base-path DIR`)",
-                    file=sys.stderr,
-                )
+                print(unavailable_message("btmri predict", err), file=sys.stderr)
                 return 3
             failures += "error" in record
             print(json.dumps(record), flush=True)
@@ -119,7 +115,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_gradcam(args: argparse.Namespace) -> int:
     from serving import heatmap_overlay
-    from serving.client import RequestFailed, ServerUnavailable
+    from serving.client import RequestFailed, ServerUnavailable, unavailable_message
 
     if not 0.0 <= args.alpha <= 1.0:
         print(f"btmri gradcam: --alpha must be in [0, 1], got {args.alpha}", file=sys.stderr)
@@ -136,11 +132,7 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
                     images = heatmap_overlay.mark_abstained(images, result.abstain_reason)
                 written = heatmap_overlay.write(images, out, stem)
             except ServerUnavailable as err:
-                print(
-                    f"btmri gradcam: {err}\n(is the server running? start one with "
-                    f"`btmri serve --model-base-path DIR`)",
-                    file=sys.stderr,
-                )
+                print(unavailable_message("btmri gradcam", err), file=sys.stderr)
                 return 3
             except (OSError, ValueError, RequestFailed) as err:
                 print(f"{path}: error: {err}", file=sys.stderr)

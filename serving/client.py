@@ -74,6 +74,13 @@ class ServerUnavailable(RuntimeError):
     """The server did not answer (down, wrong address, or unreachable) after all retries."""
 
 
+def unavailable_message(prog: str, err: ServerUnavailable) -> str:
+    """What a command prints when no server answers: the error and what to do."""
+    return (
+        f"{prog}: error: {err}\n(is the server running? start one with `btmri serve --model-base-path DIR`)"
+    )
+
+
 class RequestFailed(RuntimeError):
     """The server answered with an error status."""
 
@@ -95,6 +102,18 @@ class RetryPolicy:
         for _ in range(self.attempts - 1):
             yield delay
             delay = min(delay * 2, self.max_backoff)
+
+    def attempts_within(self, timeout: float):
+        """Each attempt's time left (seconds) before `timeout` from now runs out: the
+        caller tries once per value and stops early on success. The sleeps between
+        attempts come out of the same budget, so an unreachable server fails within
+        `timeout`, not after every retry's backoff."""
+        deadline = time.monotonic() + timeout
+        for delay in [*self.backoffs(), None]:
+            yield max(deadline - time.monotonic(), 0.001)
+            if delay is None or time.monotonic() + delay >= deadline:
+                return
+            time.sleep(delay)
 
 
 # What a client says instead of a class when the model abstains (abstain_reason → text).
@@ -223,20 +242,30 @@ class PredictionClient:
         return self._call(request)
 
     def _call(self, request) -> predict_pb2.PredictResponse:
-        start, last = time.monotonic(), None
-        for delay in [*self.retry.backoffs(), None]:
+        start, last, attempts = time.monotonic(), None, 0
+        for left in self.retry.attempts_within(self.timeout):
+            attempts += 1
             try:
-                return self._stub.Predict(request, timeout=self.timeout)
+                return self._stub.Predict(request, timeout=left)
             except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
+                    err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self._connected()
+                ):
                     raise RequestFailed(err.code().name, err.details() or "") from None
                 last = err
-            if delay is not None:
-                time.sleep(delay)
         raise ServerUnavailable(
-            f"the model server at {self.target} is unavailable ({self.retry.attempts} attempts "
+            f"the model server at {self.target} is unavailable ({attempts} attempts "
             f"over {time.monotonic() - start:.1f} s): {last.details()}"
         )
+
+    def _connected(self) -> bool:
+        """Whether the channel has a connection (a deadline then means a slow answer,
+        not a missing server)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=0)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
 
     def classify_image(self, image: bytes) -> ImagePrediction:
         # No output filter: a model exported before abstention has no such outputs, and
@@ -300,13 +329,14 @@ class RestClient:
 
     def request(self, method: str, path: str, document: dict | None = None) -> dict:
         data = None if document is None else json.dumps(document).encode()
-        start, last = time.monotonic(), None
-        for delay in [*self.retry.backoffs(), None]:
+        start, last, attempts = time.monotonic(), None, 0
+        for left in self.retry.attempts_within(self.timeout):
+            attempts += 1
             req = urllib.request.Request(
                 self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
             )
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with urllib.request.urlopen(req, timeout=left) as resp:
                     return json.loads(resp.read())
             except urllib.error.HTTPError as err:
                 body = err.read()
@@ -319,10 +349,8 @@ class RestClient:
                 last = f"HTTP 503: {message}"
             except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
                 last = str(getattr(err, "reason", err))
-            if delay is not None:
-                time.sleep(delay)
         raise ServerUnavailable(
-            f"the model server at {self.base_url} is unavailable ({self.retry.attempts} attempts "
+            f"the model server at {self.base_url} is unavailable ({attempts} attempts "
             f"over {time.monotonic() - start:.1f} s): {last}"
         )
 

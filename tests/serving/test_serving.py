@@ -9,6 +9,7 @@ import json
 import re
 import urllib.error
 import urllib.request
+import time
 
 import cv2
 import grpc
@@ -602,7 +603,14 @@ def test_btmri_predict_reports_bad_files_and_a_down_server(server, tmp_path, cap
     (port,) = free_ports(1)  # nothing listens here
     assert main(["predict", "--server", f"127.0.0.1:{port}", str(junk)]) == 3
     err = capsys.readouterr().err
-    assert f"the model server at 127.0.0.1:{port} is unavailable" in err and "5 attempts" in err
+    assert f"btmri predict: error: the model server at 127.0.0.1:{port} is unavailable" in err
+    assert "5 attempts" in err and "Traceback" not in err
+    # --timeout bounds the retries too: the backoffs (0.25 + 0.5 + 1 s ...) stop at it.
+    for flag in ("--server", "--rest"):
+        started = time.monotonic()
+        assert main(["predict", flag, f"127.0.0.1:{port}", "--timeout", "1", str(junk)]) == 3
+        assert time.monotonic() - started < 2.0
+        assert "unavailable (3 attempts over" in capsys.readouterr().err
 
 
 def test_btmri_gradcam_writes_original_heatmap_and_overlay(server, tiny_run, tmp_path, capsys):
