@@ -182,3 +182,11 @@ class PipelineConfig(TrainingSettings):
                 del config[name]
         config["materialized"] = self.materialize
         return config
+
+
+def missing_store_message(config: PipelineConfig) -> str | None:
+    """Why the run's ML Metadata store cannot be read (for the caller's own error), or
+    None. Here, not in pipeline.metadata, so commands can say it before importing TFX."""
+    if os.path.isfile(config.metadata_path):
+        return None
+    return f"no ML Metadata store at {config.metadata_path}: run `btmri run` first or pass --pipeline-root"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -13,13 +12,6 @@ from pipeline.config import PipelineConfig
 PIPELINE_RUN_CONTEXT_TYPE = "pipeline_run"  # TFX's context of one run of the pipeline
 PUSHER_NODE_ID = "Pusher"  # pipeline/factory.py
 PUSHED_MODEL_KEY = "pushed_model"
-
-
-def missing_store_message(config: PipelineConfig) -> str | None:
-    """Why the run's ML Metadata store cannot be read (for the caller's own error), or None."""
-    if os.path.isfile(config.metadata_path):
-        return None
-    return f"no ML Metadata store at {config.metadata_path}: run `btmri run` first or pass --pipeline-root"
 
 
 def open_store(config: PipelineConfig) -> metadata_store.MetadataStore:

@@ -95,7 +95,8 @@ def find_baseline(pipeline_root: str, version: int | None = None) -> Baseline:
     import tensorflow_data_validation as tfdv
 
     from pipeline.config import PipelineConfig
-    from pipeline.metadata import latest_output, missing_store_message, outputs_of_pushing_run
+    from pipeline.config import missing_store_message
+    from pipeline.metadata import latest_output, outputs_of_pushing_run
 
     config = PipelineConfig(pipeline_root=pipeline_root, data_root="", serving_dir="")
     if missing := missing_store_message(config):

@@ -15,7 +15,8 @@ from tfx.types import artifact_utils
 
 from btmri.layout import MANIFEST_FILE
 from pipeline.config import PipelineConfig
-from pipeline.metadata import latest_output, missing_store_message, node_executions
+from pipeline.config import missing_store_message
+from pipeline.metadata import latest_output, node_executions
 
 # Names TFMA gives the two models when a baseline is present (TFX's Evaluator).
 CANDIDATE = "candidate"

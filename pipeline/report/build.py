@@ -44,7 +44,8 @@ def report_of_run(config: PipelineConfig, out: str | os.PathLike) -> dict | None
     import os.path
 
     from btmri.layout import REPORT_FILE, SUMMARY_FILE
-    from pipeline.metadata import latest_output, missing_store_message
+    from pipeline.config import missing_store_message
+    from pipeline.metadata import latest_output
     from pipeline.report.artifacts import ReportError
 
     if missing := missing_store_message(config):

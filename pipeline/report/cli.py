@@ -12,12 +12,17 @@ from pipeline.report import DEFAULT_GALLERY_PER_KIND
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.config import PipelineConfig
+    from pipeline.config import PipelineConfig, missing_store_message
+
+    config = PipelineConfig(pipeline_root=args.pipeline_root, data_root=args.data_root or "", serving_dir="")
+    if missing := missing_store_message(config):  # before TFX and TFMA take seconds to import
+        print(f"btmri report: error: {missing}", file=sys.stderr)
+        return 2
+
     from pipeline.report.artifacts import ReportError
     from pipeline.report.build import build_report, report_of_run
     from pipeline.report.component import summary_of
 
-    config = PipelineConfig(pipeline_root=args.pipeline_root, data_root=args.data_root or "", serving_dir="")
     try:
         summary = None
         if (

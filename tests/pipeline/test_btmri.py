@@ -168,3 +168,15 @@ def test_version_and_the_synth_summary_in_words(tmp_path):
         "  Training: glioma 2, meningioma 2, notumor 2, pituitary 2",
         "  Testing: glioma 1, meningioma 1, notumor 1, pituitary 1",
     ]
+
+
+def test_report_without_a_run_says_so_at_once_without_tensorflow(tmp_path):
+    # The command must not import TFX or TensorFlow (seconds) to find there is no run.
+    probe = (
+        "import sys; from pipeline.cli import main; code = main(['report', '--pipeline-root', sys.argv[1]]); "
+        "print(code, 'tensorflow' in sys.modules, 'tfx' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False", "False"]
+    assert done.stderr.startswith(f"btmri report: error: no ML Metadata store at {tmp_path}")
+    assert "Traceback" not in done.stderr
