@@ -89,10 +89,12 @@ class PrepareOptions:
     hold_out_collection: str | None = None
     hold_out_dir: str | None = None
     progress: bool = True
+    allow_empty_eval: bool = False  # write a run with no eval image (refused by default)
 
     def arguments(self) -> dict:
-        """The options that decide the output (all but `progress`), as the manifest records them."""
-        return {k: v for k, v in asdict(self).items() if k != "progress"}
+        """The options that decide the output (all but `progress` and `allow_empty_eval`,
+        which decide only whether to write it), as the manifest records them."""
+        return {k: v for k, v in asdict(self).items() if k not in ("progress", "allow_empty_eval")}
 
 
 def input_fingerprint(data_dir: str, found: tuple | None = None) -> str:
@@ -256,6 +258,8 @@ def prepare(opts: PrepareOptions) -> Manifest:
         raise ValueError(
             f"split unit must be one of {', '.join(contract.SPLIT_UNITS)}, got {opts.split_unit!r}"
         )
+    if readable and contract.EVAL_SPLIT not in split_of.values():  # refused before writing anything
+        _refuse_empty_eval(sum(1 for s in split_of.values() if s == contract.TRAIN_SPLIT), opts)
     split_of.update({c.source: contract.TEST_SPLIT for c in readable if c.origin == "testing"})
     boxes.note_units({c.source: unit_of[c.source] for c in readable}, split_of)
     order = {s: i for i, s in enumerate(contract.SPLITS)}  # train before eval/test
@@ -363,7 +367,7 @@ def prepare(opts: PrepareOptions) -> Manifest:
         seconds=round(time.time() - started, 2),
     )
     manifest.write(out)
-    _check_usable(manifest)
+    _check_usable(manifest, opts)
     return manifest
 
 
@@ -529,11 +533,24 @@ class _BoxAttacher:
         }
 
 
-def _check_usable(manifest: Manifest) -> None:
+def _refuse_empty_eval(train: int, opts: PrepareOptions) -> None:
+    if opts.allow_empty_eval:
+        return
+    raise PrepareError(
+        f"the eval split is empty: {train} training images with --eval-fraction "
+        f"{opts.eval_fraction} leave no whole {opts.split_unit} for eval, and training needs "
+        "one to calibrate, fit abstention and gate the model (add images, raise "
+        "--eval-fraction, or pass --allow-empty-eval to write it anyway)"
+    )
+
+
+def _check_usable(manifest: Manifest, opts: PrepareOptions) -> None:
     if manifest.total_written == 0:
         raise PrepareError(
             f"no usable image found: every file was skipped (see {MANIFEST_FILE} for the reasons)"
         )
+    if not sum(manifest.counts.get(contract.EVAL_SPLIT, {}).values()):
+        _refuse_empty_eval(sum(manifest.counts.get(contract.TRAIN_SPLIT, {}).values()), opts)
     empty = [
         f"{split}/{cls}"
         for split, per_class in manifest.counts.items()

@@ -73,6 +73,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         workers=args.workers,
         shards=args.shards,
         drop_cross_split_duplicates=args.drop_cross_split_duplicates,
+        allow_empty_eval=args.allow_empty_eval,
         near_threshold=args.near_threshold,
         max_pixels=args.max_pixels,
         max_file_mb=args.max_file_mb,
@@ -327,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-cross-split-duplicates",
         action="store_true",
         help="leave out eval/test images that duplicate a training image",
+    )
+    p.add_argument(
+        "--allow-empty-eval",
+        action="store_true",
+        help="write the data even when no image falls in the eval split (refused by default: "
+        "`btmri run` needs eval images)",
     )
     p.add_argument(
         "--near-threshold",

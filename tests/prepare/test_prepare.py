@@ -266,6 +266,18 @@ def test_class_empty_in_a_split_fails(tmp_path, capsys):
     assert "class empty in a split: eval/notumor" in capsys.readouterr().err
 
 
+def test_an_empty_eval_split_is_refused_before_anything_is_written(tmp_path, capsys):
+    make_class_folders(tmp_path / "data", per_class=2)  # 15 % of 2 images: no eval image
+    args = ["prepare", "--data-dir", str(tmp_path / "data"), "--quiet", "--workers", "1"]
+    assert btmri([*args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("btmri prepare: error: the eval split is empty: 8 training images")
+    assert "--allow-empty-eval" in err and not (tmp_path / "o").exists()
+    assert btmri([*args, "--out", str(tmp_path / "o"), "--allow-empty-eval"]) == 0
+    manifest = json.loads((tmp_path / "o" / MANIFEST_FILE).read_text())
+    assert contract.EVAL_SPLIT not in manifest["counts"] and "allow_empty_eval" not in manifest["arguments"]
+
+
 # --- duplicates ------------------------------------------------------------------
 
 
