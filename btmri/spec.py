@@ -86,9 +86,12 @@ HEATMAP = "heatmap"
 # Abstention (components/training/abstention.py): every signature also returns these.
 OOD_SCORE = "ood_score"  # float32 [N]: > 1 is out of distribution
 ABSTAIN = "abstain"  # bool [N]
-ABSTAIN_REASON = "abstain_reason"  # string [N]: "", REASON_OUT_OF_DISTRIBUTION, REASON_LOW_CONFIDENCE
+ABSTAIN_REASON = "abstain_reason"  # string [N]: "" or one of the REASON_* below
 REASON_OUT_OF_DISTRIBUTION = "out_of_distribution"
 REASON_LOW_CONFIDENCE = "low_confidence"
+# A notumor answer below its own, higher floor: calling a tumour healthy is the error that
+# hurts most, so "no tumour" needs more confidence than a tumour class (abstention.py).
+REASON_UNCERTAIN_NO_TUMOUR = "uncertain_no_tumour"
 ABSTENTION_OUTPUTS: tuple[str, ...] = (OOD_SCORE, ABSTAIN, ABSTAIN_REASON)
 
 # The model's name in TF Serving (and the folder under the serving root).

@@ -119,6 +119,7 @@ class RetryPolicy:
 # What a client says instead of a class when the model abstains (abstain_reason → text).
 ABSTAINED_OUT_OF_DISTRIBUTION = "not recognised as a brain MRI slice like the training images"
 ABSTAINED_LOW_CONFIDENCE = "low confidence"
+ABSTAINED_UNCERTAIN_NO_TUMOUR = "not confident enough that there is no tumour"
 
 
 @dataclass
@@ -147,6 +148,8 @@ class ImagePrediction:
             return f"abstained: {ABSTAINED_OUT_OF_DISTRIBUTION}{score}"
         if self.abstain_reason == spec.REASON_LOW_CONFIDENCE:
             return f"abstained: {ABSTAINED_LOW_CONFIDENCE} (p={self.probability:.3f})"
+        if self.abstain_reason == spec.REASON_UNCERTAIN_NO_TUMOUR:
+            return f"abstained: {ABSTAINED_UNCERTAIN_NO_TUMOUR} (p(notumor)={self.probability:.3f})"
         return f"abstained: {self.abstain_reason or 'no reason given'}"
 
     def as_record(self) -> dict:

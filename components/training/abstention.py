@@ -14,7 +14,15 @@ divided by the threshold, so
 
     ood_score > 1                                  -> abstain, "out_of_distribution"
     else top (calibrated) probability < floor      -> abstain, "low_confidence"
+    else top class notumor, P(notumor) < its floor -> abstain, "uncertain_no_tumour"
     else                                           -> answer ("")
+
+The third rule is asymmetric on purpose: a tumour called healthy is the failure that
+hurts most, and on scans from other sites the network's mistakes are mostly that
+(tumours it cannot read come out `notumor`, with middling probability). Its floor
+refuses a share `notumor_refuse` of the eval split's right notumor answers; the
+confidence floor is then fitted to the rest of the budget, so `accept` holds for all
+three rules together.
 
 Fitting (`fit`) uses the eval split, which never trains the weights (the Trainer
 fits the temperature on it too). The threshold of the score is chosen on
@@ -40,7 +48,15 @@ import numpy as np
 
 from btmri.documents import TRAINER_DEFAULTS
 from btmri.layout import ABSTENTION_FILE
-from btmri.spec import ABSTAIN, ABSTAIN_REASON, OOD_SCORE, REASON_LOW_CONFIDENCE, REASON_OUT_OF_DISTRIBUTION
+from btmri.spec import (
+    ABSTAIN,
+    ABSTAIN_REASON,
+    NOTUMOR_ID,
+    OOD_SCORE,
+    REASON_LOW_CONFIDENCE,
+    REASON_OUT_OF_DISTRIBUTION,
+    REASON_UNCERTAIN_NO_TUMOUR,
+)
 
 DEFAULT_FOLDS = 5
 EIGEN_FLOOR = 1e-6  # relative to the largest eigenvalue of a shrunk covariance
@@ -74,6 +90,7 @@ class AbstentionSpec:
     ood_share: float
     fit_report: dict = field(default_factory=dict)
     cross_fitted_scores: np.ndarray | None = None  # ood_score of each fitting example, cross-fitted
+    notumor_floor: float = 0.0  # top class notumor with P(notumor) below this: uncertain_no_tumour
 
     @property
     def features(self) -> list[str]:
@@ -90,8 +107,13 @@ class AbstentionSpec:
         score = self.ood_scores(features)
         out = ~(score <= 1.0)
         low = ~out & (probabilities.max(axis=1) < self.confidence_floor)
-        reason = np.where(out, REASON_OUT_OF_DISTRIBUTION, np.where(low, REASON_LOW_CONFIDENCE, ""))
-        return score, out | low, reason
+        unsure = ~out & ~low & _uncertain_notumor(probabilities, self.notumor_floor)
+        reason = np.where(
+            out,
+            REASON_OUT_OF_DISTRIBUTION,
+            np.where(low, REASON_LOW_CONFIDENCE, np.where(unsure, REASON_UNCERTAIN_NO_TUMOUR, "")),
+        )
+        return score, out | low | unsure, reason
 
     def to_json(self) -> dict:
         return {
@@ -99,11 +121,13 @@ class AbstentionSpec:
             "layer, on globally average-pooled features; per-layer distance divided by "
             "its cross-fitted median on the fitting split; the largest over layers, "
             "divided by the threshold, is ood_score (> 1: out_of_distribution); then "
-            "top probability < confidence_floor: low_confidence",
+            "top probability < confidence_floor: low_confidence; then top class notumor with "
+            "P(notumor) < notumor_floor: uncertain_no_tumour",
             "accept": self.accept,
             "ood_share": self.ood_share,
             "ood_threshold": self.ood_threshold,
             "confidence_floor": self.confidence_floor,
+            "notumor_floor": self.notumor_floor,
             "features": [layer.name for layer in self.layers],
             "layers": [
                 {
@@ -119,6 +143,23 @@ class AbstentionSpec:
 
 
 # ---- fitting -------------------------------------------------------------------------
+
+
+def _uncertain_notumor(probabilities: np.ndarray, floor: float) -> np.ndarray:
+    return (probabilities.argmax(axis=1) == NOTUMOR_ID) & (probabilities[:, NOTUMOR_ID] < floor)
+
+
+def notumor_floor_for(
+    probabilities: np.ndarray, labels: np.ndarray, answered: np.ndarray, refuse: float
+) -> float:
+    """The P(notumor) below which a notumor answer is refused: the `refuse` quantile of
+    P(notumor) over the answered, right notumor answers (0 with none, or refuse 0)."""
+    right = answered & (probabilities.argmax(axis=1) == NOTUMOR_ID) & (labels == NOTUMOR_ID)
+    if refuse <= 0 or not right.any():
+        return 0.0
+    values = np.sort(probabilities[right, NOTUMOR_ID].astype(np.float64))
+    refused = math.floor(refuse * len(values) + 1e-9)  # at most this many of them
+    return float(values[refused]) - _MARGIN if refused < len(values) else float(values[-1])
 
 
 def _whitening(residuals: np.ndarray) -> np.ndarray:
@@ -189,12 +230,16 @@ def fit(
     ood_share: float = TRAINER_DEFAULTS.abstention_ood_share,
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
+    notumor_refuse: float = TRAINER_DEFAULTS.abstention_notumor_refuse,
 ) -> AbstentionSpec:
     """Fits the detector on held-out in-distribution data: pooled `features` per layer
     ([N, d_l]), true `labels` [N] and the served (calibrated) `probabilities` [N, K].
     At least `accept` of these examples are accepted by the returned spec."""
-    if not 0.0 < accept <= 1.0 or not 0.0 <= ood_share <= 1.0:
-        raise ValueError(f"accept must be in (0, 1] and ood_share in [0, 1], got {accept}, {ood_share}")
+    if not 0.0 < accept <= 1.0 or not 0.0 <= ood_share <= 1.0 or not 0.0 <= notumor_refuse < 1.0:
+        raise ValueError(
+            "accept must be in (0, 1], ood_share in [0, 1] and notumor_refuse in [0, 1), got "
+            f"{accept}, {ood_share}, {notumor_refuse}"
+        )
     labels = np.asarray(labels).astype(int).reshape(-1)
     n = len(labels)
     if n == 0:
@@ -210,6 +255,11 @@ def fit(
         1 + _MARGIN
     )
 
+    # The notumor floor: of the right notumor answers the distance lets through, it may
+    # refuse `notumor_refuse`; the wrong notumor answers below it go too.
+    notumor_floor = notumor_floor_for(probabilities, labels, combined_in <= threshold, notumor_refuse)
+    unsure = _uncertain_notumor(probabilities, notumor_floor)
+
     # The confidence floor takes the rest of the budget. It is chosen so that both the
     # cross-fitted decision (what a new image meets) and the in-sample one (what the
     # graph does on these very images) answer at least `accept`: the lower of the two.
@@ -217,7 +267,7 @@ def fit(
     needed = math.ceil(accept * n - 1e-9)
 
     def floor_for(passes: np.ndarray) -> float:
-        kept = np.sort(confidence[passes])[::-1]
+        kept = np.sort(confidence[passes & ~unsure])[::-1]
         return float(kept[needed - 1]) - _MARGIN if 0 < needed <= len(kept) else 0.0
 
     floor = max(min(floor_for(combined_in <= threshold), floor_for(combined_oof <= threshold)), 0.0)
@@ -229,10 +279,11 @@ def fit(
         float(accept),
         float(ood_share),
         cross_fitted_scores=combined_oof / threshold,
+        notumor_floor=notumor_floor,
     )
     _, abstain, reason = spec.decide(probabilities, features)
     correct = probabilities.argmax(axis=1) == labels
-    oof_accept = float(np.mean((combined_oof <= threshold) & (confidence >= floor)))
+    oof_accept = float(np.mean((combined_oof <= threshold) & (confidence >= floor) & ~unsure))
     spec.fit_report = {
         "fitted_on": "eval split (held out from training the weights)",
         "examples": int(n),
@@ -241,6 +292,7 @@ def fit(
         "accepted_share_cross_fitted": oof_accept,
         "abstained_out_of_distribution": int((reason == REASON_OUT_OF_DISTRIBUTION).sum()),
         "abstained_low_confidence": int((reason == REASON_LOW_CONFIDENCE).sum()),
+        "abstained_uncertain_no_tumour": int((reason == REASON_UNCERTAIN_NO_TUMOUR).sum()),
         "accuracy_all": float(correct.mean()),
         "accuracy_accepted": float(correct[~abstain].mean()) if (~abstain).any() else None,
     }
@@ -264,13 +316,23 @@ def outputs(spec: AbstentionSpec, probabilities, features: list) -> dict:
     score = combined / spec.ood_threshold
     out = tf.logical_not(score <= 1.0)  # NaN counts as out of distribution
     low = tf.logical_and(tf.logical_not(out), tf.reduce_max(probabilities, axis=1) < spec.confidence_floor)
-    empty = tf.fill(tf.shape(score), "")
+    notumor = tf.logical_and(
+        tf.equal(tf.argmax(probabilities, axis=1), NOTUMOR_ID),
+        probabilities[:, NOTUMOR_ID] < spec.notumor_floor,
+    )
+    unsure = tf.logical_and(tf.logical_not(tf.logical_or(out, low)), notumor)
+
+    def text(value):
+        return tf.fill(tf.shape(score), value)
+
     reason = tf.where(
         out,
-        tf.fill(tf.shape(score), REASON_OUT_OF_DISTRIBUTION),
-        tf.where(low, tf.fill(tf.shape(score), REASON_LOW_CONFIDENCE), empty),
+        text(REASON_OUT_OF_DISTRIBUTION),
+        tf.where(
+            low, text(REASON_LOW_CONFIDENCE), tf.where(unsure, text(REASON_UNCERTAIN_NO_TUMOUR), text(""))
+        ),
     )
-    return {OOD_SCORE: score, ABSTAIN: tf.logical_or(out, low), ABSTAIN_REASON: reason}
+    return {OOD_SCORE: score, ABSTAIN: tf.logical_or(tf.logical_or(out, low), unsure), ABSTAIN_REASON: reason}
 
 
 # ---- the Keras side: which features, collected how ----------------------------------

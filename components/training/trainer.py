@@ -458,6 +458,7 @@ def fit_abstention(
         probs,
         outlier_features,
         accept=float(config["abstention_accept"]),
+        notumor_refuse=float(config["abstention_notumor_refuse"]),
         ood_share=float(config["abstention_ood_share"]),
         seed=int(config["seed"]),
     )

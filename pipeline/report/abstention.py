@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from btmri.intervals import wilson
-from btmri.spec import REASON_LOW_CONFIDENCE, REASON_OUT_OF_DISTRIBUTION
+from btmri.spec import REASON_LOW_CONFIDENCE, REASON_OUT_OF_DISTRIBUTION, REASON_UNCERTAIN_NO_TUMOUR
 from pipeline.report.markup import Bullets, Cell, Paragraph, Table, count, rate, rate_ci
 
 
@@ -36,6 +36,7 @@ class AbstentionSummary:
     answered: int
     out_of_distribution: int
     low_confidence: int
+    uncertain_no_tumour: int  # notumor answers below their own floor
     accuracy_all: float
     accuracy_answered: float
     correct_all: int
@@ -63,6 +64,7 @@ def summarize(predictions, fitted: dict | None, benchmark: dict | None = None) -
         answered=int(answered.sum()),
         out_of_distribution=int((reasons == REASON_OUT_OF_DISTRIBUTION).sum()),
         low_confidence=int((reasons == REASON_LOW_CONFIDENCE).sum()),
+        uncertain_no_tumour=int((reasons == REASON_UNCERTAIN_NO_TUMOUR).sum()),
         accuracy_all=float(correct.mean()),
         accuracy_answered=float(correct[answered].mean()) if answered.any() else float("nan"),
         correct_all=int(correct.sum()),
@@ -163,7 +165,10 @@ def blocks(summary: AbstentionSummary | None, split: str, table_prefix: str = "a
             f"probability is below a floor (`{REASON_LOW_CONFIDENCE}`). Both thresholds were fitted "
             f"on the {fitted.get('fitted_on', 'eval split')} to answer at least "
             f"{rate(fitted.get('accept'))} of it, and are constants inside the SavedModel "
-            "(`abstention.json` beside it)."
+            "(`abstention.json` beside it). A `notumor` answer must also clear a higher floor of "
+            f"its own (`{REASON_UNCERTAIN_NO_TUMOUR}`; P(notumor) ≥ "
+            f"{fitted.get('notumor_floor', 0.0):.3f}), because calling a tumour healthy is the "
+            "error that hurts most."
         ),
         Table(
             ["", f"{split}"],
@@ -179,6 +184,7 @@ def blocks(summary: AbstentionSummary | None, split: str, table_prefix: str = "a
                 ],
                 [Cell("abstained: out of distribution"), Cell(count(summary.out_of_distribution), "num")],
                 [Cell("abstained: low confidence"), Cell(count(summary.low_confidence), "num")],
+                [Cell("abstained: uncertain no tumour"), Cell(count(summary.uncertain_no_tumour), "num")],
                 [
                     Cell("accuracy, all images"),
                     Cell(rate_ci(summary.accuracy_all, wilson(summary.correct_all, summary.n)), "num"),

@@ -68,7 +68,8 @@ def summary_text(out: str, summary: dict) -> list[str]:
         lines.append(
             f"  answered {abstention['acceptance']:.4f} of {summary['evaluated_split']} "
             f"({abstention['out_of_distribution']} out of distribution, "
-            f"{abstention['low_confidence']} low confidence); accuracy "
+            f"{abstention['low_confidence']} low confidence, "
+            f"{abstention.get('uncertain_no_tumour', 0)} uncertain no tumour); accuracy "
             f"{abstention['accuracy_answered']:.4f} on those, "
             f"{abstention['accuracy_all']:.4f} on all"
         )

@@ -143,6 +143,7 @@ def summary_of(data) -> dict:
             "acceptance": data.abstention.acceptance,
             "out_of_distribution": data.abstention.out_of_distribution,
             "low_confidence": data.abstention.low_confidence,
+            "uncertain_no_tumour": data.abstention.uncertain_no_tumour,
             "accuracy_answered": data.abstention.accuracy_answered,
             "accuracy_all": data.abstention.accuracy_all,
         },

@@ -27,6 +27,7 @@ from btmri.spec import (
     OOD_SCORE,
     REASON_LOW_CONFIDENCE,
     REASON_OUT_OF_DISTRIBUTION,
+    REASON_UNCERTAIN_NO_TUMOUR,
 )
 from components.training import abstention, outliers
 from data_prep import contract
@@ -51,7 +52,9 @@ def _blobs(rng, n, dims=(6, 20)):
 @pytest.mark.parametrize("accept, n", [(0.95, 400), (0.9, 57), (0.99, 123), (0.8, 9)])
 def test_thresholds_accept_at_least_the_configured_share_of_the_fitting_data(accept, n):
     feats, labels, probs = _blobs(np.random.default_rng(n), n)
-    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=accept)
+    # The notumor floor may refuse more than the budget where many notumor answers are
+    # wrong (these blobs are right about 70 % of the time): the two budgeted rules alone.
+    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=accept, notumor_refuse=0.0)
     _, abstain, reason = spec.decide(probs, feats)
     assert 1 - abstain.mean() >= accept
     assert spec.fit_report["accepted_share"] == pytest.approx(1 - abstain.mean())
@@ -65,6 +68,29 @@ def test_thresholds_accept_at_least_the_configured_share_of_the_fitting_data(acc
     far = [f[:5] + 50.0 for f in feats]
     score, far_abstain, far_reason = spec.decide(probs[:5], far)
     assert (score > 1).all() and far_abstain.all() and (far_reason == REASON_OUT_OF_DISTRIBUTION).all()
+
+
+def test_a_notumor_answer_needs_its_own_higher_floor():
+    feats, labels, probs = _blobs(np.random.default_rng(11), 400)
+    notumor = contract.NOTUMOR_ID
+    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=0.95, notumor_refuse=0.05)
+    off = abstention.fit(["a", "b"], feats, labels, probs, accept=0.95, notumor_refuse=0.0)
+    assert off.notumor_floor == 0.0 < spec.notumor_floor
+    _, abstain, reason = spec.decide(probs, feats)
+    said_notumor = probs.argmax(1) == notumor
+    unsure = reason == REASON_UNCERTAIN_NO_TUMOUR
+    assert unsure.any() and (said_notumor[unsure]).all()
+    assert (probs[unsure, notumor] < spec.notumor_floor).all()
+    # It refuses at most the asked share of the right notumor answers ...
+    right = said_notumor & (labels == notumor)
+    assert unsure[right].sum() <= 0.05 * right.sum()
+    # ... and the confidence floor gives way, so three rules together still answer `accept`.
+    assert 1 - abstain.mean() >= 0.95 and spec.fit_report["accepted_share_cross_fitted"] >= 0.95
+    assert spec.fit_report["abstained_uncertain_no_tumour"] == int(unsure.sum())
+    # A tumour class at the same probability is answered: the rule is for notumor only.
+    tumour = np.roll(probs[unsure][:1], 1, axis=1)
+    assert tumour.argmax() != notumor
+    assert spec.decide(tumour, [f[unsure][:1] for f in feats])[2][0] != REASON_UNCERTAIN_NO_TUMOUR
 
 
 def test_the_graph_decides_as_the_numpy_reference():
@@ -358,6 +384,10 @@ def test_clients_say_abstained_instead_of_a_class():
     assert record["abstain_reason"] == REASON_OUT_OF_DISTRIBUTION
     low = _prediction(2, probs, 7, {OOD_SCORE: 0.5, ABSTAIN: True, ABSTAIN_REASON: REASON_LOW_CONFIDENCE})
     assert low.answer == "abstained: low confidence (p=0.600)"
+    unsure = _prediction(
+        2, probs, 7, {OOD_SCORE: 0.5, ABSTAIN: True, ABSTAIN_REASON: REASON_UNCERTAIN_NO_TUMOUR}
+    )
+    assert unsure.answer == "abstained: not confident enough that there is no tumour (p(notumor)=0.600)"
     # A model exported before abstention: plain answers, no abstention fields.
     old = _prediction(2, probs, 7, {})
     assert old.answer == "notumor" and "abstain" not in old.as_record()
