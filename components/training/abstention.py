@@ -234,7 +234,8 @@ def fit(
 ) -> AbstentionSpec:
     """Fits the detector on held-out in-distribution data: pooled `features` per layer
     ([N, d_l]), true `labels` [N] and the served (calibrated) `probabilities` [N, K].
-    At least `accept` of these examples are accepted by the returned spec."""
+    At least `accept` of these examples are accepted by the returned spec, unless the
+    notumor floor alone refuses more than the budget (many wrong notumor answers)."""
     if not 0.0 < accept <= 1.0 or not 0.0 <= ood_share <= 1.0 or not 0.0 <= notumor_refuse < 1.0:
         raise ValueError(
             "accept must be in (0, 1], ood_share in [0, 1] and notumor_refuse in [0, 1), got "
