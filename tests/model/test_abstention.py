@@ -227,6 +227,9 @@ def constructed_model(tiny_run, tmp_path_factory) -> Path:
             "seed": 0,
             "abstention_accept": 0.95,
             "abstention_ood_share": 0.6,
+            # An untrained head: most of its notumor answers are wrong, and a notumor floor
+            # would refuse them beyond the budget. This test is about the distance.
+            "abstention_notumor_refuse": 0.0,
         },
     )
     model.tft_layer = xf.transform_features_layer()
