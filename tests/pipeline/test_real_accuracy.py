@@ -35,9 +35,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 ACCURACY_GOAL = 0.97  # on patient-disjoint eval (the per-file split's goal was 0.98)
 # The lesion audit's goals (README, "Does it look at the tumour?"): pointing game >= 0.75
 # overall and >= 0.6 per tumour class, heat in box >= 0.35, lesion removed -> changed
-# >= 0.8, most of it to notumor. One run of the defaults: 0.83 (per class 0.81-0.95),
-# 0.73 and 0.81 [0.78, 0.83]; the last is close enough to its goal that a run with
-# another seed may miss it, and then this test says so.
+# >= 0.8, most of it to notumor. One run of the defaults on held-out patients: 0.78
+# (per class 0.76-1.00), 0.68 and 0.82 [0.75, 0.88]; pointing and removal are close
+# enough to their goals that a run with another seed may miss them, and then this test
+# says so.
 POINTING_GOAL, POINTING_PER_CLASS_GOAL, HEAT_IN_BOX_GOAL = 0.75, 0.6, 0.35
 REMOVED_CHANGED_GOAL = 0.8
 
