@@ -8,9 +8,9 @@ import math
 import os
 
 from btmri import spec
-from btmri.intervals import format_proportion, format_with_interval
-from btmri.intervals import WILSON, statement
-from btmri.layout import MODEL_CARD_FILE, REPORT_FILE, SUMMARY_FILE
+from btmri.intervals import WILSON, format_proportion, format_with_interval, statement
+from btmri.layout import MODEL_CARD_FILE, REPORT_FILE
+from pipeline.report import read_summary
 
 
 def summary_lines(summary, accuracy_bound: float, min_acceptance: float | None = None) -> list[str]:
@@ -103,13 +103,9 @@ def _by_unit(report_dir: str | None) -> list[str]:
     """The report's accuracy with its interval over patients / groups (images of one
     patient are near copies, so Wilson over images is too narrow); nothing when the
     report did not run or each image is its own unit."""
-    import json
-
-    path = os.path.join(report_dir, SUMMARY_FILE) if report_dir else None
-    if not path or not os.path.isfile(path):
+    report = read_summary(report_dir) if report_dir else None
+    if report is None:
         return []
-    with open(path) as f:
-        report = json.load(f)
     method = report.get("interval_method", WILSON)
     if method == WILSON or "accuracy_ci95" not in report:
         return []

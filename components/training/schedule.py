@@ -116,7 +116,6 @@ class ScheduleCallback(keras.callbacks.Callback):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
-        self.schedule = schedule
         self.base_lr, self.max_epochs = base_lr, max_epochs
         self.plan = ConvergencePlan(base_lr, max_epochs, patience) if schedule == SCHEDULE_CONVERGE else None
 

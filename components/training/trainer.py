@@ -378,11 +378,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         history = guided.fit(
             train_ds, validation_data=eval_ds, epochs=int(config["epochs"]), callbacks=callbacks, verbose=2
         )
-    logging.info("Training schedule: %s", json.dumps(schedule.summary()))
+    schedule_summary = schedule.summary()
+    logging.info("Training schedule: %s", json.dumps(schedule_summary))
     record = {
         "config": config,
         "compute_dtype_policy": policy,
-        "schedule": schedule.summary(),
+        "schedule": schedule_summary,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
     if strategy is not None:

@@ -12,6 +12,21 @@ from __future__ import annotations
 DEFAULT_GALLERY_PER_KIND = 4  # Grad-CAM gallery: this many correct and this many wrong images
 
 
+def read_summary(report_dir: str) -> dict | None:
+    """The headline figures (summary.json) in a ModelReport artifact's folder, or None
+    when it has none."""
+    import json
+    import os
+
+    from btmri.layout import SUMMARY_FILE
+
+    path = os.path.join(report_dir, SUMMARY_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def build_report(*args, **kwargs):
     from pipeline.report.build import build_report as build
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from btmri.documents import write_atomic
 from pipeline.config import PipelineConfig
+from pipeline.report import read_summary
 
 
 def build_report(
@@ -40,10 +41,9 @@ def build_report(
 def report_of_run(config: PipelineConfig, out: str | os.PathLike) -> dict | None:
     """Copies the latest ModelReport artifact's report.html to `out` and returns its
     summary.json; None when the run has no ModelReport."""
-    import json
     import os.path
 
-    from btmri.layout import REPORT_FILE, SUMMARY_FILE
+    from btmri.layout import REPORT_FILE
     from pipeline.config import missing_store_message
     from pipeline.metadata import latest_output
     from pipeline.report.artifacts import ReportError
@@ -51,9 +51,9 @@ def report_of_run(config: PipelineConfig, out: str | os.PathLike) -> dict | None
     if missing := missing_store_message(config):
         raise ReportError(missing)
     report = latest_output(config, "ModelReport", "report")
-    if report is None or not os.path.isfile(os.path.join(report.uri, SUMMARY_FILE)):
+    summary = None if report is None else read_summary(report.uri)
+    if summary is None:
         return None
     with open(os.path.join(report.uri, REPORT_FILE), encoding="utf-8") as f:
         write_atomic(Path(out).resolve(), f.read())
-    with open(os.path.join(report.uri, SUMMARY_FILE)) as f:
-        return json.load(f)
+    return summary
