@@ -92,6 +92,11 @@ REASON_LOW_CONFIDENCE = "low_confidence"
 # A notumor answer below its own, higher floor: calling a tumour healthy is the error that
 # hurts most, so "no tumour" needs more confidence than a tumour class (abstention.py).
 REASON_UNCERTAIN_NO_TUMOUR = "uncertain_no_tumour"
+ABSTAIN_REASONS: tuple[str, ...] = (
+    REASON_OUT_OF_DISTRIBUTION,
+    REASON_LOW_CONFIDENCE,
+    REASON_UNCERTAIN_NO_TUMOUR,
+)
 ABSTENTION_OUTPUTS: tuple[str, ...] = (OOD_SCORE, ABSTAIN, ABSTAIN_REASON)
 
 # The model's name in TF Serving (and the folder under the serving root).

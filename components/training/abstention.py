@@ -162,6 +162,21 @@ def notumor_floor_for(
     return float(values[refused]) - _MARGIN if refused < len(values) else float(values[-1])
 
 
+def _within_budget(
+    probabilities: np.ndarray, floor: float, passes: tuple[np.ndarray, ...], needed: int
+) -> float:
+    """`floor`, lowered just enough that every mask in `passes`, less the notumor answers
+    below the floor, keeps at least `needed` examples (0 if even that cannot be)."""
+    p_notumor = probabilities[:, NOTUMOR_ID].astype(np.float64)
+    while floor > 0.0:
+        unsure = _uncertain_notumor(probabilities, floor)
+        if all(int((mask & ~unsure).sum()) >= needed for mask in passes):
+            return floor
+        # Answer the most confident of the refused notumor answers again, and look again.
+        floor = float(p_notumor[unsure].max()) - _MARGIN if unsure.any() else 0.0
+    return 0.0
+
+
 def _whitening(residuals: np.ndarray) -> np.ndarray:
     """W with W^T Σ W = I for the Ledoit-Wolf shrunk covariance Σ of centred residuals."""
     from sklearn.covariance import ledoit_wolf
@@ -234,8 +249,8 @@ def fit(
 ) -> AbstentionSpec:
     """Fits the detector on held-out in-distribution data: pooled `features` per layer
     ([N, d_l]), true `labels` [N] and the served (calibrated) `probabilities` [N, K].
-    At least `accept` of these examples are accepted by the returned spec, unless the
-    notumor floor alone refuses more than the budget (many wrong notumor answers)."""
+    At least `accept` of these examples are accepted by the returned spec: the notumor
+    floor gives way when it alone would refuse more than the budget."""
     if not 0.0 < accept <= 1.0 or not 0.0 <= ood_share <= 1.0 or not 0.0 <= notumor_refuse < 1.0:
         raise ValueError(
             "accept must be in (0, 1], ood_share in [0, 1] and notumor_refuse in [0, 1), got "
@@ -257,21 +272,25 @@ def fit(
     )
 
     # The notumor floor: of the right notumor answers the distance lets through, it may
-    # refuse `notumor_refuse`; the wrong notumor answers below it go too.
-    notumor_floor = notumor_floor_for(probabilities, labels, combined_in <= threshold, notumor_refuse)
+    # refuse `notumor_refuse`; the wrong notumor answers below it go too. A weak model
+    # (many wrong notumor answers) would blow the budget that way, so the floor gives way
+    # until the distance and it together still answer `accept`, in sample and cross-fitted.
+    needed = math.ceil(accept * n - 1e-9)
+    passes_in, passes_oof = combined_in <= threshold, combined_oof <= threshold
+    wanted_floor = notumor_floor_for(probabilities, labels, passes_in, notumor_refuse)
+    notumor_floor = _within_budget(probabilities, wanted_floor, (passes_in, passes_oof), needed)
     unsure = _uncertain_notumor(probabilities, notumor_floor)
 
     # The confidence floor takes the rest of the budget. It is chosen so that both the
     # cross-fitted decision (what a new image meets) and the in-sample one (what the
     # graph does on these very images) answer at least `accept`: the lower of the two.
     confidence = probabilities.max(axis=1).astype(np.float64)
-    needed = math.ceil(accept * n - 1e-9)
 
     def floor_for(passes: np.ndarray) -> float:
         kept = np.sort(confidence[passes & ~unsure])[::-1]
         return float(kept[needed - 1]) - _MARGIN if 0 < needed <= len(kept) else 0.0
 
-    floor = max(min(floor_for(combined_in <= threshold), floor_for(combined_oof <= threshold)), 0.0)
+    floor = max(min(floor_for(passes_in), floor_for(passes_oof)), 0.0)
 
     spec = AbstentionSpec(
         layers,
@@ -284,7 +303,7 @@ def fit(
     )
     _, abstain, reason = spec.decide(probabilities, features)
     correct = probabilities.argmax(axis=1) == labels
-    oof_accept = float(np.mean((combined_oof <= threshold) & (confidence >= floor) & ~unsure))
+    oof_accept = float(np.mean(passes_oof & (confidence >= floor) & ~unsure))
     spec.fit_report = {
         "fitted_on": "eval split (held out from training the weights)",
         "examples": int(n),
@@ -294,6 +313,8 @@ def fit(
         "abstained_out_of_distribution": int((reason == REASON_OUT_OF_DISTRIBUTION).sum()),
         "abstained_low_confidence": int((reason == REASON_LOW_CONFIDENCE).sum()),
         "abstained_uncertain_no_tumour": int((reason == REASON_UNCERTAIN_NO_TUMOUR).sum()),
+        # The floor `notumor_refuse` asked for; above notumor_floor when it had to give way.
+        "notumor_floor_wanted": float(wanted_floor),
         "accuracy_all": float(correct.mean()),
         "accuracy_accepted": float(correct[~abstain].mean()) if (~abstain).any() else None,
     }

@@ -168,7 +168,7 @@ def blocks(summary: AbstentionSummary | None, split: str, table_prefix: str = "a
             "(`abstention.json` beside it). A `notumor` answer must also clear a higher floor of "
             f"its own (`{REASON_UNCERTAIN_NO_TUMOUR}`; P(notumor) ≥ "
             f"{fitted.get('notumor_floor', 0.0):.3f}), because calling a tumour healthy is the "
-            "error that hurts most."
+            "error that hurts most." + _floor_gave_way(fitted)
         ),
         Table(
             ["", f"{split}"],
@@ -245,3 +245,15 @@ def blocks(summary: AbstentionSummary | None, split: str, table_prefix: str = "a
             )
         )
     return out
+
+
+def _floor_gave_way(fitted: dict) -> str:
+    """A warning sentence when the notumor floor had to be lowered to keep the budget."""
+    wanted, floor = fitted.get("notumor_floor_wanted"), fitted.get("notumor_floor", 0.0)
+    if wanted is None or wanted <= floor:
+        return ""
+    return (
+        f" That floor is below the {wanted:.3f} its fit asked for: at that height it alone would "
+        "have refused more of the eval split than the budget allows, because many of this "
+        "model's notumor answers there are wrong and unsure. Read its notumor answers with care."
+    )

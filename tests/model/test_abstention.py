@@ -52,9 +52,9 @@ def _blobs(rng, n, dims=(6, 20)):
 @pytest.mark.parametrize("accept, n", [(0.95, 400), (0.9, 57), (0.99, 123), (0.8, 9)])
 def test_thresholds_accept_at_least_the_configured_share_of_the_fitting_data(accept, n):
     feats, labels, probs = _blobs(np.random.default_rng(n), n)
-    # The notumor floor may refuse more than the budget where many notumor answers are
-    # wrong (these blobs are right about 70 % of the time): the two budgeted rules alone.
-    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=accept, notumor_refuse=0.0)
+    # All three rules, at the default notumor share: these blobs are right only about 70 %
+    # of the time, so the notumor floor has many wrong answers below it and must give way.
+    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=accept)
     _, abstain, reason = spec.decide(probs, feats)
     assert 1 - abstain.mean() >= accept
     assert spec.fit_report["accepted_share"] == pytest.approx(1 - abstain.mean())
@@ -91,6 +91,38 @@ def test_a_notumor_answer_needs_its_own_higher_floor():
     tumour = np.roll(probs[unsure][:1], 1, axis=1)
     assert tumour.argmax() != notumor
     assert spec.decide(tumour, [f[unsure][:1] for f in feats])[2][0] != REASON_UNCERTAIN_NO_TUMOUR
+
+
+def test_the_notumor_floor_gives_way_where_it_alone_would_refuse_more_than_the_budget():
+    """A weak model calls many tumours notumor, unsure: the floor wanted for the right
+    notumor answers would refuse those too, past the budget. It is lowered until the
+    three rules together answer `accept`, and the report keeps the floor it wanted."""
+    rng = np.random.default_rng(5)
+    feats, labels, probs = _blobs(rng, 400)
+    notumor = contract.NOTUMOR_ID
+    tumour = np.flatnonzero(labels != notumor)[:100]
+    probs[tumour] = (1 - 0.4) / (K - 1)
+    probs[tumour, notumor] = rng.uniform(0.3, 0.5, len(tumour))  # argmax notumor, unsure
+    probs /= probs.sum(1, keepdims=True)
+    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=0.95, notumor_refuse=0.3)
+    wanted = spec.fit_report["notumor_floor_wanted"]
+    assert 0.0 < spec.notumor_floor < wanted
+    _, abstain, reason = spec.decide(probs, feats)
+    assert 1 - abstain.mean() >= 0.95 and spec.fit_report["accepted_share_cross_fitted"] >= 0.95
+    # It gave way no further than it had to: refusing again the last notumor answer it let
+    # back in (the floor sits a rounding margin under it) leaves too few answered, in
+    # sample or cross-fitted.
+    stricter = abstention.AbstentionSpec(
+        spec.layers,
+        spec.ood_threshold,
+        0.0,
+        spec.accept,
+        spec.ood_share,
+        notumor_floor=spec.notumor_floor + 2 * abstention._MARGIN,
+    )
+    _, refused, reason = stricter.decide(probs, feats)
+    cross_fitted = (spec.cross_fitted_scores <= 1) & (reason != REASON_UNCERTAIN_NO_TUMOUR)
+    assert min(1 - refused.mean(), cross_fitted.mean()) < 0.95
 
 
 def test_the_graph_decides_as_the_numpy_reference():

@@ -209,6 +209,34 @@ def test_risk_coverage_refuses_the_most_doubtful_first():
     np.testing.assert_allclose(curve.accuracy, [1, 1, 1, 0.75, 0.6])
 
 
+def test_the_abstention_text_says_when_the_notumor_floor_gave_way():
+    from types import SimpleNamespace
+
+    from pipeline.report import abstention
+    from pipeline.report.markup import Paragraph
+
+    n = 4
+    predictions = SimpleNamespace(
+        labels=np.array([0, 1, 2, 3]),
+        predicted=np.array([0, 1, 2, 2]),
+        probs=np.full((n, 4), 0.25),
+        abstain=np.array([False, False, True, False]),
+        abstain_reason=np.array(["", "", "uncertain_no_tumour", ""]),
+        ood_score=np.full(n, 0.5),
+    )
+
+    def text(fitted):
+        summary = abstention.summarize(predictions, fitted)
+        return " ".join(b.text for b in abstention.blocks(summary, "test") if isinstance(b, Paragraph))
+
+    kept = {"accept": 0.95, "notumor_floor": 0.8, "notumor_floor_wanted": 0.8}
+    assert "P(notumor) ≥ 0.800" in text(kept) and "asked for" not in text(kept)
+    lowered = dict(kept, notumor_floor=0.4)
+    assert "P(notumor) ≥ 0.400" in text(lowered)
+    assert "below the 0.800 its fit asked for" in text(lowered)
+    assert "asked for" not in text({"accept": 0.95, "notumor_floor": 0.4})  # older models
+
+
 # ── Intervals over patients (btmri.intervals): slices of one patient are not independent ──
 
 

@@ -28,7 +28,13 @@ from tensorflow_serving.apis import (
 from data_prep import contract
 from btmri import spec
 from data_prep.tfrecords import request_example
-from serving.client import PredictionClient, RestClient
+from serving.client import (
+    ABSTAINED_LOW_CONFIDENCE,
+    ABSTAINED_OUT_OF_DISTRIBUTION,
+    ABSTAINED_UNCERTAIN_NO_TUMOUR,
+    PredictionClient,
+    RestClient,
+)
 from serving.process import ServerProcess, free_ports
 
 MAX_MESSAGE_MB = 1  # small, so the size-limit test sends a small request
@@ -134,7 +140,7 @@ def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server
     assert reference[spec.OOD_SCORE].dtype == np.float32 and reference[spec.OOD_SCORE].shape == (len(batch),)
     assert reference[spec.ABSTAIN].dtype == np.bool_
     reasons = [r.decode() for r in reference[spec.ABSTAIN_REASON]]
-    assert set(reasons) <= {"", spec.REASON_OUT_OF_DISTRIBUTION, spec.REASON_LOW_CONFIDENCE}
+    assert set(reasons) <= {"", *spec.ABSTAIN_REASONS}
     assert [r != "" for r in reasons] == reference[spec.ABSTAIN].tolist()
     for other in answers.values():
         np.testing.assert_allclose(other[spec.OOD_SCORE], reference[spec.OOD_SCORE], rtol=1e-5)
@@ -621,9 +627,15 @@ def test_btmri_gradcam_writes_original_heatmap_and_overlay(server, tiny_run, tmp
     assert main(["gradcam", "--server", server.grpc_target, *map(str, files), "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     answered = r": \w+ \(p=0\.\d{3}, model version \d+\) -> "
+    why = "|".join(
+        (
+            re.escape(ABSTAINED_OUT_OF_DISTRIBUTION) + r" \(ood_score \d+\.\d\d, over 1 is unlike them\)",
+            re.escape(ABSTAINED_LOW_CONFIDENCE) + r" \(p=0\.\d{3}\)",
+            re.escape(ABSTAINED_UNCERTAIN_NO_TUMOUR) + r" \(p\(notumor\)=0\.\d{3}\)",
+        )
+    )
     abstained = (
-        r": abstained: (not recognised as a brain MRI slice like the training images "
-        r"\(ood_score \d+\.\d\d, over 1 is unlike them\)|low confidence \(p=0\.\d{3}\)) "
+        rf": abstained: ({why}) "
         r"\(model's top class \w+, p=0\.\d{3}, model version \d+; heatmap marked ABSTAINED\) -> "
     )
     assert len(printed) == 2 and all(re.search(answered, p) or re.search(abstained, p) for p in printed)
