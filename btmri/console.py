@@ -140,11 +140,13 @@ class CapturedRun:
     """Everything written to file descriptors 1 and 2 during the block (this process,
     TensorFlow's C++ logging, Beam workers, pip) goes to `log_path`; the terminal gets
     only what is written through `terminal`, plus a progress line per training epoch.
-    With `verbose`, everything is also copied to the terminal."""
+    With `verbose`, everything is also copied to the terminal; with `quiet`, the
+    terminal gets nothing (the log still gets everything)."""
 
-    def __init__(self, log_path: str, verbose: bool = False):
+    def __init__(self, log_path: str, verbose: bool = False, quiet: bool = False):
         self.log_path = log_path
-        self.verbose = verbose
+        self.verbose = verbose and not quiet
+        self.quiet = quiet
         self.terminal: Terminal | None = None
         self._saved: tuple[int, int] | None = None
         self._streams: tuple | None = None
@@ -155,7 +157,9 @@ class CapturedRun:
             stream.flush()
         self._saved = (os.dup(1), os.dup(2))
         self.terminal = Terminal(
-            os.fdopen(os.dup(self._saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+            open(os.devnull, "w", encoding="utf-8")
+            if self.quiet
+            else os.fdopen(os.dup(self._saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
         )
         progress = EpochProgress(self.terminal)
         read_end, write_end = os.pipe()

@@ -9,6 +9,10 @@ A local `btmri run --work-dir runs` keeps everything under one folder:
       data/prepared/current -> <key>   the one the last run used
       pipeline/             TFX artifacts, metadata.sqlite, logs/
       serving/brain_tumor/  TF Serving's model base path: <version>/saved_model.pb
+      gradcam/              `btmri gradcam`'s pictures (its default --out)
+
+`btmri report`, `monitor`, `audit`, `evaluate` and `serve` take the same --work-dir
+and find the run's pipeline root or pushed model in it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ MODEL_CARD_FILE = "MODEL_CARD.md"  # beside saved_model.pb in a pushed version
 METADATA_FILE = "metadata.sqlite"  # local ML Metadata store, in the pipeline root
 LOGS_DIR = "logs"  # run logs, in the pipeline root
 REPORT_FILE = "report.html"  # `btmri report`'s default output name; in a ModelReport artifact
+RUN_RECORD_FILE = "run_record.json"  # in a pipeline root: the last `btmri run` (pipeline/run_record.py)
 SUMMARY_FILE = "summary.json"  # in a ModelReport artifact: the headline figures
 # In a ModelReport artifact's MODEL_CARD.md: the Pusher puts the version folder's name here.
 CARD_VERSION_PLACEHOLDER = "{pushed version}"
@@ -99,6 +104,11 @@ class RunLayout:
     @property
     def serving_dir(self) -> str:
         return str(Path(self.work_dir, "serving", MODEL_NAME))
+
+    @property
+    def gradcam_dir(self) -> str:
+        """Where `btmri gradcam` writes its pictures unless told otherwise."""
+        return str(Path(self.work_dir, "gradcam"))
 
 
 DEFAULT_LAYOUT = RunLayout()

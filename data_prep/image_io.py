@@ -119,7 +119,7 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_FILE_MB * _
     except FileNotFoundError:
         if os.path.islink(path):
             raise ImageError(f"broken symlink (points to {printable_path(os.readlink(path))})") from None
-        raise ImageError("file vanished while reading") from None
+        raise ImageError("no such file (or it was removed while being read)") from None
     except PermissionError:
         raise ImageError("permission denied") from None
     except OSError as err:

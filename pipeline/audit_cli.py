@@ -7,6 +7,16 @@ import json
 import sys
 from pathlib import Path
 
+from btmri.cli_conventions import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    add_output_flags,
+    add_work_dir,
+    error,
+)
+from btmri.layout import RunLayout
+
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from components.audit.component import run_lesion_audit
@@ -19,27 +29,27 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.server:
         from components.audit.predictors import ServedPredictor
 
-        predictor = ServedPredictor(args.server, args.model_name)
+        predictor = ServedPredictor(args.server, args.model_name, timeout=args.timeout)
     else:
-        model_dir = _saved_model_dir(args.model)
+        model = args.model or RunLayout(args.work_dir).serving_dir
+        model_dir = _saved_model_dir(model)
         if model_dir is None:
-            print(
-                f"btmri audit: error: no SavedModel in {args.model} "
-                f"(expected saved_model.pb there or in a numbered version folder)",
-                file=sys.stderr,
+            return error(
+                "audit",
+                f"no SavedModel in {model} (expected saved_model.pb there or in a numbered "
+                "version folder); give --model DIR or --server HOST:PORT, or run `btmri run` first",
             )
-            return 2
     training = []
     if args.exclude_training:
         training = sorted(
             str(p) for p in (Path(args.exclude_training) / spec.TRAIN_SPLIT).glob(f"*{spec.TFRECORD_SUFFIX}")
         )
         if not training:
-            print(
-                f"btmri audit: error: no training records under {args.exclude_training}/{spec.TRAIN_SPLIT}/",
-                file=sys.stderr,
-            )
-            return 2
+            return error("audit", f"no training records under {args.exclude_training}/{spec.TRAIN_SPLIT}/")
+    if not Path(args.box_dir).is_dir():
+        return error("audit", f"no box folder {args.box_dir}")
+    from serving.client import ServerUnavailable, unavailable_message
+
     bounds = AuditBounds(args.min_pointing, args.min_removed_changed)
     try:
         document = run_lesion_audit(
@@ -52,9 +62,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             predictor=predictor,
         )
+    except ServerUnavailable as err:
+        print(unavailable_message("btmri audit", err), file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except ValueError as err:
-        print(f"btmri audit: error: {err}", file=sys.stderr)
-        return 2
+        return error("audit", err)
     finally:
         if predictor is not None:
             predictor.close()
@@ -63,7 +75,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     else:
         print("\n".join(audit_lines(document)))
         print(f"written to {args.out}")
-    return 0 if document["passed"] else 1
+    return EXIT_OK if document["passed"] else EXIT_REFUSED
 
 
 def _saved_model_dir(path: str) -> str | None:
@@ -87,12 +99,22 @@ def register(sub) -> None:
     p.add_argument(
         "box_dir", metavar="DIR", help="tumour slices with boxes: <class>/<id>.jpg + <class>/<id>.txt (YOLO)"
     )
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--server", metavar="HOST:PORT", help="gRPC address of TF Serving / btmri serve")
     where.add_argument(
-        "--model", metavar="DIR", help="a SavedModel, or a TF Serving base path (its latest version)"
+        "--model",
+        metavar="DIR",
+        help="a SavedModel, or a TF Serving base path (its latest version); default: the "
+        "work folder's pushed model, WORK_DIR/serving/brain_tumor",
     )
+    add_work_dir(p, "its pushed model, unless --server or --model")
     p.add_argument("--model-name", default=MODEL_NAME, help="served model name (default %(default)s)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="--server: seconds per request, retries on an unavailable server included (default %(default)s)",
+    )
     p.add_argument(
         "--exclude-training",
         metavar="PREPARED",
@@ -109,16 +131,20 @@ def register(sub) -> None:
         type=float,
         default=-1.0,
         metavar="SHARE",
-        help="exit 1 when the pointing game is below SHARE",
+        help="refuse (exit 1) when the pointing game is below SHARE",
     )
     p.add_argument(
         "--min-removed-changed",
         type=float,
         default=-1.0,
         metavar="SHARE",
-        help="exit 1 when fewer than SHARE of answers change with the lesion removed",
+        help="refuse (exit 1) when fewer than SHARE of answers change with the lesion removed",
     )
-    p.add_argument("--out", default="lesion_audit", help="folder for lesion_audit.json and the gallery")
+    p.add_argument(
+        "--out",
+        default="lesion_audit",
+        help="folder for lesion_audit.json and the gallery (default %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_flags(p, "no progress bar")
     p.set_defaults(func=_cmd_audit)

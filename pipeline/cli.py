@@ -11,22 +11,46 @@ import argparse
 import sys
 from pathlib import Path
 
+from btmri.cli_conventions import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    add_output_flags,
+    error,
+    exit_code_text,
+)
 from btmri.console import quiet_environment
 from btmri.documents import TRAINER_DEFAULTS, VERTEX_DEFAULTS
 from btmri.layout import DEFAULT_LAYOUT, MANIFEST_FILE, RunLayout
 from btmri.spec import SCHEDULE_CONVERGE, SPLIT_UNITS
 
+# `btmri run --quick`: a smoke run of every component, blessed and pushed in minutes.
+# Gates are set so that a 1-epoch model passes them; flags given explicitly still win.
+QUICK_PRESET = {
+    "synthetic_per_class": 12,
+    "epochs": 1,
+    "batch_size": 8,
+    "accuracy_bound": 0.0,
+    # A 1-epoch model abstains on a random few of its 12 test images.
+    "min_acceptance": 0.5,
+}
+
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from data_prep.synth import generate_dataset
 
-    summary = generate_dataset(
-        args.out,
-        per_class=args.per_class,
-        test_per_class=args.test_per_class,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    if min(args.per_class, args.test_per_class) < 0:
+        return error("synth", "--per-class and --test-per-class cannot be negative")
+    try:
+        summary = generate_dataset(
+            args.out,
+            per_class=args.per_class,
+            test_per_class=args.test_per_class,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    except OSError as err:
+        return error("synth", f"cannot write to {args.out}: {err.strerror or err}")
     print(
         f"wrote {summary['images']} synthetic images and {summary['masks']} lesion masks to {args.out} (seed {summary['seed']})"
     )
@@ -86,8 +110,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     try:
         manifest = prepare(opts)
     except (PrepareError, LayoutError, ValueError) as err:
-        print(f"btmri prepare: error: {err}", file=sys.stderr)
-        return 2
+        return error("prepare", err)
     print(summary_table(manifest))
     print(
         f"wrote {manifest.total_written} examples to {args.out} "
@@ -141,6 +164,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from data_prep.synth import BOXES_DIR
     from pipeline.workdir import prepare_if_changed, synthesize_if_missing
 
+    if args.quick:
+        if args.data_dir is not None:
+            return error("run", "--quick runs on a few synthetic phantoms; drop --data-dir (or --quick)")
+        _apply_preset(args, QUICK_PRESET)
+        print(
+            "quick run: a smoke test of every component on "
+            f"{4 * args.synthetic_per_class} synthetic images and {args.epochs} epoch, with "
+            "gates a 1-epoch model passes. Its model is not a usable classifier: "
+            "`btmri run` trains one."
+        )
     work = RunLayout(args.work_dir)
     box_dir = args.boxes_dir
     try:
@@ -157,7 +190,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         prepared = prepare_if_changed(
             data_dir,
             work,
-            progress=True,
+            progress=not args.quiet,
             box_dir=box_dir,
             drop_cross_split_duplicates=args.drop_cross_split_duplicates,
             split_unit=args.split_unit,
@@ -166,8 +199,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             and (args.hold_out_dir or work.held_out_data(args.hold_out_collection)),
         )
     except (PrepareError, LayoutError, ValueError) as err:
-        print(f"btmri run: error: {err}", file=sys.stderr)
-        return 2
+        return error("run", err)
     if prepared.reused:
         print(f"data unchanged since the last prepare: reusing {prepared.path}")
     else:
@@ -195,8 +227,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             use_module_files=not runs_beyond_this_process(beam),
         )
     except ValueError as err:
-        print(f"btmri run: error: {err}", file=sys.stderr)
-        return 2
+        return error("run", err)
     print(
         f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
         f"model {config.model}, "
@@ -208,17 +239,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         + ")"
     )
     try:
-        summary = run_pipeline(config, verbose=args.verbose)
+        summary = run_pipeline(config, verbose=args.verbose, quiet=args.quiet)
     except AnomaliesFound as err:
-        print(f"btmri run: {err}", file=sys.stderr)
-        return 3
+        return error("run", f"{err}; fix the data or its schema, then run again", EXIT_REFUSED)
     except RuntimeError as err:
-        print(
-            f"btmri run: pipeline failed: {err}\n(full log under {config.pipeline_root}/logs)",
-            file=sys.stderr,
+        return error(
+            "run", f"the pipeline failed: {err} (full log under {config.pipeline_root}/logs)", EXIT_FAILED
         )
-        return 1
     print("\n" + "\n".join(summary_lines(summary, config.accuracy_lower_bound, config.min_acceptance)))
+    from pipeline import run_record
+
+    record = run_record.write(
+        run_record.build(summary, config, args.argv, prepared.manifest), config.pipeline_root
+    )
+    print(f"run record: {record} (`btmri results` turns it into the results record)")
     held = prepared.manifest.held_out_collection
     if held:
         print(
@@ -226,7 +260,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"({held['units']} patients / groups) in {held['dir']}; grade the model on them with\n"
             f"  btmri evaluate {held['dir']} --model-dir {config.serving_dir}"
         )
-    return 0
+    # Refused: the gates kept the model from the serving folder (a cached re-run of a
+    # pushed model counts as pushed).
+    return EXIT_OK if summary.pushed else EXIT_REFUSED
+
+
+def _apply_preset(args: argparse.Namespace, preset: dict) -> None:
+    """Sets each preset value on `args` unless its flag (--the-dest) was given in args.argv."""
+    for dest, value in preset.items():
+        flag = "--" + dest.replace("_", "-")
+        if not any(token == flag or token.startswith(flag + "=") for token in args.argv):
+            setattr(args, dest, value)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -268,8 +312,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             vertex=vertex,
         )
     except ValueError as err:
-        print(f"btmri compile: error: {err}", file=sys.stderr)
-        return 2
+        return error("compile", err)
     path = compile_pipeline(config, args.out, args.image)
     print(f"wrote {'Vertex AI' if vertex else 'Kubeflow Pipelines v2'} spec to {path}")
     return 0
@@ -291,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     from data_prep.prepare import DEFAULT_TRAIN_SHARDS
 
     parser = argparse.ArgumentParser(
-        prog="btmri", description="Brain tumor MRI classifier: data, TFX pipeline, serving."
+        prog="btmri",
+        description="Brain tumor MRI classifier: data, TFX pipeline, serving. Every subcommand "
+        "takes -v/--verbose and -q/--quiet; those that read a run take --work-dir (default "
+        f"{DEFAULT_LAYOUT.work_dir}), the folder `btmri run` wrote.",
+        epilog=exit_code_text(),
     )
     parser.add_argument("--version", action="version", version=f"btmri {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -300,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (Training/, Testing/, masks/)")
     p.add_argument("--per-class", type=int, default=100, help="training images per class")
     p.add_argument("--test-per-class", type=int, default=25, help="testing images per class")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default %(default)s)")
+    add_output_flags(p, "no progress bar")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("prepare", help="images → validated, split TFRecords + manifest.json")
@@ -362,10 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and patient, for lesion-guided training and splits by patient",
     )
     add_split_arguments(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "-v", "--verbose", action="store_true", help="keep TensorFlow's start-up notes and library warnings"
-    )
+    add_output_flags(p, "no progress bars")
     p.set_defaults(func=_cmd_prepare)
 
     from btmri.spec import COMPILE_TARGETS, DISTRIBUTIONS, INPUT_SHARDING, MODEL_NAME, MODEL_NAMES, SCHEDULES
@@ -386,7 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="TF Serving model base path (<dir>/<version>/)"
             + (f" (default: WORK_DIR/serving/{MODEL_NAME})" if local else ""),
         )
-        p.add_argument("--model", default=TRAINER_DEFAULTS.model, choices=MODEL_NAMES)
+        p.add_argument(
+            "--model",
+            default=TRAINER_DEFAULTS.model,
+            choices=MODEL_NAMES,
+            help="the network architecture to train (default %(default)s)",
+        )
         p.add_argument(
             "--weights",
             default=None,
@@ -587,7 +636,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic-per-class",
         type=int,
         default=400,
-        help="training images per class of the synthetic default (test: a quarter)",
+        help="training images per class of the synthetic default (test: a quarter); default %(default)s",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run in a few minutes: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK_PRESET.items())
+        + " unless given; blessed and pushed, but not a usable model",
     )
     p.add_argument(
         "--drop-cross-split-duplicates",
@@ -602,21 +658,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_split_arguments(p, "prepare: ", " (default WORK_DIR/data/held-out/NAME)")
     p.add_argument("--no-cache", action="store_true", help="re-run every component")
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="show the whole log (TFX, Beam, TensorFlow) on the terminal too",
-    )
+    add_output_flags(p, "no progress lines (components, epochs, audit)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("compile", help="compile the pipeline to a Kubeflow Pipelines / Vertex AI spec")
-    p.add_argument("--out", default="pipeline.json", help="spec file to write")
+    p.add_argument("--out", default="pipeline.json", help="spec file to write (default %(default)s)")
     p.add_argument("--data-root", required=True, help="prepared TFRecords (e.g. gs://bucket/prepared)")
     p.add_argument(
         "--image",
         default="brain-tumor-mri-tfx:latest",
-        help="container image holding this package (see Dockerfile)",
+        help="container image holding this package (see Dockerfile); default %(default)s",
     )
     p.add_argument(
         "--no-test-split", action="store_true", help="the prepared data has no test/ split: evaluate on eval"
@@ -631,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=COMPILE_TARGETS[0],
         choices=COMPILE_TARGETS,
         help="kubeflow: every component in the project image; vertex: the Trainer as a "
-        "Vertex AI training job (and, with --vertex-endpoint, the push to Vertex AI)",
+        "Vertex AI training job (and, with --vertex-endpoint, the push to Vertex AI); "
+        "default %(default)s",
     )
     v = VERTEX_DEFAULTS
     p.add_argument("--vertex-project", default=None, help="--target vertex: GCP project (required)")
@@ -670,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --vertex-endpoint; default %(default)s",
     )
     pipeline_args(p, local=False)
+    add_output_flags(p)
     p.set_defaults(func=_cmd_compile)
 
     from serving.cli import register as register_serving
@@ -691,7 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     # A pipeline run keeps TensorFlow's warnings for its log (CapturedRun); the other
     # commands drop them unless -v.
     quiet_environment(verbose=getattr(args, "verbose", False), tf_warnings=args.command == "run")

@@ -189,4 +189,4 @@ def missing_store_message(config: PipelineConfig) -> str | None:
     None. Here, not in pipeline.metadata, so commands can say it before importing TFX."""
     if os.path.isfile(config.metadata_path):
         return None
-    return f"no ML Metadata store at {config.metadata_path}: run `btmri run` first or pass --pipeline-root"
+    return f"no ML Metadata store at {config.metadata_path}: run `btmri run` first, or pass the run's --work-dir (or --pipeline-root)"

@@ -12,13 +12,22 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+from btmri.cli_conventions import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    add_output_flags,
+    add_work_dir,
+    error,
+    exit_code_text,
+)
+from btmri.layout import RunLayout
+
 PROG = "btmri evaluate"
 
 
 def _error(message) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return error("evaluate", message)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -54,11 +63,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.server:
         predictor = site_predict.ServerPredictor(args.server, args.model_name, args.timeout, args.label)
     else:
-        model_dir = site_predict.saved_model_dir(args.model_dir)
+        model = args.model_dir or RunLayout(args.work_dir).serving_dir
+        model_dir = site_predict.saved_model_dir(model)
         if model_dir is None:
             return _error(
-                f"no SavedModel in {args.model_dir} (expected saved_model.pb there or in an "
-                "integer version folder)"
+                f"no SavedModel in {model} (expected saved_model.pb there or in an integer "
+                "version folder); give --model-dir DIR or --server HOST:PORT, or run `btmri run` first"
             )
         try:
             predictor = site_predict.SavedModelPredictor(model_dir)
@@ -110,7 +120,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         write_atomic(out / evaluation.EVALUATION_JSON, json.dumps(evaluation.json_ready(document), indent=1))
         write_atomic(out / evaluation.EVALUATION_HTML, page.render(document))
         print(f"wrote {out / evaluation.EVALUATION_JSON} and {out / evaluation.EVALUATION_HTML}")
-    return EXIT_GATE if document["gates"]["failures"] else EXIT_OK
+    return EXIT_REFUSED if document["gates"]["failures"] else EXIT_OK
 
 
 def _describe(info: dict) -> str:
@@ -136,22 +146,21 @@ def register(sub) -> None:
         "to a SavedModel or a model server and prints accuracy, per-class recall, abstentions "
         "and their reasons, wrong-and-confident answers, tumours called notumor and the "
         "confusion matrix, each share with its 95 % interval, for all images and per tag "
-        "value. Unreadable files are skipped with their reason. Exit code 0: done, 1: a "
-        "--min-accuracy / --max-tumour-called-notumor bound missed, 2: usage error, "
-        "3: the server is unavailable.",
+        "value. Unreadable files are skipped with their reason. " + exit_code_text(),
     )
     p.add_argument(
         "data_dir",
         metavar="DIR",
         help="labelled images: DIR/Training/<class>/, DIR/Testing/<class>/ or DIR/<class>/",
     )
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--model-dir",
         "--model",
         dest="model_dir",
         metavar="DIR",
-        help="a pushed model: a TF Serving base path (its highest integer version) or one version folder",
+        help="a pushed model: a TF Serving base path (its highest integer version) or one version "
+        "folder; default: the work folder's pushed model, WORK_DIR/serving/brain_tumor",
     )
     where.add_argument(
         "--server", metavar="HOST:PORT", help="gRPC address of TF Serving / btmri serve (e.g. localhost:8500)"
@@ -217,8 +226,6 @@ def register(sub) -> None:
         default=DEFAULT_MAX_FILE_MB,
         help="skip files larger than this many MiB, as prepare does (default %(default)s)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "-v", "--verbose", action="store_true", help="keep TensorFlow's start-up notes and library warnings"
-    )
+    add_work_dir(p, "its pushed model, unless --server or --model-dir")
+    add_output_flags(p, "no progress bar")
     p.set_defaults(func=_cmd_evaluate)

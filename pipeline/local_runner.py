@@ -118,13 +118,14 @@ class RunSummary:
         return self.evaluation.metrics if self.evaluation else {}
 
 
-def run_pipeline(config: PipelineConfig, verbose: bool = False) -> RunSummary:
-    """Runs every component (cached ones are skipped by TFX) and summarises the result."""
+def run_pipeline(config: PipelineConfig, verbose: bool = False, quiet: bool = False) -> RunSummary:
+    """Runs every component (cached ones are skipped by TFX) and summarises the result;
+    `quiet`: no progress lines on the terminal (the log is written all the same)."""
     logs = logs_dir(config.pipeline_root)
     os.makedirs(logs, exist_ok=True)
     log_path = os.path.join(logs, time.strftime("run-%Y%m%d-%H%M%S.log"))
     started = time.time()
-    with CapturedRun(log_path, verbose=verbose) as console:
+    with CapturedRun(log_path, verbose=verbose, quiet=quiet) as console:
         progress = _ProgressHandler(console.terminal, component_ids(config))
         with _logging_to(log_path, progress, console.terminal if verbose else None):
             tfx.orchestration.LocalDagRunner().run(create_pipeline(config))

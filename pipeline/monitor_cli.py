@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from btmri.layout import DEFAULT_LAYOUT, MONITOR_DIR, MONITOR_REPORT_FILE
+from btmri.cli_conventions import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_output_flags, add_work_dir, error
+from btmri.layout import MONITOR_DIR, MONITOR_REPORT_FILE, RunLayout
 
-EXIT_OK, EXIT_ANOMALIES, EXIT_NOTHING = 0, 1, 2
+EXIT_ANOMALIES, EXIT_NOTHING = EXIT_REFUSED, EXIT_USAGE
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from pipeline.monitor import MonitorError, monitor
 
+    pipeline_root = args.pipeline_root or RunLayout(args.work_dir).pipeline_root
     try:
         result = monitor(
-            args.request_log, args.pipeline_root, out=args.out, all_files=args.all, beam_args=args.beam_arg
+            args.request_log, pipeline_root, out=args.out, all_files=args.all, beam_args=args.beam_arg
         )
     except MonitorError as err:
-        print(f"btmri monitor: {err}", file=sys.stderr)
-        return EXIT_NOTHING
+        return error("monitor", err, EXIT_NOTHING)
     w = result.window
     print(
         f"window: {w['rows']} images in {w['records']} logged calls from {len(w['files'])} "
@@ -50,10 +50,11 @@ def register(subparsers) -> None:
         "(new) logs or no baseline.",
     )
     p.add_argument("--request-log", required=True, metavar="DIR", help="the server's --request-log folder")
+    add_work_dir(p, "the baseline and schema of its latest run")
     p.add_argument(
         "--pipeline-root",
-        default=DEFAULT_LAYOUT.pipeline_root,
-        help="pipeline root holding metadata.sqlite (default %(default)s)",
+        default=None,
+        help="pipeline root holding metadata.sqlite (default: WORK_DIR/pipeline)",
     )
     p.add_argument(
         "--out", default=None, help=f"report folders go here, one per run (default DIR/{MONITOR_DIR})"
@@ -70,7 +71,5 @@ def register(subparsers) -> None:
         metavar="ARG",
         help="Beam pipeline option, repeatable (default: DirectRunner in process)",
     )
-    p.add_argument(
-        "-v", "--verbose", action="store_true", help="keep TensorFlow's start-up notes and library warnings"
-    )
+    add_output_flags(p)
     p.set_defaults(func=_cmd_monitor)

@@ -13,28 +13,44 @@ import logging
 import sys
 from pathlib import Path
 
+from btmri.cli_conventions import (
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    add_output_flags,
+    add_work_dir,
+    error,
+)
 from btmri.console import quiet_environment
 from btmri.documents import SERVER_DEFAULTS, ServerOptions
+from btmri.layout import DEFAULT_LAYOUT, RunLayout
 from btmri.spec import LOG_PAYLOADS
 from serving.heatmap_overlay import DEFAULT_STRENGTH
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
     from serving.server import serve
 
     if args.batching_parameters_file and not args.enable_batching:
-        print("btmri serve: --batching-parameters-file needs --enable-batching", file=sys.stderr)
-        return 2
-    if bool(args.model_base_path) == bool(args.model_config_file):
-        print("btmri serve: give either --model-base-path or --model-config-file", file=sys.stderr)
-        return 2
+        return error("serve", "--batching-parameters-file needs --enable-batching")
+    if args.model_base_path and args.model_config_file:
+        return error("serve", "give either --model-base-path or --model-config-file, not both")
+    base_path = args.model_base_path
+    if not base_path and not args.model_config_file:
+        # The work folder's pushed model: what `btmri run` (same --work-dir) pushed.
+        base_path = RunLayout(args.work_dir).serving_dir
+        if not Path(base_path).is_dir():
+            return error(
+                "serve",
+                f"no pushed model in {base_path}: run `btmri run` first (or `btmri run --quick` "
+                "for a smoke run), or give --model-base-path or --model-config-file",
+            )
     options = ServerOptions(
-        model_base_path=args.model_base_path or "",
+        model_base_path=base_path or "",
         model_name=args.model_name,
         model_config_file=args.model_config_file,
         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
@@ -107,10 +123,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 record["error"] = str(err)
             except ServerUnavailable as err:
                 print(unavailable_message("btmri predict", err), file=sys.stderr)
-                return 3
+                return EXIT_UNAVAILABLE
             failures += "error" in record
             print(json.dumps(record), flush=True)
-    return 1 if failures else 0
+    # Images it could not classify (unreadable, or refused by the server) are bad input.
+    return error("predict", f"{failures} of {len(args.images)} images failed") if failures else EXIT_OK
 
 
 def _cmd_gradcam(args: argparse.Namespace) -> int:
@@ -118,8 +135,7 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
     from serving.client import RequestFailed, ServerUnavailable, unavailable_message
 
     if not 0.0 <= args.alpha <= 1.0:
-        print(f"btmri gradcam: --alpha must be in [0, 1], got {args.alpha}", file=sys.stderr)
-        return 2
+        return error("gradcam", f"--alpha must be in [0, 1], got {args.alpha}")
     out = Path(args.out)
     failures = 0
     with _client(args) as client:
@@ -133,7 +149,7 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
                 written = heatmap_overlay.write(images, out, stem)
             except ServerUnavailable as err:
                 print(unavailable_message("btmri gradcam", err), file=sys.stderr)
-                return 3
+                return EXIT_UNAVAILABLE
             except (OSError, ValueError, RequestFailed) as err:
                 print(f"{path}: error: {err}", file=sys.stderr)
                 failures += 1
@@ -151,7 +167,7 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
                     f"{result.model_version}) -> {written['overlay']}",
                     flush=True,
                 )
-    return 1 if failures else 0
+    return error("gradcam", f"{failures} of {len(args.images)} images failed") if failures else EXIT_OK
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -159,8 +175,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model-base-path",
         default=None,
-        help="TF Serving base path (<dir>/<version>/saved_model.pb); or --model-config-file",
+        help="TF Serving base path (<dir>/<version>/saved_model.pb); or --model-config-file; "
+        "default: the work folder's pushed model, WORK_DIR/serving/brain_tumor",
     )
+    add_work_dir(p, "its pushed model, unless --model-base-path or --model-config-file")
     p.add_argument(
         "--model-name", default=SERVER_DEFAULTS.model_name, help="served model name (default %(default)s)"
     )
@@ -324,12 +342,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=SERVER_DEFAULTS.log_queue_mb,
         help="MiB those records may hold (default %(default)s)",
     )
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="debug logging (one line per REST request), TensorFlow's start-up notes",
-    )
+    add_output_flags(p, "warnings and errors only (no start-up and reload notes)")
 
 
 def register(subparsers) -> None:
@@ -365,7 +378,9 @@ def register(subparsers) -> None:
                 help=f"use the REST API at URL (e.g. http://localhost:{SERVER_DEFAULTS.rest_port}) "
                 "instead of gRPC",
             )
-        p.add_argument("--model-name", default=SERVER_DEFAULTS.model_name)
+        p.add_argument(
+            "--model-name", default=SERVER_DEFAULTS.model_name, help="served model name (default %(default)s)"
+        )
         p.add_argument(
             "--label",
             default=None,
@@ -376,8 +391,9 @@ def register(subparsers) -> None:
             "--timeout",
             type=float,
             default=SERVER_DEFAULTS.client_timeout_seconds,
-            help="seconds per request (default %(default)s)",
+            help="seconds per request, retries on an unavailable server included (default %(default)s)",
         )
+        add_output_flags(p, "no notes beside the results")
 
     p = subparsers.add_parser(
         "predict",
@@ -396,8 +412,8 @@ def register(subparsers) -> None:
         description="Writes <name>_original.png, <name>_heatmap.png and "
         "<name>_overlay.png per image into --out.",
     )
-    client_args(p, rest=False)
-    p.add_argument("--out", required=True, help="output folder")
+    client_args(p, rest=True)
+    p.add_argument("--out", default=DEFAULT_LAYOUT.gradcam_dir, help="output folder (default %(default)s)")
     p.add_argument(
         "--alpha",
         type=float,

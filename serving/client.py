@@ -373,3 +373,12 @@ class RestClient:
         answer = self.request("POST", f"{self.model_path}:predict", document)
         row = answer["predictions"][0]
         return _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row)
+
+    def gradcam(self, image: bytes) -> GradcamResult:
+        document = {
+            "signature_name": spec.GRADCAM,
+            "instances": [{"b64": base64.b64encode(image).decode("ascii")}],
+        }
+        row = self.request("POST", f"{self.model_path}:predict", document)["predictions"][0]
+        base = _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row)
+        return GradcamResult(**vars(base), heatmap=np.asarray(row[spec.HEATMAP], np.float32))

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -292,15 +293,15 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def serve(options: ServerOptions) -> int:
-    """Runs until SIGTERM/SIGINT; returns the process exit code."""
+def serve(options: ServerOptions, prog: str = "btmri serve") -> int:
+    """Runs until SIGTERM/SIGINT; returns the process exit code (2: it could not start)."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
             server = ModelServer(options)
         except (OSError, ValueError) as err:
-            log.error("%s", err)
+            print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
             return 2
         server.start()
         while not stop.wait(0.5):  # short waits keep the main thread responsive to signals

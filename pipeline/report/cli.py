@@ -4,20 +4,20 @@ pipeline.report.build (and, during a run, pipeline/report/component.py)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
+from btmri.cli_conventions import EXIT_OK, add_output_flags, add_work_dir, error
 from btmri.intervals import WILSON, format_with_interval, statement
-from btmri.layout import DEFAULT_LAYOUT, REPORT_FILE
+from btmri.layout import REPORT_FILE, RunLayout
 from pipeline.report import DEFAULT_GALLERY_PER_KIND
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from pipeline.config import PipelineConfig, missing_store_message
 
-    config = PipelineConfig(pipeline_root=args.pipeline_root, data_root=args.data_root or "", serving_dir="")
+    pipeline_root = args.pipeline_root or RunLayout(args.work_dir).pipeline_root
+    config = PipelineConfig(pipeline_root=pipeline_root, data_root=args.data_root or "", serving_dir="")
     if missing := missing_store_message(config):  # before TFX and TFMA take seconds to import
-        print(f"btmri report: error: {missing}", file=sys.stderr)
-        return 2
+        return error("report", missing)
 
     from pipeline.report.artifacts import ReportError
     from pipeline.report.build import build_report, report_of_run
@@ -43,10 +43,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 )
             )
     except ReportError as err:
-        print(f"btmri report: error: {err}", file=sys.stderr)
-        return 2
+        return error("report", err)
     print("\n".join(summary_text(args.out, summary)))
-    return 0
+    return EXIT_OK
 
 
 def summary_text(out: str, summary: dict) -> list[str]:
@@ -119,10 +118,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report", help="self-contained HTML evaluation report and model card of the latest run"
     )
+    add_work_dir(p, "the latest run of its pipeline root")
     p.add_argument(
         "--pipeline-root",
-        default=DEFAULT_LAYOUT.pipeline_root,
-        help="pipeline root holding metadata.sqlite (default %(default)s)",
+        default=None,
+        help="pipeline root holding metadata.sqlite (default: WORK_DIR/pipeline)",
     )
     p.add_argument("--out", default=REPORT_FILE, help="HTML file to write (default %(default)s)")
     p.add_argument(
@@ -151,7 +151,5 @@ def register(subparsers) -> None:
         help="JSON written by benchmarks/abstention.py --out: abstention per probe "
         "family in the report and model card",
     )
-    p.add_argument(
-        "-v", "--verbose", action="store_true", help="keep TensorFlow's start-up notes and library warnings"
-    )
+    add_output_flags(p)
     p.set_defaults(func=_cmd_report)

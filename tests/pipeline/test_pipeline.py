@@ -180,7 +180,7 @@ def test_rerun_is_served_from_cache_and_pushes_nothing_new(own_run, capsys):
 def test_unreachable_accuracy_bound_pushes_nothing(own_run, capsys):
     capsys.readouterr()
     before = pushed_versions(str(own_run / "serving"))
-    assert btmri_run(own_run, "--accuracy-bound", "1.01") == 0
+    assert btmri_run(own_run, "--accuracy-bound", "1.01") == 1  # ran, refused
     out = capsys.readouterr().out
     assert "blessed: no" in out and "not pushed" in out
     assert "serving validation: not run (not validated: the model was not blessed)" in out
@@ -192,7 +192,7 @@ def test_acceptance_below_the_floor_refuses_blessing(own_run, capsys):
     the evaluated split is not blessed (1.01 cannot be reached: the share is at most 1)."""
     capsys.readouterr()
     before = pushed_versions(str(own_run / "serving"))
-    assert btmri_run(own_run, "--min-acceptance", "1.01") == 0
+    assert btmri_run(own_run, "--min-acceptance", "1.01") == 1
     out = capsys.readouterr().out
     assert re.search(
         r"answered \(not abstained\) [01]\.\d{3} \[[01]\.\d{3}, [01]\.\d{3}\] \(\d+/\d+\) "

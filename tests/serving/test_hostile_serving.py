@@ -139,7 +139,7 @@ def test_btmri_predict_reports_bombs_and_special_files(server, tmp_path, capsys)
     (tmp_path / "broken.dcm").write_bytes(bytes(128) + b"DICM" + b"garbage" * 10)
     os.mkfifo(tmp_path / "pipe.png")
     files = [str(tmp_path / n) for n in ("bomb.jpg", "broken.dcm", "pipe.png")]
-    assert main(["predict", "--server", server.grpc_target, *files]) == 1
+    assert main(["predict", "--server", server.grpc_target, *files]) == 2  # bad input
     errors = {line["file"]: line["error"] for line in map(json.loads, capsys.readouterr().out.splitlines())}
     assert (
         errors[files[0]].startswith("INVALID_ARGUMENT") and "image too large: 16384x16384" in errors[files[0]]

@@ -602,9 +602,11 @@ def test_btmri_predict_reports_bad_files_and_a_down_server(server, tmp_path, cap
 
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image")
-    assert main(["predict", "--server", server.grpc_target, str(junk)]) == 1
-    line = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--server", server.grpc_target, str(junk)]) == 2  # bad input
+    printed = capsys.readouterr()
+    line = json.loads(printed.out)
     assert line["file"] == str(junk) and line["error"].startswith("INVALID_ARGUMENT")
+    assert "btmri predict: error: 1 of 1 images failed" in printed.err
 
     (port,) = free_ports(1)  # nothing listens here
     assert main(["predict", "--server", f"127.0.0.1:{port}", str(junk)]) == 3

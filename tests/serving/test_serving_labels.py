@@ -301,7 +301,7 @@ def test_btmri_predict_targets_a_label(server, tiny_run, capsys):
     assert btmri(["predict", "--rest", server.rest_url, "--label", "canary", path]) == 0
     grpc_line, rest_line = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert (grpc_line["model_version"], rest_line["model_version"]) == (STABLE, CANARY)
-    assert btmri(["predict", "--server", server.grpc_target, "--label", "beta", path]) == 1
+    assert btmri(["predict", "--server", server.grpc_target, "--label", "beta", path]) == 2
     assert "Unrecognized servable version label: beta" in capsys.readouterr().out
 
 
