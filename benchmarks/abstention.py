@@ -1,7 +1,7 @@
 """Does the served model know when not to answer? Probe families against a SavedModel.
 
     python benchmarks/abstention.py --model runs/serving/brain_tumor/N \\
-        --records 'runs/data/prepared/test/*.tfrecord' [--out abstention_benchmark.json] \\
+        --records 'runs/data/prepared/current/test/*.tfrecord' [--out abstention_benchmark.json] \\
         [--baseline-model DIR]   # a model without abstention: predict_images latency ratio
 
 Probe families, none touching training data and none from a source the Trainer's
@@ -52,7 +52,7 @@ from btmri.spec import (
     PROBABILITIES,
     REASON_OUT_OF_DISTRIBUTION,
 )
-from data_prep import contract  # noqa: E402
+from btmri import spec  # noqa: E402
 
 SAMPLE_DATA = Path(matplotlib.get_data_path()) / "sample_data"
 
@@ -234,7 +234,7 @@ def read_records(pattern: str) -> tuple[list[bytes], np.ndarray]:
     examples = [
         parse_example(record.numpy()) for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern)))
     ]
-    return ([e[contract.IMAGE_KEY] for e in examples], np.asarray([e[contract.LABEL_KEY] for e in examples]))
+    return ([e[spec.IMAGE_KEY] for e in examples], np.asarray([e[spec.LABEL_KEY] for e in examples]))
 
 
 def run(signature, images: list[bytes], batch: int = 32) -> dict[str, np.ndarray]:

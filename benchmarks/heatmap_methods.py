@@ -2,7 +2,7 @@
 scored like the lesion audit (pointing game, mass in box) on box slices.
 
     python benchmarks/heatmap_methods.py --model runs/serving/brain_tumor \
-        --boxes-dir /path/to/figshare-boxes --exclude-training runs/data/prepared
+        --boxes-dir /path/to/figshare-boxes --exclude-training runs/data/prepared/current
 
 Maps, all for the predicted class, upsampled to 224x224:
   signature      what the exported `gradcam` signature returns (Grad-CAM 14x14 x LayerCAM 56x56)
@@ -32,7 +32,7 @@ import data_prep  # noqa: E402,F401  (Keras 2 switch before TensorFlow)
 from components.audit.component import slices_not_in, training_images  # noqa: E402
 from components.audit.lesion_audit import DEFAULT_TOLERANCE_PX, heatmap_figures, png  # noqa: E402
 from components.audit.predictors import SavedModelPredictor  # noqa: E402
-from data_prep import contract  # noqa: E402
+from btmri import spec  # noqa: E402
 from data_prep.lesion_boxes import gray_of, read_box_folder  # noqa: E402
 from pipeline.audit_cli import _saved_model_dir  # noqa: E402
 
@@ -65,7 +65,7 @@ def method_maps(grad_model, kernel, images: list[bytes], explicit: bool = False)
     from components.transform.preprocessing import HEAD_BOX_XF, IMAGE_SIZE, IMAGE_XF, preprocessing_fn
 
     # This version's Transform (models trained by it): the head crop the model sees.
-    xf = preprocessing_fn({contract.IMAGE_KEY: tf.constant(images)[:, None]})
+    xf = preprocessing_fn({spec.IMAGE_KEY: tf.constant(images)[:, None]})
     x = xf[IMAGE_XF]
     with tf.GradientTape() as tape:
         coarse, fine, last, logits = grad_model(x, training=False)
@@ -104,7 +104,7 @@ def main() -> int:
     model_dir = _saved_model_dir(args.model)
     slices, _ = read_box_folder(args.boxes_dir)
     if args.exclude_training:
-        files = sorted(str(p) for p in (Path(args.exclude_training) / contract.TRAIN_SPLIT).glob("*"))
+        files = sorted(str(p) for p in (Path(args.exclude_training) / spec.TRAIN_SPLIT).glob("*"))
         slices = slices_not_in(slices, training_images(files))
     if args.limit:
         slices = [
@@ -126,7 +126,7 @@ def main() -> int:
                 fig = heatmap_figures(np.asarray(h, np.float32), s.box, DEFAULT_TOLERANCE_PX)
                 for key in ("pointing", "pointing_tolerant", "mass_in_box"):
                     scores.setdefault(name, {}).setdefault(key, []).append(
-                        (contract.CLASS_NAMES[s.label], float(fig[key]))
+                        (spec.CLASS_NAMES[s.label], float(fig[key]))
                     )
     print(f"{len(slices)} slices in {time.time() - started:.0f} s (tolerance {DEFAULT_TOLERANCE_PX} px)")
     classes = sorted({c for c, _ in next(iter(scores.values()))["pointing"]})

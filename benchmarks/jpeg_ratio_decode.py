@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import components.transform.decode as dec  # noqa: E402
-from data_prep.contract import CLASS_NAMES  # noqa: E402
+from btmri.spec import CLASS_NAMES  # noqa: E402
 from data_prep.synth import render_phantom  # noqa: E402
 
 SIZE = 224

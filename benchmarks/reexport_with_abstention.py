@@ -6,7 +6,7 @@ them:
 
     python benchmarks/reexport_with_abstention.py --model runs/serving/brain_tumor/N \\
         --transform-graph runs/pipeline/Transform/transform_graph/ID \\
-        --eval-records 'runs/data/prepared/eval/*.tfrecord' --out /tmp/with_abstention
+        --eval-records 'runs/data/prepared/current/eval/*.tfrecord' --out /tmp/with_abstention
 
 The weights, the calibrated probabilities and the Transform graph are the model's own;
 the abstention detector is fitted on the eval records exactly as the Trainer fits it.
@@ -30,7 +30,7 @@ from btmri.documents import TRAINER_DEFAULTS  # noqa: E402
 from components.training import abstention  # noqa: E402
 from components.training.trainer import DEFAULTS, fit_abstention, make_signatures  # noqa: E402
 from components.transform.preprocessing import IMAGE_XF  # noqa: E402
-from data_prep import contract  # noqa: E402
+from btmri.spec import IMAGE_KEY, LABEL_KEY  # noqa: E402
 from data_prep.tfrecords import parse_example  # noqa: E402
 
 
@@ -38,10 +38,10 @@ def eval_dataset(pattern: str, tft_layer, batch: int = 32) -> tf.data.Dataset:
     examples = [
         parse_example(record.numpy()) for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern)))
     ]
-    images = [e[contract.IMAGE_KEY] for e in examples]
-    labels = [e[contract.LABEL_KEY] for e in examples]
+    images = [e[IMAGE_KEY] for e in examples]
+    labels = [e[LABEL_KEY] for e in examples]
     decoded = [
-        tft_layer({contract.IMAGE_KEY: tf.reshape(tf.constant(images[i : i + batch]), [-1, 1])})[IMAGE_XF]
+        tft_layer({IMAGE_KEY: tf.reshape(tf.constant(images[i : i + batch]), [-1, 1])})[IMAGE_XF]
         for i in range(0, len(images), batch)
     ]
     batches = [

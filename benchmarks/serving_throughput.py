@@ -62,7 +62,7 @@ def load_images(folder: str | None, count: int) -> tuple[list[bytes], str]:
                 data = jpeg.tobytes()
             images.append(data)
         return images, str(root)
-    from data_prep.contract import CLASS_NAMES
+    from btmri.spec import CLASS_NAMES
     from data_prep.synth import render_phantom
 
     rng = np.random.default_rng(0)

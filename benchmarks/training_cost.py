@@ -103,7 +103,7 @@ def main() -> None:
     from tfx.types import artifact_utils
 
     from btmri.documents import TRAINER_DEFAULTS
-    from components.signature_names import IMAGE_BYTES_INPUT, PREDICT_IMAGES
+    from btmri.spec import IMAGE_BYTES_INPUT, PREDICT_IMAGES
     from components.training.counterfactual import CounterfactualConfig
     from components.training.lesion_guidance import LesionGuidedModel
     from components.training.models import build_model

@@ -187,7 +187,7 @@ class TrainingSettings:
     evidence_weight: float = 1.0  # weight of the lesion-evidence loss; 0: off
     # Half each: on real data, lesion removed -> answer changes 0.69 at 0.25 / 0.25,
     # 0.79 at 0.5 / 0.5, 0.81 with the rim fill added (components/training/counterfactual.py;
-    # decoys keep the fill itself uninformative; README, lesion audit).
+    # decoys keep the fill itself uninformative; docs/lesion-audit.md).
     lesion_removal_rate: float = 0.5  # boxed tumour images shown with the lesion removed
     decoy_removal_rate: float = 0.5  # images shown with a lesion-free box removed
     # notumor images shown with a batch-mate's lesion, as its class (a third of them with
@@ -200,7 +200,7 @@ class TrainingSettings:
     # calibration: ood_score, abstain and abstain_reason in every exported signature.
     abstention: bool = True
     abstention_accept: float = 0.95  # share of eval images the fitted thresholds answer
-    # Scale-out (README, Running at scale). batch_size is the global batch: replicas
+    # Scale-out (docs/scale.md). batch_size is the global batch: replicas
     # split it, gradients are averaged over all of it, so learning_rate keeps its
     # meaning and is not rescaled; a larger global batch is chosen with batch_size
     # (and, by the linear rule, learning_rate scaled by the same factor) by hand.

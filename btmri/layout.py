@@ -114,6 +114,19 @@ class RunLayout:
 DEFAULT_LAYOUT = RunLayout()
 
 
+def notebook_layout() -> RunLayout:
+    """The work folder the notebooks read: $BTMRI_WORK_DIR, else `runs` in the current
+    folder when there is one, else `runs` at the repository root (a kernel starts in
+    notebooks/, the main job writes runs/ beside it)."""
+    import os
+
+    if os.environ.get("BTMRI_WORK_DIR"):
+        return RunLayout(os.environ["BTMRI_WORK_DIR"])
+    if Path(DEFAULT_WORK_DIR).is_dir():
+        return DEFAULT_LAYOUT
+    return RunLayout(str(Path(__file__).resolve().parents[1] / DEFAULT_WORK_DIR))
+
+
 def metadata_path(pipeline_root: str) -> str:
     return str(Path(pipeline_root, METADATA_FILE))
 

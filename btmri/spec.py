@@ -66,7 +66,7 @@ CHANNELS = 1  # grayscale: MRI slices carry no colour
 # ── Models the Trainer can build (components/training/models.py builds them) ───────
 MODEL_NAMES = ("mri_resnet_evidence", "mri_resnet", "seed_cnn", "resnet50", "efficientnetb0")
 # The default decides from local evidence maps: on real tumour slices its evidence lies
-# in the tumour box (README, "Does it look at the tumour?"); mri_resnet pools the whole map.
+# in the tumour box (docs/lesion-audit.md); mri_resnet pools the whole map.
 DEFAULT_MODEL = "mri_resnet_evidence"
 PRETRAINABLE = ("resnet50", "efficientnetb0")  # accept --weights imagenet
 
@@ -173,7 +173,7 @@ SCHEDULES: tuple[str, ...] = (SCHEDULE_CONVERGE, SCHEDULE_COSINE)
 # Printed by the Trainer when the converge schedule starts its anneal; the run's
 # progress line (btmri/console.py) then knows the last epoch.
 SCHEDULE_ANNEAL_LINE = "Training schedule: annealing over epochs {first}-{last}, then stopping ({reason})"
-# ── Scale-out (README, Running at scale) ──────────────────────────────────────────
+# ── Scale-out (docs/scale.md) ──────────────────────────────────────────────────────
 # tf.distribute strategy the Trainer builds its model under (TrainerConfig.distribution):
 # none = the default single-device path; mirrored = every local GPU (or every logical
 # CPU device when there is no GPU) of one host; multi_worker = the hosts TF_CONFIG names.

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep import contract
+from btmri import spec
 from data_prep.image_io import is_hidden, printable_path
 
 
@@ -38,14 +38,14 @@ def _class_folders(folder: Path) -> list[tuple[int, Path]]:
     out = []
     for name, path in sorted(_child_dirs(folder).items()):
         try:
-            out.append((contract.class_id(name), path))
+            out.append((spec.class_id(name), path))
         except ValueError:
             raise LayoutError(
                 f"{path}: unknown class folder {path.name!r}; expected class folders named "
-                f"{', '.join(contract.CLASS_NAMES)}"
+                f"{', '.join(spec.CLASS_NAMES)}"
             ) from None
     if not out:
-        raise LayoutError(f"{folder}: no class folders; expected {', '.join(contract.CLASS_NAMES)}")
+        raise LayoutError(f"{folder}: no class folders; expected {', '.join(spec.CLASS_NAMES)}")
     return out
 
 
@@ -67,10 +67,10 @@ def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip
         raise LayoutError(f"data dir {root} does not exist or is not a folder")
     top = _child_dirs(root)
     roots: list[tuple[str, Path]] = []
-    if contract.KAGGLE_TRAINING_DIR.lower() in top or contract.KAGGLE_TESTING_DIR.lower() in top:
+    if spec.KAGGLE_TRAINING_DIR.lower() in top or spec.KAGGLE_TESTING_DIR.lower() in top:
         for name, origin in (
-            (contract.KAGGLE_TRAINING_DIR, "training"),
-            (contract.KAGGLE_TESTING_DIR, "testing"),
+            (spec.KAGGLE_TRAINING_DIR, "training"),
+            (spec.KAGGLE_TESTING_DIR, "testing"),
         ):
             if name.lower() in top:
                 roots.append((origin, top[name.lower()]))
@@ -96,7 +96,7 @@ def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip
                     sources.add(source)
                     if is_hidden(name):
                         skips.append(Skip(source, "hidden or system file"))
-                    elif suffix.lower() not in contract.IMAGE_EXTENSIONS:
+                    elif suffix.lower() not in spec.IMAGE_EXTENSIONS:
                         skips.append(
                             Skip(source, f"unsupported extension {printable_path(suffix) or '(none)'}")
                         )

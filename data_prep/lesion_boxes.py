@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_prep import contract
+from btmri import spec
 from data_prep.image_io import ImageError, decode_image, read_bytes
 
 MATCH_CORRELATION = 0.99
@@ -44,7 +44,7 @@ SPLIT_SEED = "lesion-audit-v1"
 BOX_SUFFIXES = (".jpg", ".jpeg", ".png")
 THUMB_SIZE = 32
 # A box folder may hold only these classes: a box needs a tumour.
-TUMOUR_CLASSES = tuple(c for c in contract.CLASS_NAMES if c != "notumor")
+TUMOUR_CLASSES = tuple(c for c in spec.CLASS_NAMES if c != "notumor")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def read_box_folder(box_dir: str | os.PathLike) -> tuple[list[BoxedSlice], list[
                 f"{folder}: a box folder holds tumour classes only "
                 f"({', '.join(TUMOUR_CLASSES)}), not {folder.name!r}"
             )
-        label = contract.CLASS_TO_ID[name]
+        label = spec.CLASS_TO_ID[name]
         for image in sorted(folder.iterdir()):
             if image.suffix.lower() not in BOX_SUFFIXES or image.name.startswith("."):
                 continue

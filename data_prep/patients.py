@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from btmri.spec import GROUP_PREFIX, PATIENT_PREFIX
-from data_prep.contract import EVAL_SPLIT, TRAIN_SPLIT
+from btmri.spec import EVAL_SPLIT, TRAIN_SPLIT
 from data_prep.duplicates import popcount64
 
 PATIENT_JOIN = "+"  # between the ids of patients that near-duplicate images join into one unit

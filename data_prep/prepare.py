@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from btmri.documents import Manifest
 from btmri.layout import MANIFEST_FILE
-from data_prep import contract
+from btmri import spec
 from data_prep.discover import find_images
 from data_prep.duplicates import (
     DEFAULT_NEAR_THRESHOLD,
@@ -83,7 +83,7 @@ class PrepareOptions:
     box_dir: str | None = None  # tumour boxes (data_prep/lesion_boxes.py) to attach to matching images
     # "patient": eval drawn by patient / near-duplicate group (data_prep/patients.py);
     # "image": by file, as before patients were known (kept to measure the difference).
-    split_unit: str = contract.SPLIT_UNITS[0]
+    split_unit: str = spec.SPLIT_UNITS[0]
     # Leave one source out: the tumour images of this collection (whole patients / groups)
     # are written to hold_out_dir as class folders, for `btmri evaluate`, and to no split.
     hold_out_collection: str | None = None
@@ -180,7 +180,7 @@ def _ordered_map(fn, items, workers: int, chunk: int = 16, window: int = 8):
 
 
 def _shard_counts(expected: Counter, train_shards: int) -> dict[str, int]:
-    n_train = max(expected[contract.TRAIN_SPLIT], 1)
+    n_train = max(expected[spec.TRAIN_SPLIT], 1)
     return {
         split: max(1, min(train_shards, math.ceil(train_shards * n / n_train)))
         for split, n in expected.items()
@@ -205,7 +205,7 @@ def prepare(opts: PrepareOptions) -> Manifest:
     if not candidates:
         raise PrepareError(
             f"no image files found under {opts.data_dir} "
-            f"(extensions: {', '.join(sorted(contract.IMAGE_EXTENSIONS))})"
+            f"(extensions: {', '.join(sorted(spec.IMAGE_EXTENSIONS))})"
         )
 
     # Pass 1: every file decoded once for its hashes; they, and the patients a box
@@ -246,37 +246,35 @@ def prepare(opts: PrepareOptions) -> Manifest:
     if opts.hold_out_collection:
         readable, left_out = _hold_out(readable, unit_of, boxes, opts)
     training = [c for c in readable if c.origin == "training"]
-    if opts.split_unit == contract.SPLIT_UNITS[0]:
+    if opts.split_unit == spec.SPLIT_UNITS[0]:
         split_of = assign_train_eval_by_unit(
             [(c.source, c.label, unit_of[c.source]) for c in training], opts.eval_fraction, opts.seed
         )
-    elif opts.split_unit == contract.SPLIT_UNITS[1]:
+    elif opts.split_unit == spec.SPLIT_UNITS[1]:
         split_of = assign_train_eval(
             [(c.source, c.label, surveyed[c.source]["md5"]) for c in training], opts.eval_fraction, opts.seed
         )
     else:
-        raise ValueError(
-            f"split unit must be one of {', '.join(contract.SPLIT_UNITS)}, got {opts.split_unit!r}"
-        )
-    if readable and contract.EVAL_SPLIT not in split_of.values():  # refused before writing anything
-        _refuse_empty_eval(sum(1 for s in split_of.values() if s == contract.TRAIN_SPLIT), opts)
-    split_of.update({c.source: contract.TEST_SPLIT for c in readable if c.origin == "testing"})
+        raise ValueError(f"split unit must be one of {', '.join(spec.SPLIT_UNITS)}, got {opts.split_unit!r}")
+    if readable and spec.EVAL_SPLIT not in split_of.values():  # refused before writing anything
+        _refuse_empty_eval(sum(1 for s in split_of.values() if s == spec.TRAIN_SPLIT), opts)
+    split_of.update({c.source: spec.TEST_SPLIT for c in readable if c.origin == "testing"})
     boxes.note_units({c.source: unit_of[c.source] for c in readable}, split_of)
-    order = {s: i for i, s in enumerate(contract.SPLITS)}  # train before eval/test
+    order = {s: i for i, s in enumerate(spec.SPLITS)}  # train before eval/test
     readable.sort(key=lambda c: (order[split_of[c.source]], c.source))
     del surveyed  # the thumbnails are not needed past the split
 
     # Pass 2: convert and write.
-    for split in contract.SPLITS:
+    for split in spec.SPLITS:
         shutil.rmtree(out / split, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     shards = _shard_counts(Counter(split_of.values()), opts.shards)
     writers = {s: ShardedWriter(out / s, s, n) for s, n in shards.items()}
     dups = DuplicateIndex(threshold=opts.near_threshold)
-    counts = {s: Counter() for s in contract.SPLITS}
+    counts = {s: Counter() for s in spec.SPLITS}
     dropped: list[dict] = []
     reencoded = 0
-    units_written: dict[str, list[str]] = {sp: [] for sp in contract.SPLITS}
+    units_written: dict[str, list[str]] = {sp: [] for sp in spec.SPLITS}
     tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels, max_bytes) for c in readable)
     results = _ordered_map(_convert_file, tasks, workers)
     for cand, res in tqdm(
@@ -287,7 +285,7 @@ def prepare(opts: PrepareOptions) -> Manifest:
             _log(f"skip {cand.source}: {res['reason']}")
             continue
         split = split_of[cand.source]
-        if split != contract.TRAIN_SPLIT and opts.drop_cross_split_duplicates:
+        if split != spec.TRAIN_SPLIT and opts.drop_cross_split_duplicates:
             match = dups.training_match(res["md5"], res["phash"])
             if match:
                 kind, train_source, dist = match
@@ -315,11 +313,11 @@ def prepare(opts: PrepareOptions) -> Manifest:
         )
         units_written[split].append(unit_of[cand.source])
         dups.add(Record(cand.source, split, cand.label, res["md5"], res["phash"]))
-        counts[split][contract.CLASS_NAMES[cand.label]] += 1
+        counts[split][spec.CLASS_NAMES[cand.label]] += 1
         reencoded += res["reencoded"]
     # Extra box slices are no copies of eval/test images (correlation), but may still be
     # near duplicates by perceptual hash (re-windowed neighbours): those are not added.
-    held_out = np.array([r.phash for r in dups.records if r.split != contract.TRAIN_SPLIT], np.uint64)
+    held_out = np.array([r.phash for r in dups.records if r.split != spec.TRAIN_SPLIT], np.uint64)
     for slice_, res in boxes.extra_training_slices(opts.max_pixels, max_bytes):
         source = boxes.source_of(slice_)
         unit = boxes.unit_of_slice(slice_)
@@ -329,8 +327,8 @@ def prepare(opts: PrepareOptions) -> Manifest:
         if len(held_out) and int(hamming_to_many(res["phash"], held_out).min()) <= opts.near_threshold:
             boxes.not_added.append(source)
             continue
-        boxes.added[contract.CLASS_NAMES[slice_.label]] += 1
-        writers[contract.TRAIN_SPLIT].write(
+        boxes.added[spec.CLASS_NAMES[slice_.label]] += 1
+        writers[spec.TRAIN_SPLIT].write(
             make_example(
                 res["encoded"],
                 slice_.label,
@@ -342,9 +340,9 @@ def prepare(opts: PrepareOptions) -> Manifest:
                 collection=boxes.collection,
             )
         )
-        units_written[contract.TRAIN_SPLIT].append(unit)
-        dups.add(Record(source, contract.TRAIN_SPLIT, slice_.label, res["md5"], res["phash"]))
-        counts[contract.TRAIN_SPLIT][contract.CLASS_NAMES[slice_.label]] += 1
+        units_written[spec.TRAIN_SPLIT].append(unit)
+        dups.add(Record(source, spec.TRAIN_SPLIT, slice_.label, res["md5"], res["phash"]))
+        counts[spec.TRAIN_SPLIT][spec.CLASS_NAMES[slice_.label]] += 1
     for writer in writers.values():
         writer.close()
 
@@ -352,8 +350,8 @@ def prepare(opts: PrepareOptions) -> Manifest:
         data_dir=str(Path(opts.data_dir).resolve()),
         input_fingerprint=fingerprint,
         arguments=opts.arguments(),
-        classes=list(contract.CLASS_NAMES),
-        counts={s: {c: counts[s][c] for c in contract.CLASS_NAMES} for s in contract.SPLITS if s in writers},
+        classes=list(spec.CLASS_NAMES),
+        counts={s: {c: counts[s][c] for c in spec.CLASS_NAMES} for s in spec.SPLITS if s in writers},
         total_written=sum(sum(c.values()) for c in counts.values()),
         reencoded_to_png=reencoded,
         shards={s: [p.name for p in w.paths] for s, w in writers.items()},
@@ -381,7 +379,7 @@ def _hold_out(readable: list, unit_of: dict[str, str], boxes: _BoxAttacher, opts
     units = {
         unit_of[c.source]
         for c in readable
-        if c.label != contract.NOTUMOR_ID and boxes.collection_of(c.source) == wanted
+        if c.label != spec.NOTUMOR_ID and boxes.collection_of(c.source) == wanted
     }
     if not units:
         known = sorted({boxes.collection_of(c.source) for c in readable})
@@ -393,7 +391,7 @@ def _hold_out(readable: list, unit_of: dict[str, str], boxes: _BoxAttacher, opts
         if unit_of[cand.source] not in units:
             kept.append(cand)
             continue
-        cls = contract.CLASS_NAMES[cand.label]
+        cls = spec.CLASS_NAMES[cand.label]
         target = out / cls / cand.source.replace("/", "__")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(cand.path, target)
@@ -425,12 +423,12 @@ class _BoxAttacher:
         self.matcher = None
         self.skipped: list = []
         self.patients: dict[str, str] = {}  # slice source → patient id
-        self.collection = contract.UNKNOWN_COLLECTION
+        self.collection = spec.UNKNOWN_COLLECTION
         self.slice_of: dict[str, int] = {}  # image source → index of the slice it copies
         self.copied_in: dict[int, str] = {}  # slice index → split holding a copy
         self.unit_of_patient: dict[str, str] = {}
         self.splits_of_unit: dict[str, set[str]] = {}
-        self.matched = {s: Counter() for s in contract.SPLITS}
+        self.matched = {s: Counter() for s in spec.SPLITS}
         self.added: Counter = Counter()
         self.held_out_patients: set[str] = set()
         self.left_out_patients: set[str] = set()  # left out of the dataset (leave one source out)
@@ -473,11 +471,11 @@ class _BoxAttacher:
         if i is None:
             return None
         slice_ = self.matcher.slices[i]
-        self.matched[split][contract.CLASS_NAMES[slice_.label]] += 1
+        self.matched[split][spec.CLASS_NAMES[slice_.label]] += 1
         return slice_.box
 
     def collection_of(self, source: str) -> str:
-        return self.collection if source in self.slice_of else contract.UNKNOWN_COLLECTION
+        return self.collection if source in self.slice_of else spec.UNKNOWN_COLLECTION
 
     def source_of(self, slice_) -> str:
         return f"{Path(self.box_dir).name}/{slice_.source}"
@@ -485,7 +483,7 @@ class _BoxAttacher:
     def unit_of_slice(self, slice_) -> str:
         patient = self.patients.get(slice_.source)
         if patient is None:
-            return contract.GROUP_PREFIX + self.source_of(slice_)
+            return spec.GROUP_PREFIX + self.source_of(slice_)
         return self.unit_of_patient.get(patient, patient_unit(patient))
 
     def _joins_training(self, slice_) -> bool:
@@ -499,7 +497,7 @@ class _BoxAttacher:
             return False
         unit = self.unit_of_slice(slice_)
         splits = self.splits_of_unit.get(unit)
-        joins = (contract.TRAIN_SPLIT in splits) if splits else not unit_in_audit_part(unit)
+        joins = (spec.TRAIN_SPLIT in splits) if splits else not unit_in_audit_part(unit)
         if not joins:
             self.held_out_patients.update(patients_in_unit(unit))
         return joins
@@ -549,8 +547,8 @@ def _check_usable(manifest: Manifest, opts: PrepareOptions) -> None:
         raise PrepareError(
             f"no usable image found: every file was skipped (see {MANIFEST_FILE} for the reasons)"
         )
-    if not sum(manifest.counts.get(contract.EVAL_SPLIT, {}).values()):
-        _refuse_empty_eval(sum(manifest.counts.get(contract.TRAIN_SPLIT, {}).values()), opts)
+    if not sum(manifest.counts.get(spec.EVAL_SPLIT, {}).values()):
+        _refuse_empty_eval(sum(manifest.counts.get(spec.TRAIN_SPLIT, {}).values()), opts)
     empty = [
         f"{split}/{cls}"
         for split, per_class in manifest.counts.items()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
-from data_prep.contract import EVAL_SPLIT, TRAIN_SPLIT
+from btmri.spec import EVAL_SPLIT, TRAIN_SPLIT
 
 
 def split_key(md5: str, seed: int) -> str:

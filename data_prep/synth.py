@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.contract import CLASS_NAMES, KAGGLE_TESTING_DIR, KAGGLE_TRAINING_DIR, class_id
+from btmri.spec import CLASS_NAMES, KAGGLE_TESTING_DIR, KAGGLE_TRAINING_DIR, class_id
 from data_prep.lesion_boxes import format_yolo_box, mask_to_box
 
 # Bind the contract's classes to names; unpacking fails loudly if the contract changes.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from data_prep import contract
+from btmri import spec
 
 
 def make_example(
@@ -17,7 +17,7 @@ def make_example(
     source: str,
     lesion_box: tuple[float, ...] | None = None,
     patient: str | None = None,
-    collection: str = contract.UNKNOWN_COLLECTION,
+    collection: str = spec.UNKNOWN_COLLECTION,
 ) -> tf.train.Example:
     """One image as the contract writes it. `patient`: its unit (data_prep/patients.py);
     an image written without one is its own unit, named after its source."""
@@ -31,16 +31,16 @@ def make_example(
     return tf.train.Example(
         features=tf.train.Features(
             feature={
-                contract.IMAGE_KEY: _bytes(image),
-                contract.LABEL_KEY: _int(label),
-                contract.HEIGHT_KEY: _int(height),
-                contract.WIDTH_KEY: _int(width),
-                contract.SOURCE_KEY: _bytes(source.encode("utf-8")),
-                contract.LESION_BOX_KEY: tf.train.Feature(
-                    float_list=tf.train.FloatList(value=list(lesion_box or contract.NO_BOX))
+                spec.IMAGE_KEY: _bytes(image),
+                spec.LABEL_KEY: _int(label),
+                spec.HEIGHT_KEY: _int(height),
+                spec.WIDTH_KEY: _int(width),
+                spec.SOURCE_KEY: _bytes(source.encode("utf-8")),
+                spec.LESION_BOX_KEY: tf.train.Feature(
+                    float_list=tf.train.FloatList(value=list(lesion_box or spec.NO_BOX))
                 ),
-                contract.PATIENT_KEY: _bytes((patient or contract.GROUP_PREFIX + source).encode("utf-8")),
-                contract.COLLECTION_KEY: _bytes(collection.encode("utf-8")),
+                spec.PATIENT_KEY: _bytes((patient or spec.GROUP_PREFIX + source).encode("utf-8")),
+                spec.COLLECTION_KEY: _bytes(collection.encode("utf-8")),
             }
         )
     )
@@ -49,7 +49,7 @@ def make_example(
 def request_example(image: bytes) -> bytes:
     """A serialized tf.Example holding only the image: what `serving_default` needs in a
     request (no label, source or box of an evaluated image goes into a request)."""
-    feature = {contract.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+    feature = {spec.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -57,16 +57,16 @@ def parse_example(serialized: bytes) -> dict:
     """Plain-Python view of one serialized Example (for tests and tools)."""
     feats = tf.train.Example.FromString(serialized).features.feature
     return {
-        contract.IMAGE_KEY: feats[contract.IMAGE_KEY].bytes_list.value[0],
-        contract.LABEL_KEY: feats[contract.LABEL_KEY].int64_list.value[0],
-        contract.HEIGHT_KEY: feats[contract.HEIGHT_KEY].int64_list.value[0],
-        contract.WIDTH_KEY: feats[contract.WIDTH_KEY].int64_list.value[0],
-        contract.SOURCE_KEY: feats[contract.SOURCE_KEY].bytes_list.value[0].decode("utf-8"),
-        contract.LESION_BOX_KEY: tuple(feats[contract.LESION_BOX_KEY].float_list.value),
+        spec.IMAGE_KEY: feats[spec.IMAGE_KEY].bytes_list.value[0],
+        spec.LABEL_KEY: feats[spec.LABEL_KEY].int64_list.value[0],
+        spec.HEIGHT_KEY: feats[spec.HEIGHT_KEY].int64_list.value[0],
+        spec.WIDTH_KEY: feats[spec.WIDTH_KEY].int64_list.value[0],
+        spec.SOURCE_KEY: feats[spec.SOURCE_KEY].bytes_list.value[0].decode("utf-8"),
+        spec.LESION_BOX_KEY: tuple(feats[spec.LESION_BOX_KEY].float_list.value),
         # Absent in data prepared before patients were carried: each image its own unit.
-        contract.PATIENT_KEY: _text(feats, contract.PATIENT_KEY)
-        or contract.GROUP_PREFIX + feats[contract.SOURCE_KEY].bytes_list.value[0].decode("utf-8"),
-        contract.COLLECTION_KEY: _text(feats, contract.COLLECTION_KEY) or contract.UNKNOWN_COLLECTION,
+        spec.PATIENT_KEY: _text(feats, spec.PATIENT_KEY)
+        or spec.GROUP_PREFIX + feats[spec.SOURCE_KEY].bytes_list.value[0].decode("utf-8"),
+        spec.COLLECTION_KEY: _text(feats, spec.COLLECTION_KEY) or spec.UNKNOWN_COLLECTION,
     }
 
 
@@ -77,7 +77,7 @@ def _text(feats, key: str) -> str:
 
 def read_split(out_dir: str | Path, split: str) -> list[dict]:
     """Every Example of one split of a prepared folder, parsed."""
-    files = sorted(str(p) for p in (Path(out_dir) / split).glob(f"*{contract.TFRECORD_SUFFIX}"))
+    files = sorted(str(p) for p in (Path(out_dir) / split).glob(f"*{spec.TFRECORD_SUFFIX}"))
     return [parse_example(r.numpy()) for r in tf.data.TFRecordDataset(files)]
 
 
@@ -91,7 +91,7 @@ class ShardedWriter:
     def __init__(self, directory: Path, split: str, num_shards: int):
         directory.mkdir(parents=True, exist_ok=True)
         self.paths = [
-            directory / f"{split}-{i:05d}-of-{num_shards:05d}{contract.TFRECORD_SUFFIX}"
+            directory / f"{split}-{i:05d}-of-{num_shards:05d}{spec.TFRECORD_SUFFIX}"
             for i in range(num_shards)
         ]
         self._writers = [tf.io.TFRecordWriter(str(p) + ".partial") for p in self.paths]

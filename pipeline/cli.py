@@ -740,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.evaluate_cli import register as register_evaluate
 
     register_evaluate(sub)
+    from pipeline.results_cli import register as register_results
+
+    register_results(sub)
     return parser
 
 

@@ -34,7 +34,7 @@ def local_beam_args(workers: int | None = None) -> list[str]:
     ]
 
 
-# `btmri run --beam-workers SPEC` (README, Running at scale).
+# `btmri run --beam-workers SPEC` (docs/scale.md).
 IN_MEMORY = "in_memory"
 EXTERNAL_PREFIX = "external:"
 EMBEDDED_JOB_SERVICE = "embed"  # PortableRunner's own in-process job service

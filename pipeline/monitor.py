@@ -1,4 +1,4 @@
-"""`btmri monitor`: drift and skew of served traffic, with TFDV (README, "Monitoring").
+"""`btmri monitor`: drift and skew of served traffic, with TFDV (docs/monitoring.md).
 
 1. The window: the closed request log files (serving/request_log.py) that no earlier
    monitor report of the same output folder covered (`all_files`: every retained one).

@@ -1,5 +1,5 @@
 """Beam's portability layer on one machine: a job service and a worker pool, each its own
-process, and the pipeline's Beam stage on its own (README, Running at scale).
+process, and the pipeline's Beam stage on its own (docs/scale.md).
 
 PortableRunner submits each Beam job to the job service
 (`apache_beam.runners.portability.local_job_service_main`), which asks the worker pool

@@ -289,7 +289,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=SERVER_DEFAULTS.grpc_workers,
         help="threads that run requests, gRPC and REST (default %(default)s)",
     )
-    g = p.add_argument_group("request logging (TF Serving PredictionLog TFRecords; see README)")
+    g = p.add_argument_group("request logging (TF Serving PredictionLog TFRecords; docs/monitoring.md)")
     g.add_argument(
         "--request-log",
         default=None,

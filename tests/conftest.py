@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import contract
+from btmri import spec
 
 # TF prints a screenful of CUDA/oneDNN notes on import; keep test logs readable.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,7 +30,7 @@ def real_boxes() -> Path:
 
 @pytest.fixture
 def real_data() -> Path:
-    if not (REAL_DATA / contract.KAGGLE_TRAINING_DIR).is_dir():
+    if not (REAL_DATA / spec.KAGGLE_TRAINING_DIR).is_dir():
         pytest.skip(f"real dataset not present at {REAL_DATA}")
     return REAL_DATA
 

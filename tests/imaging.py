@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_prep import contract
+from btmri import spec
 
 
 def textured_image(seed: int, height: int = 96, width: int = 96) -> np.ndarray:
@@ -34,12 +34,12 @@ def write_jpeg(path: Path, pixels: np.ndarray, quality: int = 95) -> Path:
 
 def make_class_folders(root: Path, per_class: int, seed0: int = 0, ext: str = ".jpg") -> dict[str, int]:
     """Writes per_class distinct images into root/<class>/; returns counts."""
-    for label, name in enumerate(contract.CLASS_NAMES):
+    for label, name in enumerate(spec.CLASS_NAMES):
         for i in range(per_class):
             pixels = textured_image(seed0 + 1000 * label + i)
             target = root / name / f"{name}_{i:03d}{ext}"
             (write_jpeg if ext == ".jpg" else write_png)(target, pixels)
-    return {name: per_class for name in contract.CLASS_NAMES}
+    return {name: per_class for name in spec.CLASS_NAMES}
 
 
 def write_dicom(

@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from btmri.documents import TRAINER_DEFAULTS
 from components.training.augment import warp
-from data_prep import contract
+from btmri import spec
 
 
 RING_WIDTH = 0.05  # (normalised) of the band around a box that gives its local intensity
@@ -263,7 +263,7 @@ def paste_lesions(
     of recipients."""
     batch = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
-    donors = has_box(boxes) & ~tf.equal(labels, contract.NOTUMOR_ID)
+    donors = has_box(boxes) & ~tf.equal(labels, spec.NOTUMOR_ID)
     logits = tf.where(donors, 0.0, -1e9)
     donor = tf.random.categorical(tf.tile(logits[None], [batch, 1]), 1, seed=seed, dtype=tf.int32)[:, 0]
     donor_boxes = tf.gather(boxes, donor)
@@ -272,7 +272,7 @@ def paste_lesions(
     donor_images = tf.gather(images, donor)
     site = _masked_mean(images, ring)
     recipients = (
-        tf.equal(labels, contract.NOTUMOR_ID)
+        tf.equal(labels, spec.NOTUMOR_ID)
         & tf.reduce_any(donors)
         & (site > 0.08)  # tissue around the site, not background
         & (tf.random.uniform([batch], seed=None if seed is None else seed + 1) < rate)
@@ -300,7 +300,7 @@ def _decoy_boxes(boxes: tf.Tensor, seed: int | None, tries: int = 4) -> tf.Tenso
     first = tf.argmax(tf.cast(apart, tf.int32), axis=1, output_type=tf.int32)
     chosen = tf.gather(cand, first, batch_dims=1)
     found = tf.reduce_any(apart, axis=1)
-    return tf.where(found[:, None], chosen, tf.constant(contract.NO_BOX, tf.float32)[None])
+    return tf.where(found[:, None], chosen, tf.constant(spec.NO_BOX, tf.float32)[None])
 
 
 def _grow(boxes: tf.Tensor, margin: float) -> tf.Tensor:
@@ -338,7 +338,7 @@ def counterfactual_batch(
             invert_share=cfg.paste_invert_share,
         )
     boxed = has_box(boxes)
-    is_notumor = tf.equal(labels, contract.NOTUMOR_ID)
+    is_notumor = tf.equal(labels, spec.NOTUMOR_ID)
     draw = tf.random.uniform([batch], seed=seeded(10))
     remove_lesion = boxed & ~pasted & (draw < cfg.lesion_rate)
     remove_decoy = (
@@ -349,7 +349,7 @@ def counterfactual_batch(
     fill_boxes = tf.where(
         remove_lesion[:, None],
         boxes,
-        tf.where(remove_decoy[:, None], decoys, tf.constant(contract.NO_BOX, tf.float32)[None]),
+        tf.where(remove_decoy[:, None], decoys, tf.constant(spec.NO_BOX, tf.float32)[None]),
     )
     # Only the images that change are edited (a third of a batch at the defaults).
     changed = tf.where(has_box(fill_boxes))[:, 0]
@@ -398,6 +398,6 @@ def counterfactual_batch(
         fill = tf.tensor_scatter_nd_update(fill, idx[:, None], made)
     edited = _blend(originals, fill, masks)
     images = tf.tensor_scatter_nd_update(images, changed[:, None], edited)
-    labels = tf.where(remove_lesion, tf.constant(contract.NOTUMOR_ID, tf.int64), labels)
-    boxes = tf.where(remove_lesion[:, None], tf.constant(contract.NO_BOX, tf.float32)[None], boxes)
+    labels = tf.where(remove_lesion, tf.constant(spec.NOTUMOR_ID, tf.int64), labels)
+    boxes = tf.where(remove_lesion[:, None], tf.constant(spec.NO_BOX, tf.float32)[None], boxes)
     return images, labels, boxes

@@ -14,7 +14,7 @@ its coarse factor replaced by that map itself (evidence_map).
 
 On synthetic phantoms this put the peak inside the drawn lesion for 63-80% of tumour
 images on four separately trained models, against 33-61% for Grad-CAM at 14x14
-alone on the models where both were measured (tests/test_gradcam.py measures it; README, Serving).
+alone on the models where both were measured (tests/model/test_gradcam.py measures it; docs/serving.md).
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ import tensorflow as tf
 import tf_keras as keras
 from tf_keras import layers
 
-from components.model_names import DEFAULT_MODEL, MODEL_NAMES, PRETRAINABLE
+from btmri.spec import DEFAULT_MODEL, MODEL_NAMES, PRETRAINABLE
 from components.transform.preprocessing import CHANNELS, IMAGE_SIZE, IMAGE_XF
-from data_prep.contract import NUM_CLASSES
+from btmri.spec import NUM_CLASSES
 
 GRADCAM_LAYER = "gradcam_features"
 CAM_LAYER = "cam_features"  # the map global average pooling reads (lesion_guidance.py)

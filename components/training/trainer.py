@@ -3,7 +3,7 @@
 Training reads the raw Examples and applies the Transform graph on the fly
 (Transform runs with materialize=False by default): decoded 224x224 float images
 are ~200 KB each, ten times the JPEG, so materialising them costs more disk and
-I/O than decoding (figures: benchmarks/pipeline_components.py, README).
+I/O than decoding (figures: benchmarks/pipeline_components.py, docs/benchmarks.md).
 
 Exported SavedModel signatures (DESIGN.md):
   serving_default(examples: string[N])   serialized tf.Example, only `image` needed
@@ -32,7 +32,7 @@ from tfx_bsl.public import tfxio
 from btmri.documents import TRAINER_DEFAULTS
 from btmri.spec import DISTRIBUTION_MULTI_WORKER, INPUT_SHARDING_DATA, TRAINER_PHASE_LOG
 from btmri.layout import CALIBRATION_FILE, HISTORY_CSV_FILE, HISTORY_FILE, TENSORBOARD_DIR
-from components.signature_names import (
+from btmri.spec import (
     CLASS_ID,
     CLASS_NAME,
     EXAMPLES_INPUT,
@@ -64,7 +64,7 @@ from components.transform.preprocessing import (
     LABEL_XF,
     LESION_BOX_XF,
 )
-from data_prep import contract
+from btmri.spec import CLASS_NAMES, IMAGE_KEY, NUM_CLASSES
 
 # Trainer custom_config keys and defaults (pipeline.config fills them): TrainerConfig's.
 DEFAULTS = TRAINER_DEFAULTS.to_dict()
@@ -165,7 +165,7 @@ def _outputs(probs: tf.Tensor) -> dict:
     return {
         PROBABILITIES: probs,
         CLASS_ID: class_id,
-        CLASS_NAME: tf.gather(tf.constant(contract.CLASS_NAMES), class_id),
+        CLASS_NAME: tf.gather(tf.constant(CLASS_NAMES), class_id),
     }
 
 
@@ -178,7 +178,7 @@ def make_signatures(
     With `abstention_spec`, each also returns ood_score, abstain and abstain_reason, from
     the same forward pass that gives the probabilities."""
     raw_spec = tf_transform_output.raw_feature_spec()
-    image_only_spec = {contract.IMAGE_KEY: raw_spec[contract.IMAGE_KEY]}
+    image_only_spec = {IMAGE_KEY: raw_spec[IMAGE_KEY]}
     layer_names = [layer.name for layer in model.layers]
     # A model with class evidence maps tags them as its Grad-CAM layer; its coarse
     # heatmap is the predicted class's map itself (gradcam.evidence_map).
@@ -199,7 +199,7 @@ def make_signatures(
         return probs, abstention.outputs(abstention_spec, probs, features)
 
     def transformed(image_bytes):
-        return model.tft_layer({contract.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
+        return model.tft_layer({IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
 
     def images_to_model_input(image_bytes):
         return transformed(image_bytes)[IMAGE_XF]
@@ -269,7 +269,7 @@ def smoothed_sparse_crossentropy(smoothing: float, per_example: bool = False):
     )
 
     def loss(labels, probabilities):
-        one_hot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), contract.NUM_CLASSES)
+        one_hot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), NUM_CLASSES)
         return categorical(one_hot, probabilities)
 
     return loss
@@ -451,7 +451,7 @@ def fit_abstention(
     per_kind = int(config["abstention_outliers_per_kind"])
     if per_kind > 0:
         for kind, pngs in outliers.outlier_images(per_kind, seed=int(config["seed"])).items():
-            batch = tft_layer({contract.IMAGE_KEY: tf.reshape(tf.constant(pngs), [-1, 1])})[IMAGE_XF]
+            batch = tft_layer({IMAGE_KEY: tf.reshape(tf.constant(pngs), [-1, 1])})[IMAGE_XF]
             outlier_features[kind] = dict(zip(names, abstention.collect(scorer, [batch])[1]))
     spec = abstention.choose(
         dict(zip(names, features)),

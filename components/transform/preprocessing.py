@@ -17,7 +17,7 @@ import tensorflow as tf
 from btmri.spec import CHANNELS, IMAGE_SIZE  # noqa: F401  (re-exported for the model code)
 from components.transform.decode import decode_gray_resized
 from components.transform.head_framing import boxes_into_crop, frame_heads
-from data_prep import contract
+from btmri import spec
 from data_prep.image_io import DEFAULT_MAX_PIXELS
 
 # Whole images are decoded at this size before the head is cut out of them.
@@ -56,12 +56,12 @@ def preprocessing_fn(inputs: dict) -> dict:
     `label` and `lesion_box` (training-only, normalised to the whole image; moved into
     the crop's frame here) are optional so the same graph serves requests.
     """
-    image = tf.reshape(inputs[contract.IMAGE_KEY], [-1])  # [N, 1] from the schema → [N]
+    image = tf.reshape(inputs[spec.IMAGE_KEY], [-1])  # [N, 1] from the schema → [N]
     framed, crops = frame_heads(decode_and_resize(image, size=DECODE_SIZE), IMAGE_SIZE)
     outputs = {IMAGE_XF: framed, HEAD_BOX_XF: crops}
-    if contract.LABEL_KEY in inputs:
-        outputs[LABEL_XF] = tf.reshape(inputs[contract.LABEL_KEY], [-1])
-    if contract.LESION_BOX_KEY in inputs:
-        boxes = tf.reshape(tf.cast(inputs[contract.LESION_BOX_KEY], tf.float32), [-1, 4])
+    if spec.LABEL_KEY in inputs:
+        outputs[LABEL_XF] = tf.reshape(inputs[spec.LABEL_KEY], [-1])
+    if spec.LESION_BOX_KEY in inputs:
+        boxes = tf.reshape(tf.cast(inputs[spec.LESION_BOX_KEY], tf.float32), [-1, 4])
         outputs[LESION_BOX_XF] = boxes_into_crop(boxes, crops)
     return outputs

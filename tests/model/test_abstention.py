@@ -30,9 +30,17 @@ from btmri.spec import (
     REASON_UNCERTAIN_NO_TUMOUR,
 )
 from components.training import abstention, outliers
-from data_prep import contract
+from btmri.spec import (
+    CLASS_NAMES,
+    IMAGE_KEY,
+    KAGGLE_TESTING_DIR,
+    KAGGLE_TRAINING_DIR,
+    NOTUMOR_ID,
+    NUM_CLASSES,
+    class_id,
+)
 
-K = contract.NUM_CLASSES
+K = NUM_CLASSES
 
 
 def _blobs(rng, n, dims=(6, 20)):
@@ -72,7 +80,7 @@ def test_thresholds_accept_at_least_the_configured_share_of_the_fitting_data(acc
 
 def test_a_notumor_answer_needs_its_own_higher_floor():
     feats, labels, probs = _blobs(np.random.default_rng(11), 400)
-    notumor = contract.NOTUMOR_ID
+    notumor = NOTUMOR_ID
     spec = abstention.fit(["a", "b"], feats, labels, probs, accept=0.95, notumor_refuse=0.05)
     off = abstention.fit(["a", "b"], feats, labels, probs, accept=0.95, notumor_refuse=0.0)
     assert off.notumor_floor == 0.0 < spec.notumor_floor
@@ -99,7 +107,7 @@ def test_the_notumor_floor_gives_way_where_it_alone_would_refuse_more_than_the_b
     three rules together answer `accept`, and the report keeps the floor it wanted."""
     rng = np.random.default_rng(5)
     feats, labels, probs = _blobs(rng, 400)
-    notumor = contract.NOTUMOR_ID
+    notumor = NOTUMOR_ID
     tumour = np.flatnonzero(labels != notumor)[:100]
     probs[tumour] = (1 - 0.4) / (K - 1)
     probs[tumour, notumor] = rng.uniform(0.3, 0.5, len(tumour))  # argmax notumor, unsure
@@ -232,11 +240,7 @@ def _transform_output(tiny_run: Path):
 
 def _phantoms(tiny_run: Path, split: str) -> tuple[list[bytes], np.ndarray]:
     root = tiny_run / "data" / "synthetic" / split
-    files = [
-        (p, contract.class_id(name))
-        for name in contract.CLASS_NAMES
-        for p in sorted((root / name).glob("*.png"))
-    ]
+    files = [(p, class_id(name)) for name in CLASS_NAMES for p in sorted((root / name).glob("*.png"))]
     return [p.read_bytes() for p, _ in files], np.array([k for _, k in files])
 
 
@@ -246,9 +250,9 @@ def constructed_model(tiny_run, tmp_path_factory) -> Path:
 
     xf = _transform_output(tiny_run)
     model = _statistics_model()
-    images, labels = _phantoms(tiny_run, contract.KAGGLE_TRAINING_DIR)
+    images, labels = _phantoms(tiny_run, KAGGLE_TRAINING_DIR)
     tft_layer = xf.transform_features_layer()
-    decoded = tft_layer({contract.IMAGE_KEY: tf.reshape(tf.constant(images), [-1, 1])})["image_xf"]
+    decoded = tft_layer({IMAGE_KEY: tf.reshape(tf.constant(images), [-1, 1])})["image_xf"]
     eval_ds = tf.data.Dataset.from_tensor_slices((decoded, (labels, tf.zeros([len(labels), 1])))).batch(8)
     spec = fit_abstention(
         model,
@@ -284,7 +288,7 @@ def test_constructed_model_abstains_on_blank_and_noise_through_every_signature(c
         _png(np.full((256, 256), 128, np.uint8)),
         _png(rng.integers(0, 256, (256, 256), dtype=np.uint8)),
     ]
-    brains, _ = _phantoms(tiny_run, contract.KAGGLE_TESTING_DIR)
+    brains, _ = _phantoms(tiny_run, KAGGLE_TESTING_DIR)
     examples = [request_example(b) for b in probes + brains]
     calls = {
         spec.PREDICT_IMAGES: {spec.IMAGE_BYTES_INPUT: tf.constant(probes + brains)},

@@ -14,7 +14,7 @@ from components.transform.preprocessing import (
     LESION_BOX_XF,
     preprocessing_fn,
 )
-from data_prep import contract
+from btmri import spec
 from data_prep.lesion_boxes import box_mask, mask_to_box
 
 
@@ -82,11 +82,11 @@ def test_blank_and_uniform_images_keep_the_whole_frame():
 def test_boxes_and_heatmaps_move_between_whole_image_and_crop():
     crops = tf.constant([[0.1, 0.2, 0.7, 0.8], [-0.05, -0.05, 1.05, 1.05]])
     lesion = (0.3, 0.4, 0.5, 0.6)
-    inside = boxes_into_crop(tf.constant([lesion, contract.NO_BOX], tf.float32), crops).numpy()
+    inside = boxes_into_crop(tf.constant([lesion, spec.NO_BOX], tf.float32), crops).numpy()
     np.testing.assert_allclose(
         inside[0], [(0.3 - 0.1) / 0.6, (0.4 - 0.2) / 0.6, (0.5 - 0.1) / 0.6, (0.6 - 0.2) / 0.6], atol=1e-6
     )
-    np.testing.assert_array_equal(inside[1], contract.NO_BOX)
+    np.testing.assert_array_equal(inside[1], spec.NO_BOX)
     # A heatmap drawn on the lesion in the crop's frame lands on the lesion in the whole image.
     heat = box_mask(tuple(inside[0]), IMAGE_SIZE, IMAGE_SIZE).astype(np.float32)
     whole = maps_to_image(tf.constant(np.stack([heat, heat])), crops, IMAGE_SIZE).numpy()[0]
@@ -100,8 +100,8 @@ def test_preprocessing_fn_returns_the_crop_and_moves_the_lesion_box():
     lesion = (0.4, 0.2, 0.5, 0.3)
     out = preprocessing_fn(
         {
-            contract.IMAGE_KEY: tf.constant([[png.tobytes()]]),
-            contract.LESION_BOX_KEY: tf.constant([lesion], tf.float32),
+            spec.IMAGE_KEY: tf.constant([[png.tobytes()]]),
+            spec.LESION_BOX_KEY: tf.constant([lesion], tf.float32),
         }
     )
     assert out[IMAGE_XF].shape == (1, IMAGE_SIZE, IMAGE_SIZE, 1)

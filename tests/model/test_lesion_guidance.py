@@ -17,7 +17,7 @@ from components.training.counterfactual import (
     transplant_sources,
 )
 from components.training.lesion_guidance import evidence_loss, lesion_cells
-from data_prep import contract
+from btmri import spec
 from data_prep.lesion_boxes import (
     BoxMatcher,
     format_yolo_box,
@@ -73,7 +73,7 @@ def test_matcher_finds_resized_reencoded_copies_but_not_neighbours(tmp_path):
         _write_slice(tmp_path, "meningioma", str(i), image, format_yolo_box(mask_to_box(mask)))
         slices.append(image)
     matcher = BoxMatcher(read_box_folder(tmp_path)[0])
-    label = contract.CLASS_TO_ID["meningioma"]
+    label = spec.CLASS_TO_ID["meningioma"]
     copy = cv2.imdecode(
         cv2.imencode(".jpg", cv2.resize(slices[3], (224, 224)), [cv2.IMWRITE_JPEG_QUALITY, 80])[1],
         cv2.IMREAD_GRAYSCALE,
@@ -81,7 +81,7 @@ def test_matcher_finds_resized_reencoded_copies_but_not_neighbours(tmp_path):
     small = cv2.resize(copy, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     found = matcher.match(small, label)
     assert found is not None and found.source == "meningioma/3.png"
-    assert matcher.match(small, contract.CLASS_TO_ID["glioma"]) is None  # class must agree
+    assert matcher.match(small, spec.CLASS_TO_ID["glioma"]) is None  # class must agree
     other, _ = render_phantom("meningioma", np.random.default_rng(100))
     other_small = cv2.resize(other, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     assert matcher.match(other_small, label) is None
@@ -96,7 +96,7 @@ def test_audit_split_is_by_groups_of_consecutive_ids():
 
 
 def test_box_masks_cover_the_box_and_no_box_is_empty():
-    boxes = tf.constant([[0.25, 0.5, 0.5, 1.0], contract.NO_BOX], tf.float32)
+    boxes = tf.constant([[0.25, 0.5, 0.5, 1.0], spec.NO_BOX], tf.float32)
     masks = box_masks(boxes, 8, 8).numpy()[..., 0]
     expected = np.zeros((8, 8))
     expected[2:4, 4:8] = 1
@@ -141,7 +141,7 @@ def test_counterfactuals_use_the_rim_fill_at_its_share():
             max_noise=0.0,
         )
         out, out_labels, _ = counterfactual_batch(tf.constant(image), tf.constant([0], tf.int64), box, cfg)
-        assert out_labels.numpy()[0] == contract.NOTUMOR_ID
+        assert out_labels.numpy()[0] == spec.NOTUMOR_ID
         return out.numpy()[0, 110:120, 88:92, 0].mean()
 
     assert removed(1.0) > 0.75 > removed(0.0)  # the rim streaks in; the smooth fill spreads it
@@ -155,12 +155,12 @@ def test_fill_shares_are_checked():
 def test_counterfactuals_relabel_removed_lesions_only():
     images = tf.random.uniform([64, 224, 224, 1], seed=3)
     labels = tf.constant([0, 2] * 32, tf.int64)  # glioma with a box, notumor without
-    boxes = tf.constant([[0.3, 0.3, 0.5, 0.5], contract.NO_BOX] * 32, tf.float32)
+    boxes = tf.constant([[0.3, 0.3, 0.5, 0.5], spec.NO_BOX] * 32, tf.float32)
     out_images, out_labels, out_boxes = counterfactual_batch(
         images, labels, boxes, CounterfactualConfig(lesion_rate=0.5, decoy_rate=0.5, paste_rate=0.0), seed=7
     )
     out_labels, out_boxes = out_labels.numpy(), out_boxes.numpy()
-    removed = (labels.numpy() == 0) & (out_labels == contract.NOTUMOR_ID)
+    removed = (labels.numpy() == 0) & (out_labels == spec.NOTUMOR_ID)
     assert 5 < removed.sum() < 27  # about half of the 32 gliomas
     assert (out_boxes[removed] == -1).all()  # nothing left to point at
     kept_glioma = (labels.numpy() == 0) & ~removed
@@ -183,7 +183,7 @@ def test_pasted_lesions_bring_their_class_and_box_to_notumor_images():
     images[7] = 0.0  # a notumor image that is all background
     labels = tf.constant([0, 0, 0, 0, 2, 2, 2, 2], tf.int64)
     box = [50 / 224, 50 / 224, 100 / 224, 100 / 224]
-    boxes = tf.constant([box] * 4 + [contract.NO_BOX] * 4, tf.float32)
+    boxes = tf.constant([box] * 4 + [spec.NO_BOX] * 4, tf.float32)
     out, out_labels, out_boxes = counterfactual_batch(
         tf.constant(images),
         labels,
@@ -209,7 +209,7 @@ def test_inverted_paste_turns_the_lesion_dark_against_its_ring():
     images[:2, 60:90, 60:90] = 0.7  # lesion 0.2 above the ring
     labels = tf.constant([1, 1, 2, 2], tf.int64)
     box = [50 / 224, 50 / 224, 100 / 224, 100 / 224]
-    boxes = tf.constant([box] * 2 + [contract.NO_BOX] * 2, tf.float32)
+    boxes = tf.constant([box] * 2 + [spec.NO_BOX] * 2, tf.float32)
     cfg = CounterfactualConfig(lesion_rate=0.0, decoy_rate=0.0, paste_rate=1.0, paste_invert_share=1.0)
     out, out_labels, _ = counterfactual_batch(tf.constant(images), labels, boxes, cfg, seed=3)
     out = out.numpy()
@@ -242,7 +242,7 @@ def test_transplant_fill_takes_tissue_from_the_mirror_side_not_the_lesion():
         seed=2,
     )
     filled = out.numpy()[0, 70:90, 50:70, 0]
-    assert out_labels.numpy()[0] == contract.NOTUMOR_ID
+    assert out_labels.numpy()[0] == spec.NOTUMOR_ID
     assert filled.max() < 0.9  # the lesion is gone
     mirrored = tissue[70:90, ::-1][:, 50:70]
     # Textured tissue from the other side (not a smooth blob), brought to the local mean.
@@ -286,7 +286,7 @@ def test_boxes_follow_the_augmentation_geometry():
     """The box moved analytically covers the warped box mask (and not much more)."""
     from components.training.augment import _random_transforms, transform_boxes, warp
 
-    boxes = tf.constant([[0.2, 0.3, 0.4, 0.6], [0.5, 0.1, 0.9, 0.3], contract.NO_BOX], tf.float32)
+    boxes = tf.constant([[0.2, 0.3, 0.4, 0.6], [0.5, 0.1, 0.9, 0.3], spec.NO_BOX], tf.float32)
     masks = box_masks(boxes, 224, 224)
     transforms = _random_transforms(
         3,
@@ -302,7 +302,7 @@ def test_boxes_follow_the_augmentation_geometry():
         assert warped[i].sum() > 0
         assert (warped[i] & ~inside).sum() <= 0.02 * warped[i].sum()  # the box covers the mask
         assert inside.sum() < 1.6 * warped[i].sum()  # rotation adds corners only
-    np.testing.assert_array_equal(moved[2], contract.NO_BOX)
+    np.testing.assert_array_equal(moved[2], spec.NO_BOX)
 
 
 def test_prepare_adds_unmatched_box_slices_but_not_near_duplicates_of_test_images(tmp_path):

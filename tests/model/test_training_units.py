@@ -12,7 +12,7 @@ import data_prep  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
 from components.training import augment, compute_dtype
-from components.model_names import DEFAULT_MODEL, PRETRAINABLE
+from btmri.spec import DEFAULT_MODEL, PRETRAINABLE
 from components.training.models import GRADCAM_LAYER, LOGITS_LAYER, build_model
 from components.training.trainer import _float32_copy
 

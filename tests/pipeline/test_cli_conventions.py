@@ -24,9 +24,10 @@ SUBCOMMANDS = (
     "audit",
     "monitor",
     "evaluate",
+    "results",
 )
 # Commands that read what `btmri run` wrote: they find it through --work-dir.
-READS_A_RUN = ("run", "serve", "report", "audit", "monitor", "evaluate")
+READS_A_RUN = ("run", "serve", "report", "audit", "monitor", "evaluate", "results")
 
 
 def _subparsers():

@@ -23,7 +23,7 @@ from components.audit.lesion_audit import (
     remove_lesion,
     summarise,
 )
-from data_prep import contract
+from btmri import spec
 from data_prep.lesion_boxes import read_box_folder
 from pipeline.config import PipelineConfig
 from pipeline.metadata import latest_output
@@ -84,7 +84,7 @@ def _row(label, pointing, removed, mass=0.5):
 
 
 def test_summary_counts_and_gate():
-    rows = [_row(0, True, contract.NOTUMOR_ID)] * 3 + [_row(0, False, 0)] + [_row(3, True, 1)] * 2
+    rows = [_row(0, True, spec.NOTUMOR_ID)] * 3 + [_row(0, False, 0)] + [_row(3, True, 1)] * 2
     summary = summarise(rows)
     assert summary["per_class"]["glioma"]["pointing"]["successes"] == 3
     assert summary["per_class"]["glioma"]["removed_notumor"]["value"] == 0.75
@@ -144,7 +144,7 @@ class _BrightnessPredictor:
         return heatmaps, self.predict(images)
 
     def predict(self, images):
-        return np.tile(np.eye(contract.NUM_CLASSES)[0], (len(images), 1))
+        return np.tile(np.eye(spec.NUM_CLASSES)[0], (len(images), 1))
 
 
 def _box_folder(root, with_patients: bool):
@@ -219,7 +219,7 @@ def test_pipeline_audits_only_slices_that_did_not_train(tiny_run, audit_document
     assert document["slices_in_training"] == boxed_in_train
     assert document["slices_audited"] == len(slices) - boxed_in_train == len(document["results"])
     trained = {r.source for r in slices} - {r["source"] for r in document["results"]}
-    assert all(s.startswith(tuple(f"{c}/training_" for c in contract.CLASS_NAMES)) for s in trained)
+    assert all(s.startswith(tuple(f"{c}/training_" for c in spec.CLASS_NAMES)) for s in trained)
     overall = document["summary"]["overall"]
     assert overall["slices"] == document["slices_audited"]
     for key in ("pointing", "removed_changed", "lesion_only_same_class"):

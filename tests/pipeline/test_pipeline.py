@@ -17,7 +17,7 @@ import tensorflow as tf
 from components.executors import AnomaliesFound, pushed_versions
 from btmri.documents import TRAINER_DEFAULTS
 from btmri.spec import ABSTENTION_OUTPUTS, MODEL_NAME
-from data_prep import contract
+from btmri.spec import CLASS_NAMES, IMAGE_KEY, KAGGLE_TESTING_DIR, LABEL_KEY, TEST_SPLIT, TRAIN_SPLIT
 from data_prep.tfrecords import request_example, make_example
 from pipeline.cli import main as btmri
 from pipeline.config import PipelineConfig
@@ -52,7 +52,7 @@ def test_every_component_executed(tiny_run):
 def test_pushed_version_has_a_model_card(tiny_run):
     (version,) = pushed_versions(str(tiny_run / "serving"))
     card = (tiny_run / "serving" / str(version) / "MODEL_CARD.md").read_text()
-    assert "Intended use" in card and all(name in card for name in contract.CLASS_NAMES)
+    assert "Intended use" in card and all(name in card for name in CLASS_NAMES)
 
 
 def test_the_pushed_version_was_served_before_the_push_and_carries_its_warmup(tiny_run):
@@ -98,10 +98,10 @@ def test_the_shortcut_control_scored_the_evaluated_split(tiny_run):
     assert artifact is not None
     document = json.loads((Path(artifact.uri) / SHORTCUT_CONTROL_FILE).read_text())
     prepared = tiny_run / "data" / "prepared" / "current"
-    test_labels = [e[contract.LABEL_KEY] for e in read_split(prepared, contract.TEST_SPLIT)]
-    assert document["evaluated_split"] == contract.TEST_SPLIT == artifact.get_string_custom_property("split")
+    test_labels = [e[LABEL_KEY] for e in read_split(prepared, TEST_SPLIT)]
+    assert document["evaluated_split"] == TEST_SPLIT == artifact.get_string_custom_property("split")
     assert document["evaluated_examples"] == len(test_labels)
-    assert document["train_examples"] == len(read_split(prepared, contract.TRAIN_SPLIT))
+    assert document["train_examples"] == len(read_split(prepared, TRAIN_SPLIT))
     confusion = np.array(document["confusion"])
     assert confusion.shape == (4, 4) and confusion.sum() == len(test_labels)
     assert confusion.sum(axis=1).tolist() == [test_labels.count(k) for k in range(4)]
@@ -110,14 +110,14 @@ def test_the_shortcut_control_scored_the_evaluated_split(tiny_run):
     assert accuracy["ci95"][0] <= accuracy["value"] <= accuracy["ci95"][1]
     assert artifact.get_float_custom_property("accuracy") == pytest.approx(accuracy["value"])
     for k, row in enumerate(document["per_class"]):
-        assert row["name"] == contract.CLASS_NAMES[k]
+        assert row["name"] == CLASS_NAMES[k]
         assert (row["recall"]["successes"], row["recall"]["n"]) == (confusion[k, k], confusion[k].sum())
     assert [f["name"] for f in document["features"]] == list(FEATURES)
     assert 0 < document["seconds"]["total"] <= document["seconds"]["component"] < 60
 
 
 def _test_images(work: Path, n: int = 5) -> list[bytes]:
-    files = sorted((work / "data" / "synthetic" / contract.KAGGLE_TESTING_DIR).rglob("*.png"))
+    files = sorted((work / "data" / "synthetic" / KAGGLE_TESTING_DIR).rglob("*.png"))
     return [f.read_bytes() for f in files[:: max(1, len(files) // n)][:n]]
 
 
@@ -142,7 +142,7 @@ def test_signatures_names_shapes_dtypes(tiny_run, pushed_model):
         assert out["class_id"].dtype == tf.int64 and out["class_id"].shape == (n,)
         assert out["class_name"].dtype == tf.string and out["class_name"].shape == (n,)
         np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, atol=1e-5)
-        names = [contract.CLASS_NAMES[i] for i in out["class_id"].numpy()]
+        names = [CLASS_NAMES[i] for i in out["class_id"].numpy()]
         assert [s.decode() for s in out["class_name"].numpy()] == names
     np.testing.assert_allclose(by_bytes["probabilities"], by_example["probabilities"], atol=1e-6)
     np.testing.assert_allclose(by_bytes["probabilities"], by_image_only["probabilities"], atol=1e-6)
@@ -217,7 +217,7 @@ def test_anomalous_data_stops_before_training(tmp_path):
                 w.write(make_example(good, i % 4, 32, 32, f"{split}/{i}.png").SerializeToString())
             w.write(make_example(good, 7, 32, 32, f"{split}/bad-label.png").SerializeToString())
             no_image = make_example(good, 1, 32, 32, f"{split}/no-image.png")
-            del no_image.features.feature[contract.IMAGE_KEY]
+            del no_image.features.feature[IMAGE_KEY]
             w.write(no_image.SerializeToString())
     config = PipelineConfig(
         pipeline_root=str(tmp_path / "root"),

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from btmri.layout import MANIFEST_FILE
-from data_prep import contract
+from btmri import spec
 from data_prep.prepare import PrepareError, PrepareOptions, prepare
 from data_prep.tfrecords import make_example, parse_example, read_split
 from pipeline.cli import main as btmri
@@ -44,7 +44,7 @@ def test_example_round_trip_in_memory():
         "height": 300,
         "width": 200,
         "source": "Training/notumor/a b.png",
-        "lesion_box": contract.NO_BOX,
+        "lesion_box": spec.NO_BOX,
         # written without a patient: the image is its own unit
         "patient": "group:Training/notumor/a b.png",
         "collection": "unknown",
@@ -65,11 +65,11 @@ def test_prepared_examples_follow_contract(tmp_path):
     for ex in examples:
         original = (tmp_path / "data" / ex["source"]).read_bytes()
         assert ex["image"] == original  # plain 8-bit JPEG is stored as read
-        assert contract.CLASS_NAMES[ex["label"]] == ex["source"].split("/")[0]
+        assert spec.CLASS_NAMES[ex["label"]] == ex["source"].split("/")[0]
         decoded = tf.io.decode_image(ex["image"]).numpy()
         assert decoded.shape[:2] == (ex["height"], ex["width"]) == (96, 96)
     written = sorted(p.name for p in (tmp_path / "out" / "train").iterdir())
-    assert written and all(n.endswith(contract.TFRECORD_SUFFIX) for n in written)
+    assert written and all(n.endswith(spec.TFRECORD_SUFFIX) for n in written)
 
 
 # --- splits ----------------------------------------------------------------------
@@ -94,7 +94,7 @@ def test_split_is_stratified_and_deterministic_from_content(tmp_path):
         shutil.copy(path, target)
     m1 = run_prepare(tmp_path / "a", tmp_path / "out1", eval_fraction=0.25, seed=7)
     m2 = run_prepare(tmp_path / "b", tmp_path / "out2", eval_fraction=0.25, seed=7, workers=2)
-    for cls in contract.CLASS_NAMES:
+    for cls in spec.CLASS_NAMES:
         assert m1["counts"]["eval"][cls] == 10 and m1["counts"]["train"][cls] == 30
     assert _split_by_content(tmp_path / "out1") == _split_by_content(tmp_path / "out2")
     assert m2["counts"] == m1["counts"]
@@ -233,11 +233,11 @@ def test_unknown_class_folder_is_a_clear_error(tmp_path, capsys):
     code = btmri(["prepare", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "astrocytoma" in err and all(c in err for c in contract.CLASS_NAMES)
+    assert "astrocytoma" in err and all(c in err for c in spec.CLASS_NAMES)
 
 
 def test_no_usable_image_fails(tmp_path):
-    for cls in contract.CLASS_NAMES:
+    for cls in spec.CLASS_NAMES:
         (tmp_path / "data" / cls).mkdir(parents=True)
         (tmp_path / "data" / cls / "empty.jpg").write_bytes(b"")
     with pytest.raises(PrepareError, match="no usable image"):
@@ -275,7 +275,7 @@ def test_an_empty_eval_split_is_refused_before_anything_is_written(tmp_path, cap
     assert "--allow-empty-eval" in err and not (tmp_path / "o").exists()
     assert btmri([*args, "--out", str(tmp_path / "o"), "--allow-empty-eval"]) == 0
     manifest = json.loads((tmp_path / "o" / MANIFEST_FILE).read_text())
-    assert contract.EVAL_SPLIT not in manifest["counts"] and "allow_empty_eval" not in manifest["arguments"]
+    assert spec.EVAL_SPLIT not in manifest["counts"] and "allow_empty_eval" not in manifest["arguments"]
 
 
 # --- duplicates ------------------------------------------------------------------
@@ -355,12 +355,12 @@ def test_planted_duplicates_found_within_and_across_splits(tmp_path):
 
 @pytest.mark.realdata
 def test_real_training_images(real_data, tmp_path):
-    training = real_data / contract.KAGGLE_TRAINING_DIR
+    training = real_data / spec.KAGGLE_TRAINING_DIR
     files = [p for p in training.rglob("*") if p.is_file()]
     manifest = run_prepare(real_data, tmp_path / "out", workers=2)
     folder_counts = Counter(p.parent.name.lower() for p in files)
     skipped = Counter(s["source"].split("/")[1].lower() for s in manifest["skipped"])
-    for cls in contract.CLASS_NAMES:
+    for cls in spec.CLASS_NAMES:
         written = manifest["counts"]["train"][cls] + manifest["counts"]["eval"][cls]
         assert written == folder_counts[cls] - skipped[cls]
     md5_counts = Counter(hashlib.md5(p.read_bytes()).hexdigest() for p in files)

@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from data_prep import synth
-from data_prep.contract import CLASS_NAMES, KAGGLE_TESTING_DIR, KAGGLE_TRAINING_DIR
+from btmri.spec import CLASS_NAMES, KAGGLE_TESTING_DIR, KAGGLE_TRAINING_DIR
 
 PER_CLASS, TEST_PER_CLASS = 100, 50
 

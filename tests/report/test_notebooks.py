@@ -49,3 +49,18 @@ def test_notebook_runs_top_to_bottom(path, tiny_run, tmp_path, monkeypatch):
         if kind in ("image/png", "text/html")
     ]
     assert shown, "the notebook showed no figure or table"
+
+
+def test_the_notebooks_find_the_work_folder_from_their_own_folder(tmp_path, monkeypatch):
+    """A kernel starts in notebooks/, where there is no runs/: the repository root's."""
+    from btmri.layout import DEFAULT_WORK_DIR, notebook_layout
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.delenv("BTMRI_WORK_DIR", raising=False)
+    monkeypatch.chdir(repo / "notebooks")
+    assert Path(notebook_layout().work_dir) == repo / DEFAULT_WORK_DIR
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / DEFAULT_WORK_DIR).mkdir()
+    assert notebook_layout().work_dir == DEFAULT_WORK_DIR  # one here wins
+    monkeypatch.setenv("BTMRI_WORK_DIR", str(tmp_path / "elsewhere"))
+    assert notebook_layout().pipeline_root == str(tmp_path / "elsewhere" / "pipeline")

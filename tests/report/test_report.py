@@ -25,9 +25,9 @@ from btmri import intervals
 from btmri.intervals import format_interval, format_with_interval, wilson
 from btmri.spec import ECE_BINS
 from components.executors import DIGEST_FILE
-from components.signature_names import IMAGE_BYTES_INPUT, PROBABILITIES
+from btmri.spec import IMAGE_BYTES_INPUT, PROBABILITIES
 from btmri.layout import CARD_VERSION_PLACEHOLDER, MANIFEST_FILE, MODEL_CARD_FILE
-from data_prep import contract
+from btmri import spec
 from data_prep.tfrecords import read_split
 from pipeline.cli import main as btmri
 from pipeline.config import PipelineConfig
@@ -39,7 +39,7 @@ from pipeline.report import shortcut_control
 from tests.conftest import only_version
 
 CHROMIUM = Path("/usr/bin/chromium")
-CLASSES = list(contract.CLASS_NAMES)
+CLASSES = list(spec.CLASS_NAMES)
 
 
 def _config(work: Path) -> PipelineConfig:
@@ -57,15 +57,15 @@ def report(tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def own_predictions(tiny_run, version_dir):
     """(labels, probabilities, sources) of the pushed model on data/prepared/test."""
-    examples = read_split(tiny_run / "data" / "prepared" / "current", contract.TEST_SPLIT)
+    examples = read_split(tiny_run / "data" / "prepared" / "current", spec.TEST_SPLIT)
     model = tf.saved_model.load(str(version_dir))
     out = model.signatures["predict_images"](
-        **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])}
+        **{IMAGE_BYTES_INPUT: tf.constant([e[spec.IMAGE_KEY] for e in examples])}
     )
     return (
-        np.array([e[contract.LABEL_KEY] for e in examples]),
+        np.array([e[spec.LABEL_KEY] for e in examples]),
         out[PROBABILITIES].numpy(),
-        [e[contract.SOURCE_KEY] for e in examples],
+        [e[spec.SOURCE_KEY] for e in examples],
     )
 
 
@@ -185,7 +185,7 @@ def _overall_row(name: str, want: dict) -> list[str]:
 def test_every_count_in_the_report_equals_scikit_learn(report, own_predictions):
     data, html_path = report
     labels, probs, sources = own_predictions
-    assert data.run.evaluated_split == contract.TEST_SPLIT
+    assert data.run.evaluated_split == spec.TEST_SPLIT
     want = _expected(labels, probs)
     _assert_figures_equal(data.as_is, want)
 
@@ -235,9 +235,9 @@ def test_abstention_on_the_evaluated_split_matches_the_model(report, tiny_run, v
     """The report's abstention table counts what the pushed model's own `abstain` says on
     the test split, and the risk–coverage curve ends at the plain accuracy."""
     data, html_path = report
-    examples = read_split(tiny_run / "data" / "prepared" / "current", contract.TEST_SPLIT)
+    examples = read_split(tiny_run / "data" / "prepared" / "current", spec.TEST_SPLIT)
     out = tf.saved_model.load(str(version_dir)).signatures["predict_images"](
-        **{IMAGE_BYTES_INPUT: tf.constant([e[contract.IMAGE_KEY] for e in examples])}
+        **{IMAGE_BYTES_INPUT: tf.constant([e[spec.IMAGE_KEY] for e in examples])}
     )
     abstain = out["abstain"].numpy()
     reasons = [r.decode() for r in out["abstain_reason"].numpy()]

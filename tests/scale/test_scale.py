@@ -1,4 +1,4 @@
-"""The scale-out path (README, Running at scale): Beam options per run and per component,
+"""The scale-out path (docs/scale.md): Beam options per run and per component,
 training under tf.distribute, and the Kubeflow / Vertex AI specs, parsed offline.
 
 The Beam portability run and the two-process multi-worker training are in

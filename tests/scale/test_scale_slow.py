@@ -62,7 +62,7 @@ def test_beam_components_on_the_portable_runner_equal_the_direct_runner(tiny_run
     import tensorflow_transform as tft
     from tfx import v1 as tfx
 
-    from data_prep import contract
+    from btmri import spec
     from pipeline.metadata import latest_output
     from pipeline.portable import beam_stage_pipeline
     from pipeline.report import tfma_results
@@ -117,8 +117,8 @@ def test_beam_components_on_the_portable_runner_equal_the_direct_runner(tiny_run
     ours = tft.TFTransformOutput(latest_output(portable, "Transform", "transform_graph").uri)
     theirs = tft.TFTransformOutput(latest_output(direct, "Transform", "transform_graph").uri)
     assert ours.transformed_metadata.schema == theirs.transformed_metadata.schema
-    files = sorted((tiny_run / "data" / "synthetic" / contract.KAGGLE_TESTING_DIR).rglob("*.png"))[:6]
-    raw = {contract.IMAGE_KEY: tf.constant([[f.read_bytes()] for f in files])}
+    files = sorted((tiny_run / "data" / "synthetic" / spec.KAGGLE_TESTING_DIR).rglob("*.png"))[:6]
+    raw = {spec.IMAGE_KEY: tf.constant([[f.read_bytes()] for f in files])}
     a, b = ours.transform_features_layer()(raw), theirs.transform_features_layer()(raw)
     assert set(a) == set(b)
     for key in a:

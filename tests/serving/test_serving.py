@@ -25,7 +25,6 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from data_prep import contract
 from btmri import spec
 from data_prep.tfrecords import request_example
 from serving.client import (
@@ -58,8 +57,8 @@ def version(tiny_run) -> int:
 @pytest.fixture(scope="module")
 def images(tiny_run) -> list[bytes]:
     """Two synthetic test images per class."""
-    root = tiny_run / "data" / "synthetic" / contract.KAGGLE_TESTING_DIR
-    return [p.read_bytes() for name in contract.CLASS_NAMES for p in sorted((root / name).glob("*.png"))[:2]]
+    root = tiny_run / "data" / "synthetic" / spec.KAGGLE_TESTING_DIR
+    return [p.read_bytes() for name in spec.CLASS_NAMES for p in sorted((root / name).glob("*.png"))[:2]]
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +108,10 @@ def test_predict_images_signature(predict_stub, images, version):
     probs = tf.make_ndarray(response.outputs[spec.PROBABILITIES])
     class_id = tf.make_ndarray(response.outputs[spec.CLASS_ID])
     class_name = tf.make_ndarray(response.outputs[spec.CLASS_NAME])
-    assert probs.shape == (len(images), contract.NUM_CLASSES)
+    assert probs.shape == (len(images), spec.NUM_CLASSES)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert class_id.tolist() == probs.argmax(axis=1).tolist()
-    assert [n.decode() for n in class_name] == [contract.CLASS_NAMES[i] for i in class_id]
+    assert [n.decode() for n in class_name] == [spec.CLASS_NAMES[i] for i in class_id]
 
 
 def _probe_images() -> list[bytes]:
@@ -460,7 +459,7 @@ def test_rest_row_format_matches_grpc(server, predict_stub, images):
         ]
     )
     np.testing.assert_allclose([r[spec.PROBABILITIES] for r in rows], grpc_probs, atol=1e-6)
-    assert all(r[spec.CLASS_NAME] == contract.CLASS_NAMES[r[spec.CLASS_ID]] for r in rows)
+    assert all(r[spec.CLASS_NAME] == spec.CLASS_NAMES[r[spec.CLASS_ID]] for r in rows)
 
 
 def test_rest_columnar_format_and_version_path(server, images, version):
@@ -476,7 +475,7 @@ def test_rest_columnar_format_and_version_path(server, images, version):
     assert code == 200, body
     outputs = body["outputs"]
     assert set(outputs) == {spec.PROBABILITIES, spec.CLASS_ID, spec.CLASS_NAME, *spec.ABSTENTION_OUTPUTS}
-    assert len(outputs[spec.CLASS_ID]) == 3 and len(outputs[spec.PROBABILITIES][0]) == contract.NUM_CLASSES
+    assert len(outputs[spec.CLASS_ID]) == 3 and len(outputs[spec.PROBABILITIES][0]) == spec.NUM_CLASSES
 
 
 REST_ERRORS = [
@@ -588,12 +587,12 @@ def test_btmri_predict_prints_one_json_line_per_image(server, tiny_run, capsys, 
         assert [line["file"] for line in lines] == list(map(str, files))
         for line in lines:
             assert line["model_version"] == version
-            assert set(line["probabilities"]) == set(contract.CLASS_NAMES)
+            assert set(line["probabilities"]) == set(spec.CLASS_NAMES)
             assert isinstance(line[spec.ABSTAIN], bool) and isinstance(line[spec.OOD_SCORE], float)
             if line[spec.ABSTAIN]:
                 assert line["class"] is None and line["answer"].startswith("abstained: ")
             else:
-                assert line["class"] in contract.CLASS_NAMES and line["answer"] == line["class"]
+                assert line["class"] in spec.CLASS_NAMES and line["answer"] == line["class"]
                 assert line[spec.ABSTAIN_REASON] == ""
 
 

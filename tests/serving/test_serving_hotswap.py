@@ -22,7 +22,6 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from data_prep import contract
 from btmri import spec
 from serving.process import ServerProcess
 
@@ -70,7 +69,7 @@ def server(base):
 
 @pytest.fixture(scope="module")
 def images(tiny_run) -> list[bytes]:
-    root = tiny_run / "data" / "synthetic" / contract.KAGGLE_TESTING_DIR
+    root = tiny_run / "data" / "synthetic" / spec.KAGGLE_TESTING_DIR
     return [p.read_bytes() for p in sorted(root.glob("*/*.png"))]
 
 

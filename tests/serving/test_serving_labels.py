@@ -306,7 +306,7 @@ def test_btmri_predict_targets_a_label(server, tiny_run, capsys):
 
 
 def test_promoting_the_canary_by_editing_the_config(server, image):
-    """The README's workflow: stable moves to the canary's version, the canary label goes,
+    """The workflow of docs/labels-canaries.md: stable moves to the canary's version, the canary label goes,
     the old version leaves the policy and is unloaded; read from the edited file while
     serving (--model-config-file-poll-wait-seconds)."""
     config = server.config_path

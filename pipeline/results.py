@@ -1,0 +1,217 @@
+"""The results record: a reference run's figures in one committed file, and the
+Markdown rendered from it (`btmri results`).
+
+A record (docs/results/<date>-<name>.json) is made from a work folder after `btmri
+run`: its run_record.json (command, code, machine, timings, the report's and the
+lesion audit's figures; pipeline/run_record.py) plus the evaluated split's confusion
+matrix read from the run's TFMA output. `render` writes the newest record of each
+name into docs/results.md and the newest `real` record's headline table into
+README.md, each between the marker lines below, so no figure there is typed by hand.
+A test renders the committed records and fails when the committed Markdown differs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from btmri.documents import write_atomic
+from btmri.intervals import format_with_interval
+from btmri.spec import CLASS_NAMES
+
+RECORDS_DIR = "docs/results"
+RESULTS_PAGE = "docs/results.md"
+README = "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+REAL, SYNTHETIC = "real", "synthetic"  # record names: the real-data run, the main job
+
+
+class ResultsError(ValueError):
+    pass
+
+
+# ---- making a record -------------------------------------------------------------------
+
+
+def record_name(record: dict) -> str:
+    """`real` for a run on image folders, `synthetic` for the phantoms (no --data-dir)."""
+    return REAL if "--data-dir" in record.get("command", "") else SYNTHETIC
+
+
+def confusion_of_run(pipeline_root: str) -> list[list[int]] | None:
+    """The evaluated split's confusion matrix [actual][predicted] from the run's TFMA output."""
+    from pipeline.config import PipelineConfig
+    from pipeline.local_runner import read_outcome
+
+    outcome = read_outcome(PipelineConfig(pipeline_root=pipeline_root, data_root="", serving_dir=""))
+    cm = outcome.evaluation.confusion if outcome.evaluation is not None else None
+    return None if cm is None else [[int(v) for v in row] for row in cm]
+
+
+def make_record(run_record: dict, confusion: list[list[int]] | None) -> dict:
+    if not run_record.get("report"):
+        raise ResultsError("the run has no report figures (did its ModelReport run?)")
+    return dict(run_record, confusion=confusion)
+
+
+def record_path(records_dir: str, record: dict) -> Path:
+    return Path(records_dir, f"{record['finished_at'][:10]}-{record_name(record)}.json")
+
+
+def write_record(records_dir: str, record: dict) -> Path:
+    return write_atomic(record_path(records_dir, record), json.dumps(record, indent=1) + "\n")
+
+
+def latest_records(records_dir: str) -> dict[str, dict]:
+    """The newest record of each name (file names sort by date)."""
+    newest: dict[str, dict] = {}
+    for path in sorted(Path(records_dir).glob("*.json")):
+        record = json.loads(path.read_text())
+        newest[record_name(record)] = record
+    return newest
+
+
+# ---- rendering ---------------------------------------------------------------------------
+
+
+def _ci(figure: dict, digits: int = 2) -> str:
+    return format_with_interval(figure["value"], figure["ci95"], digits=digits)
+
+
+def _recalls(confusion: list[list[int]] | None) -> str | None:
+    if not confusion:
+        return None
+    parts = []
+    for k, name in enumerate(CLASS_NAMES):
+        total = sum(confusion[k])
+        parts.append(f"{name} {confusion[k][k] / total:.3f}" if total else f"{name} n/a")
+    return ", ".join(parts)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def headline_rows(record: dict) -> list[tuple[str, str]]:
+    report = record["report"]
+    units = report.get("units", report["n"])
+    by = "bootstrap over patients / groups" if report.get("interval_method") != "wilson" else "Wilson"
+    rows = [
+        (
+            f"accuracy, {report['evaluated_split']} split ({report['n']:,} images, {units:,} "
+            f"patients / groups; 95 % interval: {by})",
+            format_with_interval(report["accuracy"], report["accuracy_ci95"]),
+        )
+    ]
+    if recalls := _recalls(record.get("confusion")):
+        rows.append(("recall per class", recalls))
+    if abstention := report.get("abstention"):
+        rows.append(("answered (did not abstain)", f"{abstention['acceptance']:.3f}"))
+    if shortcut := report.get("shortcut_control"):
+        rows.append(
+            (
+                f"shortcut control: image statistics, no pixels (chance {shortcut['chance_accuracy']:.3f})",
+                format_with_interval(shortcut["accuracy"], shortcut["accuracy_ci95"]),
+            )
+        )
+    if audit := record.get("lesion_audit"):
+        overall = audit["summary"]["overall"]
+        who = f"{overall['slices']} slices, {overall.get('units', overall['slices'])} patients / units"
+        rows += [
+            (f"lesion audit ({who}): heatmap peak in the tumour box", _ci(overall["pointing"])),
+            ("lesion audit: share of the heat in the box", f"{overall['mass_in_box']['value']:.2f}"),
+            ("lesion audit: tumour removed → answer changes", _ci(overall["removed_changed"])),
+            ("lesion audit: tumour removed → notumor", f"{overall['removed_notumor']['value']:.2f}"),
+        ]
+    serving = report.get("serving_validation") or {}
+    if serving.get("grpc_p50_ms") is not None:
+        rows.append(
+            (
+                "served predict_images, one image: p50 / p99 latency (gRPC)",
+                f"{serving['grpc_p50_ms']:.0f} / {serving['grpc_p99_ms']:.0f} ms",
+            )
+        )
+    trainer = record.get("component_seconds", {}).get("Trainer")
+    rows.append(
+        (
+            f"whole run on {record['machine']['cores']} cores",
+            _minutes(record["seconds"]) + (f" (Trainer {_minutes(trainer)})" if trainer else ""),
+        )
+    )
+    return rows
+
+
+def _table(rows: list[tuple[str, str]], head: tuple[str, str] = ("figure", "value")) -> list[str]:
+    return [f"| {head[0]} | {head[1]} |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
+
+
+def _provenance(record: dict) -> str:
+    m = record["machine"]
+    return (
+        f"Run of {record['finished_at'][:10]}, code `{record['code']}`, {m['cores']} cores "
+        f"({m['cpu']}), `{record['command']}`:"
+    )
+
+
+def render_readme_block(records: dict[str, dict]) -> str:
+    record = records.get(REAL) or records.get(SYNTHETIC)
+    if record is None:
+        raise ResultsError("no results record to render")
+    return "\n".join([_provenance(record), "", *_table(headline_rows(record))])
+
+
+def render_page_block(records: dict[str, dict]) -> str:
+    if not records:
+        raise ResultsError("no results record to render")
+    lines: list[str] = []
+    titles = {REAL: "Real data (the Kaggle training images)", SYNTHETIC: "The main job (synthetic phantoms)"}
+    for name in (REAL, SYNTHETIC):
+        record = records.get(name)
+        if record is None:
+            continue
+        lines += [f"## {titles[name]}", "", _provenance(record), "", *_table(headline_rows(record)), ""]
+        if schedule := record.get("schedule"):
+            anneal = schedule.get("anneal_start_epoch")
+            epochs = schedule.get("epochs_run")
+            lines += [
+                f"Training: {epochs} epoch{'' if epochs == 1 else 's'}, schedule {schedule.get('schedule')}"
+                + (f", anneal from epoch {anneal}" if anneal else "")
+                + (f" ({schedule['reason']})" if schedule.get("reason") else "")
+                + ".",
+                "",
+            ]
+        steps = sorted(record.get("component_seconds", {}).items(), key=lambda kv: -kv[1])
+        phases = record.get("trainer_phase_seconds", {})
+        lines += _table(
+            [(step, f"{seconds:.1f} s") for step, seconds in steps]
+            + [(f"Trainer: {phase}", f"{seconds:.1f} s") for phase, seconds in phases.items()],
+            ("step", "wall time"),
+        )
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")
+
+
+def replace_block(text: str, block: str, where: str) -> str:
+    """`text` with what lies between the BEGIN and END marker lines replaced by `block`."""
+    pattern = re.compile(re.escape(BEGIN) + r"\n.*?" + re.escape(END), re.S)
+    if len(pattern.findall(text)) != 1:
+        raise ResultsError(f"{where} needs exactly one pair of {BEGIN} / {END} lines")
+    return pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text)
+
+
+def render(
+    records_dir: str, readme: str = README, page: str = RESULTS_PAGE, check: bool = False
+) -> list[str]:
+    """Renders the records into `readme` and `page`; returns the files that changed
+    (with `check`, that would change, writing nothing)."""
+    records = latest_records(records_dir)
+    changed = []
+    for path, block in ((readme, render_readme_block(records)), (page, render_page_block(records))):
+        old = Path(path).read_text()
+        new = replace_block(old, block, path)
+        if new != old:
+            changed.append(path)
+            if not check:
+                write_atomic(Path(path), new)
+    return changed
