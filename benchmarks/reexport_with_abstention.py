@@ -15,6 +15,7 @@ the abstention detector is fitted on the eval records exactly as the Trainer fit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ import tf_keras as keras  # noqa: E402
 
 from btmri.documents import TRAINER_DEFAULTS  # noqa: E402
 from components.training import abstention  # noqa: E402
-from components.training.trainer import DEFAULTS, fit_abstention, make_signatures  # noqa: E402
+from components.training.trainer import fit_abstention, make_signatures  # noqa: E402
 from components.transform.preprocessing import IMAGE_XF  # noqa: E402
 from btmri.spec import IMAGE_KEY, LABEL_KEY  # noqa: E402
 from data_prep.tfrecords import parse_example  # noqa: E402
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     if args.rebuild:
         model = rebuilt(model, args.rebuild)
     eval_ds = eval_dataset(args.eval_records, xf.transform_features_layer())
-    config = dict(DEFAULTS, abstention_accept=args.accept)
+    config = dataclasses.replace(TRAINER_DEFAULTS, abstention_accept=args.accept)
     spec = fit_abstention(model, eval_ds, xf, config)
     model.tft_layer = xf.transform_features_layer()
     model.save(args.out, save_format="tf", signatures=make_signatures(model, xf, spec))

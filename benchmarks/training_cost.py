@@ -89,7 +89,7 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="default %(default)s")
     parser.add_argument("--model", default=None, help="architecture (default: the Trainer's)")
-    parser.add_argument("--compute-dtype", default="auto", choices=compute_dtype.CHOICES)
+    parser.add_argument("--compute-dtype", default="auto", choices=compute_dtype.COMPUTE_DTYPES)
     parser.add_argument(
         "--saved-model", default=None, help="SavedModel to time (default: the run's latest Trainer model)"
     )

@@ -68,3 +68,59 @@ def add_work_dir(p: argparse.ArgumentParser, reads: str) -> None:
         metavar="DIR",
         help=f"the run's folder, as given to `btmri run`: {reads} (default %(default)s)",
     )
+
+
+def _flag(f) -> str:
+    name = (f.metadata.get("flag") or f.name).replace("_", "-")
+    return f"--no-{name}" if f.default is True else f"--{name}"
+
+
+def flag_for(cls, name: str) -> str:
+    """The flag of field `name` of `cls` (an option field's own), else --the-name."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        if f.name == name and "help" in f.metadata:
+            return _flag(f)
+    return "--" + name.replace("_", "-")
+
+
+def option_fields(cls, names: tuple[str, ...] | None = None) -> list:
+    """The fields of dataclass `cls` declared with btmri.documents.option() that have a
+    flag (cli=True), in declaration order; `names`: only these."""
+    import dataclasses
+
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if "help" in f.metadata and f.metadata.get("cli", True) and (names is None or f.name in names)
+    ]
+
+
+def add_options(p: argparse.ArgumentParser, cls, names: tuple[str, ...] | None = None) -> None:
+    """One flag per option field of `cls`: name, type, default, choices and help from the
+    field, so each is declared once (btmri.documents.option)."""
+    for f in option_fields(cls, names):
+        meta = f.metadata
+        flags = [_flag(f), *meta.get("aliases", ())]
+        if isinstance(f.default, bool):
+            action = "store_false" if f.default else "store_true"
+            p.add_argument(*flags, dest=f.name, action=action, default=f.default, help=meta["help"])
+            continue
+        kind = type(f.default) if f.default is not None else str
+        extra = {"metavar": meta["metavar"]} if meta.get("metavar") else {}
+        if meta.get("choices"):
+            extra["choices"] = meta["choices"]
+        p.add_argument(
+            *flags,
+            dest=f.name,
+            type=kind,
+            default=f.default,
+            help=meta["help"] + ("" if f.default in (None, "") else " (default %(default)s)"),
+            **extra,
+        )
+
+
+def options_from(args: argparse.Namespace, cls, names: tuple[str, ...] | None = None) -> dict:
+    """{field name: parsed value} for the option fields of `cls` that add_options added."""
+    return {f.name: getattr(args, f.name) for f in option_fields(cls, names)}

@@ -152,60 +152,114 @@ class Manifest(_Document):
 
 
 # ── Training: the Trainer's configuration and what it writes back ──────────────────
+def option(
+    default,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: tuple | None = None,
+    metavar: str | None = None,
+    aliases: tuple[str, ...] = (),
+    cli: bool = True,
+):
+    """A dataclass field that is also a command-line flag: its help, flag name (default:
+    the field's name with dashes; a bool that defaults to True becomes --no-NAME),
+    choices and metavar live here, beside the default, and btmri.cli_conventions
+    .add_options turns them into argparse arguments. `cli=False`: a setting without a flag."""
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "choices": choices,
+        "metavar": metavar,
+        "aliases": aliases,
+        "cli": cli,
+    }
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(kw_only=True)
 class TrainingSettings:
     """What a run chooses about training: the fields the pipeline's configuration
     (pipeline/config.py) and the Trainer's custom_config share, with the project's
-    training defaults. Keyword-only, so a subclass may lead with required fields."""
+    training defaults and their flags (`btmri run` and `btmri compile`). Keyword-only,
+    so a subclass may lead with required fields."""
 
-    model: str = spec.DEFAULT_MODEL
-    weights: str | None = None  # 'imagenet' for resnet50/efficientnetb0 (internet)
-    # At most: the `converge` schedule stops once the eval loss has been flat for
-    # `patience` epochs and a short anneal has run (components/training/schedule.py).
-    epochs: int = 80
-    schedule: str = spec.SCHEDULE_CONVERGE  # converge | cosine (spec.SCHEDULES)
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.05  # AdamW, decoupled; 0: plain Adam
-    label_smoothing: float = 0.1
-    # Epochs without a 2 % better (median-of-3) eval loss before the anneal starts.
-    # Replayed on the 80-epoch cosine runs' eval losses it fires at epoch 19 on the
-    # phantoms and 30 on the real set (docs/experiments.md, training cost).
-    patience: int = 8
-    augment: bool = True
-    # Acquisition-style augmentation (components/training/augment.py AcquisitionConfig,
-    # docs/augmentation.md): bias field, resolution, noise, intensity curves, JPEG, more
-    # zoom-out, for every class alike, so a collection's look stops predicting the class
-    # (issue 22). strength in [0, 1] scales every magnitude; 0 or off: none. Off by
-    # default: with lesion pasting, it lowered accuracy on a held-out source from 0.81
-    # to 0.76 (leave one source out, docs/experiments.md).
-    acquisition_augment: bool = False
-    acquisition_strength: float = 0.5
-    seed: int = 0
-    compute_dtype: str = "auto"  # float32 | bfloat16 | auto (bf16 if the CPU has it)
-    # Lesion guidance, for training images with a known tumour box.
-    evidence_weight: float = 1.0  # weight of the lesion-evidence loss; 0: off
-    # Half each: on real data, lesion removed -> answer changes 0.69 at 0.25 / 0.25,
-    # 0.79 at 0.5 / 0.5, 0.81 with the rim fill added (components/training/counterfactual.py;
-    # decoys keep the fill itself uninformative; docs/lesion-audit.md).
-    lesion_removal_rate: float = 0.5  # boxed tumour images shown with the lesion removed
-    decoy_removal_rate: float = 0.5  # images shown with a lesion-free box removed
-    # notumor images shown with a batch-mate's lesion, as its class (a third of them with
-    # the lesion's contrast turned over), meant to take away the sequence cue of the
-    # Kaggle merge (its tumour images are all T1 post-contrast). Off: with acquisition-
-    # style augmentation it made tumours of a held-out source called notumor more often
-    # (0.098 -> 0.128; docs/experiments.md, leave one source out).
-    lesion_paste_rate: float = 0.0
+    model: str = option(spec.DEFAULT_MODEL, "the network architecture to train", choices=spec.MODEL_NAMES)
+    weights: str | None = option(
+        None, "'imagenet' for resnet50/efficientnetb0 (downloads the weights; needs internet)"
+    )
+    epochs: int = option(
+        80, "at most this many epochs: the converge schedule stops earlier (components/training/schedule.py)"
+    )
+    schedule: str = option(
+        spec.SCHEDULE_CONVERGE,
+        "converge: the base learning rate until the eval loss is flat for PATIENCE epochs, then a "
+        "cosine anneal over 3/4 as many epochs again, then stop (never beyond --epochs); "
+        "cosine: one decay over all --epochs",
+        choices=spec.SCHEDULES,
+    )
+    batch_size: int = option(32, "the global batch (replicas split it under a distribution)")
+    learning_rate: float = option(1e-3, "the base rate of the schedule (not rescaled with the batch)")
+    weight_decay: float = option(0.05, "AdamW decoupled weight decay (0: plain Adam)")
+    label_smoothing: float = option(0.1, "label smoothing of the cross-entropy")
+    patience: int = option(
+        8, "converge schedule: epochs without a 2%% lower eval loss (median of 3) before the anneal"
+    )
+    augment: bool = option(True, "geometric augmentation of training images", cli=False)
+    # Off by default: docs/experiments.md (leave one source out).
+    acquisition_augment: bool = option(
+        False,
+        "train with the acquisition-style augmentation (bias field, resolution, noise, intensity "
+        "curves, JPEG; docs/augmentation.md)",
+    )
+    acquisition_strength: float = option(
+        0.5, "with --acquisition-augment: every magnitude scaled by S in [0, 1] (0: off)", metavar="S"
+    )
+    seed: int = option(0, "the training seed", cli=False)
+    compute_dtype: str = option(
+        "auto",
+        "training arithmetic; auto: bfloat16 where the CPU has it (AVX512-BF16/AMX), else float32. "
+        "Exported models are float32 (--precision is the old name)",
+        choices=spec.COMPUTE_DTYPES,
+        aliases=("--precision",),
+    )
+    # Lesion guidance, for training images with a known tumour box (docs/lesion-audit.md).
+    evidence_weight: float = option(
+        1.0, "weight of the loss that keeps the class evidence inside known tumour boxes (0: off)"
+    )
+    lesion_removal_rate: float = option(
+        0.5, "share of boxed tumour training images shown with the lesion removed, labelled notumor"
+    )
+    decoy_removal_rate: float = option(
+        0.5, "share of training images shown with a lesion-free box removed, label kept"
+    )
+    # Off by default: docs/experiments.md (leave one source out).
+    lesion_paste_rate: float = option(
+        0.0,
+        "share of notumor training images shown with the lesion of a boxed tumour image pasted "
+        "in, labelled with its class",
+    )
     # Abstention (components/training/abstention.py), fitted on the eval split after
     # calibration: ood_score, abstain and abstain_reason in every exported signature.
-    abstention: bool = True
-    abstention_accept: float = 0.95  # share of eval images the fitted thresholds answer
-    # Scale-out (docs/scale.md). batch_size is the global batch: replicas
-    # split it, gradients are averaged over all of it, so learning_rate keeps its
-    # meaning and is not rescaled; a larger global batch is chosen with batch_size
-    # (and, by the linear rule, learning_rate scaled by the same factor) by hand.
-    distribution: str = spec.DISTRIBUTION_NONE  # none | mirrored | multi_worker
-    input_sharding: str = spec.INPUT_SHARDING_FILE  # multi_worker: file | data (spec.INPUT_SHARDING)
+    abstention: bool = option(
+        True,
+        "export with ood_score/abstain/abstain_reason (--no-abstention: without, and no acceptance gate)",
+    )
+    abstention_accept: float = option(
+        0.95, "the abstention thresholds are fitted to answer SHARE of the eval split", metavar="SHARE"
+    )
+    distribution: str = option(
+        spec.DISTRIBUTION_NONE,
+        "tf.distribute strategy of the Trainer: none; mirrored (all local GPUs of one host); "
+        "multi_worker (the hosts TF_CONFIG names). --batch-size is the global batch",
+        choices=spec.DISTRIBUTIONS,
+    )
+    input_sharding: str = option(
+        spec.INPUT_SHARDING_FILE,
+        "multi_worker: workers split the training TFRecords by file (needs at least one file per "
+        "worker) or by example",
+        choices=spec.INPUT_SHARDING,
+    )
 
 
 TRAINING_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainingSettings))
@@ -229,6 +283,31 @@ class TrainerConfig(TrainingSettings, _Document):
 
 
 TRAINER_DEFAULTS = TrainerConfig()
+
+
+TFX_PLATFORM_KEY_PREFIX = "ai_platform_"
+
+
+def parse_trainer_config(custom_config: dict | None) -> TrainerConfig:
+    """The Trainer's custom_config (JSON through TFX) as a TrainerConfig: None values
+    take the defaults, each value is cast to its field's type, and an unknown key is
+    an error (a misspelt setting must not be ignored). TFX's own platform keys (the
+    Vertex Trainer's ai_platform_*) are not settings of this Trainer and are skipped."""
+    custom = {
+        k: v
+        for k, v in (custom_config or {}).items()
+        if v is not None and not k.startswith(TFX_PLATFORM_KEY_PREFIX)
+    }
+    fields = {f.name: f for f in dataclasses.fields(TrainerConfig)}
+    unknown = sorted(set(custom) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown Trainer settings: {', '.join(unknown)}")
+    typed = {}
+    for name, value in custom.items():
+        default = getattr(TRAINER_DEFAULTS, name)
+        kind = type(default) if default is not None else None
+        typed[name] = kind(value) if kind in (bool, int, float, str) else value
+    return TrainerConfig(**typed)
 
 
 # ── Cloud: `btmri compile --target vertex` ────────────────────────────────────────
@@ -342,39 +421,98 @@ DEFAULT_MONITORING_PATH = "/monitoring/prometheus/metrics"
 class ServerOptions(_Document):
     """Everything `btmri serve` / `python -m serving` can be told."""
 
-    model_base_path: str = ""
-    model_name: str = spec.MODEL_NAME
-    # TF Serving's ModelServerConfig text file: several models, version policies and
-    # labels (serving/model_config.py); instead of model_base_path/model_name.
-    model_config_file: str | None = None
-    model_config_file_poll_wait_seconds: float = 0.0  # > 0: reread the config file this often
-    allow_version_labels_for_unavailable_models: bool = False
-    host: str = DEFAULT_HOST
-    port: int = GRPC_PORT
-    rest_port: int = REST_PORT  # 0: no REST listener
-    poll_seconds: float = 1.0
-    enable_batching: bool = False
-    batching_parameters_file: str | None = None  # None: serving/config/batching.config
-    max_message_mb: float = MAX_MESSAGE_MB
-    grpc_workers: int = 16  # worker threads, shared by gRPC and REST
-    monitoring_path: str | None = DEFAULT_MONITORING_PATH
-    max_rows: int = MAX_ROWS
-    max_response_mb: float = MAX_RESPONSE_MB
-    max_json_values: int = 1_000_000
-    client_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS
-    max_connections: int = 256  # REST connections; gRPC calls in progress
-    max_load_retries: int = 5
-    load_retry_interval_seconds: float = 60.0
-    canary: bool = True
+    model_base_path: str = option(
+        "",
+        "TF Serving base path (<dir>/<version>/saved_model.pb); or --model-config-file; default: "
+        "the work folder's pushed model, WORK_DIR/serving/brain_tumor",
+    )
+    model_name: str = option(spec.MODEL_NAME, "served model name")
+    model_config_file: str | None = option(
+        None,
+        "TF Serving ModelServerConfig text file: several models, version policies (latest N, all, "
+        "specific) and version labels (e.g. serving/config/canary.config); instead of "
+        "--model-base-path/--model-name",
+        metavar="FILE",
+    )
+    model_config_file_poll_wait_seconds: float = option(
+        0.0,
+        "reread --model-config-file this often and apply changes (models, policies, labels); 0: read once",
+    )
+    allow_version_labels_for_unavailable_models: bool = option(
+        False,
+        "a label not assigned yet may point at a version that is not loaded (TF Serving's flag of that name)",
+    )
+    host: str = option(DEFAULT_HOST, "address to bind (0.0.0.0 exposes the server)")
+    port: int = option(GRPC_PORT, "gRPC port")
+    rest_port: int = option(REST_PORT, "REST and metrics port, 0 for none")
+    poll_seconds: float = option(1.0, "how often to look for new versions")
+    enable_batching: bool = option(
+        False, "merge concurrent requests into batches (serving/config/batching.config)"
+    )
+    batching_parameters_file: str | None = option(
+        None, "TF Serving batching parameters file (default: serving/config/batching.config)"
+    )
+    max_message_mb: float = option(
+        MAX_MESSAGE_MB, "largest request in MiB; larger ones get RESOURCE_EXHAUSTED"
+    )
+    grpc_workers: int = option(16, "threads that run requests, gRPC and REST")
+    monitoring_path: str | None = option(DEFAULT_MONITORING_PATH, "Prometheus metrics path", cli=False)
+    max_rows: int = option(MAX_ROWS, "most rows (images) per request; more get INVALID_ARGUMENT / HTTP 400")
+    max_response_mb: float = option(
+        MAX_RESPONSE_MB,
+        "largest response in MiB (JSON for REST); larger ones get RESOURCE_EXHAUSTED / HTTP 429",
+    )
+    max_json_values: int = option(
+        1_000_000, "most values in one REST body, counted before parsing; more get HTTP 400"
+    )
+    client_timeout_seconds: float = option(
+        REQUEST_TIMEOUT_SECONDS,
+        "a client must send its request (REST head, then body; gRPC message) and take its response "
+        "within this; idle REST connections close after it",
+    )
+    max_connections: int = option(
+        256, "open REST connections and gRPC calls in progress, each; more are refused"
+    )
+    max_load_retries: int = option(
+        5,
+        "tries again for a version that failed to load while its files stay unchanged (changed "
+        "files always get a new try)",
+    )
+    load_retry_interval_seconds: float = option(60.0, "wait between those tries")
+    canary: bool = option(True, "serve version labels (the canary workflow)", cli=False)
     # Request logging (serving/request_log.py): off unless request_log_dir is set.
-    request_log_dir: str | None = None
-    log_sampling_rate: float = 1.0  # share of successful Predict calls logged
-    log_payload: str = spec.LOG_PAYLOAD_FEATURES  # spec.LOG_PAYLOADS
-    log_max_mb: float = 256.0  # the folder's budget: oldest files are deleted beyond it
-    log_file_mb: float = 16.0  # a file is closed at this size (or a quarter of the budget)
-    log_rotate_seconds: float = 60.0  # ... or this long after its first record
-    log_queue_records: int = 1024  # records waiting for the writer; more are dropped
-    log_queue_mb: float = 64.0  # bytes they may hold (images, with --log-payload features/images)
+    request_log_dir: str | None = option(
+        None,
+        "log sampled successful Predict calls into DIR (default: no logging)",
+        flag="request_log",
+        metavar="DIR",
+    )
+    log_sampling_rate: float = option(1.0, "share of calls logged, in (0, 1]", metavar="R")
+    log_payload: str = option(
+        spec.LOG_PAYLOAD_FEATURES,
+        "what of the request is kept: none (response and metadata only), features (derived image "
+        "features instead of the image) or images (the whole request)",
+        choices=spec.LOG_PAYLOADS,
+    )
+    log_max_mb: float = option(
+        256.0, "size budget of DIR in MiB; the oldest files are deleted beyond it", metavar="N"
+    )
+    log_file_mb: float = option(16.0, "a log file is closed at this size, at most a quarter of the budget")
+    log_rotate_seconds: float = option(60.0, "... or this long after its first record")
+    log_queue_records: int = option(1024, "records waiting for the log writer; more are dropped and counted")
+    log_queue_mb: float = option(64.0, "MiB those records may hold")
+
+    # The request-logging options, a group of their own in `btmri serve --help`.
+    LOGGING = (
+        "request_log_dir",
+        "log_sampling_rate",
+        "log_payload",
+        "log_max_mb",
+        "log_file_mb",
+        "log_rotate_seconds",
+        "log_queue_records",
+        "log_queue_mb",
+    )
 
     @property
     def max_message_bytes(self) -> int:

@@ -172,6 +172,8 @@ SCHEDULE_COSINE = "cosine"
 SCHEDULES: tuple[str, ...] = (SCHEDULE_CONVERGE, SCHEDULE_COSINE)
 # Printed by the Trainer when the converge schedule starts its anneal; the run's
 # progress line (btmri/console.py) then knows the last epoch.
+# Training arithmetic (components/training/compute_dtype.py): auto = bfloat16 where the CPU has it.
+COMPUTE_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
 SCHEDULE_ANNEAL_LINE = "Training schedule: annealing over epochs {first}-{last}, then stopping ({reason})"
 # ── Scale-out (docs/scale.md) ──────────────────────────────────────────────────────
 # tf.distribute strategy the Trainer builds its model under (TrainerConfig.distribution):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from btmri.documents import Manifest
+from btmri.documents import Manifest, option
 from btmri.layout import MANIFEST_FILE
 from btmri import spec
 from data_prep.discover import find_images
@@ -70,26 +70,54 @@ class PrepareError(RuntimeError):
 
 @dataclass
 class PrepareOptions:
+    """What `btmri prepare` is told; the option() fields are its flags (declared once)."""
+
     data_dir: str
     out_dir: str
-    eval_fraction: float = 0.15
-    seed: int = 42
-    workers: int = 0  # decoding threads; 0 = one per core
-    shards: int = DEFAULT_TRAIN_SHARDS
-    drop_cross_split_duplicates: bool = False
-    near_threshold: int = DEFAULT_NEAR_THRESHOLD
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_file_mb: float = DEFAULT_MAX_FILE_MB  # larger files are skipped before they are opened
-    box_dir: str | None = None  # tumour boxes (data_prep/lesion_boxes.py) to attach to matching images
-    # "patient": eval drawn by patient / near-duplicate group (data_prep/patients.py);
-    # "image": by file, as before patients were known (kept to measure the difference).
-    split_unit: str = spec.SPLIT_UNITS[0]
-    # Leave one source out: the tumour images of this collection (whole patients / groups)
-    # are written to hold_out_dir as class folders, for `btmri evaluate`, and to no split.
-    hold_out_collection: str | None = None
-    hold_out_dir: str | None = None
-    progress: bool = True
-    allow_empty_eval: bool = False  # write a run with no eval image (refused by default)
+    eval_fraction: float = option(0.15, "share of Training/ per class held out for eval")
+    seed: int = option(42, "split seed")
+    workers: int = option(0, "decoding threads (0: one per core)")
+    shards: int = option(
+        DEFAULT_TRAIN_SHARDS, "TFRecord shards for train; eval/test get proportionally fewer"
+    )
+    drop_cross_split_duplicates: bool = option(
+        False, "leave out eval/test images that duplicate a training image"
+    )
+    near_threshold: int = option(
+        DEFAULT_NEAR_THRESHOLD, "perceptual-hash Hamming distance (bits of 64) counted as a near duplicate"
+    )
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images with more pixels than this")
+    max_file_mb: float = option(
+        DEFAULT_MAX_FILE_MB, "skip files larger than this many MiB before opening them"
+    )
+    box_dir: str | None = option(
+        None,
+        "folder of tumour slices with boxes (<class>/<id>.jpg + .txt, and patients.csv: "
+        "id,class,patient): images that are copies of one get its box and patient, for "
+        "lesion-guided training and splits by patient",
+        flag="boxes_dir",
+    )
+    split_unit: str = option(
+        spec.SPLIT_UNITS[0],
+        "draw the eval split by whole patients / near-duplicate groups (patient; patients from the "
+        "box folder's patients.csv) or by file (image, only to measure how much an image-level "
+        "split inflates the figures)",
+        choices=spec.SPLIT_UNITS,
+    )
+    hold_out_collection: str | None = option(
+        None,
+        "leave one source out: the tumour images of this collection (e.g. figshare, the copies "
+        "of a box folder's slices, or unknown, the others), whole patients at a time, are left "
+        "out of training and eval and copied to --hold-out-dir for `btmri evaluate`",
+        metavar="NAME",
+    )
+    hold_out_dir: str | None = option(None, "where the held-out images go, as class folders")
+    progress: bool = option(True, "progress bars (-q: none)", cli=False)
+    allow_empty_eval: bool = option(
+        False,
+        "write the data even when no image falls in the eval split (refused by default: "
+        "`btmri run` needs eval images)",
+    )
 
     def arguments(self) -> dict:
         """The options that decide the output (all but `progress` and `allow_empty_eval`,

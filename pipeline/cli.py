@@ -15,14 +15,17 @@ from btmri.cli_conventions import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REFUSED,
+    add_options,
     add_output_flags,
     error,
     exit_code_text,
+    flag_for,
+    options_from,
 )
 from btmri.console import quiet_environment
-from btmri.documents import TRAINER_DEFAULTS, VERTEX_DEFAULTS
+from btmri.documents import VERTEX_DEFAULTS
 from btmri.layout import DEFAULT_LAYOUT, MANIFEST_FILE, RunLayout
-from btmri.spec import SCHEDULE_CONVERGE, SPLIT_UNITS
+from btmri.spec import SCHEDULE_CONVERGE
 
 # `btmri run --quick`: a smoke run of every component, blessed and pushed in minutes.
 # Gates are set so that a 1-epoch model passes them; flags given explicitly still win.
@@ -30,9 +33,9 @@ QUICK_PRESET = {
     "synthetic_per_class": 12,
     "epochs": 1,
     "batch_size": 8,
-    "accuracy_bound": 0.0,
+    "accuracy_lower_bound": 0.0,
     # A 1-epoch model abstains on a random few of its 12 test images.
-    "min_acceptance": 0.5,
+    "abstention_min_acceptance": 0.5,
 }
 
 
@@ -59,32 +62,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_split_arguments(p: argparse.ArgumentParser, prefix: str = "", hold_out_default: str = "") -> None:
-    """What `prepare` draws the eval split by, and leave one source out (prepare and run)."""
-    p.add_argument(
-        "--split-unit",
-        choices=SPLIT_UNITS,
-        default=SPLIT_UNITS[0],
-        help=f"{prefix}draw the eval split by whole patients / near-duplicate groups (patient; "
-        "patients from the box folder's patients.csv) or by file (image, only to measure "
-        "how much an image-level split inflates the figures) (default %(default)s)",
-    )
-    p.add_argument(
-        "--hold-out-collection",
-        default=None,
-        metavar="NAME",
-        help=f"{prefix}leave one source out: the tumour images of this collection (e.g. figshare, "
-        "the copies of a box folder's slices, or unknown, the others), whole patients at a "
-        "time, are left out of training and eval and copied to --hold-out-dir for "
-        "`btmri evaluate`",
-    )
-    p.add_argument(
-        "--hold-out-dir",
-        default=None,
-        help=f"where the held-out images go, as class folders{hold_out_default}",
-    )
-
-
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from data_prep.discover import LayoutError
     from data_prep.prepare import PrepareError, PrepareOptions, prepare, summary_table
@@ -92,20 +69,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     opts = PrepareOptions(
         data_dir=args.data_dir,
         out_dir=args.out,
-        eval_fraction=args.eval_fraction,
-        seed=args.seed,
-        workers=args.workers,
-        shards=args.shards,
-        drop_cross_split_duplicates=args.drop_cross_split_duplicates,
-        allow_empty_eval=args.allow_empty_eval,
-        near_threshold=args.near_threshold,
-        max_pixels=args.max_pixels,
-        max_file_mb=args.max_file_mb,
-        box_dir=args.boxes_dir,
-        split_unit=args.split_unit,
-        hold_out_collection=args.hold_out_collection,
-        hold_out_dir=args.hold_out_dir,
         progress=not args.quiet,
+        **options_from(args, PrepareOptions),
     )
     try:
         manifest = prepare(opts)
@@ -121,7 +86,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
     """PipelineConfig from the arguments `run` and `compile` share (pipeline_args)."""
-    from pipeline.config import PipelineConfig, component_beam_args
+    from btmri.documents import TrainingSettings
+    from pipeline.config import GATE_OPTIONS, PipelineConfig, component_beam_args
 
     # `run`: the work folder holds the whole run unless told otherwise.
     work = RunLayout(getattr(args, "work_dir", None) or DEFAULT_LAYOUT.work_dir)
@@ -129,30 +95,8 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
         pipeline_root=args.pipeline_root or work.pipeline_root,
         data_root=data_root,
         serving_dir=args.serving_dir or work.serving_dir,
-        model=args.model,
-        weights=args.weights,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        schedule=args.schedule,
-        patience=args.patience,
-        compute_dtype=args.compute_dtype,
-        audit_min_pointing=args.audit_min_pointing,
-        audit_min_removed_changed=args.audit_min_removed_changed,
-        accuracy_lower_bound=args.accuracy_bound,
-        evidence_weight=args.evidence_weight,
-        lesion_removal_rate=args.lesion_removal_rate,
-        decoy_removal_rate=args.decoy_removal_rate,
-        lesion_paste_rate=args.lesion_paste_rate,
-        acquisition_augment=args.acquisition_augment,
-        acquisition_strength=args.acquisition_strength,
-        abstention=not args.no_abstention,
-        abstention_accept=args.abstention_accept,
-        abstention_min_acceptance=args.min_acceptance,
-        distribution=args.distribution,
-        input_sharding=args.input_sharding,
+        **options_from(args, TrainingSettings),
+        **options_from(args, PipelineConfig, GATE_OPTIONS),
         component_beam_args=component_beam_args(args.component_beam_arg),
         **overrides,
     )
@@ -221,7 +165,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config = _pipeline_config(
             args,
             prepared.path,
-            enable_cache=not args.no_cache,
+            enable_cache=args.enable_cache,
             box_dir=box_dir,
             beam_pipeline_args=beam,
             use_module_files=not runs_beyond_this_process(beam),
@@ -265,10 +209,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if summary.pushed else EXIT_REFUSED
 
 
+def _preset_flag(dest: str) -> str:
+    from pipeline.config import PipelineConfig
+
+    return flag_for(PipelineConfig, dest)
+
+
 def _apply_preset(args: argparse.Namespace, preset: dict) -> None:
-    """Sets each preset value on `args` unless its flag (--the-dest) was given in args.argv."""
+    """Sets each preset value on `args` unless its flag was given in args.argv."""
     for dest, value in preset.items():
-        flag = "--" + dest.replace("_", "-")
+        flag = _preset_flag(dest)
         if not any(token == flag or token.startswith(flag + "=") for token in args.argv):
             setattr(args, dest, value)
 
@@ -329,9 +279,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from data_prep.duplicates import DEFAULT_NEAR_THRESHOLD
-    from data_prep.image_io import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS
-    from data_prep.prepare import DEFAULT_TRAIN_SHARDS
+    from data_prep.prepare import PrepareOptions
 
     parser = argparse.ArgumentParser(
         prog="btmri",
@@ -356,66 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", required=True, help="Kaggle layout (Training/, Testing/) or flat class folders"
     )
     p.add_argument("--out", required=True, help="output folder for train/ eval/ test/ shards")
-    p.add_argument(
-        "--eval-fraction",
-        type=float,
-        default=0.15,
-        help="share of Training/ per class held out for eval (default 0.15)",
-    )
-    p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
-    p.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
-    p.add_argument(
-        "--shards",
-        type=int,
-        default=DEFAULT_TRAIN_SHARDS,
-        help=f"TFRecord shards for train; eval/test get proportionally fewer "
-        f"(default {DEFAULT_TRAIN_SHARDS})",
-    )
-    p.add_argument(
-        "--drop-cross-split-duplicates",
-        action="store_true",
-        help="leave out eval/test images that duplicate a training image",
-    )
-    p.add_argument(
-        "--allow-empty-eval",
-        action="store_true",
-        help="write the data even when no image falls in the eval split (refused by default: "
-        "`btmri run` needs eval images)",
-    )
-    p.add_argument(
-        "--near-threshold",
-        type=int,
-        default=DEFAULT_NEAR_THRESHOLD,
-        help=f"perceptual-hash Hamming distance (bits of 64) counted as a near "
-        f"duplicate (default {DEFAULT_NEAR_THRESHOLD})",
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="refuse images with more pixels than this (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-file-mb",
-        type=float,
-        default=DEFAULT_MAX_FILE_MB,
-        help="skip files larger than this many MiB before opening them (default %(default)s)",
-    )
-    p.add_argument(
-        "--boxes-dir",
-        default=None,
-        help="folder of tumour slices with boxes (<class>/<id>.jpg + .txt, and "
-        "patients.csv: id,class,patient): images that are copies of one get its box "
-        "and patient, for lesion-guided training and splits by patient",
-    )
-    add_split_arguments(p)
+    add_options(p, PrepareOptions)
     add_output_flags(p, "no progress bars")
     p.set_defaults(func=_cmd_prepare)
 
-    from btmri.spec import COMPILE_TARGETS, DISTRIBUTIONS, INPUT_SHARDING, MODEL_NAME, MODEL_NAMES, SCHEDULES
-    from pipeline.config import DEFAULT_ACCURACY_LOWER_BOUND, COMPUTE_DTYPES, PipelineConfig
+    from btmri.documents import TrainingSettings
+    from btmri.spec import COMPILE_TARGETS, MODEL_NAME
+    from pipeline.config import GATE_OPTIONS, PipelineConfig
 
     def pipeline_args(p, local: bool):
+        """Where the run writes, then every training setting and gate, each flag from its
+        field (btmri.documents.option), then Beam options."""
         p.add_argument(
             "--pipeline-root",
             default=None,
@@ -430,148 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="TF Serving model base path (<dir>/<version>/)"
             + (f" (default: WORK_DIR/serving/{MODEL_NAME})" if local else ""),
         )
-        p.add_argument(
-            "--model",
-            default=TRAINER_DEFAULTS.model,
-            choices=MODEL_NAMES,
-            help="the network architecture to train (default %(default)s)",
-        )
-        p.add_argument(
-            "--weights",
-            default=None,
-            help="'imagenet' for resnet50/efficientnetb0 (downloads; needs internet)",
-        )
-        p.add_argument("--epochs", type=int, default=TRAINER_DEFAULTS.epochs, help="default %(default)s")
-        p.add_argument(
-            "--batch-size", type=int, default=TRAINER_DEFAULTS.batch_size, help="default %(default)s"
-        )
-        p.add_argument(
-            "--learning-rate",
-            type=float,
-            default=TRAINER_DEFAULTS.learning_rate,
-            help="peak of the cosine schedule; default %(default)s",
-        )
-        p.add_argument(
-            "--weight-decay",
-            type=float,
-            default=TRAINER_DEFAULTS.weight_decay,
-            help="AdamW decoupled weight decay (0: Adam); default %(default)s",
-        )
-        p.add_argument(
-            "--label-smoothing",
-            type=float,
-            default=TRAINER_DEFAULTS.label_smoothing,
-            help="default %(default)s",
-        )
-        p.add_argument(
-            "--schedule",
-            default=TRAINER_DEFAULTS.schedule,
-            choices=SCHEDULES,
-            help="converge: the base learning rate until the eval loss is flat for PATIENCE "
-            "epochs, then a cosine anneal over 3/4 as many epochs again, then stop (never "
-            "beyond --epochs); cosine: one decay over all --epochs; default %(default)s",
-        )
-        p.add_argument(
-            "--patience",
-            type=int,
-            default=TRAINER_DEFAULTS.patience,
-            help="converge schedule: epochs without a 2%% lower eval loss (median of 3) "
-            "before the anneal; default %(default)s",
-        )
-        p.add_argument(
-            "--compute-dtype",
-            "--precision",
-            dest="compute_dtype",
-            default=TRAINER_DEFAULTS.compute_dtype,
-            choices=COMPUTE_DTYPES,
-            help="training arithmetic (--precision is the old name); auto: bfloat16 where the CPU has it "
-            "(AVX512-BF16/AMX), else float32. Exported models are float32",
-        )
-        p.add_argument(
-            "--evidence-weight",
-            type=float,
-            default=TRAINER_DEFAULTS.evidence_weight,
-            help="weight of the loss that keeps the class evidence inside known tumour "
-            "boxes (0: off); default %(default)s",
-        )
-        p.add_argument(
-            "--lesion-removal-rate",
-            type=float,
-            default=TRAINER_DEFAULTS.lesion_removal_rate,
-            help="share of boxed tumour training images shown with the lesion removed, "
-            "labelled notumor; default %(default)s",
-        )
-        p.add_argument(
-            "--decoy-removal-rate",
-            type=float,
-            default=TRAINER_DEFAULTS.decoy_removal_rate,
-            help="share of training images shown with a lesion-free box removed, "
-            "label kept; default %(default)s",
-        )
-        p.add_argument(
-            "--lesion-paste-rate",
-            type=float,
-            default=PipelineConfig.lesion_paste_rate,
-            help="share of notumor training images shown with the lesion of a boxed "
-            "tumour image pasted in, labelled with its class; default %(default)s",
-        )
-        p.add_argument(
-            "--acquisition-strength",
-            type=float,
-            default=TRAINER_DEFAULTS.acquisition_strength,
-            metavar="S",
-            help="acquisition-style augmentation of every training image (bias field, "
-            "resolution, noise, intensity curves, JPEG; docs/augmentation.md), its magnitudes "
-            "scaled by S in [0, 1] (0: off), with --acquisition-augment; default %(default)s",
-        )
-        p.add_argument(
-            "--acquisition-augment",
-            action="store_true",
-            help="train with the acquisition-style augmentation (off by default: "
-            "docs/experiments.md, leave one source out)",
-        )
-        p.add_argument(
-            "--accuracy-bound",
-            type=float,
-            default=DEFAULT_ACCURACY_LOWER_BOUND,
-            help="absolute lower bound on accuracy for blessing (default %(default)s)",
-        )
-        p.add_argument(
-            "--abstention-accept",
-            type=float,
-            default=TRAINER_DEFAULTS.abstention_accept,
-            metavar="SHARE",
-            help="the exported model's abstention thresholds are fitted "
-            "to answer SHARE of the eval split (default %(default)s)",
-        )
-        p.add_argument(
-            "--min-acceptance",
-            type=float,
-            default=PipelineConfig.abstention_min_acceptance,
-            metavar="SHARE",
-            help="refuse to bless a model that abstains on more than 1 - SHARE of the "
-            "evaluated split (default %(default)s; negative: off)",
-        )
-        p.add_argument(
-            "--no-abstention",
-            action="store_true",
-            help="export without ood_score/abstain/abstain_reason (and no acceptance gate)",
-        )
-        p.add_argument(
-            "--audit-min-pointing",
-            type=float,
-            default=PipelineConfig.audit_min_pointing,
-            metavar="SHARE",
-            help="refuse to bless a model whose lesion-audit pointing game is below SHARE (default: off)",
-        )
-        p.add_argument(
-            "--audit-min-removed-changed",
-            type=float,
-            default=PipelineConfig.audit_min_removed_changed,
-            metavar="SHARE",
-            help="refuse to bless a model whose answer changes on fewer than SHARE of the "
-            "audit's slices once the lesion is removed (default: off)",
-        )
+        add_options(p.add_argument_group("training"), TrainingSettings)
+        add_options(p.add_argument_group("blessing gates"), PipelineConfig, GATE_OPTIONS)
         p.add_argument(
             "--beam-arg",
             action="append",
@@ -587,21 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="ID=ARG",
             help="Beam option for one Beam component only, after the pipeline's, "
             "repeatable (e.g. --component-beam-arg Evaluator=--direct_num_workers=1)",
-        )
-        p.add_argument(
-            "--distribution",
-            default=TRAINER_DEFAULTS.distribution,
-            choices=DISTRIBUTIONS,
-            help="tf.distribute strategy of the Trainer: none; mirrored (all local GPUs "
-            "of one host); multi_worker (the hosts TF_CONFIG names). --batch-size "
-            "is the global batch; the learning rate is not rescaled",
-        )
-        p.add_argument(
-            "--input-sharding",
-            default=TRAINER_DEFAULTS.input_sharding,
-            choices=INPUT_SHARDING,
-            help="multi_worker: workers split the training TFRecords by file (needs at "
-            "least one file per worker) or by example; default %(default)s",
         )
 
     p = sub.add_parser("run", help="run the TFX pipeline locally, ending with a pushed model")
@@ -642,22 +386,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="smoke run in a few minutes: "
-        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK_PRESET.items())
+        + ", ".join(f"{_preset_flag(k)} {v}" for k, v in QUICK_PRESET.items())
         + " unless given; blessed and pushed, but not a usable model",
     )
-    p.add_argument(
-        "--drop-cross-split-duplicates",
-        action="store_true",
-        help="prepare: leave out eval/test images that duplicate training images",
-    )
+    # The work folder decides where these two go, so their help says so; the other
+    # preparation flags are prepare's own (PrepareOptions).
     p.add_argument(
         "--boxes-dir",
         default=None,
-        help="tumour slices with boxes (<class>/<id>.jpg + .txt): lesion-guided training "
-        "and the lesion audit; default with synthetic data: its own boxes/",
+        help="tumour slices with boxes (<class>/<id>.jpg + .txt, patients.csv): lesion-guided "
+        "training, splits by patient and the lesion audit; default with synthetic data: its own boxes/",
     )
-    add_split_arguments(p, "prepare: ", " (default WORK_DIR/data/held-out/NAME)")
-    p.add_argument("--no-cache", action="store_true", help="re-run every component")
+    p.add_argument(
+        "--hold-out-dir",
+        default=None,
+        help="with --hold-out-collection: where its images go (default WORK_DIR/data/held-out/NAME)",
+    )
+    add_options(
+        p.add_argument_group("data preparation (as btmri prepare)"),
+        PrepareOptions,
+        ("drop_cross_split_duplicates", "split_unit", "hold_out_collection"),
+    )
+    add_options(p, PipelineConfig, ("enable_cache",))
     add_output_flags(p, "no progress lines (components, epochs, audit)")
     p.set_defaults(func=_cmd_run)
 

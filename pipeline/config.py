@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import components
-from btmri.documents import TRAINER_DEFAULTS, TRAINING_SETTINGS, TrainingSettings, VertexOptions
+from btmri.documents import TRAINER_DEFAULTS, TRAINING_SETTINGS, TrainingSettings, VertexOptions, option
 from btmri.layout import metadata_path
-from btmri.spec import DISTRIBUTIONS, INPUT_SHARDING, MIN_ACCEPTANCE, SCHEDULES
-from components.training.compute_dtype import CHOICES as COMPUTE_DTYPES
+from btmri.spec import COMPUTE_DTYPES, DISTRIBUTIONS, INPUT_SHARDING, MIN_ACCEPTANCE, SCHEDULES
 
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
 SCHEMA_FILE = COMPONENTS_DIR / "schema" / "schema.pbtxt"
@@ -24,6 +23,13 @@ RUN_FN = "components.training.trainer.run_fn"
 
 DEFAULT_PIPELINE_NAME = "brain-tumor-mri"  # Kubeflow/Vertex names: [a-z0-9][a-z0-9-]*
 DEFAULT_ACCURACY_LOWER_BOUND = 0.80
+# PipelineConfig's blessing gates, flags of `btmri run` and `btmri compile` (their option() fields).
+GATE_OPTIONS = (
+    "accuracy_lower_bound",
+    "abstention_min_acceptance",
+    "audit_min_pointing",
+    "audit_min_removed_changed",
+)
 
 
 def local_beam_args(workers: int | None = None) -> list[str]:
@@ -118,11 +124,25 @@ class PipelineConfig(TrainingSettings):
     schema_file: str = str(SCHEMA_FILE)
     request_schema_file: str = str(REQUEST_SCHEMA_FILE)
     box_dir: str | None = None  # tumour boxes: the lesion audit's slices
-    audit_min_pointing: float = -1.0  # gate on the audit's pointing game; < 0: off
-    audit_min_removed_changed: float = -1.0  # gate on "lesion removed → class changed"; < 0: off
-    accuracy_lower_bound: float = DEFAULT_ACCURACY_LOWER_BOUND
-    abstention_min_acceptance: float = (
-        MIN_ACCEPTANCE  # blessing: share of the evaluated split answered; < 0: off
+    audit_min_pointing: float = option(
+        -1.0,
+        "refuse to bless a model whose lesion-audit pointing game is below SHARE (negative: off)",
+        metavar="SHARE",
+    )
+    audit_min_removed_changed: float = option(
+        -1.0,
+        "refuse to bless a model whose answer changes on fewer than SHARE of the audit's slices "
+        "once the lesion is removed (negative: off)",
+        metavar="SHARE",
+    )
+    accuracy_lower_bound: float = option(
+        DEFAULT_ACCURACY_LOWER_BOUND, "absolute lower bound on accuracy for blessing", flag="accuracy_bound"
+    )
+    abstention_min_acceptance: float = option(
+        MIN_ACCEPTANCE,
+        "refuse to bless a model that abstains on more than 1 - SHARE of the evaluated split (negative: off)",
+        flag="min_acceptance",
+        metavar="SHARE",
     )
     max_accuracy_regression: float = 0.0  # vs the last blessed model
     beam_pipeline_args: list[str] = field(default_factory=local_beam_args)
@@ -131,7 +151,7 @@ class PipelineConfig(TrainingSettings):
     # Compile target vertex: the Trainer runs as a Vertex AI training job (and, with an
     # endpoint name, the Pusher pushes to Vertex AI); None: the portable components.
     vertex: VertexOptions | None = None
-    enable_cache: bool = True
+    enable_cache: bool = option(True, "re-run every component (no TFX cache)", flag="cache")
     materialize: bool = False  # True: Transform writes transformed examples
     # False: reference functions by import path (compiled specs, non-direct Beam runners:
     # their SDK workers import the project; TFX's cache then does not see code changes).

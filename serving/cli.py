@@ -16,14 +16,16 @@ from pathlib import Path
 from btmri.cli_conventions import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
+    add_options,
     add_output_flags,
     add_work_dir,
     error,
+    option_fields,
+    options_from,
 )
 from btmri.console import quiet_environment
 from btmri.documents import SERVER_DEFAULTS, ServerOptions
 from btmri.layout import DEFAULT_LAYOUT, RunLayout
-from btmri.spec import LOG_PAYLOADS
 from serving.heatmap_overlay import DEFAULT_STRENGTH
 
 
@@ -49,37 +51,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 f"no pushed model in {base_path}: run `btmri run` first (or `btmri run --quick` "
                 "for a smoke run), or give --model-base-path or --model-config-file",
             )
-    options = ServerOptions(
-        model_base_path=base_path or "",
-        model_name=args.model_name,
-        model_config_file=args.model_config_file,
-        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
-        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
-        host=args.host,
-        port=args.port,
-        rest_port=args.rest_port,
-        poll_seconds=args.poll_seconds,
-        enable_batching=args.enable_batching,
-        max_message_mb=args.max_message_mb,
-        grpc_workers=args.grpc_workers,
-        max_rows=args.max_rows,
-        max_response_mb=args.max_response_mb,
-        max_json_values=args.max_json_values,
-        client_timeout_seconds=args.client_timeout_seconds,
-        max_connections=args.max_connections,
-        max_load_retries=args.max_load_retries,
-        load_retry_interval_seconds=args.load_retry_interval_seconds,
-        request_log_dir=args.request_log,
-        log_sampling_rate=args.log_sampling_rate,
-        log_payload=args.log_payload,
-        log_max_mb=args.log_max_mb,
-        log_file_mb=args.log_file_mb,
-        log_rotate_seconds=args.log_rotate_seconds,
-        log_queue_records=args.log_queue_records,
-        log_queue_mb=args.log_queue_mb,
-    )
-    if args.batching_parameters_file:
-        options.batching_parameters_file = args.batching_parameters_file
+    options = ServerOptions(**dict(options_from(args, ServerOptions), model_base_path=base_path or ""))
     return serve(options)
 
 
@@ -171,177 +143,12 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    """The server's options; defaults from btmri.documents.ServerOptions."""
-    p.add_argument(
-        "--model-base-path",
-        default=None,
-        help="TF Serving base path (<dir>/<version>/saved_model.pb); or --model-config-file; "
-        "default: the work folder's pushed model, WORK_DIR/serving/brain_tumor",
-    )
+    """The server's options, each flag from its ServerOptions field (btmri.documents.option)."""
     add_work_dir(p, "its pushed model, unless --model-base-path or --model-config-file")
-    p.add_argument(
-        "--model-name", default=SERVER_DEFAULTS.model_name, help="served model name (default %(default)s)"
-    )
-    p.add_argument(
-        "--model-config-file",
-        default=None,
-        metavar="FILE",
-        help="TF Serving ModelServerConfig text file: several models, version policies "
-        "(latest N, all, specific) and version labels (e.g. serving/config/"
-        "canary.config); instead of --model-base-path/--model-name",
-    )
-    p.add_argument(
-        "--model-config-file-poll-wait-seconds",
-        type=float,
-        default=SERVER_DEFAULTS.model_config_file_poll_wait_seconds,
-        help="reread --model-config-file this often and apply changes (models, "
-        "policies, labels); 0: read once (default %(default)s)",
-    )
-    p.add_argument(
-        "--allow-version-labels-for-unavailable-models",
-        action="store_true",
-        help="a label not assigned yet may point at a version that is not loaded "
-        "(TF Serving's flag of that name)",
-    )
-    p.add_argument(
-        "--host",
-        default=SERVER_DEFAULTS.host,
-        help="address to bind (default %(default)s; 0.0.0.0 exposes the server)",
-    )
-    p.add_argument("--port", type=int, default=SERVER_DEFAULTS.port, help="gRPC port (default %(default)s)")
-    p.add_argument(
-        "--rest-port",
-        type=int,
-        default=SERVER_DEFAULTS.rest_port,
-        help="REST and metrics port, 0 for none (default %(default)s)",
-    )
-    p.add_argument(
-        "--poll-seconds",
-        type=float,
-        default=SERVER_DEFAULTS.poll_seconds,
-        help="how often to look for new versions (default %(default)s)",
-    )
-    p.add_argument(
-        "--enable-batching",
-        action="store_true",
-        help="merge concurrent requests into batches (serving/config/batching.config)",
-    )
-    p.add_argument(
-        "--batching-parameters-file",
-        default=None,
-        help="TF Serving batching parameters file (default: serving/config/batching.config)",
-    )
-    p.add_argument(
-        "--max-message-mb",
-        type=float,
-        default=SERVER_DEFAULTS.max_message_mb,
-        help="largest request in MiB; larger ones get RESOURCE_EXHAUSTED (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-rows",
-        type=int,
-        default=SERVER_DEFAULTS.max_rows,
-        help="most rows (images) per request; more get INVALID_ARGUMENT / HTTP 400 (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-response-mb",
-        type=float,
-        default=SERVER_DEFAULTS.max_response_mb,
-        help="largest response in MiB (JSON for REST); larger ones get "
-        "RESOURCE_EXHAUSTED / HTTP 429 (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-json-values",
-        type=int,
-        default=SERVER_DEFAULTS.max_json_values,
-        help="most values in one REST body, counted before parsing; more get HTTP 400 (default %(default)s)",
-    )
-    p.add_argument(
-        "--client-timeout-seconds",
-        type=float,
-        default=SERVER_DEFAULTS.client_timeout_seconds,
-        help="a client must send its request (REST head, then body; gRPC message) and "
-        "take its response within this; idle REST connections close after it "
-        "(default %(default)s)",
-    )
-    p.add_argument(
-        "--max-connections",
-        type=int,
-        default=SERVER_DEFAULTS.max_connections,
-        help="open REST connections and gRPC calls in progress, each; more are refused (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-load-retries",
-        type=int,
-        default=SERVER_DEFAULTS.max_load_retries,
-        help="tries again for a version that failed to load while its files stay "
-        "unchanged (changed files always get a new try) (default %(default)s)",
-    )
-    p.add_argument(
-        "--load-retry-interval-seconds",
-        type=float,
-        default=SERVER_DEFAULTS.load_retry_interval_seconds,
-        help="wait between those tries (default %(default)s)",
-    )
-    p.add_argument(
-        "--grpc-workers",
-        type=int,
-        default=SERVER_DEFAULTS.grpc_workers,
-        help="threads that run requests, gRPC and REST (default %(default)s)",
-    )
-    g = p.add_argument_group("request logging (TF Serving PredictionLog TFRecords; docs/monitoring.md)")
-    g.add_argument(
-        "--request-log",
-        default=None,
-        metavar="DIR",
-        help="log sampled successful Predict calls into DIR (default: no logging)",
-    )
-    g.add_argument(
-        "--log-sampling-rate",
-        type=float,
-        default=SERVER_DEFAULTS.log_sampling_rate,
-        metavar="R",
-        help="share of calls logged, in (0, 1] (default %(default)s)",
-    )
-    g.add_argument(
-        "--log-payload",
-        default=SERVER_DEFAULTS.log_payload,
-        choices=LOG_PAYLOADS,
-        help="what of the request is kept: none (response and metadata only), features "
-        "(derived image features instead of the image) or images (the whole "
-        "request) (default %(default)s)",
-    )
-    g.add_argument(
-        "--log-max-mb",
-        type=float,
-        default=SERVER_DEFAULTS.log_max_mb,
-        metavar="N",
-        help="size budget of DIR in MiB; the oldest files are deleted beyond it (default %(default)s)",
-    )
-    g.add_argument(
-        "--log-file-mb",
-        type=float,
-        default=SERVER_DEFAULTS.log_file_mb,
-        help="a log file is closed at this size, at most a quarter of the budget (default %(default)s)",
-    )
-    g.add_argument(
-        "--log-rotate-seconds",
-        type=float,
-        default=SERVER_DEFAULTS.log_rotate_seconds,
-        help="... or this long after its first record (default %(default)s)",
-    )
-    g.add_argument(
-        "--log-queue-records",
-        type=int,
-        default=SERVER_DEFAULTS.log_queue_records,
-        help="records waiting for the log writer; more are dropped and counted (default %(default)s)",
-    )
-    g.add_argument(
-        "--log-queue-mb",
-        type=float,
-        default=SERVER_DEFAULTS.log_queue_mb,
-        help="MiB those records may hold (default %(default)s)",
-    )
+    serving = tuple(f.name for f in option_fields(ServerOptions) if f.name not in ServerOptions.LOGGING)
+    add_options(p, ServerOptions, serving)
+    group = p.add_argument_group("request logging (TF Serving PredictionLog TFRecords; docs/monitoring.md)")
+    add_options(group, ServerOptions, ServerOptions.LOGGING)
     add_output_flags(p, "warnings and errors only (no start-up and reload notes)")
 
 

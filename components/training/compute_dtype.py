@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-CHOICES = ("auto", "float32", "bfloat16")
+from btmri.spec import COMPUTE_DTYPES
+
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
@@ -28,10 +29,10 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def keras_policy(setting: str) -> str:
     """'auto' | 'float32' | 'bfloat16' → a Keras mixed-precision policy name."""
-    if setting not in CHOICES:
-        raise ValueError(f"compute dtype must be one of {', '.join(CHOICES)}, not {setting!r}")
+    if setting not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype must be one of {', '.join(COMPUTE_DTYPES)}, not {setting!r}")
     if setting == "auto":
-        import tensorflow as tf  # here, so the pipeline config can import CHOICES without TF
+        import tensorflow as tf  # here: importing this module stays TF-free
 
         # GPUs are left to float32 here: their fast path is float16 with loss scaling.
         use_bf16 = cpu_has_bf16() and not tf.config.list_physical_devices("GPU")

@@ -29,7 +29,7 @@ from absl import logging
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from btmri.documents import TRAINER_DEFAULTS
+from btmri.documents import TrainerConfig, parse_trainer_config
 from btmri.spec import DISTRIBUTION_MULTI_WORKER, INPUT_SHARDING_DATA, TRAINER_PHASE_LOG
 from btmri.layout import CALIBRATION_FILE, HISTORY_CSV_FILE, HISTORY_FILE, TENSORBOARD_DIR
 from btmri.spec import (
@@ -65,9 +65,6 @@ from components.transform.preprocessing import (
     LESION_BOX_XF,
 )
 from btmri.spec import CLASS_NAMES, IMAGE_KEY, NUM_CLASSES
-
-# Trainer custom_config keys and defaults (pipeline.config fills them): TrainerConfig's.
-DEFAULTS = TRAINER_DEFAULTS.to_dict()
 
 # Tumour boxes are marked on this grid of cells: the evidence maps of
 # mri_resnet_evidence (14x14); the loss pools them to a coarser map (mri_resnet's 7x7).
@@ -275,25 +272,19 @@ def smoothed_sparse_crossentropy(smoothing: float, per_example: bool = False):
     return loss
 
 
-def _optimizer(config: dict) -> keras.optimizers.Optimizer:
-    weight_decay = float(config["weight_decay"])
+def _optimizer(config: TrainerConfig) -> keras.optimizers.Optimizer:
+    weight_decay = config.weight_decay
     if weight_decay <= 0:
-        return keras.optimizers.Adam(float(config["learning_rate"]))
-    optimizer = keras.optimizers.AdamW(float(config["learning_rate"]), weight_decay=weight_decay)
+        return keras.optimizers.Adam(config.learning_rate)
+    optimizer = keras.optimizers.AdamW(config.learning_rate, weight_decay=weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return optimizer
 
 
-def _config(fn_args: tfx.components.FnArgs) -> dict:
-    config = dict(DEFAULTS)
-    config.update({k: v for k, v in (fn_args.custom_config or {}).items() if v is not None})
-    return config
-
-
-def acquisition_config(config: dict) -> AcquisitionConfig | None:
+def acquisition_config(config: TrainerConfig) -> AcquisitionConfig | None:
     """The acquisition-style augmentation a Trainer config asks for; None when off."""
-    strength = float(config["acquisition_strength"])
-    if not config["acquisition_augment"] or strength <= 0:
+    strength = config.acquisition_strength
+    if not config.acquisition_augment or strength <= 0:
         return None
     return AcquisitionConfig(strength=strength)
 
@@ -306,19 +297,19 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     datasets; multi-worker: training files are split by file (input_sharding), eval by
     example; only the chief calibrates, fits abstention and exports, into the real
     serving_model_dir and model_run_dir."""
-    config = _config(fn_args)
+    config = parse_trainer_config(fn_args.custom_config)
     # First: MultiWorkerMirroredStrategy must exist before TensorFlow's first operation.
-    strategy = distribution.make_strategy(str(config["distribution"]))
-    multi_worker = config["distribution"] == DISTRIBUTION_MULTI_WORKER
-    keras.utils.set_random_seed(int(config["seed"]))
+    strategy = distribution.make_strategy(config.distribution)
+    multi_worker = config.distribution == DISTRIBUTION_MULTI_WORKER
+    keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    batch = int(config["batch_size"])
-    materialized = bool(config["materialized"])
-    cache = bool(config["cache"])
+    batch = config.batch_size
+    materialized = config.materialized
+    cache = config.cache
     counterfactuals = CounterfactualConfig(
-        lesion_rate=float(config["lesion_removal_rate"]),
-        decoy_rate=float(config["decoy_removal_rate"]),
-        paste_rate=float(config["lesion_paste_rate"]),
+        lesion_rate=config.lesion_removal_rate,
+        decoy_rate=config.decoy_removal_rate,
+        paste_rate=config.lesion_paste_rate,
     )
     train_ds = input_fn(
         fn_args.train_files,
@@ -326,12 +317,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         tf_transform_output,
         batch,
         training=True,
-        augment=bool(config["augment"]),
-        seed=int(config["seed"]),
+        augment=config.augment,
+        seed=config.seed,
         materialized=materialized,
         cache=cache,
         counterfactuals=counterfactuals,
-        shard_policy=str(config["input_sharding"]) if multi_worker else None,
+        shard_policy=config.input_sharding if multi_worker else None,
         acquisition=acquisition_config(config),
     )
     # Eval has few files (prepare writes proportionally fewer): split by example.
@@ -346,16 +337,16 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         shard_policy=INPUT_SHARDING_DATA if multi_worker else None,
     )
 
-    policy = compute_dtype.keras_policy(str(config["compute_dtype"]))
+    policy = compute_dtype.keras_policy(config.compute_dtype)
     logging.info("Training compute dtype: %s", policy)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         with compute_dtype.keras_policy_scope(policy):
-            model = build_model(config["model"], config["weights"])
+            model = build_model(config.model, config.weights)
         model.summary(print_fn=logging.info)
         guided = LesionGuidedModel(
             model,
-            smoothed_sparse_crossentropy(float(config["label_smoothing"]), per_example=strategy is not None),
-            evidence_weight=float(config["evidence_weight"]),
+            smoothed_sparse_crossentropy(config.label_smoothing, per_example=strategy is not None),
+            evidence_weight=config.evidence_weight,
             distributed=strategy is not None,
         )
         guided.compile(optimizer=_optimizer(config))
@@ -364,10 +355,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     serving_model_dir = distribution.write_dir(fn_args.serving_model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
     schedule = ScheduleCallback(
-        str(config["schedule"]),
-        float(config["learning_rate"]),
-        int(config["epochs"]),
-        int(config["patience"]),
+        config.schedule,
+        config.learning_rate,
+        config.epochs,
+        config.patience,
     )
     callbacks = [
         schedule,  # first: the epoch's rate is in the logs the others write
@@ -376,19 +367,19 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     ]
     with trainer_phase("training"):
         history = guided.fit(
-            train_ds, validation_data=eval_ds, epochs=int(config["epochs"]), callbacks=callbacks, verbose=2
+            train_ds, validation_data=eval_ds, epochs=config.epochs, callbacks=callbacks, verbose=2
         )
     schedule_summary = schedule.summary()
     logging.info("Training schedule: %s", json.dumps(schedule_summary))
     record = {
-        "config": config,
+        "config": config.to_dict(),
         "compute_dtype_policy": policy,
         "schedule": schedule_summary,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
     if strategy is not None:
         record["distribution"] = {
-            "strategy": str(config["distribution"]),
+            "strategy": config.distribution,
             "replicas_in_sync": int(strategy.num_replicas_in_sync),
             "task": distribution.task_name(strategy),
         }
@@ -400,18 +391,18 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     # Every worker makes it: reading a distributed model's weights is collective (the
     # batch-norm statistics are synchronised on read).
     if policy != "float32" or strategy is not None:
-        model = _float32_copy(model, config["model"])
+        model = _float32_copy(model, config.model)
     if not distribution.is_chief(strategy):
         # What follows uses the plain copy only (no collective ops), so it is the
         # chief's alone; the barrier holds this worker until the chief has exported.
         logging.info("Task %s: training done; the chief exports", distribution.task_name(strategy))
         distribution.finish(strategy, serving_model_dir, run_dir)
         return
-    if config["calibrate"]:
+    if config.calibrate:
         with trainer_phase("calibration"):
             model = _calibrate(model, eval_ds, run_dir)
     spec = None
-    if config["abstention"]:
+    if config.abstention:
         with trainer_phase("abstention fitting"):
             spec = fit_abstention(model, eval_ds, tf_transform_output, config)
     with trainer_phase("export"):
@@ -435,7 +426,10 @@ def trainer_phase(name: str):
 
 
 def fit_abstention(
-    model: keras.Model, eval_ds: tf.data.Dataset, tf_transform_output: tft.TFTransformOutput, config: dict
+    model: keras.Model,
+    eval_ds: tf.data.Dataset,
+    tf_transform_output: tft.TFTransformOutput,
+    config: TrainerConfig,
 ) -> abstention.AbstentionSpec:
     """Fits the abstention detector on the eval split (never trained on; the served,
     calibrated probabilities), choosing its features with generated outliers."""
@@ -448,9 +442,9 @@ def fit_abstention(
     labels = np.concatenate(labels).astype(int)
     tft_layer = tf_transform_output.transform_features_layer()
     outlier_features = {}
-    per_kind = int(config["abstention_outliers_per_kind"])
+    per_kind = config.abstention_outliers_per_kind
     if per_kind > 0:
-        for kind, pngs in outliers.outlier_images(per_kind, seed=int(config["seed"])).items():
+        for kind, pngs in outliers.outlier_images(per_kind, seed=config.seed).items():
             batch = tft_layer({IMAGE_KEY: tf.reshape(tf.constant(pngs), [-1, 1])})[IMAGE_XF]
             outlier_features[kind] = dict(zip(names, abstention.collect(scorer, [batch])[1]))
     spec = abstention.choose(
@@ -458,10 +452,10 @@ def fit_abstention(
         labels,
         probs,
         outlier_features,
-        accept=float(config["abstention_accept"]),
-        notumor_refuse=float(config["abstention_notumor_refuse"]),
-        ood_share=float(config["abstention_ood_share"]),
-        seed=int(config["seed"]),
+        accept=config.abstention_accept,
+        notumor_refuse=config.abstention_notumor_refuse,
+        ood_share=config.abstention_ood_share,
+        seed=config.seed,
     )
     logging.info("Abstention fitted on eval: %s", json.dumps(spec.to_json())[:2000])
     return spec

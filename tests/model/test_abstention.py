@@ -246,6 +246,7 @@ def _phantoms(tiny_run: Path, split: str) -> tuple[list[bytes], np.ndarray]:
 
 @pytest.fixture(scope="module")
 def constructed_model(tiny_run, tmp_path_factory) -> Path:
+    from btmri.documents import parse_trainer_config
     from components.training.trainer import fit_abstention, make_signatures
 
     xf = _transform_output(tiny_run)
@@ -258,15 +259,17 @@ def constructed_model(tiny_run, tmp_path_factory) -> Path:
         model,
         eval_ds,
         xf,
-        {
-            "abstention_outliers_per_kind": 0,
-            "seed": 0,
-            "abstention_accept": 0.95,
-            "abstention_ood_share": 0.6,
-            # An untrained head: most of its notumor answers are wrong, and a notumor floor
-            # would refuse them beyond the budget. This test is about the distance.
-            "abstention_notumor_refuse": 0.0,
-        },
+        parse_trainer_config(
+            {
+                "abstention_outliers_per_kind": 0,
+                "seed": 0,
+                "abstention_accept": 0.95,
+                "abstention_ood_share": 0.6,
+                # An untrained head: most of its notumor answers are wrong, and a notumor
+                # floor would give way to them. This test is about the distance.
+                "abstention_notumor_refuse": 0.0,
+            }
+        ),
     )
     model.tft_layer = xf.transform_features_layer()
     out = tmp_path_factory.mktemp("constructed") / "model"

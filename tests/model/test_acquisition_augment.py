@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from components.training import augment
 from components.training.augment import AcquisitionConfig, acquisition_batch, augment_batch
-from components.training.trainer import DEFAULTS, acquisition_config
+from btmri.documents import TRAINER_DEFAULTS
+from components.training.trainer import acquisition_config
 
 SIZE = 64
 EVERYTHING = dict(
@@ -72,12 +73,12 @@ def test_strength_zero_or_off_leaves_images_and_the_geometry_as_they_were():
     same, same_boxes = augment_batch(images, seed=2, boxes=boxes, acquisition=zero)
     np.testing.assert_array_equal(same.numpy(), plain.numpy())
     np.testing.assert_array_equal(same_boxes.numpy(), plain_boxes.numpy())
-    on = {**DEFAULTS, "acquisition_augment": True}
-    assert acquisition_config({**on, "acquisition_augment": False}) is None
-    assert acquisition_config({**on, "acquisition_strength": 0.0}) is None
-    assert acquisition_config(on) == AcquisitionConfig(strength=DEFAULTS["acquisition_strength"])
+    on = dataclasses.replace(TRAINER_DEFAULTS, acquisition_augment=True)
+    assert acquisition_config(dataclasses.replace(on, acquisition_augment=False)) is None
+    assert acquisition_config(dataclasses.replace(on, acquisition_strength=0.0)) is None
+    assert acquisition_config(on) == AcquisitionConfig(strength=TRAINER_DEFAULTS.acquisition_strength)
     # off by default (docs/experiments.md, leave one source out), with a usable strength
-    assert acquisition_config(DEFAULTS) is None and 0.0 < DEFAULTS["acquisition_strength"] <= 1.0
+    assert acquisition_config(TRAINER_DEFAULTS) is None and 0.0 < TRAINER_DEFAULTS.acquisition_strength <= 1.0
 
 
 def test_the_bias_field_is_smooth_and_within_its_gains():

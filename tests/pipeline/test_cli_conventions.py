@@ -53,14 +53,14 @@ def test_verbose_and_quiet_exclude_each_other(capsys):
 
 
 def test_the_quick_preset_fills_only_what_was_not_given():
-    argv = ["run", "--quick", "--epochs", "3", "--min-acceptance=0.7"]
+    argv = ["run", "--quick", "--epochs", "3", "--min-acceptance=0.7"]  # flags, not field names
     args = build_parser().parse_args(argv)
     args.argv = argv
     _apply_preset(args, QUICK_PRESET)
-    assert args.epochs == 3 and args.min_acceptance == 0.7  # given: kept
+    assert args.epochs == 3 and args.abstention_min_acceptance == 0.7  # given: kept
     assert args.batch_size == QUICK_PRESET["batch_size"] != build_parser().parse_args(["run"]).batch_size
     assert args.synthetic_per_class == QUICK_PRESET["synthetic_per_class"]
-    assert args.accuracy_bound == QUICK_PRESET["accuracy_bound"]
+    assert args.accuracy_lower_bound == QUICK_PRESET["accuracy_lower_bound"]
 
 
 def _png(path):
@@ -137,3 +137,75 @@ def test_the_scheme_is_in_the_help(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for code in (EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE):
         assert f"; {code} " in out
+
+
+def _actions(command: str) -> dict:
+    """{dest: action} of one subcommand's parser."""
+    return {a.dest: a for a in _subparsers()[command]._actions}
+
+
+@pytest.mark.parametrize("command", ["run", "compile"])
+def test_every_setting_is_declared_once_and_its_flag_says_its_default(command):
+    """Each training setting and gate has exactly one flag on `run` and `compile`, whose
+    default is the field's own (btmri.documents.option), and no flag of theirs sets a
+    configuration field that is not declared that way."""
+    import dataclasses
+
+    from btmri.cli_conventions import option_fields
+    from btmri.documents import TRAINER_DEFAULTS, TrainingSettings
+    from pipeline.config import GATE_OPTIONS, PipelineConfig
+
+    parser = _subparsers()[command]
+    declared = option_fields(TrainingSettings) + option_fields(PipelineConfig, GATE_OPTIONS)
+    for f in declared:
+        flags = [a for a in parser._actions if a.dest == f.name]
+        assert len(flags) == 1, f.name
+        default = getattr(TRAINER_DEFAULTS, f.name, f.default)
+        assert flags[0].default == default == f.default, f.name
+        assert flags[0].help and flags[0].help.startswith(f.metadata["help"]), f.name
+    # Every TrainingSettings field is either a flag or declared without one (cli=False).
+    names = {f.name for f in declared}
+    for f in dataclasses.fields(TrainingSettings):
+        assert f.name in names or f.metadata.get("cli") is False, f.name
+    # No flag of these commands writes a config field other than through its option().
+    config_fields = {f.name for f in dataclasses.fields(PipelineConfig)}
+    undeclared = {a.dest for a in parser._actions} & config_fields - names - {"enable_cache"}
+    # Paths are the command's own flags (run: from --work-dir; compile: required).
+    assert undeclared <= {"pipeline_root", "serving_dir", "data_root", "box_dir"}, undeclared
+
+
+def test_every_server_option_is_declared_once():
+    """`btmri serve`'s flags are ServerOptions' fields, each once, with the field's default."""
+    import dataclasses
+
+    from btmri.cli_conventions import option_fields
+    from btmri.documents import ServerOptions
+
+    actions = _actions("serve")
+    declared = option_fields(ServerOptions)
+    for f in declared:
+        assert actions[f.name].default == f.default, f.name
+        assert sum(a.dest == f.name for a in _subparsers()["serve"]._actions) == 1, f.name
+    for f in dataclasses.fields(ServerOptions):
+        assert f in declared or f.metadata.get("cli") is False, f.name
+    own = {"help", "work_dir", "verbose", "quiet"}
+    assert set(actions) - own == {f.name for f in declared}
+
+
+def test_every_prepare_option_is_declared_once():
+    import dataclasses
+
+    from btmri.cli_conventions import option_fields
+    from data_prep.prepare import PrepareOptions
+
+    actions = _actions("prepare")
+    declared = option_fields(PrepareOptions)
+    for f in declared:
+        assert actions[f.name].default == f.default, f.name
+    for f in dataclasses.fields(PrepareOptions):
+        assert f in declared or f.metadata.get("cli") is False or f.name in ("data_dir", "out_dir"), f.name
+    assert set(actions) - {"help", "data_dir", "out", "verbose", "quiet"} == {f.name for f in declared}
+    # `run` prepares with the same fields: the same defaults.
+    run = _actions("run")
+    for name in ("drop_cross_split_duplicates", "split_unit", "hold_out_collection"):
+        assert run[name].default == actions[name].default
