@@ -1,7 +1,7 @@
 """Re-exports an already trained SavedModel with the abstention outputs, by the Trainer's
 own code (fit_abstention on the eval split, make_signatures), without training again.
 
-For models pushed before abstention existed, so benchmarks/abstention.py can measure
+For models pushed before abstention existed, so benchmarks/abstention_probes.py can measure
 them:
 
     python benchmarks/reexport_with_abstention.py --model runs/serving/brain_tumor/N \\

@@ -2,7 +2,7 @@
 
 Argument parsing, the printed table and the files of --out; the images and the
 model are pipeline/site_predict.py's, the figures pipeline/site_evaluation.py's,
-the page pipeline/report/site_evaluation.py's.
+the page pipeline/report/site_evaluation_page.py's.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print("\n".join(evaluation.text_lines(document)))
     if args.out:
         from btmri.documents import write_atomic
-        from pipeline.report import site_evaluation as page
+        from pipeline.report import site_evaluation_page as page
 
         out = Path(args.out)
         write_atomic(out / evaluation.EVALUATION_JSON, json.dumps(evaluation.json_ready(document), indent=1))

@@ -2,7 +2,7 @@
 
 TensorFlow-free (NumPy and the standard library): the rows come from the model
 (pipeline/site_predict.py), the figures, the tags and the text table are computed
-here, the HTML page in pipeline/report/site_evaluation.py.
+here, the HTML page in pipeline/report/site_evaluation_page.py.
 
 Every image counts. An abstention is not a right answer, so
 

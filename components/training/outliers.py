@@ -1,7 +1,7 @@
 """Outliers the Trainer makes for itself, to choose the abstention detector's features.
 
 Outlier exposure without anybody's data: procedural images drawn with NumPy and
-OpenCV. These sources are the Trainer's only; benchmarks/abstention.py probes the
+OpenCV. These sources are the Trainer's only; benchmarks/abstention_probes.py probes the
 exported model with *other* sources (photographs shipped with matplotlib, rendered
 documents, uniform/Gaussian/salt-and-pepper noise, blanks, linear ramps, a chest-like
 drawing), so nothing that tunes the detector grades it.

@@ -148,7 +148,7 @@ def register(subparsers) -> None:
         "--abstention-benchmark",
         default=None,
         metavar="FILE",
-        help="JSON written by benchmarks/abstention.py --out: abstention per probe "
+        help="JSON written by benchmarks/abstention_probes.py --out: abstention per probe "
         "family in the report and model card",
     )
     add_output_flags(p)

@@ -56,7 +56,7 @@ class ReportData:
     gallery: list[GalleryItem] = field(default_factory=list)
     lesion_audit: dict | None = None  # lesion_audit.json of the run's LesionAudit
     lesion_gallery: list = field(default_factory=list)  # lesion_audit.AuditTile
-    abstention: object = None  # pipeline.report.abstention.AbstentionSummary
+    abstention: object = None  # pipeline.report.abstention_section.AbstentionSummary
     infra_validation: object = None  # btmri.documents.InfraValidation of the InfraValidator
     request_baseline: object = None  # pipeline.report.request_baseline.BaselineSummary
     shortcut_control: dict | None = None  # shortcut_control.json of the run's ShortcutControl
@@ -170,7 +170,7 @@ def collect(
     abstention_benchmark: str | None = None,
 ) -> ReportData:
     """The latest run's report data, its artifacts found in ML Metadata.
-    `abstention_benchmark`: JSON written by benchmarks/abstention.py --out."""
+    `abstention_benchmark`: JSON written by benchmarks/abstention_probes.py --out."""
     return collect_run(find_run(config, data_root), gallery_per_kind, abstention_benchmark)
 
 
@@ -219,10 +219,12 @@ def collect_run(
         checks=_checks(tfma, p, as_is),
     )
     import components.training.abstention  # the fitted thresholds beside the model
-    from pipeline.report import abstention
+    from pipeline.report import abstention_section
 
-    report.abstention = abstention.summarize(
-        p, components.training.abstention.read(run.model_dir), abstention.read_benchmark(abstention_benchmark)
+    report.abstention = abstention_section.summarize(
+        p,
+        components.training.abstention.read(run.model_dir),
+        abstention_section.read_benchmark(abstention_benchmark),
     )
     from btmri.documents import InfraValidation
     from pipeline.report import request_baseline
@@ -234,7 +236,7 @@ def collect_run(
     report.shortcut_control = control.read(run.shortcut_control_uri)
     if run.lesion_audit_uri:
         from components.audit.lesion_audit import read_audit
-        from pipeline.report.lesion_audit import gallery as audit_gallery
+        from pipeline.report.lesion_audit_section import gallery as audit_gallery
 
         report.lesion_audit = read_audit(run.lesion_audit_uri)
         report.lesion_gallery = audit_gallery(run.lesion_audit_uri, report.lesion_audit, GALLERY_MAX_SIDE)

@@ -23,7 +23,7 @@ from btmri.layout import MANIFEST_FILE
 from btmri import spec
 from pipeline.report import model_card, plots, tables
 from pipeline.report.collect import ReportData
-from pipeline.report.lesion_audit import audit_blocks, tile_caption
+from pipeline.report.lesion_audit_section import audit_blocks, tile_caption
 from pipeline.report.markup import (
     TEMPLATES_DIR,
     Bullets,
@@ -579,13 +579,13 @@ def _lesion_audit(data: ReportData) -> str:
 
 
 def _abstention(data: ReportData) -> str:
-    from pipeline.report import abstention
+    from pipeline.report import abstention_section
 
-    body = [to_html(abstention.blocks(data.abstention, data.run.evaluated_split))]
+    body = [to_html(abstention_section.blocks(data.abstention, data.run.evaluated_split))]
     if data.abstention is not None:
         body.append(
             _figure(
-                abstention.plot(data.abstention),
+                abstention_section.plot(data.abstention),
                 "Risk–coverage: accuracy of the answered images as the share answered shrinks, "
                 "refusing by top probability or by ood_score; the dot is what the "
                 "served thresholds do.",

@@ -16,8 +16,8 @@ from btmri.layout import MODEL_CARD_FILE
 from btmri.spec import MODEL_NAME
 from btmri import spec
 from pipeline.config import PipelineConfig
-from pipeline.report import abstention, serving_validation, shortcut_control, tables
-from pipeline.report.lesion_audit import audit_blocks
+from pipeline.report import abstention_section, serving_validation, shortcut_control, tables
+from pipeline.report.lesion_audit_section import audit_blocks
 from pipeline.report.markup import TEMPLATES_DIR, count, to_markdown
 
 
@@ -238,7 +238,7 @@ def card_context(data, version: str | None = None) -> dict:
         ],
         "lesion_audit": to_markdown(audit_blocks(data.lesion_audit, "card-lesion-audit")),
         "abstention": to_markdown(
-            abstention.blocks(getattr(data, "abstention", None), split, "card-abstention")
+            abstention_section.blocks(getattr(data, "abstention", None), split, "card-abstention")
         ),
         "serving_validation": to_markdown(
             serving_validation.blocks(getattr(data, "infra_validation", None), "card-serving-validation")

@@ -146,7 +146,7 @@ def test_text_table_has_every_figure_and_slice():
 
 def test_figures_and_page_modules_import_no_tensorflow():
     code = (
-        "import sys, pipeline.site_evaluation, pipeline.report.site_evaluation; "
+        "import sys, pipeline.site_evaluation, pipeline.report.site_evaluation_page; "
         "print('tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

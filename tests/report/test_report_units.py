@@ -200,7 +200,7 @@ def test_kept_epoch_is_the_last_unless_an_older_trainer_restored_its_best():
 
 
 def test_risk_coverage_refuses_the_most_doubtful_first():
-    from pipeline.report.abstention import risk_coverage
+    from pipeline.report.abstention_section import risk_coverage
 
     correct = np.array([True, False, True, True, False])
     doubt = np.array([0.1, 0.9, 0.2, 0.3, 0.5])  # both mistakes are the most doubtful
@@ -212,7 +212,7 @@ def test_risk_coverage_refuses_the_most_doubtful_first():
 def test_the_abstention_text_says_when_the_notumor_floor_gave_way():
     from types import SimpleNamespace
 
-    from pipeline.report import abstention
+    from pipeline.report import abstention_section
     from pipeline.report.markup import Paragraph
 
     n = 4
@@ -226,8 +226,10 @@ def test_the_abstention_text_says_when_the_notumor_floor_gave_way():
     )
 
     def text(fitted):
-        summary = abstention.summarize(predictions, fitted)
-        return " ".join(b.text for b in abstention.blocks(summary, "test") if isinstance(b, Paragraph))
+        summary = abstention_section.summarize(predictions, fitted)
+        return " ".join(
+            b.text for b in abstention_section.blocks(summary, "test") if isinstance(b, Paragraph)
+        )
 
     kept = {"accept": 0.95, "notumor_floor": 0.8, "notumor_floor_wanted": 0.8}
     assert "P(notumor) ≥ 0.800" in text(kept) and "asked for" not in text(kept)

@@ -1,6 +1,6 @@
 """Does the served model know when not to answer? Probe families against a SavedModel.
 
-    python benchmarks/abstention.py --model runs/serving/brain_tumor/N \\
+    python benchmarks/abstention_probes.py --model runs/serving/brain_tumor/N \\
         --records 'runs/data/prepared/current/test/*.tfrecord' [--out abstention_benchmark.json] \\
         [--baseline-model DIR]   # a model without abstention: predict_images latency ratio
 

@@ -1,6 +1,6 @@
 """What head framing costs in the Transform graph, per image, in process.
 
-    python benchmarks/head_framing.py [--data-dir D] [--images 64] [--repeats 3]
+    python benchmarks/head_framing_cost.py [--data-dir D] [--images 64] [--repeats 3]
 
 Compares the whole-image decode the model read before (decode + resize to 224) with
 the current preprocessing_fn (decode at DECODE_SIZE, crop to the head, standardise,

@@ -1,6 +1,6 @@
 """Abstention in the report and the model card: how often the model refuses to answer
 on the evaluated split and why, what answering less buys (risk–coverage), and, when
-given, the abstention benchmark's probe families (benchmarks/abstention.py)."""
+given, the abstention benchmark's probe families (benchmarks/abstention_probes.py)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class AbstentionSummary:
     by_confidence: RiskCoverage
     by_ood_score: RiskCoverage
     fitted: dict | None  # abstention.json of the evaluated model
-    benchmark: dict | None  # benchmarks/abstention.py --out, when given
+    benchmark: dict | None  # benchmarks/abstention_probes.py --out, when given
 
     @property
     def acceptance(self) -> float:
@@ -142,7 +142,7 @@ def _benchmark_table(benchmark: dict, table_id: str) -> Table:
         ],
         rows,
         id=table_id,
-        caption="benchmarks/abstention.py: sources not used to fit or tune the detector",
+        caption="benchmarks/abstention_probes.py: sources not used to fit or tune the detector",
     )
 
 
@@ -240,7 +240,7 @@ def blocks(summary: AbstentionSummary | None, split: str, table_prefix: str = "a
         out.append(
             Paragraph(
                 "No probe benchmark given (`btmri report --abstention-benchmark FILE`, "
-                "written by `benchmarks/abstention.py --out FILE`): abstention on "
+                "written by `benchmarks/abstention_probes.py --out FILE`): abstention on "
                 "non-brain images is not shown here."
             )
         )
