@@ -317,16 +317,34 @@ class VertexOptions(_Document):
     name, the push to a Vertex AI endpoint (TFX's Vertex Pusher: upload to the Model
     Registry, then deploy). Compiled into the spec; nothing is contacted at compile time."""
 
-    project: str = ""  # GCP project of the training job and the endpoint (required)
-    image: str = ""  # the project's container image every training replica runs (compile --image)
-    region: str = "us-central1"
-    machine_type: str = "n1-standard-8"  # every training replica
-    accelerator_type: str | None = None  # e.g. NVIDIA_TESLA_T4; None: CPU only
-    accelerator_count: int = 0  # per replica
-    replicas: int = 1  # training machines: 1 chief + (replicas - 1) workers
-    endpoint_name: str | None = None  # None: the project's filesystem Pusher (--serving-dir)
-    serving_image: str | None = None  # Vertex prebuilt TF prediction image; required with an endpoint
-    serving_machine_type: str = "n1-standard-4"
+    project: str = option("", "--target vertex: GCP project (required)", flag="vertex_project")
+    image: str = option("", "the project's container image every training replica runs", cli=False)
+    region: str = option("us-central1", "Vertex AI region", flag="vertex_region")
+    machine_type: str = option("n1-standard-8", "every training replica", flag="vertex_machine_type")
+    accelerator_type: str | None = option(
+        None, "e.g. NVIDIA_TESLA_T4 (default: none, CPU only)", flag="vertex_accelerator_type"
+    )
+    accelerator_count: int = option(0, "accelerators per replica", flag="vertex_accelerator_count")
+    replicas: int = option(
+        1,
+        "training machines: one chief + N-1 workers (N > 1 needs --distribution multi_worker)",
+        flag="vertex_replicas",
+    )
+    endpoint_name: str | None = option(
+        None,
+        "push the blessed model to this Vertex AI endpoint (Model Registry upload + deploy) "
+        "instead of --serving-dir",
+        flag="vertex_endpoint",
+        metavar="NAME",
+    )
+    serving_image: str | None = option(
+        None,
+        "with --vertex-endpoint: a Vertex AI prebuilt TensorFlow prediction image",
+        flag="vertex_serving_image",
+    )
+    serving_machine_type: str = option(
+        "n1-standard-4", "with --vertex-endpoint: the serving machine", flag="vertex_serving_machine_type"
+    )
 
     def check(self, distribution: str) -> None:
         if not self.project:

@@ -17,13 +17,13 @@ from btmri.cli_conventions import (
     EXIT_REFUSED,
     add_options,
     add_output_flags,
+    add_work_dir,
     error,
     exit_code_text,
     flag_for,
     options_from,
 )
 from btmri.console import quiet_environment
-from btmri.documents import VERTEX_DEFAULTS
 from btmri.layout import DEFAULT_LAYOUT, MANIFEST_FILE, RunLayout
 from btmri.spec import SCHEDULE_CONVERGE
 
@@ -231,18 +231,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     vertex = None
     if args.target == "vertex":
-        vertex = VertexOptions(
-            project=args.vertex_project or "",
-            image=args.image,
-            region=args.vertex_region,
-            machine_type=args.vertex_machine_type,
-            accelerator_type=args.vertex_accelerator_type,
-            accelerator_count=args.vertex_accelerator_count,
-            replicas=args.vertex_replicas,
-            endpoint_name=args.vertex_endpoint,
-            serving_image=args.vertex_serving_image,
-            serving_machine_type=args.vertex_serving_machine_type,
-        )
+        vertex = VertexOptions(image=args.image, **options_from(args, VertexOptions))
     # Functions by import path (code baked into the image); Kubeflow/Vertex bring
     # their own ML Metadata.
     try:
@@ -278,26 +267,22 @@ def _version() -> str:
         return "(not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from data_prep.prepare import PrepareOptions
-
-    parser = argparse.ArgumentParser(
-        prog="btmri",
-        description="Brain tumor MRI classifier: data, TFX pipeline, serving. Every subcommand "
-        "takes -v/--verbose and -q/--quiet; those that read a run take --work-dir (default "
-        f"{DEFAULT_LAYOUT.work_dir}), the folder `btmri run` wrote.",
-        epilog=exit_code_text(),
-    )
-    parser.add_argument("--version", action="version", version=f"btmri {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _register_synth(sub) -> None:
     p = sub.add_parser("synth", help="write a synthetic phantom dataset in the Kaggle layout")
     p.add_argument("--out", required=True, help="output folder (Training/, Testing/, masks/)")
-    p.add_argument("--per-class", type=int, default=100, help="training images per class")
-    p.add_argument("--test-per-class", type=int, default=25, help="testing images per class")
+    p.add_argument(
+        "--per-class", type=int, default=100, help="training images per class (default %(default)s)"
+    )
+    p.add_argument(
+        "--test-per-class", type=int, default=25, help="testing images per class (default %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="generator seed (default %(default)s)")
     add_output_flags(p, "no progress bar")
     p.set_defaults(func=_cmd_synth)
+
+
+def _register_prepare(sub) -> None:
+    from data_prep.prepare import PrepareOptions
 
     p = sub.add_parser("prepare", help="images → validated, split TFRecords + manifest.json")
     p.add_argument(
@@ -308,45 +293,50 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_flags(p, "no progress bars")
     p.set_defaults(func=_cmd_prepare)
 
+
+def _add_pipeline_arguments(p: argparse.ArgumentParser, local: bool) -> None:
+    """What `run` and `compile` share: where the run writes, then every training setting
+    and gate, each flag from its field (btmri.documents.option), then Beam options."""
     from btmri.documents import TrainingSettings
-    from btmri.spec import COMPILE_TARGETS, MODEL_NAME
+    from btmri.spec import MODEL_NAME
     from pipeline.config import GATE_OPTIONS, PipelineConfig
 
-    def pipeline_args(p, local: bool):
-        """Where the run writes, then every training setting and gate, each flag from its
-        field (btmri.documents.option), then Beam options."""
-        p.add_argument(
-            "--pipeline-root",
-            default=None,
-            required=not local,
-            help="TFX artifacts (and, locally, ML Metadata)"
-            + (" (default: WORK_DIR/pipeline)" if local else ""),
-        )
-        p.add_argument(
-            "--serving-dir",
-            default=None,
-            required=not local,
-            help="TF Serving model base path (<dir>/<version>/)"
-            + (f" (default: WORK_DIR/serving/{MODEL_NAME})" if local else ""),
-        )
-        add_options(p.add_argument_group("training"), TrainingSettings)
-        add_options(p.add_argument_group("blessing gates"), PipelineConfig, GATE_OPTIONS)
-        p.add_argument(
-            "--beam-arg",
-            action="append",
-            default=[],
-            metavar="ARG",
-            help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner); "
-            "default: DirectRunner, multi-processing, one worker per core",
-        )
-        p.add_argument(
-            "--component-beam-arg",
-            action="append",
-            default=[],
-            metavar="ID=ARG",
-            help="Beam option for one Beam component only, after the pipeline's, "
-            "repeatable (e.g. --component-beam-arg Evaluator=--direct_num_workers=1)",
-        )
+    p.add_argument(
+        "--pipeline-root",
+        default=None,
+        required=not local,
+        help="TFX artifacts (and, locally, ML Metadata)" + (" (default: WORK_DIR/pipeline)" if local else ""),
+    )
+    p.add_argument(
+        "--serving-dir",
+        default=None,
+        required=not local,
+        help="TF Serving model base path (<dir>/<version>/)"
+        + (f" (default: WORK_DIR/serving/{MODEL_NAME})" if local else ""),
+    )
+    add_options(p.add_argument_group("training"), TrainingSettings)
+    add_options(p.add_argument_group("blessing gates"), PipelineConfig, GATE_OPTIONS)
+    p.add_argument(
+        "--beam-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner); "
+        "default: DirectRunner, multi-processing, one worker per core",
+    )
+    p.add_argument(
+        "--component-beam-arg",
+        action="append",
+        default=[],
+        metavar="ID=ARG",
+        help="Beam option for one Beam component only, after the pipeline's, "
+        "repeatable (e.g. --component-beam-arg Evaluator=--direct_num_workers=1)",
+    )
+
+
+def _register_run(sub) -> None:
+    from data_prep.prepare import PrepareOptions
+    from pipeline.config import PipelineConfig
 
     p = sub.add_parser("run", help="run the TFX pipeline locally, ending with a pushed model")
     p.add_argument(
@@ -354,12 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="images (Kaggle layout or class folders); default: synthetic phantoms",
     )
-    p.add_argument(
-        "--work-dir",
-        default=DEFAULT_LAYOUT.work_dir,
-        help="the run's folder: data/ (synthetic and prepared), pipeline/, serving/ (default %(default)s)",
-    )
-    pipeline_args(p, local=True)
+    add_work_dir(p, "data/ (synthetic and prepared), pipeline/, serving/ go here")
+    _add_pipeline_arguments(p, local=True)
     p.add_argument(
         "--beam-workers",
         default=None,
@@ -373,8 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--beam-job-endpoint",
         default=None,
         metavar="HOST:PORT",
-        help="with --beam-workers external:...: a running Beam job service "
-        "(default: one inside this process)",
+        help="with --beam-workers external:...: a running Beam job service (default: one inside this process)",
     )
     p.add_argument(
         "--synthetic-per-class",
@@ -411,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_flags(p, "no progress lines (components, epochs, audit)")
     p.set_defaults(func=_cmd_run)
 
+
+def _register_compile(sub) -> None:
+    from btmri.documents import VertexOptions
+    from btmri.spec import COMPILE_TARGETS
+
     p = sub.add_parser("compile", help="compile the pipeline to a Kubeflow Pipelines / Vertex AI spec")
     p.add_argument("--out", default="pipeline.json", help="spec file to write (default %(default)s)")
     p.add_argument("--data-root", required=True, help="prepared TFRecords (e.g. gs://bucket/prepared)")
@@ -435,64 +425,42 @@ def build_parser() -> argparse.ArgumentParser:
         "Vertex AI training job (and, with --vertex-endpoint, the push to Vertex AI); "
         "default %(default)s",
     )
-    v = VERTEX_DEFAULTS
-    p.add_argument("--vertex-project", default=None, help="--target vertex: GCP project (required)")
-    p.add_argument("--vertex-region", default=v.region, help="default %(default)s")
-    p.add_argument(
-        "--vertex-machine-type", default=v.machine_type, help="every training replica; default %(default)s"
-    )
-    p.add_argument(
-        "--vertex-accelerator-type", default=v.accelerator_type, help="e.g. NVIDIA_TESLA_T4; default: none"
-    )
-    p.add_argument(
-        "--vertex-accelerator-count", type=int, default=v.accelerator_count, help="accelerators per replica"
-    )
-    p.add_argument(
-        "--vertex-replicas",
-        type=int,
-        default=v.replicas,
-        help="training machines: one chief + N-1 workers (N > 1 needs --distribution "
-        "multi_worker); default %(default)s",
-    )
-    p.add_argument(
-        "--vertex-endpoint",
-        default=v.endpoint_name,
-        metavar="NAME",
-        help="push the blessed model to this Vertex AI endpoint (Model Registry upload "
-        "+ deploy) instead of --serving-dir",
-    )
-    p.add_argument(
-        "--vertex-serving-image",
-        default=v.serving_image,
-        help="with --vertex-endpoint: a Vertex AI prebuilt TensorFlow prediction image",
-    )
-    p.add_argument(
-        "--vertex-serving-machine-type",
-        default=v.serving_machine_type,
-        help="with --vertex-endpoint; default %(default)s",
-    )
-    pipeline_args(p, local=False)
+    add_options(p.add_argument_group("Vertex AI (--target vertex)"), VertexOptions)
+    _add_pipeline_arguments(p, local=False)
     add_output_flags(p)
     p.set_defaults(func=_cmd_compile)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.audit_cli import register as register_audit
+    from pipeline.evaluate_cli import register as register_evaluate
+    from pipeline.monitor_cli import register as register_monitor
+    from pipeline.report.cli import register as register_report
+    from pipeline.results_cli import register as register_results
     from serving.cli import register as register_serving
 
-    register_serving(sub)
-    from pipeline.report.cli import register as register_report
-
-    register_report(sub)
-    from pipeline.audit_cli import register as register_audit
-
-    register_audit(sub)
-    from pipeline.monitor_cli import register as register_monitor
-
-    register_monitor(sub)
-    from pipeline.evaluate_cli import register as register_evaluate
-
-    register_evaluate(sub)
-    from pipeline.results_cli import register as register_results
-
-    register_results(sub)
+    parser = argparse.ArgumentParser(
+        prog="btmri",
+        description="Brain tumor MRI classifier: data, TFX pipeline, serving. Every subcommand "
+        "takes -v/--verbose and -q/--quiet; those that read a run take --work-dir (default "
+        f"{DEFAULT_LAYOUT.work_dir}), the folder `btmri run` wrote.",
+        epilog=exit_code_text(),
+    )
+    parser.add_argument("--version", action="version", version=f"btmri {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in (
+        _register_synth,
+        _register_prepare,
+        _register_run,
+        _register_compile,
+        register_serving,
+        register_report,
+        register_audit,
+        register_monitor,
+        register_evaluate,
+        register_results,
+    ):
+        register(sub)
     return parser
 
 
