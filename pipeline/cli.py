@@ -102,11 +102,66 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
     )
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from data_prep.discover import LayoutError
-    from data_prep.prepare import PrepareError, summary_table
+def _prepare_for_run(args: argparse.Namespace, work: RunLayout):
+    """The run's prepared data (synthetic phantoms without --data-dir) and its box
+    folder; PrepareError / LayoutError / ValueError for bad input."""
+    from data_prep.prepare import summary_table
     from data_prep.synth import BOXES_DIR
     from pipeline.workdir import prepare_if_changed, synthesize_if_missing
+
+    box_dir = args.boxes_dir
+    if args.data_dir is None:
+        data_dir = work.synthetic_data
+        print(f"no --data-dir: using the synthetic phantom dataset in {data_dir}")
+        if synthesize_if_missing(
+            data_dir, args.synthetic_per_class, max(1, args.synthetic_per_class // 4), seed=0
+        ):
+            print(f"reusing synthetic dataset in {data_dir}")
+        box_dir = box_dir or str(Path(data_dir) / BOXES_DIR)
+    else:
+        data_dir = args.data_dir
+    prepared = prepare_if_changed(
+        data_dir,
+        work,
+        progress=not args.quiet,
+        box_dir=box_dir,
+        drop_cross_split_duplicates=args.drop_cross_split_duplicates,
+        split_unit=args.split_unit,
+        hold_out_collection=args.hold_out_collection,
+        hold_out_dir=args.hold_out_collection
+        and (args.hold_out_dir or work.held_out_data(args.hold_out_collection)),
+    )
+    if prepared.reused:
+        print(f"data unchanged since the last prepare: reusing {prepared.path}")
+    else:
+        print(summary_table(prepared.manifest))
+    return prepared, box_dir
+
+
+def _run_config(args: argparse.Namespace, data_root: str, box_dir: str | None):
+    """The local run's PipelineConfig; ValueError for a bad combination."""
+    from pipeline.config import beam_args, runs_beyond_this_process
+
+    beam = (
+        beam_args(args.beam_workers, args.beam_job_endpoint) + args.beam_arg
+        if args.beam_workers or not args.beam_arg
+        else args.beam_arg
+    )
+    # Workers of other runners import the project's code rather than TFX's staged
+    # module-file wheels: functions by import path.
+    return _pipeline_config(
+        args,
+        data_root,
+        enable_cache=args.enable_cache,
+        box_dir=box_dir,
+        beam_pipeline_args=beam,
+        use_module_files=not runs_beyond_this_process(beam),
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from data_prep.discover import LayoutError
+    from data_prep.prepare import PrepareError
 
     if args.quick:
         if args.data_dir is not None:
@@ -118,69 +173,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "gates a 1-epoch model passes. Its model is not a usable classifier: "
             "`btmri run` trains one."
         )
-    work = RunLayout(args.work_dir)
-    box_dir = args.boxes_dir
     try:
-        if args.data_dir is None:
-            data_dir = work.synthetic_data
-            print(f"no --data-dir: using the synthetic phantom dataset in {data_dir}")
-            if synthesize_if_missing(
-                data_dir, args.synthetic_per_class, max(1, args.synthetic_per_class // 4), seed=0
-            ):
-                print(f"reusing synthetic dataset in {data_dir}")
-            box_dir = box_dir or str(Path(data_dir) / BOXES_DIR)
-        else:
-            data_dir = args.data_dir
-        prepared = prepare_if_changed(
-            data_dir,
-            work,
-            progress=not args.quiet,
-            box_dir=box_dir,
-            drop_cross_split_duplicates=args.drop_cross_split_duplicates,
-            split_unit=args.split_unit,
-            hold_out_collection=args.hold_out_collection,
-            hold_out_dir=args.hold_out_collection
-            and (args.hold_out_dir or work.held_out_data(args.hold_out_collection)),
-        )
+        prepared, box_dir = _prepare_for_run(args, RunLayout(args.work_dir))
+        config = _run_config(args, prepared.path, box_dir)
     except (PrepareError, LayoutError, ValueError) as err:
         return error("run", err)
-    if prepared.reused:
-        print(f"data unchanged since the last prepare: reusing {prepared.path}")
-    else:
-        print(summary_table(prepared.manifest))
 
     from components.executors import AnomaliesFound
-    from pipeline.config import beam_args, runs_beyond_this_process
+    from pipeline import run_record
     from pipeline.local_runner import run_pipeline
     from pipeline.summary import summary_lines
 
-    try:
-        beam = (
-            beam_args(args.beam_workers, args.beam_job_endpoint) + args.beam_arg
-            if args.beam_workers or not args.beam_arg
-            else args.beam_arg
-        )
-        # Workers of other runners import the project's code rather than TFX's staged
-        # module-file wheels: functions by import path.
-        config = _pipeline_config(
-            args,
-            prepared.path,
-            enable_cache=args.enable_cache,
-            box_dir=box_dir,
-            beam_pipeline_args=beam,
-            use_module_files=not runs_beyond_this_process(beam),
-        )
-    except ValueError as err:
-        return error("run", err)
+    epochs = (
+        f"at most {config.epochs} epochs: stops when the eval loss has converged"
+        if config.schedule == SCHEDULE_CONVERGE
+        else f"{config.epochs} epochs"
+    )
     print(
-        f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, "
-        f"model {config.model}, "
-        + (
-            f"at most {config.epochs} epochs: stops when the eval loss has converged"
-            if config.schedule == SCHEDULE_CONVERGE
-            else f"{config.epochs} epochs"
-        )
-        + ")"
+        f"running pipeline {config.pipeline_name} (root {config.pipeline_root}, model {config.model}, {epochs})"
     )
     try:
         summary = run_pipeline(config, verbose=args.verbose, quiet=args.quiet)
@@ -191,14 +201,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "run", f"the pipeline failed: {err} (full log under {config.pipeline_root}/logs)", EXIT_FAILED
         )
     print("\n" + "\n".join(summary_lines(summary, config.accuracy_lower_bound, config.min_acceptance)))
-    from pipeline import run_record
-
     record = run_record.write(
         run_record.build(summary, config, args.argv, prepared.manifest), config.pipeline_root
     )
     print(f"run record: {record} (`btmri results` turns it into the results record)")
-    held = prepared.manifest.held_out_collection
-    if held:
+    if held := prepared.manifest.held_out_collection:
         print(
             f"held out {sum(held['images'].values())} images of collection {held['collection']!r} "
             f"({held['units']} patients / groups) in {held['dir']}; grade the model on them with\n"
