@@ -220,24 +220,9 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def prepare(opts: PrepareOptions) -> Manifest:
-    """Runs the whole preparation; returns the manifest (also written to disk)."""
-    from data_prep.tfrecords import ShardedWriter, make_example  # TF only in this process
-
-    started = time.time()
-    workers = opts.workers or os.cpu_count() or 1
-    out = Path(opts.out_dir)
-    candidates, name_skips = find_images(opts.data_dir)
-    fingerprint = input_fingerprint(opts.data_dir, (candidates, name_skips))
-    skipped: list[dict] = [asdict(s) for s in name_skips]
-    if not candidates:
-        raise PrepareError(
-            f"no image files found under {opts.data_dir} "
-            f"(extensions: {', '.join(sorted(spec.IMAGE_EXTENSIONS))})"
-        )
-
-    # Pass 1: every file decoded once for its hashes; they, and the patients a box
-    # folder knows, decide the units and the split.
+def _survey(candidates: list, opts: PrepareOptions, workers: int, skipped: list[dict]) -> dict[str, dict]:
+    """Pass 1: every file decoded once for its hashes and a thumbnail; unreadable ones
+    go to `skipped` with their reason."""
     max_bytes = int(opts.max_file_mb * 1024 * 1024)
     surveyed: dict[str, dict] = {}
     tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels, max_bytes) for c in candidates)
@@ -253,26 +238,11 @@ def prepare(opts: PrepareOptions) -> Manifest:
             _log(f"skip {cand.source}: {res['reason']}")
         else:
             surveyed[cand.source] = res
-    readable = [c for c in candidates if c.source in surveyed]
-    boxes = _BoxAttacher(opts.box_dir)
-    for cand in readable:
-        boxes.match(cand.source, surveyed[cand.source]["gray_small"], cand.label)
-    unit_of = assign_units(
-        [
-            Item(
-                c.source,
-                c.label,
-                surveyed[c.source]["md5"],
-                surveyed[c.source]["phash"],
-                boxes.patient_of(c.source),
-            )
-            for c in readable
-        ],
-        opts.near_threshold,
-    )
-    left_out = None
-    if opts.hold_out_collection:
-        readable, left_out = _hold_out(readable, unit_of, boxes, opts)
+    return surveyed
+
+
+def _split(readable: list, surveyed: dict, unit_of: dict[str, str], opts: PrepareOptions) -> dict[str, str]:
+    """source → split: the training images by unit (or by file), Testing/ as test."""
     training = [c for c in readable if c.origin == "training"]
     if opts.split_unit == spec.SPLIT_UNITS[0]:
         split_of = assign_train_eval_by_unit(
@@ -287,22 +257,146 @@ def prepare(opts: PrepareOptions) -> Manifest:
     if readable and spec.EVAL_SPLIT not in split_of.values():  # refused before writing anything
         _refuse_empty_eval(sum(1 for s in split_of.values() if s == spec.TRAIN_SPLIT), opts)
     split_of.update({c.source: spec.TEST_SPLIT for c in readable if c.origin == "testing"})
+    return split_of
+
+
+class _Writing:
+    """Pass 2: the split's shard writers and what they wrote (counts, units, duplicates,
+    dropped cross-split copies)."""
+
+    def __init__(self, out: Path, split_sizes: Counter, opts: PrepareOptions):
+        from data_prep.tfrecords import ShardedWriter  # TF only in this process
+
+        for split in spec.SPLITS:
+            shutil.rmtree(out / split, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        self.opts = opts
+        self.writers = {
+            s: ShardedWriter(out / s, s, n) for s, n in _shard_counts(split_sizes, opts.shards).items()
+        }
+        self.dups = DuplicateIndex(threshold=opts.near_threshold)
+        self.counts = {s: Counter() for s in spec.SPLITS}
+        self.units: dict[str, list[str]] = {sp: [] for sp in spec.SPLITS}
+        self.dropped: list[dict] = []
+        self.reencoded = 0
+
+    def dropped_as_copy(self, source: str, split: str, res: dict) -> bool:
+        """With --drop-cross-split-duplicates: an eval/test image that copies a training one."""
+        if split == spec.TRAIN_SPLIT or not self.opts.drop_cross_split_duplicates:
+            return False
+        match = self.dups.training_match(res["md5"], res["phash"])
+        if match:
+            kind, train_source, dist = match
+            self.dropped.append(
+                {
+                    "source": source,
+                    "split": split,
+                    "kind": kind,
+                    "duplicates": train_source,
+                    "distance_bits": dist,
+                }
+            )
+        return bool(match)
+
+    def write(self, split: str, source: str, label: int, res: dict, box, unit: str, collection: str) -> None:
+        from data_prep.tfrecords import make_example
+
+        example = make_example(
+            res["encoded"],
+            label,
+            res["height"],
+            res["width"],
+            source,
+            box,
+            patient=unit,
+            collection=collection,
+        )
+        self.writers[split].write(example)
+        self.units[split].append(unit)
+        self.dups.add(Record(source, split, label, res["md5"], res["phash"]))
+        self.counts[split][spec.CLASS_NAMES[label]] += 1
+        self.reencoded += res.get("reencoded", 0)
+
+    def held_out_hashes(self) -> np.ndarray:
+        return np.array([r.phash for r in self.dups.records if r.split != spec.TRAIN_SPLIT], np.uint64)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _write_extra_slices(
+    writing: _Writing, boxes: _BoxAttacher, opts: PrepareOptions, skipped: list[dict]
+) -> None:
+    """The box folder's slices that copy no image go to train. They are no copies of
+    eval/test images (correlation), but may still be near duplicates by perceptual hash
+    (re-windowed neighbours): those are not added."""
+    held_out = writing.held_out_hashes()
+    max_bytes = int(opts.max_file_mb * 1024 * 1024)
+    for slice_, res in boxes.extra_training_slices(opts.max_pixels, max_bytes):
+        source = boxes.source_of(slice_)
+        if not res["ok"]:
+            skipped.append({"source": source, "reason": res["reason"]})
+            continue
+        if len(held_out) and int(hamming_to_many(res["phash"], held_out).min()) <= opts.near_threshold:
+            boxes.not_added.append(source)
+            continue
+        boxes.added[spec.CLASS_NAMES[slice_.label]] += 1
+        res = dict(res, reencoded=0)  # counted among the box folder's, not the dataset's
+        writing.write(
+            spec.TRAIN_SPLIT,
+            source,
+            slice_.label,
+            res,
+            slice_.box,
+            boxes.unit_of_slice(slice_),
+            boxes.collection,
+        )
+
+
+def prepare(opts: PrepareOptions) -> Manifest:
+    """Runs the whole preparation; returns the manifest (also written to disk)."""
+    started = time.time()
+    workers = opts.workers or os.cpu_count() or 1
+    out = Path(opts.out_dir)
+    candidates, name_skips = find_images(opts.data_dir)
+    fingerprint = input_fingerprint(opts.data_dir, (candidates, name_skips))
+    skipped: list[dict] = [asdict(s) for s in name_skips]
+    if not candidates:
+        raise PrepareError(
+            f"no image files found under {opts.data_dir} "
+            f"(extensions: {', '.join(sorted(spec.IMAGE_EXTENSIONS))})"
+        )
+
+    # Pass 1: hashes, and the patients a box folder knows, decide the units and the split.
+    surveyed = _survey(candidates, opts, workers, skipped)
+    readable = [c for c in candidates if c.source in surveyed]
+    boxes = _BoxAttacher(opts.box_dir)
+    for cand in readable:
+        boxes.match(cand.source, surveyed[cand.source]["gray_small"], cand.label)
+    items = [
+        Item(
+            c.source,
+            c.label,
+            surveyed[c.source]["md5"],
+            surveyed[c.source]["phash"],
+            boxes.patient_of(c.source),
+        )
+        for c in readable
+    ]
+    unit_of = assign_units(items, opts.near_threshold)
+    left_out = None
+    if opts.hold_out_collection:
+        readable, left_out = _hold_out(readable, unit_of, boxes, opts)
+    split_of = _split(readable, surveyed, unit_of, opts)
     boxes.note_units({c.source: unit_of[c.source] for c in readable}, split_of)
     order = {s: i for i, s in enumerate(spec.SPLITS)}  # train before eval/test
     readable.sort(key=lambda c: (order[split_of[c.source]], c.source))
     del surveyed  # the thumbnails are not needed past the split
 
     # Pass 2: convert and write.
-    for split in spec.SPLITS:
-        shutil.rmtree(out / split, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    shards = _shard_counts(Counter(split_of.values()), opts.shards)
-    writers = {s: ShardedWriter(out / s, s, n) for s, n in shards.items()}
-    dups = DuplicateIndex(threshold=opts.near_threshold)
-    counts = {s: Counter() for s in spec.SPLITS}
-    dropped: list[dict] = []
-    reencoded = 0
-    units_written: dict[str, list[str]] = {sp: [] for sp in spec.SPLITS}
+    writing = _Writing(out, Counter(split_of.values()), opts)
+    max_bytes = int(opts.max_file_mb * 1024 * 1024)
     tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels, max_bytes) for c in readable)
     results = _ordered_map(_convert_file, tasks, workers)
     for cand, res in tqdm(
@@ -313,82 +407,39 @@ def prepare(opts: PrepareOptions) -> Manifest:
             _log(f"skip {cand.source}: {res['reason']}")
             continue
         split = split_of[cand.source]
-        if split != spec.TRAIN_SPLIT and opts.drop_cross_split_duplicates:
-            match = dups.training_match(res["md5"], res["phash"])
-            if match:
-                kind, train_source, dist = match
-                dropped.append(
-                    {
-                        "source": cand.source,
-                        "split": split,
-                        "kind": kind,
-                        "duplicates": train_source,
-                        "distance_bits": dist,
-                    }
-                )
-                continue
-        writers[split].write(
-            make_example(
-                res["encoded"],
-                cand.label,
-                res["height"],
-                res["width"],
-                cand.source,
-                boxes.box_of(cand.source, split),
-                patient=unit_of[cand.source],
-                collection=boxes.collection_of(cand.source),
-            )
-        )
-        units_written[split].append(unit_of[cand.source])
-        dups.add(Record(cand.source, split, cand.label, res["md5"], res["phash"]))
-        counts[split][spec.CLASS_NAMES[cand.label]] += 1
-        reencoded += res["reencoded"]
-    # Extra box slices are no copies of eval/test images (correlation), but may still be
-    # near duplicates by perceptual hash (re-windowed neighbours): those are not added.
-    held_out = np.array([r.phash for r in dups.records if r.split != spec.TRAIN_SPLIT], np.uint64)
-    for slice_, res in boxes.extra_training_slices(opts.max_pixels, max_bytes):
-        source = boxes.source_of(slice_)
-        unit = boxes.unit_of_slice(slice_)
-        if not res["ok"]:
-            skipped.append({"source": source, "reason": res["reason"]})
+        if writing.dropped_as_copy(cand.source, split, res):
             continue
-        if len(held_out) and int(hamming_to_many(res["phash"], held_out).min()) <= opts.near_threshold:
-            boxes.not_added.append(source)
-            continue
-        boxes.added[spec.CLASS_NAMES[slice_.label]] += 1
-        writers[spec.TRAIN_SPLIT].write(
-            make_example(
-                res["encoded"],
-                slice_.label,
-                res["height"],
-                res["width"],
-                source,
-                slice_.box,
-                patient=unit,
-                collection=boxes.collection,
-            )
+        writing.write(
+            split,
+            cand.source,
+            cand.label,
+            res,
+            boxes.box_of(cand.source, split),
+            unit_of[cand.source],
+            boxes.collection_of(cand.source),
         )
-        units_written[spec.TRAIN_SPLIT].append(unit)
-        dups.add(Record(source, spec.TRAIN_SPLIT, slice_.label, res["md5"], res["phash"]))
-        counts[spec.TRAIN_SPLIT][spec.CLASS_NAMES[slice_.label]] += 1
-    for writer in writers.values():
-        writer.close()
+    _write_extra_slices(writing, boxes, opts, skipped)
+    writing.close()
 
     manifest = Manifest(
         data_dir=str(Path(opts.data_dir).resolve()),
         input_fingerprint=fingerprint,
         arguments=opts.arguments(),
         classes=list(spec.CLASS_NAMES),
-        counts={s: {c: counts[s][c] for c in spec.CLASS_NAMES} for s in spec.SPLITS if s in writers},
-        total_written=sum(sum(c.values()) for c in counts.values()),
-        reencoded_to_png=reencoded,
-        shards={s: [p.name for p in w.paths] for s, w in writers.items()},
+        counts={
+            s: {c: writing.counts[s][c] for c in spec.CLASS_NAMES}
+            for s in spec.SPLITS
+            if s in writing.writers
+        },
+        total_written=sum(sum(c.values()) for c in writing.counts.values()),
+        reencoded_to_png=writing.reencoded,
+        shards={s: [p.name for p in w.paths] for s, w in writing.writers.items()},
         skipped=sorted(skipped, key=lambda s: s["source"]),
-        dropped_cross_split_duplicates=dropped,
-        duplicates=dups.report(),
+        dropped_cross_split_duplicates=writing.dropped,
+        duplicates=writing.dups.report(),
         lesion_boxes=boxes.report(),
         split_unit=opts.split_unit,
-        units=unit_counts({sp: u for sp, u in units_written.items() if sp in writers}),
+        units=unit_counts({sp: u for sp, u in writing.units.items() if sp in writing.writers}),
         held_out_collection=left_out,
         seconds=round(time.time() - started, 2),
     )

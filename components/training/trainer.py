@@ -289,23 +289,9 @@ def acquisition_config(config: TrainerConfig) -> AcquisitionConfig | None:
     return AcquisitionConfig(strength=strength)
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """Trains on the schedule (components/training/schedule.py), exports the SavedModel.
-
-    With a distribution (TrainerConfig.distribution; components/training/distribution.py)
-    the model and optimizer are built in the strategy's scope and Keras distributes the
-    datasets; multi-worker: training files are split by file (input_sharding), eval by
-    example; only the chief calibrates, fits abstention and exports, into the real
-    serving_model_dir and model_run_dir."""
-    config = parse_trainer_config(fn_args.custom_config)
-    # First: MultiWorkerMirroredStrategy must exist before TensorFlow's first operation.
-    strategy = distribution.make_strategy(config.distribution)
-    multi_worker = config.distribution == DISTRIBUTION_MULTI_WORKER
-    keras.utils.set_random_seed(config.seed)
-    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    batch = config.batch_size
-    materialized = config.materialized
-    cache = config.cache
+def _datasets(fn_args, config: TrainerConfig, tf_transform_output, multi_worker: bool):
+    """(train, eval) datasets; multi-worker: training files split by file (input_sharding),
+    eval (few files: prepare writes proportionally fewer) by example."""
     counterfactuals = CounterfactualConfig(
         lesion_rate=config.lesion_removal_rate,
         decoy_rate=config.decoy_removal_rate,
@@ -315,30 +301,32 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         fn_args.train_files,
         fn_args.data_accessor,
         tf_transform_output,
-        batch,
+        config.batch_size,
         training=True,
         augment=config.augment,
         seed=config.seed,
-        materialized=materialized,
-        cache=cache,
+        materialized=config.materialized,
+        cache=config.cache,
         counterfactuals=counterfactuals,
         shard_policy=config.input_sharding if multi_worker else None,
         acquisition=acquisition_config(config),
     )
-    # Eval has few files (prepare writes proportionally fewer): split by example.
     eval_ds = input_fn(
         fn_args.eval_files,
         fn_args.data_accessor,
         tf_transform_output,
-        batch,
+        config.batch_size,
         training=False,
-        materialized=materialized,
-        cache=cache,
+        materialized=config.materialized,
+        cache=config.cache,
         shard_policy=INPUT_SHARDING_DATA if multi_worker else None,
     )
+    return train_ds, eval_ds
 
-    policy = compute_dtype.keras_policy(config.compute_dtype)
-    logging.info("Training compute dtype: %s", policy)
+
+def _guided_model(config: TrainerConfig, strategy, policy: str):
+    """(the network, the lesion-guided training wrapper), built and compiled in the
+    strategy's scope under the compute dtype."""
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         with compute_dtype.keras_policy_scope(policy):
             model = build_model(config.model, config.weights)
@@ -350,16 +338,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             distributed=strategy is not None,
         )
         guided.compile(optimizer=_optimizer(config))
+    return model, guided
 
-    run_dir = distribution.write_dir(fn_args.model_run_dir, strategy)
-    serving_model_dir = distribution.write_dir(fn_args.serving_model_dir, strategy)
-    os.makedirs(run_dir, exist_ok=True)
-    schedule = ScheduleCallback(
-        config.schedule,
-        config.learning_rate,
-        config.epochs,
-        config.patience,
-    )
+
+def _train(guided, train_ds, eval_ds, config: TrainerConfig, run_dir: str) -> tuple[dict, dict]:
+    """Fits on the schedule; (Keras history, the schedule's summary)."""
+    schedule = ScheduleCallback(config.schedule, config.learning_rate, config.epochs, config.patience)
     callbacks = [
         schedule,  # first: the epoch's rate is in the logs the others write
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, TENSORBOARD_DIR)),
@@ -369,13 +353,19 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         history = guided.fit(
             train_ds, validation_data=eval_ds, epochs=config.epochs, callbacks=callbacks, verbose=2
         )
-    schedule_summary = schedule.summary()
-    logging.info("Training schedule: %s", json.dumps(schedule_summary))
+    summary = schedule.summary()
+    logging.info("Training schedule: %s", json.dumps(summary))
+    return history.history, summary
+
+
+def _write_history(
+    run_dir: str, config: TrainerConfig, policy: str, history: dict, schedule: dict, strategy
+) -> None:
     record = {
         "config": config.to_dict(),
         "compute_dtype_policy": policy,
-        "schedule": schedule_summary,
-        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "schedule": schedule,
+        "history": {k: [float(v) for v in vals] for k, vals in history.items()},
     }
     if strategy is not None:
         record["distribution"] = {
@@ -386,18 +376,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     with open(os.path.join(run_dir, HISTORY_FILE), "w") as f:
         json.dump(record, f, indent=1)
 
-    # The export copy holds plain float32 variables (no distributed ones): calibration,
-    # abstention and the SavedModel are then the same code with or without a strategy.
-    # Every worker makes it: reading a distributed model's weights is collective (the
-    # batch-norm statistics are synchronised on read).
-    if policy != "float32" or strategy is not None:
-        model = _float32_copy(model, config.model)
-    if not distribution.is_chief(strategy):
-        # What follows uses the plain copy only (no collective ops), so it is the
-        # chief's alone; the barrier holds this worker until the chief has exported.
-        logging.info("Task %s: training done; the chief exports", distribution.task_name(strategy))
-        distribution.finish(strategy, serving_model_dir, run_dir)
-        return
+
+def _calibrate_fit_and_export(
+    model, eval_ds, tf_transform_output, config: TrainerConfig, run_dir, serving_model_dir
+):
+    """The chief's part after training: temperature, abstention, the SavedModel."""
     if config.calibrate:
         with trainer_phase("calibration"):
             model = _calibrate(model, eval_ds, run_dir)
@@ -413,6 +396,45 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if spec is not None:
         abstention.write(spec, serving_model_dir)
         abstention.write(spec, run_dir)
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """Trains on the schedule (components/training/schedule.py), exports the SavedModel.
+
+    With a distribution (TrainerConfig.distribution; components/training/distribution.py)
+    the model and optimizer are built in the strategy's scope and Keras distributes the
+    datasets; only the chief calibrates, fits abstention and exports, into the real
+    serving_model_dir and model_run_dir."""
+    config = parse_trainer_config(fn_args.custom_config)
+    # First: MultiWorkerMirroredStrategy must exist before TensorFlow's first operation.
+    strategy = distribution.make_strategy(config.distribution)
+    keras.utils.set_random_seed(config.seed)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    multi_worker = config.distribution == DISTRIBUTION_MULTI_WORKER
+    train_ds, eval_ds = _datasets(fn_args, config, tf_transform_output, multi_worker)
+    policy = compute_dtype.keras_policy(config.compute_dtype)
+    logging.info("Training compute dtype: %s", policy)
+    model, guided = _guided_model(config, strategy, policy)
+
+    run_dir = distribution.write_dir(fn_args.model_run_dir, strategy)
+    serving_model_dir = distribution.write_dir(fn_args.serving_model_dir, strategy)
+    os.makedirs(run_dir, exist_ok=True)
+    history, schedule = _train(guided, train_ds, eval_ds, config, run_dir)
+    _write_history(run_dir, config, policy, history, schedule, strategy)
+
+    # The export copy holds plain float32 variables (no distributed ones): calibration,
+    # abstention and the SavedModel are then the same code with or without a strategy.
+    # Every worker makes it: reading a distributed model's weights is collective (the
+    # batch-norm statistics are synchronised on read).
+    if policy != "float32" or strategy is not None:
+        model = _float32_copy(model, config.model)
+    if not distribution.is_chief(strategy):
+        # What follows uses the plain copy only (no collective ops), so it is the
+        # chief's alone; the barrier holds this worker until the chief has exported.
+        logging.info("Task %s: training done; the chief exports", distribution.task_name(strategy))
+        distribution.finish(strategy, serving_model_dir, run_dir)
+        return
+    _calibrate_fit_and_export(model, eval_ds, tf_transform_output, config, run_dir, serving_model_dir)
     distribution.finish(strategy, serving_model_dir, run_dir)
 
 

@@ -366,3 +366,26 @@ def test_every_page_is_in_the_site_nav():
         return out
 
     assert sorted(pages(config["nav"])) == sorted(p.name for p in DOCS.glob("*.md"))
+
+
+def test_the_command_line_reference_matches_the_parser():
+    """docs/cli.md has a section per subcommand, every flag it names in a section is
+    that subcommand's, and its exit-code table is btmri.cli_conventions.EXIT_CODES."""
+    import re as regex
+
+    from btmri.cli_conventions import EXIT_CODES
+    from pipeline.cli import build_parser
+
+    (action,) = [a for a in build_parser()._actions if a.dest == "command"]
+    commands = action.choices
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    sections = dict(regex.findall(r"^### `btmri (\w+)`\n(.*?)(?=^##)", text + "\n##", regex.S | regex.M))
+    assert set(sections) == set(commands)
+    for name, body in sections.items():
+        flags = {s for a in commands[name]._actions for s in a.option_strings}
+        # A flag pattern like --audit-min-* names several flags: skipped.
+        named = set(regex.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*[a-z0-9]|-[vq])(?![\w*-])", body))
+        assert named <= flags, f"{name}: {sorted(named - flags)} not flags of btmri {name}"
+    exit_section = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    table = regex.findall(r"^\| (\d) \|", exit_section, regex.M)
+    assert [int(c) for c in table] == sorted(EXIT_CODES)
