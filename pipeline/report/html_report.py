@@ -538,13 +538,14 @@ def _gradcam(data: ReportData) -> str:
         "mistakes.</p>"
     ]
     for correct, title in ((True, "Correct"), (False, "Wrong")):
-        body.append(f"<h3>{title} ({len(tiles[correct])})</h3>")
-        body.append(
-            f'<div class="gallery">{"".join(tiles[correct])}</div>'
-            if tiles[correct]
-            else '<p class="muted">None.</p>'
-        )
+        body += _gallery(title, tiles[correct])
     return _section("gradcam", "Grad-CAM gallery", "\n".join(body))
+
+
+def _gallery(title: str, tiles: list[str]) -> list[str]:
+    """A heading with the count, then the tiles (or 'None.')."""
+    grid = f'<div class="gallery">{"".join(tiles)}</div>' if tiles else '<p class="muted">None.</p>'
+    return [f"<h3>{title} ({len(tiles)})</h3>", grid]
 
 
 def _lesion_audit(data: ReportData) -> str:
@@ -569,12 +570,7 @@ def _lesion_audit(data: ReportData) -> str:
             "inside the box and the first whose peak did not.</p>"
         )
         for hit, title in ((True, "Peak inside the box"), (False, "Peak outside the box")):
-            body.append(f"<h3>{title} ({len(tiles[hit])})</h3>")
-            body.append(
-                f'<div class="gallery">{"".join(tiles[hit])}</div>'
-                if tiles[hit]
-                else '<p class="muted">None.</p>'
-            )
+            body += _gallery(title, tiles[hit])
     return _section("lesion-audit", "Does it look at the tumour?", "\n".join(body))
 
 
