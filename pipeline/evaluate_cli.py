@@ -30,52 +30,82 @@ def _error(message) -> int:
     return error("evaluate", message)
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+class _Refused(Exception):
+    """A usage or input error found before any image is sent (exit 2)."""
+
+
+def _check_arguments(args: argparse.Namespace):
+    """Everything that needs no model, first: a wrong pattern or folder costs no model
+    load. Returns (pattern, tags table, candidates, skipped, notes)."""
     from data_prep.discover import LayoutError
     from pipeline import site_evaluation as evaluation
     from pipeline import site_predict
 
-    # Everything that needs no model first: a wrong pattern or folder costs no model load.
     try:
         pattern = evaluation.compile_pattern(args.slice_by_filename) if args.slice_by_filename else None
         table = evaluation.read_tags_csv(args.tags) if args.tags else {}
         candidates, skipped = site_predict.find(args.data_dir)
     except (evaluation.TagError, LayoutError) as err:
-        return _error(err)
+        raise _Refused(err) from None
     if not candidates:
-        return _error(f"no image files in {args.data_dir} ({len(skipped)} other files)")
+        raise _Refused(f"no image files in {args.data_dir} ({len(skipped)} other files)")
     if args.batch_size < 1:
-        return _error(f"--batch-size must be at least 1, got {args.batch_size}")
+        raise _Refused(f"--batch-size must be at least 1, got {args.batch_size}")
     for bound in ("min_accuracy", "max_tumour_called_notumor"):
         if getattr(args, bound) > 1:
-            return _error(f"--{bound.replace('_', '-')} is a share in [0, 1], got {getattr(args, bound)}")
+            raise _Refused(f"--{bound.replace('_', '-')} is a share in [0, 1], got {getattr(args, bound)}")
     notes = []
     unknown = sorted(set(table) - {c.source for c in candidates} - {s["path"] for s in skipped})
     if unknown:
         notes.append(
             f"{len(unknown)} paths in {args.tags} name no file in {args.data_dir} (first: {unknown[0]})"
         )
-    for s in skipped:
-        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    return pattern, table, candidates, skipped, notes
 
-    from serving.client import ServerUnavailable, unavailable_message
+
+def _predictor(args: argparse.Namespace):
+    """The model asked: a server, or a SavedModel (default: the work folder's pushed one)."""
+    from pipeline import site_predict
 
     if args.server:
-        predictor = site_predict.ServerPredictor(args.server, args.model_name, args.timeout, args.label)
-    else:
-        model = args.model_dir or RunLayout(args.work_dir).serving_dir
-        model_dir = site_predict.saved_model_dir(model)
-        if model_dir is None:
-            return _error(
-                f"no SavedModel in {model} (expected saved_model.pb there or in an integer "
-                "version folder); give --model-dir DIR or --server HOST:PORT, or run `btmri run` first"
-            )
-        try:
-            predictor = site_predict.SavedModelPredictor(model_dir)
-        except (site_predict.ModelError, OSError, ValueError) as err:
-            return _error(f"cannot load the SavedModel {model_dir}: {err}")
+        return site_predict.ServerPredictor(args.server, args.model_name, args.timeout, args.label)
+    model = args.model_dir or RunLayout(args.work_dir).serving_dir
+    model_dir = site_predict.saved_model_dir(model)
+    if model_dir is None:
+        raise _Refused(
+            f"no SavedModel in {model} (expected saved_model.pb there or in an integer "
+            "version folder); give --model-dir DIR or --server HOST:PORT, or run `btmri run` first"
+        )
+    try:
+        return site_predict.SavedModelPredictor(model_dir)
+    except (site_predict.ModelError, OSError, ValueError) as err:
+        raise _Refused(f"cannot load the SavedModel {model_dir}: {err}") from None
 
+
+def _write_outputs(out: Path, document: dict) -> None:
+    from btmri.documents import write_atomic
+    from pipeline import site_evaluation as evaluation
+    from pipeline.report import site_evaluation_page as page
+
+    write_atomic(out / evaluation.EVALUATION_JSON, json.dumps(evaluation.json_ready(document), indent=1))
+    write_atomic(out / evaluation.EVALUATION_HTML, page.render(document))
+    print(f"wrote {out / evaluation.EVALUATION_JSON} and {out / evaluation.EVALUATION_HTML}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    from pipeline import site_evaluation as evaluation
+    from pipeline import site_predict
+    from serving.client import ServerUnavailable, unavailable_message
+
+    try:
+        pattern, table, candidates, skipped, notes = _check_arguments(args)
+        for s in skipped:
+            print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+        predictor = _predictor(args)
+    except _Refused as err:
+        return _error(err)
 
     def on_skip(path: str, reason: str) -> None:
         tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
@@ -113,13 +143,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print("\n".join(evaluation.text_lines(document)))
     if args.out:
-        from btmri.documents import write_atomic
-        from pipeline.report import site_evaluation_page as page
-
-        out = Path(args.out)
-        write_atomic(out / evaluation.EVALUATION_JSON, json.dumps(evaluation.json_ready(document), indent=1))
-        write_atomic(out / evaluation.EVALUATION_HTML, page.render(document))
-        print(f"wrote {out / evaluation.EVALUATION_JSON} and {out / evaluation.EVALUATION_HTML}")
+        _write_outputs(Path(args.out), document)
     return EXIT_REFUSED if document["gates"]["failures"] else EXIT_OK
 
 
@@ -135,8 +159,6 @@ def _describe(info: dict) -> str:
 def register(sub) -> None:
     from btmri.documents import SERVER_DEFAULTS
     from btmri.spec import MODEL_NAME
-    from data_prep.image_io import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS
-    from pipeline.site_predict import BATCH_SIZE
 
     p = sub.add_parser(
         "evaluate",
@@ -177,6 +199,17 @@ def register(sub) -> None:
         default=SERVER_DEFAULTS.client_timeout_seconds,
         help="--server: seconds per request (default %(default)s)",
     )
+    _add_slicing_gates_and_limits(p)
+    add_work_dir(p, "its pushed model, unless --server or --model-dir")
+    add_output_flags(p, "no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_slicing_gates_and_limits(p: argparse.ArgumentParser) -> None:
+    """Tags to slice by, where the files go, the two bounds and the input limits."""
+    from data_prep.image_io import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PIXELS
+    from pipeline.site_predict import BATCH_SIZE
+
     p.add_argument(
         "--slice-by-filename",
         metavar="REGEX",
@@ -226,6 +259,3 @@ def register(sub) -> None:
         default=DEFAULT_MAX_FILE_MB,
         help="skip files larger than this many MiB, as prepare does (default %(default)s)",
     )
-    add_work_dir(p, "its pushed model, unless --server or --model-dir")
-    add_output_flags(p, "no progress bar")
-    p.set_defaults(func=_cmd_evaluate)
