@@ -162,16 +162,48 @@ def _reports(out_root: Path) -> list[Path]:
     )
 
 
+def open_log_records(log_dir: str) -> tuple[int, int]:
+    """(files, whole records) the servers are still writing: the window cannot see them
+    until each is closed (its name loses the leading dot)."""
+    from serving.request_log import is_log_file
+
+    try:
+        names = [n for n in os.listdir(log_dir) if n.startswith(".") and is_log_file(n[1:])]
+    except FileNotFoundError:
+        return 0, 0
+    import tensorflow as tf
+
+    records = 0
+    for name in names:
+        try:
+            records += sum(1 for _ in read_log_file(os.path.join(log_dir, name)))
+        except (OSError, tf.errors.OpError):  # closed (renamed) meanwhile
+            pass
+    return len(names), records
+
+
+def _open_note(log_dir: str) -> str:
+    files, records = open_log_records(log_dir)
+    if not files:
+        return ""
+    return (
+        f"{records} logged calls in {files} file(s) still being written are not in this window: "
+        "a server closes its file --log-rotate-seconds after the file's first record (default "
+        "60 s), at --log-file-mb, or when it stops; run again after that"
+    )
+
+
 def choose_window(log_dir: str, out_root: Path, all_files: bool) -> tuple[list[Path], Path | None]:
     """(log files of this window, the previous report or None)."""
     from serving.request_log import log_files
 
     files = log_files(log_dir)
     if not files:
+        still_open = _open_note(log_dir)
         raise MonitorError(
             f"no request logs in {log_dir} (closed files named "
             f"requests-*.tfrecord; a server writes them with --request-log "
-            f"and closes one every --log-rotate-seconds)"
+            f"and closes one every --log-rotate-seconds)" + (f"; {still_open}" if still_open else "")
         )
     reports = _reports(out_root)
     previous = reports[-1] if reports else None
@@ -357,6 +389,8 @@ def monitor(
     schema, skipped = validation_schema(baseline.schema, served)
     anomalies = validate(served, schema, baseline.statistics, previous_statistics)
     notes = [baseline.note] if baseline.note else []
+    if still_open := _open_note(log_dir):
+        notes.append(still_open)
     versions = summary.get("versions", {})
     if len(versions) > 1:
         notes.append(
