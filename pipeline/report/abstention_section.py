@@ -157,94 +157,95 @@ def blocks(summary: AbstentionSummary | None, split: str, table_prefix: str = "a
             )
         ]
     fitted = summary.fitted or {}
-    out = [
-        Paragraph(
-            "The served model refuses to answer (`abstain`) when an image is not like the brain "
-            "slices it was fitted on (`ood_score` over 1: class-conditional Mahalanobis distance of "
-            f"its own pooled features; reason `{REASON_OUT_OF_DISTRIBUTION}`) or when its top "
-            f"probability is below a floor (`{REASON_LOW_CONFIDENCE}`). Both thresholds were fitted "
-            f"on the {fitted.get('fitted_on', 'eval split')} to answer at least "
-            f"{rate(fitted.get('accept'))} of it, and are constants inside the SavedModel "
-            "(`abstention.json` beside it). A `notumor` answer must also clear a higher floor of "
-            f"its own (`{REASON_UNCERTAIN_NO_TUMOUR}`; P(notumor) ≥ "
-            f"{fitted.get('notumor_floor', 0.0):.3f}), because calling a tumour healthy is the "
-            "error that hurts most." + _floor_gave_way(fitted)
-        ),
-        Table(
-            ["", f"{split}"],
-            [
-                [Cell("images"), Cell(count(summary.n), "num")],
-                [
-                    Cell("answered"),
-                    Cell(
-                        f"{count(summary.answered)} "
-                        f"({rate_ci(summary.acceptance, wilson(summary.answered, summary.n))})",
-                        "num",
-                    ),
-                ],
-                [Cell("abstained: out of distribution"), Cell(count(summary.out_of_distribution), "num")],
-                [Cell("abstained: low confidence"), Cell(count(summary.low_confidence), "num")],
-                [Cell("abstained: uncertain no tumour"), Cell(count(summary.uncertain_no_tumour), "num")],
-                [
-                    Cell("accuracy, all images"),
-                    Cell(rate_ci(summary.accuracy_all, wilson(summary.correct_all, summary.n)), "num"),
-                ],
-                [
-                    Cell("accuracy, answered images"),
-                    Cell(
-                        rate_ci(
-                            summary.accuracy_answered, wilson(summary.correct_answered, summary.answered)
-                        ),
-                        "num",
-                    ),
-                ],
-            ],
-            id=f"{table_prefix}-split",
-            caption="abstention on the evaluated split (95 % Wilson intervals)",
-        ),
-    ]
-    facts = []
-    if fitted:
-        facts.append(
-            f"Fitted thresholds: ood_score threshold {rate(fitted.get('ood_threshold'), 3)} "
-            f"on the combined distance (features: {', '.join(fitted.get('features', []))}), "
-            f"top-probability floor {rate(fitted.get('confidence_floor'))}; "
-            f"{rate(fitted.get('accepted_share'))} of the fitting images answered "
-            f"({rate(fitted.get('accepted_share_cross_fitted'))} cross-fitted)."
-        )
-        choice = fitted.get("feature_choice", {})
-        for candidate in choice.get("candidates", []):
-            if "auroc" in candidate:
-                kinds = ", ".join(f"{k} {rate(v, 2)}" for k, v in candidate["abstained_per_kind"].items())
-                facts.append(
-                    f"Features {' + '.join(candidate['features'])}: AUROC {rate(candidate['auroc'])} "
-                    f"against the Trainer's own generated outliers (abstained: {kinds})"
-                    + (" — chosen." if candidate["features"] == choice.get("chosen") else ".")
-                )
-    if facts:
+    out = [_explanation(fitted), _split_table(summary, split, table_prefix)]
+    if facts := _fitted_facts(fitted):
         out.append(Bullets(facts))
-    if summary.benchmark:
-        bench = summary.benchmark
-        out.append(_benchmark_table(bench, f"{table_prefix}-probes"))
-        ind = bench.get("in_distribution", {})
-        out.append(
-            Paragraph(
-                f"Probe benchmark: AUROC of ood_score, in-distribution images against all probes "
-                f"{rate(bench.get('auroc'))}; in-distribution images answered {rate(ind.get('accepted'))}, "
-                f"accuracy {rate(ind.get('accuracy_accepted'), 4)} on those against "
-                f"{rate(ind.get('accuracy_all'), 4)} on all ({ind.get('source', '')}). Measured on the "
-                f"model at `{bench.get('model', '?')}`, which need not be the one evaluated above."
+    return out + _benchmark_blocks(summary.benchmark, table_prefix)
+
+
+def _explanation(fitted: dict) -> Paragraph:
+    return Paragraph(
+        "The served model refuses to answer (`abstain`) when an image is not like the brain "
+        "slices it was fitted on (`ood_score` over 1: class-conditional Mahalanobis distance of "
+        f"its own pooled features; reason `{REASON_OUT_OF_DISTRIBUTION}`) or when its top "
+        f"probability is below a floor (`{REASON_LOW_CONFIDENCE}`). Both thresholds were fitted "
+        f"on the {fitted.get('fitted_on', 'eval split')} to answer at least "
+        f"{rate(fitted.get('accept'))} of it, and are constants inside the SavedModel "
+        "(`abstention.json` beside it). A `notumor` answer must also clear a higher floor of "
+        f"its own (`{REASON_UNCERTAIN_NO_TUMOUR}`; P(notumor) ≥ "
+        f"{fitted.get('notumor_floor', 0.0):.3f}), because calling a tumour healthy is the "
+        "error that hurts most." + _floor_gave_way(fitted)
+    )
+
+
+def _split_table(summary: AbstentionSummary, split: str, table_prefix: str) -> Table:
+    def share(value: float, successes: int, n: int) -> Cell:
+        return Cell(rate_ci(value, wilson(successes, n)), "num")
+
+    answered = (
+        f"{count(summary.answered)} ({rate_ci(summary.acceptance, wilson(summary.answered, summary.n))})"
+    )
+    return Table(
+        ["", f"{split}"],
+        [
+            [Cell("images"), Cell(count(summary.n), "num")],
+            [Cell("answered"), Cell(answered, "num")],
+            [Cell("abstained: out of distribution"), Cell(count(summary.out_of_distribution), "num")],
+            [Cell("abstained: low confidence"), Cell(count(summary.low_confidence), "num")],
+            [Cell("abstained: uncertain no tumour"), Cell(count(summary.uncertain_no_tumour), "num")],
+            [Cell("accuracy, all images"), share(summary.accuracy_all, summary.correct_all, summary.n)],
+            [
+                Cell("accuracy, answered images"),
+                share(summary.accuracy_answered, summary.correct_answered, summary.answered),
+            ],
+        ],
+        id=f"{table_prefix}-split",
+        caption="abstention on the evaluated split (95 % Wilson intervals)",
+    )
+
+
+def _fitted_facts(fitted: dict) -> list[str]:
+    if not fitted:
+        return []
+    facts = [
+        f"Fitted thresholds: ood_score threshold {rate(fitted.get('ood_threshold'), 3)} "
+        f"on the combined distance (features: {', '.join(fitted.get('features', []))}), "
+        f"top-probability floor {rate(fitted.get('confidence_floor'))}; "
+        f"{rate(fitted.get('accepted_share'))} of the fitting images answered "
+        f"({rate(fitted.get('accepted_share_cross_fitted'))} cross-fitted)."
+    ]
+    choice = fitted.get("feature_choice", {})
+    for candidate in choice.get("candidates", []):
+        if "auroc" in candidate:
+            kinds = ", ".join(f"{k} {rate(v, 2)}" for k, v in candidate["abstained_per_kind"].items())
+            facts.append(
+                f"Features {' + '.join(candidate['features'])}: AUROC {rate(candidate['auroc'])} "
+                f"against the Trainer's own generated outliers (abstained: {kinds})"
+                + (" — chosen." if candidate["features"] == choice.get("chosen") else ".")
             )
-        )
-    else:
-        out.append(
+    return facts
+
+
+def _benchmark_blocks(bench: dict | None, table_prefix: str) -> list:
+    if not bench:
+        return [
             Paragraph(
                 "No probe benchmark given (`btmri report --abstention-benchmark FILE`, "
                 "written by `benchmarks/abstention_probes.py --out FILE`): abstention on "
                 "non-brain images is not shown here."
             )
-        )
-    return out
+        ]
+    ind = bench.get("in_distribution", {})
+    return [
+        _benchmark_table(bench, f"{table_prefix}-probes"),
+        Paragraph(
+            f"Probe benchmark: AUROC of ood_score, in-distribution images against all probes "
+            f"{rate(bench.get('auroc'))}; in-distribution images answered {rate(ind.get('accepted'))}, "
+            f"accuracy {rate(ind.get('accuracy_accepted'), 4)} on those against "
+            f"{rate(ind.get('accuracy_all'), 4)} on all ({ind.get('source', '')}). Measured on the "
+            f"model at `{bench.get('model', '?')}`, which need not be the one evaluated above."
+        ),
+    ]
 
 
 def _floor_gave_way(fitted: dict) -> str:
