@@ -357,7 +357,6 @@ def _training(data: ReportData) -> str:
 def _data(data: ReportData) -> str:
     names = spec.CLASS_NAMES
     summary = data.data
-    manifest = summary.manifest
     body = [
         "<h3>Images per split and class</h3>",
         "<p>As imported by the pipeline (ImportExampleGen)."
@@ -368,88 +367,71 @@ def _data(data: ReportData) -> str:
         _figure(plots.class_counts(data.split_counts, names), "", 520),
         "</div>",
     ]
-
     if summary.statistics:
-        rows = []
-        for split, st in summary.statistics.items():
-            h = st.sizes.get(spec.HEIGHT_KEY, (float("nan"),) * 4)
-            w = st.sizes.get(spec.WIDTH_KEY, (float("nan"),) * 4)
-            rows.append(
-                [
-                    Cell(split),
-                    Cell(count(st.examples), "num"),
-                    Cell(f"{h[0]:.0f} / {h[1]:.0f} / {h[3]:.0f}", "num"),
-                    Cell(f"{w[0]:.0f} / {w[1]:.0f} / {w[3]:.0f}", "num"),
-                    Cell(count(sum(st.missing.values())), "num"),
-                ]
-            )
-        body += [
-            "<h3>TFDV statistics</h3>",
-            to_html(
-                [
-                    Table(
-                        [
-                            "split",
-                            "examples",
-                            "height min / median / max",
-                            "width min / median / max",
-                            "missing feature values",
-                        ],
-                        rows,
-                        id="tfdv-statistics",
-                    )
-                ]
-            ),
-        ]
-
-    body.append("<h3>TFDV anomalies (ExampleValidator against the curated schema)</h3>")
-    if summary.anomalies:
-        rows = [
-            [Cell(split), Cell("; ".join(found) or "none", "fail" if found else "pass")]
-            for split, found in summary.anomalies.items()
-        ]
-        body.append(to_html([Table(["split", "anomalies"], rows, id="tfdv-anomalies")]))
-    else:
-        body.append('<p class="muted">No anomalies artifact found.</p>')
-
-    if manifest is None:
+        body += _tfdv_statistics(summary.statistics)
+    body += _tfdv_anomalies(summary.anomalies)
+    if summary.manifest is None:
         body.append(
             f'<p class="notice">No {MANIFEST_FILE} under {_e(data.run.data_root)}: skipped '
             "files and the duplicate report are unavailable (pass --data-root).</p>"
         )
         return _section("data", "Data", "\n".join(body))
-
-    skipped = manifest.skipped
-    body.append(f"<h3>Skipped files ({count(len(skipped))})</h3>")
-    if skipped:
-        reasons = Counter(s["reason"].split(":")[0] for s in skipped)
-        body.append(
-            to_html(
-                [
-                    Table(
-                        ["reason", "files"],
-                        [[Cell(r), Cell(count(n), "num")] for r, n in reasons.most_common()],
-                        id="skipped-reasons",
-                    )
-                ]
-            )
-        )
-        body.append(
-            _details(
-                "every skipped file",
-                table_html(
-                    Table(
-                        ["file", "reason"],
-                        [[Cell(s["source"], "path"), Cell(s["reason"])] for s in skipped[:LISTED]],
-                        id="skipped",
-                    )
-                ),
-            )
-        )
-    else:
-        body.append('<p class="muted">None: every file found was usable.</p>')
-    body.append(_duplicates(manifest))
+    body += _skipped_files(summary.manifest.skipped)
+    body.append(_duplicates(summary.manifest))
     return _section("data", "Data", "\n".join(body))
+
+
+def _tfdv_statistics(statistics: dict) -> list[str]:
+    rows = []
+    for split, st in statistics.items():
+        h = st.sizes.get(spec.HEIGHT_KEY, (float("nan"),) * 4)
+        w = st.sizes.get(spec.WIDTH_KEY, (float("nan"),) * 4)
+        rows.append(
+            [
+                Cell(split),
+                Cell(count(st.examples), "num"),
+                Cell(f"{h[0]:.0f} / {h[1]:.0f} / {h[3]:.0f}", "num"),
+                Cell(f"{w[0]:.0f} / {w[1]:.0f} / {w[3]:.0f}", "num"),
+                Cell(count(sum(st.missing.values())), "num"),
+            ]
+        )
+    head = [
+        "split",
+        "examples",
+        "height min / median / max",
+        "width min / median / max",
+        "missing feature values",
+    ]
+    return ["<h3>TFDV statistics</h3>", to_html([Table(head, rows, id="tfdv-statistics")])]
+
+
+def _tfdv_anomalies(anomalies: dict | None) -> list[str]:
+    out = ["<h3>TFDV anomalies (ExampleValidator against the curated schema)</h3>"]
+    if not anomalies:
+        return out + ['<p class="muted">No anomalies artifact found.</p>']
+    rows = [
+        [Cell(split), Cell("; ".join(found) or "none", "fail" if found else "pass")]
+        for split, found in anomalies.items()
+    ]
+    return out + [to_html([Table(["split", "anomalies"], rows, id="tfdv-anomalies")])]
+
+
+def _skipped_files(skipped: list[dict]) -> list[str]:
+    out = [f"<h3>Skipped files ({count(len(skipped))})</h3>"]
+    if not skipped:
+        return out + ['<p class="muted">None: every file found was usable.</p>']
+    reasons = Counter(s["reason"].split(":")[0] for s in skipped)
+    by_reason = Table(
+        ["reason", "files"],
+        [[Cell(r), Cell(count(n), "num")] for r, n in reasons.most_common()],
+        id="skipped-reasons",
+    )
+    every = Table(
+        ["file", "reason"],
+        [[Cell(s["source"], "path"), Cell(s["reason"])] for s in skipped[:LISTED]],
+        id="skipped",
+    )
+    return out + [to_html([by_reason]), _details("every skipped file", table_html(every))]
 
 
 def _duplicates(manifest: Manifest) -> str:
