@@ -41,6 +41,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up notes would bury the table
 
 import data_prep  # noqa: E402,F401  (Keras 2 before TensorFlow)
+from serving.latency import p50_p99_ms
+from serving.requests import predict_request
 
 BATCH = 8  # in-process batch: what batching can form from 8 clients
 REAL_DATA = REPO.parent / "shared" / "data" / "brain-tumor-mri" / "Training"
@@ -104,11 +106,11 @@ def run_load(clients: int, requests: int, call, server_pid: int | None = None) -
         t.join()
     wall = time.perf_counter() - start
     cpu = time.process_time() + (process_cpu_seconds(server_pid) if server_pid else 0.0) - cpu
-    latencies.sort()
+    p50_ms, p99_ms = p50_p99_ms(latencies)
     return {
         "images_per_s": len(latencies) / wall,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "p50_ms": p50_ms,
+        "p99_ms": p99_ms,
         "cpu_ms_per_image": 1000 * cpu / len(latencies),
     }
 
@@ -148,20 +150,14 @@ def served_loads(
 ) -> dict:
     """name → load function(requests) for a running server, over gRPC."""
     import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     from btmri import spec
 
-    requests_pb = []
-    for image in images:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = spec.MODEL_NAME
-        if version_label:
-            request.model_spec.version_label = version_label
-        request.model_spec.signature_name = spec.PREDICT_IMAGES
-        request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image]))
-        requests_pb.append(request)
+    requests_pb = [
+        predict_request(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: [image]}, version_label=version_label)
+        for image in images
+    ]
     # One channel per client, as separate client processes would have.
     stubs = [
         prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_target))
@@ -219,8 +215,7 @@ def first_requests_after_swap(model_dir: Path, images: list[bytes], swaps: int) 
     import shutil
 
     import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     from btmri import spec
     from btmri.layout import WARMUP_DIR
@@ -250,12 +245,10 @@ def first_requests_after_swap(model_dir: Path, images: list[bytes], swaps: int) 
                 _push(source, base, version)
                 _wait_available(server, version)
                 for signature in (spec.PREDICT_IMAGES, spec.GRADCAM):
-                    request = predict_pb2.PredictRequest()
-                    request.model_spec.name = spec.MODEL_NAME
-                    request.model_spec.version.value = version
-                    request.model_spec.signature_name = signature
-                    request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(
-                        tf.make_tensor_proto([images[(swap + version) % len(images)]])
+                    request = predict_request(
+                        signature,
+                        {spec.IMAGE_BYTES_INPUT: [images[(swap + version) % len(images)]]},
+                        version=version,
                     )
                     start = time.perf_counter()
                     stub.Predict(request, timeout=600)

@@ -172,7 +172,7 @@ def pipeline_components(config: PipelineConfig) -> list:
 
     # Serving validation: `btmri serve` on the candidate, answers against the in-process
     # model, latency; writes the warm-up file into the copy the Pusher pushes
-    # (pipeline/infra_validator.py). Only a blessed candidate is served.
+    # (pipeline/infra_validator/). Only a blessed candidate is served.
     infra_validator = InfraValidator(
         model=trainer.outputs["model"],
         examples=example_gen.outputs["examples"],

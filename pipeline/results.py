@@ -49,10 +49,11 @@ def confusion_of_run(pipeline_root: str) -> list[list[int]] | None:
     return None if cm is None else [[int(v) for v in row] for row in cm]
 
 
-def make_record(run_record: dict, confusion: list[list[int]] | None) -> dict:
+def make_record(run_record: dict, confusion: list[list[int]] | None, note: str = "") -> dict:
+    """`note`: what the run's figures do not say themselves (e.g. cores shared with other jobs)."""
     if not run_record.get("report"):
         raise ResultsError("the run has no report figures (did its ModelReport run?)")
-    return dict(run_record, confusion=confusion)
+    return dict(run_record, confusion=confusion, note=note)
 
 
 def record_path(records_dir: str, record: dict) -> Path:
@@ -146,11 +147,28 @@ def _table(rows: list[tuple[str, str]], head: tuple[str, str] = ("figure", "valu
     return [f"| {head[0]} | {head[1]} |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
 
 
+def shown_command(command: str) -> str:
+    """The command as a reader can repeat it: absolute paths as /path/to/<name>, and
+    without --work-dir (where this machine kept the run)."""
+    words, out = command.split(), []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word == "--work-dir":
+            skip = True
+            continue
+        out.append(f"/path/to/{Path(word).name}" if word.startswith("/") else word)
+    return " ".join(out)
+
+
 def _provenance(record: dict) -> str:
     m = record["machine"]
+    note = f" {record['note'].rstrip('.')}." if record.get("note") else ""
     return (
         f"Run of {record['finished_at'][:10]}, code `{record['code']}`, {m['cores']} cores "
-        f"({m['cpu']}), `{record['command']}`:"
+        f"({m['cpu']}), `{shown_command(record['command'])}`.{note} Figures:"
     )
 
 

@@ -22,7 +22,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
                 f"no run record in {pipeline_root}: run `btmri run --work-dir {args.work_dir}` first",
             )
         try:
-            made = results.make_record(record, results.confusion_of_run(pipeline_root))
+            made = results.make_record(record, results.confusion_of_run(pipeline_root), args.note)
         except results.ResultsError as err:
             return error("results", err)
         print(f"wrote {results.write_record(args.records, made)}")
@@ -55,6 +55,12 @@ def register(sub) -> None:
         help="record the work folder's last run first (its run_record.json)",
     )
     add_work_dir(p, "with --from-run, its last run")
+    p.add_argument(
+        "--note",
+        default="",
+        help="with --from-run: what the figures do not say themselves, shown with them "
+        "(e.g. 'cores shared with a CI run for most of it')",
+    )
     p.add_argument("--records", default=results.RECORDS_DIR, help="records folder (default %(default)s)")
     p.add_argument("--readme", default=results.README, help="default %(default)s")
     p.add_argument("--page", default=results.RESULTS_PAGE, help="default %(default)s")

@@ -14,8 +14,11 @@ The local server follows TF Serving's own split:
                the two protocols, both on one asyncio event loop
   prometheus_metrics.py   Prometheus text; errors.py   TF Serving's codes and texts
   server.py    wiring, start/stop; process.py   run it as a child process
-Clients: client.py (gRPC/REST), heatmap_overlay.py (drawing a Grad-CAM heatmap; the
-report draws with it too); cli.py: the btmri commands; __main__: python -m serving.
+Clients: client.py (gRPC/REST), requests.py (the one PredictRequest builder),
+latency.py (p50/p99 of request times), heatmap_overlay.py (drawing a Grad-CAM heatmap;
+the report draws with it too); hostile_cases.py: hostile traffic and the answers it
+should get (benchmarks/serving_hostile.py and its test); cli.py: the btmri commands;
+__main__: python -m serving.
 Names (model, signatures, inputs, outputs) and ServerOptions live in btmri/.
 config/ and Dockerfile: the official tensorflow/serving image's configuration.
 """

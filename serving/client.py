@@ -25,12 +25,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from btmri import spec
 from btmri.documents import MAX_MESSAGE_MB, REQUEST_TIMEOUT_SECONDS
 from btmri.spec import CLASS_NAMES
 from data_prep import image_io
+from serving.requests import predict_request
 
 
 class ConversionFailed(ValueError):
@@ -234,22 +235,33 @@ class PredictionClient:
 
     def predict(self, signature_name: str, inputs: dict, output_filter=()) -> predict_pb2.PredictResponse:
         """One Predict call; `inputs` maps input names to arrays or lists."""
-        request = predict_pb2.PredictRequest()
+        request = predict_request(
+            signature_name,
+            inputs,
+            model_name=self.model_name,
+            version_label=self.version_label,
+            output_filter=output_filter,
+        )
+        return self._call(self._stub.Predict, request)
+
+    def signature_defs(self) -> dict:
+        """The served SignatureDefs by key (GetModelMetadata, field signature_def)."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         request.model_spec.name = self.model_name
         if self.version_label:
             request.model_spec.version_label = self.version_label
-        request.model_spec.signature_name = signature_name
-        for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        request.output_filter.extend(output_filter)
-        return self._call(request)
+        response = self._call(self._stub.GetModelMetadata, request)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return dict(signature_map.signature_def)
 
-    def _call(self, request) -> predict_pb2.PredictResponse:
+    def _call(self, method, request):
+        """`method(request)` on the stub, retried as the RetryPolicy says."""
         start, last, attempts = time.monotonic(), None, 0
         for left in self.retry.attempts_within(self.timeout):
             attempts += 1
             try:
-                return self._stub.Predict(request, timeout=left)
+                return method(request, timeout=left)
             except grpc.RpcError as err:
                 if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
                     err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self._connected()
@@ -357,6 +369,19 @@ class RestClient:
             f"over {time.monotonic() - start:.1f} s): {last}"
         )
 
+    def predict(self, signature_name: str, values: list[bytes], version: int | None = None) -> list:
+        """One predict call with binary `values` (one b64 instance each); the answer's
+        rows. `version`: that version; None: the client's label if it has one, else
+        the latest version."""
+        path = self.model_path
+        if version is not None:
+            path = f"/v1/models/{urllib.parse.quote(self.model_name, safe='')}/versions/{version}"
+        document = {
+            "signature_name": signature_name,
+            "instances": [{"b64": base64.b64encode(value).decode("ascii")} for value in values],
+        }
+        return self.request("POST", f"{path}:predict", document)["predictions"]
+
     def model_version(self) -> int | None:
         """The AVAILABLE version (REST predict answers do not name the version)."""
         status = self.request("GET", self.model_path)
@@ -366,19 +391,10 @@ class RestClient:
         return max(versions) if versions else None
 
     def classify_image(self, image: bytes) -> ImagePrediction:
-        document = {
-            "signature_name": spec.PREDICT_IMAGES,
-            "instances": [{"b64": base64.b64encode(image).decode("ascii")}],
-        }
-        answer = self.request("POST", f"{self.model_path}:predict", document)
-        row = answer["predictions"][0]
+        row = self.predict(spec.PREDICT_IMAGES, [image])[0]
         return _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row)
 
     def gradcam(self, image: bytes) -> GradcamResult:
-        document = {
-            "signature_name": spec.GRADCAM,
-            "instances": [{"b64": base64.b64encode(image).decode("ascii")}],
-        }
-        row = self.request("POST", f"{self.model_path}:predict", document)["predictions"][0]
+        row = self.predict(spec.GRADCAM, [image])[0]
         base = _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row)
         return GradcamResult(**vars(base), heatmap=np.asarray(row[spec.HEATMAP], np.float32))

@@ -50,6 +50,7 @@ from btmri import spec
 from btmri.documents import ServerOptions
 from btmri.layout import REQUEST_LOG_PREFIX, REQUEST_LOG_SUFFIX
 from data_prep.request_features import FEATURE_TYPES, request_features
+from serving.requests import predict_request
 
 log = logging.getLogger("serving")
 
@@ -130,8 +131,7 @@ def build_record(
     meta.sampling_config.sampling_rate = sampling_rate
     meta.saved_model_tags.extend(SAVED_MODEL_TAGS)
     meta.timestamp_secs = int(timestamp)
-    request, response = record.predict_log.request, record.predict_log.response
-    request.model_spec.CopyFrom(meta.model_spec)
+    response = record.predict_log.response
     response.model_spec.CopyFrom(meta.model_spec)
     if payload == spec.LOG_PAYLOAD_IMAGES:
         logged_inputs = inputs or {}
@@ -142,8 +142,9 @@ def build_record(
         )
     else:
         logged_inputs = {}
-    for alias, array in logged_inputs.items():
-        request.inputs[alias].CopyFrom(tf.make_tensor_proto(array))
+    predict_request(
+        signature_name, logged_inputs, model_name=model_name, version=version, into=record.predict_log.request
+    )
     for alias, array in outputs.items():
         if payload != spec.LOG_PAYLOAD_IMAGES and alias in _LOGGED_ONLY_WITH_IMAGES:
             continue

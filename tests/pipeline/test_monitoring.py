@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_log_pb2, prediction_service_pb2_grpc
 
 from btmri import spec
 from btmri.documents import ServerOptions
@@ -44,6 +44,7 @@ from data_prep.synth import generate_dataset
 from pipeline.monitor import Baseline, MonitorError, monitor
 from serving.process import ServerProcess
 from serving.request_log import RequestLog, log_files
+from serving.requests import predict_request
 
 PER_CLASS = 40  # 20 per class in the baseline, 20 in each window of traffic
 BATCH = 8  # images per logged call
@@ -228,10 +229,7 @@ def test_no_logs_is_a_clear_error(tmp_path, capsys):
 
 
 def _predict(channel, images: list[bytes]) -> None:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = spec.MODEL_NAME
-    request.model_spec.signature_name = spec.PREDICT_IMAGES
-    request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto(images))
+    request = predict_request(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: images})
     prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=120)
 
 

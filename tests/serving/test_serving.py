@@ -21,7 +21,6 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -35,6 +34,7 @@ from serving.client import (
     RestClient,
 )
 from serving.process import ServerProcess, free_ports
+from serving.requests import predict_request
 
 MAX_MESSAGE_MB = 1  # small, so the size-limit test sends a small request
 
@@ -77,20 +77,6 @@ def model_stub(channel):
     return model_service_pb2_grpc.ModelServiceStub(channel)
 
 
-def predict_request(
-    signature="predict_images", inputs=None, name="brain_tumor", version=None, output_filter=()
-):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = version
-    for key, value in (inputs or {}).items():
-        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-    request.output_filter.extend(output_filter)
-    return request
-
-
 def rpc_error(call, request) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as err:
         call(request, timeout=60)
@@ -101,7 +87,9 @@ def rpc_error(call, request) -> grpc.RpcError:
 
 
 def test_predict_images_signature(predict_stub, images, version):
-    response = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60)
+    response = predict_stub.Predict(
+        predict_request(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: images}), timeout=60
+    )
     assert response.model_spec.name == "brain_tumor"
     assert response.model_spec.version.value == version
     assert response.model_spec.signature_name == "predict_images"
@@ -132,7 +120,7 @@ def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server
         answers[name] = {k: tf.make_ndarray(response.outputs[k]) for k in spec.ABSTENTION_OUTPUTS}
     examples = [request_example(image) for image in batch]
     response = predict_stub.Predict(
-        predict_request("serving_default", {spec.EXAMPLES_INPUT: examples}), timeout=60
+        predict_request(spec.SERVING_DEFAULT, {spec.EXAMPLES_INPUT: examples}), timeout=60
     )
     answers["serving_default"] = {k: tf.make_ndarray(response.outputs[k]) for k in spec.ABSTENTION_OUTPUTS}
     reference = answers["predict_images"]
@@ -146,7 +134,8 @@ def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server
         np.testing.assert_array_equal(other[spec.ABSTAIN_REASON], reference[spec.ABSTAIN_REASON])
     # output_filter can ask for them alone.
     only = predict_stub.Predict(
-        predict_request(inputs={spec.IMAGE_BYTES_INPUT: batch}, output_filter=[spec.ABSTAIN]), timeout=60
+        predict_request(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: batch}, output_filter=[spec.ABSTAIN]),
+        timeout=60,
     )
     assert set(only.outputs) == {spec.ABSTAIN}
     # REST: JSON booleans, numbers and strings, the same values.
@@ -166,10 +155,10 @@ def test_abstention_outputs_pass_through_grpc_and_rest_on_every_signature(server
 
 def test_default_signature_takes_serialized_examples(predict_stub, images):
     examples = [request_example(image) for image in images]
-    by_example = predict_stub.Predict(
-        predict_request(signature="", inputs={spec.EXAMPLES_INPUT: examples}), timeout=60
+    by_example = predict_stub.Predict(predict_request("", {spec.EXAMPLES_INPUT: examples}), timeout=60)
+    by_bytes = predict_stub.Predict(
+        predict_request(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: images}), timeout=60
     )
-    by_bytes = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60)
     assert by_example.model_spec.signature_name == "serving_default"
     np.testing.assert_allclose(
         tf.make_ndarray(by_example.outputs[spec.PROBABILITIES]),
@@ -181,7 +170,10 @@ def test_default_signature_takes_serialized_examples(predict_stub, images):
 def test_output_filter_and_explicit_version(predict_stub, images, version):
     response = predict_stub.Predict(
         predict_request(
-            inputs={spec.IMAGE_BYTES_INPUT: images[:1]}, version=version, output_filter=[spec.CLASS_NAME]
+            spec.PREDICT_IMAGES,
+            {spec.IMAGE_BYTES_INPUT: images[:1]},
+            version=version,
+            output_filter=[spec.CLASS_NAME],
         ),
         timeout=60,
     )
@@ -191,7 +183,7 @@ def test_output_filter_and_explicit_version(predict_stub, images, version):
 
 def test_gradcam_signature_over_grpc(predict_stub, images):
     response = predict_stub.Predict(
-        predict_request("gradcam", {spec.IMAGE_BYTES_INPUT: images[:2]}), timeout=60
+        predict_request(spec.GRADCAM, {spec.IMAGE_BYTES_INPUT: images[:2]}), timeout=60
     )
     heatmap = tf.make_ndarray(response.outputs[spec.HEATMAP])
     assert heatmap.shape == (2, 224, 224) and heatmap.dtype == np.float32
@@ -250,7 +242,7 @@ def test_health_service(channel):
 PREDICT_ERRORS = [
     (
         "unknown model",
-        dict(name="nope"),
+        dict(model_name="nope"),
         grpc.StatusCode.NOT_FOUND,
         r"^Servable not found for request: Latest\(nope\)$",
     ),
@@ -262,7 +254,7 @@ PREDICT_ERRORS = [
     ),
     (
         "unknown signature",
-        dict(signature="nope"),
+        dict(signature_name="nope"),
         grpc.StatusCode.FAILED_PRECONDITION,
         r'^Serving signature key "nope" not found\.$',
     ),
@@ -319,7 +311,7 @@ PREDICT_ERRORS = [
     ),
     (
         "no model name",
-        dict(name=""),
+        dict(model_name=""),
         grpc.StatusCode.INVALID_ARGUMENT,
         r"^ModelSpec has no name specified\.$",
     ),
@@ -328,15 +320,14 @@ PREDICT_ERRORS = [
 
 @pytest.mark.parametrize("case, fields, code, message", PREDICT_ERRORS, ids=[c[0] for c in PREDICT_ERRORS])
 def test_predict_errors(predict_stub, images, case, fields, code, message):
-    fields = dict(fields)
-    fields.setdefault("inputs", {spec.IMAGE_BYTES_INPUT: images[:1]})
+    fields = {"signature_name": spec.PREDICT_IMAGES, "inputs": {spec.IMAGE_BYTES_INPUT: images[:1]}, **fields}
     err = rpc_error(predict_stub.Predict, predict_request(**fields))
     assert err.code() == code, err.details()
     assert re.search(message, err.details()), err.details()
 
 
 def test_a_tensor_declaring_a_huge_shape_is_refused(predict_stub):
-    request = predict_request()
+    request = predict_request(spec.PREDICT_IMAGES, {})  # its tensor filled by hand: no builder makes it
     tensor = request.inputs[spec.IMAGE_BYTES_INPUT]
     tensor.dtype = tf.string.as_datatype_enum
     tensor.tensor_shape.dim.add().size = 10**12  # a few bytes on the wire, terabytes if filled
@@ -349,8 +340,9 @@ def test_a_tensor_declaring_a_huge_shape_is_refused(predict_stub):
 def test_a_label_the_server_was_not_given_is_unrecognized(predict_stub, images):
     """--model-base-path assigns no labels: TF Serving's INVALID_ARGUMENT for any label
     (labels from a model config file: test_serving_labels.py)."""
-    request = predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]})
-    request.model_spec.version_label = "stable"
+    request = predict_request(
+        spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: images[:1]}, version_label="stable"
+    )
     err = rpc_error(predict_stub.Predict, request)
     assert (err.code(), err.details()) == (
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -398,10 +390,14 @@ def test_metadata_and_status_errors(predict_stub, model_stub):
 
 def test_a_request_above_the_size_limit_is_refused(predict_stub, images):
     too_big = bytes(int(1.5 * MAX_MESSAGE_MB * 1024 * 1024))
-    err = rpc_error(predict_stub.Predict, predict_request(inputs={spec.IMAGE_BYTES_INPUT: [too_big]}))
+    err = rpc_error(
+        predict_stub.Predict, predict_request(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: [too_big]})
+    )
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
     # ... and the server carries on.
-    response = predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]}), timeout=60)
+    response = predict_stub.Predict(
+        predict_request(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: images[:1]}), timeout=60
+    )
     assert response.outputs[spec.CLASS_ID].int64_val
 
 
@@ -454,9 +450,9 @@ def test_rest_row_format_matches_grpc(server, predict_stub, images):
     assert len(rows) == len(images)
     assert set(rows[0]) == {spec.PROBABILITIES, spec.CLASS_ID, spec.CLASS_NAME, *spec.ABSTENTION_OUTPUTS}
     grpc_probs = tf.make_ndarray(
-        predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images}), timeout=60).outputs[
-            spec.PROBABILITIES
-        ]
+        predict_stub.Predict(
+            predict_request(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: images}), timeout=60
+        ).outputs[spec.PROBABILITIES]
     )
     np.testing.assert_allclose([r[spec.PROBABILITIES] for r in rows], grpc_probs, atol=1e-6)
     assert all(r[spec.CLASS_NAME] == spec.CLASS_NAMES[r[spec.CLASS_ID]] for r in rows)
@@ -550,7 +546,9 @@ def test_rest_malformed_json_and_size_limit(server):
 
 
 def test_prometheus_metrics(server, predict_stub, images, version):
-    predict_stub.Predict(predict_request(inputs={spec.IMAGE_BYTES_INPUT: images[:1]}), timeout=60)
+    predict_stub.Predict(
+        predict_request(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: images[:1]}), timeout=60
+    )
     with urllib.request.urlopen(server.rest_url + "/monitoring/prometheus/metrics", timeout=60) as r:
         text = r.read().decode()
     ok = re.search(

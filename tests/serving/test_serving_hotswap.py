@@ -13,17 +13,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
 from btmri import spec
 from serving.process import ServerProcess
+from serving.requests import predict_request
 
 CLIENTS = 8
 MIN_REQUESTS = 200
@@ -83,10 +82,7 @@ def statuses(server) -> dict[int, tuple[int, int]]:
 
 
 def predict_version(server, image: bytes) -> int:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "brain_tumor"
-    request.model_spec.signature_name = "predict_images"
-    request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(tf.make_tensor_proto([image]))
+    request = predict_request(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: [image]})
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         return stub.Predict(request, timeout=60).model_spec.version.value
@@ -107,11 +103,8 @@ def test_hot_swap_under_load_drops_nothing(server, base, model, images):
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             k = i
             while not stop.is_set():
-                request = predict_pb2.PredictRequest()
-                request.model_spec.name = "brain_tumor"
-                request.model_spec.signature_name = "predict_images"
-                request.inputs[spec.IMAGE_BYTES_INPUT].CopyFrom(
-                    tf.make_tensor_proto([images[k % len(images)]])
+                request = predict_request(
+                    spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: [images[k % len(images)]]}
                 )
                 k += 1
                 try:

@@ -16,11 +16,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from btmri import spec
 from serving.errors import ServingError
 from serving.manager import LoadPolicy, ServableManager, State
 from serving.model_config import ALL, LATEST, SPECIFIC, parse_model_config, read_model_config_file
 from serving.models import ModelSet
 from serving.process import ServerProcess
+from serving.requests import predict_request
 from tests.serving.test_serving import rest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -236,17 +238,15 @@ def image(tiny_run) -> bytes:
 
 
 def _predict(server, image: bytes, name="brain_tumor", label=None, version=None):
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    request.model_spec.signature_name = "predict_images"
-    if label is not None:
-        request.model_spec.version_label = label
-    if version is not None:
-        request.model_spec.version.value = version
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image]))
+    request = predict_request(
+        spec.PREDICT_IMAGES,
+        {spec.IMAGE_BYTES_INPUT: [image]},
+        model_name=name,
+        version=version,
+        version_label=label,
+    )
     with grpc.insecure_channel(server.grpc_target) as channel:
         return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
 

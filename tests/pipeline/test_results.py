@@ -1,0 +1,82 @@
+"""The results record (pipeline/results.py): the README's headline table and
+docs/results.md are rendered from the committed records, never typed."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline import results
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_committed_markdown_is_what_the_committed_records_render():
+    records = ROOT / results.RECORDS_DIR
+    assert sorted(records.glob("*.json")), f"no results record in {records}"
+    changed = results.render(
+        str(records), str(ROOT / results.README), str(ROOT / results.RESULTS_PAGE), check=True
+    )
+    assert changed == [], f"out of date: {changed}; run `btmri results` from the repository root"
+
+
+def _record(**changes) -> dict:
+    """A copy of the newest committed record, changed."""
+    newest = sorted((ROOT / results.RECORDS_DIR).glob("*.json"))[-1]
+    record = json.loads(newest.read_text())
+    record = copy.deepcopy(record)
+    record.update(changes)
+    return record
+
+
+def test_render_replaces_only_the_marked_block_and_check_writes_nothing(tmp_path, capsys):
+    records = tmp_path / "records"
+    record = _record()
+    results.write_record(str(records), record)
+    page = tmp_path / "page.md"
+    readme = tmp_path / "README.md"
+    for path in (page, readme):
+        path.write_text(f"before\n{results.BEGIN}\nstale figures\n{results.END}\nafter\n")
+    argv = ["results", "--records", str(records), "--readme", str(readme), "--page", str(page)]
+    assert main([*argv, "--check"]) == 1  # differs, and --check leaves it
+    assert "stale figures" in page.read_text()
+    assert main(argv) == 0
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "stale figures" not in text
+    assert format(record["report"]["accuracy"], ".3f") in text
+    assert results.shown_command(record["command"]) in text and "/work/" not in text
+    assert main([*argv, "--check"]) == 0
+    # A newer record of the same kind wins; the figures follow it.
+    newer = _record(finished_at="2999-01-01T00:00:00Z", report=dict(record["report"], accuracy=0.123))
+    results.write_record(str(records), newer)
+    assert main([*argv, "--check"]) == 1
+    assert main(argv) == 0 and "0.123" in readme.read_text()
+
+
+def test_a_file_without_its_markers_is_an_error(tmp_path, capsys):
+    records = tmp_path / "records"
+    results.write_record(str(records), _record())
+    (tmp_path / "README.md").write_text("no markers here\n")
+    (tmp_path / "page.md").write_text(f"{results.BEGIN}\n{results.END}\n")
+    argv = ["results", "--records", str(records), "--readme", str(tmp_path / "README.md")]
+    assert main([*argv, "--page", str(tmp_path / "page.md")]) == 2
+    assert "needs exactly one pair" in capsys.readouterr().err
+
+
+def test_from_run_without_a_run_says_what_to_do(tmp_path, capsys):
+    assert main(["results", "--from-run", "--work-dir", str(tmp_path)]) == 2
+    assert "run `btmri run --work-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, name", [("btmri run", "synthetic"), ("btmri run --data-dir x", "real")])
+def test_a_record_is_named_by_its_data(command, name):
+    assert results.record_name({"command": command}) == name
+
+
+def test_the_shown_command_hides_this_machine():
+    shown = results.shown_command("btmri run --data-dir /data/x/brain-tumor-mri --work-dir /tmp/w --quick")
+    assert shown == "btmri run --data-dir /path/to/brain-tumor-mri --quick"
