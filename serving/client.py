@@ -78,7 +78,8 @@ class ServerUnavailable(RuntimeError):
 def unavailable_message(prog: str, err: ServerUnavailable) -> str:
     """What a command prints when no server answers: the error and what to do."""
     return (
-        f"{prog}: error: {err}\n(is the server running? start one with `btmri serve --model-base-path DIR`)"
+        f"{prog}: error: {err}\n(is the server running? `btmri serve` serves the work folder's pushed "
+        "model; `btmri serve --model-base-path DIR` another one)"
     )
 
 
@@ -93,9 +94,11 @@ class RequestFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 5
+    # Bounded by the caller's timeout rather than a count: a server started a moment ago
+    # (`btmri serve &` then `btmri predict`) is still loading TensorFlow and its model.
+    attempts: int = 100
     first_backoff: float = 0.25
-    max_backoff: float = 4.0
+    max_backoff: float = 2.0
 
     def backoffs(self):
         """Sleeps between attempts: 0.25, 0.5, 1, 2, ... seconds."""

@@ -606,9 +606,10 @@ def test_btmri_predict_reports_bad_files_and_a_down_server(server, tmp_path, cap
     assert "btmri predict: error: 1 of 1 images failed" in printed.err
 
     (port,) = free_ports(1)  # nothing listens here
-    assert main(["predict", "--server", f"127.0.0.1:{port}", str(junk)]) == 3
+    assert main(["predict", "--server", f"127.0.0.1:{port}", "--timeout", "4", str(junk)]) == 3
     err = capsys.readouterr().err
     assert f"btmri predict: error: the model server at 127.0.0.1:{port} is unavailable" in err
+    # Retries (0.25, 0.5, 1, 2 s apart) until the timeout: a server still starting is waited for.
     assert "5 attempts" in err and "Traceback" not in err
     # --timeout bounds the retries too: the backoffs (0.25 + 0.5 + 1 s ...) stop at it.
     for flag in ("--server", "--rest"):
