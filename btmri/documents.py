@@ -275,9 +275,7 @@ class TrainerConfig(TrainingSettings, _Document):
     cache: bool = True  # keep decoded images in memory across epochs
     abstention_ood_share: float = 0.6  # of the rejection budget (1 - accept) spent on the distance
     # A notumor answer needs P(notumor) at least the floor that refuses this share of the
-    # eval split's right notumor answers (0: no separate floor). Replayed on a model that
-    # never saw a held-out collection's tumours, 0.02 cut its tumours answered notumor
-    # from 0.099 to 0.014 (docs/experiments.md).
+    # eval split's right notumor answers (0: no separate floor; why 0.02: docs/experiments.md).
     abstention_notumor_refuse: float = 0.02
     abstention_outliers_per_kind: int = 24  # generated outliers per kind (outliers.py)
 

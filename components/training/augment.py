@@ -2,9 +2,9 @@
 
 Each image gets a random left-right flip, rotation, zoom and shift composed into
 a single affine map and resampled once (bilinear, zero fill), then a random
-contrast change. Keras' Random* layers resample once per layer; on 2 CPU cores
-that halved training throughput (measured then; benchmarks/training_cost.py times
-the input pipeline stage by stage today).
+contrast change. Keras' Random* layers resample once per layer, which costs a
+resampling pass each (benchmarks/training_cost.py times the input pipeline stage by
+stage).
 
 Then, with an AcquisitionConfig, the acquisition-style transforms (bias field,
 resolution, noise, intensity curve, JPEG; `acquisition_batch`), which change how an
