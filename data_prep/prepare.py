@@ -354,6 +354,36 @@ def _write_extra_slices(
         )
 
 
+def _manifest(
+    opts: PrepareOptions,
+    fingerprint: str,
+    writing: _Writing,
+    skipped: list[dict],
+    boxes: _BoxAttacher,
+    left_out: dict | None,
+    seconds: float,
+) -> Manifest:
+    written = [s for s in spec.SPLITS if s in writing.writers]
+    return Manifest(
+        data_dir=str(Path(opts.data_dir).resolve()),
+        input_fingerprint=fingerprint,
+        arguments=opts.arguments(),
+        classes=list(spec.CLASS_NAMES),
+        counts={s: {c: writing.counts[s][c] for c in spec.CLASS_NAMES} for s in written},
+        total_written=sum(sum(c.values()) for c in writing.counts.values()),
+        reencoded_to_png=writing.reencoded,
+        shards={s: [p.name for p in w.paths] for s, w in writing.writers.items()},
+        skipped=sorted(skipped, key=lambda s: s["source"]),
+        dropped_cross_split_duplicates=writing.dropped,
+        duplicates=writing.dups.report(),
+        lesion_boxes=boxes.report(),
+        split_unit=opts.split_unit,
+        units=unit_counts({sp: u for sp, u in writing.units.items() if sp in written}),
+        held_out_collection=left_out,
+        seconds=round(seconds, 2),
+    )
+
+
 def prepare(opts: PrepareOptions) -> Manifest:
     """Runs the whole preparation; returns the manifest (also written to disk)."""
     started = time.time()
@@ -421,28 +451,7 @@ def prepare(opts: PrepareOptions) -> Manifest:
     _write_extra_slices(writing, boxes, opts, skipped)
     writing.close()
 
-    manifest = Manifest(
-        data_dir=str(Path(opts.data_dir).resolve()),
-        input_fingerprint=fingerprint,
-        arguments=opts.arguments(),
-        classes=list(spec.CLASS_NAMES),
-        counts={
-            s: {c: writing.counts[s][c] for c in spec.CLASS_NAMES}
-            for s in spec.SPLITS
-            if s in writing.writers
-        },
-        total_written=sum(sum(c.values()) for c in writing.counts.values()),
-        reencoded_to_png=writing.reencoded,
-        shards={s: [p.name for p in w.paths] for s, w in writing.writers.items()},
-        skipped=sorted(skipped, key=lambda s: s["source"]),
-        dropped_cross_split_duplicates=writing.dropped,
-        duplicates=writing.dups.report(),
-        lesion_boxes=boxes.report(),
-        split_unit=opts.split_unit,
-        units=unit_counts({sp: u for sp, u in writing.units.items() if sp in writing.writers}),
-        held_out_collection=left_out,
-        seconds=round(time.time() - started, 2),
-    )
+    manifest = _manifest(opts, fingerprint, writing, skipped, boxes, left_out, time.time() - started)
     manifest.write(out)
     _check_usable(manifest, opts)
     return manifest
