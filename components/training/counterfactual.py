@@ -307,6 +307,68 @@ def _grow(boxes: tf.Tensor, margin: float) -> tf.Tensor:
     return tf.clip_by_value(boxes + tf.constant([-margin, -margin, margin, margin]), 0.0, 1.0)
 
 
+def _removals(labels, boxes, pasted, cfg: CounterfactualConfig, seeded):
+    """(remove_lesion [B] bool, the box each image has cut out [B, 4]: its lesion, a
+    decoy, or NO_BOX)."""
+    batch = tf.shape(labels)[0]
+    boxed = has_box(boxes)
+    is_notumor = tf.equal(labels, spec.NOTUMOR_ID)
+    draw = tf.random.uniform([batch], seed=seeded(10))
+    remove_lesion = boxed & ~pasted & (draw < cfg.lesion_rate)
+    remove_decoy = (
+        (boxed | is_notumor) & ~remove_lesion & (tf.random.uniform([batch], seed=seeded(11)) < cfg.decoy_rate)
+    )
+    decoys = _decoy_boxes(boxes, seeded(12))
+    fill_boxes = tf.where(
+        remove_lesion[:, None],
+        boxes,
+        tf.where(remove_decoy[:, None], decoys, tf.constant(spec.NO_BOX, tf.float32)[None]),
+    )
+    return remove_lesion, fill_boxes
+
+
+def _filled(originals, masks, holes, lesion_boxes, cfg: CounterfactualConfig, seeded, height, width):
+    """The edited images: each hole filled smooth, by its rim, or by a transplant from
+    elsewhere in the same head (where a source region was found; else smooth)."""
+    changed = tf.shape(holes)[0]
+    # 0 smooth, 1 rim, 2 transplant. Each fill is computed only for its own images.
+    choice = tf.random.uniform([changed], seed=seeded(16))
+    kind = tf.zeros([changed], tf.int32)
+    if cfg.rim_share > 0:
+        kind = tf.where(choice >= 1.0 - cfg.rim_share, 1, kind)
+    if cfg.transplant_share > 0:
+        transforms, found = transplant_sources(
+            _grow(holes, cfg.margin), _grow(lesion_boxes, cfg.margin), width, height, seed=seeded(15)
+        )
+        kind = tf.where(found & (choice < cfg.transplant_share), 2, kind)
+
+    def transplanted(picked, picked_masks, idx):
+        source = warp(picked, tf.gather(transforms, idx))
+        # Brought to the intensity of the tissue around the hole.
+        ring = _ring_masks(tf.gather(holes, idx), picked_masks, cfg.margin)
+        offset = _masked_mean(picked, ring) - _masked_mean(source, picked_masks)
+        return source + offset[:, None, None, None]
+
+    def noisy(make):
+        def fill_of(picked, picked_masks, idx):
+            noise = fill_noise(tf.shape(picked), cfg.max_noise, seed=seeded(13))
+            return make(picked, picked_masks) + noise
+
+        return fill_of
+
+    fills = [(0, noisy(smooth_fill))]
+    if cfg.rim_share > 0:
+        fills.append((1, noisy(rim_fill)))
+    if cfg.transplant_share > 0:
+        fills.append((2, transplanted))
+    fill = originals
+    for k, make in fills:
+        idx = tf.where(tf.equal(kind, k))[:, 0]
+        made = make(tf.gather(originals, idx), tf.gather(masks, idx), idx)
+        fill = tf.tensor_scatter_nd_update(fill, idx[:, None], made)
+    return _blend(originals, fill, masks)
+
+
 def counterfactual_batch(
     images: tf.Tensor,
     labels: tf.Tensor,
@@ -337,66 +399,13 @@ def counterfactual_batch(
             seed=seeded(20),
             invert_share=cfg.paste_invert_share,
         )
-    boxed = has_box(boxes)
-    is_notumor = tf.equal(labels, spec.NOTUMOR_ID)
-    draw = tf.random.uniform([batch], seed=seeded(10))
-    remove_lesion = boxed & ~pasted & (draw < cfg.lesion_rate)
-    remove_decoy = (
-        (boxed | is_notumor) & ~remove_lesion & (tf.random.uniform([batch], seed=seeded(11)) < cfg.decoy_rate)
-    )
-
-    decoys = _decoy_boxes(boxes, seeded(12))
-    fill_boxes = tf.where(
-        remove_lesion[:, None],
-        boxes,
-        tf.where(remove_decoy[:, None], decoys, tf.constant(spec.NO_BOX, tf.float32)[None]),
-    )
+    remove_lesion, fill_boxes = _removals(labels, boxes, pasted, cfg, seeded)
     # Only the images that change are edited (a third of a batch at the defaults).
     changed = tf.where(has_box(fill_boxes))[:, 0]
     holes = tf.gather(fill_boxes, changed)
     originals = tf.gather(images, changed)
     masks = box_masks(holes, height, width, margin=cfg.margin)
-    # Which fill each edited image gets: 0 smooth, 1 rim, 2 transplant (where a source
-    # region was found; else smooth). Each fill is computed only for its own images.
-    choice = tf.random.uniform(tf.shape(changed), seed=seeded(16))
-    kind = tf.zeros(tf.shape(changed), tf.int32)
-    if cfg.rim_share > 0:
-        kind = tf.where(choice >= 1.0 - cfg.rim_share, 1, kind)
-    if cfg.transplant_share > 0:
-        transforms, found = transplant_sources(
-            _grow(holes, cfg.margin),
-            _grow(tf.gather(boxes, changed), cfg.margin),
-            width,
-            height,
-            seed=seeded(15),
-        )
-        kind = tf.where(found & (choice < cfg.transplant_share), 2, kind)
-
-    def transplanted(picked, picked_masks, idx):
-        source = warp(picked, tf.gather(transforms, idx))
-        # Brought to the intensity of the tissue around the hole.
-        ring = _ring_masks(tf.gather(holes, idx), picked_masks, cfg.margin)
-        offset = _masked_mean(picked, ring) - _masked_mean(source, picked_masks)
-        return source + offset[:, None, None, None]
-
-    def noisy(make):
-        def fill_of(picked, picked_masks, idx):
-            noise = fill_noise(tf.shape(picked), cfg.max_noise, seed=seeded(13))
-            return make(picked, picked_masks) + noise
-
-        return fill_of
-
-    fills = [(0, noisy(smooth_fill))]
-    if cfg.rim_share > 0:
-        fills.append((1, noisy(rim_fill)))
-    if cfg.transplant_share > 0:
-        fills.append((2, transplanted))
-    fill = originals
-    for k, make in fills:
-        idx = tf.where(tf.equal(kind, k))[:, 0]
-        made = make(tf.gather(originals, idx), tf.gather(masks, idx), idx)
-        fill = tf.tensor_scatter_nd_update(fill, idx[:, None], made)
-    edited = _blend(originals, fill, masks)
+    edited = _filled(originals, masks, holes, tf.gather(boxes, changed), cfg, seeded, height, width)
     images = tf.tensor_scatter_nd_update(images, changed[:, None], edited)
     labels = tf.where(remove_lesion, tf.constant(spec.NOTUMOR_ID, tf.int64), labels)
     boxes = tf.where(remove_lesion[:, None], tf.constant(spec.NO_BOX, tf.float32)[None], boxes)
