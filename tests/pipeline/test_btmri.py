@@ -81,7 +81,11 @@ def test_cli_defaults_come_from_the_documents():
         SERVER_DEFAULTS.max_message_mb,
         SERVER_DEFAULTS.grpc_workers,
     )
-    assert serve.request_log_dir is None and (serve.log_payload, serve.log_sampling_rate, serve.log_max_mb) == (
+    assert serve.request_log_dir is None and (
+        serve.log_payload,
+        serve.log_sampling_rate,
+        serve.log_max_mb,
+    ) == (
         SERVER_DEFAULTS.log_payload,
         SERVER_DEFAULTS.log_sampling_rate,
         SERVER_DEFAULTS.log_max_mb,
