@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,6 +119,16 @@ class PrepareOptions:
         "write the data even when no image falls in the eval split (refused by default: "
         "`btmri run` needs eval images)",
     )
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1024 * 1024)
+
+    def file_tasks(self, candidates: list) -> Iterator[tuple]:
+        """The (path, suffix, pixel cap, byte cap) each worker reads a candidate with."""
+        return (
+            (c.path, os.path.splitext(c.path)[1], self.max_pixels, self.max_file_bytes) for c in candidates
+        )
 
     def arguments(self) -> dict:
         """The options that decide the output (all but `progress` and `allow_empty_eval`,
@@ -223,11 +234,9 @@ def _log(msg: str) -> None:
 def _survey(candidates: list, opts: PrepareOptions, workers: int, skipped: list[dict]) -> dict[str, dict]:
     """Pass 1: every file decoded once for its hashes and a thumbnail; unreadable ones
     go to `skipped` with their reason."""
-    max_bytes = int(opts.max_file_mb * 1024 * 1024)
     surveyed: dict[str, dict] = {}
-    tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels, max_bytes) for c in candidates)
     for cand, res in tqdm(
-        zip(candidates, _ordered_map(_survey_file, tasks, workers)),
+        zip(candidates, _ordered_map(_survey_file, opts.file_tasks(candidates), workers)),
         total=len(candidates),
         desc="surveying",
         unit="img",
@@ -332,8 +341,7 @@ def _write_extra_slices(
     eval/test images (correlation), but may still be near duplicates by perceptual hash
     (re-windowed neighbours): those are not added."""
     held_out = writing.held_out_hashes()
-    max_bytes = int(opts.max_file_mb * 1024 * 1024)
-    for slice_, res in boxes.extra_training_slices(opts.max_pixels, max_bytes):
+    for slice_, res in boxes.extra_training_slices(opts.max_pixels, opts.max_file_bytes):
         source = boxes.source_of(slice_)
         if not res["ok"]:
             skipped.append({"source": source, "reason": res["reason"]})
@@ -426,9 +434,7 @@ def prepare(opts: PrepareOptions) -> Manifest:
 
     # Pass 2: convert and write.
     writing = _Writing(out, Counter(split_of.values()), opts)
-    max_bytes = int(opts.max_file_mb * 1024 * 1024)
-    tasks = ((c.path, os.path.splitext(c.path)[1], opts.max_pixels, max_bytes) for c in readable)
-    results = _ordered_map(_convert_file, tasks, workers)
+    results = _ordered_map(_convert_file, opts.file_tasks(readable), workers)
     for cand, res in tqdm(
         zip(readable, results), total=len(readable), desc="converting", unit="img", disable=not opts.progress
     ):

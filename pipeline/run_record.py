@@ -82,9 +82,6 @@ def _schedule(config) -> dict | None:
 
 def build(summary, config, argv: list[str], manifest: Manifest | None) -> dict:
     """The record of one run: a pipeline.local_runner.RunSummary and its configuration."""
-    audit = summary.lesion_audit or None
-    if audit is not None:
-        audit = {k: v for k, v in audit.items() if k not in ("results", "rows")}
     return {
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "btmri " + " ".join(argv),
@@ -100,7 +97,7 @@ def build(summary, config, argv: list[str], manifest: Manifest | None) -> dict:
         "blessed": summary.blessed,
         "pushed_to": summary.pushed_to if summary.pushed else None,
         "report": read_summary(summary.report_dir) if summary.report_dir else None,
-        "lesion_audit": audit,
+        "lesion_audit": summary.lesion_audit or None,  # read without its per-slice rows
     }
 
 

@@ -285,27 +285,25 @@ class PredictionClient:
         except grpc.FutureTimeoutError:
             return False
 
-    def classify_image(self, image: bytes) -> ImagePrediction:
+    def _one_image(self, signature_name: str, image: bytes):
+        """(the prediction of one image, the response's outputs)."""
         # No output filter: a model exported before abstention has no such outputs, and
         # naming one it lacks is an error.
-        response = self.predict(spec.PREDICT_IMAGES, {spec.IMAGE_BYTES_INPUT: [image]})
+        response = self.predict(signature_name, {spec.IMAGE_BYTES_INPUT: [image]})
         outputs = response.outputs
-        return _prediction(
+        prediction = _prediction(
             int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
             tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
             response.model_spec.version.value,
             _grpc_abstention(outputs),
         )
+        return prediction, outputs
+
+    def classify_image(self, image: bytes) -> ImagePrediction:
+        return self._one_image(spec.PREDICT_IMAGES, image)[0]
 
     def gradcam(self, image: bytes) -> GradcamResult:
-        response = self.predict(spec.GRADCAM, {spec.IMAGE_BYTES_INPUT: [image]})
-        outputs = response.outputs
-        base = _prediction(
-            int(tf.make_ndarray(outputs[spec.CLASS_ID])[0]),
-            tf.make_ndarray(outputs[spec.PROBABILITIES])[0],
-            response.model_spec.version.value,
-            _grpc_abstention(outputs),
-        )
+        base, outputs = self._one_image(spec.GRADCAM, image)
         return GradcamResult(**vars(base), heatmap=tf.make_ndarray(outputs[spec.HEATMAP])[0])
 
 
@@ -393,11 +391,14 @@ class RestClient:
         ]
         return max(versions) if versions else None
 
+    def _one_image(self, signature_name: str, image: bytes):
+        """(the prediction of one image, its answer row)."""
+        row = self.predict(signature_name, [image])[0]
+        return _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row), row
+
     def classify_image(self, image: bytes) -> ImagePrediction:
-        row = self.predict(spec.PREDICT_IMAGES, [image])[0]
-        return _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row)
+        return self._one_image(spec.PREDICT_IMAGES, image)[0]
 
     def gradcam(self, image: bytes) -> GradcamResult:
-        row = self.predict(spec.GRADCAM, [image])[0]
-        base = _prediction(int(row[spec.CLASS_ID]), row[spec.PROBABILITIES], self.model_version(), row)
+        base, row = self._one_image(spec.GRADCAM, image)
         return GradcamResult(**vars(base), heatmap=np.asarray(row[spec.HEATMAP], np.float32))
