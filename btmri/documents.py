@@ -215,6 +215,12 @@ class TrainingSettings:
     acquisition_strength: float = option(
         0.5, "with --acquisition-augment: every magnitude scaled by S in [0, 1] (0: off)", metavar="S"
     )
+    sequence_remap: float = option(
+        0.5,
+        "share of training images shown with a random, possibly inverted tissue-contrast curve "
+        "(another sequence's look; docs/augmentation.md); 0: off",
+        metavar="SHARE",
+    )
     seed: int = option(0, "the training seed", cli=False)
     compute_dtype: str = option(
         "auto",

@@ -173,6 +173,11 @@ class PipelineConfig(TrainingSettings):
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.epochs < 1 or self.patience < 1:
             raise ValueError(f"epochs and patience must be >= 1, got {self.epochs} and {self.patience}")
+        for name in ("lesion_removal_rate", "decoy_removal_rate", "lesion_paste_rate", "sequence_remap"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"{name.replace('_', ' ')} must be a share in [0, 1], got {getattr(self, name)}"
+                )
         if self.input_sharding not in INPUT_SHARDING:
             raise ValueError(f"input sharding must be one of {', '.join(INPUT_SHARDING)}")
         if self.vertex is not None:

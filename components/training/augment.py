@@ -418,3 +418,101 @@ def acquisition_batch(
         gain = tf.minimum(BRIGHT_LEVEL / tf.maximum(bright, 1e-6), MAX_GAIN)
         x = x * gain[:, None, None, None]
     return tf.ensure_shape(tf.clip_by_value(x, 0.0, 1.0), images.shape)
+
+
+# ── Sequence look: tissue contrast re-ordered ───────────────────────────────────────
+# The acquisition transforms keep the order of intensities, so T1 post-contrast stays
+# T1 post-contrast. Other sequences re-order the tissues: on T2 and FLAIR fluid and
+# oedema are bright and fat darker, on T1 without contrast enhancement is gone. In the
+# Kaggle merge that order predicts the class (tumours: T1 post-contrast only), and on
+# T1 and T2 slices from other sites tumours were called `notumor`. A random,
+# non-monotone tissue curve shown to every class alike takes that cue away; the curve
+# starts at 0, so the background stays dark as on every MRI sequence.
+
+
+@dataclass(frozen=True)
+class SequenceRemapConfig:
+    """`rate`: share of training images given a random tissue curve. The curve is a
+    Bernstein polynomial of degree `degree` with control points drawn in [floor, 1], so
+    it may fall as well as rise (squared uniform draws: mostly mid-grey); `inverted`: the share of those drawn falling (dark
+    tissue bright, bright tissue dark: T1's contrast turned towards T2's). It is
+    multiplied by a ramp from 0 at `background` to 1 at `tissue` (intensities after
+    serving's standardisation), so air and bone stay dark as on every sequence."""
+
+    rate: float = 0.5
+    degree: int = 4
+    inverted: float = 0.5
+    floor: float = 0.1
+    background: float = 0.04
+    tissue: float = 0.15
+
+    def __post_init__(self):
+        if not (0.0 <= self.rate <= 1.0 and 0.0 <= self.inverted <= 1.0 and 0.0 <= self.floor < 1.0):
+            raise ValueError(f"sequence remap rate, inverted share and floor must be in [0, 1], got {self}")
+        if self.degree < 2 or not 0.0 <= self.background < self.tissue < 1.0:
+            raise ValueError(f"sequence remap needs degree >= 2 and 0 <= background < tissue < 1, got {self}")
+
+
+def sequence_controls(batch, cfg: SequenceRemapConfig, seed: int | None = None) -> tf.Tensor:
+    """[B, degree + 1] control points of each image's tissue curve: identity points for
+    the images not chosen; for chosen ones random points in [floor, 1], sorted falling
+    for the `inverted` share."""
+    draw = _Draws(batch, None if seed is None else seed + 50)
+    n = cfg.degree + 1
+    identity = tf.broadcast_to(tf.linspace(0.0, 1.0, n)[None, :], [batch, n])
+    # Squared draws: most tissue mid-grey, a little of it bright, as on real slices.
+    points = cfg.floor + (1.0 - cfg.floor) * tf.square(draw.uniform([batch, n]))
+    falling = -tf.sort(-points, axis=1)
+    points = tf.where(draw.chosen(cfg.inverted)[:, None], falling, points)
+    return tf.where(draw.chosen(cfg.rate)[:, None], points, identity)
+
+
+QUANTILES = 16  # tissue intensity quantiles per image for the equalisation
+
+
+def equalise_tissue(x: tf.Tensor, background: float) -> tf.Tensor:
+    """[B, H, W, 1] → each pixel's rank among its image's tissue pixels (above
+    `background`), in [0, 1], piecewise linear between QUANTILES quantiles read on a
+    1-in-16 subsample. The tissue curve then acts on ranks: its shape, not the
+    collection's grey levels, sets the new contrast."""
+    batch = tf.shape(x)[0]
+    sample = tf.reshape(x[:, 2::4, 2::4], [batch, -1])
+    tissue = tf.sort(tf.where(sample > background, sample, 2.0), axis=1)  # background last
+    count = tf.reduce_sum(tf.cast(sample > background, tf.int32), axis=1)
+    at = tf.cast(
+        tf.linspace(0.0, 1.0, QUANTILES + 1)[None, :]
+        * tf.cast(tf.maximum(count - 1, 0)[:, None], tf.float32),
+        tf.int32,
+    )
+    knots = tf.gather(tissue, at, batch_dims=1)  # [B, Q + 1], rising
+    knots = knots + tf.range(QUANTILES + 1, dtype=tf.float32)[None, :] * 1e-6  # strictly rising
+    flat = tf.reshape(x, [batch, -1])
+    upper = tf.clip_by_value(tf.searchsorted(knots, flat, side="right"), 1, QUANTILES)
+    lo, hi = tf.gather(knots, upper - 1, batch_dims=1), tf.gather(knots, upper, batch_dims=1)
+    frac = tf.clip_by_value((flat - lo) / (hi - lo), 0.0, 1.0)
+    rank = (tf.cast(upper - 1, tf.float32) + frac) / QUANTILES
+    return tf.reshape(rank, tf.shape(x))
+
+
+def sequence_remap_batch(
+    images: tf.Tensor, cfg: SequenceRemapConfig = SequenceRemapConfig(), seed: int | None = None
+) -> tf.Tensor:
+    """images float32 [B, H, W, 1] in [0, 1] → the chosen ones with their tissue ranks
+    (equalise_tissue) through a random tissue curve (sequence_controls), times the
+    background ramp, then the bright level back to serving's
+    (head_framing.standardise), so only the order and spacing of tissue intensities
+    change. Nothing moves: boxes and lesion masks stay valid. Images not chosen come
+    back as they were."""
+    if cfg.rate <= 0.0:
+        return images
+    batch = tf.shape(images)[0]
+    control = sequence_controls(batch, cfg, seed)
+    x = tf.clip_by_value(images, 0.0, 1.0)
+    ramp = tf.clip_by_value((x - cfg.background) / (cfg.tissue - cfg.background), 0.0, 1.0)
+    y = monotone_curve(equalise_tissue(x, cfg.background), control) * ramp  # any points: any curve
+    sample = tf.reshape(y[:, 2::4, 2::4], [batch, -1])  # bright level on a 1-in-16 subsample
+    bright = _percentile(sample, BRIGHT_PERCENTILE)
+    gain = tf.minimum(BRIGHT_LEVEL / tf.maximum(bright, 1e-6), MAX_GAIN)
+    remapped = tf.clip_by_value(y * gain[:, None, None, None], 0.0, 1.0)
+    chosen = tf.reduce_any(tf.abs(control - tf.linspace(0.0, 1.0, cfg.degree + 1)[None, :]) > 0, axis=1)
+    return tf.ensure_shape(tf.where(chosen[:, None, None, None], remapped, images), images.shape)

@@ -44,7 +44,13 @@ from btmri.spec import (
     SERVING_DEFAULT,
 )
 from components.training import abstention, calibration, distribution, gradcam as cam, outliers, compute_dtype
-from components.training.augment import AcquisitionConfig, acquisition_batch, augment_batch
+from components.training.augment import (
+    AcquisitionConfig,
+    SequenceRemapConfig,
+    acquisition_batch,
+    augment_batch,
+    sequence_remap_batch,
+)
 from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
 from components.training.schedule import ScheduleCallback
@@ -87,6 +93,7 @@ def input_fn(
     counterfactuals: CounterfactualConfig | None = None,
     shard_policy: str | None = None,
     acquisition: AcquisitionConfig | None = None,
+    sequence_remap: SequenceRemapConfig | None = None,
 ) -> tf.data.Dataset:
     """Examples → (image [B,224,224,1], (label [B], lesion cells [B,14,14,1])).
 
@@ -94,7 +101,9 @@ def input_fn(
     lesion_guidance.py). `counterfactuals` (training only) removes lesions and decoys
     before the geometric augmentation, which then moves the box with the image.
     `acquisition` (training only) changes every image's look after both (filled holes
-    get the same look as the rest) and moves nothing (augment.AcquisitionConfig).
+    get the same look as the rest) and moves nothing (augment.AcquisitionConfig);
+    `sequence_remap` (training only) then gives a share of them another sequence's
+    tissue contrast (augment.SequenceRemapConfig).
 
     Raw Examples go through the Transform graph here; `materialized` examples
     were transformed by the Transform component already. `cache` keeps the
@@ -149,6 +158,8 @@ def input_fn(
             images, boxes = augment_batch(images, seed=seed, boxes=boxes, acquisition=acquisition)
         elif training and acquisition is not None:
             images = acquisition_batch(images, acquisition, seed=seed)
+        if training and sequence_remap is not None:
+            images = sequence_remap_batch(images, sequence_remap, seed=seed)
         return images, (labels, lesion_cells(box_masks(boxes, CAM_SIZE * 8, CAM_SIZE * 8), CAM_SIZE))
 
     dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
@@ -289,6 +300,13 @@ def acquisition_config(config: TrainerConfig) -> AcquisitionConfig | None:
     return AcquisitionConfig(strength=strength)
 
 
+def sequence_remap_config(config: TrainerConfig) -> SequenceRemapConfig | None:
+    """The sequence-look augmentation a Trainer config asks for; None when off."""
+    if config.sequence_remap <= 0:
+        return None
+    return SequenceRemapConfig(rate=config.sequence_remap)
+
+
 def _datasets(fn_args, config: TrainerConfig, tf_transform_output, multi_worker: bool):
     """(train, eval) datasets; multi-worker: training files split by file (input_sharding),
     eval (few files: prepare writes proportionally fewer) by example."""
@@ -310,6 +328,7 @@ def _datasets(fn_args, config: TrainerConfig, tf_transform_output, multi_worker:
         counterfactuals=counterfactuals,
         shard_policy=config.input_sharding if multi_worker else None,
         acquisition=acquisition_config(config),
+        sequence_remap=sequence_remap_config(config),
     )
     eval_ds = input_fn(
         fn_args.eval_files,
