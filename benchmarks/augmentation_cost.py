@@ -1,4 +1,4 @@
-"""Benchmark: milliseconds per training batch of the augmentation, old vs old + acquisition.
+"""Benchmark: milliseconds per training batch of the augmentation: geometry, acquisition, sequence look.
 
     python benchmarks/augmentation_cost.py [--batch-size 32] [--repeats 40] [--threads 1 2]
 
@@ -6,7 +6,7 @@ Times components/training/augment.py as the training input pipeline runs it (a t
 graph, float32 [32, 224, 224, 1] in [0, 1]) on this machine: the geometric augmentation
 alone (the old one), then with the acquisition-style transforms at the default strength,
 then each acquisition transform alone with probability 1 (the rest off) to show where
-the time goes. Each figure is the median and the fastest of --repeats calls, for each
+the time goes, then the sequence look (SequenceRemapConfig) at its default share and at 1. Each figure is the median and the fastest of --repeats calls, for each
 --threads count (TensorFlow intra- and inter-op threads; one process per count, since
 TensorFlow fixes them at start-up). On a shared machine the fastest is the better guide.
 """
@@ -88,6 +88,12 @@ def _measure(threads: int, batch_size: int, repeats: int) -> None:
             x, dataclasses.replace(acquisition, **{**OFF, "restandardise": True}), seed=1
         ),
     )
+    remap = augment.SequenceRemapConfig()
+    for rate in (remap.rate, 1.0):
+        cfg = dataclasses.replace(remap, rate=rate)
+        timed(
+            f"sequence look, share {rate:g}", lambda x, b, c=cfg: augment.sequence_remap_batch(x, c, seed=1)
+        )
 
 
 def main() -> None:
