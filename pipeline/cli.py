@@ -444,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline.monitor_cli import register as register_monitor
     from pipeline.report.cli import register as register_report
     from pipeline.results_cli import register as register_results
+    from pipeline.review.cli import register as register_review
     from serving.cli import register as register_serving
 
     parser = argparse.ArgumentParser(
@@ -466,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_monitor,
         register_evaluate,
         register_results,
+        register_review,
     ):
         register(sub)
     return parser

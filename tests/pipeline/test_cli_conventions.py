@@ -25,9 +25,10 @@ SUBCOMMANDS = (
     "monitor",
     "evaluate",
     "results",
+    "review",
 )
 # Commands that read what `btmri run` wrote: they find it through --work-dir.
-READS_A_RUN = ("run", "serve", "report", "audit", "monitor", "evaluate", "results")
+READS_A_RUN = ("run", "serve", "report", "audit", "monitor", "evaluate", "results", "review")
 
 
 def _subparsers():
@@ -114,6 +115,8 @@ MISTAKES = [
     (["audit", "{tmp}/no_boxes", "--server", "127.0.0.1:{port}"], EXIT_USAGE, "no box folder"),
     (["monitor", "--request-log", "{tmp}", "--work-dir", "{tmp}"], EXIT_USAGE, "no request logs"),
     (["evaluate", "{tmp}", "--work-dir", "{tmp}"], EXIT_USAGE, "no class folders"),
+    (["review", "--request-log", "{tmp}", "--work-dir", "{tmp}"], EXIT_USAGE, "no request logs"),
+    (["review", "--export", "{tmp}/out", "--work-dir", "{tmp}"], EXIT_USAGE, "no reviews in"),
 ]
 
 
