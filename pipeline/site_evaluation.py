@@ -102,6 +102,11 @@ def figures(rows: Sequence[Row]) -> dict:
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES + 1), np.int64)
     for label, column in zip(labels, np.where(abstained, NUM_CLASSES, top)):
         confusion[label, column] += 1
+    # What the classifier itself says, abstention aside: whether it knows these images'
+    # tumours, or only the abstention keeps its mistakes from the user.
+    top_confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for label, column in zip(labels, top):
+        top_confusion[label, column] += 1
     reasons = Counter((r.reason or NO_REASON) for r in rows if r.abstained)
     per_class = {}
     for c, name in enumerate(CLASS_NAMES):
@@ -122,11 +127,18 @@ def figures(rows: Sequence[Row]) -> dict:
             int((tumour & answered & (top == NOTUMOR_ID)).sum()), int(tumour.sum())
         ),
         "accuracy_answered": proportion(int(correct.sum()), int(answered.sum())),
+        "top_class_accuracy": proportion(int((top == labels).sum()), n),
+        "tumour_top_class_notumor": proportion(int((tumour & (top == NOTUMOR_ID)).sum()), int(tumour.sum())),
         "per_class": per_class,
         "confusion": {
             "rows": list(CLASS_NAMES),
             "columns": [*CLASS_NAMES, ABSTAIN_COLUMN],
             "counts": confusion.tolist(),
+        },
+        "top_class_confusion": {
+            "rows": list(CLASS_NAMES),
+            "columns": list(CLASS_NAMES),
+            "counts": top_confusion.tolist(),
         },
     }
 
@@ -309,6 +321,8 @@ HEADLINE = (
     ("wrong_confident", "wrong and confident (answered, wrong)"),
     ("tumour_called_notumor", "tumour called notumor (of tumour images)"),
     ("accuracy_answered", "accuracy of the answered"),
+    ("top_class_accuracy", "top class right (abstention aside)"),
+    ("tumour_top_class_notumor", "top class notumor (of tumour images)"),
 )
 SLICE_COLUMNS = (
     ("accuracy", "accuracy"),
@@ -337,12 +351,16 @@ def text_lines(document: dict) -> list[str]:
     for name, per in fig["per_class"].items():
         lines.append(f"  {name:<12}{per['n']:>6}  {_share(per['recall']):<34}{_share(per['abstained'])}")
 
-    confusion = fig["confusion"]
-    cell = max(len(c) for c in confusion["columns"]) + 2
-    lines += ["", "  confusion (rows: true class; columns: the model's answer)"]
-    lines.append("  " + " " * 12 + "".join(f"{c:>{cell}}" for c in confusion["columns"]))
-    for name, counts in zip(confusion["rows"], confusion["counts"]):
-        lines.append(f"  {name:<12}" + "".join(f"{k:>{cell}}" for k in counts))
+    for key, title in (
+        ("confusion", "confusion (rows: true class; columns: the model's answer)"),
+        ("top_class_confusion", "top class, abstention aside (rows: true class; columns: top class)"),
+    ):
+        confusion = fig[key]
+        cell = max(len(c) for c in confusion["columns"]) + 2
+        lines += ["", f"  {title}"]
+        lines.append("  " + " " * 12 + "".join(f"{c:>{cell}}" for c in confusion["columns"]))
+        for name, counts in zip(confusion["rows"], confusion["counts"]):
+            lines.append(f"  {name:<12}" + "".join(f"{k:>{cell}}" for k in counts))
 
     for tag, values in document["slices"].items():
         column = max(12, *(len(v) + 2 for v in values))

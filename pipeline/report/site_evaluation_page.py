@@ -53,18 +53,25 @@ def per_class_table(fig: dict) -> Table:
     )
 
 
-def confusion_table(fig: dict) -> Table:
-    confusion = fig["confusion"]
+def confusion_table(fig: dict, key: str = "confusion") -> Table:
+    """The confusion of the answers (`confusion`, abstaining its last column) or of the
+    top class whatever the abstention (`top_class_confusion`)."""
+    confusion = fig[key]
     rows = []
     for name, counts in zip(confusion["rows"], confusion["counts"]):
         total = sum(counts)
         cells = [Cell(f"{k} ({k / total:.2f})" if total else str(k), "num") for k in counts]
         rows.append([Cell(name), *cells, Cell(count(total), "num")])
     return Table(
-        ["true \\ answer", *confusion["columns"], "total"],
+        ["true \\ answer" if key == "confusion" else "true \\ top class", *confusion["columns"], "total"],
         rows,
-        id="evaluation-confusion",
-        caption="Counts, each with its share of the row; the last answer column is the model abstaining.",
+        id="evaluation-confusion" if key == "confusion" else "evaluation-top-class",
+        caption=(
+            "Counts, each with its share of the row; the last answer column is the model abstaining."
+            if key == "confusion"
+            else "The classifier's top class for every image, abstained or not: what it would have "
+            "answered without the abstention."
+        ),
         css="figures confusion",
     )
 
@@ -120,7 +127,9 @@ def section(document: dict) -> str:
         body.append(f'<div class="notice">Gate missed: {_e("; ".join(failures))}.</div>')
     body.append(to_html([headline_table(fig)]))
     body.append("<h3>Per class</h3>")
-    body.append(to_html([per_class_table(fig), confusion_table(fig)]))
+    body.append(
+        to_html([per_class_table(fig), confusion_table(fig), confusion_table(fig, "top_class_confusion")])
+    )
     for tag, values in document["slices"].items():
         body.append(f"<h3>By {_e(tag)}</h3>")
         body.append(to_html([slice_table(tag, values)]))

@@ -87,6 +87,15 @@ def test_figures_count_abstentions_as_not_right():
         [0, 0, 1, 0, 1],
         [0, 0, 1, 1, 0],
     ]
+    # Abstention aside: the glioma abstained on is its top class, the notumor one too.
+    assert counts(fig["top_class_accuracy"]) == (7, 10)
+    assert counts(fig["tumour_top_class_notumor"]) == (2, 8)
+    assert fig["top_class_confusion"]["counts"] == [
+        [3, 0, 1, 0],
+        [1, 1, 0, 0],
+        [0, 0, 2, 0],
+        [0, 0, 1, 1],
+    ]
 
 
 def test_figures_of_no_tumour_images_and_no_images_are_undefined_not_zero():
@@ -141,7 +150,8 @@ def test_text_table_has_every_figure_and_slice():
     assert "accuracy (abstentions count as wrong)" in text and "0.500 [0.237, 0.763] (5/10)" in text
     assert "out_of_distribution" in text and "tumour called notumor (of tumour images)" in text
     assert "by sequence" in text and se.UNTAGGED in text
-    assert text.count("\n  glioma ") == 2  # per-class row and confusion row
+    assert text.count("\n  glioma ") == 3  # per-class row and the two confusions' rows
+    assert "top class notumor (of tumour images)" in text and "(2/8)" in text
 
 
 def test_figures_and_page_modules_import_no_tensorflow():
