@@ -139,7 +139,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         notes.append(f"the server answered with several model versions: {model['versions']}")
     gates = evaluation.Gates(args.min_accuracy, args.max_tumour_called_notumor)
     document = evaluation.build_document(
-        rows, skipped, data_dir=args.data_dir, model=model, gates=gates, notes=notes
+        rows,
+        skipped,
+        data_dir=args.data_dir,
+        model=model,
+        gates=gates,
+        notes=notes,
+        patient_tag=args.patient_tag,
     )
     print("\n".join(evaluation.text_lines(document)))
     if args.out:
@@ -223,6 +229,13 @@ def _add_slicing_gates_and_limits(p: argparse.ArgumentParser) -> None:
         default=None,
         help="tags from a CSV file: a header line, then the image path relative to DIR and one "
         "column per tag (its values win over --slice-by-filename's)",
+    )
+    p.add_argument(
+        "--patient-tag",
+        metavar="TAG",
+        default="patient",
+        help="the tag naming each image's patient: intervals then resample patients, not images, "
+        "where a patient has several images (default %(default)s; without that tag: Wilson over images)",
     )
     p.add_argument(
         "--out", metavar="DIR", default=None, help="write evaluation.json and evaluation.html here"

@@ -14,7 +14,10 @@ Every image counts. An abstention is not a right answer, so
   abstention rate);
 - per-class recall = that class's images answered with it / that class's images;
 
-each with its Wilson 95 % interval (btmri.intervals). The confusion matrix has one
+each with its 95 % interval (btmri.intervals): a bootstrap over patients when a tag
+names each image's patient (`--patient-tag`, default `patient`) and some patient has
+several images (slices of one patient are near copies, so Wilson over images would be
+too narrow), else Wilson over images. The confusion matrix has one
 row per true class and one column per answer, the last one `abstain`.
 
 Tags slice the same figures: `--slice-by-filename REGEX` (each named group that
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from btmri.intervals import format_proportion, proportion
+from btmri.intervals import PATIENT_BOOTSTRAP, format_proportion, interval_method, method_text, share
 from btmri.spec import CLASS_NAMES, NOTUMOR_ID, NUM_CLASSES
 
 EVALUATION_JSON = "evaluation.json"  # what --out DIR gets: the figures and one row per image
@@ -89,9 +92,27 @@ class Row:
 
 
 # ── Figures ────────────────────────────────────────────────────────────────────────
-def figures(rows: Sequence[Row]) -> dict:
+def patients(rows: Sequence[Row], patient_tag: str | None) -> np.ndarray | None:
+    """Each image's patient (its `patient_tag` value; an image without one is its own
+    unit), or None when no image has the tag."""
+    if not patient_tag or not any(patient_tag in r.tags for r in rows):
+        return None
+    return np.asarray([r.tags.get(patient_tag) or f"(image) {r.path}" for r in rows])
+
+
+def figures(rows: Sequence[Row], patient_tag: str | None = None) -> dict:
     """All figures of a set of images; proportions as btmri.intervals.proportion
-    ({"value", "successes", "n", "ci95"}; value NaN when n is 0)."""
+    ({"value", "successes", "n", "ci95", "method", "units"}; value NaN when n is 0),
+    their intervals a bootstrap over the `patient_tag`'s patients where it clusters
+    the images (btmri.intervals.share), else Wilson over images."""
+    groups = patients(rows, patient_tag)
+
+    def proportion_of(hits, among=None) -> dict:
+        hits = np.asarray(hits, bool)
+        if among is None:
+            return share(hits, groups)
+        return share(hits[among], None if groups is None else groups[among])
+
     n = len(rows)
     labels = np.asarray([r.label for r in rows], np.int64)
     top = np.asarray([r.top_class for r in rows], np.int64)
@@ -107,28 +128,28 @@ def figures(rows: Sequence[Row]) -> dict:
     top_confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     for label, column in zip(labels, top):
         top_confusion[label, column] += 1
-    reasons = Counter((r.reason or NO_REASON) for r in rows if r.abstained)
+    reason_of = np.asarray([(r.reason or NO_REASON) if r.abstained else "" for r in rows])
+    reasons = Counter(reason for reason in reason_of if reason)
     per_class = {}
     for c, name in enumerate(CLASS_NAMES):
         of_class = labels == c
         per_class[name] = {
             "n": int(of_class.sum()),
-            "recall": proportion(int((correct & of_class).sum()), int(of_class.sum())),
-            "abstained": proportion(int((abstained & of_class).sum()), int(of_class.sum())),
+            "recall": proportion_of(correct, of_class),
+            "abstained": proportion_of(abstained, of_class),
         }
     return {
         "n": n,
-        "accuracy": proportion(int(correct.sum()), n),
-        "answered": proportion(int(answered.sum()), n),
-        "abstained": proportion(int(abstained.sum()), n),
-        "abstention_reasons": {reason: proportion(k, n) for reason, k in sorted(reasons.items())},
-        "wrong_confident": proportion(int((answered & (top != labels)).sum()), n),
-        "tumour_called_notumor": proportion(
-            int((tumour & answered & (top == NOTUMOR_ID)).sum()), int(tumour.sum())
-        ),
-        "accuracy_answered": proportion(int(correct.sum()), int(answered.sum())),
-        "top_class_accuracy": proportion(int((top == labels).sum()), n),
-        "tumour_top_class_notumor": proportion(int((tumour & (top == NOTUMOR_ID)).sum()), int(tumour.sum())),
+        "interval_method": interval_method(groups),
+        "accuracy": proportion_of(correct),
+        "answered": proportion_of(answered),
+        "abstained": proportion_of(abstained),
+        "abstention_reasons": {reason: proportion_of(reason_of == reason) for reason in sorted(reasons)},
+        "wrong_confident": proportion_of(answered & (top != labels)),
+        "tumour_called_notumor": proportion_of(answered & (top == NOTUMOR_ID), tumour),
+        "accuracy_answered": proportion_of(correct, answered),
+        "top_class_accuracy": proportion_of(top == labels),
+        "tumour_top_class_notumor": proportion_of(top == NOTUMOR_ID, tumour),
         "per_class": per_class,
         "confusion": {
             "rows": list(CLASS_NAMES),
@@ -151,7 +172,7 @@ def tag_names(rows: Iterable[Row]) -> list[str]:
     return list(names)
 
 
-def slices(rows: Sequence[Row]) -> dict[str, dict[str, dict]]:
+def slices(rows: Sequence[Row], patient_tag: str | None = None) -> dict[str, dict[str, dict]]:
     """{tag: {value: figures}}, values sorted, `(untagged)` last."""
     out: dict[str, dict[str, dict]] = {}
     for tag in tag_names(rows):
@@ -159,7 +180,7 @@ def slices(rows: Sequence[Row]) -> dict[str, dict[str, dict]]:
         for row in rows:
             groups.setdefault(row.tags.get(tag, UNTAGGED), []).append(row)
         order = sorted(groups, key=lambda value: (value == UNTAGGED, value))
-        out[tag] = {value: figures(groups[value]) for value in order}
+        out[tag] = {value: figures(groups[value], patient_tag) for value in order}
     return out
 
 
@@ -272,17 +293,19 @@ def build_document(
     model: dict,
     gates: Gates = Gates(),
     notes: Sequence[str] = (),
+    patient_tag: str | None = None,
 ) -> dict:
     """Everything `btmri evaluate` found: figures, slices, gates, skipped files and
-    one row per image."""
-    overall = figures(rows)
+    one row per image. `patient_tag`: the tag naming each image's patient, for
+    intervals that resample patients."""
+    overall = figures(rows, patient_tag)
     failures = gates.failures(overall)
     return {
         "data_dir": data_dir,
         "model": model,
-        "intervals": "95 % Wilson score intervals (btmri.intervals)",
+        "intervals": intervals_text(overall, patient_tag),
         "figures": overall,
-        "slices": slices(rows),
+        "slices": slices(rows, patient_tag),
         "gates": {
             "min_accuracy": gates.min_accuracy,
             "max_tumour_called_notumor": gates.max_tumour_called_notumor,
@@ -293,6 +316,15 @@ def build_document(
         "skipped": list(skipped),
         "images": [row.to_dict() for row in rows],
     }
+
+
+def intervals_text(fig: dict, patient_tag: str | None) -> str:
+    """'95 % intervals (bootstrap over patients, tag patient: 958 images from 6)'."""
+    method = fig["interval_method"]
+    if method == PATIENT_BOOTSTRAP:
+        units = fig["accuracy"]["units"]
+        return f"95 % intervals ({method_text(method)}, tag {patient_tag}: {fig['n']} images from {units})"
+    return f"95 % intervals ({method_text(method)})"
 
 
 def json_ready(value):
@@ -338,7 +370,7 @@ def text_lines(document: dict) -> list[str]:
     model = document["model"]
     lines = [
         f"evaluated {fig['n']} images in {document['data_dir']} with {model['description']}; "
-        f"{_files(len(document['skipped']))} skipped; 95 % intervals (Wilson), counts in brackets"
+        f"{_files(len(document['skipped']))} skipped; {document['intervals']}, counts in brackets"
     ]
     width = 42
     for key, title in HEADLINE:

@@ -116,8 +116,8 @@ def section(document: dict) -> str:
                     f"{document['model']['description']}. Every image counts: an abstention is not a "
                     "right answer (accuracy and recall count it as missed), a wrong answer the model "
                     "gave is wrong and confident (its share of all images), and tumour called notumor "
-                    "is the share of tumour images the model answered `notumor`. Brackets: 95 % "
-                    "Wilson intervals; the counts are in the tooltips."
+                    "is the share of tumour images the model answered `notumor`. Brackets: "
+                    f"{document['intervals']}; the counts are in the tooltips."
                 )
             ]
         )

@@ -445,3 +445,20 @@ def test_evaluate_usage_errors_and_a_down_server(site, tmp_path):
     code, stdout, stderr = run_cli(str(root), "--server", f"127.0.0.1:{port}", "--quiet")
     assert code == 3 and f"the model server at 127.0.0.1:{port} is unavailable" in stderr
     assert stdout == ""
+
+
+def test_a_patient_tag_makes_intervals_resample_patients_and_widens_them():
+    # 40 images: 4 patients of 10 slices each; two patients' slices all right, two all wrong.
+    rows = [row(GLIOMA, GLIOMA if p < 2 else NOTUMOR, patient=f"p{p}") for p in range(4) for _ in range(10)]
+    per_image = se.figures(rows)
+    by_patient = se.figures(rows, patient_tag="patient")
+    assert per_image["interval_method"] == "wilson" and by_patient["interval_method"] == "patient bootstrap"
+    assert counts(by_patient["accuracy"]) == counts(per_image["accuracy"]) == (20, 40)
+    assert by_patient["accuracy"]["units"] == 4
+    lo_w, hi_w = per_image["accuracy"]["ci95"]
+    lo_p, hi_p = by_patient["accuracy"]["ci95"]
+    assert hi_p - lo_p > (hi_w - lo_w) + 0.2  # 4 patients know much less than 40 images
+    document = se.build_document(rows, [], data_dir="site", model={"description": "M"}, patient_tag="patient")
+    assert "bootstrap over patients, tag patient: 40 images from 4" in "\n".join(se.text_lines(document))
+    # A tag nobody has: Wilson over images, as without one.
+    assert se.figures(rows, patient_tag="scanner")["accuracy"]["ci95"] == per_image["accuracy"]["ci95"]
