@@ -63,8 +63,12 @@ MONITOR_STATISTICS_FILE = "statistics.pb"  # DatasetFeatureStatisticsList, binar
 MONITOR_ANOMALIES_FILE = "anomalies.pbtxt"  # tensorflow_metadata Anomalies, text format
 MONITOR_REPORT_FILE = "monitor.html"
 MONITOR_WINDOW_FILE = "window.json"  # the log files and record counts of the window
+MONITOR_CALIBRATION_DIR = ".calibration"  # calibrated thresholds, cached per baseline and window size
 # RequestBaseline artifacts: TFDV's names, as StatisticsGen and SchemaGen write them.
 STATISTICS_FILE = "FeatureStats.pb"  # in <ExampleStatistics uri>/Split-<split>/
+# Beside it in a RequestBaseline's statistics: a sample of the feature rows themselves
+# (JSON, one list per feature), what `btmri monitor` calibrates its thresholds on.
+BASELINE_ROWS_FILE = "request_rows.json"
 SCHEMA_FILE = "schema.pbtxt"  # in a Schema artifact
 
 # ── The work folder of local runs ─────────────────────────────────────────────────

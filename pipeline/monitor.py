@@ -1,20 +1,28 @@
 """`btmri monitor`: drift and skew of served traffic, with TFDV (docs/monitoring.md).
 
 1. The window: the closed request log files (serving/request_log.py) that no earlier
-   monitor report of the same output folder covered (`all_files`: every retained one).
-   Its baseline is that of the run that pushed the model version the window's
-   requests were answered by (so a newer run that was not blessed, or whose push is
-   not served yet, does not move it); the latest run's if no run here pushed it.
+   monitor report of the same output folder covered (`all_files`: every retained one);
+   with `include_open` also the files servers are still writing, read from a snapshot,
+   whose records the next report then skips. Its baseline is that of the run that
+   pushed the model version the window's requests were answered by (so a newer run that
+   was not blessed, or whose push is not served yet, does not move it); the latest
+   run's if no run here pushed it.
 2. A Beam pipeline reads them (a file cut short by a crash yields the records before
    the cut), turns every logged row into the derived request features (logged
    features as they are, logged images through data_prep/request_features.py) and
    computes TFDV statistics, as the pipeline's RequestBaseline did for its split.
-3. TFDV validates them against the run's request-feature schema: skew against the
-   baseline statistics (`serving_statistics`: both comparators are symmetric, so the
-   served statistics are the ones also checked against the schema), drift against
-   the previous report's window when there is one (`previous_statistics`).
-4. The report folder <out>/<UTC time>/ gets statistics.pb, anomalies.pbtxt, monitor.html
-   (histograms served vs baseline, the measurements, the anomalies) and window.json.
+3. The thresholds are calibrated for this window's size on the baseline's stored rows
+   (pipeline/drift_calibration.py), so that healthy traffic raises an alarm in at most
+   `false_alarm_rate` of windows; a baseline without stored rows (a run older than
+   calibration) keeps the schema's fixed thresholds, and the report says so.
+4. TFDV validates the statistics against the run's request-feature schema with those
+   thresholds: skew against the baseline statistics (`serving_statistics`: both
+   comparators are symmetric, so the served statistics are the ones also checked
+   against the schema), drift against the previous report's window when there is one
+   (`previous_statistics`).
+5. The report folder <out>/<UTC time>/ gets statistics.pb, anomalies.pbtxt, monitor.html
+   (histograms served vs baseline, the measurements against their thresholds, the
+   anomalies) and window.json.
 
 Exit codes (pipeline/monitor_cli.py): 0 nothing anomalous, 1 anomalies (drift, skew or
 schema), 2 nothing to monitor or no baseline.
@@ -22,10 +30,13 @@ schema), 2 nothing to monitor or no baseline.
 
 from __future__ import annotations
 
+import calendar
+import itertools
 import json
 import os
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import apache_beam as beam
@@ -33,7 +44,9 @@ import apache_beam as beam
 from btmri import spec
 from btmri.documents import write_atomic
 from btmri.layout import (
+    BASELINE_ROWS_FILE,
     MONITOR_ANOMALIES_FILE,
+    MONITOR_CALIBRATION_DIR,
     MONITOR_DIR,
     MONITOR_REPORT_FILE,
     MONITOR_STATISTICS_FILE,
@@ -41,9 +54,16 @@ from btmri.layout import (
     SCHEMA_FILE,
     STATISTICS_FILE,
 )
+from pipeline.drift_calibration import (
+    Calibration,
+    CalibrationOptions,
+    cached_calibration,
+    comparators,
+    with_thresholds,
+)
 
-# Below this many rows a window's histograms are noisy against the schema's thresholds
-# (chosen for windows of a few hundred requests): the report says so.
+# Below this many rows a window's histograms are noisy: calibrated thresholds are wide
+# there (only large shifts stand out), fixed ones raise false alarms. The report says so.
 SMALL_WINDOW_ROWS = 100
 
 
@@ -59,6 +79,24 @@ class Baseline:
     schema_uri: str
     version: int | None = None  # the served version whose pushing run made it; None: the latest run's
     note: str = ""  # why it is not the served version's own baseline
+    rows_uri: str | None = None  # its stored feature rows; None: a run older than calibration
+
+    @property
+    def rows(self) -> int:
+        """Rows the baseline statistics count."""
+        return int(self.statistics.datasets[0].num_examples) if self.statistics.datasets else 0
+
+
+@dataclass(frozen=True)
+class WindowFile:
+    """One log file of a window: `name` as closed, read from `path` (a snapshot while a
+    server still writes it), without its first `skip` records (earlier reports read them
+    while it was open)."""
+
+    name: str
+    path: Path
+    skip: int = 0
+    open: bool = False
 
 
 @dataclass
@@ -69,6 +107,11 @@ class MonitorResult:
     anomalies: object  # tensorflow_metadata Anomalies
     drift_against: str | None  # the previous report folder compared with
     notes: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None  # None: the schema's fixed thresholds
+
+    def measurements(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """feature → {"skew"/"drift": (TFDV's measurement, its threshold)}."""
+        return measurements(self.anomalies)
 
     @property
     def anomalous(self) -> bool:
@@ -122,6 +165,7 @@ def find_baseline(pipeline_root: str, version: int | None = None) -> Baseline:
     if not files:
         raise MonitorError(f"no statistics in {statistics.uri}")
     schema_path = os.path.join(schema.uri, SCHEMA_FILE)
+    rows = files[0].parent / BASELINE_ROWS_FILE
     return Baseline(
         tfdv.load_stats_binary(str(files[0])),
         tfdv.load_schema_text(schema_path),
@@ -129,10 +173,11 @@ def find_baseline(pipeline_root: str, version: int | None = None) -> Baseline:
         schema_path,
         version=matched,
         note=note,
+        rows_uri=str(rows) if rows.is_file() else None,
     )
 
 
-def served_version(files: list[Path]) -> int | None:
+def served_version(files: list[WindowFile]) -> int | None:
     """The model version that answered the window: the most common one among the
     first records of its files (a file is one server's few seconds or minutes; reading
     one record each keeps this cheap). None when no file holds a record."""
@@ -141,8 +186,8 @@ def served_version(files: list[Path]) -> int | None:
     from tensorflow_serving.apis import prediction_log_pb2
 
     versions = Counter()
-    for path in files:
-        first = next(iter(read_log_file(str(path))), None)
+    for file in files:
+        first = next(iter(read_log_file(str(file.path))), None)
         if first is not None:
             record = prediction_log_pb2.PredictionLog.FromString(first)
             versions[int(record.log_metadata.model_spec.version.value)] += 1
@@ -162,17 +207,22 @@ def _reports(out_root: Path) -> list[Path]:
     )
 
 
-def open_log_records(log_dir: str) -> tuple[int, int]:
-    """(files, whole records) the servers are still writing: the window cannot see them
-    until each is closed (its name loses the leading dot)."""
+def _open_names(log_dir: str) -> list[str]:
+    """Names of the log files servers are still writing (a leading dot), oldest first."""
     from serving.request_log import is_log_file
 
     try:
-        names = [n for n in os.listdir(log_dir) if n.startswith(".") and is_log_file(n[1:])]
+        return sorted(n for n in os.listdir(log_dir) if n.startswith(".") and is_log_file(n[1:]))
     except FileNotFoundError:
-        return 0, 0
+        return []
+
+
+def open_log_records(log_dir: str) -> tuple[int, int]:
+    """(files, whole records) the servers are still writing: the window cannot see them
+    until each is closed (its name loses the leading dot), unless --include-open."""
     import tensorflow as tf
 
+    names = _open_names(log_dir)
     records = 0
     for name in names:
         try:
@@ -182,43 +232,102 @@ def open_log_records(log_dir: str) -> tuple[int, int]:
     return len(names), records
 
 
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _closing(name: str) -> str:
+    """When open log file `name` (as it will be named when closed) is due to close, from
+    the UTC time in its name (the writer opens a file for its first record;
+    serving/request_log.py)."""
+    from btmri.documents import SERVER_DEFAULTS
+    from serving.request_log import _CLOSED_NAME  # the name's format has one home, there
+
+    match = _CLOSED_NAME.fullmatch(name)
+    opened = calendar.timegm(time.strptime(match.group(1).split(".")[0], "%Y%m%dT%H%M%S"))
+    due = opened + SERVER_DEFAULTS.log_rotate_seconds
+    rule = (
+        "a server closes its file --log-rotate-seconds after the file's first record (default "
+        f"{SERVER_DEFAULTS.log_rotate_seconds:g} s), at --log-file-mb, or when it stops"
+    )
+    if due >= time.time():
+        return f"{rule}: the oldest, opened {_clock(opened)}, closes by {_clock(due)} with the default"
+    return (
+        f"{rule}: the oldest, opened {_clock(opened)}, would have closed by {_clock(due)} with the "
+        "default, so its server rotates less often or has stopped (the next server that logs "
+        "into the folder closes a stopped one's file)"
+    )
+
+
 def _open_note(log_dir: str) -> str:
     files, records = open_log_records(log_dir)
     if not files:
         return ""
     return (
-        f"{records} logged calls in {files} file(s) still being written are not in this window: "
-        "a server closes its file --log-rotate-seconds after the file's first record (default "
-        "60 s), at --log-file-mb, or when it stops; run again after that"
+        f"{records} logged calls in {files} file(s) still being written are not in this window "
+        f"(--include-open reads them): {_closing(_open_names(log_dir)[0][1:])}; run again after that"
     )
 
 
-def choose_window(log_dir: str, out_root: Path, all_files: bool) -> tuple[list[Path], Path | None]:
-    """(log files of this window, the previous report or None)."""
+def _covered(reports: list[Path]) -> tuple[set[str], dict[str, int]]:
+    """(files earlier reports read whole, {file: records they read while it was open})."""
+    whole, partly = set(), {}
+    for report in reports:
+        window = json.loads((report / MONITOR_WINDOW_FILE).read_text())
+        whole.update(window.get("files", []))
+        for name, records in window.get("open_files", {}).items():
+            partly[name] = max(partly.get(name, 0), records)
+    return whole, partly
+
+
+def choose_window(
+    log_dir: str, out_root: Path, all_files: bool, include_open: bool = False
+) -> tuple[list[WindowFile], Path | None]:
+    """(log files of this window, the previous report or None). Open files are listed
+    by the path being written: monitor() reads a snapshot of them."""
     from serving.request_log import log_files
 
-    files = log_files(log_dir)
-    if not files:
-        still_open = _open_note(log_dir)
+    closed = log_files(log_dir)
+    still_open = [Path(log_dir, n) for n in _open_names(log_dir)] if include_open else []
+    if not closed and not still_open:
+        note = _open_note(log_dir)
         raise MonitorError(
             f"no request logs in {log_dir} (closed files named "
             f"requests-*.tfrecord; a server writes them with --request-log "
-            f"and closes one every --log-rotate-seconds)" + (f"; {still_open}" if still_open else "")
+            f"and closes one every --log-rotate-seconds)" + (f"; {note}" if note else "")
         )
     reports = _reports(out_root)
     previous = reports[-1] if reports else None
-    if all_files:
-        return files, previous
-    seen = set()
-    for report in reports:
-        seen.update(json.loads((report / MONITOR_WINDOW_FILE).read_text()).get("files", []))
-    new = [f for f in files if f.name not in seen]
-    if not new:
+    whole, partly = _covered([] if all_files else reports)
+    files = [WindowFile(p.name, p, partly.get(p.name, 0)) for p in closed if p.name not in whole]
+    files += [WindowFile(p.name[1:], p, partly.get(p.name[1:], 0), open=True) for p in still_open]
+    if not files:
         raise MonitorError(
             f"no new request logs in {log_dir} since the last report "
             f"({previous}); --all checks every retained file again"
+            + ("" if include_open else ", --include-open also the files still being written")
         )
-    return new, previous
+    return files, previous
+
+
+def _snapshot(files: list[WindowFile], folder: Path) -> tuple[list[WindowFile], dict[str, int]]:
+    """Open files copied into `folder` (a server keeps appending to them); the records a
+    copy holds whole are what the next report skips. → (files to read, {name: records})."""
+    out, counts = [], {}
+    for file in files:
+        if not file.open:
+            out.append(file)
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        copy = folder / file.name
+        try:
+            shutil.copyfile(file.path, copy)
+        except FileNotFoundError:  # closed meanwhile: read whole, under its closed name
+            out.append(WindowFile(file.name, file.path.with_name(file.name), file.skip))
+            continue
+        counts[file.name] = sum(1 for _ in read_log_file(str(copy)))
+        out.append(WindowFile(file.name, copy, file.skip, open=True))
+    return out, counts
 
 
 def read_log_file(path: str):
@@ -230,6 +339,12 @@ def read_log_file(path: str):
             yield record.numpy()
     except tf.errors.DataLossError:
         return
+
+
+def _read_part(item: tuple[str, int]):
+    """The records of one window file (path, records to skip)."""
+    path, skip = item
+    yield from itertools.islice(read_log_file(path), skip, None)
 
 
 def _rows_of(serialized: bytes):
@@ -286,7 +401,7 @@ class _MergeSummaries(beam.CombineFn):
         return acc
 
 
-def served_statistics(files: list[Path], schema, out_dir: Path, beam_args: list[str] | None = None):
+def served_statistics(files: list[WindowFile], schema, out_dir: Path, beam_args: list[str] | None = None):
     """TFDV statistics of the window's rows (written to out_dir) and the window's summary."""
     import tensorflow_data_validation as tfdv
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -298,8 +413,8 @@ def served_statistics(files: list[Path], schema, out_dir: Path, beam_args: list[
     with beam.Pipeline(options=PipelineOptions(beam_args or [])) as pipeline:
         records = (
             pipeline
-            | "Files" >> beam.Create([str(f) for f in files])
-            | "Read" >> beam.FlatMap(read_log_file)
+            | "Files" >> beam.Create([(str(f.path), f.skip) for f in files])
+            | "Read" >> beam.FlatMap(_read_part)
             | "Reshuffle" >> beam.Reshuffle()
         )
         _ = (
@@ -357,6 +472,61 @@ def validate(served, schema, baseline_statistics, previous_statistics=None):
     )
 
 
+def measurements(anomalies) -> dict[str, dict[str, tuple[float, float]]]:
+    """feature → {"skew"/"drift": (TFDV's measurement, its threshold)}: every compared
+    feature, anomalous or not."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for info in anomalies.drift_skew_info:
+        name = info.path.step[0] if info.path.step else ""
+        for kind, found in (("skew", info.skew_measurements), ("drift", info.drift_measurements)):
+            for m in found:
+                out.setdefault(name, {})[kind] = (float(m.value), float(m.threshold))
+    return out
+
+
+def calibrated_schema(
+    schema, baseline: Baseline, window_rows: int, previous_rows: int | None, cache_dir: Path | None, options
+) -> tuple[object, Calibration | None, list[str]]:
+    """(the schema with thresholds calibrated for this window, the calibration, notes);
+    the schema as it is when the baseline has no stored rows."""
+    if baseline.rows_uri is None:
+        return (
+            schema,
+            None,
+            [
+                "this baseline has no stored rows (its run predates calibration): the schema's "
+                "fixed thresholds apply and their false-alarm rate is unknown; `btmri run` again "
+                "for calibrated ones"
+            ],
+        )
+    kinds = comparators(schema)
+    if not kinds:
+        return schema, None, []
+    from components.baseline.statistics import rows_from_json
+
+    text = Path(baseline.rows_uri).read_text()
+    if not rows_from_json(text):
+        return (
+            schema,
+            None,
+            ["the baseline stored no rows to calibrate on: the schema's fixed thresholds apply"],
+        )
+    calibration, _ = cached_calibration(
+        cache_dir, text, kinds, window_rows, baseline.rows, previous_rows, options
+    )
+    return with_thresholds(schema, calibration), calibration, []
+
+
+def _previous_rows(previous: Path | None, statistics) -> int | None:
+    if previous is None:
+        return None
+    window = json.loads((previous / MONITOR_WINDOW_FILE).read_text())
+    rows = window.get("rows")
+    if rows is None and statistics is not None and statistics.datasets:
+        rows = int(statistics.datasets[0].num_examples)
+    return int(rows) if rows else None
+
+
 # ---- the whole run -------------------------------------------------------------------
 
 
@@ -367,12 +537,11 @@ def monitor(
     all_files: bool = False,
     beam_args: list[str] | None = None,
     baseline: Baseline | None = None,
+    include_open: bool = False,
+    calibration_options: CalibrationOptions | None = None,
 ) -> MonitorResult:
-    import tensorflow_data_validation as tfdv
-
     out_root = Path(out) if out else Path(log_dir) / MONITOR_DIR
-    files, previous = choose_window(log_dir, out_root, all_files)
-    baseline = baseline or find_baseline(pipeline_root, served_version(files))
+    files, previous = choose_window(log_dir, out_root, all_files, include_open)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out_dir = out_root / stamp
     n = 1
@@ -381,15 +550,58 @@ def monitor(
         out_dir = out_root / f"{stamp}-{n}"
     staging = out_root / f".{out_dir.name}"
     staging.mkdir(parents=True)
-    served, summary = served_statistics(files, baseline.schema, staging, beam_args)
+    try:
+        return _monitor(
+            log_dir,
+            pipeline_root,
+            files,
+            previous,
+            out_dir,
+            staging,
+            beam_args,
+            baseline,
+            calibration_options,
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _monitor(log_dir, pipeline_root, files, previous, out_dir, staging, beam_args, baseline, options):
+    import tensorflow_data_validation as tfdv
+
+    snapshots = staging / "open"
+    to_read, open_records = _snapshot(files, snapshots)
+    baseline = baseline or find_baseline(pipeline_root, served_version(to_read))
+    served, summary = served_statistics(to_read, baseline.schema, staging, beam_args)
+    shutil.rmtree(snapshots, ignore_errors=True)
     rows = int(served.datasets[0].num_examples) if served.datasets else 0
+    if not rows:
+        raise MonitorError(
+            f"no new logged calls in {log_dir} since the last report ({previous}): earlier "
+            "reports read every record of these files"
+        )
     previous_statistics = (
         tfdv.load_stats_binary(str(previous / MONITOR_STATISTICS_FILE)) if previous else None
     )
     schema, skipped = validation_schema(baseline.schema, served)
+    schema, calibration, notes = calibrated_schema(
+        schema,
+        baseline,
+        rows,
+        _previous_rows(previous, previous_statistics),
+        out_dir.parent / MONITOR_CALIBRATION_DIR,
+        options,
+    )
     anomalies = validate(served, schema, baseline.statistics, previous_statistics)
-    notes = [baseline.note] if baseline.note else []
-    if still_open := _open_note(log_dir):
+    notes = ([baseline.note] if baseline.note else []) + notes
+    if open_records:
+        notes.append(
+            f"read {_open_calls(to_read, open_records)} logged calls from {len(open_records)} "
+            f"file(s) still being written (--include-open); {_closing(min(open_records))}; "
+            "the next report reads only the calls they gain after this one"
+        )
+    elif still_open := _open_note(log_dir):
         notes.append(still_open)
     versions = summary.get("versions", {})
     if len(versions) > 1:
@@ -400,21 +612,38 @@ def monitor(
     if skipped:
         notes.append(f"not compared (no values in this window): {', '.join(skipped)}")
     if rows < SMALL_WINDOW_ROWS:
-        notes.append(f"small window: {rows} rows (the thresholds suit a few hundred; expect noise)")
+        notes.append(
+            f"small window: {rows} rows: "
+            + (
+                "its calibrated thresholds are wide, only large shifts stand out"
+                if calibration
+                else "the fixed thresholds suit a few hundred; expect noise"
+            )
+        )
     window = dict(
         summary,
-        files=[f.name for f in files],
+        files=[f.name for f in to_read if not f.open],
+        open_files=open_records,
         rows=rows,
         baseline_statistics=baseline.statistics_uri,
         baseline_version=baseline.version,
+        baseline_rows=baseline.rows,
         schema=baseline.schema_uri,
         previous_report=str(previous) if previous else None,
         not_compared=skipped,
         anomalous_features=sorted(anomalies.anomaly_info),
+        calibration=asdict(calibration) if calibration else None,
+        measurements={k: {c: list(v) for c, v in m.items()} for k, m in measurements(anomalies).items()},
     )
     tfdv.write_anomalies_text(anomalies, str(staging / MONITOR_ANOMALIES_FILE))
     result = MonitorResult(
-        str(out_dir), [str(f) for f in files], window, anomalies, str(previous) if previous else None, notes
+        str(out_dir),
+        [str(f.path) for f in files],
+        window,
+        anomalies,
+        str(previous) if previous else None,
+        notes,
+        calibration,
     )
     from pipeline.monitor_page import render
 
@@ -424,3 +653,8 @@ def monitor(
     write_atomic(staging / MONITOR_WINDOW_FILE, json.dumps(window, indent=1))
     staging.rename(out_dir)
     return result
+
+
+def _open_calls(files: list[WindowFile], open_records: dict[str, int]) -> int:
+    """Calls read from the open files of a window (their records beyond `skip`)."""
+    return sum(max(0, open_records[f.name] - f.skip) for f in files if f.open)

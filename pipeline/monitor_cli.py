@@ -4,29 +4,78 @@ from __future__ import annotations
 
 import argparse
 
-from btmri.cli_conventions import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_output_flags, add_work_dir, error
+from btmri.cli_conventions import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    add_options,
+    add_output_flags,
+    add_work_dir,
+    error,
+    options_from,
+)
 from btmri.layout import MONITOR_DIR, MONITOR_REPORT_FILE, RunLayout
+from pipeline.drift_calibration import CalibrationOptions
 
 EXIT_ANOMALIES, EXIT_NOTHING = EXIT_REFUSED, EXIT_USAGE
 
 
+def measurement_lines(result) -> list[str]:
+    """The measurements against their thresholds, one line per compared feature."""
+    measured = result.measurements()
+    if not measured:
+        return []
+    lines = [f"  {'feature':<16} {'skew':>7} {'threshold':>9}   {'drift':>7} {'threshold':>9}"]
+    for name, found in sorted(measured.items()):
+        cells = []
+        for kind in ("skew", "drift"):
+            value, threshold = found.get(kind, (None, None))
+            cells.append(
+                f"{'–':>7} {'':>9}"
+                if value is None
+                else f"{value:>7.3f} {threshold:>9.3f}{'!' if value > threshold else ' '}"
+            )
+        lines.append(f"  {name:<16} {cells[0]}  {cells[1]}")
+    return lines
+
+
 def _cmd_monitor(args: argparse.Namespace) -> int:
+    from pipeline.drift_calibration import describe
     from pipeline.monitor import MonitorError, monitor
 
+    options = CalibrationOptions(**options_from(args, CalibrationOptions))
+    try:
+        options.check()
+    except ValueError as err:
+        return error("monitor", err, EXIT_USAGE)
     pipeline_root = args.pipeline_root or RunLayout(args.work_dir).pipeline_root
     try:
         result = monitor(
-            args.request_log, pipeline_root, out=args.out, all_files=args.all, beam_args=args.beam_arg
+            args.request_log,
+            pipeline_root,
+            out=args.out,
+            all_files=args.all,
+            beam_args=args.beam_arg,
+            include_open=args.include_open,
+            calibration_options=options,
         )
     except MonitorError as err:
         return error("monitor", err, EXIT_NOTHING)
     w = result.window
     print(
-        f"window: {w['rows']} images in {w['records']} logged calls from {len(w['files'])} "
-        f"files (model versions {', '.join(sorted(w['versions'])) or 'none'}); skew against the "
-        f"baseline, drift against "
+        f"window: {w['rows']} images in {w['records']} logged calls from "
+        f"{len(w['files']) + len(w['open_files'])} files (model versions "
+        f"{', '.join(sorted(w['versions'])) or 'none'}); skew against the baseline "
+        f"({w['baseline_rows']} rows), drift against "
         f"{result.drift_against or 'nothing (first report)'}"
     )
+    print(
+        describe(result.calibration)
+        if result.calibration
+        else "thresholds: the schema's fixed ones (false-alarm rate unknown)"
+    )
+    for line in measurement_lines(result):
+        print(line)
     for note in result.notes:
         print(f"note: {note}")
     for line in result.lines():
@@ -43,10 +92,11 @@ def register(subparsers) -> None:
         "monitor",
         help="drift and skew of logged requests against the pipeline's baseline (TFDV)",
         description="Computes TFDV statistics of the request features logged by `btmri serve "
-        "--request-log DIR` since the last report, validates them against the latest "
-        "run's request-feature schema (skew against its baseline, drift against the "
-        "previous report) and writes statistics, anomalies and an HTML page. Exit "
-        f"code {EXIT_OK}: no anomaly, {EXIT_ANOMALIES}: anomalies, {EXIT_NOTHING}: no "
+        "--request-log DIR` since the last report, validates them against the "
+        "request-feature schema of the run that pushed the served model (skew against its "
+        "baseline, drift against the previous report) with thresholds calibrated on that "
+        "baseline for the window's size, and writes statistics, anomalies and an HTML page. "
+        f"Exit code {EXIT_OK}: no anomaly, {EXIT_ANOMALIES}: anomalies, {EXIT_NOTHING}: no "
         "(new) logs or no baseline.",
     )
     p.add_argument("--request-log", required=True, metavar="DIR", help="the server's --request-log folder")
@@ -64,6 +114,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="check every retained log file, not only those no earlier report covered",
     )
+    p.add_argument(
+        "--include-open",
+        action="store_true",
+        help="also read the files servers are still writing (a snapshot; the next report reads "
+        "only what they gain after it)",
+    )
+    add_options(p, CalibrationOptions)
     p.add_argument(
         "--beam-arg",
         action="append",

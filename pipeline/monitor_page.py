@@ -1,7 +1,8 @@
 """monitor.html: one self-contained page per `btmri monitor` run (pipeline/monitor.py).
 
 Per feature: the served window's histogram over the baseline's (and the previous
-window's), TFDV's drift and skew measurements with their thresholds, and the
+window's), TFDV's drift and skew measurements with their thresholds (calibrated for the
+window's size, pipeline/drift_calibration.py, or the schema's fixed ones), and the
 anomalies. Plots are inline PNGs; no script.
 """
 
@@ -78,30 +79,41 @@ def _plot(name: str, served, baseline, previous) -> str:
     return data_uri(fig)
 
 
-def _measurements(anomalies) -> dict:
-    out = {}
-    for info in anomalies.drift_skew_info:
-        name = info.path.step[0] if info.path.step else ""
-        out[name] = {
-            "drift": [(m.value, m.threshold) for m in info.drift_measurements],
-            "skew": [(m.value, m.threshold) for m in info.skew_measurements],
-        }
-    return out
+def _measure(found) -> str:
+    if found is None:
+        return "–"
+    value, threshold = found
+    above = value > threshold
+    return f"{'<b>' if above else ''}{value:.3f}{'</b>' if above else ''} (threshold {threshold:.3f})"
 
 
-def _measure(values) -> str:
-    return (
-        "; ".join(
-            f"{'<b>' if v > t else ''}{v:.3f}{'</b>' if v > t else ''} (threshold {t:g})" for v, t in values
+def _thresholds(result) -> str:
+    """What the thresholds are: calibrated for which window, at which false-alarm rate."""
+    c = result.calibration
+    if c is None:
+        return (
+            "<p>Thresholds: the schema's fixed ones (this baseline has no stored rows to "
+            "calibrate on); their false-alarm rate is unknown.</p>"
         )
-        or "–"
+    previous = f" and a previous window of {c.previous_rows} rows (drift)" if c.previous_rows else ""
+    rows = result.window.get("rows")
+    size = f"{c.window_rows} rows" + (
+        "" if rows == c.window_rows else f" (this window's {rows}, rounded down)"
+    )
+    return (
+        f'<p id="calibration">Thresholds calibrated for a window of {size} against a baseline of '
+        f"{c.baseline_rows} rows"
+        f"{previous}: {c.draws} healthy windows drawn from {c.stored_rows} stored baseline rows, "
+        f"each feature's threshold set so that at most <b>{c.false_alarm_rate:g}</b> of healthy "
+        f"windows raise any alarm (expected false-alarm rate, all features and checks together; "
+        f"{c.in_sample_rate:.3f} of the draws did).</p>"
     )
 
 
 def render(result, served, baseline, previous) -> str:
     e = html.escape
     served_f, baseline_f, previous_f = _features(served), _features(baseline), _features(previous)
-    measured = _measurements(result.anomalies)
+    measured = result.measurements()
     window = result.window
     rows = []
     for name in spec.REQUEST_FEATURES:
@@ -109,8 +121,8 @@ def render(result, served, baseline, previous) -> str:
         reasons = "<br>".join(e(r.description) for r in info.reason) if info else "none"
         m = measured.get(name, {})
         rows.append(
-            f"<tr><td>{e(name)}</td><td>{_measure(m.get('skew', []))}</td>"
-            f"<td>{_measure(m.get('drift', []))}</td>"
+            f"<tr><td>{e(name)}</td><td>{_measure(m.get('skew'))}</td>"
+            f"<td>{_measure(m.get('drift'))}</td>"
             f'<td class="{"bad" if info else "ok"}">{reasons}</td></tr>'
         )
     plots = "".join(
@@ -126,16 +138,23 @@ def render(result, served, baseline, previous) -> str:
         + ".</p>"
     )
     notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
+    calibration = result.calibration
     facts = [
-        ("rows (images)", window.get("rows")),
+        ("window size (rows, images)", window.get("rows")),
         ("records (calls)", window.get("records")),
         ("model versions", window.get("versions")),
         ("payloads", window.get("payloads")),
         ("first / last record (UTC s)", f"{window.get('first')} / {window.get('last')}"),
-        ("files", len(window.get("files", []))),
+        ("files", len(window.get("files", [])) + len(window.get("open_files", {}))),
+        ("of which still being written", len(window.get("open_files", {}))),
         ("baseline statistics", window.get("baseline_statistics")),
+        ("baseline rows", window.get("baseline_rows")),
+        (
+            "expected false-alarm rate",
+            f"{calibration.false_alarm_rate:g} (calibrated)" if calibration else "unknown (fixed thresholds)",
+        ),
         ("baseline of served version", window.get("baseline_version") or "none matched: the latest run's"),
-        ("schema (thresholds)", window.get("schema")),
+        ("schema (comparators)", window.get("schema")),
         ("previous window (drift)", result.drift_against or "none: first report"),
     ]
     fact_rows = "".join(f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in facts)
@@ -153,7 +172,8 @@ img {{ margin: 4px }}
 <table id="window">{fact_rows}</table>
 <h2>Skew (against the baseline) and drift (against the previous window)</h2>
 <p>TFDV: approximate Jensen–Shannon divergence for numeric features, L-infinity distance for
-categorical ones; thresholds from the schema. Bold: above its threshold.</p>
+categorical ones. Bold: above its threshold.</p>
+{_thresholds(result)}
 <table id="anomalies"><tr><th>feature</th><th>skew</th><th>drift</th><th>anomalies</th></tr>
 {"".join(rows)}</table>
 <h2>Served ({SERVED}) against the baseline ({BASELINE}) and the previous window</h2>

@@ -7,8 +7,13 @@ server's request log uses (data_prep/request_features.py), and writes
 
   statistics  ExampleStatistics, Split-<split>/FeatureStats.pb: TFDV statistics of
               those features (the baseline `btmri monitor` measures skew against);
+              Beside it, request_rows.json (layout.BASELINE_ROWS_FILE): a random
+              sample of the feature rows themselves (up to STORED_ROWS), on which
+              `btmri monitor` calibrates its thresholds per window size
+              (pipeline/drift_calibration.py);
   schema      Schema, schema.pbtxt: components/schema/request_features.pbtxt, with
-              its drift and skew comparators and thresholds, as it was for this run.
+              its drift and skew comparators (their thresholds are the fallback for a
+              baseline without stored rows), as it was for this run.
 
 Why that split and the model's own answers (docs/architecture.md, Monitoring): the
 image features are distributed alike in every split, but the answer features are
@@ -37,10 +42,13 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
 from btmri import spec
-from btmri.layout import SCHEMA_FILE, STATISTICS_FILE
+from btmri.layout import BASELINE_ROWS_FILE, SCHEMA_FILE, STATISTICS_FILE
 from data_prep.request_features import request_features
 
 BATCH_SIZE = 16
+# Rows kept for calibration: a test split of a few thousand images whole, and enough
+# of a larger split to draw windows of a few thousand from; under 1 MB of JSON.
+STORED_ROWS = 5000
 
 
 def predict_rows(signature, images: list[bytes]) -> list[dict]:
@@ -96,7 +104,7 @@ class RequestBaselineExecutor(base_beam_executor.BaseBeamExecutor):
         from tensorflow_metadata.proto.v0 import schema_pb2
         import tensorflow_data_validation as tfdv
 
-        from components.baseline.statistics import RowsToStatistics, statistics_count
+        from components.baseline.statistics import RowsToStatistics, rows_to_json, statistics_count
 
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         model = artifact_utils.get_single_instance(input_dict["model"])
@@ -107,14 +115,24 @@ class RequestBaselineExecutor(base_beam_executor.BaseBeamExecutor):
 
         split_uri = artifact_utils.get_split_uri([examples], split)
         out = os.path.join(statistics.uri, f"Split-{split}", STATISTICS_FILE)
+        rows_out = os.path.join(statistics.uri, f"Split-{split}", BASELINE_ROWS_FILE)
         with self._make_beam_pipeline() as pipeline:
-            _ = (
+            rows = (
                 pipeline
                 | "Read" >> beam.io.ReadFromTFRecord(os.path.join(split_uri, "*"))
                 | "Batch" >> beam.BatchElements(min_batch_size=BATCH_SIZE, max_batch_size=BATCH_SIZE)
                 | "Predict" >> beam.ParDo(_PredictFeatures(path_utils.serving_model_path(model.uri)))
+            )
+            _ = (
+                rows
                 | "Statistics" >> RowsToStatistics(schema)
                 | "Write" >> tfdv.WriteStatisticsToBinaryFile(out)
+            )
+            _ = (
+                rows
+                | "Sample" >> beam.combiners.Sample.FixedSizeGlobally(STORED_ROWS)
+                | "RowsToJson" >> beam.Map(rows_to_json)
+                | "WriteRows" >> beam.io.WriteToText(rows_out, shard_name_template="")
             )
         statistics.split_names = artifact_utils.encode_split_names([split])
         count = statistics_count(tfdv.load_stats_binary(out))

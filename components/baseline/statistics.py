@@ -9,6 +9,7 @@ image features as missing.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -83,3 +84,17 @@ def statistics_of_rows(rows: list[dict], schema, path: str | os.PathLike, beam_a
             | "Write" >> tfdv.WriteStatisticsToBinaryFile(str(path))
         )
     return tfdv.load_stats_binary(str(path))
+
+
+def rows_to_json(rows: list[dict]) -> str:
+    """Feature rows as the baseline stores them (layout.BASELINE_ROWS_FILE): one list per
+    feature, null for a missing value."""
+    return json.dumps({name: [row.get(name) for row in rows] for name in spec.REQUEST_FEATURES})
+
+
+def rows_from_json(text: str) -> list[dict]:
+    columns = json.loads(text)
+    count = max((len(v) for v in columns.values()), default=0)
+    return [
+        {name: columns.get(name, [None] * count)[i] for name in spec.REQUEST_FEATURES} for i in range(count)
+    ]

@@ -4,9 +4,11 @@ Library tests: request logs are written by the server's own logger (RequestLog) 
 synthetic phantoms and the answers of the pipeline's model (`tiny_run`), through the
 feature function the server uses; the baseline is computed the way RequestBaseline
 computes it, on the first half of each class's training phantoms, and the traffic
-is the other half (held out, like the eval split). Traffic like the baseline raises
-nothing; the same traffic 30 % darker, resized to 64x64, or of one class raises
-the matching anomaly, as skew and, against the previous window, as drift.
+is the other half (held out, like the eval split), and the thresholds are calibrated
+on the baseline's stored rows for each window's size, as `btmri monitor` does. Traffic
+like the baseline raises nothing; the same traffic 30 % darker, resized to 64x64, or
+of one class raises the matching anomaly, as skew and, against the previous window,
+as drift.
 
 The 1-epoch test model answers one class for every image, so a change of the class
 mix cannot show in its answers; the class test answers each image with its label
@@ -32,13 +34,14 @@ from tensorflow_serving.apis import prediction_log_pb2, prediction_service_pb2_g
 from btmri import spec
 from btmri.documents import ServerOptions
 from btmri.layout import (
+    BASELINE_ROWS_FILE,
     MONITOR_ANOMALIES_FILE,
     MONITOR_DIR,
     MONITOR_REPORT_FILE,
     MONITOR_STATISTICS_FILE,
     MONITOR_WINDOW_FILE,
 )
-from components.baseline.statistics import load_schema, statistics_of_rows
+from components.baseline.statistics import load_schema, rows_to_json, statistics_of_rows
 from data_prep.request_features import request_features
 from data_prep.synth import generate_dataset
 from pipeline.monitor import Baseline, MonitorError, monitor
@@ -109,10 +112,19 @@ def served(model, phantoms) -> dict[str, tuple[list[bytes], dict, list[str]]]:
 
 
 def _baseline(images: list[bytes], outputs: dict, folder: Path) -> Baseline:
+    """Statistics and stored rows, as RequestBaseline writes them."""
     schema = load_schema()
     folder.mkdir(parents=True, exist_ok=True)
-    stats = statistics_of_rows(request_features(images, outputs), schema, folder / "FeatureStats.pb")
-    return Baseline(stats, schema, str(folder / "FeatureStats.pb"), "request_features.pbtxt")
+    rows = request_features(images, outputs)
+    stats = statistics_of_rows(rows, schema, folder / "FeatureStats.pb")
+    (folder / BASELINE_ROWS_FILE).write_text(rows_to_json(rows))
+    return Baseline(
+        stats,
+        schema,
+        str(folder / "FeatureStats.pb"),
+        "request_features.pbtxt",
+        rows_uri=str(folder / BASELINE_ROWS_FILE),
+    )
 
 
 def _log(
@@ -156,6 +168,7 @@ def test_traffic_like_the_baseline_raises_nothing_then_darker_images_drift(model
     first = monitor(str(tmp_path), "", baseline=baseline)
     assert not first.anomalous, first.lines()
     assert first.drift_against is None and first.window["rows"] == len(images)
+    assert first.calibration.window_rows == len(images) and not first.calibration.drift
     assert first.window["records"] == len(images) // BATCH
     assert first.window["versions"] == {str(model[0]): len(images) // BATCH}
     out = Path(first.out_dir)
@@ -292,9 +305,13 @@ def test_served_requests_are_logged_and_monitored_against_the_run_baseline(tiny_
     out = capsys.readouterr().out
     assert f"window: {len(images) + 1} images in {calls} logged calls" in out
     assert code == (1 if "ANOMALY" in out else 0), out
-    (report,) = (log_dir / MONITOR_DIR).iterdir()
+    assert "thresholds calibrated for windows of" in out and "expected false-alarm rate 0.05" in out
+    (report,) = [p for p in (log_dir / MONITOR_DIR).iterdir() if not p.name.startswith(".")]
     window = json.loads((report / MONITOR_WINDOW_FILE).read_text())
     assert "RequestBaseline" in window["baseline_statistics"]
+    # The run's RequestBaseline stored its rows: the thresholds were calibrated on them.
+    assert window["calibration"]["stored_rows"] == window["baseline_rows"] > 0
+    assert set(window["calibration"]["skew"]) == set(window["measurements"])
     assert window["baseline_version"] == model[0]  # the pushing run's, found from the served version
     assert (
         main(["monitor", "--request-log", str(log_dir), "--pipeline-root", str(tiny_run / "pipeline")]) == 2
