@@ -125,6 +125,9 @@ class Manifest(_Document):
     split_unit: str = "image"
     units: dict = field(default_factory=dict)  # split → {"images", "units", "patients", "groups"}
     held_out_collection: dict | None = None  # leave one source out: collection, dir, images, units
+    # Reviewed images from the site (data_prep/feedback.py): counts, units, the reviews
+    # behind them and the model versions that answered; None without --feedback.
+    feedback: dict | None = None
     seconds: float = 0.0
 
     @classmethod

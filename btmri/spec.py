@@ -44,6 +44,9 @@ GROUP_PREFIX = "group:"
 COLLECTION_KEY = "collection"
 SPLIT_UNITS = ("patient", "image")  # what `prepare` draws the eval split by; the first is the default
 UNKNOWN_COLLECTION = "unknown"
+# The collection of the site's reviewed images (`btmri run --feedback`, data_prep/feedback.py):
+# TFMA slices them apart from the dataset they join.
+FEEDBACK_COLLECTION = "feedback"
 
 # ── Splits (directory names under a prepared-data folder) ─────────────────────────
 TRAIN_SPLIT = "train"

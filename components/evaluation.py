@@ -2,7 +2,9 @@
 
 Overall and per class: precision/recall named by class with the top-1 (argmax)
 decision, so an uncertain model's figures are not NaN at a 0.5 cut-off; AUC
-binarized one-vs-rest. Sliced overall and by label.
+binarized one-vs-rest. Sliced overall, by label and by collection: the collection
+slice is by feature key, so any collection prepare writes has its slice, the site's
+reviewed images (`feedback`, `btmri run --feedback`) among them.
 Blessing: accuracy above an absolute bound, no regression against the last
 blessed model, and (models exported with abstention) the share of the evaluated
 split the model answers (`abstain` false) at least a floor: a detector that refuses
@@ -105,7 +107,8 @@ def eval_config(
             )
         ],
         # per class, and per collection (figshare copies vs the rest: a gap between them
-        # is a model that learned one collection's look)
+        # is a model that learned one collection's look; `feedback`: the site's reviewed
+        # images, measured apart from the dataset they joined)
         slicing_specs=[
             tfma.SlicingSpec(),
             tfma.SlicingSpec(feature_keys=[spec.LABEL_KEY]),

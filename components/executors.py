@@ -3,7 +3,9 @@
 ImportExampleGenWithManifest: TFX's ImportExampleGen copies the TFRecords into its
 Examples artifact; this one copies the prepare manifest (manifest.json beside them)
 too, so a run keeps the description of its own data: a later prepare into the same
-folder can never change what an earlier run's report says.
+folder can never change what an earlier run's report says. With the site's reviewed
+images (`btmri run --feedback`), their provenance becomes custom properties of the
+Examples artifact (feedback_*).
 
 StrictExampleValidator: TFX's ExampleValidator records anomalies but lets the
 pipeline go on; this one fails the run, naming each anomaly, so bad data never
@@ -50,8 +52,14 @@ class ImportExampleGenWithManifest(import_executor.Executor):
         result = super().Do(input_dict, output_dict, exec_properties)
         source = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], MANIFEST_FILE)
         if fileio.exists(source):
+            properties = _feedback_properties(source)
             for examples in output_dict[standard_component_specs.EXAMPLES_KEY]:
                 fileio.copy(source, os.path.join(examples.uri, MANIFEST_FILE), overwrite=True)
+                for name, value in properties.items():
+                    if isinstance(value, int):
+                        examples.set_int_custom_property(name, value)
+                    else:
+                        examples.set_string_custom_property(name, value)
         else:
             logging.warning(
                 "no %s in %s: the run's report will not describe the data",
@@ -59,6 +67,18 @@ class ImportExampleGenWithManifest(import_executor.Executor):
                 exec_properties[standard_component_specs.INPUT_BASE_KEY],
             )
         return result
+
+
+def _feedback_properties(manifest_path: str) -> dict:
+    """The provenance of the site's reviewed images (data_prep/feedback.py) as custom
+    properties of the Examples artifact: ML Metadata then says which reviews and which
+    model versions stand behind a model's data, without the manifest file."""
+    import json
+
+    from data_prep.feedback import mlmd_properties
+
+    with fileio.open(manifest_path) as f:
+        return mlmd_properties(json.loads(f.read()).get("feedback"))
 
 
 class StrictExampleValidator(validator_executor.Executor):

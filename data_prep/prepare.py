@@ -32,6 +32,7 @@ from btmri.documents import Manifest, option
 from btmri.layout import MANIFEST_FILE
 from btmri import spec
 from data_prep.discover import find_images
+from data_prep import feedback as site_feedback
 from data_prep.duplicates import (
     DEFAULT_NEAR_THRESHOLD,
     DuplicateIndex,
@@ -250,23 +251,61 @@ def _survey(candidates: list, opts: PrepareOptions, workers: int, skipped: list[
     return surveyed
 
 
-def _split(readable: list, surveyed: dict, unit_of: dict[str, str], opts: PrepareOptions) -> dict[str, str]:
-    """source → split: the training images by unit (or by file), Testing/ as test."""
-    training = [c for c in readable if c.origin == "training"]
+def _draw(candidates: list, surveyed: dict, unit_of: dict[str, str], opts: PrepareOptions) -> dict[str, str]:
+    """source → train | eval: by unit (or by file), stratified per class."""
     if opts.split_unit == spec.SPLIT_UNITS[0]:
-        split_of = assign_train_eval_by_unit(
-            [(c.source, c.label, unit_of[c.source]) for c in training], opts.eval_fraction, opts.seed
+        return assign_train_eval_by_unit(
+            [(c.source, c.label, unit_of[c.source]) for c in candidates], opts.eval_fraction, opts.seed
         )
-    elif opts.split_unit == spec.SPLIT_UNITS[1]:
-        split_of = assign_train_eval(
-            [(c.source, c.label, surveyed[c.source]["md5"]) for c in training], opts.eval_fraction, opts.seed
+    if opts.split_unit == spec.SPLIT_UNITS[1]:
+        return assign_train_eval(
+            [(c.source, c.label, surveyed[c.source]["md5"]) for c in candidates],
+            opts.eval_fraction,
+            opts.seed,
         )
-    else:
-        raise ValueError(f"split unit must be one of {', '.join(spec.SPLIT_UNITS)}, got {opts.split_unit!r}")
+    raise ValueError(f"split unit must be one of {', '.join(spec.SPLIT_UNITS)}, got {opts.split_unit!r}")
+
+
+def _split(readable: list, surveyed: dict, unit_of: dict[str, str], opts: PrepareOptions) -> dict[str, str]:
+    """source → split: the training images by unit (or by file), Testing/ as test, the
+    reviewed images (feedback) as _split_feedback says."""
+    split_of = _draw([c for c in readable if c.origin == "training"], surveyed, unit_of, opts)
     if readable and spec.EVAL_SPLIT not in split_of.values():  # refused before writing anything
         _refuse_empty_eval(sum(1 for s in split_of.values() if s == spec.TRAIN_SPLIT), opts)
     split_of.update({c.source: spec.TEST_SPLIT for c in readable if c.origin == "testing"})
+    _split_feedback(readable, surveyed, unit_of, split_of, opts)
     return split_of
+
+
+def _evaluated_split(split_of: dict[str, str]) -> str:
+    """The split the pipeline's Evaluator scores: test when there is one (pipeline/config.py)."""
+    return spec.TEST_SPLIT if spec.TEST_SPLIT in split_of.values() else spec.EVAL_SPLIT
+
+
+def _split_feedback(
+    readable: list, surveyed: dict, unit_of: dict[str, str], split_of: dict[str, str], opts: PrepareOptions
+) -> None:
+    """Reviewed images: one that shares a unit with dataset images (a copy of one) takes
+    their split, so a group is never on two sides; the others are drawn among themselves
+    by unit and class, as the training images are, to train or to the split the
+    Evaluator scores. That is test when there is one: in eval they would only be fitted
+    on (temperature, abstention thresholds) and never make the feedback slice."""
+    reviewed = [c for c in readable if c.origin == site_feedback.FEEDBACK_ORIGIN]
+    if not reviewed:
+        return
+    taken: dict[str, str] = {}
+    for cand in sorted(readable, key=lambda c: c.origin != "training"):  # a training image's split first
+        if cand.origin != site_feedback.FEEDBACK_ORIGIN:
+            taken.setdefault(unit_of[cand.source], split_of[cand.source])
+    own = [c for c in reviewed if unit_of[c.source] not in taken]
+    drawn = _draw(own, surveyed, unit_of, opts)
+    held_out = _evaluated_split(split_of)
+    for cand in reviewed:
+        unit = unit_of[cand.source]
+        if unit in taken:
+            split_of[cand.source] = taken[unit]
+        else:
+            split_of[cand.source] = held_out if drawn[cand.source] == spec.EVAL_SPLIT else spec.TRAIN_SPLIT
 
 
 class _Writing:
@@ -288,6 +327,7 @@ class _Writing:
         self.units: dict[str, list[str]] = {sp: [] for sp in spec.SPLITS}
         self.dropped: list[dict] = []
         self.reencoded = 0
+        self.feedback: list[tuple[str, str, str]] = []  # (source, split, unit) of reviewed images
 
     def dropped_as_copy(self, source: str, split: str, res: dict) -> bool:
         """With --drop-cross-split-duplicates: an eval/test image that copies a training one."""
@@ -322,6 +362,8 @@ class _Writing:
         )
         self.writers[split].write(example)
         self.units[split].append(unit)
+        if collection == spec.FEEDBACK_COLLECTION:
+            self.feedback.append((source, split, unit))
         self.dups.add(Record(source, split, label, res["md5"], res["phash"]))
         self.counts[split][spec.CLASS_NAMES[label]] += 1
         self.reencoded += res.get("reencoded", 0)
@@ -370,6 +412,8 @@ def _manifest(
     boxes: _BoxAttacher,
     left_out: dict | None,
     seconds: float,
+    feedback: site_feedback.FeedbackSet | None = None,
+    evaluated_split: str = spec.EVAL_SPLIT,
 ) -> Manifest:
     written = [s for s in spec.SPLITS if s in writing.writers]
     return Manifest(
@@ -388,12 +432,16 @@ def _manifest(
         split_unit=opts.split_unit,
         units=unit_counts({sp: u for sp, u in writing.units.items() if sp in written}),
         held_out_collection=left_out,
+        feedback=None
+        if feedback is None
+        else site_feedback.manifest_section(feedback, writing.feedback, evaluated_split),
         seconds=round(seconds, 2),
     )
 
 
-def prepare(opts: PrepareOptions) -> Manifest:
-    """Runs the whole preparation; returns the manifest (also written to disk)."""
+def prepare(opts: PrepareOptions, feedback: site_feedback.FeedbackSet | None = None) -> Manifest:
+    """Runs the whole preparation; returns the manifest (also written to disk).
+    `feedback`: reviewed images from the site (data_prep/feedback.py), a source of their own."""
     started = time.time()
     workers = opts.workers or os.cpu_count() or 1
     out = Path(opts.out_dir)
@@ -405,6 +453,10 @@ def prepare(opts: PrepareOptions) -> Manifest:
             f"no image files found under {opts.data_dir} "
             f"(extensions: {', '.join(sorted(spec.IMAGE_EXTENSIONS))})"
         )
+    if feedback is not None:  # after the fingerprint: the run's key adds the feedback's own
+        reviewed, reviewed_skips = site_feedback.candidates(feedback)
+        candidates = candidates + reviewed
+        skipped += [asdict(s) for s in reviewed_skips]
 
     # Pass 1: hashes, and the patients a box folder knows, decide the units and the split.
     surveyed = _survey(candidates, opts, workers, skipped)
@@ -452,12 +504,22 @@ def prepare(opts: PrepareOptions) -> Manifest:
             res,
             boxes.box_of(cand.source, split),
             unit_of[cand.source],
-            boxes.collection_of(cand.source),
+            _collection_of(cand.source, boxes),
         )
     _write_extra_slices(writing, boxes, opts, skipped)
     writing.close()
 
-    manifest = _manifest(opts, fingerprint, writing, skipped, boxes, left_out, time.time() - started)
+    manifest = _manifest(
+        opts,
+        fingerprint,
+        writing,
+        skipped,
+        boxes,
+        left_out,
+        time.time() - started,
+        feedback,
+        _evaluated_split(split_of),
+    )
     manifest.write(out)
     _check_usable(manifest, opts)
     return manifest
@@ -473,10 +535,10 @@ def _hold_out(readable: list, unit_of: dict[str, str], boxes: _BoxAttacher, opts
     units = {
         unit_of[c.source]
         for c in readable
-        if c.label != spec.NOTUMOR_ID and boxes.collection_of(c.source) == wanted
+        if c.label != spec.NOTUMOR_ID and _collection_of(c.source, boxes) == wanted
     }
     if not units:
-        known = sorted({boxes.collection_of(c.source) for c in readable})
+        known = sorted({_collection_of(c.source, boxes) for c in readable})
         raise ValueError(f"no tumour image of collection {wanted!r} (collections here: {', '.join(known)})")
     out = Path(opts.hold_out_dir)
     shutil.rmtree(out, ignore_errors=True)
@@ -498,6 +560,12 @@ def _hold_out(readable: list, unit_of: dict[str, str], boxes: _BoxAttacher, opts
         "images": dict(counts),
         "units": len(units),
     }
+
+
+def _collection_of(source: str, boxes: _BoxAttacher) -> str:
+    """A reviewed image's collection is the feedback's, whatever box slice it copies: the
+    slice TFMA shows is the site's. Any other image's is the box folder's (or unknown)."""
+    return spec.FEEDBACK_COLLECTION if site_feedback.is_feedback(source) else boxes.collection_of(source)
 
 
 class _BoxAttacher:
@@ -689,6 +757,8 @@ def summary_table(manifest: Manifest) -> str:
     )
     lines.append(f"split by {manifest.split_unit}")
     lines.extend("  " + describe_units(split, c) for split, c in manifest.units.items())
+    if manifest.feedback:
+        lines.append(site_feedback.describe(manifest.feedback))
     if manifest.dropped_cross_split_duplicates:
         lines.append(
             f"dropped eval/test duplicates of training images: {len(manifest.dropped_cross_split_duplicates)}"

@@ -105,10 +105,17 @@ def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
 def _prepare_for_run(args: argparse.Namespace, work: RunLayout):
     """The run's prepared data (synthetic phantoms without --data-dir) and its box
     folder; PrepareError / LayoutError / ValueError for bad input."""
+    from data_prep.feedback import describe
     from data_prep.prepare import summary_table
     from data_prep.synth import BOXES_DIR
     from pipeline.workdir import prepare_if_changed, synthesize_if_missing
 
+    feedback = None
+    if args.feedback:  # before any data is made: a wrong target is refused at once
+        from pipeline.feedback import resolve
+
+        feedback = resolve(args.feedback, work.work_dir)
+        print(f"feedback: {len(feedback.by_file())} reviewed images from {feedback.origin} ({feedback.dir})")
     box_dir = args.boxes_dir
     if args.data_dir is None:
         data_dir = work.synthetic_data
@@ -123,6 +130,7 @@ def _prepare_for_run(args: argparse.Namespace, work: RunLayout):
     prepared = prepare_if_changed(
         data_dir,
         work,
+        feedback=feedback,
         progress=not args.quiet,
         box_dir=box_dir,
         drop_cross_split_duplicates=args.drop_cross_split_duplicates,
@@ -133,6 +141,8 @@ def _prepare_for_run(args: argparse.Namespace, work: RunLayout):
     )
     if prepared.reused:
         print(f"data unchanged since the last prepare: reusing {prepared.path}")
+        if prepared.manifest.feedback:
+            print(describe(prepared.manifest.feedback))
     else:
         print(summary_table(prepared.manifest))
     return prepared, box_dir
@@ -381,7 +391,7 @@ def _register_run(sub) -> None:
         + ", ".join(f"{_preset_flag(k)} {v}" for k, v in QUICK_PRESET.items())
         + " unless given; blessed and pushed, but not a usable model",
     )
-    # The work folder decides where these two go, so their help says so; the other
+    # The work folder decides where these three go, so their help says so; the other
     # preparation flags are prepare's own (PrepareOptions).
     p.add_argument(
         "--boxes-dir",
@@ -393,6 +403,15 @@ def _register_run(sub) -> None:
         "--hold-out-dir",
         default=None,
         help="with --hold-out-collection: where its images go (default WORK_DIR/data/held-out/NAME)",
+    )
+    p.add_argument(
+        "--feedback",
+        default=None,
+        metavar="DB|DIR",
+        help="labels from the site: the reviewed images of `btmri review` join the data as "
+        "collection 'feedback' (its own TFMA slice), split by group into train and the evaluated "
+        "split. An export folder (`btmri review --export DIR`) or a review database (SQLite file, "
+        "sqlite:/// or postgresql:// URL), exported first into WORK_DIR/data/feedback/",
     )
     add_options(
         p.add_argument_group("data preparation (as btmri prepare)"),

@@ -94,3 +94,22 @@ def outputs_of_pushing_run(config: PipelineConfig, version: int, node_id: str, k
                 if all(a is not None for a in artifacts.values()):
                     return {key: _deserialized(store, a) for key, a in artifacts.items()}
     return None
+
+
+def custom_properties(artifact, prefix: str = "") -> dict:
+    """A TFX artifact's custom properties whose names start with `prefix`, as Python values."""
+    values = {}
+    for name, value in artifact.mlmd_artifact.custom_properties.items():
+        if name.startswith(prefix):
+            kind = value.WhichOneof("value")
+            values[name] = getattr(value, kind) if kind else None
+    return values
+
+
+def feedback_provenance(config: PipelineConfig) -> dict:
+    """The feedback_* properties of the latest Examples artifact (components/executors.py):
+    which reviews, reviewers and model versions stand behind the run's data; {} without feedback."""
+    from data_prep.feedback import MLMD_PREFIX
+
+    examples = latest_output(config, "ImportExampleGen", "examples")
+    return {} if examples is None else custom_properties(examples, MLMD_PREFIX)

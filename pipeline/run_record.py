@@ -18,6 +18,7 @@ from pathlib import Path
 
 from btmri.documents import Manifest, write_atomic
 from btmri.layout import HISTORY_FILE, RUN_RECORD_FILE
+from data_prep.feedback import summary as feedback_summary
 from pipeline.report import read_summary
 
 
@@ -90,6 +91,9 @@ def build(summary, config, argv: list[str], manifest: Manifest | None) -> dict:
         "data": None
         if manifest is None
         else {"counts": manifest.counts, "units": manifest.units, "split_unit": manifest.split_unit},
+        # The site's reviewed images (`--feedback`): counts and the reviews behind them;
+        # each image's review is in the manifest.
+        "feedback": None if manifest is None else feedback_summary(manifest.feedback),
         "seconds": round(summary.seconds, 1),
         "component_seconds": {k: round(v, 1) for k, v in summary.component_seconds.items()},
         "trainer_phase_seconds": {k: round(v, 1) for k, v in summary.trainer_phase_seconds.items()},

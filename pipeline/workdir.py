@@ -54,20 +54,25 @@ def dataset_key(input_fingerprint: str, arguments: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
 
 
-def prepare_if_changed(data_dir: str, layout: RunLayout, **prepare_kw) -> PreparedData:
-    """The prepared data of `data_dir` with these arguments: reused when its folder
+def prepare_if_changed(data_dir: str, layout: RunLayout, feedback=None, **prepare_kw) -> PreparedData:
+    """The prepared data of `data_dir` with these arguments (and `feedback`, a
+    data_prep.feedback.FeedbackSet: the site's reviewed images): reused when its folder
     exists and is complete, else written. Points data/prepared/current at it."""
     from data_prep.prepare import PrepareOptions, input_fingerprint, prepare
 
     arguments = PrepareOptions(data_dir=data_dir, out_dir="", **prepare_kw).arguments()
     arguments.pop("out_dir")
+    if feedback is not None:  # only then: the keys of data prepared without feedback stay as they were
+        arguments["feedback"] = feedback.fingerprint()
     out = layout.prepared_data(dataset_key(input_fingerprint(data_dir), arguments))
     old = Manifest.read_if_present(out)  # written last: its presence means complete
     if old is not None:
         prepared = PreparedData(out, old, reused=True)
     else:
         prepared = PreparedData(
-            out, prepare(PrepareOptions(data_dir=data_dir, out_dir=out, **prepare_kw)), reused=False
+            out,
+            prepare(PrepareOptions(data_dir=data_dir, out_dir=out, **prepare_kw), feedback),
+            reused=False,
         )
     _point_current(layout, out)
     return prepared

@@ -165,6 +165,70 @@ def _data_flaws(data) -> list[str]:
     return flaws
 
 
+def feedback_paragraphs(data) -> list[str]:
+    """The "Feedback" section: the site's reviewed images (`btmri run --feedback`), the
+    reviews and model versions behind them, and the accuracy on those in the evaluated
+    split (TFMA's `collection: feedback` slice); [] for a run without feedback."""
+    from btmri import intervals
+    from data_prep.feedback import images_in, versions_text
+
+    manifest = data.data.manifest
+    section = manifest.feedback if manifest else None
+    if not section:
+        return []
+    split = data.run.evaluated_split
+    prov = section["provenance"]
+    per_class = {c: sum(counts.get(c, 0) for counts in section["counts"].values()) for c in spec.CLASS_NAMES}
+    reviewers = prov["reviewers"]
+    left_out = section["reviews_unusable"] + section["reviews_without_image"]
+    where = ", ".join(
+        f"{count(images_in(section, name))} in {name}" + (" (the evaluated split)" if name == split else "")
+        for name in section["counts"]
+    )
+    first = (
+        f"{count(images_in(section))} images from the site, each labelled by a reader's review of a "
+        f"logged request (`btmri review`), joined the data as the collection "
+        f"`{section['collection']}` ({_per_class(per_class)}), split by near-duplicate group like the "
+        f"other images, a copy of a dataset image with its original: {where}. "
+        f"They come from {count(prov['reviews'])} reviews by {len(reviewers)} "
+        f"reviewer{'s' * (len(reviewers) != 1)} ({', '.join(reviewers)}), made "
+        f"{prov['reviewed_from']} to {prov['reviewed_to']}, of requests answered by "
+        f"{versions_text(section)}."
+        + (
+            f" {count(left_out)} further {'review was' if left_out == 1 else 'reviews were'} not used: "
+            f"{section['reviews_unusable']} "
+            f"'not a usable slice', {section['reviews_without_image']} without a logged image."
+            if left_out
+            else ""
+        )
+        + " Each image's review and record id: the run's manifest (`feedback.images`); the "
+        "reviews, reviewers and model versions also in ML Metadata (custom properties "
+        "`feedback_*` of the run's Examples artifact)."
+    )
+    p = data.predictions
+    keep = np.array([c == section["collection"] for c in (p.collections or [])], bool)
+    if not keep.any():
+        return [
+            first,
+            f"None of them is in the {split} split (too few reviews per class for its share), so "
+            "the evaluation has no feedback slice: the site's images were trained on, not measured.",
+        ]
+    part = p.subset(keep)
+    right = intervals.share(part.predicted == part.labels, part.patients)
+    by_class = ", ".join(
+        f"{name} {int(np.sum((part.labels == k) & (part.predicted == k)))}/{int(np.sum(part.labels == k))}"
+        for k, name in enumerate(spec.CLASS_NAMES)
+        if np.any(part.labels == k)
+    )
+    return [
+        first,
+        f"Accuracy on the feedback slice, the {count(right['n'])} feedback images of the {split} split "
+        f"(TFMA slice `{spec.COLLECTION_KEY}: {section['collection']}`, beside the overall figures): "
+        f"{format_with_interval(right['value'], right['ci95'])}; right per class: {by_class}. "
+        "The gates judge the whole split, these images included.",
+    ]
+
+
 CARD_TEMPLATE = "model_card.md.j2"  # in templates/, beside the report's page frame
 
 
@@ -243,6 +307,7 @@ def card_context(data, version: str | None = None) -> dict:
         "serving_validation": to_markdown(
             serving_validation.blocks(getattr(data, "infra_validation", None), "card-serving-validation")
         ),
+        "feedback": feedback_paragraphs(data),
     }
 
 
