@@ -231,7 +231,8 @@ def _by_collection(p) -> Table | None:
         rows,
         id="by-collection",
         caption="By collection (btmri prepare tags copies of a box folder's slices with its "
-        "collection; unknown: the rest); 95 % intervals as above",
+        "collection and reviewed requests of btmri run --feedback with feedback; unknown: the "
+        "rest); 95 % intervals as above",
     )
 
 
