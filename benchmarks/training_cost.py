@@ -1,7 +1,7 @@
 """Benchmark: how close training, evaluation and the exported model come to the machine's limit.
 
     python benchmarks/training_cost.py --pipeline-root ROOT [--steps 30] [--batch-size 32]
-        [--compute-dtype auto|float32|bfloat16] [--saved-model DIR]
+        [--compute-dtype auto|float32|bfloat16] [--saved-model DIR] [--json FILE]
 
 Uses the latest ImportExampleGen, Transform (and Trainer) outputs of a pipeline run:
 the main job's `runs/pipeline` after `btmri run`, or any `--work-dir`'s `pipeline`.
@@ -22,12 +22,15 @@ Prints, for the default model and the Trainer's own input pipeline:
     and against the float32 peak, when the run exported one.
 
 Quote the ratios: absolute rates move with whatever else runs on the machine.
+`--json FILE` also writes the figures, for `btmri results --from-run --benchmark FILE`
+to keep them in the results record.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
 import time
@@ -93,6 +96,7 @@ def main() -> None:
     parser.add_argument(
         "--saved-model", default=None, help="SavedModel to time (default: the run's latest Trainer model)"
     )
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -103,11 +107,10 @@ def main() -> None:
     from tfx.types import artifact_utils
 
     from btmri.documents import TRAINER_DEFAULTS
-    from btmri.spec import IMAGE_BYTES_INPUT, PREDICT_IMAGES
     from components.training.counterfactual import CounterfactualConfig
     from components.training.lesion_guidance import LesionGuidedModel
     from components.training.models import build_model
-    from components.training.trainer import input_fn, smoothed_sparse_crossentropy
+    from components.training.trainer import input_fn, sequence_remap_config, smoothed_sparse_crossentropy
     from pipeline.config import PipelineConfig
     from pipeline.metadata import latest_output
 
@@ -129,8 +132,10 @@ def main() -> None:
     policy = compute_dtype.keras_policy(args.compute_dtype)
     batch = args.batch_size
     counterfactuals = CounterfactualConfig()
+    remap = sequence_remap_config(TRAINER_DEFAULTS)
+    figures: dict = {"cores": os.cpu_count(), "model": model_name, "batch": batch}
 
-    def dataset(fills: bool, augment: bool):
+    def dataset(fills: bool, augment: bool, sequence: bool = False):
         return input_fn(
             train_files,
             accessor,
@@ -140,6 +145,7 @@ def main() -> None:
             augment=augment,
             cache=True,
             counterfactuals=counterfactuals if fills else None,
+            sequence_remap=remap if sequence else None,
         )
 
     def guided_model():
@@ -174,18 +180,26 @@ def main() -> None:
     print(f"matmul peak: float32 {peak32:.0f} GFLOP/s, bfloat16 {peak16:.0f} GFLOP/s")
     forward = model_flops(tf, model_name, training=False)
     step = model_flops(tf, model_name, training=True)
+    figures.update(
+        policy=policy,
+        peak_gflops={"float32": peak32, "bfloat16": peak16},
+        gflops_per_image={"forward": forward / 1e9, "training_step": step / 1e9},
+    )
     print(
         f"FLOPs per image: forward {forward / 1e9:.3f} G, training step {step / 1e9:.3f} G "
         f"({step / forward:.2f} x forward)"
     )
 
     print("input pipeline alone (images/s; the cache filled by a first pass):")
-    for name, fills, augment in (
-        ("from the cache", False, False),
-        ("+ counterfactual fills", True, False),
-        ("+ augmentation (the Trainer's)", True, True),
-    ):
-        ds = dataset(fills, augment)  # each dataset object fills its own cache (~200 KB an image)
+    stages = [
+        ("from the cache", False, False, False),
+        ("+ counterfactual fills", True, False, False),
+        ("+ geometric augmentation", True, True, False),
+    ]
+    if remap is not None:
+        stages.append(("+ sequence look (the Trainer's)", True, True, True))
+    for name, fills, augment, sequence in stages:
+        ds = dataset(fills, augment, sequence)  # each dataset object fills its own cache (~200 KB an image)
         start = time.perf_counter()
         count = sum(int(images.shape[0]) for images, _ in ds)
         if not fills:  # the first pass reads, decodes and runs the Transform graph
@@ -207,6 +221,13 @@ def main() -> None:
         f"{step * batch / model_only / 1e9 / peak:.2f} x the {policy} matmul peak)"
     )
     print(f"  input pipeline's share of a step: {share:.2f}")
+    figures["training"] = {
+        "images_per_s": batch / full,
+        "peak_ratio": step * batch / full / 1e9 / peak,
+        "model_alone_images_per_s": batch / model_only,
+        "model_alone_peak_ratio": step * batch / model_only / 1e9 / peak,
+        "input_pipeline_share": share,
+    }
 
     with compute_dtype.keras_policy_scope(policy):
         classifier = build_model(model_name)
@@ -216,6 +237,22 @@ def main() -> None:
         f"evaluation (forward, {policy}): {batch / evaluate:7.1f} images/s "
         f"({forward * batch / evaluate / 1e9:.0f} GFLOP/s, {forward * batch / evaluate / 1e9 / peak:.2f} x peak)"
     )
+
+    figures["evaluation"] = {
+        "images_per_s": batch / evaluate,
+        "peak_ratio": forward * batch / evaluate / 1e9 / peak,
+    }
+    try:
+        _export(args, config, latest_output, glob, tf, images, batch, forward, peak32, figures)
+    finally:
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+            print(f"wrote {args.json}")
+
+
+def _export(args, config, latest_output, glob, tf, images, batch, forward, peak32, figures) -> None:
+    """The exported model's predict_images, timed on the same batch, PNG-encoded."""
+    from btmri.spec import IMAGE_BYTES_INPUT, PREDICT_IMAGES
 
     saved = args.saved_model
     if saved is None:
@@ -235,6 +272,10 @@ def main() -> None:
         f"({forward * batch / export / 1e9:.0f} GFLOP/s of model, {forward * batch / export / 1e9 / peak32:.2f} "
         "x the float32 peak)"
     )
+    figures["export"] = {
+        "images_per_s": batch / export,
+        "peak_ratio": forward * batch / export / 1e9 / peak32,
+    }
 
 
 if __name__ == "__main__":

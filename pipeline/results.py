@@ -49,11 +49,34 @@ def confusion_of_run(pipeline_root: str) -> list[list[int]] | None:
     return None if cm is None else [[int(v) for v in row] for row in cm]
 
 
-def make_record(run_record: dict, confusion: list[list[int]] | None, note: str = "") -> dict:
-    """`note`: what the run's figures do not say themselves (e.g. cores shared with other jobs)."""
+BENCHMARK_KEYS = ("peak_gflops", "gflops_per_image", "training", "evaluation")  # training_cost.py --json
+
+
+def read_benchmark(path: str) -> dict:
+    """benchmarks/training_cost.py's --json figures, checked for what the record shows."""
+    try:
+        figures = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ResultsError(f"cannot read the benchmark figures {path}: {err}") from err
+    missing = [key for key in BENCHMARK_KEYS if key not in figures]
+    if missing:
+        raise ResultsError(
+            f"{path} is not benchmarks/training_cost.py --json output (no {', '.join(missing)})"
+        )
+    return figures
+
+
+def make_record(
+    run_record: dict, confusion: list[list[int]] | None, note: str = "", benchmark: dict | None = None
+) -> dict:
+    """`note`: what the run's figures do not say themselves (e.g. cores shared with other
+    jobs); `benchmark`: benchmarks/training_cost.py's figures on this run's data."""
     if not run_record.get("report"):
         raise ResultsError("the run has no report figures (did its ModelReport run?)")
-    return dict(run_record, confusion=confusion, note=note)
+    record = dict(run_record, confusion=confusion, note=note)
+    if benchmark is not None:
+        record["benchmark"] = benchmark
+    return record
 
 
 def record_path(records_dir: str, record: dict) -> Path:
@@ -131,6 +154,16 @@ def headline_rows(record: dict) -> list[tuple[str, str]]:
             (
                 "served predict_images, one image: p50 / p99 latency (gRPC)",
                 f"{serving['grpc_p50_ms']:.0f} / {serving['grpc_p99_ms']:.0f} ms",
+            )
+        )
+    if bench := record.get("benchmark"):
+        dtype = "bfloat16" if "bfloat16" in bench["policy"] else "float32"
+        training = bench["training"]
+        rows.append(
+            (
+                f"training step against the machine's {dtype} matmul peak (benchmarks/training_cost.py)",
+                f"{training['peak_ratio']:.2f}× (model alone {training['model_alone_peak_ratio']:.2f}×; "
+                f"input pipeline {training['input_pipeline_share']:.2f} of a step)",
             )
         )
     trainer = record.get("component_seconds", {}).get("Trainer")

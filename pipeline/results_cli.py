@@ -22,7 +22,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
                 f"no run record in {pipeline_root}: run `btmri run --work-dir {args.work_dir}` first",
             )
         try:
-            made = results.make_record(record, results.confusion_of_run(pipeline_root), args.note)
+            benchmark = results.read_benchmark(args.benchmark) if args.benchmark else None
+            made = results.make_record(record, results.confusion_of_run(pipeline_root), args.note, benchmark)
         except results.ResultsError as err:
             return error("results", err)
         print(f"wrote {results.write_record(args.records, made)}")
@@ -60,6 +61,13 @@ def register(sub) -> None:
         default="",
         help="with --from-run: what the figures do not say themselves, shown with them "
         "(e.g. 'cores shared with a CI run for most of it')",
+    )
+    p.add_argument(
+        "--benchmark",
+        metavar="JSON",
+        default=None,
+        help="with --from-run: keep benchmarks/training_cost.py --json figures (measured on this "
+        "run's data) in the record; the tables show the training step against the machine's peak",
     )
     p.add_argument("--records", default=results.RECORDS_DIR, help="records folder (default %(default)s)")
     p.add_argument("--readme", default=results.README, help="default %(default)s")

@@ -80,3 +80,31 @@ def test_a_record_is_named_by_its_data(command, name):
 def test_the_shown_command_hides_this_machine():
     shown = results.shown_command("btmri run --data-dir /data/x/brain-tumor-mri --work-dir /tmp/w --quick")
     assert shown == "btmri run --data-dir /path/to/brain-tumor-mri --quick"
+
+
+BENCHMARK = {
+    "policy": "mixed_bfloat16",
+    "peak_gflops": {"float32": 200.0, "bfloat16": 400.0},
+    "gflops_per_image": {"forward": 0.45, "training_step": 1.34},
+    "training": {
+        "images_per_s": 150.0,
+        "peak_ratio": 0.5025,
+        "model_alone_images_per_s": 199.0,
+        "model_alone_peak_ratio": 0.6667,
+        "input_pipeline_share": 0.246,
+    },
+    "evaluation": {"images_per_s": 669.0, "peak_ratio": 0.75},
+}
+
+
+def test_benchmark_figures_join_the_record_and_its_tables_show_the_ratio(tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(BENCHMARK))
+    record = results.make_record(_record(), None, benchmark=results.read_benchmark(str(path)))
+    rows = dict(results.headline_rows(record))
+    row = next(value for name, value in rows.items() if "matmul peak" in name)
+    assert row.startswith("0.50× (model alone 0.67×; input pipeline 0.25 of a step)")
+    assert not any("matmul peak" in name for name, _ in results.headline_rows(_record(benchmark=None)))
+    path.write_text(json.dumps({"training": {}}))
+    with pytest.raises(results.ResultsError, match="not benchmarks/training_cost.py"):
+        results.read_benchmark(str(path))
