@@ -74,7 +74,8 @@ class CalibrationOptions:
     false_alarm_rate: float = option(
         0.05,
         "share of healthy windows allowed to raise any alarm: every feature's skew and drift "
-        "threshold is calibrated on the baseline for this window's size",
+        "threshold is calibrated on the baseline for this window's size, and the live-performance "
+        "bounds, apart, on the evaluation for its reviews",
         metavar="R",
     )
     draws: int = option(2000, "bootstrap draws per calibration", cli=False)
@@ -350,10 +351,11 @@ def _null_statistics(
     return statistics, out
 
 
-def _family_thresholds(values: np.ndarray, false_alarm_rate: float) -> tuple[np.ndarray, float]:
+def family_thresholds(values: np.ndarray, false_alarm_rate: float) -> tuple[np.ndarray, float]:
     """Per column, its k-th largest value, one k for all columns: the largest k for which
     at most `false_alarm_rate` of the rows have any value above its column's threshold.
-    → (thresholds, the share of rows that do)."""
+    → (thresholds, the share of rows that do). The live-performance alarms use it too
+    (pipeline/live_performance.py)."""
     ranked = -np.sort(-values, axis=0)  # descending per column
 
     def alarm_rate(k: int) -> float:
@@ -389,7 +391,7 @@ def calibrate(
     statistics, values = _null_statistics(
         columns, kinds, window_rows, baseline_rows, previous_rows, options.draws, options.seed
     )
-    thresholds, rate = _family_thresholds(values, options.false_alarm_rate)
+    thresholds, rate = family_thresholds(values, options.false_alarm_rate)
     result = Calibration(
         window_rows=window_rows,
         baseline_rows=baseline_rows,

@@ -20,12 +20,16 @@
    comparators are symmetric, so the served statistics are the ones also checked
    against the schema), drift against the previous report's window when there is one
    (`previous_statistics`).
-5. The report folder <out>/<UTC time>/ gets statistics.pb, anomalies.pbtxt, monitor.html
+5. Live performance (pipeline/live_performance.py): with a review database, the
+   window's reviewed requests give accuracy and per-class recall, checked against the
+   pushed model's own evaluation with alarms calibrated like the thresholds.
+6. The report folder <out>/<UTC time>/ gets statistics.pb, anomalies.pbtxt, monitor.html
    (histograms served vs baseline, the measurements against their thresholds, the
-   anomalies) and window.json.
+   anomalies, live performance) and window.json.
 
 Exit codes (pipeline/monitor_cli.py): 0 nothing anomalous, 1 anomalies (drift, skew or
-schema), 2 nothing to monitor or no baseline.
+schema) or a live-performance alarm, 2 nothing to monitor, no baseline or an unusable
+review database.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from pipeline.drift_calibration import (
     comparators,
     with_thresholds,
 )
+from pipeline.live_performance import Expected, LivePerformance
 
 # Below this many rows a window's histograms are noisy: calibrated thresholds are wide
 # there (only large shifts stand out), fixed ones raise false alarms. The report says so.
@@ -108,6 +113,7 @@ class MonitorResult:
     drift_against: str | None  # the previous report folder compared with
     notes: list[str] = field(default_factory=list)
     calibration: Calibration | None = None  # None: the schema's fixed thresholds
+    live: LivePerformance | None = None  # the window's reviewed requests against the evaluation
 
     def measurements(self) -> dict[str, dict[str, tuple[float, float]]]:
         """feature → {"skew"/"drift": (TFDV's measurement, its threshold)}."""
@@ -115,7 +121,13 @@ class MonitorResult:
 
     @property
     def anomalous(self) -> bool:
+        """TFDV found drift, skew or schema anomalies."""
         return bool(self.anomalies.anomaly_info) or bool(self.anomalies.dataset_anomaly_info.reason)
+
+    @property
+    def alarmed(self) -> bool:
+        """Anomalies, or a live-performance figure below its calibrated bound."""
+        return self.anomalous or bool(self.live and self.live.alarms)
 
     def lines(self) -> list[str]:
         """One line per anomalous feature: its reasons' short descriptions and descriptions."""
@@ -357,9 +369,13 @@ def _rows_of(serialized: bytes):
 
 
 def _summary_of(serialized: bytes) -> dict:
+    import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
     record = prediction_log_pb2.PredictionLog.FromString(serialized)
+    outputs = record.predict_log.response.outputs
+    # Rows the model abstained on: what live performance weighs the reviews with.
+    abstained = int(tf.make_ndarray(outputs[spec.ABSTAIN]).sum()) if spec.ABSTAIN in outputs else 0
     meta = record.log_metadata
     inputs = set(record.predict_log.request.inputs)
     payload = (
@@ -371,6 +387,7 @@ def _summary_of(serialized: bytes) -> dict:
     )
     return {
         "records": 1,
+        "abstained": abstained,
         "versions": {str(meta.model_spec.version.value): 1},
         "payloads": {payload: 1},
         "first": meta.timestamp_secs,
@@ -380,7 +397,7 @@ def _summary_of(serialized: bytes) -> dict:
 
 class _MergeSummaries(beam.CombineFn):
     def create_accumulator(self):
-        return {"records": 0, "versions": {}, "payloads": {}, "first": None, "last": None}
+        return {"records": 0, "abstained": 0, "versions": {}, "payloads": {}, "first": None, "last": None}
 
     def add_input(self, acc, item):
         return self.merge_accumulators([acc, item])
@@ -389,6 +406,7 @@ class _MergeSummaries(beam.CombineFn):
         out = self.create_accumulator()
         for acc in accumulators:
             out["records"] += acc["records"]
+            out["abstained"] += acc["abstained"]
             for key in ("versions", "payloads"):
                 for k, v in acc[key].items():
                     out[key][k] = out[key].get(k, 0) + v
@@ -539,7 +557,14 @@ def monitor(
     baseline: Baseline | None = None,
     include_open: bool = False,
     calibration_options: CalibrationOptions | None = None,
+    reviews: str | None = None,
+    expected: Expected | None = None,
 ) -> MonitorResult:
+    """`reviews`: the review database (a SQLite file or a postgresql:// URL) for live
+    performance, None for none; `baseline` and `expected` (the figures live performance
+    is checked against) are looked up in the pipeline root when not given."""
+    from pipeline.review.store import StoreError, open_store
+
     out_root = Path(out) if out else Path(log_dir) / MONITOR_DIR
     files, previous = choose_window(log_dir, out_root, all_files, include_open)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -550,7 +575,12 @@ def monitor(
         out_dir = out_root / f"{stamp}-{n}"
     staging = out_root / f".{out_dir.name}"
     staging.mkdir(parents=True)
+    store = None
     try:
+        try:
+            store = open_store(reviews) if reviews else None
+        except StoreError as err:
+            raise MonitorError(err) from None
         return _monitor(
             log_dir,
             pipeline_root,
@@ -560,19 +590,28 @@ def monitor(
             staging,
             beam_args,
             baseline,
-            calibration_options,
+            calibration_options or CalibrationOptions(),
+            store,
+            expected,
         )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        if store is not None:
+            store.close()
 
 
-def _monitor(log_dir, pipeline_root, files, previous, out_dir, staging, beam_args, baseline, options):
+def _monitor(
+    log_dir, pipeline_root, files, previous, out_dir, staging, beam_args, baseline, options, store, expected
+):
     import tensorflow_data_validation as tfdv
 
     snapshots = staging / "open"
     to_read, open_records = _snapshot(files, snapshots)
-    baseline = baseline or find_baseline(pipeline_root, served_version(to_read))
+    looked_up = baseline is None or (store is not None and expected is None)
+    version = served_version(to_read) if looked_up else None
+    baseline = baseline or find_baseline(pipeline_root, version)
     served, summary = served_statistics(to_read, baseline.schema, staging, beam_args)
     shutil.rmtree(snapshots, ignore_errors=True)
     rows = int(served.datasets[0].num_examples) if served.datasets else 0
@@ -620,6 +659,7 @@ def _monitor(log_dir, pipeline_root, files, previous, out_dir, staging, beam_arg
                 else "the fixed thresholds suit a few hundred; expect noise"
             )
         )
+    live = _live_performance(store, to_read, rows, summary, pipeline_root, version, expected, options)
     window = dict(
         summary,
         files=[f.name for f in to_read if not f.open],
@@ -634,6 +674,7 @@ def _monitor(log_dir, pipeline_root, files, previous, out_dir, staging, beam_arg
         anomalous_features=sorted(anomalies.anomaly_info),
         calibration=asdict(calibration) if calibration else None,
         measurements={k: {c: list(v) for c, v in m.items()} for k, m in measurements(anomalies).items()},
+        live_performance=live.to_dict(),
     )
     tfdv.write_anomalies_text(anomalies, str(staging / MONITOR_ANOMALIES_FILE))
     result = MonitorResult(
@@ -644,6 +685,7 @@ def _monitor(log_dir, pipeline_root, files, previous, out_dir, staging, beam_arg
         str(previous) if previous else None,
         notes,
         calibration,
+        live,
     )
     from pipeline.monitor_page import render
 
@@ -653,6 +695,31 @@ def _monitor(log_dir, pipeline_root, files, previous, out_dir, staging, beam_arg
     write_atomic(staging / MONITOR_WINDOW_FILE, json.dumps(window, indent=1))
     staging.rename(out_dir)
     return result
+
+
+def _live_performance(
+    store, files, rows, summary, pipeline_root, version, expected, options
+) -> LivePerformance:
+    """The window's reviewed requests against the pushed model's evaluation
+    (pipeline/live_performance.py); says why not without a review database."""
+    from pipeline.live_performance import find_expected, live_performance
+
+    if store is None:
+        return LivePerformance(
+            unavailable="no review database: --reviews names one (default "
+            "WORK_DIR/review/reviews.sqlite, which `btmri review` writes)"
+        )
+    # Open files are not in it: the review page lists closed files only.
+    closed = [(f.name, f.path, f.skip) for f in files if not f.open]
+    return live_performance(
+        store.where,
+        store.current(),
+        closed,
+        rows,
+        int(summary.get("abstained", 0)),
+        (lambda: (expected, "")) if expected is not None else (lambda: find_expected(pipeline_root, version)),
+        options,
+    )
 
 
 def _open_calls(files: list[WindowFile], open_records: dict[str, int]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from btmri.cli_conventions import (
     EXIT_OK,
@@ -39,6 +40,20 @@ def measurement_lines(result) -> list[str]:
     return lines
 
 
+def reviews_target(reviews: str | None, work_dir: str) -> str | None:
+    """The review database live performance reads: `--reviews`, else the work folder's
+    when it exists (None: none). ValueError for a given file that does not exist, which
+    opening would create empty."""
+    from pipeline.review.store import default_db
+
+    if reviews is None:
+        default = default_db(work_dir)
+        return default if Path(default).is_file() else None
+    if "://" not in reviews and not Path(reviews).is_file():
+        raise ValueError(f"no review database at {reviews} (`btmri review --db` writes one)")
+    return reviews
+
+
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from pipeline.drift_calibration import describe
     from pipeline.monitor import MonitorError, monitor
@@ -46,6 +61,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     options = CalibrationOptions(**options_from(args, CalibrationOptions))
     try:
         options.check()
+        reviews = reviews_target(args.reviews, args.work_dir)
     except ValueError as err:
         return error("monitor", err, EXIT_USAGE)
     pipeline_root = args.pipeline_root or RunLayout(args.work_dir).pipeline_root
@@ -58,6 +74,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
             beam_args=args.beam_arg,
             include_open=args.include_open,
             calibration_options=options,
+            reviews=reviews,
         )
     except MonitorError as err:
         return error("monitor", err, EXIT_NOTHING)
@@ -80,24 +97,34 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     for line in result.lines():
         print(f"ANOMALY {line}")
-    print(
-        f"{'anomalies found' if result.anomalous else 'no anomalies'}; report "
-        f"{result.out_dir}/{MONITOR_REPORT_FILE}"
-    )
-    return EXIT_ANOMALIES if result.anomalous else EXIT_OK
+    for line in result.live.lines():
+        print(line)
+    for note in result.live.notes:
+        print(f"note: {note}")
+    for line in result.live.alarm_lines():
+        print(f"ALARM {line}")
+    verdict = [
+        "anomalies found" if result.anomalous else "no anomalies",
+        *(["live-performance alarms"] if result.live.alarms else []),
+    ]
+    print(f"{'; '.join(verdict)}; report {result.out_dir}/{MONITOR_REPORT_FILE}")
+    return EXIT_ANOMALIES if result.alarmed else EXIT_OK
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "monitor",
-        help="drift and skew of logged requests against the pipeline's baseline (TFDV)",
+        help="drift and skew of logged requests against the pipeline's baseline (TFDV); live "
+        "performance on the reviewed ones",
         description="Computes TFDV statistics of the request features logged by `btmri serve "
         "--request-log DIR` since the last report, validates them against the "
         "request-feature schema of the run that pushed the served model (skew against its "
         "baseline, drift against the previous report) with thresholds calibrated on that "
-        "baseline for the window's size, and writes statistics, anomalies and an HTML page. "
-        f"Exit code {EXIT_OK}: no anomaly, {EXIT_ANOMALIES}: anomalies, {EXIT_NOTHING}: no "
-        "(new) logs or no baseline.",
+        "baseline for the window's size, checks accuracy and per-class recall on the window's "
+        "reviewed requests (`btmri review`) against the pushed model's evaluation, and writes "
+        "statistics, anomalies and an HTML page. "
+        f"Exit code {EXIT_OK}: no anomaly, {EXIT_ANOMALIES}: anomalies or a live-performance "
+        f"alarm, {EXIT_NOTHING}: no (new) logs, no baseline or an unusable review database.",
     )
     p.add_argument("--request-log", required=True, metavar="DIR", help="the server's --request-log folder")
     add_work_dir(p, "the baseline and schema of its latest run")
@@ -119,6 +146,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="also read the files servers are still writing (a snapshot; the next report reads "
         "only what they gain after it)",
+    )
+    p.add_argument(
+        "--reviews",
+        default=None,
+        metavar="FILE|URL",
+        help="review database for live performance: a SQLite file or a postgresql:// URL "
+        "(default WORK_DIR/review/reviews.sqlite when it exists)",
     )
     add_options(p, CalibrationOptions)
     p.add_argument(

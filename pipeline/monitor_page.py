@@ -3,7 +3,9 @@
 Per feature: the served window's histogram over the baseline's (and the previous
 window's), TFDV's drift and skew measurements with their thresholds (calibrated for the
 window's size, pipeline/drift_calibration.py, or the schema's fixed ones), and the
-anomalies. Plots are inline PNGs; no script.
+anomalies; then live performance on the window's reviewed requests
+(pipeline/live_performance.py). Plots are inline PNGs; no script. Every text from a log,
+a review database or a path is escaped.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import html
 import numpy as np
 
 from btmri import spec
+from btmri.intervals import WILSON, format_interval
+from pipeline.live_performance import ALARM
 from pipeline.report.plots import data_uri, plt
 
 SERVED, BASELINE, PREVIOUS = "#d62728", "#1f77b4", "#7f7f7f"
@@ -110,6 +114,73 @@ def _thresholds(result) -> str:
     )
 
 
+def _number(value, digits: int = 3) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _live(live) -> str:
+    """The "Live performance" section: each figure against what the evaluation leads to
+    expect, the window's abstentions, notes and the reviewed requests' confusion."""
+    e = html.escape
+    if live is None:
+        return ""
+    head = f'<h2 id="live-performance">Live performance</h2>\n<p>{e(live.description())}.</p>'
+    if live.unavailable:
+        return head
+    rows = []
+    for c in live.checks:
+        reviews = f"{c.reviewed}" + ("" if c.method == WILSON else f" (effectively {c.effective:g})")
+        css = "bad" if c.status == ALARM else ""
+        rows.append(
+            f'<tr class="{css}"><td>{e(c.title)}</td><td>{_number(c.value)} '
+            f"{e(format_interval(c.ci95))}</td><td>{e(reviews)}</td><td>{_number(c.expected)}</td>"
+            f"<td>{_number(c.alarm_below)}</td><td>{e(c.status)}</td></tr>"
+        )
+    calibration = (
+        f"<p>Bounds calibrated so that at most <b>{live.false_alarm_rate:g}</b> of healthy windows "
+        f"with these reviews raise any live-performance alarm ({live.draws} draws; "
+        f"{live.in_sample_rate:.3f} of them did). Figures worth fewer than {live.min_reviews} "
+        "effective reviews are not checked.</p>"
+        if live.in_sample_rate is not None
+        else "<p>No figure checked.</p>"
+    )
+    abstained = ""
+    if live.abstained is not None:
+        expected = "" if live.expected is None else f"; the evaluation: {live.expected.abstained:.3f}"
+        abstained = (
+            f"<p>Abstained in the window: {_number(live.abstained['value'])} "
+            f"{e(format_interval(live.abstained['ci95']))} ({live.window_abstained} of "
+            f"{live.window_rows}){e(expected)}; among the reviewed requests: "
+            f"{live.reviewed_abstained} of {live.reviewed}.</p>"
+        )
+    notes = "".join(f"<li>{e(n)}</li>" for n in live.notes)
+    confusion = ""
+    if live.reviewed_figures:
+        matrix = live.reviewed_figures["confusion"]
+        header = "".join(f"<th>{e(c)}</th>" for c in matrix["columns"])
+        body = "".join(
+            f"<tr><th>{e(name)}</th>" + "".join(f"<td>{k}</td>" for k in counts) + "</tr>"
+            for name, counts in zip(matrix["rows"], matrix["counts"])
+        )
+        confusion = (
+            "<p>The reviewed requests themselves, unweighted (rows: the reviewer's class; "
+            f'columns: the model\'s answer):</p><table id="live-confusion"><tr><th></th>{header}</tr>'
+            f"{body}</table>"
+        )
+    return f"""{head}
+<p>Accuracy and per-class recall as <code>btmri evaluate</code> counts them (an abstention is
+not a right answer), estimated for the whole window: each reviewed request stands for the
+window's unreviewed requests of its kind (answered or abstained). Expected: {e(live.expected_text())};
+accuracy's at this window's class mix.</p>
+{calibration}
+<table id="live"><tr><th>figure</th><th>live [95 % interval]</th><th>reviewed requests</th>
+<th>expected</th><th>alarm below</th><th>status</th></tr>
+{"".join(rows)}</table>
+{abstained}
+<ul>{notes}</ul>
+{confusion}"""
+
+
 def render(result, served, baseline, previous) -> str:
     e = html.escape
     served_f, baseline_f, previous_f = _features(served), _features(baseline), _features(previous)
@@ -137,6 +208,12 @@ def render(result, served, baseline, previous) -> str:
         + (" and the previous window" if result.drift_against else "")
         + ".</p>"
     )
+    if result.live is not None and result.live.alarms:
+        verdict += (
+            '<p class="bad">Live-performance alarm: '
+            + e("; ".join(c.title for c in result.live.alarms))
+            + ' (<a href="#live-performance">below</a>).</p>'
+        )
     notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
     calibration = result.calibration
     facts = [
@@ -176,6 +253,7 @@ categorical ones. Bold: above its threshold.</p>
 {_thresholds(result)}
 <table id="anomalies"><tr><th>feature</th><th>skew</th><th>drift</th><th>anomalies</th></tr>
 {"".join(rows)}</table>
+{_live(result.live)}
 <h2>Served ({SERVED}) against the baseline ({BASELINE}) and the previous window</h2>
 <div>{plots}</div>
 </body></html>
