@@ -218,8 +218,9 @@ class TrainingSettings:
     acquisition_strength: float = option(
         0.5, "with --acquisition-augment: every magnitude scaled by S in [0, 1] (0: off)", metavar="S"
     )
+    # Off by default: docs/experiments.md (the sequence look).
     sequence_remap: float = option(
-        0.5,
+        0.0,
         "share of training images shown with a random, possibly inverted tissue-contrast curve "
         "(another sequence's look; docs/augmentation.md); 0: off",
         metavar="SHARE",

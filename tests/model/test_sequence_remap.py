@@ -67,7 +67,7 @@ def test_random_curves_give_varied_contrasts_and_are_reproducible():
 
 
 def test_the_trainer_setting_turns_it_on_and_off_and_bad_shares_are_refused():
-    assert sequence_remap_config(TRAINER_DEFAULTS).rate == TRAINER_DEFAULTS.sequence_remap
-    assert sequence_remap_config(parse_trainer_config({"sequence_remap": 0.0})) is None
+    assert TRAINER_DEFAULTS.sequence_remap == 0.0 and sequence_remap_config(TRAINER_DEFAULTS) is None
+    assert sequence_remap_config(parse_trainer_config({"sequence_remap": 0.3})).rate == 0.3
     with pytest.raises(ValueError):
         SequenceRemapConfig(rate=1.5)
