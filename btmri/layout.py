@@ -114,6 +114,16 @@ class RunLayout:
         """Where `btmri gradcam` writes its pictures unless told otherwise."""
         return str(Path(self.work_dir, "gradcam"))
 
+    @property
+    def review_db(self) -> str:
+        """The embedded review store of `btmri review` (SQLite)."""
+        return str(Path(self.work_dir, "review", "reviews.sqlite"))
+
+    @property
+    def feedback_data(self) -> str:
+        """Where `run --feedback DB` exports the database's reviews before preparing them."""
+        return str(Path(self.work_dir, "data", "feedback"))
+
 
 DEFAULT_LAYOUT = RunLayout()
 

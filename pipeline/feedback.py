@@ -15,21 +15,19 @@ import urllib.parse
 from pathlib import Path
 
 from btmri import spec
+from btmri.layout import RunLayout
 from data_prep.discover import LayoutError, find_images
 from data_prep.feedback import FeedbackError, FeedbackReview, FeedbackSet
 from pipeline.review.export import CSV_COLUMNS, EXPORT_CSV
 from pipeline.review.store import LABELS, POSTGRES_SCHEMES
 
-# Where a database's reviews are exported, under the work folder (beside data/prepared/).
-# A fact of the run layout: it belongs in btmri/layout.py (RunLayout), kept here while
-# that file is being changed elsewhere.
-FEEDBACK_DATA_DIR = ("data", "feedback")
 SQLITE_SCHEME = "sqlite"
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
 def feedback_data_dir(work_dir: str) -> Path:
-    return Path(work_dir, *FEEDBACK_DATA_DIR)
+    """Where a database's reviews are exported (RunLayout.feedback_data)."""
+    return Path(RunLayout(work_dir).feedback_data)
 
 
 def sqlite_path(url: str) -> str:

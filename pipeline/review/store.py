@@ -26,12 +26,11 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
+from btmri.layout import RunLayout
 from btmri.spec import CLASS_NAMES
 
 UNUSABLE = "unusable"  # "not a usable slice": no class can be told from it
 LABELS: tuple[str, ...] = (*CLASS_NAMES, UNUSABLE)
-REVIEW_DIR = "review"  # under the work folder
-DEFAULT_DB_FILE = "reviews.sqlite"
 SCHEMA_VERSION = 1
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 POSTGRES_HINT = (
@@ -44,7 +43,7 @@ class StoreError(Exception):
 
 
 def default_db(work_dir: str) -> str:
-    return str(Path(work_dir, REVIEW_DIR, DEFAULT_DB_FILE))
+    return RunLayout(work_dir).review_db
 
 
 def utc_now() -> str:
