@@ -319,28 +319,22 @@ def find_expected(pipeline_root: str, version: int | None) -> tuple[Expected | N
     """(the expected figures of the run that pushed serving version `version`, or of the
     latest run with a note when none did; why there are none)."""
     from pipeline.config import PipelineConfig, missing_store_message
-    from pipeline.metadata import latest_output, outputs_of_pushing_run
+    from pipeline.metadata import latest_output, outputs_of_pushing_run, served_outputs
 
     config = PipelineConfig(pipeline_root=pipeline_root, data_root="", serving_dir="")
     if missing := missing_store_message(config):
         return None, missing
-    note, matched, evaluation, report = "", None, None, None
-    if version is not None:
-        found = outputs_of_pushing_run(config, version, "Evaluator", ("evaluation",))
-        if found is not None:
-            evaluation, matched = found["evaluation"], version
-            reported = outputs_of_pushing_run(config, version, "ModelReport", ("report",))
-            report = reported["report"] if reported else None
-        else:
-            note = (
-                f"served version {version} was not pushed by a run of {pipeline_root}: "
-                "expected figures from the latest run's evaluation"
-            )
-    if evaluation is None:
-        evaluation = latest_output(config, "Evaluator", "evaluation")
-        report = latest_output(config, "ModelReport", "report")
-    if evaluation is None:
+    found, matched, note = served_outputs(
+        config, version, "Evaluator", ("evaluation",), "expected figures from the latest run's evaluation"
+    )
+    if found is None:
         return None, f"no Evaluator output in {pipeline_root} to take the expected figures from"
+    evaluation = found["evaluation"]
+    if matched is not None:  # that run's report, never another run's
+        reported = outputs_of_pushing_run(config, matched, "ModelReport", ("report",))
+        report = reported["report"] if reported else None
+    else:
+        report = latest_output(config, "ModelReport", "report")
     expected = read_expected(evaluation.uri, report.uri if report is not None else None)
     expected.version, expected.note = matched, note
     return expected, ""

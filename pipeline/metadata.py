@@ -96,6 +96,23 @@ def outputs_of_pushing_run(config: PipelineConfig, version: int, node_id: str, k
     return None
 
 
+def served_outputs(
+    config: PipelineConfig, version: int | None, node_id: str, keys: tuple[str, ...], instead: str
+) -> tuple[dict | None, int | None, str]:
+    """(the {key: artifact} `node_id` output in the run that pushed serving version
+    `version`, that version, ""); when no run of this pipeline pushed it (or `version` is
+    None), the latest run's outputs, None and a note ending in `instead` (what is used
+    instead). The outputs are None when that run has not all of them."""
+    note = ""
+    if version is not None:
+        found = outputs_of_pushing_run(config, version, node_id, keys)
+        if found is not None:
+            return found, version, ""
+        note = f"served version {version} was not pushed by a run of {config.pipeline_root}: {instead}"
+    latest = {key: latest_output(config, node_id, key) for key in keys}
+    return (latest if all(a is not None for a in latest.values()) else None), None, note
+
+
 def custom_properties(artifact, prefix: str = "") -> dict:
     """A TFX artifact's custom properties whose names start with `prefix`, as Python values."""
     values = {}

@@ -151,28 +151,23 @@ def find_baseline(pipeline_root: str, version: int | None = None) -> Baseline:
 
     from pipeline.config import PipelineConfig
     from pipeline.config import missing_store_message
-    from pipeline.metadata import latest_output, outputs_of_pushing_run
+    from pipeline.metadata import served_outputs
 
     config = PipelineConfig(pipeline_root=pipeline_root, data_root="", serving_dir="")
     if missing := missing_store_message(config):
         raise MonitorError(missing)
-    note, matched = "", None
-    if version is not None:
-        found = outputs_of_pushing_run(config, version, "RequestBaseline", ("statistics", "schema"))
-        if found is not None:
-            statistics, schema, matched = found["statistics"], found["schema"], version
-        else:
-            note = (
-                f"served version {version} was not pushed by a run of {pipeline_root}: "
-                "compared with the latest run's baseline"
-            )
-    if matched is None:
-        statistics = latest_output(config, "RequestBaseline", "statistics")
-        schema = latest_output(config, "RequestBaseline", "schema")
-    if statistics is None or schema is None:
+    found, matched, note = served_outputs(
+        config,
+        version,
+        "RequestBaseline",
+        ("statistics", "schema"),
+        "compared with the latest run's baseline",
+    )
+    if found is None:
         raise MonitorError(
             f"no RequestBaseline in {pipeline_root}: the run predates monitoring; run `btmri run` again"
         )
+    statistics, schema = found["statistics"], found["schema"]
     files = sorted(Path(statistics.uri).glob(f"Split-*/{STATISTICS_FILE}"))
     if not files:
         raise MonitorError(f"no statistics in {statistics.uri}")
