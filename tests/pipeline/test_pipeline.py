@@ -397,6 +397,7 @@ def test_every_training_setting_of_a_run_reaches_the_trainer():
         "augment": False,
         "acquisition_augment": True,
         "acquisition_strength": 0.25,
+        "sequence_remap": 0.4,
         "seed": 9,
         "compute_dtype": "float32",
         "evidence_weight": 0.5,
