@@ -332,6 +332,13 @@ def _noise_bank(static_shape, size) -> tf.Tensor:
     return tf.constant(_noise_bank_array(height, width))
 
 
+def _bright_gain(sample: tf.Tensor) -> tf.Tensor:
+    """[B] gains that bring each image's bright level (BRIGHT_PERCENTILE of `sample`, its
+    1-in-16 subsample) to serving's BRIGHT_LEVEL, as head_framing.standardise does."""
+    bright = _percentile(tf.reshape(sample, [tf.shape(sample)[0], -1]), BRIGHT_PERCENTILE)
+    return tf.minimum(BRIGHT_LEVEL / tf.maximum(bright, 1e-6), MAX_GAIN)
+
+
 def lower_resolution(images: tf.Tensor, factor) -> tf.Tensor:
     """Down to `factor` of the size (area average), back up (bilinear): what a coarser
     acquisition matrix, or a small image upscaled, looks like."""
@@ -414,9 +421,7 @@ def acquisition_batch(
     if cfg.restandardise:
         # As head_framing.standardise, the bright level read on a 1-in-16 subsample of
         # the curve's output (ranking every pixel costs more than the rest together).
-        bright = _percentile(tf.reshape(sample, [batch, -1]), BRIGHT_PERCENTILE)
-        gain = tf.minimum(BRIGHT_LEVEL / tf.maximum(bright, 1e-6), MAX_GAIN)
-        x = x * gain[:, None, None, None]
+        x = x * _bright_gain(sample)[:, None, None, None]
     return tf.ensure_shape(tf.clip_by_value(x, 0.0, 1.0), images.shape)
 
 
@@ -453,8 +458,10 @@ class SequenceRemapConfig:
             raise ValueError(f"sequence remap needs degree >= 2 and 0 <= background < tissue < 1, got {self}")
 
 
-def sequence_controls(batch, cfg: SequenceRemapConfig, seed: int | None = None) -> tf.Tensor:
-    """[B, degree + 1] control points of each image's tissue curve: identity points for
+def sequence_controls(
+    batch, cfg: SequenceRemapConfig, seed: int | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """([B, degree + 1] control points, [B] which images were chosen): the control points of each image's tissue curve: identity points for
     the images not chosen; for chosen ones random points in [floor, 1], sorted falling
     for the `inverted` share."""
     draw = _Draws(batch, None if seed is None else seed + 50)
@@ -464,7 +471,8 @@ def sequence_controls(batch, cfg: SequenceRemapConfig, seed: int | None = None) 
     points = cfg.floor + (1.0 - cfg.floor) * tf.square(draw.uniform([batch, n]))
     falling = -tf.sort(-points, axis=1)
     points = tf.where(draw.chosen(cfg.inverted)[:, None], falling, points)
-    return tf.where(draw.chosen(cfg.rate)[:, None], points, identity)
+    chosen = draw.chosen(cfg.rate)
+    return tf.where(chosen[:, None], points, identity), chosen
 
 
 QUANTILES = 16  # tissue intensity quantiles per image for the equalisation
@@ -510,13 +518,9 @@ def sequence_remap_batch(
     if cfg.rate <= 0.0:
         return images
     batch = tf.shape(images)[0]
-    control = sequence_controls(batch, cfg, seed)
+    control, chosen = sequence_controls(batch, cfg, seed)
     x = tf.clip_by_value(images, 0.0, 1.0)
     knots = tissue_knots(x, cfg.background)
     y = _remap_pixels(x, knots, control, tf.constant(cfg.background), tf.constant(cfg.tissue))
-    sample = tf.reshape(y[:, 2::4, 2::4], [batch, -1])  # bright level on a 1-in-16 subsample
-    bright = _percentile(sample, BRIGHT_PERCENTILE)
-    gain = tf.minimum(BRIGHT_LEVEL / tf.maximum(bright, 1e-6), MAX_GAIN)
-    remapped = tf.clip_by_value(y * gain[:, None, None, None], 0.0, 1.0)
-    chosen = tf.reduce_any(tf.abs(control - tf.linspace(0.0, 1.0, cfg.degree + 1)[None, :]) > 0, axis=1)
+    remapped = tf.clip_by_value(y * _bright_gain(y[:, 2::4, 2::4])[:, None, None, None], 0.0, 1.0)
     return tf.ensure_shape(tf.where(chosen[:, None, None, None], remapped, images), images.shape)
