@@ -192,12 +192,14 @@ class TrainingSettings:
         None, "'imagenet' for resnet50/efficientnetb0 (downloads the weights; needs internet)"
     )
     epochs: int = option(
-        80, "at most this many epochs: the converge schedule stops earlier (components/training/schedule.py)"
+        50,
+        "at most this many epochs: the converge schedule stops earlier (components/training/schedule.py); "
+        "the limit keeps the real-data run within its time budget",
     )
     schedule: str = option(
         spec.SCHEDULE_CONVERGE,
         "converge: the base learning rate until the eval loss is flat for PATIENCE epochs, then a "
-        "cosine anneal over 3/4 as many epochs again, then stop (never beyond --epochs); "
+        "cosine anneal over half as many epochs again, then stop (never beyond --epochs); "
         "cosine: one decay over all --epochs",
         choices=spec.SCHEDULES,
     )
