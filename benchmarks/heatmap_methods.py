@@ -5,7 +5,8 @@ scored like the lesion audit (pointing game, mass in box) on box slices.
         --boxes-dir /path/to/figshare-boxes --exclude-training runs/data/prepared/current
 
 Maps, all for the predicted class, upsampled to 224x224:
-  signature      what the exported `gradcam` signature returns (Grad-CAM 14x14 x LayerCAM 56x56)
+  signature      what the exported `gradcam` signature returns (the coarse map x LayerCAM 56x56
+                 to the power gradcam.FINE_EXPONENT, as this version exports it)
   gradcam14      Grad-CAM on the 14x14 stage alone
   layercam56     LayerCAM on the 56x56 stage alone
   cam7           the class activation map of the last (7x7) stage, CAM = F . w_c
@@ -13,6 +14,8 @@ Maps, all for the predicted class, upsampled to 224x224:
 For a model with class evidence maps (mri_resnet_evidence) the last two are its
 predicted class's 14x14 evidence map as a spatial softmax (evidence14, what lesion guidance constrains and
 what the class score pools) and that map x LayerCAM 56x56.
+`--fine-exponents 0.35 0.5` adds the coarse map x LayerCAM 56x56 to each power (xlayer56^P):
+how much the fine map should weigh (components/training/gradcam.py).
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ def maps_model(model_dir: str):
     return keras.Model(model.inputs, outputs), kernel, explicit
 
 
-def method_maps(grad_model, kernel, images: list[bytes], explicit: bool = False) -> dict[str, np.ndarray]:
+def method_maps(
+    grad_model, kernel, images: list[bytes], explicit: bool = False, fine_exponents=()
+) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     from components.training import gradcam as cam
@@ -84,12 +89,17 @@ def method_maps(grad_model, kernel, images: list[bytes], explicit: bool = False)
         weights = tf.gather(tf.transpose(kernel), class_id)
         cam7 = up(tf.nn.relu(tf.einsum("bhwc,bc->bhw", last, weights))[..., None])
     last_name = "evidence14" if explicit else "cam7"
-    return {
+    maps = {
         "gradcam14": grad14.numpy(),
         "layercam56": layer56.numpy(),
         last_name: cam7.numpy(),
         f"{last_name}xlayer56": cam._unit_peak(cam7 * layer56).numpy(),
     }
+    for power in fine_exponents:
+        maps[f"{last_name}xlayer56^{power:g}"] = cam._unit_peak(
+            cam7 * up(cam.layer_cam(fine, g_fine) ** power)
+        ).numpy()
+    return maps
 
 
 def main() -> int:
@@ -99,6 +109,9 @@ def main() -> int:
     parser.add_argument("--exclude-training", help="prepared data: skip slices copied in train/")
     parser.add_argument("--limit", type=int, default=0, help="at most this many slices per class")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument(
+        "--fine-exponents", type=float, nargs="*", default=[], metavar="P", help="also xlayer56^P for each P"
+    )
     args = parser.parse_args()
 
     model_dir = _saved_model_dir(args.model)
@@ -119,7 +132,7 @@ def main() -> int:
     for start in range(0, len(slices), args.batch):
         batch = slices[start : start + args.batch]
         images = [png(gray_of(s.path)) for s in batch]
-        maps = method_maps(grad_model, kernel, images, explicit)
+        maps = method_maps(grad_model, kernel, images, explicit, args.fine_exponents)
         maps["signature"] = signature.gradcam(images)[0]
         for name, heat in maps.items():
             for s, h in zip(batch, heat):
