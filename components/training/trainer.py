@@ -53,6 +53,7 @@ from components.training.augment import (
 )
 from components.training.counterfactual import CounterfactualConfig, box_masks, counterfactual_batch
 from components.training.lesion_guidance import LesionGuidedModel, lesion_cells
+from components.training.epoch_clock import EpochClock
 from components.training.schedule import ScheduleCallback
 from components.training.models import (
     CLASS_EVIDENCE_LAYER,
@@ -360,13 +361,16 @@ def _guided_model(config: TrainerConfig, strategy, policy: str):
     return model, guided
 
 
-def _train(guided, train_ds, eval_ds, config: TrainerConfig, run_dir: str) -> tuple[dict, dict]:
-    """Fits on the schedule; (Keras history, the schedule's summary)."""
+def _train(guided, train_ds, eval_ds, config: TrainerConfig, run_dir: str) -> tuple[dict, dict, dict]:
+    """Fits on the schedule; (Keras history, the schedule's summary, where each epoch's
+    wall time went: epoch_clock.EpochClock)."""
     schedule = ScheduleCallback(config.schedule, config.learning_rate, config.epochs, config.patience)
+    clock = EpochClock()
     callbacks = [
         schedule,  # first: the epoch's rate is in the logs the others write
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, TENSORBOARD_DIR)),
         keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_CSV_FILE)),
+        clock,  # last: its epoch ends after the others' work
     ]
     with trainer_phase("training"):
         history = guided.fit(
@@ -374,17 +378,25 @@ def _train(guided, train_ds, eval_ds, config: TrainerConfig, run_dir: str) -> tu
         )
     summary = schedule.summary()
     logging.info("Training schedule: %s", json.dumps(summary))
-    return history.history, summary
+    logging.info("Epoch seconds: %s", json.dumps(clock.summary()["totals"]))
+    return history.history, summary, clock.summary()
 
 
 def _write_history(
-    run_dir: str, config: TrainerConfig, policy: str, history: dict, schedule: dict, strategy
+    run_dir: str,
+    config: TrainerConfig,
+    policy: str,
+    history: dict,
+    schedule: dict,
+    epoch_seconds: dict,
+    strategy,
 ) -> None:
     record = {
         "config": config.to_dict(),
         "compute_dtype_policy": policy,
         "schedule": schedule,
         "history": {k: [float(v) for v in vals] for k, vals in history.items()},
+        "epoch_seconds": epoch_seconds,
     }
     if strategy is not None:
         record["distribution"] = {
@@ -438,8 +450,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     run_dir = distribution.write_dir(fn_args.model_run_dir, strategy)
     serving_model_dir = distribution.write_dir(fn_args.serving_model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
-    history, schedule = _train(guided, train_ds, eval_ds, config, run_dir)
-    _write_history(run_dir, config, policy, history, schedule, strategy)
+    history, schedule, epoch_seconds = _train(guided, train_ds, eval_ds, config, run_dir)
+    _write_history(run_dir, config, policy, history, schedule, epoch_seconds, strategy)
 
     # The export copy holds plain float32 variables (no distributed ones): calibration,
     # abstention and the SavedModel are then the same code with or without a strategy.
