@@ -14,7 +14,8 @@ of the one before, or from the start of training) into:
             run before it, as Keras calls them in order)
 
 history.json keeps every epoch's split (`epoch_seconds`); the log gets one line per
-epoch with a share outside the steps above OUTSIDE_WARNING.
+epoch whose time between epochs (before and after) exceeds OUTSIDE_WARNING of its steps
+and validation.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 import tf_keras as keras
 
 PARTS = ("before", "first", "steps", "eval", "after")
-OUTSIDE_WARNING = 0.2  # log an epoch whose cycle is this share more than its steps and eval
+OUTSIDE_WARNING = 0.2  # log an epoch whose cycle is this share more than its steps and validation
 
 
 class EpochClock(keras.callbacks.Callback):
@@ -69,7 +70,7 @@ class EpochClock(keras.callbacks.Callback):
         }
         self.epochs.append({k: round(v, 3) for k, v in split.items()})
         cycle = sum(split.values())
-        core = split["steps"] + split["eval"]
+        core = split["first"] + split["steps"] + split["eval"]
         if core > 0 and cycle > (1.0 + OUTSIDE_WARNING) * core:
             logging.warning(
                 "Epoch %d took %.1f s, %.1f s of them outside its training steps and validation (%s)",
