@@ -173,7 +173,11 @@ def main() -> None:
 
         return timed(pull, 3, args.steps)
 
-    print(f"{os.cpu_count()} cores, model {model_name}, batch {batch}, {args.steps} steps, policy {policy}")
+    onednn = compute_dtype.onednn_enabled()
+    print(
+        f"{os.cpu_count()} cores, model {model_name}, batch {batch}, {args.steps} steps, policy {policy}, "
+        f"oneDNN kernels {'on' if onednn else 'off'}, native bfloat16 {'yes' if compute_dtype.cpu_has_bf16() else 'no'}"
+    )
     peak32 = matmul_peak(tf, tf.float32)
     peak16 = matmul_peak(tf, tf.bfloat16)
     peak = peak16 if policy == "mixed_bfloat16" else peak32
@@ -182,6 +186,8 @@ def main() -> None:
     step = model_flops(tf, model_name, training=True)
     figures.update(
         policy=policy,
+        onednn=onednn,
+        native_bfloat16=compute_dtype.cpu_has_bf16(),
         peak_gflops={"float32": peak32, "bfloat16": peak16},
         gflops_per_image={"forward": forward / 1e9, "training_step": step / 1e9},
     )

@@ -40,6 +40,14 @@ def keras_policy(setting: str) -> str:
     return "mixed_bfloat16" if setting == "bfloat16" else "float32"
 
 
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN CPU kernels in this process (btmri's
+    ONEDNN_SWITCH turns them on where TensorFlow would not by default)."""
+    from tensorflow.python.util import _pywrap_util_port  # TF's own flag reader
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 @contextlib.contextmanager
 def keras_policy_scope(policy: str):
     """Layers built inside compute under `policy`; the global policy is float32 again

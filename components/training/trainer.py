@@ -444,7 +444,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     multi_worker = config.distribution == DISTRIBUTION_MULTI_WORKER
     train_ds, eval_ds = _datasets(fn_args, config, tf_transform_output, multi_worker)
     policy = compute_dtype.keras_policy(config.compute_dtype)
-    logging.info("Training compute dtype: %s", policy)
+    logging.info(
+        "Training compute dtype: %s; oneDNN kernels %s",
+        policy,
+        "on" if compute_dtype.onednn_enabled() else "off",
+    )
     model, guided = _guided_model(config, strategy, policy)
 
     run_dir = distribution.write_dir(fn_args.model_run_dir, strategy)

@@ -4,6 +4,9 @@ float32 copy the Trainer exports after mixed-precision training."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -87,6 +90,25 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path):
     assert compute_dtype.cpu_has_bf16(str(with_bf16))
     assert not compute_dtype.cpu_has_bf16(str(without))
     assert not compute_dtype.cpu_has_bf16(str(tmp_path / "missing"))
+
+
+def _onednn_in_fresh_process(**env_overrides) -> str:
+    """What a new interpreter reports after importing the project, then TensorFlow."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env.update(env_overrides, TF_CPP_MIN_LOG_LEVEL="3")
+    code = (
+        "import os, data_prep\n"
+        "from components.training import compute_dtype\n"
+        "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], compute_dtype.onednn_enabled())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.split("\n")[-2]
+
+
+def test_importing_the_project_turns_onednn_kernels_on_unless_the_user_chose():
+    # TensorFlow alone leaves oneDNN off on CPUs without AVX-512 VNNI/BF16 or AMX.
+    assert _onednn_in_fresh_process() == "1 True"
+    assert _onednn_in_fresh_process(TF_ENABLE_ONEDNN_OPTS="0") == "0 False"
 
 
 def test_compute_dtype_settings_map_to_keras_policies():
