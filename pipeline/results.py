@@ -201,7 +201,8 @@ def _provenance(record: dict) -> str:
     note = f" {record['note'].rstrip('.')}." if record.get("note") else ""
     return (
         f"Run of {record['finished_at'][:10]}, code `{record['code']}`, {m['cores']} cores "
-        f"({m['cpu']}), `{shown_command(record['command'])}`.{note} Figures:"
+        f"({', '.join(filter(None, (m['cpu'], m.get('instruction_set'))))}), "
+        f"`{shown_command(record['command'])}`.{note} Figures:"
     )
 
 

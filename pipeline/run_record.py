@@ -18,12 +18,13 @@ from pathlib import Path
 
 from btmri.documents import Manifest, write_atomic
 from btmri.layout import HISTORY_FILE, RUN_RECORD_FILE
+from components.training import compute_dtype
 from data_prep.feedback import summary as feedback_summary
 from pipeline.report import read_summary
 
 
 def machine() -> dict:
-    """The cores, processor and memory the run had."""
+    """The cores, processor (and its widest vector instructions) and memory the run had."""
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -39,6 +40,7 @@ def machine() -> dict:
     return {
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu": cpu,
+        "instruction_set": compute_dtype.instruction_set(),
         "memory_gib": None if memory is None else round(memory, 1),
         "python": platform.python_version(),
     }

@@ -16,15 +16,37 @@ from btmri.spec import COMPUTE_DTYPES
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
-def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+# The widest vector extension a CPU has, widest first: what a timing was measured on.
+_INSTRUCTION_SETS = (
+    (_BF16_CPU_FLAGS, "AVX-512 BF16"),
+    ({"avx512f"}, "AVX-512"),
+    ({"avx2"}, "AVX2"),
+    ({"avx"}, "AVX"),
+)
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The first processor's feature flags; empty where /proc/cpuinfo is missing."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return False
+        return set()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return bool(_BF16_CPU_FLAGS & set(line.split(":", 1)[1].split()))
-    return False
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    return bool(_BF16_CPU_FLAGS & cpu_flags(cpuinfo))
+
+
+def instruction_set(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """'AVX-512 BF16', 'AVX-512', 'AVX2' or 'AVX': the CPU's widest; None if unknown.
+    A training epoch on AVX2 costs about three times one on AVX-512 BF16
+    (docs/experiments.md), so every timing names it."""
+    flags = cpu_flags(cpuinfo)
+    return next((name for needed, name in _INSTRUCTION_SETS if needed & flags), None)
 
 
 def keras_policy(setting: str) -> str:

@@ -90,6 +90,12 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path):
     assert compute_dtype.cpu_has_bf16(str(with_bf16))
     assert not compute_dtype.cpu_has_bf16(str(without))
     assert not compute_dtype.cpu_has_bf16(str(tmp_path / "missing"))
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert compute_dtype.instruction_set(str(with_bf16)) == "AVX-512 BF16"
+    assert compute_dtype.instruction_set(str(without)) == "AVX-512"
+    assert compute_dtype.instruction_set(str(avx2)) == "AVX2"
+    assert compute_dtype.instruction_set(str(tmp_path / "missing")) is None
 
 
 def _onednn_in_fresh_process(**env_overrides) -> str:

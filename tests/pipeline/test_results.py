@@ -82,6 +82,17 @@ def test_the_shown_command_hides_this_machine():
     assert shown == "btmri run --data-dir /path/to/brain-tumor-mri --quick"
 
 
+def test_the_provenance_names_the_instruction_set_a_timing_was_measured_on():
+    base = _record()
+    machine = {**base["machine"], "instruction_set": "AVX2"}
+    block = results.render_readme_block({results.REAL: {**base, "machine": machine}})
+    assert f"2 cores ({machine['cpu']}, AVX2)" in block.splitlines()[0]
+    older = {**base["machine"]}
+    older.pop("instruction_set", None)  # records made before the field existed
+    block = results.render_readme_block({results.REAL: {**base, "machine": older}})
+    assert f"2 cores ({older['cpu']})" in block.splitlines()[0]
+
+
 BENCHMARK = {
     "policy": "mixed_bfloat16",
     "peak_gflops": {"float32": 200.0, "bfloat16": 400.0},
