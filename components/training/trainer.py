@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import math
 import json
 import os
 
@@ -95,6 +96,7 @@ def input_fn(
     shard_policy: str | None = None,
     acquisition: AcquisitionConfig | None = None,
     sequence_remap: SequenceRemapConfig | None = None,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
     """Examples → (image [B,224,224,1], (label [B], lesion cells [B,14,14,1])).
 
@@ -113,6 +115,12 @@ def input_fn(
 
     `shard_policy` (multi-worker training only): how workers split the dataset,
     distribution.sharded; the batches stay global batches, the strategy splits them.
+
+    `repeat`: the batches go round forever (each round reshuffled), so the caller gives
+    Keras `steps_per_epoch` (steps_per_epoch()) and one iterator serves every epoch.
+    Keras otherwise makes a new iterator each epoch, and destroying the old one waits
+    for tf.data's autotuning thread to wake: 14 s an epoch on the phantoms, 40 s on
+    some epochs of the real set (docs/experiments.md, 2026-12-07).
     """
     metadata = tf_transform_output.transformed_metadata if materialized else tf_transform_output.raw_metadata
     dataset = data_accessor.tf_dataset_factory(
@@ -163,6 +171,8 @@ def input_fn(
             images = sequence_remap_batch(images, sequence_remap, seed=seed)
         return images, (labels, lesion_cells(box_masks(boxes, CAM_SIZE * 8, CAM_SIZE * 8), CAM_SIZE))
 
+    if repeat:
+        dataset = dataset.repeat()
     dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     if shard_policy is not None:
         dataset = distribution.sharded(dataset, shard_policy)
@@ -308,9 +318,30 @@ def sequence_remap_config(config: TrainerConfig) -> SequenceRemapConfig | None:
     return SequenceRemapConfig(rate=config.sequence_remap)
 
 
+def count_examples(file_patterns: list[str]) -> int:
+    """How many records a split's TFRecord files hold (ExampleGen writes them gzipped);
+    reads the records without parsing them."""
+    files = [f for pattern in file_patterns for f in tf.io.gfile.glob(pattern)]
+    if not files:
+        raise ValueError(f"no TFRecord files match {file_patterns}")
+    total = 0
+    for name in files:
+        records = tf.data.TFRecordDataset(name, compression_type="GZIP" if name.endswith(".gz") else "")
+        total += int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    return total
+
+
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    """Batches in one pass over `examples` (the last one partial)."""
+    if examples <= 0:
+        raise ValueError("the training split has no examples")
+    return math.ceil(examples / batch_size)
+
+
 def _datasets(fn_args, config: TrainerConfig, tf_transform_output, multi_worker: bool):
-    """(train, eval) datasets; multi-worker: training files split by file (input_sharding),
-    eval (few files: prepare writes proportionally fewer) by example."""
+    """(train, eval, training steps per epoch); multi-worker: training files split by file
+    (input_sharding), eval (few files: prepare writes proportionally fewer) by example.
+    The training batches repeat (input_fn's `repeat`): one pass over the split is an epoch."""
     counterfactuals = CounterfactualConfig(
         lesion_rate=config.lesion_removal_rate,
         decoy_rate=config.decoy_removal_rate,
@@ -330,7 +361,9 @@ def _datasets(fn_args, config: TrainerConfig, tf_transform_output, multi_worker:
         shard_policy=config.input_sharding if multi_worker else None,
         acquisition=acquisition_config(config),
         sequence_remap=sequence_remap_config(config),
+        repeat=True,
     )
+    steps = steps_per_epoch(count_examples(fn_args.train_files), config.batch_size)
     eval_ds = input_fn(
         fn_args.eval_files,
         fn_args.data_accessor,
@@ -341,7 +374,7 @@ def _datasets(fn_args, config: TrainerConfig, tf_transform_output, multi_worker:
         cache=config.cache,
         shard_policy=INPUT_SHARDING_DATA if multi_worker else None,
     )
-    return train_ds, eval_ds
+    return train_ds, eval_ds, steps
 
 
 def _guided_model(config: TrainerConfig, strategy, policy: str):
@@ -361,7 +394,9 @@ def _guided_model(config: TrainerConfig, strategy, policy: str):
     return model, guided
 
 
-def _train(guided, train_ds, eval_ds, config: TrainerConfig, run_dir: str) -> tuple[dict, dict, dict]:
+def _train(
+    guided, train_ds, eval_ds, steps: int, config: TrainerConfig, run_dir: str
+) -> tuple[dict, dict, dict]:
     """Fits on the schedule; (Keras history, the schedule's summary, where each epoch's
     wall time went: epoch_clock.EpochClock)."""
     schedule = ScheduleCallback(config.schedule, config.learning_rate, config.epochs, config.patience)
@@ -374,7 +409,12 @@ def _train(guided, train_ds, eval_ds, config: TrainerConfig, run_dir: str) -> tu
     ]
     with trainer_phase("training"):
         history = guided.fit(
-            train_ds, validation_data=eval_ds, epochs=config.epochs, callbacks=callbacks, verbose=2
+            train_ds,
+            validation_data=eval_ds,
+            epochs=config.epochs,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=2,
         )
     summary = schedule.summary()
     logging.info("Training schedule: %s", json.dumps(summary))
@@ -442,7 +482,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     multi_worker = config.distribution == DISTRIBUTION_MULTI_WORKER
-    train_ds, eval_ds = _datasets(fn_args, config, tf_transform_output, multi_worker)
+    train_ds, eval_ds, steps = _datasets(fn_args, config, tf_transform_output, multi_worker)
     policy = compute_dtype.keras_policy(config.compute_dtype)
     logging.info(
         "Training compute dtype: %s; oneDNN kernels %s",
@@ -454,7 +494,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     run_dir = distribution.write_dir(fn_args.model_run_dir, strategy)
     serving_model_dir = distribution.write_dir(fn_args.serving_model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
-    history, schedule, epoch_seconds = _train(guided, train_ds, eval_ds, config, run_dir)
+    history, schedule, epoch_seconds = _train(guided, train_ds, eval_ds, steps, config, run_dir)
     _write_history(run_dir, config, policy, history, schedule, epoch_seconds, strategy)
 
     # The export copy holds plain float32 variables (no distributed ones): calibration,
