@@ -24,6 +24,17 @@ os.environ.setdefault(*KERAS_SWITCH)
 # AVX-512 BF16 or AMX; on an AVX2-only CPU it falls back to Eigen, whose convolution
 # gradients trained our model at half the speed (benchmarks/training_cost.py, model
 # alone: 23 → 47 images/s on 2 AVX2 cores). On wherever the user has not chosen;
-# TF_ENABLE_ONEDNN_OPTS=0 still turns it off.
+# TF_ENABLE_ONEDNN_OPTS=0 still turns it off. The model server undoes the project's
+# choice (leave_onednn_to_tensorflow): there oneDNN made a one-image request ten times
+# slower on AVX2.
 ONEDNN_SWITCH = ("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault(*ONEDNN_SWITCH)
+ONEDNN_SET_BY_PROJECT = "BTMRI_SET_ONEDNN"  # marks a value the project set, not the user
+if ONEDNN_SWITCH[0] not in os.environ:
+    os.environ.update({ONEDNN_SWITCH[0]: ONEDNN_SWITCH[1], ONEDNN_SET_BY_PROJECT: "1"})
+
+
+def leave_onednn_to_tensorflow() -> None:
+    """TensorFlow's own oneDNN default for this process (if TensorFlow is not loaded
+    yet) and its children, unless the user chose a value: drops the project's."""
+    if os.environ.pop(ONEDNN_SET_BY_PROJECT, None):
+        os.environ.pop(ONEDNN_SWITCH[0], None)

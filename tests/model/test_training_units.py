@@ -98,15 +98,25 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path):
     assert compute_dtype.instruction_set(str(tmp_path / "missing")) is None
 
 
-def _onednn_in_fresh_process(**env_overrides) -> str:
-    """What a new interpreter reports after importing the project, then TensorFlow."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+def _onednn_in_fresh_process(first_import: str = "data_prep", **env_overrides) -> str:
+    """What a new interpreter reports after importing `first_import`, then TensorFlow:
+    the variable (or '-') and whether TensorFlow runs oneDNN."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "BTMRI_SET_ONEDNN")}
     env.update(env_overrides, TF_CPP_MIN_LOG_LEVEL="3")
     code = (
-        "import os, data_prep\n"
+        f"import os, {first_import}\n"
         "from components.training import compute_dtype\n"
-        "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], compute_dtype.onednn_enabled())"
+        "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS', '-'), compute_dtype.onednn_enabled())"
     )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.split("\n")[-2]
+
+
+def _tensorflow_default_onednn() -> str:
+    """TensorFlow's own choice on this CPU, in a process that never imports the project."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "BTMRI_SET_ONEDNN")}
+    code = "from tensorflow.python.util import _pywrap_util_port as p; print(bool(p.IsMklEnabled()))"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return done.stdout.split("\n")[-2]
 
@@ -115,6 +125,15 @@ def test_importing_the_project_turns_onednn_kernels_on_unless_the_user_chose():
     # TensorFlow alone leaves oneDNN off on CPUs without AVX-512 VNNI/BF16 or AMX.
     assert _onednn_in_fresh_process() == "1 True"
     assert _onednn_in_fresh_process(TF_ENABLE_ONEDNN_OPTS="0") == "0 False"
+
+
+def test_the_model_server_leaves_onednn_to_tensorflow_unless_the_user_chose():
+    default = _tensorflow_default_onednn()
+    assert _onednn_in_fresh_process("serving") == f"- {default}"
+    # A server started by a pipeline process inherits the project's setting, marked.
+    inherited = {"TF_ENABLE_ONEDNN_OPTS": "1", "BTMRI_SET_ONEDNN": "1"}
+    assert _onednn_in_fresh_process("serving", **inherited) == f"- {default}"
+    assert _onednn_in_fresh_process("serving", TF_ENABLE_ONEDNN_OPTS="1") == "1 True"
 
 
 def test_compute_dtype_settings_map_to_keras_policies():
