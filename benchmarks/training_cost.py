@@ -173,10 +173,10 @@ def main() -> None:
 
         return timed(pull, 3, args.steps)
 
-    onednn = compute_dtype.onednn_enabled()
+    onednn, native_bf16 = compute_dtype.onednn_enabled(), compute_dtype.cpu_has_bf16()
     print(
         f"{os.cpu_count()} cores, model {model_name}, batch {batch}, {args.steps} steps, policy {policy}, "
-        f"oneDNN kernels {'on' if onednn else 'off'}, native bfloat16 {'yes' if compute_dtype.cpu_has_bf16() else 'no'}"
+        f"oneDNN kernels {'on' if onednn else 'off'}, native bfloat16 {'yes' if native_bf16 else 'no'}"
     )
     peak32 = matmul_peak(tf, tf.float32)
     peak16 = matmul_peak(tf, tf.bfloat16)
@@ -187,7 +187,7 @@ def main() -> None:
     figures.update(
         policy=policy,
         onednn=onednn,
-        native_bfloat16=compute_dtype.cpu_has_bf16(),
+        native_bfloat16=native_bf16,
         peak_gflops={"float32": peak32, "bfloat16": peak16},
         gflops_per_image={"forward": forward / 1e9, "training_step": step / 1e9},
     )

@@ -25,14 +25,7 @@ from pipeline.report import read_summary
 
 def machine() -> dict:
     """The cores, processor (and its widest vector instructions) and memory the run had."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = compute_dtype.cpuinfo_field("model name") or platform.processor() or ""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):

@@ -25,16 +25,21 @@ _INSTRUCTION_SETS = (
 )
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """The first processor's feature flags; empty where /proc/cpuinfo is missing."""
+def cpuinfo_field(key: str, cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The first processor's `key` line ('flags', 'model name'); None where missing."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        if line.startswith(key):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The first processor's feature flags; empty where /proc/cpuinfo is missing."""
+    return set((cpuinfo_field("flags", cpuinfo) or "").split())
 
 
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:

@@ -418,8 +418,9 @@ def _train(
         )
     summary = schedule.summary()
     logging.info("Training schedule: %s", json.dumps(summary))
-    logging.info("Epoch seconds: %s", json.dumps(clock.summary()["totals"]))
-    return history.history, summary, clock.summary()
+    epoch_seconds = clock.summary()
+    logging.info("Epoch seconds: %s", json.dumps(epoch_seconds["totals"]))
+    return history.history, summary, epoch_seconds
 
 
 def _write_history(

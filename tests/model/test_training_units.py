@@ -98,27 +98,30 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path):
     assert compute_dtype.instruction_set(str(tmp_path / "missing")) is None
 
 
+def _last_line_of_fresh_process(code: str, **env_overrides) -> str:
+    """The last line a new interpreter prints running `code`, with no oneDNN setting of
+    its own unless `env_overrides` give one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "BTMRI_SET_ONEDNN")}
+    env.update(env_overrides, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.split("\n")[-2]
+
+
 def _onednn_in_fresh_process(first_import: str = "data_prep", **env_overrides) -> str:
     """What a new interpreter reports after importing `first_import`, then TensorFlow:
     the variable (or '-') and whether TensorFlow runs oneDNN."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "BTMRI_SET_ONEDNN")}
-    env.update(env_overrides, TF_CPP_MIN_LOG_LEVEL="3")
     code = (
         f"import os, {first_import}\n"
         "from components.training import compute_dtype\n"
         "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS', '-'), compute_dtype.onednn_enabled())"
     )
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return done.stdout.split("\n")[-2]
+    return _last_line_of_fresh_process(code, **env_overrides)
 
 
 def _tensorflow_default_onednn() -> str:
     """TensorFlow's own choice on this CPU, in a process that never imports the project."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "BTMRI_SET_ONEDNN")}
     code = "from tensorflow.python.util import _pywrap_util_port as p; print(bool(p.IsMklEnabled()))"
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return done.stdout.split("\n")[-2]
+    return _last_line_of_fresh_process(code)
 
 
 def test_importing_the_project_turns_onednn_kernels_on_unless_the_user_chose():
