@@ -33,6 +33,7 @@ setup(
         "matplotlib",
         "scikit-learn",
         "pydicom",
+        "nibabel",  # btmri slices: NIfTI volumes (BraTS layout) into labelled slices
         "tqdm",
         "jinja2",  # the report's page frame and the model card are templates
         "markdown",  # the card's Markdown, shown inside the HTML report

@@ -84,6 +84,20 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_slices(args: argparse.Namespace) -> int:
+    from data_prep.volumes import SliceOptions, slice_volumes, summary_lines
+
+    opts = SliceOptions(**options_from(args, SliceOptions), progress=not args.quiet)
+    try:
+        summary = slice_volumes(args.volumes_dir, args.out, opts)
+    except ValueError as err:
+        return error("slices", err)
+    except OSError as err:
+        return error("slices", f"cannot write to {args.out}: {err.strerror or err}")
+    print("\n".join(summary_lines(summary, args.out)))
+    return EXIT_OK
+
+
 def _pipeline_config(args: argparse.Namespace, data_root: str, **overrides):
     """PipelineConfig from the arguments `run` and `compile` share (pipeline_args)."""
     from btmri.documents import TrainingSettings
@@ -311,6 +325,24 @@ def _register_prepare(sub) -> None:
     p.set_defaults(func=_cmd_prepare)
 
 
+def _register_slices(sub) -> None:
+    from data_prep.volumes import SliceOptions
+
+    p = sub.add_parser(
+        "slices",
+        help="NIfTI volumes with a tumour mask (BraTS layout) → labelled slices for btmri evaluate",
+        description="Axial slices of every case folder (<case>/<case>_<sequence>.nii.gz and "
+        "<case>_seg.nii.gz) as class folders with tags.csv (patient, sequence, slice) and "
+        "patients.csv: `btmri evaluate OUT --tags OUT/tags.csv` then measures the model per "
+        "sequence with intervals over patients. A case that cannot be read is reported and skipped.",
+    )
+    p.add_argument("volumes_dir", metavar="VOLUMES", help="one folder per case")
+    p.add_argument("--out", required=True, help="output folder (class folders, tags.csv, patients.csv)")
+    add_options(p, SliceOptions)
+    add_output_flags(p, "no progress bar")
+    p.set_defaults(func=_cmd_slices)
+
+
 def _add_pipeline_arguments(p: argparse.ArgumentParser, local: bool) -> None:
     """What `run` and `compile` share: where the run writes, then every training setting
     and gate, each flag from its field (btmri.documents.option), then Beam options."""
@@ -478,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     for register in (
         _register_synth,
         _register_prepare,
+        _register_slices,
         _register_run,
         _register_compile,
         register_serving,
