@@ -15,6 +15,7 @@ from pipeline.cli import QUICK_PRESET, _apply_preset, build_parser, main
 SUBCOMMANDS = (
     "synth",
     "prepare",
+    "slices",
     "run",
     "compile",
     "serve",
