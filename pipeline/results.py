@@ -66,16 +66,84 @@ def read_benchmark(path: str) -> dict:
     return figures
 
 
+# Figures of `btmri evaluate` a record keeps, overall and per tag value.
+SITE_FIGURES = (
+    "accuracy",
+    "abstained",
+    "wrong_confident",
+    "tumour_called_notumor",
+    "tumour_top_class_notumor",
+)
+
+
+def _site_figures(figures: dict) -> dict:
+    kept = {"n": figures["n"]}
+    for key in SITE_FIGURES:
+        fig = figures[key]
+        kept[key] = {k: fig[k] for k in ("value", "ci95", "successes", "n") if k in fig}
+    if units := figures["accuracy"].get("units"):
+        kept["units"] = units
+    return kept
+
+
+def _same_model(evaluated: dict, pushed_to: str | None) -> bool:
+    """Whether `btmri evaluate` measured the run's pushed model (its version folder)."""
+    if not pushed_to or evaluated.get("kind") != "saved_model":
+        return False
+    version = evaluated.get("version")
+    return Path(evaluated["path"]).resolve() == Path(pushed_to).resolve() or (
+        version is not None and Path(pushed_to).name == str(version)
+    )
+
+
+def read_site_evaluation(spec: str, pushed_to: str | None) -> tuple[str, dict]:
+    """`NAME=evaluation.json` (`btmri evaluate --out` of this run's pushed model on a
+    source it never trained on) → (NAME, what the record keeps of it)."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name.strip() or not path:
+        raise ResultsError(f"--site-evaluation {spec!r}: expected NAME=path/to/evaluation.json")
+    try:
+        document = json.loads(Path(path).read_text())
+        figures, model = document["figures"], document["model"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ResultsError(f"cannot read {path} as `btmri evaluate` output: {err}") from err
+    if not _same_model(model, pushed_to):
+        where = model.get("path") or model.get("address")
+        raise ResultsError(
+            f"{path} measured the model at {where}, not this run's pushed model {pushed_to}: "
+            "evaluate the pushed model (`btmri evaluate DIR --work-dir <the run's folder>`)"
+        )
+    patient_tag = document.get("patient_tag")
+    return name.strip(), {
+        "data_dir": document.get("data_dir"),
+        "intervals": document.get("intervals"),
+        "figures": _site_figures(figures),
+        "slices": {
+            tag: {value: _site_figures(fig) for value, fig in values.items()}
+            for tag, values in document.get("slices", {}).items()
+            if tag != patient_tag
+        },
+    }
+
+
 def make_record(
-    run_record: dict, confusion: list[list[int]] | None, note: str = "", benchmark: dict | None = None
+    run_record: dict,
+    confusion: list[list[int]] | None,
+    note: str = "",
+    benchmark: dict | None = None,
+    site_evaluations: dict[str, dict] | None = None,
 ) -> dict:
     """`note`: what the run's figures do not say themselves (e.g. cores shared with other
-    jobs); `benchmark`: benchmarks/training_cost.py's figures on this run's data."""
+    jobs); `benchmark`: benchmarks/training_cost.py's figures on this run's data;
+    `site_evaluations`: {name: read_site_evaluation(...)[1]}, the pushed model on
+    sources it never trained on."""
     if not run_record.get("report"):
         raise ResultsError("the run has no report figures (did its ModelReport run?)")
     record = dict(run_record, confusion=confusion, note=note)
     if benchmark is not None:
         record["benchmark"] = benchmark
+    if site_evaluations:
+        record["site_evaluations"] = site_evaluations
     return record
 
 
@@ -166,6 +234,17 @@ def headline_rows(record: dict) -> list[tuple[str, str]]:
                 f"input pipeline {training['input_pipeline_share']:.2f} of a step)",
             )
         )
+    for name, site in record.get("site_evaluations", {}).items():
+        fig = site["figures"]
+        who = f"{fig['n']:,} images" + (f", {fig['units']} patients" if fig.get("units") else "")
+        rows.append(
+            (
+                f"{name} ({who}), never trained on: accuracy (abstentions count as wrong) / tumours "
+                "called notumor / wrong and confident / abstained",
+                f"{_ci(fig['accuracy'])} / {fig['tumour_called_notumor']['value']:.2f} / "
+                f"{fig['wrong_confident']['value']:.2f} / {fig['abstained']['value']:.2f}",
+            )
+        )
     trainer = record.get("component_seconds", {}).get("Trainer")
     rows.append(
         (
@@ -233,6 +312,7 @@ def render_page_block(records: dict[str, dict]) -> str:
                 + ".",
                 "",
             ]
+        lines += site_evaluation_tables(record)
         steps = sorted(record.get("component_seconds", {}).items(), key=lambda kv: -kv[1])
         phases = record.get("trainer_phase_seconds", {})
         lines += _table(
@@ -242,6 +322,38 @@ def render_page_block(records: dict[str, dict]) -> str:
         )
         lines.append("")
     return "\n".join(lines).rstrip("\n")
+
+
+def _share(fig: dict | None) -> str:
+    return (
+        "–" if not fig or fig.get("value") is None else f"{fig['value']:.2f} ({fig['successes']}/{fig['n']})"
+    )
+
+
+def site_evaluation_tables(record: dict) -> list[str]:
+    """Per source the model never trained on: one table per tag (e.g. sequence)."""
+    lines: list[str] = []
+    columns = (
+        ("accuracy", "accuracy"),
+        ("abstained", "abstained"),
+        ("wrong_confident", "wrong and confident"),
+        ("tumour_called_notumor", "tumours called notumor"),
+        ("tumour_top_class_notumor", "tumours whose top class is notumor (abstention aside)"),
+    )
+    for name, site in record.get("site_evaluations", {}).items():
+        lines += [f"**{name}**, never trained on ({site.get('intervals') or ''}):", ""]
+        tables = {"all": {"all images": site["figures"]}, **site.get("slices", {})}
+        for tag, values in tables.items():
+            lines.append(f"| {tag} | images | " + " | ".join(title for _, title in columns) + " |")
+            lines.append("|---" * (len(columns) + 2) + "|")
+            for value, fig in values.items():
+                lines.append(
+                    f"| {value} | {fig['n']} | "
+                    + " | ".join(_share(fig.get(key)) for key, _ in columns)
+                    + " |"
+                )
+            lines.append("")
+    return lines
 
 
 def replace_block(text: str, block: str, where: str) -> str:

@@ -23,7 +23,12 @@ def _cmd_results(args: argparse.Namespace) -> int:
             )
         try:
             benchmark = results.read_benchmark(args.benchmark) if args.benchmark else None
-            made = results.make_record(record, results.confusion_of_run(pipeline_root), args.note, benchmark)
+            sites = dict(
+                results.read_site_evaluation(s, record.get("pushed_to")) for s in args.site_evaluation
+            )
+            made = results.make_record(
+                record, results.confusion_of_run(pipeline_root), args.note, benchmark, sites
+            )
         except results.ResultsError as err:
             return error("results", err)
         print(f"wrote {results.write_record(args.records, made)}")
@@ -68,6 +73,15 @@ def register(sub) -> None:
         default=None,
         help="with --from-run: keep benchmarks/training_cost.py --json figures (measured on this "
         "run's data) in the record; the tables show the training step against the machine's peak",
+    )
+    p.add_argument(
+        "--site-evaluation",
+        metavar="NAME=JSON",
+        action="append",
+        default=[],
+        help="with --from-run: keep `btmri evaluate --out` figures of this run's pushed model on "
+        "a source it never trained on (evaluation.json), shown as NAME, overall and per tag; "
+        "repeatable",
     )
     p.add_argument("--records", default=results.RECORDS_DIR, help="records folder (default %(default)s)")
     p.add_argument("--readme", default=results.README, help="default %(default)s")

@@ -304,6 +304,8 @@ def build_document(
         "data_dir": data_dir,
         "model": model,
         "intervals": intervals_text(overall, patient_tag),
+        # The tag naming patients: its values are patients, not a slice worth a table.
+        "patient_tag": patient_tag if overall["interval_method"] == PATIENT_BOOTSTRAP else None,
         "figures": overall,
         "slices": slices(rows, patient_tag),
         "gates": {

@@ -119,3 +119,66 @@ def test_benchmark_figures_join_the_record_and_its_tables_show_the_ratio(tmp_pat
     path.write_text(json.dumps({"training": {}}))
     with pytest.raises(results.ResultsError, match="not benchmarks/training_cost.py"):
         results.read_benchmark(str(path))
+
+
+def _site_document(model: dict) -> dict:
+    """`btmri evaluate`'s evaluation.json for 12 slices of 3 patients on two sequences:
+    the tumours on t2 all answered notumor, those on t1c right."""
+    from btmri import spec
+    from pipeline import site_evaluation as se
+
+    def probs(top: int) -> list[float]:
+        p = [0.02] * spec.NUM_CLASSES
+        p[top] = 0.94
+        return p
+
+    glioma, notumor = spec.CLASS_TO_ID["glioma"], spec.CLASS_TO_ID["notumor"]
+    rows = [
+        se.Row(
+            f"{p}_{seq}_{i}",
+            glioma,
+            probs(glioma if seq == "t1c" else notumor),
+            tags={"patient": p, "sequence": seq},
+        )
+        for p in ("a", "b", "c")
+        for seq in ("t1c", "t2")
+        for i in range(2)
+    ]
+    return json.loads(
+        json.dumps(
+            se.json_ready(se.build_document(rows, [], data_dir="/x", model=model, patient_tag="patient"))
+        )
+    )
+
+
+def test_site_evaluations_join_the_record_per_tag_and_must_be_of_the_pushed_model(tmp_path):
+    pushed = "/runs/serving/brain_tumor/1765000000"
+    path = tmp_path / "evaluation.json"
+    path.write_text(
+        json.dumps(_site_document({"kind": "saved_model", "path": pushed, "version": 1765000000}))
+    )
+    name, site = results.read_site_evaluation(f"BraTS 2018={path}", pushed)
+    assert name == "BraTS 2018" and set(site["slices"]) == {"sequence"}  # the patient tag is no table
+    t2 = site["slices"]["sequence"]["t2"]
+    assert t2["tumour_called_notumor"]["value"] == 1.0 and t2["n"] == 6
+    assert site["slices"]["sequence"]["t1c"]["accuracy"]["value"] == 1.0
+    assert site["figures"]["units"] == 3  # intervals over patients
+
+    record = results.make_record(_record(), None, site_evaluations={name: site})
+    rows = dict(results.headline_rows(record))
+    row = next(
+        value for label, value in rows.items() if label.startswith("BraTS 2018 (12 images, 3 patients)")
+    )
+    assert row.startswith("0.50 [") and row.endswith(" / 0.50 / 0.50 / 0.00")
+    page = results.render_page_block({results.REAL: record})
+    assert "| t2 | 6 | 0.00 (0/6) |" in page and "| t1c | 6 | 1.00 (6/6) |" in page
+
+    # Another model's figures, or a file that is no evaluation, are refused.
+    path.write_text(json.dumps(_site_document({"kind": "saved_model", "path": "/elsewhere/7", "version": 7})))
+    with pytest.raises(results.ResultsError, match="not this run's pushed model"):
+        results.read_site_evaluation(f"BraTS={path}", pushed)
+    with pytest.raises(results.ResultsError, match="expected NAME=path"):
+        results.read_site_evaluation(str(path), pushed)
+    path.write_text("{}")
+    with pytest.raises(results.ResultsError, match="as `btmri evaluate` output"):
+        results.read_site_evaluation(f"BraTS={path}", pushed)
