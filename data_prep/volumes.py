@@ -213,6 +213,8 @@ def slice_case(case_dir: Path, out: Path, opts: SliceOptions, summary: SliceSumm
             continue
         tumour_idx, clear_idx = choose_slices(mask.sum(axis=(1, 2)), (volume > 0).sum(axis=(1, 2)), opts)
         for label, indices in ((opts.tumour_class, tumour_idx), ("notumor", clear_idx)):
+            if not len(indices):
+                continue  # no empty class folder: without notumor/ the output is a box folder
             folder = out / label
             folder.mkdir(parents=True, exist_ok=True)
             for z in indices:

@@ -142,3 +142,19 @@ def test_cli(tmp_path):
     assert code == 2 and "is not a folder" in err
     code, _, err = run_cli(str(tmp_path / "vols"), "--out", str(tmp_path / "o4"), "--every", "0")
     assert code == 2 and "--every must be at least 1" in err
+
+
+def test_without_no_tumour_slices_the_output_is_a_box_folder(tmp_path):
+    from data_prep.lesion_boxes import read_box_folder
+    from data_prep.patients import read_patients_csv
+
+    write_case(tmp_path / "vols", "caseA", sequences=("t2",))
+    out = tmp_path / "out"
+    slice_volumes(
+        str(tmp_path / "vols"),
+        str(out),
+        SliceOptions(min_tumour_pixels=50, no_tumour_per_volume=0, progress=False),
+    )
+    slices, skips = read_box_folder(out)
+    assert len(slices) == 6 and not skips
+    assert set(read_patients_csv(out).values()) == {"caseA"}
