@@ -49,6 +49,15 @@ def _class_folders(folder: Path) -> list[tuple[int, Path]]:
     return out
 
 
+def _box_files(filenames: list[str]) -> set[str]:
+    """`<id>.txt` files beside an image `<id>.<ext>`: a box folder's boxes
+    (data_prep/lesion_boxes.py), annotations of the image, neither data nor a skip."""
+    stems = {
+        os.path.splitext(n)[0] for n in filenames if os.path.splitext(n)[1].lower() in spec.IMAGE_EXTENSIONS
+    }
+    return {n for n in filenames if n.lower().endswith(".txt") and os.path.splitext(n)[0] in stems}
+
+
 def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip]]:
     """Lists image candidates and files skipped by name, sorted for determinism.
 
@@ -61,6 +70,7 @@ def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip
     shows the undecodable bytes as \\xNN escapes (`T\\xfcmor.jpg`), which is valid UTF-8.
     Should that escaped text equal another file's name, the second one is skipped.
     Only names are listed here: special files (FIFOs, devices) are refused when read.
+    A box file beside its slice (`<id>.txt` beside `<id>.png`) is passed over silently.
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -85,7 +95,10 @@ def find_images(data_dir: str | os.PathLike) -> tuple[list[Candidate], list[Skip
             for dirpath, dirnames, filenames in os.walk(class_dir):
                 dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
                 rel_dir = Path(dirpath).relative_to(root).as_posix()
+                annotations = _box_files(filenames)
                 for name in sorted(filenames):
+                    if name in annotations:
+                        continue
                     source = printable_path(f"{rel_dir}/{name}")
                     suffix = os.path.splitext(name)[1]
                     if source in sources:

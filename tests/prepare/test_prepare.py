@@ -145,6 +145,11 @@ def _build_messy_folder(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     keep["Training/meningioma/gray.jpeg"] = "original"
     write_png(m / "gray8.PNG", textured_image(97))
     keep["Training/meningioma/gray8.PNG"] = "original"
+    # A box file beside its slice (a box folder's layout) is an annotation: neither kept
+    # nor skipped. Beside no image it is an unsupported file like any other.
+    (m / "gray8.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    (m / "orphan.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    skip["Training/meningioma/orphan.txt"] = "unsupported extension .txt"
     from PIL import Image
 
     Image.fromarray(textured_image(96)).convert("CMYK").save(m / "cmyk.jpg", "JPEG")
