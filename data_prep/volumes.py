@@ -192,7 +192,9 @@ def choose_slices(tumour_pixels: np.ndarray, brain_pixels: np.ndarray, opts: Sli
     return tumour, clear[np.unique(np.linspace(0, len(clear) - 1, keep).round().astype(int))]
 
 
-def slice_case(case_dir: Path, out: Path, opts: SliceOptions, summary: SliceSummary, rows: list) -> None:
+def slice_case(case_dir: Path, out: Path, opts: SliceOptions, summary: SliceSummary, rows: list) -> int:
+    """Writes one case's slices; returns how many (a sequence that cannot be read is
+    recorded in the summary and the others go on)."""
     mask_path, volumes = case_files(case_dir)
     if mask_path is None:
         raise VolumeError("no tumour mask (<case>_seg.nii.gz)")
@@ -202,6 +204,7 @@ def slice_case(case_dir: Path, out: Path, opts: SliceOptions, summary: SliceSumm
     mask, spacing = load_axial(mask_path)
     mask = mask > 0
     case = case_dir.name
+    written = len(rows)
     for sequence in wanted:
         try:
             volume, vol_spacing = load_axial(volumes[sequence])
@@ -227,6 +230,7 @@ def slice_case(case_dir: Path, out: Path, opts: SliceOptions, summary: SliceSumm
                     (folder / f"{stem}.txt").write_text(format_yolo_box(box))
                 rows.append((f"{label}/{stem}.png", case, sequence, int(z), int(mask[z].sum()), label, stem))
                 summary.slices[(label, sequence)] += 1
+    return len(rows) - written
 
 
 def case_folders(volumes_dir: Path) -> list[Path]:
@@ -248,8 +252,7 @@ def slice_volumes(volumes_dir: str, out_dir: str, opts: SliceOptions = SliceOpti
     summary, rows = SliceSummary(), []
     for case_dir in tqdm(cases, desc="slicing", unit="case", disable=not opts.progress):
         try:
-            slice_case(case_dir, out, opts, summary, rows)
-            summary.cases += 1
+            summary.cases += int(slice_case(case_dir, out, opts, summary, rows) > 0)
         except VolumeError as err:
             summary.skipped.append((case_dir.name, str(err)))
     if not rows:

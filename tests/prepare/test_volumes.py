@@ -99,13 +99,16 @@ def test_a_bad_case_is_reported_and_skipped(tmp_path):
     write_case(vols, "nomask", seg=False)
     broken = write_case(vols, "broken", sequences=("t1", "t2"))
     (broken / "broken_t2.nii.gz").write_bytes(b"not a volume")
+    hopeless = write_case(vols, "hopeless", sequences=("t1",))
+    (hopeless / "hopeless_t1.nii.gz").write_bytes(b"")
     summary = slice_volumes(
         str(vols), str(tmp_path / "out"), SliceOptions(min_tumour_pixels=50, progress=False)
     )
     reasons = dict(summary.skipped)
     assert "no tumour mask" in reasons["nomask"]
     assert "not a readable NIfTI volume" in reasons["broken/broken_t2.nii.gz"]
-    assert summary.cases == 2  # good, and broken's t1
+    assert "not a readable NIfTI volume" in reasons["hopeless/hopeless_t1.nii.gz"]
+    assert summary.cases == 2  # good, and broken's t1; hopeless wrote nothing
     patients = {t["patient"] for t in read_tags(tmp_path / "out")}
     assert patients == {"good", "broken"}
 
