@@ -86,19 +86,25 @@ def _site_figures(figures: dict) -> dict:
     return kept
 
 
-def _same_model(evaluated: dict, pushed_to: str | None) -> bool:
-    """Whether `btmri evaluate` measured the run's pushed model (its version folder)."""
-    if not pushed_to or evaluated.get("kind") != "saved_model":
+def _same_model(evaluated: dict, pushed_to: str | None, pipeline_root: str | None) -> bool:
+    """Whether `btmri evaluate` measured the run's model: its pushed version folder, or
+    (a run whose model was not blessed) the Trainer's model under its pipeline root."""
+    if evaluated.get("kind") != "saved_model":
+        return False
+    path = Path(evaluated["path"]).resolve()
+    if pipeline_root and Path(pipeline_root, "Trainer").resolve() in path.parents:
+        return True
+    if not pushed_to:
         return False
     version = evaluated.get("version")
-    return Path(evaluated["path"]).resolve() == Path(pushed_to).resolve() or (
-        version is not None and Path(pushed_to).name == str(version)
-    )
+    return path == Path(pushed_to).resolve() or (version is not None and Path(pushed_to).name == str(version))
 
 
-def read_site_evaluation(spec: str, pushed_to: str | None) -> tuple[str, dict]:
-    """`NAME=evaluation.json` (`btmri evaluate --out` of this run's pushed model on a
-    source it never trained on) → (NAME, what the record keeps of it)."""
+def read_site_evaluation(
+    spec: str, pushed_to: str | None, pipeline_root: str | None = None
+) -> tuple[str, dict]:
+    """`NAME=evaluation.json` (`btmri evaluate --out` of this run's model on a source it
+    never trained on) → (NAME, what the record keeps of it)."""
     name, sep, path = spec.partition("=")
     if not sep or not name.strip() or not path:
         raise ResultsError(f"--site-evaluation {spec!r}: expected NAME=path/to/evaluation.json")
@@ -107,11 +113,12 @@ def read_site_evaluation(spec: str, pushed_to: str | None) -> tuple[str, dict]:
         figures, model = document["figures"], document["model"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ResultsError(f"cannot read {path} as `btmri evaluate` output: {err}") from err
-    if not _same_model(model, pushed_to):
+    if not _same_model(model, pushed_to, pipeline_root):
         where = model.get("path") or model.get("address")
         raise ResultsError(
-            f"{path} measured the model at {where}, not this run's pushed model {pushed_to}: "
-            "evaluate the pushed model (`btmri evaluate DIR --work-dir <the run's folder>`)"
+            f"{path} measured the model at {where}, not this run's model (pushed: {pushed_to}): "
+            "evaluate the pushed model (`btmri evaluate DIR --work-dir <the run's folder>`) or, "
+            "when none was pushed, the Trainer's (--model-dir <pipeline root>/Trainer/model/<n>/Format-Serving)"
         )
     patient_tag = document.get("patient_tag")
     return name.strip(), {

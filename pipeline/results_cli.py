@@ -24,7 +24,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
         try:
             benchmark = results.read_benchmark(args.benchmark) if args.benchmark else None
             sites = dict(
-                results.read_site_evaluation(s, record.get("pushed_to")) for s in args.site_evaluation
+                results.read_site_evaluation(s, record.get("pushed_to"), pipeline_root)
+                for s in args.site_evaluation
             )
             made = results.make_record(
                 record, results.confusion_of_run(pipeline_root), args.note, benchmark, sites

@@ -175,8 +175,16 @@ def test_site_evaluations_join_the_record_per_tag_and_must_be_of_the_pushed_mode
 
     # Another model's figures, or a file that is no evaluation, are refused.
     path.write_text(json.dumps(_site_document({"kind": "saved_model", "path": "/elsewhere/7", "version": 7})))
-    with pytest.raises(results.ResultsError, match="not this run's pushed model"):
+    with pytest.raises(results.ResultsError, match="not this run's model"):
         results.read_site_evaluation(f"BraTS={path}", pushed)
+    # A run that pushed nothing: its Trainer's model, and only that, is the run's.
+    trainer_model = tmp_path / "root" / "Trainer" / "model" / "8" / "Format-Serving"
+    path.write_text(
+        json.dumps(_site_document({"kind": "saved_model", "path": str(trainer_model), "version": None}))
+    )
+    assert results.read_site_evaluation(f"BraTS={path}", None, str(tmp_path / "root"))[0] == "BraTS"
+    with pytest.raises(results.ResultsError, match="not this run's model"):
+        results.read_site_evaluation(f"BraTS={path}", None, str(tmp_path / "other-root"))
     with pytest.raises(results.ResultsError, match="expected NAME=path"):
         results.read_site_evaluation(str(path), pushed)
     path.write_text("{}")
