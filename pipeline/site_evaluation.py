@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from btmri.intervals import PATIENT_BOOTSTRAP, format_proportion, interval_method, method_text, share
+from btmri.intervals import PATIENT_BOOTSTRAP, format_with_interval, interval_method, method_text, share
 from btmri.spec import CLASS_NAMES, NOTUMOR_ID, NUM_CLASSES
 
 EVALUATION_JSON = "evaluation.json"  # what --out DIR gets: the figures and one row per image
@@ -345,7 +345,8 @@ def _files(k: int) -> str:
 
 
 def _share(fig: dict) -> str:
-    return format_proportion(fig["successes"], fig["n"])
+    """The share with its own interval (a bootstrap over patients where the figures have one)."""
+    return f"{format_with_interval(fig['value'], fig['ci95'])} ({fig['successes']}/{fig['n']})"
 
 
 HEADLINE = (

@@ -459,6 +459,10 @@ def test_a_patient_tag_makes_intervals_resample_patients_and_widens_them():
     lo_p, hi_p = by_patient["accuracy"]["ci95"]
     assert hi_p - lo_p > (hi_w - lo_w) + 0.2  # 4 patients know much less than 40 images
     document = se.build_document(rows, [], data_dir="site", model={"description": "M"}, patient_tag="patient")
-    assert "bootstrap over patients, tag patient: 40 images from 4" in "\n".join(se.text_lines(document))
+    text = "\n".join(se.text_lines(document))
+    assert "bootstrap over patients, tag patient: 40 images from 4" in text
+    # The table prints the interval the header names, not Wilson's.
+    lo_p, hi_p = document["figures"]["accuracy"]["ci95"]
+    assert f"0.500 [{lo_p:.3f}, {hi_p:.3f}] (20/40)" in text
     # A tag nobody has: Wilson over images, as without one.
     assert se.figures(rows, patient_tag="scanner")["accuracy"]["ci95"] == per_image["accuracy"]["ci95"]
