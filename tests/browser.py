@@ -167,9 +167,12 @@ def start_review(log_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
 
 
 def stop_review(process: subprocess.Popen) -> None:
-    """Ctrl-C, as a reader stops the page: it must exit 0."""
+    """Ctrl-C, as a reader stops the page: it must exit 0. communicate(), not wait():
+    the server's request log fills the stderr pipe, and a child blocked writing to a
+    full pipe never sees the signal."""
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=60) == 0, process.stderr.read()[-2000:]
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr[-2000:]
 
 
 def visible_case(devtools: DevTools) -> int:
