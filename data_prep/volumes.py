@@ -182,7 +182,7 @@ def square_pixels(slice_u8: np.ndarray, spacing: tuple[float, float]) -> np.ndar
 
 def choose_slices(tumour_pixels: np.ndarray, brain_pixels: np.ndarray, opts: SliceOptions):
     """(tumour slice indices, no-tumour slice indices) of one volume."""
-    tumour = np.flatnonzero(tumour_pixels >= opts.min_tumour_pixels)[:: max(1, opts.every)]
+    tumour = np.flatnonzero(tumour_pixels >= opts.min_tumour_pixels)[:: opts.every]
     near = np.convolve((tumour_pixels > 0).astype(int), np.ones(2 * opts.gap + 1, int), mode="same") > 0
     enough_brain = brain_pixels >= MIN_BRAIN_SHARE * brain_pixels.max()
     clear = np.flatnonzero(~near & enough_brain)

@@ -332,7 +332,7 @@ def _register_slices(sub) -> None:
         "slices",
         help="NIfTI volumes with a tumour mask (BraTS layout) → labelled slices for btmri evaluate",
         description="Axial slices of every case folder (<case>/<case>_<sequence>.nii.gz and "
-        "<case>_seg.nii.gz) as class folders with tags.csv (patient, sequence, slice) and "
+        "<case>_seg.nii.gz) as class folders with tags.csv (patient, sequence), slices.csv and "
         "patients.csv: `btmri evaluate OUT --tags OUT/tags.csv` then measures the model per "
         "sequence with intervals over patients. A case that cannot be read is reported and skipped.",
     )

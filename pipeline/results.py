@@ -66,19 +66,20 @@ def read_benchmark(path: str) -> dict:
     return figures
 
 
-# Figures of `btmri evaluate` a record keeps, overall and per tag value.
+# Figures of `btmri evaluate` a record keeps, overall and per tag value, and their
+# column titles in results.md.
 SITE_FIGURES = (
-    "accuracy",
-    "abstained",
-    "wrong_confident",
-    "tumour_called_notumor",
-    "tumour_top_class_notumor",
+    ("accuracy", "accuracy"),
+    ("abstained", "abstained"),
+    ("wrong_confident", "wrong and confident"),
+    ("tumour_called_notumor", "tumours called notumor"),
+    ("tumour_top_class_notumor", "tumours whose top class is notumor (abstention aside)"),
 )
 
 
 def _site_figures(figures: dict) -> dict:
     kept = {"n": figures["n"]}
-    for key in SITE_FIGURES:
+    for key, _ in SITE_FIGURES:
         fig = figures[key]
         kept[key] = {k: fig[k] for k in ("value", "ci95", "successes", "n") if k in fig}
     if units := figures["accuracy"].get("units"):
@@ -340,13 +341,7 @@ def _share(fig: dict | None) -> str:
 def site_evaluation_tables(record: dict) -> list[str]:
     """Per source the model never trained on: one table per tag (e.g. sequence)."""
     lines: list[str] = []
-    columns = (
-        ("accuracy", "accuracy"),
-        ("abstained", "abstained"),
-        ("wrong_confident", "wrong and confident"),
-        ("tumour_called_notumor", "tumours called notumor"),
-        ("tumour_top_class_notumor", "tumours whose top class is notumor (abstention aside)"),
-    )
+    columns = SITE_FIGURES
     for name, site in record.get("site_evaluations", {}).items():
         lines += [f"**{name}**, never trained on ({site.get('intervals') or ''}):", ""]
         tables = {"all": {"all images": site["figures"]}, **site.get("slices", {})}

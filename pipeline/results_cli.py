@@ -80,9 +80,9 @@ def register(sub) -> None:
         metavar="NAME=JSON",
         action="append",
         default=[],
-        help="with --from-run: keep `btmri evaluate --out` figures of this run's pushed model on "
-        "a source it never trained on (evaluation.json), shown as NAME, overall and per tag; "
-        "repeatable",
+        help="with --from-run: keep `btmri evaluate --out` figures of this run's model (pushed, "
+        "or its Trainer's when none was) on a source it never trained on (evaluation.json), "
+        "shown as NAME, overall and per tag; repeatable",
     )
     p.add_argument("--records", default=results.RECORDS_DIR, help="records folder (default %(default)s)")
     p.add_argument("--readme", default=results.README, help="default %(default)s")
