@@ -34,8 +34,10 @@ QUICK_PRESET = {
     "epochs": 1,
     "batch_size": 8,
     "accuracy_lower_bound": 0.0,
-    # A 1-epoch model abstains on a random few of its 12 test images.
-    "abstention_min_acceptance": 0.5,
+    # A 1-epoch model's abstention is fitted on 8 eval images: on its 12 test images it
+    # has abstained on 1 to more than half, by CPU kind. The gate still runs (a bound of
+    # 0 passes); tests/pipeline/test_pipeline.py shows it refusing.
+    "abstention_min_acceptance": 0.0,
 }
 
 

@@ -4,7 +4,10 @@ serving, report) has its own conftest.py for what only it uses."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,8 +71,36 @@ def tiny_run(tmp_path_factory) -> Path:
     Layout: <work>/data/{synthetic,prepared}, <work>/pipeline (root, metadata.sqlite),
     <work>/serving/<version>/ (the pushed SavedModel)."""
     work = tmp_path_factory.mktemp("tiny_run")
-    assert btmri_run(work) == 0
+    printed = io.StringIO()
+    with (
+        contextlib.redirect_stdout(_Tee(sys.stdout, printed)),
+        contextlib.redirect_stderr(_Tee(sys.stderr, printed)),
+    ):
+        status = btmri_run(work)
+    # Every test that shares this run repeats the assertion: its message, not only the
+    # first test's captured output, says which gate or component refused.
+    tail = "\n".join(printed.getvalue().splitlines()[-30:])
+    assert status == 0, f"the tiny run exited {status}; the end of what it printed:\n{tail}"
     return work
+
+
+class _Tee(io.TextIOBase):
+    """Writes to every stream given (the captured stdout and a copy)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def fileno(self) -> int:  # for children started with this stream: the real one's
+        return self.streams[0].fileno()
 
 
 def only_version(serving_dir: Path) -> Path:
