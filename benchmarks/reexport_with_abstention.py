@@ -74,6 +74,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--accept", type=float, default=TRAINER_DEFAULTS.abstention_accept)
     p.add_argument(
+        "--notumor-ood-refuse",
+        type=float,
+        default=TRAINER_DEFAULTS.abstention_notumor_ood_refuse,
+        help="share of the eval split's right notumor answers the notumor distance bound refuses",
+    )
+    p.add_argument(
         "--rebuild",
         metavar="MODEL_NAME",
         help="rebuild this architecture as the code defines it now, with the model's weights "
@@ -86,14 +92,18 @@ def main(argv=None) -> int:
     if args.rebuild:
         model = rebuilt(model, args.rebuild)
     eval_ds = eval_dataset(args.eval_records, xf.transform_features_layer())
-    config = dataclasses.replace(TRAINER_DEFAULTS, abstention_accept=args.accept)
+    config = dataclasses.replace(
+        TRAINER_DEFAULTS,
+        abstention_accept=args.accept,
+        abstention_notumor_ood_refuse=args.notumor_ood_refuse,
+    )
     spec = fit_abstention(model, eval_ds, xf, config)
     model.tft_layer = xf.transform_features_layer()
     model.save(args.out, save_format="tf", signatures=make_signatures(model, xf, spec))
     abstention.write(spec, args.out, {"reexported_from": str(Path(args.model).resolve())})
     print(
         f"wrote {args.out}: features {spec.features}, ood threshold {spec.ood_threshold:.4f}, "
-        f"confidence floor {spec.confidence_floor:.4f}, eval answered "
+        f"confidence floor {spec.confidence_floor:.4f}, notumor bound {spec.notumor_ood_bound:.4f}, eval answered "
         f"{spec.fit_report['accepted_share']:.4f}"
     )
     return 0

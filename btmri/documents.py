@@ -289,6 +289,10 @@ class TrainerConfig(TrainingSettings, _Document):
     # A notumor answer needs P(notumor) at least the floor that refuses this share of the
     # eval split's right notumor answers (0: no separate floor; why 0.02: docs/experiments.md).
     abstention_notumor_refuse: float = 0.02
+    # And an ood_score at most the bound that refuses this share of them, cross-fitted: on
+    # another site's tumour slices the wrong notumor answers sit just under the distance
+    # threshold (0: no bound; why 0.05: docs/experiments.md).
+    abstention_notumor_ood_refuse: float = 0.05
     abstention_outliers_per_kind: int = 24  # generated outliers per kind (outliers.py)
 
 

@@ -92,8 +92,9 @@ ABSTAIN = "abstain"  # bool [N]
 ABSTAIN_REASON = "abstain_reason"  # string [N]: "" or one of the REASON_* below
 REASON_OUT_OF_DISTRIBUTION = "out_of_distribution"
 REASON_LOW_CONFIDENCE = "low_confidence"
-# A notumor answer below its own, higher floor: calling a tumour healthy is the error that
-# hurts most, so "no tumour" needs more confidence than a tumour class (abstention.py).
+# A notumor answer below its own, higher floor, or on an image less familiar than its own,
+# lower distance bound: calling a tumour healthy is the error that hurts most, so "no
+# tumour" needs more confidence and a more familiar image than a tumour class (abstention.py).
 REASON_UNCERTAIN_NO_TUMOUR = "uncertain_no_tumour"
 ABSTAIN_REASONS: tuple[str, ...] = (
     REASON_OUT_OF_DISTRIBUTION,

@@ -153,7 +153,9 @@ class ImagePrediction:
         if self.abstain_reason == spec.REASON_LOW_CONFIDENCE:
             return f"abstained: {ABSTAINED_LOW_CONFIDENCE} (p={self.probability:.3f})"
         if self.abstain_reason == spec.REASON_UNCERTAIN_NO_TUMOUR:
-            return f"abstained: {ABSTAINED_UNCERTAIN_NO_TUMOUR} (p(notumor)={self.probability:.3f})"
+            # Refused for its probability, or for an image less familiar than "no tumour" needs.
+            score = "" if self.ood_score is None else f", ood_score {self.ood_score:.2f}"
+            return f"abstained: {ABSTAINED_UNCERTAIN_NO_TUMOUR} (p(notumor)={self.probability:.3f}{score})"
         return f"abstained: {self.abstain_reason or 'no reason given'}"
 
     def as_record(self) -> dict:

@@ -14,15 +14,19 @@ divided by the threshold, so
 
     ood_score > 1                                  -> abstain, "out_of_distribution"
     else top (calibrated) probability < floor      -> abstain, "low_confidence"
-    else top class notumor, P(notumor) < its floor -> abstain, "uncertain_no_tumour"
+    else top class notumor, and P(notumor) < its floor
+         or ood_score > notumor_ood_bound          -> abstain, "uncertain_no_tumour"
     else                                           -> answer ("")
 
 The third rule is asymmetric on purpose: a tumour called healthy is the failure that
 hurts most, and on scans from other sites the network's mistakes are mostly that
-(tumours it cannot read come out `notumor`, with middling probability). Its floor
-refuses a share `notumor_refuse` of the eval split's right notumor answers; the
-confidence floor is then fitted to the rest of the budget, so `accept` holds for all
-three rules together.
+(tumours it cannot read come out `notumor`). "No tumour" is a claim of absence, so it
+needs more than a tumour class: a higher probability, and an image closer to the ones
+it was fitted on (on another site's tumour slices the wrong `notumor` answers sit just
+under the distance threshold; docs/experiments.md). Its floor refuses a share
+`notumor_refuse` of the eval split's right notumor answers, its distance bound a share
+`notumor_ood_refuse` of them (cross-fitted); the confidence floor is then fitted to the
+rest of the budget, so `accept` holds for all the rules together.
 
 Fitting (`fit`) uses the eval split, which never trains the weights (the Trainer
 fits the temperature on it too). The threshold of the score is chosen on
@@ -91,6 +95,7 @@ class AbstentionSpec:
     fit_report: dict = field(default_factory=dict)
     cross_fitted_scores: np.ndarray | None = None  # ood_score of each fitting example, cross-fitted
     notumor_floor: float = 0.0  # top class notumor with P(notumor) below this: uncertain_no_tumour
+    notumor_ood_bound: float = 1.0  # top class notumor with ood_score above this: uncertain_no_tumour
 
     @property
     def features(self) -> list[str]:
@@ -107,7 +112,14 @@ class AbstentionSpec:
         score = self.ood_scores(features)
         out = ~(score <= 1.0)
         low = ~out & (probabilities.max(axis=1) < self.confidence_floor)
-        unsure = ~out & ~low & _uncertain_notumor(probabilities, self.notumor_floor)
+        unsure = (
+            ~out
+            & ~low
+            & (
+                _uncertain_notumor(probabilities, self.notumor_floor)
+                | _unfamiliar_notumor(probabilities, score, self.notumor_ood_bound)
+            )
+        )
         reason = np.where(
             out,
             REASON_OUT_OF_DISTRIBUTION,
@@ -122,12 +134,13 @@ class AbstentionSpec:
             "its cross-fitted median on the fitting split; the largest over layers, "
             "divided by the threshold, is ood_score (> 1: out_of_distribution); then "
             "top probability < confidence_floor: low_confidence; then top class notumor with "
-            "P(notumor) < notumor_floor: uncertain_no_tumour",
+            "P(notumor) < notumor_floor or ood_score > notumor_ood_bound: uncertain_no_tumour",
             "accept": self.accept,
             "ood_share": self.ood_share,
             "ood_threshold": self.ood_threshold,
             "confidence_floor": self.confidence_floor,
             "notumor_floor": self.notumor_floor,
+            "notumor_ood_bound": self.notumor_ood_bound,
             "features": [layer.name for layer in self.layers],
             "layers": [
                 {
@@ -147,6 +160,43 @@ class AbstentionSpec:
 
 def _uncertain_notumor(probabilities: np.ndarray, floor: float) -> np.ndarray:
     return (probabilities.argmax(axis=1) == NOTUMOR_ID) & (probabilities[:, NOTUMOR_ID] < floor)
+
+
+def _unfamiliar_notumor(probabilities: np.ndarray, score: np.ndarray, bound: float) -> np.ndarray:
+    return (probabilities.argmax(axis=1) == NOTUMOR_ID) & (score > bound)
+
+
+def notumor_ood_bound_for(
+    probabilities: np.ndarray, labels: np.ndarray, scores: tuple[np.ndarray, ...], passes, refuse: float
+) -> float:
+    """The ood_score above which a notumor answer is refused: the higher, over `scores`
+    (in sample, cross-fitted), of the score that refuses `refuse` of the right notumor
+    answers the threshold lets through; 1 (no extra refusal) with none, or refuse 0."""
+    right = (probabilities.argmax(axis=1) == NOTUMOR_ID) & (labels == NOTUMOR_ID)
+    if refuse <= 0:
+        return 1.0
+    bounds = [
+        _order_statistic(score[right & ok], 1.0 - refuse) + _MARGIN
+        for score, ok in zip(scores, passes)
+        if (right & ok).any()
+    ]
+    return min(max(bounds), 1.0) if bounds else 1.0
+
+
+def _bound_within_budget(
+    probabilities: np.ndarray, bound: float, scores: tuple[np.ndarray, ...], passes, needed: int
+) -> float:
+    """`bound`, raised just enough that every mask in `passes`, less the notumor answers
+    scoring above it (by the matching score), keeps at least `needed` examples."""
+    top_notumor = probabilities.argmax(axis=1) == NOTUMOR_ID
+    while bound < 1.0:
+        refused = [top_notumor & ok & (score > bound) for score, ok in zip(scores, passes)]
+        if all(int((ok & ~r).sum()) >= needed for ok, r in zip(passes, refused)):
+            return bound
+        # Answer the most familiar of the refused notumor answers again, and look again.
+        above = np.concatenate([score[r] for score, r in zip(scores, refused)])
+        bound = min(float(above.min()) + _MARGIN, 1.0)
+    return 1.0
 
 
 def notumor_floor_for(
@@ -246,15 +296,21 @@ def fit(
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
     notumor_refuse: float = TRAINER_DEFAULTS.abstention_notumor_refuse,
+    notumor_ood_refuse: float = TRAINER_DEFAULTS.abstention_notumor_ood_refuse,
 ) -> AbstentionSpec:
     """Fits the detector on held-out in-distribution data: pooled `features` per layer
     ([N, d_l]), true `labels` [N] and the served (calibrated) `probabilities` [N, K].
     At least `accept` of these examples are accepted by the returned spec: the notumor
     floor gives way when it alone would refuse more than the budget."""
-    if not 0.0 < accept <= 1.0 or not 0.0 <= ood_share <= 1.0 or not 0.0 <= notumor_refuse < 1.0:
+    if not (
+        0.0 < accept <= 1.0
+        and 0.0 <= ood_share <= 1.0
+        and 0.0 <= notumor_refuse < 1.0
+        and 0.0 <= notumor_ood_refuse < 1.0
+    ):
         raise ValueError(
-            "accept must be in (0, 1], ood_share in [0, 1] and notumor_refuse in [0, 1), got "
-            f"{accept}, {ood_share}, {notumor_refuse}"
+            "accept must be in (0, 1], ood_share in [0, 1], notumor_refuse and notumor_ood_refuse "
+            f"in [0, 1), got {accept}, {ood_share}, {notumor_refuse}, {notumor_ood_refuse}"
         )
     labels = np.asarray(labels).astype(int).reshape(-1)
     n = len(labels)
@@ -271,12 +327,24 @@ def fit(
         1 + _MARGIN
     )
 
-    # The notumor floor: of the right notumor answers the distance lets through, it may
-    # refuse `notumor_refuse`; the wrong notumor answers below it go too. A weak model
-    # (many wrong notumor answers) would blow the budget that way, so the floor gives way
-    # until the distance and it together still answer `accept`, in sample and cross-fitted.
+    # The notumor distance bound: of the right notumor answers the threshold lets through,
+    # it may refuse the least familiar `notumor_ood_refuse` (in sample and cross-fitted);
+    # notumor answers past it go too. Where it alone would break `accept` it gives way.
     needed = math.ceil(accept * n - 1e-9)
     passes_in, passes_oof = combined_in <= threshold, combined_oof <= threshold
+    scores = (combined_in / threshold, combined_oof / threshold)
+    wanted_bound = notumor_ood_bound_for(
+        probabilities, labels, scores, (passes_in, passes_oof), notumor_ood_refuse
+    )
+    bound = _bound_within_budget(probabilities, wanted_bound, scores, (passes_in, passes_oof), needed)
+    passes_in = passes_in & ~_unfamiliar_notumor(probabilities, scores[0], bound)
+    passes_oof = passes_oof & ~_unfamiliar_notumor(probabilities, scores[1], bound)
+
+    # The notumor floor: of the right notumor answers still let through, it may refuse
+    # `notumor_refuse`; the wrong notumor answers below it go too. A weak model (many
+    # wrong notumor answers) would blow the budget that way, so the floor gives way
+    # until the rules so far and it together still answer `accept`, in sample and
+    # cross-fitted.
     wanted_floor = notumor_floor_for(probabilities, labels, passes_in, notumor_refuse)
     notumor_floor = _within_budget(probabilities, wanted_floor, (passes_in, passes_oof), needed)
     unsure = _uncertain_notumor(probabilities, notumor_floor)
@@ -300,6 +368,7 @@ def fit(
         float(ood_share),
         cross_fitted_scores=combined_oof / threshold,
         notumor_floor=notumor_floor,
+        notumor_ood_bound=bound,
     )
     _, abstain, reason = spec.decide(probabilities, features)
     correct = probabilities.argmax(axis=1) == labels
@@ -315,6 +384,16 @@ def fit(
         "abstained_uncertain_no_tumour": int((reason == REASON_UNCERTAIN_NO_TUMOUR).sum()),
         # The floor `notumor_refuse` asked for; above notumor_floor when it had to give way.
         "notumor_floor_wanted": float(wanted_floor),
+        # The same for the distance bound; below notumor_ood_bound when it had to give way.
+        "notumor_ood_bound_wanted": float(wanted_bound),
+        # Notumor answers of the eval split refused for the distance bound alone.
+        "abstained_unfamiliar_no_tumour": int(
+            (
+                (reason == REASON_UNCERTAIN_NO_TUMOUR)
+                & _unfamiliar_notumor(probabilities, scores[0], bound)
+                & ~_uncertain_notumor(probabilities, notumor_floor)
+            ).sum()
+        ),
         "accuracy_all": float(correct.mean()),
         "accuracy_accepted": float(correct[~abstain].mean()) if (~abstain).any() else None,
     }
@@ -340,7 +419,7 @@ def outputs(spec: AbstentionSpec, probabilities, features: list) -> dict:
     low = tf.logical_and(tf.logical_not(out), tf.reduce_max(probabilities, axis=1) < spec.confidence_floor)
     notumor = tf.logical_and(
         tf.equal(tf.argmax(probabilities, axis=1), NOTUMOR_ID),
-        probabilities[:, NOTUMOR_ID] < spec.notumor_floor,
+        tf.logical_or(probabilities[:, NOTUMOR_ID] < spec.notumor_floor, score > spec.notumor_ood_bound),
     )
     unsure = tf.logical_and(tf.logical_not(tf.logical_or(out, low)), notumor)
 

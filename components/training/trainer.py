@@ -552,6 +552,7 @@ def fit_abstention(
         outlier_features,
         accept=config.abstention_accept,
         notumor_refuse=config.abstention_notumor_refuse,
+        notumor_ood_refuse=config.abstention_notumor_ood_refuse,
         ood_share=config.abstention_ood_share,
         seed=config.seed,
     )

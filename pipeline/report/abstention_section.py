@@ -174,7 +174,26 @@ def _explanation(fitted: dict) -> Paragraph:
         "(`abstention.json` beside it). A `notumor` answer must also clear a higher floor of "
         f"its own (`{REASON_UNCERTAIN_NO_TUMOUR}`; P(notumor) ≥ "
         f"{fitted.get('notumor_floor', 0.0):.3f}), because calling a tumour healthy is the "
-        "error that hurts most." + _floor_gave_way(fitted)
+        "error that hurts most." + _floor_gave_way(fitted) + _notumor_bound(fitted)
+    )
+
+
+def _notumor_bound(fitted: dict) -> str:
+    """The notumor answers' distance bound, for models fitted with one."""
+    bound = fitted.get("notumor_ood_bound")
+    if bound is None or bound >= 1.0:
+        return ""
+    wanted = fitted.get("notumor_ood_bound_wanted", bound)
+    gave_way = (
+        f" (its fit asked for {wanted:.3f}, but that alone would have refused more of the eval split "
+        "than the budget allows)"
+        if wanted < bound
+        else ""
+    )
+    return (
+        f" For the same reason a `notumor` answer needs an image closer to the fitted ones than "
+        f"other answers do: an ood_score of at most {bound:.3f}{gave_way}. On another site's "
+        "tumour slices the model's wrong `notumor` answers sit just under the distance threshold."
     )
 
 

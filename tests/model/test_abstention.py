@@ -81,8 +81,10 @@ def test_thresholds_accept_at_least_the_configured_share_of_the_fitting_data(acc
 def test_a_notumor_answer_needs_its_own_higher_floor():
     feats, labels, probs = _blobs(np.random.default_rng(11), 400)
     notumor = NOTUMOR_ID
-    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=0.95, notumor_refuse=0.05)
-    off = abstention.fit(["a", "b"], feats, labels, probs, accept=0.95, notumor_refuse=0.0)
+    # The floor alone (the distance bound has its own test).
+    kw = dict(accept=0.95, notumor_ood_refuse=0.0)
+    spec = abstention.fit(["a", "b"], feats, labels, probs, notumor_refuse=0.05, **kw)
+    off = abstention.fit(["a", "b"], feats, labels, probs, notumor_refuse=0.0, **kw)
     assert off.notumor_floor == 0.0 < spec.notumor_floor
     _, abstain, reason = spec.decide(probs, feats)
     said_notumor = probs.argmax(1) == notumor
@@ -112,7 +114,9 @@ def test_the_notumor_floor_gives_way_where_it_alone_would_refuse_more_than_the_b
     probs[tumour] = (1 - 0.4) / (K - 1)
     probs[tumour, notumor] = rng.uniform(0.3, 0.5, len(tumour))  # argmax notumor, unsure
     probs /= probs.sum(1, keepdims=True)
-    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=0.95, notumor_refuse=0.3)
+    spec = abstention.fit(
+        ["a", "b"], feats, labels, probs, accept=0.95, notumor_refuse=0.3, notumor_ood_refuse=0.0
+    )
     wanted = spec.fit_report["notumor_floor_wanted"]
     assert 0.0 < spec.notumor_floor < wanted
     _, abstain, reason = spec.decide(probs, feats)
@@ -133,6 +137,61 @@ def test_the_notumor_floor_gives_way_where_it_alone_would_refuse_more_than_the_b
     assert min(1 - refused.mean(), cross_fitted.mean()) < 0.95
 
 
+def test_a_notumor_answer_needs_an_image_closer_than_the_distance_threshold():
+    """A notumor answer whose ood_score is past the notumor bound (but under 1) is refused
+    as uncertain_no_tumour; a tumour answer at that score is not. The bound refuses at
+    most the asked share of the right notumor answers, and the budget still holds."""
+    feats, labels, probs = _blobs(np.random.default_rng(13), 400)
+    kw = dict(accept=0.95, notumor_refuse=0.0)
+    spec = abstention.fit(["a", "b"], feats, labels, probs, notumor_ood_refuse=0.1, **kw)
+    off = abstention.fit(["a", "b"], feats, labels, probs, notumor_ood_refuse=0.0, **kw)
+    assert off.notumor_ood_bound == 1.0 > spec.notumor_ood_bound > 0.0
+    assert spec.fit_report["notumor_ood_bound_wanted"] == spec.notumor_ood_bound  # no give-way here
+    score, abstain, reason = spec.decide(probs, feats)
+    said_notumor = probs.argmax(1) == NOTUMOR_ID
+    unsure = reason == REASON_UNCERTAIN_NO_TUMOUR
+    assert unsure.any() and said_notumor[unsure].all()
+    assert (score[unsure] > spec.notumor_ood_bound).all() and (score[unsure] <= 1.0).all()
+    assert spec.fit_report["abstained_unfamiliar_no_tumour"] == int(unsure.sum())
+    right = said_notumor & (labels == NOTUMOR_ID)
+    assert unsure[right].sum() <= 0.1 * right.sum()
+    assert 1 - abstain.mean() >= 0.95 and spec.fit_report["accepted_share_cross_fitted"] >= 0.95
+    # The same image answered with a confident tumour class: answered.
+    first = np.flatnonzero(unsure)[:1]
+    confident_tumour = np.full((1, K), 0.01, np.float32)
+    confident_tumour[0, (NOTUMOR_ID + 1) % K] = 1 - 0.01 * (K - 1)
+    assert spec.decide(confident_tumour, [f[first] for f in feats])[2][0] == ""
+    # And a confident notumor answer there is still refused: probability does not buy it back.
+    confident_notumor = np.roll(confident_tumour, NOTUMOR_ID - (NOTUMOR_ID + 1) % K, axis=1)
+    assert spec.decide(confident_notumor, [f[first] for f in feats])[2][0] == REASON_UNCERTAIN_NO_TUMOUR
+
+
+def test_the_notumor_distance_bound_gives_way_where_it_alone_would_refuse_more_than_the_budget():
+    feats, labels, probs = _blobs(np.random.default_rng(17), 400)
+    # Refusing 60 % of the right notumor answers is far past a 5 % budget.
+    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=0.95, notumor_ood_refuse=0.6)
+    wanted = spec.fit_report["notumor_ood_bound_wanted"]
+    assert wanted < spec.notumor_ood_bound <= 1.0
+    _, abstain, _ = spec.decide(probs, feats)
+    assert 1 - abstain.mean() >= 0.95 and spec.fit_report["accepted_share_cross_fitted"] >= 0.95
+    # It gave way no further than it had to: refusing again the last notumor answer it let
+    # back in leaves too few answered, in sample or cross-fitted.
+    stricter = abstention.AbstentionSpec(
+        spec.layers,
+        spec.ood_threshold,
+        0.0,
+        spec.accept,
+        spec.ood_share,
+        notumor_ood_bound=spec.notumor_ood_bound - 2 * abstention._MARGIN,
+    )
+    _, refused, _ = stricter.decide(probs, feats)
+    said_notumor = probs.argmax(1) == NOTUMOR_ID
+    cross_fitted = (spec.cross_fitted_scores <= 1) & ~(
+        said_notumor & (spec.cross_fitted_scores > stricter.notumor_ood_bound)
+    )
+    assert min(1 - refused.mean(), cross_fitted.mean()) < 0.95
+
+
 def test_the_graph_decides_as_the_numpy_reference():
     rng = np.random.default_rng(7)
     feats, labels, probs = _blobs(rng, 300)
@@ -144,7 +203,9 @@ def test_the_graph_decides_as_the_numpy_reference():
     assert out[OOD_SCORE].dtype == tf.float32 and out[ABSTAIN].dtype == tf.bool
     assert out[ABSTAIN_REASON].dtype == tf.string
     np.testing.assert_allclose(out[OOD_SCORE].numpy(), score, rtol=1e-3)
-    close = np.abs(score - 1) < 1e-3  # float32 vs float64 may differ right at the threshold
+    assert spec.notumor_ood_bound < 1.0  # the notumor distance rule is in the graph too
+    # float32 vs float64 may differ right at a threshold
+    close = (np.abs(score - 1) < 1e-3) | (np.abs(score - spec.notumor_ood_bound) < 1e-3)
     assert (out[ABSTAIN].numpy() == abstain)[~close].all()
     assert ([r.decode() for r in out[ABSTAIN_REASON].numpy()] == reason)[~close].all()
     assert 0.02 < abstain.mean() < 0.5
@@ -429,7 +490,9 @@ def test_clients_say_abstained_instead_of_a_class():
     unsure = _prediction(
         2, probs, 7, {OOD_SCORE: 0.5, ABSTAIN: True, ABSTAIN_REASON: REASON_UNCERTAIN_NO_TUMOUR}
     )
-    assert unsure.answer == "abstained: not confident enough that there is no tumour (p(notumor)=0.600)"
+    assert unsure.answer == (
+        "abstained: not confident enough that there is no tumour (p(notumor)=0.600, ood_score 0.50)"
+    )
     # A model exported before abstention: plain answers, no abstention fields.
     old = _prediction(2, probs, 7, {})
     assert old.answer == "notumor" and "abstain" not in old.as_record()

@@ -237,6 +237,11 @@ def test_the_abstention_text_says_when_the_notumor_floor_gave_way():
     assert "P(notumor) ≥ 0.400" in text(lowered)
     assert "below the 0.800 its fit asked for" in text(lowered)
     assert "asked for" not in text({"accept": 0.95, "notumor_floor": 0.4})  # older models
+    # The notumor answers' distance bound: said when below 1, with its give-way.
+    bounded = dict(kept, notumor_ood_bound=0.87, notumor_ood_bound_wanted=0.87)
+    assert "an ood_score of at most 0.870." in text(bounded) and "asked for" not in text(bounded)
+    assert "ood_score of at most" not in text(dict(kept, notumor_ood_bound=1.0))
+    assert "its fit asked for 0.700" in text(dict(bounded, notumor_ood_bound_wanted=0.7))
 
 
 # ── Intervals over patients (btmri.intervals): slices of one patient are not independent ──
