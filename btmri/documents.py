@@ -291,8 +291,8 @@ class TrainerConfig(TrainingSettings, _Document):
     abstention_notumor_refuse: float = 0.02
     # And an ood_score at most the bound that refuses this share of them, cross-fitted: on
     # another site's tumour slices the wrong notumor answers sit just under the distance
-    # threshold (0: no bound; why 0.05: docs/experiments.md).
-    abstention_notumor_ood_refuse: float = 0.05
+    # threshold (0: no bound; why 0.1: docs/experiments.md).
+    abstention_notumor_ood_refuse: float = 0.1
     abstention_outliers_per_kind: int = 24  # generated outliers per kind (outliers.py)
 
 

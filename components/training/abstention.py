@@ -32,8 +32,9 @@ Fitting (`fit`) uses the eval split, which never trains the weights (the Trainer
 fits the temperature on it too). The threshold of the score is chosen on
 cross-fitted distances (each eval image scored by statistics fitted without it),
 so it is not flattered by in-sample distances: a share `ood_share` of the rejection
-budget (1 - `accept`, default 0.05) goes to the distance, the rest to the confidence
-floor, chosen so that at least `accept` of the eval images are answered both in
+budget (1 - `accept`, default 0.05) goes to the distance (the threshold and the
+notumor bound together: the threshold moves out to pay for the bound), the rest to
+the floors, chosen so that at least `accept` of the eval images are answered both in
 sample (what the graph does on them) and cross-fitted (the estimate for new images).
 
 The fitted numbers go into the graph as constants (`outputs`) and into
@@ -167,36 +168,51 @@ def _unfamiliar_notumor(probabilities: np.ndarray, score: np.ndarray, bound: flo
 
 
 def notumor_ood_bound_for(
-    probabilities: np.ndarray, labels: np.ndarray, scores: tuple[np.ndarray, ...], passes, refuse: float
+    probabilities: np.ndarray, labels: np.ndarray, distances: tuple[np.ndarray, ...], passes, refuse: float
 ) -> float:
-    """The ood_score above which a notumor answer is refused: the higher, over `scores`
-    (in sample, cross-fitted), of the score that refuses `refuse` of the right notumor
-    answers the threshold lets through; 1 (no extra refusal) with none, or refuse 0."""
+    """The combined distance above which a notumor answer is refused: the higher, over
+    `distances` (in sample, cross-fitted), of the one that refuses `refuse` of the right
+    notumor answers the threshold lets through; inf (no refusal) with none, or refuse 0."""
     right = (probabilities.argmax(axis=1) == NOTUMOR_ID) & (labels == NOTUMOR_ID)
-    if refuse <= 0:
-        return 1.0
     bounds = [
-        _order_statistic(score[right & ok], 1.0 - refuse) + _MARGIN
-        for score, ok in zip(scores, passes)
+        _order_statistic(d[right & ok], 1.0 - refuse) * (1 + _MARGIN)
+        for d, ok in zip(distances, passes)
         if (right & ok).any()
     ]
-    return min(max(bounds), 1.0) if bounds else 1.0
+    return max(bounds) if refuse > 0 and bounds else math.inf
 
 
-def _bound_within_budget(
-    probabilities: np.ndarray, bound: float, scores: tuple[np.ndarray, ...], passes, needed: int
-) -> float:
-    """`bound`, raised just enough that every mask in `passes`, less the notumor answers
-    scoring above it (by the matching score), keeps at least `needed` examples."""
+def _distance_passes(probabilities, distances, threshold: float, bound: float) -> list[np.ndarray]:
+    """Per distance (in sample, cross-fitted): passes the threshold, and the bound if notumor."""
     top_notumor = probabilities.argmax(axis=1) == NOTUMOR_ID
-    while bound < 1.0:
-        refused = [top_notumor & ok & (score > bound) for score, ok in zip(scores, passes)]
-        if all(int((ok & ~r).sum()) >= needed for ok, r in zip(passes, refused)):
+    return [(d <= threshold) & ~(top_notumor & (d > bound)) for d in distances]
+
+
+def _paying_threshold(
+    probabilities, distances, threshold: float, loosest: float, bound: float, needed: int
+) -> float:
+    """The lowest threshold from `threshold` to `loosest` at which the two distance rules
+    together still pass `needed` examples in every distance; `loosest` if none does."""
+    values = np.concatenate(distances)
+    candidates = np.unique(values[(values > threshold) & (values < loosest)]) * (1 + _MARGIN)
+    for t in [threshold, *candidates.tolist()]:
+        if all(int(ok.sum()) >= needed for ok in _distance_passes(probabilities, distances, t, bound)):
+            return float(t)
+    return loosest
+
+
+def _bound_within_budget(probabilities, bound: float, distances, threshold: float, needed: int) -> float:
+    """`bound`, raised just enough that the two distance rules together pass `needed`
+    examples in every distance (inf: no bound at all)."""
+    top_notumor = probabilities.argmax(axis=1) == NOTUMOR_ID
+    while math.isfinite(bound):
+        passes = _distance_passes(probabilities, distances, threshold, bound)
+        if all(int(ok.sum()) >= needed for ok in passes):
             return bound
         # Answer the most familiar of the refused notumor answers again, and look again.
-        above = np.concatenate([score[r] for score, r in zip(scores, refused)])
-        bound = min(float(above.min()) + _MARGIN, 1.0)
-    return 1.0
+        refused = np.concatenate([d[top_notumor & (d > bound) & (d <= threshold)] for d in distances])
+        bound = float(refused.min()) * (1 + _MARGIN) if refused.size else math.inf
+    return math.inf
 
 
 def notumor_floor_for(
@@ -322,23 +338,38 @@ def fit(
         layer.scale = max(float(np.median(d)), 1e-12)
     combined_oof = np.max([d / layer.scale for layer, d in zip(layers, oof)], axis=0)
     combined_in = np.max([layer.distances(f) for layer, f in zip(layers, features)], axis=0)
-    ood_accept = 1.0 - ood_share * (1.0 - accept)
-    threshold = max(_order_statistic(combined_oof, ood_accept), _order_statistic(combined_in, ood_accept)) * (
-        1 + _MARGIN
-    )
+    distances = (combined_in, combined_oof)
 
-    # The notumor distance bound: of the right notumor answers the threshold lets through,
-    # it may refuse the least familiar `notumor_ood_refuse` (in sample and cross-fitted);
-    # notumor answers past it go too. Where it alone would break `accept` it gives way.
-    needed = math.ceil(accept * n - 1e-9)
-    passes_in, passes_oof = combined_in <= threshold, combined_oof <= threshold
+    def threshold_at(share: float) -> float:
+        """Passes `share` of the examples, in sample and cross-fitted."""
+        return max(_order_statistic(d, share) for d in distances) * (1 + _MARGIN)
+
+    # The distance's share of the rejection budget: at first all for the threshold.
+    distance_budget = ood_share * (1.0 - accept)
+    threshold = threshold_at(1.0 - distance_budget)
+    unpaid_threshold = threshold
+
+    # The notumor distance bound: of the right notumor answers the threshold may let
+    # through, it refuses the least familiar `notumor_ood_refuse` (in sample and
+    # cross-fitted), and
+    # notumor answers past it go too. The threshold for every answer moves out to pay for
+    # it, so the two distance rules together refuse no more than the distance's budget and
+    # the floors below keep theirs; but no further than a quarter of that budget (images
+    # that are no brain slice lie far beyond either). Where that does not pay, the bound
+    # gives way.
+    needed_distance = math.ceil((1.0 - distance_budget) * n - 1e-9)
+    loosest = max(threshold, threshold_at(1.0 - distance_budget / 4))
+    passes = [d <= loosest for d in distances]  # the most the threshold may let through
+    wanted_bound = notumor_ood_bound_for(probabilities, labels, distances, passes, notumor_ood_refuse)
+    if math.isfinite(wanted_bound):
+        threshold = _paying_threshold(
+            probabilities, distances, threshold, loosest, wanted_bound, needed_distance
+        )
+    bound = _bound_within_budget(probabilities, wanted_bound, distances, threshold, needed_distance)
+    passes_in, passes_oof = _distance_passes(probabilities, distances, threshold, bound)
     scores = (combined_in / threshold, combined_oof / threshold)
-    wanted_bound = notumor_ood_bound_for(
-        probabilities, labels, scores, (passes_in, passes_oof), notumor_ood_refuse
-    )
-    bound = _bound_within_budget(probabilities, wanted_bound, scores, (passes_in, passes_oof), needed)
-    passes_in = passes_in & ~_unfamiliar_notumor(probabilities, scores[0], bound)
-    passes_oof = passes_oof & ~_unfamiliar_notumor(probabilities, scores[1], bound)
+    bound_score = min(bound / threshold, 1.0)
+    needed = math.ceil(accept * n - 1e-9)
 
     # The notumor floor: of the right notumor answers still let through, it may refuse
     # `notumor_refuse`; the wrong notumor answers below it go too. A weak model (many
@@ -368,7 +399,7 @@ def fit(
         float(ood_share),
         cross_fitted_scores=combined_oof / threshold,
         notumor_floor=notumor_floor,
-        notumor_ood_bound=bound,
+        notumor_ood_bound=bound_score,
     )
     _, abstain, reason = spec.decide(probabilities, features)
     correct = probabilities.argmax(axis=1) == labels
@@ -385,12 +416,14 @@ def fit(
         # The floor `notumor_refuse` asked for; above notumor_floor when it had to give way.
         "notumor_floor_wanted": float(wanted_floor),
         # The same for the distance bound; below notumor_ood_bound when it had to give way.
-        "notumor_ood_bound_wanted": float(wanted_bound),
+        "notumor_ood_bound_wanted": min(float(wanted_bound / threshold), 1.0),
+        # The distance threshold before it moved out to pay for the notumor bound (as ood_score).
+        "ood_threshold_unpaid": float(unpaid_threshold / threshold),
         # Notumor answers of the eval split refused for the distance bound alone.
         "abstained_unfamiliar_no_tumour": int(
             (
                 (reason == REASON_UNCERTAIN_NO_TUMOUR)
-                & _unfamiliar_notumor(probabilities, scores[0], bound)
+                & _unfamiliar_notumor(probabilities, scores[0], bound_score)
                 & ~_uncertain_notumor(probabilities, notumor_floor)
             ).sum()
         ),

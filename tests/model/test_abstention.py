@@ -93,7 +93,7 @@ def test_a_notumor_answer_needs_its_own_higher_floor():
     assert (probs[unsure, notumor] < spec.notumor_floor).all()
     # It refuses at most the asked share of the right notumor answers ...
     right = said_notumor & (labels == notumor)
-    assert unsure[right].sum() <= 0.05 * right.sum()
+    assert unsure[right].sum() <= 0.1 * right.sum()
     # ... and the confidence floor gives way, so three rules together still answer `accept`.
     assert 1 - abstain.mean() >= 0.95 and spec.fit_report["accepted_share_cross_fitted"] >= 0.95
     assert spec.fit_report["abstained_uncertain_no_tumour"] == int(unsure.sum())
@@ -140,13 +140,20 @@ def test_the_notumor_floor_gives_way_where_it_alone_would_refuse_more_than_the_b
 def test_a_notumor_answer_needs_an_image_closer_than_the_distance_threshold():
     """A notumor answer whose ood_score is past the notumor bound (but under 1) is refused
     as uncertain_no_tumour; a tumour answer at that score is not. The bound refuses at
-    most the asked share of the right notumor answers, and the budget still holds."""
+    most the asked share of the right notumor answers; the threshold for all answers moves
+    out to pay for it, so the distance keeps to its share of the budget."""
     feats, labels, probs = _blobs(np.random.default_rng(13), 400)
     kw = dict(accept=0.95, notumor_refuse=0.0)
     spec = abstention.fit(["a", "b"], feats, labels, probs, notumor_ood_refuse=0.1, **kw)
     off = abstention.fit(["a", "b"], feats, labels, probs, notumor_ood_refuse=0.0, **kw)
     assert off.notumor_ood_bound == 1.0 > spec.notumor_ood_bound > 0.0
     assert spec.fit_report["notumor_ood_bound_wanted"] == spec.notumor_ood_bound  # no give-way here
+    assert spec.fit_report["ood_threshold_unpaid"] < 1.0 and spec.ood_threshold > off.ood_threshold
+    distance_share = 1 - spec.ood_share * (1 - spec.accept)
+    cross_fitted = spec.cross_fitted_scores
+    said = probs.argmax(1) == NOTUMOR_ID
+    distance_ok = (cross_fitted <= 1) & ~(said & (cross_fitted > spec.notumor_ood_bound))
+    assert distance_ok.mean() >= distance_share
     score, abstain, reason = spec.decide(probs, feats)
     said_notumor = probs.argmax(1) == NOTUMOR_ID
     unsure = reason == REASON_UNCERTAIN_NO_TUMOUR
@@ -168,14 +175,14 @@ def test_a_notumor_answer_needs_an_image_closer_than_the_distance_threshold():
 
 def test_the_notumor_distance_bound_gives_way_where_it_alone_would_refuse_more_than_the_budget():
     feats, labels, probs = _blobs(np.random.default_rng(17), 400)
-    # Refusing 60 % of the right notumor answers is far past a 5 % budget.
+    # Refusing 60 % of the right notumor answers is far past the distance's 3 % of the budget.
     spec = abstention.fit(["a", "b"], feats, labels, probs, accept=0.95, notumor_ood_refuse=0.6)
     wanted = spec.fit_report["notumor_ood_bound_wanted"]
     assert wanted < spec.notumor_ood_bound <= 1.0
     _, abstain, _ = spec.decide(probs, feats)
     assert 1 - abstain.mean() >= 0.95 and spec.fit_report["accepted_share_cross_fitted"] >= 0.95
     # It gave way no further than it had to: refusing again the last notumor answer it let
-    # back in leaves too few answered, in sample or cross-fitted.
+    # back in leaves the distance rules passing too few, in sample or cross-fitted.
     stricter = abstention.AbstentionSpec(
         spec.layers,
         spec.ood_threshold,
@@ -189,7 +196,7 @@ def test_the_notumor_distance_bound_gives_way_where_it_alone_would_refuse_more_t
     cross_fitted = (spec.cross_fitted_scores <= 1) & ~(
         said_notumor & (spec.cross_fitted_scores > stricter.notumor_ood_bound)
     )
-    assert min(1 - refused.mean(), cross_fitted.mean()) < 0.95
+    assert min(1 - refused.mean(), cross_fitted.mean()) < 1 - spec.ood_share * (1 - spec.accept)
 
 
 def test_the_graph_decides_as_the_numpy_reference():
