@@ -57,6 +57,13 @@ def _blobs(rng, n, dims=(6, 20)):
     return feats, labels, probs.astype(np.float32)
 
 
+def _without_confidence_floor(spec, **notumor_rules) -> abstention.AbstentionSpec:
+    """`spec`'s distance threshold with the notumor rules given and no confidence floor."""
+    return abstention.AbstentionSpec(
+        spec.layers, spec.ood_threshold, 0.0, spec.accept, spec.ood_share, **notumor_rules
+    )
+
+
 @pytest.mark.parametrize("accept, n", [(0.95, 400), (0.9, 57), (0.99, 123), (0.8, 9)])
 def test_thresholds_accept_at_least_the_configured_share_of_the_fitting_data(accept, n):
     feats, labels, probs = _blobs(np.random.default_rng(n), n)
@@ -124,14 +131,7 @@ def test_the_notumor_floor_gives_way_where_it_alone_would_refuse_more_than_the_b
     # It gave way no further than it had to: refusing again the last notumor answer it let
     # back in (the floor sits a rounding margin under it) leaves too few answered, in
     # sample or cross-fitted.
-    stricter = abstention.AbstentionSpec(
-        spec.layers,
-        spec.ood_threshold,
-        0.0,
-        spec.accept,
-        spec.ood_share,
-        notumor_floor=spec.notumor_floor + 2 * abstention._MARGIN,
-    )
+    stricter = _without_confidence_floor(spec, notumor_floor=spec.notumor_floor + 2 * abstention._MARGIN)
     _, refused, reason = stricter.decide(probs, feats)
     cross_fitted = (spec.cross_fitted_scores <= 1) & (reason != REASON_UNCERTAIN_NO_TUMOUR)
     assert min(1 - refused.mean(), cross_fitted.mean()) < 0.95
@@ -183,13 +183,8 @@ def test_the_notumor_distance_bound_gives_way_where_it_alone_would_refuse_more_t
     assert 1 - abstain.mean() >= 0.95 and spec.fit_report["accepted_share_cross_fitted"] >= 0.95
     # It gave way no further than it had to: refusing again the last notumor answer it let
     # back in leaves the distance rules passing too few, in sample or cross-fitted.
-    stricter = abstention.AbstentionSpec(
-        spec.layers,
-        spec.ood_threshold,
-        0.0,
-        spec.accept,
-        spec.ood_share,
-        notumor_ood_bound=spec.notumor_ood_bound - 2 * abstention._MARGIN,
+    stricter = _without_confidence_floor(
+        spec, notumor_ood_bound=spec.notumor_ood_bound - 2 * abstention._MARGIN
     )
     _, refused, _ = stricter.decide(probs, feats)
     said_notumor = probs.argmax(1) == NOTUMOR_ID
