@@ -101,6 +101,20 @@ def candidates(feedback: FeedbackSet) -> tuple[list[Candidate], list[Skip]]:
     return out, skipped
 
 
+# A site's own patient ids, kept apart from the dataset's (figshare PIDs) in unit names.
+PATIENT_PREFIX = "site-"
+
+
+def patients(feedback: FeedbackSet) -> dict[str, str]:
+    """Reviewed image source → its patient, where the export folder has a patients.csv
+    (id, class, patient; `btmri slices` writes one): slices of one patient then form one
+    unit, so a patient is never on both sides of the split. {} without one."""
+    from data_prep.patients import read_patients_csv
+
+    known = read_patients_csv(feedback.dir)
+    return {source_of(file): PATIENT_PREFIX + patient for file, patient in known.items()}
+
+
 def provenance(reviews: list[FeedbackReview]) -> dict:
     """Which reviews: their ids, reviewers and time range, and the model versions that
     answered the requests they label."""

@@ -453,10 +453,12 @@ def prepare(opts: PrepareOptions, feedback: site_feedback.FeedbackSet | None = N
             f"no image files found under {opts.data_dir} "
             f"(extensions: {', '.join(sorted(spec.IMAGE_EXTENSIONS))})"
         )
+    site_patients: dict[str, str] = {}
     if feedback is not None:  # after the fingerprint: the run's key adds the feedback's own
         reviewed, reviewed_skips = site_feedback.candidates(feedback)
         candidates = candidates + reviewed
         skipped += [asdict(s) for s in reviewed_skips]
+        site_patients = site_feedback.patients(feedback)
 
     # Pass 1: hashes, and the patients a box folder knows, decide the units and the split.
     surveyed = _survey(candidates, opts, workers, skipped)
@@ -470,7 +472,7 @@ def prepare(opts: PrepareOptions, feedback: site_feedback.FeedbackSet | None = N
             c.label,
             surveyed[c.source]["md5"],
             surveyed[c.source]["phash"],
-            boxes.patient_of(c.source),
+            boxes.patient_of(c.source) or site_patients.get(c.source),
         )
         for c in readable
     ]

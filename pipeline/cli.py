@@ -86,6 +86,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# Who labelled a slice `btmri slices --as-feedback` lists: the case's tumour mask.
+SLICES_REVIEWER = "tumour mask (btmri slices)"
+
+
 def _cmd_slices(args: argparse.Namespace) -> int:
     from data_prep.volumes import SliceOptions, slice_volumes, summary_lines
 
@@ -97,6 +101,14 @@ def _cmd_slices(args: argparse.Namespace) -> int:
     except OSError as err:
         return error("slices", f"cannot write to {args.out}: {err.strerror or err}")
     print("\n".join(summary_lines(summary, args.out)))
+    if args.as_feedback:
+        from pipeline.review.export import EXPORT_CSV, label_folder_as_reviews
+
+        count = label_folder_as_reviews(args.out, SLICES_REVIEWER)
+        print(
+            f"wrote {EXPORT_CSV}: {count} slices labelled by their masks; "
+            f"`btmri run --feedback {args.out}` trains on them as site data"
+        )
     return EXIT_OK
 
 
@@ -340,6 +352,12 @@ def _register_slices(sub) -> None:
     )
     p.add_argument("volumes_dir", metavar="VOLUMES", help="one folder per case")
     p.add_argument("--out", required=True, help="output folder (class folders, tags.csv, patients.csv)")
+    p.add_argument(
+        "--as-feedback",
+        action="store_true",
+        help="also write reviews.csv, every slice labelled by its mask, so that "
+        "`btmri run --feedback OUT` trains on the slices as site data",
+    )
     add_options(p, SliceOptions)
     add_output_flags(p, "no progress bar")
     p.set_defaults(func=_cmd_slices)

@@ -68,6 +68,56 @@ def _stem(record_id: str, used: set[str]) -> str:
     return candidate
 
 
+def _row(
+    file: str,
+    record_id: str,
+    label: str,
+    reviewer: str,
+    reviewed_at: str,
+    review_id: int,
+    model_name: str = "",
+    model_version: int | None = None,
+    model_answer: str = "",
+    abstain_reason: str = "",
+    supersedes: int | None = None,
+) -> list:
+    """One line of reviews.csv, in CSV_COLUMNS' order."""
+    return [
+        file,
+        record_id,
+        label,
+        reviewer,
+        reviewed_at,
+        model_name,
+        "" if model_version is None else model_version,
+        model_answer,
+        abstain_reason,
+        review_id,
+        "" if supersedes is None else supersedes,
+    ]
+
+
+def label_folder_as_reviews(folder: str | os.PathLike, reviewer: str) -> int:
+    """Writes FOLDER/reviews.csv for a labelled folder whose labels come from a program,
+    not a reader (`btmri slices`: each slice's class from its tumour mask): one review per
+    image of its class folders, no model answer, so `btmri run --feedback FOLDER` trains
+    on them as site data. Returns the number of reviews written."""
+    from datetime import datetime, timezone
+
+    from data_prep.discover import find_images
+
+    folder = Path(folder)
+    found, _ = find_images(folder)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with open(folder / EXPORT_CSV, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for review_id, cand in enumerate(sorted(found, key=lambda c: c.source), start=1):
+            label = spec.CLASS_NAMES[cand.label]
+            writer.writerow(_row(cand.source, f"file:{cand.source}", label, reviewer, now, review_id))
+    return len(found)
+
+
 def _write(store: ReviewStore, folder: Path) -> ExportSummary:
     summary = ExportSummary(folder)
     used: set[str] = set()
@@ -88,19 +138,19 @@ def _write(store: ReviewStore, folder: Path) -> ExportSummary:
             else:
                 summary.unusable += 1
             writer.writerow(
-                [
+                _row(
                     file,
                     review.record_id,
                     review.label,
                     review.reviewer,
                     review.reviewed_at,
-                    review.model_name,
-                    "" if review.model_version is None else review.model_version,
-                    review.model_answer,
-                    review.abstain_reason,
-                    review.id,
-                    "" if review.supersedes is None else review.supersedes,
-                ]
+                    review_id=review.id,
+                    model_name=review.model_name,
+                    model_version=review.model_version,
+                    model_answer=review.model_answer,
+                    abstain_reason=review.abstain_reason,
+                    supersedes=review.supersedes,
+                )
             )
             summary.rows += 1
     return summary

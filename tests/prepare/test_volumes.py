@@ -31,17 +31,22 @@ def _volume(seed: int, tumour_value: float) -> np.ndarray:
     return data
 
 
-def write_case(root: Path, name: str, sequences=("t1", "t1ce", "t2", "flair"), seg=True) -> Path:
+def write_case(
+    root: Path, name: str, sequences=("t1", "t1ce", "t2", "flair"), seg=True, shift: int = 0, seed: int = 0
+) -> Path:
+    """One case folder; `shift` moves its head along y, `seed` draws other noise (cases
+    that are not copies of each other)."""
     case = root / name
     case.mkdir(parents=True)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS on disk, as BraTS ships it
     for i, seq in enumerate(sequences):
         # Stored LPS: flip x and y of the RAS array.
-        data = _volume(i, 900)[::-1, ::-1, :]
+        data = np.roll(_volume(i + 10 * seed, 900), shift, axis=1)[::-1, ::-1, :]
         nib.save(nib.Nifti1Image(data, affine), str(case / f"{name}_{seq}.nii.gz"))
     if seg:
         mask = np.zeros(SHAPE, np.uint8)
         mask[TUMOUR] = 2
+        mask = np.roll(mask, shift, axis=1)
         nib.save(nib.Nifti1Image(mask[::-1, ::-1, :], affine), str(case / f"{name}_seg.nii.gz"))
     return case
 
@@ -161,3 +166,43 @@ def test_without_no_tumour_slices_the_output_is_a_box_folder(tmp_path):
     slices, skips = read_box_folder(out)
     assert len(slices) == 6 and not skips
     assert set(read_patients_csv(out).values()) == {"caseA"}
+
+
+def test_slices_as_feedback_join_prepare_whole_patients_at_a_time(tmp_path):
+    """`--as-feedback` writes reviews.csv, so `btmri run --feedback OUT` takes the slices as
+    site data; patients.csv makes each case one unit: no case on both sides of the split."""
+    from btmri import spec
+    from data_prep.prepare import PrepareOptions, prepare
+    from data_prep.synth import generate_dataset
+    from data_prep.tfrecords import read_split
+    from pipeline.feedback import read_export
+
+    cases = [f"case{i}" for i in range(12)]
+    for i, name in enumerate(cases):
+        write_case(tmp_path / "vols", name, sequences=("t1", "t2"), shift=i - 6, seed=i)
+    out = tmp_path / "out"
+    code, printed, _ = run_cli(
+        str(tmp_path / "vols"), "--out", str(out), "--min-tumour-pixels", "50", "--as-feedback", "-q"
+    )
+    assert code == 0 and "`btmri run --feedback" in printed
+    feedback = read_export(out)
+    written = read_tags(out)
+    assert sorted(feedback.by_file()) == sorted(r["file"] for r in written)
+    assert {r.label for r in feedback.reviews} == {"glioma", "notumor"}
+
+    data = tmp_path / "data"
+    generate_dataset(data, per_class=4, test_per_class=0, seed=0, progress=False)
+    # No near-duplicate joining: these made-up heads differ too little to stay apart by
+    # perceptual hash, so only patients.csv may join a case's slices.
+    opts = PrepareOptions(str(data), str(tmp_path / "prepared"), workers=1, progress=False, near_threshold=-1)
+    manifest = prepare(opts, feedback)
+    splits_of_case: dict[str, set[str]] = {}
+    for split in manifest.splits:
+        for example in read_split(tmp_path / "prepared", split):
+            if example["source"].startswith("feedback/"):
+                case = next(c for c in cases if f"/{c}_" in example["source"])
+                assert case in example["patient"]  # the unit is the case's
+                splits_of_case.setdefault(case, set()).add(split)
+    assert set(splits_of_case) == set(cases)
+    assert all(len(splits) == 1 for splits in splits_of_case.values())
+    assert {s for splits in splits_of_case.values() for s in splits} == {spec.TRAIN_SPLIT, spec.EVAL_SPLIT}
