@@ -156,7 +156,8 @@ def start_review(log_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # faulthandler: a server that does not stop is made to print every thread's stack.
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"},
     )
     for line in process.stdout:
         if line.startswith("review page: "):
@@ -166,12 +167,21 @@ def start_review(log_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
     )
 
 
-def stop_review(process: subprocess.Popen) -> None:
+def stop_review(process: subprocess.Popen, timeout: float = 120) -> None:
     """Ctrl-C, as a reader stops the page: it must exit 0. communicate(), not wait():
     the server's request log fills the stderr pipe, and a child blocked writing to a
-    full pipe never sees the signal."""
+    full pipe never sees the signal. The bound is generous (twice, on a machine running
+    two other jobs, the stop outlasted 60 s); past it, SIGABRT makes the server print
+    where each of its threads waits, and that is the failure's message."""
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        _, stderr = process.communicate(timeout=30)
+        raise AssertionError(
+            f"btmri review did not stop within {timeout:.0f} s of Ctrl-C:\n{stderr[-6000:]}"
+        ) from None
     assert process.returncode == 0, stderr[-2000:]
 
 
