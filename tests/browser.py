@@ -147,6 +147,10 @@ class DevTools:
 # ---- the review page --------------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_review(log_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """`btmri review --request-log log_dir --port 0 ARGS...` as a child process;
     (the process, the page's URL from its output). stop_review ends it."""
@@ -158,6 +162,10 @@ def start_review(log_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
         text=True,
         # faulthandler: a server that does not stop is made to print every thread's stack.
         env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"},
+        # Ctrl-C as in a terminal: a test run started in the background (`cmd &` in a
+        # script) hands its children SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt, so the page would never stop.
+        preexec_fn=_default_sigint,
     )
     for line in process.stdout:
         if line.startswith("review page: "):
@@ -167,12 +175,11 @@ def start_review(log_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
     )
 
 
-def stop_review(process: subprocess.Popen, timeout: float = 120) -> None:
+def stop_review(process: subprocess.Popen, timeout: float = 60) -> None:
     """Ctrl-C, as a reader stops the page: it must exit 0. communicate(), not wait():
     the server's request log fills the stderr pipe, and a child blocked writing to a
-    full pipe never sees the signal. The bound is generous (twice, on a machine running
-    two other jobs, the stop outlasted 60 s); past it, SIGABRT makes the server print
-    where each of its threads waits, and that is the failure's message."""
+    full pipe never sees the signal. Past the bound, SIGABRT makes the server print where
+    each of its threads waits, and that is the failure's message."""
     process.send_signal(signal.SIGINT)
     try:
         _, stderr = process.communicate(timeout=timeout)
