@@ -184,8 +184,12 @@ def notumor_ood_bound_for(
 
 def _distance_passes(probabilities, distances, threshold: float, bound: float) -> list[np.ndarray]:
     """Per distance (in sample, cross-fitted): passes the threshold, and the bound if notumor."""
-    top_notumor = probabilities.argmax(axis=1) == NOTUMOR_ID
-    return [(d <= threshold) & ~(top_notumor & (d > bound)) for d in distances]
+    return [(d <= threshold) & ~_unfamiliar_notumor(probabilities, d, bound) for d in distances]
+
+
+def _distance_keeps(probabilities, distances, threshold: float, bound: float, needed: int) -> bool:
+    """Whether the two distance rules pass at least `needed` examples in every distance."""
+    return all(int(ok.sum()) >= needed for ok in _distance_passes(probabilities, distances, threshold, bound))
 
 
 def _paying_threshold(
@@ -196,7 +200,7 @@ def _paying_threshold(
     values = np.concatenate(distances)
     candidates = np.unique(values[(values > threshold) & (values < loosest)]) * (1 + _MARGIN)
     for t in [threshold, *candidates.tolist()]:
-        if all(int(ok.sum()) >= needed for ok in _distance_passes(probabilities, distances, t, bound)):
+        if _distance_keeps(probabilities, distances, t, bound, needed):
             return float(t)
     return loosest
 
@@ -204,13 +208,13 @@ def _paying_threshold(
 def _bound_within_budget(probabilities, bound: float, distances, threshold: float, needed: int) -> float:
     """`bound`, raised just enough that the two distance rules together pass `needed`
     examples in every distance (inf: no bound at all)."""
-    top_notumor = probabilities.argmax(axis=1) == NOTUMOR_ID
     while math.isfinite(bound):
-        passes = _distance_passes(probabilities, distances, threshold, bound)
-        if all(int(ok.sum()) >= needed for ok in passes):
+        if _distance_keeps(probabilities, distances, threshold, bound, needed):
             return bound
         # Answer the most familiar of the refused notumor answers again, and look again.
-        refused = np.concatenate([d[top_notumor & (d > bound) & (d <= threshold)] for d in distances])
+        refused = np.concatenate(
+            [d[_unfamiliar_notumor(probabilities, d, bound) & (d <= threshold)] for d in distances]
+        )
         bound = float(refused.min()) * (1 + _MARGIN) if refused.size else math.inf
     return math.inf
 
@@ -351,12 +355,11 @@ def fit(
 
     # The notumor distance bound: of the right notumor answers the threshold may let
     # through, it refuses the least familiar `notumor_ood_refuse` (in sample and
-    # cross-fitted), and
-    # notumor answers past it go too. The threshold for every answer moves out to pay for
-    # it, so the two distance rules together refuse no more than the distance's budget and
-    # the floors below keep theirs; but no further than a quarter of that budget (images
-    # that are no brain slice lie far beyond either). Where that does not pay, the bound
-    # gives way.
+    # cross-fitted), and notumor answers past it go too. The threshold for every answer
+    # moves out to pay for it, so the two distance rules together refuse no more than
+    # the distance's budget and the floors below keep theirs; but no further than a
+    # quarter of that budget (images that are no brain slice lie far beyond either).
+    # Where that does not pay, the bound gives way.
     needed_distance = math.ceil((1.0 - distance_budget) * n - 1e-9)
     loosest = max(threshold, threshold_at(1.0 - distance_budget / 4))
     passes = [d <= loosest for d in distances]  # the most the threshold may let through
@@ -367,7 +370,6 @@ def fit(
         )
     bound = _bound_within_budget(probabilities, wanted_bound, distances, threshold, needed_distance)
     passes_in, passes_oof = _distance_passes(probabilities, distances, threshold, bound)
-    scores = (combined_in / threshold, combined_oof / threshold)
     bound_score = min(bound / threshold, 1.0)
     needed = math.ceil(accept * n - 1e-9)
 
@@ -401,7 +403,7 @@ def fit(
         notumor_floor=notumor_floor,
         notumor_ood_bound=bound_score,
     )
-    _, abstain, reason = spec.decide(probabilities, features)
+    score, abstain, reason = spec.decide(probabilities, features)
     correct = probabilities.argmax(axis=1) == labels
     oof_accept = float(np.mean(passes_oof & (confidence >= floor) & ~unsure))
     spec.fit_report = {
@@ -423,7 +425,7 @@ def fit(
         "abstained_unfamiliar_no_tumour": int(
             (
                 (reason == REASON_UNCERTAIN_NO_TUMOUR)
-                & _unfamiliar_notumor(probabilities, scores[0], bound_score)
+                & _unfamiliar_notumor(probabilities, score, bound_score)
                 & ~_uncertain_notumor(probabilities, notumor_floor)
             ).sum()
         ),

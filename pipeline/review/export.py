@@ -80,21 +80,21 @@ def _row(
     model_answer: str = "",
     abstain_reason: str = "",
     supersedes: int | None = None,
-) -> list:
-    """One line of reviews.csv, in CSV_COLUMNS' order."""
-    return [
-        file,
-        record_id,
-        label,
-        reviewer,
-        reviewed_at,
-        model_name,
-        "" if model_version is None else model_version,
-        model_answer,
-        abstain_reason,
-        review_id,
-        "" if supersedes is None else supersedes,
-    ]
+) -> dict:
+    """One line of reviews.csv by column name (csv.DictWriter orders it by CSV_COLUMNS)."""
+    return {
+        "file": file,
+        "record_id": record_id,
+        "label": label,
+        "reviewer": reviewer,
+        "reviewed_at": reviewed_at,
+        "model_name": model_name,
+        "model_version": "" if model_version is None else model_version,
+        "model_answer": model_answer,
+        "abstain_reason": abstain_reason,
+        "review_id": review_id,
+        "supersedes": "" if supersedes is None else supersedes,
+    }
 
 
 def label_folder_as_reviews(folder: str | os.PathLike, reviewer: str) -> int:
@@ -110,8 +110,8 @@ def label_folder_as_reviews(folder: str | os.PathLike, reviewer: str) -> int:
     found, _ = find_images(folder)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with open(folder / EXPORT_CSV, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
+        writer = csv.DictWriter(f, CSV_COLUMNS)
+        writer.writeheader()
         for review_id, cand in enumerate(sorted(found, key=lambda c: c.source), start=1):
             label = spec.CLASS_NAMES[cand.label]
             writer.writerow(_row(cand.source, f"file:{cand.source}", label, reviewer, now, review_id))
@@ -122,8 +122,8 @@ def _write(store: ReviewStore, folder: Path) -> ExportSummary:
     summary = ExportSummary(folder)
     used: set[str] = set()
     with open(folder / EXPORT_CSV, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
+        writer = csv.DictWriter(f, CSV_COLUMNS)
+        writer.writeheader()
         for review in store.current().values():
             file = ""
             if review.label in spec.CLASS_NAMES:
