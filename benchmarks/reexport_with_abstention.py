@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import data_prep  # noqa: E402,F401  (Keras 2 before TensorFlow)
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 import tf_keras as keras  # noqa: E402
@@ -31,16 +32,20 @@ from btmri.documents import TRAINER_DEFAULTS  # noqa: E402
 from components.training import abstention  # noqa: E402
 from components.training.trainer import fit_abstention, make_signatures  # noqa: E402
 from components.transform.preprocessing import IMAGE_XF  # noqa: E402
-from btmri.spec import IMAGE_KEY, LABEL_KEY  # noqa: E402
+from btmri.spec import IMAGE_KEY, LABEL_KEY, PATIENT_KEY  # noqa: E402
 from data_prep.tfrecords import parse_example  # noqa: E402
 
 
-def eval_dataset(pattern: str, tft_layer, batch: int = 32) -> tf.data.Dataset:
+def eval_dataset(pattern: str, tft_layer, batch: int = 32):
+    """(batches as the Trainer's eval dataset yields them, (labels, unit) as eval_units gives them)."""
     examples = [
         parse_example(record.numpy()) for record in tf.data.TFRecordDataset(sorted(glob.glob(pattern)))
     ]
     images = [e[IMAGE_KEY] for e in examples]
     labels = [e[LABEL_KEY] for e in examples]
+    units = None
+    if all(PATIENT_KEY in e for e in examples):
+        units = (np.array(labels), np.array([str(e[PATIENT_KEY]) for e in examples]))
     decoded = [
         tft_layer({IMAGE_KEY: tf.reshape(tf.constant(images[i : i + batch]), [-1, 1])})[IMAGE_XF]
         for i in range(0, len(images), batch)
@@ -49,7 +54,7 @@ def eval_dataset(pattern: str, tft_layer, batch: int = 32) -> tf.data.Dataset:
         (x, (tf.constant(labels[i * batch : (i + 1) * batch]), tf.zeros([len(x), 1])))
         for i, x in enumerate(decoded)
     ]
-    return batches
+    return batches, units
 
 
 def rebuilt(loaded: keras.Model, name: str) -> keras.Model:
@@ -74,6 +79,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--accept", type=float, default=TRAINER_DEFAULTS.abstention_accept)
     p.add_argument(
+        "--ood-share",
+        type=float,
+        default=TRAINER_DEFAULTS.abstention_ood_share,
+        help="share of the rejection budget spent on the distance rules",
+    )
+    p.add_argument(
+        "--by-example",
+        action="store_true",
+        help="cross-fit by example even where the records name patients (as before 2026-12-07 night)",
+    )
+    p.add_argument(
         "--notumor-ood-refuse",
         type=float,
         default=TRAINER_DEFAULTS.abstention_notumor_ood_refuse,
@@ -91,20 +107,22 @@ def main(argv=None) -> int:
     model = keras.models.load_model(args.model, compile=False)
     if args.rebuild:
         model = rebuilt(model, args.rebuild)
-    eval_ds = eval_dataset(args.eval_records, xf.transform_features_layer())
+    eval_ds, units = eval_dataset(args.eval_records, xf.transform_features_layer())
     config = dataclasses.replace(
         TRAINER_DEFAULTS,
         abstention_accept=args.accept,
+        abstention_ood_share=args.ood_share,
         abstention_notumor_ood_refuse=args.notumor_ood_refuse,
     )
-    spec = fit_abstention(model, eval_ds, xf, config)
+    spec = fit_abstention(model, eval_ds, xf, config, None if args.by_example else units)
     model.tft_layer = xf.transform_features_layer()
     model.save(args.out, save_format="tf", signatures=make_signatures(model, xf, spec))
     abstention.write(spec, args.out, {"reexported_from": str(Path(args.model).resolve())})
     print(
         f"wrote {args.out}: features {spec.features}, ood threshold {spec.ood_threshold:.4f}, "
         f"confidence floor {spec.confidence_floor:.4f}, notumor bound {spec.notumor_ood_bound:.4f}, eval answered "
-        f"{spec.fit_report['accepted_share']:.4f}"
+        f"{spec.fit_report['accepted_share']:.4f} (cross-fitted by {spec.fit_report['cross_fitted_by']}: "
+        f"{spec.fit_report['accepted_share_cross_fitted']:.4f})"
     )
     return 0
 

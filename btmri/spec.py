@@ -131,8 +131,11 @@ ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
 CONFIDENCE = 0.95  # every interval the project prints is a 95 % interval
 # Blessing needs the candidate to answer (not abstain on) at least this share of the
 # evaluated split; the Trainer fits its thresholds to answer TrainerConfig.abstention_accept
-# (0.95) of eval (components/training/abstention.py).
-MIN_ACCEPTANCE = 0.90
+# (0.90) of eval's new patients (cross-fitted by patient; in sample it answers more:
+# components/training/abstention.py). The gate sits below that by the sampling spread of
+# a few hundred new images (about 3 points either way), so a model answering what it was
+# fitted to answer is not refused by chance on a test split of new patients.
+MIN_ACCEPTANCE = 0.85
 
 # ── Request features (monitoring: docs/architecture.md, Monitoring) ────────────────
 # Derived from a request's image and the model's answer by one function

@@ -208,6 +208,10 @@ def headline_rows(record: dict) -> list[tuple[str, str]]:
         rows.append(("recall per class", recalls))
     if abstention := report.get("abstention"):
         rows.append(("answered (did not abstain)", f"{abstention['acceptance']:.3f}"))
+        # The fitted thresholds' own estimate for patients not in the split (abstention.json).
+        by, estimate = abstention.get("cross_fitted_by", "example"), abstention.get("acceptance_cross_fitted")
+        if by != "example" and estimate is not None:
+            rows.append((f"answered, estimate for new patients (cross-fitted by {by})", f"{estimate:.3f}"))
     if shortcut := report.get("shortcut_control"):
         rows.append(
             (

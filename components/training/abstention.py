@@ -266,9 +266,15 @@ def _layer_stats(name: str, features: np.ndarray, labels: np.ndarray) -> LayerSt
     return LayerStats(name, whitening, means @ whitening)
 
 
-def _folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold index per example, classes spread over the folds."""
+def _folds(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold index per example: with `groups` (the patient or near-duplicate group of each
+    example), whole groups to a fold, so no example is scored by statistics fitted on its
+    neighbouring slices; without, examples one by one, classes spread over the folds."""
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        units, unit_of = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        unit_fold = (np.arange(len(units)) + rng.integers(folds)) % folds
+        return unit_fold[rng.permutation(len(units))][unit_of]
     fold = np.empty(len(labels), int)
     for k in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == k))
@@ -289,13 +295,16 @@ def cross_fitted_distances(
     labels: np.ndarray,
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Per layer, each example's distance under statistics fitted without its fold
-    (unscaled). With fewer than two examples per fold, in-sample distances."""
-    folds = min(folds, len(labels) // 2)
+    (unscaled); folds by `groups` when given (_folds). With fewer than two examples (or
+    groups) per fold, in-sample distances."""
+    units = len(labels) if groups is None else len(np.unique(np.asarray(groups).astype(str)))
+    folds = min(folds, units // 2)
     if folds < 2:
         return [_layer_stats(n, f, labels).distances(f) for n, f in zip(names, features)]
-    fold = _folds(labels, folds, seed)
+    fold = _folds(labels, folds, seed, groups)
     out = [np.empty(len(labels)) for _ in names]
     for i in range(folds):
         held, rest = fold == i, fold != i
@@ -317,11 +326,15 @@ def fit(
     seed: int = 0,
     notumor_refuse: float = TRAINER_DEFAULTS.abstention_notumor_refuse,
     notumor_ood_refuse: float = TRAINER_DEFAULTS.abstention_notumor_ood_refuse,
+    groups: np.ndarray | None = None,
 ) -> AbstentionSpec:
     """Fits the detector on held-out in-distribution data: pooled `features` per layer
     ([N, d_l]), true `labels` [N] and the served (calibrated) `probabilities` [N, K].
     At least `accept` of these examples are accepted by the returned spec: the notumor
-    floor gives way when it alone would refuse more than the budget."""
+    floor gives way when it alone would refuse more than the budget. `groups` [N]: each
+    example's patient or near-duplicate group; the cross-fitting then holds out whole
+    groups, so its acceptance is what new patients meet (slices of one patient are near
+    copies: scored beside their neighbours they look more familiar than a new patient)."""
     if not (
         0.0 < accept <= 1.0
         and 0.0 <= ood_share <= 1.0
@@ -336,7 +349,9 @@ def fit(
     n = len(labels)
     if n == 0:
         raise ValueError("no examples to fit abstention on")
-    oof = cross_fitted_distances(names, features, labels, folds, seed)
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"{len(groups)} groups for {n} examples")
+    oof = cross_fitted_distances(names, features, labels, folds, seed, groups)
     layers = [_layer_stats(name, f, labels) for name, f in zip(names, features)]
     for layer, d in zip(layers, oof):
         layer.scale = max(float(np.median(d)), 1e-12)
@@ -409,6 +424,9 @@ def fit(
     spec.fit_report = {
         "fitted_on": "eval split (held out from training the weights)",
         "examples": int(n),
+        # What the cross-fitting held out together: what `accepted_share_cross_fitted` estimates.
+        "cross_fitted_by": "patient / near-duplicate group" if groups is not None else "example",
+        "units": int(len(np.unique(np.asarray(groups).astype(str)))) if groups is not None else int(n),
         "per_class": {int(k): int((labels == k).sum()) for k in np.unique(labels)},
         "accepted_share": float(1 - abstain.mean()),
         "accepted_share_cross_fitted": oof_accept,

@@ -72,7 +72,7 @@ from components.transform.preprocessing import (
     LABEL_XF,
     LESION_BOX_XF,
 )
-from btmri.spec import CLASS_NAMES, IMAGE_KEY, NUM_CLASSES
+from btmri.spec import CLASS_NAMES, IMAGE_KEY, LABEL_KEY, NUM_CLASSES, PATIENT_KEY
 
 # Tumour boxes are marked on this grid of cells: the evidence maps of
 # mri_resnet_evidence (14x14); the loss pools them to a coarser map (mri_resnet's 7x7).
@@ -377,6 +377,35 @@ def _datasets(fn_args, config: TrainerConfig, tf_transform_output, multi_worker:
     return train_ds, eval_ds, steps
 
 
+def eval_units(
+    fn_args, tf_transform_output: tft.TFTransformOutput, config: TrainerConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, unit) of every eval example, in input_fn's eval order (no shuffling; the
+    same reader and batches): the patient or near-duplicate group `prepare` wrote, which
+    the abstention's cross-fitting holds out together. None where the examples carry no
+    unit (materialized examples: Transform drops it; data prepared before units)."""
+    raw_spec = tf_transform_output.raw_feature_spec()
+    if config.materialized or PATIENT_KEY not in raw_spec:
+        return None
+    dataset = fn_args.data_accessor.tf_dataset_factory(
+        fn_args.eval_files,
+        tfxio.TensorFlowDatasetOptions(batch_size=config.batch_size, shuffle=False, num_epochs=1),
+        tf_transform_output.raw_metadata.schema,
+    )
+
+    def flat(values):
+        values = tf.sparse.to_dense(values) if isinstance(values, tf.SparseTensor) else values
+        return tf.reshape(values, [-1]).numpy()
+
+    labels, units = [], []
+    for batch in dataset:
+        labels.append(flat(batch[LABEL_KEY]))
+        units.append(flat(batch[PATIENT_KEY]))
+    if not labels:
+        return None
+    return np.concatenate(labels).astype(int), np.array([u.decode("utf-8") for u in np.concatenate(units)])
+
+
 def _guided_model(config: TrainerConfig, strategy, policy: str):
     """(the network, the lesion-guided training wrapper), built and compiled in the
     strategy's scope under the compute dtype."""
@@ -450,16 +479,17 @@ def _write_history(
 
 
 def _calibrate_fit_and_export(
-    model, eval_ds, tf_transform_output, config: TrainerConfig, run_dir, serving_model_dir
+    model, eval_ds, tf_transform_output, config: TrainerConfig, run_dir, serving_model_dir, units=None
 ):
-    """The chief's part after training: temperature, abstention, the SavedModel."""
+    """The chief's part after training: temperature, abstention (cross-fitted by `units`,
+    eval_units()), the SavedModel."""
     if config.calibrate:
         with trainer_phase("calibration"):
             model = _calibrate(model, eval_ds, run_dir)
     spec = None
     if config.abstention:
         with trainer_phase("abstention fitting"):
-            spec = fit_abstention(model, eval_ds, tf_transform_output, config)
+            spec = fit_abstention(model, eval_ds, tf_transform_output, config, units)
     with trainer_phase("export"):
         model.tft_layer = tf_transform_output.transform_features_layer()
         model.save(
@@ -510,7 +540,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         logging.info("Task %s: training done; the chief exports", distribution.task_name(strategy))
         distribution.finish(strategy, serving_model_dir, run_dir)
         return
-    _calibrate_fit_and_export(model, eval_ds, tf_transform_output, config, run_dir, serving_model_dir)
+    units = eval_units(fn_args, tf_transform_output, config) if config.abstention else None
+    _calibrate_fit_and_export(model, eval_ds, tf_transform_output, config, run_dir, serving_model_dir, units)
     distribution.finish(strategy, serving_model_dir, run_dir)
 
 
@@ -528,9 +559,13 @@ def fit_abstention(
     eval_ds: tf.data.Dataset,
     tf_transform_output: tft.TFTransformOutput,
     config: TrainerConfig,
+    units: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> abstention.AbstentionSpec:
     """Fits the abstention detector on the eval split (never trained on; the served,
-    calibrated probabilities), choosing its features with generated outliers."""
+    calibrated probabilities), choosing its features with generated outliers.
+    `units` (eval_units()): (labels, unit) per eval example in `eval_ds`'s order; the
+    cross-fitting then holds out whole patients or groups. Ignored, with a warning,
+    when its labels are not `eval_ds`'s (a different order)."""
     scorer, names = abstention.scoring_model(model)
     images, labels = [], []
     for batch_images, (batch_labels, _) in eval_ds:
@@ -538,6 +573,13 @@ def fit_abstention(
         labels.append(batch_labels.numpy())
     probs, features = abstention.collect(scorer, images)
     labels = np.concatenate(labels).astype(int)
+    groups = None
+    if units is not None:
+        unit_labels, unit_names = units
+        if np.array_equal(unit_labels, labels):
+            groups = unit_names
+        else:
+            logging.warning("eval units not in the eval batches' order: abstention cross-fitted by example")
     tft_layer = tf_transform_output.transform_features_layer()
     outlier_features = {}
     per_kind = config.abstention_outliers_per_kind
@@ -555,6 +597,7 @@ def fit_abstention(
         notumor_ood_refuse=config.abstention_notumor_ood_refuse,
         ood_share=config.abstention_ood_share,
         seed=config.seed,
+        groups=groups,
     )
     logging.info("Abstention fitted on eval: %s", json.dumps(spec.to_json())[:2000])
     return spec

@@ -223,6 +223,14 @@ def _split_table(summary: AbstentionSummary, split: str, table_prefix: str) -> T
     )
 
 
+def _cross_fitted_by(fitted: dict) -> str:
+    """What the cross-fitted share estimates: new patients when the folds held them out."""
+    by = fitted.get("cross_fitted_by", "example")
+    if by == "example":
+        return "cross-fitted by image, which overstates what new patients get"
+    return f"cross-fitted by {by}, {fitted.get('units', '?')} units: the estimate for new patients"
+
+
 def _fitted_facts(fitted: dict) -> list[str]:
     if not fitted:
         return []
@@ -231,7 +239,7 @@ def _fitted_facts(fitted: dict) -> list[str]:
         f"on the combined distance (features: {', '.join(fitted.get('features', []))}), "
         f"top-probability floor {rate(fitted.get('confidence_floor'))}; "
         f"{rate(fitted.get('accepted_share'))} of the fitting images answered "
-        f"({rate(fitted.get('accepted_share_cross_fitted'))} cross-fitted)."
+        f"({rate(fitted.get('accepted_share_cross_fitted'))} {_cross_fitted_by(fitted)})."
     ]
     choice = fitted.get("feature_choice", {})
     for candidate in choice.get("candidates", []):

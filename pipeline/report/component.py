@@ -146,6 +146,9 @@ def summary_of(data) -> dict:
             "uncertain_no_tumour": data.abstention.uncertain_no_tumour,
             "accuracy_answered": data.abstention.accuracy_answered,
             "accuracy_all": data.abstention.accuracy_all,
+            # The fit's estimate for new images, and what its folds held out (abstention.json).
+            "acceptance_cross_fitted": (data.abstention.fitted or {}).get("accepted_share_cross_fitted"),
+            "cross_fitted_by": (data.abstention.fitted or {}).get("cross_fitted_by", "example"),
         },
         "serving_validation": None
         if getattr(data, "infra_validation", None) is None

@@ -69,7 +69,8 @@ def test_thresholds_accept_at_least_the_configured_share_of_the_fitting_data(acc
     feats, labels, probs = _blobs(np.random.default_rng(n), n)
     # All three rules, at the default notumor share: these blobs are right only about 70 %
     # of the time, so the notumor floor has many wrong answers below it and must give way.
-    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=accept)
+    # Half the budget to the distance, so both of the mechanisms below have some.
+    spec = abstention.fit(["a", "b"], feats, labels, probs, accept=accept, ood_share=0.5)
     _, abstain, reason = spec.decide(probs, feats)
     assert 1 - abstain.mean() >= accept
     assert spec.fit_report["accepted_share"] == pytest.approx(1 - abstain.mean())
@@ -83,6 +84,46 @@ def test_thresholds_accept_at_least_the_configured_share_of_the_fitting_data(acc
     far = [f[:5] + 50.0 for f in feats]
     score, far_abstain, far_reason = spec.decide(probs[:5], far)
     assert (score > 1).all() and far_abstain.all() and (far_reason == REASON_OUT_OF_DISTRIBUTION).all()
+
+
+def _patients(rng, n_patients, slices, centres):
+    """Features of patients whose slices are near copies: each patient its own offset
+    from its class centre, each slice a small jitter of it; labels, patient ids, probabilities."""
+    labels = rng.integers(0, K, n_patients)
+    offsets = centres[labels] + rng.normal(0, 1.0, (n_patients, centres.shape[1]))
+    feats = np.repeat(offsets, slices, axis=0) + rng.normal(0, 0.15, (n_patients * slices, centres.shape[1]))
+    probs = np.full((n_patients * slices, K), 0.02, np.float32)
+    labels = np.repeat(labels, slices)
+    probs[np.arange(len(labels)), labels] = 0.94
+    return feats, labels, np.repeat([f"patient:{i}" for i in range(n_patients)], slices), probs
+
+
+def test_cross_fitting_by_patient_keeps_its_promise_on_new_patients():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 3, (K, 24))
+    feats, labels, patients, probs = _patients(rng, 60, 8, centres)
+    new_feats = _patients(rng, 400, 1, centres)[0]
+    kw = dict(accept=0.9, ood_share=1.0, notumor_refuse=0.0, notumor_ood_refuse=0.0)
+    by_example = abstention.fit(["x"], [feats], labels, probs, **kw)
+    by_patient = abstention.fit(["x"], [feats], labels, probs, groups=patients, **kw)
+    assert by_example.fit_report["cross_fitted_by"] == "example"
+    assert by_patient.fit_report["cross_fitted_by"] == "patient / near-duplicate group"
+    assert by_patient.fit_report["units"] == 60
+    # Both promise 0.9 of the images they were not fitted on ...
+    for fitted in (by_example, by_patient):
+        assert fitted.fit_report["accepted_share_cross_fitted"] >= 0.9
+    # ... but a slice scored beside its own patient's other slices looks familiar: cross-
+    # fitted by example, the threshold is far too tight for a patient never seen.
+    assert np.mean(by_example.ood_scores([new_feats]) <= 1) < 0.6
+    assert np.mean(by_patient.ood_scores([new_feats]) <= 1) >= 0.85
+
+
+def test_folds_by_group_keep_every_group_whole():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 37, 500).astype(str)
+    fold = abstention._folds(rng.integers(0, K, 500), 5, seed=1, groups=groups)
+    assert all(len(set(fold[groups == g])) == 1 for g in np.unique(groups))
+    assert len(set(fold)) == 5  # and every fold is used
 
 
 def test_a_notumor_answer_needs_its_own_higher_floor():
@@ -390,6 +431,10 @@ def test_pushed_model_returns_the_abstention_outputs_and_its_thresholds(tiny_run
     (version,) = [p for p in (tiny_run / "serving").iterdir() if p.name.isdigit()]
     written = json.loads((version / ABSTENTION_FILE).read_text())
     assert written["accepted_share"] >= written["accept"]
+    # The Trainer read the eval split's patients / groups and cross-fitted by them.
+    manifest = json.loads((tiny_run / "data" / "prepared" / "current" / "manifest.json").read_text())
+    assert written["cross_fitted_by"] == "patient / near-duplicate group"
+    assert written["units"] == manifest["units"]["eval"]["units"]
     assert written["feature_choice"]["chosen"] == written["features"]
     assert {c["features"][-1] for c in written["feature_choice"]["candidates"]} == {abstention.PENULTIMATE}
     loaded = tf.saved_model.load(str(version))

@@ -121,6 +121,22 @@ def test_benchmark_figures_join_the_record_and_its_tables_show_the_ratio(tmp_pat
         results.read_benchmark(str(path))
 
 
+def test_the_new_patient_estimate_of_acceptance_is_shown_only_when_the_fit_made_one():
+    record = _record()
+    fitted = copy.deepcopy(record["report"])
+    fitted["abstention"] = dict(
+        fitted["abstention"], acceptance_cross_fitted=0.9012, cross_fitted_by="patient / near-duplicate group"
+    )
+    rows = dict(results.headline_rows(dict(record, report=fitted)))
+    assert (
+        rows["answered, estimate for new patients (cross-fitted by patient / near-duplicate group)"]
+        == "0.901"
+    )
+    # Cross-fitted by image, the estimate would flatter new patients: no row for it.
+    fitted["abstention"]["cross_fitted_by"] = "example"
+    assert not any("new patients" in name for name, _ in results.headline_rows(dict(record, report=fitted)))
+
+
 def _site_document(model: dict) -> dict:
     """`btmri evaluate`'s evaluation.json for 12 slices of 3 patients on two sequences:
     the tumours on t2 all answered notumor, those on t1c right."""

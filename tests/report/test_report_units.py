@@ -244,6 +244,20 @@ def test_the_abstention_text_says_when_the_notumor_floor_gave_way():
     assert "its fit asked for 0.700" in text(dict(bounded, notumor_ood_bound_wanted=0.7))
 
 
+def test_the_abstention_facts_say_what_the_cross_fitted_share_estimates():
+    from pipeline.report.abstention_section import _fitted_facts
+
+    fitted = {"ood_threshold": 1.6, "confidence_floor": 0.6, "accepted_share": 0.97}
+    fitted["accepted_share_cross_fitted"] = 0.9
+    by_patient = _fitted_facts(dict(fitted, cross_fitted_by="patient / near-duplicate group", units=476))[0]
+    assert (
+        "cross-fitted by patient / near-duplicate group, 476 units: the estimate for new patients"
+        in by_patient
+    )
+    by_image = _fitted_facts(fitted)[0]  # a model fitted before the folds held out patients
+    assert "cross-fitted by image, which overstates what new patients get" in by_image
+
+
 # ── Intervals over patients (btmri.intervals): slices of one patient are not independent ──
 
 
