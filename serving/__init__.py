@@ -23,9 +23,9 @@ Names (model, signatures, inputs, outputs) and ServerOptions live in btmri/.
 config/ and Dockerfile: the official tensorflow/serving image's configuration.
 """
 
-import btmri  # selects Keras 2 before TensorFlow loads
+import btmri  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
-# One-image requests: on an AVX2-only CPU oneDNN's kernels answered predict_images in
-# 211 ms against Eigen's 20 (docs/experiments.md, 2026-12-07). TensorFlow's own choice
-# (on only where the CPU has AVX-512 VNNI/BF16 or AMX) serves; a user's setting stands.
-btmri.leave_onednn_to_tensorflow()
+# The model server hands oneDNN back to TensorFlow where it starts (serving.cli's
+# `serve`), not here: `btmri run` imports this package to list its subcommands, and a
+# choice made on import turned oneDNN off for the pipeline's training too (1.5x slower
+# epochs on AVX2; docs/experiments.md, 2026-12-07 night).

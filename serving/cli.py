@@ -29,7 +29,21 @@ from btmri.layout import DEFAULT_LAYOUT, RunLayout
 from serving.heatmap_overlay import DEFAULT_STRENGTH
 
 
+def server_process_settings() -> None:
+    """What a model server process sets before TensorFlow loads: TensorFlow's own oneDNN
+    choice (on only where the CPU has AVX-512 VNNI/BF16 or AMX), unless the user chose.
+    On an AVX2-only CPU oneDNN answered a one-image predict_images in 211 ms against
+    Eigen's 20 (docs/experiments.md, 2026-12-07)."""
+    import btmri
+
+    if "tensorflow" in sys.modules:  # too late to change; say so rather than pretend
+        logging.warning("TensorFlow is loaded already: the server keeps this process's oneDNN setting")
+        return
+    btmri.leave_onednn_to_tensorflow()
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    server_process_settings()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

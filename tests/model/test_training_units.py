@@ -130,13 +130,21 @@ def test_importing_the_project_turns_onednn_kernels_on_unless_the_user_chose():
     assert _onednn_in_fresh_process(TF_ENABLE_ONEDNN_OPTS="0") == "0 False"
 
 
+def test_the_btmri_command_line_keeps_onednn_on_for_training():
+    # `btmri run` builds the parser of every subcommand, the model server's included,
+    # before the pipeline loads TensorFlow: that must not hand oneDNN back.
+    code_first = "pipeline.cli; pipeline.cli.build_parser(); import serving"
+    assert _onednn_in_fresh_process(code_first) == "1 True"
+
+
 def test_the_model_server_leaves_onednn_to_tensorflow_unless_the_user_chose():
     default = _tensorflow_default_onednn()
-    assert _onednn_in_fresh_process("serving") == f"- {default}"
+    server = "serving.cli; serving.cli.server_process_settings()"
+    assert _onednn_in_fresh_process(server) == f"- {default}"
     # A server started by a pipeline process inherits the project's setting, marked.
     inherited = {"TF_ENABLE_ONEDNN_OPTS": "1", "BTMRI_SET_ONEDNN": "1"}
-    assert _onednn_in_fresh_process("serving", **inherited) == f"- {default}"
-    assert _onednn_in_fresh_process("serving", TF_ENABLE_ONEDNN_OPTS="1") == "1 True"
+    assert _onednn_in_fresh_process(server, **inherited) == f"- {default}"
+    assert _onednn_in_fresh_process(server, TF_ENABLE_ONEDNN_OPTS="1") == "1 True"
 
 
 def test_compute_dtype_settings_map_to_keras_policies():
