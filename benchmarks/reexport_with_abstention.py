@@ -77,23 +77,21 @@ def main(argv=None) -> int:
     p.add_argument("--transform-graph", required=True, help="the run's Transform graph folder")
     p.add_argument("--eval-records", required=True, help="glob of the eval split's TFRecords")
     p.add_argument("--out", required=True)
-    p.add_argument("--accept", type=float, default=TRAINER_DEFAULTS.abstention_accept)
-    p.add_argument(
-        "--ood-share",
-        type=float,
-        default=TRAINER_DEFAULTS.abstention_ood_share,
-        help="share of the rejection budget spent on the distance rules",
+    shares = (  # the Trainer's abstention settings, its defaults unless given
+        ("--accept", TRAINER_DEFAULTS.abstention_accept, "share of the eval split answered"),
+        ("--ood-share", TRAINER_DEFAULTS.abstention_ood_share, "of the budget, to the distance rules"),
+        (
+            "--notumor-ood-refuse",
+            TRAINER_DEFAULTS.abstention_notumor_ood_refuse,
+            "share of the eval split's right notumor answers the notumor distance bound refuses",
+        ),
     )
+    for flag, default, text in shares:
+        p.add_argument(flag, type=float, default=default, help=f"{text} (default {default})")
     p.add_argument(
         "--by-example",
         action="store_true",
         help="cross-fit by example even where the records name patients (as before 2026-12-07 night)",
-    )
-    p.add_argument(
-        "--notumor-ood-refuse",
-        type=float,
-        default=TRAINER_DEFAULTS.abstention_notumor_ood_refuse,
-        help="share of the eval split's right notumor answers the notumor distance bound refuses",
     )
     p.add_argument(
         "--rebuild",
