@@ -19,7 +19,7 @@ from absl import logging as absl_logging
 from tfx import v1 as tfx
 
 from btmri.console import CapturedRun, Terminal
-from btmri.spec import TRAINER_PHASE_LOG
+from btmri.spec import TRAINER_KERNELS_LOG, TRAINER_PHASE_LOG
 from btmri.layout import logs_dir
 from pipeline.config import PipelineConfig
 from pipeline.factory import component_ids, create_pipeline
@@ -38,8 +38,14 @@ class _ProgressHandler(logging.Handler):
         self.started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}  # wall time per component, in finish order
         self.trainer_phases: dict[str, float] = {}  # the Trainer's own phases (trainer.PHASE_LOG)
+        self.trainer_kernels: dict = {}  # the Trainer's compute dtype and oneDNN (TRAINER_KERNELS_LOG)
 
     def emit(self, record):
+        if record.msg == TRAINER_KERNELS_LOG and len(record.args or ()) == 2:
+            dtype, onednn = (str(a) for a in record.args)
+            self.trainer_kernels = {"compute_dtype": dtype, "onednn": onednn == "on"}
+            self.terminal.line(f"      Trainer: computing in {dtype}, oneDNN kernels {onednn}")
+            return
         if record.msg == TRAINER_PHASE_LOG and len(record.args or ()) == 2:
             name, took = record.args
             self.trainer_phases[str(name)] = float(took)
@@ -107,6 +113,7 @@ class RunSummary:
     seconds: float = 0.0
     component_seconds: dict = field(default_factory=dict)
     trainer_phase_seconds: dict = field(default_factory=dict)  # training, calibration, ...
+    trainer_kernels: dict = field(default_factory=dict)  # compute_dtype, onednn
     blessing_message: str | None = None
     lesion_audit: dict | None = None  # lesion_audit.json, without rows
     report_dir: str | None = None  # ModelReport artifact: report.html, card
@@ -134,6 +141,7 @@ def run_pipeline(config: PipelineConfig, verbose: bool = False, quiet: bool = Fa
     summary.seconds = time.time() - started
     summary.component_seconds = progress.seconds
     summary.trainer_phase_seconds = progress.trainer_phases
+    summary.trainer_kernels = progress.trainer_kernels
     return summary
 
 

@@ -290,9 +290,15 @@ def shown_command(command: str) -> str:
 def _provenance(record: dict) -> str:
     m = record["machine"]
     note = f" {record['note'].rstrip('.')}." if record.get("note") else ""
+    kernels = record.get("trainer_kernels") or {}
+    trained = (
+        f", training in {kernels['compute_dtype']} with oneDNN kernels {'on' if kernels['onednn'] else 'off'}"
+        if kernels
+        else ""
+    )
     return (
         f"Run of {record['finished_at'][:10]}, code `{record['code']}`, {m['cores']} cores "
-        f"({', '.join(filter(None, (m['cpu'], m.get('instruction_set'))))}), "
+        f"({', '.join(filter(None, (m['cpu'], m.get('instruction_set'))))}){trained}, "
         f"`{shown_command(record['command'])}`.{note} Figures:"
     )
 

@@ -92,6 +92,7 @@ def build(summary, config, argv: list[str], manifest: Manifest | None) -> dict:
         "seconds": round(summary.seconds, 1),
         "component_seconds": {k: round(v, 1) for k, v in summary.component_seconds.items()},
         "trainer_phase_seconds": {k: round(v, 1) for k, v in summary.trainer_phase_seconds.items()},
+        "trainer_kernels": dict(getattr(summary, "trainer_kernels", None) or {}),
         "schedule": _schedule(config),
         "blessed": summary.blessed,
         "pushed_to": summary.pushed_to if summary.pushed else None,

@@ -31,7 +31,7 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from btmri.documents import TrainerConfig, parse_trainer_config
-from btmri.spec import DISTRIBUTION_MULTI_WORKER, INPUT_SHARDING_DATA, TRAINER_PHASE_LOG
+from btmri.spec import DISTRIBUTION_MULTI_WORKER, INPUT_SHARDING_DATA, TRAINER_KERNELS_LOG, TRAINER_PHASE_LOG
 from btmri.layout import CALIBRATION_FILE, HISTORY_CSV_FILE, HISTORY_FILE, TENSORBOARD_DIR
 from btmri.spec import (
     CLASS_ID,
@@ -516,7 +516,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     train_ds, eval_ds, steps = _datasets(fn_args, config, tf_transform_output, multi_worker)
     policy = compute_dtype.keras_policy(config.compute_dtype)
     logging.info(
-        "Training compute dtype: %s; oneDNN kernels %s",
+        TRAINER_KERNELS_LOG,
         policy,
         "on" if compute_dtype.onednn_enabled() else "off",
     )

@@ -91,6 +91,12 @@ def test_the_provenance_names_the_instruction_set_a_timing_was_measured_on():
     older.pop("instruction_set", None)  # records made before the field existed
     block = results.render_readme_block({results.REAL: {**base, "machine": older}})
     assert f"2 cores ({older['cpu']})" in block.splitlines()[0]
+    # ... and the kernels the Trainer ran, where the run recorded them.
+    kernels = {"compute_dtype": "float32", "onednn": True}
+    block = results.render_readme_block(
+        {results.REAL: {**base, "machine": machine, "trainer_kernels": kernels}}
+    )
+    assert f"2 cores ({machine['cpu']}, AVX2), training in float32 with oneDNN kernels on, `" in block
 
 
 BENCHMARK = {

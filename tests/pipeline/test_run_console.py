@@ -9,7 +9,7 @@ import logging
 from absl import logging as absl_logging
 
 from btmri.console import Terminal
-from btmri.spec import TRAINER_PHASE_LOG
+from btmri.spec import TRAINER_KERNELS_LOG, TRAINER_PHASE_LOG
 from pipeline.local_runner import RunSummary, _ProgressHandler
 from pipeline.summary import summary_lines
 
@@ -22,6 +22,7 @@ def test_trainer_phases_reach_the_console_and_the_summary():
     old = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.INFO)
     try:
+        absl_logging.info(TRAINER_KERNELS_LOG, "float32", "off")
         for phase, took in (("training", 123.4), ("calibration", 0.8), ("export", 12.0)):
             absl_logging.info(TRAINER_PHASE_LOG, phase, took)
         absl_logging.info("Trainer phase of a different shape %s", "x")  # not a phase line
@@ -30,6 +31,9 @@ def test_trainer_phases_reach_the_console_and_the_summary():
         absl_logging.set_verbosity(old)
     assert handler.trainer_phases == {"training": 123.4, "calibration": 0.8, "export": 12.0}
     assert "      Trainer: calibration done in 0.8 s" in out.getvalue().splitlines()
+    # The kernels it trained with: an epoch's time depends on them.
+    assert handler.trainer_kernels == {"compute_dtype": "float32", "onednn": False}
+    assert "      Trainer: computing in float32, oneDNN kernels off" in out.getvalue().splitlines()
 
     summary = RunSummary(
         seconds=200.0,
