@@ -29,6 +29,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
+from btmri import ONEDNN_SET_BY_PROJECT, ONEDNN_SWITCH
 from btmri.spec import MODEL_NAME
 
 HOST = "127.0.0.1"
@@ -56,13 +57,19 @@ class ServerProcess:
         log_path: str | Path | None = None,
         startup_timeout: float = 300.0,
         fail_on_load_error: bool = False,
+        onednn: bool | None = None,
     ):
-        """`base_path` None: the models come from a --model-config-file in `extra_args`."""
+        """`base_path` None: the models come from a --model-config-file in `extra_args`.
+        `onednn`: the server's oneDNN kernels on or off instead of TensorFlow's default
+        (serving.cli.server_process_settings): to compare its answers exactly with ones
+        computed elsewhere with those kernels (oneDNN and Eigen differ in the last digits,
+        a Grad-CAM heatmap by about 2e-3)."""
         self.base_path = str(Path(base_path).resolve()) if base_path is not None else None
         self.extra_args = list(extra_args)
         self.model_name = model_name
         self.startup_timeout = startup_timeout
         self.fail_on_load_error = fail_on_load_error
+        self.onednn = onednn
         self.log_path = (
             Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="btmri-serve-", suffix=".log")[1])
         )
@@ -101,6 +108,15 @@ class ServerProcess:
             f"log {self.log_path}:\n{self.log_text()[-3000:]}"
         )
 
+    def child_environment(self) -> dict[str, str]:
+        """The server process's environment: this one's, with `onednn` if given."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+        if self.onednn is not None:
+            # Set without the project's mark, the server keeps it as a user's choice.
+            env.pop(ONEDNN_SET_BY_PROJECT, None)
+            env[ONEDNN_SWITCH[0]] = "1" if self.onednn else "0"
+        return env
+
     def _spawn(self) -> None:
         model = (
             ["--model-base-path", self.base_path, "--model-name", self.model_name]
@@ -120,7 +136,7 @@ class ServerProcess:
             str(self.rest_port),
             *self.extra_args,
         ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+        env = self.child_environment()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 

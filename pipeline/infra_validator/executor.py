@@ -49,6 +49,7 @@ def validate_serving(
     """Serves `model_dir` (which holds its warm-up file) with `btmri serve` and checks it;
     never raises for a model or server fault: the result says why it is not blessed."""
     from serving.client import PredictionClient, RequestFailed, RestClient, RetryPolicy
+    from components.training import compute_dtype
     from serving.process import ModelLoadFailed, ServerProcess
 
     started = time.monotonic()
@@ -69,6 +70,8 @@ def validate_serving(
         log_path=os.path.join(work_dir, "serve.log"),
         startup_timeout=startup_timeout,
         fail_on_load_error=True,
+        # Its answers are compared with this process's to 1e-4: the same kernels.
+        onednn=compute_dtype.onednn_enabled(),
     )
     try:
         t0 = time.monotonic()

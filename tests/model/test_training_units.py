@@ -147,6 +147,24 @@ def test_the_model_server_leaves_onednn_to_tensorflow_unless_the_user_chose():
     assert _onednn_in_fresh_process(server, TF_ENABLE_ONEDNN_OPTS="1") == "1 True"
 
 
+def test_the_infra_validators_server_can_be_told_the_kernels_to_use(monkeypatch):
+    from serving.process import ServerProcess
+
+    # Under the pipeline, the project's choice, marked as the project's.
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    monkeypatch.setenv("BTMRI_SET_ONEDNN", "1")
+    default = ServerProcess(None).child_environment()
+    assert default["BTMRI_SET_ONEDNN"] == "1"  # the server hands it back to TensorFlow
+    for onednn, value in ((True, "1"), (False, "0")):
+        env = ServerProcess(None, onednn=onednn).child_environment()
+        assert env["TF_ENABLE_ONEDNN_OPTS"] == value and "BTMRI_SET_ONEDNN" not in env
+        # ... which a server keeps, as it keeps a user's choice.
+        on = _onednn_in_fresh_process(
+            "serving.cli; serving.cli.server_process_settings()", TF_ENABLE_ONEDNN_OPTS=value
+        )
+        assert on == f"{value} {onednn}"
+
+
 def test_compute_dtype_settings_map_to_keras_policies():
     assert compute_dtype.keras_policy("float32") == "float32"
     assert compute_dtype.keras_policy("bfloat16") == "mixed_bfloat16"
