@@ -43,9 +43,8 @@ def eval_dataset(pattern: str, tft_layer, batch: int = 32):
     ]
     images = [e[IMAGE_KEY] for e in examples]
     labels = [e[LABEL_KEY] for e in examples]
-    units = None
-    if all(PATIENT_KEY in e for e in examples):
-        units = (np.array(labels), np.array([str(e[PATIENT_KEY]) for e in examples]))
+    # parse_example gives every example its unit (its own group when the record names none).
+    units = (np.array(labels), np.array([e[PATIENT_KEY] for e in examples]))
     decoded = [
         tft_layer({IMAGE_KEY: tf.reshape(tf.constant(images[i : i + batch]), [-1, 1])})[IMAGE_XF]
         for i in range(0, len(images), batch)
