@@ -56,18 +56,26 @@ def matmul_peak(tf, dtype, n: int = 2048, repeats: int = 15) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def model_flops(tf, model_name: str, training: bool) -> float:
-    """FLOPs for one image: forward, or forward + gradients of every trainable weight."""
+def model_flops(tf, model_name: str, training: bool, size: int | None = None) -> float:
+    """FLOPs for one image (side `size`, default the model's): forward, or forward +
+    gradients of every trainable weight."""
     from tensorflow.python.profiler.model_analyzer import profile
     from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
 
     from components.training.models import build_model
     from components.transform.preprocessing import CHANNELS, IMAGE_SIZE
 
+    import tf_keras as keras
+
+    side = size or IMAGE_SIZE
     graph = tf.Graph()
     with graph.as_default():
         model = build_model(model_name)
-        images = tf.compat.v1.placeholder(tf.float32, [1, IMAGE_SIZE, IMAGE_SIZE, CHANNELS])
+        if side != IMAGE_SIZE:  # the Trainer's view of the same layers on smaller images
+            model = keras.models.clone_model(
+                model, input_tensors=keras.Input((side, side, CHANNELS)), clone_function=lambda layer: layer
+            )
+        images = tf.compat.v1.placeholder(tf.float32, [1, side, side, CHANNELS])
         probabilities = model(images, training=training)
         if training:
             tf.gradients(tf.reduce_sum(probabilities), model.trainable_variables)
@@ -110,7 +118,13 @@ def main() -> None:
     from components.training.counterfactual import CounterfactualConfig
     from components.training.lesion_guidance import LesionGuidedModel
     from components.training.models import build_model
-    from components.training.trainer import input_fn, sequence_remap_config, smoothed_sparse_crossentropy
+    from components.training.trainer import (
+        base_phase_size,
+        input_fn,
+        sequence_remap_config,
+        smoothed_sparse_crossentropy,
+    )
+    from components.transform.preprocessing import IMAGE_SIZE
     from pipeline.config import PipelineConfig
     from pipeline.metadata import latest_output
 
@@ -135,7 +149,7 @@ def main() -> None:
     remap = sequence_remap_config(TRAINER_DEFAULTS)
     figures: dict = {"cores": os.cpu_count(), "model": model_name, "batch": batch}
 
-    def dataset(fills: bool, augment: bool, sequence: bool = False):
+    def dataset(fills: bool, augment: bool, sequence: bool = False, size: int = IMAGE_SIZE):
         return input_fn(
             train_files,
             accessor,
@@ -146,9 +160,10 @@ def main() -> None:
             cache=True,
             counterfactuals=counterfactuals if fills else None,
             sequence_remap=remap if sequence else None,
+            size=size,
         )
 
-    def guided_model():
+    def guided_model(size: int = IMAGE_SIZE):
         with compute_dtype.keras_policy_scope(policy):
             classifier = build_model(model_name)
         guided = LesionGuidedModel(
@@ -157,6 +172,7 @@ def main() -> None:
             evidence_weight=TRAINER_DEFAULTS.evidence_weight,
         )
         guided.compile(optimizer=keras.optimizers.Adam(TRAINER_DEFAULTS.learning_rate))
+        guided.train_at(size)
         return guided
 
     def fit_seconds(model, ds) -> float:
@@ -234,6 +250,23 @@ def main() -> None:
         "model_alone_peak_ratio": step * batch / model_only / 1e9 / peak,
         "input_pipeline_share": share,
     }
+    small = base_phase_size(TRAINER_DEFAULTS)
+    if small != IMAGE_SIZE:
+        # The base-rate phase: fills and augmentation at full size, the model on smaller images.
+        small_step = model_flops(tf, model_name, training=True, size=small)
+        small_full = fit_seconds(guided_model(small), dataset(True, True, remap is not None, size=small))
+        print(
+            f"  whole Trainer step, base-rate phase ({small}x{small} images): {batch / small_full:7.1f}  "
+            f"({small_step * batch / small_full / 1e9:.0f} GFLOP/s; {full / small_full:.2f} x the "
+            f"full-size step's rate; FLOPs per image {small_step / 1e9:.3f} G)"
+        )
+        figures["training"]["base_phase"] = {
+            "size": small,
+            "images_per_s": batch / small_full,
+            "peak_ratio": small_step * batch / small_full / 1e9 / peak,
+            "speedup": full / small_full,
+            "gflops_per_image": small_step / 1e9,
+        }
 
     with compute_dtype.keras_policy_scope(policy):
         classifier = build_model(model_name)

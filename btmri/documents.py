@@ -210,6 +210,14 @@ class TrainingSettings:
     patience: int = option(
         8, "converge schedule: epochs without a 2%% lower eval loss (median of 3) before the anneal"
     )
+    base_phase_size: int = option(
+        spec.BASE_PHASE_SIZE,
+        "side in pixels the training images are shrunk to while the learning rate is at its base "
+        "(converge: until the anneal; cosine: the first two thirds of the epochs); the anneal, "
+        f"calibration and export run at {spec.IMAGE_SIZE}, which turns it off. Models with a "
+        "fixed-size head (seed_cnn, resnet50, efficientnetb0) always train at full size",
+        metavar="PX",
+    )
     augment: bool = option(True, "geometric augmentation of training images", cli=False)
     # Off by default: docs/experiments.md (leave one source out).
     acquisition_augment: bool = option(

@@ -72,6 +72,23 @@ MODEL_NAMES = ("mri_resnet_evidence", "mri_resnet", "seed_cnn", "resnet50", "eff
 # in the tumour box (docs/lesion-audit.md); mri_resnet pools the whole map.
 DEFAULT_MODEL = "mri_resnet_evidence"
 PRETRAINABLE = ("resnet50", "efficientnetb0")  # accept --weights imagenet
+# Fully convolutional models of this project: they can train on smaller images during the
+# base-rate phase (components/training/trainer.py, docs/training.md). Sides are multiples
+# of their total stride, so the evidence head's two grids (side/16, side/32) still align.
+SMALL_INPUT_MODELS = ("mri_resnet_evidence", "mri_resnet")
+MODEL_STRIDE = 32
+BASE_PHASE_SIZE = 128  # the default side of the base-rate phase's images (docs/experiments.md)
+
+
+def base_phase_size_error(side: int) -> str | None:
+    """Why `side` cannot be the base-rate phase's image side, or None."""
+    if side % MODEL_STRIDE or not 2 * MODEL_STRIDE <= side <= IMAGE_SIZE:
+        return (
+            f"the base-phase image size must be a multiple of {MODEL_STRIDE} from {2 * MODEL_STRIDE} "
+            f"to {IMAGE_SIZE} ({IMAGE_SIZE}: train at full size throughout), got {side}"
+        )
+    return None
+
 
 # ── Exported SavedModel signatures, their inputs and outputs ──────────────────────
 SERVING_DEFAULT = "serving_default"
@@ -207,4 +224,6 @@ COMPILE_TARGETS: tuple[str, ...] = ("kubeflow", "vertex")
 TRAINER_PHASE_LOG = "Trainer phase %s done in %.1f s"
 # And the kernels it trains with: the console shows them and the run record keeps them,
 # since an epoch's time depends on them (oneDNN against Eigen: 1.45x on AVX2).
+# Logged and printed by the Trainer where the image size changes (base-rate phase, then full size).
+TRAINING_SIZE_LOG = "Training from epoch %d on %dx%d images"
 TRAINER_KERNELS_LOG = "Training compute dtype: %s; oneDNN kernels %s"

@@ -9,7 +9,14 @@ from pathlib import Path
 import components
 from btmri.documents import TRAINER_DEFAULTS, TRAINING_SETTINGS, TrainingSettings, VertexOptions, option
 from btmri.layout import metadata_path
-from btmri.spec import COMPUTE_DTYPES, DISTRIBUTIONS, INPUT_SHARDING, MIN_ACCEPTANCE, SCHEDULES
+from btmri.spec import (
+    COMPUTE_DTYPES,
+    DISTRIBUTIONS,
+    INPUT_SHARDING,
+    MIN_ACCEPTANCE,
+    SCHEDULES,
+    base_phase_size_error,
+)
 
 COMPONENTS_DIR = Path(components.__file__).resolve().parent
 SCHEMA_FILE = COMPONENTS_DIR / "schema" / "schema.pbtxt"
@@ -173,6 +180,8 @@ class PipelineConfig(TrainingSettings):
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.epochs < 1 or self.patience < 1:
             raise ValueError(f"epochs and patience must be >= 1, got {self.epochs} and {self.patience}")
+        if (problem := base_phase_size_error(self.base_phase_size)) is not None:
+            raise ValueError(problem)
         for name in ("lesion_removal_rate", "decoy_removal_rate", "lesion_paste_rate", "sequence_remap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(

@@ -19,7 +19,7 @@ from absl import logging as absl_logging
 from tfx import v1 as tfx
 
 from btmri.console import CapturedRun, Terminal
-from btmri.spec import TRAINER_KERNELS_LOG, TRAINER_PHASE_LOG
+from btmri.spec import TRAINER_KERNELS_LOG, TRAINER_PHASE_LOG, TRAINING_SIZE_LOG
 from btmri.layout import logs_dir
 from pipeline.config import PipelineConfig
 from pipeline.factory import component_ids, create_pipeline
@@ -45,6 +45,10 @@ class _ProgressHandler(logging.Handler):
             dtype, onednn = (str(a) for a in record.args)
             self.trainer_kernels = {"compute_dtype": dtype, "onednn": onednn == "on"}
             self.terminal.line(f"      Trainer: computing in {dtype}, oneDNN kernels {onednn}")
+            return
+        if record.msg == TRAINING_SIZE_LOG and len(record.args or ()) == 3:
+            epoch, side, _ = record.args
+            self.terminal.line(f"      Trainer: from epoch {epoch} on {side}x{side} images")
             return
         if record.msg == TRAINER_PHASE_LOG and len(record.args or ()) == 2:
             name, took = record.args

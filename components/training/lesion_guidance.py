@@ -95,9 +95,33 @@ class LesionGuidedModel(keras.Model):
             if self.evidence_weight
             else None
         )
+        # What train_step and test_step run: the classifier itself, or a view of its layers
+        # on smaller images (train_at).
+        self._views = {classifier.input_shape[1]: (classifier, self.with_maps)}
+        self._classifier_view, self._maps_view = classifier, self.with_maps
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.evidence_tracker = keras.metrics.Mean(name="evidence_loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    def train_at(self, side: int) -> None:
+        """Train and evaluate on [side, side] images from now on. A smaller side runs a
+        view of the classifier: the same layers called on a smaller input, so weights,
+        optimizer state and batch-norm statistics are shared and the classifier itself
+        (full size) is what is exported. Only fully convolutional models can do this."""
+        if side not in self._views:
+
+            def view(model):
+                if model is None:
+                    return None
+                inputs = keras.Input((side, side, model.input_shape[-1]), name=model.input.name.split(":")[0])
+                return keras.models.clone_model(
+                    model, input_tensors=inputs, clone_function=lambda layer: layer
+                )
+
+            self._views[side] = (view(self.classifier), view(self.with_maps))
+        self._classifier_view, self._maps_view = self._views[side]
+        # Keras keeps its traced step functions; the next fit or evaluate traces the view's.
+        self.train_function = self.test_function = self.predict_function = None
 
     @property
     def metrics(self):
@@ -114,11 +138,11 @@ class LesionGuidedModel(keras.Model):
     def _step_losses(self, data, training: bool):
         images, (labels, cells) = data
         evidence = tf.constant(0.0)
-        if self.with_maps is None:
-            probs = self.classifier(images, training=training)
+        if self._maps_view is None:
+            probs = self._classifier_view(images, training=training)
             loss = self.classification_loss(labels, probs)
         else:
-            probs, features = self.with_maps(images, training=training)
+            probs, features = self._maps_view(images, training=training)
             evidence = self._evidence(features, labels, cells)
             loss = self.classification_loss(labels, probs) + self.evidence_weight * evidence
         if self.classifier.losses:
@@ -131,10 +155,10 @@ class LesionGuidedModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         evidence = tf.constant(0.0)
         rest = tf.constant(0.0)
-        if self.with_maps is None:
-            probs = self.classifier(images, training=training)
+        if self._maps_view is None:
+            probs = self._classifier_view(images, training=training)
         else:
-            probs, features = self.with_maps(images, training=training)
+            probs, features = self._maps_view(images, training=training)
             evidence = self._evidence(features, labels, cells)
             rest = self.evidence_weight * evidence
         if self.classifier.losses:

@@ -12,6 +12,12 @@ starts late enough to end there at the latest.
 
 `cosine`: one cosine decay over all `epochs`, no stopping.
 
+The Trainer may train on smaller images while the rate is at its base
+(`TrainerConfig.base_phase_size`): `ScheduleCallback.full_size_from` says from which
+epoch the images are full size again (the anneal's first, or the last third of a cosine
+schedule; the last epoch at the latest), and `stop_at_full_size` ends a `fit` there so
+the Trainer can continue at full size.
+
 The eval loss of a small network on the real set jumps at high rates (0.45 to 2.57
 and back in one epoch), so the plan tracks the median of the last three epochs.
 `ConvergencePlan` is plain Python (tested without TensorFlow); `ScheduleCallback`
@@ -35,6 +41,8 @@ MIN_DELTA = 0.02  # relative: a smoothed eval loss 2 % below the best so far is 
 # of a 34-epoch anneal stopped falling after its first 8 (docs/experiments.md).
 TAIL_SHARE = 0.5
 MIN_TAIL = 4
+# The cosine schedule's last third trains at full image size (no anneal to wait for).
+COSINE_FULL_SIZE_SHARE = 1 / 3
 
 
 def cosine_decay(base_lr: float, step: float, steps: float) -> float:
@@ -120,6 +128,17 @@ class ScheduleCallback(keras.callbacks.Callback):
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
         self.base_lr, self.max_epochs = base_lr, max_epochs
         self.plan = ConvergencePlan(base_lr, max_epochs, patience) if schedule == SCHEDULE_CONVERGE else None
+        self.stop_at_full_size = False  # end this fit where full_size_from() begins
+
+    def full_size_from(self) -> int:
+        """The first epoch (from 0) that trains on full-size images, as far as it is known
+        now: the anneal's first epoch (converge; until the anneal starts, the last epoch),
+        or the start of the last third (cosine). Always at most the last epoch, so the
+        weights exported have trained at the size they serve at."""
+        last = self.max_epochs - 1
+        if self.plan is None:
+            return min(last, self.max_epochs - math.ceil(COSINE_FULL_SIZE_SHARE * self.max_epochs))
+        return last if self.plan.anneal_start is None else min(last, self.plan.anneal_start)
 
     def _rate(self, epoch: int) -> float:
         if self.plan is None:
@@ -133,6 +152,7 @@ class ScheduleCallback(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         logs["lr"] = self._rate(epoch)
         if self.plan is None:
+            self._stop_for_full_size(epoch)
             return
         if "val_loss" not in logs:
             raise ValueError("the converge schedule needs an eval loss every epoch")
@@ -145,6 +165,11 @@ class ScheduleCallback(keras.callbacks.Callback):
             )
             print(line, flush=True)  # beside Keras' epoch lines: the run's progress line reads it
         if self.plan.done(epoch + 1):
+            self.model.stop_training = True
+        self._stop_for_full_size(epoch)
+
+    def _stop_for_full_size(self, epoch: int) -> None:
+        if self.stop_at_full_size and epoch + 1 >= self.full_size_from():
             self.model.stop_training = True
 
     def summary(self) -> dict:

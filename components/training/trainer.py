@@ -31,7 +31,15 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from btmri.documents import TrainerConfig, parse_trainer_config
-from btmri.spec import DISTRIBUTION_MULTI_WORKER, INPUT_SHARDING_DATA, TRAINER_KERNELS_LOG, TRAINER_PHASE_LOG
+from btmri.spec import (
+    DISTRIBUTION_MULTI_WORKER,
+    INPUT_SHARDING_DATA,
+    SMALL_INPUT_MODELS,
+    TRAINER_KERNELS_LOG,
+    TRAINER_PHASE_LOG,
+    TRAINING_SIZE_LOG,
+    base_phase_size_error,
+)
 from btmri.layout import CALIBRATION_FILE, HISTORY_CSV_FILE, HISTORY_FILE, TENSORBOARD_DIR
 from btmri.spec import (
     CLASS_ID,
@@ -97,8 +105,10 @@ def input_fn(
     acquisition: AcquisitionConfig | None = None,
     sequence_remap: SequenceRemapConfig | None = None,
     repeat: bool = False,
+    size: int = IMAGE_SIZE,
 ) -> tf.data.Dataset:
-    """Examples → (image [B,224,224,1], (label [B], lesion cells [B,14,14,1])).
+    """Examples → (image [B,size,size,1], (label [B], lesion cells [B,g,g,1])), g the CAM
+    grid at that size (CAM_SIZE at full size): examples() then batches().
 
     Lesion cells mark the CAM cells the tumour box touches (all zero without a box;
     lesion_guidance.py). `counterfactuals` (training only) removes lesions and decoys
@@ -121,7 +131,39 @@ def input_fn(
     Keras otherwise makes a new iterator each epoch, and destroying the old one waits
     for tf.data's autotuning thread to wake: 14 s an epoch on the phantoms, 40 s on
     some epochs of the real set (docs/experiments.md, 2026-12-07).
+
+    `size` < IMAGE_SIZE: every image is shrunk last, after fills and augmentation at full
+    size (the base-rate phase's smaller images, TrainerConfig.base_phase_size).
     """
+    source = examples(
+        file_pattern, data_accessor, tf_transform_output, batch_size, training, seed, materialized, cache
+    )
+    return batches(
+        source,
+        training,
+        augment=augment,
+        seed=seed,
+        counterfactuals=counterfactuals,
+        shard_policy=shard_policy,
+        acquisition=acquisition,
+        sequence_remap=sequence_remap,
+        repeat=repeat,
+        size=size,
+    )
+
+
+def examples(
+    file_pattern: list[str],
+    data_accessor: tfx.components.DataAccessor,
+    tf_transform_output: tft.TFTransformOutput,
+    batch_size: int,
+    training: bool,
+    seed: int = 0,
+    materialized: bool = False,
+    cache: bool = False,
+) -> tf.data.Dataset:
+    """Batches of (image [B,224,224,1], label [B], box [B,4]) as Transform makes them,
+    cached (input_fn). Several batches() built on one of these share its cache."""
     metadata = tf_transform_output.transformed_metadata if materialized else tf_transform_output.raw_metadata
     dataset = data_accessor.tf_dataset_factory(
         file_pattern,
@@ -151,14 +193,34 @@ def input_fn(
 
     dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     if cache and training:
-        dataset = (
+        return (
             dataset.unbatch()
             .cache()
             .shuffle(CACHE_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
             .batch(batch_size)
         )
-    elif cache:
-        dataset = dataset.cache()
+    return dataset.cache() if cache else dataset
+
+
+def cam_grid(size: int) -> int:
+    """The CAM grid's side for images of side `size` (CAM_SIZE at IMAGE_SIZE)."""
+    return size * CAM_SIZE // IMAGE_SIZE
+
+
+def batches(
+    dataset: tf.data.Dataset,
+    training: bool,
+    augment: bool = False,
+    seed: int = 0,
+    counterfactuals: CounterfactualConfig | None = None,
+    shard_policy: str | None = None,
+    acquisition: AcquisitionConfig | None = None,
+    sequence_remap: SequenceRemapConfig | None = None,
+    repeat: bool = False,
+    size: int = IMAGE_SIZE,
+) -> tf.data.Dataset:
+    """examples() → what Keras fits on and evaluates (input_fn)."""
+    grid = cam_grid(size)
 
     def finish(images, labels, boxes):
         if training and counterfactuals is not None:
@@ -169,7 +231,9 @@ def input_fn(
             images = acquisition_batch(images, acquisition, seed=seed)
         if training and sequence_remap is not None:
             images = sequence_remap_batch(images, sequence_remap, seed=seed)
-        return images, (labels, lesion_cells(box_masks(boxes, CAM_SIZE * 8, CAM_SIZE * 8), CAM_SIZE))
+        if size != IMAGE_SIZE:
+            images = tf.image.resize(images, [size, size], antialias=True)
+        return images, (labels, lesion_cells(box_masks(boxes, grid * 8, grid * 8), grid))
 
     if repeat:
         dataset = dataset.repeat()
@@ -338,43 +402,58 @@ def steps_per_epoch(examples: int, batch_size: int) -> int:
     return math.ceil(examples / batch_size)
 
 
-def _datasets(fn_args, config: TrainerConfig, tf_transform_output, multi_worker: bool):
-    """(train, eval, training steps per epoch); multi-worker: training files split by file
-    (input_sharding), eval (few files: prepare writes proportionally fewer) by example.
-    The training batches repeat (input_fn's `repeat`): one pass over the split is an epoch."""
-    counterfactuals = CounterfactualConfig(
-        lesion_rate=config.lesion_removal_rate,
-        decoy_rate=config.decoy_removal_rate,
-        paste_rate=config.lesion_paste_rate,
-    )
-    train_ds = input_fn(
-        fn_args.train_files,
-        fn_args.data_accessor,
-        tf_transform_output,
-        config.batch_size,
-        training=True,
-        augment=config.augment,
-        seed=config.seed,
-        materialized=config.materialized,
-        cache=config.cache,
-        counterfactuals=counterfactuals,
-        shard_policy=config.input_sharding if multi_worker else None,
-        acquisition=acquisition_config(config),
-        sequence_remap=sequence_remap_config(config),
-        repeat=True,
-    )
-    steps = steps_per_epoch(count_examples(fn_args.train_files), config.batch_size)
-    eval_ds = input_fn(
-        fn_args.eval_files,
-        fn_args.data_accessor,
-        tf_transform_output,
-        config.batch_size,
-        training=False,
-        materialized=config.materialized,
-        cache=config.cache,
-        shard_policy=INPUT_SHARDING_DATA if multi_worker else None,
-    )
-    return train_ds, eval_ds, steps
+class TrainerData:
+    """The Trainer's datasets at any image size, the training and eval examples read,
+    transformed and cached once (examples()) however many sizes are asked for.
+    Multi-worker: training files split by file (input_sharding), eval (few files: prepare
+    writes proportionally fewer) by example. The training batches repeat (input_fn's
+    `repeat`): one pass over the split is an epoch, `steps` batches."""
+
+    def __init__(self, fn_args, config: TrainerConfig, tf_transform_output, multi_worker: bool):
+        self.config, self.multi_worker = config, multi_worker
+        self.steps = steps_per_epoch(count_examples(fn_args.train_files), config.batch_size)
+        read = dict(
+            data_accessor=fn_args.data_accessor,
+            tf_transform_output=tf_transform_output,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            materialized=config.materialized,
+            cache=config.cache,
+        )
+        self._train_examples = examples(fn_args.train_files, training=True, **read)
+        self._eval_examples = examples(fn_args.eval_files, training=False, **read)
+        self._made: dict = {}
+
+    def train(self, size: int = IMAGE_SIZE) -> tf.data.Dataset:
+        config = self.config
+        if ("train", size) not in self._made:
+            self._made["train", size] = batches(
+                self._train_examples,
+                training=True,
+                augment=config.augment,
+                seed=config.seed,
+                counterfactuals=CounterfactualConfig(
+                    lesion_rate=config.lesion_removal_rate,
+                    decoy_rate=config.decoy_removal_rate,
+                    paste_rate=config.lesion_paste_rate,
+                ),
+                shard_policy=config.input_sharding if self.multi_worker else None,
+                acquisition=acquisition_config(config),
+                sequence_remap=sequence_remap_config(config),
+                repeat=True,
+                size=size,
+            )
+        return self._made["train", size]
+
+    def eval(self, size: int = IMAGE_SIZE) -> tf.data.Dataset:
+        if ("eval", size) not in self._made:
+            self._made["eval", size] = batches(
+                self._eval_examples,
+                training=False,
+                shard_policy=INPUT_SHARDING_DATA if self.multi_worker else None,
+                size=size,
+            )
+        return self._made["eval", size]
 
 
 def eval_units(
@@ -423,33 +502,69 @@ def _guided_model(config: TrainerConfig, strategy, policy: str):
     return model, guided
 
 
+def base_phase_size(config: TrainerConfig) -> int:
+    """The image side of the base-rate phase: config.base_phase_size for models that can
+    train smaller (spec.SMALL_INPUT_MODELS), else full size."""
+    if config.model not in SMALL_INPUT_MODELS:
+        return IMAGE_SIZE
+    if (problem := base_phase_size_error(config.base_phase_size)) is not None:
+        raise ValueError(problem)
+    return config.base_phase_size
+
+
 def _train(
-    guided, train_ds, eval_ds, steps: int, config: TrainerConfig, run_dir: str
+    guided, data: TrainerData, config: TrainerConfig, run_dir: str, strategy
 ) -> tuple[dict, dict, dict]:
     """Fits on the schedule; (Keras history, the schedule's summary, where each epoch's
-    wall time went: epoch_clock.EpochClock)."""
+    wall time went: epoch_clock.EpochClock).
+
+    With a smaller base-phase size the fit runs twice on one model, optimizer and set of
+    callbacks: on small images until the schedule says full size (its anneal), then on
+    full-size images to the end. A base-rate epoch at 128 px costs about a quarter of
+    one at 224 (docs/experiments.md)."""
     schedule = ScheduleCallback(config.schedule, config.learning_rate, config.epochs, config.patience)
     clock = EpochClock()
+    csv_path = os.path.join(run_dir, HISTORY_CSV_FILE)
+    if os.path.exists(csv_path):
+        os.remove(csv_path)
     callbacks = [
         schedule,  # first: the epoch's rate is in the logs the others write
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, TENSORBOARD_DIR)),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_CSV_FILE)),
+        keras.callbacks.CSVLogger(csv_path, append=True),  # appended to by each fit
         clock,  # last: its epoch ends after the others' work
     ]
+    small = base_phase_size(config)
+    # The base phase ends at the latest one epoch before the last (full_size_from), so
+    # after it the full-size fit always has an epoch to run.
+    sizes = [small, IMAGE_SIZE] if small != IMAGE_SIZE and schedule.full_size_from() > 0 else [IMAGE_SIZE]
+    history: dict = {}
+    epochs_run = 0
     with trainer_phase("training"):
-        history = guided.fit(
-            train_ds,
-            validation_data=eval_ds,
-            epochs=config.epochs,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            verbose=2,
-        )
+        for size in sizes:
+            with strategy.scope() if strategy is not None else contextlib.nullcontext():
+                guided.train_at(size)
+            schedule.stop_at_full_size = size != IMAGE_SIZE
+            if len(sizes) > 1:
+                logging.info(TRAINING_SIZE_LOG, epochs_run + 1, size, size)  # a console line
+            fitted = guided.fit(
+                data.train(size),
+                validation_data=data.eval(size),
+                epochs=config.epochs,
+                initial_epoch=epochs_run,
+                steps_per_epoch=data.steps,
+                callbacks=callbacks,
+                verbose=2,
+            )
+            for key, values in fitted.history.items():
+                history.setdefault(key, []).extend(values)
+            epochs_run = len(history.get("loss", []))
     summary = schedule.summary()
+    summary["base_phase_size"] = small if len(sizes) > 1 else IMAGE_SIZE
+    summary["base_phase_epochs"] = schedule.full_size_from() if len(sizes) > 1 else 0
     logging.info("Training schedule: %s", json.dumps(summary))
     epoch_seconds = clock.summary()
     logging.info("Epoch seconds: %s", json.dumps(epoch_seconds["totals"]))
-    return history.history, summary, epoch_seconds
+    return history, summary, epoch_seconds
 
 
 def _write_history(
@@ -513,7 +628,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     keras.utils.set_random_seed(config.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     multi_worker = config.distribution == DISTRIBUTION_MULTI_WORKER
-    train_ds, eval_ds, steps = _datasets(fn_args, config, tf_transform_output, multi_worker)
+    data = TrainerData(fn_args, config, tf_transform_output, multi_worker)
     policy = compute_dtype.keras_policy(config.compute_dtype)
     logging.info(
         TRAINER_KERNELS_LOG,
@@ -525,7 +640,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     run_dir = distribution.write_dir(fn_args.model_run_dir, strategy)
     serving_model_dir = distribution.write_dir(fn_args.serving_model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
-    history, schedule, epoch_seconds = _train(guided, train_ds, eval_ds, steps, config, run_dir)
+    history, schedule, epoch_seconds = _train(guided, data, config, run_dir, strategy)
     _write_history(run_dir, config, policy, history, schedule, epoch_seconds, strategy)
 
     # The export copy holds plain float32 variables (no distributed ones): calibration,
@@ -541,7 +656,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         distribution.finish(strategy, serving_model_dir, run_dir)
         return
     units = eval_units(fn_args, tf_transform_output, config) if config.abstention else None
-    _calibrate_fit_and_export(model, eval_ds, tf_transform_output, config, run_dir, serving_model_dir, units)
+    _calibrate_fit_and_export(
+        model, data.eval(), tf_transform_output, config, run_dir, serving_model_dir, units
+    )
     distribution.finish(strategy, serving_model_dir, run_dir)
 
 

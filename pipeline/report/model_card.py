@@ -57,13 +57,20 @@ def kept_reason(history: dict | None) -> str:
 
 
 def schedule_text(history: dict | None) -> str:
-    """The learning-rate schedule in words: 'converge (patience 8)' or 'cosine'."""
+    """The learning-rate schedule in words: 'converge (patience 8)' or 'cosine', and
+    the base-rate phase's smaller images where there was one: '...; epochs 1-25 on
+    128x128 images'."""
     history = history or {}
-    name = (history.get("schedule") or {}).get("schedule") or (history.get("config") or {}).get("schedule")
+    schedule = history.get("schedule") or {}
+    name = schedule.get("schedule") or (history.get("config") or {}).get("schedule")
     if not name:
         return "cosine"  # runs from before the schedules
     patience = (history.get("config") or {}).get("patience")
-    return f"{name} (patience {patience})" if name == "converge" and patience else str(name)
+    text = f"{name} (patience {patience})" if name == "converge" and patience else str(name)
+    if schedule.get("base_phase_epochs"):
+        side = schedule["base_phase_size"]
+        text += f"; epochs 1-{schedule['base_phase_epochs']} on {side}x{side} images"
+    return text
 
 
 def _calibration_sentence(name: str, figures) -> str:

@@ -95,3 +95,14 @@ def test_the_keras_callback_sets_the_rate_and_stops_fit():
     assert history.history["lr"][:2] == [1e-2, 1e-2]
     assert history.history["lr"][-1] < history.history["lr"][2] < 1e-2
     assert callback.summary()["epochs_run"] == 6
+
+
+def test_full_size_begins_with_the_anneal_and_by_the_last_epoch_at_the_latest():
+    callback = ScheduleCallback("converge", 1e-3, max_epochs=50, patience=8)
+    assert callback.full_size_from() == 49  # no anneal yet: the last epoch at the latest
+    callback.plan.anneal_start = 30
+    assert callback.full_size_from() == 30
+    assert ScheduleCallback("converge", 1e-3, max_epochs=1, patience=8).full_size_from() == 0
+    # Cosine: the last third.
+    assert ScheduleCallback("cosine", 1e-3, max_epochs=30, patience=8).full_size_from() == 20
+    assert ScheduleCallback("cosine", 1e-3, max_epochs=2, patience=8).full_size_from() == 1

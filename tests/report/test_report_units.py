@@ -197,6 +197,10 @@ def test_kept_epoch_is_the_last_unless_an_older_trainer_restored_its_best():
     assert model_card.epochs_kept(None) == (0, None)
     assert model_card.schedule_text(dict(annealed, config={"patience": 2})) == "converge (patience 2)"
     assert model_card.schedule_text(whole_schedule) == "cosine"
+    small_first = dict(
+        annealed, schedule={**annealed["schedule"], "base_phase_size": 128, "base_phase_epochs": 2}
+    )
+    assert model_card.schedule_text(small_first) == "converge; epochs 1-2 on 128x128 images"
 
 
 def test_risk_coverage_refuses_the_most_doubtful_first():
