@@ -246,6 +246,14 @@ def headline_rows(record: dict) -> list[tuple[str, str]]:
                 f"input pipeline {training['input_pipeline_share']:.2f} of a step)",
             )
         )
+        if small := training.get("base_phase"):
+            rows.append(
+                (
+                    f"training step on the base-rate phase's {small['size']}×{small['size']} images "
+                    "against a full-size one (benchmarks/training_cost.py)",
+                    f"{1 / small['speedup']:.2f}× the time ({small['peak_ratio']:.2f}× the {dtype} peak)",
+                )
+            )
     for name, site in record.get("site_evaluations", {}).items():
         fig = site["figures"]
         who = f"{fig['n']:,} images" + (f", {fig['units']} patients" if fig.get("units") else "")

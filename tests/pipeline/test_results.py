@@ -122,6 +122,15 @@ def test_benchmark_figures_join_the_record_and_its_tables_show_the_ratio(tmp_pat
     row = next(value for name, value in rows.items() if "matmul peak" in name)
     assert row.startswith("0.50× (model alone 0.67×; input pipeline 0.25 of a step)")
     assert not any("matmul peak" in name for name, _ in results.headline_rows(_record(benchmark=None)))
+    assert not any("base-rate phase" in name for name in rows)
+    small = {"size": 128, "images_per_s": 375.0, "peak_ratio": 0.41, "speedup": 2.5, "gflops_per_image": 0.44}
+    with_small = json.loads(json.dumps(BENCHMARK))
+    with_small["training"]["base_phase"] = small
+    path.write_text(json.dumps(with_small))
+    record = results.make_record(_record(), None, benchmark=results.read_benchmark(str(path)))
+    rows = dict(results.headline_rows(record))
+    row = next(value for name, value in rows.items() if "base-rate phase's 128×128" in name)
+    assert row == "0.40× the time (0.41× the bfloat16 peak)"
     path.write_text(json.dumps({"training": {}}))
     with pytest.raises(results.ResultsError, match="not benchmarks/training_cost.py"):
         results.read_benchmark(str(path))

@@ -200,7 +200,7 @@ def test_kept_epoch_is_the_last_unless_an_older_trainer_restored_its_best():
     small_first = dict(
         annealed, schedule={**annealed["schedule"], "base_phase_size": 128, "base_phase_epochs": 2}
     )
-    assert model_card.schedule_text(small_first) == "converge; epochs 1-2 on 128x128 images"
+    assert model_card.schedule_text(small_first) == "converge (patience 2); epochs 1-2 on 128x128 images"
 
 
 def test_risk_coverage_refuses_the_most_doubtful_first():
