@@ -495,9 +495,14 @@ PENULTIMATE = "penultimate"  # the pooled features the logits read
 SPATIAL = "spatial_2x2"  # the Grad-CAM map average-pooled to 2x2 (layout)
 FINE_MEAN = "fine_mean"  # the fine map, globally pooled
 COARSE_MEAN = "coarse_mean"  # the Grad-CAM map, globally pooled
-# Candidate feature sets, simplest first; the Trainer keeps the one that best separates
-# its own generated outliers from cross-fitted eval slices (`choose`).
-CANDIDATES = ((PENULTIMATE,), (SPATIAL, PENULTIMATE), (FINE_MEAN, COARSE_MEAN, PENULTIMATE))
+# Candidate feature sets, in order of preference: the first the model offers is kept
+# unless another separates the Trainer's generated outliers from cross-fitted eval slices
+# by more than AUROC_MARGIN (`choose`). Those outliers are far from any scan and every set
+# scores above 0.998 on them, so the fourth decimal used to decide; on another site's
+# brain MRI (skull-stripped BraTS slices) the layout features abstained on far more of
+# the wrong answers than the pooled fine and coarse maps did (docs/experiments.md).
+CANDIDATES = ((SPATIAL, PENULTIMATE), (PENULTIMATE,), (FINE_MEAN, COARSE_MEAN, PENULTIMATE))
+AUROC_MARGIN = 0.005
 MAX_SPATIAL_DIMS = 1024  # a 2x2 pooling of a wider map is left out
 
 
@@ -583,12 +588,12 @@ def choose(
     outliers: dict[str, list[np.ndarray]] | None,
     **fit_kw,
 ) -> AbstentionSpec:
-    """Fits every candidate feature set and keeps the one whose score best separates the
-    outliers (name → features per kind) from the fitting data's cross-fitted scores
-    (first wins ties; without outliers, the first candidate). The comparison goes into
-    the spec's fit report."""
+    """Fits every candidate feature set and keeps the first (CANDIDATES' order) unless
+    another's score separates the outliers (name → features per kind) from the fitting
+    data's cross-fitted scores better by more than AUROC_MARGIN (`preferred`; without
+    outliers, the first). The comparison goes into the spec's fit report."""
     sets = candidate_sets(features)
-    tried, best = [], None
+    tried, specs = [], []
     for names in sets:
         spec = fit(list(names), [features[n] for n in names], labels, probabilities, **fit_kw)
         row = {"features": list(names)}
@@ -597,18 +602,29 @@ def choose(
             row["auroc"] = auroc(spec.cross_fitted_scores, np.concatenate(list(scores.values())))
             row["abstained_per_kind"] = {k: float(np.mean(~(s <= 1.0))) for k, s in scores.items()}
         tried.append(row)
-        if best is None or row.get("auroc", -1) > best[1].get("auroc", -1):
-            best = (spec, row)
-    spec, row = best
+        specs.append(spec)
+    chosen = preferred([row.get("auroc") for row in tried])
+    spec = specs[chosen]
     spec.fit_report["feature_choice"] = {
-        "chosen": row["features"],
-        "by": "AUROC of ood_score, cross-fitted eval images vs the Trainer's own generated "
-        "outliers (components/training/outliers.py)"
+        "chosen": tried[chosen]["features"],
+        "by": f"the first candidate unless another's AUROC of ood_score (cross-fitted eval images vs "
+        f"the Trainer's own generated outliers, components/training/outliers.py) is more than "
+        f"{AUROC_MARGIN} higher"
         if outliers
         else "first candidate",
         "candidates": tried,
     }
     return spec
+
+
+def preferred(aurocs: list[float | None], margin: float = AUROC_MARGIN) -> int:
+    """Index of the candidate to keep: the first, replaced by a later one only when its
+    AUROC beats the kept one's by more than `margin` (None: not measured, never replaces)."""
+    best = 0
+    for i, value in enumerate(aurocs[1:], start=1):
+        if value is not None and aurocs[best] is not None and value > aurocs[best] + margin:
+            best = i
+    return best
 
 
 def write(spec: AbstentionSpec, model_dir: str, extra: dict | None = None) -> str:

@@ -424,6 +424,16 @@ def test_constructed_model_abstains_on_blank_and_noise_through_every_signature(c
     assert written["accepted_share"] >= written["accept"] == 0.95
 
 
+def test_the_first_feature_set_is_kept_unless_another_is_clearly_better_on_the_outliers():
+    # The last real run's figures: every set near 0.999 on generated outliers; a later set
+    # one or two ten-thousandths higher no longer replaces the first.
+    assert abstention.preferred([0.99843, 0.99810, 0.99867]) == 0
+    assert abstention.preferred([0.990, 0.999, 0.9992]) == 1  # 0.009 better; the third not 0.005 above it
+    assert abstention.preferred([0.90, 0.93, 0.96]) == 2
+    assert abstention.preferred([None, None]) == 0  # no outliers: the first
+    assert abstention.CANDIDATES[0] == (abstention.SPATIAL, abstention.PENULTIMATE)
+
+
 # ---- the model the tiny pipeline pushed ----------------------------------------------
 
 
