@@ -96,19 +96,12 @@ def input_fn(
     tf_transform_output: tft.TFTransformOutput,
     batch_size: int,
     training: bool,
-    augment: bool = False,
-    seed: int = 0,
-    materialized: bool = False,
-    cache: bool = False,
-    counterfactuals: CounterfactualConfig | None = None,
-    shard_policy: str | None = None,
-    acquisition: AcquisitionConfig | None = None,
-    sequence_remap: SequenceRemapConfig | None = None,
-    repeat: bool = False,
-    size: int = IMAGE_SIZE,
+    **options,
 ) -> tf.data.Dataset:
     """Examples → (image [B,size,size,1], (label [B], lesion cells [B,g,g,1])), g the CAM
-    grid at that size (CAM_SIZE at full size): examples() then batches().
+    grid at that size (CAM_SIZE at full size): examples() (`materialized`, `cache`,
+    `seed`) then batches() (`seed` and the rest: augment, counterfactuals, shard_policy,
+    acquisition, sequence_remap, repeat, size).
 
     Lesion cells mark the CAM cells the tumour box touches (all zero without a box;
     lesion_guidance.py). `counterfactuals` (training only) removes lesions and decoys
@@ -135,21 +128,11 @@ def input_fn(
     `size` < IMAGE_SIZE: every image is shrunk last, after fills and augmentation at full
     size (the base-rate phase's smaller images, TrainerConfig.base_phase_size).
     """
+    read = {k: options.pop(k) for k in ("materialized", "cache") if k in options}
     source = examples(
-        file_pattern, data_accessor, tf_transform_output, batch_size, training, seed, materialized, cache
+        file_pattern, data_accessor, tf_transform_output, batch_size, training, options.get("seed", 0), **read
     )
-    return batches(
-        source,
-        training,
-        augment=augment,
-        seed=seed,
-        counterfactuals=counterfactuals,
-        shard_policy=shard_policy,
-        acquisition=acquisition,
-        sequence_remap=sequence_remap,
-        repeat=repeat,
-        size=size,
-    )
+    return batches(source, training, **options)
 
 
 def examples(
