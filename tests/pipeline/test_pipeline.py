@@ -379,6 +379,8 @@ def test_training_options_reach_the_trainer_config(tmp_path):
     assert (defaults["compute_dtype"], defaults["schedule"], defaults["patience"]) == ("auto", "converge", 8)
     with pytest.raises(ValueError, match="compute dtype must be one of"):
         PipelineConfig(pipeline_root="r", data_root="d", serving_dir="s", compute_dtype="float16")
+    with pytest.raises(ValueError, match="multiple of 32 from 64 to 224"):
+        PipelineConfig(pipeline_root="r", data_root="d", serving_dir="s", base_phase_size=100)
 
 
 def test_every_training_setting_of_a_run_reaches_the_trainer():
@@ -394,6 +396,7 @@ def test_every_training_setting_of_a_run_reaches_the_trainer():
         "label_smoothing": 0.0,
         "schedule": "cosine",
         "patience": 2,
+        "base_phase_size": 160,
         "augment": False,
         "acquisition_augment": True,
         "acquisition_strength": 0.25,
