@@ -62,19 +62,15 @@ def model_flops(tf, model_name: str, training: bool, size: int | None = None) ->
     from tensorflow.python.profiler.model_analyzer import profile
     from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
 
-    from components.training.models import build_model
+    from components.training.models import build_model, view_at
     from components.transform.preprocessing import CHANNELS, IMAGE_SIZE
-
-    import tf_keras as keras
 
     side = size or IMAGE_SIZE
     graph = tf.Graph()
     with graph.as_default():
         model = build_model(model_name)
         if side != IMAGE_SIZE:  # the Trainer's view of the same layers on smaller images
-            model = keras.models.clone_model(
-                model, input_tensors=keras.Input((side, side, CHANNELS)), clone_function=lambda layer: layer
-            )
+            model = view_at(model, side)
         images = tf.compat.v1.placeholder(tf.float32, [1, side, side, CHANNELS])
         probabilities = model(images, training=training)
         if training:

@@ -224,6 +224,7 @@ COMPILE_TARGETS: tuple[str, ...] = ("kubeflow", "vertex")
 TRAINER_PHASE_LOG = "Trainer phase %s done in %.1f s"
 # And the kernels it trains with: the console shows them and the run record keeps them,
 # since an epoch's time depends on them (oneDNN against Eigen: 1.45x on AVX2).
-# Logged and printed by the Trainer where the image size changes (base-rate phase, then full size).
-TRAINING_SIZE_LOG = "Training from epoch %d on %dx%d images"
 TRAINER_KERNELS_LOG = "Training compute dtype: %s; oneDNN kernels %s"
+# Logged by the Trainer where the image size changes (base-rate phase, then full size);
+# the console shows it.
+TRAINING_SIZE_LOG = "Training from epoch %d on %dx%d images"

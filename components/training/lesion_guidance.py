@@ -23,7 +23,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from components.training.gradcam import evidence_map
-from components.training.models import CAM_LAYER, CLASS_EVIDENCE_LAYER, LOGITS_LAYER
+from components.training.models import CAM_LAYER, CLASS_EVIDENCE_LAYER, LOGITS_LAYER, view_at
 
 
 def lesion_cells(masks: tf.Tensor, cam_size: int) -> tf.Tensor:
@@ -109,16 +109,8 @@ class LesionGuidedModel(keras.Model):
         optimizer state and batch-norm statistics are shared and the classifier itself
         (full size) is what is exported. Only fully convolutional models can do this."""
         if side not in self._views:
-
-            def view(model):
-                if model is None:
-                    return None
-                inputs = keras.Input((side, side, model.input_shape[-1]), name=model.input.name.split(":")[0])
-                return keras.models.clone_model(
-                    model, input_tensors=inputs, clone_function=lambda layer: layer
-                )
-
-            self._views[side] = (view(self.classifier), view(self.with_maps))
+            maps = None if self.with_maps is None else view_at(self.with_maps, side)
+            self._views[side] = (view_at(self.classifier, side), maps)
         self._classifier_view, self._maps_view = self._views[side]
         # Keras keeps its traced step functions; the next fit or evaluate traces the view's.
         self.train_function = self.test_function = self.predict_function = None

@@ -190,6 +190,14 @@ def mri_resnet_evidence(
     return keras.Model(inputs, probs, name="mri_resnet_evidence")
 
 
+def view_at(model: keras.Model, side: int) -> keras.Model:
+    """The same layers (so the same weights and batch-norm statistics) called on
+    [side, side] images: how a fully convolutional model trains on smaller images
+    (LesionGuidedModel.train_at). Nothing is copied; only a new input is wired in."""
+    inputs = keras.Input((side, side, model.input_shape[-1]), name=model.input.name.split(":")[0])
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer)
+
+
 def _application(builder: Callable, preprocess: Callable, name: str, weights: str | None) -> keras.Model:
     """A keras.applications backbone on our 1-channel [0, 1] input (gray → RGB, 0..255)."""
     inputs = _inputs()

@@ -503,8 +503,8 @@ def _train(
 
     With a smaller base-phase size the fit runs twice on one model, optimizer and set of
     callbacks: on small images until the schedule says full size (its anneal), then on
-    full-size images to the end. A base-rate epoch at 128 px costs about a quarter of
-    one at 224 (docs/experiments.md)."""
+    full-size images to the end. A base-rate epoch at 128 px cost 0.4 of one at 224 in
+    the real-data run (docs/experiments.md)."""
     schedule = ScheduleCallback(config.schedule, config.learning_rate, config.epochs, config.patience)
     clock = EpochClock()
     csv_path = os.path.join(run_dir, HISTORY_CSV_FILE)
