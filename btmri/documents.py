@@ -218,6 +218,12 @@ class TrainingSettings:
         "fixed-size head (seed_cnn, resnet50, efficientnetb0) always train at full size",
         metavar="PX",
     )
+    full_size_epochs: int = option(
+        4,
+        "with a smaller --base-phase-size: the last N epochs (of the anneal, or of a cosine "
+        "schedule) train on full-size images, where the model settles at the size it serves at",
+        metavar="N",
+    )
     augment: bool = option(True, "geometric augmentation of training images", cli=False)
     # Off by default: docs/experiments.md (leave one source out).
     acquisition_augment: bool = option(

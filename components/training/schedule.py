@@ -12,11 +12,11 @@ starts late enough to end there at the latest.
 
 `cosine`: one cosine decay over all `epochs`, no stopping.
 
-The Trainer may train on smaller images while the rate is at its base
-(`TrainerConfig.base_phase_size`): `ScheduleCallback.full_size_from` says from which
-epoch the images are full size again (the anneal's first, or the last third of a cosine
-schedule; the last epoch at the latest), and `stop_at_full_size` ends a `fit` there so
-the Trainer can continue at full size.
+The Trainer may train on smaller images for all but the last epochs
+(`TrainerConfig.base_phase_size`, `full_size_epochs`): `ScheduleCallback.full_size_from`
+says from which epoch the images are full size (the last `full_size_epochs` of the
+anneal or of a cosine schedule; the last epoch at the latest), and `stop_at_full_size`
+ends a `fit` there so the Trainer can continue at full size.
 
 The eval loss of a small network on the real set jumps at high rates (0.45 to 2.57
 and back in one epoch), so the plan tracks the median of the last three epochs.
@@ -41,8 +41,6 @@ MIN_DELTA = 0.02  # relative: a smoothed eval loss 2 % below the best so far is 
 # of a 34-epoch anneal stopped falling after its first 8 (docs/experiments.md).
 TAIL_SHARE = 0.5
 MIN_TAIL = 4
-# The cosine schedule's last third trains at full image size (no anneal to wait for).
-COSINE_FULL_SIZE_SHARE = 1 / 3
 
 
 def cosine_decay(base_lr: float, step: float, steps: float) -> float:
@@ -122,23 +120,30 @@ class ConvergencePlan:
 class ScheduleCallback(keras.callbacks.Callback):
     """Sets each epoch's learning rate and stops training when the schedule is done."""
 
-    def __init__(self, schedule: str, base_lr: float, max_epochs: int, patience: int):
+    def __init__(
+        self, schedule: str, base_lr: float, max_epochs: int, patience: int, full_size_epochs: int = 1
+    ):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
-        self.base_lr, self.max_epochs = base_lr, max_epochs
+        if full_size_epochs < 1:
+            raise ValueError(f"full_size_epochs must be >= 1, got {full_size_epochs}")
+        self.base_lr, self.max_epochs, self.full_size_epochs = base_lr, max_epochs, full_size_epochs
         self.plan = ConvergencePlan(base_lr, max_epochs, patience) if schedule == SCHEDULE_CONVERGE else None
         self.stop_at_full_size = False  # end this fit where full_size_from() begins
 
     def full_size_from(self) -> int:
         """The first epoch (from 0) that trains on full-size images, as far as it is known
-        now: the anneal's first epoch (converge; until the anneal starts, the last epoch),
-        or the start of the last third (cosine). Always at most the last epoch, so the
-        weights exported have trained at the size they serve at."""
+        now: `full_size_epochs` before the schedule's end (converge: the anneal's end, never
+        before its start; until the anneal starts, the last epoch). Always at most the last
+        epoch, so the weights exported have trained at the size they serve at."""
         last = self.max_epochs - 1
         if self.plan is None:
-            return min(last, self.max_epochs - math.ceil(COSINE_FULL_SIZE_SHARE * self.max_epochs))
-        return last if self.plan.anneal_start is None else min(last, self.plan.anneal_start)
+            return max(0, self.max_epochs - self.full_size_epochs)
+        if self.plan.anneal_start is None:
+            return last
+        end = self.plan.anneal_start + self.plan.tail
+        return min(last, max(self.plan.anneal_start, end - self.full_size_epochs))
 
     def _rate(self, epoch: int) -> float:
         if self.plan is None:

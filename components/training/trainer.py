@@ -502,10 +502,12 @@ def _train(
     wall time went: epoch_clock.EpochClock).
 
     With a smaller base-phase size the fit runs twice on one model, optimizer and set of
-    callbacks: on small images until the schedule says full size (its anneal), then on
-    full-size images to the end. A base-rate epoch at 128 px cost 0.4 of one at 224 in
-    the real-data run (docs/experiments.md)."""
-    schedule = ScheduleCallback(config.schedule, config.learning_rate, config.epochs, config.patience)
+    callbacks: on small images until the schedule says full size (the last
+    config.full_size_epochs), then on full-size images to the end. An epoch at 128 px
+    cost 0.4 of one at 224 in the real-data run (docs/experiments.md)."""
+    schedule = ScheduleCallback(
+        config.schedule, config.learning_rate, config.epochs, config.patience, config.full_size_epochs
+    )
     clock = EpochClock()
     csv_path = os.path.join(run_dir, HISTORY_CSV_FILE)
     if os.path.exists(csv_path):

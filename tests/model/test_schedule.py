@@ -97,12 +97,20 @@ def test_the_keras_callback_sets_the_rate_and_stops_fit():
     assert callback.summary()["epochs_run"] == 6
 
 
-def test_full_size_begins_with_the_anneal_and_by_the_last_epoch_at_the_latest():
-    callback = ScheduleCallback("converge", 1e-3, max_epochs=50, patience=8)
+def test_full_size_is_the_last_epochs_of_the_anneal_and_the_last_epoch_at_the_latest():
+    callback = ScheduleCallback("converge", 1e-3, max_epochs=50, patience=8, full_size_epochs=4)
     assert callback.full_size_from() == 49  # no anneal yet: the last epoch at the latest
-    callback.plan.anneal_start = 30
+    callback.plan.anneal_start, callback.plan.tail = 30, 12
+    assert callback.full_size_from() == 38  # the anneal's last 4 of epochs 30-41
+    callback.plan.tail = 3  # an anneal shorter than the full-size epochs: all of it
     assert callback.full_size_from() == 30
     assert ScheduleCallback("converge", 1e-3, max_epochs=1, patience=8).full_size_from() == 0
-    # Cosine: the last third.
-    assert ScheduleCallback("cosine", 1e-3, max_epochs=30, patience=8).full_size_from() == 20
-    assert ScheduleCallback("cosine", 1e-3, max_epochs=2, patience=8).full_size_from() == 1
+    # Cosine: the last N epochs, all of them when N is at least the run.
+    assert (
+        ScheduleCallback("cosine", 1e-3, max_epochs=30, patience=8, full_size_epochs=4).full_size_from() == 26
+    )
+    assert (
+        ScheduleCallback("cosine", 1e-3, max_epochs=2, patience=8, full_size_epochs=4).full_size_from() == 0
+    )
+    with pytest.raises(ValueError, match="full_size_epochs must be >= 1"):
+        ScheduleCallback("cosine", 1e-3, max_epochs=2, patience=8, full_size_epochs=0)
