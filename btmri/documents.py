@@ -212,17 +212,18 @@ class TrainingSettings:
     )
     base_phase_size: int = option(
         spec.BASE_PHASE_SIZE,
-        "side in pixels the training images are shrunk to while the learning rate is at its base "
-        "(converge: until the anneal; cosine: the first two thirds of the epochs); the anneal, "
-        f"calibration and export run at {spec.IMAGE_SIZE}, which turns it off. Models with a "
+        "side in pixels the training images are shrunk to in every epoch but the last "
+        f"--full-size-share of the anneal; those, calibration and export run at {spec.IMAGE_SIZE}, which turns "
+        "it off. Models with a "
         "fixed-size head (seed_cnn, resnet50, efficientnetb0) always train at full size",
         metavar="PX",
     )
-    full_size_epochs: int = option(
-        4,
-        "with a smaller --base-phase-size: the last N epochs (of the anneal, or of a cosine "
-        "schedule) train on full-size images, where the model settles at the size it serves at",
-        metavar="N",
+    full_size_share: float = option(
+        0.5,
+        "with a smaller --base-phase-size: the last SHARE of the anneal (of all epochs under "
+        "--schedule cosine) trains on full-size images, where the model settles at the size "
+        "it serves at; 1: the whole anneal",
+        metavar="SHARE",
     )
     augment: bool = option(True, "geometric augmentation of training images", cli=False)
     # Off by default: docs/experiments.md (leave one source out).

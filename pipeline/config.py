@@ -182,8 +182,8 @@ class PipelineConfig(TrainingSettings):
             raise ValueError(f"epochs and patience must be >= 1, got {self.epochs} and {self.patience}")
         if (problem := base_phase_size_error(self.base_phase_size)) is not None:
             raise ValueError(problem)
-        if self.full_size_epochs < 1:
-            raise ValueError(f"full-size epochs must be >= 1, got {self.full_size_epochs}")
+        if not 0.0 < self.full_size_share <= 1.0:
+            raise ValueError(f"full-size share must be in (0, 1], got {self.full_size_share}")
         for name in ("lesion_removal_rate", "decoy_removal_rate", "lesion_paste_rate", "sequence_remap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(

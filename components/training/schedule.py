@@ -13,10 +13,10 @@ starts late enough to end there at the latest.
 `cosine`: one cosine decay over all `epochs`, no stopping.
 
 The Trainer may train on smaller images for all but the last epochs
-(`TrainerConfig.base_phase_size`, `full_size_epochs`): `ScheduleCallback.full_size_from`
-says from which epoch the images are full size (the last `full_size_epochs` of the
-anneal or of a cosine schedule; the last epoch at the latest), and `stop_at_full_size`
-ends a `fit` there so the Trainer can continue at full size.
+(`TrainerConfig.base_phase_size`, `full_size_share`): `ScheduleCallback.full_size_from`
+says from which epoch the images are full size (the last `full_size_share` of the anneal,
+where a cosine schedule is all anneal; the last epoch at the latest), and
+`stop_at_full_size` ends a `fit` there so the Trainer can continue at full size.
 
 The eval loss of a small network on the real set jumps at high rates (0.45 to 2.57
 and back in one epoch), so the plan tracks the median of the last three epochs.
@@ -121,29 +121,30 @@ class ScheduleCallback(keras.callbacks.Callback):
     """Sets each epoch's learning rate and stops training when the schedule is done."""
 
     def __init__(
-        self, schedule: str, base_lr: float, max_epochs: int, patience: int, full_size_epochs: int = 1
+        self, schedule: str, base_lr: float, max_epochs: int, patience: int, full_size_share: float = 1.0
     ):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
-        if full_size_epochs < 1:
-            raise ValueError(f"full_size_epochs must be >= 1, got {full_size_epochs}")
-        self.base_lr, self.max_epochs, self.full_size_epochs = base_lr, max_epochs, full_size_epochs
+        if not 0.0 < full_size_share <= 1.0:
+            raise ValueError(f"full_size_share must be in (0, 1], got {full_size_share}")
+        self.base_lr, self.max_epochs, self.full_size_share = base_lr, max_epochs, full_size_share
         self.plan = ConvergencePlan(base_lr, max_epochs, patience) if schedule == SCHEDULE_CONVERGE else None
         self.stop_at_full_size = False  # end this fit where full_size_from() begins
 
     def full_size_from(self) -> int:
         """The first epoch (from 0) that trains on full-size images, as far as it is known
-        now: `full_size_epochs` before the schedule's end (converge: the anneal's end, never
-        before its start; until the anneal starts, the last epoch). Always at most the last
-        epoch, so the weights exported have trained at the size they serve at."""
-        last = self.max_epochs - 1
+        now: the last `full_size_share` of the anneal (converge: until the anneal starts,
+        the last epoch; cosine: of all epochs), at least one epoch, so the weights exported
+        have trained at the size they serve at."""
         if self.plan is None:
-            return max(0, self.max_epochs - self.full_size_epochs)
-        if self.plan.anneal_start is None:
-            return last
-        end = self.plan.anneal_start + self.plan.tail
-        return min(last, max(self.plan.anneal_start, end - self.full_size_epochs))
+            start, length = 0, self.max_epochs
+        elif self.plan.anneal_start is None:
+            return self.max_epochs - 1
+        else:
+            start, length = self.plan.anneal_start, self.plan.tail
+        full = max(1, math.ceil(self.full_size_share * length))
+        return min(self.max_epochs - 1, start + max(0, length - full))
 
     def _rate(self, epoch: int) -> float:
         if self.plan is None:

@@ -503,10 +503,10 @@ def _train(
 
     With a smaller base-phase size the fit runs twice on one model, optimizer and set of
     callbacks: on small images until the schedule says full size (the last
-    config.full_size_epochs), then on full-size images to the end. An epoch at 128 px
+    config.full_size_share of the anneal), then on full-size images to the end. An epoch at 128 px
     cost 0.4 of one at 224 in the real-data run (docs/experiments.md)."""
     schedule = ScheduleCallback(
-        config.schedule, config.learning_rate, config.epochs, config.patience, config.full_size_epochs
+        config.schedule, config.learning_rate, config.epochs, config.patience, config.full_size_share
     )
     clock = EpochClock()
     csv_path = os.path.join(run_dir, HISTORY_CSV_FILE)

@@ -97,20 +97,24 @@ def test_the_keras_callback_sets_the_rate_and_stops_fit():
     assert callback.summary()["epochs_run"] == 6
 
 
-def test_full_size_is_the_last_epochs_of_the_anneal_and_the_last_epoch_at_the_latest():
-    callback = ScheduleCallback("converge", 1e-3, max_epochs=50, patience=8, full_size_epochs=4)
+def test_full_size_is_the_anneals_last_share_and_the_last_epoch_at_the_latest():
+    callback = ScheduleCallback("converge", 1e-3, max_epochs=50, patience=8, full_size_share=0.5)
     assert callback.full_size_from() == 49  # no anneal yet: the last epoch at the latest
     callback.plan.anneal_start, callback.plan.tail = 30, 12
-    assert callback.full_size_from() == 38  # the anneal's last 4 of epochs 30-41
-    callback.plan.tail = 3  # an anneal shorter than the full-size epochs: all of it
-    assert callback.full_size_from() == 30
+    assert callback.full_size_from() == 36  # the last 6 of the anneal's epochs 30-41
+    callback.plan.tail = 3
+    assert callback.full_size_from() == 31  # 1.5 rounds up to 2
+    whole = ScheduleCallback("converge", 1e-3, max_epochs=50, patience=8, full_size_share=1.0)
+    whole.plan.anneal_start, whole.plan.tail = 30, 12
+    assert whole.full_size_from() == 30
     assert ScheduleCallback("converge", 1e-3, max_epochs=1, patience=8).full_size_from() == 0
-    # Cosine: the last N epochs, all of them when N is at least the run.
+    # Cosine is all anneal: the last share of every epoch, at least one.
     assert (
-        ScheduleCallback("cosine", 1e-3, max_epochs=30, patience=8, full_size_epochs=4).full_size_from() == 26
+        ScheduleCallback("cosine", 1e-3, max_epochs=30, patience=8, full_size_share=0.5).full_size_from()
+        == 15
     )
     assert (
-        ScheduleCallback("cosine", 1e-3, max_epochs=2, patience=8, full_size_epochs=4).full_size_from() == 0
+        ScheduleCallback("cosine", 1e-3, max_epochs=2, patience=8, full_size_share=0.1).full_size_from() == 1
     )
-    with pytest.raises(ValueError, match="full_size_epochs must be >= 1"):
-        ScheduleCallback("cosine", 1e-3, max_epochs=2, patience=8, full_size_epochs=0)
+    with pytest.raises(ValueError, match=r"full_size_share must be in \(0, 1\]"):
+        ScheduleCallback("cosine", 1e-3, max_epochs=2, patience=8, full_size_share=0)

@@ -381,8 +381,8 @@ def test_training_options_reach_the_trainer_config(tmp_path):
         PipelineConfig(pipeline_root="r", data_root="d", serving_dir="s", compute_dtype="float16")
     with pytest.raises(ValueError, match="multiple of 32 from 64 to 224"):
         PipelineConfig(pipeline_root="r", data_root="d", serving_dir="s", base_phase_size=100)
-    with pytest.raises(ValueError, match="full-size epochs must be >= 1"):
-        PipelineConfig(pipeline_root="r", data_root="d", serving_dir="s", full_size_epochs=0)
+    with pytest.raises(ValueError, match=r"full-size share must be in \(0, 1\]"):
+        PipelineConfig(pipeline_root="r", data_root="d", serving_dir="s", full_size_share=0)
 
 
 def test_every_training_setting_of_a_run_reaches_the_trainer():
@@ -399,7 +399,7 @@ def test_every_training_setting_of_a_run_reaches_the_trainer():
         "schedule": "cosine",
         "patience": 2,
         "base_phase_size": 160,
-        "full_size_epochs": 2,
+        "full_size_share": 0.25,
         "augment": False,
         "acquisition_augment": True,
         "acquisition_strength": 0.25,
