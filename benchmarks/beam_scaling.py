@@ -1,7 +1,7 @@
 """Benchmark: StatisticsGen and Transform throughput per Beam runner setup, on real images.
 
     python benchmarks/beam_scaling.py [--data-dir /path/to/brain-tumor-mri] [--sample 400]
-        [--work-dir W] [--repeat 1]
+        [--work-dir W] [--direct-only]
 
 Takes `--sample` images from <data-dir>/Training/<class>/ (the same share of every
 class, evenly spaced in name order), prepares them once (train/eval TFRecords) and runs
@@ -17,7 +17,7 @@ It prints images per second of StatisticsGen (every image of both splits) and Tr
 (analysis and pre/post-transform statistics over the train split: every train image is
 decoded and framed), the SDK workers the pool started per portable setup, and the
 portable layer's overhead as a ratio of seconds against the DirectRunner with as many
-worker processes. Skips (exit 0, saying so) when the images are absent.
+worker processes (`--direct-only`: the DirectRunner rows alone). Skips (exit 0, saying so) when the images are absent.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def main() -> int:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--sample", type=int, default=400, help="images (default %(default)s)")
     parser.add_argument("--work-dir", default=None, help="keep artifacts here (default: a temp dir)")
+    parser.add_argument("--direct-only", action="store_true", help="skip the portable setups")
     args = parser.parse_args()
 
     from btmri.spec import KAGGLE_TRAINING_DIR, TRAIN_SPLIT
@@ -138,19 +139,23 @@ def main() -> int:
     ]
     for name, beam, _ in setups:
         rows.append((name, *run_setup(name, beam, prepared, work), None))
-    with portable_services(work / "beam_services") as services:
-        for n in (1, 2):
-            before = services.workers_started()
-            beam = beam_args(services.workers_spec, services.job_endpoint) + [f"--direct_num_workers={n}"]
-            name = f"portable {n} worker{'s' if n > 1 else ''}"
-            seconds, total = run_setup(name, beam, prepared, work)
-            rows.append((name, seconds, total, services.workers_started() - before))
+    if not args.direct_only:
+        with portable_services(work / "beam_services") as services:
+            for n in (1, 2):
+                before = services.workers_started()
+                beam = beam_args(services.workers_spec, services.job_endpoint) + [f"--direct_num_workers={n}"]
+                name = f"portable {n} worker{'s' if n > 1 else ''}"
+                seconds, total = run_setup(name, beam, prepared, work)
+                rows.append((name, seconds, total, services.workers_started() - before))
 
     print(f"\n{'setup':22s}{'StatisticsGen':>22s}{'Transform':>22s}{'Beam stage':>12s}{'SDK workers':>13s}")
     for name, seconds, total, started in rows:
         cells = "".join(f"{images[c] / seconds[c]:9.1f} img/s {seconds[c]:6.1f} s" for c in MEASURED)
         print(f"{name:22s}{cells}{total:10.1f} s{'' if started is None else f'{started:>8d} started':>13s}")
     by_name = {name: seconds for name, seconds, _, _ in rows}
+    if args.direct_only:
+        print(f"\nartifacts in {work}")
+        return 0
     print("\nportable layer overhead (seconds, portable / DirectRunner):")
     for portable, direct in (
         ("portable 1 worker", "direct 1 process"),
