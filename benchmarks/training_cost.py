@@ -250,7 +250,10 @@ def main() -> None:
     if small != IMAGE_SIZE:
         # The base-rate phase: fills and augmentation at full size, the model on smaller images.
         small_step = model_flops(tf, model_name, training=True, size=small)
-        small_full = fit_seconds(guided_model(small), dataset(True, True, remap is not None, size=small))
+        small_ds = dataset(True, True, remap is not None, size=small)
+        for _ in small_ds:  # one whole pass fills its cache, as the full-size one's was
+            pass
+        small_full = fit_seconds(guided_model(small), small_ds)
         print(
             f"  whole Trainer step, base-rate phase ({small}x{small} images): {batch / small_full:7.1f}  "
             f"({small_step * batch / small_full / 1e9:.0f} GFLOP/s; {full / small_full:.2f} x the "

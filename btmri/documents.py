@@ -212,18 +212,18 @@ class TrainingSettings:
     )
     base_phase_size: int = option(
         spec.BASE_PHASE_SIZE,
-        "side in pixels the training images are shrunk to in every epoch but the last "
-        f"--full-size-share of the anneal; those, calibration and export run at {spec.IMAGE_SIZE}, which turns "
-        "it off. Models with a "
-        "fixed-size head (seed_cnn, resnet50, efficientnetb0) always train at full size",
+        "side in pixels the training images are shrunk to while the learning rate is at its base "
+        "(and in the anneal's first part with --full-size-share below 1); the anneal, calibration "
+        f"and export run at {spec.IMAGE_SIZE}, which turns it off. Models with a fixed-size head "
+        "(seed_cnn, resnet50, efficientnetb0) always train at full size",
         metavar="PX",
     )
     # 1 by default: the phantoms lost a point of test accuracy with less (docs/experiments.md).
     full_size_share: float = option(
         1.0,
-        "with a smaller --base-phase-size: the last SHARE of the anneal (of all epochs under "
-        "--schedule cosine) trains on full-size images, where the model settles at the size "
-        "it serves at; 1: the whole anneal",
+        "with a smaller --base-phase-size: the last SHARE of the anneal (of the last third of "
+        "the epochs under --schedule cosine) trains on full-size images, where the model settles "
+        "at the size it serves at; 1: the whole anneal",
         metavar="SHARE",
     )
     augment: bool = option(True, "geometric augmentation of training images", cli=False)

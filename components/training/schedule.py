@@ -15,7 +15,7 @@ starts late enough to end there at the latest.
 The Trainer may train on smaller images for all but the last epochs
 (`TrainerConfig.base_phase_size`, `full_size_share`): `ScheduleCallback.full_size_from`
 says from which epoch the images are full size (the last `full_size_share` of the anneal,
-where a cosine schedule is all anneal; the last epoch at the latest), and
+or of a cosine schedule's last third; the last epoch at the latest), and
 `stop_at_full_size` ends a `fit` there so the Trainer can continue at full size.
 
 The eval loss of a small network on the real set jumps at high rates (0.45 to 2.57
@@ -41,6 +41,8 @@ MIN_DELTA = 0.02  # relative: a smoothed eval loss 2 % below the best so far is 
 # of a 34-epoch anneal stopped falling after its first 8 (docs/experiments.md).
 TAIL_SHARE = 0.5
 MIN_TAIL = 4
+# Under the cosine schedule the last third counts as the anneal (full-size images).
+COSINE_FULL_SIZE_SHARE = 1 / 3
 
 
 def cosine_decay(base_lr: float, step: float, steps: float) -> float:
@@ -135,10 +137,11 @@ class ScheduleCallback(keras.callbacks.Callback):
     def full_size_from(self) -> int:
         """The first epoch (from 0) that trains on full-size images, as far as it is known
         now: the last `full_size_share` of the anneal (converge: until the anneal starts,
-        the last epoch; cosine: of all epochs), at least one epoch, so the weights exported
-        have trained at the size they serve at."""
+        the last epoch; cosine: of its last third), at least one epoch, so the weights
+        exported have trained at the size they serve at."""
         if self.plan is None:
-            start, length = 0, self.max_epochs
+            length = math.ceil(COSINE_FULL_SIZE_SHARE * self.max_epochs)
+            start = self.max_epochs - length
         elif self.plan.anneal_start is None:
             return self.max_epochs - 1
         else:

@@ -50,10 +50,10 @@ def test_the_base_phase_trains_the_full_size_model_on_small_images_then_full_siz
     model, wrapper = guided()
     before = [w.numpy().copy() for w in model.trainable_weights]
     data = InMemoryData()
-    config = TrainerConfig(epochs=3, schedule=spec.SCHEDULE_COSINE, base_phase_size=128, full_size_share=0.3)
+    config = TrainerConfig(epochs=3, schedule=spec.SCHEDULE_COSINE, base_phase_size=128)
     history, summary, _ = trainer._train(wrapper, data, config, str(tmp_path), strategy=None)
 
-    # Cosine over 3 epochs (all anneal): 2 at 128 px, the last (0.3 of 3, rounded up) at 224.
+    # Cosine over 3 epochs: 2 at 128 px, the last third (1 epoch) at full size.
     assert data.sizes == [("train", 128), ("eval", 128), ("train", 224), ("eval", 224)]
     assert len(history["loss"]) == 3 and summary["base_phase_size"] == 128
     assert summary["base_phase_epochs"] == 2

@@ -108,13 +108,12 @@ def test_full_size_is_the_anneals_last_share_and_the_last_epoch_at_the_latest():
     whole.plan.anneal_start, whole.plan.tail = 30, 12
     assert whole.full_size_from() == 30
     assert ScheduleCallback("converge", 1e-3, max_epochs=1, patience=8).full_size_from() == 0
-    # Cosine is all anneal: the last share of every epoch, at least one.
-    assert (
-        ScheduleCallback("cosine", 1e-3, max_epochs=30, patience=8, full_size_share=0.5).full_size_from()
-        == 15
-    )
-    assert (
-        ScheduleCallback("cosine", 1e-3, max_epochs=2, patience=8, full_size_share=0.1).full_size_from() == 1
-    )
+    # Cosine: the share of its last third, at least one epoch.
+    cosine = ScheduleCallback("cosine", 1e-3, max_epochs=30, patience=8)
+    assert cosine.full_size_from() == 20
+    cosine.full_size_share = 0.5
+    assert cosine.full_size_from() == 25
+    cosine.max_epochs, cosine.full_size_share = 2, 0.1
+    assert cosine.full_size_from() == 1
     with pytest.raises(ValueError, match=r"full_size_share must be in \(0, 1\]"):
         ScheduleCallback("cosine", 1e-3, max_epochs=2, patience=8, full_size_share=0)
