@@ -244,6 +244,11 @@ class TrainingSettings:
         metavar="SHARE",
     )
     seed: int = option(0, "the training seed", cli=False)
+    deterministic: bool = option(
+        True,
+        "repeatable training: TensorFlow's deterministic kernels and random streams, so the same "
+        "seed and data give the same weights on the same machine (--no-deterministic: off)",
+    )
     compute_dtype: str = option(
         "auto",
         "training arithmetic; auto: bfloat16 where the CPU has it (AVX512-BF16/AMX), else float32. "
