@@ -247,7 +247,8 @@ class TrainingSettings:
     deterministic: bool = option(
         True,
         "repeatable training: TensorFlow's deterministic kernels and random streams, so the same "
-        "seed and data give the same weights on the same machine (--no-deterministic: off)",
+        "seed and examples in the same order give the same weights on one machine (a whole run: "
+        "with --beam-workers in_memory; docs/training.md)",
     )
     compute_dtype: str = option(
         "auto",
