@@ -2,6 +2,7 @@
 
     python benchmarks/training_cost.py --pipeline-root ROOT [--steps 30] [--batch-size 32]
         [--compute-dtype auto|float32|bfloat16] [--saved-model DIR] [--json FILE]
+        [--no-deterministic]
 
 Uses the latest ImportExampleGen, Transform (and Trainer) outputs of a pipeline run:
 the main job's `runs/pipeline` after `btmri run`, or any `--work-dir`'s `pipeline`.
@@ -20,6 +21,9 @@ Prints, for the default model and the Trainer's own input pipeline:
     evaluation (forward only, the Trainer's eval pass);
   - the exported SavedModel's `predict_images` (encoded images in, float32) in images/s
     and against the float32 peak, when the run exported one.
+
+Training is timed with TensorFlow's deterministic kernels on, as the Trainer runs by
+default (`--no-deterministic`: without, as `btmri run --no-deterministic` trains).
 
 Quote the ratios: absolute rates move with whatever else runs on the machine.
 `--json FILE` also writes the figures, for `btmri results --from-run --benchmark FILE`
@@ -68,6 +72,7 @@ def model_flops(tf, model_name: str, training: bool, size: int | None = None) ->
     side = size or IMAGE_SIZE
     graph = tf.Graph()
     with graph.as_default():
+        tf.random.set_seed(0)  # a new graph's own seed: deterministic kernels need one
         model = build_model(model_name)
         if side != IMAGE_SIZE:  # the Trainer's view of the same layers on smaller images
             model = view_at(model, side)
@@ -99,6 +104,12 @@ def main() -> None:
     parser.add_argument("--compute-dtype", default="auto", choices=compute_dtype.COMPUTE_DTYPES)
     parser.add_argument(
         "--saved-model", default=None, help="SavedModel to time (default: the run's latest Trainer model)"
+    )
+    parser.add_argument(
+        "--no-deterministic",
+        dest="deterministic",
+        action="store_false",
+        help="time without TensorFlow's deterministic kernels (the Trainer's default has them)",
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
@@ -144,6 +155,11 @@ def main() -> None:
     counterfactuals = CounterfactualConfig()
     remap = sequence_remap_config(TRAINER_DEFAULTS)
     figures: dict = {"cores": os.cpu_count(), "model": model_name, "batch": batch}
+    # The same kernels as the Trainer's (process-wide, like there).
+    figures["deterministic"] = args.deterministic
+    if args.deterministic:
+        keras.utils.set_random_seed(0)  # deterministic random ops need a seed
+        tf.config.experimental.enable_op_determinism()
 
     def dataset(fills: bool, augment: bool, sequence: bool = False, size: int = IMAGE_SIZE):
         return input_fn(
@@ -188,7 +204,8 @@ def main() -> None:
     onednn, native_bf16 = compute_dtype.onednn_enabled(), compute_dtype.cpu_has_bf16()
     print(
         f"{os.cpu_count()} cores, model {model_name}, batch {batch}, {args.steps} steps, policy {policy}, "
-        f"oneDNN kernels {'on' if onednn else 'off'}, native bfloat16 {'yes' if native_bf16 else 'no'}"
+        f"oneDNN kernels {'on' if onednn else 'off'}, native bfloat16 {'yes' if native_bf16 else 'no'}, "
+        f"deterministic kernels {'on' if args.deterministic else 'off'}"
     )
     peak32 = matmul_peak(tf, tf.float32)
     peak16 = matmul_peak(tf, tf.bfloat16)

@@ -248,7 +248,7 @@ class TrainingSettings:
         True,
         "repeatable training: TensorFlow's deterministic kernels and random streams, so the same "
         "seed and examples in the same order give the same weights on one machine (a whole run: "
-        "with --beam-workers in_memory; docs/training.md)",
+        "with the default in-process Beam runner; docs/training.md)",
     )
     compute_dtype: str = option(
         "auto",

@@ -391,7 +391,7 @@ def _add_pipeline_arguments(p: argparse.ArgumentParser, local: bool) -> None:
         default=[],
         metavar="ARG",
         help="Beam pipeline option, repeatable (e.g. --beam-arg=--runner=FlinkRunner); "
-        "default: DirectRunner, multi-processing, one worker per core",
+        "default: DirectRunner inside this process",
     )
     p.add_argument(
         "--component-beam-arg",
@@ -419,8 +419,8 @@ def _register_run(sub) -> None:
         "--beam-workers",
         default=None,
         metavar="SPEC",
-        help="Beam workers of StatisticsGen, Transform, Evaluator, ...: N (DirectRunner, "
-        "N processes; default one per core), in_memory, or external:HOST:PORT "
+        help="Beam workers of StatisticsGen, Transform, Evaluator, ...: in_memory (DirectRunner "
+        "inside this process; the default), N (DirectRunner, N processes), or external:HOST:PORT "
         "(PortableRunner; SDK workers from the Beam worker pool at HOST:PORT). "
         "--beam-arg options come after and win",
     )

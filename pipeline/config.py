@@ -40,10 +40,17 @@ GATE_OPTIONS = (
 
 
 def local_beam_args(workers: int | None = None) -> list[str]:
-    """DirectRunner, `workers` worker processes (default: one per core; the embedded default)."""
+    """DirectRunner inside this process (the default), or with `workers` worker processes.
+
+    In memory is the default because on one machine it is the faster: the worker
+    processes each start Python and import TensorFlow, and on two cores they bought
+    nothing back (docs/experiments.md). It also keeps ImportExampleGen's output in one
+    order, so one seed gives one model (docs/training.md)."""
+    if workers is None:
+        return ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
     return [
         "--direct_running_mode=multi_processing",
-        f"--direct_num_workers={workers or os.cpu_count() or 1}",
+        f"--direct_num_workers={workers}",
     ]
 
 
@@ -60,9 +67,8 @@ JOB_SERVER_TIMEOUT_SECONDS = 24 * 3600
 def beam_args(workers: str | None = None, job_endpoint: str | None = None) -> list[str]:
     """Beam pipeline options for a `--beam-workers` SPEC:
 
-    - None: DirectRunner, multi-processing, one worker process per core (the default);
-    - `N`: the same with N worker processes;
-    - `in_memory`: DirectRunner inside the driver process (no worker processes);
+    - None or `in_memory`: DirectRunner inside the driver process (the default);
+    - `N`: DirectRunner, multi-processing, N worker processes;
     - `external:HOST:PORT`: Beam's portability layer, as Flink, Spark and Dataflow drive
       it: PortableRunner, a job service (`job_endpoint` HOST:PORT of
       `python -m apache_beam.runners.portability.local_job_service_main`; default: one
@@ -90,7 +96,7 @@ def beam_args(workers: str | None = None, job_endpoint: str | None = None) -> li
     if job_endpoint:
         raise ValueError("--beam-job-endpoint needs --beam-workers external:HOST:PORT")
     if workers == IN_MEMORY:
-        return ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+        return local_beam_args()
     if workers.isdigit() and int(workers) > 0:
         return local_beam_args(int(workers))
     raise ValueError(

@@ -55,7 +55,9 @@ def _executor(spec: dict, task: str) -> dict:
 # ── Beam options ────────────────────────────────────────────────────────────────
 def test_beam_workers_spec_gives_the_runner_options():
     assert beam_args("2") == ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    assert beam_args("in_memory") == ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    in_process = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    assert beam_args("in_memory") == in_process
+    assert beam_args(None) == in_process  # the default: one order of examples, one model
     assert beam_args("external:localhost:50000") == [
         "--runner=PortableRunner",
         "--job_endpoint=embed",

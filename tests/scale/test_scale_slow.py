@@ -67,7 +67,7 @@ def test_beam_components_on_the_portable_runner_equal_the_direct_runner(tiny_run
     from pipeline.portable import beam_stage_pipeline
     from pipeline.report import tfma_results
 
-    direct = _tiny_config(tiny_run)  # the session's run: DirectRunner, multi-processing
+    direct = _tiny_config(tiny_run)  # the session's run: DirectRunner in process
     portable = PipelineConfig(
         pipeline_root=str(tmp_path / "root"),
         data_root=direct.data_root,
