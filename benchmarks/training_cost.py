@@ -2,7 +2,7 @@
 
     python benchmarks/training_cost.py --pipeline-root ROOT [--steps 30] [--batch-size 32]
         [--compute-dtype auto|float32|bfloat16] [--saved-model DIR] [--json FILE]
-        [--no-deterministic]
+        [--deterministic]
 
 Uses the latest ImportExampleGen, Transform (and Trainer) outputs of a pipeline run:
 the main job's `runs/pipeline` after `btmri run`, or any `--work-dir`'s `pipeline`.
@@ -22,8 +22,8 @@ Prints, for the default model and the Trainer's own input pipeline:
   - the exported SavedModel's `predict_images` (encoded images in, float32) in images/s
     and against the float32 peak, when the run exported one.
 
-Training is timed with TensorFlow's deterministic kernels on, as the Trainer runs by
-default (`--no-deterministic`: without, as `btmri run --no-deterministic` trains).
+Training is timed as the Trainer trains by default, without TensorFlow's deterministic
+kernels (`--deterministic`: with them, as `btmri run --deterministic` trains).
 
 Quote the ratios: absolute rates move with whatever else runs on the machine.
 `--json FILE` also writes the figures, for `btmri results --from-run --benchmark FILE`
@@ -106,10 +106,9 @@ def main() -> None:
         "--saved-model", default=None, help="SavedModel to time (default: the run's latest Trainer model)"
     )
     parser.add_argument(
-        "--no-deterministic",
-        dest="deterministic",
-        action="store_false",
-        help="time without TensorFlow's deterministic kernels (the Trainer's default has them)",
+        "--deterministic",
+        action="store_true",
+        help="time with TensorFlow's deterministic kernels, as `btmri run --deterministic` trains",
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures here")
     args = parser.parse_args()

@@ -605,7 +605,7 @@ def seed_training(config: TrainerConfig) -> None:
     deterministic kernels and input order (process-wide, from here on). Without them two
     runs of one seed differ by more than most changes under test: parallel input maps
     draw their random numbers in whatever order threads run (docs/experiments.md). They
-    cost about a tenth of a step's speed at 224 px (docs/training.md)."""
+    serialise the input pipeline's random maps, so they are opt-in (docs/training.md)."""
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
