@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Fills, augmentation and the lesion-guided step on small random images: the parts whose
@@ -50,5 +52,6 @@ def _trained_weights_digest() -> str:
     return next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("WEIGHTS"))
 
 
+@pytest.mark.slow  # two trainings in fresh processes: about two minutes; --deterministic is opt-in
 def test_the_same_seed_and_data_train_the_same_weights():
     assert _trained_weights_digest() == _trained_weights_digest()
