@@ -33,6 +33,7 @@ to keep them in the results record.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -127,6 +128,7 @@ def main() -> None:
     from components.training.trainer import (
         base_phase_size,
         input_fn,
+        seed_training,
         sequence_remap_config,
         smoothed_sparse_crossentropy,
     )
@@ -154,11 +156,9 @@ def main() -> None:
     counterfactuals = CounterfactualConfig()
     remap = sequence_remap_config(TRAINER_DEFAULTS)
     figures: dict = {"cores": os.cpu_count(), "model": model_name, "batch": batch}
-    # The same kernels as the Trainer's (process-wide, like there).
+    # The Trainer's own seeding and kernels (process-wide, as there).
     figures["deterministic"] = args.deterministic
-    if args.deterministic:
-        keras.utils.set_random_seed(0)  # deterministic random ops need a seed
-        tf.config.experimental.enable_op_determinism()
+    seed_training(dataclasses.replace(TRAINER_DEFAULTS, deterministic=args.deterministic))
 
     def dataset(fills: bool, augment: bool, sequence: bool = False, size: int = IMAGE_SIZE):
         return input_fn(

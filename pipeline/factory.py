@@ -46,11 +46,19 @@ def component_ids(config: PipelineConfig) -> tuple[str, ...]:
 
 
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    return pipeline_of(config, pipeline_components(config))
+
+
+def pipeline_of(
+    config: PipelineConfig, components: list, enable_cache: bool | None = None
+) -> tfx.dsl.Pipeline:
+    """`components` as a Pipeline with `config`'s name, root, metadata and Beam options;
+    `enable_cache` overrides the config's (parts of the pipeline run alone, uncached)."""
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=pipeline_components(config),
-        enable_cache=config.enable_cache,
+        components=components,
+        enable_cache=config.enable_cache if enable_cache is None else enable_cache,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
             if config.metadata_path

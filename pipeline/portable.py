@@ -146,7 +146,7 @@ def beam_stage_pipeline(config: PipelineConfig, model_uri: str | None = None, ev
 
     from btmri import spec
     from components.evaluation import eval_config
-    from pipeline.factory import pipeline_components, with_component_beam_args
+    from pipeline.factory import pipeline_components, pipeline_of, with_component_beam_args
 
     nodes = {c.id: c for c in pipeline_components(config)}
     components = [nodes[n] for n in BEAM_STAGE]
@@ -166,13 +166,4 @@ def beam_stage_pipeline(config: PipelineConfig, model_uri: str | None = None, ev
             [evaluator], {k: v for k, v in config.component_beam_args.items() if k == evaluator.id}
         )
         components += [model, evaluator]
-    return tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
-        components=components,
-        enable_cache=False,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path
-        ),
-        beam_pipeline_args=config.beam_pipeline_args,
-    )
+    return pipeline_of(config, components, enable_cache=False)

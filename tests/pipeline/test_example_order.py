@@ -4,16 +4,16 @@ default Beam runner must keep ImportExampleGen's output in the same order run af
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from btmri.spec import EVAL_SPLIT, TRAIN_SPLIT
+from components.audit.component import split_files
 from data_prep.tfrecords import make_example
 from pipeline.config import PipelineConfig
-from pipeline.factory import pipeline_components
+from pipeline.factory import pipeline_components, pipeline_of
 from pipeline.metadata import latest_output
 
 SHARDS = 4
@@ -47,19 +47,8 @@ def _imported_order(data_root: Path, work: Path, beam_args: list[str] | None = N
     if beam_args is not None:
         config.beam_pipeline_args = beam_args
     gen = next(c for c in pipeline_components(config) if c.id == "ImportExampleGen")
-    pipeline = tfx.dsl.Pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
-        components=[gen],
-        enable_cache=False,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path
-        ),
-        beam_pipeline_args=config.beam_pipeline_args,
-    )
-    tfx.orchestration.LocalDagRunner().run(pipeline)
-    examples = latest_output(config, "ImportExampleGen", "examples")
-    files = sorted(glob.glob(f"{examples.uri}/Split-{TRAIN_SPLIT}/*"))
+    tfx.orchestration.LocalDagRunner().run(pipeline_of(config, [gen], enable_cache=False))
+    files = split_files(latest_output(config, "ImportExampleGen", "examples").uri)
     return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
