@@ -27,7 +27,11 @@ files are generated, nor in which order.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 import pathlib
+from concurrent.futures import ProcessPoolExecutor
 
 import cv2
 import numpy as np
@@ -177,12 +181,34 @@ def _write_png(path: pathlib.Path, array: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def generate_dataset(out_dir, per_class=100, test_per_class=25, seed=0, progress=True) -> dict:
+# Fewer jobs than this render in the calling process: starting workers costs more.
+MIN_PARALLEL_JOBS = 64
+
+
+def _render_and_write(out: pathlib.Path, seed: int, split_id: int, name: str, i: int) -> bool:
+    """Renders one phantom with its own seed and writes it (and its mask and box copy);
+    True when it has a lesion mask. A process-pool job: module level, picklable."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, class_id(name), i]))
+    image, mask = render_phantom(name, rng)
+    split = SPLIT_DIRS[split_id]
+    file_name = f"syn_{name}_{i:04d}.png"
+    _write_png(out / split / name / file_name, image)
+    if mask is None:
+        return False
+    _write_png(out / MASKS_DIR / split / name / file_name, mask)
+    boxed = out / BOXES_DIR / name / f"{split.lower()}_{file_name}"
+    _write_png(boxed, image)
+    boxed.with_suffix(".txt").write_text(format_yolo_box(mask_to_box(mask)))
+    return True
+
+
+def generate_dataset(out_dir, per_class=100, test_per_class=25, seed=0, progress=True, workers=0) -> dict:
     """Writes out_dir/Training/<class>/*.png and out_dir/Testing/<class>/*.png, and lesion masks
     OUTSIDE the class folders at out_dir/masks/<Training|Testing>/<class>/<same file name>.png
     (no mask for notumor), and a box folder out_dir/boxes/ of every tumour phantom. Returns a summary dict (counts per split and class, the out_dir).
-    Deterministic for a seed (same bytes on every run). Uses tqdm for a progress bar when
-    progress=True. A split with 0 images per class is not created; existing files with
+    Deterministic for a seed (same bytes on every run, however many workers). Uses tqdm for a progress bar when
+    progress=True. `workers` processes render (0: one per core; small jobs render here).
+    A split with 0 images per class is not created; existing files with
     other names are left alone."""
     out = pathlib.Path(out_dir)
     jobs = [
@@ -196,22 +222,21 @@ def generate_dataset(out_dir, per_class=100, test_per_class=25, seed=0, progress
         for sid, n in enumerate((per_class, test_per_class))
         if n > 0
     }
-    masks = 0
-    for split_id, name, i in tqdm(jobs, desc="synthetic MRI", unit="img", disable=not progress):
-        # Own seed per image: independent of generation order and of the other counts.
-        rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, class_id(name), i]))
-        image, mask = render_phantom(name, rng)
-        split = SPLIT_DIRS[split_id]
-        file_name = f"syn_{name}_{i:04d}.png"
-        _write_png(out / split / name / file_name, image)
-        if mask is not None:
-            _write_png(out / MASKS_DIR / split / name / file_name, mask)
-            boxed = out / BOXES_DIR / name / f"{split.lower()}_{file_name}"
-            _write_png(boxed, image)
-            boxed.with_suffix(".txt").write_text(format_yolo_box(mask_to_box(mask)))
-            masks += 1
-        counts[split][name] += 1
-    return {"out_dir": str(out), "seed": seed, "counts": counts, "images": len(jobs), "masks": masks}
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    columns = [[out] * len(jobs), [seed] * len(jobs), *zip(*jobs)] if jobs else []
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(jobs) >= MIN_PARALLEL_JOBS:
+            # Spawned, not forked: the caller may hold TensorFlow's threads.
+            pool = stack.enter_context(
+                ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            )
+            masked = pool.map(_render_and_write, *columns, chunksize=16)
+        else:
+            masked = map(_render_and_write, *columns)
+        masked = list(tqdm(masked, total=len(jobs), desc="synthetic MRI", unit="img", disable=not progress))
+    for (split_id, name, _), _ in zip(jobs, masked):
+        counts[SPLIT_DIRS[split_id]][name] += 1
+    return {"out_dir": str(out), "seed": seed, "counts": counts, "images": len(jobs), "masks": sum(masked)}
 
 
 def mask_path_for(image_path) -> pathlib.Path | None:
