@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import tensorflow as tf
 
+from components.training import random_draws as draws
 from components.transform.head_framing import BRIGHT_LEVEL, BRIGHT_PERCENTILE, MAX_GAIN, _percentile
 
 
@@ -57,12 +58,12 @@ def inverse_affine(theta, scale, tx, ty, flip, height, width) -> tf.Tensor:
 
 
 def _random_transforms(
-    batch, height, width, cfg: AugmentConfig, seed: int | None, zoom_out: float = 0.0
+    batch, height, width, cfg: AugmentConfig, seed: draws.Seed, zoom_out: float = 0.0
 ) -> tf.Tensor:
     """`zoom_out` lowers the zoom's lower bound by that much (AcquisitionConfig.zoom_out)."""
 
     def uniform(low, high, offset):
-        return tf.random.uniform([batch], low, high, seed=None if seed is None else seed + offset)
+        return draws.uniform([batch], low, high, seed=draws.offset(seed, offset))
 
     theta = uniform(-1.0, 1.0, 0) * (cfg.max_rotation_deg * math.pi / 180.0)
     scale = uniform(1.0 - cfg.max_zoom - zoom_out, 1.0 + cfg.max_zoom, 1)
@@ -116,7 +117,7 @@ def transform_boxes(boxes: tf.Tensor, transforms: tf.Tensor, height, width) -> t
 def augment_batch(
     images: tf.Tensor,
     cfg: AugmentConfig = AugmentConfig(),
-    seed: int | None = None,
+    seed: draws.Seed = None,
     boxes: tf.Tensor | None = None,
     acquisition: AcquisitionConfig | None = None,
 ):
@@ -134,11 +135,8 @@ def augment_batch(
     warped = warp(images, transforms)
     if boxes is not None:
         boxes = transform_boxes(tf.cast(boxes, tf.float32), transforms, height, width)
-    factor = tf.random.uniform(
-        [batch, 1, 1, 1],
-        1.0 - cfg.max_contrast,
-        1.0 + cfg.max_contrast,
-        seed=None if seed is None else seed + 5,
+    factor = draws.uniform(
+        [batch, 1, 1, 1], 1.0 - cfg.max_contrast, 1.0 + cfg.max_contrast, seed=draws.offset(seed, 5)
     )
     mean = tf.reduce_mean(warped, axis=[1, 2, 3], keepdims=True)
     out = tf.clip_by_value((warped - mean) * factor + mean, 0.0, 1.0)
@@ -238,17 +236,15 @@ _NOISE_SEED = 20240622  # the bank is a constant: the same in every run
 
 
 class _Draws:
-    """Random draws with op seeds seed + 100 + i, i counting the draws (as
-    _random_transforms does with seed + i): the same for a seed after
-    tf.random.set_seed, new in every batch of a dataset."""
+    """Random draws seeded seed + 100 + i, i counting the draws (as _random_transforms
+    does with seed + i; random_draws.offset): the same for a seed, new in every batch."""
 
-    def __init__(self, batch, seed: int | None):
+    def __init__(self, batch, seed: draws.Seed):
         self.batch, self.seed, self.count = batch, seed, 0
 
     def uniform(self, shape, low=0.0, high=1.0, dtype=tf.float32):
         self.count += 1
-        seed = None if self.seed is None else self.seed + 100 + self.count
-        return tf.random.uniform(shape, low, high, dtype=dtype, seed=seed)
+        return draws.uniform(shape, low, high, seed=draws.offset(self.seed, 100 + self.count), dtype=dtype)
 
     def chosen(self, p: float) -> tf.Tensor:
         """bool [B]: the images a transform of probability p applies to."""
@@ -358,7 +354,7 @@ def _some(images: tf.Tensor, chosen: tf.Tensor, fn) -> tf.Tensor:
 
 
 def acquisition_batch(
-    images: tf.Tensor, cfg: AcquisitionConfig = AcquisitionConfig(), seed: int | None = None
+    images: tf.Tensor, cfg: AcquisitionConfig = AcquisitionConfig(), seed: draws.Seed = None
 ):
     """images float32 [B, H, W, 1] in [0, 1] → the same with a random acquisition look,
     in [0, 1]; nothing moves. Strength 0: the images themselves."""
@@ -459,12 +455,12 @@ class SequenceRemapConfig:
 
 
 def sequence_controls(
-    batch, cfg: SequenceRemapConfig, seed: int | None = None
+    batch, cfg: SequenceRemapConfig, seed: draws.Seed = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """([B, degree + 1] control points, [B] which images were chosen): the control points of each image's tissue curve: identity points for
     the images not chosen; for chosen ones random points in [floor, 1], sorted falling
     for the `inverted` share."""
-    draw = _Draws(batch, None if seed is None else seed + 50)
+    draw = _Draws(batch, draws.offset(seed, 50))
     n = cfg.degree + 1
     identity = tf.broadcast_to(tf.linspace(0.0, 1.0, n)[None, :], [batch, n])
     # Squared draws: most tissue mid-grey, a little of it bright, as on real slices.
@@ -506,7 +502,7 @@ def _remap_pixels(x, knots, control, background, tissue):
 
 
 def sequence_remap_batch(
-    images: tf.Tensor, cfg: SequenceRemapConfig = SequenceRemapConfig(), seed: int | None = None
+    images: tf.Tensor, cfg: SequenceRemapConfig = SequenceRemapConfig(), seed: draws.Seed = None
 ) -> tf.Tensor:
     """images float32 [B, H, W, 1] in [0, 1] → the chosen ones with each pixel's rank
     among its image's tissue pixels (tissue_knots) through a random tissue curve

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from components.training import random_draws as draws
 from btmri.documents import TRAINER_DEFAULTS
 from components.training.augment import warp
 from btmri import spec
@@ -177,21 +178,21 @@ def rim_fill(images: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     return tf.where(masks > 0, (total / (w_t + w_b + w_l + w_r))[..., None], images)
 
 
-def fill_noise(shape, max_std: float, seed: int | None = None) -> tf.Tensor:
+def fill_noise(shape, max_std: float, seed: draws.Seed = None) -> tf.Tensor:
     """Per image a random std in [0, max_std], per pixel uniform noise of that std.
     Uniform, not Gaussian: the same std at a fraction of the cost on a CPU (Gaussian
     draws were the counterfactuals' most expensive step)."""
-    std = tf.random.uniform(shape[:1], 0.0, max_std, seed=seed)
+    std = draws.uniform(shape[:1], 0.0, max_std, seed=seed)
     half_width = std * 3.0**0.5  # uniform on [-a, a] has std a / sqrt(3)
-    unit = tf.random.uniform(shape, -1.0, 1.0, seed=None if seed is None else seed + 1)
+    unit = draws.uniform(shape, -1.0, 1.0, seed=draws.offset(seed, 1))
     return unit * half_width[:, None, None, None]
 
 
 def fill_from_surroundings(
-    images: tf.Tensor, masks: tf.Tensor, noise_std: tf.Tensor, seed: int | None = None
+    images: tf.Tensor, masks: tf.Tensor, noise_std: tf.Tensor, seed: draws.Seed = None
 ) -> tf.Tensor:
     """images [B, H, W, 1] with the mask's pixels replaced by the smooth fill plus noise."""
-    noise = tf.random.normal(tf.shape(images), seed=seed) * noise_std[:, None, None, None]
+    noise = draws.normal(tf.shape(images), seed=seed) * noise_std[:, None, None, None]
     return _blend(images, smooth_fill(images, masks) + noise, masks)
 
 
@@ -207,7 +208,7 @@ def _overlaps(a: tf.Tensor, b: tf.Tensor, pad: float = 0.0) -> tf.Tensor:
 
 
 def transplant_sources(
-    holes: tf.Tensor, lesions: tf.Tensor, width: int, height: int, seed: int | None = None, tries: int = 4
+    holes: tf.Tensor, lesions: tf.Tensor, width: int, height: int, seed: draws.Seed = None, tries: int = 4
 ):
     """Where each hole's tissue is taken from: the mirror image across the vertical
     midline if that region touches neither the hole nor the lesion, else the first
@@ -217,7 +218,7 @@ def transplant_sources(
     `augment.warp`, found bool [B])."""
     batch = tf.shape(holes)[0]
     mirrored = tf.stack([holes[:, 0], 1.0 - holes[:, 3], holes[:, 2], 1.0 - holes[:, 1]], axis=1)
-    shifts = tf.random.uniform([batch, tries, 2], -0.35, 0.35, seed=seed)
+    shifts = draws.uniform([batch, tries, 2], -0.35, 0.35, seed=seed)
     shifted = holes[:, None, :] + tf.concat([shifts, shifts], axis=-1)
     sources = tf.concat([mirrored[:, None, :], shifted], axis=1)  # [B, 1 + tries, 4]
     inside = tf.reduce_all((sources >= 0.1) & (sources <= 0.9), axis=-1)
@@ -249,7 +250,7 @@ def paste_lesions(
     boxes: tf.Tensor,
     rate: float,
     margin: float,
-    seed: int | None = None,
+    seed: draws.Seed = None,
     invert_share: float = 0.0,
 ):
     """Notumor images (a share `rate` of them) receive the lesion of a random boxed
@@ -265,7 +266,7 @@ def paste_lesions(
     height, width = images.shape[1], images.shape[2]
     donors = has_box(boxes) & ~tf.equal(labels, spec.NOTUMOR_ID)
     logits = tf.where(donors, 0.0, -1e9)
-    donor = tf.random.categorical(tf.tile(logits[None], [batch, 1]), 1, seed=seed, dtype=tf.int32)[:, 0]
+    donor = draws.categorical(tf.tile(logits[None], [batch, 1]), 1, seed=seed, dtype=tf.int32)[:, 0]
     donor_boxes = tf.gather(boxes, donor)
     masks = box_masks(donor_boxes, height, width, margin=margin)
     ring = _ring_masks(donor_boxes, masks, margin)
@@ -275,10 +276,10 @@ def paste_lesions(
         tf.equal(labels, spec.NOTUMOR_ID)
         & tf.reduce_any(donors)
         & (site > 0.08)  # tissue around the site, not background
-        & (tf.random.uniform([batch], seed=None if seed is None else seed + 1) < rate)
+        & (draws.uniform([batch], seed=draws.offset(seed, 1)) < rate)
     )
     lesion = donor_images - _masked_mean(donor_images, ring)[:, None, None, None]
-    inverted = tf.random.uniform([batch], seed=None if seed is None else seed + 2) < invert_share
+    inverted = draws.uniform([batch], seed=draws.offset(seed, 2)) < invert_share
     lesion = tf.where(inverted[:, None, None, None], -lesion, lesion)
     fill = tf.clip_by_value(site[:, None, None, None] + lesion, 0.0, 1.0)
     pasted = _blend(images, fill, masks)
@@ -288,12 +289,12 @@ def paste_lesions(
     return images, labels, boxes, recipients
 
 
-def _decoy_boxes(boxes: tf.Tensor, seed: int | None, tries: int = 4) -> tf.Tensor:
+def _decoy_boxes(boxes: tf.Tensor, seed: draws.Seed, tries: int = 4) -> tf.Tensor:
     """Per image a random box (sides 0.08-0.3, inside the central 70 %) that does
     not touch its lesion box; NO_BOX where none of `tries` candidates fits."""
     batch = tf.shape(boxes)[0]
-    size = tf.random.uniform([batch, tries, 2], 0.08, 0.3, seed=seed)
-    lo = tf.random.uniform([batch, tries, 2], 0.0, 1.0, seed=None if seed is None else seed + 1)
+    size = draws.uniform([batch, tries, 2], 0.08, 0.3, seed=seed)
+    lo = draws.uniform([batch, tries, 2], 0.0, 1.0, seed=draws.offset(seed, 1))
     lo = 0.15 + lo * (0.7 - size)
     cand = tf.concat([lo, lo + size], axis=-1)  # [B, T, 4]
     apart = ~_overlaps(cand, boxes[:, None, :], pad=0.02) | ~has_box(boxes)[:, None]
@@ -313,10 +314,10 @@ def _removals(labels, boxes, pasted, cfg: CounterfactualConfig, seeded):
     batch = tf.shape(labels)[0]
     boxed = has_box(boxes)
     is_notumor = tf.equal(labels, spec.NOTUMOR_ID)
-    draw = tf.random.uniform([batch], seed=seeded(10))
+    draw = draws.uniform([batch], seed=seeded(10))
     remove_lesion = boxed & ~pasted & (draw < cfg.lesion_rate)
     remove_decoy = (
-        (boxed | is_notumor) & ~remove_lesion & (tf.random.uniform([batch], seed=seeded(11)) < cfg.decoy_rate)
+        (boxed | is_notumor) & ~remove_lesion & (draws.uniform([batch], seed=seeded(11)) < cfg.decoy_rate)
     )
     decoys = _decoy_boxes(boxes, seeded(12))
     fill_boxes = tf.where(
@@ -332,7 +333,7 @@ def _filled(originals, masks, holes, lesion_boxes, cfg: CounterfactualConfig, se
     elsewhere in the same head (where a source region was found; else smooth)."""
     changed = tf.shape(holes)[0]
     # 0 smooth, 1 rim, 2 transplant. Each fill is computed only for its own images.
-    choice = tf.random.uniform([changed], seed=seeded(16))
+    choice = draws.uniform([changed], seed=seeded(16))
     kind = tf.zeros([changed], tf.int32)
     if cfg.rim_share > 0:
         kind = tf.where(choice >= 1.0 - cfg.rim_share, 1, kind)
@@ -374,15 +375,15 @@ def counterfactual_batch(
     labels: tf.Tensor,
     boxes: tf.Tensor,
     cfg: CounterfactualConfig = CounterfactualConfig(),
-    seed: int | None = None,
+    seed: draws.Seed = None,
 ):
     """(images, labels, boxes) → the same with some lesions pasted, removed or decoys removed.
 
     Returns boxes with NO_BOX where the lesion was removed (there is nothing left to
     point at), so the lesion-evidence loss skips those images."""
 
-    def seeded(offset):
-        return None if seed is None else seed + offset
+    def seeded(k):
+        return draws.offset(seed, k)
 
     batch = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]

@@ -53,6 +53,7 @@ from btmri.spec import (
     SERVING_DEFAULT,
 )
 from components.training import abstention, calibration, distribution, gradcam as cam, outliers, compute_dtype
+from components.training import random_draws as draws
 from components.training.augment import (
     AcquisitionConfig,
     SequenceRemapConfig,
@@ -205,22 +206,26 @@ def batches(
     """examples() → what Keras fits on and evaluates (input_fn)."""
     grid = cam_grid(size)
 
-    def finish(images, labels, boxes):
+    def finish(index, batch):
+        images, labels, boxes = batch
+        # Stateless draws keyed by (seed, batch index): the same for a seed, new in every
+        # batch, and runnable on parallel threads under op determinism (random_draws.py).
+        key = draws.batch_key(seed, index)
         if training and counterfactuals is not None:
-            images, labels, boxes = counterfactual_batch(images, labels, boxes, counterfactuals, seed=seed)
+            images, labels, boxes = counterfactual_batch(images, labels, boxes, counterfactuals, seed=key)
         if training and augment:
-            images, boxes = augment_batch(images, seed=seed, boxes=boxes, acquisition=acquisition)
+            images, boxes = augment_batch(images, seed=key, boxes=boxes, acquisition=acquisition)
         elif training and acquisition is not None:
-            images = acquisition_batch(images, acquisition, seed=seed)
+            images = acquisition_batch(images, acquisition, seed=key)
         if training and sequence_remap is not None:
-            images = sequence_remap_batch(images, sequence_remap, seed=seed)
+            images = sequence_remap_batch(images, sequence_remap, seed=key)
         if size != IMAGE_SIZE:
             images = tf.image.resize(images, [size, size], antialias=True)
         return images, (labels, lesion_cells(box_masks(boxes, grid * 8, grid * 8), grid))
 
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.enumerate().map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     if shard_policy is not None:
         dataset = distribution.sharded(dataset, shard_policy)
     return dataset.prefetch(tf.data.AUTOTUNE)
