@@ -2,7 +2,7 @@
 
     python benchmarks/training_cost.py --pipeline-root ROOT [--steps 30] [--batch-size 32]
         [--compute-dtype auto|float32|bfloat16] [--saved-model DIR] [--json FILE]
-        [--deterministic]
+        [--no-deterministic]
 
 Uses the latest ImportExampleGen, Transform (and Trainer) outputs of a pipeline run:
 the main job's `runs/pipeline` after `btmri run`, or any `--work-dir`'s `pipeline`.
@@ -22,8 +22,8 @@ Prints, for the default model and the Trainer's own input pipeline:
   - the exported SavedModel's `predict_images` (encoded images in, float32) in images/s
     and against the float32 peak, when the run exported one.
 
-Training is timed as the Trainer trains by default, without TensorFlow's deterministic
-kernels (`--deterministic`: with them, as `btmri run --deterministic` trains).
+Training is timed as the Trainer trains by default, with TensorFlow's deterministic
+kernels (`--no-deterministic`: without them, as `btmri run --no-deterministic` trains).
 
 Quote the ratios: absolute rates move with whatever else runs on the machine.
 `--json FILE` also writes the figures, for `btmri results --from-run --benchmark FILE`
@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import data_prep  # noqa: E402,F401  (Keras 2 before TensorFlow)
+from btmri.documents import TRAINER_DEFAULTS  # noqa: E402
 from components.training import compute_dtype  # noqa: E402  (TF-free until a policy is chosen)
 
 
@@ -108,8 +109,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--deterministic",
-        action="store_true",
-        help="time with TensorFlow's deterministic kernels, as `btmri run --deterministic` trains",
+        action=argparse.BooleanOptionalAction,
+        default=TRAINER_DEFAULTS.deterministic,
+        help="time with TensorFlow's deterministic kernels, as `btmri run` trains by default "
+        "(--no-deterministic: without them)",
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
@@ -121,7 +124,6 @@ def main() -> None:
     from tfx.components.util import tfxio_utils
     from tfx.types import artifact_utils
 
-    from btmri.documents import TRAINER_DEFAULTS
     from components.training.counterfactual import CounterfactualConfig
     from components.training.lesion_guidance import LesionGuidedModel
     from components.training.models import build_model

@@ -245,12 +245,11 @@ class TrainingSettings:
     )
     seed: int = option(0, "the training seed", cli=False)
     deterministic: bool = option(
-        False,
-        "repeatable training: TensorFlow's deterministic kernels and random streams, so the same "
-        "seed and examples in the same order give the same weights on one machine (a whole run: "
-        "with the default in-process Beam runner). Off by default: it runs the fills and "
-        "augmentation on one thread, about a quarter more training time on the real data "
-        "(docs/training.md)",
+        True,
+        "repeatable training: TensorFlow's deterministic kernels and input order, so the same seed "
+        "and examples in the same order give the same weights on one machine (a whole run: with "
+        "the default in-process Beam runner); --no-deterministic: TensorFlow's fastest kernels, "
+        "whatever their order (docs/training.md)",
     )
     compute_dtype: str = option(
         "auto",

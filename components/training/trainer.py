@@ -608,9 +608,9 @@ def _calibrate_fit_and_export(
 def seed_training(config: TrainerConfig) -> None:
     """Seeds Python, NumPy and TensorFlow; with config.deterministic, also TensorFlow's
     deterministic kernels and input order (process-wide, from here on). Without them two
-    runs of one seed differ by more than most changes under test: parallel input maps
-    draw their random numbers in whatever order threads run (docs/experiments.md). They
-    serialise the input pipeline's random maps, so they are opt-in (docs/training.md)."""
+    runs of one seed may differ: TensorFlow picks kernels whose reductions run in any
+    order (docs/training.md). The input pipeline's draws are stateless (random_draws.py),
+    so op determinism keeps its maps parallel."""
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()

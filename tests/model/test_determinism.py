@@ -52,6 +52,6 @@ def _trained_weights_digest() -> str:
     return next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("WEIGHTS"))
 
 
-@pytest.mark.slow  # two trainings in fresh processes: about two minutes; --deterministic is opt-in
+@pytest.mark.slow  # two trainings in fresh processes: about two minutes
 def test_the_same_seed_and_data_train_the_same_weights():
     assert _trained_weights_digest() == _trained_weights_digest()

@@ -405,7 +405,7 @@ def test_every_training_setting_of_a_run_reaches_the_trainer():
         "acquisition_strength": 0.25,
         "sequence_remap": 0.4,
         "seed": 9,
-        "deterministic": True,
+        "deterministic": False,
         "compute_dtype": "float32",
         "evidence_weight": 0.5,
         "lesion_removal_rate": 0.1,
