@@ -199,7 +199,7 @@ class TrainingSettings:
     schedule: str = option(
         spec.SCHEDULE_CONVERGE,
         "converge: the base learning rate until the eval loss is flat for PATIENCE epochs, then a "
-        "cosine anneal over a third as many epochs again, then stop (never beyond --epochs); "
+        "cosine anneal over half as many epochs again, then stop (never beyond --epochs); "
         "cosine: one decay over all --epochs",
         choices=spec.SCHEDULES,
     )

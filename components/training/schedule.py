@@ -2,7 +2,7 @@
 
 `converge` (the default): the base rate while the eval loss still improves; once it
 has not improved for `patience` epochs, the rate anneals to zero along a half cosine
-over a tail a third as long as the epochs run before it, and training stops at its end.
+over a tail of half as many epochs again as were run, and training stops at its end.
 The model exported is the end of that anneal, never the epoch that scored best on
 eval (which would flatter the eval figures). A constant rate and then a short decay
 trains as well as one long cosine (warmup-stable-decay schedules); the decay settles
@@ -38,9 +38,8 @@ SMOOTHING_EPOCHS = 3  # the eval loss compared is the median of this many epochs
 MIN_EPOCHS = 24  # no anneal before this many epochs at the base rate
 MIN_DELTA = 0.02  # relative: a smoothed eval loss 2 % below the best so far is better
 # The anneal lasts this share of the epochs run before it. On the real set the eval loss
-# of a 34-epoch anneal stopped falling after its first 8 (docs/experiments.md); a third
-# of the usual 24 is those 8.
-TAIL_SHARE = 1 / 3
+# of a 34-epoch anneal stopped falling after its first 8 (docs/experiments.md).
+TAIL_SHARE = 0.5
 MIN_TAIL = 4
 # Under the cosine schedule the last third counts as the anneal (full-size images).
 COSINE_FULL_SIZE_SHARE = 1 / 3

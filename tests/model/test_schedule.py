@@ -25,9 +25,9 @@ def test_a_flat_eval_loss_starts_the_anneal_and_training_stops_at_its_end():
     plan = ConvergencePlan(base_lr=1e-3, max_epochs=80, patience=5, min_epochs=10)
     epochs, rates = run_plan(plan, improving + flat)
     # 12 improving epochs; the median of three still improves on the 13th; 5 more
-    # without a better median: the anneal starts after 18, lasts ceil(18 / 3) = 6
-    # epochs; 24 in all, far short of the 80 allowed.
-    assert plan.anneal_start == 18 and plan.tail == 6 and epochs == 24
+    # without a better median: the anneal starts after 18, lasts ceil(18 / 2) = 9
+    # epochs; 27 in all, far short of the 80 allowed.
+    assert plan.anneal_start == 18 and plan.tail == 9 and epochs == 27
     assert rates[:18] == [1e-3] * 18
     tail = rates[18:]
     assert all(a > b for a, b in zip(tail, tail[1:])) and 0 < tail[-1] < 0.05e-3
