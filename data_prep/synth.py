@@ -28,6 +28,7 @@ files are generated, nor in which order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import pathlib
@@ -185,9 +186,11 @@ def _write_png(path: pathlib.Path, array: np.ndarray) -> None:
 MIN_PARALLEL_JOBS = 64
 
 
-def _render_and_write(out: pathlib.Path, seed: int, split_id: int, name: str, i: int) -> bool:
-    """Renders one phantom with its own seed and writes it (and its mask and box copy);
-    True when it has a lesion mask. A process-pool job: module level, picklable."""
+def _render_and_write(out: pathlib.Path, seed: int, job: tuple[int, str, int]) -> bool:
+    """Renders one phantom (job: split id, class name, index) with its own seed and writes
+    it (and its mask and box copy); True when it has a lesion mask. A process-pool job:
+    module level, picklable."""
+    split_id, name, i = job
     rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, class_id(name), i]))
     image, mask = render_phantom(name, rng)
     split = SPLIT_DIRS[split_id]
@@ -222,19 +225,19 @@ def generate_dataset(out_dir, per_class=100, test_per_class=25, seed=0, progress
         for sid, n in enumerate((per_class, test_per_class))
         if n > 0
     }
+    render = functools.partial(_render_and_write, out, seed)
     workers = min(workers or os.cpu_count() or 1, len(jobs))
-    columns = [[out] * len(jobs), [seed] * len(jobs), *zip(*jobs)] if jobs else []
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) >= MIN_PARALLEL_JOBS:
             # Spawned, not forked: the caller may hold TensorFlow's threads.
             pool = stack.enter_context(
                 ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             )
-            masked = pool.map(_render_and_write, *columns, chunksize=16)
+            masked = pool.map(render, jobs, chunksize=16)
         else:
-            masked = map(_render_and_write, *columns)
+            masked = map(render, jobs)
         masked = list(tqdm(masked, total=len(jobs), desc="synthetic MRI", unit="img", disable=not progress))
-    for (split_id, name, _), _ in zip(jobs, masked):
+    for split_id, name, _ in jobs:
         counts[SPLIT_DIRS[split_id]][name] += 1
     return {"out_dir": str(out), "seed": seed, "counts": counts, "images": len(jobs), "masks": sum(masked)}
 

@@ -166,3 +166,9 @@ def test_box_folder_holds_every_tumour_phantom_with_its_mask_box(tmp_path):
         assert pathlib.Path(s.path).read_bytes() == image.read_bytes()
         mask = cv2.imread(str(synth.mask_path_for(image)), cv2.IMREAD_GRAYSCALE)
         assert s.box == pytest.approx(mask_to_box(mask), abs=1e-5)
+
+
+def test_no_images_asked_writes_nothing(tmp_path):
+    summary = synth.generate_dataset(tmp_path / "none", per_class=0, test_per_class=0, progress=False)
+    assert summary["images"] == summary["masks"] == 0 and summary["counts"] == {}
+    assert not any((tmp_path / "none").rglob("*.png"))
